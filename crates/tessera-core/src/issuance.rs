@@ -1,0 +1,147 @@
+//! The decision to issue a token: pure, over values. The server fetches the
+//! task, calls [`plan_grant`], signs, and records the grant.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{ApiCatalog, CatalogError};
+use crate::error::ErrorKind;
+use crate::identity::{Role, VerifiedIdentity};
+use crate::task::{Audience, Scope, ScopeClass, Task, TaskError, TaskId};
+use crate::ttl::{self, Lifetime, Ttl, TtlError, TtlLimits};
+
+/// Most scopes in one request.
+pub const MAX_SCOPES_PER_REQUEST: usize = 64;
+
+/// A parsed, well-formed token request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The task.
+    pub task_id: TaskId,
+    /// The API.
+    pub audience: Audience,
+    /// Scopes wanted (non-empty).
+    pub scopes: BTreeSet<Scope>,
+    /// Requested lifetime; `None` for the default.
+    pub ttl: Option<Ttl>,
+}
+
+/// Everything needed to mint and record a grant, once allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantPlan {
+    /// The task.
+    pub task_id: TaskId,
+    /// The API.
+    pub audience: Audience,
+    /// The scopes.
+    pub scopes: BTreeSet<Scope>,
+    /// Their one class.
+    pub class: ScopeClass,
+    /// The granted lifetime.
+    pub lifetime: Lifetime,
+}
+
+/// Why a token request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuanceError {
+    /// The caller may not request tokens at all.
+    #[error("identity `{0}` does not hold the agent role")]
+    NotAnAgent(String),
+    /// The caller is not one of the task's agents.
+    #[error("identity `{identity}` is not assigned to task `{task}`")]
+    NotAssigned {
+        /// Caller.
+        identity: String,
+        /// Task.
+        task: TaskId,
+    },
+    /// Scopes beyond what the task allows for the audience.
+    #[error("scopes {scopes} are beyond task `{task}`'s ceiling for audience `{audience}`")]
+    BeyondCeiling {
+        /// Task.
+        task: TaskId,
+        /// Audience.
+        audience: Audience,
+        /// Offending scopes, comma separated.
+        scopes: String,
+    },
+    /// Unknown audience or scope, or mixed classes.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The task does not accept requests.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The lifetime cannot be granted.
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+}
+
+impl IssuanceError {
+    /// Transport-free classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotAnAgent(_) | Self::NotAssigned { .. } | Self::BeyondCeiling { .. } => ErrorKind::PermissionDenied,
+            Self::Catalog(e) => e.kind(),
+            Self::Task(e) => e.kind(),
+            Self::Ttl(e) => e.kind(),
+        }
+    }
+}
+
+/// Decides whether `who` may have a token for `req` in `task` at `now`, and
+/// for how long. Checks, in order: role, catalog (known audience and scopes,
+/// one class), task state, assignment, scope ceiling, lifetime.
+pub fn plan_grant(
+    who: &VerifiedIdentity,
+    task: &Task,
+    catalog: &ApiCatalog,
+    req: &TokenRequest,
+    limits: TtlLimits,
+    now: DateTime<Utc>,
+) -> Result<GrantPlan, IssuanceError> {
+    let identity = who.identity();
+    if !identity.has_role(Role::Agent) {
+        return Err(IssuanceError::NotAnAgent(identity.id.to_string()));
+    }
+    let class = catalog.classify(&req.audience, &req.scopes)?;
+    if let Some(requested) = req.ttl
+        && requested > limits.max
+    {
+        return Err(TtlError::AboveMax {
+            requested,
+            max: limits.max,
+        }
+        .into());
+    }
+    let state = task.state_at(now);
+    if state != crate::task::TaskState::Active {
+        return Err(TaskError::Over(task.id.clone(), state).into());
+    }
+    if !task.agents.contains(&identity.id) {
+        return Err(IssuanceError::NotAssigned {
+            identity: identity.id.to_string(),
+            task: task.id.clone(),
+        });
+    }
+    let excess = task.ceiling.excess(&req.audience, &req.scopes);
+    if !excess.is_empty() {
+        return Err(IssuanceError::BeyondCeiling {
+            task: task.id.clone(),
+            audience: req.audience.clone(),
+            scopes: excess.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let lifetime = ttl::lifetime(req.ttl, identity.max_ttl, limits, task.deadline, now)?;
+    Ok(GrantPlan {
+        task_id: task.id.clone(),
+        audience: req.audience.clone(),
+        scopes: req.scopes.clone(),
+        class,
+        lifetime,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,20 @@
+//! Tessera's domain: identities, tasks, the API catalog, grants, TTL
+//! arithmetic, revocations and signed tokens.
+//!
+//! Everything here is a pure decision over values or a local computation
+//! (signing, verifying). This crate never does network I/O, never talks to a
+//! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
+
+pub mod catalog;
+pub mod clock;
+pub mod error;
+pub mod grant;
+pub mod identity;
+pub mod issuance;
+pub mod orchestration;
+pub mod revocation;
+pub mod task;
+pub mod token;
+pub mod ttl;
+
+pub use error::ErrorKind;
