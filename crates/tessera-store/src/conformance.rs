@@ -1,0 +1,412 @@
+//! The one conformance suite every [`GrantStore`] must pass. Each check takes a
+//! fresh, empty store. Run it with [`run_all`].
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test suite")]
+#![allow(missing_docs, reason = "test suite: each function is one named check")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tessera_core::grant::{Grant, GrantId, GrantState};
+use tessera_core::identity::SpiffeId;
+use tessera_core::revocation::RevocationTarget;
+use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId, TaskState};
+
+use crate::{FeedPosition, GrantStore, PublishedKey, StoreError};
+
+/// Runs every check, each on a fresh store from `make`.
+pub async fn run_all<S, F, Fut>(make: F)
+where
+    S: GrantStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    tasks_are_created_once(make().await).await;
+    grants_are_recorded_only_in_live_tasks(make().await).await;
+    grants_expire_without_a_sweeper(make().await).await;
+    revoking_a_grant_revokes_its_delegates(make().await).await;
+    ending_a_task_revokes_everything_under_it(make().await).await;
+    feed_resumes_from_any_position(make().await).await;
+    feed_readers_wake_on_new_events(make().await).await;
+    keys_are_published_until_not_after(make().await).await;
+}
+
+pub fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn secs(s: i64) -> chrono::Duration {
+    chrono::Duration::seconds(s)
+}
+
+pub fn task(id: &str, deadline_in: i64, parent: Option<&str>) -> Task {
+    let aud = Audience::parse("crm").unwrap();
+    Task {
+        id: TaskId::parse(id).unwrap(),
+        orchestrator: SpiffeId::parse("spiffe://td/orch").unwrap(),
+        agents: BTreeSet::from([SpiffeId::parse("spiffe://td/agent").unwrap()]),
+        ceiling: ScopeCeiling(BTreeMap::from([(aud, BTreeSet::from([Scope::parse("read").unwrap()]))])),
+        deadline: t0() + secs(deadline_in),
+        labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
+        parent: parent.map(|p| TaskId::parse(p).unwrap()),
+        state: TaskState::Active,
+        created_at: t0(),
+        ended_at: None,
+    }
+}
+
+pub fn grant(task: &str, ttl: i64, parent: Option<&GrantId>) -> Grant {
+    Grant {
+        id: GrantId::generate().unwrap(),
+        task_id: TaskId::parse(task).unwrap(),
+        subject: SpiffeId::parse("spiffe://td/agent").unwrap(),
+        audience: Audience::parse("crm").unwrap(),
+        scopes: BTreeSet::from([Scope::parse("read").unwrap()]),
+        class: ScopeClass::Read,
+        issued_at: t0(),
+        expires_at: t0() + secs(ttl),
+        parent: parent.cloned(),
+        key_id: "kid-1".into(),
+        state: GrantState::Active,
+        revoked_at: None,
+        revocation_reason: None,
+    }
+}
+
+fn tid(s: &str) -> TaskId {
+    TaskId::parse(s).unwrap()
+}
+
+pub async fn tasks_are_created_once(store: impl GrantStore) {
+    let t = task("t1", 60, None);
+    store.create_task(&t).await.unwrap();
+    assert_eq!(store.task(&t.id).await.unwrap(), Some(t.clone()));
+    assert!(matches!(store.create_task(&t).await, Err(StoreError::TaskExists(_))));
+    assert_eq!(store.task(&tid("nope")).await.unwrap(), None);
+    // A child of an unknown parent is refused.
+    let orphan = task("child", 30, Some("missing"));
+    assert!(matches!(
+        store.create_task(&orphan).await,
+        Err(StoreError::TaskNotFound(_))
+    ));
+}
+
+pub async fn grants_are_recorded_only_in_live_tasks(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant("t1", 30, None);
+    store.record_grant(&g, t0()).await.unwrap();
+    assert_eq!(store.grant(&g.id).await.unwrap(), Some(g.clone()));
+    assert_eq!(store.live_grants(&tid("t1"), t0()).await.unwrap(), 1);
+    assert!(matches!(
+        store.record_grant(&g, t0()).await,
+        Err(StoreError::GrantExists)
+    ));
+    // Outliving the task, unknown task, past deadline.
+    let long = grant("t1", 61, None);
+    assert!(matches!(
+        store.record_grant(&long, t0()).await,
+        Err(StoreError::OutlivesTask(_))
+    ));
+    let unknown = grant("nope", 10, None);
+    assert!(matches!(
+        store.record_grant(&unknown, t0()).await,
+        Err(StoreError::TaskNotFound(_))
+    ));
+    let late = grant("t1", 10, None);
+    assert!(matches!(
+        store.record_grant(&late, t0() + secs(60)).await,
+        Err(StoreError::TaskOver(..))
+    ));
+    // Once ended, nothing more is recorded.
+    store
+        .end_task(&tid("t1"), TaskState::Completed, "done", t0())
+        .await
+        .unwrap();
+    let after = grant("t1", 10, None);
+    assert!(matches!(
+        store.record_grant(&after, t0()).await,
+        Err(StoreError::TaskOver(_, TaskState::Completed))
+    ));
+}
+
+pub async fn grants_expire_without_a_sweeper(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant("t1", 5, None);
+    store.record_grant(&g, t0()).await.unwrap();
+    let live = |at| {
+        let store = &store;
+        let id = g.id.clone();
+        async move { store.grant(&id).await.unwrap().is_some_and(|g| g.is_live_at(at)) }
+    };
+    assert!(live(t0() + secs(4)).await);
+    assert!(!live(t0() + secs(5)).await);
+    assert_eq!(store.live_grants(&tid("t1"), t0() + secs(5)).await.unwrap(), 0);
+}
+
+pub async fn revoking_a_grant_revokes_its_delegates(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let parent = grant("t1", 30, None);
+    let child = grant("t1", 20, Some(&parent.id));
+    let grandchild = grant("t1", 10, Some(&child.id));
+    let sibling = grant("t1", 30, None);
+    for g in [&parent, &child, &grandchild, &sibling] {
+        store.record_grant(g, t0()).await.unwrap();
+    }
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let outcome = store
+        .revoke_grant(&parent.id, "stolen", t0() + secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.revoked);
+    assert_eq!(outcome.descendants_revoked, 2);
+    assert_eq!(outcome.grant.state, GrantState::Revoked);
+    assert_eq!(outcome.grant.revocation_reason.as_deref(), Some("stolen"));
+    for g in [&parent, &child, &grandchild] {
+        assert!(!store.grant(&g.id).await.unwrap().unwrap().is_live_at(t0() + secs(1)));
+    }
+    assert!(
+        store
+            .grant(&sibling.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_live_at(t0() + secs(1))
+    );
+    let batch = store.read_revocations(Some(&head), 10, Duration::ZERO).await.unwrap();
+    let targets: BTreeSet<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    assert_eq!(
+        targets,
+        BTreeSet::from([
+            RevocationTarget::Grant(parent.id.clone()),
+            RevocationTarget::Grant(child.id.clone()),
+            RevocationTarget::Grant(grandchild.id.clone()),
+        ])
+    );
+    // Again: nothing changes, nothing is appended.
+    let again = store
+        .revoke_grant(&parent.id, "again", t0() + secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.revoked);
+    assert_eq!(again.descendants_revoked, 0);
+    let batch2 = store
+        .read_revocations(Some(&batch.head), 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(batch2.events.is_empty());
+    assert!(
+        store
+            .revoke_grant(&GrantId::generate().unwrap(), "x", t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn ending_a_task_revokes_everything_under_it(store: impl GrantStore) {
+    store.create_task(&task("root", 60, None)).await.unwrap();
+    store.create_task(&task("child", 50, Some("root"))).await.unwrap();
+    store.create_task(&task("grandchild", 40, Some("child"))).await.unwrap();
+    store.create_task(&task("other", 60, None)).await.unwrap();
+    let mut live = Vec::new();
+    for t in ["root", "child", "grandchild"] {
+        for _ in 0..3 {
+            let g = grant(t, 30, None);
+            store.record_grant(&g, t0()).await.unwrap();
+            live.push(g);
+        }
+    }
+    let expired = grant("root", 1, None);
+    store.record_grant(&expired, t0()).await.unwrap();
+    let bystander = grant("other", 30, None);
+    store.record_grant(&bystander, t0()).await.unwrap();
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+
+    let now = t0() + secs(2);
+    let ended = store
+        .end_task(&tid("root"), TaskState::Completed, "task done", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.grants_revoked, 9);
+    assert_eq!(ended.task.state, TaskState::Completed);
+    assert_eq!(ended.task.ended_at, Some(now));
+    let children: BTreeSet<_> = ended.children_ended.iter().cloned().collect();
+    assert_eq!(children, BTreeSet::from([tid("child"), tid("grandchild")]));
+    for g in &live {
+        let stored = store.grant(&g.id).await.unwrap().unwrap();
+        assert_eq!(stored.state_at(now), GrantState::Revoked);
+    }
+    assert!(store.grant(&bystander.id).await.unwrap().unwrap().is_live_at(now));
+    assert_eq!(
+        store.task(&tid("grandchild")).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+    assert_eq!(
+        store.task(&tid("other")).await.unwrap().unwrap().state,
+        TaskState::Active
+    );
+
+    // One task event per ended task.
+    let batch = store.read_revocations(Some(&head), 100, Duration::ZERO).await.unwrap();
+    let targets: BTreeSet<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    assert_eq!(
+        targets,
+        BTreeSet::from([
+            RevocationTarget::Task(tid("root")),
+            RevocationTarget::Task(tid("child")),
+            RevocationTarget::Task(tid("grandchild")),
+        ])
+    );
+    assert!(
+        batch
+            .events
+            .iter()
+            .all(|e| e.revocation.reason == "task done" && e.revocation.revoked_at == now)
+    );
+
+    // Idempotent.
+    let again = store
+        .end_task(&tid("root"), TaskState::Revoked, "again", now)
+        .await
+        .unwrap();
+    assert_eq!(again.grants_revoked, 0);
+    assert!(again.children_ended.is_empty());
+    assert_eq!(again.task.state, TaskState::Completed);
+    let batch2 = store
+        .read_revocations(Some(&batch.head), 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(batch2.events.is_empty());
+    assert!(matches!(
+        store.end_task(&tid("nope"), TaskState::Completed, "x", now).await,
+        Err(StoreError::TaskNotFound(_))
+    ));
+    // A child of an ended task cannot be started.
+    let late_child = task("late", 30, Some("root"));
+    assert!(matches!(
+        store.create_task(&late_child).await,
+        Err(StoreError::TaskOver(..))
+    ));
+}
+
+pub async fn feed_resumes_from_any_position(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let start = store.read_revocations(None, 10, Duration::ZERO).await.unwrap();
+    assert!(start.events.is_empty());
+    let mut grants = Vec::new();
+    for _ in 0..5 {
+        let g = grant("t1", 30, None);
+        store.record_grant(&g, t0()).await.unwrap();
+        store.revoke_grant(&g.id, "r", t0()).await.unwrap();
+        grants.push(g.id);
+    }
+    // Read two at a time from the start; then resume from each position.
+    let mut seen = Vec::new();
+    let mut pos = start.head.clone();
+    loop {
+        let batch = store.read_revocations(Some(&pos), 2, Duration::ZERO).await.unwrap();
+        if batch.events.is_empty() {
+            assert_eq!(batch.head, pos);
+            break;
+        }
+        assert!(batch.events.len() <= 2);
+        seen.extend(batch.events.iter().map(|e| e.revocation.target.clone()));
+        pos = batch.head;
+    }
+    let want: Vec<_> = grants.iter().cloned().map(RevocationTarget::Grant).collect();
+    assert_eq!(seen, want);
+    let all = store
+        .read_revocations(Some(&start.head), 100, Duration::ZERO)
+        .await
+        .unwrap();
+    let third = &all.events[2].position;
+    let rest = store.read_revocations(Some(third), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(rest.events, all.events[3..].to_vec());
+    let garbage = FeedPosition::new("not a position");
+    assert!(matches!(
+        store.read_revocations(Some(&garbage), 1, Duration::ZERO).await,
+        Err(StoreError::BadPosition(_))
+    ));
+}
+
+pub async fn feed_readers_wake_on_new_events(store: impl GrantStore) {
+    let store = std::sync::Arc::new(store);
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant("t1", 30, None);
+    store.record_grant(&g, t0()).await.unwrap();
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    // Nothing yet: a bounded wait returns empty.
+    let empty = store
+        .read_revocations(Some(&head), 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(empty.events.is_empty());
+    let reader = {
+        let store = store.clone();
+        let head = head.clone();
+        tokio::spawn(async move { store.read_revocations(Some(&head), 10, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .end_task(&tid("t1"), TaskState::Completed, "done", t0())
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(batch.events[0].revocation.target, RevocationTarget::Task(tid("t1")));
+}
+
+pub async fn keys_are_published_until_not_after(store: impl GrantStore) {
+    let jwk = |kid: &str| -> tessera_core::token::Jwk {
+        serde_json::from_value(serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "kid": kid, "alg": "EdDSA", "use": "sig"
+        }))
+        .unwrap()
+    };
+    let current = PublishedKey {
+        jwk: jwk("a"),
+        published_at: t0(),
+        not_after: None,
+    };
+    let retired = PublishedKey {
+        jwk: jwk("b"),
+        published_at: t0(),
+        not_after: Some(t0() + secs(10)),
+    };
+    store.publish_key(&current).await.unwrap();
+    store.publish_key(&retired).await.unwrap();
+    let kids = |keys: Vec<PublishedKey>| keys.into_iter().map(|k| k.jwk.kid).collect::<BTreeSet<_>>();
+    assert_eq!(
+        kids(store.published_keys(t0()).await.unwrap()),
+        BTreeSet::from(["a".into(), "b".into()])
+    );
+    assert_eq!(
+        kids(store.published_keys(t0() + secs(10)).await.unwrap()),
+        BTreeSet::from(["a".into()])
+    );
+    store.ping().await.unwrap();
+}
+
+/// For stores with a small feed bound: a reader whose position fell out of
+/// the retained window while its events still mattered is told so.
+pub async fn feed_overflow_is_reported(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    for _ in 0..5 {
+        let g = grant("t1", 30, None);
+        store.record_grant(&g, t0()).await.unwrap();
+        store.revoke_grant(&g.id, "r", t0()).await.unwrap();
+    }
+    assert!(matches!(
+        store.read_revocations(Some(&head), 10, Duration::ZERO).await,
+        Err(StoreError::PositionExpired(_))
+    ));
+}

@@ -1,0 +1,482 @@
+//! The in-memory store: the embedded default for a single broker process.
+//!
+//! One mutex guards all state, so every operation is atomic; no lock is held
+//! across an `.await`. Expired grants and long-ended tasks are swept lazily,
+//! a bounded amount per write, so memory stays proportional to live state.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tessera_core::grant::{Grant, GrantId, GrantState};
+use tessera_core::revocation::{Revocation, RevocationTarget};
+use tessera_core::task::{Task, TaskId, TaskState};
+use tokio::sync::Notify;
+
+use crate::error::StoreError;
+use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
+use crate::store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
+
+/// Capacity bounds of a [`MemoryStore`]. Hitting one fails the write with
+/// [`StoreError::Full`] instead of growing without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Most grants held (live or awaiting sweep).
+    pub max_grants: usize,
+    /// Most tasks held.
+    pub max_tasks: usize,
+    /// Most revocation events retained.
+    pub max_feed_events: usize,
+    /// How long an ended task is kept for `GetTask` after it ends.
+    pub ended_task_retention: chrono::Duration,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        Self {
+            max_grants: 1_000_000,
+            max_tasks: 100_000,
+            max_feed_events: 1_000_000,
+            ended_task_retention: chrono::Duration::hours(1),
+        }
+    }
+}
+
+/// The embedded, in-process [`GrantStore`].
+#[derive(Debug)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    feed_changed: Notify,
+    limits: MemoryLimits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tasks: HashMap<TaskId, Task>,
+    children: HashMap<TaskId, HashSet<TaskId>>,
+    grants: HashMap<GrantId, Grant>,
+    grants_by_task: HashMap<TaskId, HashSet<GrantId>>,
+    delegated: HashMap<GrantId, HashSet<GrantId>>,
+    /// Grants by expiry, for the lazy sweep.
+    expiries: BTreeMap<(DateTime<Utc>, GrantId), ()>,
+    feed: VecDeque<(u64, Revocation)>,
+    /// Sequence number of the next event (the first is 1).
+    next_seq: u64,
+    /// Highest sequence dropped while still relevant (its `not_after` ahead).
+    lost_upto: u64,
+    keys: BTreeMap<String, PublishedKey>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(MemoryLimits::default())
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with `limits`.
+    pub fn new(limits: MemoryLimits) -> Self {
+        Self {
+            state: Mutex::new(State {
+                next_seq: 1,
+                ..State::default()
+            }),
+            feed_changed: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // INVARIANT: every mutation below completes without panicking before
+        // the guard drops, so a poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How many expired entries one write may sweep.
+const SWEEP_BATCH: usize = 64;
+
+impl State {
+    fn sweep(&mut self, now: DateTime<Utc>, limits: &MemoryLimits) {
+        for _ in 0..SWEEP_BATCH {
+            let Some((&(expires_at, ref id), ())) = self.expiries.first_key_value() else {
+                break;
+            };
+            if expires_at > now {
+                break;
+            }
+            let id = id.clone();
+            self.expiries.remove(&(expires_at, id.clone()));
+            if let Some(grant) = self.grants.remove(&id) {
+                if let Some(set) = self.grants_by_task.get_mut(&grant.task_id) {
+                    set.remove(&id);
+                }
+                if let Some(parent) = &grant.parent
+                    && let Some(set) = self.delegated.get_mut(parent)
+                {
+                    set.remove(&id);
+                }
+                self.delegated.remove(&id);
+            }
+        }
+        let forget_before = now - limits.ended_task_retention;
+        let stale: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.end() < forget_before)
+            .filter(|t| self.grants_by_task.get(&t.id).is_none_or(HashSet::is_empty))
+            .take(SWEEP_BATCH)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in stale {
+            if let Some(task) = self.tasks.remove(&id)
+                && let Some(parent) = &task.parent
+                && let Some(set) = self.children.get_mut(parent)
+            {
+                set.remove(&id);
+            }
+            self.grants_by_task.remove(&id);
+            self.children.remove(&id);
+        }
+    }
+
+    fn append(&mut self, revocation: Revocation, now: DateTime<Utc>, limits: &MemoryLimits) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.feed.push_back((seq, revocation));
+        while let Some((first_seq, first)) = self.feed.front() {
+            let irrelevant = first.not_after <= now;
+            if !irrelevant && self.feed.len() <= limits.max_feed_events {
+                break;
+            }
+            if !irrelevant {
+                self.lost_upto = self.lost_upto.max(*first_seq);
+            }
+            self.feed.pop_front();
+        }
+    }
+
+    /// Marks a grant and everything delegated from it revoked. Returns how
+    /// many were live.
+    fn revoke_tree(&mut self, root: &GrantId, reason: &str, now: DateTime<Utc>) -> (u64, Vec<Revocation>) {
+        let mut stack = vec![root.clone()];
+        let mut revoked = 0;
+        let mut events = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(children) = self.delegated.get(&id) {
+                stack.extend(children.iter().cloned());
+            }
+            let Some(grant) = self.grants.get_mut(&id) else {
+                continue;
+            };
+            if grant.is_live_at(now) {
+                grant.state = GrantState::Revoked;
+                grant.revoked_at = Some(now);
+                grant.revocation_reason = Some(reason.to_owned());
+                revoked += 1;
+                events.push(Revocation {
+                    target: RevocationTarget::Grant(id.clone()),
+                    revoked_at: now,
+                    reason: reason.to_owned(),
+                    not_after: grant.expires_at,
+                });
+            }
+        }
+        (revoked, events)
+    }
+}
+
+fn parse_position(p: &FeedPosition) -> Result<u64, StoreError> {
+    p.as_str()
+        .parse()
+        .map_err(|_| StoreError::BadPosition(p.as_str().to_owned()))
+}
+
+#[async_trait]
+impl GrantStore for MemoryStore {
+    async fn create_task(&self, task: &Task) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.sweep(task.created_at, &self.limits);
+        if state.tasks.contains_key(&task.id) {
+            return Err(StoreError::TaskExists(task.id.clone()));
+        }
+        if state.tasks.len() >= self.limits.max_tasks {
+            return Err(StoreError::Full("tasks"));
+        }
+        if let Some(parent) = &task.parent {
+            match state.tasks.get(parent) {
+                None => return Err(StoreError::TaskNotFound(parent.clone())),
+                Some(p) if !p.is_active_at(task.created_at) => {
+                    return Err(StoreError::TaskOver(parent.clone(), p.state_at(task.created_at)));
+                }
+                Some(_) => {}
+            }
+            state
+                .children
+                .entry(parent.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+        state.tasks.insert(task.id.clone(), task.clone());
+        Ok(())
+    }
+
+    async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
+        Ok(self.lock().tasks.get(id).cloned())
+    }
+
+    async fn live_grants(&self, id: &TaskId, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let state = self.lock();
+        let count = state
+            .grants_by_task
+            .get(id)
+            .map(|ids| {
+                ids.iter()
+                    .filter(|g| state.grants.get(*g).is_some_and(|g| g.is_live_at(now)))
+                    .count()
+            })
+            .unwrap_or(0);
+        Ok(count as u64)
+    }
+
+    async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.sweep(now, &self.limits);
+        let task = state
+            .tasks
+            .get(&grant.task_id)
+            .ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
+        if !task.is_active_at(now) {
+            return Err(StoreError::TaskOver(task.id.clone(), task.state_at(now)));
+        }
+        if grant.expires_at > task.deadline {
+            return Err(StoreError::OutlivesTask(task.id.clone()));
+        }
+        if state.grants.contains_key(&grant.id) {
+            return Err(StoreError::GrantExists);
+        }
+        if state.grants.len() >= self.limits.max_grants {
+            return Err(StoreError::Full("grants"));
+        }
+        if let Some(parent) = &grant.parent {
+            state
+                .delegated
+                .entry(parent.clone())
+                .or_default()
+                .insert(grant.id.clone());
+        }
+        state
+            .grants_by_task
+            .entry(grant.task_id.clone())
+            .or_default()
+            .insert(grant.id.clone());
+        state.expiries.insert((grant.expires_at, grant.id.clone()), ());
+        state.grants.insert(grant.id.clone(), grant.clone());
+        Ok(())
+    }
+
+    async fn grant(&self, id: &GrantId) -> Result<Option<Grant>, StoreError> {
+        Ok(self.lock().grants.get(id).cloned())
+    }
+
+    async fn revoke_grant(
+        &self,
+        id: &GrantId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RevokeOutcome>, StoreError> {
+        let outcome = {
+            let mut state = self.lock();
+            if !state.grants.contains_key(id) {
+                return Ok(None);
+            }
+            let was_live = state.grants.get(id).is_some_and(|g| g.is_live_at(now));
+            let (revoked, events) = state.revoke_tree(id, reason, now);
+            for event in events {
+                state.append(event, now, &self.limits);
+            }
+            let Some(grant) = state.grants.get(id).cloned() else {
+                return Ok(None);
+            };
+            RevokeOutcome {
+                grant,
+                revoked: was_live,
+                descendants_revoked: revoked.saturating_sub(u64::from(was_live)),
+            }
+        };
+        self.feed_changed.notify_waiters();
+        Ok(Some(outcome))
+    }
+
+    async fn end_task(
+        &self,
+        id: &TaskId,
+        end_state: TaskState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TaskEnded, StoreError> {
+        let ended = {
+            let mut state = self.lock();
+            if !state.tasks.contains_key(id) {
+                return Err(StoreError::TaskNotFound(id.clone()));
+            }
+            // The task and its descendants, parents before children.
+            let mut order = Vec::new();
+            let mut queue = VecDeque::from([id.clone()]);
+            let mut seen = HashSet::new();
+            while let Some(t) = queue.pop_front() {
+                if !seen.insert(t.clone()) {
+                    continue;
+                }
+                if let Some(children) = state.children.get(&t) {
+                    queue.extend(children.iter().cloned());
+                }
+                order.push(t);
+            }
+            let mut grants_revoked = 0;
+            let mut children_ended = Vec::new();
+            for task_id in &order {
+                let Some(task) = state.tasks.get_mut(task_id) else {
+                    continue;
+                };
+                if task.state != TaskState::Active {
+                    continue; // already ended: idempotent
+                }
+                task.state = end_state;
+                task.ended_at = Some(now);
+                let deadline = task.deadline;
+                if task_id != id {
+                    children_ended.push(task_id.clone());
+                }
+                let grant_ids: Vec<GrantId> = state
+                    .grants_by_task
+                    .get(task_id)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                for gid in grant_ids {
+                    if let Some(grant) = state.grants.get_mut(&gid)
+                        && grant.is_live_at(now)
+                    {
+                        grant.state = GrantState::Revoked;
+                        grant.revoked_at = Some(now);
+                        grant.revocation_reason = Some(reason.to_owned());
+                        grants_revoked += 1;
+                    }
+                }
+                if deadline > now {
+                    let revocation = Revocation {
+                        target: RevocationTarget::Task(task_id.clone()),
+                        revoked_at: now,
+                        reason: reason.to_owned(),
+                        not_after: deadline,
+                    };
+                    state.append(revocation, now, &self.limits);
+                }
+            }
+            let task = state
+                .tasks
+                .get(id)
+                .cloned()
+                .ok_or_else(|| StoreError::TaskNotFound(id.clone()))?;
+            TaskEnded {
+                task,
+                grants_revoked,
+                children_ended,
+            }
+        };
+        self.feed_changed.notify_waiters();
+        Ok(ended)
+    }
+
+    async fn read_revocations(
+        &self,
+        after: Option<&FeedPosition>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<FeedBatch, StoreError> {
+        let after = after.map(parse_position).transpose()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register for wake-ups before looking, so no append is missed.
+            let notified = self.feed_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.lock();
+                let head = state.next_seq - 1;
+                let Some(after) = after else {
+                    return Ok(FeedBatch {
+                        events: Vec::new(),
+                        head: FeedPosition::new(head.to_string()),
+                    });
+                };
+                // A position ahead of the head comes from an earlier life of
+                // this store (a restart): the reader cannot know what it missed.
+                if after > head || after < state.lost_upto {
+                    return Err(StoreError::PositionExpired(after.to_string()));
+                }
+                let events: Vec<FeedEvent> = state
+                    .feed
+                    .iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .take(max.max(1))
+                    .map(|(seq, revocation)| FeedEvent {
+                        position: FeedPosition::new(seq.to_string()),
+                        revocation: revocation.clone(),
+                    })
+                    .collect();
+                if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                    let head = events
+                        .last()
+                        .map(|e| e.position.clone())
+                        .unwrap_or_else(|| FeedPosition::new(after.to_string()));
+                    return Ok(FeedBatch { events, head });
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // Timed out: one last look happens at the top of the loop.
+                continue;
+            }
+        }
+    }
+
+    async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
+        self.lock().keys.insert(key.jwk.kid.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn published_keys(&self, now: DateTime<Utc>) -> Result<Vec<PublishedKey>, StoreError> {
+        let mut state = self.lock();
+        state.keys.retain(|_, k| k.not_after.is_none_or(|t| t > now));
+        Ok(state.keys.values().cloned().collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        crate::conformance::run_all(|| async { MemoryStore::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_feed_reports_lost_positions() {
+        let limits = MemoryLimits {
+            max_feed_events: 2,
+            ..MemoryLimits::default()
+        };
+        crate::conformance::feed_overflow_is_reported(MemoryStore::new(limits)).await;
+    }
+}
