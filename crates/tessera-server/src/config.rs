@@ -1,0 +1,627 @@
+//! `tesserad`'s configuration: one TOML file plus `TESSERA_*` environment
+//! overrides, parsed into typed values once at start. Every error names the
+//! offending key (`tokens.default_ttl`) or variable.
+//!
+//! Overrides: `TESSERA_<SECTION>__<KEY>=value` sets `<section>.<key>`
+//! (lowercased; `__` separates levels), e.g. `TESSERA_SERVER__LISTEN=127.0.0.1:0`.
+//! The value is read as a TOML value when it parses as one (`10`, `true`,
+//! `"x"`), else as a string. Tables of arrays (`identities`, `apis`) come
+//! from the file only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::catalog::{Api, ApiCatalog};
+use tessera_core::identity::{Identity, IdentityKind, IdentityRegistry, Role, SpiffeId};
+use tessera_core::task::{Audience, Scope, ScopeClass};
+use tessera_core::token::Algorithm;
+use tessera_core::ttl::{Ttl, TtlLimits};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TESSERA_";
+
+/// Where override variables come from. Tests pass a map; `main` passes the process environment.
+pub trait EnvSource {
+    /// Every `(name, value)` pair.
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file `{path}` is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown, missing, or has the wrong type or value.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment override is malformed.
+    #[error("environment variable `{var}`: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener and transport limits.
+    pub server: ServerConfig,
+    /// mTLS material and trust.
+    pub tls: TlsConfig,
+    /// Token issuance.
+    pub tokens: TokensConfig,
+    /// Task bounds.
+    pub tasks: TasksConfig,
+    /// State backend.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Registered identities.
+    pub identities: IdentityRegistry,
+    /// Known APIs.
+    pub catalog: ApiCatalog,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC (mTLS) listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Name of this broker replica in logs and audit.
+    pub instance_id: String,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Most open connections; more are closed at accept.
+    pub max_connections: usize,
+    /// A TLS handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+    /// A unary request not answered by then fails.
+    pub request_timeout: Duration,
+    /// How often a quiet revocation feed sends a heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates that issue client SVIDs (PEM).
+    pub trust_bundle: PathBuf,
+    /// The one trust domain whose SVIDs are accepted.
+    pub trust_domain: String,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// The tokens' `iss`.
+    pub issuer: String,
+    /// Signing algorithm.
+    pub algorithm: Algorithm,
+    /// PKCS#8 PEM private key; when absent a key is generated at start.
+    pub signing_key: Option<PathBuf>,
+    /// Lifetime bounds.
+    pub ttl: TtlLimits,
+    /// Clock skew tolerated when checking `exp`/`nbf`, in seconds.
+    pub leeway_secs: i64,
+}
+
+/// `[tasks]`.
+#[derive(Debug, Clone)]
+pub struct TasksConfig {
+    /// Longest task.
+    pub max_duration: chrono::Duration,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded in-process store.
+    Memory,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `tessera_server=debug`.
+    pub level: String,
+}
+
+// ---- raw (file) shapes ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    tls: RawTls,
+    tokens: RawTokens,
+    #[serde(default)]
+    tasks: RawTasks,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    identities: Vec<RawIdentity>,
+    #[serde(default)]
+    apis: Vec<RawApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    #[serde(default = "default_instance_id")]
+    instance_id: String,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: usize,
+    #[serde(default = "default_max_concurrent_streams")]
+    max_concurrent_streams: u32,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    handshake_timeout: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    request_timeout: Duration,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    heartbeat_interval: Duration,
+}
+
+fn default_instance_id() -> String {
+    "tesserad".into()
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_concurrent_streams() -> u32 {
+    64
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    trust_bundle: PathBuf,
+    trust_domain: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    issuer: String,
+    #[serde(default)]
+    algorithm: Option<String>,
+    #[serde(default)]
+    signing_key: Option<PathBuf>,
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    default_ttl: Duration,
+    #[serde(default = "max_ttl", with = "humantime_serde")]
+    max_ttl: Duration,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    leeway: Duration,
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn max_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTasks {
+    #[serde(default = "default_max_task", with = "humantime_serde")]
+    max_duration: Duration,
+}
+
+impl Default for RawTasks {
+    fn default() -> Self {
+        Self {
+            max_duration: default_max_task(),
+        }
+    }
+}
+
+fn default_max_task() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_backend")]
+    backend: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "memory".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_level")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { level: default_level() }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    id: String,
+    kind: IdentityKind,
+    owner: String,
+    #[serde(default)]
+    roles: BTreeSet<Role>,
+    #[serde(with = "humantime_serde")]
+    max_ttl: Duration,
+    #[serde(default)]
+    disabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    audience: String,
+    #[serde(default)]
+    schema_version: String,
+    scopes: BTreeMap<String, ScopeClass>,
+}
+
+/// `humantime` durations ("5m", "1h 30m") for serde.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies overrides from `env`, and validates everything
+    /// that can be checked without binding a port. Relative paths in the file
+    /// resolve against the file's directory.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, path, base, env)
+    }
+
+    /// Like [`Config::load`], from text already read.
+    pub fn from_toml(text: &str, path: &Path, base: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        apply_env(&mut table, env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            key_error(if key == "." { "(top level)".to_owned() } else { key }, message)
+        })?;
+        raw.validate(base)
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigError> {
+    let mut vars = env.vars();
+    vars.sort();
+    for (var, value) in vars {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        // Variables the CLI and tooling read; not config keys.
+        if matches!(
+            rest,
+            "CONFIG" | "LOG" | "ENDPOINT" | "CA" | "CERT" | "KEY" | "AS" | "DEV_DIR" | "OUTPUT" | "TOKEN"
+        ) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected TESSERA_<SECTION>__<KEY>, e.g. TESSERA_SERVER__LISTEN".into(),
+            });
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let (section, key) = match path.as_slice() {
+            [section, key] => (section, key),
+            _ => continue,
+        };
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("`{section}` is not a section"),
+            });
+        };
+        section_table.insert(key.clone(), parsed);
+    }
+    Ok(())
+}
+
+fn ttl(key: &str, d: Duration) -> Result<Ttl, ConfigError> {
+    Ttl::from_secs(d.as_secs()).map_err(|e| key_error(key, e.to_string()))
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let s = self.server;
+        let listen: SocketAddr = s
+            .listen
+            .parse()
+            .map_err(|_| key_error("server.listen", format!("`{}` is not an IP:port address", s.listen)))?;
+        if s.instance_id.is_empty() || s.instance_id.len() > 64 {
+            return Err(key_error("server.instance_id", "must be 1-64 characters"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&s.max_message_bytes) {
+            return Err(key_error(
+                "server.max_message_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(1..=10_000).contains(&s.max_concurrent_streams) {
+            return Err(key_error(
+                "server.max_concurrent_streams",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            return Err(key_error("server.max_connections", "must be between 1 and 1000000"));
+        }
+        for (key, d) in [
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.request_timeout", s.request_timeout),
+            ("server.heartbeat_interval", s.heartbeat_interval),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(key_error(key, "must be between 1ms and 1h"));
+            }
+        }
+
+        let td = &self.tls.trust_domain;
+        if SpiffeId::parse(&format!("spiffe://{td}")).is_err() {
+            return Err(key_error(
+                "tls.trust_domain",
+                format!("`{td}` is not a valid SPIFFE trust domain"),
+            ));
+        }
+
+        let t = self.tokens;
+        if t.issuer.is_empty() || t.issuer.len() > 256 || t.issuer.chars().any(char::is_whitespace) {
+            return Err(key_error(
+                "tokens.issuer",
+                "must be 1-256 characters without spaces (a URL)",
+            ));
+        }
+        let algorithm = match t.algorithm.as_deref() {
+            None => Algorithm::Es256,
+            Some(a) => a
+                .parse()
+                .map_err(|_| key_error("tokens.algorithm", format!("`{a}` is not one of ES256, EdDSA")))?,
+        };
+        let default = ttl("tokens.default_ttl", t.default_ttl)?;
+        let max = ttl("tokens.max_ttl", t.max_ttl)?;
+        if max.as_secs() > 24 * 3600 {
+            return Err(key_error(
+                "tokens.max_ttl",
+                "must be at most 24h: tokens are short-lived",
+            ));
+        }
+        if default > max {
+            return Err(key_error(
+                "tokens.default_ttl",
+                format!("{default} is above tokens.max_ttl ({max})"),
+            ));
+        }
+        if t.leeway > Duration::from_secs(300) {
+            return Err(key_error("tokens.leeway", "must be at most 5m"));
+        }
+
+        let max_task = chrono::Duration::from_std(self.tasks.max_duration)
+            .map_err(|_| key_error("tasks.max_duration", "too long"))?;
+        if max_task <= chrono::Duration::zero() || max_task > chrono::Duration::days(30) {
+            return Err(key_error("tasks.max_duration", "must be between 1s and 30 days"));
+        }
+
+        let store = match self.store.backend.as_str() {
+            "memory" => StoreConfig::Memory,
+            other => {
+                return Err(key_error(
+                    "store.backend",
+                    format!("`{other}` is not a supported backend (memory)"),
+                ));
+            }
+        };
+
+        let mut identities = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, raw) in self.identities.into_iter().enumerate() {
+            let key = |field: &str| format!("identities[{i}].{field}");
+            let id = SpiffeId::parse(&raw.id).map_err(|e| key_error(key("id"), format!("`{}`: {e}", raw.id)))?;
+            if id.trust_domain() != td {
+                return Err(key_error(key("id"), format!("`{id}` is not in trust domain `{td}`")));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(key_error(key("id"), format!("`{id}` is registered twice")));
+            }
+            if raw.owner.trim().is_empty() {
+                return Err(key_error(key("owner"), "every identity needs an accountable owner"));
+            }
+            identities.push(Identity {
+                id,
+                kind: raw.kind,
+                owner: raw.owner,
+                max_ttl: ttl(&key("max_ttl"), raw.max_ttl)?,
+                roles: raw.roles,
+                disabled: raw.disabled,
+            });
+        }
+
+        let mut apis = Vec::new();
+        let mut audiences = BTreeSet::new();
+        for (i, raw) in self.apis.into_iter().enumerate() {
+            let key = |field: &str| format!("apis[{i}].{field}");
+            let audience = Audience::parse(&raw.audience)
+                .map_err(|e| key_error(key("audience"), format!("`{}` {e}", raw.audience)))?;
+            if !audiences.insert(audience.clone()) {
+                return Err(key_error(key("audience"), format!("`{audience}` is listed twice")));
+            }
+            if raw.scopes.is_empty() {
+                return Err(key_error(key("scopes"), "an API needs at least one scope"));
+            }
+            let mut scopes = BTreeMap::new();
+            for (name, class) in raw.scopes {
+                let scope = Scope::parse(&name).map_err(|e| key_error(key("scopes"), format!("`{name}` {e}")))?;
+                scopes.insert(scope, class);
+            }
+            apis.push(Api {
+                audience,
+                schema_version: raw.schema_version,
+                scopes,
+            });
+        }
+
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                instance_id: s.instance_id,
+                max_message_bytes: s.max_message_bytes,
+                max_concurrent_streams: s.max_concurrent_streams,
+                max_connections: s.max_connections,
+                handshake_timeout: s.handshake_timeout,
+                request_timeout: s.request_timeout,
+                heartbeat_interval: s.heartbeat_interval,
+            },
+            tls: TlsConfig {
+                cert: resolve(base, self.tls.cert),
+                key: resolve(base, self.tls.key),
+                trust_bundle: resolve(base, self.tls.trust_bundle),
+                trust_domain: self.tls.trust_domain,
+            },
+            tokens: TokensConfig {
+                issuer: t.issuer,
+                algorithm,
+                signing_key: t.signing_key.map(|p| resolve(base, p)),
+                ttl: TtlLimits { default, max },
+                leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
+            },
+            tasks: TasksConfig { max_duration: max_task },
+            store,
+            log: LogConfig { level: self.log.level },
+            identities: IdentityRegistry::new(identities),
+            catalog: ApiCatalog::new(apis),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

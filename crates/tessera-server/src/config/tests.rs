@@ -1,0 +1,128 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[tls]
+cert = "broker.pem"
+key = "broker.key.pem"
+trust_bundle = "ca.pem"
+trust_domain = "tessera.local"
+
+[tokens]
+issuer = "https://tessera.local"
+default_ttl = "5m"
+max_ttl = "1h"
+
+[[identities]]
+id = "spiffe://tessera.local/agent/a"
+kind = "agent"
+owner = "team"
+roles = ["agent"]
+max_ttl = "10m"
+
+[[apis]]
+audience = "crm"
+[apis.scopes]
+"crm.read" = "read"
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Config::from_toml(text, Path::new("t.toml"), Path::new("/etc/tessera"), &env)
+}
+
+#[track_caller]
+fn check_key_error(text: &str, env: &[(&str, &str)], key: &str) {
+    match load(text, env) {
+        Err(ConfigError::Key { key: got, message }) => assert_eq!(got, key, "{message}"),
+        other => panic!("expected an error naming `{key}`, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_good_file_loads_with_defaults() {
+    let c = load(GOOD, &[]).unwrap();
+    assert_eq!(c.server.listen.port(), 0);
+    assert_eq!(c.server.max_message_bytes, 64 * 1024);
+    assert_eq!(c.tokens.ttl.default.as_secs(), 300);
+    assert_eq!(c.tokens.algorithm, Algorithm::Es256);
+    assert_eq!(c.tls.cert, Path::new("/etc/tessera/broker.pem"));
+    assert_eq!(c.identities.len(), 1);
+    assert_eq!(c.store, StoreConfig::Memory);
+}
+
+#[test]
+fn env_overrides_win() {
+    let c = load(
+        GOOD,
+        &[
+            ("TESSERA_SERVER__LISTEN", "127.0.0.1:9999"),
+            ("TESSERA_TOKENS__DEFAULT_TTL", "1m"),
+            ("TESSERA_SERVER__MAX_CONNECTIONS", "7"),
+            ("TESSERA_TOKENS__ALGORITHM", "EdDSA"),
+            ("TESSERA_CONFIG", "ignored"),
+            ("OTHER", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.listen.port(), 9999);
+    assert_eq!(c.tokens.ttl.default.as_secs(), 60);
+    assert_eq!(c.server.max_connections, 7);
+    assert_eq!(c.tokens.algorithm, Algorithm::EdDsa);
+}
+
+#[test]
+fn bad_keys_are_named() {
+    check_key_error(GOOD, &[("TESSERA_TOKENS__DEFAULT_TTL", "2h")], "tokens.default_ttl");
+    check_key_error(GOOD, &[("TESSERA_TOKENS__DEFAULT_TTL", "soon")], "tokens.default_ttl");
+    check_key_error(GOOD, &[("TESSERA_TOKENS__MAX_TTL", "0s")], "tokens.max_ttl");
+    check_key_error(GOOD, &[("TESSERA_SERVER__LISTEN", "nowhere")], "server.listen");
+    check_key_error(GOOD, &[("TESSERA_SERVER__BOGUS", "1")], "server.bogus");
+    check_key_error(GOOD, &[("TESSERA_TOKENS__ALGORITHM", "HS256")], "tokens.algorithm");
+    check_key_error(GOOD, &[("TESSERA_TLS__TRUST_DOMAIN", "Bad Domain")], "tls.trust_domain");
+    check_key_error(GOOD, &[("TESSERA_STORE__BACKEND", "etcd")], "store.backend");
+    check_key_error(
+        GOOD,
+        &[("TESSERA_SERVER__MAX_MESSAGE_BYTES", "10")],
+        "server.max_message_bytes",
+    );
+    check_key_error(
+        &GOOD.replace("spiffe://tessera.local/agent/a", "spiffe://other/agent/a"),
+        &[],
+        "identities[0].id",
+    );
+    check_key_error(
+        &GOOD.replace("spiffe://tessera.local/agent/a", "not-spiffe"),
+        &[],
+        "identities[0].id",
+    );
+    check_key_error(
+        &GOOD.replace("kind = \"agent\"", "kind = \"robot\""),
+        &[],
+        "identities[0].kind",
+    );
+    check_key_error(
+        &GOOD.replace("\"crm.read\" = \"read\"", "\"crm.read\" = \"delete\""),
+        &[],
+        "apis[0].scopes.crm.read",
+    );
+    check_key_error(
+        &GOOD.replace("[server]\n", "[server]\nlisten_port = 3\n"),
+        &[],
+        "server.listen_port",
+    );
+}
+
+#[test]
+fn malformed_env_and_toml_are_reported() {
+    assert!(matches!(
+        load(GOOD, &[("TESSERA_LISTEN", "x")]),
+        Err(ConfigError::Env { .. })
+    ));
+    assert!(matches!(load("[server", &[]), Err(ConfigError::Syntax { .. })));
+}

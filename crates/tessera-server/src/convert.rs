@@ -1,0 +1,446 @@
+//! Protobuf ↔ domain. Every request field is parsed here into a domain
+//! newtype, or refused with INVALID_ARGUMENT naming the field.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+use tessera_core::grant::{Grant, GrantId, GrantState};
+use tessera_core::identity::SpiffeId;
+use tessera_core::issuance::{MAX_SCOPES_PER_REQUEST, TokenRequest};
+use tessera_core::orchestration::{StartTask, TaskLifetime};
+use tessera_core::revocation::{Revocation, RevocationTarget};
+use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId, TaskState};
+use tessera_core::token::{AccessClaims, Jwk, Jwks};
+use tessera_core::ttl::Ttl;
+use tessera_proto::v1 as pb;
+use tessera_store::{FeedEvent, FeedPosition};
+
+use crate::broker::Issued;
+use crate::status::FieldError;
+
+/// Longest free-text reason accepted, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Longest token accepted for introspection or release, in bytes.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Longest feed position accepted, in bytes.
+pub const MAX_POSITION_LEN: usize = 64;
+
+/// A timestamp for the wire.
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_timestamp(field: &'static str, t: &Timestamp) -> Result<DateTime<Utc>, FieldError> {
+    let nanos = u32::try_from(t.nanos).map_err(|_| FieldError::new(field, "nanos out of range"))?;
+    DateTime::from_timestamp(t.seconds, nanos).ok_or_else(|| FieldError::new(field, "out of range"))
+}
+
+/// Parses a task id field.
+pub fn task_id(field: &'static str, s: &str) -> Result<TaskId, FieldError> {
+    TaskId::parse(s).map_err(|e| FieldError::new(field, format!("task id {e}")))
+}
+
+/// Parses a grant id field.
+pub fn grant_id(field: &'static str, s: &str) -> Result<GrantId, FieldError> {
+    GrantId::parse(s).map_err(|e| FieldError::new(field, e.to_string()))
+}
+
+fn spiffe_id(field: &'static str, s: &str) -> Result<SpiffeId, FieldError> {
+    SpiffeId::parse(s).map_err(|e| FieldError::new(field, format!("`{}`: {e}", truncate(s))))
+}
+
+fn audience(field: &'static str, s: &str) -> Result<Audience, FieldError> {
+    Audience::parse(s).map_err(|e| FieldError::new(field, format!("audience {e}")))
+}
+
+fn scopes(field: &'static str, raw: &[String]) -> Result<BTreeSet<Scope>, FieldError> {
+    if raw.is_empty() {
+        return Err(FieldError::new(field, "at least one scope is required"));
+    }
+    if raw.len() > MAX_SCOPES_PER_REQUEST {
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_SCOPES_PER_REQUEST} scopes"),
+        ));
+    }
+    raw.iter()
+        .map(|s| Scope::parse(s).map_err(|e| FieldError::new(field, format!("scope `{}` {e}", truncate(s)))))
+        .collect()
+}
+
+/// Parses a free-text reason (bounded, no control characters).
+pub fn reason(field: &'static str, s: &str, default: &str) -> Result<String, FieldError> {
+    if s.len() > MAX_REASON_LEN {
+        return Err(FieldError::new(field, format!("at most {MAX_REASON_LEN} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "control characters are not allowed"));
+    }
+    Ok(if s.is_empty() { default.to_owned() } else { s.to_owned() })
+}
+
+/// Parses a token field: present and bounded (its content is checked by verification).
+pub fn token(field: &'static str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is empty"));
+    }
+    if s.len() > MAX_TOKEN_LEN {
+        return Err(FieldError::new(field, format!("longer than {MAX_TOKEN_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// Parses a feed position (empty: from now).
+pub fn position(field: &'static str, s: &str) -> Result<Option<FeedPosition>, FieldError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_POSITION_LEN || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(FieldError::new(field, "not a feed position"));
+    }
+    Ok(Some(FeedPosition::new(s)))
+}
+
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = s.get(..end).unwrap_or_default();
+    if end < s.len() {
+        format!("{head}…")
+    } else {
+        head.to_owned()
+    }
+}
+
+/// StartTaskRequest → [`StartTask`]. `generated_id` is used when the request names none.
+pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> String) -> Result<StartTask, FieldError> {
+    let id = if req.task_id.is_empty() {
+        task_id("task_id", &generated_id())?
+    } else {
+        task_id("task_id", &req.task_id)?
+    };
+    if req.agents.len() > 256 {
+        return Err(FieldError::new("agents", "at most 256 agents"));
+    }
+    let agents = req
+        .agents
+        .iter()
+        .map(|a| spiffe_id("agents", a))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if req.scope_ceiling.len() > 32 {
+        return Err(FieldError::new("scope_ceiling", "at most 32 audiences"));
+    }
+    let mut ceiling = BTreeMap::new();
+    for (aud, set) in &req.scope_ceiling {
+        ceiling.insert(audience("scope_ceiling", aud)?, scopes("scope_ceiling", &set.scopes)?);
+    }
+    let lifetime = match req.lifetime {
+        Some(pb::start_task_request::Lifetime::Deadline(t)) => TaskLifetime::Deadline(from_timestamp("deadline", &t)?),
+        Some(pb::start_task_request::Lifetime::DurationSeconds(0)) => {
+            return Err(FieldError::new("duration_seconds", "must be at least 1"));
+        }
+        Some(pb::start_task_request::Lifetime::DurationSeconds(s)) => {
+            TaskLifetime::Duration(chrono::Duration::seconds(i64::from(s)))
+        }
+        None => return Err(FieldError::new("lifetime", "set either deadline or duration_seconds")),
+    };
+    if req.labels.len() > 32 {
+        return Err(FieldError::new("labels", "at most 32 labels"));
+    }
+    let parent = if req.parent_task_id.is_empty() {
+        None
+    } else {
+        Some(task_id("parent_task_id", &req.parent_task_id)?)
+    };
+    Ok(StartTask {
+        task_id: id,
+        agents,
+        ceiling: ScopeCeiling(ceiling),
+        lifetime,
+        labels: req.labels.into_iter().collect(),
+        parent,
+    })
+}
+
+/// RequestTokenRequest → [`TokenRequest`].
+pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldError> {
+    if !req.pop_proof.is_empty() {
+        return Err(FieldError::new(
+            "pop_proof",
+            "proof-of-possession is not supported by this broker yet",
+        ));
+    }
+    let ttl = req
+        .ttl_seconds
+        .map(|s| Ttl::from_secs(u64::from(s)).map_err(|e| FieldError::new("ttl_seconds", e.to_string())))
+        .transpose()?;
+    Ok(TokenRequest {
+        task_id: task_id("task_id", &req.task_id)?,
+        audience: audience("audience", &req.audience)?,
+        scopes: scopes("scopes", &req.scopes)?,
+        ttl,
+    })
+}
+
+/// A scope class for the wire.
+pub fn class(c: ScopeClass) -> pb::ScopeClass {
+    match c {
+        ScopeClass::Discover => pb::ScopeClass::Discover,
+        ScopeClass::Read => pb::ScopeClass::Read,
+        ScopeClass::Write => pb::ScopeClass::Write,
+        ScopeClass::Admin => pb::ScopeClass::Admin,
+    }
+}
+
+/// A task for the wire.
+pub fn task(t: &Task, now: DateTime<Utc>, live_grants: u64) -> pb::Task {
+    let state = match t.state_at(now) {
+        TaskState::Active => pb::TaskState::Active,
+        TaskState::Completed => pb::TaskState::Completed,
+        TaskState::Revoked => pb::TaskState::Revoked,
+        TaskState::Expired => pb::TaskState::Expired,
+    };
+    pb::Task {
+        task_id: t.id.to_string(),
+        orchestrator: t.orchestrator.to_string(),
+        agents: t.agents.iter().map(ToString::to_string).collect(),
+        scope_ceiling: t
+            .ceiling
+            .0
+            .iter()
+            .map(|(aud, scopes)| {
+                (
+                    aud.to_string(),
+                    pb::ScopeSet {
+                        scopes: scopes.iter().map(ToString::to_string).collect(),
+                    },
+                )
+            })
+            .collect(),
+        deadline: Some(timestamp(t.deadline)),
+        labels: t.labels.clone().into_iter().collect(),
+        parent_task_id: t.parent.as_ref().map(ToString::to_string).unwrap_or_default(),
+        state: state.into(),
+        created_at: Some(timestamp(t.created_at)),
+        ended_at: t.ended_at.map(timestamp),
+        live_grants,
+    }
+}
+
+/// A grant for the wire.
+pub fn grant(g: &Grant, now: DateTime<Utc>) -> pb::Grant {
+    let state = match g.state_at(now) {
+        GrantState::Active => pb::GrantState::Active,
+        GrantState::Revoked => pb::GrantState::Revoked,
+        GrantState::Expired => pb::GrantState::Expired,
+    };
+    pb::Grant {
+        grant_id: g.id.to_string(),
+        task_id: g.task_id.to_string(),
+        subject: g.subject.to_string(),
+        audience: g.audience.to_string(),
+        scopes: g.scopes.iter().map(ToString::to_string).collect(),
+        class: class(g.class).into(),
+        issued_at: Some(timestamp(g.issued_at)),
+        expires_at: Some(timestamp(g.expires_at)),
+        parent_grant_id: g.parent.as_ref().map(ToString::to_string).unwrap_or_default(),
+        state: state.into(),
+        revoked_at: g.revoked_at.map(timestamp),
+        revocation_reason: g.revocation_reason.clone().unwrap_or_default(),
+        key_id: g.key_id.clone(),
+    }
+}
+
+/// An issued token for the wire.
+pub fn issued(i: Issued) -> pb::IssuedToken {
+    let g = &i.grant;
+    pb::IssuedToken {
+        access_token: i.token,
+        token_type: "Bearer".into(),
+        grant_id: g.id.to_string(),
+        task_id: g.task_id.to_string(),
+        audience: g.audience.to_string(),
+        scopes: g.scopes.iter().map(ToString::to_string).collect(),
+        class: class(g.class).into(),
+        issued_at: Some(timestamp(g.issued_at)),
+        expires_at: Some(timestamp(g.expires_at)),
+        expires_in: u32::try_from((g.expires_at - g.issued_at).num_seconds()).unwrap_or(0),
+    }
+}
+
+/// A JWK for the wire.
+pub fn jwk(k: &Jwk) -> pb::Jwk {
+    pb::Jwk {
+        kty: k.kty.clone(),
+        crv: k.crv.clone(),
+        x: k.x.clone(),
+        y: k.y.clone().unwrap_or_default(),
+        kid: k.kid.clone(),
+        alg: k.alg.as_jose().to_owned(),
+        r#use: k.key_use.clone(),
+    }
+}
+
+/// The JWKS for the wire.
+pub fn jwks(set: &Jwks) -> pb::GetJwksResponse {
+    pb::GetJwksResponse {
+        keys: set.keys.iter().map(jwk).collect(),
+        jwks_json: set.to_json(),
+    }
+}
+
+/// Introspection of a live token; `None` gives `active: false` and nothing else.
+pub fn introspection(claims: Option<AccessClaims>) -> pb::IntrospectResponse {
+    let Some(c) = claims else {
+        return pb::IntrospectResponse {
+            active: false,
+            ..Default::default()
+        };
+    };
+    pb::IntrospectResponse {
+        active: true,
+        sub: c.sub,
+        aud: c.aud,
+        scope: c.scope,
+        task_id: c.task_id,
+        jti: c.jti,
+        client_id: c.client_id,
+        iss: c.iss,
+        iat: DateTime::from_timestamp(c.iat, 0).map(timestamp),
+        exp: DateTime::from_timestamp(c.exp, 0).map(timestamp),
+        token_type: "Bearer".into(),
+    }
+}
+
+/// A revocation event for the wire.
+pub fn revocation_event(e: &FeedEvent) -> pb::RevocationEvent {
+    let Revocation {
+        target,
+        revoked_at,
+        reason,
+        not_after,
+    } = &e.revocation;
+    pb::RevocationEvent {
+        position: e.position.to_string(),
+        revoked_at: Some(timestamp(*revoked_at)),
+        reason: reason.clone(),
+        target: Some(match target {
+            RevocationTarget::Grant(id) => pb::revocation_event::Target::GrantId(id.to_string()),
+            RevocationTarget::Task(id) => pb::revocation_event::Target::TaskId(id.to_string()),
+        }),
+        not_after: Some(timestamp(*not_after)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::RequestTokenRequest {
+        pb::RequestTokenRequest {
+            task_id: "t1".into(),
+            audience: "crm".into(),
+            scopes: vec!["a.read".into()],
+            ttl_seconds: Some(60),
+            pop_proof: String::new(),
+        }
+    }
+
+    #[track_caller]
+    fn check(req: pb::RequestTokenRequest, field: &str) {
+        let err = token_request(&req).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+
+    #[test]
+    fn token_request_fields_are_named() {
+        assert!(token_request(&request()).is_ok());
+        check(
+            pb::RequestTokenRequest {
+                ttl_seconds: Some(0),
+                ..request()
+            },
+            "ttl_seconds",
+        );
+        check(
+            pb::RequestTokenRequest {
+                task_id: String::new(),
+                ..request()
+            },
+            "task_id",
+        );
+        check(
+            pb::RequestTokenRequest {
+                task_id: "x".repeat(129),
+                ..request()
+            },
+            "task_id",
+        );
+        check(
+            pb::RequestTokenRequest {
+                audience: String::new(),
+                ..request()
+            },
+            "audience",
+        );
+        check(
+            pb::RequestTokenRequest {
+                audience: "a b".into(),
+                ..request()
+            },
+            "audience",
+        );
+        check(
+            pb::RequestTokenRequest {
+                scopes: vec![],
+                ..request()
+            },
+            "scopes",
+        );
+        check(
+            pb::RequestTokenRequest {
+                scopes: vec![String::new()],
+                ..request()
+            },
+            "scopes",
+        );
+        check(
+            pb::RequestTokenRequest {
+                scopes: vec!["s".into(); 65],
+                ..request()
+            },
+            "scopes",
+        );
+        check(
+            pb::RequestTokenRequest {
+                pop_proof: "x".into(),
+                ..request()
+            },
+            "pop_proof",
+        );
+    }
+
+    #[test]
+    fn long_inputs_are_truncated_in_messages() {
+        let err = spiffe_id("agents", &"x".repeat(10_000)).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
+        assert_eq!(truncate("ééé"), "ééé");
+    }
+
+    #[test]
+    fn positions_and_reasons_are_bounded() {
+        assert_eq!(position("after", "").unwrap(), None);
+        assert!(position("after", "12-3").unwrap().is_some());
+        assert!(position("after", &"1".repeat(65)).is_err());
+        assert!(position("after", "1;DROP").is_err());
+        assert_eq!(reason("reason", "", "default").unwrap(), "default");
+        assert!(reason("reason", "a\nb", "d").is_err());
+        assert!(reason("reason", &"a".repeat(1025), "d").is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! `tessera.v1.AdminService`.
+
+use tessera_core::task::TaskState;
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use super::{Shared, caller, not_yet};
+use crate::{convert, status};
+
+#[tonic::async_trait]
+impl AdminService for Shared {
+    async fn list_grants(
+        &self,
+        req: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("ListGrants", "arrives with the operator tooling"))
+    }
+
+    async fn revoke_grant(
+        &self,
+        req: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let who = caller(&self.broker, &req)?;
+        let id = convert::grant_id("grant_id", &req.get_ref().grant_id)?;
+        let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
+        let outcome = self
+            .broker
+            .revoke_grant(&who, &id, &reason)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::RevokeGrantResponse {
+            grant_id: id.to_string(),
+            revoked: outcome.revoked,
+        }))
+    }
+
+    async fn revoke_task(
+        &self,
+        req: Request<pb::RevokeTaskRequest>,
+    ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
+        let who = caller(&self.broker, &req)?;
+        let id = convert::task_id("task_id", &req.get_ref().task_id)?;
+        let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
+        let ended = self
+            .broker
+            .end_task(&who, &id, TaskState::Revoked, &reason)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::RevokeTaskResponse {
+            task: Some(convert::task(&ended.task, self.broker.now(), 0)),
+            grants_revoked: ended.grants_revoked,
+            child_tasks_ended: ended.children_ended.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn revoke_identity(
+        &self,
+        req: Request<pb::RevokeIdentityRequest>,
+    ) -> Result<Response<pb::RevokeIdentityResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("RevokeIdentity", "arrives with the operator tooling"))
+    }
+
+    async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("RevokeAll", "arrives with the operator tooling"))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("ListApprovals", "approvals arrive with policy-as-code"))
+    }
+
+    async fn decide_approval(
+        &self,
+        req: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("DecideApproval", "approvals arrive with policy-as-code"))
+    }
+
+    async fn blast_radius(
+        &self,
+        req: Request<pb::BlastRadiusRequest>,
+    ) -> Result<Response<pb::BlastRadiusResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("BlastRadius", "arrives with the operator tooling"))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet(
+            "RotateSigningKey",
+            "key rotation arrives with the operator tooling",
+        ))
+    }
+
+    async fn reload_policy(
+        &self,
+        req: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        caller(&self.broker, &req)?;
+        Err(not_yet("ReloadPolicy", "arrives with policy-as-code"))
+    }
+}

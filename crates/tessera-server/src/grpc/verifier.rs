@@ -1,0 +1,99 @@
+//! `tessera.v1.VerifierService`.
+
+use std::pin::Pin;
+
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::verifier_service_server::VerifierService;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Shared, caller};
+use crate::{convert, status};
+
+/// Most events sent per feed read.
+const FEED_BATCH: usize = 256;
+
+#[tonic::async_trait]
+impl VerifierService for Shared {
+    async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        // Public keys: any caller with a trusted certificate may read them.
+        let jwks = self.broker.jwks().await.map_err(status::from_broker)?;
+        drop(req);
+        Ok(Response::new(convert::jwks(&jwks)))
+    }
+
+    async fn introspect(
+        &self,
+        req: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let who = caller(&self.broker, &req)?;
+        convert::token("token", &req.get_ref().token)?;
+        let claims = self
+            .broker
+            .introspect(&who, &req.get_ref().token)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(convert::introspection(claims)))
+    }
+
+    type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
+
+    async fn watch_revocations(
+        &self,
+        req: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let who = caller(&self.broker, &req)?;
+        let after = convert::position("after", &req.get_ref().after)?;
+        // Resolve the starting point now so a bad or lost position fails the call itself.
+        let first = self
+            .broker
+            .read_revocations(&who, after.as_ref(), FEED_BATCH, std::time::Duration::ZERO)
+            .await
+            .map_err(status::from_broker)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let broker = self.broker.clone();
+        let heartbeat = self.heartbeat;
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                let items = if batch.events.is_empty() {
+                    vec![pb::WatchRevocationsResponse {
+                        item: Some(pb::watch_revocations_response::Item::Heartbeat(pb::Heartbeat {
+                            position: batch.head.to_string(),
+                            sent_at: Some(convert::timestamp(broker.now())),
+                        })),
+                    }]
+                } else {
+                    batch
+                        .events
+                        .iter()
+                        .map(|e| pb::WatchRevocationsResponse {
+                            item: Some(pb::watch_revocations_response::Item::Event(convert::revocation_event(
+                                e,
+                            ))),
+                        })
+                        .collect()
+                };
+                for item in items {
+                    if tx.send(Ok(item)).await.is_err() {
+                        return; // subscriber gone
+                    }
+                }
+                let head = batch.head.clone();
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = broker.read_revocations(&who, Some(&head), FEED_BATCH, heartbeat) => next,
+                };
+                batch = match next {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_broker(e))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

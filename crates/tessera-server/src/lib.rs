@@ -1,0 +1,269 @@
+//! `tesserad`, the Tessera broker: the gRPC edge (mTLS, attestation,
+//! conversion, status codes) around `tessera-core`'s decisions and a
+//! `tessera-store` backend.
+//!
+//! [`prepare`] reads everything that can fail before a port is bound (TLS
+//! material, the signing key); [`serve`] runs on listeners the caller bound,
+//! so tests run the real server on `127.0.0.1:0`. Nothing here logs a token
+//! or a private key.
+
+pub mod broker;
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod status;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::clock::Clock;
+use tessera_core::orchestration::TaskLimits;
+use tessera_core::token::{KeyError, SigningKey};
+use tessera_proto::v1 as pb;
+use tessera_store::{GrantStore, MemoryStore, StoreError};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::broker::{Broker, BrokerSettings};
+use crate::config::{Config, StoreConfig};
+use crate::grpc::Shared;
+
+/// How long in-flight requests may take to drain after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// TLS material is missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The signing key file is missing or invalid.
+    #[error("config key `tokens.signing_key`: {0}")]
+    SigningKeyFile(String),
+    /// Generating or loading the signing key failed.
+    #[error("config key `tokens.signing_key`: {0}")]
+    SigningKey(#[source] KeyError),
+    /// The store could not be reached at start.
+    #[error("store unavailable at start: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Everything loaded from disk before binding a port.
+pub struct Prepared {
+    config: Config,
+    tls: rustls::ServerConfig,
+    signer: SigningKey,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// Loads TLS material and the signing key named by `config`.
+pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    // INVARIANT: only the ring provider is compiled in (CI checks that
+    // aws-lc-rs is absent); installing it makes rustls' choice explicit.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.trust_bundle)?;
+    let alg = config.tokens.algorithm;
+    let signer = match &config.tokens.signing_key {
+        Some(path) => {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ServeError::SigningKeyFile(format!("`{}`: {e}", path.display())))?,
+            );
+            SigningKey::from_pkcs8_pem(alg, &pem).map_err(ServeError::SigningKey)?
+        }
+        None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
+    };
+    Ok(Prepared { config, tls, signer })
+}
+
+/// The listeners `serve` runs on; bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC (mTLS) listener.
+    pub grpc: TcpListener,
+}
+
+/// Runs the broker until `shutdown` resolves, then stops accepting, reports
+/// NOT_SERVING, and drains in-flight calls for up to [`DRAIN_TIMEOUT`].
+pub async fn serve(
+    prepared: Prepared,
+    listeners: Listeners,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Prepared { config, tls, signer } = prepared;
+    let store: Arc<dyn GrantStore> = match config.store {
+        StoreConfig::Memory => Arc::new(MemoryStore::default()),
+    };
+    let settings = BrokerSettings {
+        issuer: config.tokens.issuer.clone(),
+        instance_id: config.server.instance_id.clone(),
+        trust_domain: config.tls.trust_domain.clone(),
+        ttl: config.tokens.ttl,
+        tasks: TaskLimits {
+            max_duration: config.tasks.max_duration,
+            ..TaskLimits::default()
+        },
+        leeway_secs: config.tokens.leeway_secs,
+    };
+    let broker = Arc::new(
+        Broker::start(
+            store,
+            config.identities.clone(),
+            config.catalog.clone(),
+            signer,
+            clock,
+            settings,
+        )
+        .await?,
+    );
+    let shared = Shared {
+        broker: broker.clone(),
+        heartbeat: config.server.heartbeat_interval,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let max = config.server.max_message_bytes;
+    let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let orchestrator = pb::orchestrator_service_server::OrchestratorServiceServer::new(shared.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = pb::admin_service_server::AdminServiceServer::new(shared.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let verifier = pb::verifier_service_server::VerifierServiceServer::new(shared)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    let services = [
+        "tessera.v1.AgentService",
+        "tessera.v1.OrchestratorService",
+        "tessera.v1.AdminService",
+        "tessera.v1.VerifierService",
+        "",
+    ];
+    for name in services {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    // Store liveness drives health: NOT_SERVING while the store does not answer.
+    let watch = {
+        let broker = broker.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut serving = true;
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let ok = tokio::time::timeout(Duration::from_secs(2), broker.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if ok != serving {
+                    serving = ok;
+                    let status = if ok {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    tracing::warn!(serving = ok, "store health changed");
+                    for name in services {
+                        health.set_service_status(name, status).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let addr = listeners.grpc.local_addr().ok();
+    let incoming = tls::accept_loop(
+        listeners.grpc,
+        tls,
+        config.server.max_connections,
+        config.server.handshake_timeout,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        .timeout(config.server.request_timeout)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_header_list_size(16 * 1024)
+        .load_shed(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agent)
+        .add_service(orchestrator)
+        .add_service(admin)
+        .add_service(verifier)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
+            let _ = stop_rx.await;
+        });
+    tracing::info!(grpc = ?addr, instance = %config.server.instance_id, "tesserad serving");
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            watch.abort();
+            return flatten(result);
+        }
+    }
+    tracing::info!("shutting down: reporting NOT_SERVING and draining");
+    watch.abort();
+    for name in services {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    if let Err(e) = broker.retire_key().await {
+        tracing::warn!(error = %e, "could not mark the signing key as retiring");
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+        Ok(result) => flatten(result),
+        Err(_) => {
+            tracing::warn!("drain timed out; closing remaining connections");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServeError> {
+    match result {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ServeError::Reflection(format!("server task failed: {e}"))),
+    }
+}

@@ -1,0 +1,113 @@
+//! `tesserad`: load and validate the configuration, bind, serve until SIGTERM.
+//!
+//! Exit codes: 0 clean stop; 64 bad configuration or key/TLS material (nothing
+//! was bound); 1 any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tessera_core::clock::SystemClock;
+use tessera_server::config::{Config, ProcessEnv};
+use tessera_server::{Listeners, prepare, serve};
+
+/// The Tessera credential broker.
+#[derive(Debug, Parser)]
+#[command(name = "tesserad", version, about)]
+struct Args {
+    /// Configuration file (TOML). `TESSERA_<SECTION>__<KEY>` variables override it.
+    #[arg(long, env = "TESSERA_CONFIG", default_value = "tesserad.toml")]
+    config: PathBuf,
+    /// Once serving, write `{"grpc":"ADDR","pid":N}` here (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Validate the configuration and key material, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tesserad: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config.log.level);
+    let prepared = match prepare(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tesserad: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        println!("tesserad: configuration `{}` is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tesserad: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(prepared, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "tesserad failed");
+            eprintln!("tesserad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let listen = prepared.config().server.listen;
+    let grpc = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind {listen}"))?;
+    let addr = grpc.local_addr()?;
+    if let Some(path) = ready_file {
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::json!({ "grpc": addr.to_string(), "pid": std::process::id() });
+        std::fs::write(&tmp, body.to_string()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    serve(prepared, Listeners { grpc }, Arc::new(SystemClock), shutdown_signal()).await?;
+    tracing::info!("tesserad stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

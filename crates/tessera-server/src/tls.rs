@@ -1,0 +1,308 @@
+//! mTLS on the gRPC port: rustls (ring provider) requiring a client
+//! certificate chained to the trust bundle, an accept loop that bounds
+//! connections and handshake time, and the SPIFFE ID of a verified peer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ring::digest;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tessera_core::identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file is missing, unreadable or holds nothing usable.
+    #[error("config key `{key}`: {message}")]
+    Material {
+        /// The config key naming the file.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the assembled configuration.
+    #[error("tls configuration rejected: {0}")]
+    Rustls(String),
+}
+
+fn material(key: &'static str, path: &Path, what: impl std::fmt::Display) -> TlsError {
+    TlsError::Material {
+        key,
+        message: format!("`{}`: {what}", path.display()),
+    }
+}
+
+/// Builds the server's rustls configuration: our certificate, and client
+/// certificates required and verified against `trust_bundle`.
+pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| material("tls.cert", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| material("tls.cert", cert, e))?;
+    if chain.is_empty() {
+        return Err(material("tls.cert", cert, "no certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
+    let mut roots = RootCertStore::empty();
+    let bundle: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(trust_bundle)
+        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
+    for ca in bundle {
+        roots
+            .add(ca)
+            .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
+    }
+    if roots.is_empty() {
+        return Err(material("tls.trust_bundle", trust_bundle, "no CA certificate found"));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|e| material("tls.key", key, e))?;
+    // gRPC needs HTTP/2; without ALPN clients fail with H2NotNegotiated.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// One accepted, handshaken connection. Holds its slot of the connection cap
+/// until it closes.
+pub struct Conn {
+    stream: TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections on `listener`, completes TLS handshakes within
+/// `handshake_timeout`, and yields at most `max_connections` open
+/// connections at once; connections beyond the cap are closed at accept.
+pub fn accept_loop(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    max_connections: usize,
+    handshake_timeout: Duration,
+) -> mpsc::Receiver<Result<Conn, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max_connections, "connection cap reached; closing new connection");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx
+                            .send(Ok(Conn {
+                                stream,
+                                _permit: permit,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls handshake refused"),
+                    Err(_) => tracing::info!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// Why a verified peer certificate does not name a usable SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SvidError {
+    /// No client certificate reached the handler.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The leaf is not parseable X.509.
+    #[error("client certificate is not valid X.509")]
+    Malformed,
+    /// The leaf is a CA certificate.
+    #[error("client certificate is a CA certificate, not an SVID")]
+    CaLeaf,
+    /// Not exactly one URI SAN.
+    #[error("an X.509-SVID has exactly one URI SAN; this certificate has {0}")]
+    UriSanCount(usize),
+    /// The URI SAN is not a valid SPIFFE ID.
+    #[error("URI SAN is not a valid SPIFFE ID: {0}")]
+    SpiffeId(String),
+    /// The SPIFFE ID is from another trust domain.
+    #[error("SPIFFE ID `{0}` is not in the trusted domain")]
+    TrustDomain(String),
+}
+
+/// A verified peer's SPIFFE ID, and the evidence digest for audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSvid {
+    /// The SPIFFE ID from the single URI SAN.
+    pub id: SpiffeId,
+    /// `sha256:<hex>` of the leaf certificate's DER.
+    pub evidence: String,
+}
+
+/// Reads the SPIFFE ID of a leaf certificate that rustls already verified
+/// against the trust bundle.
+pub fn peer_svid(leaf: &[u8], trust_domain: &str) -> Result<PeerSvid, SvidError> {
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| SvidError::Malformed)?;
+    if cert.is_ca() {
+        return Err(SvidError::CaLeaf);
+    }
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(_) => return Err(SvidError::Malformed),
+    };
+    let [uri] = uris.as_slice() else {
+        return Err(SvidError::UriSanCount(uris.len()));
+    };
+    let id = SpiffeId::parse(uri).map_err(|e| SvidError::SpiffeId(e.to_string()))?;
+    if id.trust_domain() != trust_domain {
+        return Err(SvidError::TrustDomain(id.to_string()));
+    }
+    let hash = digest::digest(&digest::SHA256, leaf);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(PeerSvid {
+        id,
+        evidence: format!("sha256:{hex}"),
+    })
+}
+
+/// The address a connection came from, for logs.
+pub fn remote_addr(info: Option<&tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>) -> Option<SocketAddr> {
+    info.and_then(|i| i.get_ref().remote_addr())
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DistinguishedName, IsCa, KeyPair, SanType};
+
+    use super::*;
+
+    fn leaf(sans: Vec<SanType>, ca: bool) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = sans;
+        if ca {
+            params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn exactly_one_spiffe_uri_in_our_domain() {
+        let ok = peer_svid(&leaf(vec![uri("spiffe://td/agent/a")], false), "td").unwrap();
+        assert_eq!(ok.id.as_str(), "spiffe://td/agent/a");
+        assert!(ok.evidence.starts_with("sha256:") && ok.evidence.len() == 7 + 64);
+        assert_eq!(peer_svid(&leaf(vec![], false), "td"), Err(SvidError::UriSanCount(0)));
+        assert_eq!(
+            peer_svid(&leaf(vec![uri("spiffe://td/a"), uri("spiffe://td/b")], false), "td"),
+            Err(SvidError::UriSanCount(2))
+        );
+        assert!(matches!(
+            peer_svid(&leaf(vec![uri("https://td/a")], false), "td"),
+            Err(SvidError::SpiffeId(_))
+        ));
+        assert!(matches!(
+            peer_svid(&leaf(vec![uri("spiffe://other/a")], false), "td"),
+            Err(SvidError::TrustDomain(_))
+        ));
+        assert_eq!(
+            peer_svid(&leaf(vec![uri("spiffe://td/a")], true), "td"),
+            Err(SvidError::CaLeaf)
+        );
+        assert_eq!(peer_svid(b"not a cert", "td"), Err(SvidError::Malformed));
+    }
+}
