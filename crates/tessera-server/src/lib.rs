@@ -216,6 +216,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        // In-flight unary calls per connection; beyond it load_shed answers
+        // RESOURCE_EXHAUSTED at once instead of queueing.
+        .concurrency_limit_per_connection(config.server.max_concurrent_streams as usize)
         .timeout(config.server.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

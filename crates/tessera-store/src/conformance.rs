@@ -1,6 +1,12 @@
 //! The one conformance suite every [`GrantStore`] must pass. Each check takes a
 //! fresh, empty store. Run it with [`run_all`].
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test suite")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test suite"
+)]
 #![allow(missing_docs, reason = "test suite: each function is one named check")]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -73,7 +73,10 @@ fn request(scopes: &[&str], ttl: Option<u64>) -> TokenRequest {
 }
 
 fn limits() -> TtlLimits {
-    TtlLimits { default: Ttl::from_secs(300).unwrap(), max: Ttl::from_secs(3600).unwrap() }
+    TtlLimits {
+        default: Ttl::from_secs(300).unwrap(),
+        max: Ttl::from_secs(3600).unwrap(),
+    }
 }
 
 #[track_caller]
