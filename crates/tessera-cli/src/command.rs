@@ -1,0 +1,138 @@
+//! Dispatch to the commands, and what they share: the client identity and the
+//! channel to the broker.
+
+pub(crate) mod completions;
+pub(crate) mod dev;
+pub(crate) mod grant;
+pub(crate) mod introspect;
+pub(crate) mod jwks;
+pub(crate) mod revocations;
+pub(crate) mod task;
+pub(crate) mod token;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tessera_client::{Channel, Identity};
+
+use crate::cli::{Cli, Command, Global};
+
+/// Runs the parsed command line.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Dev(cmd) => dev::run(&global, cmd),
+        Command::Task(cmd) => task::run(&global, cmd).await,
+        Command::Token(cmd) => token::run(&global, cmd).await,
+        Command::Grant(cmd) => grant::run(&global, cmd).await,
+        Command::Introspect(args) => introspect::run(&global, args).await,
+        Command::Jwks => jwks::run(&global).await,
+        Command::Revocations(cmd) => revocations::run(&global, cmd).await,
+        Command::Completions(args) => completions::run(&args),
+    }
+}
+
+/// The three PEM files of the client identity.
+#[derive(Debug, PartialEq, Eq)]
+struct IdentityPaths {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Resolves `--ca/--cert/--key`, filling the ones not given from `--as NAME`
+/// in `--dev-dir`.
+fn identity_paths(global: &Global) -> anyhow::Result<IdentityPaths> {
+    let dev = match global.as_identity.as_deref() {
+        Some(name) => {
+            check_identity_name(name)?;
+            let dir = &global.dev_dir;
+            Some(IdentityPaths {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("identities").join(format!("{name}.pem")),
+                key: dir.join("identities").join(format!("{name}.key.pem")),
+            })
+        }
+        None => None,
+    };
+    let pick = |explicit: &Option<PathBuf>, from_dev: Option<&PathBuf>, flag: &str| {
+        explicit.clone().or_else(|| from_dev.cloned()).with_context(|| {
+            format!(
+                "no client identity: {flag} is missing; pass --as NAME (a development identity \
+                 from `tessera dev init`) or --ca, --cert and --key"
+            )
+        })
+    };
+    Ok(IdentityPaths {
+        ca: pick(&global.ca, dev.as_ref().map(|d| &d.ca), "--ca")?,
+        cert: pick(&global.cert, dev.as_ref().map(|d| &d.cert), "--cert")?,
+        key: pick(&global.key, dev.as_ref().map(|d| &d.key), "--key")?,
+    })
+}
+
+/// `--as` names a file under `--dev-dir`: no path separators or dot files.
+fn check_identity_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    anyhow::ensure!(
+        valid,
+        "`--as {name}` is not an identity name like `researcher` (letters, digits, `-`, `_`, `.`)"
+    );
+    Ok(())
+}
+
+/// Loads the identity and connects to the broker over mTLS.
+pub(crate) async fn channel(global: &Global) -> anyhow::Result<Channel> {
+    let paths = identity_paths(global)?;
+    let identity = Identity::from_files(&paths.ca, &paths.cert, &paths.key)?;
+    let channel = tessera_client::connect(&global.endpoint, &identity).await?;
+    Ok(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn global(args: &[&str]) -> Global {
+        let argv = ["tessera"].iter().chain(args).chain(&["jwks"]).copied();
+        Cli::try_parse_from(argv).unwrap().global
+    }
+
+    #[test]
+    fn as_name_points_into_dev_dir() {
+        let paths = identity_paths(&global(&["--as", "researcher", "--dev-dir", "/d"])).unwrap();
+        assert_eq!(
+            paths,
+            IdentityPaths {
+                ca: "/d/ca.pem".into(),
+                cert: "/d/identities/researcher.pem".into(),
+                key: "/d/identities/researcher.key.pem".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_files_win_over_as() {
+        let paths = identity_paths(&global(&["--as", "alice", "--dev-dir", "/d", "--ca", "/etc/ca.pem"])).unwrap();
+        assert_eq!(paths.ca, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(paths.cert, PathBuf::from("/d/identities/alice.pem"));
+    }
+
+    #[test]
+    fn missing_identity_is_explained() {
+        let err = identity_paths(&global(&["--ca", "/ca.pem", "--cert", "/c.pem"])).unwrap_err();
+        assert!(err.to_string().contains("--key is missing"), "{err}");
+    }
+
+    #[test]
+    fn as_name_cannot_escape_dev_dir() {
+        assert!(identity_paths(&global(&["--as", "../x"])).is_err());
+        assert!(identity_paths(&global(&["--as", ".hidden"])).is_err());
+        assert!(identity_paths(&global(&["--as", "api-gateway"])).is_ok());
+    }
+}

@@ -1,0 +1,201 @@
+//! Exit codes and the one place errors are printed.
+//!
+//! 0 success, 1 local error, 2 the broker answered with a gRPC status. Scripts
+//! rely on these: a refusal (2) is an answer, a local error (1) is not.
+
+use std::io::{ErrorKind, Write as _};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use tonic::{Code, Status};
+
+use crate::output::OutputFormat;
+
+/// The command succeeded.
+const OK: u8 = 0;
+/// Bad flags or files, cannot connect, a token that does not verify.
+const LOCAL: u8 = 1;
+/// The broker refused (any gRPC status error).
+const REFUSED: u8 = 2;
+
+/// How a run ended, as a script sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Local,
+    Refused,
+}
+
+impl Outcome {
+    fn code(self) -> u8 {
+        match self {
+            Self::Ok => OK,
+            Self::Local => LOCAL,
+            Self::Refused => REFUSED,
+        }
+    }
+}
+
+/// Prints a clap error (or help/version) and picks the exit code: help and
+/// version are a success, every usage error is a local error (1, not clap's 2,
+/// which means "refused" here).
+pub(crate) fn usage(err: &clap::Error) -> ExitCode {
+    // Printing help or an error to a closed pipe is not worth a second error.
+    let _ = err.print();
+    ExitCode::from(if err.use_stderr() { LOCAL } else { OK })
+}
+
+/// Prints the error of a failed run and returns its exit code.
+pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCode {
+    let err = match result {
+        Ok(()) => return ExitCode::from(OK),
+        Err(err) => err,
+    };
+    let outcome = classify(&err);
+    match (outcome, broker_status(&err)) {
+        (Outcome::Ok, _) => {}
+        (_, Some(status)) => {
+            let code = code_name(status.code());
+            eprintln!("error: {code}: {}", status.message());
+            if format == OutputFormat::Json {
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code,
+                        message: status.message(),
+                    },
+                };
+                if let Ok(line) = serde_json::to_string(&body) {
+                    let _ = writeln!(std::io::stdout().lock(), "{line}");
+                }
+            }
+        }
+        (_, None) => eprintln!("error: {err:#}"),
+    }
+    ExitCode::from(outcome.code())
+}
+
+fn classify(err: &anyhow::Error) -> Outcome {
+    if broker_status(err).is_some() {
+        Outcome::Refused
+    } else if is_broken_pipe(err) {
+        // `tessera revocations watch | head`: the reader left; not a failure.
+        Outcome::Ok
+    } else {
+        Outcome::Local
+    }
+}
+
+/// The gRPC status anywhere in the error's chain.
+fn broker_status(err: &anyhow::Error) -> Option<&Status> {
+    err.chain().find_map(|cause| cause.downcast_ref::<Status>())
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+/// The canonical gRPC name of a status code, as in the gRPC spec.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use anyhow::Context as _;
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[track_caller]
+    fn check(err: anyhow::Error, expected: Outcome) {
+        assert_eq!(classify(&err), expected, "{err:#}");
+    }
+
+    #[test]
+    fn broker_status_is_refused() {
+        check(anyhow::Error::new(Status::permission_denied("no")), Outcome::Refused);
+        // Still refused under added context.
+        let wrapped = Err::<(), _>(Status::not_found("task `t`"))
+            .context("cannot show task")
+            .unwrap_err();
+        check(wrapped, Outcome::Refused);
+    }
+
+    #[test]
+    fn local_errors_exit_1() {
+        check(anyhow::anyhow!("cannot read `x`"), Outcome::Local);
+        check(
+            anyhow::Error::new(std::io::Error::from(ErrorKind::NotFound)),
+            Outcome::Local,
+        );
+    }
+
+    #[test]
+    fn broken_pipe_is_success() {
+        check(
+            anyhow::Error::new(std::io::Error::from(ErrorKind::BrokenPipe)),
+            Outcome::Ok,
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_stable() {
+        assert_eq!(Outcome::Ok.code(), 0);
+        assert_eq!(Outcome::Local.code(), 1);
+        assert_eq!(Outcome::Refused.code(), 2);
+    }
+
+    #[test]
+    fn usage_errors_exit_1_not_2() {
+        let err = crate::cli::Cli::try_parse_from(["tessera", "--no-such-flag"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.use_stderr());
+        let help = crate::cli::Cli::try_parse_from(["tessera", "--help"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(!help.use_stderr());
+    }
+
+    #[test]
+    fn code_names_are_grpc_names() {
+        assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+}
