@@ -1,0 +1,407 @@
+//! Every bad input of the walking skeleton's contract, each asserting its status code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::time::Duration;
+
+use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use tessera_e2e::*;
+use tonic::Code;
+
+#[track_caller]
+fn expect(status: tonic::Status, want: Code, mentions: &str) {
+    assert_eq!(status.code(), want, "{status:?}");
+    assert!(
+        status.message().contains(mentions),
+        "message {:?} should mention {mentions:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn start_task_fields_are_validated() {
+    let broker = Broker::start();
+    let mut o = broker.orchestrator().await;
+    let base = || start_request("t-bad", &["researcher"], &["crm.contacts.read"], 600);
+
+    let mut r = base();
+    r.agents = vec!["spiffe://tessera.local/agent/../alice".into()];
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "agents");
+    let mut r = base();
+    r.agents = vec!["not a spiffe id".into()];
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "agents");
+    let mut r = base();
+    r.agents = vec!["spiffe://tessera.local/agent/unregistered".into()];
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "not registered");
+    let mut r = base();
+    r.agents.clear();
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "agents");
+    let mut r = base();
+    r.task_id = "x".repeat(129);
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "task_id");
+    let mut r = base();
+    r.task_id = "has/slash".into();
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "task_id");
+    let r = start_request("t-bad", &["researcher"], &["crm.unknown"], 600);
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "unknown scope");
+    let r = start_request("t-bad", &["researcher"], &[""], 600);
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "scope_ceiling");
+    let mut r = base();
+    r.scope_ceiling.insert(
+        "https://unknown.example".into(),
+        pb::ScopeSet {
+            scopes: vec!["a".into()],
+        },
+    );
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "unknown audience");
+    let r = start_request("t-bad", &["researcher"], &["crm.contacts.read"], 0);
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "duration_seconds");
+    let r = start_request("t-bad", &["researcher"], &["crm.contacts.read"], 48 * 3600);
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "deadline");
+    let mut r = base();
+    r.lifetime = None;
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "lifetime");
+    let mut r = base();
+    r.labels.insert("k".into(), "v".repeat(300));
+    expect(code(o.start_task(r).await), Code::InvalidArgument, "labels");
+    let mut r = base();
+    r.parent_task_id = "no-such-parent".into();
+    expect(code(o.start_task(r).await), Code::NotFound, "no-such-parent");
+
+    // Only orchestrators start tasks; ids are unique.
+    let mut as_agent = tessera_client::OrchestratorClient::new(broker.channel("researcher").await);
+    expect(
+        code(as_agent.start_task(base()).await),
+        Code::PermissionDenied,
+        "orchestrator role",
+    );
+    o.start_task(base()).await.unwrap();
+    expect(code(o.start_task(base()).await), Code::AlreadyExists, "t-bad");
+    // A broker-generated id when none is given.
+    let mut r = base();
+    r.task_id.clear();
+    assert!(o.start_task(r).await.unwrap().into_inner().task_id.starts_with("task-"));
+}
+
+#[tokio::test]
+async fn token_request_fields_are_validated() {
+    let broker = Broker::start();
+    broker
+        .orchestrator()
+        .await
+        .start_task(start_request(
+            "t1",
+            &["researcher"],
+            &["crm.contacts.read", "crm.notes.read"],
+            600,
+        ))
+        .await
+        .unwrap();
+    let mut agent = broker.agent("researcher").await;
+    let read = &["crm.contacts.read"];
+
+    expect(
+        code(agent.request_token(token_request("t1", read, Some(0))).await),
+        Code::InvalidArgument,
+        "ttl_seconds",
+    );
+    expect(
+        code(agent.request_token(token_request("t1", read, Some(3601))).await),
+        Code::InvalidArgument,
+        "maximum",
+    );
+    expect(
+        code(agent.request_token(token_request("t1", &[], None)).await),
+        Code::InvalidArgument,
+        "scopes",
+    );
+    expect(
+        code(agent.request_token(token_request("t1", &[""], None)).await),
+        Code::InvalidArgument,
+        "scopes",
+    );
+    expect(
+        code(agent.request_token(token_request("t1", &["crm.nope"], None)).await),
+        Code::InvalidArgument,
+        "unknown scope",
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    expect(
+        code(agent.request_token(token_request("t1", &many, None)).await),
+        Code::InvalidArgument,
+        "scopes",
+    );
+    expect(
+        code(
+            agent
+                .request_token(token_request("t1", &["crm.contacts.read", "crm.contacts.write"], None))
+                .await,
+        ),
+        Code::InvalidArgument,
+        "one token per class",
+    );
+    let mut r = token_request("t1", read, None);
+    r.audience = "a".repeat(257);
+    expect(code(agent.request_token(r).await), Code::InvalidArgument, "audience");
+    let mut r = token_request("t1", read, None);
+    r.audience = "https://unknown.example".into();
+    expect(
+        code(agent.request_token(r).await),
+        Code::InvalidArgument,
+        "unknown audience",
+    );
+    let mut r = token_request("t1", read, None);
+    r.task_id = "x".repeat(1000);
+    expect(code(agent.request_token(r).await), Code::InvalidArgument, "task_id");
+
+    expect(
+        code(agent.request_token(token_request("no-such-task", read, None)).await),
+        Code::NotFound,
+        "no-such-task",
+    );
+    expect(
+        code(
+            agent
+                .request_token(token_request("t1", &["crm.contacts.write"], None))
+                .await,
+        ),
+        Code::PermissionDenied,
+        "beyond task `t1`'s ceiling",
+    );
+    let mut writer = broker.agent("writer").await;
+    expect(
+        code(writer.request_token(token_request("t1", read, None)).await),
+        Code::PermissionDenied,
+        "not assigned",
+    );
+    let mut as_orchestrator = tessera_client::AgentClient::new(broker.channel("orchestrator").await);
+    expect(
+        code(as_orchestrator.request_token(token_request("t1", read, None)).await),
+        Code::PermissionDenied,
+        "agent role",
+    );
+
+    // A TTL above the identity's maximum (10m) but within the broker's is clamped, not refused.
+    let t = issue(&mut agent, token_request("t1", read, Some(3600))).await;
+    assert_eq!(t.expires_in, 600);
+}
+
+#[tokio::test]
+async fn ended_and_expired_tasks_refuse_tokens() {
+    let broker = Broker::start();
+    let mut o = broker.orchestrator().await;
+    let mut agent = broker.agent("researcher").await;
+    let read = &["crm.contacts.read"];
+    o.start_task(start_request("done", &["researcher"], read, 600))
+        .await
+        .unwrap();
+    o.complete_task(pb::CompleteTaskRequest {
+        task_id: "done".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    expect(
+        code(agent.request_token(token_request("done", read, None)).await),
+        Code::FailedPrecondition,
+        "completed",
+    );
+
+    o.start_task(start_request("short", &["researcher"], read, 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expect(
+        code(agent.request_token(token_request("short", read, None)).await),
+        Code::FailedPrecondition,
+        "expired",
+    );
+    let shown = o
+        .get_task(pb::GetTaskRequest {
+            task_id: "short".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.state(), pb::TaskState::Expired);
+
+    // Another orchestrator may neither complete nor read someone else's task.
+    expect(
+        code(
+            o.get_task(pb::GetTaskRequest {
+                task_id: "missing".into(),
+            })
+            .await,
+        ),
+        Code::NotFound,
+        "missing",
+    );
+    let mut stranger = tessera_client::OrchestratorClient::new(broker.channel("writer").await);
+    expect(
+        code(
+            stranger
+                .complete_task(pb::CompleteTaskRequest {
+                    task_id: "short".into(),
+                    reason: String::new(),
+                })
+                .await,
+        ),
+        Code::PermissionDenied,
+        "orchestrator role",
+    );
+    expect(
+        code(
+            stranger
+                .get_task(pb::GetTaskRequest {
+                    task_id: "short".into(),
+                })
+                .await,
+        ),
+        Code::PermissionDenied,
+        "short",
+    );
+    let mut o2 = tessera_client::OrchestratorClient::new(broker.channel("orchestrator").await);
+    expect(
+        code(
+            o2.complete_task(pb::CompleteTaskRequest {
+                task_id: "short".into(),
+                reason: "a\u{0}b".into(),
+            })
+            .await,
+        ),
+        Code::InvalidArgument,
+        "reason",
+    );
+}
+
+/// A CA of our own, not in the broker's trust bundle, and a leaf it signs.
+fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_client::Identity {
+    let dir = broker.dir.path();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = if trusted_ca {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+        leaf.signed_by(&leaf_key, &issuer).unwrap()
+    } else {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        leaf.signed_by(&leaf_key, &issuer).unwrap()
+    };
+    tessera_client::Identity {
+        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: leaf_key.serialize_pem().into_bytes(),
+    }
+}
+
+async fn try_jwks(broker: &Broker, identity: &tessera_client::Identity) -> Result<(), String> {
+    let channel = tessera_client::connect(&broker.endpoint(), identity)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut v = tessera_client::VerifierClient::new(channel);
+    v.get_jwks(pb::GetJwksRequest {})
+        .await
+        .map(drop)
+        .map_err(|s| format!("{s:?}"))
+}
+
+#[tokio::test]
+async fn callers_without_a_trusted_svid_are_refused() {
+    let broker = Broker::start();
+    // Sanity: a trusted, registered identity works.
+    try_jwks(&broker, &broker.identity("api-gateway")).await.unwrap();
+
+    // An SVID from a CA outside the trust bundle: the handshake or the call fails.
+    let untrusted = foreign_identity(&broker, "spiffe://tessera.local/service/api-gateway", false);
+    assert!(try_jwks(&broker, &untrusted).await.is_err());
+
+    // No client certificate at all: the connection is refused.
+    let d = broker.dir.path();
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(d.join("ca.pem")).unwrap());
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("127.0.0.1");
+    // The SDK's connect above installed the ring provider for this process.
+    let anonymous = tonic::transport::Endpoint::from_shared(broker.endpoint())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    let refused = match anonymous.connect().await {
+        Err(_) => true,
+        Ok(channel) => tessera_client::VerifierClient::new(channel)
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a caller without a client certificate was served");
+
+    // Trusted CA, but an identity that is not registered: UNAUTHENTICATED.
+    let stranger = foreign_identity(&broker, "spiffe://tessera.local/agent/stranger", true);
+    let channel = tessera_client::connect(&broker.endpoint(), &stranger).await.unwrap();
+    let status = code(
+        tessera_client::AgentClient::new(channel)
+            .request_token(token_request("t", &["crm.contacts.read"], None))
+            .await,
+    );
+    expect(status, Code::Unauthenticated, "not registered");
+
+    // Trusted CA, wrong trust domain: UNAUTHENTICATED.
+    let other_td = foreign_identity(&broker, "spiffe://evil.example/agent/researcher", true);
+    let channel = tessera_client::connect(&broker.endpoint(), &other_td).await.unwrap();
+    let status = code(
+        tessera_client::AgentClient::new(channel)
+            .request_token(token_request("t", &["crm.contacts.read"], None))
+            .await,
+    );
+    expect(status, Code::Unauthenticated, "trusted domain");
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused() {
+    let broker = Broker::start();
+    let mut v = broker.verifier("api-gateway").await;
+    // 10 MB: far above the 64 KiB cap. The call is refused, the broker lives on.
+    let status = code(
+        v.introspect(pb::IntrospectRequest {
+            token: "a".repeat(10 * 1024 * 1024),
+        })
+        .await,
+    );
+    assert!(
+        matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    // Just under the cap but over the token bound: INVALID_ARGUMENT naming the field.
+    let status = code(
+        v.introspect(pb::IntrospectRequest {
+            token: "a".repeat(32 * 1024),
+        })
+        .await,
+    );
+    expect(status, Code::InvalidArgument, "token");
+    v.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_so() {
+    let broker = Broker::start();
+    let mut admin = broker.admin("alice").await;
+    let status = code(admin.blast_radius(pb::BlastRadiusRequest { target: None }).await);
+    expect(status, Code::Unimplemented, "BlastRadius");
+}

@@ -1,0 +1,306 @@
+//! Harness for end-to-end tests: a fresh dev PKI from the real `tessera dev
+//! init`, the real `tesserad` binary on a free loopback port, and clients that
+//! speak to it over mTLS. Every process started here is stopped on drop.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test harness"
+)]
+#![allow(missing_docs, reason = "test harness")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use tessera_client::pb;
+use tessera_client::{AdminClient, AgentClient, Channel, Identity, OrchestratorClient, VerifierClient};
+
+/// The demo API from `tessera dev init`.
+pub const CRM: &str = "https://api.example.com/crm";
+/// The demo trust domain.
+pub const TD: &str = "tessera.local";
+
+/// Directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TESSERA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    for bin in ["tesserad", "tessera"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} not found: run `cargo build --workspace --bins` first (make test does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// A fresh temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `tessera dev init` into a fresh directory.
+pub fn dev_init(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    let out = Command::new(bin_dir().join("tessera"))
+        .args(["dev", "init", "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// A running `tesserad`.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// A broker with the dev config.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A broker with the dev config and `TESSERA_*` overrides.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_in(dev_init("broker"), env)
+    }
+
+    /// A broker on an existing dev directory.
+    pub fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Self {
+        let ready = dir.path().join("ready.json");
+        let log = dir.path().join("tesserad.log");
+        let mut cmd = Command::new(bin_dir().join("tesserad"));
+        cmd.arg("--config")
+            .arg(dir.path().join("tesserad.toml"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
+            .env_remove("TESSERA_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let started = Instant::now();
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                break v["grpc"].as_str().unwrap().to_owned();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "tesserad exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tesserad did not become ready in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child: Some(child),
+            dir,
+            addr,
+            log,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The dev identity `name` (`orchestrator`, `researcher`, `writer`, `alice`, `api-gateway`).
+    pub fn identity(&self, name: &str) -> Identity {
+        let d = self.dir.path();
+        Identity::from_files(
+            d.join("ca.pem"),
+            d.join(format!("identities/{name}.pem")),
+            d.join(format!("identities/{name}.key.pem")),
+        )
+        .unwrap()
+    }
+
+    pub async fn channel(&self, name: &str) -> Channel {
+        tessera_client::connect(&self.endpoint(), &self.identity(name))
+            .await
+            .unwrap()
+    }
+
+    pub async fn orchestrator(&self) -> OrchestratorClient {
+        OrchestratorClient::new(self.channel("orchestrator").await)
+    }
+
+    pub async fn agent(&self, name: &str) -> AgentClient {
+        AgentClient::new(self.channel(name).await)
+    }
+
+    pub async fn admin(&self, name: &str) -> AdminClient {
+        AdminClient::new(self.channel(name).await)
+    }
+
+    pub async fn verifier(&self, name: &str) -> VerifierClient {
+        VerifierClient::new(self.channel(name).await)
+    }
+
+    /// Runs the `tessera` CLI against this broker.
+    pub fn tessera(&self, args: &[&str]) -> Output {
+        self.tessera_stdin(args, "")
+    }
+
+    /// Runs the `tessera` CLI with `stdin` as standard input.
+    pub fn tessera_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(bin_dir().join("tessera"))
+            .arg("--dev-dir")
+            .arg(self.dir.path())
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Everything the broker wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), "TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("tesserad did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Logs survive a failing test in its output.
+        if std::thread::panicking() {
+            eprintln!("--- tesserad log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// The gRPC status of a failed call.
+#[track_caller]
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
+    match result {
+        Ok(v) => panic!("expected an error status, got {v:?}"),
+        Err(status) => status,
+    }
+}
+
+/// A StartTask request: `agents` may act on the CRM with `scopes` for `secs`.
+pub fn start_request(task_id: &str, agents: &[&str], scopes: &[&str], secs: u32) -> pb::StartTaskRequest {
+    pb::StartTaskRequest {
+        task_id: task_id.into(),
+        agents: agents.iter().map(|a| format!("spiffe://{TD}/agent/{a}")).collect(),
+        scope_ceiling: [(
+            CRM.to_owned(),
+            pb::ScopeSet {
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        lifetime: Some(pb::start_task_request::Lifetime::DurationSeconds(secs)),
+        labels: Default::default(),
+        parent_task_id: String::new(),
+    }
+}
+
+/// A RequestToken request on the CRM.
+pub fn token_request(task_id: &str, scopes: &[&str], ttl: Option<u32>) -> pb::RequestTokenRequest {
+    pb::RequestTokenRequest {
+        task_id: task_id.into(),
+        audience: CRM.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ttl_seconds: ttl,
+        pop_proof: String::new(),
+    }
+}
+
+/// Requests a token and returns it, panicking on refusal.
+pub async fn issue(agent: &mut AgentClient, req: pb::RequestTokenRequest) -> pb::IssuedToken {
+    match agent.request_token(req).await.unwrap().into_inner().outcome {
+        Some(pb::request_token_response::Outcome::Token(t)) => t,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
