@@ -14,7 +14,20 @@ bold=$'\e[1m'; dim=$'\e[2m'; reset=$'\e[0m'
 [ -t 1 ] || { bold=; dim=; reset=; }
 
 step() { printf '\n%s== %s ==%s\n' "$bold" "$1" "$reset"; }
-show() { printf '%s$ %s%s\n' "$dim" "$*" "$reset"; }
+# Prints a command as a person would type it (arguments quoted for the shell).
+show() {
+  printf '%s$' "$dim"
+  local a
+  for a in "$@"; do
+    case "$a" in
+      '' | *[!A-Za-z0-9_./:=@%+,-]*) printf " '%s'" "${a//\'/\'\\\'\'}" ;;
+      *) printf ' %s' "$a" ;;
+    esac
+  done
+  printf '%s\n' "$reset"
+}
+# Prints a command line given as one string, verbatim.
+show_line() { printf '%s$ %s%s\n' "$dim" "$1" "$reset"; }
 pause() { if [ -t 0 ]; then read -rp "   (press Enter to continue)" _; fi; }
 
 if [ ! -f "$DEV_DIR/tesserad.toml" ]; then
@@ -33,13 +46,13 @@ $TESSERA --as orchestrator task start --id "$TASK" --agent "spiffe://$TD/agent/r
 pause
 
 step "2. The agent asks for a 5-minute token to read contacts"
-show 'TOKEN=$(tessera --as researcher token request --task '"$TASK"' --audience '"$CRM"' --scope crm.contacts.read --ttl 5m)'
+show_line 'TOKEN=$(tessera --as researcher token request --task '"$TASK"' --audience '"$CRM"' --scope crm.contacts.read --ttl 5m)'
 TOKEN=$($TESSERA --as researcher token request --task "$TASK" --audience "$CRM" --scope crm.contacts.read --ttl 5m)
 echo "   (the token is in \$TOKEN; it is a secret, so it is not printed)"
 pause
 
 step "3. A resource server decodes it and verifies the signature against the broker's JWKS"
-show 'tessera --as api-gateway token inspect --verify --audience '"$CRM"' - <<<"$TOKEN"'
+show_line 'tessera --as api-gateway token inspect --verify --audience '"$CRM"' - <<<"$TOKEN"'
 $TESSERA --as api-gateway token inspect --verify --audience "$CRM" - <<<"$TOKEN"
 pause
 
@@ -49,7 +62,7 @@ $TESSERA --as researcher token request --task "$TASK" --audience "$CRM" --scope 
 pause
 
 step "5. Introspection: the token is live"
-show 'tessera --as api-gateway introspect - <<<"$TOKEN"'
+show_line 'tessera --as api-gateway introspect - <<<"$TOKEN"'
 $TESSERA --as api-gateway introspect - <<<"$TOKEN"
 pause
 
@@ -59,7 +72,7 @@ $TESSERA --as orchestrator task complete "$TASK" --reason "demo finished"
 pause
 
 step "7. Introspection again: the token is dead, minutes before its expiry"
-show 'tessera --as api-gateway introspect - <<<"$TOKEN"'
+show_line 'tessera --as api-gateway introspect - <<<"$TOKEN"'
 $TESSERA --as api-gateway introspect - <<<"$TOKEN"
 
 printf '\n%sDone.%s Revocations are also streamed to verifiers: try\n  %s --as api-gateway revocations watch\n' "$bold" "$reset" "$BIN/tessera --dev-dir $DEV_DIR"

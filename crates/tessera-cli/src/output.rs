@@ -68,7 +68,7 @@ pub(crate) fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     let ts = ts?;
     let nanos = u32::try_from(ts.nanos).ok()?;
     let at: DateTime<Utc> = DateTime::from_timestamp(ts.seconds, nanos)?;
-    Some(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    Some(at.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
 /// Unix seconds (a JWT `exp`, `iat`, `nbf`) as RFC 3339 UTC.
@@ -116,7 +116,7 @@ mod tests {
             seconds: 1_767_225_600,
             nanos: 500_000_000,
         };
-        assert_eq!(timestamp(Some(&ts)).as_deref(), Some("2026-01-01T00:00:00.500Z"));
+        assert_eq!(timestamp(Some(&ts)).as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(timestamp(None), None);
         assert_eq!(unix_time(0).as_deref(), Some("1970-01-01T00:00:00Z"));
     }

@@ -206,7 +206,7 @@ pub async fn serve(
         })
     };
 
-    let addr = listeners.grpc.local_addr().ok();
+    let addr = listeners.grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let incoming = tls::accept_loop(
         listeners.grpc,
         tls,
@@ -233,7 +233,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
             let _ = stop_rx.await;
         });
-    tracing::info!(grpc = ?addr, instance = %config.server.instance_id, "tesserad serving");
+    tracing::info!(grpc = %addr, instance = %config.server.instance_id, "tesserad serving");
     let mut server = tokio::spawn(server);
 
     tokio::select! {
