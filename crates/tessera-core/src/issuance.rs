@@ -67,15 +67,33 @@ pub enum IssuanceError {
         /// Offending scopes, comma separated.
         scopes: String,
     },
-    /// Unknown audience or scope, or mixed classes.
-    #[error(transparent)]
+    /// Unknown audience or scope, or mixed classes; the message names the
+    /// request field.
+    #[error("{field}: {0}", field = catalog_field(.0))]
     Catalog(#[from] CatalogError),
     /// The task does not accept requests.
     #[error(transparent)]
     Task(#[from] TaskError),
-    /// The lifetime cannot be granted.
-    #[error(transparent)]
+    /// The lifetime cannot be granted; a malformed one names the request field.
+    #[error("{prefix}{0}", prefix = ttl_field(.0))]
     Ttl(#[from] TtlError),
+}
+
+/// The `RequestTokenRequest` field a catalog refusal is about.
+fn catalog_field(e: &CatalogError) -> &'static str {
+    match e {
+        CatalogError::UnknownAudience(_) => "audience",
+        CatalogError::UnknownScope { .. } | CatalogError::NoScopes | CatalogError::MixedClasses(_) => "scopes",
+    }
+}
+
+/// `ttl_seconds: ` when the requested lifetime itself is malformed; nothing
+/// when the task simply has no time left.
+fn ttl_field(e: &TtlError) -> &'static str {
+    match e {
+        TtlError::Zero | TtlError::TooLong | TtlError::AboveMax { .. } => "ttl_seconds: ",
+        TtlError::NoTimeLeft => "",
+    }
 }
 
 impl IssuanceError {
@@ -91,8 +109,10 @@ impl IssuanceError {
 }
 
 /// Decides whether `who` may have a token for `req` in `task` at `now`, and
-/// for how long. Checks, in order: role, catalog (known audience and scopes,
-/// one class), task state, assignment, scope ceiling, lifetime.
+/// for how long. Checks, in order: role; the request itself (known audience
+/// and scopes of one class, lifetime within the broker's maximum), which
+/// depends on no task; assignment; task state; scope ceiling; lifetime. Only
+/// an assigned agent learns anything about the task.
 pub fn plan_grant(
     who: &VerifiedIdentity,
     task: &Task,
@@ -115,15 +135,16 @@ pub fn plan_grant(
         }
         .into());
     }
-    let state = task.state_at(now);
-    if state != crate::task::TaskState::Active {
-        return Err(TaskError::Over(task.id.clone(), state).into());
-    }
+    // Assignment before state: a caller outside the task learns nothing of it.
     if !task.agents.contains(&identity.id) {
         return Err(IssuanceError::NotAssigned {
             identity: identity.id.to_string(),
             task: task.id.clone(),
         });
+    }
+    let state = task.state_at(now);
+    if state != crate::task::TaskState::Active {
+        return Err(TaskError::Over(task.id.clone(), state).into());
     }
     let excess = task.ceiling.excess(&req.audience, &req.scopes);
     if !excess.is_empty() {

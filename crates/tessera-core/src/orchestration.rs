@@ -89,6 +89,11 @@ pub enum OrchestrationError {
         /// Task.
         task: TaskId,
     },
+    /// The orchestrator named itself among the task's agents: it would grant
+    /// itself whatever the catalog holds. Refused until policy-as-code can
+    /// decide who may.
+    #[error("an orchestrator may not assign itself to its own task")]
+    SelfAssigned,
     /// A field is malformed or out of bounds; the message names it.
     #[error("{field}: {reason}")]
     Invalid {
@@ -117,7 +122,7 @@ impl OrchestrationError {
     /// Transport-free classification.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::MissingRole { .. } | Self::NotTaskOwner { .. } | Self::BeyondParent { .. } => {
+            Self::MissingRole { .. } | Self::NotTaskOwner { .. } | Self::SelfAssigned | Self::BeyondParent { .. } => {
                 ErrorKind::PermissionDenied
             }
             Self::Invalid { .. } | Self::Catalog(_) => ErrorKind::InvalidArgument,
@@ -165,6 +170,9 @@ pub fn start_task(
     }
     if let Some(unknown) = req.agents.iter().find(|a| !registry.contains(a)) {
         return Err(invalid("agents", format!("identity `{unknown}` is not registered")));
+    }
+    if req.agents.contains(who.id()) {
+        return Err(OrchestrationError::SelfAssigned);
     }
     if req.ceiling.0.is_empty() {
         return Err(invalid("scope_ceiling", "at least one audience is required"));

@@ -66,13 +66,21 @@ impl BrokerError {
     }
 }
 
-/// A minted token and its record. `token` is a secret.
-#[derive(Debug)]
+/// A minted token and its record. `token` is a secret: `Debug` redacts it.
 pub struct Issued {
     /// The compact JWS.
     pub token: String,
     /// Its recorded grant.
     pub grant: Grant,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"<redacted>")
+            .field("grant", &self.grant)
+            .finish()
+    }
 }
 
 /// Limits and names the broker runs with.
@@ -425,4 +433,40 @@ fn require_any_role(who: &VerifiedIdentity, roles: &[Role]) -> Result<(), Orches
 
 fn log_rejected(e: &JwsError) {
     tracing::debug!(reason = %e, "introspected token rejected");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tessera_core::task::{Audience, Scope, ScopeClass};
+
+    use super::*;
+
+    #[test]
+    fn issued_debug_redacts_the_token() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let issued = Issued {
+            token: "eyJhbGciOiJFUzI1NiJ9.secret-claims.secret-signature".into(),
+            grant: Grant {
+                id: GrantId::parse("g1").unwrap(),
+                task_id: TaskId::parse("t1").unwrap(),
+                subject: SpiffeId::parse("spiffe://td/agent").unwrap(),
+                audience: Audience::parse("crm").unwrap(),
+                scopes: BTreeSet::from([Scope::parse("contacts.read").unwrap()]),
+                class: ScopeClass::Read,
+                issued_at: at,
+                expires_at: at + chrono::Duration::seconds(60),
+                parent: None,
+                key_id: "k1".into(),
+                state: GrantState::Active,
+                revoked_at: None,
+                revocation_reason: None,
+            },
+        };
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(r#"token: "<redacted>""#), "{shown}");
+        assert!(shown.contains("g1") && shown.contains("spiffe://td/agent"), "{shown}");
+    }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ring::digest;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tessera_core::identity::SpiffeId;
@@ -73,9 +74,7 @@ pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rus
     if roots.is_empty() {
         return Err(material("tls.trust_bundle", trust_bundle, "no CA certificate found"));
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let verifier = client_verifier(roots, provider.clone())?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -85,6 +84,18 @@ pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rus
     // gRPC needs HTTP/2; without ALPN clients fail with H2NotNegotiated.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The client certificate verifier: a chain to `roots`, and, by webpki, an
+/// ExtendedKeyUsage that includes clientAuth when the leaf has one. Key usage
+/// is not checked here (webpki ignores it); [`peer_svid`] does.
+fn client_verifier(
+    roots: RootCertStore,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))
 }
 
 /// One accepted, handshaken connection. Holds its slot of the connection cap
@@ -200,6 +211,9 @@ pub enum SvidError {
     /// The leaf is a CA certificate.
     #[error("client certificate is a CA certificate, not an SVID")]
     CaLeaf,
+    /// The leaf's KeyUsage lets it sign certificates or CRLs.
+    #[error("client certificate may sign certificates or CRLs; an SVID may not")]
+    SigningLeaf,
     /// Not exactly one URI SAN.
     #[error("an X.509-SVID has exactly one URI SAN; this certificate has {0}")]
     UriSanCount(usize),
@@ -221,11 +235,18 @@ pub struct PeerSvid {
 }
 
 /// Reads the SPIFFE ID of a leaf certificate that rustls already verified
-/// against the trust bundle.
+/// against the trust bundle (which also enforced clientAuth in an
+/// ExtendedKeyUsage, when present). Refuses a CA leaf and a leaf whose
+/// KeyUsage asserts keyCertSign or cRLSign.
 pub fn peer_svid(leaf: &[u8], trust_domain: &str) -> Result<PeerSvid, SvidError> {
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| SvidError::Malformed)?;
     if cert.is_ca() {
         return Err(SvidError::CaLeaf);
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if ku.value.key_cert_sign() || ku.value.crl_sign() => return Err(SvidError::SigningLeaf),
+        Ok(_) => {}
+        Err(_) => return Err(SvidError::Malformed),
     }
     let uris: Vec<&str> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
@@ -262,9 +283,21 @@ pub fn remote_addr(info: Option<&tonic::transport::server::TlsConnectInfo<TcpCon
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{CertificateParams, DistinguishedName, IsCa, KeyPair, SanType};
+    use rcgen::{
+        CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls_pki_types::UnixTime;
 
     use super::*;
+
+    fn svid_params(key_usages: Vec<KeyUsagePurpose>, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![uri("spiffe://td/agent/a")];
+        params.key_usages = key_usages;
+        params.extended_key_usages = ekus;
+        params
+    }
 
     fn leaf(sans: Vec<SanType>, ca: bool) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
@@ -304,5 +337,54 @@ mod tests {
             Err(SvidError::CaLeaf)
         );
         assert_eq!(peer_svid(b"not a cert", "td"), Err(SvidError::Malformed));
+    }
+
+    #[test]
+    fn a_leaf_that_may_sign_certificates_is_refused() {
+        let key = KeyPair::generate().unwrap();
+        for usage in [KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign] {
+            let der = svid_params(vec![KeyUsagePurpose::DigitalSignature, usage], vec![])
+                .self_signed(&key)
+                .unwrap();
+            assert_eq!(peer_svid(der.der(), "td"), Err(SvidError::SigningLeaf));
+        }
+        let der = svid_params(
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )
+        .self_signed(&key)
+        .unwrap();
+        assert!(peer_svid(der.der(), "td").is_ok());
+    }
+
+    /// ExtendedKeyUsage is webpki's to enforce during the handshake; this
+    /// pins that the verifier we build does.
+    #[test]
+    fn the_client_verifier_requires_client_auth_when_eku_is_present() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let verifier = client_verifier(roots, provider).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let verify = |ekus: Vec<ExtendedKeyUsagePurpose>| {
+            let cert = svid_params(vec![KeyUsagePurpose::DigitalSignature], ekus)
+                .signed_by(&leaf_key, &issuer)
+                .unwrap();
+            verifier.verify_client_cert(cert.der(), &[], UnixTime::now()).map(drop)
+        };
+        verify(vec![ExtendedKeyUsagePurpose::ClientAuth]).unwrap();
+        verify(vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ])
+        .unwrap();
+        verify(vec![]).unwrap();
+        assert!(verify(vec![ExtendedKeyUsagePurpose::ServerAuth]).is_err());
+        assert!(verify(vec![ExtendedKeyUsagePurpose::CodeSigning]).is_err());
     }
 }

@@ -167,3 +167,64 @@ fn refusals_have_the_right_kind() {
         Err(ErrorKind::FailedPrecondition),
     );
 }
+
+#[test]
+fn a_stranger_learns_nothing_of_the_task() {
+    let stranger = who("spiffe://td/stranger", &[Role::Agent]);
+    let mut done = task();
+    done.state = TaskState::Completed;
+    let mut late = task();
+    late.deadline = t0();
+    for t in [done, late] {
+        let e = plan_grant(
+            &stranger,
+            &t,
+            &catalog(),
+            &request(&["contacts.read"], None),
+            limits(),
+            t0(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, IssuanceError::NotAssigned { .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    }
+}
+
+#[test]
+fn malformed_requests_name_their_field() {
+    let agent = who("spiffe://td/agent", &[Role::Agent]);
+    let message = |req: &TokenRequest| {
+        plan_grant(&agent, &task(), &catalog(), req, limits(), t0())
+            .unwrap_err()
+            .to_string()
+    };
+    let mut other = request(&["contacts.read"], None);
+    other.audience = Audience::parse("billing").unwrap();
+    assert_eq!(message(&other), "audience: unknown audience `billing`");
+    assert_eq!(
+        message(&request(&["nope"], None)),
+        "scopes: unknown scope `nope` for audience `crm`"
+    );
+    assert_eq!(message(&request(&[], None)), "scopes: no scopes requested");
+    assert!(
+        message(&request(&["contacts.read", "contacts.write"], None)).starts_with("scopes: scopes mix the classes")
+    );
+    assert_eq!(
+        message(&request(&["contacts.read"], Some(3601))),
+        "ttl_seconds: ttl of 3601s is above the maximum of 3600s"
+    );
+    // No time left is the task's state, not a bad field.
+    let mut late = task();
+    late.deadline = t0() + Duration::milliseconds(500);
+    let e = plan_grant(
+        &agent,
+        &late,
+        &catalog(),
+        &request(&["contacts.read"], None),
+        limits(),
+        t0(),
+    )
+    .unwrap_err();
+    assert_eq!(e, IssuanceError::Ttl(TtlError::NoTimeLeft));
+    assert_eq!(e.to_string(), "no time is left before the task's deadline");
+}

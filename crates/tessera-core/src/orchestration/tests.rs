@@ -186,3 +186,24 @@ fn only_the_owner_or_an_operator_ends_a_task() {
     assert!(may_read_task(&who("spiffe://td/agent"), &task).is_ok());
     assert!(may_read_task(&who("spiffe://td/other-orch"), &task).is_err());
 }
+
+#[test]
+fn an_orchestrator_may_not_assign_itself() {
+    let both = identity("spiffe://td/both", &[Role::Orchestrator, Role::Agent]);
+    let registry = IdentityRegistry::new([both, identity("spiffe://td/agent", &[Role::Agent])]);
+    let who =
+        VerifiedIdentity::attested(&registry, &id("spiffe://td/both"), AttestationMethod::X509, "d".into()).unwrap();
+    let start = |agents: &[&str]| {
+        let mut r = req("t1", &["read", "write"], 60);
+        r.agents = agents.iter().map(|a| id(a)).collect();
+        start_task(&who, r, &registry, &catalog(), None, &TaskLimits::default(), t0())
+    };
+    for agents in [&["spiffe://td/both"][..], &["spiffe://td/agent", "spiffe://td/both"]] {
+        let e = start(agents).unwrap_err();
+        assert_eq!(e, OrchestrationError::SelfAssigned);
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert_eq!(e.to_string(), "an orchestrator may not assign itself to its own task");
+    }
+    // Assigning others is still fine.
+    assert!(start(&["spiffe://td/agent"]).is_ok());
+}
