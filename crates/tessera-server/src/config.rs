@@ -170,10 +170,12 @@ pub struct TasksConfig {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// The embedded in-process store.
     Memory,
+    /// Redis, shared by every replica.
+    Redis(tessera_store::RedisConfig),
 }
 
 /// `[log]`.
@@ -304,14 +306,36 @@ fn default_max_task() -> Duration {
 struct RawStore {
     #[serde(default = "default_backend")]
     backend: String,
+    /// Redis URLs: one for standalone, the primaries for a cluster.
+    #[serde(default)]
+    urls: Vec<String>,
+    /// `standalone` or `cluster`.
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default = "default_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    timeout: Duration,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             backend: default_backend(),
+            urls: Vec::new(),
+            mode: None,
+            key_prefix: default_prefix(),
+            timeout: default_store_timeout(),
         }
     }
+}
+
+fn default_prefix() -> String {
+    "tessera".into()
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_backend() -> String {
@@ -444,6 +468,82 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
     Ok(())
 }
 
+impl RawStore {
+    fn validate(self, max_ttl: Ttl, leeway: Duration, max_task: chrono::Duration) -> Result<StoreConfig, ConfigError> {
+        use tessera_store::{RedisConfig, RedisDeployment};
+        match self.backend.as_str() {
+            "memory" => {
+                if !self.urls.is_empty() {
+                    return Err(key_error("store.urls", "only used with backend = \"redis\""));
+                }
+                Ok(StoreConfig::Memory)
+            }
+            "redis" => {
+                if self.urls.is_empty() {
+                    return Err(key_error(
+                        "store.urls",
+                        "backend = \"redis\" needs at least one redis:// URL",
+                    ));
+                }
+                if let Some(bad) = self
+                    .urls
+                    .iter()
+                    .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+                {
+                    let shown = bad.split('@').next_back().unwrap_or_default();
+                    return Err(key_error(
+                        "store.urls",
+                        format!("`…{shown}` is not a redis:// or rediss:// URL"),
+                    ));
+                }
+                let deployment = match self.mode.as_deref().unwrap_or("standalone") {
+                    "standalone" => match self.urls.as_slice() {
+                        [url] => RedisDeployment::Standalone { url: url.clone() },
+                        _ => return Err(key_error("store.urls", "standalone mode takes exactly one URL")),
+                    },
+                    "cluster" => RedisDeployment::Cluster { urls: self.urls },
+                    other => {
+                        return Err(key_error(
+                            "store.mode",
+                            format!("`{other}` is not one of standalone, cluster"),
+                        ));
+                    }
+                };
+                if self.key_prefix.is_empty()
+                    || self.key_prefix.len() > 32
+                    || !self
+                        .key_prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(key_error(
+                        "store.key_prefix",
+                        "must be 1-32 characters of [A-Za-z0-9._-]",
+                    ));
+                }
+                if self.timeout.is_zero() || self.timeout > Duration::from_secs(30) {
+                    return Err(key_error("store.timeout", "must be between 1ms and 30s"));
+                }
+                let mut config = RedisConfig::new(deployment);
+                config.key_prefix = self.key_prefix;
+                config.timeout = self.timeout;
+                // An event matters until every token it concerns has expired,
+                // and verifiers accept a token until exp + leeway.
+                config.feed_retention = max_ttl.as_duration()
+                    + chrono::Duration::from_std(leeway).unwrap_or_default()
+                    + chrono::Duration::minutes(5);
+                config.task_retention = chrono::Duration::hours(1).max(max_ttl.as_duration());
+                let _ = max_task;
+                Ok(StoreConfig::Redis(config))
+            }
+            other => Err(key_error(
+                "store.backend",
+                format!("`{other}` is not one of memory, redis"),
+            )),
+        }
+    }
+}
+
 fn ttl(key: &str, d: Duration) -> Result<Ttl, ConfigError> {
     Ttl::from_secs(d.as_secs()).map_err(|e| key_error(key, e.to_string()))
 }
@@ -532,15 +632,7 @@ impl RawConfig {
             return Err(key_error("tasks.max_duration", "must be between 1s and 30 days"));
         }
 
-        let store = match self.store.backend.as_str() {
-            "memory" => StoreConfig::Memory,
-            other => {
-                return Err(key_error(
-                    "store.backend",
-                    format!("`{other}` is not a supported backend (memory)"),
-                ));
-            }
-        };
+        let store = self.store.validate(max, t.leeway, max_task)?;
 
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();

@@ -99,7 +99,7 @@ pub fn position(field: &'static str, s: &str) -> Result<Option<FeedPosition>, Fi
     if s.is_empty() {
         return Ok(None);
     }
-    if s.len() > MAX_POSITION_LEN || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if s.len() > MAX_POSITION_LEN || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b)) {
         return Err(FieldError::new(field, "not a feed position"));
     }
     Ok(Some(FeedPosition::new(s)))
@@ -437,6 +437,7 @@ mod tests {
     fn positions_and_reasons_are_bounded() {
         assert_eq!(position("after", "").unwrap(), None);
         assert!(position("after", "12-3").unwrap().is_some());
+        assert!(position("after", "Ab_c-9:1795318823000-0").unwrap().is_some());
         assert!(position("after", &"1".repeat(65)).is_err());
         assert!(position("after", "1;DROP").is_err());
         assert_eq!(reason("reason", "", "default").unwrap(), "default");

@@ -22,7 +22,7 @@ use tessera_core::clock::Clock;
 use tessera_core::orchestration::TaskLimits;
 use tessera_core::token::{KeyError, SigningKey};
 use tessera_proto::v1 as pb;
-use tessera_store::{GrantStore, MemoryStore, StoreError};
+use tessera_store::{GrantStore, MemoryStore, RedisStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
@@ -116,8 +116,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let Prepared { config, tls, signer } = prepared;
-    let store: Arc<dyn GrantStore> = match config.store {
+    let store: Arc<dyn GrantStore> = match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::default()),
+        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
     };
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
@@ -146,14 +147,19 @@ pub async fn serve(
         heartbeat: config.server.heartbeat_interval,
     };
 
+    let max = config.server.max_message_bytes;
+    // Health and reflection get the same request cap as our services, not
+    // tonic's 4 MB default. Their replies stay uncapped: a reflection reply
+    // carries whole descriptor files.
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(max);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .max_decoding_message_size(max);
 
-    let max = config.server.max_message_bytes;
     let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

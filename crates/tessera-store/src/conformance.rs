@@ -36,10 +36,13 @@ where
     feed_resumes_from_any_position(make().await).await;
     feed_readers_wake_on_new_events(make().await).await;
     keys_are_published_until_not_after(make().await).await;
+    positions_do_not_cross_stores(make().await, make().await).await;
+    ending_an_expired_task_changes_nothing(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    // Far in the future: Redis expires keys at their absolute `PXAT` time.
+    DateTime::from_timestamp(4_000_000_000, 0).unwrap()
 }
 
 fn secs(s: i64) -> chrono::Duration {
@@ -415,4 +418,49 @@ pub async fn feed_overflow_is_reported(store: impl GrantStore) {
         store.read_revocations(Some(&head), 10, Duration::ZERO).await,
         Err(StoreError::PositionExpired(_))
     ));
+}
+
+/// A position from another store (or the same store before it lost its
+/// state) is refused: its reader may have missed events.
+pub async fn positions_do_not_cross_stores(a: impl GrantStore, b: impl GrantStore) {
+    a.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant("t1", 30, None);
+    a.record_grant(&g, t0()).await.unwrap();
+    a.revoke_grant(&g.id, "r", t0()).await.unwrap();
+    let head_a = a.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let head_b = b.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    assert_ne!(head_a, head_b);
+    assert!(matches!(
+        b.read_revocations(Some(&head_a), 10, Duration::ZERO).await,
+        Err(StoreError::PositionExpired(_))
+    ));
+    assert!(
+        b.read_revocations(Some(&head_b), 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+}
+
+/// A task past its deadline is expired; completing it later neither relabels
+/// it nor publishes anything.
+pub async fn ending_an_expired_task_changes_nothing(store: impl GrantStore) {
+    store.create_task(&task("old", 10, None)).await.unwrap();
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let later = t0() + secs(11);
+    let ended = store
+        .end_task(&tid("old"), TaskState::Completed, "late", later)
+        .await
+        .unwrap();
+    assert_eq!(ended.grants_revoked, 0);
+    assert_eq!(ended.task.state_at(later), TaskState::Expired);
+    assert!(
+        store
+            .read_revocations(Some(&head), 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
 }

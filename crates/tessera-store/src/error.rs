@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The backend cannot be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend is configured in a way that would break the store's guarantees.
+    #[error("store misconfigured: {0}")]
+    Misconfigured(String),
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
@@ -51,6 +54,7 @@ impl StoreError {
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Misconfigured(_) => ErrorKind::FailedPrecondition,
             Self::GrantExists | Self::Corrupt(_) => ErrorKind::Internal,
         }
     }

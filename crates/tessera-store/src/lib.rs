@@ -9,6 +9,7 @@
 mod error;
 mod feed;
 mod memory;
+mod redis;
 mod store;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -17,4 +18,5 @@ pub mod conformance;
 pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
+pub use redis::{RedisConfig, RedisDeployment, RedisStore};
 pub use store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};

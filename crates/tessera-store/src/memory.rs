@@ -29,8 +29,12 @@ pub struct MemoryLimits {
     pub max_tasks: usize,
     /// Most revocation events retained.
     pub max_feed_events: usize,
-    /// How long an ended task is kept for `GetTask` after it ends.
+    /// How long a task is kept after its deadline (for `GetTask`, and so
+    /// its id cannot be reused while its revocation still matters).
     pub ended_task_retention: chrono::Duration,
+    /// How long a revocation event is kept after its `not_after`: verifiers
+    /// accept tokens until `exp` plus their leeway.
+    pub feed_grace: chrono::Duration,
 }
 
 impl Default for MemoryLimits {
@@ -40,6 +44,7 @@ impl Default for MemoryLimits {
             max_tasks: 100_000,
             max_feed_events: 1_000_000,
             ended_task_retention: chrono::Duration::hours(1),
+            feed_grace: chrono::Duration::minutes(5),
         }
     }
 }
@@ -50,11 +55,16 @@ pub struct MemoryStore {
     state: Mutex<State>,
     feed_changed: Notify,
     limits: MemoryLimits,
+    /// Random per store instance: positions from another instance (e.g.
+    /// before a restart) are refused instead of silently misread.
+    epoch: String,
 }
 
 #[derive(Debug, Default)]
 struct State {
     tasks: HashMap<TaskId, Task>,
+    /// Tasks by the time they may be forgotten (deadline + retention).
+    forget_at: BTreeMap<(DateTime<Utc>, TaskId), ()>,
     children: HashMap<TaskId, HashSet<TaskId>>,
     grants: HashMap<GrantId, Grant>,
     grants_by_task: HashMap<TaskId, HashSet<GrantId>>,
@@ -85,7 +95,26 @@ impl MemoryStore {
             }),
             feed_changed: Notify::new(),
             limits,
+            epoch: tessera_core::grant::random_id().unwrap_or_else(|_| "memory".into()),
         }
+    }
+
+    fn position(&self, seq: u64) -> FeedPosition {
+        FeedPosition::new(format!("{}:{seq}", self.epoch))
+    }
+
+    /// The sequence number in a position of this store; a position of
+    /// another instance is expired (its reader may have missed events).
+    fn parse_position(&self, p: &FeedPosition) -> Result<u64, StoreError> {
+        let (epoch, seq) = p
+            .as_str()
+            .rsplit_once(':')
+            .ok_or_else(|| StoreError::BadPosition(p.to_string()))?;
+        let seq = seq.parse().map_err(|_| StoreError::BadPosition(p.to_string()))?;
+        if epoch != self.epoch {
+            return Err(StoreError::PositionExpired(p.to_string()));
+        }
+        Ok(seq)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -99,7 +128,7 @@ impl MemoryStore {
 const SWEEP_BATCH: usize = 64;
 
 impl State {
-    fn sweep(&mut self, now: DateTime<Utc>, limits: &MemoryLimits) {
+    fn sweep(&mut self, now: DateTime<Utc>) {
         for _ in 0..SWEEP_BATCH {
             let Some((&(expires_at, ref id), ())) = self.expiries.first_key_value() else {
                 break;
@@ -121,16 +150,20 @@ impl State {
                 self.delegated.remove(&id);
             }
         }
-        let forget_before = now - limits.ended_task_retention;
-        let stale: Vec<TaskId> = self
-            .tasks
-            .values()
-            .filter(|t| t.end() < forget_before)
-            .filter(|t| self.grants_by_task.get(&t.id).is_none_or(HashSet::is_empty))
-            .take(SWEEP_BATCH)
-            .map(|t| t.id.clone())
-            .collect();
-        for id in stale {
+        for _ in 0..SWEEP_BATCH {
+            let Some((&(at, ref id), ())) = self.forget_at.first_key_value() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            let id = id.clone();
+            self.forget_at.remove(&(at, id.clone()));
+            if self.grants_by_task.get(&id).is_some_and(|g| !g.is_empty()) {
+                // Grants still recorded (swept later): keep the task a little longer.
+                self.forget_at.insert((now + chrono::Duration::minutes(1), id), ());
+                continue;
+            }
             if let Some(task) = self.tasks.remove(&id)
                 && let Some(parent) = &task.parent
                 && let Some(set) = self.children.get_mut(parent)
@@ -147,7 +180,7 @@ impl State {
         self.next_seq += 1;
         self.feed.push_back((seq, revocation));
         while let Some((first_seq, first)) = self.feed.front() {
-            let irrelevant = first.not_after <= now;
+            let irrelevant = first.not_after + limits.feed_grace <= now;
             if !irrelevant && self.feed.len() <= limits.max_feed_events {
                 break;
             }
@@ -192,17 +225,11 @@ impl State {
     }
 }
 
-fn parse_position(p: &FeedPosition) -> Result<u64, StoreError> {
-    p.as_str()
-        .parse()
-        .map_err(|_| StoreError::BadPosition(p.as_str().to_owned()))
-}
-
 #[async_trait]
 impl GrantStore for MemoryStore {
     async fn create_task(&self, task: &Task) -> Result<(), StoreError> {
         let mut state = self.lock();
-        state.sweep(task.created_at, &self.limits);
+        state.sweep(task.created_at);
         if state.tasks.contains_key(&task.id) {
             return Err(StoreError::TaskExists(task.id.clone()));
         }
@@ -223,6 +250,9 @@ impl GrantStore for MemoryStore {
                 .or_default()
                 .insert(task.id.clone());
         }
+        state
+            .forget_at
+            .insert((task.deadline + self.limits.ended_task_retention, task.id.clone()), ());
         state.tasks.insert(task.id.clone(), task.clone());
         Ok(())
     }
@@ -247,7 +277,7 @@ impl GrantStore for MemoryStore {
 
     async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut state = self.lock();
-        state.sweep(now, &self.limits);
+        state.sweep(now);
         let task = state
             .tasks
             .get(&grant.task_id)
@@ -345,8 +375,8 @@ impl GrantStore for MemoryStore {
                 let Some(task) = state.tasks.get_mut(task_id) else {
                     continue;
                 };
-                if task.state != TaskState::Active {
-                    continue; // already ended: idempotent
+                if !task.is_active_at(now) {
+                    continue; // already ended, or past its deadline: idempotent
                 }
                 task.state = end_state;
                 task.ended_at = Some(now);
@@ -369,7 +399,7 @@ impl GrantStore for MemoryStore {
                         grants_revoked += 1;
                     }
                 }
-                if deadline > now {
+                {
                     let revocation = Revocation {
                         target: RevocationTarget::Task(task_id.clone()),
                         revoked_at: now,
@@ -400,7 +430,7 @@ impl GrantStore for MemoryStore {
         max: usize,
         wait: Duration,
     ) -> Result<FeedBatch, StoreError> {
-        let after = after.map(parse_position).transpose()?;
+        let after = after.map(|p| self.parse_position(p)).transpose()?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register for wake-ups before looking, so no append is missed.
@@ -413,21 +443,26 @@ impl GrantStore for MemoryStore {
                 let Some(after) = after else {
                     return Ok(FeedBatch {
                         events: Vec::new(),
-                        head: FeedPosition::new(head.to_string()),
+                        head: self.position(head),
                     });
                 };
-                // A position ahead of the head comes from an earlier life of
-                // this store (a restart): the reader cannot know what it missed.
+                // A position ahead of the head cannot come from this instance.
                 if after > head || after < state.lost_upto {
-                    return Err(StoreError::PositionExpired(after.to_string()));
+                    return Err(StoreError::PositionExpired(self.position(after).to_string()));
                 }
+                // INVARIANT: sequence numbers in the feed are contiguous, so the
+                // first event after `after` sits at a computable index.
+                let skip = state
+                    .feed
+                    .front()
+                    .map_or(0, |(first, _)| (after + 1).saturating_sub(*first));
                 let events: Vec<FeedEvent> = state
                     .feed
                     .iter()
-                    .filter(|(seq, _)| *seq > after)
+                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
                     .take(max.max(1))
                     .map(|(seq, revocation)| FeedEvent {
-                        position: FeedPosition::new(seq.to_string()),
+                        position: self.position(*seq),
                         revocation: revocation.clone(),
                     })
                     .collect();
@@ -435,7 +470,7 @@ impl GrantStore for MemoryStore {
                     let head = events
                         .last()
                         .map(|e| e.position.clone())
-                        .unwrap_or_else(|| FeedPosition::new(after.to_string()));
+                        .unwrap_or_else(|| self.position(after));
                     return Ok(FeedBatch { events, head });
                 }
             }

@@ -53,7 +53,7 @@ fn a_good_file_loads_with_defaults() {
     assert_eq!(c.tokens.algorithm, Algorithm::Es256);
     assert_eq!(c.tls.cert, Path::new("/etc/tessera/broker.pem"));
     assert_eq!(c.identities.len(), 1);
-    assert_eq!(c.store, StoreConfig::Memory);
+    assert!(matches!(c.store, StoreConfig::Memory));
 }
 
 #[test]
@@ -86,6 +86,32 @@ fn bad_keys_are_named() {
     check_key_error(GOOD, &[("TESSERA_TOKENS__ALGORITHM", "HS256")], "tokens.algorithm");
     check_key_error(GOOD, &[("TESSERA_TLS__TRUST_DOMAIN", "Bad Domain")], "tls.trust_domain");
     check_key_error(GOOD, &[("TESSERA_STORE__BACKEND", "etcd")], "store.backend");
+    check_key_error(GOOD, &[("TESSERA_STORE__BACKEND", "redis")], "store.urls");
+    check_key_error(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            ("TESSERA_STORE__URLS", r#"["http://x"]"#),
+        ],
+        "store.urls",
+    );
+    check_key_error(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            ("TESSERA_STORE__URLS", r#"["redis://a", "redis://b"]"#),
+        ],
+        "store.urls",
+    );
+    check_key_error(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            ("TESSERA_STORE__URLS", r#"["redis://a"]"#),
+            ("TESSERA_STORE__MODE", "mesh"),
+        ],
+        "store.mode",
+    );
     check_key_error(
         GOOD,
         &[("TESSERA_SERVER__MAX_MESSAGE_BYTES", "10")],
@@ -116,6 +142,29 @@ fn bad_keys_are_named() {
         &[],
         "server.listen_port",
     );
+}
+
+#[test]
+fn redis_store_settings_load() {
+    let c = load(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            (
+                "TESSERA_STORE__URLS",
+                r#"["redis://127.0.0.1:1", "redis://127.0.0.1:2"]"#,
+            ),
+            ("TESSERA_STORE__MODE", "cluster"),
+            ("TESSERA_STORE__TIMEOUT", "250ms"),
+        ],
+    )
+    .unwrap();
+    let StoreConfig::Redis(r) = c.store else {
+        panic!("expected redis")
+    };
+    assert_eq!(r.timeout, std::time::Duration::from_millis(250));
+    assert!(matches!(r.deployment, tessera_store::RedisDeployment::Cluster { ref urls } if urls.len() == 2));
+    assert!(r.feed_retention >= chrono::Duration::hours(1));
 }
 
 #[test]

@@ -1,0 +1,226 @@
+//! Connections: one handle over standalone and Cluster deployments, with
+//! timeouts on connect and on every response, plus small RESP helpers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::error::StoreError;
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisDeployment {
+    /// One server (`redis://host:port/db`); reconnects automatically.
+    Standalone {
+        /// Its URL.
+        url: String,
+    },
+    /// A Redis Cluster, reached through any of these seed nodes.
+    Cluster {
+        /// Seed URLs; list every primary so each one's eviction policy is checked.
+        urls: Vec<String>,
+    },
+}
+
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+impl Conn {
+    /// A multiplexed connection for ordinary commands.
+    pub(crate) async fn connect(deployment: &RedisDeployment, timeout: Duration) -> Result<Self, StoreError> {
+        Self::open(deployment, timeout, timeout).await
+    }
+
+    /// A connection of its own for blocking reads (`XREAD BLOCK`), which
+    /// would stall everyone else on a shared one.
+    pub(crate) async fn connect_blocking(deployment: &RedisDeployment, timeout: Duration) -> Result<Self, StoreError> {
+        Self::open(deployment, timeout, timeout + Duration::from_secs(2)).await
+    }
+
+    async fn open(deployment: &RedisDeployment, connect: Duration, response: Duration) -> Result<Self, StoreError> {
+        match deployment {
+            RedisDeployment::Standalone { url } => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(response))
+                    .set_number_of_retries(2);
+                let manager = tokio::time::timeout(connect * 3, ConnectionManager::new_with_config(client, config))
+                    .await
+                    .map_err(|_| unavailable("redis connect", "timed out"))?
+                    .map_err(|e| unavailable("redis connect", e))?;
+                Ok(Self::Single(manager))
+            }
+            RedisDeployment::Cluster { urls } => {
+                let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .connection_timeout(connect)
+                    .response_timeout(response)
+                    .retries(2)
+                    .build()
+                    .map_err(|e| unavailable("redis cluster", e))?;
+                let conn = tokio::time::timeout(connect * 3, client.get_async_connection())
+                    .await
+                    .map_err(|_| unavailable("redis cluster connect", "timed out"))?
+                    .map_err(|e| unavailable("redis cluster connect", e))?;
+                Ok(Self::Cluster(conn))
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Refuses a Redis whose `maxmemory-policy` could evict keys: an evicted
+/// grant, task or revocation would be a silent security failure.
+pub(crate) async fn check_eviction_policy(deployment: &RedisDeployment, timeout: Duration) -> Result<(), StoreError> {
+    let urls: Vec<&String> = match deployment {
+        RedisDeployment::Standalone { url } => vec![url],
+        RedisDeployment::Cluster { urls } => urls.iter().collect(),
+    };
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?;
+        let info: String = tokio::time::timeout(timeout * 3, async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map_err(|_| unavailable("redis eviction check", "timed out"))?
+        .map_err(|e| unavailable("redis eviction check", e))?;
+        let policy = info
+            .lines()
+            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+            .map(str::trim)
+            .unwrap_or("unknown")
+            .to_owned();
+        if policy != "noeviction" {
+            return Err(StoreError::Misconfigured(format!(
+                "redis at `{}` has maxmemory-policy `{policy}`: it could evict grants or revocations, \
+                 a silent security failure; set `maxmemory-policy noeviction`",
+                redact(url)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!(
+            "{}://***@{}",
+            url.get(..scheme).unwrap_or(""),
+            url.get(at + 1..).unwrap_or("")
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) fn string_of(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// A RESP map, or a flat RESP2 array of key/value pairs, as a map.
+pub(crate) fn map_of(v: Value) -> HashMap<String, Value> {
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((string_of(&k)?, v)))
+            .collect(),
+        Value::Array(items) => {
+            let mut out = HashMap::new();
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let Some(k) = string_of(&k) {
+                    out.insert(k, v);
+                }
+            }
+            out
+        }
+        _ => HashMap::new(),
+    }
+}
+
+/// XRANGE entries `[[id, [field, value, ...]], ...]` as `(id, value of field "r")`.
+pub(crate) fn stream_entries(v: Value) -> Vec<(String, String)> {
+    let Value::Array(entries) = v else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else { return None };
+            let mut parts = parts.into_iter();
+            let id = string_of(&parts.next()?)?;
+            let fields = map_of(parts.next()?);
+            Some((id, string_of(fields.get("r")?)?))
+        })
+        .collect()
+}
+
+/// XREAD's reply for one stream as its entries.
+pub(crate) fn xread_entries(v: Value) -> Vec<(String, String)> {
+    let streams: Vec<Value> = match v {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(stream_entries).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,82 @@
+//! The Redis key layout. Everything of one task tree (a root task, its
+//! descendant tasks, their grants and delegation sets) lives under the root
+//! task's Cluster hash tag, so ending a task or revoking a grant tree is one
+//! server-side script on one slot.
+//!
+//! | key | type | holds | expires |
+//! |---|---|---|---|
+//! | `P:epoch` | string | random id written once per empty Redis | never |
+//! | `P:task-root:<task>` | string | the task's root task id (routing) | task end + retention |
+//! | `P:grant-root:<grant>` | string | the grant's root task id (routing) | grant expiry |
+//! | `P:{<root>}:task:<task>` | hash | `json` (immutable task), `state`, `deadline`, `ended`, `reason` | task end + retention |
+//! | `P:{<root>}:children:<task>` | set | child task ids | with the task |
+//! | `P:{<root>}:grants:<task>` | zset | live grant ids, scored by expiry (ms); expired members pruned lazily | with the task |
+//! | `P:{<root>}:grant:<grant>` | string | grant JSON (immutable) | grant expiry (`PXAT`) |
+//! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...}` for a revoked grant | grant expiry |
+//! | `P:{<root>}:delegated:<grant>` | set | grants delegated from this one | grant expiry |
+//! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
+//! | `P:keys` | hash | kid → published key JSON | retired keys pruned lazily |
+
+use tessera_core::grant::GrantId;
+use tessera_core::task::TaskId;
+
+/// Builds keys under one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    pub(crate) fn task_root(&self, task: &TaskId) -> String {
+        format!("{}:task-root:{task}", self.prefix)
+    }
+
+    pub(crate) fn grant_root(&self, grant: &GrantId) -> String {
+        format!("{}:grant-root:{grant}", self.prefix)
+    }
+
+    /// `P:{root}:` — the base every key of a task tree starts with (scripts append to it).
+    pub(crate) fn base(&self, root: &str) -> String {
+        format!("{}:{{{root}}}:", self.prefix)
+    }
+
+    pub(crate) fn task(&self, root: &str, task: &str) -> String {
+        format!("{}task:{task}", self.base(root))
+    }
+
+    pub(crate) fn grant(&self, root: &str, grant: &str) -> String {
+        format!("{}grant:{grant}", self.base(root))
+    }
+
+    pub(crate) fn feed(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+
+    pub(crate) fn keys(&self) -> String {
+        format!("{}:keys", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_tree_shares_one_hash_tag() {
+        let k = Keys::new("tessera");
+        assert_eq!(k.task("root", "child"), "tessera:{root}:task:child");
+        assert_eq!(k.grant("root", "g1"), "tessera:{root}:grant:g1");
+        assert_eq!(k.base("root"), "tessera:{root}:");
+        assert_eq!(k.feed(), "tessera:revocations");
+    }
+}

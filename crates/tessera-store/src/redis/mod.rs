@@ -1,0 +1,889 @@
+//! [`RedisStore`]: the production [`GrantStore`], shared by every broker
+//! replica. See `keys.rs` for the layout and `scripts.rs` for the scripts.
+//!
+//! Revocations are **published before they are applied**: the events go to
+//! the stream first, then one script flips the state. A failure between the
+//! two leaves verifiers refusing a token that introspection still calls live
+//! (the caller sees an error and retries; ending and revoking are idempotent)
+//! — never the reverse.
+
+mod conn;
+mod keys;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::{RedisError, Value};
+use serde::{Deserialize, Serialize};
+use tessera_core::grant::{Grant, GrantId, GrantState, random_id};
+use tessera_core::revocation::{Revocation, RevocationTarget};
+use tessera_core::task::{Task, TaskId, TaskState};
+use tokio::sync::Notify;
+
+use self::conn::Conn;
+pub use self::conn::RedisDeployment;
+use self::keys::Keys;
+use crate::error::StoreError;
+use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
+use crate::store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
+
+/// How to reach Redis and how to use it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Standalone, Sentinel or Cluster, with addresses.
+    pub deployment: RedisDeployment,
+    /// Prefix of every key (`tessera`).
+    pub key_prefix: String,
+    /// Bound on every command and script.
+    pub timeout: Duration,
+    /// Revocation events older than this are trimmed; set it to at least the
+    /// longest token lifetime, since no event matters after its tokens expired.
+    pub feed_retention: chrono::Duration,
+    /// Hard cap on the revocation stream's length (approximate trimming).
+    pub feed_max_len: usize,
+    /// How long an ended or expired task stays readable.
+    pub task_retention: chrono::Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `deployment`.
+    pub fn new(deployment: RedisDeployment) -> Self {
+        Self {
+            deployment,
+            key_prefix: "tessera".into(),
+            timeout: Duration::from_millis(1000),
+            feed_retention: chrono::Duration::hours(25),
+            feed_max_len: 1_000_000,
+            task_retention: chrono::Duration::hours(1),
+        }
+    }
+}
+
+struct Scripts {
+    create_task: redis::Script,
+    record_grant: redis::Script,
+    read_grant: redis::Script,
+    live_grant_tree: redis::Script,
+    revoke_grants: redis::Script,
+    active_task_tree: redis::Script,
+    end_tasks: redis::Script,
+    live_grants: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            create_task: scripts::create_task(),
+            record_grant: scripts::record_grant(),
+            read_grant: scripts::read_grant(),
+            live_grant_tree: scripts::live_grant_tree(),
+            revoke_grants: scripts::revoke_grants(),
+            active_task_tree: scripts::active_task_tree(),
+            end_tasks: scripts::end_tasks(),
+            live_grants: scripts::live_grants(),
+        }
+    }
+}
+
+/// The Redis-backed [`GrantStore`].
+pub struct RedisStore {
+    conn: Conn,
+    keys: Keys,
+    config: RedisConfig,
+    scripts: Scripts,
+    /// The epoch marker this process last saw; a missing marker means Redis lost its data.
+    epoch: Mutex<String>,
+    /// Keys this process published, republished if Redis comes back empty.
+    own_keys: Mutex<Vec<PublishedKey>>,
+    feed_changed: Arc<Notify>,
+    tailer: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("deployment", &self.config.deployment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.tailer.abort();
+    }
+}
+
+/// A Redis error as a store error: out of memory is a capacity problem,
+/// everything else means Redis is not usable right now.
+fn store_error(e: RedisError) -> StoreError {
+    if e.code() == Some("OOM") {
+        StoreError::Full("redis reached maxmemory (noeviction)")
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(v)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RevokedMark {
+    at: i64,
+    reason: String,
+}
+
+/// A stream id `ms-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once('-')?;
+        Some(Self(a.parse().ok()?, b.parse().ok()?))
+    }
+
+    fn render(self) -> String {
+        format!("{}-{}", self.0, self.1)
+    }
+}
+
+impl RedisStore {
+    /// Connects, refuses a Redis that may evict keys, and establishes the epoch marker.
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        let conn = Conn::connect(&config.deployment, config.timeout).await?;
+        conn::check_eviction_policy(&config.deployment, config.timeout).await?;
+        let keys = Keys::new(&config.key_prefix);
+        let feed_changed = Arc::new(Notify::new());
+        let tailer_conn = Conn::connect_blocking(&config.deployment, config.timeout).await?;
+        let tailer = tokio::spawn(tail_feed(tailer_conn, keys.feed(), feed_changed.clone()));
+        let store = Self {
+            conn,
+            keys,
+            config,
+            scripts: Scripts::new(),
+            epoch: Mutex::new(String::new()),
+            own_keys: Mutex::new(Vec::new()),
+            feed_changed,
+            tailer,
+        };
+        let epoch = store.ensure_epoch().await?;
+        tracing::info!(epoch = %epoch, "connected to redis");
+        Ok(store)
+    }
+
+    /// Runs `fut` within the configured timeout.
+    async fn bounded<T>(&self, fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.timeout, fut).await {
+            Ok(r) => r.map_err(store_error),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not answer within {} ms",
+                self.config.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// Reads the epoch marker, creating it on an empty Redis. If it changed
+    /// since we last looked, Redis lost its data: say so and republish our keys.
+    async fn ensure_epoch(&self) -> Result<String, StoreError> {
+        let key = self.keys.epoch();
+        let mut conn = self.conn();
+        let fresh = random_id().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _: Value = self
+            .bounded(redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async(&mut conn))
+            .await?;
+        let current: String = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+        let previous = {
+            let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *epoch, current.clone())
+        };
+        if !previous.is_empty() && previous != current {
+            tracing::error!(
+                previous = %previous,
+                current = %current,
+                "redis epoch changed: redis restarted empty; grants issued before are gone and report inactive; republishing signing keys"
+            );
+            let own: Vec<PublishedKey> = self.own_keys.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            for k in own {
+                self.write_key(&k).await?;
+            }
+        }
+        Ok(current)
+    }
+
+    async fn root_of_task(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn();
+        self.bounded(redis::cmd("GET").arg(self.keys.task_root(id)).query_async(&mut conn))
+            .await
+    }
+
+    async fn root_of_grant(&self, id: &GrantId) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn();
+        self.bounded(redis::cmd("GET").arg(self.keys.grant_root(id)).query_async(&mut conn))
+            .await
+    }
+
+    /// Appends revocations to the feed (publish before apply).
+    async fn publish(&self, revocations: &[Revocation]) -> Result<(), StoreError> {
+        if revocations.is_empty() {
+            return Ok(());
+        }
+        let feed = self.keys.feed();
+        let mut pipe = redis::pipe();
+        for r in revocations {
+            let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            pipe.cmd("XADD")
+                .arg(&feed)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.feed_max_len)
+                .arg("*")
+                .arg("r")
+                .arg(json);
+        }
+        let mut conn = self.conn();
+        let ids: Vec<String> = self.bounded(pipe.query_async(&mut conn)).await?;
+        self.feed_changed.notify_waiters();
+        // Stream ids carry Redis's clock: trim by age in that clock, not ours.
+        if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
+            let cutoff = newest.0.saturating_sub(retention_ms(self.config.feed_retention));
+            let trimmed: Result<Value, StoreError> = self
+                .bounded(
+                    redis::cmd("XTRIM")
+                        .arg(&feed)
+                        .arg("MINID")
+                        .arg("~")
+                        .arg(cutoff)
+                        .query_async(&mut conn),
+                )
+                .await;
+            if let Err(e) = trimmed {
+                tracing::warn!(error = %e, "revocation feed trim failed; retried on the next revocation");
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
+        let json = serde_json::to_string(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn();
+        let _: Value = self
+            .bounded(
+                redis::cmd("HSET")
+                    .arg(self.keys.keys())
+                    .arg(&key.jwk.kid)
+                    .arg(json)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `last-generated-id` and `max-deleted-entry-id` of the feed; `None` if it does not exist.
+    async fn feed_info(&self) -> Result<Option<(StreamId, StreamId)>, StoreError> {
+        let mut conn = self.conn();
+        let info: Result<Value, StoreError> = self
+            .bounded(
+                redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(self.keys.feed())
+                    .query_async(&mut conn),
+            )
+            .await;
+        let info = match info {
+            Ok(v) => v,
+            Err(StoreError::Unavailable(msg)) if msg.contains("no such key") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let fields = conn::map_of(info);
+        let id = |name: &str| {
+            fields
+                .get(name)
+                .and_then(conn::string_of)
+                .and_then(|s| StreamId::parse(&s))
+                .unwrap_or(StreamId(0, 0))
+        };
+        Ok(Some((id("last-generated-id"), id("max-deleted-entry-id"))))
+    }
+
+    async fn xrange_after(&self, epoch: &str, after: StreamId, max: usize) -> Result<Vec<FeedEvent>, StoreError> {
+        let mut conn = self.conn();
+        let value: Value = self
+            .bounded(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.feed())
+                    .arg(format!("({}", after.render()))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max.max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        conn::stream_entries(value)
+            .into_iter()
+            .map(|(id, json)| {
+                let revocation: Revocation =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("revocation event: {e}")))?;
+                let id = StreamId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("stream id `{id}`")))?;
+                Ok(FeedEvent {
+                    position: position(epoch, id),
+                    revocation,
+                })
+            })
+            .collect()
+    }
+
+    fn task_from_hash(&self, fields: HashMap<String, String>) -> Result<Option<Task>, StoreError> {
+        let Some(json) = fields.get("json") else {
+            return Ok(None);
+        };
+        let mut task: Task = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("task: {e}")))?;
+        task.state = match fields.get("state").map(String::as_str) {
+            Some("active") => TaskState::Active,
+            Some("completed") => TaskState::Completed,
+            Some("revoked") => TaskState::Revoked,
+            other => return Err(StoreError::Corrupt(format!("task state {other:?}"))),
+        };
+        task.ended_at = fields.get("ended").and_then(|v| v.parse().ok()).and_then(from_ms);
+        Ok(Some(task))
+    }
+}
+
+/// Follows the feed on a dedicated connection (blocking reads would stall a
+/// shared one) and wakes local readers when new events arrive.
+async fn tail_feed(mut conn: Conn, feed: String, changed: Arc<Notify>) {
+    let mut last = "$".to_owned();
+    loop {
+        let read: Result<Value, RedisError> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&feed)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok(Value::Nil) => {}
+            Ok(v) => {
+                if let Some((id, _)) = conn::xread_entries(v).pop() {
+                    last = id;
+                    changed.notify_waiters();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "revocation feed tail: redis error; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn parse_pairs(v: Value) -> Vec<(String, i64)> {
+    let items = match v {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    items
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [a, b] => Some((conn::string_of(a)?, conn::string_of(b)?.parse().ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[async_trait]
+impl GrantStore for RedisStore {
+    async fn create_task(&self, task: &Task) -> Result<(), StoreError> {
+        let root = match &task.parent {
+            None => task.id.to_string(),
+            Some(parent) => self
+                .root_of_task(parent)
+                .await?
+                .ok_or_else(|| StoreError::TaskNotFound(parent.clone()))?,
+        };
+        let expire_at = ms(task.deadline + self.config.task_retention);
+        let mapping = self.keys.task_root(&task.id);
+        let mut conn = self.conn();
+        let claimed: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(&mapping)
+                    .arg(&root)
+                    .arg("NX")
+                    .arg("PXAT")
+                    .arg(expire_at)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if claimed.is_none() {
+            // Taken: a live task, or the leftover of an attempt that failed half way.
+            let existing = self.root_of_task(&task.id).await?;
+            if let Some(existing) = existing {
+                let exists: bool = self
+                    .bounded(
+                        redis::cmd("EXISTS")
+                            .arg(self.keys.task(&existing, task.id.as_str()))
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if exists {
+                    return Err(StoreError::TaskExists(task.id.clone()));
+                }
+            }
+            let _: Value = self
+                .bounded(
+                    redis::cmd("SET")
+                        .arg(&mapping)
+                        .arg(&root)
+                        .arg("PXAT")
+                        .arg(expire_at)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        let json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let parent = task.parent.as_ref().map(ToString::to_string).unwrap_or_default();
+        let outcome: String = self
+            .bounded(
+                self.scripts
+                    .create_task
+                    .key(self.keys.task(&root, task.id.as_str()))
+                    .arg(self.keys.base(&root))
+                    .arg(task.id.as_str())
+                    .arg(json)
+                    .arg(ms(task.deadline))
+                    .arg(expire_at)
+                    .arg(&parent)
+                    .arg(ms(task.created_at))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let undo = || async {
+            let mut conn = self.conn();
+            let _: Result<Value, StoreError> = self
+                .bounded(redis::cmd("DEL").arg(&mapping).query_async(&mut conn))
+                .await;
+        };
+        match outcome.as_str() {
+            "ok" => Ok(()),
+            "exists" => Err(StoreError::TaskExists(task.id.clone())),
+            "parent_missing" => {
+                undo().await;
+                Err(StoreError::TaskNotFound(
+                    task.parent.clone().unwrap_or_else(|| task.id.clone()),
+                ))
+            }
+            over if over.starts_with("parent_over:") => {
+                undo().await;
+                let state = parse_state(over.trim_start_matches("parent_over:"));
+                Err(StoreError::TaskOver(
+                    task.parent.clone().unwrap_or_else(|| task.id.clone()),
+                    state,
+                ))
+            }
+            other => Err(StoreError::Corrupt(format!("create_task script answered `{other}`"))),
+        }
+    }
+
+    async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
+        let Some(root) = self.root_of_task(id).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.conn();
+        let fields: HashMap<String, String> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.task(&root, id.as_str()))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        self.task_from_hash(fields)
+    }
+
+    async fn live_grants(&self, id: &TaskId, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let Some(root) = self.root_of_task(id).await? else {
+            return Ok(0);
+        };
+        let mut conn = self.conn();
+        self.bounded(
+            self.scripts
+                .live_grants
+                .key(self.keys.task(&root, id.as_str()))
+                .arg(self.keys.base(&root))
+                .arg(id.as_str())
+                .arg(ms(now))
+                .invoke_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let root = self
+            .root_of_task(&grant.task_id)
+            .await?
+            .ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
+        let exp = ms(grant.expires_at);
+        let json = serde_json::to_string(grant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn();
+        // Routing first: if the script then fails, this entry points at nothing and expires.
+        let _: Value = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.keys.grant_root(&grant.id))
+                    .arg(&root)
+                    .arg("PXAT")
+                    .arg(exp)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
+        let outcome: String = self
+            .bounded(
+                self.scripts
+                    .record_grant
+                    .key(self.keys.task(&root, grant.task_id.as_str()))
+                    .arg(self.keys.base(&root))
+                    .arg(grant.task_id.as_str())
+                    .arg(grant.id.as_str())
+                    .arg(json)
+                    .arg(exp)
+                    .arg(ms(now))
+                    .arg(parent)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        match outcome.as_str() {
+            "ok" => Ok(()),
+            "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
+            "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
+            "exists" => Err(StoreError::GrantExists),
+            over if over.starts_with("task_over:") => Err(StoreError::TaskOver(
+                grant.task_id.clone(),
+                parse_state(over.trim_start_matches("task_over:")),
+            )),
+            other => Err(StoreError::Corrupt(format!("record_grant script answered `{other}`"))),
+        }
+    }
+
+    async fn grant(&self, id: &GrantId) -> Result<Option<Grant>, StoreError> {
+        let Some(root) = self.root_of_grant(id).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.conn();
+        let value: Value = self
+            .bounded(
+                self.scripts
+                    .read_grant
+                    .key(self.keys.grant(&root, id.as_str()))
+                    .arg(self.keys.base(&root))
+                    .arg(id.as_str())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let Value::Array(parts) = value else { return Ok(None) };
+        let [json, revoked, task_state, task_ended, task_reason] = parts.as_slice() else {
+            return Err(StoreError::Corrupt(
+                "read_grant script answered an unexpected shape".into(),
+            ));
+        };
+        let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
+        let mut grant: Grant = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+        if let Some(mark) = conn::string_of(revoked) {
+            let mark: RevokedMark =
+                serde_json::from_str(&mark).map_err(|e| StoreError::Corrupt(format!("revoked mark: {e}")))?;
+            grant.state = GrantState::Revoked;
+            grant.revoked_at = from_ms(mark.at);
+            grant.revocation_reason = Some(mark.reason);
+        } else {
+            let state = conn::string_of(task_state).unwrap_or_default();
+            let ended = conn::string_of(task_ended)
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(from_ms);
+            // A grant dies with its task (or with the task's record, when Redis lost it).
+            match (state.as_str(), ended) {
+                ("active", _) => {}
+                (_, Some(at)) if at < grant.expires_at => {
+                    grant.state = GrantState::Revoked;
+                    grant.revoked_at = Some(at);
+                    grant.revocation_reason = conn::string_of(task_reason);
+                }
+                ("missing", _) => {
+                    grant.state = GrantState::Revoked;
+                    grant.revocation_reason = Some("task record missing".into());
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(grant))
+    }
+
+    async fn revoke_grant(
+        &self,
+        id: &GrantId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RevokeOutcome>, StoreError> {
+        let Some(root) = self.root_of_grant(id).await? else {
+            return Ok(None);
+        };
+        let base = self.keys.base(&root);
+        let grant_key = self.keys.grant(&root, id.as_str());
+        let mut done: Vec<String> = Vec::new();
+        let mut revoked_total = 0u64;
+        let mut root_revoked = false;
+        // Rounds: a grant delegated while we revoke is caught by the next round.
+        for _ in 0..64 {
+            let mut conn = self.conn();
+            let mut invocation = self.scripts.live_grant_tree.key(&grant_key);
+            invocation.arg(&base).arg(id.as_str()).arg(ms(now));
+            for d in &done {
+                invocation.arg(d);
+            }
+            let live = parse_pairs(self.bounded(invocation.invoke_async(&mut conn)).await?);
+            if live.is_empty() {
+                break;
+            }
+            let events: Vec<Revocation> = live
+                .iter()
+                .filter_map(|(gid, exp)| {
+                    Some(Revocation {
+                        target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
+                        revoked_at: now,
+                        reason: reason.to_owned(),
+                        not_after: from_ms(*exp)?,
+                    })
+                })
+                .collect();
+            self.publish(&events).await?;
+            let mut invocation = self.scripts.revoke_grants.key(&grant_key);
+            invocation.arg(&base).arg(ms(now)).arg(reason);
+            for (gid, exp) in &live {
+                invocation.arg(gid).arg(*exp);
+            }
+            let n: u64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            revoked_total += n;
+            if live.iter().any(|(gid, _)| gid == id.as_str()) {
+                root_revoked = true;
+            }
+            done.extend(live.into_iter().map(|(gid, _)| gid));
+        }
+        let Some(grant) = self.grant(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(RevokeOutcome {
+            grant,
+            revoked: root_revoked,
+            descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
+        }))
+    }
+
+    async fn end_task(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TaskEnded, StoreError> {
+        let root = self
+            .root_of_task(id)
+            .await?
+            .ok_or_else(|| StoreError::TaskNotFound(id.clone()))?;
+        let base = self.keys.base(&root);
+        let task_key = self.keys.task(&root, id.as_str());
+        let state_name = match state {
+            TaskState::Revoked => "revoked",
+            _ => "completed",
+        };
+        let mut ended: Vec<String> = Vec::new();
+        let mut grants_revoked = 0u64;
+        // Rounds: a child task started while we end its parent is caught by the next round.
+        for _ in 0..64 {
+            let mut conn = self.conn();
+            let mut invocation = self.scripts.active_task_tree.key(&task_key);
+            invocation.arg(&base).arg(id.as_str()).arg(ms(now));
+            for e in &ended {
+                invocation.arg(e);
+            }
+            let value: Value = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            if value == Value::Nil {
+                return Err(StoreError::TaskNotFound(id.clone()));
+            }
+            let active = parse_pairs(value);
+            if active.is_empty() {
+                break;
+            }
+            let events: Vec<Revocation> = active
+                .iter()
+                .filter(|(_, deadline)| *deadline > ms(now))
+                .filter_map(|(task, deadline)| {
+                    Some(Revocation {
+                        target: RevocationTarget::Task(TaskId::parse(task).ok()?),
+                        revoked_at: now,
+                        reason: reason.to_owned(),
+                        not_after: from_ms(*deadline)?,
+                    })
+                })
+                .collect();
+            self.publish(&events).await?;
+            let mut invocation = self.scripts.end_tasks.key(&task_key);
+            invocation.arg(&base).arg(ms(now)).arg(state_name).arg(reason);
+            for (task, _) in &active {
+                invocation.arg(task);
+            }
+            let (_count, live): (u64, u64) = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            grants_revoked += live;
+            ended.extend(active.into_iter().map(|(task, _)| task));
+        }
+        let task = self
+            .task(id)
+            .await?
+            .ok_or_else(|| StoreError::TaskNotFound(id.clone()))?;
+        let children_ended = ended
+            .into_iter()
+            .filter(|t| t != id.as_str())
+            .filter_map(|t| TaskId::parse(&t).ok())
+            .collect();
+        Ok(TaskEnded {
+            task,
+            grants_revoked,
+            children_ended,
+        })
+    }
+
+    async fn read_revocations(
+        &self,
+        after: Option<&FeedPosition>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<FeedBatch, StoreError> {
+        // Positions are `<epoch>:<stream id>`: a position from before Redis
+        // lost its data is refused, not misread against the new stream.
+        let epoch = self.ensure_epoch().await?;
+        let info = self.feed_info().await?;
+        let Some(after_pos) = after else {
+            let head = info.map(|(last, _)| last).unwrap_or(StreamId(0, 0));
+            return Ok(FeedBatch {
+                events: Vec::new(),
+                head: position(&epoch, head),
+            });
+        };
+        let (their_epoch, id) = after_pos
+            .as_str()
+            .rsplit_once(':')
+            .ok_or_else(|| StoreError::BadPosition(after_pos.to_string()))?;
+        let after = StreamId::parse(id).ok_or_else(|| StoreError::BadPosition(after_pos.to_string()))?;
+        let expired = || StoreError::PositionExpired(after_pos.to_string());
+        if their_epoch != epoch {
+            return Err(expired());
+        }
+        match info {
+            // No stream: only the very beginning is a position of this Redis's life.
+            None if after != StreamId(0, 0) => return Err(expired()),
+            None => {}
+            Some((last, _)) if after > last => return Err(expired()),
+            Some((last, deleted)) if deleted > after => {
+                // Entries after `after` were trimmed. Harmless if they were older
+                // than the retention window (their tokens have expired); the
+                // window is measured in the stream's own (Redis) clock.
+                let relevant_since = last.0.saturating_sub(retention_ms(self.config.feed_retention));
+                if deleted.0 >= relevant_since {
+                    return Err(expired());
+                }
+            }
+            Some(_) => {}
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.feed_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let events = self.xrange_after(&epoch, after, max).await?;
+            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                let head = events
+                    .last()
+                    .map(|e| e.position.clone())
+                    .unwrap_or_else(|| after_pos.clone());
+                return Ok(FeedBatch { events, head });
+            }
+            // Woken by our own publish or the tailer; a timeout re-checks once.
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
+        self.write_key(key).await?;
+        let mut own = self.own_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        own.retain(|k| k.jwk.kid != key.jwk.kid);
+        own.push(key.clone());
+        Ok(())
+    }
+
+    async fn published_keys(&self, now: DateTime<Utc>) -> Result<Vec<PublishedKey>, StoreError> {
+        let mut conn = self.conn();
+        let all: HashMap<String, String> = self
+            .bounded(redis::cmd("HGETALL").arg(self.keys.keys()).query_async(&mut conn))
+            .await?;
+        let mut keys = Vec::new();
+        let mut retired = Vec::new();
+        for (kid, json) in all {
+            let key: PublishedKey =
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("published key: {e}")))?;
+            if key.not_after.is_some_and(|t| t <= now) {
+                retired.push(kid);
+            } else {
+                keys.push(key);
+            }
+        }
+        if !retired.is_empty() {
+            let _: Value = self
+                .bounded(
+                    redis::cmd("HDEL")
+                        .arg(self.keys.keys())
+                        .arg(&retired)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        keys.sort_by(|a, b| a.jwk.kid.cmp(&b.jwk.kid));
+        Ok(keys)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        self.ensure_epoch().await?;
+        Ok(())
+    }
+}
+
+fn position(epoch: &str, id: StreamId) -> FeedPosition {
+    FeedPosition::new(format!("{epoch}:{}", id.render()))
+}
+
+fn retention_ms(d: chrono::Duration) -> u64 {
+    u64::try_from(d.num_milliseconds()).unwrap_or(0)
+}
+
+fn parse_state(s: &str) -> TaskState {
+    match s {
+        "completed" => TaskState::Completed,
+        "revoked" => TaskState::Revoked,
+        "active" => TaskState::Active,
+        _ => TaskState::Expired,
+    }
+}

@@ -1,0 +1,198 @@
+//! Server-side scripts. Each runs on one slot: every key it touches is built
+//! from `ARGV[1]`, the task tree's base `P:{root}:`, and `KEYS[1]` (a key of
+//! that tree) routes it. Times are milliseconds since the epoch, passed in by
+//! the broker (its injectable clock decides, not Redis's).
+
+use redis::Script;
+
+/// Creates a task. KEYS[1] = task hash.
+/// ARGV: base, task_id, json, deadline_ms, pexpireat_ms, parent_id|"", now_ms.
+/// Returns "ok", "exists", "parent_missing" or "parent_over:<state>".
+pub(crate) fn create_task() -> Script {
+    Script::new(
+        r#"
+local base, id, json, deadline, expire_at, parent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+if parent ~= '' then
+  local pkey = base .. 'task:' .. parent
+  local p = redis.call('HMGET', pkey, 'state', 'deadline')
+  if not p[1] then return 'parent_missing' end
+  if p[1] ~= 'active' then return 'parent_over:' .. p[1] end
+  if now >= tonumber(p[2]) then return 'parent_over:expired' end
+  local ckey = base .. 'children:' .. parent
+  redis.call('SADD', ckey, id)
+  local pttl = redis.call('PEXPIRETIME', pkey)
+  if pttl > 0 then redis.call('PEXPIREAT', ckey, pttl) end
+end
+redis.call('HSET', KEYS[1], 'json', json, 'state', 'active', 'deadline', deadline)
+redis.call('PEXPIREAT', KEYS[1], expire_at)
+return 'ok'
+"#,
+    )
+}
+
+/// Records a grant atomically with its task's state. KEYS[1] = task hash.
+/// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"".
+/// Returns "ok", "task_missing", "task_over:<state>", "outlives" or "exists".
+pub(crate) fn record_grant() -> Script {
+    Script::new(
+        r#"
+local base, task, gid, json, exp, now, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local t = redis.call('HMGET', KEYS[1], 'state', 'deadline')
+if not t[1] then return 'task_missing' end
+if t[1] ~= 'active' then return 'task_over:' .. t[1] end
+local deadline = tonumber(t[2])
+if now >= deadline then return 'task_over:expired' end
+if exp > deadline then return 'outlives' end
+local gkey = base .. 'grant:' .. gid
+if redis.call('EXISTS', gkey) == 1 then return 'exists' end
+redis.call('SET', gkey, json, 'PXAT', exp)
+local idx = base .. 'grants:' .. task
+redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+redis.call('ZADD', idx, exp, gid)
+local tttl = redis.call('PEXPIRETIME', KEYS[1])
+if tttl > 0 then redis.call('PEXPIREAT', idx, tttl) end
+if parent ~= '' then
+  local dkey = base .. 'delegated:' .. parent
+  redis.call('SADD', dkey, gid)
+  local pttl = redis.call('PEXPIRETIME', base .. 'grant:' .. parent)
+  if pttl > 0 then redis.call('PEXPIREAT', dkey, math.max(pttl, exp)) end
+end
+return 'ok'
+"#,
+    )
+}
+
+/// Reads a grant with what decides its liveness. KEYS[1] = grant key. ARGV: base, grant_id.
+/// Returns nil, or {grant_json, revoked_json|false, task_state, task_ended_ms|false, task_reason|false}.
+pub(crate) fn read_grant() -> Script {
+    Script::new(
+        r#"
+local g = redis.call('GET', KEYS[1])
+if not g then return nil end
+local r = redis.call('GET', ARGV[1] .. 'revoked:' .. ARGV[2])
+local task = cjson.decode(g)['task_id']
+local t = redis.call('HMGET', ARGV[1] .. 'task:' .. task, 'state', 'ended', 'reason')
+return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
+"#,
+    )
+}
+
+/// The live grants of a grant tree (the grant and all delegated from it, at
+/// any depth): live = recorded, not expired, not revoked, task active.
+/// KEYS[1] = root grant key. ARGV: base, root_grant_id, now_ms, skip ids...
+/// Returns a flat list {gid, exp_ms, gid, exp_ms, ...}.
+pub(crate) fn live_grant_tree() -> Script {
+    Script::new(
+        r#"
+local base, now = ARGV[1], tonumber(ARGV[3])
+local skip = {}
+for i = 4, #ARGV do skip[ARGV[i]] = true end
+local out, seen, stack = {}, {}, {ARGV[2]}
+while #stack > 0 do
+  local gid = table.remove(stack)
+  if not seen[gid] then
+    seen[gid] = true
+    for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
+    local g = redis.call('GET', base .. 'grant:' .. gid)
+    if g and not skip[gid] and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
+      local d = cjson.decode(g)
+      local state = redis.call('HGET', base .. 'task:' .. d['task_id'], 'state')
+      local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
+      if state == 'active' and exp > now then
+        table.insert(out, gid)
+        table.insert(out, tostring(exp))
+      end
+    end
+  end
+end
+return out
+"#,
+    )
+}
+
+/// Marks grants revoked. KEYS[1] = any key of the tree. ARGV: base, now_ms,
+/// reason, then (gid, exp_ms) pairs. Returns the number newly revoked.
+pub(crate) fn revoke_grants() -> Script {
+    Script::new(
+        r#"
+local base, now, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local n = 0
+for i = 4, #ARGV, 2 do
+  local gid, exp = ARGV[i], tonumber(ARGV[i + 1])
+  local g = redis.call('GET', base .. 'grant:' .. gid)
+  if g and exp > now then
+    local ok = redis.call('SET', base .. 'revoked:' .. gid, cjson.encode({at = now, reason = reason}), 'PXAT', exp, 'NX')
+    if ok then
+      n = n + 1
+      redis.call('ZREM', base .. 'grants:' .. cjson.decode(g)['task_id'], gid)
+    end
+  end
+end
+return n
+"#,
+    )
+}
+
+/// The active tasks of a task tree (the task and its descendants): stored
+/// active and not past their deadline.
+/// KEYS[1] = the task hash. ARGV: base, task_id, now_ms, skip ids...
+/// Returns nil if the task is unknown, else {task, deadline_ms, ...}.
+pub(crate) fn active_task_tree() -> Script {
+    Script::new(
+        r#"
+local base = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local now = tonumber(ARGV[3])
+local skip = {}
+for i = 4, #ARGV do skip[ARGV[i]] = true end
+local out, seen, queue = {}, {}, {ARGV[2]}
+local head = 1
+while head <= #queue do
+  local id = queue[head]
+  head = head + 1
+  if not seen[id] then
+    seen[id] = true
+    for _, c in ipairs(redis.call('SMEMBERS', base .. 'children:' .. id)) do table.insert(queue, c) end
+    local t = redis.call('HMGET', base .. 'task:' .. id, 'state', 'deadline')
+    if t[1] == 'active' and tonumber(t[2]) > now and not skip[id] then
+      table.insert(out, id)
+      table.insert(out, t[2])
+    end
+  end
+end
+return out
+"#,
+    )
+}
+
+/// Ends tasks. KEYS[1] = any key of the tree. ARGV: base, now_ms, state,
+/// reason, task ids... Returns {tasks_ended, live_grants_at_end}.
+pub(crate) fn end_tasks() -> Script {
+    Script::new(
+        r#"
+local base, now, state, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local ended, live = 0, 0
+for i = 5, #ARGV do
+  local key = base .. 'task:' .. ARGV[i]
+  local t = redis.call('HMGET', key, 'state', 'deadline')
+  if t[1] == 'active' and tonumber(t[2]) > now then
+    redis.call('HSET', key, 'state', state, 'ended', now, 'reason', reason)
+    ended = ended + 1
+    live = live + redis.call('ZCOUNT', base .. 'grants:' .. ARGV[i], '(' .. now, '+inf')
+  end
+end
+return {ended, live}
+"#,
+    )
+}
+
+/// Live grants of one task. KEYS[1] = task hash. ARGV: base, task_id, now_ms.
+pub(crate) fn live_grants() -> Script {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+return redis.call('ZCOUNT', ARGV[1] .. 'grants:' .. ARGV[2], '(' .. ARGV[3], '+inf')
+"#,
+    )
+}
