@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug
 DEV_DIR ?= .tessera-dev
 
-.PHONY: help build run demo test fmt fmt-check clippy unit e2e check-deps deps clean
+.PHONY: help build run demo test fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,41 @@ help: ## List the targets
 deps: ## Install what the build needs (Rust toolchain components)
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust from rustup.rs" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+# Tests start their own redis-server processes on free loopback ports (tests/support/redis.rs);
+# they only need the binaries. Debian's package auto-starts a system service on 6379: stop it.
+redis: ## Install redis-server and redis-cli from Debian's packages if missing
+	@set -e; \
+	if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "redis-server/redis-cli missing and not root (no sudo): run 'apt-get install -y redis-server redis-tools' as root" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "redis-server/redis-cli missing and no apt-get: install Redis 7 (redis-server and redis-cli) yourself" >&2; exit 1; }; \
+	echo "Installing redis-server and redis-tools from Debian's packages"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools; \
+	$$SUDO service redis-server stop >/dev/null 2>&1 || true; \
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "redis install failed" >&2; exit 1; }
+
+redis-check: ## Print the redis-server version the tests will use
+	@command -v redis-server >/dev/null || { echo "redis-server is not installed: run 'make redis'" >&2; exit 1; }
+	@redis-server --version
+
+# Kill redis-servers whose test process is gone (a server held in a `static` is never dropped,
+# a killed test never drops anything). Test servers run in $TMPDIR/tessera-e2e-redis-<test pid>-<n>,
+# which is redis-server's working directory; servers of a still-running test are left alone.
+REDIS_REAP = for p in $$(pgrep -x redis-server || true); do \
+		d=$$(readlink /proc/$$p/cwd 2>/dev/null) || continue; \
+		case "$$d" in */tessera-e2e-redis-*) ;; *) continue ;; esac; \
+		owner=$${d\#\#*/tessera-e2e-redis-}; owner=$${owner%%-*}; \
+		if ! kill -0 "$$owner" 2>/dev/null; then \
+			kill -KILL "$$p" 2>/dev/null || true; rm -rf "$$d"; \
+			echo "stopped leftover test redis-server $$p ($$d)"; \
+		fi; \
+	done
+
+redis-reap:
+	@$(REDIS_REAP)
 
 build: ## Build tesserad and tessera
 	$(CARGO) build --locked --bins
@@ -48,9 +83,14 @@ check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring; see STACK-NOTE
 	@if $(CARGO) tree --locked -i aws-lc-rs >/dev/null 2>&1; then \
 		echo "aws-lc-rs is in the dependency tree: rustls/jsonwebtoken must use ring/rust_crypto only" >&2; exit 1; fi
 
-test: deps fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests
+test: deps redis fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests
 	$(CARGO) build --locked --workspace --bins
-	$(CARGO) test --locked --workspace
+	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
+		if [ $$status -eq 0 ]; then \
+			echo "== end-to-end tests again, every broker on a real redis-server =="; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked -p tessera-e2e --test lifecycle --test bad_input --test startup --test redis_store || status=$$?; \
+		fi; \
+		$(REDIS_REAP); exit $$status
 
 clean:
 	$(CARGO) clean

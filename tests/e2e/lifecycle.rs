@@ -307,6 +307,7 @@ async fn operator_revocation_kills_one_grant_and_verifiers_resume_without_loss()
     assert!(active(&c).await);
 
     // A verifier that reconnects from its last position misses nothing.
+    let resumed_from = position.clone();
     let mut resumed = verifier
         .watch_revocations(pb::WatchRevocationsRequest { after: position })
         .await
@@ -328,13 +329,21 @@ async fn operator_revocation_kills_one_grant_and_verifiers_resume_without_loss()
     }
     assert_eq!(revoked, vec![a.grant_id.clone(), b.grant_id.clone()]);
 
-    // A position the broker never produced is refused, so the verifier knows it is stale.
+    // A position from another life of the store (another epoch) is refused, so
+    // the verifier knows it may have missed events; garbage is malformed.
+    let foreign = format!("another-life{}", resumed_from);
     let lost = code(
+        verifier
+            .watch_revocations(pb::WatchRevocationsRequest { after: foreign })
+            .await,
+    );
+    assert_eq!(lost.code(), tonic::Code::OutOfRange, "{lost:?}");
+    let garbage = code(
         verifier
             .watch_revocations(pb::WatchRevocationsRequest { after: "999999".into() })
             .await,
     );
-    assert_eq!(lost.code(), tonic::Code::OutOfRange, "{lost:?}");
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ fn run_to_exit(dir: &TempDir, env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(bin_dir().join("tesserad"));
     cmd.arg("--config")
         .arg(dir.path().join("tesserad.toml"))
+        .env_remove("TESSERA_TEST_STORE")
         .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -84,6 +85,7 @@ fn check_mode_validates_without_serving() {
         .arg("--config")
         .arg(dir.path().join("tesserad.toml"))
         .arg("--check")
+        .env_remove("TESSERA_TEST_STORE")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -10,6 +10,8 @@
 )]
 #![allow(missing_docs, reason = "test harness")]
 
+pub mod redis;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,13 +88,30 @@ pub fn dev_init(tag: &str) -> TempDir {
     dir
 }
 
+/// The store end-to-end tests run on: `memory` (default) or `redis`
+/// (`TESSERA_TEST_STORE=redis`, which `make test` runs as a second pass).
+pub fn test_store() -> String {
+    std::env::var("TESSERA_TEST_STORE").unwrap_or_else(|_| "memory".into())
+}
+
+/// `TESSERA_*` settings that point a broker at `url`.
+pub fn redis_env(url: &str) -> Vec<(String, String)> {
+    vec![
+        ("TESSERA_STORE__BACKEND".into(), "redis".into()),
+        ("TESSERA_STORE__URLS".into(), format!("[\"{url}\"]")),
+    ]
+}
+
 /// A running `tesserad`.
 #[derive(Debug)]
 pub struct Broker {
     child: Option<Child>,
-    pub dir: TempDir,
+    pub dir: std::sync::Arc<TempDir>,
     pub addr: String,
     log: PathBuf,
+    env: Vec<(String, String)>,
+    /// The Redis this broker (and its replicas) use, when the test store is Redis.
+    pub redis: Option<std::sync::Arc<redis::RedisServer>>,
 }
 
 impl Broker {
@@ -101,26 +120,52 @@ impl Broker {
         Self::start_with(&[])
     }
 
-    /// A broker with the dev config and `TESSERA_*` overrides.
+    /// A broker with the dev config and `TESSERA_*` overrides, on the test store.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
         Self::start_in(dev_init("broker"), env)
     }
 
-    /// A broker on an existing dev directory.
+    /// A broker on an existing dev directory, on the test store unless `env`
+    /// picks one.
     pub fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Self {
-        let ready = dir.path().join("ready.json");
-        let log = dir.path().join("tesserad.log");
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut redis = None;
+        if test_store() == "redis" && !env.iter().any(|(k, _)| k == "TESSERA_STORE__BACKEND") {
+            let server = redis::RedisServer::builder().appendonly(false).start();
+            env.extend(redis_env(&server.url()));
+            redis = Some(std::sync::Arc::new(server));
+        }
+        Self::spawn(std::sync::Arc::new(dir), env, redis)
+    }
+
+    /// Another `tesserad` on the same dev PKI, configuration and store.
+    pub fn replica(&self) -> Self {
+        Self::spawn(self.dir.clone(), self.env.clone(), self.redis.clone())
+    }
+
+    fn spawn(
+        dir: std::sync::Arc<TempDir>,
+        env: Vec<(String, String)>,
+        redis: Option<std::sync::Arc<redis::RedisServer>>,
+    ) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let ready = dir.path().join(format!("ready-{n}.json"));
+        let log = dir.path().join(format!("tesserad-{n}.log"));
         let mut cmd = Command::new(bin_dir().join("tesserad"));
         cmd.arg("--config")
             .arg(dir.path().join("tesserad.toml"))
             .arg("--ready-file")
             .arg(&ready)
             .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
+            .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-test-{n}"))
             .env_remove("TESSERA_LOG")
+            // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
+            .env_remove("TESSERA_TEST_STORE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
@@ -147,6 +192,8 @@ impl Broker {
             dir,
             addr,
             log,
+            env,
+            redis,
         }
     }
 

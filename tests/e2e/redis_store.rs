@@ -1,0 +1,400 @@
+//! The Redis store through the real `tesserad`: replicas sharing one truth,
+//! failing closed while Redis is away, recovering without a restart, big
+//! tasks ended atomically, and a Redis that comes back empty.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use tessera_e2e::redis::RedisServer;
+use tessera_e2e::*;
+use tonic::Code;
+
+fn env_of(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn introspect(v: &mut tessera_client::VerifierClient, token: &str) -> Result<bool, tonic::Status> {
+    v.introspect(pb::IntrospectRequest { token: token.into() })
+        .await
+        .map(|r| r.into_inner().active)
+}
+
+async fn next_event(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> pb::RevocationEvent {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let item = feed.next().await.unwrap().unwrap();
+            if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a revocation event within 10 s")
+}
+
+async fn first_position(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> String {
+    match feed.next().await.unwrap().unwrap().item {
+        Some(pb::watch_revocations_response::Item::Heartbeat(h)) => h.position,
+        other => panic!("expected a heartbeat first, got {other:?}"),
+    }
+}
+
+async fn health(channel: tonic::transport::Channel) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .ok()?;
+    Some(r.into_inner().status())
+}
+
+/// Polls `f` every 100 ms until it is true, for at most `secs`.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_truth() {
+    let redis = RedisServer::builder().appendonly(false).start();
+    let env = redis_env(&redis.url());
+    let a = Broker::start_with(&env_of(&env));
+    let b = a.replica();
+
+    a.orchestrator()
+        .await
+        .start_task(start_request("shared", &["researcher"], &["crm.contacts.read"], 600))
+        .await
+        .unwrap();
+    let token = issue(
+        &mut a.agent("researcher").await,
+        token_request("shared", &["crm.contacts.read"], None),
+    )
+    .await;
+
+    let mut va = a.verifier("api-gateway").await;
+    let mut vb = b.verifier("api-gateway").await;
+    assert!(
+        introspect(&mut vb, &token.access_token).await.unwrap(),
+        "minted through A, live through B"
+    );
+
+    // Every replica serves every replica's keys.
+    let jwks_a = va.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
+    let jwks_b = vb.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
+    assert_eq!(jwks_a.keys.len(), 2);
+    assert_eq!(jwks_a.keys, jwks_b.keys);
+
+    // A subscriber on A sees a completion made through B.
+    let mut feed = va
+        .watch_revocations(pb::WatchRevocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let position = first_position(&mut feed).await;
+    let done = b
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "shared".into(),
+            reason: "done via B".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.grants_revoked, 1);
+    let event = next_event(&mut feed).await;
+    assert_eq!(
+        event.target,
+        Some(pb::revocation_event::Target::TaskId("shared".into()))
+    );
+    assert_eq!(event.reason, "done via B");
+
+    assert!(!introspect(&mut va, &token.access_token).await.unwrap());
+    assert!(!introspect(&mut vb, &token.access_token).await.unwrap());
+
+    // A position handed out by A resumes on B: the feed is shared.
+    let mut resumed = vb
+        .watch_revocations(pb::WatchRevocationsRequest { after: position })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_event(&mut resumed).await.target, event.target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
+    let mut redis = RedisServer::start(); // AOF, appendfsync always
+    let mut env = redis_env(&redis.url());
+    env.push(("TESSERA_STORE__TIMEOUT".into(), "300ms".into()));
+    let broker = Broker::start_with(&env_of(&env));
+    broker
+        .orchestrator()
+        .await
+        .start_task(start_request("outage", &["researcher"], &["crm.contacts.read"], 600))
+        .await
+        .unwrap();
+    let mut agent = broker.agent("researcher").await;
+    let channel = broker.channel("api-gateway").await;
+
+    let mut received: Vec<pb::IssuedToken> = Vec::new();
+    let mut refused: Vec<Code> = Vec::new();
+    let mint = |agent: &mut tessera_client::AgentClient| {
+        let mut agent = agent.clone();
+        async move {
+            agent
+                .request_token(token_request("outage", &["crm.contacts.read"], Some(300)))
+                .await
+        }
+    };
+    for _ in 0..20 {
+        match mint(&mut agent).await {
+            Ok(r) => received.push(token_of(r.into_inner())),
+            Err(s) => panic!("before the outage: {s:?}"),
+        }
+    }
+
+    redis.kill();
+    for _ in 0..30 {
+        match mint(&mut agent).await {
+            Ok(r) => received.push(token_of(r.into_inner())),
+            Err(s) => refused.push(s.code()),
+        }
+    }
+    assert_eq!(refused.len(), 30, "no mint may succeed while Redis is down");
+    assert!(refused.iter().all(|c| *c == Code::Unavailable), "{refused:?}");
+    // Introspection fails closed too: an error, never "active".
+    let mut verifier = tessera_client::VerifierClient::new(channel.clone());
+    let status = introspect(&mut verifier, &received[0].access_token).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    eventually(10, "health turns NOT_SERVING", || {
+        let c = channel.clone();
+        async move { health(c).await == Some(tonic_health::pb::health_check_response::ServingStatus::NotServing) }
+    })
+    .await;
+
+    redis.restart();
+    eventually(15, "health returns to SERVING", || {
+        let c = channel.clone();
+        async move { health(c).await == Some(tonic_health::pb::health_check_response::ServingStatus::Serving) }
+    })
+    .await;
+    let mut after = 0;
+    let start = Instant::now();
+    while after < 20 {
+        assert!(start.elapsed() < Duration::from_secs(20), "mints did not resume");
+        match mint(&mut agent).await {
+            Ok(r) => {
+                received.push(token_of(r.into_inner()));
+                after += 1;
+            }
+            Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        }
+    }
+
+    // Every token a client received has its grant in Redis, and is live.
+    for t in &received {
+        let key = format!("tessera:{{outage}}:grant:{}", t.grant_id);
+        assert_eq!(
+            redis.cli(&["EXISTS", &key]).trim(),
+            "1",
+            "grant {} missing from redis",
+            t.grant_id
+        );
+        assert!(
+            introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "grant {} not live",
+            t.grant_id
+        );
+    }
+    assert_eq!(received.len(), 40);
+}
+
+fn token_of(r: pb::RequestTokenResponse) -> pb::IssuedToken {
+    match r.outcome {
+        Some(pb::request_token_response::Outcome::Token(t)) => t,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_task_with_10000_grants_revokes_them_all() {
+    const GRANTS: usize = 10_000;
+    let broker = Broker::start();
+    broker
+        .orchestrator()
+        .await
+        .start_task(start_request("big", &["researcher"], &["crm.contacts.read"], 3600))
+        .await
+        .unwrap();
+    let agent = broker.agent("researcher").await;
+    let tokens: Vec<pb::IssuedToken> = futures::stream::iter(0..GRANTS)
+        .map(|_| {
+            let mut agent = agent.clone();
+            async move {
+                token_of(
+                    agent
+                        .request_token(token_request("big", &["crm.contacts.read"], None))
+                        .await
+                        .unwrap()
+                        .into_inner(),
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(tokens.len(), GRANTS);
+    let mut verifier = broker.verifier("api-gateway").await;
+    let shown = broker
+        .orchestrator()
+        .await
+        .get_task(pb::GetTaskRequest { task_id: "big".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.live_grants, GRANTS as u64);
+
+    let mut feed = verifier
+        .watch_revocations(pb::WatchRevocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = first_position(&mut feed).await;
+    let done = broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "big".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.grants_revoked, GRANTS as u64);
+    // One task event, which verifiers match against every token's task_id claim.
+    let event = next_event(&mut feed).await;
+    assert_eq!(event.target, Some(pb::revocation_event::Target::TaskId("big".into())));
+
+    let live: Vec<bool> = futures::stream::iter(tokens.iter())
+        .map(|t| {
+            let mut v = verifier.clone();
+            async move { introspect(&mut v, &t.access_token).await.unwrap() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(live.len(), GRANTS);
+    assert!(
+        live.iter().all(|l| !l),
+        "{} tokens still live",
+        live.iter().filter(|l| **l).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_restarts_empty_is_detected_and_nothing_old_is_live() {
+    let mut redis = RedisServer::start();
+    let broker = Broker::start_with(&env_of(&redis_env(&redis.url())));
+    broker
+        .orchestrator()
+        .await
+        .start_task(start_request("before", &["researcher"], &["crm.contacts.read"], 600))
+        .await
+        .unwrap();
+    let token = issue(
+        &mut broker.agent("researcher").await,
+        token_request("before", &["crm.contacts.read"], None),
+    )
+    .await;
+    let mut verifier = broker.verifier("api-gateway").await;
+    assert!(introspect(&mut verifier, &token.access_token).await.unwrap());
+    let mut feed = verifier
+        .watch_revocations(pb::WatchRevocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let old_position = first_position(&mut feed).await;
+    drop(feed);
+
+    redis.flushall_restart_empty();
+
+    // The broker notices, says so, and republishes its signing key.
+    eventually(15, "signing key republished", || {
+        let mut v = verifier.clone();
+        async move {
+            v.get_jwks(pb::GetJwksRequest {})
+                .await
+                .is_ok_and(|r| r.into_inner().keys.len() == 1)
+        }
+    })
+    .await;
+    assert!(broker.logs().contains("redis epoch changed"), "{}", broker.logs());
+    // The old token is not live; the old feed position is refused.
+    assert!(!introspect(&mut verifier, &token.access_token).await.unwrap());
+    let lost = verifier
+        .watch_revocations(pb::WatchRevocationsRequest { after: old_position })
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::OutOfRange, "{lost:?}");
+}
+
+/// Measures Redis memory per live grant (printed; the figure in docs/OPERATIONS.md
+/// comes from `TESSERA_MEASURE_GRANTS=100000`). Asserts a generous bound so a
+/// layout change that bloats grants is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_memory_per_live_grant_is_bounded() {
+    use tessera_store::GrantStore as _;
+    let n: usize = std::env::var("TESSERA_MEASURE_GRANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let redis = RedisServer::builder().appendonly(false).start();
+    let mut config = tessera_store::RedisConfig::new(tessera_store::RedisDeployment::Standalone { url: redis.url() });
+    config.timeout = Duration::from_secs(10);
+    let store = tessera_store::RedisStore::connect(config).await.unwrap();
+    store
+        .create_task(&tessera_store::conformance::task("mem", 3600, None))
+        .await
+        .unwrap();
+    let used = || {
+        redis
+            .cli(&["INFO", "memory"])
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:").map(|v| v.trim().parse::<u64>().unwrap()))
+            .unwrap()
+    };
+    let before = used();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let store = &store;
+            async move {
+                let mut g = tessera_store::conformance::grant("mem", 1800, None);
+                g.audience = tessera_core::task::Audience::parse(CRM).unwrap();
+                store.record_grant(&g, tessera_store::conformance::t0()).await.unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let per_grant = (used() - before) / n as u64;
+    println!("redis memory per live grant: {per_grant} bytes over {n} grants");
+    assert!(per_grant < 2048, "{per_grant} bytes per grant");
+}

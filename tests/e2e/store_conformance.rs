@@ -1,0 +1,55 @@
+//! The one store conformance suite, run on every backend: the in-memory
+//! store, a standalone `redis-server`, and a 3-master Redis Cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tessera_e2e::redis::{RedisCluster, RedisServer};
+use tessera_store::conformance::run_all;
+use tessera_store::{MemoryStore, RedisConfig, RedisDeployment, RedisStore};
+
+/// A fresh key prefix per store, so every check starts from an empty store.
+fn prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+async fn redis_store(deployment: RedisDeployment) -> RedisStore {
+    let mut config = RedisConfig::new(deployment);
+    config.key_prefix = prefix();
+    config.timeout = Duration::from_secs(5);
+    RedisStore::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    run_all(|| async { MemoryStore::default() }).await;
+}
+
+#[tokio::test]
+async fn redis_standalone_conforms() {
+    let server = RedisServer::builder().appendonly(false).start();
+    let url = server.url();
+    run_all(|| redis_store(RedisDeployment::Standalone { url: url.clone() })).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_conforms() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    run_all(|| redis_store(RedisDeployment::Cluster { urls: urls.clone() })).await;
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_is_refused() {
+    let server = RedisServer::builder()
+        .appendonly(false)
+        .maxmemory_policy("allkeys-lru")
+        .start();
+    let err = RedisStore::connect(RedisConfig::new(RedisDeployment::Standalone { url: server.url() }))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("allkeys-lru") && msg.contains("noeviction"), "{msg}");
+}
