@@ -398,3 +398,77 @@ async fn redis_memory_per_live_grant_is_bounded() {
     println!("redis memory per live grant: {per_grant} bytes over {n} grants");
     assert!(per_grant < 2048, "{per_grant} bytes per grant");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_without_a_restart() {
+    let mut sentinels = tessera_e2e::redis::RedisSentinels::start();
+    let urls = format!(
+        "[{}]",
+        sentinels
+            .sentinel_urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let broker = Broker::start_with(&[
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__MODE", "sentinel"),
+        ("TESSERA_STORE__SENTINEL_MASTER", sentinels.master_name()),
+        ("TESSERA_STORE__URLS", &urls),
+        ("TESSERA_STORE__TIMEOUT", "500ms"),
+    ]);
+    broker
+        .orchestrator()
+        .await
+        .start_task(start_request("ha", &["researcher"], &["crm.contacts.read"], 600))
+        .await
+        .unwrap();
+    let mut agent = broker.agent("researcher").await;
+    let mut received = Vec::new();
+    for _ in 0..10 {
+        received.push(issue(&mut agent, token_request("ha", &["crm.contacts.read"], None)).await);
+    }
+    // Replication is asynchronous: make sure the replica has every acknowledged grant.
+    let primary = sentinels.primary_port().to_string();
+    let waited = std::process::Command::new("redis-cli")
+        .args(["-p", &primary, "WAIT", "1", "5000"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&waited.stdout).trim(), "1");
+
+    let old = sentinels.kill_primary();
+    let new = sentinels.wait_for_failover(old);
+    assert_ne!(old, new);
+
+    // Mints resume through the new primary; meanwhile refusals are UNAVAILABLE.
+    let start = Instant::now();
+    let mut after = 0;
+    while after < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mints did not resume after failover"
+        );
+        match agent
+            .request_token(token_request("ha", &["crm.contacts.read"], None))
+            .await
+        {
+            Ok(r) => {
+                received.push(token_of(r.into_inner()));
+                after += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut verifier = broker.verifier("api-gateway").await;
+    for t in &received {
+        assert!(
+            introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "grant {} lost in failover",
+            t.grant_id
+        );
+    }
+}

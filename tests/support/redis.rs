@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for end-to-end and store conformance tests:
-//! a standalone server ([`RedisServer`]) and a 3-master Cluster
-//! ([`RedisCluster`]), each on free loopback ports in a fresh temporary
+//! a standalone server ([`RedisServer`]), a 3-master Cluster
+//! ([`RedisCluster`]) and a Sentinel-managed primary and replica
+//! ([`RedisSentinels`]), each on free loopback ports in a fresh temporary
 //! directory. Every process started here is killed on drop and its directory
 //! removed, also when the test fails.
 //!
@@ -29,6 +30,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports a first start tries before giving up.
 const PORT_ATTEMPTS: usize = 5;
+/// How long a Sentinel deployment gets to be replicated and fully discovered.
+const SENTINEL_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the sentinels get to agree on a new primary after a kill.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a restarted old primary gets to be turned into a replica.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Sentinel master name of a [`RedisSentinels`] deployment.
+const MASTER_NAME: &str = "tessera";
 
 const INSTALL_HINT: &str = "run `make test` (it installs redis-server and redis-tools from Debian's packages) \
      or `apt-get install -y redis-server redis-tools`";
@@ -91,6 +100,10 @@ pub struct RedisServerBuilder {
     maxmemory_policy: String,
     extra_args: Vec<String>,
     cluster: bool,
+    /// `Some(primary port)`: a sentinel monitoring `127.0.0.1:port` as
+    /// [`MASTER_NAME`], run as `redis-server sentinel.conf --sentinel`; the
+    /// data-node options above are then unused.
+    sentinel_of: Option<u16>,
 }
 
 impl Default for RedisServerBuilder {
@@ -102,6 +115,7 @@ impl Default for RedisServerBuilder {
             maxmemory_policy: "noeviction".into(),
             extra_args: Vec::new(),
             cluster: false,
+            sentinel_of: None,
         }
     }
 }
@@ -195,6 +209,39 @@ impl RedisServerBuilder {
         args.extend(self.extra_args.iter().cloned());
         args
     }
+
+    /// A sentinel's arguments. Its config file is written here only when
+    /// missing: Sentinel rewrites it (its id, epochs, known replicas and peers)
+    /// and a restarted sentinel must find that state again.
+    fn sentinel_args(&self, primary: u16, port: u16, dir: &Path) -> Vec<String> {
+        let conf = dir.join("sentinel.conf");
+        if !conf.exists() {
+            let quote = |p: &Path| {
+                format!(
+                    "\"{}\"",
+                    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+                )
+            };
+            let text = format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 daemonize no\n\
+                 dir {dir}\n\
+                 logfile {log}\n\
+                 sentinel resolve-hostnames no\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 5000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = quote(dir),
+                log = quote(&dir.join("redis.log")),
+            );
+            std::fs::write(&conf, text).unwrap();
+        }
+        let mut args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
 }
 
 /// Why a launch did not produce a ready server.
@@ -207,7 +254,8 @@ enum LaunchError {
 }
 
 /// A `redis-server` child process on `127.0.0.1:port`, in its own temporary
-/// directory. Killed (SIGKILL) and its directory removed on drop.
+/// directory. Killed (SIGKILL) and its directory removed on drop. The
+/// sentinels of a [`RedisSentinels`] are `RedisServer`s too (in sentinel mode).
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
@@ -246,6 +294,8 @@ impl RedisServer {
             match server.launch() {
                 Ok(()) => return server,
                 Err(LaunchError::PortInUse) if attempt < PORT_ATTEMPTS => {
+                    // A sentinel's config names its port: write a new one.
+                    let _ = std::fs::remove_file(server.dir.path().join("sentinel.conf"));
                     let ports = free_ports(ports_needed);
                     server.port = ports[0];
                     server.bus_port = ports.get(1).copied();
@@ -267,8 +317,16 @@ impl RedisServer {
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let out_path = self.dir.path().join("redis.out");
         let out = std::fs::File::create(&out_path).unwrap();
+        let args = match self.options.sentinel_of {
+            Some(primary) => self.options.sentinel_args(primary, self.port, self.dir.path()),
+            None => self.options.args(self.port, self.bus_port, self.dir.path()),
+        };
+        // redis-server chdirs to `dir` itself; starting there too keeps every
+        // process in its directory from the first instant, which is what
+        // `make redis-reap` looks at.
         let mut child = Command::new("redis-server")
-            .args(self.options.args(self.port, self.bus_port, self.dir.path()))
+            .args(args)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -417,7 +475,12 @@ impl Drop for RedisServer {
         if std::thread::panicking() {
             let log = self.log();
             let tail = log.get(log.len().saturating_sub(4000)..).unwrap_or(&log);
-            eprintln!("--- redis-server :{} log (tail) ---\n{tail}", self.port);
+            let what = if self.options.sentinel_of.is_some() {
+                "redis-sentinel"
+            } else {
+                "redis-server"
+            };
+            eprintln!("--- {what} :{} log (tail) ---\n{tail}", self.port);
         }
     }
 }
@@ -438,6 +501,18 @@ fn run_cli(port: u16, cluster: bool, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap().trim_end().to_owned()
+}
+
+/// Like [`run_cli`] without `-c`, but `None` instead of a panic when redis-cli
+/// fails (e.g. the server is down).
+fn try_cli(port: u16, args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args);
+    let output = run_bounded(&mut cmd, Duration::from_secs(10));
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim_end().to_owned())
 }
 
 /// Runs `cmd` to completion, killing it and panicking after `limit`.
@@ -548,6 +623,229 @@ impl RedisCluster {
     }
 }
 
+/// Polls `check` every 100 ms until it returns `Ok`, panicking after `limit`
+/// with `what` and the last `Err` (the state that was still wrong).
+fn poll<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                started.elapsed() < limit,
+                "{what}: not within {limit:?}; last state:\n{state}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `SENTINEL replicas|sentinels` reply as redis-cli prints it (every
+/// element of every map on its own line), split into one field list per
+/// instance. Each map starts with its `name` field.
+fn instances(reply: &str) -> Vec<Vec<(&str, &str)>> {
+    let lines: Vec<&str> = reply.lines().collect();
+    let mut instances: Vec<Vec<(&str, &str)>> = Vec::new();
+    for pair in lines.chunks(2) {
+        if let [key, value] = pair {
+            if *key == "name" || instances.is_empty() {
+                instances.push(Vec::new());
+            }
+            instances.last_mut().unwrap().push((key, value));
+        }
+    }
+    instances
+}
+
+/// The value of `key` in one instance of [`instances`].
+fn field<'a>(instance: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    instance.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// The port of `SENTINEL get-master-addr-by-name` from the sentinel on
+/// `port`, `None` if it does not answer or knows no primary.
+fn sentinel_primary(port: u16) -> Option<u16> {
+    let reply = try_cli(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME])?;
+    match reply.lines().collect::<Vec<_>>().as_slice() {
+        ["127.0.0.1", primary] => primary.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A Sentinel deployment on loopback for failover tests: a primary and one
+/// replica (both [`RedisServer`]s with the defaults: AOF with `appendfsync
+/// always`, `noeviction`) watched by three sentinels (quorum 2) under the
+/// master name `tessera`, which declare a silent primary down after 1 s.
+/// Every process is a `redis-server` in its own `tessera-e2e-redis-*`
+/// directory, so `make redis-reap` finds leftovers; all are killed on drop.
+///
+/// ```ignore
+/// let mut redis = RedisSentinels::start();
+/// let old = redis.kill_primary();
+/// let new = redis.wait_for_failover(old);
+/// redis.restart_old_primary(); // comes back as a replica of `new`
+/// ```
+#[derive(Debug)]
+pub struct RedisSentinels {
+    // Sentinels first: they stop before the data nodes they watch.
+    sentinels: Vec<RedisServer>,
+    /// `[0]` started as the primary, `[1]` as its replica.
+    nodes: Vec<RedisServer>,
+    /// The node [`RedisSentinels::kill_primary`] killed last.
+    killed: Option<usize>,
+}
+
+impl RedisSentinels {
+    /// Starts the primary, the replica and three sentinels, and waits
+    /// (≤ 15 s) until the replica is in sync and every sentinel knows the
+    /// primary, the replica and both other sentinels.
+    pub fn start() -> Self {
+        let started = Instant::now();
+        // A primary waits `repl-diskless-sync-delay` (5 s by default) for
+        // more replicas before it starts a full sync; nothing to wait for here.
+        let data_node = RedisServer::builder().extra_args(&["--repl-diskless-sync-delay", "0"]);
+        let primary = data_node.clone().start();
+        let replica = data_node
+            .extra_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()])
+            .start();
+        // Before the sentinels start: a sentinel that asks the primary for its
+        // replicas too early asks again only 10 s later.
+        poll(SENTINEL_READY_TIMEOUT, "the replica did not sync", || {
+            let info = replica.cli(&["INFO", "replication"]);
+            if info.lines().any(|l| l.trim() == "master_link_status:up") {
+                Ok(())
+            } else {
+                Err(info)
+            }
+        });
+        let options = RedisServerBuilder {
+            sentinel_of: Some(primary.port()),
+            ..RedisServer::builder()
+        };
+        let sentinels = (0..3).map(|_| options.clone().start()).collect();
+        let deployment = Self {
+            sentinels,
+            nodes: vec![primary, replica],
+            killed: None,
+        };
+        let limit = SENTINEL_READY_TIMEOUT.saturating_sub(started.elapsed());
+        poll(limit, "the sentinels did not discover the deployment", || {
+            deployment
+                .sentinels
+                .iter()
+                .try_for_each(|s| deployment.sentinel_ready(s))
+        });
+        deployment
+    }
+
+    /// `Ok` if `sentinel` reports the original primary, the replica (not
+    /// down) and the two other sentinels; else what it reported.
+    fn sentinel_ready(&self, sentinel: &RedisServer) -> Result<(), String> {
+        let primary = sentinel_primary(sentinel.port());
+        let replicas = sentinel.cli(&["SENTINEL", "replicas", MASTER_NAME]);
+        let peers = sentinel.cli(&["SENTINEL", "sentinels", MASTER_NAME]);
+        let replica_port = self.nodes[1].port().to_string();
+        let replica_ok = instances(&replicas)
+            .iter()
+            .any(|r| field(r, "port") == Some(replica_port.as_str()) && field(r, "flags") == Some("slave"));
+        if primary == Some(self.nodes[0].port()) && replica_ok && instances(&peers).len() == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "sentinel :{} primary {primary:?}\nreplicas:\n{replicas}\nsentinels:\n{peers}",
+                sentinel.port()
+            ))
+        }
+    }
+
+    /// The Sentinel master name, `tessera`.
+    pub fn master_name(&self) -> &str {
+        MASTER_NAME
+    }
+
+    /// The sentinels' URLs, `redis://127.0.0.1:PORT/`.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The port of the current primary as sentinel 0 reports it.
+    pub fn primary_port(&self) -> u16 {
+        let sentinel = &self.sentinels[0];
+        sentinel_primary(sentinel.port()).unwrap_or_else(|| {
+            let reply = sentinel.cli(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME]);
+            panic!("sentinel 0 reports no primary: {reply:?}")
+        })
+    }
+
+    /// SIGKILLs the current primary (as sentinel 0 reports it) and returns
+    /// its port, for [`RedisSentinels::wait_for_failover`].
+    pub fn kill_primary(&mut self) -> u16 {
+        let port = self.primary_port();
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("sentinel 0 reports primary :{port}, not one of the data nodes"));
+        self.nodes[i].kill();
+        self.killed = Some(i);
+        port
+    }
+
+    /// Waits (≤ 20 s) until every sentinel reports the same primary, on
+    /// another port than `old_primary_port`, and that node answers `ROLE` as
+    /// a master. Returns its port.
+    pub fn wait_for_failover(&self, old_primary_port: u16) -> u16 {
+        poll(FAILOVER_TIMEOUT, "no failover", || {
+            let reported: Vec<Option<u16>> = self.sentinels.iter().map(|s| sentinel_primary(s.port())).collect();
+            let state = || format!("sentinels report primaries {reported:?} (old :{old_primary_port})");
+            let Some(Some(new)) = reported.first().copied() else {
+                return Err(state());
+            };
+            if new == old_primary_port || reported.iter().any(|p| *p != Some(new)) {
+                return Err(state());
+            }
+            match try_cli(new, &["ROLE"]) {
+                Some(role) if role.lines().next() == Some("master") => Ok(new),
+                role => Err(format!("{}; ROLE on :{new}: {role:?}", state())),
+            }
+        })
+    }
+
+    /// Restarts the node [`RedisSentinels::kill_primary`] killed (same port
+    /// and directory, so its AOF) and waits (≤ 30 s) until the sentinels have
+    /// made it a replica of the current primary and it is in sync. The old
+    /// primary comes back believing it is a master, with the data it had
+    /// when killed, and serves writes as one until Sentinel demotes it: a
+    /// sentinel converts a returning old primary only after it has reported
+    /// itself a master for 8 s, so this takes about 11 s.
+    pub fn restart_old_primary(&mut self) {
+        let i = self.killed.take().expect("kill_primary was not called");
+        self.nodes[i].restart();
+        let primary = self.primary_port();
+        let node = &self.nodes[i];
+        poll(REJOIN_TIMEOUT, "the old primary was not made a replica", || {
+            let info = node.cli(&["INFO", "replication"]);
+            let lines: Vec<&str> = info.lines().map(str::trim).collect();
+            let want = ["role:slave", "master_link_status:up", &format!("master_port:{primary}")];
+            if want.iter().all(|w| lines.contains(w)) {
+                Ok(())
+            } else {
+                Err(info)
+            }
+        });
+    }
+
+    /// The data nodes: `[0]` started as the primary, `[1]` as its replica.
+    /// A killed node stays in the list, not running.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The three sentinels (`cli` talks to a sentinel).
+    pub fn sentinels(&self) -> &[RedisServer] {
+        &self.sentinels
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,5 +928,27 @@ mod tests {
         // {a} and {b} hash to slots owned by different masters.
         let sizes: Vec<String> = cluster.nodes().iter().map(|n| n.cli(&["DBSIZE"])).collect();
         assert_eq!(sizes.iter().filter(|s| *s == "1").count(), 2, "{sizes:?}");
+    }
+
+    #[test]
+    fn sentinels_fail_over_to_the_replica() {
+        let started = Instant::now();
+        let mut redis = RedisSentinels::start();
+        assert_eq!(redis.master_name(), "tessera");
+        assert_eq!(redis.sentinel_urls().len(), 3);
+        let old = redis.primary_port();
+        assert_eq!(old, redis.nodes()[0].port());
+        assert_eq!(redis.nodes()[0].cli(&["SET", "before", "1"]), "OK");
+        // Replication is asynchronous: wait until the replica has the write.
+        assert_eq!(redis.nodes()[0].cli(&["WAIT", "1", "5000"]), "1");
+        let ready = started.elapsed();
+        assert_eq!(redis.kill_primary(), old);
+        let new = redis.wait_for_failover(old);
+        let failover = started.elapsed() - ready;
+        assert_eq!(new, redis.nodes()[1].port());
+        assert_eq!(redis.primary_port(), new);
+        assert_eq!(run_cli(new, false, &["SET", "after", "1"]), "OK");
+        assert_eq!(run_cli(new, false, &["GET", "before"]), "1");
+        eprintln!("sentinels ready in {ready:?}, failover in {failover:?}");
     }
 }

@@ -309,9 +309,12 @@ struct RawStore {
     /// Redis URLs: one for standalone, the primaries for a cluster.
     #[serde(default)]
     urls: Vec<String>,
-    /// `standalone` or `cluster`.
+    /// `standalone`, `cluster` or `sentinel`.
     #[serde(default)]
     mode: Option<String>,
+    /// With `mode = "sentinel"`: the monitored primary's name.
+    #[serde(default)]
+    sentinel_master: Option<String>,
     #[serde(default = "default_prefix")]
     key_prefix: String,
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
@@ -324,6 +327,7 @@ impl Default for RawStore {
             backend: default_backend(),
             urls: Vec::new(),
             mode: None,
+            sentinel_master: None,
             key_prefix: default_prefix(),
             timeout: default_store_timeout(),
         }
@@ -502,10 +506,22 @@ impl RawStore {
                         _ => return Err(key_error("store.urls", "standalone mode takes exactly one URL")),
                     },
                     "cluster" => RedisDeployment::Cluster { urls: self.urls },
+                    "sentinel" => match self.sentinel_master {
+                        Some(master) if !master.is_empty() => RedisDeployment::Sentinel {
+                            urls: self.urls,
+                            master,
+                        },
+                        _ => {
+                            return Err(key_error(
+                                "store.sentinel_master",
+                                "mode = \"sentinel\" needs the monitored primary's name",
+                            ));
+                        }
+                    },
                     other => {
                         return Err(key_error(
                             "store.mode",
-                            format!("`{other}` is not one of standalone, cluster"),
+                            format!("`{other}` is not one of standalone, cluster, sentinel"),
                         ));
                     }
                 };

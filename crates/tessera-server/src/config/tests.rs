@@ -168,6 +168,25 @@ fn redis_store_settings_load() {
 }
 
 #[test]
+fn sentinel_mode_needs_the_primary_name() {
+    let base = [
+        ("TESSERA_STORE__BACKEND", "redis"),
+        (
+            "TESSERA_STORE__URLS",
+            r#"["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]"#,
+        ),
+        ("TESSERA_STORE__MODE", "sentinel"),
+    ];
+    check_key_error(GOOD, &base, "store.sentinel_master");
+    let mut with_name = base.to_vec();
+    with_name.push(("TESSERA_STORE__SENTINEL_MASTER", "tessera"));
+    let StoreConfig::Redis(r) = load(GOOD, &with_name).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert!(matches!(r.deployment, tessera_store::RedisDeployment::Sentinel { ref master, .. } if master == "tessera"));
+}
+
+#[test]
 fn malformed_env_and_toml_are_reported() {
     assert!(matches!(
         load(GOOD, &[("TESSERA_LISTEN", "x")]),

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::{Arc, PoisonError};
+
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::StoreError;
 
@@ -23,12 +26,92 @@ pub enum RedisDeployment {
         /// Seed URLs; list every primary so each one's eviction policy is checked.
         urls: Vec<String>,
     },
+    /// A primary watched by Redis Sentinel: the primary is looked up through
+    /// the sentinels, and looked up again after a connection error or a
+    /// `READONLY` answer (a failover). The data nodes are reached with the
+    /// credentials and database of the first sentinel URL.
+    Sentinel {
+        /// Sentinel URLs.
+        urls: Vec<String>,
+        /// The monitored primary's name (`sentinel monitor <name> ...`).
+        master: String,
+    },
 }
 
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
+}
+
+/// A connection to whichever node the sentinels say is the primary.
+#[derive(Clone)]
+pub(crate) struct SentinelConn {
+    sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
+    current: Arc<std::sync::Mutex<Option<ConnectionManager>>>,
+    connect: Duration,
+    response: Duration,
+}
+
+impl SentinelConn {
+    fn new(urls: &[String], master: &str, connect: Duration, response: Duration) -> Result<Self, StoreError> {
+        let node_info = match urls.first().map(|u| u.as_str().into_connection_info()) {
+            Some(Ok(info)) => {
+                SentinelNodeConnectionInfo::default().set_redis_connection_info(info.redis_settings().clone())
+            }
+            Some(Err(e)) => return Err(unavailable("redis sentinel url", e)),
+            None => return Err(unavailable("redis sentinel", "no sentinel URL")),
+        };
+        let client = SentinelClient::build(
+            urls.iter().map(String::as_str).collect(),
+            master.to_owned(),
+            Some(node_info),
+            SentinelServerType::Master,
+        )
+        .map_err(|e| unavailable("redis sentinel", e))?;
+        Ok(Self {
+            sentinel: Arc::new(tokio::sync::Mutex::new(client)),
+            current: Arc::new(std::sync::Mutex::new(None)),
+            connect,
+            response,
+        })
+    }
+
+    /// The current primary's client, asked of the sentinels.
+    async fn primary_client(&self) -> Result<redis::Client, StoreError> {
+        let mut sentinel = self.sentinel.lock().await;
+        tokio::time::timeout(self.connect * 3, sentinel.async_get_client())
+            .await
+            .map_err(|_| unavailable("redis sentinel", "timed out asking for the primary"))?
+            .map_err(|e| unavailable("redis sentinel", e))
+    }
+
+    async fn manager(&self) -> Result<ConnectionManager, RedisError> {
+        if let Some(m) = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(m);
+        }
+        let client = self
+            .primary_client()
+            .await
+            .map_err(|e| RedisError::from((redis::ErrorKind::Io, "sentinel lookup failed", e.to_string())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response))
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_with_config(client, config).await?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// After an error that may mean a failover, forget the primary: the next
+    /// command asks the sentinels again.
+    fn check(&self, e: &RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.code() == Some("READONLY") {
+            tracing::warn!(error = %e, "redis primary unreachable or demoted; asking the sentinels again");
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -74,6 +157,13 @@ impl Conn {
                     .map_err(|e| unavailable("redis cluster connect", e))?;
                 Ok(Self::Cluster(conn))
             }
+            RedisDeployment::Sentinel { urls, master } => {
+                let conn = SentinelConn::new(urls, master, connect, response)?;
+                conn.manager()
+                    .await
+                    .map_err(|e| unavailable("redis primary via sentinel", e))?;
+                Ok(Self::Sentinel(conn))
+            }
         }
     }
 }
@@ -83,6 +173,14 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut m = s.manager().await?;
+                let r = m.req_packed_command(cmd).await;
+                if let Err(e) = &r {
+                    s.check(e);
+                }
+                r
+            }),
         }
     }
 
@@ -95,6 +193,14 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut m = s.manager().await?;
+                let r = m.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &r {
+                    s.check(e);
+                }
+                r
+            }),
         }
     }
 
@@ -102,6 +208,12 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(s) => s
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map_or(0, |m| m.get_db()),
         }
     }
 }
@@ -109,12 +221,30 @@ impl ConnectionLike for Conn {
 /// Refuses a Redis whose `maxmemory-policy` could evict keys: an evicted
 /// grant, task or revocation would be a silent security failure.
 pub(crate) async fn check_eviction_policy(deployment: &RedisDeployment, timeout: Duration) -> Result<(), StoreError> {
-    let urls: Vec<&String> = match deployment {
-        RedisDeployment::Standalone { url } => vec![url],
-        RedisDeployment::Cluster { urls } => urls.iter().collect(),
+    let clients: Vec<(String, redis::Client)> = match deployment {
+        RedisDeployment::Standalone { url } => {
+            vec![(
+                url.clone(),
+                redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?,
+            )]
+        }
+        RedisDeployment::Cluster { urls } => urls
+            .iter()
+            .map(|u| {
+                Ok((
+                    u.clone(),
+                    redis::Client::open(u.as_str()).map_err(|e| unavailable("redis url", e))?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?,
+        RedisDeployment::Sentinel { urls, master } => {
+            let client = SentinelConn::new(urls, master, timeout, timeout)?
+                .primary_client()
+                .await?;
+            vec![(format!("primary `{master}`"), client)]
+        }
     };
-    for url in urls {
-        let client = redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?;
+    for (url, client) in clients {
         let info: String = tokio::time::timeout(timeout * 3, async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await
@@ -132,7 +262,7 @@ pub(crate) async fn check_eviction_policy(deployment: &RedisDeployment, timeout:
             return Err(StoreError::Misconfigured(format!(
                 "redis at `{}` has maxmemory-policy `{policy}`: it could evict grants or revocations, \
                  a silent security failure; set `maxmemory-policy noeviction`",
-                redact(url)
+                redact(&url)
             )));
         }
     }
