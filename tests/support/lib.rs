@@ -292,6 +292,29 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Where a log leaks a secret: a compact JWS (`eyJ….….`) or a PEM private key.
+pub fn find_secret(text: &str) -> Option<String> {
+    if let Some(i) = text.find("PRIVATE KEY") {
+        return Some(format!("private key PEM near byte {i}"));
+    }
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut rest = text;
+    while let Some(i) = rest.find("eyJ") {
+        let tail = &rest[i..];
+        let segs: Vec<&str> = tail.splitn(3, '.').collect();
+        if segs.len() == 3
+            && segs[0].chars().all(b64)
+            && segs[0].len() > 10
+            && !segs[1].is_empty()
+            && segs[1].chars().all(b64)
+        {
+            return Some(format!("JWS-like string `{}…`", &tail[..tail.len().min(16)]));
+        }
+        rest = &tail[3..];
+    }
+    None
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -301,7 +324,25 @@ impl Drop for Broker {
         // Logs survive a failing test in its output.
         if std::thread::panicking() {
             eprintln!("--- tesserad log ---\n{}", self.logs());
+            return;
         }
+        // Every end-to-end test is also a secrets scan of everything the broker printed.
+        if let Some(leak) = find_secret(&self.logs()) {
+            panic!("tesserad's log leaks a secret: {leak}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_secret;
+
+    #[test]
+    fn the_secret_scan_finds_tokens_and_keys() {
+        assert!(find_secret("grant_id=abc kid=2URxwuw8_HeIi71gU7earH").is_none());
+        assert!(find_secret("token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_some());
+        assert!(find_secret("-----BEGIN PRIVATE KEY-----").is_some());
+        assert!(find_secret("eyJ alone is fine").is_none());
     }
 }
 
