@@ -270,7 +270,7 @@ impl Broker {
                 return Err(e.into());
             }
         };
-        let id = GrantId::generate()?;
+        let id = self.store.new_grant_id(&plan.task_id).await?;
         let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),

@@ -65,9 +65,16 @@ pub fn task(id: &str, deadline_in: i64, parent: Option<&str>) -> Task {
     }
 }
 
-pub fn grant(task: &str, ttl: i64, parent: Option<&GrantId>) -> Grant {
+/// A grant of `task` with an id from `store`.
+pub async fn grant(store: &impl GrantStore, task: &str, ttl: i64, parent: Option<&GrantId>) -> Grant {
+    let id = store.new_grant_id(&TaskId::parse(task).unwrap()).await.unwrap();
+    grant_with_id(id, task, ttl, parent)
+}
+
+/// A grant of `task` with the given id.
+pub fn grant_with_id(id: GrantId, task: &str, ttl: i64, parent: Option<&GrantId>) -> Grant {
     Grant {
-        id: GrantId::generate().unwrap(),
+        id,
         task_id: TaskId::parse(task).unwrap(),
         subject: SpiffeId::parse("spiffe://td/agent").unwrap(),
         audience: Audience::parse("crm").unwrap(),
@@ -103,7 +110,7 @@ pub async fn tasks_are_created_once(store: impl GrantStore) {
 
 pub async fn grants_are_recorded_only_in_live_tasks(store: impl GrantStore) {
     store.create_task(&task("t1", 60, None)).await.unwrap();
-    let g = grant("t1", 30, None);
+    let g = grant(&store, "t1", 30, None).await;
     store.record_grant(&g, t0()).await.unwrap();
     assert_eq!(store.grant(&g.id).await.unwrap(), Some(g.clone()));
     assert_eq!(store.live_grants(&tid("t1"), t0()).await.unwrap(), 1);
@@ -112,17 +119,18 @@ pub async fn grants_are_recorded_only_in_live_tasks(store: impl GrantStore) {
         Err(StoreError::GrantExists)
     ));
     // Outliving the task, unknown task, past deadline.
-    let long = grant("t1", 61, None);
+    let long = grant(&store, "t1", 61, None).await;
     assert!(matches!(
         store.record_grant(&long, t0()).await,
         Err(StoreError::OutlivesTask(_))
     ));
-    let unknown = grant("nope", 10, None);
+    let mut unknown = grant(&store, "t1", 10, None).await;
+    unknown.task_id = tid("nope");
     assert!(matches!(
         store.record_grant(&unknown, t0()).await,
         Err(StoreError::TaskNotFound(_))
     ));
-    let late = grant("t1", 10, None);
+    let late = grant(&store, "t1", 10, None).await;
     assert!(matches!(
         store.record_grant(&late, t0() + secs(60)).await,
         Err(StoreError::TaskOver(..))
@@ -132,7 +140,7 @@ pub async fn grants_are_recorded_only_in_live_tasks(store: impl GrantStore) {
         .end_task(&tid("t1"), TaskState::Completed, "done", t0())
         .await
         .unwrap();
-    let after = grant("t1", 10, None);
+    let after = grant(&store, "t1", 10, None).await;
     assert!(matches!(
         store.record_grant(&after, t0()).await,
         Err(StoreError::TaskOver(_, TaskState::Completed))
@@ -141,7 +149,7 @@ pub async fn grants_are_recorded_only_in_live_tasks(store: impl GrantStore) {
 
 pub async fn grants_expire_without_a_sweeper(store: impl GrantStore) {
     store.create_task(&task("t1", 60, None)).await.unwrap();
-    let g = grant("t1", 5, None);
+    let g = grant(&store, "t1", 5, None).await;
     store.record_grant(&g, t0()).await.unwrap();
     let live = |at| {
         let store = &store;
@@ -155,10 +163,10 @@ pub async fn grants_expire_without_a_sweeper(store: impl GrantStore) {
 
 pub async fn revoking_a_grant_revokes_its_delegates(store: impl GrantStore) {
     store.create_task(&task("t1", 60, None)).await.unwrap();
-    let parent = grant("t1", 30, None);
-    let child = grant("t1", 20, Some(&parent.id));
-    let grandchild = grant("t1", 10, Some(&child.id));
-    let sibling = grant("t1", 30, None);
+    let parent = grant(&store, "t1", 30, None).await;
+    let child = grant(&store, "t1", 20, Some(&parent.id)).await;
+    let grandchild = grant(&store, "t1", 10, Some(&child.id)).await;
+    let sibling = grant(&store, "t1", 30, None).await;
     for g in [&parent, &child, &grandchild, &sibling] {
         store.record_grant(g, t0()).await.unwrap();
     }
@@ -223,14 +231,14 @@ pub async fn ending_a_task_revokes_everything_under_it(store: impl GrantStore) {
     let mut live = Vec::new();
     for t in ["root", "child", "grandchild"] {
         for _ in 0..3 {
-            let g = grant(t, 30, None);
+            let g = grant(&store, t, 30, None).await;
             store.record_grant(&g, t0()).await.unwrap();
             live.push(g);
         }
     }
-    let expired = grant("root", 1, None);
+    let expired = grant(&store, "root", 1, None).await;
     store.record_grant(&expired, t0()).await.unwrap();
-    let bystander = grant("other", 30, None);
+    let bystander = grant(&store, "other", 30, None).await;
     store.record_grant(&bystander, t0()).await.unwrap();
     let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
 
@@ -307,7 +315,7 @@ pub async fn feed_resumes_from_any_position(store: impl GrantStore) {
     assert!(start.events.is_empty());
     let mut grants = Vec::new();
     for _ in 0..5 {
-        let g = grant("t1", 30, None);
+        let g = grant(&store, "t1", 30, None).await;
         store.record_grant(&g, t0()).await.unwrap();
         store.revoke_grant(&g.id, "r", t0()).await.unwrap();
         grants.push(g.id);
@@ -344,7 +352,7 @@ pub async fn feed_resumes_from_any_position(store: impl GrantStore) {
 pub async fn feed_readers_wake_on_new_events(store: impl GrantStore) {
     let store = std::sync::Arc::new(store);
     store.create_task(&task("t1", 60, None)).await.unwrap();
-    let g = grant("t1", 30, None);
+    let g = grant(store.as_ref(), "t1", 30, None).await;
     store.record_grant(&g, t0()).await.unwrap();
     let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
     // Nothing yet: a bounded wait returns empty.
@@ -410,7 +418,7 @@ pub async fn feed_overflow_is_reported(store: impl GrantStore) {
     store.create_task(&task("t1", 60, None)).await.unwrap();
     let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
     for _ in 0..5 {
-        let g = grant("t1", 30, None);
+        let g = grant(&store, "t1", 30, None).await;
         store.record_grant(&g, t0()).await.unwrap();
         store.revoke_grant(&g.id, "r", t0()).await.unwrap();
     }
@@ -424,7 +432,7 @@ pub async fn feed_overflow_is_reported(store: impl GrantStore) {
 /// state) is refused: its reader may have missed events.
 pub async fn positions_do_not_cross_stores(a: impl GrantStore, b: impl GrantStore) {
     a.create_task(&task("t1", 60, None)).await.unwrap();
-    let g = grant("t1", 30, None);
+    let g = grant(&a, "t1", 30, None).await;
     a.record_grant(&g, t0()).await.unwrap();
     a.revoke_grant(&g.id, "r", t0()).await.unwrap();
     let head_a = a.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;

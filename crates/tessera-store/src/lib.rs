@@ -9,6 +9,7 @@
 mod error;
 mod feed;
 mod memory;
+mod record;
 mod redis;
 mod store;
 

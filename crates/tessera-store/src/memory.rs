@@ -275,6 +275,13 @@ impl GrantStore for MemoryStore {
         Ok(count as u64)
     }
 
+    async fn new_grant_id(&self, task: &TaskId) -> Result<GrantId, StoreError> {
+        if !self.lock().tasks.contains_key(task) {
+            return Err(StoreError::TaskNotFound(task.clone()));
+        }
+        GrantId::generate().map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
     async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.sweep(now);

@@ -72,6 +72,11 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Number of live grants of the task at `now`.
     async fn live_grants(&self, id: &TaskId, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// A fresh, unguessable id for a grant about to be issued in `task`
+    /// (it becomes the token's `jti`). Stores may encode routing in it; a
+    /// grant must be recorded with an id from here. `TaskNotFound` if unknown.
+    async fn new_grant_id(&self, task: &TaskId) -> Result<GrantId, StoreError>;
+
     /// Records a newly issued grant, atomically checking that its task exists,
     /// is active at `now`, and ends no earlier than the grant.
     async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError>;

@@ -6,8 +6,7 @@
 //! | key | type | holds | expires |
 //! |---|---|---|---|
 //! | `P:epoch` | string | random id written once per empty Redis | never |
-//! | `P:task-root:<task>` | string | the task's root task id (routing) | task end + retention |
-//! | `P:grant-root:<grant>` | string | the grant's root task id (routing) | grant expiry |
+//! | `P:task-root:<task>` | string | the task tree's hash tag (routing) | task end + retention |
 //! | `P:{<root>}:task:<task>` | hash | `json` (immutable task), `state`, `deadline`, `ended`, `reason` | task end + retention |
 //! | `P:{<root>}:children:<task>` | set | child task ids | with the task |
 //! | `P:{<root>}:grants:<task>` | zset | live grant ids, scored by expiry (ms); expired members pruned lazily | with the task |
@@ -17,7 +16,6 @@
 //! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
 //! | `P:keys` | hash | kid → published key JSON | retired keys pruned lazily |
 
-use tessera_core::grant::GrantId;
 use tessera_core::task::TaskId;
 
 /// Builds keys under one prefix.
@@ -39,10 +37,6 @@ impl Keys {
 
     pub(crate) fn task_root(&self, task: &TaskId) -> String {
         format!("{}:task-root:{task}", self.prefix)
-    }
-
-    pub(crate) fn grant_root(&self, grant: &GrantId) -> String {
-        format!("{}:grant-root:{grant}", self.prefix)
     }
 
     /// `P:{root}:` — the base every key of a task tree starts with (scripts append to it).

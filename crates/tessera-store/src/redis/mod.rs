@@ -29,6 +29,7 @@ pub use self::conn::RedisDeployment;
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
+use crate::record::StoredGrant;
 use crate::store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
 
 /// How to reach Redis and how to use it.
@@ -229,10 +230,9 @@ impl RedisStore {
             .await
     }
 
-    async fn root_of_grant(&self, id: &GrantId) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn();
-        self.bounded(redis::cmd("GET").arg(self.keys.grant_root(id)).query_async(&mut conn))
-            .await
+    /// The tag a grant id carries; `None` for an id this store did not make.
+    fn root_of_grant(id: &GrantId) -> Option<String> {
+        tag_of(id)
     }
 
     /// Appends revocations to the feed (publish before apply).
@@ -410,7 +410,7 @@ fn parse_pairs(v: Value) -> Vec<(String, i64)> {
 impl GrantStore for RedisStore {
     async fn create_task(&self, task: &Task) -> Result<(), StoreError> {
         let root = match &task.parent {
-            None => task.id.to_string(),
+            None => new_tag()?,
             Some(parent) => self
                 .root_of_task(parent)
                 .await?
@@ -532,25 +532,23 @@ impl GrantStore for RedisStore {
         .await
     }
 
-    async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let root = self
-            .root_of_task(&grant.task_id)
+    async fn new_grant_id(&self, task: &TaskId) -> Result<GrantId, StoreError> {
+        let tag = self
+            .root_of_task(task)
             .await?
-            .ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
+            .ok_or_else(|| StoreError::TaskNotFound(task.clone()))?;
+        let random = random_id().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        GrantId::parse(&format!("{tag}{random}")).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn record_grant(&self, grant: &Grant, now: DateTime<Utc>) -> Result<(), StoreError> {
+        // The id carries its task tree's tag (see `new_grant_id`): a forged
+        // or foreign id routes to a slot where its task does not exist.
+        let root = tag_of(&grant.id).ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
         let exp = ms(grant.expires_at);
-        let json = serde_json::to_string(grant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(&StoredGrant::from_grant(grant)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
-        // Routing first: if the script then fails, this entry points at nothing and expires.
-        let _: Value = self
-            .bounded(
-                redis::cmd("SET")
-                    .arg(self.keys.grant_root(&grant.id))
-                    .arg(&root)
-                    .arg("PXAT")
-                    .arg(exp)
-                    .query_async(&mut conn),
-            )
-            .await?;
         let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
         let outcome: String = self
             .bounded(
@@ -581,7 +579,7 @@ impl GrantStore for RedisStore {
     }
 
     async fn grant(&self, id: &GrantId) -> Result<Option<Grant>, StoreError> {
-        let Some(root) = self.root_of_grant(id).await? else {
+        let Some(root) = Self::root_of_grant(id) else {
             return Ok(None);
         };
         let mut conn = self.conn();
@@ -602,7 +600,9 @@ impl GrantStore for RedisStore {
             ));
         };
         let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
-        let mut grant: Grant = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+        let stored: StoredGrant =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+        let mut grant = stored.into_grant(id.clone())?;
         if let Some(mark) = conn::string_of(revoked) {
             let mark: RevokedMark =
                 serde_json::from_str(&mark).map_err(|e| StoreError::Corrupt(format!("revoked mark: {e}")))?;
@@ -638,7 +638,7 @@ impl GrantStore for RedisStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<RevokeOutcome>, StoreError> {
-        let Some(root) = self.root_of_grant(id).await? else {
+        let Some(root) = Self::root_of_grant(id) else {
             return Ok(None);
         };
         let base = self.keys.base(&root);
@@ -869,6 +869,21 @@ impl GrantStore for RedisStore {
         self.ensure_epoch().await?;
         Ok(())
     }
+}
+
+/// Length of a task tree's hash tag, the prefix of every grant id in it.
+const TAG_LEN: usize = 8;
+
+/// A random hash tag for a new task tree (48 bits: a collision only puts two
+/// trees in one Cluster slot; their keys stay distinct).
+fn new_tag() -> Result<String, StoreError> {
+    let random = random_id().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(random.chars().take(TAG_LEN).collect())
+}
+
+fn tag_of(id: &GrantId) -> Option<String> {
+    let s = id.as_str();
+    (s.len() == TAG_LEN + 22).then(|| s.chars().take(TAG_LEN).collect())
 }
 
 fn position(epoch: &str, id: StreamId) -> FeedPosition {

@@ -71,7 +71,7 @@ pub(crate) fn read_grant() -> Script {
 local g = redis.call('GET', KEYS[1])
 if not g then return nil end
 local r = redis.call('GET', ARGV[1] .. 'revoked:' .. ARGV[2])
-local task = cjson.decode(g)['task_id']
+local task = cjson.decode(g)['t']
 local t = redis.call('HMGET', ARGV[1] .. 'task:' .. task, 'state', 'ended', 'reason')
 return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 "#,
@@ -97,7 +97,7 @@ while #stack > 0 do
     local g = redis.call('GET', base .. 'grant:' .. gid)
     if g and not skip[gid] and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
       local d = cjson.decode(g)
-      local state = redis.call('HGET', base .. 'task:' .. d['task_id'], 'state')
+      local state = redis.call('HGET', base .. 'task:' .. d['t'], 'state')
       local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
       if state == 'active' and exp > now then
         table.insert(out, gid)
@@ -125,7 +125,7 @@ for i = 4, #ARGV, 2 do
     local ok = redis.call('SET', base .. 'revoked:' .. gid, cjson.encode({at = now, reason = reason}), 'PXAT', exp, 'NX')
     if ok then
       n = n + 1
-      redis.call('ZREM', base .. 'grants:' .. cjson.decode(g)['task_id'], gid)
+      redis.call('ZREM', base .. 'grants:' .. cjson.decode(g)['t'], gid)
     end
   end
 end
