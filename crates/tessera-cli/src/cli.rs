@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::command::{completions, dev, grant, introspect, revocations, task, token};
+use crate::command::{audit, completions, dev, grant, introspect, revocations, task, token};
 use crate::output::OutputFormat;
 
 /// Tessera: short-lived, task-scoped credentials for agents.
@@ -96,6 +96,9 @@ pub(crate) enum Command {
     /// Follow the revocation feed.
     #[command(subcommand)]
     Revocations(revocations::RevocationsCommand),
+    /// Check and read the broker's audit file (local; no broker needed).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
 }

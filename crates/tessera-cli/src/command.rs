@@ -1,6 +1,7 @@
 //! Dispatch to the commands, and what they share: the client identity and the
 //! channel to the broker.
 
+pub(crate) mod audit;
 pub(crate) mod completions;
 pub(crate) mod dev;
 pub(crate) mod grant;
@@ -28,6 +29,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Introspect(args) => introspect::run(&global, args).await,
         Command::Jwks => jwks::run(&global).await,
         Command::Revocations(cmd) => revocations::run(&global, cmd).await,
+        Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Completions(args) => completions::run(&args),
     }
 }

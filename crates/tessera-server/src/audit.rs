@@ -1,0 +1,735 @@
+//! The audit trail's JSON-lines file sink, failing closed.
+//!
+//! One writer task owns the file and the [`Chain`]: callers send it events
+//! and wait for its answer, so records are totally ordered. Each call is
+//! bounded by [`AuditConfig::timeout`]; a sink that errors (a full disk) or
+//! hangs (a pipe nobody reads) makes the call fail with an error of kind
+//! [`ErrorKind::Unavailable`], and the operation it records must fail too.
+//!
+//! The chain only moves past a record once the record is in the file: a
+//! record that failed is not counted, and a part of it left in a regular file
+//! is cut off before the next one, so `tessera audit verify` never sees a
+//! gap. A write that completes after its caller gave up stays in the file:
+//! the trail may show an attempt that then failed closed, never miss an
+//! operation that went through.
+//!
+//! The file is opened append-only and created `0600`. When it already holds
+//! records, the chain continues from its last line, whose own hash is
+//! checked; a corrupt last line stops the broker from starting.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::ErrorKind;
+use tessera_core::audit::{AuditEvent, AuditRecord, Chain, RecordError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Events waiting for the writer. Bounded: behind a hung sink, callers wait
+/// here (and time out) instead of piling up memory.
+const QUEUE: usize = 256;
+
+/// The first read size when looking for the last line of an existing file.
+const TAIL_CHUNK: u64 = 64 * 1024;
+
+/// When records are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every record, before the caller hears it is written: a crash
+    /// loses no record of an operation that went through.
+    #[default]
+    Always,
+    /// Never: the OS writes back when it likes. Faster, but a crash of the
+    /// machine may lose the last records.
+    Never,
+}
+
+/// Where and how the audit file is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The JSON-lines file (or a pipe or device; those are not synced).
+    pub file: PathBuf,
+    /// When records are forced to disk.
+    pub fsync: FsyncPolicy,
+    /// The most a record (or opening the file) may take, queueing included.
+    pub timeout: Duration,
+}
+
+/// Why a record was not written, or the file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The file could not be opened, read or written.
+    #[error("audit file `{}`: cannot {op}: {source}", file.display())]
+    Io {
+        /// The audit file.
+        file: PathBuf,
+        /// What failed (`open`, `read`, `append to`).
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The file's last line is not a sealed record, so the chain cannot
+    /// continue from it.
+    #[error(
+        "audit file `{}`: its last line: {source}; repair the file or move it aside \
+         (`tessera audit verify` says where it breaks)",
+        file.display()
+    )]
+    Corrupt {
+        /// The audit file.
+        file: PathBuf,
+        /// What is wrong with the last line.
+        #[source]
+        source: RecordError,
+    },
+    /// The file did not answer within the configured timeout.
+    #[error(
+        "audit file `{}` did not answer within {}",
+        file.display(),
+        humantime::format_duration(*timeout)
+    )]
+    Timeout {
+        /// The audit file.
+        file: PathBuf,
+        /// The bound that passed.
+        timeout: Duration,
+    },
+    /// The writer task is gone (the log is shutting down).
+    #[error("audit writer for `{}` stopped", file.display())]
+    Stopped {
+        /// The audit file.
+        file: PathBuf,
+    },
+}
+
+impl AuditError {
+    /// What kind of failure this is: always [`ErrorKind::Unavailable`].
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Unavailable
+    }
+}
+
+/// An audit trail in one JSON-lines file, hash-chained.
+#[derive(Debug)]
+pub struct AuditLog {
+    file: PathBuf,
+    timeout: Duration,
+    jobs: mpsc::Sender<Job>,
+    failures: AtomicU64,
+}
+
+/// One event for the writer, and where to send its outcome.
+#[derive(Debug)]
+struct Job {
+    event: AuditEvent,
+    reply: oneshot::Sender<Result<(), AuditError>>,
+}
+
+impl AuditLog {
+    /// Opens (or creates, `0600`) the file for appending and starts the
+    /// writer. An existing file's chain continues from its last line.
+    ///
+    /// Bounded by `config.timeout` too: opening a pipe nobody reads hangs.
+    pub async fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        let AuditConfig { file, fsync, timeout } = config;
+        let path = file.clone();
+        let opening = tokio::task::spawn_blocking(move || open_file(&path));
+        let opened = match tokio::time::timeout(timeout, opening).await {
+            Err(_) => return Err(AuditError::Timeout { file, timeout }),
+            Ok(Err(join)) => {
+                return Err(AuditError::Io {
+                    file,
+                    op: "open",
+                    source: io::Error::other(join.to_string()),
+                });
+            }
+            Ok(Ok(opened)) => opened?,
+        };
+        tracing::info!(
+            file = %file.display(),
+            next_seq = opened.chain.next_seq(),
+            "audit trail open"
+        );
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            file: Arc::new(opened.file),
+            path: file.clone(),
+            chain: opened.chain,
+            end: opened.end,
+            fsync,
+        };
+        tokio::spawn(writer.run(queue));
+        Ok(Self {
+            file,
+            timeout,
+            jobs,
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Seals `event` into the chain and appends it, synced per the policy.
+    /// `Ok` means the record is in the file; on any error the operation it
+    /// records must fail (fail closed).
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        let written = tokio::time::timeout(self.timeout, async {
+            self.jobs.send(Job { event, reply }).await.map_err(|_| self.stopped())?;
+            answer.await.map_err(|_| self.stopped())?
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(AuditError::Timeout {
+                file: self.file.clone(),
+                timeout: self.timeout,
+            })
+        });
+        if let Err(e) = &written {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "audit record not written");
+        }
+        written
+    }
+
+    /// How many records failed (errors and timeouts) since the log opened.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The audit file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn stopped(&self) -> AuditError {
+        AuditError::Stopped {
+            file: self.file.clone(),
+        }
+    }
+}
+
+/// Where our last record ends in a regular file, so that a failed write can
+/// be cut back off. Pipes and devices have no end.
+#[derive(Debug, Clone, Copy)]
+struct End {
+    len: u64,
+    /// A failed write may have left part of a line after `len`.
+    dirty: bool,
+}
+
+/// An opened file and where its chain stands.
+struct Opened {
+    file: File,
+    chain: Chain,
+    end: Option<End>,
+}
+
+fn open_file(path: &Path) -> Result<Opened, AuditError> {
+    let io = |op| {
+        move |source| AuditError::Io {
+            file: path.to_owned(),
+            op,
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("open"))?;
+    let meta = file.metadata().map_err(io("open"))?;
+    if !meta.is_file() {
+        return Ok(Opened {
+            file,
+            chain: Chain::genesis(),
+            end: None,
+        });
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "audit file is open to others than its owner; 0600 is expected"
+        );
+    }
+    let mut len = meta.len();
+    let (last, ends_with_newline) = last_line(path, len).map_err(io("read"))?;
+    let chain = match last {
+        None => Chain::genesis(),
+        Some(line) => {
+            let record = String::from_utf8(line)
+                .map_err(|_| RecordError::Malformed)
+                .and_then(|line| AuditRecord::from_line(&line))
+                .map_err(|source| AuditError::Corrupt {
+                    file: path.to_owned(),
+                    source,
+                })?;
+            Chain::resume(&record)
+        }
+    };
+    if !ends_with_newline {
+        // The last record is whole but its newline never made it: end the
+        // line so the next record starts on its own.
+        (&file).write_all(b"\n").map_err(io("append to"))?;
+        len = len.saturating_add(1);
+    }
+    Ok(Opened {
+        file,
+        chain,
+        end: Some(End { len, dirty: false }),
+    })
+}
+
+/// The last line of a regular file of `len` bytes (`None` when empty), and
+/// whether the file ends with a newline. Reads from the end only.
+fn last_line(path: &Path, len: u64) -> io::Result<(Option<Vec<u8>>, bool)> {
+    if len == 0 {
+        return Ok((None, true));
+    }
+    let file = File::open(path)?;
+    let mut chunk = TAIL_CHUNK;
+    loop {
+        let start = len.saturating_sub(chunk);
+        let size = usize::try_from(len.saturating_sub(start)).map_err(io::Error::other)?;
+        let mut buf = vec![0; size];
+        file.read_exact_at(&mut buf, start)?;
+        let ends_with_newline = buf.last() == Some(&b'\n');
+        if ends_with_newline {
+            buf.pop();
+        }
+        if let Some(cut) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok((Some(buf.split_off(cut.saturating_add(1))), ends_with_newline));
+        }
+        if start == 0 {
+            return Ok((Some(buf), ends_with_newline));
+        }
+        chunk = chunk.saturating_mul(2);
+    }
+}
+
+/// The one task that writes: it owns the chain.
+struct Writer {
+    file: Arc<File>,
+    path: PathBuf,
+    chain: Chain,
+    end: Option<End>,
+    fsync: FsyncPolicy,
+}
+
+impl Writer {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            if job.reply.is_closed() {
+                // The caller timed out while this waited: its operation
+                // failed, so there is nothing to record.
+                continue;
+            }
+            let written = self.write(job.event).await;
+            let _ = job.reply.send(written);
+        }
+    }
+
+    async fn write(&mut self, event: AuditEvent) -> Result<(), AuditError> {
+        // Sealed on a copy: the chain moves only once the record is written.
+        let mut next = self.chain.clone();
+        let mut line = next.seal(event).to_line().into_bytes();
+        line.push(b'\n');
+        let file = Arc::clone(&self.file);
+        let (end, fsync) = (self.end, self.fsync);
+        // Blocking I/O off the runtime: a hung file holds one blocking
+        // thread, and callers still time out.
+        let appended = tokio::task::spawn_blocking(move || append(&file, &line, end, fsync)).await;
+        let source = match appended {
+            Ok((end, Ok(()))) => {
+                self.end = end;
+                self.chain = next;
+                return Ok(());
+            }
+            Ok((end, Err(source))) => {
+                self.end = end;
+                source
+            }
+            Err(join) => {
+                if let Some(end) = &mut self.end {
+                    end.dirty = true;
+                }
+                io::Error::other(join.to_string())
+            }
+        };
+        Err(AuditError::Io {
+            file: self.path.clone(),
+            op: "append to",
+            source,
+        })
+    }
+}
+
+/// Appends one line, synced per `fsync`; returns where the file now ends.
+fn append(file: &File, line: &[u8], end: Option<End>, fsync: FsyncPolicy) -> (Option<End>, io::Result<()>) {
+    let mut out = file;
+    let Some(mut end) = end else {
+        // A pipe or a device: nothing to cut back, nothing to sync.
+        return (None, out.write_all(line));
+    };
+    if let Err(e) = settle(file, &mut end) {
+        return (Some(end), Err(e));
+    }
+    let written = out.write_all(line).and_then(|()| match fsync {
+        FsyncPolicy::Always => file.sync_data(),
+        FsyncPolicy::Never => Ok(()),
+    });
+    match written {
+        Ok(()) => {
+            end.len = end.len.saturating_add(line.len() as u64);
+            (Some(end), Ok(()))
+        }
+        Err(e) => {
+            // Cut off what part of the line made it (or the whole unsynced
+            // line), so the file ends with our last whole record.
+            end.dirty = file.set_len(end.len).is_err();
+            (Some(end), Err(e))
+        }
+    }
+}
+
+/// Brings the file back to our last record's end before writing.
+fn settle(file: &File, end: &mut End) -> io::Result<()> {
+    if end.dirty {
+        file.set_len(end.len)?;
+        end.dirty = false;
+        return Ok(());
+    }
+    let len = file.metadata()?.len();
+    if len != end.len {
+        // Not ours to cut: keep it, and let `audit verify` show where.
+        tracing::warn!(
+            expected = end.len,
+            found = len,
+            "audit file changed size under its writer (another writer or an edit)"
+        );
+        end.len = len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+
+    use chrono::DateTime;
+    use tessera_core::audit::{AuditKind, Outcome, VerifyReport, verify};
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "tessera-audit-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config(file: &Path, fsync: FsyncPolicy, timeout: Duration) -> AuditConfig {
+        AuditConfig {
+            file: file.to_owned(),
+            fsync,
+            timeout,
+        }
+    }
+
+    fn event(i: u64) -> AuditEvent {
+        AuditEvent {
+            task_id: Some(format!("task-{i}")),
+            count: Some(i),
+            ..AuditEvent::new(
+                AuditKind::TaskStarted,
+                DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                Outcome::Allow,
+                "broker-1",
+            )
+        }
+    }
+
+    fn verify_file(path: &Path) -> VerifyReport {
+        let text = std::fs::read_to_string(path).unwrap();
+        verify(text.lines()).unwrap()
+    }
+
+    async fn open(path: &Path) -> AuditLog {
+        AuditLog::open(config(path, FsyncPolicy::Always, Duration::from_secs(5)))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_verify_and_the_file_is_private() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let log = open(&path).await;
+        for i in 1..=3 {
+            log.record(event(i)).await.unwrap();
+        }
+        assert_eq!(verify_file(&path).records, 3);
+        assert_eq!(log.failures(), 0);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_records_form_one_chain() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let log = Arc::new(open(&path).await);
+        let callers: Vec<_> = (0..64)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.record(event(i)).await })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+        assert_eq!(verify_file(&path).records, 64);
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_the_chain() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        for run in 0..3 {
+            let log = open(&path).await;
+            for i in 0..2 {
+                log.record(event(run * 10 + i)).await.unwrap();
+            }
+        }
+        let report = verify_file(&path);
+        assert_eq!(report.records, 6);
+    }
+
+    #[tokio::test]
+    async fn a_missing_last_newline_is_added() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        std::fs::write(&path, chain.seal(event(1)).to_line()).unwrap();
+        open(&path).await.record(event(2)).await.unwrap();
+        assert_eq!(verify_file(&path).records, 2);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_last_line_is_refused_naming_the_file() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let good = chain.seal(event(1)).to_line();
+        let edited = chain.seal(event(2)).to_line().replace("task-2", "task-9");
+        for (content, expected) in [
+            (format!("{good}\n{{\"seq\":2,\"pr\n"), "not an audit record"),
+            (format!("{good}\n{edited}\n"), "record 2 was edited"),
+            (format!("{good}\n\n"), "not an audit record"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let err = AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5)))
+                .await
+                .unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, AuditError::Corrupt { .. }), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert_eq!(err.kind(), ErrorKind::Unavailable);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_line_is_found_past_the_first_read() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let mut text = String::new();
+        for i in 0..3 {
+            let mut big = event(i);
+            big.reason = Some("x".repeat(50_000));
+            text.push_str(&chain.seal(big).to_line());
+            text.push('\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        open(&path).await.record(event(9)).await.unwrap();
+        assert_eq!(verify_file(&path).records, 4);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_every_record() {
+        let log = AuditLog::open(config(
+            Path::new("/dev/full"),
+            FsyncPolicy::Always,
+            Duration::from_secs(2),
+        ))
+        .await
+        .unwrap();
+        for i in 1..=3 {
+            let started = Instant::now();
+            let err = log.record(event(i)).await.unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2));
+            assert!(matches!(err, AuditError::Io { .. }), "{err}");
+            assert!(err.to_string().contains("/dev/full"), "{err}");
+            assert_eq!(err.kind(), ErrorKind::Unavailable);
+        }
+        assert_eq!(log.failures(), 3);
+    }
+
+    #[test]
+    fn a_part_line_left_by_a_failed_write_is_cut_before_the_next() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let first = format!("{}\n", chain.seal(event(1)).to_line());
+        let len = first.len() as u64;
+        // What a write cut short (a full disk) leaves behind.
+        std::fs::write(&path, format!("{first}{{\"seq\":2,\"pr")).unwrap();
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let second = format!("{}\n", chain.seal(event(2)).to_line());
+        let (end, written) = append(
+            &file,
+            second.as_bytes(),
+            Some(End { len, dirty: true }),
+            FsyncPolicy::Always,
+        );
+        written.unwrap();
+        let end = end.unwrap();
+        assert!(!end.dirty);
+        assert_eq!(end.len, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(verify_file(&path).records, 2);
+    }
+
+    #[test]
+    fn bytes_another_writer_appended_are_kept() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, "not ours\n").unwrap();
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let (end, written) = append(&file, b"ours\n", Some(End { len: 0, dirty: false }), FsyncPolicy::Never);
+        written.unwrap();
+        assert_eq!(end.unwrap().len, 14);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not ours\nours\n");
+    }
+
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn a_hung_sink_times_out_then_recovers_without_a_gap() {
+        let dir = TempDir::new();
+        let fifo = dir.join("audit.fifo");
+        mkfifo(&fifo);
+        // Opened for reading (so the writer's open does not wait) but not
+        // read: once the pipe buffer is full, writes hang.
+        let receiver = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&fifo).unwrap();
+        let timeout = Duration::from_millis(200);
+        let bound = timeout + Duration::from_secs(1);
+        let log = AuditLog::open(config(&fifo, FsyncPolicy::Never, timeout))
+            .await
+            .unwrap();
+
+        let mut written = 0;
+        let mut timed_out = false;
+        for i in 0..1000 {
+            let mut big = event(i);
+            big.reason = Some("x".repeat(4096));
+            let started = Instant::now();
+            match log.record(big).await {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    assert!(matches!(err, AuditError::Timeout { .. }), "{err}");
+                    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        assert!(timed_out, "the pipe never filled");
+        assert!(written > 0);
+        // Behind the stuck write, the next record fails within the bound too.
+        let started = Instant::now();
+        let err = log.record(event(1000)).await.unwrap_err();
+        assert!(matches!(err, AuditError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < bound);
+        assert_eq!(log.failures(), 2);
+
+        // The reader wakes up: the stuck write completes and records flow.
+        let reader = tokio::spawn(async move {
+            let mut receiver = receiver;
+            let mut out = Vec::new();
+            receiver.read_to_end(&mut out).await.map(|_| out)
+        });
+        let mut recovered = false;
+        for i in 0..50 {
+            if log.record(event(2000 + i)).await.is_ok() {
+                recovered = true;
+                break;
+            }
+        }
+        assert!(recovered);
+        drop(log);
+        let out = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let report = verify(String::from_utf8(out).unwrap().lines()).unwrap();
+        // Every acknowledged record is there (and the one that finished late).
+        assert!(
+            report.records > written,
+            "{} records, {written} written",
+            report.records
+        );
+    }
+
+    #[tokio::test]
+    async fn opening_a_pipe_nobody_reads_times_out() {
+        let dir = TempDir::new();
+        let fifo = dir.join("audit.fifo");
+        mkfifo(&fifo);
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let err = AuditLog::open(config(&fifo, FsyncPolicy::Never, timeout))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < timeout + Duration::from_secs(1));
+        // Let the abandoned open finish, so the runtime can shut down.
+        let _receiver = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&fifo).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
