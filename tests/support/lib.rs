@@ -333,19 +333,6 @@ impl Drop for Broker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::find_secret;
-
-    #[test]
-    fn the_secret_scan_finds_tokens_and_keys() {
-        assert!(find_secret("grant_id=abc kid=2URxwuw8_HeIi71gU7earH").is_none());
-        assert!(find_secret("token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_some());
-        assert!(find_secret("-----BEGIN PRIVATE KEY-----").is_some());
-        assert!(find_secret("eyJ alone is fine").is_none());
-    }
-}
-
 /// The gRPC status of a failed call.
 #[track_caller]
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
@@ -390,5 +377,18 @@ pub async fn issue(agent: &mut AgentClient, req: pb::RequestTokenRequest) -> pb:
     match agent.request_token(req).await.unwrap().into_inner().outcome {
         Some(pb::request_token_response::Outcome::Token(t)) => t,
         other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_secret;
+
+    #[test]
+    fn the_secret_scan_finds_tokens_and_keys() {
+        assert!(find_secret("grant_id=abc kid=2URxwuw8_HeIi71gU7earH").is_none());
+        assert!(find_secret("token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig").is_some());
+        assert!(find_secret("-----BEGIN PRIVATE KEY-----").is_some());
+        assert!(find_secret("eyJ alone is fine").is_none());
     }
 }

@@ -217,6 +217,9 @@ pub enum IdentityError {
     /// In the registry but disabled.
     #[error("identity `{0}` is disabled")]
     Disabled(SpiffeId),
+    /// The attestation evidence itself was refused (the message says why).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl IdentityError {

@@ -1,11 +1,17 @@
 //! The broker's use cases: each one attests nothing and parses nothing (the
 //! gRPC edge did both), asks core for the decision, applies it to the store,
-//! and logs the outcome. Tokens and keys never reach a log line.
+//! and records the outcome in the audit trail. Tokens and keys never reach a
+//! log line or an audit record.
+//!
+//! Audit fails closed: a success is returned only once its record is written
+//! (a token whose record cannot be written is revoked again and never handed
+//! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::ErrorKind;
+use tessera_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
 use tessera_core::grant::{Grant, GrantId, GrantState, RandomError};
@@ -48,6 +54,25 @@ pub enum BrokerError {
     /// The random source failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// No audit record could be written, so the operation does not happen.
+    #[error("audit trail unavailable: {0}")]
+    Audit(String),
+}
+
+/// Where audit records go: the chained file log in production.
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Writes one record, durably per the sink's policy, within its time bound.
+    async fn record(&self, event: AuditEvent) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl AuditSink for crate::audit::AuditLog {
+    async fn record(&self, event: AuditEvent) -> Result<(), String> {
+        crate::audit::AuditLog::record(self, event)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl BrokerError {
@@ -62,6 +87,7 @@ impl BrokerError {
             Self::GrantNotFound(_) => ErrorKind::NotFound,
             Self::NotHolder(_) => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
+            Self::Audit(_) => ErrorKind::Unavailable,
         }
     }
 }
@@ -108,6 +134,17 @@ pub struct Broker {
     signer: SigningKey,
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
+    audit: Arc<dyn AuditSink>,
+}
+
+fn actor(who: &VerifiedIdentity) -> Actor {
+    let identity = who.identity();
+    let mut actor = Actor::new(identity.id.to_string());
+    actor.kind = Some(identity.kind.to_string());
+    actor.owner = Some(identity.owner.clone());
+    actor.attestation = Some("x509".into());
+    actor.evidence = Some(who.evidence().to_owned());
+    actor
 }
 
 impl std::fmt::Debug for Broker {
@@ -128,7 +165,8 @@ impl Broker {
         signer: SigningKey,
         clock: Arc<dyn Clock>,
         settings: BrokerSettings,
-    ) -> Result<Self, StoreError> {
+        audit: Arc<dyn AuditSink>,
+    ) -> Result<Self, BrokerError> {
         let key = PublishedKey {
             jwk: signer.public_jwk().clone(),
             published_at: clock.now(),
@@ -140,19 +178,87 @@ impl Broker {
             alg = signer.algorithm().as_jose(),
             "signing key published"
         );
-        Ok(Self {
+        let broker = Self {
             store,
             registry,
             catalog,
             signer,
             clock,
             settings,
+            audit,
+        };
+        let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
+        event.reason = Some(format!(
+            "kid {} ({})",
+            broker.signer.kid(),
+            broker.signer.algorithm().as_jose()
+        ));
+        // A failing sink must not stop the broker from serving keys and health;
+        // every operation that needs a record fails closed on its own.
+        if let Err(e) = broker.audit(event).await {
+            tracing::error!(error = %e, "audit sink failing at start; mints and revocations will fail until it recovers");
+        }
+        Ok(broker)
+    }
+
+    fn event(&self, kind: AuditKind, decision: Outcome, who: Option<&VerifiedIdentity>) -> AuditEvent {
+        let mut event = AuditEvent::new(kind, self.clock.now(), decision, self.settings.instance_id.clone());
+        event.who = who.map(actor);
+        event
+    }
+
+    async fn audit(&self, event: AuditEvent) -> Result<(), BrokerError> {
+        self.audit.record(event).await.map_err(|e| {
+            tracing::error!(error = %e, "audit record not written; failing the operation");
+            BrokerError::Audit(e)
         })
+    }
+
+    /// Audits a refusal, then returns it (UNAVAILABLE if it cannot be audited).
+    async fn refuse<T>(&self, mut event: AuditEvent, err: BrokerError) -> Result<T, BrokerError> {
+        event.reason = Some(err.to_string());
+        self.audit(event).await?;
+        Err(err)
+    }
+
+    /// Records a caller refused at attestation; returns the error to answer with.
+    pub async fn attestation_refused(
+        &self,
+        claimed: Option<&SpiffeId>,
+        evidence: Option<&str>,
+        reason: &str,
+    ) -> BrokerError {
+        let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
+        event.who = claimed.map(|id| {
+            let mut a = Actor::new(id.to_string());
+            a.attestation = Some("x509".into());
+            a.evidence = evidence.map(str::to_owned);
+            a
+        });
+        event.reason = Some(reason.to_owned());
+        match self.audit(event).await {
+            Ok(()) => BrokerError::Identity(IdentityError::Refused(reason.to_owned())),
+            Err(e) => e,
+        }
+    }
+
+    /// Fails unless `who` is an operator; a refusal is audited as `admin_denied`.
+    pub async fn require_operator(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
+        if let Err(e) = orchestration::require_role(who, Role::Operator) {
+            let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
+            event.reason = Some(format!("{rpc}: {e}"));
+            self.audit(event).await?;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Marks this replica's key as retiring: it stays in the JWKS until the
     /// last token it could have signed has expired.
-    pub async fn retire_key(&self) -> Result<(), StoreError> {
+    pub async fn retire_key(&self) -> Result<(), BrokerError> {
+        let mut event = self.event(AuditKind::KeyRetired, Outcome::Allow, None);
+        event.reason = Some(format!("kid {} retired at shutdown", self.signer.kid()));
+        self.audit(event).await?;
         let now = self.clock.now();
         let keep = self.settings.ttl.max.as_duration() + chrono::Duration::seconds(self.settings.leeway_secs);
         let key = PublishedKey {
@@ -160,7 +266,7 @@ impl Broker {
             published_at: now,
             not_after: Some(now + keep),
         };
-        self.store.publish_key(&key).await
+        Ok(self.store.publish_key(&key).await?)
     }
 
     /// The trust domain callers must belong to.
@@ -190,7 +296,8 @@ impl Broker {
             Some(id) => self.store.task(id).await?,
             None => None,
         };
-        let task = orchestration::start_task(
+        let requested = req.task_id.to_string();
+        let task = match orchestration::start_task(
             who,
             req,
             &self.registry,
@@ -198,8 +305,33 @@ impl Broker {
             parent.as_ref(),
             &self.settings.tasks,
             now,
-        )?;
+        ) {
+            Ok(task) => task,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
+                event.task_id = Some(requested);
+                return self.refuse(event, e.into()).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.store.create_task(&task).await?;
+        let mut event = self.event(AuditKind::TaskStarted, Outcome::Allow, Some(who));
+        event.task_id = Some(task.id.to_string());
+        event.scopes = task
+            .ceiling
+            .0
+            .iter()
+            .flat_map(|(aud, s)| s.iter().map(move |s| format!("{aud} {s}")))
+            .collect();
+        event.count = Some(task.agents.len() as u64);
+        if let Err(e) = self.audit(event).await {
+            // Unaudited, so it must not stand.
+            let _ = self
+                .store
+                .end_task(&task.id, TaskState::Revoked, "audit trail unavailable", now)
+                .await;
+            return Err(e);
+        }
         tracing::info!(
             event = "task_started",
             task_id = %task.id,
@@ -234,12 +366,26 @@ impl Broker {
         state: TaskState,
         reason: &str,
     ) -> Result<TaskEnded, BrokerError> {
+        if state == TaskState::Revoked {
+            self.require_operator(who, "RevokeTask").await?;
+        }
         let task = self.load_task(id).await?;
-        match state {
-            TaskState::Revoked => orchestration::require_role(who, Role::Operator)?,
-            _ => orchestration::may_end_task(who, &task)?,
+        if let Err(e) = orchestration::may_end_task(who, &task) {
+            let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
+            event.task_id = Some(id.to_string());
+            return self.refuse(event, e.into()).await;
         }
         let ended = self.store.end_task(id, state, reason, self.clock.now()).await?;
+        let kind = if state == TaskState::Revoked {
+            AuditKind::TaskRevoked
+        } else {
+            AuditKind::TaskCompleted
+        };
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.task_id = Some(id.to_string());
+        event.reason = Some(reason.to_owned());
+        event.count = Some(ended.grants_revoked);
+        self.audit(event).await?;
         tracing::info!(
             event = if state == TaskState::Revoked { "task_revoked" } else { "task_completed" },
             task_id = %id,
@@ -267,7 +413,12 @@ impl Broker {
                     reason = %e,
                     "token request denied"
                 );
-                return Err(e.into());
+                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+                event.task_id = Some(req.task_id.to_string());
+                event.audience = Some(req.audience.to_string());
+                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                return self.refuse(event, e.into()).await;
             }
         };
         let id = self.store.new_grant_id(&plan.task_id).await?;
@@ -308,6 +459,19 @@ impl Broker {
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
         self.store.record_grant(&grant, now).await?;
+        let mut event = self.event(AuditKind::TokenIssued, Outcome::Allow, Some(who));
+        event.task_id = Some(grant.task_id.to_string());
+        event.grant_id = Some(grant.id.to_string());
+        event.audience = Some(grant.audience.to_string());
+        event.scopes = grant.scopes.iter().map(ToString::to_string).collect();
+        event.class = Some(grant.class.to_string());
+        event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
+        event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        if let Err(e) = self.audit(event).await {
+            // INVARIANT: no token without its audit record: take the grant back.
+            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
+            return Err(e);
+        }
         tracing::info!(
             event = "token_issued",
             grant_id = %grant.id,
@@ -331,9 +495,13 @@ impl Broker {
             .await?
             .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
         if &grant.subject != who.id() {
-            return Err(BrokerError::NotHolder(who.id().to_string()));
+            let mut event = self.event(AuditKind::TokenReleased, Outcome::Deny, Some(who));
+            event.grant_id = Some(id.to_string());
+            event.task_id = Some(grant.task_id.to_string());
+            return self.refuse(event, BrokerError::NotHolder(who.id().to_string())).await;
         }
-        self.revoke(who, id, "released by holder").await
+        self.revoke(who, id, "released by holder", AuditKind::TokenReleased)
+            .await
     }
 
     /// RevokeGrant (operator).
@@ -343,11 +511,17 @@ impl Broker {
         id: &GrantId,
         reason: &str,
     ) -> Result<RevokeOutcome, BrokerError> {
-        orchestration::require_role(who, Role::Operator)?;
-        self.revoke(who, id, reason).await
+        self.require_operator(who, "RevokeGrant").await?;
+        self.revoke(who, id, reason, AuditKind::GrantRevoked).await
     }
 
-    async fn revoke(&self, who: &VerifiedIdentity, id: &GrantId, reason: &str) -> Result<RevokeOutcome, BrokerError> {
+    async fn revoke(
+        &self,
+        who: &VerifiedIdentity,
+        id: &GrantId,
+        reason: &str,
+        kind: AuditKind,
+    ) -> Result<RevokeOutcome, BrokerError> {
         let outcome = self
             .store
             .revoke_grant(id, reason, self.clock.now())
@@ -362,6 +536,12 @@ impl Broker {
             reason,
             "grant revoked"
         );
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.grant_id = Some(id.to_string());
+        event.task_id = Some(outcome.grant.task_id.to_string());
+        event.reason = Some(reason.to_owned());
+        event.count = Some(u64::from(outcome.revoked) + outcome.descendants_revoked);
+        self.audit(event).await?;
         Ok(outcome)
     }
 
@@ -377,7 +557,7 @@ impl Broker {
     /// is not live (malformed, forged, expired, revoked or unknown alike).
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
-        require_any_role(who, &[Role::Verifier, Role::Operator])?;
+        self.require_verifier(who, "Introspect").await?;
         let now = self.clock.now();
         let jwks = self.jwks().await?;
         let claims = match tessera_core::token::verify_access_token(
@@ -414,8 +594,18 @@ impl Broker {
         max: usize,
         wait: Duration,
     ) -> Result<FeedBatch, BrokerError> {
-        require_any_role(who, &[Role::Verifier, Role::Operator])?;
+        self.require_verifier(who, "WatchRevocations").await?;
         Ok(self.store.read_revocations(after, max, wait).await?)
+    }
+
+    async fn require_verifier(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
+        if let Err(e) = require_any_role(who, &[Role::Verifier, Role::Operator]) {
+            let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
+            event.reason = Some(format!("{rpc}: {e}"));
+            self.audit(event).await?;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// The current time on the broker's clock.

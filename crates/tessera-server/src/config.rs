@@ -107,6 +107,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The audit trail.
+    pub audit: crate::audit::AuditConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -199,6 +201,8 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    audit: RawAudit,
     #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
@@ -361,6 +365,36 @@ impl Default for RawLog {
 
 fn default_level() -> String {
     "info".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// JSON-lines audit file; relative paths resolve against the config file.
+    #[serde(default = "default_audit_file")]
+    file: PathBuf,
+    #[serde(default)]
+    fsync: crate::audit::FsyncPolicy,
+    #[serde(default = "default_audit_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            file: default_audit_file(),
+            fsync: crate::audit::FsyncPolicy::default(),
+            timeout: default_audit_timeout(),
+        }
+    }
+}
+
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("audit.jsonl")
+}
+
+fn default_audit_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Deserialize)]
@@ -649,6 +683,9 @@ impl RawConfig {
         }
 
         let store = self.store.validate(max, t.leeway, max_task)?;
+        if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
+            return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
+        }
 
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
@@ -725,6 +762,11 @@ impl RawConfig {
             tasks: TasksConfig { max_duration: max_task },
             store,
             log: LogConfig { level: self.log.level },
+            audit: crate::audit::AuditConfig {
+                file: resolve(base, self.audit.file),
+                fsync: self.audit.fsync,
+                timeout: self.audit.timeout,
+            },
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })

@@ -7,6 +7,7 @@
 //! so tests run the real server on `127.0.0.1:0`. Nothing here logs a token
 //! or a private key.
 
+pub mod audit;
 pub mod broker;
 pub mod config;
 pub mod convert;
@@ -50,6 +51,12 @@ pub enum ServeError {
     /// The store could not be reached at start.
     #[error("store unavailable at start: {0}")]
     Store(#[from] StoreError),
+    /// The audit trail could not be opened.
+    #[error("config key `audit.file`: {0}")]
+    Audit(String),
+    /// The broker could not start (its key could not be published or audited).
+    #[error("broker could not start: {0}")]
+    Start(String),
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -131,6 +138,9 @@ pub async fn serve(
         },
         leeway_secs: config.tokens.leeway_secs,
     };
+    let audit = crate::audit::AuditLog::open(config.audit.clone())
+        .await
+        .map_err(|e| ServeError::Audit(format!("`{}`: {e}", config.audit.file.display())))?;
     let broker = Arc::new(
         Broker::start(
             store,
@@ -139,8 +149,10 @@ pub async fn serve(
             signer,
             clock,
             settings,
+            Arc::new(audit),
         )
-        .await?,
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?,
     );
     let shared = Shared {
         broker: broker.clone(),

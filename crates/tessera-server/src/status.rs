@@ -32,7 +32,12 @@ pub fn from_broker(e: BrokerError) -> Status {
         }
         ErrorKind::Unavailable => {
             tracing::warn!(error = %e, "dependency unavailable");
-            Status::unavailable("state store unavailable; retry later")
+            let what = if matches!(e, BrokerError::Audit(_)) {
+                "audit trail"
+            } else {
+                "state store"
+            };
+            Status::unavailable(format!("{what} unavailable; retry later"))
         }
         _ => Status::new(code(kind), e.to_string()),
     }

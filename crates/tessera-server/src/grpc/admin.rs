@@ -14,7 +14,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "ListGrants")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("ListGrants", "arrives with the operator tooling"))
     }
 
@@ -22,7 +26,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeGrantRequest>,
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
-        let who = caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
         let id = convert::grant_id("grant_id", &req.get_ref().grant_id)?;
         let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
         let outcome = self
@@ -40,7 +44,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeTaskRequest>,
     ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
-        let who = caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
         let ended = self
@@ -59,12 +63,20 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeIdentityRequest>,
     ) -> Result<Response<pb::RevokeIdentityResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "RevokeIdentity")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("RevokeIdentity", "arrives with the operator tooling"))
     }
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "RevokeAll")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("RevokeAll", "arrives with the operator tooling"))
     }
 
@@ -72,7 +84,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "ListApprovals")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("ListApprovals", "approvals arrive with policy-as-code"))
     }
 
@@ -80,7 +96,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "DecideApproval")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("DecideApproval", "approvals arrive with policy-as-code"))
     }
 
@@ -88,7 +108,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::BlastRadiusRequest>,
     ) -> Result<Response<pb::BlastRadiusResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "BlastRadius")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("BlastRadius", "arrives with the operator tooling"))
     }
 
@@ -96,7 +120,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "RotateSigningKey")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet(
             "RotateSigningKey",
             "key rotation arrives with the operator tooling",
@@ -107,7 +135,11 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
-        caller(&self.broker, &req)?;
+        let who = caller(&self.broker, &req).await?;
+        self.broker
+            .require_operator(&who, "ReloadPolicy")
+            .await
+            .map_err(status::from_broker)?;
         Err(not_yet("ReloadPolicy", "arrives with policy-as-code"))
     }
 }

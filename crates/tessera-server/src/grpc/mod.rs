@@ -15,22 +15,35 @@ use crate::broker::Broker;
 use crate::status;
 use crate::tls;
 
-/// Attests the caller of `req` from its verified client certificate.
-pub(crate) fn caller<T>(broker: &Broker, req: &Request<T>) -> Result<VerifiedIdentity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let svid = tls::peer_svid(leaf, broker.trust_domain()).map_err(|e| {
-        tracing::info!(event = "attestation_refused", reason = %e, "caller refused");
-        Status::unauthenticated(e.to_string())
-    })?;
-    broker.attest(&svid.id, svid.evidence).map_err(|e| {
-        tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "caller refused");
-        status::from_broker(e)
-    })
+/// Attests the caller of `req` from its verified client certificate. A
+/// refusal is audited (and answers UNAVAILABLE if it cannot be).
+pub(crate) async fn caller<T>(broker: &Broker, req: &Request<T>) -> Result<VerifiedIdentity, Status> {
+    let leaf = req.peer_certs().and_then(|certs| certs.first().cloned());
+    let Some(leaf) = leaf else {
+        return Err(status::from_broker(
+            broker.attestation_refused(None, None, "no client certificate").await,
+        ));
+    };
+    let svid = match tls::peer_svid(&leaf, broker.trust_domain()) {
+        Ok(svid) => svid,
+        Err(e) => {
+            tracing::info!(event = "attestation_refused", reason = %e, "caller refused");
+            return Err(status::from_broker(
+                broker.attestation_refused(None, None, &e.to_string()).await,
+            ));
+        }
+    };
+    match broker.attest(&svid.id, svid.evidence.clone()) {
+        Ok(who) => Ok(who),
+        Err(e) => {
+            tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "caller refused");
+            Err(status::from_broker(
+                broker
+                    .attestation_refused(Some(&svid.id), Some(&svid.evidence), &e.to_string())
+                    .await,
+            ))
+        }
+    }
 }
 
 /// State shared by the service handlers.
