@@ -427,3 +427,43 @@ async fn unimplemented_rpcs_say_so() {
     let status = code(admin.blast_radius(pb::BlastRadiusRequest { target: None }).await);
     expect(status, Code::Unimplemented, "BlastRadius");
 }
+
+#[tokio::test]
+async fn one_identity_bursting_is_limited_and_others_are_not() {
+    let broker = Broker::start_with(&[
+        ("TESSERA_SERVER__PER_IDENTITY_RPS", "1"),
+        ("TESSERA_SERVER__PER_IDENTITY_BURST", "5"),
+    ]);
+    let mut o = broker.orchestrator().await;
+    o.start_task(start_request(
+        "burst",
+        &["researcher", "writer"],
+        &["crm.contacts.read"],
+        600,
+    ))
+    .await
+    .unwrap();
+    let mut researcher = broker.agent("researcher").await;
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(s) = researcher
+            .request_token(token_request("burst", &["crm.contacts.read"], None))
+            .await
+        {
+            refused = Some(s);
+            break;
+        }
+    }
+    let status = refused.expect("a burst of 20 within a 5-call bucket was never limited");
+    expect(
+        status,
+        Code::ResourceExhausted,
+        "rate limit for `spiffe://tessera.local/agent/researcher`",
+    );
+    // Another identity is unaffected.
+    issue(
+        &mut broker.agent("writer").await,
+        token_request("burst", &["crm.contacts.read"], None),
+    )
+    .await;
+}

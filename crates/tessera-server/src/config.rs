@@ -134,6 +134,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How often a quiet revocation feed sends a heartbeat.
     pub heartbeat_interval: Duration,
+    /// Sustained calls per second allowed to one identity (0: no limit).
+    pub per_identity_rps: u32,
+    /// Burst of calls allowed to one identity.
+    pub per_identity_burst: u32,
 }
 
 /// `[tls]`.
@@ -227,6 +231,17 @@ struct RawServer {
     request_timeout: Duration,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     heartbeat_interval: Duration,
+    #[serde(default = "default_rps")]
+    per_identity_rps: u32,
+    #[serde(default = "default_burst")]
+    per_identity_burst: u32,
+}
+
+fn default_rps() -> u32 {
+    1000
+}
+fn default_burst() -> u32 {
+    2000
 }
 
 fn default_instance_id() -> String {
@@ -637,6 +652,12 @@ impl RawConfig {
             }
         }
 
+        if s.per_identity_burst > 0 && s.per_identity_burst < s.per_identity_rps {
+            return Err(key_error(
+                "server.per_identity_burst",
+                "must be at least server.per_identity_rps",
+            ));
+        }
         let td = &self.tls.trust_domain;
         if SpiffeId::parse(&format!("spiffe://{td}")).is_err() {
             return Err(key_error(
@@ -745,6 +766,8 @@ impl RawConfig {
                 handshake_timeout: s.handshake_timeout,
                 request_timeout: s.request_timeout,
                 heartbeat_interval: s.heartbeat_interval,
+                per_identity_rps: s.per_identity_rps,
+                per_identity_burst: s.per_identity_burst,
             },
             tls: TlsConfig {
                 cert: resolve(base, self.tls.cert),

@@ -157,6 +157,10 @@ pub async fn serve(
     let shared = Shared {
         broker: broker.clone(),
         heartbeat: config.server.heartbeat_interval,
+        limiter: Arc::new(grpc::limits::IdentityLimiter::new(
+            config.server.per_identity_rps,
+            config.server.per_identity_burst,
+        )),
     };
 
     let max = config.server.max_message_bytes;

@@ -5,7 +5,7 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, caller, not_yet};
+use super::{Shared, not_yet};
 use crate::{convert, status};
 
 #[tonic::async_trait]
@@ -14,7 +14,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "ListGrants")
             .await
@@ -26,7 +26,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeGrantRequest>,
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let id = convert::grant_id("grant_id", &req.get_ref().grant_id)?;
         let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
         let outcome = self
@@ -44,7 +44,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeTaskRequest>,
     ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let reason = convert::reason("reason", &req.get_ref().reason, "revoked by operator")?;
         let ended = self
@@ -63,7 +63,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RevokeIdentityRequest>,
     ) -> Result<Response<pb::RevokeIdentityResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "RevokeIdentity")
             .await
@@ -72,7 +72,7 @@ impl AdminService for Shared {
     }
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "RevokeAll")
             .await
@@ -84,7 +84,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "ListApprovals")
             .await
@@ -96,7 +96,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "DecideApproval")
             .await
@@ -108,7 +108,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::BlastRadiusRequest>,
     ) -> Result<Response<pb::BlastRadiusResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "BlastRadius")
             .await
@@ -120,7 +120,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "RotateSigningKey")
             .await
@@ -135,7 +135,7 @@ impl AdminService for Shared {
         &self,
         req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         self.broker
             .require_operator(&who, "ReloadPolicy")
             .await

@@ -7,7 +7,7 @@ use tessera_proto::v1::agent_service_server::AgentService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, caller, not_yet};
+use super::{Shared, not_yet};
 use crate::{convert, status};
 
 #[tonic::async_trait]
@@ -16,7 +16,7 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::RequestTokenRequest>,
     ) -> Result<Response<pb::RequestTokenResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let request = convert::token_request(req.get_ref())?;
         let issued = self
             .broker
@@ -34,7 +34,7 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::AwaitApprovalRequest>,
     ) -> Result<Response<Self::AwaitApprovalStream>, Status> {
-        caller(&self.broker, &req).await?;
+        self.caller(&req).await?;
         Err(not_yet("AwaitApproval", "approvals arrive with policy-as-code"))
     }
 
@@ -42,7 +42,7 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::DelegateTokenRequest>,
     ) -> Result<Response<pb::IssuedToken>, Status> {
-        caller(&self.broker, &req).await?;
+        self.caller(&req).await?;
         Err(not_yet("DelegateToken", "delegation arrives with proof-of-possession"))
     }
 
@@ -50,7 +50,7 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::ReleaseTokenRequest>,
     ) -> Result<Response<pb::ReleaseTokenResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let id = match &req.get_ref().target {
             Some(pb::release_token_request::Target::GrantId(id)) => convert::grant_id("grant_id", id)?,
             Some(pb::release_token_request::Target::Token(_)) => {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod limits;
 pub mod orchestrator;
 pub mod verifier;
 
@@ -51,6 +52,16 @@ pub(crate) async fn caller<T>(broker: &Broker, req: &Request<T>) -> Result<Verif
 pub struct Shared {
     pub(crate) broker: Arc<Broker>,
     pub(crate) heartbeat: std::time::Duration,
+    pub(crate) limiter: Arc<limits::IdentityLimiter>,
+}
+
+impl Shared {
+    /// Attests the caller, then applies its rate limit.
+    pub(crate) async fn caller<T>(&self, req: &Request<T>) -> Result<VerifiedIdentity, Status> {
+        let who = caller(&self.broker, req).await?;
+        self.limiter.check(who.id())?;
+        Ok(who)
+    }
 }
 
 /// UNIMPLEMENTED for an RPC whose behaviour arrives with a later issue.

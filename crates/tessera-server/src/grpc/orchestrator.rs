@@ -6,13 +6,13 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::orchestrator_service_server::OrchestratorService;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, caller};
+use super::Shared;
 use crate::{convert, status};
 
 #[tonic::async_trait]
 impl OrchestratorService for Shared {
     async fn start_task(&self, req: Request<pb::StartTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let mut generated = None;
         let start = convert::start_task(req.into_inner(), || {
             let id = random_id().map(|r| format!("task-{r}"));
@@ -31,7 +31,7 @@ impl OrchestratorService for Shared {
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let reason = convert::reason("reason", &req.get_ref().reason, "task completed")?;
         let ended = self
@@ -47,7 +47,7 @@ impl OrchestratorService for Shared {
     }
 
     async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let (task, live) = self.broker.get_task(&who, &id).await.map_err(status::from_broker)?;
         Ok(Response::new(convert::task(&task, self.broker.now(), live)))

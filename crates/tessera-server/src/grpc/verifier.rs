@@ -8,7 +8,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, caller};
+use super::Shared;
 use crate::{convert, status};
 
 /// Most events sent per feed read.
@@ -27,7 +27,7 @@ impl VerifierService for Shared {
         &self,
         req: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         convert::token("token", &req.get_ref().token)?;
         let claims = self
             .broker
@@ -43,7 +43,7 @@ impl VerifierService for Shared {
         &self,
         req: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let who = caller(&self.broker, &req).await?;
+        let who = self.caller(&req).await?;
         let after = convert::position("after", &req.get_ref().after)?;
         // Resolve the starting point now so a bad or lost position fails the call itself.
         let first = self
