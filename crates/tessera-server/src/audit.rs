@@ -6,6 +6,14 @@
 //! hangs (a pipe nobody reads) makes the call fail with an error of kind
 //! [`ErrorKind::Unavailable`], and the operation it records must fail too.
 //!
+//! The writer commits in groups: it takes every record already queued (up
+//! to [`BATCH_RECORDS`], or until [`BATCH_BYTES`] are sealed), seals them in
+//! order, appends them with one write and one sync, then answers all their
+//! callers. Under concurrency a sync covers many records, so throughput is
+//! not bounded by the sync latency; a lone record is still written at once.
+//! A batch stands or falls as a whole: if its write or sync fails, every
+//! caller in it gets the error.
+//!
 //! The chain only moves past a record once the record is in the file: a
 //! record that failed is not counted, and a part of it left in a regular file
 //! is cut off before the next one, so `tessera audit verify` never sees a
@@ -34,6 +42,13 @@ use tokio::sync::{mpsc, oneshot};
 /// here (and time out) instead of piling up memory.
 const QUEUE: usize = 256;
 
+/// The most queued jobs one batch (one write, one sync) takes.
+const BATCH_RECORDS: usize = 256;
+
+/// A batch takes no more jobs once its sealed lines reach this many bytes
+/// (so it may pass it by one record).
+const BATCH_BYTES: usize = 1024 * 1024;
+
 /// The first read size when looking for the last line of an existing file.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
@@ -41,8 +56,9 @@ const TAIL_CHUNK: u64 = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
-    /// After every record, before the caller hears it is written: a crash
-    /// loses no record of an operation that went through.
+    /// After every write, before any caller whose record it carries hears
+    /// it is written: a crash loses no record of an operation that went
+    /// through. Records queued together share one write and one sync.
     #[default]
     Always,
     /// Never: the OS writes back when it likes. Faster, but a crash of the
@@ -124,6 +140,8 @@ pub struct AuditLog {
     timeout: Duration,
     jobs: mpsc::Sender<Job>,
     failures: AtomicU64,
+    /// Syncs the writer asked for; shared with it.
+    syncs: Arc<AtomicU64>,
 }
 
 /// One event for the writer, and where to send its outcome.
@@ -158,24 +176,40 @@ impl AuditLog {
             next_seq = opened.chain.next_seq(),
             "audit trail open"
         );
+        let (log, writer, queue) = Self::start(file, timeout, opened, fsync);
+        tokio::spawn(writer.run(queue));
+        Ok(log)
+    }
+
+    /// The log over an opened file, and its writer, not yet running.
+    fn start(
+        file: PathBuf,
+        timeout: Duration,
+        opened: Opened,
+        fsync: FsyncPolicy,
+    ) -> (Self, Writer, mpsc::Receiver<Job>) {
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let syncs = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             file: Arc::new(opened.file),
             path: file.clone(),
             chain: opened.chain,
             end: opened.end,
             fsync,
+            syncs: Arc::clone(&syncs),
         };
-        tokio::spawn(writer.run(queue));
-        Ok(Self {
+        let log = Self {
             file,
             timeout,
             jobs,
             failures: AtomicU64::new(0),
-        })
+            syncs,
+        };
+        (log, writer, queue)
     }
 
-    /// Seals `event` into the chain and appends it, synced per the policy.
+    /// Seals `event` into the chain and appends it, synced per the policy
+    /// (with whatever other records were queued alongside it).
     /// `Ok` means the record is in the file; on any error the operation it
     /// records must fail (fail closed).
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
@@ -201,6 +235,14 @@ impl AuditLog {
     /// How many records failed (errors and timeouts) since the log opened.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// How many times the file was synced (`fsync` calls, failed ones
+    /// included) since the log opened: one per batch of records under
+    /// [`FsyncPolicy::Always`], none under [`FsyncPolicy::Never`] or for a
+    /// pipe or device.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// The audit file.
@@ -323,78 +365,143 @@ struct Writer {
     chain: Chain,
     end: Option<End>,
     fsync: FsyncPolicy,
+    syncs: Arc<AtomicU64>,
+}
+
+/// Records sealed for one write, on a copy of the chain, and their callers.
+struct Batch {
+    /// The chain past the batch's last record; kept only once it is written.
+    chain: Chain,
+    /// The batch's lines, in chain order, each ending with a newline.
+    lines: Vec<u8>,
+    replies: Vec<oneshot::Sender<Result<(), AuditError>>>,
 }
 
 impl Writer {
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.recv().await {
-            if job.reply.is_closed() {
-                // The caller timed out while this waited: its operation
-                // failed, so there is nothing to record.
+        while let Some(first) = jobs.recv().await {
+            let batch = self.collect(first, &mut jobs);
+            if batch.replies.is_empty() {
                 continue;
             }
-            let written = self.write(job.event).await;
-            let _ = job.reply.send(written);
+            let written = self.write(batch.lines, batch.chain).await;
+            match written {
+                Ok(()) => {
+                    for reply in batch.replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(source) => {
+                    for reply in batch.replies {
+                        let _ = reply.send(Err(AuditError::Io {
+                            file: self.path.clone(),
+                            op: "append to",
+                            source: duplicate(&source),
+                        }));
+                    }
+                }
+            }
         }
     }
 
-    async fn write(&mut self, event: AuditEvent) -> Result<(), AuditError> {
-        // Sealed on a copy: the chain moves only once the record is written.
-        let mut next = self.chain.clone();
-        let mut line = next.seal(event).to_line().into_bytes();
-        line.push(b'\n');
+    /// Seals `first` and whatever else is already queued, up to the batch
+    /// bounds, in queue order on a copy of the chain.
+    fn collect(&self, first: Job, jobs: &mut mpsc::Receiver<Job>) -> Batch {
+        let mut batch = Batch {
+            chain: self.chain.clone(),
+            lines: Vec::new(),
+            replies: Vec::new(),
+        };
+        let mut next = Some(first);
+        let mut taken = 0_usize;
+        while let Some(Job { event, reply }) = next.take() {
+            taken = taken.saturating_add(1);
+            // A caller that timed out while this waited is skipped: its
+            // operation failed, so there is nothing to record.
+            if !reply.is_closed() {
+                batch
+                    .lines
+                    .extend_from_slice(batch.chain.seal(event).to_line().as_bytes());
+                batch.lines.push(b'\n');
+                batch.replies.push(reply);
+            }
+            if taken < BATCH_RECORDS && batch.lines.len() < BATCH_BYTES {
+                next = jobs.try_recv().ok();
+            }
+        }
+        batch
+    }
+
+    /// Appends a batch's `lines`; once they are in the file (and synced,
+    /// per the policy) the chain moves to `next`, past them.
+    async fn write(&mut self, lines: Vec<u8>, next: Chain) -> io::Result<()> {
         let file = Arc::clone(&self.file);
+        let syncs = Arc::clone(&self.syncs);
         let (end, fsync) = (self.end, self.fsync);
         // Blocking I/O off the runtime: a hung file holds one blocking
         // thread, and callers still time out.
-        let appended = tokio::task::spawn_blocking(move || append(&file, &line, end, fsync)).await;
-        let source = match appended {
+        let appended = tokio::task::spawn_blocking(move || append(&file, &lines, end, fsync, &syncs)).await;
+        match appended {
             Ok((end, Ok(()))) => {
                 self.end = end;
                 self.chain = next;
-                return Ok(());
+                Ok(())
             }
             Ok((end, Err(source))) => {
                 self.end = end;
-                source
+                Err(source)
             }
             Err(join) => {
                 if let Some(end) = &mut self.end {
                     end.dirty = true;
                 }
-                io::Error::other(join.to_string())
+                Err(io::Error::other(join.to_string()))
             }
-        };
-        Err(AuditError::Io {
-            file: self.path.clone(),
-            op: "append to",
-            source,
-        })
+        }
     }
 }
 
-/// Appends one line, synced per `fsync`; returns where the file now ends.
-fn append(file: &File, line: &[u8], end: Option<End>, fsync: FsyncPolicy) -> (Option<End>, io::Result<()>) {
+/// The same error again, for another caller of a failed batch.
+fn duplicate(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Appends whole lines (one record or a batch) with one write, synced per
+/// `fsync` with one sync (counted in `syncs`); returns where the file now
+/// ends.
+fn append(
+    file: &File,
+    lines: &[u8],
+    end: Option<End>,
+    fsync: FsyncPolicy,
+    syncs: &AtomicU64,
+) -> (Option<End>, io::Result<()>) {
     let mut out = file;
     let Some(mut end) = end else {
         // A pipe or a device: nothing to cut back, nothing to sync.
-        return (None, out.write_all(line));
+        return (None, out.write_all(lines));
     };
     if let Err(e) = settle(file, &mut end) {
         return (Some(end), Err(e));
     }
-    let written = out.write_all(line).and_then(|()| match fsync {
-        FsyncPolicy::Always => file.sync_data(),
+    let written = out.write_all(lines).and_then(|()| match fsync {
+        FsyncPolicy::Always => {
+            syncs.fetch_add(1, Ordering::Relaxed);
+            file.sync_data()
+        }
         FsyncPolicy::Never => Ok(()),
     });
     match written {
         Ok(()) => {
-            end.len = end.len.saturating_add(line.len() as u64);
+            end.len = end.len.saturating_add(lines.len() as u64);
             (Some(end), Ok(()))
         }
         Err(e) => {
-            // Cut off what part of the line made it (or the whole unsynced
-            // line), so the file ends with our last whole record.
+            // Cut off what part of the batch made it (or the whole unsynced
+            // batch), so the file ends with our last whole record.
             end.dirty = file.set_len(end.len).is_err();
             (Some(end), Err(e))
         }
@@ -522,6 +629,103 @@ mod tests {
         assert_eq!(verify_file(&path).records, 64);
     }
 
+    /// A log over `path` whose writer has not started, so records queue up.
+    fn stopped_writer(path: &Path, fsync: FsyncPolicy) -> (AuditLog, Writer, mpsc::Receiver<Job>) {
+        AuditLog::start(
+            path.to_owned(),
+            Duration::from_secs(30),
+            open_file(path).unwrap(),
+            fsync,
+        )
+    }
+
+    /// Waits until `n` jobs are queued for the writer.
+    async fn queued(log: &AuditLog, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while log.jobs.capacity() > QUEUE - n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_records_share_one_write_and_one_sync() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let (log, writer, queue) = stopped_writer(&path, FsyncPolicy::Always);
+        let log = Arc::new(log);
+        let callers: Vec<_> = (0..200)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.record(event(i)).await })
+            })
+            .collect();
+        // All 200 wait in the queue before the writer starts, so how they
+        // are batched does not depend on timing: one batch takes them all.
+        queued(&log, 200).await;
+        assert_eq!(log.syncs(), 0);
+        tokio::spawn(writer.run(queue));
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+        assert_eq!(verify_file(&path).records, 200);
+        assert_eq!(log.failures(), 0);
+        assert_eq!(log.syncs(), 1);
+        // A lone record afterwards gets its own sync.
+        log.record(event(200)).await.unwrap();
+        assert_eq!(log.syncs(), 2);
+        assert_eq!(verify_file(&path).records, 201);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_byte_bound() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let (log, writer, queue) = stopped_writer(&path, FsyncPolicy::Always);
+        let log = Arc::new(log);
+        let callers: Vec<_> = (0..20)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                let mut big = event(i);
+                big.reason = Some("x".repeat(100_000));
+                tokio::spawn(async move { log.record(big).await })
+            })
+            .collect();
+        queued(&log, 20).await;
+        tokio::spawn(writer.run(queue));
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+        assert_eq!(verify_file(&path).records, 20);
+        // 11 lines of ~100 kB pass 1 MiB; the other 9 make a second batch.
+        assert_eq!(log.syncs(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_is_skipped_within_a_batch() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let (log, writer, queue) = stopped_writer(&path, FsyncPolicy::Always);
+        let mut answers = Vec::new();
+        for i in 1..=3 {
+            let (reply, answer) = oneshot::channel();
+            log.jobs.send(Job { event: event(i), reply }).await.unwrap();
+            answers.push(answer);
+        }
+        // The second caller's deadline passed while its record waited.
+        drop(answers.remove(1));
+        tokio::spawn(writer.run(queue));
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(verify(text.lines()).unwrap().records, 2);
+        assert!(!text.contains("task-2"), "{text}");
+        assert_eq!(log.syncs(), 1);
+    }
+
     #[tokio::test]
     async fn reopening_continues_the_chain() {
         let dir = TempDir::new();
@@ -623,6 +827,7 @@ mod tests {
             second.as_bytes(),
             Some(End { len, dirty: true }),
             FsyncPolicy::Always,
+            &AtomicU64::new(0),
         );
         written.unwrap();
         let end = end.unwrap();
@@ -632,12 +837,92 @@ mod tests {
     }
 
     #[test]
+    fn a_part_line_left_by_a_failed_write_is_cut_before_the_next_batch() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let first = format!("{}\n", chain.seal(event(1)).to_line());
+        let len = first.len() as u64;
+        // A failed batch may leave whole lines and then a part of one.
+        let mut failed = chain.clone();
+        let left = format!("{}\n{{\"seq\":3,\"pr", failed.seal(event(2)).to_line());
+        std::fs::write(&path, format!("{first}{left}")).unwrap();
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let batch: String = (2..=4)
+            .map(|i| format!("{}\n", chain.seal(event(i * 10)).to_line()))
+            .collect();
+        let syncs = AtomicU64::new(0);
+        let (end, written) = append(
+            &file,
+            batch.as_bytes(),
+            Some(End { len, dirty: true }),
+            FsyncPolicy::Always,
+            &syncs,
+        );
+        written.unwrap();
+        let end = end.unwrap();
+        assert!(!end.dirty);
+        assert_eq!(end.len, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(verify_file(&path).records, 4);
+        assert_eq!(syncs.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_the_file_to_be_cut_back() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let first = format!("{}\n", chain.seal(event(1)).to_line());
+        std::fs::write(&path, &first).unwrap();
+        let end = Some(End {
+            len: first.len() as u64,
+            dirty: false,
+        });
+        let batch: String = (2..=3)
+            .map(|i| format!("{}\n", chain.seal(event(i)).to_line()))
+            .collect();
+        // Read-only: the write fails, and so does cutting back.
+        let read_only = File::open(&path).unwrap();
+        let (end, written) = append(
+            &read_only,
+            batch.as_bytes(),
+            end,
+            FsyncPolicy::Always,
+            &AtomicU64::new(0),
+        );
+        written.unwrap_err();
+        let end = end.unwrap();
+        assert!(end.dirty);
+        // Were anything left after our last record, the next write cuts it.
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        (&file).write_all(b"{\"seq\":2,\"pr").unwrap();
+        let (end, written) = append(
+            &file,
+            batch.as_bytes(),
+            Some(end),
+            FsyncPolicy::Always,
+            &AtomicU64::new(0),
+        );
+        written.unwrap();
+        assert!(!end.unwrap().dirty);
+        assert_eq!(verify_file(&path).records, 3);
+    }
+
+    #[test]
     fn bytes_another_writer_appended_are_kept() {
         let dir = TempDir::new();
         let path = dir.join("audit.jsonl");
         std::fs::write(&path, "not ours\n").unwrap();
         let file = OpenOptions::new().append(true).open(&path).unwrap();
-        let (end, written) = append(&file, b"ours\n", Some(End { len: 0, dirty: false }), FsyncPolicy::Never);
+        let syncs = AtomicU64::new(0);
+        let (end, written) = append(
+            &file,
+            b"ours\n",
+            Some(End { len: 0, dirty: false }),
+            FsyncPolicy::Never,
+            &syncs,
+        );
+        assert_eq!(syncs.load(Ordering::Relaxed), 0);
         written.unwrap();
         assert_eq!(end.unwrap().len, 14);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not ours\nours\n");
