@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::command::{audit, completions, dev, grant, introspect, revocations, task, token};
+use crate::command::{audit, completions, dev, grant, identity, introspect, revocations, task, token};
 use crate::output::OutputFormat;
 
 /// Tessera: short-lived, task-scoped credentials for agents.
@@ -86,9 +86,12 @@ pub(crate) enum Command {
     /// Request a token, or decode and verify one.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Revoke grants (issued tokens).
-    #[command(subcommand)]
+    /// List live grants and revoke them (issued tokens); also `grants`.
+    #[command(subcommand, visible_alias = "grants")]
     Grant(grant::GrantCommand),
+    /// Revoke every grant of an identity (offboarding).
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Ask the broker whether a token is live (RFC 7662 style).
     Introspect(introspect::IntrospectArgs),
     /// Print the broker's public keys (JWK Set).

@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod completions;
 pub(crate) mod dev;
 pub(crate) mod grant;
+pub(crate) mod identity;
 pub(crate) mod introspect;
 pub(crate) mod jwks;
 pub(crate) mod revocations;
@@ -26,6 +27,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(cmd) => task::run(&global, cmd).await,
         Command::Token(cmd) => token::run(&global, cmd).await,
         Command::Grant(cmd) => grant::run(&global, cmd).await,
+        Command::Identity(cmd) => identity::run(&global, cmd).await,
         Command::Introspect(args) => introspect::run(&global, args).await,
         Command::Jwks => jwks::run(&global).await,
         Command::Revocations(cmd) => revocations::run(&global, cmd).await,

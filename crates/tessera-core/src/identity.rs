@@ -257,6 +257,15 @@ impl IdentityRegistry {
         self.by_id.contains_key(id)
     }
 
+    /// The registered identities (enabled or not) whose owner is `owner`.
+    pub fn owned_by(&self, owner: &str) -> BTreeSet<SpiffeId> {
+        self.by_id
+            .values()
+            .filter(|i| i.owner == owner)
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
     /// Number of registered identities.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -21,7 +21,9 @@ use tessera_core::orchestration::{self, OrchestrationError, StartTask, TaskLimit
 use tessera_core::task::{Task, TaskError, TaskId, TaskState};
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims, Jwks, JwsError, KeyError, SigningKey};
 use tessera_core::ttl::TtlLimits;
-use tessera_store::{FeedBatch, FeedPosition, GrantStore, PublishedKey, RevokeOutcome, StoreError, TaskEnded};
+use tessera_store::{
+    FeedBatch, FeedPosition, GrantFilter, GrantPage, GrantStore, PublishedKey, RevokeOutcome, StoreError, TaskEnded,
+};
 
 /// Why a broker operation failed. [`BrokerError::kind`] decides the status code.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,9 @@ pub enum BrokerError {
     /// The random source failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// The identity named by an operator is not registered.
+    #[error("identity `{0}` is not registered")]
+    UnknownIdentity(SpiffeId),
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
@@ -84,12 +89,25 @@ impl BrokerError {
             Self::Orchestration(e) => e.kind(),
             Self::Task(e) => e.kind(),
             Self::Store(e) => e.kind(),
-            Self::GrantNotFound(_) => ErrorKind::NotFound,
+            Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
             Self::NotHolder(_) => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
             Self::Audit(_) => ErrorKind::Unavailable,
         }
     }
+}
+
+/// A ListGrants query, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantQuery {
+    /// Filters the store applies.
+    pub filter: GrantFilter,
+    /// Only grants of identities whose registry owner is this.
+    pub owner: Option<String>,
+    /// Continue after this cursor (a `next_page_token`).
+    pub page_token: Option<String>,
+    /// Most grants to return (1..=1000).
+    pub page_size: usize,
 }
 
 /// A minted token and its record. `token` is a secret: `Debug` redacts it.
@@ -131,7 +149,10 @@ pub struct Broker {
     store: Arc<dyn GrantStore>,
     registry: IdentityRegistry,
     catalog: ApiCatalog,
-    signer: SigningKey,
+    /// The current signing key; replaced whole by a rotation.
+    signer: std::sync::RwLock<Arc<SigningKey>>,
+    /// Serializes rotations.
+    rotating: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     audit: Arc<dyn AuditSink>,
@@ -150,7 +171,7 @@ fn actor(who: &VerifiedIdentity) -> Actor {
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("signer", &self.signer)
+            .field("signer", &self.signer())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -182,17 +203,15 @@ impl Broker {
             store,
             registry,
             catalog,
-            signer,
+            signer: std::sync::RwLock::new(Arc::new(signer)),
+            rotating: tokio::sync::Mutex::new(()),
             clock,
             settings,
             audit,
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
-        event.reason = Some(format!(
-            "kid {} ({})",
-            broker.signer.kid(),
-            broker.signer.algorithm().as_jose()
-        ));
+        let signer = broker.signer();
+        event.reason = Some(format!("kid {} ({})", signer.kid(), signer.algorithm().as_jose()));
         // A failing sink must not stop the broker from serving keys and health;
         // every operation that needs a record fails closed on its own.
         if let Err(e) = broker.audit(event).await {
@@ -256,17 +275,61 @@ impl Broker {
     /// Marks this replica's key as retiring: it stays in the JWKS until the
     /// last token it could have signed has expired.
     pub async fn retire_key(&self) -> Result<(), BrokerError> {
-        let mut event = self.event(AuditKind::KeyRetired, Outcome::Allow, None);
-        event.reason = Some(format!("kid {} retired at shutdown", self.signer.kid()));
-        self.audit(event).await?;
+        let signer = self.signer();
+        self.retire(&signer, None, "retired at shutdown").await
+    }
+
+    /// The key signing now.
+    fn signer(&self) -> Arc<SigningKey> {
+        self.signer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps `key` in the JWKS until the last token it could have signed has
+    /// expired (max TTL plus leeway), then lets it go.
+    async fn retire(&self, key: &SigningKey, who: Option<&VerifiedIdentity>, why: &str) -> Result<(), BrokerError> {
         let now = self.clock.now();
         let keep = self.settings.ttl.max.as_duration() + chrono::Duration::seconds(self.settings.leeway_secs);
-        let key = PublishedKey {
-            jwk: self.signer.public_jwk().clone(),
+        let retired = PublishedKey {
+            jwk: key.public_jwk().clone(),
             published_at: now,
             not_after: Some(now + keep),
         };
-        Ok(self.store.publish_key(&key).await?)
+        self.store.publish_key(&retired).await?;
+        let mut event = self.event(AuditKind::KeyRetired, Outcome::Allow, who);
+        event.reason = Some(format!("kid {}: {why}; in the JWKS until {}", key.kid(), now + keep));
+        self.audit(event).await
+    }
+
+    /// Rotates the signing key: the new key is published before it signs
+    /// anything, and the old one stays in the JWKS until its last token has
+    /// expired. Returns (new kid, retired kid).
+    pub async fn rotate_key(&self, who: Option<&VerifiedIdentity>, why: &str) -> Result<(String, String), BrokerError> {
+        let _one_at_a_time = self.rotating.lock().await;
+        let old = self.signer();
+        let new = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
+        // INVARIANT: published before first use, so no verifier sees a kid it cannot find.
+        let published = PublishedKey {
+            jwk: new.public_jwk().clone(),
+            published_at: self.clock.now(),
+            not_after: None,
+        };
+        self.store.publish_key(&published).await?;
+        let mut event = self.event(AuditKind::KeyPublished, Outcome::Allow, who);
+        event.reason = Some(format!("kid {} ({}): {why}", new.kid(), new.algorithm().as_jose()));
+        self.audit(event).await?;
+        *self.signer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
+        self.retire(&old, who, why).await?;
+        tracing::info!(
+            event = "key_rotated",
+            new_kid = new.kid(),
+            retired_kid = old.kid(),
+            reason = why,
+            "signing key rotated"
+        );
+        Ok((new.kid().to_owned(), old.kid().to_owned()))
     }
 
     /// The trust domain callers must belong to.
@@ -437,8 +500,8 @@ impl Broker {
             cnf: None,
             act: None,
         };
-        let token = self
-            .signer
+        let signer = self.signer();
+        let token = signer
             .sign_jws(ACCESS_TOKEN_TYP, &claims)
             .map_err(BrokerError::Signing)?;
         let grant = Grant {
@@ -451,7 +514,7 @@ impl Broker {
             issued_at: plan.lifetime.issued_at,
             expires_at: plan.lifetime.expires_at,
             parent: None,
-            key_id: self.signer.kid().to_owned(),
+            key_id: signer.kid().to_owned(),
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
@@ -611,6 +674,62 @@ impl Broker {
     /// The current time on the broker's clock.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()
+    }
+}
+
+/// Operator use cases over many grants at once.
+impl Broker {
+    /// ListGrants (operator): live grants matching `query`, one page.
+    pub async fn list_grants(&self, who: &VerifiedIdentity, query: GrantQuery) -> Result<GrantPage, BrokerError> {
+        self.require_operator(who, "ListGrants").await?;
+        let mut filter = query.filter;
+        if let Some(owner) = &query.owner {
+            let owned = self.registry.owned_by(owner);
+            filter.subjects = Some(match filter.subjects.take() {
+                Some(subjects) => subjects.intersection(&owned).cloned().collect(),
+                None => owned,
+            });
+        }
+        let page = self
+            .store
+            .list_grants(&filter, query.page_token.as_deref(), query.page_size, self.clock.now())
+            .await?;
+        tracing::debug!(
+            event = "grants_listed",
+            by = %who.id(),
+            grants = page.grants.len(),
+            more = page.next.is_some(),
+            "grants listed"
+        );
+        Ok(page)
+    }
+
+    /// RevokeIdentity (operator): revokes every live grant of `identity` and
+    /// everything delegated from them. Returns how many grants were revoked.
+    pub async fn revoke_identity(
+        &self,
+        who: &VerifiedIdentity,
+        identity: &SpiffeId,
+        reason: &str,
+    ) -> Result<u64, BrokerError> {
+        self.require_operator(who, "RevokeIdentity").await?;
+        if !self.registry.contains(identity) {
+            return Err(BrokerError::UnknownIdentity(identity.clone()));
+        }
+        let revoked = self.store.revoke_subject(identity, reason, self.clock.now()).await?;
+        tracing::info!(
+            event = "identity_revoked",
+            identity = %identity,
+            by = %who.id(),
+            grants_revoked = revoked,
+            reason,
+            "identity's grants revoked"
+        );
+        let mut event = self.event(AuditKind::GrantRevoked, Outcome::Allow, Some(who));
+        event.reason = Some(format!("identity {identity}: {reason}"));
+        event.count = Some(revoked);
+        self.audit(event).await?;
+        Ok(revoked)
     }
 }
 

@@ -166,6 +166,8 @@ pub struct TokensConfig {
     pub ttl: TtlLimits,
     /// Clock skew tolerated when checking `exp`/`nbf`, in seconds.
     pub leeway_secs: i64,
+    /// How often the signing key is rotated.
+    pub rotate_every: Duration,
 }
 
 /// `[tasks]`.
@@ -289,6 +291,12 @@ struct RawTokens {
     max_ttl: Duration,
     #[serde(default = "default_leeway", with = "humantime_serde")]
     leeway: Duration,
+    #[serde(default = "default_rotate_every", with = "humantime_serde")]
+    rotate_every: Duration,
+}
+
+fn default_rotate_every() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_ttl() -> Duration {
@@ -693,6 +701,9 @@ impl RawConfig {
                 format!("{default} is above tokens.max_ttl ({max})"),
             ));
         }
+        if t.rotate_every < Duration::from_secs(1) || t.rotate_every > Duration::from_secs(90 * 24 * 3600) {
+            return Err(key_error("tokens.rotate_every", "must be between 1s and 90 days"));
+        }
         if t.leeway > Duration::from_secs(300) {
             return Err(key_error("tokens.leeway", "must be at most 5m"));
         }
@@ -781,6 +792,7 @@ impl RawConfig {
                 signing_key: t.signing_key.map(|p| resolve(base, p)),
                 ttl: TtlLimits { default, max },
                 leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
+                rotate_every: t.rotate_every,
             },
             tasks: TasksConfig { max_duration: max_task },
             store,

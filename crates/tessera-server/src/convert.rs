@@ -14,9 +14,9 @@ use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId
 use tessera_core::token::{AccessClaims, Jwk, Jwks};
 use tessera_core::ttl::Ttl;
 use tessera_proto::v1 as pb;
-use tessera_store::{FeedEvent, FeedPosition};
+use tessera_store::{FeedEvent, FeedPosition, GrantFilter};
 
-use crate::broker::Issued;
+use crate::broker::{GrantQuery, Issued};
 use crate::status::FieldError;
 
 /// Longest free-text reason accepted, in bytes.
@@ -185,6 +185,85 @@ pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, Fiel
         audience: audience("audience", &req.audience)?,
         scopes: scopes("scopes", &req.scopes)?,
         ttl,
+    })
+}
+
+/// Default and largest ListGrants page.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest ListGrants page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = tessera_store::MAX_GRANT_PAGE;
+/// Longest owner name accepted in a filter, in bytes.
+pub const MAX_OWNER_LEN: usize = 256;
+
+/// Parses a required SPIFFE ID field (e.g. RevokeIdentity's `identity`).
+pub fn identity(field: &'static str, s: &str) -> Result<SpiffeId, FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is required (a SPIFFE ID)"));
+    }
+    spiffe_id(field, s)
+}
+
+/// A scope class from the wire; `None` for UNSPECIFIED (no filter).
+fn class_filter(field: &'static str, raw: i32) -> Result<Option<ScopeClass>, FieldError> {
+    match pb::ScopeClass::try_from(raw) {
+        Ok(pb::ScopeClass::Unspecified) => Ok(None),
+        Ok(pb::ScopeClass::Discover) => Ok(Some(ScopeClass::Discover)),
+        Ok(pb::ScopeClass::Read) => Ok(Some(ScopeClass::Read)),
+        Ok(pb::ScopeClass::Write) => Ok(Some(ScopeClass::Write)),
+        Ok(pb::ScopeClass::Admin) => Ok(Some(ScopeClass::Admin)),
+        Err(_) => Err(FieldError::new(field, format!("unknown scope class {raw}"))),
+    }
+}
+
+/// ListGrantsRequest → [`GrantQuery`]. Empty fields do not filter.
+pub fn grant_query(req: &pb::ListGrantsRequest) -> Result<GrantQuery, FieldError> {
+    if req.high_impact_only {
+        return Err(FieldError::new(
+            "high_impact_only",
+            "not supported until the catalog has high-impact scopes",
+        ));
+    }
+    let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let task_id = optional(&req.task_id).map(|t| task_id("task_id", &t)).transpose()?;
+    let subjects = optional(&req.subject)
+        .map(|s| spiffe_id("subject", &s).map(|id| BTreeSet::from([id])))
+        .transpose()?;
+    let audience = optional(&req.audience).map(|a| audience("audience", &a)).transpose()?;
+    let owner = optional(&req.owner);
+    if let Some(owner) = &owner
+        && (owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control))
+    {
+        return Err(FieldError::new(
+            "owner",
+            format!("at most {MAX_OWNER_LEN} bytes, no control characters"),
+        ));
+    }
+    let expiring_before = req
+        .expiring_before
+        .as_ref()
+        .map(|t| from_timestamp("expiring_before", t))
+        .transpose()?;
+    let page_token = optional(&req.page_token);
+    if let Some(token) = &page_token
+        && GrantId::parse(token).is_err()
+    {
+        return Err(FieldError::new("page_token", "not a page token from ListGrants"));
+    }
+    let page_size = match usize::try_from(req.page_size).unwrap_or(MAX_PAGE_SIZE) {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    Ok(GrantQuery {
+        filter: GrantFilter {
+            task_id,
+            subjects,
+            audience,
+            class: class_filter("class", req.class)?,
+            expiring_before,
+        },
+        owner,
+        page_token,
+        page_size,
     })
 }
 

@@ -228,6 +228,21 @@ pub async fn serve(
         })
     };
 
+    // Scheduled key rotation; a failed rotation is logged and retried next time.
+    let rotation = {
+        let broker = broker.clone();
+        let every = config.tokens.rotate_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = broker.rotate_key(None, "scheduled rotation").await {
+                    tracing::error!(error = %e, "scheduled key rotation failed");
+                }
+            }
+        })
+    };
+
     let addr = listeners.grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let incoming = tls::accept_loop(
         listeners.grpc,
@@ -262,11 +277,13 @@ pub async fn serve(
         () = shutdown => {}
         result = &mut server => {
             watch.abort();
+            rotation.abort();
             return flatten(result);
         }
     }
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
+    rotation.abort();
     for name in services {
         health
             .set_service_status(name, tonic_health::ServingStatus::NotServing)

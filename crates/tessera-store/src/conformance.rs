@@ -19,7 +19,7 @@ use tessera_core::identity::SpiffeId;
 use tessera_core::revocation::RevocationTarget;
 use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId, TaskState};
 
-use crate::{FeedPosition, GrantStore, PublishedKey, StoreError};
+use crate::{FeedPosition, GrantFilter, GrantStore, PublishedKey, StoreError};
 
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all<S, F, Fut>(make: F)
@@ -38,6 +38,8 @@ where
     keys_are_published_until_not_after(make().await).await;
     positions_do_not_cross_stores(make().await, make().await).await;
     ending_an_expired_task_changes_nothing(make().await).await;
+    listing_filters_and_pages_live_grants(make().await).await;
+    revoking_a_subject_revokes_its_grants_and_delegates(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -471,4 +473,242 @@ pub async fn ending_an_expired_task_changes_nothing(store: impl GrantStore) {
             .events
             .is_empty()
     );
+}
+
+fn sid(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+/// Records a grant of `task` for `subject` with `ttl`, adjusted by `edit`.
+async fn recorded(
+    store: &impl GrantStore,
+    task: &str,
+    subject: &str,
+    ttl: i64,
+    parent: Option<&GrantId>,
+    edit: impl FnOnce(&mut Grant),
+) -> Grant {
+    let mut g = grant(store, task, ttl, parent).await;
+    g.subject = sid(subject);
+    edit(&mut g);
+    store.record_grant(&g, t0()).await.unwrap();
+    g
+}
+
+async fn list_all(store: &impl GrantStore, filter: &GrantFilter, limit: usize, now: DateTime<Utc>) -> Vec<GrantId> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let page = store.list_grants(filter, after.as_deref(), limit, now).await.unwrap();
+        assert!(page.grants.len() <= limit.max(1));
+        assert!(page.grants.iter().all(|g| g.is_live_at(now)));
+        ids.extend(page.grants.into_iter().map(|g| g.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return ids,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+fn sorted(ids: &[&Grant]) -> Vec<GrantId> {
+    let mut ids: Vec<GrantId> = ids.iter().map(|g| g.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// ListGrants: only live grants, every filter, stable order, cursors that
+/// visit each grant once.
+pub async fn listing_filters_and_pages_live_grants(store: impl GrantStore) {
+    const A: &str = "spiffe://td/agent/a";
+    const B: &str = "spiffe://td/agent/b";
+    for t in ["t1", "t2", "t3"] {
+        store.create_task(&task(t, 60, None)).await.unwrap();
+    }
+    let a1 = recorded(&store, "t1", A, 30, None, |_| {}).await;
+    let a2 = recorded(&store, "t1", A, 10, None, |g| g.class = ScopeClass::Write).await;
+    let b1 = recorded(&store, "t1", B, 30, None, |_| {}).await;
+    let a3 = recorded(&store, "t2", A, 30, None, |g| {
+        g.audience = Audience::parse("mail").unwrap()
+    })
+    .await;
+    let b2 = recorded(&store, "t2", B, 30, None, |_| {}).await;
+    let expired = recorded(&store, "t1", A, 1, None, |_| {}).await;
+    let revoked = recorded(&store, "t2", A, 30, None, |_| {}).await;
+    let ended = recorded(&store, "t3", A, 30, None, |_| {}).await;
+    let now = t0() + secs(2);
+    store.revoke_grant(&revoked.id, "r", now).await.unwrap();
+    store
+        .end_task(&tid("t3"), TaskState::Completed, "done", now)
+        .await
+        .unwrap();
+    let dead = [&expired.id, &revoked.id, &ended.id];
+
+    let all = list_all(&store, &GrantFilter::default(), 1000, now).await;
+    assert_eq!(all, sorted(&[&a1, &a2, &b1, &a3, &b2]));
+    assert!(dead.iter().all(|d| !all.contains(d)));
+    // Pages of 2 (and of 1) visit each live grant exactly once, in the same order.
+    assert_eq!(list_all(&store, &GrantFilter::default(), 2, now).await, all);
+    assert_eq!(list_all(&store, &GrantFilter::default(), 1, now).await, all);
+
+    let by = |f: GrantFilter| {
+        let store = &store;
+        async move { list_all(store, &f, 1000, now).await }
+    };
+    let subjects = |s: &[&str]| Some(s.iter().map(|s| sid(s)).collect::<BTreeSet<_>>());
+    assert_eq!(
+        by(GrantFilter {
+            task_id: Some(tid("t1")),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a1, &a2, &b1])
+    );
+    assert_eq!(
+        by(GrantFilter {
+            subjects: subjects(&[A]),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a1, &a2, &a3])
+    );
+    assert_eq!(
+        list_all(
+            &store,
+            &GrantFilter {
+                subjects: subjects(&[A]),
+                ..GrantFilter::default()
+            },
+            2,
+            now
+        )
+        .await,
+        sorted(&[&a1, &a2, &a3])
+    );
+    assert_eq!(
+        by(GrantFilter {
+            subjects: subjects(&[A, B]),
+            task_id: Some(tid("t2")),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a3, &b2])
+    );
+    assert!(
+        by(GrantFilter {
+            subjects: subjects(&[]),
+            ..GrantFilter::default()
+        })
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        by(GrantFilter {
+            audience: Some(Audience::parse("mail").unwrap()),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a3])
+    );
+    assert_eq!(
+        by(GrantFilter {
+            class: Some(ScopeClass::Write),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a2])
+    );
+    assert_eq!(
+        by(GrantFilter {
+            expiring_before: Some(t0() + secs(15)),
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&a2])
+    );
+    assert!(
+        by(GrantFilter {
+            task_id: Some(tid("t3")),
+            ..GrantFilter::default()
+        })
+        .await
+        .is_empty()
+    );
+    // Everything expires.
+    assert!(
+        list_all(&store, &GrantFilter::default(), 10, t0() + secs(31))
+            .await
+            .is_empty()
+    );
+    assert!(matches!(
+        store
+            .list_grants(&GrantFilter::default(), Some("not a cursor!"), 10, now)
+            .await,
+        Err(StoreError::BadCursor(_))
+    ));
+}
+
+/// RevokeIdentity: every live grant of the subject and everything delegated
+/// from them dies, one event each; others live; repeating changes nothing.
+pub async fn revoking_a_subject_revokes_its_grants_and_delegates(store: impl GrantStore) {
+    const A: &str = "spiffe://td/agent/a";
+    const B: &str = "spiffe://td/agent/b";
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    store.create_task(&task("t2", 60, None)).await.unwrap();
+    let a1 = recorded(&store, "t1", A, 30, None, |_| {}).await;
+    let a2 = recorded(&store, "t2", A, 30, None, |_| {}).await;
+    let delegated = recorded(&store, "t1", B, 20, Some(&a1.id), |_| {}).await;
+    let b1 = recorded(&store, "t1", B, 30, None, |_| {}).await;
+    let b2 = recorded(&store, "t2", B, 30, None, |_| {}).await;
+    let expired = recorded(&store, "t1", A, 1, None, |_| {}).await;
+    let now = t0() + secs(2);
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+
+    let n = store.revoke_subject(&sid(A), "offboarded", now).await.unwrap();
+    assert_eq!(n, 3);
+    for g in [&a1, &a2, &delegated] {
+        let stored = store.grant(&g.id).await.unwrap().unwrap();
+        assert_eq!(stored.state_at(now), GrantState::Revoked);
+        assert_eq!(stored.revocation_reason.as_deref(), Some("offboarded"));
+    }
+    for g in [&b1, &b2] {
+        assert!(store.grant(&g.id).await.unwrap().unwrap().is_live_at(now));
+    }
+    let batch = store.read_revocations(Some(&head), 100, Duration::ZERO).await.unwrap();
+    let targets: Vec<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    assert_eq!(
+        targets.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            RevocationTarget::Grant(a1.id.clone()),
+            RevocationTarget::Grant(a2.id.clone()),
+            RevocationTarget::Grant(delegated.id.clone()),
+        ])
+    );
+    assert!(
+        !batch
+            .events
+            .iter()
+            .any(|e| e.revocation.target == RevocationTarget::Grant(expired.id.clone()))
+    );
+
+    // Again: nothing to do, nothing appended. An unknown subject: nothing.
+    assert_eq!(store.revoke_subject(&sid(A), "again", now).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .revoke_subject(&sid("spiffe://td/nobody"), "x", now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .read_revocations(Some(&batch.head), 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    let left = list_all(&store, &GrantFilter::default(), 100, now).await;
+    assert_eq!(left, sorted(&[&b1, &b2]));
 }

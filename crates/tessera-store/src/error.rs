@@ -25,6 +25,9 @@ pub enum StoreError {
     /// The position is not one this store produced.
     #[error("feed position `{0}` is malformed")]
     BadPosition(String),
+    /// The list cursor (page token) is not one this store produced.
+    #[error("page token `{0}` is malformed")]
+    BadCursor(String),
     /// Events after the position were dropped while still relevant: the
     /// reader has missed revocations and must treat its view as stale.
     #[error("feed position `{0}` is no longer retained")]
@@ -50,7 +53,7 @@ impl StoreError {
             Self::TaskExists(_) => ErrorKind::AlreadyExists,
             Self::TaskNotFound(_) => ErrorKind::NotFound,
             Self::TaskOver(..) | Self::OutlivesTask(_) => ErrorKind::FailedPrecondition,
-            Self::BadPosition(_) => ErrorKind::InvalidArgument,
+            Self::BadPosition(_) | Self::BadCursor(_) => ErrorKind::InvalidArgument,
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,

@@ -20,4 +20,4 @@ pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
 pub use redis::{RedisConfig, RedisDeployment, RedisStore};
-pub use store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
+pub use store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};

@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
-use crate::store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
+use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
+use tessera_core::identity::SpiffeId;
 
 /// Capacity bounds of a [`MemoryStore`]. Hitting one fails the write with
 /// [`StoreError::Full`] instead of growing without bound.
@@ -488,6 +489,60 @@ impl GrantStore for MemoryStore {
         }
     }
 
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        after: Option<&str>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<GrantPage, StoreError> {
+        let after = after.map(parse_cursor).transpose()?;
+        let limit = limit.clamp(1, MAX_GRANT_PAGE);
+        let state = self.lock();
+        let mut matching: Vec<&Grant> = state
+            .grants
+            .values()
+            .filter(|g| after.as_ref().is_none_or(|a| g.id.as_str() > a.as_str()))
+            .filter(|g| g.is_live_at(now) && filter.matches(g))
+            .collect();
+        matching.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let more = matching.len() > limit;
+        matching.truncate(limit);
+        let grants: Vec<Grant> = matching.into_iter().cloned().collect();
+        let next = if more {
+            grants.last().map(|g| g.id.to_string())
+        } else {
+            None
+        };
+        Ok(GrantPage { grants, next })
+    }
+
+    async fn revoke_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let revoked = {
+            let mut state = self.lock();
+            let mut ids: Vec<GrantId> = state
+                .grants
+                .values()
+                .filter(|g| &g.subject == subject && g.is_live_at(now))
+                .map(|g| g.id.clone())
+                .collect();
+            ids.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            let mut revoked = 0;
+            for id in ids {
+                let (n, events) = state.revoke_tree(&id, reason, now);
+                revoked += n;
+                for event in events {
+                    state.append(event, now, &self.limits);
+                }
+            }
+            revoked
+        };
+        if revoked > 0 {
+            self.feed_changed.notify_waiters();
+        }
+        Ok(revoked)
+    }
+
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
         self.lock().keys.insert(key.jwk.kid.clone(), key.clone());
         Ok(())
@@ -502,6 +557,11 @@ impl GrantStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// A list cursor is the last grant id of the previous page.
+fn parse_cursor(s: &str) -> Result<GrantId, StoreError> {
+    GrantId::parse(s).map_err(|_| StoreError::BadCursor(s.to_owned()))
 }
 
 #[cfg(test)]

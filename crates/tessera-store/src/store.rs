@@ -5,8 +5,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
 use tessera_core::grant::{Grant, GrantId};
-use tessera_core::task::{Task, TaskId, TaskState};
+use tessera_core::identity::SpiffeId;
+use tessera_core::task::{Audience, ScopeClass, Task, TaskId, TaskState};
 use tessera_core::token::Jwk;
 
 use crate::error::StoreError;
@@ -45,6 +48,48 @@ pub struct TaskEnded {
     /// Descendant tasks ended with it.
     pub children_ended: Vec<TaskId>,
 }
+
+/// Which live grants [`GrantStore::list_grants`] returns. Every field is
+/// optional; the ones set must all match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantFilter {
+    /// Grants of this task (not of its child tasks).
+    pub task_id: Option<TaskId>,
+    /// Grants whose subject is one of these (an empty set matches nothing;
+    /// `None` matches every subject).
+    pub subjects: Option<BTreeSet<SpiffeId>>,
+    /// Grants for this audience.
+    pub audience: Option<Audience>,
+    /// Grants of this scope class.
+    pub class: Option<ScopeClass>,
+    /// Grants expiring strictly before this time.
+    pub expiring_before: Option<DateTime<Utc>>,
+}
+
+impl GrantFilter {
+    /// Whether `grant` matches (liveness is checked separately).
+    pub fn matches(&self, grant: &Grant) -> bool {
+        self.task_id.as_ref().is_none_or(|t| &grant.task_id == t)
+            && self.subjects.as_ref().is_none_or(|s| s.contains(&grant.subject))
+            && self.audience.as_ref().is_none_or(|a| &grant.audience == a)
+            && self.class.is_none_or(|c| grant.class == c)
+            && self.expiring_before.is_none_or(|t| grant.expires_at < t)
+    }
+}
+
+/// One page of [`GrantStore::list_grants`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantPage {
+    /// Live grants, ordered by grant id.
+    pub grants: Vec<Grant>,
+    /// Where the next page starts (opaque; pass it as `after`); `None` when
+    /// nothing follows. The next page may turn out empty if the remaining
+    /// grants died meanwhile.
+    pub next: Option<String>,
+}
+
+/// Most grants one [`GrantStore::list_grants`] call returns.
+pub const MAX_GRANT_PAGE: usize = 1000;
 
 /// Durable (or, for [`crate::MemoryStore`], process-lifetime) state shared by
 /// every broker replica.
@@ -112,6 +157,24 @@ pub trait GrantStore: Send + Sync + 'static {
         max: usize,
         wait: Duration,
     ) -> Result<FeedBatch, StoreError>;
+
+    /// Live grants (not expired, not revoked, task active at `now`) matching
+    /// `filter`, ordered by grant id, at most `limit` (clamped to
+    /// 1..=[`MAX_GRANT_PAGE`]), starting after the cursor `after` (a `next`
+    /// from an earlier page). A cursor this store did not produce is
+    /// [`StoreError::BadPosition`].
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        after: Option<&str>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<GrantPage, StoreError>;
+
+    /// Revokes every grant of `subject` live at `now`, and every grant
+    /// delegated from them (whoever holds it), one revocation event per grant
+    /// revoked. Returns how many grants were revoked; repeating it revokes none.
+    async fn revoke_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Publishes (or updates) a public key.
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError>;

@@ -1,9 +1,11 @@
-//! `tessera grant revoke`: an operator kills one issued token.
+//! `tessera grant ls|revoke` (also spelled `grants`): an operator lists live
+//! grants, or kills one issued token.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use tessera_client::{AdminClient, pb};
 
+use crate::args;
 use crate::cli::Global;
 use crate::command::channel;
 use crate::output::{self, OutputFormat};
@@ -11,6 +13,8 @@ use crate::output::{self, OutputFormat};
 /// Grant commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum GrantCommand {
+    /// List live grants (as an operator), filtered; one page unless --all.
+    Ls(LsArgs),
     /// Revoke one grant (token) by its id, the token's `jti` (as an operator).
     Revoke(RevokeArgs),
 }
@@ -25,6 +29,100 @@ pub(crate) struct RevokeArgs {
     reason: Option<String>,
 }
 
+/// A scope class to filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ClassArg {
+    Discover,
+    Read,
+    Write,
+    Admin,
+}
+
+impl From<ClassArg> for pb::ScopeClass {
+    fn from(c: ClassArg) -> Self {
+        match c {
+            ClassArg::Discover => Self::Discover,
+            ClassArg::Read => Self::Read,
+            ClassArg::Write => Self::Write,
+            ClassArg::Admin => Self::Admin,
+        }
+    }
+}
+
+/// `grant ls`.
+#[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Only grants of this task.
+    #[arg(long, value_name = "ID")]
+    task: Option<String>,
+    /// Only grants issued to this identity.
+    #[arg(long, value_name = "SPIFFE_ID", value_parser = args::parse_spiffe_id)]
+    subject: Option<String>,
+    /// Only grants of identities with this owner (as registered).
+    #[arg(long, value_name = "OWNER")]
+    owner: Option<String>,
+    /// Only grants for this audience.
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: Option<String>,
+    /// Only grants of this scope class.
+    #[arg(long, value_enum, value_name = "CLASS")]
+    class: Option<ClassArg>,
+    /// Only grants expiring before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = args::parse_deadline)]
+    expiring_before: Option<prost_types::Timestamp>,
+    /// Grants per page (the broker serves at most 1000; default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: Option<u32>,
+    /// Continue from the `next_page_token` of an earlier listing.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+    page_token: Option<String>,
+    /// Follow every page and print all live grants.
+    #[arg(long)]
+    all: bool,
+}
+
+/// A grant as printed.
+#[derive(Debug, Serialize)]
+struct GrantView {
+    grant_id: String,
+    task_id: String,
+    subject: String,
+    audience: String,
+    scopes: Vec<String>,
+    class: String,
+    issued_at: Option<String>,
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_grant_id: Option<String>,
+    key_id: String,
+}
+
+impl From<&pb::Grant> for GrantView {
+    fn from(g: &pb::Grant) -> Self {
+        Self {
+            grant_id: g.grant_id.clone(),
+            task_id: g.task_id.clone(),
+            subject: g.subject.clone(),
+            audience: g.audience.clone(),
+            scopes: g.scopes.clone(),
+            class: output::scope_class(g.class),
+            issued_at: output::timestamp(g.issued_at.as_ref()),
+            expires_at: output::timestamp(g.expires_at.as_ref()),
+            parent_grant_id: Some(g.parent_grant_id.clone()).filter(|p| !p.is_empty()),
+            key_id: g.key_id.clone(),
+        }
+    }
+}
+
+/// A listing as printed in JSON.
+#[derive(Debug, Serialize)]
+struct ListView {
+    grants: Vec<GrantView>,
+    /// Pass to `--page-token` for the next page; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
 /// The outcome as printed in JSON.
 #[derive(Debug, Serialize)]
 struct RevokedView {
@@ -34,7 +132,10 @@ struct RevokedView {
 
 /// Runs a grant command.
 pub(crate) async fn run(global: &Global, cmd: GrantCommand) -> anyhow::Result<()> {
-    let GrantCommand::Revoke(revoke) = cmd;
+    let revoke = match cmd {
+        GrantCommand::Ls(ls) => return list(global, ls).await,
+        GrantCommand::Revoke(revoke) => revoke,
+    };
     let mut client = AdminClient::new(channel(global).await?);
     let done = client
         .revoke_grant(pb::RevokeGrantRequest {
@@ -60,4 +161,93 @@ pub(crate) async fn run(global: &Global, cmd: GrantCommand) -> anyhow::Result<()
             Ok(())
         }
     }
+}
+
+fn list_request(ls: &LsArgs, page_token: String) -> pb::ListGrantsRequest {
+    pb::ListGrantsRequest {
+        task_id: ls.task.clone().unwrap_or_default(),
+        subject: ls.subject.clone().unwrap_or_default(),
+        owner: ls.owner.clone().unwrap_or_default(),
+        audience: ls.audience.clone().unwrap_or_default(),
+        class: ls.class.map_or(pb::ScopeClass::Unspecified, pb::ScopeClass::from) as i32,
+        high_impact_only: false,
+        expiring_before: ls.expiring_before,
+        page_size: ls.limit.unwrap_or(0),
+        page_token,
+    }
+}
+
+/// Most pages `--all` follows (a million grants at 1000 a page).
+const MAX_PAGES: usize = 1000;
+
+async fn list(global: &Global, ls: LsArgs) -> anyhow::Result<()> {
+    let mut client = AdminClient::new(channel(global).await?);
+    let mut grants = Vec::new();
+    let mut token = ls.page_token.clone().unwrap_or_default();
+    let mut next = None;
+    for _ in 0..MAX_PAGES {
+        let page = client.list_grants(list_request(&ls, token)).await?.into_inner();
+        grants.extend(page.grants.iter().map(GrantView::from));
+        next = Some(page.next_page_token).filter(|t| !t.is_empty());
+        match (&next, ls.all) {
+            (Some(t), true) => token = t.clone(),
+            _ => break,
+        }
+    }
+    anyhow::ensure!(
+        !(ls.all && next.is_some()),
+        "stopped after {MAX_PAGES} pages; narrow the filter"
+    );
+    match global.output {
+        OutputFormat::Json => output::json(&ListView {
+            grants,
+            next_page_token: next,
+        }),
+        OutputFormat::Text => print_table(&grants, next.as_deref()),
+    }
+}
+
+fn print_table(grants: &[GrantView], next: Option<&str>) -> anyhow::Result<()> {
+    let header = ["GRANT", "TASK", "SUBJECT", "AUDIENCE", "CLASS", "EXPIRES", "SCOPES"];
+    let rows: Vec<[String; 7]> = grants
+        .iter()
+        .map(|g| {
+            [
+                g.grant_id.clone(),
+                g.task_id.clone(),
+                g.subject.clone(),
+                g.audience.clone(),
+                g.class.clone(),
+                g.expires_at.clone().unwrap_or_else(|| "-".into()),
+                g.scopes.join(" "),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    output::line(render(&header.map(str::to_owned)))?;
+    for row in &rows {
+        output::line(render(row))?;
+    }
+    if grants.is_empty() {
+        output::line("(no live grants match)")?;
+    }
+    if let Some(token) = next {
+        output::line(format_args!("more: --page-token {token} (or --all)"))?;
+    }
+    Ok(())
 }

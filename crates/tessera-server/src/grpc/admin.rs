@@ -19,7 +19,17 @@ impl AdminService for Shared {
             .require_operator(&who, "ListGrants")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("ListGrants", "arrives with the operator tooling"))
+        let query = convert::grant_query(req.get_ref())?;
+        let page = self
+            .broker
+            .list_grants(&who, query)
+            .await
+            .map_err(status::from_broker)?;
+        let now = self.broker.now();
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: page.grants.iter().map(|g| convert::grant(g, now)).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn revoke_grant(
@@ -68,7 +78,25 @@ impl AdminService for Shared {
             .require_operator(&who, "RevokeIdentity")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("RevokeIdentity", "arrives with the operator tooling"))
+        let r = req.get_ref();
+        let identity = convert::identity("identity", &r.identity)?;
+        let reason = convert::reason("reason", &r.reason, "identity revoked by operator")?;
+        if r.disable {
+            // Refused whole, before anything is revoked: no half-done offboarding.
+            return Err(Status::failed_precondition(
+                "disable: disabling identities at runtime is not supported yet; \
+                 remove or disable it in the config and restart",
+            ));
+        }
+        let grants_revoked = self
+            .broker
+            .revoke_identity(&who, &identity, &reason)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::RevokeIdentityResponse {
+            grants_revoked,
+            disabled: false,
+        }))
     }
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
@@ -125,10 +153,16 @@ impl AdminService for Shared {
             .require_operator(&who, "RotateSigningKey")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet(
-            "RotateSigningKey",
-            "key rotation arrives with the operator tooling",
-        ))
+        let why = convert::reason("reason", &req.get_ref().reason, "rotated by operator")?;
+        let (new_key_id, retired_key_id) = self
+            .broker
+            .rotate_key(Some(&who), &why)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            new_key_id,
+            retired_key_id,
+        }))
     }
 
     async fn reload_policy(

@@ -13,9 +13,12 @@
 //! | `P:{<root>}:grant:<grant>` | string | grant JSON (immutable) | grant expiry (`PXAT`) |
 //! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...}` for a revoked grant | grant expiry |
 //! | `P:{<root>}:delegated:<grant>` | set | grants delegated from this one | grant expiry |
+//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily | `PEXPIREAT` the latest expiry |
+//! | `P:tasks` | zset | task ids scored by deadline (ms), for listing; the tag comes from `P:task-root:<task>`; pruned lazily | `PEXPIREAT` the latest deadline |
 //! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
 //! | `P:keys` | hash | kid → published key JSON | retired keys pruned lazily |
 
+use tessera_core::identity::SpiffeId;
 use tessera_core::task::TaskId;
 
 /// Builds keys under one prefix.
@@ -50,6 +53,16 @@ impl Keys {
 
     pub(crate) fn grant(&self, root: &str, grant: &str) -> String {
         format!("{}grant:{grant}", self.base(root))
+    }
+
+    /// The grants of one subject (RevokeIdentity, ListGrants by subject).
+    pub(crate) fn subject(&self, subject: &SpiffeId) -> String {
+        format!("{}:subject:{subject}", self.prefix)
+    }
+
+    /// Every task not past its deadline (ListGrants without a task or subject).
+    pub(crate) fn tasks(&self) -> String {
+        format!("{}:tasks", self.prefix)
     }
 
     pub(crate) fn feed(&self) -> String {

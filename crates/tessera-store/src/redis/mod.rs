@@ -11,15 +11,17 @@ mod conn;
 mod keys;
 mod scripts;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt as _, TryStreamExt as _};
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 use tessera_core::grant::{Grant, GrantId, GrantState, random_id};
+use tessera_core::identity::SpiffeId;
 use tessera_core::revocation::{Revocation, RevocationTarget};
 use tessera_core::task::{Task, TaskId, TaskState};
 use tokio::sync::Notify;
@@ -30,7 +32,7 @@ use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::record::StoredGrant;
-use crate::store::{GrantStore, PublishedKey, RevokeOutcome, TaskEnded};
+use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ struct Scripts {
     active_task_tree: redis::Script,
     end_tasks: redis::Script,
     live_grants: redis::Script,
+    index_add: redis::Script,
+    read_live_grants: redis::Script,
 }
 
 impl Scripts {
@@ -86,6 +90,8 @@ impl Scripts {
             active_task_tree: scripts::active_task_tree(),
             end_tasks: scripts::end_tasks(),
             live_grants: scripts::live_grants(),
+            index_add: scripts::index_add(),
+            read_live_grants: scripts::read_live_grants(),
         }
     }
 }
@@ -345,6 +351,113 @@ impl RedisStore {
             .collect()
     }
 
+    /// Adds `member` to a lazily pruned index zset (see `scripts::index_add`).
+    async fn index_add(&self, index: &str, member: &str, score_ms: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let _: String = self
+            .bounded(
+                self.scripts
+                    .index_add
+                    .key(index)
+                    .arg(member)
+                    .arg(score_ms)
+                    .arg(ms(now))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Members of an index zset whose score is still ahead of `now`.
+    async fn index_live(&self, index: &str, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("ZRANGE")
+                .arg(index)
+                .arg(format!("({}", ms(now)))
+                .arg("+inf")
+                .arg("BYSCORE")
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Ids of grants that may be live and match `filter`: a superset, read
+    /// from the narrowest index the filter allows.
+    async fn list_candidates(&self, filter: &GrantFilter, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        if let Some(subjects) = &filter.subjects {
+            let mut ids = Vec::new();
+            for subject in subjects {
+                ids.extend(self.index_live(&self.keys.subject(subject), now).await?);
+            }
+            return Ok(ids);
+        }
+        let tasks = match &filter.task_id {
+            Some(task) => vec![task.to_string()],
+            None => self.index_live(&self.keys.tasks(), now).await?,
+        };
+        let per_task: Vec<Vec<String>> = futures::stream::iter(tasks)
+            .map(|task| async move {
+                let Ok(id) = TaskId::parse(&task) else {
+                    return Ok(Vec::new());
+                };
+                let Some(root) = self.root_of_task(&id).await? else {
+                    return Ok(Vec::new());
+                };
+                self.index_live(&format!("{}grants:{task}", self.keys.base(&root)), now)
+                    .await
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        Ok(per_task.into_iter().flatten().collect())
+    }
+
+    /// The live grants among `ids` (any trees), in no particular order.
+    async fn read_live(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
+        let mut by_tree: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in ids {
+            if let Some(tag) = GrantId::parse(id).ok().as_ref().and_then(tag_of) {
+                by_tree.entry(tag).or_default().push(id.clone());
+            }
+        }
+        let parts: Vec<Vec<Grant>> = futures::stream::iter(by_tree)
+            .map(|(tag, ids): (String, Vec<String>)| async move {
+                let base = self.keys.base(&tag);
+                let mut conn = self.conn();
+                let first = ids.first().map_or("", |s| s.as_str());
+                let mut invocation = self.scripts.read_live_grants.key(self.keys.grant(&tag, first));
+                invocation.arg(&base).arg(ms(now));
+                for id in &ids {
+                    invocation.arg(id.as_str());
+                }
+                let value: Value = self.bounded(invocation.invoke_async(&mut conn)).await?;
+                let items = match value {
+                    Value::Array(items) => items,
+                    _ => Vec::new(),
+                };
+                items
+                    .chunks(2)
+                    .map(|pair| {
+                        let (Some(id), Some(json)) = (
+                            pair.first().and_then(conn::string_of),
+                            pair.get(1).and_then(conn::string_of),
+                        ) else {
+                            return Err(StoreError::Corrupt("read_live_grants answered an odd list".into()));
+                        };
+                        let id = GrantId::parse(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        let stored: StoredGrant =
+                            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+                        stored.into_grant(id)
+                    })
+                    .collect::<Result<Vec<Grant>, StoreError>>()
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(parts.into_iter().flatten().filter(|g| g.is_live_at(now)).collect())
+    }
+
     fn task_from_hash(&self, fields: HashMap<String, String>) -> Result<Option<Task>, StoreError> {
         let Some(json) = fields.get("json") else {
             return Ok(None);
@@ -456,6 +569,11 @@ impl GrantStore for RedisStore {
                 )
                 .await?;
         }
+        // INVARIANT: the task is listed in `P:tasks` before it exists, so
+        // ListGrants without a task or subject filter sees every live task.
+        // An entry for a task whose creation then failed is harmless.
+        self.index_add(&self.keys.tasks(), task.id.as_str(), ms(task.deadline), task.created_at)
+            .await?;
         let json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let parent = task.parent.as_ref().map(ToString::to_string).unwrap_or_default();
         let outcome: String = self
@@ -548,6 +666,13 @@ impl GrantStore for RedisStore {
         let exp = ms(grant.expires_at);
         let json =
             serde_json::to_string(&StoredGrant::from_grant(grant)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // INVARIANT: the subject index is written before the grant exists. An
+        // index entry for a grant never recorded is harmless (readers check
+        // liveness); a recorded grant missing from it would escape
+        // RevokeIdentity. The index lives in another slot than the tree, so
+        // it cannot join the grant script.
+        self.index_add(&self.keys.subject(&grant.subject), grant.id.as_str(), exp, now)
+            .await?;
         let mut conn = self.conn();
         let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
         let outcome: String = self
@@ -823,6 +948,92 @@ impl GrantStore for RedisStore {
             // Woken by our own publish or the tailer; a timeout re-checks once.
             let _ = tokio::time::timeout_at(deadline, notified).await;
         }
+    }
+
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        after: Option<&str>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<GrantPage, StoreError> {
+        let after = after
+            .map(|a| GrantId::parse(a).map_err(|_| StoreError::BadCursor(a.to_owned())))
+            .transpose()?;
+        let limit = limit.clamp(1, MAX_GRANT_PAGE);
+        let candidates: BTreeSet<String> = self
+            .list_candidates(filter, now)
+            .await?
+            .into_iter()
+            .filter(|id| after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+            .collect();
+        let candidates: Vec<String> = candidates.into_iter().collect();
+        let mut grants = Vec::new();
+        let mut consumed = 0;
+        // Read in id order, a chunk at a time, until the page is full.
+        while grants.len() < limit && consumed < candidates.len() {
+            let want = (limit - grants.len()).max(64);
+            let end = (consumed + want).min(candidates.len());
+            let chunk = candidates.get(consumed..end).unwrap_or_default();
+            let mut live: Vec<Grant> = self
+                .read_live(chunk, now)
+                .await?
+                .into_iter()
+                .filter(|g| filter.matches(g))
+                .collect();
+            live.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            consumed = end;
+            for g in live {
+                if grants.len() == limit {
+                    // The page filled inside this chunk: resume after the last one taken.
+                    consumed = candidates
+                        .iter()
+                        .position(|c| c.as_str() == g.id.as_str())
+                        .unwrap_or(consumed);
+                    break;
+                }
+                grants.push(g);
+            }
+        }
+        let next = (grants.len() == limit && consumed < candidates.len())
+            .then(|| grants.last().map(|g| g.id.to_string()))
+            .flatten();
+        Ok(GrantPage { grants, next })
+    }
+
+    async fn revoke_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let index = self.keys.subject(subject);
+        let mut handled: HashSet<String> = HashSet::new();
+        let mut revoked = 0u64;
+        // Rounds: a grant recorded while we revoke is caught by the next round.
+        for _ in 0..64 {
+            let fresh: Vec<String> = self
+                .index_live(&index, now)
+                .await?
+                .into_iter()
+                .filter(|id| !handled.contains(id))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let mut live: Vec<Grant> = self
+                .read_live(&fresh, now)
+                .await?
+                .into_iter()
+                .filter(|g| &g.subject == subject)
+                .collect();
+            live.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            for g in &live {
+                if let Some(outcome) = self.revoke_grant(&g.id, reason, now).await? {
+                    revoked += u64::from(outcome.revoked) + outcome.descendants_revoked;
+                }
+            }
+            handled.extend(fresh);
+            if live.is_empty() {
+                break;
+            }
+        }
+        Ok(revoked)
     }
 
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {

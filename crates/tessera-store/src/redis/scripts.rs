@@ -196,3 +196,51 @@ return redis.call('ZCOUNT', ARGV[1] .. 'grants:' .. ARGV[2], '(' .. ARGV[3], '+i
 "#,
     )
 }
+
+/// Adds a member to a lazily pruned index (a zset scored by the time after
+/// which the member no longer matters). KEYS[1] = the index.
+/// ARGV: member, score_ms, now_ms. Drops members whose score has passed,
+/// never lowers a member's score, and keeps the key until its latest score.
+pub(crate) fn index_add() -> Script {
+    Script::new(
+        r#"
+local member, score, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], 'GT', score, member)
+local t = redis.call('PEXPIRETIME', KEYS[1])
+if t ~= -2 and t < score then redis.call('PEXPIREAT', KEYS[1], score) end
+return 'ok'
+"#,
+    )
+}
+
+/// The live ones among some grants of one tree (recorded, not expired, not
+/// revoked, task active and not past its deadline). KEYS[1] = any key of the
+/// tree. ARGV: base, now_ms, grant ids... Returns {gid, grant_json, ...}.
+pub(crate) fn read_live_grants() -> Script {
+    Script::new(
+        r#"
+local base, now = ARGV[1], tonumber(ARGV[2])
+local out, tasks = {}, {}
+for i = 3, #ARGV do
+  local gid = ARGV[i]
+  local gkey = base .. 'grant:' .. gid
+  local g = redis.call('GET', gkey)
+  if g and redis.call('PEXPIRETIME', gkey) > now and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
+    local task = cjson.decode(g)['t']
+    local ok = tasks[task]
+    if ok == nil then
+      local t = redis.call('HMGET', base .. 'task:' .. task, 'state', 'deadline')
+      ok = t[1] == 'active' and tonumber(t[2]) > now
+      tasks[task] = ok
+    end
+    if ok then
+      table.insert(out, gid)
+      table.insert(out, g)
+    end
+  end
+end
+return out
+"#,
+    )
+}
