@@ -313,3 +313,230 @@ async fn operators_list_grants_and_revoke_an_identity() {
     assert_eq!(json["grants_revoked"], 3);
     assert!(listed(&mut admin, all).await.is_empty());
 }
+
+const PAYMENTS: &str = "https://api.example.com/payments";
+
+/// A task on the CRM (`crm`) and the payments API (`payments`).
+fn two_api_task(task_id: &str, agents: &[&str], crm: &[&str], payments: &[&str]) -> pb::StartTaskRequest {
+    let mut req = start_request(task_id, agents, crm, 600);
+    if !payments.is_empty() {
+        req.scope_ceiling.insert(
+            PAYMENTS.to_owned(),
+            pb::ScopeSet {
+                scopes: payments.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        );
+    }
+    req
+}
+
+fn blast(target: pb::blast_radius_request::Target) -> pb::BlastRadiusRequest {
+    pb::BlastRadiusRequest { target: Some(target) }
+}
+
+fn by_class(r: &pb::BlastRadiusResponse) -> Vec<(pb::ScopeClass, u64)> {
+    r.scopes_by_class.iter().map(|c| (c.class(), c.scopes)).collect()
+}
+
+#[tokio::test]
+async fn blast_radius_of_an_identity_a_task_and_an_owner() {
+    use pb::blast_radius_request::Target;
+
+    let broker = Broker::start();
+    let mut orchestrator = broker.orchestrator().await;
+    let mut researcher = broker.agent("researcher").await;
+    let mut writer = broker.agent("writer").await;
+    let mut admin = broker.admin("alice").await;
+    let crm = [
+        "crm.contacts.read",
+        "crm.notes.read",
+        "crm.contacts.list",
+        "crm.contacts.write",
+    ];
+    orchestrator
+        .start_task(two_api_task(
+            "blast-a",
+            &["researcher", "writer"],
+            &crm,
+            &["payments.invoices.read"],
+        ))
+        .await
+        .unwrap();
+    let mut child = start_request(
+        "blast-b",
+        &["researcher"],
+        &["crm.contacts.read", "crm.notes.read"],
+        500,
+    );
+    child.parent_task_id = "blast-a".into();
+    orchestrator.start_task(child).await.unwrap();
+
+    // The researcher: three grants in blast-a, one in its child task, one revoked.
+    issue(
+        &mut researcher,
+        token_request("blast-a", &["crm.contacts.read", "crm.notes.read"], Some(300)),
+    )
+    .await;
+    let mut pay = token_request("blast-a", &["payments.invoices.read"], Some(120));
+    pay.audience = PAYMENTS.into();
+    issue(&mut researcher, pay).await;
+    issue(
+        &mut researcher,
+        token_request("blast-a", &["crm.contacts.list"], Some(60)),
+    )
+    .await;
+    issue(
+        &mut researcher,
+        token_request("blast-b", &["crm.contacts.read"], Some(200)),
+    )
+    .await;
+    let dead = issue(
+        &mut researcher,
+        token_request("blast-b", &["crm.notes.read"], Some(300)),
+    )
+    .await;
+    admin
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: dead.grant_id.clone(),
+            reason: "not counted".into(),
+        })
+        .await
+        .unwrap();
+    // The writer: one write grant in blast-a.
+    issue(
+        &mut writer,
+        token_request("blast-a", &["crm.contacts.write"], Some(300)),
+    )
+    .await;
+
+    // The researcher's identity: exactly its four live grants.
+    let r = admin
+        .blast_radius(blast(Target::Identity(agent_id("researcher"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.live_grants, 4, "{r:?}");
+    assert_eq!(r.audiences, [CRM, PAYMENTS]);
+    assert_eq!(by_class(&r), [(pb::ScopeClass::Discover, 1), (pb::ScopeClass::Read, 4)]);
+    assert_eq!(r.high_impact_grants, 0);
+    assert!((200..=300).contains(&r.longest_remaining_ttl_seconds), "{r:?}");
+    assert_eq!((r.max_delegation_depth, r.delegation_fan_out), (0, 0));
+    assert_eq!(r.owners, ["team-research"]);
+
+    // A task: its own grants (both identities), not its child task's.
+    let t = admin
+        .blast_radius(blast(Target::TaskId("blast-a".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.live_grants, 4, "{t:?}");
+    assert_eq!(t.audiences, [CRM, PAYMENTS]);
+    assert_eq!(
+        by_class(&t),
+        [
+            (pb::ScopeClass::Discover, 1),
+            (pb::ScopeClass::Read, 3),
+            (pb::ScopeClass::Write, 1)
+        ]
+    );
+    assert!((200..=300).contains(&t.longest_remaining_ttl_seconds), "{t:?}");
+    let child = admin
+        .blast_radius(blast(Target::TaskId("blast-b".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(child.live_grants, 1, "{child:?}");
+    assert!(child.longest_remaining_ttl_seconds <= 200, "{child:?}");
+
+    // An owner: every identity it owns; an owner with no grants reaches nothing.
+    let o = admin
+        .blast_radius(blast(Target::Owner("team-research".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(o.live_grants, 5, "{o:?}");
+    assert_eq!(o.owners, ["team-research"]);
+    let none = admin
+        .blast_radius(blast(Target::Owner("team-platform".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none, pb::BlastRadiusResponse::default());
+
+    // Refusals: not an operator, no target, unknown identity or task.
+    let mut not_operator = broker.admin("researcher").await;
+    let refused = code(
+        not_operator
+            .blast_radius(blast(Target::Identity(agent_id("writer"))))
+            .await,
+    );
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let missing = code(admin.blast_radius(pb::BlastRadiusRequest { target: None }).await);
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
+    assert!(missing.message().starts_with("target"), "{missing:?}");
+    let unknown = code(admin.blast_radius(blast(Target::Identity(agent_id("nobody")))).await);
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let no_task = code(admin.blast_radius(blast(Target::TaskId("no-such-task".into()))).await);
+    assert_eq!(no_task.code(), Code::NotFound, "{no_task:?}");
+
+    // The CLI prints the same figures.
+    let researcher_id = agent_id("researcher");
+    let out = broker.tessera(&[
+        "--as",
+        "alice",
+        "--output",
+        "json",
+        "blast-radius",
+        "--identity",
+        &researcher_id,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["live_grants"], 4, "{json}");
+    assert_eq!(json["audiences"], serde_json::json!([CRM, PAYMENTS]));
+    assert_eq!(json["scopes_by_class"], serde_json::json!({"discover": 1, "read": 4}));
+    assert_eq!(json["owners"], serde_json::json!(["team-research"]));
+    assert!(json["longest_remaining_ttl_seconds"].as_u64().unwrap() <= 300, "{json}");
+    let out = broker.tessera(&["--as", "alice", "blast-radius", "--task", "blast-b"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("live grants  1"),
+        "{out:?}"
+    );
+    // Refused by the broker: exit 2; no target: a usage error, exit 1.
+    let out = broker.tessera(&["--as", "researcher", "blast-radius", "--owner", "team-research"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = broker.tessera(&["--as", "alice", "blast-radius"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+#[tokio::test]
+async fn keys_ls_prints_the_published_keys() {
+    let broker = Broker::start();
+    let jwks = broker.jwks().await;
+    let out = broker.tessera(&["--as", "api-gateway", "--output", "json", "keys", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = json["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), jwks.keys.len(), "{json}");
+    assert!(!keys.is_empty());
+    for (printed, key) in keys.iter().zip(&jwks.keys) {
+        assert_eq!(printed["kid"], key.kid.as_str());
+        assert_eq!(printed["alg"], key.alg.as_str());
+        assert_eq!(printed["kty"], key.kty.as_str());
+    }
+
+    // A rotation adds the new key; the old one stays until its tokens expire.
+    let out = broker.tessera(&[
+        "--as", "alice", "--output", "json", "keys", "rotate", "--reason", "test",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["retired_key_id"], jwks.keys[0].kid.as_str(), "{rotated}");
+    let out = broker.tessera(&["--as", "api-gateway", "keys", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let new_kid = rotated["new_key_id"].as_str().unwrap();
+    assert!(text.lines().any(|l| l.starts_with(new_kid)), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(&jwks.keys[0].kid)), "{text}");
+}

@@ -92,16 +92,13 @@ async fn start_task_fields_are_validated() {
 async fn token_request_fields_are_validated() {
     let broker = Broker::start();
     broker
-        .orchestrator()
-        .await
         .start_task(start_request(
             "t1",
             &["researcher"],
             &["crm.contacts.read", "crm.notes.read"],
             600,
         ))
-        .await
-        .unwrap();
+        .await;
     let mut agent = broker.agent("researcher").await;
     let read = &["crm.contacts.read"];
 
@@ -424,8 +421,11 @@ async fn oversized_messages_are_refused() {
 async fn unimplemented_rpcs_say_so() {
     let broker = Broker::start();
     let mut admin = broker.admin("alice").await;
-    let status = code(admin.blast_radius(pb::BlastRadiusRequest { target: None }).await);
-    expect(status, Code::Unimplemented, "BlastRadius");
+    let status = code(admin.list_approvals(pb::ListApprovalsRequest::default()).await);
+    expect(status, Code::Unimplemented, "ListApprovals");
+    let mut agent = broker.agent("researcher").await;
+    let status = code(agent.delegate_token(pb::DelegateTokenRequest::default()).await);
+    expect(status, Code::Unimplemented, "DelegateToken");
 }
 
 #[tokio::test]
@@ -461,9 +461,7 @@ async fn one_identity_bursting_is_limited_and_others_are_not() {
         "rate limit for `spiffe://tessera.local/agent/researcher`",
     );
     // Another identity is unaffected.
-    issue(
-        &mut broker.agent("writer").await,
-        token_request("burst", &["crm.contacts.read"], None),
-    )
-    .await;
+    broker
+        .issue_as("writer", token_request("burst", &["crm.contacts.read"], None))
+        .await;
 }

@@ -19,13 +19,7 @@ use tonic::Code;
 /// Verifies `token` with `jsonwebtoken` against the broker's current JWKS.
 async fn verifies(broker: &Broker, token: &str) -> bool {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    let jwks = broker
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = broker.jwks().await;
     let set: JwkSet = serde_json::from_str(&jwks.jwks_json).unwrap();
     let kid = decode_header(token).unwrap().kid.unwrap();
     let Some(jwk) = set.find(&kid) else { return false };
@@ -42,11 +36,8 @@ fn kid(token: &str) -> String {
 async fn an_operator_rotates_and_old_tokens_keep_verifying() {
     let broker = Broker::start();
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("rot", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
+        .await;
     let mut agent = broker.agent("researcher").await;
     let before = issue(&mut agent, token_request("rot", &["crm.contacts.read"], None)).await;
 
@@ -72,13 +63,7 @@ async fn an_operator_rotates_and_old_tokens_keep_verifying() {
 
     let after = issue(&mut agent, token_request("rot", &["crm.contacts.read"], None)).await;
     assert_eq!(kid(&after.access_token), rotated.new_key_id);
-    let jwks = broker
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = broker.jwks().await;
     assert_eq!(jwks.keys.len(), 2, "the retired key stays until its tokens expire");
     assert!(verifies(&broker, &before.access_token).await);
     assert!(verifies(&broker, &after.access_token).await);
@@ -114,15 +99,140 @@ async fn keys_rotate_on_a_schedule() {
     }
     // Tokens minted now verify against the JWKS.
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("sched", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let t = broker
+        .issue_as("researcher", token_request("sched", &["crm.contacts.read"], None))
+        .await;
+    assert!(verifies(&broker, &t.access_token).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_all_leaves_no_token_that_verifies_offline() {
+    let broker = Broker::start();
+    let mut o = broker.orchestrator().await;
+    for task in ["bg-1", "bg-2"] {
+        o.start_task(start_request(
+            task,
+            &["researcher", "writer"],
+            &["crm.contacts.read"],
+            600,
+        ))
         .await
         .unwrap();
-    let t = issue(
-        &mut broker.agent("researcher").await,
-        token_request("sched", &["crm.contacts.read"], None),
-    )
-    .await;
-    assert!(verifies(&broker, &t.access_token).await);
+    }
+    let mut researcher = broker.agent("researcher").await;
+    let mut writer = broker.agent("writer").await;
+    let old = vec![
+        issue(&mut researcher, token_request("bg-1", &["crm.contacts.read"], None)).await,
+        issue(&mut writer, token_request("bg-2", &["crm.contacts.read"], None)).await,
+    ];
+    for t in &old {
+        assert!(verifies(&broker, &t.access_token).await);
+    }
+
+    let mut alice = broker.admin("alice").await;
+    let unconfirmed = alice
+        .revoke_all(pb::RevokeAllRequest {
+            confirm: String::new(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unconfirmed.code(), Code::InvalidArgument, "{unconfirmed:?}");
+    let denied = broker
+        .admin("researcher")
+        .await
+        .revoke_all(pb::RevokeAllRequest {
+            confirm: "revoke-all".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Nothing happened yet.
+    assert!(verifies(&broker, &old[0].access_token).await);
+
+    let done = alice
+        .revoke_all(pb::RevokeAllRequest {
+            confirm: "revoke-all".into(),
+            reason: "key compromise".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.grants_revoked, 2);
+    let jwks = broker.jwks().await;
+    assert_eq!(
+        jwks.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
+        vec![done.new_key_id.clone()]
+    );
+    let mut v = broker.verifier("api-gateway").await;
+    for t in &old {
+        assert!(
+            !verifies(&broker, &t.access_token).await,
+            "a pre-break-glass token still verifies offline"
+        );
+        assert!(
+            !v.introspect(pb::IntrospectRequest {
+                token: t.access_token.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+        );
+    }
+    // The broker keeps working with its new key.
+    o.start_task(start_request("bg-3", &["researcher"], &["crm.contacts.read"], 600))
+        .await
+        .unwrap();
+    let fresh = issue(&mut researcher, token_request("bg-3", &["crm.contacts.read"], None)).await;
+    assert_eq!(kid(&fresh.access_token), done.new_key_id);
+    assert!(verifies(&broker, &fresh.access_token).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_revoke_all_other_replicas_move_to_fresh_keys() {
+    let redis = tessera_e2e::redis::RedisServer::builder().appendonly(false).start();
+    let env = redis_env(&redis.url());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = Broker::start_with(&env);
+    let b = a.replica();
+    b.start_task(start_request("rep", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let before = b
+        .issue_as("researcher", token_request("rep", &["crm.contacts.read"], None))
+        .await;
+
+    a.admin("alice")
+        .await
+        .revoke_all(pb::RevokeAllRequest {
+            confirm: "revoke-all".into(),
+            reason: "drill".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!verifies(&a, &before.access_token).await);
+
+    // B notices its key was withdrawn and publishes a fresh one (never the old).
+    let start = Instant::now();
+    loop {
+        let keys = a.jwks().await.keys;
+        if keys.len() == 2 {
+            assert!(keys.iter().all(|k| k.kid != kid(&before.access_token)));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "replica B did not move to a fresh key"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.start_task(start_request("rep-2", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let after = b
+        .issue_as("researcher", token_request("rep-2", &["crm.contacts.read"], None))
+        .await;
+    assert!(verifies(&a, &after.access_token).await);
 }

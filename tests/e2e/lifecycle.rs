@@ -23,13 +23,7 @@ fn install_jose() {
 /// served by GetJwks, and returns its claims.
 async fn verify_with_jsonwebtoken(broker: &Broker, token: &str, alg: Algorithm) -> Value {
     install_jose();
-    let jwks = broker
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = broker.jwks().await;
     let set: JwkSet = serde_json::from_str(&jwks.jwks_json).unwrap();
     let header = decode_header(token).unwrap();
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
@@ -209,22 +203,14 @@ async fn ed25519_tokens_verify_with_an_independent_library() {
         .start_task(start_request("ed-1", &["researcher"], &["crm.contacts.read"], 600))
         .await
         .unwrap();
-    let issued = issue(
-        &mut broker.agent("researcher").await,
-        token_request("ed-1", &["crm.contacts.read"], None),
-    )
-    .await;
+    let issued = broker
+        .issue_as("researcher", token_request("ed-1", &["crm.contacts.read"], None))
+        .await;
     let claims = verify_with_jsonwebtoken(&broker, &issued.access_token, Algorithm::EdDSA).await;
     assert_eq!(claims["jti"], issued.grant_id.as_str());
     // Default TTL (5m) bounded by the agent's 10m maximum.
     assert_eq!(issued.expires_in, 300);
-    let jwks = broker
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = broker.jwks().await;
     assert_eq!(jwks.keys.len(), 1);
     assert_eq!(jwks.keys[0].kty, "OKP");
     assert_eq!(jwks.keys[0].alg, "EdDSA");
@@ -350,16 +336,13 @@ async fn operator_revocation_kills_one_grant_and_verifiers_resume_without_loss()
 async fn an_agent_releases_its_own_token_only() {
     let broker = Broker::start();
     broker
-        .orchestrator()
-        .await
         .start_task(start_request(
             "rel-1",
             &["researcher", "writer"],
             &["crm.contacts.read"],
             600,
         ))
-        .await
-        .unwrap();
+        .await;
     let mut researcher = broker.agent("researcher").await;
     let t = issue(&mut researcher, token_request("rel-1", &["crm.contacts.read"], None)).await;
     let mut writer = broker.agent("writer").await;
@@ -434,16 +417,11 @@ async fn revoking_a_task_ends_its_child_tasks() {
 async fn forged_and_tampered_tokens_are_inactive() {
     let broker = Broker::start();
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("forge", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
-    let t = issue(
-        &mut broker.agent("researcher").await,
-        token_request("forge", &["crm.contacts.read"], None),
-    )
-    .await;
+        .await;
+    let t = broker
+        .issue_as("researcher", token_request("forge", &["crm.contacts.read"], None))
+        .await;
     let mut verifier = broker.verifier("api-gateway").await;
     let parts: Vec<&str> = t.access_token.split('.').collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -78,16 +78,11 @@ async fn two_replicas_share_one_truth() {
     let a = Broker::start_with(&env_of(&env));
     let b = a.replica();
 
-    a.orchestrator()
-        .await
-        .start_task(start_request("shared", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
-    let token = issue(
-        &mut a.agent("researcher").await,
-        token_request("shared", &["crm.contacts.read"], None),
-    )
-    .await;
+    a.start_task(start_request("shared", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let token = a
+        .issue_as("researcher", token_request("shared", &["crm.contacts.read"], None))
+        .await;
 
     let mut va = a.verifier("api-gateway").await;
     let mut vb = b.verifier("api-gateway").await;
@@ -146,11 +141,8 @@ async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
     env.push(("TESSERA_STORE__TIMEOUT".into(), "300ms".into()));
     let broker = Broker::start_with(&env_of(&env));
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("outage", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
+        .await;
     let mut agent = broker.agent("researcher").await;
     let channel = broker.channel("api-gateway").await;
 
@@ -241,11 +233,8 @@ async fn completing_a_task_with_10000_grants_revokes_them_all() {
     // One agent minting 10,000 tokens as fast as it can: lift its rate limit.
     let broker = Broker::start_with(&[("TESSERA_SERVER__PER_IDENTITY_RPS", "0")]);
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("big", &["researcher"], &["crm.contacts.read"], 3600))
-        .await
-        .unwrap();
+        .await;
     let agent = broker.agent("researcher").await;
     let tokens: Vec<pb::IssuedToken> = futures::stream::iter(0..GRANTS)
         .map(|_| {
@@ -316,16 +305,11 @@ async fn a_redis_that_restarts_empty_is_detected_and_nothing_old_is_live() {
     let mut redis = RedisServer::start();
     let broker = Broker::start_with(&env_of(&redis_env(&redis.url())));
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("before", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
-    let token = issue(
-        &mut broker.agent("researcher").await,
-        token_request("before", &["crm.contacts.read"], None),
-    )
-    .await;
+        .await;
+    let token = broker
+        .issue_as("researcher", token_request("before", &["crm.contacts.read"], None))
+        .await;
     let mut verifier = broker.verifier("api-gateway").await;
     assert!(introspect(&mut verifier, &token.access_token).await.unwrap());
     let mut feed = verifier
@@ -424,11 +408,8 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         ("TESSERA_STORE__TIMEOUT", "500ms"),
     ]);
     broker
-        .orchestrator()
-        .await
         .start_task(start_request("ha", &["researcher"], &["crm.contacts.read"], 600))
-        .await
-        .unwrap();
+        .await;
     let mut agent = broker.agent("researcher").await;
     let mut received = Vec::new();
     for _ in 0..10 {

@@ -100,13 +100,7 @@ async fn a_configured_signing_key_is_used() {
     let path = dir.path().join("test-only-signing.key.pem");
     std::fs::write(&path, key.serialize_pem()).unwrap();
     let broker = Broker::start_in(dir, &[("TESSERA_TOKENS__SIGNING_KEY", path.to_str().unwrap())]);
-    let jwks = broker
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = broker.jwks().await;
     assert_eq!(jwks.keys.len(), 1);
     assert_eq!(jwks.keys[0].alg, "ES256");
     // Restarting with the same key publishes the same kid.
@@ -117,13 +111,7 @@ async fn a_configured_signing_key_is_used() {
         dev_init("key2"),
         &[("TESSERA_TOKENS__SIGNING_KEY", path.to_str().unwrap())],
     );
-    let jwks = again
-        .verifier("api-gateway")
-        .await
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let jwks = again.jwks().await;
     assert_eq!(jwks.keys[0].kid, kid);
 }
 

@@ -235,6 +235,26 @@ impl Broker {
         VerifierClient::new(self.channel(name).await)
     }
 
+    /// Starts a task as the dev orchestrator; panics on refusal.
+    pub async fn start_task(&self, req: pb::StartTaskRequest) -> pb::Task {
+        self.orchestrator().await.start_task(req).await.unwrap().into_inner()
+    }
+
+    /// Issues a token to the dev agent `agent`; panics on refusal.
+    pub async fn issue_as(&self, agent: &str, req: pb::RequestTokenRequest) -> pb::IssuedToken {
+        issue(&mut self.agent(agent).await, req).await
+    }
+
+    /// The JWKS, as a verifier fetches it.
+    pub async fn jwks(&self) -> pb::GetJwksResponse {
+        self.verifier("api-gateway")
+            .await
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Runs the `tessera` CLI against this broker.
     pub fn tessera(&self, args: &[&str]) -> Output {
         self.tessera_stdin(args, "")

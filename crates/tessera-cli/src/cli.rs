@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::command::{audit, completions, dev, grant, identity, introspect, revocations, task, token};
+use crate::command::{
+    audit, blast, completions, dev, grant, identity, introspect, keys, revocations, revoke_all, task, token,
+};
 use crate::output::OutputFormat;
 
 /// Tessera: short-lived, task-scoped credentials for agents.
@@ -96,6 +98,14 @@ pub(crate) enum Command {
     Introspect(introspect::IntrospectArgs),
     /// Print the broker's public keys (JWK Set).
     Jwks,
+    /// List the published signing keys, or rotate the signing key.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// What an identity, owner or task could reach now: live grants,
+    /// audiences, scopes by class, longest TTL, delegation, owners.
+    BlastRadius(blast::BlastArgs),
+    /// Break-glass: revoke every live grant and replace the signing key.
+    RevokeAll(revoke_all::RevokeAllArgs),
     /// Follow the revocation feed.
     #[command(subcommand)]
     Revocations(revocations::RevocationsCommand),

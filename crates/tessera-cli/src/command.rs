@@ -2,13 +2,16 @@
 //! channel to the broker.
 
 pub(crate) mod audit;
+pub(crate) mod blast;
 pub(crate) mod completions;
 pub(crate) mod dev;
 pub(crate) mod grant;
 pub(crate) mod identity;
 pub(crate) mod introspect;
 pub(crate) mod jwks;
+pub(crate) mod keys;
 pub(crate) mod revocations;
+pub(crate) mod revoke_all;
 pub(crate) mod task;
 pub(crate) mod token;
 
@@ -30,6 +33,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity(cmd) => identity::run(&global, cmd).await,
         Command::Introspect(args) => introspect::run(&global, args).await,
         Command::Jwks => jwks::run(&global).await,
+        Command::Keys(cmd) => keys::run(&global, cmd).await,
+        Command::BlastRadius(args) => blast::run(&global, args).await,
+        Command::RevokeAll(args) => revoke_all::run(&global, args).await,
         Command::Revocations(cmd) => revocations::run(&global, cmd).await,
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Completions(args) => completions::run(&args),

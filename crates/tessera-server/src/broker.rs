@@ -307,6 +307,17 @@ impl Broker {
     /// anything, and the old one stays in the JWKS until its last token has
     /// expired. Returns (new kid, retired kid).
     pub async fn rotate_key(&self, who: Option<&VerifiedIdentity>, why: &str) -> Result<(String, String), BrokerError> {
+        self.replace_key(who, why, true).await
+    }
+
+    /// Publishes a fresh key, then signs with it; the old one is retired
+    /// (kept until its tokens expire) or, after a withdrawal, left out.
+    async fn replace_key(
+        &self,
+        who: Option<&VerifiedIdentity>,
+        why: &str,
+        retire_old: bool,
+    ) -> Result<(String, String), BrokerError> {
         let _one_at_a_time = self.rotating.lock().await;
         let old = self.signer();
         let new = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
@@ -321,15 +332,55 @@ impl Broker {
         event.reason = Some(format!("kid {} ({}): {why}", new.kid(), new.algorithm().as_jose()));
         self.audit(event).await?;
         *self.signer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
-        self.retire(&old, who, why).await?;
+        if retire_old {
+            self.retire(&old, who, why).await?;
+        }
         tracing::info!(
             event = "key_rotated",
             new_kid = new.kid(),
-            retired_kid = old.kid(),
+            old_kid = old.kid(),
             reason = why,
             "signing key rotated"
         );
         Ok((new.kid().to_owned(), old.kid().to_owned()))
+    }
+
+    /// Break-glass: ends every live task (so every live grant dies), rotates
+    /// the key, and withdraws every other key from the JWKS, so no token
+    /// minted before verifies anywhere, even offline. Other replicas notice
+    /// their key is gone and move to a fresh one (`ensure_own_key`).
+    pub async fn revoke_all(&self, who: &VerifiedIdentity, reason: &str) -> Result<(u64, String), BrokerError> {
+        self.require_operator(who, "RevokeAll").await?;
+        let now = self.clock.now();
+        let why = format!("break-glass: {reason}");
+        let mut grants = 0;
+        for task in self.store.active_task_ids(now).await? {
+            grants += self
+                .store
+                .end_task(&task, TaskState::Revoked, &why, now)
+                .await?
+                .grants_revoked;
+        }
+        let (new_kid, _) = self.replace_key(Some(who), &why, false).await?;
+        let withdrawn = self.store.withdraw_keys_except(&new_kid).await?;
+        let mut event = self.event(AuditKind::TaskRevoked, Outcome::Allow, Some(who));
+        event.reason = Some(format!("{why}; {withdrawn} keys withdrawn; new kid {new_kid}"));
+        event.count = Some(grants);
+        self.audit(event).await?;
+        tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, "break-glass revocation");
+        Ok((grants, new_kid))
+    }
+
+    /// If this replica's key was withdrawn (break-glass elsewhere), moves to
+    /// a fresh key without re-publishing the withdrawn one.
+    pub async fn ensure_own_key(&self) -> Result<(), BrokerError> {
+        let kid = self.signer().kid().to_owned();
+        let published = self.store.published_keys(self.clock.now()).await?;
+        if published.iter().any(|k| k.jwk.kid == kid) {
+            return Ok(());
+        }
+        tracing::warn!(kid = %kid, "this replica's signing key was withdrawn; moving to a fresh key");
+        self.replace_key(None, "own key withdrawn", false).await.map(drop)
     }
 
     /// The trust domain callers must belong to.
@@ -742,6 +793,71 @@ fn require_any_role(who: &VerifiedIdentity, roles: &[Role]) -> Result<(), Orches
 
 fn log_rejected(e: &JwsError) {
     tracing::debug!(reason = %e, "introspected token rejected");
+}
+
+/// Operator views computed over many grants.
+impl Broker {
+    /// BlastRadius (operator): what the live grants of an identity, an
+    /// owner's identities or a task reach now. Read-only, so not audited
+    /// (a refused caller is, by [`Broker::require_operator`]). An identity
+    /// must be registered and a task must exist; a target with more than
+    /// [`tessera_core::blast::MAX_BLAST_GRANTS`] live grants is refused
+    /// (RESOURCE_EXHAUSTED) rather than summarised from a partial view.
+    pub async fn blast_radius(
+        &self,
+        who: &VerifiedIdentity,
+        target: &tessera_core::blast::BlastTarget,
+    ) -> Result<tessera_core::blast::BlastRadius, BrokerError> {
+        use tessera_core::blast::{self, BlastTarget, MAX_BLAST_GRANTS};
+        use tessera_store::MAX_GRANT_PAGE;
+
+        self.require_operator(who, "BlastRadius").await?;
+        let mut filter = GrantFilter::default();
+        match target {
+            BlastTarget::Identity(id) => {
+                if !self.registry.contains(id) {
+                    return Err(BrokerError::UnknownIdentity(id.clone()));
+                }
+                filter.subjects = Some(std::collections::BTreeSet::from([id.clone()]));
+            }
+            BlastTarget::Owner(owner) => filter.subjects = Some(self.registry.owned_by(owner)),
+            BlastTarget::Task(id) => {
+                if self.store.task(id).await?.is_none() {
+                    return Err(StoreError::TaskNotFound(id.clone()).into());
+                }
+                filter.task_id = Some(id.clone());
+            }
+        }
+        let now = self.clock.now();
+        let mut grants = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_grants(&filter, after.as_deref(), MAX_GRANT_PAGE, now)
+                .await?;
+            grants.extend(page.grants);
+            if grants.len() > MAX_BLAST_GRANTS {
+                return Err(
+                    StoreError::Full("blast radius: the target has more than 100000 live grants; narrow it").into(),
+                );
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let owner_of = |id: &SpiffeId| self.registry.lookup(id).ok().map(|i| i.owner.clone());
+        let radius = blast::blast_radius(&grants, owner_of, now);
+        tracing::debug!(
+            event = "blast_radius",
+            by = %who.id(),
+            target = ?target,
+            live_grants = radius.live_grants,
+            "blast radius computed"
+        );
+        Ok(radius)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
+use tessera_core::blast::{BlastRadius, BlastTarget};
 use tessera_core::grant::{Grant, GrantId, GrantState};
 use tessera_core::identity::SpiffeId;
 use tessera_core::issuance::{MAX_SCOPES_PER_REQUEST, TokenRequest};
@@ -417,6 +418,52 @@ pub fn revocation_event(e: &FeedEvent) -> pb::RevocationEvent {
     }
 }
 
+/// BlastRadiusRequest → [`BlastTarget`]: exactly one of identity, owner or task.
+pub fn blast_target(req: &pb::BlastRadiusRequest) -> Result<BlastTarget, FieldError> {
+    use pb::blast_radius_request::Target;
+    match &req.target {
+        None => Err(FieldError::new(
+            "target",
+            "is required: one of identity, owner or task_id",
+        )),
+        Some(Target::Identity(id)) => Ok(BlastTarget::Identity(identity("identity", id)?)),
+        Some(Target::Owner(owner)) => {
+            if owner.is_empty() {
+                return Err(FieldError::new("owner", "is required (an owner as registered)"));
+            }
+            if owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    "owner",
+                    format!("at most {MAX_OWNER_LEN} bytes, no control characters"),
+                ));
+            }
+            Ok(BlastTarget::Owner(owner.clone()))
+        }
+        Some(Target::TaskId(id)) => Ok(BlastTarget::Task(task_id("task_id", id)?)),
+    }
+}
+
+/// A blast radius for the wire: audiences and owners sorted, classes in order of power.
+pub fn blast_radius(r: &BlastRadius) -> pb::BlastRadiusResponse {
+    pb::BlastRadiusResponse {
+        live_grants: r.live_grants,
+        audiences: r.audiences.iter().map(ToString::to_string).collect(),
+        scopes_by_class: r
+            .scopes_by_class
+            .iter()
+            .map(|(c, n)| pb::ScopeClassCount {
+                class: class(*c).into(),
+                scopes: *n,
+            })
+            .collect(),
+        high_impact_grants: r.high_impact_grants,
+        longest_remaining_ttl_seconds: u32::try_from(r.longest_remaining_ttl_secs).unwrap_or(u32::MAX),
+        max_delegation_depth: r.max_delegation_depth,
+        delegation_fan_out: r.delegation_fan_out,
+        owners: r.owners.iter().cloned().collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +569,68 @@ mod tests {
         assert_eq!(reason("reason", "", "default").unwrap(), "default");
         assert!(reason("reason", "a\nb", "d").is_err());
         assert!(reason("reason", &"a".repeat(1025), "d").is_err());
+    }
+
+    #[test]
+    fn blast_target_needs_exactly_one_valid_target() {
+        use pb::blast_radius_request::Target;
+        let req = |t: Option<Target>| pb::BlastRadiusRequest { target: t };
+        assert_eq!(blast_target(&req(None)).unwrap_err().field, "target");
+        assert_eq!(
+            blast_target(&req(Some(Target::Identity("nope".into()))))
+                .unwrap_err()
+                .field,
+            "identity"
+        );
+        assert_eq!(
+            blast_target(&req(Some(Target::Owner(String::new()))))
+                .unwrap_err()
+                .field,
+            "owner"
+        );
+        assert_eq!(
+            blast_target(&req(Some(Target::TaskId("a b".into()))))
+                .unwrap_err()
+                .field,
+            "task_id"
+        );
+        assert_eq!(
+            blast_target(&req(Some(Target::Owner("team".into())))).unwrap(),
+            BlastTarget::Owner("team".into())
+        );
+        assert!(matches!(
+            blast_target(&req(Some(Target::Identity("spiffe://td/a".into())))).unwrap(),
+            BlastTarget::Identity(_)
+        ));
+    }
+
+    #[test]
+    fn blast_radius_goes_to_the_wire_in_class_order() {
+        let r = BlastRadius {
+            live_grants: 2,
+            audiences: BTreeSet::from([audience("a", "crm").unwrap()]),
+            scopes_by_class: BTreeMap::from([(ScopeClass::Write, 1), (ScopeClass::Read, 3)]),
+            longest_remaining_ttl_secs: 90,
+            owners: BTreeSet::from(["team".to_owned()]),
+            ..BlastRadius::default()
+        };
+        let wire = blast_radius(&r);
+        assert_eq!(wire.live_grants, 2);
+        assert_eq!(wire.audiences, ["crm"]);
+        assert_eq!(
+            wire.scopes_by_class,
+            [
+                pb::ScopeClassCount {
+                    class: pb::ScopeClass::Read.into(),
+                    scopes: 3
+                },
+                pb::ScopeClassCount {
+                    class: pb::ScopeClass::Write.into(),
+                    scopes: 1
+                },
+            ]
+        );
+        assert_eq!(wire.longest_remaining_ttl_seconds, 90);
+        assert_eq!(wire.owners, ["team"]);
     }
 }

@@ -212,6 +212,9 @@ pub async fn serve(
                 let ok = tokio::time::timeout(Duration::from_secs(2), broker.ping())
                     .await
                     .is_ok_and(|r| r.is_ok());
+                if ok && let Err(e) = broker.ensure_own_key().await {
+                    tracing::warn!(error = %e, "could not check this replica's signing key");
+                }
                 if ok != serving {
                     serving = ok;
                     let status = if ok {

@@ -36,6 +36,7 @@ where
     feed_resumes_from_any_position(make().await).await;
     feed_readers_wake_on_new_events(make().await).await;
     keys_are_published_until_not_after(make().await).await;
+    break_glass_primitives(make().await).await;
     positions_do_not_cross_stores(make().await, make().await).await;
     ending_an_expired_task_changes_nothing(make().await).await;
     listing_filters_and_pages_live_grants(make().await).await;
@@ -711,4 +712,65 @@ pub async fn revoking_a_subject_revokes_its_grants_and_delegates(store: impl Gra
     );
     let left = list_all(&store, &GrantFilter::default(), 100, now).await;
     assert_eq!(left, sorted(&[&b1, &b2]));
+}
+
+/// What break-glass revocation needs: the tasks that may be active, and
+/// withdrawing every key but one.
+pub async fn break_glass_primitives(store: impl GrantStore) {
+    store.create_task(&task("live", 60, None)).await.unwrap();
+    store.create_task(&task("gone", 60, None)).await.unwrap();
+    store
+        .end_task(&tid("gone"), TaskState::Completed, "done", t0())
+        .await
+        .unwrap();
+    store.create_task(&task("late", 5, None)).await.unwrap();
+    let ids: BTreeSet<TaskId> = store
+        .active_task_ids(t0() + secs(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(ids.contains(&tid("live")));
+    assert!(!ids.contains(&tid("late")), "past its deadline");
+    for id in ids {
+        store
+            .end_task(&id, TaskState::Revoked, "break-glass", t0() + secs(10))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.task(&tid("live")).await.unwrap().unwrap().state,
+        TaskState::Revoked
+    );
+    assert_eq!(
+        store.task(&tid("gone")).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+
+    let jwk = |kid: &str| -> tessera_core::token::Jwk {
+        serde_json::from_value(serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "kid": kid, "alg": "EdDSA", "use": "sig"
+        }))
+        .unwrap()
+    };
+    for kid in ["a", "b", "c"] {
+        store
+            .publish_key(&PublishedKey {
+                jwk: jwk(kid),
+                published_at: t0(),
+                not_after: None,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.withdraw_keys_except("b").await.unwrap(), 2);
+    let kids: Vec<String> = store
+        .published_keys(t0())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.jwk.kid)
+        .collect();
+    assert_eq!(kids, vec!["b".to_owned()]);
 }

@@ -543,6 +543,23 @@ impl GrantStore for MemoryStore {
         Ok(revoked)
     }
 
+    async fn active_task_ids(&self, now: DateTime<Utc>) -> Result<Vec<TaskId>, StoreError> {
+        Ok(self
+            .lock()
+            .tasks
+            .values()
+            .filter(|t| t.is_active_at(now))
+            .map(|t| t.id.clone())
+            .collect())
+    }
+
+    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let before = state.keys.len();
+        state.keys.retain(|kid, _| kid == keep);
+        Ok((before - state.keys.len()) as u64)
+    }
+
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
         self.lock().keys.insert(key.jwk.kid.clone(), key.clone());
         Ok(())

@@ -176,6 +176,14 @@ pub trait GrantStore: Send + Sync + 'static {
     /// revoked. Returns how many grants were revoked; repeating it revokes none.
     async fn revoke_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Ids of tasks that may still be active at `now` (a superset is fine:
+    /// ending an ended task changes nothing). For break-glass revocation.
+    async fn active_task_ids(&self, now: DateTime<Utc>) -> Result<Vec<TaskId>, StoreError>;
+
+    /// Withdraws every published key but `keep` (break-glass): tokens signed
+    /// by them no longer verify anywhere, offline or not.
+    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError>;
+
     /// Publishes (or updates) a public key.
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError>;
 

@@ -101,11 +101,26 @@ impl AdminService for Shared {
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "RevokeAll")
+        if req.get_ref().confirm != "revoke-all" {
+            // Checked after the caller is known, so a stray call is still attributed.
+            self.broker
+                .require_operator(&who, "RevokeAll")
+                .await
+                .map_err(status::from_broker)?;
+            return Err(Status::invalid_argument(
+                "confirm: must be \"revoke-all\": this revokes every live grant and withdraws every signing key",
+            ));
+        }
+        let reason = convert::reason("reason", &req.get_ref().reason, "break-glass")?;
+        let (grants_revoked, new_key_id) = self
+            .broker
+            .revoke_all(&who, &reason)
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("RevokeAll", "arrives with the operator tooling"))
+        Ok(Response::new(pb::RevokeAllResponse {
+            grants_revoked,
+            new_key_id,
+        }))
     }
 
     async fn list_approvals(
@@ -141,7 +156,13 @@ impl AdminService for Shared {
             .require_operator(&who, "BlastRadius")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("BlastRadius", "arrives with the operator tooling"))
+        let target = convert::blast_target(req.get_ref())?;
+        let radius = self
+            .broker
+            .blast_radius(&who, &target)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(convert::blast_radius(&radius)))
     }
 
     async fn rotate_signing_key(

@@ -1036,6 +1036,29 @@ impl GrantStore for RedisStore {
         Ok(revoked)
     }
 
+    async fn active_task_ids(&self, now: DateTime<Utc>) -> Result<Vec<TaskId>, StoreError> {
+        let ids = self.index_live(&self.keys.tasks(), now).await?;
+        Ok(ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect())
+    }
+
+    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let kids: Vec<String> = self
+            .bounded(redis::cmd("HKEYS").arg(self.keys.keys()).query_async(&mut conn))
+            .await?;
+        let withdraw: Vec<&String> = kids.iter().filter(|k| k.as_str() != keep).collect();
+        if withdraw.is_empty() {
+            return Ok(0);
+        }
+        self.bounded(
+            redis::cmd("HDEL")
+                .arg(self.keys.keys())
+                .arg(&withdraw)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
         self.write_key(key).await?;
         let mut own = self.own_keys.lock().unwrap_or_else(PoisonError::into_inner);
