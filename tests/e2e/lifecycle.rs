@@ -381,6 +381,10 @@ async fn revoking_a_task_ends_its_child_tasks() {
     orchestrator.start_task(child).await.unwrap();
     let mut agent = broker.agent("researcher").await;
     let t = issue(&mut agent, token_request("child", &["crm.contacts.read"], None)).await;
+    let in_parent = issue(&mut agent, token_request("parent", &["crm.contacts.read"], None)).await;
+    // A bystander task, and a bystander grant of the same agent: both must live.
+    broker.start_task(start_request("bystander", &["researcher"], &["crm.contacts.read"], 600)).await;
+    let bystander = broker.issue_as("researcher", token_request("bystander", &["crm.contacts.read"], None)).await;
     let mut not_operator = broker.admin("orchestrator").await;
     let denied = code(
         not_operator
@@ -401,16 +405,18 @@ async fn revoking_a_task_ends_its_child_tasks() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.grants_revoked, 1);
+    assert_eq!(r.grants_revoked, 2);
     assert_eq!(r.child_tasks_ended, vec!["child".to_owned()]);
     assert_eq!(r.task.unwrap().state(), pb::TaskState::Revoked);
-    let active = broker
-        .verifier("api-gateway")
-        .await
-        .introspect(pb::IntrospectRequest { token: t.access_token })
-        .await
-        .unwrap();
-    assert!(!active.into_inner().active);
+    let v = broker.verifier("api-gateway").await;
+    let active = |token: &pb::IssuedToken| {
+        let mut v = v.clone();
+        let token = token.access_token.clone();
+        async move { v.introspect(pb::IntrospectRequest { token }).await.unwrap().into_inner().active }
+    };
+    assert!(!active(&t).await, "the child task's grant died");
+    assert!(!active(&in_parent).await, "the task's own grant died");
+    assert!(active(&bystander).await, "a grant of another task lives");
 }
 
 #[tokio::test]

@@ -346,9 +346,14 @@ impl Drop for Broker {
             eprintln!("--- tesserad log ---\n{}", self.logs());
             return;
         }
-        // Every end-to-end test is also a secrets scan of everything the broker printed.
+        // Every end-to-end test is also a secrets scan of everything the broker
+        // printed and of the audit trail it wrote.
         if let Some(leak) = find_secret(&self.logs()) {
             panic!("tesserad's log leaks a secret: {leak}");
+        }
+        let audit = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        if let Some(leak) = find_secret(&audit) {
+            panic!("tesserad's audit trail leaks a secret: {leak}");
         }
     }
 }
