@@ -383,8 +383,12 @@ async fn revoking_a_task_ends_its_child_tasks() {
     let t = issue(&mut agent, token_request("child", &["crm.contacts.read"], None)).await;
     let in_parent = issue(&mut agent, token_request("parent", &["crm.contacts.read"], None)).await;
     // A bystander task, and a bystander grant of the same agent: both must live.
-    broker.start_task(start_request("bystander", &["researcher"], &["crm.contacts.read"], 600)).await;
-    let bystander = broker.issue_as("researcher", token_request("bystander", &["crm.contacts.read"], None)).await;
+    broker
+        .start_task(start_request("bystander", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let bystander = broker
+        .issue_as("researcher", token_request("bystander", &["crm.contacts.read"], None))
+        .await;
     let mut not_operator = broker.admin("orchestrator").await;
     let denied = code(
         not_operator
@@ -412,7 +416,13 @@ async fn revoking_a_task_ends_its_child_tasks() {
     let active = |token: &pb::IssuedToken| {
         let mut v = v.clone();
         let token = token.access_token.clone();
-        async move { v.introspect(pb::IntrospectRequest { token }).await.unwrap().into_inner().active }
+        async move {
+            v.introspect(pb::IntrospectRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        }
     };
     assert!(!active(&t).await, "the child task's grant died");
     assert!(!active(&in_parent).await, "the task's own grant died");

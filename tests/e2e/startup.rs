@@ -41,6 +41,7 @@ fn bad_configuration_exits_64_naming_the_key_before_binding() {
         (&[("TESSERA_TOKENS__DEFAULT_TTL", "2h")], "tokens.default_ttl"),
         (&[("TESSERA_TOKENS__ALGORITHM", "none")], "tokens.algorithm"),
         (&[("TESSERA_SERVER__MAX_CONNECTIONS", "zero")], "server.max_connections"),
+        (&[("TESSERA_SERVER__HTTP_LISTEN", "nope")], "server.http_listen"),
         (&[("TESSERA_SERVER__UNKNOWN_KNOB", "1")], "server.unknown_knob"),
         (&[("TESSERA_TLS__CERT", "/nonexistent/cert.pem")], "tls.cert"),
         (&[("TESSERA_TLS__TRUST_BUNDLE", "/dev/null")], "tls.trust_bundle"),

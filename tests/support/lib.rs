@@ -108,6 +108,9 @@ pub struct Broker {
     child: Option<Child>,
     pub dir: std::sync::Arc<TempDir>,
     pub addr: String,
+    /// The plain-HTTP operations address (`/metrics`, `/healthz`, `/readyz`),
+    /// when the ready file names one.
+    pub http_addr: Option<String>,
     log: PathBuf,
     env: Vec<(String, String)>,
     /// The Redis this broker (and its replicas) use, when the test store is Redis.
@@ -158,6 +161,7 @@ impl Broker {
             .arg("--ready-file")
             .arg(&ready)
             .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
+            .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-test-{n}"))
             .env_remove("TESSERA_LOG")
             // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
@@ -170,10 +174,13 @@ impl Broker {
         }
         let mut child = cmd.spawn().unwrap();
         let started = Instant::now();
-        let addr = loop {
+        let (addr, http_addr) = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                break v["grpc"].as_str().unwrap().to_owned();
+                break (
+                    v["grpc"].as_str().unwrap().to_owned(),
+                    v["http"].as_str().map(str::to_owned),
+                );
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
@@ -191,6 +198,7 @@ impl Broker {
             child: Some(child),
             dir,
             addr,
+            http_addr,
             log,
             env,
             redis,
@@ -200,6 +208,29 @@ impl Broker {
     /// `https://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// A plain HTTP/1.1 `GET path` on the operations listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read as _, Write as _};
+        let addr = self.http_addr.as_deref().expect("the ready file names an http address");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (status, body.to_owned())
     }
 
     /// The dev identity `name` (`orchestrator`, `researcher`, `writer`, `alice`, `api-gateway`).

@@ -5,6 +5,7 @@
 //! (signing, verifying). This crate never does network I/O, never talks to a
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
+pub mod anomaly;
 pub mod audit;
 pub mod blast;
 pub mod catalog;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::ErrorKind;
+use tessera_core::anomaly::{AnomalyDetector, AnomalyRule, QuarantineList, Trigger};
 use tessera_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
@@ -62,6 +63,16 @@ pub enum BrokerError {
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
+    /// The identity tripped an anomaly rule and is refused until `until`.
+    #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
+    Quarantined {
+        /// The identity.
+        identity: SpiffeId,
+        /// When the quarantine ends.
+        until: chrono::DateTime<chrono::Utc>,
+        /// The rule that fired, for people.
+        why: String,
+    },
 }
 
 /// Where audit records go: the chained file log in production.
@@ -90,7 +101,7 @@ impl BrokerError {
             Self::Task(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
-            Self::NotHolder(_) => ErrorKind::PermissionDenied,
+            Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
             Self::Audit(_) => ErrorKind::Unavailable,
         }
@@ -142,6 +153,8 @@ pub struct BrokerSettings {
     pub tasks: TaskLimits,
     /// Clock skew tolerated when verifying tokens, in seconds.
     pub leeway_secs: i64,
+    /// Anomaly revocation: quarantine an identity denied too often (`None`: off).
+    pub anomaly: Option<AnomalyRule>,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -156,6 +169,49 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     audit: Arc<dyn AuditSink>,
+    /// Anomaly revocation state, `None` when the rule is off. Per replica:
+    /// each replica counts the denials it answers and quarantines on its own
+    /// (the grants it revokes are revoked in the shared store, for every
+    /// replica); a quarantine is not shared, and ends with a restart.
+    anomaly: Option<std::sync::Mutex<Anomaly>>,
+}
+
+/// Most quarantine refusals audited per identity: one per this interval.
+const QUARANTINE_AUDIT_EVERY: chrono::Duration = chrono::Duration::seconds(1);
+
+/// Denials counted and identities quarantined, by this replica.
+#[derive(Debug)]
+struct Anomaly {
+    detector: AnomalyDetector,
+    quarantined: QuarantineList,
+    /// Why each quarantined identity is (kept while it is quarantined).
+    why: std::collections::HashMap<SpiffeId, String>,
+    /// When a refusal of each quarantined identity was last audited.
+    last_audited: std::collections::HashMap<SpiffeId, chrono::DateTime<chrono::Utc>>,
+}
+
+impl Anomaly {
+    fn new(rule: AnomalyRule) -> Self {
+        Self {
+            detector: AnomalyDetector::new(rule),
+            quarantined: QuarantineList::default(),
+            why: std::collections::HashMap::new(),
+            last_audited: std::collections::HashMap::new(),
+        }
+    }
+
+    fn quarantine(&mut self, trigger: &Trigger, now: chrono::DateTime<chrono::Utc>) {
+        self.quarantined.quarantine(&trigger.identity, trigger.until);
+        self.why.insert(trigger.identity.clone(), trigger.describe());
+        self.last_audited.remove(&trigger.identity);
+        // The side maps follow the (bounded) list.
+        if self.why.len() > self.quarantined.len() {
+            let quarantined = &mut self.quarantined;
+            self.why.retain(|id, _| quarantined.is_quarantined(id, now).is_some());
+            let why = &self.why;
+            self.last_audited.retain(|id, _| why.contains_key(id));
+        }
+    }
 }
 
 fn actor(who: &VerifiedIdentity) -> Actor {
@@ -206,6 +262,7 @@ impl Broker {
             signer: std::sync::RwLock::new(Arc::new(signer)),
             rotating: tokio::sync::Mutex::new(()),
             clock,
+            anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),
             settings,
             audit,
         };
@@ -229,6 +286,7 @@ impl Broker {
     async fn audit(&self, event: AuditEvent) -> Result<(), BrokerError> {
         self.audit.record(event).await.map_err(|e| {
             tracing::error!(error = %e, "audit record not written; failing the operation");
+            crate::telemetry::audit_failure();
             BrokerError::Audit(e)
         })
     }
@@ -248,6 +306,7 @@ impl Broker {
         reason: &str,
     ) -> BrokerError {
         let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
+        crate::telemetry::decision("attest", false);
         event.who = claimed.map(|id| {
             let mut a = Actor::new(id.to_string());
             a.attestation = Some("x509".into());
@@ -264,9 +323,12 @@ impl Broker {
     /// Fails unless `who` is an operator; a refusal is audited as `admin_denied`.
     pub async fn require_operator(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
         if let Err(e) = orchestration::require_role(who, Role::Operator) {
+            crate::telemetry::decision("operator_rpc", false);
             let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
             event.reason = Some(format!("{rpc}: {e}"));
-            self.audit(event).await?;
+            let audited = self.audit(event).await;
+            self.count_denial(who).await;
+            audited?;
             return Err(e.into());
         }
         Ok(())
@@ -368,6 +430,7 @@ impl Broker {
         event.count = Some(grants);
         self.audit(event).await?;
         tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, "break-glass revocation");
+        crate::telemetry::revoked("break_glass", grants);
         Ok((grants, new_kid))
     }
 
@@ -422,9 +485,12 @@ impl Broker {
         ) {
             Ok(task) => task,
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                crate::telemetry::decision("start_task", false);
                 let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
                 event.task_id = Some(requested);
-                return self.refuse(event, e.into()).await;
+                let refused = self.refuse(event, e.into()).await;
+                self.count_denial(who).await;
+                return refused;
             }
             Err(e) => return Err(e.into()),
         };
@@ -454,6 +520,7 @@ impl Broker {
             deadline = %task.deadline,
             "task started"
         );
+        crate::telemetry::decision("start_task", true);
         Ok(task)
     }
 
@@ -485,9 +552,12 @@ impl Broker {
         }
         let task = self.load_task(id).await?;
         if let Err(e) = orchestration::may_end_task(who, &task) {
+            crate::telemetry::decision(crate::telemetry::end_task_operation(state), false);
             let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
             event.task_id = Some(id.to_string());
-            return self.refuse(event, e.into()).await;
+            let refused = self.refuse(event, e.into()).await;
+            self.count_denial(who).await;
+            return refused;
         }
         let ended = self.store.end_task(id, state, reason, self.clock.now()).await?;
         let kind = if state == TaskState::Revoked {
@@ -509,6 +579,7 @@ impl Broker {
             reason,
             "task ended"
         );
+        crate::telemetry::task_ended(state, ended.grants_revoked);
         Ok(ended)
     }
 
@@ -527,12 +598,15 @@ impl Broker {
                     reason = %e,
                     "token request denied"
                 );
+                crate::telemetry::decision("request_token", false);
                 let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
                 event.task_id = Some(req.task_id.to_string());
                 event.audience = Some(req.audience.to_string());
                 event.scopes = req.scopes.iter().map(ToString::to_string).collect();
                 event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                return self.refuse(event, e.into()).await;
+                let refused = self.refuse(event, e.into()).await;
+                self.count_denial(who).await;
+                return refused;
             }
         };
         let id = self.store.new_grant_id(&plan.task_id).await?;
@@ -598,6 +672,7 @@ impl Broker {
             kid = %grant.key_id,
             "token issued"
         );
+        crate::telemetry::issued(&grant.class);
         Ok(Issued { token, grant })
     }
 
@@ -650,6 +725,7 @@ impl Broker {
             reason,
             "grant revoked"
         );
+        crate::telemetry::grant_revoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
         let mut event = self.event(kind, Outcome::Allow, Some(who));
         event.grant_id = Some(id.to_string());
         event.task_id = Some(outcome.grant.task_id.to_string());
@@ -716,7 +792,9 @@ impl Broker {
         if let Err(e) = require_any_role(who, &[Role::Verifier, Role::Operator]) {
             let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
             event.reason = Some(format!("{rpc}: {e}"));
-            self.audit(event).await?;
+            let audited = self.audit(event).await;
+            self.count_denial(who).await;
+            audited?;
             return Err(e.into());
         }
         Ok(())
@@ -776,11 +854,112 @@ impl Broker {
             reason,
             "identity's grants revoked"
         );
+        crate::telemetry::revoked("identity", revoked);
         let mut event = self.event(AuditKind::GrantRevoked, Outcome::Allow, Some(who));
         event.reason = Some(format!("identity {identity}: {reason}"));
         event.count = Some(revoked);
         self.audit(event).await?;
         Ok(revoked)
+    }
+}
+
+/// Anomaly revocation: denials are counted per identity (by this replica)
+/// and an identity denied too often loses its grants and is quarantined.
+impl Broker {
+    /// Admits an attested caller, or refuses a quarantined one (PERMISSION_DENIED).
+    /// Every RPC passes here right after attestation. Refusals are audited
+    /// as `quarantine_refused`, at most once per identity per second.
+    pub async fn admit(&self, who: &VerifiedIdentity) -> Result<(), BrokerError> {
+        let Some(anomaly) = &self.anomaly else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let (until, why, audit) = {
+            let mut a = anomaly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(until) = a.quarantined.is_quarantined(who.id(), now) else {
+                if !a.why.is_empty() {
+                    a.why.remove(who.id());
+                    a.last_audited.remove(who.id());
+                }
+                return Ok(());
+            };
+            let why = a.why.get(who.id()).cloned().unwrap_or_default();
+            let audit = match a.last_audited.get(who.id()) {
+                Some(last) if now - *last < QUARANTINE_AUDIT_EVERY && now >= *last => false,
+                _ => {
+                    a.last_audited.insert(who.id().clone(), now);
+                    true
+                }
+            };
+            (until, why, audit)
+        };
+        let err = BrokerError::Quarantined {
+            identity: who.id().clone(),
+            until,
+            why,
+        };
+        tracing::debug!(event = "quarantine_refused", identity = %who.id(), until = %until, "quarantined caller refused");
+        if audit {
+            let event = self.event(AuditKind::QuarantineRefused, Outcome::Deny, Some(who));
+            return self.refuse(event, err).await;
+        }
+        Err(err)
+    }
+
+    /// Counts a denial of `who`; if that fires the anomaly rule, quarantines
+    /// the identity and revokes its live grants. Failures to revoke or audit
+    /// are logged: the denial already answered stands, and so does the quarantine.
+    async fn count_denial(&self, who: &VerifiedIdentity) {
+        let Some(anomaly) = &self.anomaly else {
+            return;
+        };
+        let now = self.clock.now();
+        let trigger = {
+            let mut a = anomaly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let trigger = a.detector.observe_denial(who.id(), now);
+            if let Some(t) = &trigger {
+                // Quarantined before the grants are revoked, so that no new
+                // grant can be minted in between.
+                a.quarantine(t, now);
+            }
+            trigger
+        };
+        if let Some(trigger) = trigger {
+            self.quarantine(who, &trigger, now).await;
+        }
+    }
+
+    async fn quarantine(&self, who: &VerifiedIdentity, trigger: &Trigger, now: chrono::DateTime<chrono::Utc>) {
+        let what = trigger.describe();
+        let revoked = match self
+            .store
+            .revoke_subject(who.id(), &format!("anomaly: {what}"), now)
+            .await
+        {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(identity = %who.id(), error = %e, "anomaly: revoking the quarantined identity's grants failed");
+                None
+            }
+        };
+        let shown = revoked.map_or_else(|| "failed".to_owned(), |n| n.to_string());
+        tracing::warn!(
+            event = "quarantined",
+            identity = %who.id(),
+            denials = trigger.denials,
+            within_secs = trigger.within.num_seconds(),
+            grants_revoked = %shown,
+            until = %trigger.until,
+            "anomaly rule fired: identity quarantined"
+        );
+        let mut event = self.event(AuditKind::Quarantined, Outcome::Allow, Some(who));
+        event.reason = Some(format!(
+            "{what}; grants revoked: {shown}; quarantined until {}",
+            trigger.until
+        ));
+        event.count = revoked;
+        // The quarantine and revocation stand even if this record is lost.
+        let _ = self.audit(event).await;
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The audit trail.
     pub audit: crate::audit::AuditConfig,
+    /// Anomaly revocation.
+    pub anomaly: AnomalyConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -120,6 +122,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// gRPC (mTLS) listen address; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Plain-HTTP `/metrics`, `/healthz`, `/readyz` listen address.
+    pub http_listen: SocketAddr,
     /// Name of this broker replica in logs and audit.
     pub instance_id: String,
     /// Largest gRPC message accepted, in bytes.
@@ -186,6 +190,23 @@ pub enum StoreConfig {
     Redis(tessera_store::RedisConfig),
 }
 
+/// `[anomaly]`: an identity refused `denials` times within `within` has its
+/// grants revoked and is quarantined for `quarantine`. Counted per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnomalyConfig {
+    /// Whether the rule applies.
+    pub enabled: bool,
+    /// The rule.
+    pub rule: tessera_core::anomaly::AnomalyRule,
+}
+
+impl AnomalyConfig {
+    /// The rule to apply, if enabled.
+    pub fn rule(&self) -> Option<tessera_core::anomaly::AnomalyRule> {
+        self.enabled.then_some(self.rule)
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -210,6 +231,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    anomaly: RawAnomaly,
+    #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
     apis: Vec<RawApi>,
@@ -219,6 +242,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
+    #[serde(default = "crate::http::default_listen")]
+    http_listen: String,
     #[serde(default = "default_instance_id")]
     instance_id: String,
     #[serde(default = "default_max_message_bytes")]
@@ -418,6 +443,67 @@ fn default_audit_file() -> PathBuf {
 
 fn default_audit_timeout() -> Duration {
     Duration::from_secs(2)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    #[serde(default = "default_anomaly_enabled")]
+    enabled: bool,
+    #[serde(default = "default_anomaly_denials")]
+    denials: u32,
+    #[serde(default = "default_anomaly_within", with = "humantime_serde")]
+    within: Duration,
+    #[serde(default = "default_anomaly_quarantine", with = "humantime_serde")]
+    quarantine: Duration,
+}
+
+impl Default for RawAnomaly {
+    fn default() -> Self {
+        Self {
+            enabled: default_anomaly_enabled(),
+            denials: default_anomaly_denials(),
+            within: default_anomaly_within(),
+            quarantine: default_anomaly_quarantine(),
+        }
+    }
+}
+
+fn default_anomaly_enabled() -> bool {
+    true
+}
+fn default_anomaly_denials() -> u32 {
+    20
+}
+fn default_anomaly_within() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_anomaly_quarantine() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl RawAnomaly {
+    fn validate(self) -> Result<AnomalyConfig, ConfigError> {
+        if !(1..=10_000).contains(&self.denials) {
+            return Err(key_error("anomaly.denials", "must be between 1 and 10000"));
+        }
+        let within = chrono::Duration::from_std(self.within).unwrap_or(chrono::Duration::MAX);
+        if within < chrono::Duration::seconds(1) || within > chrono::Duration::hours(24) {
+            return Err(key_error("anomaly.within", "must be between 1s and 24h"));
+        }
+        let quarantine = chrono::Duration::from_std(self.quarantine).unwrap_or(chrono::Duration::MAX);
+        if quarantine < chrono::Duration::seconds(1) || quarantine > chrono::Duration::days(30) {
+            return Err(key_error("anomaly.quarantine", "must be between 1s and 30 days"));
+        }
+        Ok(AnomalyConfig {
+            enabled: self.enabled,
+            rule: tessera_core::anomaly::AnomalyRule {
+                denials: self.denials,
+                within,
+                quarantine,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -632,6 +718,7 @@ impl RawConfig {
             .listen
             .parse()
             .map_err(|_| key_error("server.listen", format!("`{}` is not an IP:port address", s.listen)))?;
+        let http_listen = crate::http::parse_listen(&s.http_listen)?;
         if s.instance_id.is_empty() || s.instance_id.len() > 64 {
             return Err(key_error("server.instance_id", "must be 1-64 characters"));
         }
@@ -718,6 +805,7 @@ impl RawConfig {
         if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
         }
+        let anomaly = self.anomaly.validate()?;
 
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
@@ -770,6 +858,7 @@ impl RawConfig {
         Ok(Config {
             server: ServerConfig {
                 listen,
+                http_listen,
                 instance_id: s.instance_id,
                 max_message_bytes: s.max_message_bytes,
                 max_concurrent_streams: s.max_concurrent_streams,
@@ -802,6 +891,7 @@ impl RawConfig {
                 fsync: self.audit.fsync,
                 timeout: self.audit.timeout,
             },
+            anomaly,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })
@@ -810,3 +900,72 @@ impl RawConfig {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod anomaly_tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+trust_bundle = "ca.pem"
+trust_domain = "tessera.local"
+[tokens]
+issuer = "https://tessera.local"
+"#;
+
+    fn load(extra: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_toml(
+            &format!("{MINIMAL}{extra}"),
+            Path::new("t.toml"),
+            Path::new("/etc"),
+            &env,
+        )
+    }
+
+    #[test]
+    fn anomaly_defaults_and_overrides() {
+        let c = load("", &[]).unwrap();
+        assert!(c.anomaly.enabled);
+        assert_eq!(c.anomaly.rule(), Some(tessera_core::anomaly::AnomalyRule::default()));
+        assert_eq!(c.anomaly.rule.denials, 20);
+        assert_eq!(c.anomaly.rule.within, chrono::Duration::seconds(60));
+        assert_eq!(c.anomaly.rule.quarantine, chrono::Duration::minutes(15));
+        let c = load(
+            "[anomaly]\ndenials = 3\nwithin = \"10s\"\n",
+            &[("TESSERA_ANOMALY__QUARANTINE", "2s")],
+        )
+        .unwrap();
+        assert_eq!(c.anomaly.rule.denials, 3);
+        assert_eq!(c.anomaly.rule.within, chrono::Duration::seconds(10));
+        assert_eq!(c.anomaly.rule.quarantine, chrono::Duration::seconds(2));
+        let off = load("", &[("TESSERA_ANOMALY__ENABLED", "false")]).unwrap();
+        assert_eq!(off.anomaly.rule(), None);
+    }
+
+    #[test]
+    fn bad_anomaly_values_name_their_key() {
+        for (extra, key) in [
+            ("[anomaly]\ndenials = 0\n", "anomaly.denials"),
+            ("[anomaly]\ndenials = 10001\n", "anomaly.denials"),
+            ("[anomaly]\nwithin = \"0s\"\n", "anomaly.within"),
+            ("[anomaly]\nwithin = \"25h\"\n", "anomaly.within"),
+            ("[anomaly]\nquarantine = \"500ms\"\n", "anomaly.quarantine"),
+            ("[anomaly]\nquarantine = \"31days\"\n", "anomaly.quarantine"),
+            ("[anomaly]\nwithin = \"soon\"\n", "anomaly.within"),
+            ("[anomaly]\nenabled = \"yes\"\n", "anomaly.enabled"),
+            ("[anomaly]\nrate = 1\n", "anomaly.rate"),
+        ] {
+            match load(extra, &[]) {
+                Err(ConfigError::Key { key: got, message }) => assert_eq!(got, key, "{extra}: {message}"),
+                other => panic!("{extra}: expected an error naming `{key}`, got {other:?}"),
+            }
+        }
+    }
+}

@@ -12,7 +12,9 @@ pub mod broker;
 pub mod config;
 pub mod convert;
 pub mod grpc;
+pub mod http;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 
 use std::future::Future;
@@ -112,6 +114,9 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
 pub struct Listeners {
     /// The gRPC (mTLS) listener.
     pub grpc: TcpListener,
+    /// The plain-HTTP operations listener (`/metrics`, `/healthz`,
+    /// `/readyz`); `None` serves none.
+    pub http: Option<TcpListener>,
 }
 
 /// Runs the broker until `shutdown` resolves, then stops accepting, reports
@@ -123,6 +128,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let Prepared { config, tls, signer } = prepared;
+    let _ = telemetry::handle();
     let store: Arc<dyn GrantStore> = match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::default()),
         StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
@@ -137,6 +143,7 @@ pub async fn serve(
             ..TaskLimits::default()
         },
         leeway_secs: config.tokens.leeway_secs,
+        anomaly: config.anomaly.rule(),
     };
     let audit = crate::audit::AuditLog::open(config.audit.clone())
         .await
@@ -201,10 +208,13 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    let readiness = http::Readiness::default();
+    readiness.set(true);
     // Store liveness drives health: NOT_SERVING while the store does not answer.
     let watch = {
         let broker = broker.clone();
         let health = health.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             let mut serving = true;
             loop {
@@ -223,6 +233,7 @@ pub async fn serve(
                         tonic_health::ServingStatus::NotServing
                     };
                     tracing::warn!(serving = ok, "store health changed");
+                    readiness.set(ok);
                     for name in services {
                         health.set_service_status(name, status).await;
                     }
@@ -254,6 +265,12 @@ pub async fn serve(
         config.server.handshake_timeout,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ops = listeners.http.map(|listener| {
+        tokio::spawn(http::serve(listener, readiness.clone(), async {
+            let _ = http_stop_rx.await;
+        }))
+    });
     let server = Server::builder()
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
         // In-flight unary calls per connection; beyond it load_shed answers
@@ -264,6 +281,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_header_list_size(16 * 1024)
         .load_shed(true)
+        .layer(telemetry::MetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(agent)
@@ -281,12 +299,16 @@ pub async fn serve(
         result = &mut server => {
             watch.abort();
             rotation.abort();
+            if let Some(ops) = &ops {
+                ops.abort();
+            }
             return flatten(result);
         }
     }
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
     rotation.abort();
+    readiness.set(false);
     for name in services {
         health
             .set_service_status(name, tonic_health::ServingStatus::NotServing)
@@ -296,14 +318,20 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not mark the signing key as retiring");
     }
     let _ = stop_tx.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+    // /readyz answers 503 while gRPC drains; the operations listener stops after.
+    let drained = match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(result) => flatten(result),
         Err(_) => {
             tracing::warn!("drain timed out; closing remaining connections");
             server.abort();
             Ok(())
         }
+    };
+    let _ = http_stop_tx.send(());
+    if let Some(ops) = ops {
+        let _ = ops.await;
     }
+    drained
 }
 
 fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServeError> {

@@ -20,7 +20,7 @@ struct Args {
     /// Configuration file (TOML). `TESSERA_<SECTION>__<KEY>` variables override it.
     #[arg(long, env = "TESSERA_CONFIG", default_value = "tesserad.toml")]
     config: PathBuf,
-    /// Once serving, write `{"grpc":"ADDR","pid":N}` here (for scripts and tests).
+    /// Once serving, write `{"grpc":"ADDR","http":"ADDR","pid":N}` here (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Validate the configuration and key material, then exit.
@@ -74,13 +74,28 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
         .await
         .with_context(|| format!("cannot bind {listen}"))?;
     let addr = grpc.local_addr()?;
+    let http_listen = prepared.config().server.http_listen;
+    let http = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .with_context(|| format!("cannot bind {http_listen} (server.http_listen)"))?;
+    let http_addr = http.local_addr()?;
     if let Some(path) = ready_file {
         let tmp = path.with_extension("tmp");
-        let body = serde_json::json!({ "grpc": addr.to_string(), "pid": std::process::id() });
+        let body = serde_json::json!({
+            "grpc": addr.to_string(),
+            "http": http_addr.to_string(),
+            "pid": std::process::id(),
+        });
         std::fs::write(&tmp, body.to_string()).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    serve(prepared, Listeners { grpc }, Arc::new(SystemClock), shutdown_signal()).await?;
+    serve(
+        prepared,
+        Listeners { grpc, http: Some(http) },
+        Arc::new(SystemClock),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("tesserad stopped");
     Ok(())
 }

@@ -25,6 +25,9 @@ pub fn code(kind: ErrorKind) -> Code {
 /// chain and sent as "internal error"; unavailability says only that.
 pub fn from_broker(e: BrokerError) -> Status {
     let kind = e.kind();
+    if matches!(e, BrokerError::Store(_)) && matches!(kind, ErrorKind::Internal | ErrorKind::Unavailable) {
+        crate::telemetry::store_error();
+    }
     match kind {
         ErrorKind::Internal => {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "internal error");

@@ -42,6 +42,10 @@ pub enum AuditKind {
     ApprovalDecided,
     /// A token was delegated to another identity.
     TokenDelegated,
+    /// An anomaly rule fired: the identity's grants were revoked and it was quarantined.
+    Quarantined,
+    /// A quarantined identity was refused.
+    QuarantineRefused,
 }
 
 impl AuditKind {
@@ -64,6 +68,8 @@ impl AuditKind {
             Self::ApprovalPending => "approval_pending",
             Self::ApprovalDecided => "approval_decided",
             Self::TokenDelegated => "token_delegated",
+            Self::Quarantined => "quarantined",
+            Self::QuarantineRefused => "quarantine_refused",
         }
     }
 }

@@ -35,7 +35,10 @@ pub(crate) async fn caller<T>(broker: &Broker, req: &Request<T>) -> Result<Verif
         }
     };
     match broker.attest(&svid.id, svid.evidence.clone()) {
-        Ok(who) => Ok(who),
+        Ok(who) => {
+            broker.admit(&who).await.map_err(status::from_broker)?;
+            Ok(who)
+        }
         Err(e) => {
             tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "caller refused");
             Err(status::from_broker(
