@@ -33,7 +33,21 @@ async fn every_decision_is_recorded_in_an_intact_chain() {
         .await
         .unwrap();
     let mut agent = broker.agent("researcher").await;
-    let t = issue(&mut agent, token_request("aud-1", &["crm.contacts.read"], Some(60))).await;
+    let response = agent
+        .request_token(token_request("aud-1", &["crm.contacts.read"], Some(60)))
+        .await
+        .unwrap();
+    let request_id = response
+        .metadata()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let t = match response.into_inner().outcome {
+        Some(pb::request_token_response::Outcome::Token(t)) => t,
+        other => panic!("{other:?}"),
+    };
     let denied = code(
         agent
             .request_token(token_request("aud-1", &["crm.contacts.write"], None))
@@ -55,6 +69,15 @@ async fn every_decision_is_recorded_in_an_intact_chain() {
     };
     let issued = find("token_issued");
     assert_eq!(issued["grant_id"], t.grant_id.as_str());
+    // The caller's request id leads to both the audit record and the log line.
+    assert_eq!(issued["request_id"], request_id.as_str());
+    assert!(
+        broker
+            .logs()
+            .lines()
+            .any(|l| l.contains("token_issued") && l.contains(&request_id)),
+        "no log line of the mint carries request id {request_id}"
+    );
     assert_eq!(issued["who"]["identity"], format!("spiffe://{TD}/agent/researcher"));
     assert_eq!(issued["who"]["kind"], "agent");
     assert_eq!(issued["who"]["owner"], "team-research");

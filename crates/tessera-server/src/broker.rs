@@ -280,6 +280,7 @@ impl Broker {
     fn event(&self, kind: AuditKind, decision: Outcome, who: Option<&VerifiedIdentity>) -> AuditEvent {
         let mut event = AuditEvent::new(kind, self.clock.now(), decision, self.settings.instance_id.clone());
         event.who = who.map(actor);
+        event.request_id = crate::telemetry::current_request_id();
         event
     }
 

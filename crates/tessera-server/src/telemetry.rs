@@ -156,7 +156,20 @@ fn method_label(path: &str) -> String {
     if known { rest.to_owned() } else { "unknown".into() }
 }
 
-/// The tower layer recording [`REQUEST_DURATION`] for every gRPC call.
+tokio::task_local! {
+    /// The id of the gRPC call being served: in its log lines (the `rpc`
+    /// span), in every audit record it writes, and in the `x-request-id`
+    /// response header, so a caller's report leads to both.
+    static REQUEST_ID: String;
+}
+
+/// The id of the call being served, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The tower layer around every gRPC call: it assigns the request id (see
+/// [`current_request_id`]) and records [`REQUEST_DURATION`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsLayer;
 
@@ -192,11 +205,23 @@ where
     }
 
     fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        use tracing::Instrument as _;
         let method = method_label(req.uri().path());
         let started = Instant::now();
-        let fut = self.inner.call(req);
+        let request_id: String = tessera_core::grant::random_id()
+            .map(|id| id.chars().take(16).collect())
+            .unwrap_or_else(|_| "unknown".into());
+        let span = tracing::info_span!("rpc", request_id = %request_id, method = %method);
+        let fut = REQUEST_ID
+            .scope(request_id.clone(), self.inner.call(req))
+            .instrument(span);
         Box::pin(async move {
-            let result = fut.await;
+            let mut result = fut.await;
+            if let Ok(response) = result.as_mut()
+                && let Ok(value) = hyper::header::HeaderValue::from_str(&request_id)
+            {
+                response.headers_mut().insert("x-request-id", value);
+            }
             // grpc-status 12 in the headers: a trailers-only UNIMPLEMENTED answer.
             let unimplemented = result
                 .as_ref()
