@@ -360,7 +360,11 @@ impl Broker {
             published_at: now,
             not_after: Some(now + keep),
         };
-        self.store.publish_key(&retired).await?;
+        match self.store.publish_key(&retired).await {
+            // Withdrawn by break-glass: it stays out of the JWKS.
+            Ok(()) | Err(StoreError::KeyWithdrawn(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut event = self.event(AuditKind::KeyRetired, Outcome::Allow, who);
         event.reason = Some(format!("kid {}: {why}; in the JWKS until {}", key.kid(), now + keep));
         self.audit(event).await
@@ -414,23 +418,50 @@ impl Broker {
     /// their key is gone and move to a fresh one (`ensure_own_key`).
     pub async fn revoke_all(&self, who: &VerifiedIdentity, reason: &str) -> Result<(u64, String), BrokerError> {
         self.require_operator(who, "RevokeAll").await?;
-        let now = self.clock.now();
         let why = format!("break-glass: {reason}");
-        let mut grants = 0;
-        for task in self.store.active_task_ids(now).await? {
-            grants += self
-                .store
-                .end_task(&task, TaskState::Revoked, &why, now)
-                .await?
-                .grants_revoked;
-        }
+        // Keys first: from here on no earlier token verifies anywhere, even if
+        // ending the tasks below is interrupted (the operator can run it again).
         let (new_kid, _) = self.replace_key(Some(who), &why, false).await?;
         let withdrawn = self.store.withdraw_keys_except(&new_kid).await?;
+        let mut grants = 0;
+        let mut failed = Vec::new();
+        // Rounds: a task started while we work is caught by the next one.
+        for _ in 0..8 {
+            let now = self.clock.now();
+            let tasks = self.store.active_task_ids(now).await?;
+            if tasks.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for task in tasks {
+                match self.store.end_task(&task, TaskState::Revoked, &why, now).await {
+                    Ok(ended) => {
+                        grants += ended.grants_revoked;
+                        progressed = true;
+                    }
+                    // Listed but never created (a create that failed half way): nothing to end.
+                    Err(StoreError::TaskNotFound(_)) => {}
+                    Err(e) => failed.push(format!("{task}: {e}")),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
         let mut event = self.event(AuditKind::TaskRevoked, Outcome::Allow, Some(who));
-        event.reason = Some(format!("{why}; {withdrawn} keys withdrawn; new kid {new_kid}"));
+        event.reason = Some(format!(
+            "{why}; {withdrawn} keys withdrawn; new kid {new_kid}; {} tasks failed",
+            failed.len()
+        ));
         event.count = Some(grants);
         self.audit(event).await?;
-        tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, "break-glass revocation");
+        tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, failed = failed.len(), "break-glass revocation");
+        if let Some(first) = failed.first() {
+            return Err(BrokerError::Store(StoreError::Unavailable(format!(
+                "break-glass: keys withdrawn, but {} tasks could not be ended (first: {first}); run it again",
+                failed.len()
+            ))));
+        }
         crate::telemetry::revoked("break_glass", grants);
         Ok((grants, new_kid))
     }
@@ -811,7 +842,8 @@ impl Broker {
 impl Broker {
     /// ListGrants (operator): live grants matching `query`, one page.
     pub async fn list_grants(&self, who: &VerifiedIdentity, query: GrantQuery) -> Result<GrantPage, BrokerError> {
-        self.require_operator(who, "ListGrants").await?;
+        // The gRPC edge checked and audited the role; this only guards other callers.
+        orchestration::require_role(who, Role::Operator)?;
         let mut filter = query.filter;
         if let Some(owner) = &query.owner {
             let owned = self.registry.owned_by(owner);
@@ -842,7 +874,8 @@ impl Broker {
         identity: &SpiffeId,
         reason: &str,
     ) -> Result<u64, BrokerError> {
-        self.require_operator(who, "RevokeIdentity").await?;
+        // The gRPC edge checked and audited the role; this only guards other callers.
+        orchestration::require_role(who, Role::Operator)?;
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
         }
@@ -991,7 +1024,8 @@ impl Broker {
         use tessera_core::blast::{self, BlastTarget, MAX_BLAST_GRANTS};
         use tessera_store::MAX_GRANT_PAGE;
 
-        self.require_operator(who, "BlastRadius").await?;
+        // The gRPC edge checked and audited the role; this only guards other callers.
+        orchestration::require_role(who, Role::Operator)?;
         let mut filter = GrantFilter::default();
         match target {
             BlastTarget::Identity(id) => {

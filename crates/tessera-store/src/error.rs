@@ -38,6 +38,9 @@ pub enum StoreError {
     /// The backend cannot be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The key was withdrawn by break-glass and may never be published again.
+    #[error("signing key `{0}` was withdrawn")]
+    KeyWithdrawn(String),
     /// The backend is configured in a way that would break the store's guarantees.
     #[error("store misconfigured: {0}")]
     Misconfigured(String),
@@ -57,7 +60,7 @@ impl StoreError {
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Misconfigured(_) => ErrorKind::FailedPrecondition,
+            Self::Misconfigured(_) | Self::KeyWithdrawn(_) => ErrorKind::FailedPrecondition,
             Self::GrantExists | Self::Corrupt(_) => ErrorKind::Internal,
         }
     }

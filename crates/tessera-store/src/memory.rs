@@ -78,6 +78,8 @@ struct State {
     /// Highest sequence dropped while still relevant (its `not_after` ahead).
     lost_upto: u64,
     keys: BTreeMap<String, PublishedKey>,
+    /// Kids withdrawn by break-glass: never published again.
+    withdrawn: HashSet<String>,
 }
 
 impl Default for MemoryStore {
@@ -555,13 +557,20 @@ impl GrantStore for MemoryStore {
 
     async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
         let mut state = self.lock();
-        let before = state.keys.len();
-        state.keys.retain(|kid, _| kid == keep);
-        Ok((before - state.keys.len()) as u64)
+        let gone: Vec<String> = state.keys.keys().filter(|kid| kid.as_str() != keep).cloned().collect();
+        for kid in &gone {
+            state.keys.remove(kid);
+            state.withdrawn.insert(kid.clone());
+        }
+        Ok(gone.len() as u64)
     }
 
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
-        self.lock().keys.insert(key.jwk.kid.clone(), key.clone());
+        let mut state = self.lock();
+        if state.withdrawn.contains(&key.jwk.kid) {
+            return Err(StoreError::KeyWithdrawn(key.jwk.kid.clone()));
+        }
+        state.keys.insert(key.jwk.kid.clone(), key.clone());
         Ok(())
     }
 

@@ -184,7 +184,8 @@ pub trait GrantStore: Send + Sync + 'static {
     /// by them no longer verify anywhere, offline or not.
     async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError>;
 
-    /// Publishes (or updates) a public key.
+    /// Publishes (or updates) a public key; `KeyWithdrawn` for a key that
+    /// break-glass withdrew, which never comes back.
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError>;
 
     /// Keys to serve in the JWKS at `now`: those whose `not_after` has not passed.

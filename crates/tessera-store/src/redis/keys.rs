@@ -16,7 +16,8 @@
 //! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily | `PEXPIREAT` the latest expiry |
 //! | `P:tasks` | zset | task ids scored by deadline (ms), for listing; the tag comes from `P:task-root:<task>`; pruned lazily | `PEXPIREAT` the latest deadline |
 //! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
-//! | `P:keys` | hash | kid → published key JSON | retired keys pruned lazily |
+//! | `P:{keys}` | hash | kid → published key JSON | retired keys pruned lazily |
+//! | `P:{keys}:withdrawn` | set | kids withdrawn by break-glass; publishing them is refused | never |
 
 use tessera_core::identity::SpiffeId;
 use tessera_core::task::TaskId;
@@ -69,8 +70,14 @@ impl Keys {
         format!("{}:revocations", self.prefix)
     }
 
+    /// The JWKS hash; hash-tagged so the withdrawn set shares its slot.
     pub(crate) fn keys(&self) -> String {
-        format!("{}:keys", self.prefix)
+        format!("{}:{{keys}}", self.prefix)
+    }
+
+    /// Kids withdrawn by break-glass: never published again.
+    pub(crate) fn withdrawn(&self) -> String {
+        format!("{}:{{keys}}:withdrawn", self.prefix)
     }
 }
 

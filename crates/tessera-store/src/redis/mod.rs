@@ -77,6 +77,8 @@ struct Scripts {
     live_grants: redis::Script,
     index_add: redis::Script,
     read_live_grants: redis::Script,
+    publish_key: redis::Script,
+    withdraw_keys: redis::Script,
 }
 
 impl Scripts {
@@ -90,6 +92,8 @@ impl Scripts {
             active_task_tree: scripts::active_task_tree(),
             end_tasks: scripts::end_tasks(),
             live_grants: scripts::live_grants(),
+            publish_key: scripts::publish_key(),
+            withdraw_keys: scripts::withdraw_keys(),
             index_add: scripts::index_add(),
             read_live_grants: scripts::read_live_grants(),
         }
@@ -224,7 +228,10 @@ impl RedisStore {
             );
             let own: Vec<PublishedKey> = self.own_keys.lock().unwrap_or_else(PoisonError::into_inner).clone();
             for k in own {
-                self.write_key(&k).await?;
+                match self.write_key(&k).await {
+                    Ok(()) | Err(StoreError::KeyWithdrawn(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(current)
@@ -285,15 +292,20 @@ impl RedisStore {
     async fn write_key(&self, key: &PublishedKey) -> Result<(), StoreError> {
         let json = serde_json::to_string(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
-        let _: Value = self
+        let written: i64 = self
             .bounded(
-                redis::cmd("HSET")
-                    .arg(self.keys.keys())
+                self.scripts
+                    .publish_key
+                    .key(self.keys.keys())
+                    .key(self.keys.withdrawn())
                     .arg(&key.jwk.kid)
                     .arg(json)
-                    .query_async(&mut conn),
+                    .invoke_async(&mut conn),
             )
             .await?;
+        if written == 0 {
+            return Err(StoreError::KeyWithdrawn(key.jwk.kid.clone()));
+        }
         Ok(())
     }
 
@@ -544,30 +556,11 @@ impl GrantStore for RedisStore {
             )
             .await?;
         if claimed.is_none() {
-            // Taken: a live task, or the leftover of an attempt that failed half way.
-            let existing = self.root_of_task(&task.id).await?;
-            if let Some(existing) = existing {
-                let exists: bool = self
-                    .bounded(
-                        redis::cmd("EXISTS")
-                            .arg(self.keys.task(&existing, task.id.as_str()))
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                if exists {
-                    return Err(StoreError::TaskExists(task.id.clone()));
-                }
-            }
-            let _: Value = self
-                .bounded(
-                    redis::cmd("SET")
-                        .arg(&mapping)
-                        .arg(&root)
-                        .arg("PXAT")
-                        .arg(expire_at)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            // Taken — by a live task, by a create in progress, or by the leftover
+            // of an attempt that died half way (it expires with the task's
+            // retention). Never overwrite it: two concurrent creates of one id
+            // would otherwise both succeed, in different trees.
+            return Err(StoreError::TaskExists(task.id.clone()));
         }
         // INVARIANT: the task is listed in `P:tasks` before it exists, so
         // ListGrants without a task or subject filter sees every live task.
@@ -1043,20 +1036,21 @@ impl GrantStore for RedisStore {
 
     async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn();
-        let kids: Vec<String> = self
-            .bounded(redis::cmd("HKEYS").arg(self.keys.keys()).query_async(&mut conn))
+        let n: u64 = self
+            .bounded(
+                self.scripts
+                    .withdraw_keys
+                    .key(self.keys.keys())
+                    .key(self.keys.withdrawn())
+                    .arg(keep)
+                    .invoke_async(&mut conn),
+            )
             .await?;
-        let withdraw: Vec<&String> = kids.iter().filter(|k| k.as_str() != keep).collect();
-        if withdraw.is_empty() {
-            return Ok(0);
-        }
-        self.bounded(
-            redis::cmd("HDEL")
-                .arg(self.keys.keys())
-                .arg(&withdraw)
-                .query_async(&mut conn),
-        )
-        .await
+        self.own_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k| k.jwk.kid == keep);
+        Ok(n)
     }
 
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {

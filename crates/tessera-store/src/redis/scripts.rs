@@ -244,3 +244,33 @@ return out
 "#,
     )
 }
+
+/// Publishes a key unless it was withdrawn. KEYS: jwks hash, withdrawn set.
+/// ARGV: kid, json. Returns 1, or 0 for a withdrawn kid.
+pub(crate) fn publish_key() -> Script {
+    Script::new(
+        r#"
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+}
+
+/// Withdraws every key but one, for good. KEYS: jwks hash, withdrawn set.
+/// ARGV: the kid to keep. Returns how many were withdrawn.
+pub(crate) fn withdraw_keys() -> Script {
+    Script::new(
+        r#"
+local n = 0
+for _, kid in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if kid ~= ARGV[1] then
+    redis.call('HDEL', KEYS[1], kid)
+    redis.call('SADD', KEYS[2], kid)
+    n = n + 1
+  end
+end
+return n
+"#,
+    )
+}
