@@ -465,3 +465,31 @@ async fn one_identity_bursting_is_limited_and_others_are_not() {
         .issue_as("writer", token_request("burst", &["crm.contacts.read"], None))
         .await;
 }
+
+#[tokio::test]
+async fn refused_attestations_are_audited_but_cannot_flood_the_trail() {
+    let broker = Broker::start();
+    let stranger = foreign_identity(&broker, "spiffe://tessera.local/agent/flooder", true);
+    let channel = tessera_client::connect(&broker.endpoint(), &stranger).await.unwrap();
+    let mut client = tessera_client::AgentClient::new(channel);
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let status = code(
+            client
+                .request_token(token_request("t", &["crm.contacts.read"], None))
+                .await,
+        );
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let elapsed = started.elapsed().as_secs();
+    let audit = std::fs::read_to_string(broker.dir.path().join("audit.jsonl")).unwrap();
+    let records = audit
+        .lines()
+        .filter(|l| l.contains("attestation_refused") && l.contains("spiffe://tessera.local/agent/flooder"))
+        .count();
+    assert!(records >= 1, "the refusal was not audited at all");
+    assert!(
+        records as u64 <= elapsed + 1,
+        "{records} records in {elapsed} s: one per second at most"
+    );
+}

@@ -174,7 +174,14 @@ pub struct Broker {
     /// (the grants it revokes are revoked in the shared store, for every
     /// replica); a quarantine is not shared, and ends with a restart.
     anomaly: Option<std::sync::Mutex<Anomaly>>,
+    /// When a refused attestation was last audited, per claimed identity (or
+    /// certificate): refusals are audited at most once a second each, so a
+    /// client with a valid certificate cannot flood the audit trail.
+    refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
+
+/// Most distinct refused callers remembered for audit sampling.
+const REFUSAL_SAMPLES: usize = 10_000;
 
 /// Most quarantine refusals audited per identity: one per this interval.
 const QUARANTINE_AUDIT_EVERY: chrono::Duration = chrono::Duration::seconds(1);
@@ -265,6 +272,7 @@ impl Broker {
             anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),
             settings,
             audit,
+            refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();
@@ -315,8 +323,31 @@ impl Broker {
             a
         });
         event.reason = Some(reason.to_owned());
+        let refused = BrokerError::Identity(IdentityError::Refused(reason.to_owned()));
+        let key = claimed
+            .map(ToString::to_string)
+            .or_else(|| evidence.map(str::to_owned))
+            .unwrap_or_default();
+        let now = self.clock.now();
+        {
+            let mut seen = self
+                .refusals_audited
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen
+                .get(&key)
+                .is_some_and(|at| now - *at < chrono::Duration::seconds(1))
+            {
+                tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
+                return refused;
+            }
+            if seen.len() >= REFUSAL_SAMPLES {
+                seen.clear();
+            }
+            seen.insert(key, now);
+        }
         match self.audit(event).await {
-            Ok(()) => BrokerError::Identity(IdentityError::Refused(reason.to_owned())),
+            Ok(()) => refused,
             Err(e) => e,
         }
     }
