@@ -710,6 +710,12 @@ impl Broker {
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
         self.store.record_grant(&grant, now).await?;
+        // A quarantine that began while this mint was in flight has already
+        // swept the identity's grants; this one must not slip past it.
+        if let Err(e) = self.admit(who).await {
+            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
+            return Err(e);
+        }
         let mut event = self.event(AuditKind::TokenIssued, Outcome::Allow, Some(who));
         event.task_id = Some(grant.task_id.to_string());
         event.grant_id = Some(grant.id.to_string());
