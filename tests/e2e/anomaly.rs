@@ -22,14 +22,7 @@ fn records(broker: &Broker) -> Vec<Value> {
 }
 
 async fn active(verifier: &mut tessera_client::VerifierClient, token: &pb::IssuedToken) -> bool {
-    verifier
-        .introspect(pb::IntrospectRequest {
-            token: token.access_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .active
+    introspect(verifier, &token.access_token).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

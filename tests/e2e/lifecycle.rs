@@ -153,16 +153,7 @@ async fn a_task_lifecycle_end_to_end() {
     );
 
     // The subscriber receives the task's revocation (heartbeats may come first).
-    let event = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let item = feed.next().await.unwrap().unwrap();
-            if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let event = next_event(&mut feed).await;
     assert_eq!(
         event.target,
         Some(pb::revocation_event::Target::TaskId("lifecycle-1".into()))
@@ -233,10 +224,7 @@ async fn operator_revocation_kills_one_grant_and_verifiers_resume_without_loss()
         .await
         .unwrap()
         .into_inner();
-    let position = match feed.next().await.unwrap().unwrap().item {
-        Some(pb::watch_revocations_response::Item::Heartbeat(h)) => h.position,
-        other => panic!("expected a heartbeat, got {other:?}"),
-    };
+    let position = first_position(&mut feed).await;
     drop(feed);
 
     let a = issue(&mut agent, token_request("rv-1", &["crm.contacts.read"], None)).await;
@@ -301,16 +289,9 @@ async fn operator_revocation_kills_one_grant_and_verifiers_resume_without_loss()
         .into_inner();
     let mut revoked = Vec::new();
     while revoked.len() < 2 {
-        let item = tokio::time::timeout(Duration::from_secs(10), resumed.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item {
-            match e.target {
-                Some(pb::revocation_event::Target::GrantId(id)) => revoked.push(id),
-                other => panic!("unexpected target {other:?}"),
-            }
+        match next_event(&mut resumed).await.target {
+            Some(pb::revocation_event::Target::GrantId(id)) => revoked.push(id),
+            other => panic!("unexpected target {other:?}"),
         }
     }
     assert_eq!(revoked, vec![a.grant_id.clone(), b.grant_id.clone()]);

@@ -20,32 +20,6 @@ fn env_of(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
     pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-async fn introspect(v: &mut tessera_client::VerifierClient, token: &str) -> Result<bool, tonic::Status> {
-    v.introspect(pb::IntrospectRequest { token: token.into() })
-        .await
-        .map(|r| r.into_inner().active)
-}
-
-async fn next_event(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> pb::RevocationEvent {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let item = feed.next().await.unwrap().unwrap();
-            if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("a revocation event within 10 s")
-}
-
-async fn first_position(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> String {
-    match feed.next().await.unwrap().unwrap().item {
-        Some(pb::watch_revocations_response::Item::Heartbeat(h)) => h.position,
-        other => panic!("expected a heartbeat first, got {other:?}"),
-    }
-}
-
 async fn health(channel: tonic::transport::Channel) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h

@@ -389,6 +389,37 @@ impl Drop for Broker {
     }
 }
 
+/// Whether `token` is live, as a verifier's Introspect says; the status if the call fails.
+pub async fn introspect(v: &mut VerifierClient, token: &str) -> Result<bool, tonic::Status> {
+    v.introspect(pb::IntrospectRequest { token: token.into() })
+        .await
+        .map(|r| r.into_inner().active)
+}
+
+/// The next revocation event on `feed` (skipping heartbeats), within 10 s.
+pub async fn next_event(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> pb::RevocationEvent {
+    use tokio_stream::StreamExt as _;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let item = feed.next().await.unwrap().unwrap();
+            if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a revocation event within 10 s")
+}
+
+/// The position in the first message of a fresh feed (a heartbeat).
+pub async fn first_position(feed: &mut tonic::Streaming<pb::WatchRevocationsResponse>) -> String {
+    use tokio_stream::StreamExt as _;
+    match feed.next().await.unwrap().unwrap().item {
+        Some(pb::watch_revocations_response::Item::Heartbeat(h)) => h.position,
+        other => panic!("expected a heartbeat first, got {other:?}"),
+    }
+}
+
 /// The gRPC status of a failed call.
 #[track_caller]
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
