@@ -425,6 +425,12 @@ struct RawAudit {
     fsync: crate::audit::FsyncPolicy,
     #[serde(default = "default_audit_timeout", with = "humantime_serde")]
     timeout: Duration,
+    /// Also write every record to a Redis Stream (needs the redis store).
+    #[serde(default)]
+    redis_stream: bool,
+    /// How many sinks must accept a record: `any` (default) or `all`.
+    #[serde(default)]
+    require: crate::audit::Require,
 }
 
 impl Default for RawAudit {
@@ -433,6 +439,8 @@ impl Default for RawAudit {
             file: default_audit_file(),
             fsync: crate::audit::FsyncPolicy::default(),
             timeout: default_audit_timeout(),
+            redis_stream: false,
+            require: crate::audit::Require::default(),
         }
     }
 }
@@ -805,6 +813,12 @@ impl RawConfig {
         if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
         }
+        if self.audit.redis_stream && !matches!(store, StoreConfig::Redis(_)) {
+            return Err(key_error(
+                "audit.redis_stream",
+                "needs the redis store ([store] backend = \"redis\"): the stream lives there",
+            ));
+        }
         let anomaly = self.anomaly.validate()?;
 
         let mut identities = Vec::new();
@@ -890,6 +904,8 @@ impl RawConfig {
                 file: resolve(base, self.audit.file),
                 fsync: self.audit.fsync,
                 timeout: self.audit.timeout,
+                redis_stream: self.audit.redis_stream,
+                require: self.audit.require,
             },
             anomaly,
             identities: IdentityRegistry::new(identities),
