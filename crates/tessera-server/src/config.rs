@@ -172,6 +172,8 @@ pub struct TokensConfig {
     pub leeway_secs: i64,
     /// How often the signing key is rotated.
     pub rotate_every: Duration,
+    /// How long a scheduled rotation's next key is in the JWKS before it signs.
+    pub rotate_prepublish: Duration,
 }
 
 /// `[tasks]`.
@@ -318,6 +320,9 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
+    /// Unset: a quarter of `rotate_every`, at most 10 minutes.
+    #[serde(default, with = "humantime_serde::option")]
+    rotate_prepublish: Option<Duration>,
 }
 
 fn default_rotate_every() -> Duration {
@@ -547,6 +552,17 @@ mod humantime_serde {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
+    }
+
+    /// The same for an optional key.
+    pub(super) mod option {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 
@@ -799,6 +815,18 @@ impl RawConfig {
         if t.rotate_every < Duration::from_secs(1) || t.rotate_every > Duration::from_secs(90 * 24 * 3600) {
             return Err(key_error("tokens.rotate_every", "must be between 1s and 90 days"));
         }
+        let rotate_prepublish = t
+            .rotate_prepublish
+            .unwrap_or_else(|| (t.rotate_every / 4).min(Duration::from_secs(600)));
+        if rotate_prepublish >= t.rotate_every {
+            return Err(key_error(
+                "tokens.rotate_prepublish",
+                format!(
+                    "must be shorter than tokens.rotate_every ({})",
+                    humantime::format_duration(t.rotate_every)
+                ),
+            ));
+        }
         if t.leeway > Duration::from_secs(300) {
             return Err(key_error("tokens.leeway", "must be at most 5m"));
         }
@@ -896,6 +924,7 @@ impl RawConfig {
                 ttl: TtlLimits { default, max },
                 leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
                 rotate_every: t.rotate_every,
+                rotate_prepublish,
             },
             tasks: TasksConfig { max_duration: max_task },
             store,

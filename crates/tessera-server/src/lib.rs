@@ -247,11 +247,16 @@ pub async fn serve(
     let rotation = {
         let broker = broker.clone();
         let every = config.tokens.rotate_every;
+        let lead = config.tokens.rotate_prepublish;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // Each rotation publishes its key `lead` before it signs: the key
+            // is published on the tick and signs `lead` later.
+            let first = tokio::time::Instant::now() + every.saturating_sub(lead);
+            let mut tick = tokio::time::interval_at(first, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = broker.rotate_key(None, "scheduled rotation").await {
+                if let Err(e) = broker.rotate_key_staged(lead).await {
                     tracing::error!(error = %e, "scheduled key rotation failed");
                 }
             }
