@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::command::{
-    audit, blast, completions, dev, grant, identity, introspect, keys, revocations, revoke_all, task, token,
+    audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all, task, token,
 };
 use crate::output::OutputFormat;
 
@@ -101,6 +101,9 @@ pub(crate) enum Command {
     /// List the published signing keys, or rotate the signing key.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Validate a Cedar policy set offline, or make the broker reload its policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// What an identity, owner or task could reach now: live grants,
     /// audiences, scopes by class, longest TTL, delegation, owners.
     BlastRadius(blast::BlastArgs),

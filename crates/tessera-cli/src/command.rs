@@ -10,6 +10,7 @@ pub(crate) mod identity;
 pub(crate) mod introspect;
 pub(crate) mod jwks;
 pub(crate) mod keys;
+pub(crate) mod policy;
 pub(crate) mod revocations;
 pub(crate) mod revoke_all;
 pub(crate) mod task;
@@ -34,6 +35,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Introspect(args) => introspect::run(&global, args).await,
         Command::Jwks => jwks::run(&global).await,
         Command::Keys(cmd) => keys::run(&global, cmd).await,
+        Command::Policy(cmd) => policy::run(&global, cmd).await,
         Command::BlastRadius(args) => blast::run(&global, args).await,
         Command::RevokeAll(args) => revoke_all::run(&global, args).await,
         Command::Revocations(cmd) => revocations::run(&global, cmd).await,

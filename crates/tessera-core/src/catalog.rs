@@ -68,6 +68,11 @@ impl ApiCatalog {
         self.apis.get(audience)
     }
 
+    /// Every API, by audience.
+    pub fn apis(&self) -> impl Iterator<Item = &Api> {
+        self.apis.values()
+    }
+
     /// Checks that every scope is known for `audience` and that they share one
     /// class, which is returned.
     pub fn classify<'a>(

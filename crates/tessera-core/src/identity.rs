@@ -266,6 +266,11 @@ impl IdentityRegistry {
             .collect()
     }
 
+    /// Every registered identity (enabled or not), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Identity> {
+        self.by_id.values()
+    }
+
     /// Number of registered identities.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{ApiCatalog, CatalogError};
 use crate::error::ErrorKind;
-use crate::identity::{Role, VerifiedIdentity};
+use crate::identity::VerifiedIdentity;
 use crate::task::{Audience, Scope, ScopeClass, Task, TaskError, TaskId};
 use crate::ttl::{self, Lifetime, Ttl, TtlError, TtlLimits};
 
@@ -46,9 +46,6 @@ pub struct GrantPlan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IssuanceError {
-    /// The caller may not request tokens at all.
-    #[error("identity `{0}` does not hold the agent role")]
-    NotAnAgent(String),
     /// The caller is not one of the task's agents.
     #[error("identity `{identity}` is not assigned to task `{task}`")]
     NotAssigned {
@@ -100,7 +97,7 @@ impl IssuanceError {
     /// Transport-free classification.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::NotAnAgent(_) | Self::NotAssigned { .. } | Self::BeyondCeiling { .. } => ErrorKind::PermissionDenied,
+            Self::NotAssigned { .. } | Self::BeyondCeiling { .. } => ErrorKind::PermissionDenied,
             Self::Catalog(e) => e.kind(),
             Self::Task(e) => e.kind(),
             Self::Ttl(e) => e.kind(),
@@ -109,10 +106,11 @@ impl IssuanceError {
 }
 
 /// Decides whether `who` may have a token for `req` in `task` at `now`, and
-/// for how long. Checks, in order: role; the request itself (known audience
-/// and scopes of one class, lifetime within the broker's maximum), which
-/// depends on no task; assignment; task state; scope ceiling; lifetime. Only
-/// an assigned agent learns anything about the task.
+/// for how long, as far as the task and the catalog say; policy
+/// ([`crate::policy`]) decides who may ask at all. Checks, in order: the
+/// request itself (known audience and scopes of one class, lifetime within
+/// the broker's maximum), which depends on no task; assignment; task state;
+/// scope ceiling; lifetime. Only an assigned agent learns anything about the task.
 pub fn plan_grant(
     who: &VerifiedIdentity,
     task: &Task,
@@ -122,9 +120,6 @@ pub fn plan_grant(
     now: DateTime<Utc>,
 ) -> Result<GrantPlan, IssuanceError> {
     let identity = who.identity();
-    if !identity.has_role(Role::Agent) {
-        return Err(IssuanceError::NotAnAgent(identity.id.to_string()));
-    }
     let class = catalog.classify(&req.audience, &req.scopes)?;
     if let Some(requested) = req.ttl
         && requested > limits.max

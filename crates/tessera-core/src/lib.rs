@@ -1,5 +1,5 @@
 //! Tessera's domain: identities, tasks, the API catalog, grants, TTL
-//! arithmetic, revocations and signed tokens.
+//! arithmetic, revocations, signed tokens and the Cedar policy engine.
 //!
 //! Everything here is a pure decision over values or a local computation
 //! (signing, verifying). This crate never does network I/O, never talks to a
@@ -15,6 +15,7 @@ pub mod grant;
 pub mod identity;
 pub mod issuance;
 pub mod orchestration;
+pub mod policy;
 pub mod revocation;
 pub mod task;
 pub mod token;

@@ -1,5 +1,6 @@
-//! Orchestrator and operator decisions: starting tasks, ending them, and who
-//! may do either. Pure functions over values.
+//! Orchestrator decisions: validating the task an orchestrator asks to start.
+//! Pure functions over values; who may start, end or read a task is policy's
+//! call ([`crate::policy`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::catalog::{ApiCatalog, CatalogError};
 use crate::error::ErrorKind;
-use crate::identity::{IdentityRegistry, Role, SpiffeId, VerifiedIdentity};
+use crate::identity::{IdentityRegistry, SpiffeId, VerifiedIdentity};
 use crate::task::{ScopeCeiling, Task, TaskError, TaskId, TaskState};
 
 /// Bounds on what one task may hold.
@@ -73,16 +74,8 @@ pub struct StartTask {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OrchestrationError {
-    /// The caller lacks the role the operation needs.
-    #[error("identity `{identity}` does not hold the {role} role")]
-    MissingRole {
-        /// Caller.
-        identity: String,
-        /// Role needed.
-        role: Role,
-    },
-    /// The caller neither started the task nor is an operator.
-    #[error("identity `{identity}` did not start task `{task}` and is not an operator")]
+    /// The caller did not start the parent task.
+    #[error("identity `{identity}` did not start task `{task}`")]
     NotTaskOwner {
         /// Caller.
         identity: String,
@@ -122,9 +115,7 @@ impl OrchestrationError {
     /// Transport-free classification.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::MissingRole { .. } | Self::NotTaskOwner { .. } | Self::SelfAssigned | Self::BeyondParent { .. } => {
-                ErrorKind::PermissionDenied
-            }
+            Self::NotTaskOwner { .. } | Self::SelfAssigned | Self::BeyondParent { .. } => ErrorKind::PermissionDenied,
             Self::Invalid { .. } | Self::Catalog(_) => ErrorKind::InvalidArgument,
             Self::Task(e) => e.kind(),
         }
@@ -135,18 +126,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> OrchestrationError
     OrchestrationError::Invalid {
         field,
         reason: reason.into(),
-    }
-}
-
-/// Fails unless `who` holds `role`.
-pub fn require_role(who: &VerifiedIdentity, role: Role) -> Result<(), OrchestrationError> {
-    if who.identity().has_role(role) {
-        Ok(())
-    } else {
-        Err(OrchestrationError::MissingRole {
-            identity: who.id().to_string(),
-            role,
-        })
     }
 }
 
@@ -161,7 +140,6 @@ pub fn start_task(
     limits: &TaskLimits,
     now: DateTime<Utc>,
 ) -> Result<Task, OrchestrationError> {
-    require_role(who, Role::Orchestrator)?;
     if req.agents.is_empty() {
         return Err(invalid("agents", "at least one agent is required"));
     }
@@ -286,35 +264,6 @@ fn check_child(
         }
     }
     Ok(())
-}
-
-/// Fails unless `who` may complete `task`: its orchestrator, or an operator.
-pub fn may_end_task(who: &VerifiedIdentity, task: &Task) -> Result<(), OrchestrationError> {
-    let identity = who.identity();
-    if identity.has_role(Role::Operator) {
-        return Ok(());
-    }
-    require_role(who, Role::Orchestrator)?;
-    if &task.orchestrator == who.id() {
-        Ok(())
-    } else {
-        Err(OrchestrationError::NotTaskOwner {
-            identity: who.id().to_string(),
-            task: task.id.clone(),
-        })
-    }
-}
-
-/// Fails unless `who` may read `task`: its orchestrator, one of its agents, or an operator.
-pub fn may_read_task(who: &VerifiedIdentity, task: &Task) -> Result<(), OrchestrationError> {
-    if who.identity().has_role(Role::Operator) || &task.orchestrator == who.id() || task.agents.contains(who.id()) {
-        Ok(())
-    } else {
-        Err(OrchestrationError::NotTaskOwner {
-            identity: who.id().to_string(),
-            task: task.id.clone(),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! (a token whose record cannot be written is revoked again and never handed
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
+pub mod policy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +18,10 @@ use tessera_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
 use tessera_core::grant::{Grant, GrantId, GrantState, RandomError};
-use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, Role, SpiffeId, VerifiedIdentity};
+use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
 use tessera_core::issuance::{self, IssuanceError, TokenRequest};
 use tessera_core::orchestration::{self, OrchestrationError, StartTask, TaskLimits};
+use tessera_core::policy::{Operation, PolicyQuery, TaskAction};
 use tessera_core::task::{Task, TaskError, TaskId, TaskState};
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims, Jwks, JwsError, KeyError, SigningKey};
 use tessera_core::ttl::TtlLimits;
@@ -63,6 +66,9 @@ pub enum BrokerError {
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
+    /// Policy refused, or could not be asked.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyRefusal),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -100,6 +106,7 @@ impl BrokerError {
             Self::Orchestration(e) => e.kind(),
             Self::Task(e) => e.kind(),
             Self::Store(e) => e.kind(),
+            Self::Policy(e) => e.kind(),
             Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
             Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
@@ -155,6 +162,8 @@ pub struct BrokerSettings {
     pub leeway_secs: i64,
     /// Anomaly revocation: quarantine an identity denied too often (`None`: off).
     pub anomaly: Option<AnomalyRule>,
+    /// The policy set to start with, and where reloads read it.
+    pub policy: policy::PolicySetup,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -178,6 +187,8 @@ pub struct Broker {
     /// certificate): refusals are audited at most once a second each, so a
     /// client with a valid certificate cannot flood the audit trail.
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// The Cedar policy in force and the entities it reads.
+    policy: policy::PolicyState,
 }
 
 /// Most distinct refused callers remembered for audit sampling.
@@ -262,7 +273,10 @@ impl Broker {
             alg = signer.algorithm().as_jose(),
             "signing key published"
         );
+        let policy = policy::PolicyState::new(settings.policy.clone(), &registry, &catalog)
+            .map_err(policy::PolicyRefusal::from)?;
         let broker = Self {
+            policy,
             store,
             registry,
             catalog,
@@ -288,6 +302,10 @@ impl Broker {
     fn event(&self, kind: AuditKind, decision: Outcome, who: Option<&VerifiedIdentity>) -> AuditEvent {
         let mut event = AuditEvent::new(kind, self.clock.now(), decision, self.settings.instance_id.clone());
         event.who = who.map(actor);
+        if who.is_some() {
+            // The policy set in force when a caller acted; decisions overwrite it with their own.
+            event.policy_hash = Some(self.policy_hash().to_string());
+        }
         event.request_id = crate::telemetry::current_request_id();
         event
     }
@@ -303,6 +321,7 @@ impl Broker {
     /// Audits a refusal, then returns it (UNAVAILABLE if it cannot be audited).
     async fn refuse<T>(&self, mut event: AuditEvent, err: BrokerError) -> Result<T, BrokerError> {
         event.reason = Some(err.to_string());
+        policy::stamp_refusal(&mut event, &err);
         self.audit(event).await?;
         Err(err)
     }
@@ -352,18 +371,14 @@ impl Broker {
         }
     }
 
-    /// Fails unless `who` is an operator; a refusal is audited as `admin_denied`.
-    pub async fn require_operator(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
-        if let Err(e) = orchestration::require_role(who, Role::Operator) {
-            crate::telemetry::decision("operator_rpc", false);
-            let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
-            event.reason = Some(format!("{rpc}: {e}"));
-            let audited = self.audit(event).await;
-            self.count_denial(who).await;
-            audited?;
-            return Err(e.into());
-        }
-        Ok(())
+    /// Fails unless policy lets `who` make the admin call `rpc` (the baseline:
+    /// operators only); a refusal is audited as `admin_denied`.
+    pub async fn require_operator(
+        &self,
+        who: &VerifiedIdentity,
+        rpc: &str,
+    ) -> Result<policy::PolicyAllowed, BrokerError> {
+        self.authorize_call(who, rpc).await
     }
 
     /// Marks this replica's key as retiring: it stays in the JWKS until the
@@ -505,7 +520,7 @@ impl Broker {
     /// minted before verifies anywhere, even offline. Other replicas notice
     /// their key is gone and move to a fresh one (`ensure_own_key`).
     pub async fn revoke_all(&self, who: &VerifiedIdentity, reason: &str) -> Result<(u64, String), BrokerError> {
-        self.require_operator(who, "RevokeAll").await?;
+        let allowed = self.require_operator(who, "RevokeAll").await?;
         let why = format!("break-glass: {reason}");
         // Keys first: from here on no earlier token verifies anywhere, even if
         // ending the tasks below is interrupted (the operator can run it again).
@@ -542,6 +557,7 @@ impl Broker {
             failed.len()
         ));
         event.count = Some(grants);
+        allowed.stamp(&mut event);
         self.audit(event).await?;
         tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, failed = failed.len(), "break-glass revocation");
         if let Some(first) = failed.first() {
@@ -594,7 +610,8 @@ impl Broker {
             None => None,
         };
         let requested = req.task_id.to_string();
-        let task = match orchestration::start_task(
+        // Validated first, so that policy judges a well-formed task.
+        let decided = orchestration::start_task(
             who,
             req,
             &self.registry,
@@ -602,17 +619,28 @@ impl Broker {
             parent.as_ref(),
             &self.settings.tasks,
             now,
-        ) {
-            Ok(task) => task,
+        )
+        .map_err(BrokerError::from)
+        .and_then(|task| {
+            let query = PolicyQuery::Task {
+                action: TaskAction::Start,
+                id: &task.id,
+                task: Some(&task),
+            };
+            let allowed = self.authorize(who, &query)?;
+            Ok((task, allowed))
+        });
+        let (task, allowed) = match decided {
+            Ok(decided) => decided,
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
                 crate::telemetry::decision("start_task", false);
                 let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
                 event.task_id = Some(requested);
-                let refused = self.refuse(event, e.into()).await;
+                let refused = self.refuse(event, e).await;
                 self.count_denial(who).await;
                 return refused;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         self.store.create_task(&task).await?;
         let mut event = self.event(AuditKind::TaskStarted, Outcome::Allow, Some(who));
@@ -624,6 +652,7 @@ impl Broker {
             .flat_map(|(aud, s)| s.iter().map(move |s| format!("{aud} {s}")))
             .collect();
         event.count = Some(task.agents.len() as u64);
+        allowed.stamp(&mut event);
         if let Err(e) = self.audit(event).await {
             // Unaudited, so it must not stand.
             let _ = self
@@ -654,7 +683,14 @@ impl Broker {
     /// GetTask: the task and its number of live grants.
     pub async fn get_task(&self, who: &VerifiedIdentity, id: &TaskId) -> Result<(Task, u64), BrokerError> {
         let task = self.load_task(id).await?;
-        orchestration::may_read_task(who, &task)?;
+        self.authorize(
+            who,
+            &PolicyQuery::Task {
+                action: TaskAction::Get,
+                id,
+                task: Some(&task),
+            },
+        )?;
         let live = self.store.live_grants(id, self.clock.now()).await?;
         Ok((task, live))
     }
@@ -667,17 +703,46 @@ impl Broker {
         state: TaskState,
         reason: &str,
     ) -> Result<TaskEnded, BrokerError> {
-        if state == TaskState::Revoked {
-            self.require_operator(who, "RevokeTask").await?;
-        }
-        let task = self.load_task(id).await?;
-        if let Err(e) = orchestration::may_end_task(who, &task) {
-            crate::telemetry::decision(crate::telemetry::end_task_operation(state), false);
-            let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
-            event.task_id = Some(id.to_string());
-            let refused = self.refuse(event, e.into()).await;
-            self.count_denial(who).await;
-            return refused;
+        // RevokeTask is an admin call: asked before the task is looked up, so
+        // a refused caller learns nothing of it. CompleteTask of an unknown
+        // task is NOT_FOUND.
+        let revoking = state == TaskState::Revoked;
+        let task = if revoking {
+            self.store.task(id).await?
+        } else {
+            Some(self.load_task(id).await?)
+        };
+        let action = if revoking {
+            TaskAction::Revoke
+        } else {
+            TaskAction::Complete
+        };
+        let query = PolicyQuery::Task {
+            action,
+            id,
+            task: task.as_ref(),
+        };
+        let allowed = match self.authorize(who, &query) {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                crate::telemetry::decision(crate::telemetry::end_task_operation(state), false);
+                let (kind, reason) = if revoking {
+                    (AuditKind::AdminDenied, format!("RevokeTask: {e}"))
+                } else {
+                    (AuditKind::TaskDenied, e.to_string())
+                };
+                let mut event = self.event(kind, Outcome::Deny, Some(who));
+                event.task_id = Some(id.to_string());
+                event.reason = Some(reason);
+                policy::stamp_refusal(&mut event, &e);
+                let audited = self.audit(event).await;
+                self.count_denial(who).await;
+                audited?;
+                return Err(e);
+            }
+        };
+        if task.is_none() {
+            return Err(TaskError::NotFound(id.clone()).into());
         }
         let ended = self.store.end_task(id, state, reason, self.clock.now()).await?;
         let kind = if state == TaskState::Revoked {
@@ -689,6 +754,7 @@ impl Broker {
         event.task_id = Some(id.to_string());
         event.reason = Some(reason.to_owned());
         event.count = Some(ended.grants_revoked);
+        allowed.stamp(&mut event);
         self.audit(event).await?;
         tracing::info!(
             event = if state == TaskState::Revoked { "task_revoked" } else { "task_completed" },
@@ -707,8 +773,21 @@ impl Broker {
     pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<Issued, BrokerError> {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
-        let plan = match issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now) {
-            Ok(plan) => plan,
+        let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
+            let mut plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
+            plan.lifetime = allowed.cap(plan.lifetime);
+            if allowed.approval_required() {
+                return Err(policy::PolicyRefusal::ApprovalRequired {
+                    action: allowed.action(),
+                    policy_ids: allowed.policy_ids().to_vec(),
+                    policy_hash: allowed.policy_hash().into(),
+                }
+                .into());
+            }
+            Ok((allowed, plan))
+        });
+        let (allowed, plan) = match decided {
+            Ok(decided) => decided,
             Err(e) => {
                 tracing::info!(
                     event = "token_denied",
@@ -724,7 +803,7 @@ impl Broker {
                 event.audience = Some(req.audience.to_string());
                 event.scopes = req.scopes.iter().map(ToString::to_string).collect();
                 event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                let refused = self.refuse(event, e.into()).await;
+                let refused = self.refuse(event, e).await;
                 self.count_denial(who).await;
                 return refused;
             }
@@ -781,6 +860,7 @@ impl Broker {
         event.class = Some(grant.class.to_string());
         event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
         event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        allowed.stamp(&mut event);
         if let Err(e) = self.audit(event).await {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
@@ -815,7 +895,7 @@ impl Broker {
             event.task_id = Some(grant.task_id.to_string());
             return self.refuse(event, BrokerError::NotHolder(who.id().to_string())).await;
         }
-        self.revoke(who, id, "released by holder", AuditKind::TokenReleased)
+        self.revoke(who, id, "released by holder", AuditKind::TokenReleased, None)
             .await
     }
 
@@ -826,8 +906,9 @@ impl Broker {
         id: &GrantId,
         reason: &str,
     ) -> Result<RevokeOutcome, BrokerError> {
-        self.require_operator(who, "RevokeGrant").await?;
-        self.revoke(who, id, reason, AuditKind::GrantRevoked).await
+        let allowed = self.require_operator(who, "RevokeGrant").await?;
+        self.revoke(who, id, reason, AuditKind::GrantRevoked, Some(&allowed))
+            .await
     }
 
     async fn revoke(
@@ -836,6 +917,7 @@ impl Broker {
         id: &GrantId,
         reason: &str,
         kind: AuditKind,
+        allowed: Option<&policy::PolicyAllowed>,
     ) -> Result<RevokeOutcome, BrokerError> {
         let outcome = self
             .store
@@ -857,6 +939,9 @@ impl Broker {
         event.task_id = Some(outcome.grant.task_id.to_string());
         event.reason = Some(reason.to_owned());
         event.count = Some(u64::from(outcome.revoked) + outcome.descendants_revoked);
+        if let Some(allowed) = allowed {
+            allowed.stamp(&mut event);
+        }
         self.audit(event).await?;
         Ok(outcome)
     }
@@ -915,15 +1000,7 @@ impl Broker {
     }
 
     async fn require_verifier(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
-        if let Err(e) = require_any_role(who, &[Role::Verifier, Role::Operator]) {
-            let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
-            event.reason = Some(format!("{rpc}: {e}"));
-            let audited = self.audit(event).await;
-            self.count_denial(who).await;
-            audited?;
-            return Err(e.into());
-        }
-        Ok(())
+        self.authorize_call(who, rpc).await.map(drop)
     }
 
     /// The current time on the broker's clock.
@@ -936,8 +1013,8 @@ impl Broker {
 impl Broker {
     /// ListGrants (operator): live grants matching `query`, one page.
     pub async fn list_grants(&self, who: &VerifiedIdentity, query: GrantQuery) -> Result<GrantPage, BrokerError> {
-        // The gRPC edge checked and audited the role; this only guards other callers.
-        orchestration::require_role(who, Role::Operator)?;
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::ListGrants))?;
         let mut filter = query.filter;
         if let Some(owner) = &query.owner {
             let owned = self.registry.owned_by(owner);
@@ -968,8 +1045,9 @@ impl Broker {
         identity: &SpiffeId,
         reason: &str,
     ) -> Result<u64, BrokerError> {
-        // The gRPC edge checked and audited the role; this only guards other callers.
-        orchestration::require_role(who, Role::Operator)?;
+        // The gRPC edge asked policy and audited a refusal; this asks again for
+        // other callers, and for the ids its record carries.
+        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
         }
@@ -986,6 +1064,7 @@ impl Broker {
         let mut event = self.event(AuditKind::GrantRevoked, Outcome::Allow, Some(who));
         event.reason = Some(format!("identity {identity}: {reason}"));
         event.count = Some(revoked);
+        allowed.stamp(&mut event);
         self.audit(event).await?;
         Ok(revoked)
     }
@@ -1091,13 +1170,6 @@ impl Broker {
     }
 }
 
-fn require_any_role(who: &VerifiedIdentity, roles: &[Role]) -> Result<(), OrchestrationError> {
-    match roles.iter().find(|r| who.identity().has_role(**r)) {
-        Some(_) => Ok(()),
-        None => orchestration::require_role(who, roles.first().copied().unwrap_or(Role::Operator)),
-    }
-}
-
 fn log_rejected(e: &JwsError) {
     tracing::debug!(reason = %e, "introspected token rejected");
 }
@@ -1118,8 +1190,8 @@ impl Broker {
         use tessera_core::blast::{self, BlastTarget, MAX_BLAST_GRANTS};
         use tessera_store::MAX_GRANT_PAGE;
 
-        // The gRPC edge checked and audited the role; this only guards other callers.
-        orchestration::require_role(who, Role::Operator)?;
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::BlastRadius))?;
         let mut filter = GrantFilter::default();
         match target {
             BlastTarget::Identity(id) => {

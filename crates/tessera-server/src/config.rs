@@ -111,6 +111,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Anomaly revocation.
     pub anomaly: AnomalyConfig,
+    /// The Cedar policy set.
+    pub policy: policy::PolicyConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -234,6 +236,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     anomaly: RawAnomaly,
+    #[serde(default)]
+    policy: policy::RawPolicy,
     #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
@@ -937,11 +941,14 @@ impl RawConfig {
                 require: self.audit.require,
             },
             anomaly,
+            policy: self.policy.validate(base)?,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })
     }
 }
+
+pub mod policy;
 
 #[cfg(test)]
 mod tests;

@@ -53,6 +53,9 @@ pub enum ServeError {
     /// The store could not be reached at start.
     #[error("store unavailable at start: {0}")]
     Store(#[from] StoreError),
+    /// The policy set does not load (the message names file and line).
+    #[error("policy: {0}")]
+    Policy(#[from] tessera_core::policy::PolicyLoadError),
     /// The audit trail could not be opened.
     #[error("config key `audit.file`: {0}")]
     Audit(String),
@@ -75,6 +78,7 @@ pub struct Prepared {
     config: Config,
     tls: rustls::ServerConfig,
     signer: SigningKey,
+    policy: broker::policy::PolicySetup,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -109,7 +113,16 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         }
         None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
     };
-    Ok(Prepared { config, tls, signer })
+    let policy = broker::policy::PolicySetup {
+        engine: config.policy.load()?,
+        source: config.policy.dir.clone(),
+    };
+    Ok(Prepared {
+        config,
+        tls,
+        signer,
+        policy,
+    })
 }
 
 /// The listeners `serve` runs on; bound by the caller.
@@ -130,7 +143,12 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let Prepared { config, tls, signer } = prepared;
+    let Prepared {
+        config,
+        tls,
+        signer,
+        policy,
+    } = prepared;
     let _ = telemetry::handle();
     let store: Arc<dyn GrantStore> = match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::default()),
@@ -147,6 +165,7 @@ pub async fn serve(
         },
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
+        policy,
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -162,6 +181,7 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError::Start(e.to_string()))?,
     );
+    let _sighup = broker::policy::reload_on_sighup(broker.clone());
     let shared = Shared {
         broker: broker.clone(),
         heartbeat: config.server.heartbeat_interval,

@@ -71,7 +71,9 @@ const DEMO_IDENTITIES: [DemoIdentity; 5] = [
         name: "orchestrator",
         path: "/orchestrator",
         kind: "service",
-        owner: "team-platform",
+        // The baseline policy lets an orchestrator start tasks only for
+        // agents its own owner owns.
+        owner: "team-research",
         roles: &["orchestrator"],
         max_ttl: "1h",
     },
@@ -246,6 +248,15 @@ pub(crate) fn init(opts: &InitOptions) -> anyhow::Result<Summary> {
         });
     }
 
+    // The shipped baseline policy and, for editors, the schema it is checked against.
+    let policies = dir.join("policies");
+    fs::create_dir_all(&policies).with_context(|| format!("cannot create `{}`", policies.display()))?;
+    write_public(
+        &policies.join(tessera_core::policy::BASELINE_NAME),
+        tessera_core::policy::BASELINE,
+    )?;
+    write_public(&policies.join("tessera.cedarschema"), tessera_core::policy::SCHEMA)?;
+
     write_public(&config, &render_config(td, opts.listen))?;
 
     Ok(Summary {
@@ -392,6 +403,9 @@ fn render_config(td: &str, listen: SocketAddr) -> String {
     w(String::new());
     w("[log]".to_owned());
     w(format!("level = {}", quote("info")));
+    w(String::new());
+    w("[policy]".to_owned());
+    w(format!("dir = {}", quote("policies")));
     for demo in &DEMO_IDENTITIES {
         let roles: Vec<String> = demo.roles.iter().map(|r| quote(r)).collect();
         w(String::new());

@@ -188,6 +188,9 @@ pub struct AuditEvent {
     /// The policies that decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_ids: Vec<String>,
+    /// The hash of the policy set in force (`sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
     /// Who approved or rejected, for approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
@@ -228,6 +231,7 @@ impl AuditEvent {
             decision,
             reason: None,
             policy_ids: Vec::new(),
+            policy_hash: None,
             approver: None,
             instance: instance.into(),
             request_id: None,

@@ -455,6 +455,8 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
             decision,
             reason,
             policy_ids,
+            // Any optional string will do: it round-trips like the others.
+            policy_hash: approver.clone(),
             approver,
             instance,
             request_id,

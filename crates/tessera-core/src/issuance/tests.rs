@@ -4,7 +4,7 @@ use chrono::Duration;
 
 use super::*;
 use crate::catalog::Api;
-use crate::identity::{AttestationMethod, Identity, IdentityKind, IdentityRegistry, SpiffeId};
+use crate::identity::{AttestationMethod, Identity, IdentityKind, IdentityRegistry, Role, SpiffeId};
 use crate::task::{ScopeCeiling, TaskState};
 
 fn t0() -> DateTime<Utc> {
@@ -112,13 +112,6 @@ fn an_assigned_agent_within_the_ceiling_gets_a_bounded_ttl() {
 fn refusals_have_the_right_kind() {
     let agent = who("spiffe://td/agent", &[Role::Agent]);
     let stranger = who("spiffe://td/stranger", &[Role::Agent]);
-    let orchestrator = who("spiffe://td/agent", &[Role::Orchestrator]);
-    check(
-        &orchestrator,
-        &task(),
-        &request(&["contacts.read"], None),
-        Err(ErrorKind::PermissionDenied),
-    );
     check(
         &stranger,
         &task(),

@@ -191,10 +191,14 @@ impl AdminService for Shared {
         req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "ReloadPolicy")
+        let (hash, policies) = self
+            .broker
+            .reload_policy(Some(&who))
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("ReloadPolicy", "arrives with policy-as-code"))
+        Ok(Response::new(pb::ReloadPolicyResponse {
+            policy_set_hash: hash.to_string(),
+            policies: u32::try_from(policies).unwrap_or(u32::MAX),
+        }))
     }
 }

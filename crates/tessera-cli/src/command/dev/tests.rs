@@ -179,3 +179,23 @@ fn endpoints_and_trust_domains() {
     assert!(parse_trust_domain("a/b").is_err());
     assert!(parse_trust_domain("").is_err());
 }
+
+#[test]
+fn the_dev_config_uses_the_baseline_policy() {
+    let tmp = TempDir::new();
+    let summary = init(&options(&tmp.0)).unwrap();
+    let config: toml::Table = toml::from_str(&fs::read_to_string(&summary.config).unwrap()).unwrap();
+    assert_eq!(config["policy"]["dir"].as_str(), Some("policies"));
+    let dir = tmp.0.join("policies");
+    let files = tessera_core::policy::read_policy_files(&dir).unwrap();
+    let engine = tessera_core::policy::PolicyEngine::load(&files).unwrap();
+    assert_eq!(
+        engine.hash(),
+        tessera_core::policy::PolicyEngine::baseline().unwrap().hash()
+    );
+    // The baseline lets an orchestrator assign only its owner's agents: the
+    // demo orchestrator and agents share an owner.
+    let owner = |name: &str| DEMO_IDENTITIES.iter().find(|d| d.name == name).unwrap().owner;
+    assert_eq!(owner("orchestrator"), owner("researcher"));
+    assert_eq!(owner("orchestrator"), owner("writer"));
+}

@@ -1,0 +1,380 @@
+//! The questions the broker asks policy, typed: which action, on what, with
+//! which facts. [`PolicyQuery`] is turned into a Cedar request here; its size
+//! is checked first, so an oversized question is refused before evaluation.
+//!
+//! Nesting is fixed by construction (the context is at most two records
+//! deep, as the schema says), so only sizes need bounds.
+
+use std::collections::BTreeSet;
+
+use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use chrono::{DateTime, Timelike, Utc};
+
+use super::entities::PolicyEntities;
+use super::{Action, PolicyError};
+use crate::identity::{AttestationMethod, SpiffeId};
+use crate::task::{Audience, Scope, ScopeClass, Task, TaskId};
+use crate::ttl::Ttl;
+
+/// Most elements in any one set of the context (agents, scopes, labels, chain).
+pub const MAX_SET_ITEMS: usize = 1024;
+/// Longest string in the context, in bytes.
+pub const MAX_STRING_BYTES: usize = 4096;
+/// Most hops in a delegation chain.
+pub const MAX_DELEGATION_CHAIN: usize = 32;
+/// Most bytes of strings in one context, all together.
+pub const MAX_CONTEXT_BYTES: usize = 1024 * 1024;
+
+/// The token actions: their resource is an API, their context a token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenAction {
+    /// RequestToken.
+    Request,
+    /// DelegateToken: `facts.delegation` says to whom and how deep.
+    Delegate,
+    /// ApproveRequest: the principal is the approver, `facts.requester` the requester.
+    Approve,
+}
+
+/// The task actions: their resource is a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskAction {
+    /// StartTask (the task as it would be created).
+    Start,
+    /// CompleteTask.
+    Complete,
+    /// GetTask.
+    Get,
+    /// RevokeTask.
+    Revoke,
+}
+
+/// The admin and verifier calls: their resource is the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// ListGrants.
+    ListGrants,
+    /// RevokeGrant.
+    RevokeGrant,
+    /// RevokeIdentity.
+    RevokeIdentity,
+    /// RevokeAll.
+    RevokeAll,
+    /// ListApprovals.
+    ListApprovals,
+    /// DecideApproval.
+    DecideApproval,
+    /// BlastRadius.
+    BlastRadius,
+    /// RotateSigningKey.
+    RotateSigningKey,
+    /// ReloadPolicy.
+    ReloadPolicy,
+    /// Introspect.
+    Introspect,
+    /// WatchRevocations.
+    WatchRevocations,
+}
+
+impl Operation {
+    /// The operation of `action`, if it is one.
+    pub fn of(action: Action) -> Option<Self> {
+        Some(match action {
+            Action::ListGrants => Self::ListGrants,
+            Action::RevokeGrant => Self::RevokeGrant,
+            Action::RevokeIdentity => Self::RevokeIdentity,
+            Action::RevokeAll => Self::RevokeAll,
+            Action::ListApprovals => Self::ListApprovals,
+            Action::DecideApproval => Self::DecideApproval,
+            Action::BlastRadius => Self::BlastRadius,
+            Action::RotateSigningKey => Self::RotateSigningKey,
+            Action::ReloadPolicy => Self::ReloadPolicy,
+            Action::Introspect => Self::Introspect,
+            Action::WatchRevocations => Self::WatchRevocations,
+            _ => return None,
+        })
+    }
+
+    /// The action.
+    pub fn action(self) -> Action {
+        match self {
+            Self::ListGrants => Action::ListGrants,
+            Self::RevokeGrant => Action::RevokeGrant,
+            Self::RevokeIdentity => Action::RevokeIdentity,
+            Self::RevokeAll => Action::RevokeAll,
+            Self::ListApprovals => Action::ListApprovals,
+            Self::DecideApproval => Action::DecideApproval,
+            Self::BlastRadius => Action::BlastRadius,
+            Self::RotateSigningKey => Action::RotateSigningKey,
+            Self::ReloadPolicy => Action::ReloadPolicy,
+            Self::Introspect => Action::Introspect,
+            Self::WatchRevocations => Action::WatchRevocations,
+        }
+    }
+}
+
+/// One hop of delegation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delegation<'a> {
+    /// The hop number of the token being minted (1 for the first delegation).
+    pub depth: u32,
+    /// The holders before this hop, root first.
+    pub chain: &'a [SpiffeId],
+    /// Who receives the delegated token.
+    pub delegate: &'a SpiffeId,
+}
+
+/// What a token request asks for, once parsed and classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFacts<'a> {
+    /// The API.
+    pub audience: &'a Audience,
+    /// The scopes.
+    pub scopes: &'a BTreeSet<Scope>,
+    /// Their one class.
+    pub class: ScopeClass,
+    /// Whether any scope is high-impact (payments, deletions, permission changes).
+    pub high_impact: bool,
+    /// The lifetime asked for (the broker's default when none was named).
+    pub requested_ttl: Ttl,
+    /// For DelegateToken.
+    pub delegation: Option<Delegation<'a>>,
+    /// The grant's blast-radius score, when computed before the decision.
+    pub blast_radius: Option<u32>,
+    /// For ApproveRequest: whose request it is.
+    pub requester: Option<&'a SpiffeId>,
+}
+
+/// One question for policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyQuery<'a> {
+    /// A token action on `facts.audience` within `task`.
+    Token {
+        /// Which.
+        action: TokenAction,
+        /// The task the token is for.
+        task: &'a Task,
+        /// The request.
+        facts: TokenFacts<'a>,
+    },
+    /// A task action on task `id`; `task` is `None` when no such task exists.
+    Task {
+        /// Which.
+        action: TaskAction,
+        /// The task id named.
+        id: &'a TaskId,
+        /// The task (for StartTask: as it would be created).
+        task: Option<&'a Task>,
+    },
+    /// An admin or verifier call.
+    Operation(Operation),
+}
+
+impl PolicyQuery<'_> {
+    /// The Cedar action.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Token { action, .. } => match action {
+                TokenAction::Request => Action::RequestToken,
+                TokenAction::Delegate => Action::DelegateToken,
+                TokenAction::Approve => Action::ApproveRequest,
+            },
+            Self::Task { action, .. } => match action {
+                TaskAction::Start => Action::StartTask,
+                TaskAction::Complete => Action::CompleteTask,
+                TaskAction::Get => Action::GetTask,
+                TaskAction::Revoke => Action::RevokeTask,
+            },
+            Self::Operation(op) => op.action(),
+        }
+    }
+
+    /// The resource, for people: `task `t1``, `audience `crm``, or `the broker`.
+    pub fn describe_resource(&self) -> String {
+        match self {
+            Self::Token { facts, .. } => format!("audience `{}`", facts.audience),
+            Self::Task { id, .. } => format!("task `{id}`"),
+            Self::Operation(_) => "the broker".to_owned(),
+        }
+    }
+
+    /// Refuses a question whose context would exceed the bounds.
+    pub fn check_bounds(&self) -> Result<(), PolicyError> {
+        let mut budget = Budget::default();
+        match self {
+            Self::Token { task, facts, .. } => {
+                budget.task(task)?;
+                budget.set("scopes", facts.scopes.len())?;
+                for s in facts.scopes {
+                    budget.string("scopes", s.as_str())?;
+                }
+                budget.string("resource", facts.audience.as_str())?;
+                if let Some(d) = &facts.delegation {
+                    if d.chain.len() > MAX_DELEGATION_CHAIN {
+                        return Err(too_large("delegation_chain", format!("{MAX_DELEGATION_CHAIN} hops")));
+                    }
+                    for id in d.chain {
+                        budget.string("delegation_chain", id.as_str())?;
+                    }
+                }
+            }
+            Self::Task { id, task, .. } => {
+                budget.string("task.id", id.as_str())?;
+                if let Some(task) = task {
+                    budget.task(task)?;
+                }
+            }
+            Self::Operation(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn too_large(field: &'static str, limit: String) -> PolicyError {
+    PolicyError::ContextTooLarge { field, limit }
+}
+
+/// Counts the bytes a context will hold.
+#[derive(Debug, Default)]
+struct Budget {
+    bytes: usize,
+}
+
+impl Budget {
+    fn string(&mut self, field: &'static str, s: &str) -> Result<(), PolicyError> {
+        if s.len() > MAX_STRING_BYTES {
+            return Err(too_large(field, format!("{MAX_STRING_BYTES} bytes per string")));
+        }
+        self.bytes = self.bytes.saturating_add(s.len());
+        if self.bytes > MAX_CONTEXT_BYTES {
+            return Err(too_large(field, format!("{MAX_CONTEXT_BYTES} bytes in all")));
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, field: &'static str, len: usize) -> Result<(), PolicyError> {
+        if len > MAX_SET_ITEMS {
+            return Err(too_large(field, format!("{MAX_SET_ITEMS} items")));
+        }
+        Ok(())
+    }
+
+    fn task(&mut self, task: &Task) -> Result<(), PolicyError> {
+        self.string("task.id", task.id.as_str())?;
+        self.string("task.orchestrator", task.orchestrator.as_str())?;
+        self.set("task.agents", task.agents.len())?;
+        for a in &task.agents {
+            self.string("task.agents", a.as_str())?;
+        }
+        self.set("task.labels", task.labels.len())?;
+        for (k, v) in &task.labels {
+            self.string("task.labels", k)?;
+            self.string("task.labels", v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Cedar name of an attestation method.
+pub(super) fn attestation_name(method: AttestationMethod) -> &'static str {
+    match method {
+        AttestationMethod::X509 => "x509",
+    }
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn long(n: i64) -> RestrictedExpression {
+    RestrictedExpression::new_long(n)
+}
+
+fn uid(u: EntityUid) -> RestrictedExpression {
+    RestrictedExpression::new_entity_uid(u)
+}
+
+fn record(pairs: Vec<(String, RestrictedExpression)>) -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(pairs).map_err(|e| e.to_string())
+}
+
+/// `context.task`.
+fn task_info(entities: &PolicyEntities, task: &Task, now: DateTime<Utc>) -> Result<RestrictedExpression, String> {
+    let agent_owners: BTreeSet<&str> = task.agents.iter().map(|a| entities.owner_of(a)).collect();
+    record(vec![
+        ("id".into(), string(task.id.as_str())),
+        ("orchestrator".into(), uid(entities.identity_uid(&task.orchestrator))),
+        ("owner".into(), string(entities.owner_of(&task.orchestrator))),
+        (
+            "agents".into(),
+            RestrictedExpression::new_set(task.agents.iter().map(|a| uid(entities.identity_uid(a)))),
+        ),
+        (
+            "agent_owners".into(),
+            RestrictedExpression::new_set(agent_owners.into_iter().map(string)),
+        ),
+        (
+            "labels".into(),
+            RestrictedExpression::new_set(
+                task.labels
+                    .iter()
+                    .map(|(k, v)| RestrictedExpression::new_string(format!("{k}={v}"))),
+            ),
+        ),
+        ("remaining_secs".into(), long((task.deadline - now).num_seconds())),
+    ])
+}
+
+/// The Cedar resource and context of `query`, asked by a caller attested by
+/// `attestation` at `now`.
+pub(super) fn build(
+    entities: &PolicyEntities,
+    query: &PolicyQuery<'_>,
+    attestation: AttestationMethod,
+    now: DateTime<Utc>,
+) -> Result<(EntityUid, Context), String> {
+    let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(14);
+    pairs.push(("attestation".into(), string(attestation_name(attestation))));
+    pairs.push(("hour".into(), long(i64::from(now.hour()))));
+    let resource = match query {
+        PolicyQuery::Token { task, facts, .. } => {
+            pairs.push(("task".into(), task_info(entities, task, now)?));
+            pairs.push((
+                "scopes".into(),
+                RestrictedExpression::new_set(facts.scopes.iter().map(|s| string(s.as_str()))),
+            ));
+            pairs.push(("class".into(), string(&facts.class.to_string())));
+            pairs.push(("high_impact".into(), RestrictedExpression::new_bool(facts.high_impact)));
+            pairs.push(("requested_ttl".into(), long(i64::from(facts.requested_ttl.as_secs()))));
+            let (depth, chain) = match &facts.delegation {
+                Some(d) => (i64::from(d.depth), d.chain),
+                None => (0, &[][..]),
+            };
+            pairs.push(("delegation_depth".into(), long(depth)));
+            pairs.push((
+                "delegation_chain".into(),
+                RestrictedExpression::new_set(chain.iter().map(|id| string(id.as_str()))),
+            ));
+            if let Some(score) = facts.blast_radius {
+                pairs.push(("blast_radius".into(), long(i64::from(score))));
+            }
+            if let Some(d) = &facts.delegation {
+                pairs.push(("delegate".into(), uid(entities.identity_uid(d.delegate))));
+            }
+            if let Some(requester) = facts.requester {
+                pairs.push(("requester".into(), uid(entities.identity_uid(requester))));
+            }
+            entities.api_uid(facts.audience)
+        }
+        PolicyQuery::Task { id, task, .. } => {
+            if let Some(task) = task {
+                pairs.push(("task".into(), task_info(entities, task, now)?));
+            }
+            entities.task_uid(id)
+        }
+        PolicyQuery::Operation(_) => entities.broker_uid(),
+    };
+    let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+    Ok((resource, context))
+}

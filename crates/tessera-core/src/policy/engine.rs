@@ -1,0 +1,376 @@
+//! The policy engine: a validated, immutable policy set and its hash.
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::{Arc, OnceLock};
+
+use cedar_policy::{
+    Authorizer, Decision, Effect, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use chrono::{DateTime, Utc};
+
+use super::context::{self, PolicyQuery};
+use super::entities::PolicyEntities;
+use super::{Action, BASELINE, BASELINE_NAME, PolicyDecision, PolicyError, PolicyFile, PolicyLoadError, SCHEMA};
+use crate::identity::VerifiedIdentity;
+
+/// Most policies in one set.
+pub const MAX_POLICIES: usize = 10_000;
+
+/// The schema and its validator, parsed once per process.
+struct Compiled {
+    schema: Schema,
+    validator: Validator,
+    actions: Vec<EntityUid>,
+}
+
+fn compiled() -> Result<&'static Compiled, PolicyLoadError> {
+    static COMPILED: OnceLock<Result<Compiled, String>> = OnceLock::new();
+    COMPILED
+        .get_or_init(|| {
+            let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| e.to_string())?;
+            let action_type = EntityTypeName::from_str("Action").map_err(|e| e.to_string())?;
+            let actions = Action::ALL
+                .iter()
+                .map(|a| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str())))
+                .collect();
+            Ok(Compiled {
+                validator: Validator::new(schema.clone()),
+                schema,
+                actions,
+            })
+        })
+        .as_ref()
+        .map_err(|e| PolicyLoadError::Schema(e.clone()))
+}
+
+/// The compiled-in schema.
+pub(super) fn schema() -> Result<&'static Schema, PolicyLoadError> {
+    compiled().map(|c| &c.schema)
+}
+
+/// What tesserad reads from one policy's annotations.
+#[derive(Debug, Clone)]
+struct Meta {
+    /// `@id`, or `file:line`.
+    id: Arc<str>,
+    /// `@approval("required")`.
+    approval: bool,
+    /// `@max_ttl`.
+    max_ttl: Option<u32>,
+    /// `@max_blast_radius`.
+    max_blast_radius: Option<u32>,
+    /// `@reason`.
+    reason: Option<String>,
+}
+
+/// A validated policy set, its annotations and its hash. Immutable: a reload
+/// builds a new engine and swaps it in whole.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    policies: PolicySet,
+    meta: HashMap<PolicyId, Meta>,
+    hash: Arc<str>,
+    files: Vec<String>,
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |before| before.bytes().filter(|b| *b == b'\n').count() + 1)
+}
+
+/// The last path component of a file name, for policy ids and the hash.
+fn base_name(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
+}
+
+fn invalid(file: &str, line: usize, message: impl Into<String>) -> PolicyLoadError {
+    PolicyLoadError::Invalid {
+        file: file.to_owned(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// The first labelled offset of a Cedar diagnostic, if any.
+fn first_offset(d: &dyn miette::Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut labels| labels.next()).map(|l| l.offset())
+}
+
+/// A positive whole number annotation.
+fn number(file: &str, line: usize, key: &str, value: &str) -> Result<u32, PolicyLoadError> {
+    match value.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(invalid(
+            file,
+            line,
+            format!("@{key}(\"{value}\") must be a whole number above 0"),
+        )),
+    }
+}
+
+impl PolicyEngine {
+    /// Parses and validates `files` (strict mode, against [`SCHEMA`]).
+    /// Every error names a file and, where it has one, a line.
+    pub fn load(files: &[PolicyFile]) -> Result<Self, PolicyLoadError> {
+        let compiled = compiled()?;
+        if files.is_empty() {
+            return Err(PolicyLoadError::Empty {
+                path: "policy set".into(),
+            });
+        }
+        let mut all = PolicySet::new();
+        let mut meta = HashMap::new();
+        // Cedar id → (file index, line), for validation errors.
+        let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        for (index, file) in files.iter().enumerate() {
+            let name = file.name.as_str();
+            let base = base_name(name);
+            hasher.update(base.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&(file.text.len() as u64).to_be_bytes());
+            hasher.update(file.text.as_bytes());
+            let parsed = PolicySet::from_str(&file.text).map_err(|e| {
+                let line = first_offset(&e).map_or(1, |o| line_of(&file.text, o));
+                invalid(name, line, e.to_string())
+            })?;
+            if let Some(template) = parsed.templates().next() {
+                let line = file
+                    .text
+                    .find(&template.to_string())
+                    .map_or(1, |o| line_of(&file.text, o));
+                return Err(invalid(
+                    name,
+                    line,
+                    "templates are not supported; write static policies",
+                ));
+            }
+            // Cedar numbers a file's policies policy0, policy1, ... in source order.
+            let mut policies: Vec<_> = parsed.policies().collect();
+            policies.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX)
+            });
+            let mut pos = 0;
+            for policy in policies {
+                let text = policy.to_string();
+                let line = match file.text.get(pos..).and_then(|rest| rest.find(&text)) {
+                    Some(at) => {
+                        pos += at + text.len();
+                        line_of(&file.text, pos - text.len())
+                    }
+                    None => line_of(&file.text, pos),
+                };
+                let id: Arc<str> = match policy.annotation("id") {
+                    Some(id) if !id.trim().is_empty() => id.into(),
+                    Some(_) => return Err(invalid(name, line, "@id must not be empty")),
+                    None => format!("{base}:{line}").into(),
+                };
+                let cedar_id = PolicyId::new(id.as_ref());
+                if let Some((other, other_line)) = origin.get(&cedar_id) {
+                    let other = files.get(*other).map_or("?", |f| f.name.as_str());
+                    return Err(invalid(
+                        name,
+                        line,
+                        format!("policy id `{id}` is already used at {other}:{other_line}"),
+                    ));
+                }
+                let permit = policy.effect() == Effect::Permit;
+                let mut m = Meta {
+                    id: id.clone(),
+                    approval: false,
+                    max_ttl: None,
+                    max_blast_radius: None,
+                    reason: None,
+                };
+                for (key, value) in policy.annotations() {
+                    match key {
+                        "approval" => {
+                            if value != "required" {
+                                return Err(invalid(
+                                    name,
+                                    line,
+                                    format!("@approval(\"{value}\"): the only value is \"required\""),
+                                ));
+                            }
+                            m.approval = true;
+                        }
+                        "max_ttl" => m.max_ttl = Some(number(name, line, key, value)?),
+                        "max_blast_radius" => m.max_blast_radius = Some(number(name, line, key, value)?),
+                        "reason" => m.reason = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if !permit && (m.approval || m.max_ttl.is_some() || m.max_blast_radius.is_some()) {
+                    return Err(invalid(
+                        name,
+                        line,
+                        "@approval, @max_ttl and @max_blast_radius belong on permit policies",
+                    ));
+                }
+                all.add(policy.new_id(cedar_id.clone()))
+                    .map_err(|e| invalid(name, line, e.to_string()))?;
+                origin.insert(cedar_id.clone(), (index, line));
+                meta.insert(cedar_id, m);
+                if meta.len() > MAX_POLICIES {
+                    return Err(PolicyLoadError::TooLarge {
+                        path: name.to_owned(),
+                        message: format!("more than {MAX_POLICIES} policies"),
+                    });
+                }
+            }
+        }
+        if meta.is_empty() {
+            return Err(PolicyLoadError::Empty {
+                path: files.first().map_or_else(String::new, |f| f.name.clone()),
+            });
+        }
+        let result = compiled.validator.validate(&all, ValidationMode::Strict);
+        if let Some(e) = result.validation_errors().next() {
+            let (file, policy_line) = origin.get(e.policy_id()).copied().unwrap_or((0, 1));
+            let f = files.get(file);
+            let text = f.map_or("", |f| f.text.as_str());
+            // Cedar locates the error in the file the policy was parsed from.
+            let line = first_offset(e)
+                .filter(|o| *o < text.len())
+                .map_or(policy_line, |o| line_of(text, o));
+            return Err(invalid(
+                f.map_or("?", |f| f.name.as_str()),
+                line,
+                format!("policy `{}`: {e}", e.policy_id()),
+            ));
+        }
+        let digest = hasher.finish();
+        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            policies: all,
+            meta,
+            hash: format!("sha256:{hash}").into(),
+            files: files.iter().map(|f| f.name.clone()).collect(),
+        })
+    }
+
+    /// The compiled-in baseline (`deploy/policies/baseline.cedar`).
+    pub fn baseline() -> Result<Self, PolicyLoadError> {
+        Self::load(&[PolicyFile::new(BASELINE_NAME, BASELINE)])
+    }
+
+    /// `sha256:<hex>` over the files' base names and texts, in order.
+    pub fn hash(&self) -> &Arc<str> {
+        &self.hash
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Whether the set has no policy (never true of a loaded engine).
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// The files the set was loaded from.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The ids of the policies, sorted.
+    pub fn policy_ids(&self) -> Vec<Arc<str>> {
+        let mut ids: Vec<_> = self.meta.values().map(|m| m.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Decides `query` for `who` at `now`. An oversized question is an error
+    /// (refused before evaluation); anything else is a decision, and a
+    /// question that cannot be evaluated is a denial.
+    pub fn authorize(
+        &self,
+        entities: &PolicyEntities,
+        who: &VerifiedIdentity,
+        query: &PolicyQuery<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<PolicyDecision, PolicyError> {
+        query.check_bounds()?;
+        let action = query.action();
+        let compiled = match compiled() {
+            Ok(c) => c,
+            Err(e) => return Ok(self.failed(vec![e.to_string()])),
+        };
+        let Some(action_uid) = Action::ALL
+            .iter()
+            .position(|a| *a == action)
+            .and_then(|i| compiled.actions.get(i))
+        else {
+            return Ok(self.failed(vec![format!("unknown action {action}")]));
+        };
+        let (resource, context) = match context::build(entities, query, who.method(), now) {
+            Ok(built) => built,
+            Err(e) => return Ok(self.failed(vec![format!("policy context: {e}")])),
+        };
+        let principal = entities.identity_uid(who.id());
+        let request = match Request::new(principal, action_uid.clone(), resource, context, None) {
+            Ok(r) => r,
+            Err(e) => return Ok(self.failed(vec![format!("policy request: {e}")])),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, entities.entities());
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+        if !errors.is_empty() {
+            return Ok(self.failed(errors));
+        }
+        let determining: Vec<&Meta> = diagnostics.reason().filter_map(|id| self.meta.get(id)).collect();
+        let policy_ids: Vec<Arc<str>> = determining.iter().map(|m| m.id.clone()).collect();
+        Ok(match response.decision() {
+            Decision::Allow => PolicyDecision::Allow {
+                approval_required: determining.iter().any(|m| m.approval),
+                max_ttl: determining.iter().filter_map(|m| m.max_ttl).min(),
+                max_blast_radius: determining.iter().filter_map(|m| m.max_blast_radius).min(),
+                policy_ids,
+                policy_hash: self.hash.clone(),
+            },
+            Decision::Deny => {
+                let reasons = if determining.is_empty() {
+                    vec![format!(
+                        "no policy permits `{}` to {action} on {}",
+                        who.id(),
+                        query.describe_resource()
+                    )]
+                } else {
+                    determining
+                        .iter()
+                        .map(|m| {
+                            m.reason
+                                .clone()
+                                .unwrap_or_else(|| format!("forbidden by policy `{}`", m.id))
+                        })
+                        .collect()
+                };
+                PolicyDecision::Deny {
+                    policy_ids,
+                    reasons,
+                    policy_hash: self.hash.clone(),
+                }
+            }
+        })
+    }
+
+    /// The denial for a question that could not be evaluated.
+    fn failed(&self, errors: Vec<String>) -> PolicyDecision {
+        PolicyDecision::Deny {
+            policy_ids: Vec::new(),
+            reasons: errors
+                .into_iter()
+                .map(|e| format!("policy evaluation failed: {e}"))
+                .collect(),
+            policy_hash: self.hash.clone(),
+        }
+    }
+}

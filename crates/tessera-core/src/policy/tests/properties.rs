@@ -1,0 +1,227 @@
+//! Properties of the engine over generated policy sets and questions:
+//! adding a forbid never turns a deny into an allow, adding a permit never
+//! turns an allow into a deny (TEST-MATRIX P2), and oversized questions are
+//! refused before evaluation while bounded ones are evaluated (P3).
+
+use proptest::prelude::*;
+
+use crate::policy::tests::fixture::{PEOPLE, aud, entities, facts, id, now, scope_of, task, who};
+use crate::policy::{
+    Delegation, MAX_DELEGATION_CHAIN, MAX_SET_ITEMS, Operation, PolicyEngine, PolicyEntities, PolicyError, PolicyFile,
+    PolicyQuery, TaskAction, TokenAction,
+};
+use crate::task::ScopeClass;
+
+/// Action scopes a generated policy may have, and conditions valid for each
+/// (strict validation refuses a token condition on a task action).
+const ANY_ACTION: &str = "action";
+const TOKEN_ACTION: &str = "action == Action::\"RequestToken\"";
+const TASK_ACTIONS: &str = "action in [Action::\"StartTask\", Action::\"GetTask\", Action::\"CompleteTask\"]";
+const ADMIN_ACTIONS: &str = "action in [Action::\"ListGrants\", Action::\"RevokeAll\", Action::\"Introspect\"]";
+
+const PRINCIPAL_CONDITIONS: &[&str] = &[
+    "true",
+    "principal.kind == \"agent\"",
+    "principal.kind == \"service\"",
+    "principal.kind == \"partner\"",
+    "principal.kind == \"human\"",
+    "principal.owner == \"team-a\"",
+    "principal.roles.contains(\"operator\")",
+    "principal.roles.contains(\"agent\")",
+    "principal.roles.contains(\"orchestrator\")",
+    "principal == Identity::\"spiffe://td/agent\"",
+];
+
+const TOKEN_CONDITIONS: &[&str] = &[
+    "context.class == \"read\"",
+    "context.class == \"write\"",
+    "context.high_impact",
+    "context.requested_ttl > 300",
+    "context.hour < 12",
+    "context.task.labels.contains(\"env=prod\")",
+    "context.task.agents.contains(principal)",
+    "context.scopes.contains(\"write\")",
+    "context.delegation_depth > 0",
+    "resource == Api::\"crm\"",
+];
+
+const TASK_CONDITIONS: &[&str] = &[
+    "context has task && context.task.orchestrator == principal",
+    "context has task && context.task.remaining_secs > 60",
+    "context has task && context.task.agent_owners.contains(principal.owner)",
+    "context.hour >= 6",
+];
+
+/// One generated policy's text.
+fn policy() -> impl Strategy<Value = String> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let scoped = prop_oneof![
+        (Just(ANY_ACTION), proptest::sample::select(PRINCIPAL_CONDITIONS)),
+        (
+            Just(TOKEN_ACTION),
+            prop_oneof![
+                proptest::sample::select(PRINCIPAL_CONDITIONS),
+                proptest::sample::select(TOKEN_CONDITIONS)
+            ]
+        ),
+        (
+            Just(TASK_ACTIONS),
+            prop_oneof![
+                proptest::sample::select(PRINCIPAL_CONDITIONS),
+                proptest::sample::select(TASK_CONDITIONS)
+            ]
+        ),
+        (Just(ADMIN_ACTIONS), proptest::sample::select(PRINCIPAL_CONDITIONS)),
+    ];
+    let negate = any::<bool>();
+    let annotate = prop_oneof![
+        Just(""),
+        Just("@approval(\"required\") "),
+        Just("@max_ttl(\"120\") "),
+        Just("@max_blast_radius(\"10\") ")
+    ];
+    (effect, scoped, negate, annotate).prop_map(|(effect, (action, cond), negate, annotate)| {
+        let annotate = if effect == "permit" { annotate } else { "" };
+        let clause = if negate { "unless" } else { "when" };
+        format!("{annotate}{effect} (principal, {action}, resource) {clause} {{ {cond} }};\n")
+    })
+}
+
+fn engine(policies: &[String]) -> PolicyEngine {
+    PolicyEngine::load(&[PolicyFile::new("gen.cedar", policies.concat())]).unwrap()
+}
+
+/// A question: (principal, which query).
+fn question() -> impl Strategy<Value = (usize, usize, ScopeClass, bool)> {
+    (
+        0..PEOPLE.len(),
+        0..8usize,
+        prop_oneof![
+            Just(ScopeClass::Discover),
+            Just(ScopeClass::Read),
+            Just(ScopeClass::Write),
+            Just(ScopeClass::Admin)
+        ],
+        any::<bool>(),
+    )
+}
+
+fn allowed(
+    engine: &PolicyEngine,
+    entities: &PolicyEntities,
+    (person, which, class, high_impact): (usize, usize, ScopeClass, bool),
+) -> bool {
+    let (audience, task, scopes) = (aud(), task(), scope_of(class));
+    let chain = [id("agent")];
+    let delegate = id("agent2");
+    let mut delegated = facts(&audience, &scopes, class, high_impact);
+    delegated.delegation = Some(Delegation {
+        depth: 1,
+        chain: &chain,
+        delegate: &delegate,
+    });
+    let query = match which {
+        0 => PolicyQuery::Token {
+            action: TokenAction::Request,
+            task: &task,
+            facts: facts(&audience, &scopes, class, high_impact),
+        },
+        1 => PolicyQuery::Token {
+            action: TokenAction::Delegate,
+            task: &task,
+            facts: delegated,
+        },
+        2 => PolicyQuery::Task {
+            action: TaskAction::Start,
+            id: &task.id,
+            task: Some(&task),
+        },
+        3 => PolicyQuery::Task {
+            action: TaskAction::Get,
+            id: &task.id,
+            task: Some(&task),
+        },
+        4 => PolicyQuery::Task {
+            action: TaskAction::Complete,
+            id: &task.id,
+            task: None,
+        },
+        5 => PolicyQuery::Operation(Operation::ListGrants),
+        6 => PolicyQuery::Operation(Operation::RevokeAll),
+        _ => PolicyQuery::Operation(Operation::Introspect),
+    };
+    engine
+        .authorize(entities, &who(PEOPLE[person].0), &query, now())
+        .unwrap()
+        .is_allow()
+}
+
+fn with_ids(policies: &[String], extra: &str) -> Vec<String> {
+    let mut all = policies.to_vec();
+    all.push(extra.to_owned());
+    all
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn adding_a_forbid_never_allows_more(
+        base in proptest::collection::vec(policy(), 1..8),
+        extra in policy().prop_filter("a forbid", |p| p.starts_with("forbid")),
+        questions in proptest::collection::vec(question(), 1..12),
+    ) {
+        let ents = entities();
+        let before = engine(&base);
+        let after = engine(&with_ids(&base, &extra));
+        for q in questions {
+            if !allowed(&before, &ents, q) {
+                prop_assert!(!allowed(&after, &ents, q), "{extra} turned a deny into an allow for {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn adding_a_permit_never_allows_less(
+        base in proptest::collection::vec(policy(), 1..8),
+        extra in policy().prop_filter("a permit", |p| !p.starts_with("forbid")),
+        questions in proptest::collection::vec(question(), 1..12),
+    ) {
+        let ents = entities();
+        let before = engine(&base);
+        let after = engine(&with_ids(&base, &extra));
+        for q in questions {
+            if allowed(&before, &ents, q) {
+                prop_assert!(allowed(&after, &ents, q), "{extra} turned an allow into a deny for {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_questions_are_evaluated_and_oversized_ones_refused(
+        labels in 0..(MAX_SET_ITEMS + 64),
+        label_len in 0..5000usize,
+        hops in 0..(MAX_DELEGATION_CHAIN + 8),
+    ) {
+        let (engine, ents, audience) = (PolicyEngine::baseline().unwrap(), entities(), aud());
+        let scopes = scope_of(ScopeClass::Read);
+        let mut big = task();
+        for i in 0..labels {
+            big.labels.insert(format!("k{i}"), "v".repeat(label_len.min(64)));
+        }
+        big.labels.insert("long".into(), "x".repeat(label_len));
+        let chain: Vec<_> = (0..hops).map(|i| id(&format!("hop{i}"))).collect();
+        let delegate = id("agent2");
+        let mut f = facts(&audience, &scopes, ScopeClass::Read, false);
+        f.delegation = Some(Delegation { depth: 1, chain: &chain, delegate: &delegate });
+        let query = PolicyQuery::Token { action: TokenAction::Delegate, task: &big, facts: f };
+        let oversized = big.labels.len() > MAX_SET_ITEMS
+            || label_len > crate::policy::MAX_STRING_BYTES
+            || hops > MAX_DELEGATION_CHAIN;
+        match engine.authorize(&ents, &who("agent"), &query, now()) {
+            Err(PolicyError::ContextTooLarge { .. }) => prop_assert!(oversized),
+            Err(e) => prop_assert!(false, "{e}"),
+            Ok(_) => prop_assert!(!oversized),
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Policy in the broker: the Cedar policy set in force (swapped whole on
+//! reload), the entities it reads, and the one question every use case asks,
+//! [`Broker::authorize`]. Its answer, [`PolicyAllowed`], is the proof a use
+//! case needs to go on; a denial is a [`PolicyRefusal`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tessera_core::ErrorKind;
+use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
+use tessera_core::catalog::ApiCatalog;
+use tessera_core::identity::{IdentityRegistry, VerifiedIdentity};
+use tessera_core::issuance::{IssuanceError, TokenRequest};
+use tessera_core::policy::{
+    Action, Operation, PolicyDecision, PolicyEngine, PolicyEntities, PolicyError, PolicyLoadError, PolicyQuery,
+    TokenAction, TokenFacts, read_policy_files,
+};
+use tessera_core::task::{Audience, Scope, Task};
+use tessera_core::ttl::{Lifetime, Ttl};
+
+use super::{Broker, BrokerError};
+
+/// Policy reloads, by result (`ok`, `refused`).
+pub const POLICY_RELOADS: &str = "tessera_policy_reloads_total";
+
+/// The policy set a broker starts with, and where reloads read it from.
+#[derive(Debug, Clone)]
+pub struct PolicySetup {
+    /// The validated policy set.
+    pub engine: Arc<PolicyEngine>,
+    /// The directory or file it came from; `None`: the compiled-in baseline
+    /// (nothing to reload).
+    pub source: Option<PathBuf>,
+}
+
+impl PolicySetup {
+    /// The compiled-in baseline.
+    pub fn baseline() -> Result<Self, PolicyLoadError> {
+        Ok(Self {
+            engine: Arc::new(PolicyEngine::baseline()?),
+            source: None,
+        })
+    }
+}
+
+/// The broker's policy state.
+pub(super) struct PolicyState {
+    /// The set in force: readers clone the `Arc`, a reload replaces it whole.
+    engine: RwLock<Arc<PolicyEngine>>,
+    entities: PolicyEntities,
+    source: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl PolicyState {
+    pub(super) fn new(
+        setup: PolicySetup,
+        registry: &IdentityRegistry,
+        catalog: &ApiCatalog,
+    ) -> Result<Self, PolicyError> {
+        Ok(Self {
+            engine: RwLock::new(setup.engine),
+            entities: PolicyEntities::new(registry, catalog)?,
+            source: setup.source,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn engine(&self) -> Arc<PolicyEngine> {
+        self.engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Proof that policy allowed one request: built only by [`Broker::authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyAllowed {
+    action: Action,
+    policy_ids: Vec<Arc<str>>,
+    policy_hash: Arc<str>,
+    approval_required: bool,
+    max_ttl: Option<u32>,
+    max_blast_radius: Option<u32>,
+}
+
+impl PolicyAllowed {
+    /// The action allowed.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The permits that allowed it.
+    pub fn policy_ids(&self) -> &[Arc<str>] {
+        &self.policy_ids
+    }
+
+    /// The hash of the policy set that allowed it.
+    pub fn policy_hash(&self) -> &str {
+        &self.policy_hash
+    }
+
+    /// A permit says a person must approve first (`@approval("required")`).
+    pub fn approval_required(&self) -> bool {
+        self.approval_required
+    }
+
+    /// The smallest `@max_ttl` of the permits, in seconds.
+    pub fn max_ttl(&self) -> Option<u32> {
+        self.max_ttl
+    }
+
+    /// The smallest `@max_blast_radius` of the permits.
+    pub fn max_blast_radius(&self) -> Option<u32> {
+        self.max_blast_radius
+    }
+
+    /// Writes the deciding policies and the set's hash into `event`.
+    pub fn stamp(&self, event: &mut AuditEvent) {
+        event.policy_ids = self.policy_ids.iter().map(ToString::to_string).collect();
+        event.policy_hash = Some(self.policy_hash.to_string());
+    }
+
+    /// `lifetime` shortened to the policy's `@max_ttl`, if that is shorter.
+    pub fn cap(&self, lifetime: Lifetime) -> Lifetime {
+        match self.max_ttl.and_then(|max| Ttl::from_secs(u64::from(max)).ok()) {
+            Some(max) if max < lifetime.ttl => Lifetime {
+                ttl: max,
+                issued_at: lifetime.issued_at,
+                expires_at: lifetime.issued_at + max.as_duration(),
+            },
+            _ => lifetime,
+        }
+    }
+}
+
+/// Why policy did not allow a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyRefusal {
+    /// Policy denied it.
+    #[error("{action} denied by policy: {}", .reasons.join("; "))]
+    Denied {
+        /// The action.
+        action: Action,
+        /// Why (a forbid's `@reason`, or that no permit matched).
+        reasons: Vec<String>,
+        /// The forbids that matched.
+        policy_ids: Vec<Arc<str>>,
+        /// The set that decided.
+        policy_hash: Arc<str>,
+    },
+    /// Policy allows it only once a person approves, and this broker cannot
+    /// hold requests for approval.
+    #[error("{action} needs a person's approval (policies: {}), and approvals are not available", ids(.policy_ids))]
+    ApprovalRequired {
+        /// The action.
+        action: Action,
+        /// The permits asking for approval.
+        policy_ids: Vec<Arc<str>>,
+        /// The set that decided.
+        policy_hash: Arc<str>,
+    },
+    /// The question is too large to evaluate.
+    #[error(transparent)]
+    Context(#[from] PolicyError),
+    /// A reload was refused; the policy in force stays.
+    #[error("policy reload refused, the policy in force stays: {0}")]
+    Reload(PolicyLoadError),
+    /// Nothing to reload from.
+    #[error("policy reload: no [policy] dir is configured; the compiled-in baseline is in force")]
+    NoSource,
+}
+
+fn ids(ids: &[Arc<str>]) -> String {
+    ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}
+
+impl PolicyRefusal {
+    /// Transport-free classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Denied { .. } | Self::ApprovalRequired { .. } => ErrorKind::PermissionDenied,
+            Self::Context(e) => e.kind(),
+            Self::Reload(_) | Self::NoSource => ErrorKind::FailedPrecondition,
+        }
+    }
+
+    /// Writes the deciding policies and the set's hash into `event`.
+    pub fn stamp(&self, event: &mut AuditEvent) {
+        if let Self::Denied {
+            policy_ids,
+            policy_hash,
+            ..
+        }
+        | Self::ApprovalRequired {
+            policy_ids,
+            policy_hash,
+            ..
+        } = self
+        {
+            event.policy_ids = policy_ids.iter().map(ToString::to_string).collect();
+            event.policy_hash = Some(policy_hash.to_string());
+        }
+    }
+}
+
+/// Stamps `event` with the policies behind `err`, when policy refused.
+pub(super) fn stamp_refusal(event: &mut AuditEvent, err: &BrokerError) {
+    if let BrokerError::Policy(refusal) = err {
+        refusal.stamp(event);
+    }
+}
+
+impl Broker {
+    /// Asks policy about `query` for `who`. Neither audits nor counts the
+    /// denial: the caller records it with what it knows of the request.
+    pub fn authorize(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
+        let engine = self.policy.engine();
+        let action = query.action();
+        match engine.authorize(&self.policy.entities, who, query, self.clock.now()) {
+            Ok(PolicyDecision::Allow {
+                policy_ids,
+                approval_required,
+                max_ttl,
+                max_blast_radius,
+                policy_hash,
+            }) => Ok(PolicyAllowed {
+                action,
+                policy_ids,
+                policy_hash,
+                approval_required,
+                max_ttl,
+                max_blast_radius,
+            }),
+            Ok(PolicyDecision::Deny {
+                policy_ids,
+                reasons,
+                policy_hash,
+            }) => {
+                tracing::debug!(
+                    event = "policy_denied",
+                    identity = %who.id(),
+                    action = %action,
+                    policies = ?policy_ids,
+                    reasons = ?reasons,
+                    "policy denied"
+                );
+                Err(PolicyRefusal::Denied {
+                    action,
+                    reasons,
+                    policy_ids,
+                    policy_hash,
+                }
+                .into())
+            }
+            Err(e) => Err(PolicyRefusal::Context(e).into()),
+        }
+    }
+
+    /// Asks policy about an admin or verifier call named `rpc`. A refusal is
+    /// audited as `admin_denied` (reason `"<rpc>: ..."`) and counted; an
+    /// unknown name is refused.
+    pub async fn authorize_call(&self, who: &VerifiedIdentity, rpc: &str) -> Result<PolicyAllowed, BrokerError> {
+        let decided = match Action::parse(rpc).and_then(Operation::of) {
+            Some(op) => self.authorize(who, &PolicyQuery::Operation(op)),
+            None => Err(PolicyRefusal::Denied {
+                action: Action::ReloadPolicy,
+                reasons: vec![format!("`{rpc}` is not an admin or verifier operation")],
+                policy_ids: Vec::new(),
+                policy_hash: self.policy_hash(),
+            }
+            .into()),
+        };
+        match decided {
+            Ok(allowed) => Ok(allowed),
+            Err(e) => {
+                crate::telemetry::decision("operator_rpc", false);
+                let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
+                event.reason = Some(format!("{rpc}: {e}"));
+                stamp_refusal(&mut event, &e);
+                let audited = self.audit(event).await;
+                self.count_denial(who).await;
+                audited?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks policy about `req` (RequestToken) in `task`. The scopes are
+    /// classified first: an unknown audience or scope, or mixed classes, is
+    /// the same INVALID_ARGUMENT `plan_grant` gives.
+    pub fn authorize_token_request(
+        &self,
+        who: &VerifiedIdentity,
+        task: &Task,
+        req: &TokenRequest,
+    ) -> Result<PolicyAllowed, BrokerError> {
+        let class = self
+            .catalog
+            .classify(&req.audience, &req.scopes)
+            .map_err(IssuanceError::from)?;
+        let facts = TokenFacts {
+            audience: &req.audience,
+            scopes: &req.scopes,
+            class,
+            high_impact: self.high_impact(&req.audience, &req.scopes),
+            requested_ttl: req.ttl.unwrap_or(self.settings.ttl.default),
+            delegation: None,
+            blast_radius: None,
+            requester: None,
+        };
+        self.authorize(
+            who,
+            &PolicyQuery::Token {
+                action: TokenAction::Request,
+                task,
+                facts,
+            },
+        )
+    }
+
+    /// Whether any of `scopes` is high-impact (payments, deletions,
+    /// permission changes). The catalog has no such flag yet: until it
+    /// does, no scope is, and only policy's own conditions ask for approval.
+    pub fn high_impact(&self, _audience: &Audience, _scopes: &BTreeSet<Scope>) -> bool {
+        false
+    }
+
+    /// The hash of the policy set in force.
+    pub fn policy_hash(&self) -> Arc<str> {
+        self.policy.engine().hash().clone()
+    }
+
+    /// ReloadPolicy (operator; `who` is `None` for SIGHUP): reads the policy
+    /// directory again, validates it, and swaps it in whole. A file that does
+    /// not parse or validate is refused with its file and line, and the set
+    /// in force stays. Audited as `policy_reloaded`, allowed or denied.
+    /// Returns the new set's hash and number of policies.
+    pub async fn reload_policy(&self, who: Option<&VerifiedIdentity>) -> Result<(Arc<str>, usize), BrokerError> {
+        let allowed = match who {
+            Some(who) => Some(self.authorize_call(who, "ReloadPolicy").await?),
+            None => None,
+        };
+        let _one_at_a_time = self.policy.reloading.lock().await;
+        let old = self.policy.engine();
+        let loaded = match &self.policy.source {
+            None => Err(PolicyRefusal::NoSource),
+            Some(dir) => {
+                let dir = dir.clone();
+                // Reading and validating is CPU and file work: off the async workers.
+                match tokio::task::spawn_blocking(move || read_policy_files(&dir).and_then(|f| PolicyEngine::load(&f)))
+                    .await
+                {
+                    Ok(Ok(engine)) => Ok(Arc::new(engine)),
+                    Ok(Err(e)) => Err(PolicyRefusal::Reload(e)),
+                    Err(e) => Err(PolicyRefusal::Reload(PolicyLoadError::Read {
+                        path: "policy".into(),
+                        message: format!("reload task failed: {e}"),
+                    })),
+                }
+            }
+        };
+        let mut event = self.event(AuditKind::PolicyReloaded, Outcome::Allow, who);
+        if let Some(allowed) = &allowed {
+            allowed.stamp(&mut event);
+        }
+        match loaded {
+            Ok(engine) => {
+                let (hash, count) = (engine.hash().clone(), engine.len());
+                event.reason = Some(format!(
+                    "{} policies from {}; was {}",
+                    count,
+                    engine.files().join(", "),
+                    old.hash()
+                ));
+                event.policy_hash = Some(hash.to_string());
+                event.count = Some(count as u64);
+                // Audited before it takes effect: an unrecorded policy never decides.
+                self.audit(event).await?;
+                *self
+                    .policy
+                    .engine
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = engine;
+                metrics::counter!(POLICY_RELOADS, "result" => "ok").increment(1);
+                tracing::info!(event = "policy_reloaded", policy_hash = %hash, policies = count, old_hash = %old.hash(), "policy reloaded");
+                Ok((hash, count))
+            }
+            Err(refusal) => {
+                metrics::counter!(POLICY_RELOADS, "result" => "refused").increment(1);
+                tracing::error!(event = "policy_reload_refused", error = %refusal, policy_hash = %old.hash(), "policy reload refused; the policy in force stays");
+                event.decision = Outcome::Deny;
+                event.policy_hash = Some(old.hash().to_string());
+                self.refuse(event, refusal.into()).await
+            }
+        }
+    }
+}
+
+/// Reloads the policy on every SIGHUP until dropped. A refused reload is
+/// logged, audited and counted; the policy in force stays.
+#[derive(Debug)]
+pub struct ReloadOnSighup(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for ReloadOnSighup {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts reloading `broker`'s policy on SIGHUP.
+pub fn reload_on_sighup(broker: Arc<Broker>) -> ReloadOnSighup {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload the policy with `tessera policy reload`");
+            return ReloadOnSighup(None);
+        }
+    };
+    ReloadOnSighup(Some(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the policy");
+            // Errors were logged and audited by reload_policy.
+            let _ = broker.reload_policy(None).await;
+        }
+    })))
+}
