@@ -137,6 +137,9 @@ pub enum DelegationError {
     /// A child for its own holder.
     #[error("delegate: a token cannot be delegated to its own holder")]
     ToSelf,
+    /// The delegate is not a registered, enabled identity.
+    #[error("delegate: identity `{0}` is not registered or is disabled")]
+    DelegateUnknown(String),
     /// The delegate may not hold tokens.
     #[error("delegate: identity `{0}` does not hold the agent role")]
     DelegateNotAnAgent(String),
@@ -214,6 +217,7 @@ impl DelegationError {
             | Self::ParentNotLive
             | Self::NotHolder(_)
             | Self::NotAnAgent(_)
+            | Self::DelegateUnknown(_)
             | Self::DelegateNotAnAgent(_)
             | Self::DelegateNotAssigned { .. }
             | Self::OtherAudience { .. }
@@ -232,6 +236,7 @@ impl DelegationError {
 /// live; the request keeps the parent's task and audience; depth; the
 /// delegate (not the caller, an agent, assigned to the task); the task is
 /// active; class, scopes; expiry.
+#[expect(clippy::too_many_arguments, reason = "a pure decision over every value it depends on")]
 pub fn plan_delegation(
     caller: &VerifiedIdentity,
     parent: &ParentToken,
@@ -455,7 +460,11 @@ impl ChainError {
 pub fn check_chain(claims: &AccessClaims) -> Result<(), ChainError> {
     let chain = &claims.tessera_chain;
     let Some(act) = &claims.act else {
-        return if chain.is_empty() { Ok(()) } else { Err(ChainError::Shape) };
+        return if chain.is_empty() {
+            Ok(())
+        } else {
+            Err(ChainError::Shape)
+        };
     };
     if chain.len() > MAX_CHAIN_LEN {
         return Err(ChainError::TooLong);

@@ -160,10 +160,16 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
         return Err(ProofError::Malformed(SEGMENTS));
     };
     let decode = |segment: &str| {
-        if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(ProofError::Malformed(SEGMENTS));
         }
-        URL_SAFE_NO_PAD.decode(segment).map_err(|_| ProofError::Malformed(SEGMENTS))
+        URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| ProofError::Malformed(SEGMENTS))
     };
     let header_json = decode(header_b64)?;
     if header_json.trim_ascii_start().first() != Some(&b'{') {
@@ -184,7 +190,9 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
         _ => return Err(ProofError::Algorithm),
     };
     let jwk = public_jwk(header.jwk.as_ref().ok_or(ProofError::Key("missing"))?, alg)?;
-    let key = jwk.verification_key().map_err(|_| ProofError::Key("not a public key of `alg`"))?;
+    let key = jwk
+        .verification_key()
+        .map_err(|_| ProofError::Key("not a public key of `alg`"))?;
     let signature = decode(signature_b64)?;
     let signing_input = proof
         .get(..header_b64.len() + 1 + payload_b64.len())

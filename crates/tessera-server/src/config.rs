@@ -111,6 +111,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Anomaly revocation.
     pub anomaly: AnomalyConfig,
+    /// `[delegation] max_depth` and `[tokens] bound_classes`.
+    pub binding: crate::broker::BindingSettings,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -233,6 +235,8 @@ struct RawConfig {
     #[serde(default)]
     anomaly: RawAnomaly,
     #[serde(default)]
+    delegation: delegation::RawDelegation,
+    #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
     apis: Vec<RawApi>,
@@ -318,6 +322,8 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
+    #[serde(default = "delegation::default_bound_classes")]
+    bound_classes: Vec<ScopeClass>,
 }
 
 fn default_rotate_every() -> Duration {
@@ -855,6 +861,7 @@ impl RawConfig {
             });
         }
 
+        let binding = delegation::settings(self.delegation, t.bound_classes)?;
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -892,11 +899,14 @@ impl RawConfig {
                 timeout: self.audit.timeout,
             },
             anomaly,
+            binding,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })
     }
 }
+
+mod delegation;
 
 #[cfg(test)]
 mod tests;

@@ -83,7 +83,10 @@ fn delegate(name: &str) -> Identity {
 }
 
 fn task() -> Task {
-    let all: BTreeSet<Scope> = (0..8).map(|i| scope(&format!("r{i}"))).chain([scope("w0"), scope("w1")]).collect();
+    let all: BTreeSet<Scope> = (0..8)
+        .map(|i| scope(&format!("r{i}")))
+        .chain([scope("w0"), scope("w1")])
+        .collect();
     Task {
         id: TaskId::parse("t1").unwrap(),
         orchestrator: SpiffeId::parse("spiffe://td/orch").unwrap(),
@@ -159,7 +162,12 @@ fn request(to: &str, list: &[&str], ttl: Option<u64>) -> DelegationRequest {
 }
 
 /// Plans and "mints" the child: the parent token of the next hop.
-fn child(parent: &ParentToken, caller: &str, req: &DelegationRequest, max_depth: u32) -> Result<ParentToken, DelegationError> {
+fn child(
+    parent: &ParentToken,
+    caller: &str,
+    req: &DelegationRequest,
+    max_depth: u32,
+) -> Result<ParentToken, DelegationError> {
     let plan = plan_delegation(
         &who(caller),
         parent,

@@ -121,7 +121,10 @@ fn hostile_headers_are_refused() {
             serde_json::json!({"typ": "at+jwt", "alg": "ES256", "jwk": public(&key)}),
             ProofError::Type,
         ),
-        (serde_json::json!({"alg": "ES256", "jwk": public(&key)}), ProofError::Type),
+        (
+            serde_json::json!({"alg": "ES256", "jwk": public(&key)}),
+            ProofError::Type,
+        ),
         (
             serde_json::json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": public(&key)}),
             ProofError::Algorithm,
@@ -130,7 +133,10 @@ fn hostile_headers_are_refused() {
             serde_json::json!({"typ": "dpop+jwt", "alg": "none", "jwk": public(&key)}),
             ProofError::Algorithm,
         ),
-        (serde_json::json!({"typ": "dpop+jwt", "alg": "ES256"}), ProofError::Key("missing")),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256"}),
+            ProofError::Key("missing"),
+        ),
         (
             serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private}),
             ProofError::Key("it has a private or unknown member"),
@@ -161,8 +167,14 @@ fn claims_must_be_complete_and_bounded() {
     let header = serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": public(&key)});
     let iat = t0().timestamp();
     for (claims, expected) in [
-        (serde_json::json!({"htm": "POST", "htu": HTU, "iat": iat}), ProofError::Jti),
-        (serde_json::json!({"jti": "", "htm": "POST", "htu": HTU, "iat": iat}), ProofError::Jti),
+        (
+            serde_json::json!({"htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
+        (
+            serde_json::json!({"jti": "", "htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
         (
             serde_json::json!({"jti": "a b", "htm": "POST", "htu": HTU, "iat": iat}),
             ProofError::Jti,
@@ -179,8 +191,14 @@ fn claims_must_be_complete_and_bounded() {
             serde_json::json!({"jti": "j", "htm": "POST", "htu": HTU, "iat": "1800000000"}),
             ProofError::Malformed("claims are not a json object with unique members"),
         ),
-        (serde_json::json!({"jti": "j", "htu": HTU, "iat": iat}), ProofError::Method("POST".into())),
-        (serde_json::json!({"jti": "j", "htm": "POST", "iat": iat}), ProofError::Target(HTU.into())),
+        (
+            serde_json::json!({"jti": "j", "htu": HTU, "iat": iat}),
+            ProofError::Method("POST".into()),
+        ),
+        (
+            serde_json::json!({"jti": "j", "htm": "POST", "iat": iat}),
+            ProofError::Target(HTU.into()),
+        ),
     ] {
         refused(&raw(&key, &header, &claims), &check_at(t0()), expected);
     }

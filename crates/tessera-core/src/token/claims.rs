@@ -278,7 +278,9 @@ mod tests {
     #[test]
     fn cnf_and_act_have_their_rfc_shapes() {
         let mut c = claims(T0, T0, T0 + 1);
-        c.cnf = Some(Confirmation::Jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".to_owned()));
+        c.cnf = Some(Confirmation::Jkt(
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".to_owned(),
+        ));
         c.act = Actor::nest(["spiffe://td/c".to_owned(), "spiffe://td/b".to_owned()]);
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(
@@ -308,7 +310,10 @@ mod tests {
             ("cnf", serde_json::json!("jkt")),
             ("act", serde_json::json!({"sub": "spiffe://td/b", "exp": 1})),
             ("act", serde_json::json!({"act": {"sub": "spiffe://td/b"}})),
-            ("tessera_chain", serde_json::json!([{"jti": "a", "sub": "b", "scope": "c"}])),
+            (
+                "tessera_chain",
+                serde_json::json!([{"jti": "a", "sub": "b", "scope": "c"}]),
+            ),
             ("tessera_chain", serde_json::json!({"jti": "a"})),
         ] {
             let mut json = serde_json::to_value(claims(T0, T0, T0 + 1)).unwrap();
