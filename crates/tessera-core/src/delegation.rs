@@ -236,7 +236,10 @@ impl DelegationError {
 /// live; the request keeps the parent's task and audience; depth; the
 /// delegate (not the caller, an agent, assigned to the task); the task is
 /// active; class, scopes; expiry.
-#[expect(clippy::too_many_arguments, reason = "a pure decision over every value it depends on")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a pure decision over every value it depends on"
+)]
 pub fn plan_delegation(
     caller: &VerifiedIdentity,
     parent: &ParentToken,

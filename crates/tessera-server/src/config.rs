@@ -324,14 +324,11 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
-<<<<<<< HEAD
-    #[serde(default = "delegation::default_bound_classes")]
-    bound_classes: Vec<ScopeClass>,
-=======
     /// Unset: a quarter of `rotate_every`, at most 10 minutes.
     #[serde(default, with = "humantime_serde::option")]
     rotate_prepublish: Option<Duration>,
->>>>>>> main
+    #[serde(default = "delegation::default_bound_classes")]
+    bound_classes: Vec<ScopeClass>,
 }
 
 fn default_rotate_every() -> Duration {
