@@ -114,6 +114,9 @@ pub enum ProofError {
     /// The proof's `jti` was seen before.
     #[error("proof `jti` was already used")]
     Replayed,
+    /// The proof is by another key than the one the token is bound to.
+    #[error("proof key is not the key the token is bound to")]
+    WrongKey,
 }
 
 impl ProofError {
@@ -267,6 +270,28 @@ pub fn sign_proof(
     let header = serde_json::to_vec(&header).map_err(KeyError::Claims)?;
     let claims = serde_json::to_vec(&claims).map_err(KeyError::Claims)?;
     key.sign_compact(&header, &claims)
+}
+
+/// A resource server's check of a `cnf.jkt`-bound token presented with
+/// `proof`: the proof verifies for `check` (whose `access_token` must be the
+/// presented token, so `ath` is required) and its key's thumbprint is `jkt`.
+/// The `jti`'s single use is the caller's (see [`VerifiedProof::replay_id`]).
+pub fn check_key_binding(jkt: &str, proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof, ProofError> {
+    if check.access_token.is_none() {
+        return Err(ProofError::AccessTokenHash);
+    }
+    let verified = verify_proof(proof, check)?;
+    // Thumbprints are public; a plain comparison leaks nothing secret.
+    if verified.jkt != jkt {
+        return Err(ProofError::WrongKey);
+    }
+    Ok(verified)
+}
+
+/// Whether a `cnf.x5t#S256`-bound token is presented over mTLS with the
+/// certificate it is bound to (`der`, the client leaf).
+pub fn certificate_matches(x5t_s256: &str, der: &[u8]) -> bool {
+    certificate_thumbprint(der) == x5t_s256
 }
 
 /// `ath` (RFC 9449 section 4.2): base64url SHA-256 of the access token.

@@ -243,3 +243,34 @@ fn malformed_input_is_refused_before_anything_else() {
     );
     assert_eq!(access_token_hash("abc"), certificate_thumbprint(b"abc"));
 }
+
+#[test]
+fn a_bound_token_needs_a_proof_by_its_own_key() {
+    let (holder, thief) = (p256(), ed25519());
+    let token = "the-access-token";
+    let mut check = check_at(t0());
+    check.access_token = Some(token);
+    let good = sign_proof(&holder, "POST", HTU, "j", t0(), Some(token)).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &good, &check).unwrap().jkt,
+        holder.kid()
+    );
+    // The thief has the token but not the key: its own proof is refused.
+    let stolen = sign_proof(&thief, "POST", HTU, "j", t0(), Some(token)).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &stolen, &check),
+        Err(ProofError::WrongKey)
+    );
+    // A proof for another token, or no token to hash, is refused.
+    let other = sign_proof(&holder, "POST", HTU, "j", t0(), Some("another")).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &other, &check),
+        Err(ProofError::AccessTokenHash)
+    );
+    assert_eq!(
+        check_key_binding(holder.kid(), &good, &check_at(t0())),
+        Err(ProofError::AccessTokenHash)
+    );
+    assert!(certificate_matches(&certificate_thumbprint(b"leaf"), b"leaf"));
+    assert!(!certificate_matches(&certificate_thumbprint(b"leaf"), b"other leaf"));
+}
