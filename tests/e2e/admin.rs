@@ -403,9 +403,13 @@ async fn blast_radius_of_an_identity_a_task_and_an_owner() {
         .await
         .unwrap();
     // The writer: one write grant in blast-a.
+    // Write tokens are never bearer tokens: bound to the writer's certificate.
     issue(
         &mut writer,
-        token_request("blast-a", &["crm.contacts.write"], Some(300)),
+        pb::RequestTokenRequest {
+            mtls_binding: true,
+            ..token_request("blast-a", &["crm.contacts.write"], Some(300))
+        },
     )
     .await;
 

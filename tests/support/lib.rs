@@ -455,7 +455,7 @@ pub fn token_request(task_id: &str, scopes: &[&str], ttl: Option<u32>) -> pb::Re
         audience: CRM.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         ttl_seconds: ttl,
-        pop_proof: String::new(),
+        ..Default::default()
     }
 }
 

@@ -26,6 +26,12 @@ use tessera_store::{
     FeedBatch, FeedPosition, GrantFilter, GrantPage, GrantStore, PublishedKey, RevokeOutcome, StoreError, TaskEnded,
 };
 
+mod delegation;
+mod pop;
+
+pub use delegation::BindingSettings;
+pub use pop::{DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
+
 /// Why a broker operation failed. [`BrokerError::kind`] decides the status code.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +69,31 @@ pub enum BrokerError {
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
+    /// A delegation was refused.
+    #[error(transparent)]
+    Delegation(#[from] tessera_core::delegation::DelegationError),
+    /// A proof-of-possession was refused; `field` is the request field.
+    #[error("{field}: {source}")]
+    Proof {
+        /// The request field holding the proof.
+        field: &'static str,
+        /// Why.
+        #[source]
+        source: tessera_core::pop::ProofError,
+    },
+    /// A token of a class that must be bound was asked for without a binding.
+    #[error(
+        "{field}: {class} tokens are never issued as bearer tokens; send a proof of possession (pop_proof) or, over mTLS, set mtls_binding"
+    )]
+    Unbound {
+        /// The request field that would bind it.
+        field: &'static str,
+        /// The token's class.
+        class: tessera_core::task::ScopeClass,
+    },
+    /// The binding asked for cannot be made; the message names the field.
+    #[error("{0}")]
+    Binding(&'static str),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -104,6 +135,9 @@ impl BrokerError {
             Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
             Self::Audit(_) => ErrorKind::Unavailable,
+            Self::Delegation(e) => e.kind(),
+            Self::Proof { source, .. } => source.kind(),
+            Self::Unbound { .. } | Self::Binding(_) => ErrorKind::InvalidArgument,
         }
     }
 }
@@ -155,6 +189,8 @@ pub struct BrokerSettings {
     pub leeway_secs: i64,
     /// Anomaly revocation: quarantine an identity denied too often (`None`: off).
     pub anomaly: Option<AnomalyRule>,
+    /// Delegation depth and which classes must be bound (`[delegation]`, `[tokens] bound_classes`).
+    pub binding: BindingSettings,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -169,6 +205,8 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     audit: Arc<dyn AuditSink>,
+    /// Single-use proof `jti`s, shared by every replica when the store is.
+    replay: Arc<dyn tessera_store::replay::ReplayCache>,
     /// Anomaly revocation state, `None` when the rule is off. Per replica:
     /// each replica counts the denials it answers and quarantines on its own
     /// (the grants it revokes are revoked in the shared store, for every
@@ -268,6 +306,7 @@ impl Broker {
             catalog,
             signer: std::sync::RwLock::new(Arc::new(signer)),
             rotating: tokio::sync::Mutex::new(()),
+            replay: Arc::new(tessera_store::replay::MemoryReplayCache::new(clock.clone(), 1_000_000)),
             clock,
             anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),
             settings,
@@ -283,6 +322,13 @@ impl Broker {
             tracing::error!(error = %e, "audit sink failing at start; mints and revocations will fail until it recovers");
         }
         Ok(broker)
+    }
+
+    /// Uses `replay` for single-use proof `jti`s (the store's, so that
+    /// every replica shares it); the default is this process's memory.
+    pub fn with_replay_cache(mut self, replay: Arc<dyn tessera_store::replay::ReplayCache>) -> Self {
+        self.replay = replay;
+        self
     }
 
     fn event(&self, kind: AuditKind, decision: Outcome, who: Option<&VerifiedIdentity>) -> AuditEvent {
@@ -729,6 +775,16 @@ impl Broker {
                 return refused;
             }
         };
+        if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
+            crate::telemetry::decision("request_token", false);
+            let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+            event.task_id = Some(req.task_id.to_string());
+            event.audience = Some(req.audience.to_string());
+            event.class = Some(plan.class.to_string());
+            let refused = self.refuse(event, e).await;
+            self.count_denial(who).await;
+            return refused;
+        }
         let id = self.store.new_grant_id(&plan.task_id).await?;
         let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
         let claims = AccessClaims {
@@ -742,8 +798,9 @@ impl Broker {
             scope,
             client_id: who.id().to_string(),
             task_id: plan.task_id.to_string(),
-            cnf: None,
+            cnf: req.binding.clone(),
             act: None,
+            tessera_chain: Vec::new(),
         };
         let signer = self.signer();
         let token = signer
@@ -925,7 +982,8 @@ impl Broker {
         let Some(grant) = self.store.grant(&id).await? else {
             return Ok(None);
         };
-        let matches = grant.subject.as_str() == claims.sub
+        // The holder is `client_id` (a delegated token's `sub` is its chain's root).
+        let matches = grant.subject.as_str() == claims.client_id
             && grant.task_id.as_str() == claims.task_id
             && grant.audience.as_str() == claims.aud;
         // Expiry is judged on the grant with no leeway: introspection is authoritative.

@@ -111,6 +111,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Anomaly revocation.
     pub anomaly: AnomalyConfig,
+    /// `[delegation] max_depth` and `[tokens] bound_classes`.
+    pub binding: crate::broker::BindingSettings,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -235,6 +237,8 @@ struct RawConfig {
     #[serde(default)]
     anomaly: RawAnomaly,
     #[serde(default)]
+    delegation: delegation::RawDelegation,
+    #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
     apis: Vec<RawApi>,
@@ -323,6 +327,8 @@ struct RawTokens {
     /// Unset: a quarter of `rotate_every`, at most 10 minutes.
     #[serde(default, with = "humantime_serde::option")]
     rotate_prepublish: Option<Duration>,
+    #[serde(default = "delegation::default_bound_classes")]
+    bound_classes: Vec<ScopeClass>,
 }
 
 fn default_rotate_every() -> Duration {
@@ -897,6 +903,7 @@ impl RawConfig {
             });
         }
 
+        let binding = delegation::settings(self.delegation, t.bound_classes)?;
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -937,11 +944,14 @@ impl RawConfig {
                 require: self.audit.require,
             },
             anomaly,
+            binding,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })
     }
 }
+
+mod delegation;
 
 #[cfg(test)]
 mod tests;

@@ -177,12 +177,16 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
     })
 }
 
-/// RequestTokenRequest → [`TokenRequest`].
+/// Longest proof-of-possession proof accepted, in bytes.
+pub const MAX_PROOF_LEN: usize = tessera_core::pop::MAX_PROOF_LEN;
+
+/// RequestTokenRequest → [`TokenRequest`], unbound: the proof in
+/// `pop_proof` (bounded here) is verified by the broker, which sets `binding`.
 pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldError> {
-    if !req.pop_proof.is_empty() {
+    if req.pop_proof.len() > MAX_PROOF_LEN {
         return Err(FieldError::new(
             "pop_proof",
-            "proof-of-possession is not supported by this broker yet",
+            format!("longer than {MAX_PROOF_LEN} bytes"),
         ));
     }
     let ttl = req
@@ -194,6 +198,42 @@ pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, Fiel
         audience: audience("audience", &req.audience)?,
         scopes: scopes("scopes", &req.scopes)?,
         ttl,
+        binding: None,
+    })
+}
+
+/// DelegateTokenRequest → the parent token (bounded) and a
+/// [`DelegationRequest`]. Empty `scopes`: all of the parent's; empty
+/// `audience` or `task_id`: the parent's.
+pub fn delegation_request(
+    req: &pb::DelegateTokenRequest,
+) -> Result<tessera_core::delegation::DelegationRequest, FieldError> {
+    token("parent_token", &req.parent_token)?;
+    if req.delegate_pop_proof.len() > MAX_PROOF_LEN {
+        return Err(FieldError::new(
+            "delegate_pop_proof",
+            format!("longer than {MAX_PROOF_LEN} bytes"),
+        ));
+    }
+    let ttl = req
+        .ttl_seconds
+        .map(|s| Ttl::from_secs(u64::from(s)).map_err(|e| FieldError::new("ttl_seconds", e.to_string())))
+        .transpose()?;
+    let scopes = if req.scopes.is_empty() {
+        BTreeSet::new()
+    } else {
+        scopes("scopes", &req.scopes)?
+    };
+    Ok(tessera_core::delegation::DelegationRequest {
+        delegate: spiffe_id("delegate", &req.delegate)?,
+        scopes,
+        ttl,
+        audience: (!req.audience.is_empty())
+            .then(|| audience("audience", &req.audience))
+            .transpose()?,
+        task_id: (!req.task_id.is_empty())
+            .then(|| task_id("task_id", &req.task_id))
+            .transpose()?,
     })
 }
 
@@ -482,7 +522,7 @@ mod tests {
             audience: "crm".into(),
             scopes: vec!["a.read".into()],
             ttl_seconds: Some(60),
-            pop_proof: String::new(),
+            ..Default::default()
         }
     }
 
@@ -553,7 +593,7 @@ mod tests {
         );
         check(
             pb::RequestTokenRequest {
-                pop_proof: "x".into(),
+                pop_proof: "x".repeat(MAX_PROOF_LEN + 1),
                 ..request()
             },
             "pop_proof",

@@ -132,10 +132,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let Prepared { config, tls, signer } = prepared;
     let _ = telemetry::handle();
-    let store: Arc<dyn GrantStore> = match &config.store {
-        StoreConfig::Memory => Arc::new(MemoryStore::default()),
-        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
-    };
+    // Proof `jti`s are single-use across replicas: with Redis, in Redis;
+    // with the embedded store, in this process (the broker's default).
+    let (store, replay): (Arc<dyn GrantStore>, Option<Arc<dyn tessera_store::replay::ReplayCache>>) =
+        match &config.store {
+            StoreConfig::Memory => (Arc::new(MemoryStore::default()), None),
+            StoreConfig::Redis(redis) => {
+                let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+                (redis.clone(), Some(redis))
+            }
+        };
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
         instance_id: config.server.instance_id.clone(),
@@ -147,6 +153,7 @@ pub async fn serve(
         },
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
+        binding: config.binding.clone(),
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -160,6 +167,10 @@ pub async fn serve(
             Arc::new(audit),
         )
         .await
+        .map(|broker| match replay {
+            Some(replay) => broker.with_replay_cache(replay),
+            None => broker,
+        })
         .map_err(|e| ServeError::Start(e.to_string()))?,
     );
     let shared = Shared {

@@ -41,6 +41,9 @@ where
     ending_an_expired_task_changes_nothing(make().await).await;
     listing_filters_and_pages_live_grants(make().await).await;
     revoking_a_subject_revokes_its_grants_and_delegates(make().await).await;
+    a_delegated_grant_needs_a_live_parent(make().await).await;
+    revoking_a_parent_revokes_exactly_its_descendants(make().await).await;
+    ending_a_task_revokes_every_hop(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -773,4 +776,128 @@ pub async fn break_glass_primitives(store: impl GrantStore) {
         .map(|k| k.jwk.kid)
         .collect();
     assert_eq!(kids, vec!["b".to_owned()]);
+}
+
+/// A delegated grant is recorded only under a live parent of its task that
+/// outlives it: never under an unknown, revoked or expired parent.
+pub async fn a_delegated_grant_needs_a_live_parent(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    store.create_task(&task("t2", 60, Some("t1"))).await.unwrap();
+    let parent = grant(&store, "t1", 30, None).await;
+    store.record_grant(&parent, t0()).await.unwrap();
+
+    let unknown = GrantId::parse(&format!("{}x", parent.id)).unwrap();
+    let orphan = grant(&store, "t1", 10, Some(&unknown)).await;
+    assert!(matches!(
+        store.record_grant(&orphan, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    let longer = grant(&store, "t1", 31, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&longer, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    // A grant of a child task cannot hang under a grant of its parent task.
+    let other_task = grant(&store, "t2", 10, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&other_task, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    let same_expiry = grant(&store, "t1", 30, Some(&parent.id)).await;
+    store.record_grant(&same_expiry, t0()).await.unwrap();
+
+    store.revoke_grant(&parent.id, "stolen", t0() + secs(1)).await.unwrap();
+    let late = grant(&store, "t1", 10, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&late, t0() + secs(2)).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    // Expired parent.
+    let short = grant(&store, "t1", 5, None).await;
+    store.record_grant(&short, t0()).await.unwrap();
+    let mut after = grant(&store, "t1", 10, Some(&short.id)).await;
+    after.issued_at = t0() + secs(5);
+    after.expires_at = t0() + secs(5);
+    assert!(matches!(
+        store.record_grant(&after, t0() + secs(5)).await,
+        Err(StoreError::ParentNotLive)
+    ));
+}
+
+/// A chain root → a → b → c with siblings: revoking `a` revokes a, b and c
+/// in one call, one feed event each, and leaves the root, a's sibling and
+/// b's sibling's... nothing else: grants of other parents live on.
+pub async fn revoking_a_parent_revokes_exactly_its_descendants(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let root = grant(&store, "t1", 50, None).await;
+    store.record_grant(&root, t0()).await.unwrap();
+    let a = grant(&store, "t1", 40, Some(&root.id)).await;
+    store.record_grant(&a, t0()).await.unwrap();
+    let sibling = grant(&store, "t1", 40, Some(&root.id)).await;
+    store.record_grant(&sibling, t0()).await.unwrap();
+    let b = grant(&store, "t1", 30, Some(&a.id)).await;
+    store.record_grant(&b, t0()).await.unwrap();
+    let c = grant(&store, "t1", 20, Some(&b.id)).await;
+    store.record_grant(&c, t0()).await.unwrap();
+    let b2 = grant(&store, "t1", 30, Some(&a.id)).await;
+    store.record_grant(&b2, t0()).await.unwrap();
+    let nephew = grant(&store, "t1", 30, Some(&sibling.id)).await;
+    store.record_grant(&nephew, t0()).await.unwrap();
+    // Already revoked before: not counted again, no second event.
+    store.revoke_grant(&b2.id, "released", t0()).await.unwrap();
+
+    let now = t0() + secs(1);
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let outcome = store.revoke_grant(&a.id, "compromised", now).await.unwrap().unwrap();
+    assert!(outcome.revoked);
+    assert_eq!(outcome.descendants_revoked, 2);
+    for g in [&a, &b, &c, &b2] {
+        let stored = store.grant(&g.id).await.unwrap().unwrap();
+        assert_eq!(stored.state_at(now), GrantState::Revoked, "{}", g.id);
+    }
+    for g in [&root, &sibling, &nephew] {
+        assert!(store.grant(&g.id).await.unwrap().unwrap().is_live_at(now), "{}", g.id);
+    }
+    let batch = store.read_revocations(Some(&head), 100, Duration::ZERO).await.unwrap();
+    let mut targets: Vec<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    targets.sort_by_key(|t| format!("{t:?}"));
+    let mut expected = vec![
+        RevocationTarget::Grant(a.id.clone()),
+        RevocationTarget::Grant(b.id.clone()),
+        RevocationTarget::Grant(c.id.clone()),
+    ];
+    expected.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(targets, expected);
+    assert!(batch.events.iter().all(|e| e.revocation.reason == "compromised"));
+    assert_eq!(store.live_grants(&tid("t1"), now).await.unwrap(), 3);
+}
+
+/// Completing a task revokes every hop of every chain in it.
+pub async fn ending_a_task_revokes_every_hop(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    store.create_task(&task("t2", 60, None)).await.unwrap();
+    let root = grant(&store, "t1", 50, None).await;
+    store.record_grant(&root, t0()).await.unwrap();
+    let mut chain = vec![root];
+    for ttl in [40, 30, 20] {
+        let parent = chain.last().unwrap().id.clone();
+        let g = grant(&store, "t1", ttl, Some(&parent)).await;
+        store.record_grant(&g, t0()).await.unwrap();
+        chain.push(g);
+    }
+    let elsewhere = grant(&store, "t2", 50, None).await;
+    store.record_grant(&elsewhere, t0()).await.unwrap();
+    let now = t0() + secs(1);
+    let ended = store
+        .end_task(&tid("t1"), TaskState::Completed, "done", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.grants_revoked, 4);
+    for g in &chain {
+        assert!(!store.grant(&g.id).await.unwrap().unwrap().is_live_at(now), "{}", g.id);
+    }
+    assert!(store.grant(&elsewhere.id).await.unwrap().unwrap().is_live_at(now));
+    // No hop can be added afterwards.
+    let late = grant(&store, "t1", 10, Some(&chain[1].id)).await;
+    assert!(store.record_grant(&late, now).await.is_err());
 }

@@ -19,6 +19,10 @@ pub enum StoreError {
     /// The grant would outlive its task.
     #[error("grant would outlive task `{0}`")]
     OutlivesTask(TaskId),
+    /// A delegated grant's parent is unknown, revoked, expired, of another
+    /// task, or expires before it.
+    #[error("parent grant is not live")]
+    ParentNotLive,
     /// A grant with that id exists (a random id collided: retry).
     #[error("grant id already recorded")]
     GrantExists,
@@ -56,6 +60,7 @@ impl StoreError {
             Self::TaskExists(_) => ErrorKind::AlreadyExists,
             Self::TaskNotFound(_) => ErrorKind::NotFound,
             Self::TaskOver(..) | Self::OutlivesTask(_) => ErrorKind::FailedPrecondition,
+            Self::ParentNotLive => ErrorKind::PermissionDenied,
             Self::BadPosition(_) | Self::BadCursor(_) => ErrorKind::InvalidArgument,
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,

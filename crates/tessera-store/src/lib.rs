@@ -11,6 +11,7 @@ mod feed;
 mod memory;
 mod record;
 mod redis;
+pub mod replay;
 mod store;
 
 #[cfg(any(test, feature = "conformance"))]

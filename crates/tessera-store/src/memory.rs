@@ -304,6 +304,17 @@ impl GrantStore for MemoryStore {
         if state.grants.len() >= self.limits.max_grants {
             return Err(StoreError::Full("grants"));
         }
+        // INVARIANT: a child is recorded only under a live parent of its task
+        // that outlives it; revocation takes the same lock, so no child
+        // escapes its parent's revocation.
+        if let Some(parent) = &grant.parent
+            && !state
+                .grants
+                .get(parent)
+                .is_some_and(|p| p.is_live_at(now) && p.task_id == grant.task_id && grant.expires_at <= p.expires_at)
+        {
+            return Err(StoreError::ParentNotLive);
+        }
         if let Some(parent) = &grant.parent {
             state
                 .delegated

@@ -69,6 +69,7 @@ fn request(scopes: &[&str], ttl: Option<u64>) -> TokenRequest {
         audience: aud(),
         scopes: scopes.iter().map(|s| scope(s)).collect(),
         ttl: ttl.map(|t| Ttl::from_secs(t).unwrap()),
+        binding: None,
     }
 }
 

@@ -17,14 +17,24 @@ impl AgentService for Shared {
         req: Request<pb::RequestTokenRequest>,
     ) -> Result<Response<pb::RequestTokenResponse>, Status> {
         let who = self.caller(&req).await?;
-        let request = convert::token_request(req.get_ref())?;
+        let mut request = convert::token_request(req.get_ref())?;
+        request.binding = self
+            .broker
+            .request_binding(&who, &req.get_ref().pop_proof, req.get_ref().mtls_binding)
+            .await
+            .map_err(status::from_broker)?;
+        let token_type = request.binding.as_ref().map(|b| b.token_type());
         let issued = self
             .broker
             .request_token(&who, &request)
             .await
             .map_err(status::from_broker)?;
+        let mut token = convert::issued(issued);
+        if let Some(token_type) = token_type {
+            token.token_type = token_type.into();
+        }
         Ok(Response::new(pb::RequestTokenResponse {
-            outcome: Some(pb::request_token_response::Outcome::Token(convert::issued(issued))),
+            outcome: Some(pb::request_token_response::Outcome::Token(token)),
         }))
     }
 
@@ -42,8 +52,24 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::DelegateTokenRequest>,
     ) -> Result<Response<pb::IssuedToken>, Status> {
-        self.caller(&req).await?;
-        Err(not_yet("DelegateToken", "delegation arrives with proof-of-possession"))
+        let who = self.caller(&req).await?;
+        let request = convert::delegation_request(req.get_ref())?;
+        let binding = self
+            .broker
+            .delegate_binding(&who, &req.get_ref().delegate_pop_proof)
+            .await
+            .map_err(status::from_broker)?;
+        let token_type = binding.as_ref().map(|b| b.token_type());
+        let issued = self
+            .broker
+            .delegate_token(&who, &req.get_ref().parent_token, &request, binding)
+            .await
+            .map_err(status::from_broker)?;
+        let mut token = convert::issued(issued);
+        if let Some(token_type) = token_type {
+            token.token_type = token_type.into();
+        }
+        Ok(Response::new(token))
     }
 
     async fn release_token(
