@@ -6,6 +6,7 @@
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
 pub mod anomaly;
+pub mod approval;
 pub mod audit;
 pub mod blast;
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod issuance;
 pub mod orchestration;
 pub mod revocation;
+pub mod risk;
 pub mod task;
 pub mod token;
 pub mod ttl;

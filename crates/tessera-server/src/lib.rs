@@ -129,9 +129,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let Prepared { config, tls, signer } = prepared;
     let _ = telemetry::handle();
-    let store: Arc<dyn GrantStore> = match &config.store {
-        StoreConfig::Memory => Arc::new(MemoryStore::default()),
-        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
+    let (store, approvals): (Arc<dyn GrantStore>, Arc<dyn tessera_store::ApprovalStore>) = match &config.store {
+        StoreConfig::Memory => (
+            Arc::new(MemoryStore::default()),
+            Arc::new(tessera_store::MemoryApprovalStore::default()),
+        ),
+        StoreConfig::Redis(redis) => {
+            let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+            (redis.clone(), redis)
+        }
     };
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
@@ -144,6 +150,11 @@ pub async fn serve(
         },
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
+        risk: config.tokens.risk.clone(),
+        approvals: broker::ApprovalSettings {
+            ttl: chrono::Duration::from_std(config.approvals.ttl).unwrap_or(chrono::Duration::minutes(15)),
+            poll_interval: config.approvals.poll_interval,
+        },
     };
     let audit = crate::audit::AuditLog::open(config.audit.clone())
         .await
@@ -159,7 +170,8 @@ pub async fn serve(
             Arc::new(audit),
         )
         .await
-        .map_err(|e| ServeError::Start(e.to_string()))?,
+        .map_err(|e| ServeError::Start(e.to_string()))?
+        .with_approval_store(approvals),
     );
     let shared = Shared {
         broker: broker.clone(),

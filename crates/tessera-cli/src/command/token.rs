@@ -28,6 +28,16 @@ pub(crate) enum TokenCommand {
     /// Decode a token's header and claims; with --verify, check its signature
     /// against the broker's JWKS.
     Inspect(InspectArgs),
+    /// Wait for a pending approval of one of your requests and print the
+    /// token once approved (exit 2 if denied, expired or already collected).
+    Await(AwaitArgs),
+}
+
+/// `token await`.
+#[derive(Debug, Args)]
+pub(crate) struct AwaitArgs {
+    /// The approval id (`ap_…`) that `token request` printed.
+    approval_id: String,
 }
 
 /// `token request`.
@@ -45,6 +55,10 @@ pub(crate) struct RequestArgs {
     /// Requested lifetime, e.g. 5m (default: the broker's); the broker may grant less.
     #[arg(long, value_name = "DURATION", value_parser = args::parse_seconds)]
     ttl: Option<u32>,
+    /// If the request needs a person's approval, wait for the decision and
+    /// print the token once approved (exit 2 if denied or expired).
+    #[arg(long)]
+    wait: bool,
 }
 
 /// `token inspect`.
@@ -72,6 +86,10 @@ pub(crate) async fn run(global: &Global, cmd: TokenCommand) -> anyhow::Result<()
     match cmd {
         TokenCommand::Request(req) => request(global, req).await,
         TokenCommand::Inspect(inspect_args) => inspect(global, inspect_args).await,
+        TokenCommand::Await(a) => {
+            let mut client = AgentClient::new(channel(global).await?);
+            await_approval(global.output, &mut client, a.approval_id).await
+        }
     }
 }
 
@@ -79,9 +97,9 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
     let mut client = AgentClient::new(channel(global).await?);
     let response = client
         .request_token(pb::RequestTokenRequest {
-            task_id: req.task,
-            audience: req.audience,
-            scopes: req.scopes,
+            task_id: req.task.clone(),
+            audience: req.audience.clone(),
+            scopes: req.scopes.clone(),
             ttl_seconds: req.ttl,
             pop_proof: String::new(),
         })
@@ -89,7 +107,13 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
         .into_inner();
     match response.outcome {
         Some(pb::request_token_response::Outcome::Token(token)) => print_issued(global.output, token),
-        Some(pb::request_token_response::Outcome::Pending(pending)) => print_pending(global.output, &pending),
+        Some(pb::request_token_response::Outcome::Pending(pending)) => {
+            print_pending(global.output, &pending)?;
+            if req.wait {
+                await_approval(global.output, &mut client, pending.approval_id).await?;
+            }
+            Ok(())
+        }
         None => anyhow::bail!("the broker answered with neither a token nor a pending approval"),
     }
 }
@@ -186,6 +210,33 @@ fn print_pending(format: OutputFormat, pending: &pb::PendingApproval) -> anyhow:
             Ok(())
         }
     }
+}
+
+/// Follows AwaitApproval until the token arrives (printed like `token
+/// request` prints one) or the broker says no token will come.
+async fn await_approval(format: OutputFormat, client: &mut AgentClient, approval_id: String) -> anyhow::Result<()> {
+    let mut stream = client
+        .await_approval(pb::AwaitApprovalRequest { approval_id })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        match item.event {
+            Some(pb::await_approval_response::Event::Token(token)) => return print_issued(format, token),
+            Some(pb::await_approval_response::Event::StillPending(p)) => {
+                if format == OutputFormat::Text {
+                    eprintln!(
+                        "still waiting for approval {}{}",
+                        p.approval_id,
+                        output::timestamp(p.expires_at.as_ref())
+                            .map(|at| format!(" (expires at {at})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+    anyhow::bail!("the broker ended the wait without a token or a reason")
 }
 
 /// A decoded token. Never contains the signature or the token itself.
