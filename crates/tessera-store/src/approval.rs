@@ -14,6 +14,10 @@ pub const MAX_APPROVAL_PAGE: usize = 100;
 /// Most approvals pending at once; opening another is [`StoreError::Full`].
 pub const MAX_PENDING_APPROVALS: usize = 10_000;
 
+/// Most approvals one requester may have pending at once, so that one agent
+/// cannot crowd everyone else out of [`MAX_PENDING_APPROVALS`].
+pub const MAX_PENDING_PER_REQUESTER: usize = 16;
+
 /// How long an approval stays readable after its expiry (plus the redeem
 /// grace), so that a late `AwaitApproval` learns what happened to it instead
 /// of NOT_FOUND. Its state is judged on its expiry, never on this.
@@ -51,7 +55,8 @@ pub struct ApprovalPage {
 #[async_trait]
 pub trait ApprovalStore: Send + Sync + 'static {
     /// Records a new pending approval. [`StoreError::ApprovalExists`] if the
-    /// id is taken, [`StoreError::Full`] past [`MAX_PENDING_APPROVALS`].
+    /// id is taken, [`StoreError::Full`] past [`MAX_PENDING_APPROVALS`] or
+    /// [`MAX_PENDING_PER_REQUESTER`].
     async fn create_approval(&self, approval: &Approval, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// The approval, if still retained.

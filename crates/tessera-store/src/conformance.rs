@@ -821,6 +821,7 @@ where
     an_approval_is_redeemed_exactly_once(make().await).await;
     expired_approvals_yield_nothing(make().await).await;
     listing_pages_pending_approvals(make().await).await;
+    one_requester_cannot_crowd_out_the_others(make().await).await;
 }
 
 const REQUESTER: &str = "spiffe://td/agent/requester";
@@ -1067,4 +1068,21 @@ pub async fn listing_pages_pending_approvals(store: impl ApprovalStore) {
         store.list_pending_approvals(Some("not a cursor!"), 10, now).await,
         Err(StoreError::BadCursor(_))
     ));
+}
+
+pub async fn one_requester_cannot_crowd_out_the_others(store: impl ApprovalStore) {
+    for _ in 0..crate::MAX_PENDING_PER_REQUESTER {
+        store.create_approval(&approval(300), t0()).await.unwrap();
+    }
+    assert!(matches!(
+        store.create_approval(&approval(300), t0()).await,
+        Err(StoreError::Full(_))
+    ));
+    // Another requester is unaffected.
+    let mut other = approval(300);
+    other.request.requester = sid("spiffe://td/agent/other");
+    other.binding = other.request.binding();
+    store.create_approval(&other, t0()).await.unwrap();
+    // Once they expire, the requester may ask again.
+    store.create_approval(&approval(600), t0() + secs(300)).await.unwrap();
 }

@@ -20,7 +20,8 @@ mod store;
 pub mod conformance;
 
 pub use approval::{
-    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS, Transition,
+    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS,
+    MAX_PENDING_PER_REQUESTER, Transition,
 };
 pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};

@@ -10,7 +10,8 @@ use tessera_core::approval::{Approval, ApprovalDecision, ApprovalId, ApprovalSta
 use tessera_core::grant::GrantId;
 
 use crate::approval::{
-    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS, Transition,
+    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS,
+    MAX_PENDING_PER_REQUESTER, Transition,
 };
 use crate::error::StoreError;
 
@@ -58,13 +59,17 @@ impl ApprovalStore for MemoryApprovalStore {
         if state.approvals.contains_key(&approval.id) {
             return Err(StoreError::ApprovalExists);
         }
-        let pending = state
+        let pending: Vec<&Approval> = state
             .approvals
             .values()
             .filter(|a| a.state_at(now) == ApprovalState::Pending)
-            .count();
-        if pending >= MAX_PENDING_APPROVALS {
+            .collect();
+        if pending.len() >= MAX_PENDING_APPROVALS {
             return Err(StoreError::Full("pending approvals"));
+        }
+        let requester = &approval.request.requester;
+        if pending.iter().filter(|a| &a.request.requester == requester).count() >= MAX_PENDING_PER_REQUESTER {
+            return Err(StoreError::Full("pending approvals of one requester"));
         }
         state.forget_at.insert((forget_at(approval), approval.id.clone()));
         state.approvals.insert(approval.id.clone(), approval.clone());

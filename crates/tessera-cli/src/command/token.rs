@@ -108,7 +108,15 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
     match response.outcome {
         Some(pb::request_token_response::Outcome::Token(token)) => print_issued(global.output, token),
         Some(pb::request_token_response::Outcome::Pending(pending)) => {
-            print_pending(global.output, &pending)?;
+            if req.wait && global.output == OutputFormat::Json {
+                // stdout gets one JSON document, the token; the approval id goes to stderr.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"pending_approval": {"approval_id": pending.approval_id, "reason": pending.reason}})
+                );
+            } else {
+                print_pending(global.output, &pending)?;
+            }
             if req.wait {
                 await_approval(global.output, &mut client, pending.approval_id).await?;
             }
@@ -222,18 +230,16 @@ async fn await_approval(format: OutputFormat, client: &mut AgentClient, approval
     while let Some(item) = stream.message().await? {
         match item.event {
             Some(pb::await_approval_response::Event::Token(token)) => return print_issued(format, token),
-            Some(pb::await_approval_response::Event::StillPending(p)) => {
-                if format == OutputFormat::Text {
-                    eprintln!(
-                        "still waiting for approval {}{}",
-                        p.approval_id,
-                        output::timestamp(p.expires_at.as_ref())
-                            .map(|at| format!(" (expires at {at})"))
-                            .unwrap_or_default()
-                    );
-                }
+            Some(pb::await_approval_response::Event::StillPending(p)) if format == OutputFormat::Text => {
+                eprintln!(
+                    "still waiting for approval {}{}",
+                    p.approval_id,
+                    output::timestamp(p.expires_at.as_ref())
+                        .map(|at| format!(" (expires at {at})"))
+                        .unwrap_or_default()
+                );
             }
-            None => {}
+            Some(pb::await_approval_response::Event::StillPending(_)) | None => {}
         }
     }
     anyhow::bail!("the broker ended the wait without a token or a reason")

@@ -4,6 +4,7 @@
 //! |---|---|---|---|
 //! | `P:approval:<id>` | hash | `json` (the approval as opened, immutable), `state`, `expires` (ms), `requester`, `decision` (JSON), `grant` | `PEXPIREAT` expiry + redeem grace + retention |
 //! | `P:approvals` | zset | approval ids scored by expiry (ms), for listing; pruned lazily | `PEXPIREAT` the latest expiry |
+//! | `P:approvals-of:<spiffe id>` | zset | the same, per requester, for its pending cap | `PEXPIREAT` the latest expiry |
 //!
 //! Each transition is one Lua script on the approval's one key, so two
 //! replicas racing to redeem the same approval cannot both win.
@@ -16,7 +17,8 @@ use tessera_core::grant::GrantId;
 
 use super::{RedisStore, conn, ms};
 use crate::approval::{
-    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS, Transition,
+    APPROVAL_RETENTION, ApprovalPage, ApprovalStore, MAX_APPROVAL_PAGE, MAX_PENDING_APPROVALS,
+    MAX_PENDING_PER_REQUESTER, Transition,
 };
 use crate::error::StoreError;
 
@@ -78,6 +80,23 @@ impl RedisStore {
         format!("{}:approvals", self.config.key_prefix)
     }
 
+    fn requester_index(&self, requester: &tessera_core::identity::SpiffeId) -> String {
+        format!("{}:approvals-of:{requester}", self.config.key_prefix)
+    }
+
+    /// Ids in an index whose expiry is still ahead (an upper bound of the pending ones).
+    async fn count_live(&self, index: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("ZCOUNT")
+                .arg(index)
+                .arg(format!("({}", ms(now)))
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// The approval from its hash: the record as opened, then its mutable fields.
     async fn read_approval(&self, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
         let mut conn = self.conn();
@@ -127,22 +146,21 @@ impl RedisStore {
 impl ApprovalStore for RedisStore {
     async fn create_approval(&self, approval: &Approval, now: DateTime<Utc>) -> Result<(), StoreError> {
         let index = self.approvals_index();
-        let mut conn = self.conn();
-        let pending: usize = self
-            .bounded(
-                redis::cmd("ZCOUNT")
-                    .arg(&index)
-                    .arg(format!("({}", ms(now)))
-                    .arg("+inf")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        if pending >= MAX_PENDING_APPROVALS {
+        let mine = self.requester_index(&approval.request.requester);
+        // Counted by expiry, so decided ones still count until they expire:
+        // a bound, never an excuse to exceed it.
+        if self.count_live(&index, now).await? >= MAX_PENDING_APPROVALS {
             return Err(StoreError::Full("pending approvals"));
         }
+        if self.count_live(&mine, now).await? >= MAX_PENDING_PER_REQUESTER {
+            return Err(StoreError::Full("pending approvals of one requester"));
+        }
+        let mut conn = self.conn();
         // INVARIANT: listed before it exists, so ListApprovals sees every
         // pending approval; an entry whose creation then failed is skipped.
         self.index_add(&index, approval.id.as_str(), ms(approval.expires_at), now)
+            .await?;
+        self.index_add(&mine, approval.id.as_str(), ms(approval.expires_at), now)
             .await?;
         let mut record = approval.clone();
         record.state = ApprovalState::Pending;
