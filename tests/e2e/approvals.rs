@@ -444,9 +444,13 @@ async fn a_denial_reaches_the_waiter_with_the_reason() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("payment freeze until Monday"), "{denied:?}");
     assert!(denied.message().contains("alice"), "{denied:?}");
-    // Later waits learn the same; nothing was minted.
+    // Later waits learn the same (also through the CLI: exit 2); nothing was minted.
     let again = code(await_approval(&mut agent, &p.approval_id).await);
     assert_eq!(again.code(), Code::PermissionDenied);
+    let out = broker.tessera(&["--as", "researcher", "token", "await", &p.approval_id]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("payment freeze until Monday"));
     let mut admin = broker.admin("alice").await;
     let grants = admin
         .list_grants(pb::ListGrantsRequest {

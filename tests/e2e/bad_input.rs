@@ -421,8 +421,8 @@ async fn oversized_messages_are_refused() {
 async fn unimplemented_rpcs_say_so() {
     let broker = Broker::start();
     let mut admin = broker.admin("alice").await;
-    let status = code(admin.list_approvals(pb::ListApprovalsRequest::default()).await);
-    expect(status, Code::Unimplemented, "ListApprovals");
+    let status = code(admin.reload_policy(pb::ReloadPolicyRequest::default()).await);
+    expect(status, Code::Unimplemented, "ReloadPolicy");
     let mut agent = broker.agent("researcher").await;
     let status = code(agent.delegate_token(pb::DelegateTokenRequest::default()).await);
     expect(status, Code::Unimplemented, "DelegateToken");
