@@ -143,14 +143,19 @@ type Checked = Result<VerifyReport, (ChainError, u64)>;
 /// Verifies the file line by line; on a break, also how many records held.
 fn check(path: &Path) -> anyhow::Result<Checked> {
     let file = File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = crate::progress::Progress::bar("verifying", size, true);
     let mut verifier = Verifier::new();
     for line in BufReader::new(file).split(b'\n') {
         let line = line.with_context(|| format!("cannot read `{}`", path.display()))?;
+        progress.inc(line.len() as u64 + 1);
         // Bytes that are not UTF-8 become U+FFFD, which no record's hash covers.
         if let Err(err) = verifier.push(&String::from_utf8_lossy(&line)) {
+            progress.finish();
             return Ok(Err((err, verifier.records())));
         }
     }
+    progress.finish();
     Ok(Ok(verifier.finish()))
 }
 
@@ -168,6 +173,7 @@ async fn check_stream(url: &str, prefix: &str, instance: &str) -> anyhow::Result
     let name = format!("redis:{}", stream.key());
     let mut verifier = Verifier::new();
     let mut after: Option<String> = None;
+    let progress = crate::progress::Progress::counter("verifying", "records");
     loop {
         let page = stream
             .read(after.as_deref(), MAX_AUDIT_PAGE)
@@ -175,13 +181,16 @@ async fn check_stream(url: &str, prefix: &str, instance: &str) -> anyhow::Result
             .with_context(|| format!("cannot read `{name}`"))?;
         let Some((last, _)) = page.last() else { break };
         let last = last.clone();
+        progress.inc(page.len() as u64);
         for (_, line) in &page {
             if let Err(err) = verifier.push(line) {
+                progress.finish();
                 return Ok((name, Err((err, verifier.records()))));
             }
         }
         after = Some(last);
     }
+    progress.finish();
     if verifier.records() == 0 {
         anyhow::bail!("`{name}` holds no audit records (wrong --instance or --key-prefix?)");
     }
