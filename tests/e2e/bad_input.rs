@@ -96,7 +96,10 @@ async fn token_request_fields_are_validated() {
             "t1",
             &["researcher"],
             &["crm.contacts.read", "crm.notes.read"],
-            600,
+            // Far longer than the identity's 10m, so the task's remaining time
+            // never clamps the TTL checked at the end (a loaded machine may
+            // cross a second boundary between start and request).
+            3600,
         ))
         .await;
     let mut agent = broker.agent("researcher").await;
