@@ -146,13 +146,6 @@ async fn operators_list_grants_and_revoke_an_identity() {
         ),
         (
             pb::ListGrantsRequest {
-                high_impact_only: true,
-                ..Default::default()
-            },
-            "high_impact_only",
-        ),
-        (
-            pb::ListGrantsRequest {
                 page_token: "not a token!".into(),
                 ..Default::default()
             },

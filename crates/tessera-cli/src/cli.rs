@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::command::{
-    audit, blast, completions, dev, grant, identity, introspect, keys, revocations, revoke_all, task, token,
+    approvals, audit, blast, completions, dev, grant, identity, introspect, keys, revocations, revoke_all, task, token,
 };
 use crate::output::OutputFormat;
 
@@ -91,6 +91,9 @@ pub(crate) enum Command {
     /// List live grants and revoke them (issued tokens); also `grants`.
     #[command(subcommand, visible_alias = "grants")]
     Grant(grant::GrantCommand),
+    /// List, approve or deny token requests waiting for a person (as an approver).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// Revoke every grant of an identity (offboarding).
     #[command(subcommand)]
     Identity(identity::IdentityCommand),

@@ -1,6 +1,7 @@
 //! Dispatch to the commands, and what they share: the client identity and the
 //! channel to the broker.
 
+pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod blast;
 pub(crate) mod completions;
@@ -28,6 +29,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(cmd) => dev::run(&global, cmd),
         Command::Task(cmd) => task::run(&global, cmd).await,
+        Command::Approvals(cmd) => approvals::run(&global, cmd).await,
         Command::Token(cmd) => token::run(&global, cmd).await,
         Command::Grant(cmd) => grant::run(&global, cmd).await,
         Command::Identity(cmd) => identity::run(&global, cmd).await,

@@ -150,6 +150,7 @@ impl AgentService for Stub {
                 issued_at: None,
                 expires_at: None,
                 expires_in: 300,
+                ..Default::default()
             })
         };
         Ok(Response::new(pb::RequestTokenResponse { outcome: Some(outcome) }))

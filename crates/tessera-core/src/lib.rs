@@ -6,6 +6,7 @@
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
 pub mod anomaly;
+pub mod approval;
 pub mod audit;
 pub mod blast;
 pub mod catalog;
@@ -18,6 +19,7 @@ pub mod issuance;
 pub mod orchestration;
 pub mod pop;
 pub mod revocation;
+pub mod risk;
 pub mod task;
 pub mod token;
 pub mod ttl;

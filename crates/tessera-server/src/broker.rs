@@ -7,15 +7,19 @@
 //! (a token whose record cannot be written is revoked again and never handed
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
+mod approvals;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use self::approvals::{ApprovalSettings, AwaitStep, TokenOutcome};
 
 use tessera_core::ErrorKind;
 use tessera_core::anomaly::{AnomalyDetector, AnomalyRule, QuarantineList, Trigger};
 use tessera_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
-use tessera_core::grant::{Grant, GrantId, GrantState, RandomError};
+use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState, RandomError};
 use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, Role, SpiffeId, VerifiedIdentity};
 use tessera_core::issuance::{self, IssuanceError, TokenRequest};
 use tessera_core::orchestration::{self, OrchestrationError, StartTask, TaskLimits};
@@ -94,6 +98,13 @@ pub enum BrokerError {
     /// The binding asked for cannot be made; the message names the field.
     #[error("{0}")]
     Binding(&'static str),
+    /// An approval operation was refused (self-approval, not pending,
+    /// denied, expired, already redeemed, not the requester's).
+    #[error(transparent)]
+    Approval(tessera_core::approval::ApprovalError),
+    /// The grant's risk is above a cap (`blast_radius_exceeded`).
+    #[error(transparent)]
+    Risk(tessera_core::risk::RiskError),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -130,6 +141,8 @@ impl BrokerError {
             Self::Issuance(e) => e.kind(),
             Self::Orchestration(e) => e.kind(),
             Self::Task(e) => e.kind(),
+            Self::Approval(e) => e.kind(),
+            Self::Risk(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
             Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
@@ -161,6 +174,8 @@ pub struct Issued {
     pub token: String,
     /// Its recorded grant.
     pub grant: Grant,
+    /// Its OAuth `token_type`: `DPoP` for a key-bound token, else `Bearer`.
+    pub token_type: &'static str,
 }
 
 impl std::fmt::Debug for Issued {
@@ -191,6 +206,10 @@ pub struct BrokerSettings {
     pub anomaly: Option<AnomalyRule>,
     /// Delegation depth and which classes must be bound (`[delegation]`, `[tokens] bound_classes`).
     pub binding: BindingSettings,
+    /// Lifetime caps per class and kind, and the blast-radius cap.
+    pub risk: tessera_core::risk::RiskLimits,
+    /// How approvals wait.
+    pub approvals: ApprovalSettings,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -216,6 +235,8 @@ pub struct Broker {
     /// certificate): refusals are audited at most once a second each, so a
     /// client with a valid certificate cannot flood the audit trail.
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// Pending approvals (memory unless [`Broker::with_approval_store`]).
+    approvals: approvals::Approvals,
 }
 
 /// Most distinct refused callers remembered for audit sampling.
@@ -312,6 +333,7 @@ impl Broker {
             settings,
             audit,
             refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
+            approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();
@@ -749,8 +771,10 @@ impl Broker {
         Ok(ended)
     }
 
-    /// RequestToken: decide, sign, record. No token leaves unless its grant is recorded.
-    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<Issued, BrokerError> {
+    /// RequestToken: decide, assess, then sign and record — or, for a
+    /// high-impact (or policy-marked) request, open a pending approval. No
+    /// token leaves unless its grant is recorded.
+    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<TokenOutcome, BrokerError> {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
         let plan = match issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now) {
@@ -785,7 +809,42 @@ impl Broker {
             self.count_denial(who).await;
             return refused;
         }
+        let assessment = self.assess_plan(who, req, &plan, None).await?;
+        if let Some(why) = assessment.approval.clone() {
+            return self
+                .open_approval(who, req, &plan, &assessment, why, task.deadline)
+                .await
+                .map(TokenOutcome::Pending);
+        }
+        let impact = GrantImpact {
+            high_impact: !assessment.high_impact.is_empty(),
+            blast_radius: assessment.blast_radius,
+            approval_id: None,
+        };
+        let plan = issuance::GrantPlan {
+            lifetime: assessment.lifetime,
+            ..plan
+        };
         let id = self.store.new_grant_id(&plan.task_id).await?;
+        self.mint(who, plan, id, impact, req.binding.clone(), now)
+            .await
+            .map(TokenOutcome::Issued)
+    }
+
+    /// Signs and records a token for an allowed, assessed `plan` under the
+    /// grant id `id` (from [`GrantStore::new_grant_id`]), then audits it.
+    async fn mint(
+        &self,
+        who: &VerifiedIdentity,
+        plan: issuance::GrantPlan,
+        id: GrantId,
+        impact: GrantImpact,
+        cnf: Option<tessera_core::token::Confirmation>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Issued, BrokerError> {
+        let token_type = cnf
+            .as_ref()
+            .map_or("Bearer", tessera_core::token::Confirmation::token_type);
         let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
@@ -798,7 +857,7 @@ impl Broker {
             scope,
             client_id: who.id().to_string(),
             task_id: plan.task_id.to_string(),
-            cnf: req.binding.clone(),
+            cnf,
             act: None,
             tessera_chain: Vec::new(),
         };
@@ -820,6 +879,7 @@ impl Broker {
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
+            impact,
         };
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
@@ -838,6 +898,8 @@ impl Broker {
         event.class = Some(grant.class.to_string());
         event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
         event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        event.blast_radius = Some(grant.impact.blast_radius);
+        event.approval_id = grant.impact.approval_id.clone();
         if let Err(e) = self.audit(event).await {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
@@ -853,10 +915,16 @@ impl Broker {
             scopes = grant.scopes.len(),
             ttl_secs = plan.lifetime.ttl.as_secs(),
             kid = %grant.key_id,
+            blast_radius = grant.impact.blast_radius,
+            approval_id = grant.impact.approval_id.as_deref().unwrap_or(""),
             "token issued"
         );
         crate::telemetry::issued(&grant.class);
-        Ok(Issued { token, grant })
+        Ok(Issued {
+            token,
+            grant,
+            token_type,
+        })
     }
 
     /// ReleaseToken: the holder gives its grant back.
@@ -1347,7 +1415,9 @@ mod tests {
                 state: GrantState::Active,
                 revoked_at: None,
                 revocation_reason: None,
+                impact: GrantImpact::default(),
             },
+            token_type: "Bearer",
         };
         let shown = format!("{issued:?}");
         assert!(!shown.contains("secret"), "{shown}");

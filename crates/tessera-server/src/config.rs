@@ -117,6 +117,8 @@ pub struct Config {
     pub identities: IdentityRegistry,
     /// Known APIs.
     pub catalog: ApiCatalog,
+    /// How requests needing approval wait.
+    pub approvals: risk::ApprovalsConfig,
 }
 
 /// `[server]`.
@@ -174,6 +176,8 @@ pub struct TokensConfig {
     pub leeway_secs: i64,
     /// How often the signing key is rotated.
     pub rotate_every: Duration,
+    /// Lifetime caps per class and kind, and the blast-radius cap.
+    pub risk: tessera_core::risk::RiskLimits,
     /// How long a scheduled rotation's next key is in the JWKS before it signs.
     pub rotate_prepublish: Duration,
 }
@@ -242,6 +246,8 @@ struct RawConfig {
     identities: Vec<RawIdentity>,
     #[serde(default)]
     apis: Vec<RawApi>,
+    #[serde(default)]
+    approvals: risk::RawApprovals,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +330,12 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
+    #[serde(default)]
+    class_max_ttl: BTreeMap<String, String>,
+    #[serde(default)]
+    kind_max_ttl: BTreeMap<String, String>,
+    #[serde(default)]
+    max_blast_radius: Option<u32>,
     /// Unset: a quarter of `rotate_every`, at most 10 minutes.
     #[serde(default, with = "humantime_serde::option")]
     rotate_prepublish: Option<Duration>,
@@ -545,7 +557,7 @@ struct RawApi {
     audience: String,
     #[serde(default)]
     schema_version: String,
-    scopes: BTreeMap<String, ScopeClass>,
+    scopes: BTreeMap<String, risk::RawScope>,
 }
 
 /// `humantime` durations ("5m", "1h 30m") for serde.
@@ -837,6 +849,9 @@ impl RawConfig {
             return Err(key_error("tokens.leeway", "must be at most 5m"));
         }
 
+        let risk = risk::risk_limits(t.class_max_ttl, t.kind_max_ttl, t.max_blast_radius, max)?;
+        let approvals = self.approvals.validate()?;
+
         let max_task = chrono::Duration::from_std(self.tasks.max_duration)
             .map_err(|_| key_error("tasks.max_duration", "too long"))?;
         if max_task <= chrono::Duration::zero() || max_task > chrono::Duration::days(30) {
@@ -892,14 +907,19 @@ impl RawConfig {
                 return Err(key_error(key("scopes"), "an API needs at least one scope"));
             }
             let mut scopes = BTreeMap::new();
-            for (name, class) in raw.scopes {
+            let mut high_impact = BTreeSet::new();
+            for (name, spec) in raw.scopes {
                 let scope = Scope::parse(&name).map_err(|e| key_error(key("scopes"), format!("`{name}` {e}")))?;
-                scopes.insert(scope, class);
+                if spec.high_impact {
+                    high_impact.insert(scope.clone());
+                }
+                scopes.insert(scope, spec.class);
             }
             apis.push(Api {
                 audience,
                 schema_version: raw.schema_version,
                 scopes,
+                high_impact,
             });
         }
 
@@ -931,6 +951,7 @@ impl RawConfig {
                 ttl: TtlLimits { default, max },
                 leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
                 rotate_every: t.rotate_every,
+                risk,
                 rotate_prepublish,
             },
             tasks: TasksConfig { max_duration: max_task },
@@ -947,11 +968,14 @@ impl RawConfig {
             binding,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
+            approvals,
         })
     }
 }
 
 mod delegation;
+mod risk;
+pub use risk::ApprovalsConfig;
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,9 @@ use tessera_store::{FeedEvent, FeedPosition, GrantFilter};
 use crate::broker::{GrantQuery, Issued};
 use crate::status::FieldError;
 
+mod approvals;
+pub use approvals::{approval, approval_id, approval_state, pending};
+
 /// Longest free-text reason accepted, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Longest token accepted for introspection or release, in bytes.
@@ -266,12 +269,6 @@ fn class_filter(field: &'static str, raw: i32) -> Result<Option<ScopeClass>, Fie
 
 /// ListGrantsRequest → [`GrantQuery`]. Empty fields do not filter.
 pub fn grant_query(req: &pb::ListGrantsRequest) -> Result<GrantQuery, FieldError> {
-    if req.high_impact_only {
-        return Err(FieldError::new(
-            "high_impact_only",
-            "not supported until the catalog has high-impact scopes",
-        ));
-    }
     let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let task_id = optional(&req.task_id).map(|t| task_id("task_id", &t)).transpose()?;
     let subjects = optional(&req.subject)
@@ -309,6 +306,7 @@ pub fn grant_query(req: &pb::ListGrantsRequest) -> Result<GrantQuery, FieldError
             audience,
             class: class_filter("class", req.class)?,
             expiring_before,
+            high_impact_only: req.high_impact_only,
         },
         owner,
         page_token,
@@ -382,6 +380,9 @@ pub fn grant(g: &Grant, now: DateTime<Utc>) -> pb::Grant {
         revoked_at: g.revoked_at.map(timestamp),
         revocation_reason: g.revocation_reason.clone().unwrap_or_default(),
         key_id: g.key_id.clone(),
+        high_impact: g.impact.high_impact,
+        blast_radius: g.impact.blast_radius,
+        approval_id: g.impact.approval_id.clone().unwrap_or_default(),
     }
 }
 
@@ -390,7 +391,7 @@ pub fn issued(i: Issued) -> pb::IssuedToken {
     let g = &i.grant;
     pb::IssuedToken {
         access_token: i.token,
-        token_type: "Bearer".into(),
+        token_type: i.token_type.into(),
         grant_id: g.id.to_string(),
         task_id: g.task_id.to_string(),
         audience: g.audience.to_string(),
@@ -399,6 +400,8 @@ pub fn issued(i: Issued) -> pb::IssuedToken {
         issued_at: Some(timestamp(g.issued_at)),
         expires_at: Some(timestamp(g.expires_at)),
         expires_in: u32::try_from((g.expires_at - g.issued_at).num_seconds()).unwrap_or(0),
+        blast_radius: g.impact.blast_radius,
+        approval_id: g.impact.approval_id.clone().unwrap_or_default(),
     }
 }
 
@@ -509,6 +512,7 @@ pub fn blast_radius(r: &BlastRadius) -> pb::BlastRadiusResponse {
         max_delegation_depth: r.max_delegation_depth,
         delegation_fan_out: r.delegation_fan_out,
         owners: r.owners.iter().cloned().collect(),
+        total_score: r.total_score,
     }
 }
 

@@ -134,14 +134,22 @@ pub async fn serve(
     let _ = telemetry::handle();
     // Proof `jti`s are single-use across replicas: with Redis, in Redis;
     // with the embedded store, in this process (the broker's default).
-    let (store, replay): (Arc<dyn GrantStore>, Option<Arc<dyn tessera_store::replay::ReplayCache>>) =
-        match &config.store {
-            StoreConfig::Memory => (Arc::new(MemoryStore::default()), None),
-            StoreConfig::Redis(redis) => {
-                let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
-                (redis.clone(), Some(redis))
-            }
-        };
+    type Stores = (
+        Arc<dyn GrantStore>,
+        Option<Arc<dyn tessera_store::replay::ReplayCache>>,
+        Arc<dyn tessera_store::ApprovalStore>,
+    );
+    let (store, replay, approvals): Stores = match &config.store {
+        StoreConfig::Memory => (
+            Arc::new(MemoryStore::default()),
+            None,
+            Arc::new(tessera_store::MemoryApprovalStore::default()),
+        ),
+        StoreConfig::Redis(redis) => {
+            let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+            (redis.clone(), Some(redis.clone()), redis)
+        }
+    };
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
         instance_id: config.server.instance_id.clone(),
@@ -154,6 +162,11 @@ pub async fn serve(
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
         binding: config.binding.clone(),
+        risk: config.tokens.risk.clone(),
+        approvals: broker::ApprovalSettings {
+            ttl: chrono::Duration::from_std(config.approvals.ttl).unwrap_or(chrono::Duration::minutes(15)),
+            poll_interval: config.approvals.poll_interval,
+        },
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -171,7 +184,8 @@ pub async fn serve(
             Some(replay) => broker.with_replay_cache(replay),
             None => broker,
         })
-        .map_err(|e| ServeError::Start(e.to_string()))?,
+        .map_err(|e| ServeError::Start(e.to_string()))?
+        .with_approval_store(approvals),
     );
     let shared = Shared {
         broker: broker.clone(),

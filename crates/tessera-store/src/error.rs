@@ -26,6 +26,9 @@ pub enum StoreError {
     /// A grant with that id exists (a random id collided: retry).
     #[error("grant id already recorded")]
     GrantExists,
+    /// An approval with that id exists (a random id collided: retry).
+    #[error("approval id already recorded")]
+    ApprovalExists,
     /// The position is not one this store produced.
     #[error("feed position `{0}` is malformed")]
     BadPosition(String),
@@ -66,7 +69,7 @@ impl StoreError {
             Self::Full(_) => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Misconfigured(_) | Self::KeyWithdrawn(_) => ErrorKind::FailedPrecondition,
-            Self::GrantExists | Self::Corrupt(_) => ErrorKind::Internal,
+            Self::GrantExists | Self::ApprovalExists | Self::Corrupt(_) => ErrorKind::Internal,
         }
     }
 }

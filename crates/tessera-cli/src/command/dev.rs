@@ -362,6 +362,10 @@ const DEMO_APIS: [DemoApi; 2] = [
     },
 ];
 
+/// High-impact scopes of the demo catalog: a request for one waits for a
+/// person's approval (`tessera approvals approve`).
+const DEMO_HIGH_IMPACT: [&str; 1] = ["payments.transfers.create"];
+
 /// `tesserad.toml` for the development PKI. Relative paths resolve against
 /// the configuration file's directory.
 fn render_config(td: &str, listen: SocketAddr) -> String {
@@ -409,7 +413,15 @@ fn render_config(td: &str, listen: SocketAddr) -> String {
         w(format!("schema_version = {}", quote(api.schema_version)));
         w("[apis.scopes]".to_owned());
         for (scope, class) in api.scopes {
-            w(format!("{} = {}", quote(scope), quote(class)));
+            if DEMO_HIGH_IMPACT.contains(scope) {
+                w(format!(
+                    "{} = {{ class = {}, high_impact = true }}",
+                    quote(scope),
+                    quote(class)
+                ));
+            } else {
+                w(format!("{} = {}", quote(scope), quote(class)));
+            }
         }
     }
     toml

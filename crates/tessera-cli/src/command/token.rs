@@ -35,6 +35,16 @@ pub(crate) enum TokenCommand {
     /// Decode a token's header and claims; with --verify, check its signature
     /// against the broker's JWKS.
     Inspect(InspectArgs),
+    /// Wait for a pending approval of one of your requests and print the
+    /// token once approved (exit 2 if denied, expired or already collected).
+    Await(AwaitArgs),
+}
+
+/// `token await`.
+#[derive(Debug, Args)]
+pub(crate) struct AwaitArgs {
+    /// The approval id (`ap_…`) that `token request` printed.
+    approval_id: String,
 }
 
 /// `token request`.
@@ -63,6 +73,10 @@ pub(crate) struct RequestArgs {
     /// Bind the token to this client's mTLS certificate (`cnf.x5t#S256`).
     #[arg(long, conflicts_with = "pop")]
     mtls_binding: bool,
+    /// If the request needs a person's approval, wait for the decision and
+    /// print the token once approved (exit 2 if denied or expired).
+    #[arg(long)]
+    wait: bool,
 }
 
 /// Default `--pop-key` file.
@@ -94,6 +108,10 @@ pub(crate) async fn run(global: &Global, cmd: TokenCommand) -> anyhow::Result<()
         TokenCommand::Request(req) => request(global, req).await,
         TokenCommand::Delegate(delegate_args) => bound::delegate(global, delegate_args).await,
         TokenCommand::Inspect(inspect_args) => inspect(global, inspect_args).await,
+        TokenCommand::Await(a) => {
+            let mut client = AgentClient::new(channel(global).await?);
+            await_approval(global.output, &mut client, a.approval_id).await
+        }
     }
 }
 
@@ -107,9 +125,9 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
     let mut client = AgentClient::new(channel(global).await?);
     let response = client
         .request_token(pb::RequestTokenRequest {
-            task_id: req.task,
-            audience: req.audience,
-            scopes: req.scopes,
+            task_id: req.task.clone(),
+            audience: req.audience.clone(),
+            scopes: req.scopes.clone(),
             ttl_seconds: req.ttl,
             pop_proof,
             mtls_binding: req.mtls_binding,
@@ -118,7 +136,21 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
         .into_inner();
     match response.outcome {
         Some(pb::request_token_response::Outcome::Token(token)) => print_issued(global.output, token),
-        Some(pb::request_token_response::Outcome::Pending(pending)) => print_pending(global.output, &pending),
+        Some(pb::request_token_response::Outcome::Pending(pending)) => {
+            if req.wait && global.output == OutputFormat::Json {
+                // stdout gets one JSON document, the token; the approval id goes to stderr.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"pending_approval": {"approval_id": pending.approval_id, "reason": pending.reason}})
+                );
+            } else {
+                print_pending(global.output, &pending)?;
+            }
+            if req.wait {
+                await_approval(global.output, &mut client, pending.approval_id).await?;
+            }
+            Ok(())
+        }
         None => anyhow::bail!("the broker answered with neither a token nor a pending approval"),
     }
 }
@@ -215,6 +247,31 @@ fn print_pending(format: OutputFormat, pending: &pb::PendingApproval) -> anyhow:
             Ok(())
         }
     }
+}
+
+/// Follows AwaitApproval until the token arrives (printed like `token
+/// request` prints one) or the broker says no token will come.
+async fn await_approval(format: OutputFormat, client: &mut AgentClient, approval_id: String) -> anyhow::Result<()> {
+    let mut stream = client
+        .await_approval(pb::AwaitApprovalRequest { approval_id })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        match item.event {
+            Some(pb::await_approval_response::Event::Token(token)) => return print_issued(format, token),
+            Some(pb::await_approval_response::Event::StillPending(p)) if format == OutputFormat::Text => {
+                eprintln!(
+                    "still waiting for approval {}{}",
+                    p.approval_id,
+                    output::timestamp(p.expires_at.as_ref())
+                        .map(|at| format!(" (expires at {at})"))
+                        .unwrap_or_default()
+                );
+            }
+            Some(pb::await_approval_response::Event::StillPending(_)) | None => {}
+        }
+    }
+    anyhow::bail!("the broker ended the wait without a token or a reason")
 }
 
 /// A decoded token. Never contains the signature or the token itself.

@@ -202,6 +202,13 @@ pub struct AuditEvent {
     /// How many things the event concerned (e.g. grants revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The grant's blast-radius score (token issued, approval pending, or a
+    /// refusal over the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<u32>,
+    /// The approval concerned (pending, decided, or the one a token was minted from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl AuditEvent {
@@ -235,6 +242,8 @@ impl AuditEvent {
             instance: instance.into(),
             request_id: None,
             count: None,
+            blast_radius: None,
+            approval_id: None,
         }
     }
 }

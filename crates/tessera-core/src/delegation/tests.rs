@@ -42,11 +42,13 @@ fn catalog() -> ApiCatalog {
             audience: aud(),
             schema_version: "1".into(),
             scopes: map,
+            high_impact: std::collections::BTreeSet::new(),
         },
         Api {
             audience: Audience::parse("billing").unwrap(),
             schema_version: "1".into(),
             scopes: BTreeMap::from([(scope("r0"), ScopeClass::Read)]),
+            high_impact: std::collections::BTreeSet::new(),
         },
     ])
 }
@@ -126,6 +128,7 @@ fn grant_of(claims: &AccessClaims, class: ScopeClass) -> Grant {
         state: GrantState::Active,
         revoked_at: None,
         revocation_reason: None,
+        impact: crate::grant::GrantImpact::default(),
     }
 }
 

@@ -42,6 +42,7 @@ fn catalog() -> ApiCatalog {
             (scope("notes.read"), ScopeClass::Read),
             (scope("contacts.write"), ScopeClass::Write),
         ]),
+        high_impact: BTreeSet::new(),
     }])
 }
 

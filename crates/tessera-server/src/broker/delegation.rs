@@ -97,6 +97,9 @@ impl Broker {
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
+            // A child is never wider than its parent: its parent's impact
+            // (high-impact flag, blast radius, approval) bounds it.
+            impact: parent.grant().impact.clone(),
         };
         // INVARIANT: the token is returned only after its grant is recorded,
         // and the store records a child only under a live parent.
@@ -144,7 +147,11 @@ impl Broker {
         );
         crate::telemetry::decision("delegate_token", true);
         crate::telemetry::token_issued(&grant.class);
-        Ok(Issued { token, grant })
+        Ok(Issued {
+            token,
+            grant,
+            token_type: binding.as_ref().map_or("Bearer", |b| b.token_type()),
+        })
     }
 
     /// Verifies the parent, loads what the decision needs, and decides.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+mod approvals;
 pub mod limits;
 pub mod orchestrator;
 pub mod verifier;

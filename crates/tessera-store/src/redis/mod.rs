@@ -7,6 +7,7 @@
 //! (the caller sees an error and retries; ending and revoking are idempotent)
 //! — never the reverse.
 
+mod approvals;
 mod audit_stream;
 mod conn;
 mod keys;
