@@ -111,6 +111,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Anomaly revocation.
     pub anomaly: AnomalyConfig,
+    /// The HTTPS OAuth facade.
+    pub oauth: crate::http::config::OAuthConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -232,6 +234,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     anomaly: RawAnomaly,
+    #[serde(default)]
+    oauth: crate::http::config::RawOAuth,
     #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
@@ -530,12 +534,12 @@ struct RawApi {
 }
 
 /// `humantime` durations ("5m", "1h 30m") for serde.
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
@@ -806,6 +810,7 @@ impl RawConfig {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
         }
         let anomaly = self.anomaly.validate()?;
+        let oauth = self.oauth.validate()?;
 
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
@@ -892,6 +897,7 @@ impl RawConfig {
                 timeout: self.audit.timeout,
             },
             anomaly,
+            oauth,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
         })
