@@ -348,33 +348,18 @@ async fn introspect(
 /// RFC 7662 section 2.2 members of a live token, with RFC 8705 / RFC 9449
 /// `cnf` and RFC 8693 `act` when present.
 fn introspection(claims: &AccessClaims) -> Value {
-    let token_type = match &claims.cnf {
-        Some(Value::Object(cnf)) if cnf.contains_key("jkt") => "DPoP",
-        _ => "Bearer",
+    // Every claim of the token, as signed (absent optional claims are
+    // omitted), plus `active` and the RFC 9449 section 6.2 `token_type`.
+    let Ok(Value::Object(mut body)) = serde_json::to_value(claims) else {
+        return json!({"active": false}); // cannot happen; never claim a token is live by accident
     };
-    let mut body = json!({
-        "active": true,
-        "scope": claims.scope,
-        "client_id": claims.client_id,
-        "token_type": token_type,
-        "exp": claims.exp,
-        "iat": claims.iat,
-        "nbf": claims.nbf,
-        "sub": claims.sub,
-        "aud": claims.aud,
-        "iss": claims.iss,
-        "jti": claims.jti,
-        "task_id": claims.task_id,
-    });
-    if let Some(map) = body.as_object_mut() {
-        if let Some(cnf) = &claims.cnf {
-            map.insert("cnf".into(), cnf.clone());
-        }
-        if let Some(act) = &claims.act {
-            map.insert("act".into(), act.clone());
-        }
-    }
-    body
+    let bound_to_key = body.get("cnf").and_then(|cnf| cnf.get("jkt")).is_some();
+    body.insert("active".into(), Value::Bool(true));
+    body.insert(
+        "token_type".into(),
+        Value::from(if bound_to_key { "DPoP" } else { "Bearer" }),
+    );
+    Value::Object(body)
 }
 
 /// RFC 7009: `token=<token>`. The holder releases its token; an operator
