@@ -111,6 +111,8 @@ pub struct Broker {
     /// The plain-HTTP operations address (`/metrics`, `/healthz`, `/readyz`),
     /// when the ready file names one.
     pub http_addr: Option<String>,
+    /// The HTTPS OAuth facade address, when the ready file names one.
+    pub oauth_addr: Option<String>,
     log: PathBuf,
     env: Vec<(String, String)>,
     /// The Redis this broker (and its replicas) use, when the test store is Redis.
@@ -162,6 +164,7 @@ impl Broker {
             .arg(&ready)
             .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
+            .env("TESSERA_OAUTH__LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-test-{n}"))
             .env_remove("TESSERA_LOG")
             // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
@@ -174,12 +177,13 @@ impl Broker {
         }
         let mut child = cmd.spawn().unwrap();
         let started = Instant::now();
-        let (addr, http_addr) = loop {
+        let (addr, http_addr, oauth_addr) = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 break (
                     v["grpc"].as_str().unwrap().to_owned(),
                     v["http"].as_str().map(str::to_owned),
+                    v["oauth"].as_str().map(str::to_owned),
                 );
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -199,6 +203,7 @@ impl Broker {
             dir,
             addr,
             http_addr,
+            oauth_addr,
             log,
             env,
             redis,

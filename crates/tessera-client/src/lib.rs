@@ -31,11 +31,13 @@ mod error;
 mod identity;
 pub mod orchestrator;
 mod pop;
+pub mod verifier;
 
 pub use connect::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, connect, connect_lazy};
 pub use error::ClientError;
 pub use identity::Identity;
 pub use pop::{DELEGATE_TOKEN_HTU, PopKey, REQUEST_TOKEN_HTU};
+pub use verifier::{Presented, Verified, Verifier, VerifierConfig, VerifyError};
 
 /// Generated messages and service stubs of `tessera.v1`.
 pub use tessera_proto::v1 as pb;

@@ -113,6 +113,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// `[delegation] max_depth` and `[tokens] bound_classes`.
     pub binding: crate::broker::BindingSettings,
+    /// The HTTPS OAuth facade.
+    pub oauth: crate::http::config::OAuthConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -242,6 +244,8 @@ struct RawConfig {
     anomaly: RawAnomaly,
     #[serde(default)]
     delegation: delegation::RawDelegation,
+    #[serde(default)]
+    oauth: crate::http::config::RawOAuth,
     #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
@@ -561,12 +565,12 @@ struct RawApi {
 }
 
 /// `humantime` durations ("5m", "1h 30m") for serde.
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
@@ -869,6 +873,7 @@ impl RawConfig {
             ));
         }
         let anomaly = self.anomaly.validate()?;
+        let oauth = self.oauth.validate()?;
 
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
@@ -966,6 +971,7 @@ impl RawConfig {
             },
             anomaly,
             binding,
+            oauth,
             identities: IdentityRegistry::new(identities),
             catalog: ApiCatalog::new(apis),
             approvals,

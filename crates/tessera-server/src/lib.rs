@@ -74,6 +74,8 @@ pub enum ServeError {
 pub struct Prepared {
     config: Config,
     tls: rustls::ServerConfig,
+    /// The HTTPS OAuth facade's TLS (`None` with `oauth.listen = "off"`).
+    oauth_tls: Option<Arc<rustls::ServerConfig>>,
     signer: SigningKey,
 }
 
@@ -98,6 +100,14 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     // aws-lc-rs is absent); installing it makes rustls' choice explicit.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.trust_bundle)?;
+    let oauth_tls = match config.oauth.listen {
+        Some(_) => Some(Arc::new(tls::facade_server_config(
+            &config.tls.cert,
+            &config.tls.key,
+            &config.tls.trust_bundle,
+        )?)),
+        None => None,
+    };
     let alg = config.tokens.algorithm;
     let signer = match &config.tokens.signing_key {
         Some(path) => {
@@ -109,7 +119,12 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         }
         None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
     };
-    Ok(Prepared { config, tls, signer })
+    Ok(Prepared {
+        config,
+        tls,
+        oauth_tls,
+        signer,
+    })
 }
 
 /// The listeners `serve` runs on; bound by the caller.
@@ -118,8 +133,10 @@ pub struct Listeners {
     /// The gRPC (mTLS) listener.
     pub grpc: TcpListener,
     /// The plain-HTTP operations listener (`/metrics`, `/healthz`,
-    /// `/readyz`); `None` serves none.
+    /// `/readyz`, JWKS and metadata); `None` serves none.
     pub http: Option<TcpListener>,
+    /// The HTTPS OAuth facade listener (`oauth.listen`); `None` serves none.
+    pub oauth: Option<TcpListener>,
 }
 
 /// Runs the broker until `shutdown` resolves, then stops accepting, reports
@@ -130,7 +147,12 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let Prepared { config, tls, signer } = prepared;
+    let Prepared {
+        config,
+        tls,
+        oauth_tls,
+        signer,
+    } = prepared;
     let _ = telemetry::handle();
     // Proof `jti`s are single-use across replicas: with Redis, in Redis;
     // with the embedded store, in this process (the broker's default).
@@ -194,6 +216,23 @@ pub async fn serve(
             config.server.per_identity_rps,
             config.server.per_identity_burst,
         )),
+    };
+    let facade = {
+        let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
+        let public_url = config
+            .oauth
+            .public_url
+            .clone()
+            .or_else(|| oauth_addr.map(|a| format!("https://{a}")))
+            .unwrap_or_else(|| "https://localhost".to_owned());
+        Arc::new(http::oauth::Facade::new(
+            broker.clone(),
+            shared.limiter.clone(),
+            config.tokens.issuer.clone(),
+            config.tokens.leeway_secs,
+            &public_url,
+            config.oauth.max_body_bytes,
+        ))
     };
 
     let max = config.server.max_message_bytes;
@@ -297,10 +336,37 @@ pub async fn serve(
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let request_timeout = config.oauth.request_timeout;
     let ops = listeners.http.map(|listener| {
-        tokio::spawn(http::serve(listener, readiness.clone(), async {
-            let _ = http_stop_rx.await;
-        }))
+        let router = http::ops_router(readiness.clone(), Some(facade.clone()));
+        tokio::spawn(http::serve(
+            listener,
+            router,
+            None,
+            request_timeout,
+            stopped(http_stop.subscribe()),
+        ))
+    });
+    let oauth = match (listeners.oauth, oauth_tls) {
+        (Some(listener), Some(tls)) => {
+            let router = http::oauth_router(readiness.clone(), facade);
+            Some(tokio::spawn(http::serve(
+                listener,
+                router,
+                Some(tls),
+                request_timeout,
+                stopped(http_stop.subscribe()),
+            )))
+        }
+        _ => None,
+    };
+    tokio::spawn(async move {
+        let _ = http_stop_rx.await;
+        let _ = http_stop.send(true);
     });
     let server = Server::builder()
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
@@ -330,8 +396,8 @@ pub async fn serve(
         result = &mut server => {
             watch.abort();
             rotation.abort();
-            if let Some(ops) = &ops {
-                ops.abort();
+            for task in ops.iter().chain(oauth.iter()) {
+                task.abort();
             }
             return flatten(result);
         }
@@ -359,8 +425,8 @@ pub async fn serve(
         }
     };
     let _ = http_stop_tx.send(());
-    if let Some(ops) = ops {
-        let _ = ops.await;
+    for task in ops.into_iter().chain(oauth) {
+        let _ = task.await;
     }
     drained
 }

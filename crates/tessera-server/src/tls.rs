@@ -86,6 +86,43 @@ pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rus
     Ok(config)
 }
 
+/// The HTTPS OAuth facade's rustls configuration: the broker's certificate,
+/// HTTP/1.1, and a client certificate that is **optional** (the public
+/// documents need none) but, when presented, must chain to `trust_bundle`
+/// like on the gRPC port; handlers decide who must present one.
+pub fn facade_server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The same files, parsed and checked by the gRPC configuration first.
+    let grpc = server_config(cert, key, trust_bundle)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| material("tls.cert", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| material("tls.cert", cert, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(trust_bundle)
+        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
+        .flatten()
+    {
+        roots
+            .add(ca)
+            .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
+    }
+    drop(grpc);
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|e| material("tls.key", key, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The client certificate verifier: a chain to `roots`, and, by webpki, an
 /// ExtendedKeyUsage that includes clientAuth when the leaf has one. Key usage
 /// is not checked here (webpki ignores it); [`peer_svid`] does.
