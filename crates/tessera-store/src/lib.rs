@@ -11,6 +11,7 @@ mod feed;
 mod memory;
 mod record;
 mod redis;
+mod replay;
 mod store;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -20,4 +21,7 @@ pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
 pub use redis::{RedisConfig, RedisDeployment, RedisStore};
+#[cfg(any(test, feature = "conformance"))]
+pub use replay::conformance as replay_conformance;
+pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
 pub use store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};

@@ -9,6 +9,7 @@
 
 mod conn;
 mod keys;
+mod replay;
 mod scripts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
