@@ -25,19 +25,20 @@
 //! # }
 //! ```
 
+mod channel;
 mod connect;
 mod error;
 mod identity;
+mod unix;
 
+pub use channel::{Channel, connect_with_token};
 pub use connect::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, connect, connect_lazy};
 pub use error::ClientError;
 pub use identity::Identity;
+pub use unix::connect_unix;
 
 /// Generated messages and service stubs of `tessera.v1`.
 pub use tessera_proto::v1 as pb;
-/// The transport every client runs over; built by [`connect`].
-pub use tonic::transport::Channel;
-
 /// `AgentService` client: request, delegate and release task-scoped tokens.
 pub type AgentClient = pb::agent_service_client::AgentServiceClient<Channel>;
 /// `OrchestratorService` client: start, complete and read tasks.

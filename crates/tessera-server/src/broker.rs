@@ -7,6 +7,8 @@
 //! (a token whose record cannot be written is revoked again and never handed
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
+mod attestation;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,7 +228,7 @@ fn actor(who: &VerifiedIdentity) -> Actor {
     let mut actor = Actor::new(identity.id.to_string());
     actor.kind = Some(identity.kind.to_string());
     actor.owner = Some(identity.owner.clone());
-    actor.attestation = Some("x509".into());
+    actor.attestation = Some(who.method().to_string());
     actor.evidence = Some(who.evidence().to_owned());
     actor
 }
@@ -307,49 +309,16 @@ impl Broker {
         Err(err)
     }
 
-    /// Records a caller refused at attestation; returns the error to answer with.
+    /// Records a caller refused at mTLS attestation; returns the error to
+    /// answer with. See [`Broker::attestation_refused_by`].
     pub async fn attestation_refused(
         &self,
         claimed: Option<&SpiffeId>,
         evidence: Option<&str>,
         reason: &str,
     ) -> BrokerError {
-        let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
-        crate::telemetry::decision("attest", false);
-        event.who = claimed.map(|id| {
-            let mut a = Actor::new(id.to_string());
-            a.attestation = Some("x509".into());
-            a.evidence = evidence.map(str::to_owned);
-            a
-        });
-        event.reason = Some(reason.to_owned());
-        let refused = BrokerError::Identity(IdentityError::Refused(reason.to_owned()));
-        let key = claimed
-            .map(ToString::to_string)
-            .or_else(|| evidence.map(str::to_owned))
-            .unwrap_or_default();
-        let now = self.clock.now();
-        {
-            let mut seen = self
-                .refusals_audited
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen
-                .get(&key)
-                .is_some_and(|at| now - *at < chrono::Duration::seconds(1))
-            {
-                tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
-                return refused;
-            }
-            if seen.len() >= REFUSAL_SAMPLES {
-                seen.clear();
-            }
-            seen.insert(key, now);
-        }
-        match self.audit(event).await {
-            Ok(()) => refused,
-            Err(e) => e,
-        }
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason)
+            .await
     }
 
     /// Fails unless `who` is an operator; a refusal is audited as `admin_denied`.

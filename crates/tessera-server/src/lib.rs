@@ -7,6 +7,7 @@
 //! so tests run the real server on `127.0.0.1:0`. Nothing here logs a token
 //! or a private key.
 
+pub mod attest;
 pub mod audit;
 pub mod broker;
 pub mod config;
@@ -25,7 +26,7 @@ use tessera_core::clock::Clock;
 use tessera_core::orchestration::TaskLimits;
 use tessera_core::token::{KeyError, SigningKey};
 use tessera_proto::v1 as pb;
-use tessera_store::{GrantStore, MemoryStore, RedisStore, StoreError};
+use tessera_store::{GrantStore, MemoryStore, RedisStore, ReplayCache, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
@@ -62,6 +63,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Attestation (trust bundles, JWT issuers, the Unix socket) could not be set up.
+    #[error(transparent)]
+    Attestation(#[from] attest::AttestSetupError),
     /// Reflection could not be built from the descriptor set.
     #[error("reflection service: {0}")]
     Reflection(String),
@@ -72,6 +76,7 @@ pub struct Prepared {
     config: Config,
     tls: rustls::ServerConfig,
     signer: SigningKey,
+    attest: attest::Prepared,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -94,7 +99,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     // INVARIANT: only the ring provider is compiled in (CI checks that
     // aws-lc-rs is absent); installing it makes rustls' choice explicit.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.trust_bundle)?;
+    let attest = attest::prepare(&config)?;
+    let tls = tls::server_config_with(&config.tls.cert, &config.tls.key, attest.trust.verifier())?;
     let alg = config.tokens.algorithm;
     let signer = match &config.tokens.signing_key {
         Some(path) => {
@@ -106,7 +112,12 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         }
         None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
     };
-    Ok(Prepared { config, tls, signer })
+    Ok(Prepared {
+        config,
+        tls,
+        signer,
+        attest,
+    })
 }
 
 /// The listeners `serve` runs on; bound by the caller.
@@ -127,12 +138,25 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let Prepared { config, tls, signer } = prepared;
+    let Prepared {
+        config,
+        tls,
+        signer,
+        attest: prepared_attest,
+    } = prepared;
     let _ = telemetry::handle();
-    let store: Arc<dyn GrantStore> = match &config.store {
-        StoreConfig::Memory => Arc::new(MemoryStore::default()),
-        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
+    let (store, replay): (Arc<dyn GrantStore>, Arc<dyn ReplayCache>) = match &config.store {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::default());
+            (store.clone(), store)
+        }
+        StoreConfig::Redis(redis) => {
+            let store = Arc::new(RedisStore::connect(redis.clone()).await?);
+            (store.clone(), store)
+        }
     };
+    prepared_attest.trust.set_clock(clock.clone());
+    let attestors = Arc::new(attest::Attestors::new(&prepared_attest, &config, replay)?);
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
         instance_id: config.server.instance_id.clone(),
@@ -168,7 +192,9 @@ pub async fn serve(
             config.server.per_identity_rps,
             config.server.per_identity_burst,
         )),
+        attestors: attestors.clone(),
     };
+    let (reloader, unix_server) = attest::start(&config, &broker, &attestors, &shared)?;
 
     let max = config.server.max_message_bytes;
     // Health and reflection get the same request cap as our services, not
@@ -299,6 +325,8 @@ pub async fn serve(
         result = &mut server => {
             watch.abort();
             rotation.abort();
+            reloader.abort();
+            unix_server.stop();
             if let Some(ops) = &ops {
                 ops.abort();
             }
@@ -308,6 +336,8 @@ pub async fn serve(
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
     rotation.abort();
+    reloader.abort();
+    unix_server.stop();
     readiness.set(false);
     for name in services {
         health
