@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use tessera_e2e::attestation::{
-    Issuer, JWT_IDENTITIES, agent_with, append_config, audit_records, claims, get_jwks_with, issuer_config, jwt_config,
+    Issuer, JWT_IDENTITIES, agent_with, append_config, attested_call, audit_records, claims, issuer_config, jwt_config,
     now, verifier_with, wait_refusal_audited,
 };
 use tessera_e2e::redis::RedisServer;
@@ -284,7 +284,7 @@ async fn every_bad_token_is_refused_and_audited() {
         ),
     ];
     for (what, token, mentions, reason) in &cases {
-        let result = get_jwks_with(&broker, token).await;
+        let result = attested_call(&broker, token).await;
         let status = result.expect_err(what);
         assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
         assert!(
@@ -296,17 +296,27 @@ async fn every_bad_token_is_refused_and_audited() {
     }
     // Not a bearer token, or no evidence at all.
     let mut basic = verifier_with(&broker, "Basic dXNlcjpwYXNz").await;
-    unauthenticated(basic.get_jwks(pb::GetJwksRequest {}).await.map(drop), "Bearer");
+    unauthenticated(
+        basic
+            .introspect(tessera_e2e::attestation::introspect_request())
+            .await
+            .map(drop),
+        "Bearer",
+    );
     let mut none = pb::verifier_service_client::VerifierServiceClient::new(
         tessera_e2e::attestation::anonymous_channel(&broker).await,
     );
     unauthenticated(
-        none.get_jwks(pb::GetJwksRequest {}).await.map(drop),
+        none.introspect(tessera_e2e::attestation::introspect_request())
+            .await
+            .map(drop),
         "no client certificate",
     );
     wait_refusal_audited(&broker, "x509", "no client certificate");
+    // Public keys stay public: GetJwks attests nobody.
+    none.get_jwks(pb::GetJwksRequest {}).await.unwrap();
     // The good token still works (nothing above used its jti).
-    get_jwks_with(&broker, &good).await.unwrap();
+    attested_call(&broker, &good).await.unwrap();
 }
 
 /// A TCP listener that counts connections and never answers.
@@ -331,20 +341,20 @@ async fn header_urls_and_unknown_issuers_are_never_fetched() {
     for member in ["jku", "x5u"] {
         let header = json!({"alg": "ES256", "kid": issuer.kid, member: format!("https://{addr}/keys")});
         unauthenticated(
-            get_jwks_with(&broker, &issuer.sign_raw(&header, &claims("ci"))).await,
+            attested_call(&broker, &issuer.sign_raw(&header, &claims("ci"))).await,
             member,
         );
         // Also with a kid the broker does not know, the most tempting case to "go fetch".
         let header = json!({"alg": "ES256", "kid": "fresh", member: format!("http://{addr}/keys")});
         unauthenticated(
-            get_jwks_with(&broker, &issuer.sign_raw(&header, &claims("ci"))).await,
+            attested_call(&broker, &issuer.sign_raw(&header, &claims("ci"))).await,
             member,
         );
     }
     // A6: an issuer URL that is not configured, pointing at the listener.
     let mut c = claims("ci");
     c["iss"] = json!(format!("http://{addr}"));
-    unauthenticated(get_jwks_with(&broker, &issuer.sign(&c)).await, "issuer");
+    unauthenticated(attested_call(&broker, &issuer.sign(&c)).await, "issuer");
     wait_refusal_audited(&broker, "jwt", "`jku`");
     wait_refusal_audited(&broker, "jwt", "`x5u`");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -365,12 +375,12 @@ async fn a_replayed_jti_is_refused_by_a_second_replica() {
     let a = Broker::start_in(jwt_dir(&issuer), &env);
     let b = a.replica();
     let token = issuer.sign(&claims("ci"));
-    get_jwks_with(&a, &token).await.unwrap();
-    unauthenticated(get_jwks_with(&b, &token).await, "already used");
-    unauthenticated(get_jwks_with(&a, &token).await, "already used");
+    attested_call(&a, &token).await.unwrap();
+    unauthenticated(attested_call(&b, &token).await, "already used");
+    unauthenticated(attested_call(&a, &token).await, "already used");
     wait_refusal_audited(&b, "jwt", "already used");
     // A fresh token works on either.
-    get_jwks_with(&b, &issuer.sign(&claims("ci"))).await.unwrap();
+    attested_call(&b, &issuer.sign(&claims("ci"))).await.unwrap();
 }
 
 /// A11: the replay cache down → UNAVAILABLE, never accepted unchecked.
@@ -382,10 +392,10 @@ async fn replay_cache_down_answers_unavailable() {
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("TESSERA_STORE__TIMEOUT", "300ms"));
     let broker = Broker::start_in(jwt_dir(&issuer), &env);
-    get_jwks_with(&broker, &issuer.sign(&claims("ci"))).await.unwrap();
+    attested_call(&broker, &issuer.sign(&claims("ci"))).await.unwrap();
     server.kill();
     for _ in 0..3 {
-        let status = get_jwks_with(&broker, &issuer.sign(&claims("ci"))).await.unwrap_err();
+        let status = attested_call(&broker, &issuer.sign(&claims("ci"))).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }
@@ -563,11 +573,11 @@ async fn misbehaving_jwks_servers_fail_closed_within_bounds() {
         issuer.sign(&c)
     };
     // The good URL serves keys: attested.
-    get_jwks_with(&broker, &token_from("good")).await.unwrap();
-    get_jwks_with(&broker, &token_from("flaky")).await.unwrap();
+    attested_call(&broker, &token_from("good")).await.unwrap();
+    attested_call(&broker, &token_from("flaky")).await.unwrap();
     for name in ["redirect", "huge", "drip", "invalid", "dup"] {
         let started = Instant::now();
-        unauthenticated(get_jwks_with(&broker, &token_from(name)).await, "unavailable");
+        unauthenticated(attested_call(&broker, &token_from(name)).await, "unavailable");
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{name}: the fetch was not bounded"
@@ -584,10 +594,10 @@ async fn misbehaving_jwks_servers_fail_closed_within_bounds() {
     // Last good keys: the flaky server turns bad; tokens are accepted while
     // the keys are younger than jwks_max_stale, then refused.
     fake.flaky_good.store(false, Ordering::SeqCst);
-    get_jwks_with(&broker, &token_from("flaky")).await.unwrap();
+    attested_call(&broker, &token_from("flaky")).await.unwrap();
     let started = Instant::now();
     loop {
-        match get_jwks_with(&broker, &token_from("flaky")).await {
+        match attested_call(&broker, &token_from("flaky")).await {
             Ok(()) => {}
             Err(status) => {
                 assert_eq!(status.code(), Code::Unauthenticated);

@@ -52,13 +52,24 @@ unix = {{ uid = {uid}, exe_sha256 = "sha256:{exe_sha256}" }}
             socket = socket.display().to_string()
         ),
     );
-    (Broker::start_in(dir, &[]), socket)
+    let broker = Broker::start_in(dir, &[]);
+    // The ready file is written before the Unix listener is bound: wait for it.
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no socket: {}",
+            broker.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (broker, socket)
 }
 
 async fn jwks_over(socket: &std::path::Path) -> Result<(), tonic::Status> {
     let channel = tessera_client::connect_unix(socket).await.unwrap();
     tessera_client::VerifierClient::new(channel)
-        .get_jwks(pb::GetJwksRequest {})
+        .introspect(tessera_e2e::attestation::introspect_request())
         .await
         .map(drop)
 }

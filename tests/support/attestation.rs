@@ -208,13 +208,21 @@ pub async fn agent_with(broker: &Broker, token: &str) -> JwtAgent {
     )
 }
 
-/// One `GetJwks` call attested by `token`.
-pub async fn get_jwks_with(broker: &Broker, token: &str) -> Result<(), tonic::Status> {
+/// One attested call (`Introspect` of a token that is not one; GetJwks is
+/// public and attests nobody) with the bearer `token`.
+pub async fn attested_call(broker: &Broker, token: &str) -> Result<(), tonic::Status> {
     verifier_with(broker, &format!("Bearer {token}"))
         .await
-        .get_jwks(pb::GetJwksRequest {})
+        .introspect(introspect_request())
         .await
         .map(drop)
+}
+
+/// An `Introspect` request for a string that is not a token (answers inactive).
+pub fn introspect_request() -> pb::IntrospectRequest {
+    pb::IntrospectRequest {
+        token: "not-a-token".into(),
+    }
 }
 
 /// Audit records of the broker.

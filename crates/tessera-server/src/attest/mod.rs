@@ -267,7 +267,10 @@ async fn attest<T>(broker: &Broker, attestors: &Attestors, req: &Request<T>) -> 
         let method = AttestationMethod::X509;
         let svid = match tls::peer_svid_in(&leaf, |domain| attestors.trust.check_domain(domain)) {
             Ok(svid) => svid,
-            Err(e) => return Err(refuse(broker, method, "svid", None, None, &e.to_string()).await),
+            Err(e) => {
+                let evidence = sha256_hex(&leaf);
+                return Err(refuse(broker, method, "svid", None, Some(&evidence), &e.to_string()).await);
+            }
         };
         return bind(broker, &svid.id, method, svid.evidence).await;
     }
