@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 
 use tessera_e2e::attestation::{append_config, audit_records, wait_refusal_audited};
-use tessera_e2e::{Broker, dev_init, pb};
+use tessera_e2e::{Broker, dev_init};
 use tonic::Code;
 
 fn own_exe_sha256() -> String {

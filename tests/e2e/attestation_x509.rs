@@ -16,7 +16,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
 };
 use tessera_e2e::attestation::{append_config, wait_refusal_audited};
-use tessera_e2e::{Broker, dev_init, pb};
+use tessera_e2e::{Broker, dev_init};
 use tonic::Code;
 
 /// A leaf signed by the dev CA of `dir` (or by `ca` if given).

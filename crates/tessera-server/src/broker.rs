@@ -377,6 +377,40 @@ impl Broker {
         self.replace_key(who, why, true).await
     }
 
+    /// A scheduled rotation: the next key is published `lead` before it
+    /// signs, so verifiers that cache the JWKS hold it before they meet its
+    /// tokens; then it signs and the old key is retired. A rotation or a
+    /// withdrawal in between supersedes this one (the staged key is retired
+    /// unused). Returns (new kid, retired kid), or `None` when superseded.
+    pub async fn rotate_key_staged(&self, lead: Duration) -> Result<Option<(String, String)>, BrokerError> {
+        let (old_kid, next) = {
+            let _one_at_a_time = self.rotating.lock().await;
+            let old = self.signer();
+            let next = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
+            let why = format!("next key, signs in {}", humantime::format_duration(lead));
+            self.publish_new(&next, None, &why).await?;
+            (old.kid().to_owned(), next)
+        };
+        tokio::time::sleep(lead).await;
+        let _one_at_a_time = self.rotating.lock().await;
+        let old = self.signer();
+        let still_published = self
+            .store
+            .published_keys(self.clock.now())
+            .await?
+            .iter()
+            .any(|k| k.jwk.kid == next.kid());
+        if old.kid() != old_kid || !still_published {
+            tracing::warn!(kid = next.kid(), "staged key superseded before it signed");
+            if still_published {
+                self.retire(&next, None, "staged key superseded before it signed")
+                    .await?;
+            }
+            return Ok(None);
+        }
+        self.switch_to(next, None, "scheduled rotation", true).await.map(Some)
+    }
+
     /// Publishes a fresh key, then signs with it; the old one is retired
     /// (kept until its tokens expire) or, after a withdrawal, left out.
     async fn replace_key(
@@ -386,18 +420,41 @@ impl Broker {
         retire_old: bool,
     ) -> Result<(String, String), BrokerError> {
         let _one_at_a_time = self.rotating.lock().await;
-        let old = self.signer();
-        let new = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
+        let new = Arc::new(SigningKey::generate(self.signer().algorithm()).map_err(BrokerError::Signing)?);
         // INVARIANT: published before first use, so no verifier sees a kid it cannot find.
+        self.publish_new(&new, who, why).await?;
+        self.switch_to(new, who, why, retire_old).await
+    }
+
+    /// Publishes `key` (not signing yet) and audits it.
+    async fn publish_new(
+        &self,
+        key: &SigningKey,
+        who: Option<&VerifiedIdentity>,
+        why: &str,
+    ) -> Result<(), BrokerError> {
         let published = PublishedKey {
-            jwk: new.public_jwk().clone(),
+            jwk: key.public_jwk().clone(),
             published_at: self.clock.now(),
             not_after: None,
         };
         self.store.publish_key(&published).await?;
         let mut event = self.event(AuditKind::KeyPublished, Outcome::Allow, who);
-        event.reason = Some(format!("kid {} ({}): {why}", new.kid(), new.algorithm().as_jose()));
-        self.audit(event).await?;
+        event.reason = Some(format!("kid {} ({}): {why}", key.kid(), key.algorithm().as_jose()));
+        self.audit(event).await
+    }
+
+    /// Signs with the already published `new` from now on; retires the old
+    /// key unless `retire_old` is false (it was withdrawn). Callers hold
+    /// `rotating`.
+    async fn switch_to(
+        &self,
+        new: Arc<SigningKey>,
+        who: Option<&VerifiedIdentity>,
+        why: &str,
+        retire_old: bool,
+    ) -> Result<(String, String), BrokerError> {
+        let old = self.signer();
         *self.signer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
         if retire_old {
             self.retire(&old, who, why).await?;
