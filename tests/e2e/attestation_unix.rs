@@ -132,3 +132,99 @@ async fn an_executable_with_another_hash_is_refused_and_audited() {
         "nothing was issued"
     );
 }
+
+/// The README flow: `tessera dev init --jwt --unix-socket`, then an agent
+/// obtains a token through the CLI by JWT (`dev jwt` + `--jwt-file`) and by
+/// the Unix socket (`--unix-socket`); the audit trail names each method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_obtains_tokens_by_jwt_and_by_unix_socket() {
+    let dir = tessera_e2e::TempDir::new("cli-attest");
+    let socket = dir.path().join("run").join("agent.sock");
+    let out = std::process::Command::new(tessera_e2e::bin_dir().join("tessera"))
+        .args(["dev", "init", "--jwt", "--unix-socket"])
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("jwt-issuer.THROWAWAY-TEST-KEY.pem").exists());
+    let broker = Broker::start_in(dir, &[]);
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(broker.tessera(&[
+        "--as",
+        "orchestrator",
+        "task",
+        "start",
+        "--id",
+        "cli-attest",
+        "--agent",
+        "spiffe://tessera.local/agent/ci-runner",
+        "--agent",
+        "spiffe://tessera.local/agent/local",
+        "--allow",
+        "https://api.example.com/crm crm.contacts.read",
+        "--ttl",
+        "15m",
+    ]));
+    let request = [
+        "token",
+        "request",
+        "--task",
+        "cli-attest",
+        "--audience",
+        tessera_e2e::CRM,
+        "--scope",
+        "crm.contacts.read",
+    ];
+    // JWT: a fresh token from the throwaway issuer, presented as a bearer token.
+    let jwt = ok(broker.tessera(&["dev", "jwt", "--subject", "ci-runner"])).stdout;
+    let jwt_file = broker.dir.path().join("ci.jwt");
+    std::fs::write(&jwt_file, &jwt).unwrap();
+    let mut args = vec!["--jwt-file", jwt_file.to_str().unwrap()];
+    args.extend(request);
+    ok(broker.tessera(&args));
+    // Unix socket: attested by this uid.
+    let mut args = vec!["--unix-socket", socket.to_str().unwrap()];
+    args.extend(request);
+    ok(broker.tessera(&args));
+    let methods: Vec<(String, String)> = audit_records(&broker)
+        .into_iter()
+        .filter(|r| r["event"] == "token_issued")
+        .map(|r| {
+            (
+                r["who"]["identity"].as_str().unwrap().to_owned(),
+                r["who"]["attestation"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        methods.contains(&("spiffe://tessera.local/agent/ci-runner".into(), "jwt".into())),
+        "{methods:?}"
+    );
+    assert!(
+        methods.contains(&("spiffe://tessera.local/agent/local".into(), "unix".into())),
+        "{methods:?}"
+    );
+    // A JWT for an identity not allowed to use jwt is refused through the CLI too.
+    let jwt = ok(broker.tessera(&["dev", "jwt", "--subject", "researcher"])).stdout;
+    std::fs::write(&jwt_file, &jwt).unwrap();
+    let mut args = vec!["--jwt-file", jwt_file.to_str().unwrap()];
+    args.extend(request);
+    let out = broker.tessera(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not attest by `jwt`"));
+}

@@ -44,6 +44,9 @@ pub enum AttestSetupError {
     /// A trust bundle is unreadable or invalid.
     #[error("config key `tls.trust_domains`: {0}")]
     Bundle(#[from] trust::BundleError),
+    /// The `[tls] trust_bundle` is unreadable, invalid or empty.
+    #[error("config key `tls.trust_bundle`: {0}")]
+    PrimaryBundle(String),
     /// A JWT issuer's keys or roots are unusable.
     #[error(transparent)]
     Issuer(#[from] jwt::IssuerError),
@@ -67,10 +70,23 @@ pub struct Prepared {
 /// Loads the trust bundles of `config` (the `[tls]` domain first, then
 /// `[[tls.trust_domains]]`) and checks every JWT issuer's keys or roots.
 pub fn prepare(config: &Config) -> Result<Prepared, AttestSetupError> {
-    let mut domains = vec![config::TrustDomainConfig {
+    let primary = config::TrustDomainConfig {
         name: config.tls.trust_domain.clone(),
         bundle: config::BundleFile::Pem(config.tls.trust_bundle.clone()),
-    }];
+    };
+    // The [tls] bundle must hold a CA at start (an emptied one at runtime
+    // refuses its domain, like any other).
+    match trust::load_bundle(&primary.bundle) {
+        Ok(cas) if cas.is_empty() => {
+            return Err(AttestSetupError::PrimaryBundle(format!(
+                "`{}`: no CA certificate found",
+                config.tls.trust_bundle.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(AttestSetupError::PrimaryBundle(e.to_string())),
+    }
+    let mut domains = vec![primary];
     domains.extend(config.tls.trust_domains.iter().cloned());
     // Client certificates stay mandatory unless another method can stand in.
     let mandatory = config.attestation.jwt.is_empty();
