@@ -356,7 +356,7 @@ async fn callers_without_a_trusted_svid_are_refused() {
         .connect_timeout(Duration::from_secs(5));
     let refused = match anonymous.connect().await {
         Err(_) => true,
-        Ok(channel) => tessera_client::VerifierClient::new(channel)
+        Ok(channel) => tessera_client::VerifierClient::new(channel.into())
             .get_jwks(pb::GetJwksRequest {})
             .await
             .is_err(),

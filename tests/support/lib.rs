@@ -10,6 +10,7 @@
 )]
 #![allow(missing_docs, reason = "test harness")]
 
+pub mod attestation;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

@@ -55,6 +55,17 @@ pub(crate) struct Global {
     #[arg(long = "as", global = true, env = "TESSERA_AS", value_name = "NAME")]
     pub(crate) as_identity: Option<String>,
 
+    /// Attest with the OIDC/JWT in this file (`authorization: Bearer`) over
+    /// TLS without a client certificate; the broker's CA comes from --ca or
+    /// --dev-dir. Overrides --as, --cert and --key.
+    #[arg(long, global = true, env = "TESSERA_JWT_FILE", value_name = "FILE")]
+    pub(crate) jwt_file: Option<PathBuf>,
+
+    /// Attest over the broker's Unix socket (kernel peer credentials)
+    /// instead of TLS. Overrides --endpoint and every other identity flag.
+    #[arg(long, global = true, env = "TESSERA_UNIX_SOCKET", value_name = "PATH")]
+    pub(crate) unix_socket: Option<PathBuf>,
+
     /// Directory of the development PKI used by --as and `dev init`.
     #[arg(
         long,

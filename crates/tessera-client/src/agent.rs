@@ -16,8 +16,8 @@
 
 use std::fmt;
 
+use crate::Channel;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 use crate::error::ClientError;
 use crate::pb;

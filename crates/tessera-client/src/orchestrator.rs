@@ -1,6 +1,6 @@
 //! The orchestrator's side of the SDK: start, complete and read tasks.
 
-use tonic::transport::Channel;
+use crate::Channel;
 
 use crate::error::ClientError;
 use crate::pb;

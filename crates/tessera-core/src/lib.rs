@@ -7,6 +7,7 @@
 
 pub mod anomaly;
 pub mod approval;
+pub mod attestation;
 pub mod audit;
 pub mod blast;
 pub mod catalog;

@@ -8,6 +8,7 @@
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
 mod approvals;
+mod attestation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,7 +286,7 @@ fn actor(who: &VerifiedIdentity) -> Actor {
     let mut actor = Actor::new(identity.id.to_string());
     actor.kind = Some(identity.kind.to_string());
     actor.owner = Some(identity.owner.clone());
-    actor.attestation = Some("x509".into());
+    actor.attestation = Some(who.method().to_string());
     actor.evidence = Some(who.evidence().to_owned());
     actor
 }
@@ -327,7 +328,7 @@ impl Broker {
             catalog,
             signer: std::sync::RwLock::new(Arc::new(signer)),
             rotating: tokio::sync::Mutex::new(()),
-            replay: Arc::new(tessera_store::replay::MemoryReplayCache::new(clock.clone(), 1_000_000)),
+            replay: Arc::new(tessera_store::replay::MemoryReplayCache::new(1_000_000, clock.clone())),
             clock,
             anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),
             settings,
@@ -375,49 +376,16 @@ impl Broker {
         Err(err)
     }
 
-    /// Records a caller refused at attestation; returns the error to answer with.
+    /// Records a caller refused at mTLS attestation; returns the error to
+    /// answer with. See [`Broker::attestation_refused_by`].
     pub async fn attestation_refused(
         &self,
         claimed: Option<&SpiffeId>,
         evidence: Option<&str>,
         reason: &str,
     ) -> BrokerError {
-        let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
-        crate::telemetry::decision("attest", false);
-        event.who = claimed.map(|id| {
-            let mut a = Actor::new(id.to_string());
-            a.attestation = Some("x509".into());
-            a.evidence = evidence.map(str::to_owned);
-            a
-        });
-        event.reason = Some(reason.to_owned());
-        let refused = BrokerError::Identity(IdentityError::Refused(reason.to_owned()));
-        let key = claimed
-            .map(ToString::to_string)
-            .or_else(|| evidence.map(str::to_owned))
-            .unwrap_or_default();
-        let now = self.clock.now();
-        {
-            let mut seen = self
-                .refusals_audited
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen
-                .get(&key)
-                .is_some_and(|at| now - *at < chrono::Duration::seconds(1))
-            {
-                tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
-                return refused;
-            }
-            if seen.len() >= REFUSAL_SAMPLES {
-                seen.clear();
-            }
-            seen.insert(key, now);
-        }
-        match self.audit(event).await {
-            Ok(()) => refused,
-            Err(e) => e,
-        }
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason)
+            .await
     }
 
     /// Fails unless `who` is an operator; a refusal is audited as `admin_denied`.

@@ -121,6 +121,10 @@ pub struct Config {
     pub catalog: ApiCatalog,
     /// How requests needing approval wait.
     pub approvals: risk::ApprovalsConfig,
+    /// Attestation methods beyond mTLS, and reloading.
+    pub attestation: crate::attest::config::AttestationConfig,
+    /// The file this was loaded from (reloaded for identities).
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -159,8 +163,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates that issue client SVIDs (PEM).
     pub trust_bundle: PathBuf,
-    /// The one trust domain whose SVIDs are accepted.
+    /// The trust domain of `trust_bundle`.
     pub trust_domain: String,
+    /// More trust domains, each with its own bundle (`[[tls.trust_domains]]`).
+    pub trust_domains: Vec<crate::attest::config::TrustDomainConfig>,
 }
 
 /// `[tokens]`.
@@ -252,6 +258,8 @@ struct RawConfig {
     apis: Vec<RawApi>,
     #[serde(default)]
     approvals: risk::RawApprovals,
+    #[serde(default)]
+    attestation: crate::attest::config::RawAttestation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +324,8 @@ struct RawTls {
     key: PathBuf,
     trust_bundle: PathBuf,
     trust_domain: String,
+    #[serde(default)]
+    trust_domains: Vec<crate::attest::config::RawTrustDomain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,6 +563,12 @@ struct RawIdentity {
     max_ttl: Duration,
     #[serde(default)]
     disabled: bool,
+    /// Methods it may attest by (default `["x509"]`, plus `unix` with `unix` selectors).
+    #[serde(default)]
+    attestation: Option<BTreeSet<tessera_core::identity::AttestationMethod>>,
+    /// Unix-socket selectors.
+    #[serde(default)]
+    unix: Option<crate::attest::config::RawUnixSelector>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -613,7 +629,9 @@ impl Config {
             let message = e.into_inner().to_string();
             key_error(if key == "." { "(top level)".to_owned() } else { key }, message)
         })?;
-        raw.validate(base)
+        let mut config = raw.validate(base)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 }
 
@@ -627,7 +645,18 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
         // Variables the CLI and tooling read; not config keys.
         if matches!(
             rest,
-            "CONFIG" | "LOG" | "ENDPOINT" | "CA" | "CERT" | "KEY" | "AS" | "DEV_DIR" | "OUTPUT" | "TOKEN"
+            "CONFIG"
+                | "LOG"
+                | "ENDPOINT"
+                | "CA"
+                | "CERT"
+                | "KEY"
+                | "AS"
+                | "DEV_DIR"
+                | "OUTPUT"
+                | "TOKEN"
+                | "JWT_FILE"
+                | "UNIX_SOCKET"
         ) {
             continue;
         }
@@ -875,28 +904,40 @@ impl RawConfig {
         let anomaly = self.anomaly.validate()?;
         let oauth = self.oauth.validate()?;
 
+        let trust_domains = crate::attest::config::trust_domains(self.tls.trust_domains, base, td)?;
+        let attestation = self.attestation.validate(base, &t.issuer)?;
+        // Identities may be in any domain we can attest: the [tls] one,
+        // [[tls.trust_domains]], or a JWT issuer's mapping.
+        let known: BTreeSet<&str> = std::iter::once(td.as_str())
+            .chain(trust_domains.iter().map(|d| d.name.as_str()))
+            .chain(attestation.jwt_domains())
+            .collect();
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, raw) in self.identities.into_iter().enumerate() {
             let key = |field: &str| format!("identities[{i}].{field}");
             let id = SpiffeId::parse(&raw.id).map_err(|e| key_error(key("id"), format!("`{}`: {e}", raw.id)))?;
-            if id.trust_domain() != td {
+            if !known.contains(id.trust_domain()) {
                 return Err(key_error(key("id"), format!("`{id}` is not in trust domain `{td}`")));
             }
+            let rules = crate::attest::config::identity_rules(&key, raw.attestation, raw.unix)?;
             if !seen.insert(id.clone()) {
                 return Err(key_error(key("id"), format!("`{id}` is registered twice")));
             }
             if raw.owner.trim().is_empty() {
                 return Err(key_error(key("owner"), "every identity needs an accountable owner"));
             }
-            identities.push(Identity {
-                id,
-                kind: raw.kind,
-                owner: raw.owner,
-                max_ttl: ttl(&key("max_ttl"), raw.max_ttl)?,
-                roles: raw.roles,
-                disabled: raw.disabled,
-            });
+            identities.push((
+                Identity {
+                    id,
+                    kind: raw.kind,
+                    owner: raw.owner,
+                    max_ttl: ttl(&key("max_ttl"), raw.max_ttl)?,
+                    roles: raw.roles,
+                    disabled: raw.disabled,
+                },
+                rules,
+            ));
         }
 
         let mut apis = Vec::new();
@@ -948,6 +989,7 @@ impl RawConfig {
                 key: resolve(base, self.tls.key),
                 trust_bundle: resolve(base, self.tls.trust_bundle),
                 trust_domain: self.tls.trust_domain,
+                trust_domains,
             },
             tokens: TokensConfig {
                 issuer: t.issuer,
@@ -972,9 +1014,11 @@ impl RawConfig {
             anomaly,
             binding,
             oauth,
-            identities: IdentityRegistry::new(identities),
+            identities: IdentityRegistry::with_rules(identities),
             catalog: ApiCatalog::new(apis),
             approvals,
+            attestation,
+            source: None,
         })
     }
 }

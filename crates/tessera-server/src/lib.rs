@@ -7,6 +7,7 @@
 //! so tests run the real server on `127.0.0.1:0`. Nothing here logs a token
 //! or a private key.
 
+pub mod attest;
 pub mod audit;
 pub mod broker;
 pub mod config;
@@ -25,7 +26,7 @@ use tessera_core::clock::Clock;
 use tessera_core::orchestration::TaskLimits;
 use tessera_core::token::{KeyError, SigningKey};
 use tessera_proto::v1 as pb;
-use tessera_store::{GrantStore, MemoryStore, RedisStore, StoreError};
+use tessera_store::{GrantStore, MemoryStore, RedisStore, ReplayCache, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
@@ -65,6 +66,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Attestation (trust bundles, JWT issuers, the Unix socket) could not be set up.
+    #[error(transparent)]
+    Attestation(#[from] attest::AttestSetupError),
     /// Reflection could not be built from the descriptor set.
     #[error("reflection service: {0}")]
     Reflection(String),
@@ -77,6 +81,7 @@ pub struct Prepared {
     /// The HTTPS OAuth facade's TLS (`None` with `oauth.listen = "off"`).
     oauth_tls: Option<Arc<rustls::ServerConfig>>,
     signer: SigningKey,
+    attest: attest::Prepared,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -99,7 +104,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     // INVARIANT: only the ring provider is compiled in (CI checks that
     // aws-lc-rs is absent); installing it makes rustls' choice explicit.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.trust_bundle)?;
+    let attest = attest::prepare(&config)?;
+    let tls = tls::server_config_with(&config.tls.cert, &config.tls.key, attest.trust.verifier())?;
     let oauth_tls = match config.oauth.listen {
         Some(_) => Some(Arc::new(tls::facade_server_config(
             &config.tls.cert,
@@ -124,6 +130,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         tls,
         oauth_tls,
         signer,
+        attest,
     })
 }
 
@@ -152,26 +159,32 @@ pub async fn serve(
         tls,
         oauth_tls,
         signer,
+        attest: prepared_attest,
     } = prepared;
     let _ = telemetry::handle();
-    // Proof `jti`s are single-use across replicas: with Redis, in Redis;
-    // with the embedded store, in this process (the broker's default).
+    // Proof and attestation `jti`s are single-use across replicas: with
+    // Redis, in Redis; with the embedded store, in this process.
     type Stores = (
         Arc<dyn GrantStore>,
-        Option<Arc<dyn tessera_store::replay::ReplayCache>>,
+        Arc<dyn ReplayCache>,
         Arc<dyn tessera_store::ApprovalStore>,
     );
     let (store, replay, approvals): Stores = match &config.store {
-        StoreConfig::Memory => (
-            Arc::new(MemoryStore::default()),
-            None,
-            Arc::new(tessera_store::MemoryApprovalStore::default()),
-        ),
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::default());
+            (
+                store.clone(),
+                store,
+                Arc::new(tessera_store::MemoryApprovalStore::default()),
+            )
+        }
         StoreConfig::Redis(redis) => {
             let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
-            (redis.clone(), Some(redis.clone()), redis)
+            (redis.clone(), redis.clone(), redis)
         }
     };
+    prepared_attest.trust.set_clock(clock.clone());
+    let attestors = Arc::new(attest::Attestors::new(&prepared_attest, &config, replay.clone())?);
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
         instance_id: config.server.instance_id.clone(),
@@ -202,10 +215,7 @@ pub async fn serve(
             Arc::new(audit),
         )
         .await
-        .map(|broker| match replay {
-            Some(replay) => broker.with_replay_cache(replay),
-            None => broker,
-        })
+        .map(|broker| broker.with_replay_cache(replay))
         .map_err(|e| ServeError::Start(e.to_string()))?
         .with_approval_store(approvals),
     );
@@ -216,6 +226,7 @@ pub async fn serve(
             config.server.per_identity_rps,
             config.server.per_identity_burst,
         )),
+        attestors: attestors.clone(),
     };
     let facade = {
         let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
@@ -234,6 +245,7 @@ pub async fn serve(
             config.oauth.max_body_bytes,
         ))
     };
+    let (reloader, unix_server) = attest::start(&config, &broker, &attestors, &shared)?;
 
     let max = config.server.max_message_bytes;
     // Health and reflection get the same request cap as our services, not
@@ -396,6 +408,8 @@ pub async fn serve(
         result = &mut server => {
             watch.abort();
             rotation.abort();
+            reloader.abort();
+            unix_server.stop();
             for task in ops.iter().chain(oauth.iter()) {
                 task.abort();
             }
@@ -405,6 +419,8 @@ pub async fn serve(
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
     rotation.abort();
+    reloader.abort();
+    unix_server.stop();
     readiness.set(false);
     for name in services {
         health

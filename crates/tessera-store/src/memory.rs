@@ -59,6 +59,8 @@ pub struct MemoryStore {
     /// Random per store instance: positions from another instance (e.g.
     /// before a restart) are refused instead of silently misread.
     epoch: String,
+    /// Single-use ids (`ReplayCache`), separate from the grant state.
+    replay: crate::replay::MemoryReplayCache,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +101,13 @@ impl MemoryStore {
             feed_changed: Notify::new(),
             limits,
             epoch: tessera_core::grant::random_id().unwrap_or_else(|_| "memory".into()),
+            replay: crate::replay::MemoryReplayCache::default(),
         }
+    }
+
+    /// This store's replay cache.
+    pub(crate) fn replay_cache(&self) -> &crate::replay::MemoryReplayCache {
+        &self.replay
     }
 
     fn position(&self, seq: u64) -> FeedPosition {

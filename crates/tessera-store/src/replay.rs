@@ -1,145 +1,266 @@
-//! Single-use ids shared by every broker replica: proof-of-possession `jti`s
-//! (namespace `dpop`) and other one-time values. [`ReplayCache::first_use`]
-//! answers `true` exactly once per `(namespace, id)` until `until`.
+//! [`ReplayCache`]: "have we seen this id before?", shared by every broker
+//! replica. Attestation uses it for the `jti` of single-use attestation JWTs;
+//! proof-of-possession uses it for DPoP proof `jti`s.
 //!
-//! [`MemoryReplayCache`] serves one process (the embedded default);
-//! [`RedisStore`](crate::RedisStore) implements it with one
-//! `SET key 1 NX PXAT until`, so the answer is shared by every replica.
-//! Any failure is an error, never "first use": callers fail closed.
+//! An id is remembered until its `until` (the time after which the thing it
+//! names is worthless anyway, e.g. the token's `exp` plus leeway), so memory
+//! stays proportional to the ids still worth remembering. A cache that cannot
+//! answer returns an error: callers must refuse, never accept unchecked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tessera_core::clock::Clock;
+use tessera_core::clock::{Clock, SystemClock};
 
 use crate::error::StoreError;
 
-/// Longest namespace or id accepted, in bytes.
-pub const MAX_REPLAY_ID_LEN: usize = 256;
-
-/// Remembers ids until they no longer matter.
+/// Single-use ids, across replicas.
 #[async_trait]
 pub trait ReplayCache: Send + Sync + 'static {
-    /// Records `id` in `namespace` until `until`: `Ok(true)` the first time,
-    /// `Ok(false)` if it was recorded before and `until` has not passed.
+    /// Records `id` in `namespace` until `until`. `Ok(true)` the first time
+    /// the pair is seen (within its `until`), `Ok(false)` on every later
+    /// call before `until`. Atomic: of concurrent first uses exactly one gets
+    /// `true`. An `until` already past is never remembered (`Ok(true)`): the
+    /// caller refuses what it names on its own. `namespace` is a short
+    /// constant chosen by the caller (`attestation-jwt`, `dpop`); the caller
+    /// bounds `id`'s length.
     async fn first_use(&self, namespace: &str, id: &str, until: DateTime<Utc>) -> Result<bool, StoreError>;
 }
 
-/// The in-process replay cache: bounded, expired ids swept on write.
+/// Refuses a namespace that is not 1-32 characters of `[a-z0-9-]`: it is a
+/// caller constant, and a `:` in it could make two pairs share a Redis key.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), StoreError> {
+    if namespace.is_empty()
+        || namespace.len() > 32
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(StoreError::Misconfigured(format!(
+            "replay namespace `{namespace}` is not 1-32 characters of [a-z0-9-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Most ids a [`MemoryReplayCache`] holds by default.
+pub const MEMORY_REPLAY_CAPACITY: usize = 1_000_000;
+
+/// The in-process [`ReplayCache`]: a bounded map with expiry. Full (every
+/// remembered id still unexpired) fails closed with [`StoreError::Full`]
+/// instead of forgetting an id that could then be replayed.
 pub struct MemoryReplayCache {
-    state: Mutex<Seen>,
+    state: Mutex<ReplayState>,
+    capacity: usize,
     clock: Arc<dyn Clock>,
-    max: usize,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    until: HashMap<(String, String), DateTime<Utc>>,
+    /// The same entries by expiry, for the sweep.
+    by_expiry: BTreeSet<(DateTime<Utc>, String, String)>,
 }
 
 impl std::fmt::Debug for MemoryReplayCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryReplayCache")
-            .field("max", &self.max)
+            .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, Default)]
-struct Seen {
-    until: HashMap<(String, String), DateTime<Utc>>,
-    by_expiry: BTreeSet<(DateTime<Utc>, String, String)>,
-}
-
-impl Seen {
-    fn sweep(&mut self, now: DateTime<Utc>) {
-        while let Some(first) = self.by_expiry.first().cloned() {
-            if first.0 > now {
-                break;
-            }
-            self.by_expiry.remove(&first);
-            let key = (first.1, first.2);
-            if self.until.get(&key) == Some(&first.0) {
-                self.until.remove(&key);
-            }
-        }
+impl Default for MemoryReplayCache {
+    fn default() -> Self {
+        Self::new(MEMORY_REPLAY_CAPACITY, Arc::new(SystemClock))
     }
 }
 
 impl MemoryReplayCache {
-    /// A cache judging expiry by `clock`, holding at most `max` live ids;
-    /// when full, `first_use` fails (closed) until some expire.
-    pub fn new(clock: Arc<dyn Clock>, max: usize) -> Self {
+    /// An empty cache of at most `capacity` ids, expiring them by `clock`.
+    pub fn new(capacity: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
-            state: Mutex::new(Seen::default()),
+            state: Mutex::new(ReplayState::default()),
+            capacity,
             clock,
-            max,
         }
+    }
+
+    /// Number of ids remembered (expired ones may linger until the next sweep).
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).until.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check(&self, namespace: &str, id: &str, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        check_namespace(namespace)?;
+        let now = self.clock.now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Sweep what expired, oldest first.
+        while let Some(first) = state.by_expiry.first() {
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, ns, i)) = state.by_expiry.pop_first() {
+                state.until.remove(&(ns, i));
+            }
+        }
+        let key = (namespace.to_owned(), id.to_owned());
+        if state.until.contains_key(&key) {
+            return Ok(false);
+        }
+        if until <= now {
+            return Ok(true);
+        }
+        if state.until.len() >= self.capacity {
+            return Err(StoreError::Full("replay cache"));
+        }
+        state.by_expiry.insert((until, key.0.clone(), key.1.clone()));
+        state.until.insert(key, until);
+        Ok(true)
     }
 }
 
 #[async_trait]
 impl ReplayCache for MemoryReplayCache {
     async fn first_use(&self, namespace: &str, id: &str, until: DateTime<Utc>) -> Result<bool, StoreError> {
-        check_id(namespace, id)?;
-        let now = self.clock.now();
-        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.sweep(now);
-        let key = (namespace.to_owned(), id.to_owned());
-        if seen.until.contains_key(&key) {
-            return Ok(false);
-        }
-        if until <= now {
-            // Already irrelevant: nothing to remember, and the caller's own
-            // window check refuses it anyway.
-            return Ok(true);
-        }
-        if seen.until.len() >= self.max {
-            return Err(StoreError::Full("replay cache"));
-        }
-        seen.until.insert(key.clone(), until);
-        seen.by_expiry.insert((until, key.0, key.1));
-        Ok(true)
+        self.check(namespace, id, until)
     }
 }
 
-pub(crate) fn check_id(namespace: &str, id: &str) -> Result<(), StoreError> {
-    if namespace.is_empty()
-        || id.is_empty()
-        || namespace.len() > MAX_REPLAY_ID_LEN
-        || id.len() > MAX_REPLAY_ID_LEN
-        || namespace.contains(':')
-    {
-        return Err(StoreError::Corrupt("replay id out of bounds".into()));
+#[async_trait]
+impl ReplayCache for crate::MemoryStore {
+    async fn first_use(&self, namespace: &str, id: &str, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.replay_cache().first_use(namespace, id, until).await
     }
-    Ok(())
+}
+
+#[async_trait]
+impl<T: ReplayCache + ?Sized> ReplayCache for Arc<T> {
+    async fn first_use(&self, namespace: &str, id: &str, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        (**self).first_use(namespace, id, until).await
+    }
+}
+
+/// The conformance checks every [`ReplayCache`] must pass; each takes a
+/// fresh, empty cache.
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test suite")]
+
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+
+    use super::ReplayCache;
+
+    /// Far in the future, like the grant conformance suite (Redis expires
+    /// keys at their absolute time).
+    fn later(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(4_000_000_000 + secs, 0).unwrap()
+    }
+
+    /// Runs every check, each on a fresh cache from `make`.
+    pub async fn run_all<C, F, Fut>(make: F)
+    where
+        C: ReplayCache,
+        F: Fn() -> Fut,
+        Fut: Future<Output = C>,
+    {
+        an_id_is_used_once(make().await).await;
+        namespaces_are_separate(make().await).await;
+        a_past_until_is_not_remembered(make().await).await;
+        concurrent_first_uses_have_one_winner(make().await).await;
+    }
+
+    /// The second use of an id is refused; other ids are not affected.
+    pub async fn an_id_is_used_once(cache: impl ReplayCache) {
+        assert!(cache.first_use("test", "a", later(60)).await.unwrap());
+        assert!(!cache.first_use("test", "a", later(60)).await.unwrap());
+        assert!(!cache.first_use("test", "a", later(3600)).await.unwrap());
+        assert!(cache.first_use("test", "b", later(60)).await.unwrap());
+        // Ids are opaque: no normalisation, separators are data.
+        assert!(cache.first_use("test", "A", later(60)).await.unwrap());
+        assert!(cache.first_use("test", "a:b", later(60)).await.unwrap());
+        // Namespaces are caller constants: one that could collide is refused.
+        assert!(cache.first_use("test:a", "b", later(60)).await.is_err());
+        assert!(cache.first_use("", "b", later(60)).await.is_err());
+    }
+
+    /// The same id in two namespaces is two ids.
+    pub async fn namespaces_are_separate(cache: impl ReplayCache) {
+        assert!(cache.first_use("jwt", "x", later(60)).await.unwrap());
+        assert!(cache.first_use("dpop", "x", later(60)).await.unwrap());
+        assert!(!cache.first_use("jwt", "x", later(60)).await.unwrap());
+        assert!(!cache.first_use("dpop", "x", later(60)).await.unwrap());
+    }
+
+    /// An `until` already past is not remembered.
+    pub async fn a_past_until_is_not_remembered(cache: impl ReplayCache) {
+        let past = DateTime::from_timestamp(1_000_000_000, 0).unwrap();
+        assert!(cache.first_use("test", "old", past).await.unwrap());
+        assert!(cache.first_use("test", "old", later(60)).await.unwrap());
+        assert!(!cache.first_use("test", "old", later(60)).await.unwrap());
+    }
+
+    /// Of many concurrent first uses of one id, exactly one wins.
+    pub async fn concurrent_first_uses_have_one_winner(cache: impl ReplayCache) {
+        let cache = Arc::new(cache);
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                cache.first_use("test", "race", later(60)).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test")]
+    #![allow(clippy::unwrap_used, reason = "tests")]
 
-    use super::*;
     use tessera_core::clock::FixedClock;
 
+    use super::*;
+
     #[tokio::test]
-    async fn an_id_is_used_once_until_it_expires() {
-        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    async fn memory_cache_conforms() {
+        conformance::run_all(|| async { MemoryReplayCache::default() }).await;
+        conformance::run_all(|| async { crate::MemoryStore::default() }).await;
+    }
+
+    #[test]
+    fn expired_ids_are_forgotten_and_capacity_fails_closed() {
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let clock = Arc::new(FixedClock::at(t0));
-        let cache = MemoryReplayCache::new(clock.clone(), 2);
-        let until = t0 + chrono::Duration::seconds(60);
-        assert!(cache.first_use("dpop", "a", until).await.unwrap());
-        assert!(!cache.first_use("dpop", "a", until).await.unwrap());
-        assert!(cache.first_use("other", "a", until).await.unwrap());
-        // Full: fails closed.
-        assert!(matches!(
-            cache.first_use("dpop", "b", until).await,
-            Err(StoreError::Full(_))
-        ));
-        clock.set(until);
-        assert!(
-            cache
-                .first_use("dpop", "a", until + chrono::Duration::seconds(60))
-                .await
-                .unwrap()
-        );
-        assert!(cache.first_use("dpop", "", until).await.is_err());
+        let cache = MemoryReplayCache::new(2, clock.clone());
+        let s = chrono::Duration::seconds;
+        assert!(cache.check("n", "a", t0 + s(10)).unwrap());
+        assert!(cache.check("n", "b", t0 + s(20)).unwrap());
+        assert!(matches!(cache.check("n", "c", t0 + s(20)), Err(StoreError::Full(_))));
+        assert!(!cache.check("n", "a", t0 + s(10)).unwrap());
+        // `a` expires at t0+10: gone, and its slot is free again.
+        clock.advance(s(10));
+        assert!(cache.check("n", "c", t0 + s(30)).unwrap());
+        assert_eq!(cache.len(), 2);
+        assert!(!cache.check("n", "b", t0 + s(20)).unwrap());
+        clock.advance(s(100));
+        assert!(cache.check("n", "b", t0 + s(200)).unwrap());
+        assert_eq!(cache.len(), 1);
     }
 }

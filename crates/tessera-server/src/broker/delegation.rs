@@ -188,7 +188,7 @@ impl Broker {
             max_depth: self.settings.binding.max_depth,
             ttl: self.settings.ttl,
         };
-        let plan = delegation::plan_delegation(who, &parent, delegate, &task, &self.catalog, req, limits, now)?;
+        let plan = delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?;
         self.require_binding("delegate_pop_proof", plan.class, binding)?;
         Ok((parent, plan))
     }
