@@ -88,7 +88,7 @@ test: deps redis fmt-check check-deps clippy ## Everything CI checks: fmt, deps,
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked -p tessera-e2e --test lifecycle --test bad_input --test startup --test redis_store || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked -p tessera-e2e --test lifecycle --test bad_input --test startup --test redis_store --test anomaly || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
 

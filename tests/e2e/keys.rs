@@ -108,6 +108,52 @@ async fn keys_rotate_on_a_schedule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_key_is_in_the_jwks_before_any_token_carries_it() {
+    // Rotating every 3 s, each key published 1.5 s before it signs.
+    let broker = Broker::start_with(&[
+        ("TESSERA_TOKENS__ROTATE_EVERY", "3s"),
+        ("TESSERA_TOKENS__ROTATE_PREPUBLISH", "1500ms"),
+    ]);
+    broker
+        .start_task(start_request("staged", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let mut v = broker.verifier("api-gateway").await;
+    let mut agent = broker.agent("researcher").await;
+    // Round by round: fetch the JWKS, then mint. A kid's first round in a
+    // token must come strictly after its first round in the JWKS.
+    let mut first_in_jwks: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut first_in_token: Vec<(String, usize)> = Vec::new();
+    let start = Instant::now();
+    let mut round = 0;
+    while first_in_token.len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "saw only {first_in_token:?} in 30 s of 3 s rotations"
+        );
+        for k in v.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner().keys {
+            first_in_jwks.entry(k.kid).or_insert(round);
+        }
+        let t = issue(&mut agent, token_request("staged", &["crm.contacts.read"], Some(60))).await;
+        let signed_by = kid(&t.access_token);
+        if !first_in_token.iter().any(|(k, _)| *k == signed_by) {
+            first_in_token.push((signed_by, round));
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first key was published at start; every later one ahead of use.
+    for (kid, used) in first_in_token.iter().skip(1) {
+        let published = first_in_jwks
+            .get(kid)
+            .unwrap_or_else(|| panic!("kid {kid} signed a token but was never in the JWKS"));
+        assert!(
+            published < used,
+            "kid {kid} was first in the JWKS in round {published} but signed in round {used}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_all_leaves_no_token_that_verifies_offline() {
     let broker = Broker::start();
     let mut o = broker.orchestrator().await;

@@ -45,6 +45,7 @@ fn bad_configuration_exits_64_naming_the_key_before_binding() {
         (&[("TESSERA_SERVER__UNKNOWN_KNOB", "1")], "server.unknown_knob"),
         (&[("TESSERA_TLS__CERT", "/nonexistent/cert.pem")], "tls.cert"),
         (&[("TESSERA_TLS__TRUST_BUNDLE", "/dev/null")], "tls.trust_bundle"),
+        (&[("TESSERA_AUDIT__REDIS_STREAM", "true")], "audit.redis_stream"),
         (
             &[("TESSERA_TOKENS__SIGNING_KEY", "/nonexistent/key.pem")],
             "tokens.signing_key",

@@ -37,7 +37,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BlastRadius(args) => blast::run(&global, args).await,
         Command::RevokeAll(args) => revoke_all::run(&global, args).await,
         Command::Revocations(cmd) => revocations::run(&global, cmd).await,
-        Command::Audit(cmd) => audit::run(&global, cmd),
+        Command::Audit(cmd) => audit::run(&global, cmd).await,
         Command::Completions(args) => completions::run(&args),
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod command;
 mod exit;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -201,6 +201,13 @@ impl VerifierService for Stub {
         }
     }
 
+    async fn report_misuse(
+        &self,
+        _: Request<pb::ReportMisuseRequest>,
+    ) -> Result<Response<pb::ReportMisuseResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+
     type WatchRevocationsStream = BoxStream<pb::WatchRevocationsResponse>;
 
     async fn watch_revocations(

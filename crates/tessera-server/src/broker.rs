@@ -408,6 +408,40 @@ impl Broker {
         self.replace_key(who, why, true).await
     }
 
+    /// A scheduled rotation: the next key is published `lead` before it
+    /// signs, so verifiers that cache the JWKS hold it before they meet its
+    /// tokens; then it signs and the old key is retired. A rotation or a
+    /// withdrawal in between supersedes this one (the staged key is retired
+    /// unused). Returns (new kid, retired kid), or `None` when superseded.
+    pub async fn rotate_key_staged(&self, lead: Duration) -> Result<Option<(String, String)>, BrokerError> {
+        let (old_kid, next) = {
+            let _one_at_a_time = self.rotating.lock().await;
+            let old = self.signer();
+            let next = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
+            let why = format!("next key, signs in {}", humantime::format_duration(lead));
+            self.publish_new(&next, None, &why).await?;
+            (old.kid().to_owned(), next)
+        };
+        tokio::time::sleep(lead).await;
+        let _one_at_a_time = self.rotating.lock().await;
+        let old = self.signer();
+        let still_published = self
+            .store
+            .published_keys(self.clock.now())
+            .await?
+            .iter()
+            .any(|k| k.jwk.kid == next.kid());
+        if old.kid() != old_kid || !still_published {
+            tracing::warn!(kid = next.kid(), "staged key superseded before it signed");
+            if still_published {
+                self.retire(&next, None, "staged key superseded before it signed")
+                    .await?;
+            }
+            return Ok(None);
+        }
+        self.switch_to(next, None, "scheduled rotation", true).await.map(Some)
+    }
+
     /// Publishes a fresh key, then signs with it; the old one is retired
     /// (kept until its tokens expire) or, after a withdrawal, left out.
     async fn replace_key(
@@ -417,18 +451,41 @@ impl Broker {
         retire_old: bool,
     ) -> Result<(String, String), BrokerError> {
         let _one_at_a_time = self.rotating.lock().await;
-        let old = self.signer();
-        let new = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
+        let new = Arc::new(SigningKey::generate(self.signer().algorithm()).map_err(BrokerError::Signing)?);
         // INVARIANT: published before first use, so no verifier sees a kid it cannot find.
+        self.publish_new(&new, who, why).await?;
+        self.switch_to(new, who, why, retire_old).await
+    }
+
+    /// Publishes `key` (not signing yet) and audits it.
+    async fn publish_new(
+        &self,
+        key: &SigningKey,
+        who: Option<&VerifiedIdentity>,
+        why: &str,
+    ) -> Result<(), BrokerError> {
         let published = PublishedKey {
-            jwk: new.public_jwk().clone(),
+            jwk: key.public_jwk().clone(),
             published_at: self.clock.now(),
             not_after: None,
         };
         self.store.publish_key(&published).await?;
         let mut event = self.event(AuditKind::KeyPublished, Outcome::Allow, who);
-        event.reason = Some(format!("kid {} ({}): {why}", new.kid(), new.algorithm().as_jose()));
-        self.audit(event).await?;
+        event.reason = Some(format!("kid {} ({}): {why}", key.kid(), key.algorithm().as_jose()));
+        self.audit(event).await
+    }
+
+    /// Signs with the already published `new` from now on; retires the old
+    /// key unless `retire_old` is false (it was withdrawn). Callers hold
+    /// `rotating`.
+    async fn switch_to(
+        &self,
+        new: Arc<SigningKey>,
+        who: Option<&VerifiedIdentity>,
+        why: &str,
+        retire_old: bool,
+    ) -> Result<(String, String), BrokerError> {
+        let old = self.signer();
         *self.signer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
         if retire_old {
             self.retire(&old, who, why).await?;
@@ -817,7 +874,37 @@ impl Broker {
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
         self.require_verifier(who, "Introspect").await?;
+        Ok(self.live(token, self.clock.now()).await?.map(|(claims, _)| claims))
+    }
+
+    /// ReportMisuse: a resource server saw `presenter` present `token`. A
+    /// live token whose holder (`client_id`) is someone else is misuse:
+    /// audited as `token_misuse`, and with anomaly rules on, the token's
+    /// task is revoked (every grant of it: the token leaked, so may its
+    /// siblings) and the presenter quarantined. Returns the grants revoked,
+    /// or `None` when it was no misuse (the holder itself, or a dead token).
+    pub async fn report_misuse(
+        &self,
+        who: &VerifiedIdentity,
+        token: &str,
+        presenter: &SpiffeId,
+    ) -> Result<Option<u64>, BrokerError> {
+        self.require_verifier(who, "ReportMisuse").await?;
         let now = self.clock.now();
+        match self.live(token, now).await? {
+            Some((claims, grant)) if claims.client_id != presenter.as_str() => {
+                self.misused(who, presenter, &grant, now).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The claims and grant of `token` if it verifies and its grant is live.
+    async fn live(
+        &self,
+        token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(AccessClaims, Grant)>, BrokerError> {
         let jwks = self.jwks().await?;
         let claims = match tessera_core::token::verify_access_token(
             token,
@@ -842,7 +929,72 @@ impl Broker {
             && grant.task_id.as_str() == claims.task_id
             && grant.audience.as_str() == claims.aud;
         // Expiry is judged on the grant with no leeway: introspection is authoritative.
-        Ok((matches && grant.is_live_at(now)).then_some(claims))
+        Ok((matches && grant.is_live_at(now)).then_some((claims, grant)))
+    }
+
+    /// A verifier caught `presenter` with `grant`'s token: audit it, and
+    /// with anomaly rules on, end the grant's task (the token leaked, so may
+    /// its siblings) and quarantine the presenter on this replica.
+    async fn misused(
+        &self,
+        reporter: &VerifiedIdentity,
+        presenter: &SpiffeId,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, BrokerError> {
+        let mut event = self.event(AuditKind::TokenMisuse, Outcome::Deny, Some(reporter));
+        event.task_id = Some(grant.task_id.to_string());
+        event.grant_id = Some(grant.id.to_string());
+        let what = format!(
+            "`{presenter}` presented a token of task `{}` issued to `{}`",
+            grant.task_id, grant.subject
+        );
+        let Some(rule) = self.settings.anomaly else {
+            event.reason = Some(format!("{what}; anomaly rules off: nothing revoked"));
+            return self.audit(event).await.map(|()| 0);
+        };
+        let trigger = Trigger::misuse(
+            &rule,
+            presenter.clone(),
+            grant.subject.as_str(),
+            grant.task_id.as_str(),
+            now,
+        );
+        if let Some(anomaly) = &self.anomaly {
+            anomaly
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .quarantine(&trigger, now);
+        }
+        let revoked = self
+            .store
+            .end_task(&grant.task_id, TaskState::Revoked, &format!("anomaly: {what}"), now)
+            .await;
+        let shown = match &revoked {
+            Ok(ended) => ended.grants_revoked.to_string(),
+            Err(e) => {
+                tracing::error!(task = %grant.task_id, error = %e, "anomaly: revoking the misused token's task failed");
+                "failed".to_owned()
+            }
+        };
+        tracing::warn!(
+            event = "token_misuse",
+            presenter = %presenter,
+            task = %grant.task_id,
+            grants_revoked = %shown,
+            until = %trigger.until,
+            "anomaly rule fired: token presented by another identity; task revoked, presenter quarantined"
+        );
+        event.reason = Some(format!(
+            "{what}; task revoked (grants: {shown}); `{presenter}` quarantined until {}",
+            trigger.until
+        ));
+        if let Ok(ended) = &revoked {
+            event.count = Some(ended.grants_revoked);
+            crate::telemetry::revoked("anomaly", ended.grants_revoked);
+        }
+        self.audit(event).await?;
+        Ok(revoked?.grants_revoked)
     }
 
     /// WatchRevocations: one read of the feed.
@@ -1017,8 +1169,7 @@ impl Broker {
         tracing::warn!(
             event = "quarantined",
             identity = %who.id(),
-            denials = trigger.denials,
-            within_secs = trigger.within.num_seconds(),
+            cause = %what,
             grants_revoked = %shown,
             until = %trigger.until,
             "anomaly rule fired: identity quarantined"

@@ -172,6 +172,8 @@ pub struct TokensConfig {
     pub leeway_secs: i64,
     /// How often the signing key is rotated.
     pub rotate_every: Duration,
+    /// How long a scheduled rotation's next key is in the JWKS before it signs.
+    pub rotate_prepublish: Duration,
 }
 
 /// `[tasks]`.
@@ -318,6 +320,9 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
+    /// Unset: a quarter of `rotate_every`, at most 10 minutes.
+    #[serde(default, with = "humantime_serde::option")]
+    rotate_prepublish: Option<Duration>,
 }
 
 fn default_rotate_every() -> Duration {
@@ -425,6 +430,12 @@ struct RawAudit {
     fsync: crate::audit::FsyncPolicy,
     #[serde(default = "default_audit_timeout", with = "humantime_serde")]
     timeout: Duration,
+    /// Also write every record to a Redis Stream (needs the redis store).
+    #[serde(default)]
+    redis_stream: bool,
+    /// How many sinks must accept a record: `any` (default) or `all`.
+    #[serde(default)]
+    require: crate::audit::Require,
 }
 
 impl Default for RawAudit {
@@ -433,6 +444,8 @@ impl Default for RawAudit {
             file: default_audit_file(),
             fsync: crate::audit::FsyncPolicy::default(),
             timeout: default_audit_timeout(),
+            redis_stream: false,
+            require: crate::audit::Require::default(),
         }
     }
 }
@@ -539,6 +552,17 @@ mod humantime_serde {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
+    }
+
+    /// The same for an optional key.
+    pub(super) mod option {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 
@@ -791,6 +815,18 @@ impl RawConfig {
         if t.rotate_every < Duration::from_secs(1) || t.rotate_every > Duration::from_secs(90 * 24 * 3600) {
             return Err(key_error("tokens.rotate_every", "must be between 1s and 90 days"));
         }
+        let rotate_prepublish = t
+            .rotate_prepublish
+            .unwrap_or_else(|| (t.rotate_every / 4).min(Duration::from_secs(600)));
+        if rotate_prepublish >= t.rotate_every {
+            return Err(key_error(
+                "tokens.rotate_prepublish",
+                format!(
+                    "must be shorter than tokens.rotate_every ({})",
+                    humantime::format_duration(t.rotate_every)
+                ),
+            ));
+        }
         if t.leeway > Duration::from_secs(300) {
             return Err(key_error("tokens.leeway", "must be at most 5m"));
         }
@@ -804,6 +840,12 @@ impl RawConfig {
         let store = self.store.validate(max, t.leeway, max_task)?;
         if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
+        }
+        if self.audit.redis_stream && !matches!(store, StoreConfig::Redis(_)) {
+            return Err(key_error(
+                "audit.redis_stream",
+                "needs the redis store ([store] backend = \"redis\"): the stream lives there",
+            ));
         }
         let anomaly = self.anomaly.validate()?;
 
@@ -882,6 +924,7 @@ impl RawConfig {
                 ttl: TtlLimits { default, max },
                 leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
                 rotate_every: t.rotate_every,
+                rotate_prepublish,
             },
             tasks: TasksConfig { max_duration: max_task },
             store,
@@ -890,6 +933,8 @@ impl RawConfig {
                 file: resolve(base, self.audit.file),
                 fsync: self.audit.fsync,
                 timeout: self.audit.timeout,
+                redis_stream: self.audit.redis_stream,
+                require: self.audit.require,
             },
             anomaly,
             identities: IdentityRegistry::new(identities),

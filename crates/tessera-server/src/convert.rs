@@ -95,6 +95,14 @@ pub fn token(field: &'static str, s: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Parses an optional SPIFFE ID field (empty: none).
+pub fn optional_spiffe_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, FieldError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    spiffe_id(field, s).map(Some)
+}
+
 /// Parses a feed position (empty: from now).
 pub fn position(field: &'static str, s: &str) -> Result<Option<FeedPosition>, FieldError> {
     if s.is_empty() {

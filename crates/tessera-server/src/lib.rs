@@ -56,6 +56,9 @@ pub enum ServeError {
     /// The audit trail could not be opened.
     #[error("config key `audit.file`: {0}")]
     Audit(String),
+    /// The Redis audit stream could not be opened.
+    #[error("config key `audit.redis_stream`: {0}")]
+    AuditStream(String),
     /// The broker could not start (its key could not be published or audited).
     #[error("broker could not start: {0}")]
     Start(String),
@@ -145,9 +148,7 @@ pub async fn serve(
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
     };
-    let audit = crate::audit::AuditLog::open(config.audit.clone())
-        .await
-        .map_err(|e| ServeError::Audit(format!("`{}`: {e}", config.audit.file.display())))?;
+    let audit = open_audit(&config).await?;
     let broker = Arc::new(
         Broker::start(
             store,
@@ -246,11 +247,16 @@ pub async fn serve(
     let rotation = {
         let broker = broker.clone();
         let every = config.tokens.rotate_every;
+        let lead = config.tokens.rotate_prepublish;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // Each rotation publishes its key `lead` before it signs: the key
+            // is published on the tick and signs `lead` later.
+            let first = tokio::time::Instant::now() + every.saturating_sub(lead);
+            let mut tick = tokio::time::interval_at(first, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = broker.rotate_key(None, "scheduled rotation").await {
+                if let Err(e) = broker.rotate_key_staged(lead).await {
                     tracing::error!(error = %e, "scheduled key rotation failed");
                 }
             }
@@ -339,4 +345,26 @@ fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::Join
         Ok(r) => Ok(r?),
         Err(e) => Err(ServeError::Reflection(format!("server task failed: {e}"))),
     }
+}
+
+/// The audit trail: the file, and the Redis Stream when configured.
+async fn open_audit(config: &Config) -> Result<crate::audit::AuditTrail, ServeError> {
+    let file = crate::audit::AuditLog::open(config.audit.clone())
+        .await
+        .map_err(|e| ServeError::Audit(format!("`{}`: {e}", config.audit.file.display())))?;
+    let redis = match (&config.store, config.audit.redis_stream) {
+        (StoreConfig::Redis(redis), true) => redis,
+        _ => return Ok(crate::audit::AuditTrail::file(file)),
+    };
+    let stream = tessera_store::AuditStream::connect(redis, &config.server.instance_id)
+        .await
+        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+    let stream = crate::audit::AuditLog::open_stream(stream, config.audit.timeout)
+        .await
+        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+    Ok(crate::audit::AuditTrail::with_stream(
+        file,
+        stream,
+        config.audit.require,
+    ))
 }

@@ -19,5 +19,5 @@ pub mod conformance;
 pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
-pub use redis::{RedisConfig, RedisDeployment, RedisStore};
+pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, RedisStore, audit_stream_key};
 pub use store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};

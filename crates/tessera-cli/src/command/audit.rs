@@ -1,5 +1,5 @@
 //! `tessera audit verify|tail`: check and read the broker's JSON-lines audit
-//! file. Local: no broker needed.
+//! file, or verify a replica's Redis audit stream. No broker needed.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -36,8 +36,18 @@ pub(crate) enum AuditCommand {
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// The audit file (JSON lines, as the broker writes it).
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "redis", conflicts_with = "redis")]
+    file: Option<PathBuf>,
+    /// Verify a replica's Redis audit stream instead (`[audit] redis_stream`),
+    /// read from this standalone Redis or cluster node URL.
+    #[arg(long, value_name = "URL", requires = "instance")]
+    redis: Option<String>,
+    /// The replica whose stream to verify (its `[server] instance_id`).
+    #[arg(long, value_name = "ID")]
+    instance: Option<String>,
+    /// The broker's `[store] key_prefix`.
+    #[arg(long, value_name = "PREFIX", default_value = "tessera")]
+    key_prefix: String,
 }
 
 /// `audit tail`.
@@ -52,9 +62,22 @@ pub(crate) struct TailArgs {
 }
 
 /// Runs an audit command.
-pub(crate) fn run(global: &Global, cmd: AuditCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(global: &Global, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
-        AuditCommand::Verify(args) => verify(global.output, &args.file),
+        AuditCommand::Verify(VerifyArgs { file: Some(file), .. }) => {
+            let checked = check(&file)?;
+            report(global.output, &file.display().to_string(), checked)
+        }
+        AuditCommand::Verify(VerifyArgs {
+            redis: Some(url),
+            instance: Some(instance),
+            key_prefix,
+            ..
+        }) => {
+            let (name, checked) = check_stream(&url, &key_prefix, &instance).await?;
+            report(global.output, &name, checked)
+        }
+        AuditCommand::Verify(_) => anyhow::bail!("give an audit FILE, or --redis URL with --instance ID"),
         AuditCommand::Tail(args) => tail(global.output, &args.file, args.lines),
     }
 }
@@ -62,7 +85,8 @@ pub(crate) fn run(global: &Global, cmd: AuditCommand) -> anyhow::Result<()> {
 /// The outcome of `verify` in JSON.
 #[derive(Debug, Serialize)]
 struct VerifyView<'a> {
-    file: &'a Path,
+    /// The file's path, or `redis:<stream key>`.
+    file: &'a str,
     intact: bool,
     /// Records verified (before the broken line, if any).
     records: u64,
@@ -76,8 +100,8 @@ struct VerifyView<'a> {
     message: Option<String>,
 }
 
-fn verify(format: OutputFormat, path: &Path) -> anyhow::Result<()> {
-    match check(path)? {
+fn report(format: OutputFormat, path: &str, checked: Checked) -> anyhow::Result<()> {
+    match checked {
         Ok(report) => match format {
             OutputFormat::Json => output::json(&VerifyView {
                 file: path,
@@ -108,23 +132,69 @@ fn verify(format: OutputFormat, path: &Path) -> anyhow::Result<()> {
                     message: Some(err.to_string()),
                 })?;
             }
-            anyhow::bail!("audit file `{}` is not intact: {err}", path.display())
+            anyhow::bail!("audit trail `{path}` is not intact: {err}")
         }
     }
 }
 
+/// A chain that held, or where it broke and how many records held before.
+type Checked = Result<VerifyReport, (ChainError, u64)>;
+
 /// Verifies the file line by line; on a break, also how many records held.
-fn check(path: &Path) -> anyhow::Result<Result<VerifyReport, (ChainError, u64)>> {
+fn check(path: &Path) -> anyhow::Result<Checked> {
     let file = File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = crate::progress::Progress::bar("verifying", size, true);
     let mut verifier = Verifier::new();
     for line in BufReader::new(file).split(b'\n') {
         let line = line.with_context(|| format!("cannot read `{}`", path.display()))?;
+        progress.inc(line.len() as u64 + 1);
         // Bytes that are not UTF-8 become U+FFFD, which no record's hash covers.
         if let Err(err) = verifier.push(&String::from_utf8_lossy(&line)) {
+            progress.finish();
             return Ok(Err((err, verifier.records())));
         }
     }
+    progress.finish();
     Ok(Ok(verifier.finish()))
+}
+
+/// Verifies a replica's audit stream entry by entry, page by page. A break
+/// is reported at its entry's position in the stream (1 = first entry).
+async fn check_stream(url: &str, prefix: &str, instance: &str) -> anyhow::Result<(String, Checked)> {
+    use tessera_store::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment};
+    let config = RedisConfig {
+        key_prefix: prefix.to_owned(),
+        ..RedisConfig::new(RedisDeployment::Standalone { url: url.to_owned() })
+    };
+    let stream = AuditStream::connect(&config, instance)
+        .await
+        .context("cannot reach redis")?;
+    let name = format!("redis:{}", stream.key());
+    let mut verifier = Verifier::new();
+    let mut after: Option<String> = None;
+    let progress = crate::progress::Progress::counter("verifying", "records");
+    loop {
+        let page = stream
+            .read(after.as_deref(), MAX_AUDIT_PAGE)
+            .await
+            .with_context(|| format!("cannot read `{name}`"))?;
+        let Some((last, _)) = page.last() else { break };
+        let last = last.clone();
+        progress.inc(page.len() as u64);
+        for (_, line) in &page {
+            if let Err(err) = verifier.push(line) {
+                progress.finish();
+                return Ok((name, Err((err, verifier.records()))));
+            }
+        }
+        after = Some(last);
+    }
+    progress.finish();
+    if verifier.records() == 0 {
+        anyhow::bail!("`{name}` holds no audit records (wrong --instance or --key-prefix?)");
+    }
+    Ok((name, Ok(verifier.finish())))
 }
 
 /// A short, stable name for scripts.

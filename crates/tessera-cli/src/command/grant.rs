@@ -185,14 +185,23 @@ async fn list(global: &Global, ls: LsArgs) -> anyhow::Result<()> {
     let mut grants = Vec::new();
     let mut token = ls.page_token.clone().unwrap_or_default();
     let mut next = None;
+    let progress = ls
+        .all
+        .then(|| crate::progress::Progress::counter("listing grants", "grants"));
     for _ in 0..MAX_PAGES {
         let page = client.list_grants(list_request(&ls, token)).await?.into_inner();
         grants.extend(page.grants.iter().map(GrantView::from));
+        if let Some(p) = &progress {
+            p.inc(page.grants.len() as u64);
+        }
         next = Some(page.next_page_token).filter(|t| !t.is_empty());
         match (&next, ls.all) {
             (Some(t), true) => token = t.clone(),
             _ => break,
         }
+    }
+    if let Some(p) = progress {
+        p.finish();
     }
     anyhow::ensure!(
         !(ls.all && next.is_some()),

@@ -46,6 +46,8 @@ pub enum AuditKind {
     Quarantined,
     /// A quarantined identity was refused.
     QuarantineRefused,
+    /// A verifier reported a token presented by another identity than its holder.
+    TokenMisuse,
 }
 
 impl AuditKind {
@@ -70,6 +72,7 @@ impl AuditKind {
             Self::TokenDelegated => "token_delegated",
             Self::Quarantined => "quarantined",
             Self::QuarantineRefused => "quarantine_refused",
+            Self::TokenMisuse => "token_misuse",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! (the caller sees an error and retries; ending and revoking are idempotent)
 //! — never the reverse.
 
+mod audit_stream;
 mod conn;
 mod keys;
 mod scripts;
@@ -26,6 +27,7 @@ use tessera_core::revocation::{Revocation, RevocationTarget};
 use tessera_core::task::{Task, TaskId, TaskState};
 use tokio::sync::Notify;
 
+pub use self::audit_stream::{AuditStream, MAX_AUDIT_PAGE, audit_stream_key};
 use self::conn::Conn;
 pub use self::conn::RedisDeployment;
 use self::keys::Keys;
@@ -130,7 +132,7 @@ impl Drop for RedisStore {
 
 /// A Redis error as a store error: out of memory is a capacity problem,
 /// everything else means Redis is not usable right now.
-fn store_error(e: RedisError) -> StoreError {
+pub(crate) fn store_error(e: RedisError) -> StoreError {
     if e.code() == Some("OOM") {
         StoreError::Full("redis reached maxmemory (noeviction)")
     } else {

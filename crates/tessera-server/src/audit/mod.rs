@@ -1,4 +1,5 @@
-//! The audit trail's JSON-lines file sink, failing closed.
+//! The audit trail's sinks — a JSON-lines file and, optionally, a Redis
+//! Stream — failing closed. [`trail::AuditTrail`] fans records out to them.
 //!
 //! One writer task owns the file and the [`Chain`]: callers send it events
 //! and wait for its answer, so records are totally ordered. Each call is
@@ -38,6 +39,10 @@ use tessera_core::ErrorKind;
 use tessera_core::audit::{AuditEvent, AuditRecord, Chain, RecordError};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod trail;
+
+pub use self::trail::{AuditTrail, Require};
+
 /// Events waiting for the writer. Bounded: behind a hung sink, callers wait
 /// here (and time out) instead of piling up memory.
 const QUEUE: usize = 256;
@@ -75,17 +80,21 @@ pub struct AuditConfig {
     pub fsync: FsyncPolicy,
     /// The most a record (or opening the file) may take, queueing included.
     pub timeout: Duration,
+    /// Also write every record to the store's Redis Stream for this replica.
+    pub redis_stream: bool,
+    /// How many sinks must accept a record for its operation to go ahead.
+    pub require: Require,
 }
 
 /// Why a record was not written, or the file could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// The file could not be opened, read or written.
-    #[error("audit file `{}`: cannot {op}: {source}", file.display())]
+    /// The sink could not be opened, read or written.
+    #[error("{sink}: cannot {op}: {source}")]
     Io {
-        /// The audit file.
-        file: PathBuf,
+        /// The sink.
+        sink: Sink,
         /// What failed (`open`, `read`, `append to`).
         op: &'static str,
         /// Why.
@@ -95,34 +104,29 @@ pub enum AuditError {
     /// The file's last line is not a sealed record, so the chain cannot
     /// continue from it.
     #[error(
-        "audit file `{}`: its last line: {source}; repair the file or move it aside \
-         (`tessera audit verify` says where it breaks)",
-        file.display()
+        "{sink}: its last record: {source}; repair it or move it aside \
+         (`tessera audit verify` says where it breaks)"
     )]
     Corrupt {
-        /// The audit file.
-        file: PathBuf,
+        /// The sink.
+        sink: Sink,
         /// What is wrong with the last line.
         #[source]
         source: RecordError,
     },
     /// The file did not answer within the configured timeout.
-    #[error(
-        "audit file `{}` did not answer within {}",
-        file.display(),
-        humantime::format_duration(*timeout)
-    )]
+    #[error("{sink} did not answer within {}", humantime::format_duration(*timeout))]
     Timeout {
-        /// The audit file.
-        file: PathBuf,
+        /// The sink.
+        sink: Sink,
         /// The bound that passed.
         timeout: Duration,
     },
     /// The writer task is gone (the log is shutting down).
-    #[error("audit writer for `{}` stopped", file.display())]
+    #[error("audit writer for {sink} stopped")]
     Stopped {
-        /// The audit file.
-        file: PathBuf,
+        /// The sink.
+        sink: Sink,
     },
 }
 
@@ -133,10 +137,29 @@ impl AuditError {
     }
 }
 
-/// An audit trail in one JSON-lines file, hash-chained.
+/// Which sink a record went to, for errors and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The JSON-lines file.
+    File(PathBuf),
+    /// A Redis Stream, by key.
+    Stream(String),
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "audit file `{}`", path.display()),
+            Self::Stream(key) => write!(f, "audit stream `{key}`"),
+        }
+    }
+}
+
+/// An audit trail in one sink (a JSON-lines file or a Redis Stream),
+/// hash-chained.
 #[derive(Debug)]
 pub struct AuditLog {
-    file: PathBuf,
+    sink: Sink,
     timeout: Duration,
     jobs: mpsc::Sender<Job>,
     failures: AtomicU64,
@@ -157,14 +180,17 @@ impl AuditLog {
     ///
     /// Bounded by `config.timeout` too: opening a pipe nobody reads hangs.
     pub async fn open(config: AuditConfig) -> Result<Self, AuditError> {
-        let AuditConfig { file, fsync, timeout } = config;
+        let AuditConfig {
+            file, fsync, timeout, ..
+        } = config;
+        let sink = Sink::File(file.clone());
         let path = file.clone();
         let opening = tokio::task::spawn_blocking(move || open_file(&path));
         let opened = match tokio::time::timeout(timeout, opening).await {
-            Err(_) => return Err(AuditError::Timeout { file, timeout }),
+            Err(_) => return Err(AuditError::Timeout { sink, timeout }),
             Ok(Err(join)) => {
                 return Err(AuditError::Io {
-                    file,
+                    sink,
                     op: "open",
                     source: io::Error::other(join.to_string()),
                 });
@@ -181,6 +207,39 @@ impl AuditLog {
         Ok(log)
     }
 
+    /// Continues the chain of a Redis Stream from its last record and starts
+    /// the writer. A stream whose last entry is not a sealed record is
+    /// refused, like a corrupt file.
+    pub async fn open_stream(stream: tessera_store::AuditStream, timeout: Duration) -> Result<Self, AuditError> {
+        let sink = Sink::Stream(stream.key().to_owned());
+        let last = match tokio::time::timeout(timeout, stream.last()).await {
+            Err(_) => return Err(AuditError::Timeout { sink, timeout }),
+            Ok(Err(e)) => {
+                return Err(AuditError::Io {
+                    sink,
+                    op: "read",
+                    source: io::Error::other(e.to_string()),
+                });
+            }
+            Ok(Ok(last)) => last,
+        };
+        let chain = match last {
+            None => Chain::genesis(),
+            Some(line) => {
+                let record = AuditRecord::from_line(&line).map_err(|source| AuditError::Corrupt {
+                    sink: sink.clone(),
+                    source,
+                })?;
+                Chain::resume(&record)
+            }
+        };
+        tracing::info!(stream = %stream.key(), next_seq = chain.next_seq(), "audit stream open");
+        let target = Box::new(StreamTarget { stream });
+        let (log, writer, queue) = Self::start_with(sink, timeout, chain, target, Arc::new(AtomicU64::new(0)));
+        tokio::spawn(writer.run(queue));
+        Ok(log)
+    }
+
     /// The log over an opened file, and its writer, not yet running.
     fn start(
         file: PathBuf,
@@ -188,18 +247,31 @@ impl AuditLog {
         opened: Opened,
         fsync: FsyncPolicy,
     ) -> (Self, Writer, mpsc::Receiver<Job>) {
-        let (jobs, queue) = mpsc::channel(QUEUE);
         let syncs = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
+        let target = Box::new(FileTarget {
             file: Arc::new(opened.file),
-            path: file.clone(),
-            chain: opened.chain,
             end: opened.end,
             fsync,
             syncs: Arc::clone(&syncs),
+        });
+        Self::start_with(Sink::File(file), timeout, opened.chain, target, syncs)
+    }
+
+    fn start_with(
+        sink: Sink,
+        timeout: Duration,
+        chain: Chain,
+        target: Box<dyn Target>,
+        syncs: Arc<AtomicU64>,
+    ) -> (Self, Writer, mpsc::Receiver<Job>) {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            sink: sink.clone(),
+            chain,
+            target,
         };
         let log = Self {
-            file,
+            sink,
             timeout,
             jobs,
             failures: AtomicU64::new(0),
@@ -210,7 +282,7 @@ impl AuditLog {
 
     /// Seals `event` into the chain and appends it, synced per the policy
     /// (with whatever other records were queued alongside it).
-    /// `Ok` means the record is in the file; on any error the operation it
+    /// `Ok` means the record is in the sink; on any error the operation it
     /// records must fail (fail closed).
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         let (reply, answer) = oneshot::channel();
@@ -221,7 +293,7 @@ impl AuditLog {
         .await
         .unwrap_or_else(|_| {
             Err(AuditError::Timeout {
-                file: self.file.clone(),
+                sink: self.sink.clone(),
                 timeout: self.timeout,
             })
         });
@@ -239,20 +311,20 @@ impl AuditLog {
 
     /// How many times the file was synced (`fsync` calls, failed ones
     /// included) since the log opened: one per batch of records under
-    /// [`FsyncPolicy::Always`], none under [`FsyncPolicy::Never`] or for a
-    /// pipe or device.
+    /// [`FsyncPolicy::Always`], none under [`FsyncPolicy::Never`], for a
+    /// pipe or device, or for a stream.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// The audit file.
-    pub fn file(&self) -> &Path {
-        &self.file
+    /// Where the records go.
+    pub fn sink(&self) -> &Sink {
+        &self.sink
     }
 
     fn stopped(&self) -> AuditError {
         AuditError::Stopped {
-            file: self.file.clone(),
+            sink: self.sink.clone(),
         }
     }
 }
@@ -276,7 +348,7 @@ struct Opened {
 fn open_file(path: &Path) -> Result<Opened, AuditError> {
     let io = |op| {
         move |source| AuditError::Io {
-            file: path.to_owned(),
+            sink: Sink::File(path.to_owned()),
             op,
             source,
         }
@@ -312,7 +384,7 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
                 .map_err(|_| RecordError::Malformed)
                 .and_then(|line| AuditRecord::from_line(&line))
                 .map_err(|source| AuditError::Corrupt {
-                    file: path.to_owned(),
+                    sink: Sink::File(path.to_owned()),
                     source,
                 })?;
             Chain::resume(&record)
@@ -358,14 +430,20 @@ fn last_line(path: &Path, len: u64) -> io::Result<(Option<Vec<u8>>, bool)> {
     }
 }
 
+/// Where a writer appends a batch of sealed lines.
+#[async_trait::async_trait]
+trait Target: Send + 'static {
+    /// Appends `lines` (whole records, each ending with a newline), all or
+    /// none as far as the sink allows; `Ok` once they are durable per its
+    /// policy.
+    async fn append(&mut self, lines: Vec<u8>) -> io::Result<()>;
+}
+
 /// The one task that writes: it owns the chain.
 struct Writer {
-    file: Arc<File>,
-    path: PathBuf,
+    sink: Sink,
     chain: Chain,
-    end: Option<End>,
-    fsync: FsyncPolicy,
-    syncs: Arc<AtomicU64>,
+    target: Box<dyn Target>,
 }
 
 /// Records sealed for one write, on a copy of the chain, and their callers.
@@ -394,7 +472,7 @@ impl Writer {
                 Err(source) => {
                     for reply in batch.replies {
                         let _ = reply.send(Err(AuditError::Io {
-                            file: self.path.clone(),
+                            sink: self.sink.clone(),
                             op: "append to",
                             source: duplicate(&source),
                         }));
@@ -432,9 +510,26 @@ impl Writer {
         batch
     }
 
-    /// Appends a batch's `lines`; once they are in the file (and synced,
-    /// per the policy) the chain moves to `next`, past them.
+    /// Appends a batch's `lines`; once they are in the sink the chain
+    /// moves to `next`, past them.
     async fn write(&mut self, lines: Vec<u8>, next: Chain) -> io::Result<()> {
+        self.target.append(lines).await?;
+        self.chain = next;
+        Ok(())
+    }
+}
+
+/// The JSON-lines file.
+struct FileTarget {
+    file: Arc<File>,
+    end: Option<End>,
+    fsync: FsyncPolicy,
+    syncs: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Target for FileTarget {
+    async fn append(&mut self, lines: Vec<u8>) -> io::Result<()> {
         let file = Arc::clone(&self.file);
         let syncs = Arc::clone(&self.syncs);
         let (end, fsync) = (self.end, self.fsync);
@@ -442,14 +537,9 @@ impl Writer {
         // thread, and callers still time out.
         let appended = tokio::task::spawn_blocking(move || append(&file, &lines, end, fsync, &syncs)).await;
         match appended {
-            Ok((end, Ok(()))) => {
+            Ok((end, written)) => {
                 self.end = end;
-                self.chain = next;
-                Ok(())
-            }
-            Ok((end, Err(source))) => {
-                self.end = end;
-                Err(source)
+                written
             }
             Err(join) => {
                 if let Some(end) = &mut self.end {
@@ -458,6 +548,21 @@ impl Writer {
                 Err(io::Error::other(join.to_string()))
             }
         }
+    }
+}
+
+/// A Redis Stream: a batch is one atomic script, so a failed batch leaves
+/// nothing behind to cut back.
+struct StreamTarget {
+    stream: tessera_store::AuditStream,
+}
+
+#[async_trait::async_trait]
+impl Target for StreamTarget {
+    async fn append(&mut self, lines: Vec<u8>) -> io::Result<()> {
+        let text = String::from_utf8(lines).map_err(io::Error::other)?;
+        let records: Vec<String> = text.lines().map(str::to_owned).collect();
+        self.stream.append(&records).await.map_err(io::Error::other)
     }
 }
 
@@ -571,6 +676,8 @@ mod tests {
             file: file.to_owned(),
             fsync,
             timeout,
+            redis_stream: false,
+            require: Require::Any,
         }
     }
 
