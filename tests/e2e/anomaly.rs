@@ -155,3 +155,110 @@ async fn with_the_rule_off_denials_quarantine_nobody() {
     issue(&mut researcher, token_request("calm", &["crm.contacts.read"], Some(60))).await;
     assert!(!records(&broker).iter().any(|r| r["event"] == "quarantined"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_presented_by_another_identity_revokes_its_task_and_quarantines_the_presenter() {
+    let broker = Broker::start_with(&[("TESSERA_ANOMALY__QUARANTINE", "60s")]);
+    let mut orchestrator = broker.orchestrator().await;
+    for (task, agents) in [
+        ("leaked", &["researcher"][..]),
+        ("elsewhere", &["researcher", "writer"][..]),
+    ] {
+        orchestrator
+            .start_task(start_request(task, agents, &["crm.contacts.read"], 600))
+            .await
+            .unwrap();
+    }
+    let mut researcher = broker.agent("researcher").await;
+    let stolen = issue(
+        &mut researcher,
+        token_request("leaked", &["crm.contacts.read"], Some(300)),
+    )
+    .await;
+    let sibling = issue(
+        &mut researcher,
+        token_request("leaked", &["crm.contacts.read"], Some(300)),
+    )
+    .await;
+    let unrelated = issue(
+        &mut researcher,
+        token_request("elsewhere", &["crm.contacts.read"], Some(300)),
+    )
+    .await;
+    let mut verifier = broker.verifier("api-gateway").await;
+    let report = |token: &pb::IssuedToken, presenter: &str| pb::ReportMisuseRequest {
+        token: token.access_token.clone(),
+        presented_by: format!("spiffe://{TD}/agent/{presenter}"),
+    };
+
+    // The holder presenting its own token is no misuse.
+    let own = verifier
+        .report_misuse(report(&stolen, "researcher"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!own.misuse);
+    assert!(active(&mut verifier, &stolen).await);
+
+    // Someone else presenting it: the task dies, the presenter is quarantined.
+    let caught = verifier
+        .report_misuse(report(&stolen, "writer"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(caught.misuse);
+    assert_eq!(caught.grants_revoked, 2, "{caught:?}");
+    assert!(!active(&mut verifier, &stolen).await);
+    assert!(!active(&mut verifier, &sibling).await);
+    assert!(active(&mut verifier, &unrelated).await, "another task's grant lives");
+    let status = code(
+        broker
+            .agent("writer")
+            .await
+            .request_token(token_request("elsewhere", &["crm.contacts.read"], Some(60)))
+            .await,
+    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("quarantined"), "{status:?}");
+    // The holder is not punished for being robbed.
+    issue(
+        &mut researcher,
+        token_request("elsewhere", &["crm.contacts.read"], Some(60)),
+    )
+    .await;
+
+    let misuse: Vec<Value> = records(&broker)
+        .into_iter()
+        .filter(|r| r["event"] == "token_misuse")
+        .collect();
+    assert_eq!(misuse.len(), 1, "{misuse:#?}");
+    assert_eq!(misuse[0]["grant_id"], stolen.grant_id.as_str());
+    assert_eq!(
+        misuse[0]["who"]["identity"],
+        format!("spiffe://{TD}/service/api-gateway")
+    );
+
+    // Only verifiers and operators may report; a dead token is no misuse.
+    let status = code(
+        tessera_client::VerifierClient::new(broker.channel("researcher").await)
+            .report_misuse(report(&unrelated, "writer"))
+            .await,
+    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let again = verifier
+        .report_misuse(report(&stolen, "writer"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.misuse);
+    let empty = code(
+        verifier
+            .report_misuse(pb::ReportMisuseRequest {
+                token: unrelated.access_token.clone(),
+                presented_by: String::new(),
+            })
+            .await,
+    );
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("presented_by"), "{empty:?}");
+}

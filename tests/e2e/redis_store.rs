@@ -20,7 +20,7 @@ fn env_of(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
     pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-async fn health(channel: tonic::transport::Channel) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+async fn health(channel: tessera_client::Channel) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })

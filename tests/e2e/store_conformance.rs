@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tessera_e2e::redis::{RedisCluster, RedisServer};
-use tessera_store::conformance::run_all;
+use tessera_store::conformance::{run_all, run_approvals};
 use tessera_store::{MemoryStore, RedisConfig, RedisDeployment, RedisStore};
 
 /// A fresh key prefix per store, so every check starts from an empty store.
@@ -39,6 +39,25 @@ async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     run_all(|| redis_store(RedisDeployment::Cluster { urls: urls.clone() })).await;
+}
+
+#[tokio::test]
+async fn memory_approvals_conform() {
+    run_approvals(|| async { tessera_store::MemoryApprovalStore::default() }).await;
+}
+
+#[tokio::test]
+async fn redis_standalone_approvals_conform() {
+    let server = RedisServer::builder().appendonly(false).start();
+    let url = server.url();
+    run_approvals(|| redis_store(RedisDeployment::Standalone { url: url.clone() })).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_approvals_conform() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    run_approvals(|| redis_store(RedisDeployment::Cluster { urls: urls.clone() })).await;
 }
 
 #[tokio::test]

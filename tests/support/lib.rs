@@ -10,6 +10,7 @@
 )]
 #![allow(missing_docs, reason = "test harness")]
 
+pub mod attestation;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,8 @@ pub struct Broker {
     /// The plain-HTTP operations address (`/metrics`, `/healthz`, `/readyz`),
     /// when the ready file names one.
     pub http_addr: Option<String>,
+    /// The HTTPS OAuth facade address, when the ready file names one.
+    pub oauth_addr: Option<String>,
     log: PathBuf,
     env: Vec<(String, String)>,
     /// The Redis this broker (and its replicas) use, when the test store is Redis.
@@ -162,6 +165,7 @@ impl Broker {
             .arg(&ready)
             .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
+            .env("TESSERA_OAUTH__LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-test-{n}"))
             .env_remove("TESSERA_LOG")
             // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
@@ -174,12 +178,13 @@ impl Broker {
         }
         let mut child = cmd.spawn().unwrap();
         let started = Instant::now();
-        let (addr, http_addr) = loop {
+        let (addr, http_addr, oauth_addr) = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 break (
                     v["grpc"].as_str().unwrap().to_owned(),
                     v["http"].as_str().map(str::to_owned),
+                    v["oauth"].as_str().map(str::to_owned),
                 );
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -199,6 +204,7 @@ impl Broker {
             dir,
             addr,
             http_addr,
+            oauth_addr,
             log,
             env,
             redis,
@@ -455,7 +461,7 @@ pub fn token_request(task_id: &str, scopes: &[&str], ttl: Option<u32>) -> pb::Re
         audience: CRM.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         ttl_seconds: ttl,
-        pop_proof: String::new(),
+        ..Default::default()
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::command::{
-    audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all, task, token,
+    approvals, audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all, task,
+    token,
 };
 use crate::output::OutputFormat;
 
@@ -55,6 +56,17 @@ pub(crate) struct Global {
     #[arg(long = "as", global = true, env = "TESSERA_AS", value_name = "NAME")]
     pub(crate) as_identity: Option<String>,
 
+    /// Attest with the OIDC/JWT in this file (`authorization: Bearer`) over
+    /// TLS without a client certificate; the broker's CA comes from --ca or
+    /// --dev-dir. Overrides --as, --cert and --key.
+    #[arg(long, global = true, env = "TESSERA_JWT_FILE", value_name = "FILE")]
+    pub(crate) jwt_file: Option<PathBuf>,
+
+    /// Attest over the broker's Unix socket (kernel peer credentials)
+    /// instead of TLS. Overrides --endpoint and every other identity flag.
+    #[arg(long, global = true, env = "TESSERA_UNIX_SOCKET", value_name = "PATH")]
+    pub(crate) unix_socket: Option<PathBuf>,
+
     /// Directory of the development PKI used by --as and `dev init`.
     #[arg(
         long,
@@ -91,6 +103,9 @@ pub(crate) enum Command {
     /// List live grants and revoke them (issued tokens); also `grants`.
     #[command(subcommand, visible_alias = "grants")]
     Grant(grant::GrantCommand),
+    /// List, approve or deny token requests waiting for a person (as an approver).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// Revoke every grant of an identity (offboarding).
     #[command(subcommand)]
     Identity(identity::IdentityCommand),

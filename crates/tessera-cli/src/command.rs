@@ -1,6 +1,7 @@
 //! Dispatch to the commands, and what they share: the client identity and the
 //! channel to the broker.
 
+pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod blast;
 pub(crate) mod completions;
@@ -29,6 +30,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(cmd) => dev::run(&global, cmd),
         Command::Task(cmd) => task::run(&global, cmd).await,
+        Command::Approvals(cmd) => approvals::run(&global, cmd).await,
         Command::Token(cmd) => token::run(&global, cmd).await,
         Command::Grant(cmd) => grant::run(&global, cmd).await,
         Command::Identity(cmd) => identity::run(&global, cmd).await,
@@ -96,10 +98,28 @@ fn check_identity_name(name: &str) -> anyhow::Result<()> {
 
 /// Loads the identity and connects to the broker over mTLS.
 pub(crate) async fn channel(global: &Global) -> anyhow::Result<Channel> {
+    if let Some(socket) = &global.unix_socket {
+        return Ok(tessera_client::connect_unix(socket).await?);
+    }
+    if let Some(file) = &global.jwt_file {
+        return jwt_channel(global, file).await;
+    }
     let paths = identity_paths(global)?;
     let identity = Identity::from_files(&paths.ca, &paths.cert, &paths.key)?;
     let channel = tessera_client::connect(&global.endpoint, &identity).await?;
     Ok(channel)
+}
+
+/// Connects over TLS without a client certificate, attesting with the JWT in `file`.
+async fn jwt_channel(global: &Global, file: &std::path::Path) -> anyhow::Result<Channel> {
+    use std::io::Read as _;
+    let mut jwt = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(16 * 1024).read_to_string(&mut jwt))
+        .with_context(|| format!("cannot read the attestation token `{}`", file.display()))?;
+    let ca = global.ca.clone().unwrap_or_else(|| global.dev_dir.join("ca.pem"));
+    let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read trust bundle `{}`", ca.display()))?;
+    Ok(tessera_client::connect_with_token(&global.endpoint, &ca_pem, jwt.trim()).await?)
 }
 
 #[cfg(test)]

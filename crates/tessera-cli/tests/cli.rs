@@ -150,6 +150,7 @@ impl AgentService for Stub {
                 issued_at: None,
                 expires_at: None,
                 expires_in: 300,
+                ..Default::default()
             })
         };
         Ok(Response::new(pb::RequestTokenResponse { outcome: Some(outcome) }))
@@ -199,6 +200,13 @@ impl VerifierService for Stub {
                 ..Default::default()
             })),
         }
+    }
+
+    async fn report_misuse(
+        &self,
+        _: Request<pb::ReportMisuseRequest>,
+    ) -> Result<Response<pb::ReportMisuseResponse>, Status> {
+        Err(Status::unimplemented("stub"))
     }
 
     type WatchRevocationsStream = BoxStream<pb::WatchRevocationsResponse>;

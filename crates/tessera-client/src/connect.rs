@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::channel::Channel;
 
 use crate::error::ClientError;
 use crate::identity::Identity;
@@ -29,6 +31,7 @@ pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, Cli
     configured
         .connect()
         .await
+        .map(Channel::from)
         .map_err(|source| ClientError::Connect { endpoint: url, source })
 }
 
@@ -36,7 +39,7 @@ pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, Cli
 /// re-made after it drops); connection errors then arrive as the call's status.
 pub fn connect_lazy(endpoint: &str, identity: &Identity) -> Result<Channel, ClientError> {
     let (configured, _) = configure(endpoint, identity)?;
-    Ok(configured.connect_lazy())
+    Ok(configured.connect_lazy().into())
 }
 
 fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, String), ClientError> {
@@ -73,7 +76,7 @@ fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, String), 
 }
 
 /// Adds `https://` to a bare `host:port` and refuses any scheme but https.
-fn normalize(endpoint: &str) -> Result<String, ClientError> {
+pub(crate) fn normalize(endpoint: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::Endpoint {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-/// Why a client identity could not be loaded or a channel not be opened.
-///
-/// A refusal by the broker is not a `ClientError`: it arrives as a
-/// [`tonic::Status`] from the RPC itself.
+/// Why a client identity could not be loaded, a channel not be opened, or a
+/// call of the typed clients ([`crate::agent`], [`crate::orchestrator`])
+/// failed. The raw generated clients return the broker's [`tonic::Status`]
+/// directly; the typed ones wrap it in [`ClientError::Refused`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -45,6 +45,18 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The broker refused the call (its status names the reason).
+    #[error("broker refused: {}: {}", .0.code(), .0.message())]
+    Refused(#[from] tonic::Status),
+    /// The request waits for a human approval (its id).
+    #[error("the request waits for approval `{0}`")]
+    Pending(String),
+    /// The broker answered with something the contract does not allow.
+    #[error("unexpected answer: {0}")]
+    Unexpected(&'static str),
+    /// A proof-of-possession key could not be made, read or used.
+    #[error("proof-of-possession key: {0}")]
+    PopKey(String),
     /// No connection could be established (refused, timed out, TLS handshake failed).
     #[error("cannot connect to `{endpoint}`")]
     Connect {

@@ -25,22 +25,32 @@
 //! # }
 //! ```
 
+pub mod agent;
+mod channel;
 mod connect;
 mod error;
 mod identity;
+pub mod orchestrator;
+mod pop;
+mod unix;
+pub mod verifier;
 
+pub use channel::{Channel, connect_with_token};
 pub use connect::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, connect, connect_lazy};
 pub use error::ClientError;
 pub use identity::Identity;
+pub use pop::{DELEGATE_TOKEN_HTU, PopKey, REQUEST_TOKEN_HTU};
+pub use unix::connect_unix;
+pub use verifier::{Presented, Verified, Verifier, VerifierConfig, VerifyError};
 
 /// Generated messages and service stubs of `tessera.v1`.
 pub use tessera_proto::v1 as pb;
-/// The transport every client runs over; built by [`connect`].
-pub use tonic::transport::Channel;
 
-/// `AgentService` client: request, delegate and release task-scoped tokens.
+/// The raw generated `AgentService` client: request, delegate and release
+/// task-scoped tokens. The typed one is [`agent::AgentClient`].
 pub type AgentClient = pb::agent_service_client::AgentServiceClient<Channel>;
-/// `OrchestratorService` client: start, complete and read tasks.
+/// The raw generated `OrchestratorService` client: start, complete and read
+/// tasks. The typed one is [`orchestrator::OrchestratorClient`].
 pub type OrchestratorClient = pb::orchestrator_service_client::OrchestratorServiceClient<Channel>;
 /// `AdminService` client: revoke, approve, rotate keys, reload policy.
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<Channel>;

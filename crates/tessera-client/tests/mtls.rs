@@ -69,6 +69,13 @@ impl VerifierService for Echo {
         Err(Status::unimplemented("test"))
     }
 
+    async fn report_misuse(
+        &self,
+        _: Request<pb::ReportMisuseRequest>,
+    ) -> Result<Response<pb::ReportMisuseResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
     type WatchRevocationsStream = tokio_stream::Empty<Result<pb::WatchRevocationsResponse, Status>>;
 
     async fn watch_revocations(

@@ -1,5 +1,6 @@
-//! Anomaly rules: an identity refused too often within a window is
-//! quarantined. Pure bookkeeping over values; the clock is passed in.
+//! Anomaly rules: an identity refused too often within a window, or caught
+//! presenting another identity's token, is quarantined. Pure bookkeeping
+//! over values; the clock is passed in.
 //!
 //! [`AnomalyDetector`] keeps, per identity, the times of its recent denials
 //! (at most `denials` of them) and fires a [`Trigger`] once when the
@@ -46,20 +47,54 @@ impl Default for AnomalyRule {
 pub struct Trigger {
     /// The identity.
     pub identity: SpiffeId,
-    /// How many denials it had within the window.
-    pub denials: u32,
-    /// The window.
-    pub within: Duration,
-    /// The first denial counted.
-    pub first: DateTime<Utc>,
+    /// Which rule fired, and on what.
+    pub cause: Cause,
     /// Quarantine it until then.
     pub until: DateTime<Utc>,
 }
 
+/// Why a [`Trigger`] fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// Too many denials within the window.
+    Denials {
+        /// How many denials it had within the window.
+        denials: u32,
+        /// The window.
+        within: Duration,
+        /// The first denial counted.
+        first: DateTime<Utc>,
+    },
+    /// A verifier reported it presenting a token issued to someone else.
+    Misuse {
+        /// The token's holder.
+        holder: String,
+        /// The token's task.
+        task: String,
+    },
+}
+
 impl Trigger {
-    /// For people: "3 denials within 60s".
+    /// The misuse rule: `presenter` presented a token of `task` issued to
+    /// `holder`; it is quarantined for the rule's period from `now`.
+    pub fn misuse(rule: &AnomalyRule, presenter: SpiffeId, holder: &str, task: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            identity: presenter,
+            cause: Cause::Misuse {
+                holder: holder.to_owned(),
+                task: task.to_owned(),
+            },
+            until: now + rule.quarantine,
+        }
+    }
+
+    /// For people: "3 denials within 60s", "presented a token of task `t` issued to `h`".
     pub fn describe(&self) -> String {
-        format!("{} denials within {}s", self.denials, self.within.num_seconds())
+        match &self.cause {
+            Cause::Denials { denials, within, .. } => format!("{denials} denials within {}s", within.num_seconds()),
+            Cause::Misuse { holder, task } => format!("presented a token of task `{task}` issued to `{holder}`"),
+        }
     }
 }
 
@@ -109,9 +144,11 @@ impl AnomalyDetector {
         self.recent.remove(id);
         Some(Trigger {
             identity: id.clone(),
-            denials: rule.denials.max(1),
-            within: rule.within,
-            first,
+            cause: Cause::Denials {
+                denials: rule.denials.max(1),
+                within: rule.within,
+                first,
+            },
             until: now + rule.quarantine,
         })
     }
@@ -211,6 +248,17 @@ mod tests {
     }
 
     #[test]
+    fn misuse_quarantines_the_presenter_for_the_rule_period() {
+        let fired = Trigger::misuse(&rule(3, 60, 120), id("thief"), "spiffe://td/agent/a", "t-1", t(0));
+        assert_eq!(fired.identity, id("thief"));
+        assert_eq!(fired.until, t(120));
+        assert_eq!(
+            fired.describe(),
+            "presented a token of task `t-1` issued to `spiffe://td/agent/a`"
+        );
+    }
+
+    #[test]
     fn fires_on_the_nth_denial_within_the_window_and_once() {
         let mut d = AnomalyDetector::new(rule(3, 60, 120));
         let a = id("a");
@@ -218,8 +266,14 @@ mod tests {
         assert_eq!(d.observe_denial(&a, t(30)), None);
         let fired = d.observe_denial(&a, t(60)).unwrap();
         assert_eq!(fired.identity, a);
-        assert_eq!(fired.denials, 3);
-        assert_eq!(fired.first, t(0));
+        assert_eq!(
+            fired.cause,
+            Cause::Denials {
+                denials: 3,
+                within: Duration::seconds(60),
+                first: t(0)
+            }
+        );
         assert_eq!(fired.until, t(180));
         assert_eq!(fired.describe(), "3 denials within 60s");
         // The window starts again: the next two do not fire, the third does.
@@ -238,7 +292,7 @@ mod tests {
         // 61s after the first: the first no longer counts.
         assert_eq!(d.observe_denial(&a, t(61)), None);
         let fired = d.observe_denial(&a, t(62)).unwrap();
-        assert_eq!(fired.first, t(30));
+        assert!(matches!(fired.cause, Cause::Denials { first, .. } if first == t(30)));
     }
 
     #[test]

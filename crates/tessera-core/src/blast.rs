@@ -1,5 +1,6 @@
 //! Blast radius: what an identity, owner or task could reach right now,
-//! computed from its live grants. Pure: the caller gathers the grants.
+//! computed from its live grants, and the score of one grant at mint
+//! ([`grant_score`]). Pure: the caller gathers the grants.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -35,8 +36,7 @@ pub struct BlastRadius {
     /// Scope entries per class, summed over the live grants (a grant with
     /// three `read` scopes adds three to `read`). Classes with none are absent.
     pub scopes_by_class: BTreeMap<ScopeClass, u64>,
-    /// Live grants carrying a high-impact scope. Always 0 for now: the API
-    /// catalog has no high-impact flag yet, so no scope can be counted as one.
+    /// Live grants carrying a high-impact scope.
     pub high_impact_grants: u64,
     /// Seconds until the last of the live grants expires (0 when none).
     pub longest_remaining_ttl_secs: u64,
@@ -49,6 +49,63 @@ pub struct BlastRadius {
     /// The distinct registry owners of the grants' subjects (subjects with no
     /// known owner are left out).
     pub owners: BTreeSet<String>,
+    /// The sum of the live grants' scores ([`grant_score`], as recorded at mint).
+    pub total_score: u64,
+}
+
+/// What one grant's blast-radius score is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantExposure {
+    /// The scopes' one class.
+    pub class: ScopeClass,
+    /// How many scopes the token carries.
+    pub scopes: u32,
+    /// How many of them are high-impact.
+    pub high_impact_scopes: u32,
+    /// The token's lifetime in seconds.
+    pub ttl_secs: u32,
+    /// How many delegation hops the token may still be passed down (0: none).
+    pub delegation_allowance: u32,
+}
+
+/// The weight of a scope class: how much one scope of it can do.
+pub fn class_weight(class: ScopeClass) -> u32 {
+    match class {
+        ScopeClass::Discover => 1,
+        ScopeClass::Read => 2,
+        ScopeClass::Write => 5,
+        ScopeClass::Admin => 10,
+    }
+}
+
+/// Extra weight of a high-impact scope over an ordinary one.
+pub const HIGH_IMPACT_WEIGHT: u32 = 4;
+
+/// A token's lifetime counts in started periods of this many seconds.
+pub const TTL_UNIT_SECS: u32 = 300;
+
+/// The blast-radius score of one grant: how much harm its token could do if
+/// it leaked, as a number a policy or `[tokens] max_blast_radius` can cap.
+///
+/// ```text
+/// score = class weight                      (discover 1, read 2, write 5, admin 10)
+///       × (scopes + 4 × high-impact scopes)
+///       × ⌈ttl / 300 s⌉                     (started 5-minute periods, at least 1)
+///       × (1 + delegation allowance)        (hops the token may still be delegated)
+/// ```
+///
+/// Monotonic in every input: more scopes, a higher class, a high-impact
+/// scope, a longer lifetime or more delegation never lowers it. Saturates at
+/// `u32::MAX` instead of overflowing.
+pub fn grant_score(e: &GrantExposure) -> u32 {
+    let scopes = e
+        .scopes
+        .saturating_add(HIGH_IMPACT_WEIGHT.saturating_mul(e.high_impact_scopes));
+    let periods = e.ttl_secs.div_ceil(TTL_UNIT_SECS).max(1);
+    class_weight(e.class)
+        .saturating_mul(scopes)
+        .saturating_mul(periods)
+        .saturating_mul(e.delegation_allowance.saturating_add(1))
 }
 
 /// The blast radius of `grants`, counting only those live at `now`.
@@ -74,6 +131,10 @@ pub fn blast_radius(
         if grant.parent.is_some() {
             radius.delegation_fan_out += 1;
         }
+        if grant.impact.high_impact {
+            radius.high_impact_grants += 1;
+        }
+        radius.total_score = radius.total_score.saturating_add(u64::from(grant.impact.blast_radius));
         radius.max_delegation_depth = radius.max_delegation_depth.max(depth(&parents, &grant.id));
         subjects.insert(&grant.subject);
     }
@@ -101,7 +162,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test")]
 
     use super::*;
-    use crate::grant::GrantState;
+    use crate::grant::{GrantImpact, GrantState};
     use crate::task::Scope;
 
     fn at(secs: i64) -> DateTime<Utc> {
@@ -123,6 +184,7 @@ mod tests {
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
+            impact: crate::grant::GrantImpact::default(),
         }
     }
 
@@ -160,20 +222,35 @@ mod tests {
             grant("g2", "alice", "crm", &["contacts.write"], ScopeClass::Write, 600),
             grant("g3", "bob", "mail", &["inbox.read"], ScopeClass::Read, 120),
             revoked,
+            // Live, high-impact.
+            {
+                let mut g = grant("g6", "bob", "pay", &["transfers.create"], ScopeClass::Write, 200);
+                g.impact = GrantImpact {
+                    high_impact: true,
+                    blast_radius: 25,
+                    approval_id: Some("ap1".into()),
+                };
+                g
+            },
             // Expired at `now`: not live.
             grant("g5", "carol", "hr", &["people.admin"], ScopeClass::Admin, 100),
         ];
         let radius = blast_radius(&grants, owners, at(100));
-        assert_eq!(radius.live_grants, 3);
+        assert_eq!(radius.live_grants, 4);
         assert_eq!(
             radius.audiences,
-            BTreeSet::from([Audience::parse("crm").unwrap(), Audience::parse("mail").unwrap()])
+            BTreeSet::from([
+                Audience::parse("crm").unwrap(),
+                Audience::parse("mail").unwrap(),
+                Audience::parse("pay").unwrap()
+            ])
         );
         assert_eq!(
             radius.scopes_by_class,
-            BTreeMap::from([(ScopeClass::Read, 3), (ScopeClass::Write, 1)])
+            BTreeMap::from([(ScopeClass::Read, 3), (ScopeClass::Write, 2)])
         );
-        assert_eq!(radius.high_impact_grants, 0);
+        assert_eq!(radius.high_impact_grants, 1);
+        assert_eq!(radius.total_score, 25);
         assert_eq!(radius.longest_remaining_ttl_secs, 500);
         assert_eq!(radius.max_delegation_depth, 0);
         assert_eq!(radius.delegation_fan_out, 0);
@@ -235,6 +312,60 @@ mod tests {
         assert_eq!(radius.live_grants, 2);
         assert_eq!(radius.max_delegation_depth, 1);
         assert_eq!(radius.delegation_fan_out, 2);
+    }
+
+    fn exposure(class: ScopeClass, scopes: u32, high: u32, ttl: u32, delegation: u32) -> GrantExposure {
+        GrantExposure {
+            class,
+            scopes,
+            high_impact_scopes: high,
+            ttl_secs: ttl,
+            delegation_allowance: delegation,
+        }
+    }
+
+    #[test]
+    fn grant_scores_follow_the_documented_formula() {
+        use ScopeClass::{Admin, Discover, Read, Write};
+        // class × (scopes + 4 × high) × ⌈ttl/300⌉ × (1 + delegation)
+        assert_eq!(grant_score(&exposure(Discover, 1, 0, 60, 0)), 1);
+        assert_eq!(grant_score(&exposure(Read, 1, 0, 300, 0)), 2);
+        assert_eq!(grant_score(&exposure(Read, 1, 0, 301, 0)), 4);
+        assert_eq!(grant_score(&exposure(Read, 2, 0, 600, 0)), 8);
+        assert_eq!(grant_score(&exposure(Write, 1, 1, 300, 0)), 25);
+        assert_eq!(grant_score(&exposure(Write, 1, 1, 600, 0)), 50);
+        assert_eq!(grant_score(&exposure(Admin, 3, 0, 900, 2)), 10 * 3 * 3 * 3);
+        // A lifetime under one period counts as one.
+        assert_eq!(grant_score(&exposure(Read, 1, 0, 1, 0)), 2);
+        // Saturates instead of overflowing.
+        assert_eq!(
+            grant_score(&exposure(Admin, u32::MAX, u32::MAX, u32::MAX, u32::MAX)),
+            u32::MAX
+        );
+    }
+
+    #[test]
+    fn grant_scores_never_drop_when_exposure_grows() {
+        use ScopeClass::{Admin, Discover, Read, Write};
+        let classes = [Discover, Read, Write, Admin];
+        for (i, &class) in classes.iter().enumerate() {
+            for scopes in 1..4 {
+                for high in 0..=scopes {
+                    for ttl in [1, 299, 300, 301, 3600] {
+                        for delegation in 0..3 {
+                            let base = grant_score(&exposure(class, scopes, high, ttl, delegation));
+                            if let Some(&up) = classes.get(i + 1) {
+                                assert!(grant_score(&exposure(up, scopes, high, ttl, delegation)) >= base);
+                            }
+                            assert!(grant_score(&exposure(class, scopes + 1, high, ttl, delegation)) > base);
+                            assert!(grant_score(&exposure(class, scopes, high + 1, ttl, delegation)) > base);
+                            assert!(grant_score(&exposure(class, scopes, high, ttl + 300, delegation)) > base);
+                            assert!(grant_score(&exposure(class, scopes, high, ttl, delegation + 1)) > base);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The API catalog: every audience the broker issues tokens for, its scopes,
-//! and each scope's class.
+//! each scope's class and whether it is high-impact (payments, deletions,
+//! permission changes: a request touching one waits for a person's approval).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +18,9 @@ pub struct Api {
     pub schema_version: String,
     /// Scope → class.
     pub scopes: BTreeMap<Scope, ScopeClass>,
+    /// The scopes (among `scopes`) that are high-impact.
+    #[serde(default)]
+    pub high_impact: BTreeSet<Scope>,
 }
 
 /// Every API the broker knows.
@@ -71,6 +75,24 @@ impl ApiCatalog {
     /// Every API, by audience.
     pub fn apis(&self) -> impl Iterator<Item = &Api> {
         self.apis.values()
+    }
+
+    /// Whether `scope` of `audience` is high-impact (unknown scopes are not).
+    pub fn is_high_impact(&self, audience: &Audience, scope: &Scope) -> bool {
+        self.apis.get(audience).is_some_and(|a| a.high_impact.contains(scope))
+    }
+
+    /// The high-impact scopes among `scopes` of `audience`.
+    pub fn high_impact_scopes<'a>(
+        &self,
+        audience: &Audience,
+        scopes: impl IntoIterator<Item = &'a Scope>,
+    ) -> BTreeSet<Scope> {
+        scopes
+            .into_iter()
+            .filter(|s| self.is_high_impact(audience, s))
+            .cloned()
+            .collect()
     }
 
     /// Checks that every scope is known for `audience` and that they share one
@@ -142,7 +164,9 @@ mod tests {
                 (s("contacts.read"), ScopeClass::Read),
                 (s("notes.read"), ScopeClass::Read),
                 (s("contacts.write"), ScopeClass::Write),
+                (s("contacts.delete"), ScopeClass::Write),
             ]),
+            high_impact: BTreeSet::from([s("contacts.delete")]),
         };
         (ApiCatalog::new([api]), aud)
     }
@@ -164,10 +188,29 @@ mod tests {
             c.classify(&aud, &[s("nope")]),
             Err(CatalogError::UnknownScope { .. })
         ));
+        // High-impact scopes keep their class: the flag is orthogonal.
+        assert_eq!(
+            c.classify(&aud, &[s("contacts.write"), s("contacts.delete")]),
+            Ok(ScopeClass::Write)
+        );
         let other = Audience::parse("billing").unwrap();
         assert_eq!(
             c.classify(&other, &[s("contacts.read")]),
             Err(CatalogError::UnknownAudience(other))
         );
+    }
+
+    #[test]
+    fn high_impact_scopes_are_flagged() {
+        let (c, aud) = catalog();
+        assert!(c.is_high_impact(&aud, &s("contacts.delete")));
+        assert!(!c.is_high_impact(&aud, &s("contacts.write")));
+        assert!(!c.is_high_impact(&aud, &s("nope")));
+        assert!(!c.is_high_impact(&Audience::parse("billing").unwrap(), &s("contacts.delete")));
+        assert_eq!(
+            c.high_impact_scopes(&aud, &[s("contacts.write"), s("contacts.delete")]),
+            BTreeSet::from([s("contacts.delete")])
+        );
+        assert!(c.high_impact_scopes(&aud, &[s("contacts.read")]).is_empty());
     }
 }

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The request is valid but the state does not allow it (e.g. task over).
     FailedPrecondition,
+    /// A deadline passed before the operation could complete (e.g. an
+    /// approval expired while waited on).
+    DeadlineExceeded,
     /// A position or value is outside the range the server retains.
     OutOfRange,
     /// A rate limit or capacity bound was hit.

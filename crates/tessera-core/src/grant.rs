@@ -132,6 +132,23 @@ pub struct Grant {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why it was revoked.
     pub revocation_reason: Option<String>,
+    /// What the broker assessed at mint: high-impact, blast radius, approval.
+    #[serde(default)]
+    pub impact: GrantImpact,
+}
+
+/// What the broker assessed about a grant when it minted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantImpact {
+    /// Whether any of its scopes is high-impact in the API catalog.
+    #[serde(default)]
+    pub high_impact: bool,
+    /// Its blast-radius score ([`crate::blast::grant_score`]).
+    #[serde(default)]
+    pub blast_radius: u32,
+    /// The approval it was minted from, when a person approved it.
+    #[serde(default)]
+    pub approval_id: Option<String>,
 }
 
 impl Grant {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +221,14 @@ pub enum IdentityError {
     /// The attestation evidence itself was refused (the message says why).
     #[error("{0}")]
     Refused(String),
+    /// Registered, but not allowed to attest by this method.
+    #[error("identity `{id}` may not attest by `{method}`")]
+    MethodNotAllowed {
+        /// The identity.
+        id: SpiffeId,
+        /// The method used.
+        method: AttestationMethod,
+    },
 }
 
 impl IdentityError {
@@ -229,56 +238,164 @@ impl IdentityError {
     }
 }
 
+/// How an identity may attest, beyond what [`Identity`] says: the methods it
+/// may use and, for `unix`, the selectors a peer must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationRules {
+    /// Methods the identity may attest by; never empty.
+    pub methods: BTreeSet<AttestationMethod>,
+    /// Selectors a Unix-socket peer must match to be this identity.
+    pub unix: Option<crate::attestation::UnixSelector>,
+}
+
+impl Default for AttestationRules {
+    /// `x509` only, so configurations written before other attestors keep
+    /// their meaning.
+    fn default() -> Self {
+        Self {
+            methods: BTreeSet::from([AttestationMethod::X509]),
+            unix: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_id: HashMap<SpiffeId, (Identity, AttestationRules)>,
+}
+
 /// The identities allowed to talk to the broker.
+///
+/// A handle: clones share one registry, and [`IdentityRegistry::replace`]
+/// swaps its contents for every clone at once (the broker and the reloader
+/// hold clones), so a reload or a runtime `disabled` applies to the next
+/// attestation without a restart.
+#[derive(Debug, Clone)]
+pub struct RegistryVersion(Arc<Entries>);
+
+impl RegistryVersion {
+    /// Whether `registry` still holds these contents (holding them keeps
+    /// their address from being reused, so the comparison is exact).
+    pub fn is_current(&self, registry: &IdentityRegistry) -> bool {
+        Arc::ptr_eq(&self.0, &registry.current())
+    }
+}
+
+/// A set of registered identities (see [`IdentityRegistry::version`]).
 #[derive(Debug, Clone, Default)]
 pub struct IdentityRegistry {
-    by_id: HashMap<SpiffeId, Identity>,
+    entries: Arc<RwLock<Arc<Entries>>>,
 }
 
 impl IdentityRegistry {
-    /// A registry of `identities`; a later duplicate replaces an earlier one.
+    /// A registry of `identities`, each allowed `x509` only; a later
+    /// duplicate replaces an earlier one.
     pub fn new(identities: impl IntoIterator<Item = Identity>) -> Self {
+        Self::with_rules(identities.into_iter().map(|i| (i, AttestationRules::default())))
+    }
+
+    /// A registry of identities with their attestation rules.
+    pub fn with_rules(identities: impl IntoIterator<Item = (Identity, AttestationRules)>) -> Self {
+        let entries = Entries {
+            by_id: identities.into_iter().map(|(i, r)| (i.id.clone(), (i, r))).collect(),
+        };
         Self {
-            by_id: identities.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            entries: Arc::new(RwLock::new(Arc::new(entries))),
         }
     }
 
+    /// The registry's contents as of now, to tell later whether they were
+    /// replaced since (by a reload).
+    pub fn version(&self) -> RegistryVersion {
+        RegistryVersion(self.current())
+    }
+
+    fn current(&self) -> Arc<Entries> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the contents of this registry (and of every clone) with
+    /// those of `other`.
+    pub fn replace(&self, other: &IdentityRegistry) {
+        let next = other.current();
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = next;
+    }
+
     /// The enabled identity registered as `id`.
-    pub fn lookup(&self, id: &SpiffeId) -> Result<&Identity, IdentityError> {
-        match self.by_id.get(id) {
+    pub fn lookup(&self, id: &SpiffeId) -> Result<Identity, IdentityError> {
+        match self.current().by_id.get(id) {
             None => Err(IdentityError::Unknown(id.clone())),
-            Some(identity) if identity.disabled => Err(IdentityError::Disabled(id.clone())),
-            Some(identity) => Ok(identity),
+            Some((identity, _)) if identity.disabled => Err(IdentityError::Disabled(id.clone())),
+            Some((identity, _)) => Ok(identity.clone()),
         }
+    }
+
+    /// The enabled identity registered as `id`, if it may attest by `method`.
+    pub fn lookup_for(&self, id: &SpiffeId, method: AttestationMethod) -> Result<Identity, IdentityError> {
+        let entries = self.current();
+        match entries.by_id.get(id) {
+            None => Err(IdentityError::Unknown(id.clone())),
+            Some((identity, _)) if identity.disabled => Err(IdentityError::Disabled(id.clone())),
+            Some((_, rules)) if !rules.methods.contains(&method) => {
+                Err(IdentityError::MethodNotAllowed { id: id.clone(), method })
+            }
+            Some((identity, _)) => Ok(identity.clone()),
+        }
+    }
+
+    /// The identity whose `unix` selectors `peer` matches. Exactly one
+    /// registered identity (enabled or not) may match: none is
+    /// [`IdentityError::Refused`], several are refused as ambiguous rather
+    /// than picking one.
+    pub fn match_unix(&self, peer: &crate::attestation::UnixPeer) -> Result<SpiffeId, IdentityError> {
+        let entries = self.current();
+        let mut matched = entries
+            .by_id
+            .values()
+            .filter(|(_, rules)| rules.unix.as_ref().is_some_and(|sel| sel.matches(peer)))
+            .map(|(identity, _)| identity.id.clone());
+        let first = matched
+            .next()
+            .ok_or_else(|| IdentityError::Refused(format!("no identity matches unix peer {}", peer.describe())))?;
+        if matched.next().is_some() {
+            return Err(IdentityError::Refused(format!(
+                "more than one identity matches unix peer {}",
+                peer.describe()
+            )));
+        }
+        Ok(first)
     }
 
     /// Whether `id` is registered (enabled or not).
     pub fn contains(&self, id: &SpiffeId) -> bool {
-        self.by_id.contains_key(id)
+        self.current().by_id.contains_key(id)
     }
 
     /// The registered identities (enabled or not) whose owner is `owner`.
     pub fn owned_by(&self, owner: &str) -> BTreeSet<SpiffeId> {
-        self.by_id
+        self.current()
+            .by_id
             .values()
-            .filter(|i| i.owner == owner)
-            .map(|i| i.id.clone())
+            .filter(|(i, _)| i.owner == owner)
+            .map(|(i, _)| i.id.clone())
             .collect()
     }
 
-    /// Every registered identity (enabled or not), in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Identity> {
-        self.by_id.values()
+    /// Every registered identity (enabled or not), ordered by id.
+    pub fn identities(&self) -> Vec<Identity> {
+        let mut all: Vec<Identity> = self.current().by_id.values().map(|(i, _)| i.clone()).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// Number of registered identities.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.current().by_id.len()
     }
 
     /// Whether no identity is registered.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.current().by_id.is_empty()
     }
 }
 
@@ -293,23 +410,58 @@ pub struct VerifiedIdentity {
 }
 
 /// How a caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttestationMethod {
     /// An X.509-SVID presented over mTLS.
     X509,
+    /// A JWT from a configured OIDC issuer (Kubernetes, CI, JWT-SVID).
+    Jwt,
+    /// The kernel's peer credentials on the Unix-socket listener.
+    Unix,
+}
+
+impl AttestationMethod {
+    /// The method's name in config and audit: `x509`, `jwt`, `unix`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+            Self::Unix => "unix",
+        }
+    }
+}
+
+impl fmt::Display for AttestationMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AttestationMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "x509" => Ok(Self::X509),
+            "jwt" => Ok(Self::Jwt),
+            "unix" => Ok(Self::Unix),
+            other => Err(format!("`{other}` is not one of x509, jwt, unix")),
+        }
+    }
 }
 
 impl VerifiedIdentity {
     /// Binds a registry entry to verified evidence. `evidence` is a digest of
     /// the evidence (e.g. `sha256:` of the leaf certificate), never a secret.
+    /// Refused when the identity is unknown, disabled, or may not attest by
+    /// `method`.
     pub fn attested(
         registry: &IdentityRegistry,
         id: &SpiffeId,
         method: AttestationMethod,
         evidence: String,
     ) -> Result<Self, IdentityError> {
-        let identity = registry.lookup(id)?.clone();
+        let identity = registry.lookup_for(id, method)?;
         Ok(Self {
             identity,
             method,
@@ -405,6 +557,58 @@ mod tests {
         assert_eq!(registry.lookup(&b), Err(IdentityError::Disabled(b.clone())));
         assert_eq!(registry.lookup(&c), Err(IdentityError::Unknown(c.clone())));
         assert!(VerifiedIdentity::attested(&registry, &c, AttestationMethod::X509, "x".into()).is_err());
+    }
+
+    #[test]
+    fn a_method_the_entry_does_not_allow_is_refused() {
+        let jwt_only = AttestationRules {
+            methods: BTreeSet::from([AttestationMethod::Jwt]),
+            unix: None,
+        };
+        let registry = IdentityRegistry::with_rules([
+            (identity("spiffe://td/default", false), AttestationRules::default()),
+            (identity("spiffe://td/ci", false), jwt_only),
+        ]);
+        let default = SpiffeId::parse("spiffe://td/default").unwrap();
+        let ci = SpiffeId::parse("spiffe://td/ci").unwrap();
+        let ok = VerifiedIdentity::attested(&registry, &default, AttestationMethod::X509, "d".into()).unwrap();
+        assert_eq!(ok.method(), AttestationMethod::X509);
+        assert_eq!(
+            VerifiedIdentity::attested(&registry, &default, AttestationMethod::Jwt, "d".into()).unwrap_err(),
+            IdentityError::MethodNotAllowed {
+                id: default.clone(),
+                method: AttestationMethod::Jwt
+            }
+        );
+        assert!(VerifiedIdentity::attested(&registry, &ci, AttestationMethod::Jwt, "d".into()).is_ok());
+        for method in [AttestationMethod::X509, AttestationMethod::Unix] {
+            assert!(matches!(
+                VerifiedIdentity::attested(&registry, &ci, method, "d".into()),
+                Err(IdentityError::MethodNotAllowed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn replacing_a_registry_is_seen_by_every_clone() {
+        let registry = IdentityRegistry::new([identity("spiffe://td/a", false)]);
+        let held_by_broker = registry.clone();
+        let a = SpiffeId::parse("spiffe://td/a").unwrap();
+        assert!(held_by_broker.lookup(&a).is_ok());
+        registry.replace(&IdentityRegistry::new([identity("spiffe://td/a", true)]));
+        assert_eq!(held_by_broker.lookup(&a), Err(IdentityError::Disabled(a.clone())));
+        registry.replace(&IdentityRegistry::default());
+        assert_eq!(held_by_broker.lookup(&a), Err(IdentityError::Unknown(a.clone())));
+        assert!(held_by_broker.is_empty());
+    }
+
+    #[test]
+    fn methods_parse_by_their_config_names() {
+        for m in [AttestationMethod::X509, AttestationMethod::Jwt, AttestationMethod::Unix] {
+            assert_eq!(m.as_str().parse::<AttestationMethod>(), Ok(m));
+        }
+        assert!("X509".parse::<AttestationMethod>().is_err());
+        assert!("mtls".parse::<AttestationMethod>().is_err());
     }
 
     proptest::proptest! {

@@ -25,6 +25,9 @@ pub struct TokenRequest {
     pub scopes: BTreeSet<Scope>,
     /// Requested lifetime; `None` for the default.
     pub ttl: Option<Ttl>,
+    /// The key or certificate the token is bound to (`cnf`), already
+    /// verified; `None` for a bearer token.
+    pub binding: Option<crate::token::Confirmation>,
 }
 
 /// Everything needed to mint and record a grant, once allowed.

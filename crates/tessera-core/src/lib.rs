@@ -6,17 +6,22 @@
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
 pub mod anomaly;
+pub mod approval;
+pub mod attestation;
 pub mod audit;
 pub mod blast;
 pub mod catalog;
 pub mod clock;
+pub mod delegation;
 pub mod error;
 pub mod grant;
 pub mod identity;
 pub mod issuance;
 pub mod orchestration;
 pub mod policy;
+pub mod pop;
 pub mod revocation;
+pub mod risk;
 pub mod task;
 pub mod token;
 pub mod ttl;

@@ -1,7 +1,8 @@
 //! Token lifetimes and the arithmetic that bounds them.
 //!
-//! TTL = min(requested, identity max, broker max, task remaining). A request of
-//! zero or above the broker's maximum is malformed, not clamped.
+//! TTL = min(requested, identity max, policy max, class max, kind max, broker
+//! max, task remaining) — see [`lifetime_within`]. A request of zero or above
+//! the broker's maximum is malformed, not clamped; every other bound clamps.
 
 use std::fmt;
 
@@ -16,6 +17,14 @@ use crate::error::ErrorKind;
 pub struct Ttl(u32);
 
 impl Ttl {
+    /// One second, the shortest lifetime.
+    pub const ONE_SECOND: Self = Self(1);
+
+    /// A lifetime of `secs` seconds, usable in constants; `None` for zero.
+    pub const fn new(secs: u32) -> Option<Self> {
+        if secs == 0 { None } else { Some(Self(secs)) }
+    }
+
     /// A lifetime of `secs` seconds; zero is refused.
     pub fn from_secs(secs: u64) -> Result<Self, TtlError> {
         match u32::try_from(secs) {
@@ -146,6 +155,61 @@ pub fn lifetime(
     })
 }
 
+/// The caps on one token's lifetime besides the broker's limits and the
+/// task's deadline. `None` caps nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TtlCaps {
+    /// The identity's registered maximum.
+    pub identity: Option<Ttl>,
+    /// What policy allows for this request.
+    pub policy: Option<Ttl>,
+    /// The maximum for the scope class (`[tokens.class_max_ttl]`).
+    pub class: Option<Ttl>,
+    /// The maximum for the identity's kind (`[tokens.kind_max_ttl]`).
+    pub kind: Option<Ttl>,
+}
+
+impl TtlCaps {
+    /// The smallest cap, if any.
+    pub fn smallest(&self) -> Option<Ttl> {
+        [self.identity, self.policy, self.class, self.kind]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// The whole formula: the lifetime of a token issued at `now` is
+/// min(requested or default, identity max, policy max, class max, kind max,
+/// broker max, whole seconds left before `deadline`).
+///
+/// Fails if the request is above `limits.max` (malformed, never clamped) or
+/// if less than one whole second remains before `deadline`.
+pub fn lifetime_within(
+    requested: Option<Ttl>,
+    caps: &TtlCaps,
+    limits: TtlLimits,
+    deadline: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Lifetime, TtlError> {
+    let identity_max = caps.smallest().unwrap_or(limits.max);
+    lifetime(requested, identity_max, limits, deadline, now)
+}
+
+impl Lifetime {
+    /// This lifetime shortened to at most `cap` (same issue time); never longer.
+    pub fn capped(self, cap: Option<Ttl>) -> Self {
+        match cap {
+            Some(cap) if cap < self.ttl => Self {
+                ttl: cap,
+                issued_at: self.issued_at,
+                expires_at: self.issued_at + cap.as_duration(),
+            },
+            _ => self,
+        }
+    }
+}
+
 /// `t` with its sub-second part dropped.
 pub fn truncate_to_secs(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
@@ -222,6 +286,88 @@ mod tests {
         check(Some(60), 600, 0, Err(TtlError::NoTimeLeft)); // deadline now
         check(Some(60), 600, -5, Err(TtlError::NoTimeLeft)); // deadline past
         check(Some(1), 600, 1000, Ok(1));
+    }
+
+    #[track_caller]
+    fn within(requested: Option<u64>, caps: TtlCaps, deadline_in: i64) -> Result<u32, TtlError> {
+        lifetime_within(
+            requested.map(ttl),
+            &caps,
+            LIMITS,
+            t0() + Duration::seconds(deadline_in),
+            t0(),
+        )
+        .map(|l| {
+            assert_eq!(l.issued_at, t0());
+            assert_eq!(l.expires_at, t0() + l.ttl.as_duration());
+            l.ttl.as_secs()
+        })
+    }
+
+    #[test]
+    fn every_cap_bounds_the_lifetime() {
+        let all = TtlCaps {
+            identity: Some(ttl(900)),
+            policy: Some(ttl(800)),
+            class: Some(ttl(700)),
+            kind: Some(ttl(600)),
+        };
+        // Each cap wins when it is the smallest.
+        assert_eq!(within(Some(3000), all, 10_000), Ok(600)); // kind
+        assert_eq!(within(Some(3000), TtlCaps { kind: None, ..all }, 10_000), Ok(700)); // class
+        assert_eq!(
+            within(
+                Some(3000),
+                TtlCaps {
+                    kind: None,
+                    class: None,
+                    ..all
+                },
+                10_000
+            ),
+            Ok(800)
+        ); // policy
+        assert_eq!(
+            within(
+                Some(3000),
+                TtlCaps {
+                    identity: Some(ttl(900)),
+                    ..TtlCaps::default()
+                },
+                10_000
+            ),
+            Ok(900)
+        ); // identity
+        assert_eq!(within(Some(3000), TtlCaps::default(), 10_000), Ok(3000)); // requested
+        assert_eq!(within(None, TtlCaps::default(), 10_000), Ok(300)); // default
+        assert_eq!(within(Some(60), all, 10_000), Ok(60)); // requested below every cap
+        assert_eq!(within(Some(3000), all, 30), Ok(30)); // task remaining below every cap
+        assert_eq!(within(Some(3000), all, 0), Err(TtlError::NoTimeLeft));
+        // Above the broker's maximum is malformed, whatever the caps.
+        assert_eq!(
+            within(Some(3601), all, 10_000),
+            Err(TtlError::AboveMax {
+                requested: ttl(3601),
+                max: ttl(3600)
+            })
+        );
+        // A cap above the broker's maximum does not lift it.
+        let loose = TtlCaps {
+            class: Some(ttl(7200)),
+            ..TtlCaps::default()
+        };
+        assert_eq!(within(Some(3600), loose, 10_000), Ok(3600));
+    }
+
+    #[test]
+    fn capping_only_shortens() {
+        let l = lifetime(Some(ttl(600)), ttl(900), LIMITS, t0() + Duration::hours(1), t0()).unwrap();
+        assert_eq!(l.capped(None), l);
+        assert_eq!(l.capped(Some(ttl(900))), l);
+        let c = l.capped(Some(ttl(120)));
+        assert_eq!(c.ttl.as_secs(), 120);
+        assert_eq!(c.issued_at, l.issued_at);
+        assert_eq!(c.expires_at, t0() + Duration::seconds(120));
     }
 
     #[test]

@@ -8,16 +8,20 @@
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
 pub mod policy;
+mod approvals;
+mod attestation;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use self::approvals::{ApprovalSettings, AwaitStep, TokenOutcome};
 
 use tessera_core::ErrorKind;
 use tessera_core::anomaly::{AnomalyDetector, AnomalyRule, QuarantineList, Trigger};
 use tessera_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
-use tessera_core::grant::{Grant, GrantId, GrantState, RandomError};
+use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState, RandomError};
 use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
 use tessera_core::issuance::{self, IssuanceError, TokenRequest};
 use tessera_core::orchestration::{self, OrchestrationError, StartTask, TaskLimits};
@@ -28,6 +32,12 @@ use tessera_core::ttl::TtlLimits;
 use tessera_store::{
     FeedBatch, FeedPosition, GrantFilter, GrantPage, GrantStore, PublishedKey, RevokeOutcome, StoreError, TaskEnded,
 };
+
+mod delegation;
+mod pop;
+
+pub use delegation::BindingSettings;
+pub use pop::{DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
 
 /// Why a broker operation failed. [`BrokerError::kind`] decides the status code.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +79,38 @@ pub enum BrokerError {
     /// Policy refused, or could not be asked.
     #[error(transparent)]
     Policy(#[from] policy::PolicyRefusal),
+    /// A delegation was refused.
+    #[error(transparent)]
+    Delegation(#[from] tessera_core::delegation::DelegationError),
+    /// A proof-of-possession was refused; `field` is the request field.
+    #[error("{field}: {source}")]
+    Proof {
+        /// The request field holding the proof.
+        field: &'static str,
+        /// Why.
+        #[source]
+        source: tessera_core::pop::ProofError,
+    },
+    /// A token of a class that must be bound was asked for without a binding.
+    #[error(
+        "{field}: {class} tokens are never issued as bearer tokens; send a proof of possession (pop_proof) or, over mTLS, set mtls_binding"
+    )]
+    Unbound {
+        /// The request field that would bind it.
+        field: &'static str,
+        /// The token's class.
+        class: tessera_core::task::ScopeClass,
+    },
+    /// The binding asked for cannot be made; the message names the field.
+    #[error("{0}")]
+    Binding(&'static str),
+    /// An approval operation was refused (self-approval, not pending,
+    /// denied, expired, already redeemed, not the requester's).
+    #[error(transparent)]
+    Approval(tessera_core::approval::ApprovalError),
+    /// The grant's risk is above a cap (`blast_radius_exceeded`).
+    #[error(transparent)]
+    Risk(tessera_core::risk::RiskError),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -105,12 +147,17 @@ impl BrokerError {
             Self::Issuance(e) => e.kind(),
             Self::Orchestration(e) => e.kind(),
             Self::Task(e) => e.kind(),
+            Self::Approval(e) => e.kind(),
+            Self::Risk(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::Policy(e) => e.kind(),
             Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
             Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
             Self::Audit(_) => ErrorKind::Unavailable,
+            Self::Delegation(e) => e.kind(),
+            Self::Proof { source, .. } => source.kind(),
+            Self::Unbound { .. } | Self::Binding(_) => ErrorKind::InvalidArgument,
         }
     }
 }
@@ -134,6 +181,8 @@ pub struct Issued {
     pub token: String,
     /// Its recorded grant.
     pub grant: Grant,
+    /// Its OAuth `token_type`: `DPoP` for a key-bound token, else `Bearer`.
+    pub token_type: &'static str,
 }
 
 impl std::fmt::Debug for Issued {
@@ -164,6 +213,12 @@ pub struct BrokerSettings {
     pub anomaly: Option<AnomalyRule>,
     /// The policy set to start with, and where reloads read it.
     pub policy: policy::PolicySetup,
+    /// Delegation depth and which classes must be bound (`[delegation]`, `[tokens] bound_classes`).
+    pub binding: BindingSettings,
+    /// Lifetime caps per class and kind, and the blast-radius cap.
+    pub risk: tessera_core::risk::RiskLimits,
+    /// How approvals wait.
+    pub approvals: ApprovalSettings,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -178,6 +233,8 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     audit: Arc<dyn AuditSink>,
+    /// Single-use proof `jti`s, shared by every replica when the store is.
+    replay: Arc<dyn tessera_store::replay::ReplayCache>,
     /// Anomaly revocation state, `None` when the rule is off. Per replica:
     /// each replica counts the denials it answers and quarantines on its own
     /// (the grants it revokes are revoked in the shared store, for every
@@ -189,6 +246,8 @@ pub struct Broker {
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
     /// The Cedar policy in force and the entities it reads.
     policy: policy::PolicyState,
+    /// Pending approvals (memory unless [`Broker::with_approval_store`]).
+    approvals: approvals::Approvals,
 }
 
 /// Most distinct refused callers remembered for audit sampling.
@@ -237,7 +296,7 @@ fn actor(who: &VerifiedIdentity) -> Actor {
     let mut actor = Actor::new(identity.id.to_string());
     actor.kind = Some(identity.kind.to_string());
     actor.owner = Some(identity.owner.clone());
-    actor.attestation = Some("x509".into());
+    actor.attestation = Some(who.method().to_string());
     actor.evidence = Some(who.evidence().to_owned());
     actor
 }
@@ -282,11 +341,13 @@ impl Broker {
             catalog,
             signer: std::sync::RwLock::new(Arc::new(signer)),
             rotating: tokio::sync::Mutex::new(()),
+            replay: Arc::new(tessera_store::replay::MemoryReplayCache::new(1_000_000, clock.clone())),
             clock,
             anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),
             settings,
             audit,
             refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
+            approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();
@@ -297,6 +358,13 @@ impl Broker {
             tracing::error!(error = %e, "audit sink failing at start; mints and revocations will fail until it recovers");
         }
         Ok(broker)
+    }
+
+    /// Uses `replay` for single-use proof `jti`s (the store's, so that
+    /// every replica shares it); the default is this process's memory.
+    pub fn with_replay_cache(mut self, replay: Arc<dyn tessera_store::replay::ReplayCache>) -> Self {
+        self.replay = replay;
+        self
     }
 
     fn event(&self, kind: AuditKind, decision: Outcome, who: Option<&VerifiedIdentity>) -> AuditEvent {
@@ -326,49 +394,16 @@ impl Broker {
         Err(err)
     }
 
-    /// Records a caller refused at attestation; returns the error to answer with.
+    /// Records a caller refused at mTLS attestation; returns the error to
+    /// answer with. See [`Broker::attestation_refused_by`].
     pub async fn attestation_refused(
         &self,
         claimed: Option<&SpiffeId>,
         evidence: Option<&str>,
         reason: &str,
     ) -> BrokerError {
-        let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
-        crate::telemetry::decision("attest", false);
-        event.who = claimed.map(|id| {
-            let mut a = Actor::new(id.to_string());
-            a.attestation = Some("x509".into());
-            a.evidence = evidence.map(str::to_owned);
-            a
-        });
-        event.reason = Some(reason.to_owned());
-        let refused = BrokerError::Identity(IdentityError::Refused(reason.to_owned()));
-        let key = claimed
-            .map(ToString::to_string)
-            .or_else(|| evidence.map(str::to_owned))
-            .unwrap_or_default();
-        let now = self.clock.now();
-        {
-            let mut seen = self
-                .refusals_audited
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen
-                .get(&key)
-                .is_some_and(|at| now - *at < chrono::Duration::seconds(1))
-            {
-                tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
-                return refused;
-            }
-            if seen.len() >= REFUSAL_SAMPLES {
-                seen.clear();
-            }
-            seen.insert(key, now);
-        }
-        match self.audit(event).await {
-            Ok(()) => refused,
-            Err(e) => e,
-        }
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason)
+            .await
     }
 
     /// Fails unless policy lets `who` make the admin call `rpc` (the baseline:
@@ -769,21 +804,14 @@ impl Broker {
         Ok(ended)
     }
 
-    /// RequestToken: decide, sign, record. No token leaves unless its grant is recorded.
-    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<Issued, BrokerError> {
+    /// RequestToken: decide, assess, then sign and record — or, for a
+    /// high-impact (or policy-marked) request, open a pending approval. No
+    /// token leaves unless its grant is recorded.
+    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<TokenOutcome, BrokerError> {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
         let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
-            let mut plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
-            plan.lifetime = allowed.cap(plan.lifetime);
-            if allowed.approval_required() {
-                return Err(policy::PolicyRefusal::ApprovalRequired {
-                    action: allowed.action(),
-                    policy_ids: allowed.policy_ids().to_vec(),
-                    policy_hash: allowed.policy_hash().into(),
-                }
-                .into());
-            }
+            let plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
             Ok((allowed, plan))
         });
         let (allowed, plan) = match decided {
@@ -808,7 +836,56 @@ impl Broker {
                 return refused;
             }
         };
+        if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
+            crate::telemetry::decision("request_token", false);
+            let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+            event.task_id = Some(req.task_id.to_string());
+            event.audience = Some(req.audience.to_string());
+            event.class = Some(plan.class.to_string());
+            let refused = self.refuse(event, e).await;
+            self.count_denial(who).await;
+            return refused;
+        }
+        // Policy's obligations (approval, max TTL, blast-radius cap) go to
+        // the same assessment as the catalog's and the configuration's.
+        let terms = Self::policy_terms(&allowed);
+        let assessment = self.assess_plan(who, req, &plan, None, &terms).await?;
+        if let Some(why) = assessment.approval.clone() {
+            return self
+                .open_approval(who, req, &plan, &assessment, why, task.deadline)
+                .await
+                .map(TokenOutcome::Pending);
+        }
+        let impact = GrantImpact {
+            high_impact: !assessment.high_impact.is_empty(),
+            blast_radius: assessment.blast_radius,
+            approval_id: None,
+        };
+        let plan = issuance::GrantPlan {
+            lifetime: assessment.lifetime,
+            ..plan
+        };
         let id = self.store.new_grant_id(&plan.task_id).await?;
+        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
+            .await
+            .map(TokenOutcome::Issued)
+    }
+
+    /// Signs and records a token for an allowed, assessed `plan` under the
+    /// grant id `id` (from [`GrantStore::new_grant_id`]), then audits it.
+    async fn mint(
+        &self,
+        who: &VerifiedIdentity,
+        plan: issuance::GrantPlan,
+        id: GrantId,
+        impact: GrantImpact,
+        cnf: Option<tessera_core::token::Confirmation>,
+        allowed: &policy::PolicyAllowed,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Issued, BrokerError> {
+        let token_type = cnf
+            .as_ref()
+            .map_or("Bearer", tessera_core::token::Confirmation::token_type);
         let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
@@ -821,8 +898,9 @@ impl Broker {
             scope,
             client_id: who.id().to_string(),
             task_id: plan.task_id.to_string(),
-            cnf: None,
+            cnf,
             act: None,
+            tessera_chain: Vec::new(),
         };
         let signer = self.signer();
         let token = signer
@@ -842,6 +920,7 @@ impl Broker {
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
+            impact,
         };
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
@@ -861,6 +940,8 @@ impl Broker {
         event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
         event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
         allowed.stamp(&mut event);
+        event.blast_radius = Some(grant.impact.blast_radius);
+        event.approval_id = grant.impact.approval_id.clone();
         if let Err(e) = self.audit(event).await {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
@@ -876,10 +957,16 @@ impl Broker {
             scopes = grant.scopes.len(),
             ttl_secs = plan.lifetime.ttl.as_secs(),
             kid = %grant.key_id,
+            blast_radius = grant.impact.blast_radius,
+            approval_id = grant.impact.approval_id.as_deref().unwrap_or(""),
             "token issued"
         );
         crate::telemetry::issued(&grant.class);
-        Ok(Issued { token, grant })
+        Ok(Issued {
+            token,
+            grant,
+            token_type,
+        })
     }
 
     /// ReleaseToken: the holder gives its grant back.
@@ -959,7 +1046,39 @@ impl Broker {
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
         self.require_verifier(who, "Introspect").await?;
+        Ok(self.live(token, self.clock.now()).await?.map(|(claims, _)| claims))
+    }
+
+    /// ReportMisuse: a resource server saw `presenter` present `token`. A
+    /// live token whose holder (`client_id`) is someone else is misuse:
+    /// audited as `token_misuse`, and with anomaly rules on, the token's
+    /// task is revoked (every grant of it: the token leaked, so may its
+    /// siblings) and the presenter quarantined. Returns the grants revoked,
+    /// or `None` when it was no misuse (the holder itself, or a dead token).
+    pub async fn report_misuse(
+        &self,
+        who: &VerifiedIdentity,
+        token: &str,
+        presenter: &SpiffeId,
+    ) -> Result<Option<u64>, BrokerError> {
+        // No action of its own: reporting misuse is part of checking
+        // tokens, so the verifier policy (Introspect) decides it.
+        self.require_verifier(who, "Introspect").await?;
         let now = self.clock.now();
+        match self.live(token, now).await? {
+            Some((claims, grant)) if claims.client_id != presenter.as_str() => {
+                self.misused(who, presenter, &grant, now).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The claims and grant of `token` if it verifies and its grant is live.
+    async fn live(
+        &self,
+        token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(AccessClaims, Grant)>, BrokerError> {
         let jwks = self.jwks().await?;
         let claims = match tessera_core::token::verify_access_token(
             token,
@@ -980,11 +1099,77 @@ impl Broker {
         let Some(grant) = self.store.grant(&id).await? else {
             return Ok(None);
         };
-        let matches = grant.subject.as_str() == claims.sub
+        // The holder is `client_id` (a delegated token's `sub` is its chain's root).
+        let matches = grant.subject.as_str() == claims.client_id
             && grant.task_id.as_str() == claims.task_id
             && grant.audience.as_str() == claims.aud;
         // Expiry is judged on the grant with no leeway: introspection is authoritative.
-        Ok((matches && grant.is_live_at(now)).then_some(claims))
+        Ok((matches && grant.is_live_at(now)).then_some((claims, grant)))
+    }
+
+    /// A verifier caught `presenter` with `grant`'s token: audit it, and
+    /// with anomaly rules on, end the grant's task (the token leaked, so may
+    /// its siblings) and quarantine the presenter on this replica.
+    async fn misused(
+        &self,
+        reporter: &VerifiedIdentity,
+        presenter: &SpiffeId,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, BrokerError> {
+        let mut event = self.event(AuditKind::TokenMisuse, Outcome::Deny, Some(reporter));
+        event.task_id = Some(grant.task_id.to_string());
+        event.grant_id = Some(grant.id.to_string());
+        let what = format!(
+            "`{presenter}` presented a token of task `{}` issued to `{}`",
+            grant.task_id, grant.subject
+        );
+        let Some(rule) = self.settings.anomaly else {
+            event.reason = Some(format!("{what}; anomaly rules off: nothing revoked"));
+            return self.audit(event).await.map(|()| 0);
+        };
+        let trigger = Trigger::misuse(
+            &rule,
+            presenter.clone(),
+            grant.subject.as_str(),
+            grant.task_id.as_str(),
+            now,
+        );
+        if let Some(anomaly) = &self.anomaly {
+            anomaly
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .quarantine(&trigger, now);
+        }
+        let revoked = self
+            .store
+            .end_task(&grant.task_id, TaskState::Revoked, &format!("anomaly: {what}"), now)
+            .await;
+        let shown = match &revoked {
+            Ok(ended) => ended.grants_revoked.to_string(),
+            Err(e) => {
+                tracing::error!(task = %grant.task_id, error = %e, "anomaly: revoking the misused token's task failed");
+                "failed".to_owned()
+            }
+        };
+        tracing::warn!(
+            event = "token_misuse",
+            presenter = %presenter,
+            task = %grant.task_id,
+            grants_revoked = %shown,
+            until = %trigger.until,
+            "anomaly rule fired: token presented by another identity; task revoked, presenter quarantined"
+        );
+        event.reason = Some(format!(
+            "{what}; task revoked (grants: {shown}); `{presenter}` quarantined until {}",
+            trigger.until
+        ));
+        if let Ok(ended) = &revoked {
+            event.count = Some(ended.grants_revoked);
+            crate::telemetry::revoked("anomaly", ended.grants_revoked);
+        }
+        self.audit(event).await?;
+        Ok(revoked?.grants_revoked)
     }
 
     /// WatchRevocations: one read of the feed.
@@ -1153,8 +1338,7 @@ impl Broker {
         tracing::warn!(
             event = "quarantined",
             identity = %who.id(),
-            denials = trigger.denials,
-            within_secs = trigger.within.num_seconds(),
+            cause = %what,
             grants_revoked = %shown,
             until = %trigger.until,
             "anomaly rule fired: identity quarantined"
@@ -1267,7 +1451,9 @@ mod tests {
                 state: GrantState::Active,
                 revoked_at: None,
                 revocation_reason: None,
+                impact: GrantImpact::default(),
             },
+            token_type: "Bearer",
         };
         let shown = format!("{issued:?}");
         assert!(!shown.contains("secret"), "{shown}");

@@ -113,10 +113,20 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// The Cedar policy set.
     pub policy: policy::PolicyConfig,
+    /// `[delegation] max_depth` and `[tokens] bound_classes`.
+    pub binding: crate::broker::BindingSettings,
+    /// The HTTPS OAuth facade.
+    pub oauth: crate::http::config::OAuthConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
     pub catalog: ApiCatalog,
+    /// How requests needing approval wait.
+    pub approvals: risk::ApprovalsConfig,
+    /// Attestation methods beyond mTLS, and reloading.
+    pub attestation: crate::attest::config::AttestationConfig,
+    /// The file this was loaded from (reloaded for identities).
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -155,8 +165,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates that issue client SVIDs (PEM).
     pub trust_bundle: PathBuf,
-    /// The one trust domain whose SVIDs are accepted.
+    /// The trust domain of `trust_bundle`.
     pub trust_domain: String,
+    /// More trust domains, each with its own bundle (`[[tls.trust_domains]]`).
+    pub trust_domains: Vec<crate::attest::config::TrustDomainConfig>,
 }
 
 /// `[tokens]`.
@@ -174,6 +186,8 @@ pub struct TokensConfig {
     pub leeway_secs: i64,
     /// How often the signing key is rotated.
     pub rotate_every: Duration,
+    /// Lifetime caps per class and kind, and the blast-radius cap.
+    pub risk: tessera_core::risk::RiskLimits,
     /// How long a scheduled rotation's next key is in the JWKS before it signs.
     pub rotate_prepublish: Duration,
 }
@@ -239,9 +253,17 @@ struct RawConfig {
     #[serde(default)]
     policy: policy::RawPolicy,
     #[serde(default)]
+    delegation: delegation::RawDelegation,
+    #[serde(default)]
+    oauth: crate::http::config::RawOAuth,
+    #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
     apis: Vec<RawApi>,
+    #[serde(default)]
+    approvals: risk::RawApprovals,
+    #[serde(default)]
+    attestation: crate::attest::config::RawAttestation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +328,8 @@ struct RawTls {
     key: PathBuf,
     trust_bundle: PathBuf,
     trust_domain: String,
+    #[serde(default)]
+    trust_domains: Vec<crate::attest::config::RawTrustDomain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,9 +348,17 @@ struct RawTokens {
     leeway: Duration,
     #[serde(default = "default_rotate_every", with = "humantime_serde")]
     rotate_every: Duration,
+    #[serde(default)]
+    class_max_ttl: BTreeMap<String, String>,
+    #[serde(default)]
+    kind_max_ttl: BTreeMap<String, String>,
+    #[serde(default)]
+    max_blast_radius: Option<u32>,
     /// Unset: a quarter of `rotate_every`, at most 10 minutes.
     #[serde(default, with = "humantime_serde::option")]
     rotate_prepublish: Option<Duration>,
+    #[serde(default = "delegation::default_bound_classes")]
+    bound_classes: Vec<ScopeClass>,
 }
 
 fn default_rotate_every() -> Duration {
@@ -535,6 +567,12 @@ struct RawIdentity {
     max_ttl: Duration,
     #[serde(default)]
     disabled: bool,
+    /// Methods it may attest by (default `["x509"]`, plus `unix` with `unix` selectors).
+    #[serde(default)]
+    attestation: Option<BTreeSet<tessera_core::identity::AttestationMethod>>,
+    /// Unix-socket selectors.
+    #[serde(default)]
+    unix: Option<crate::attest::config::RawUnixSelector>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,16 +581,16 @@ struct RawApi {
     audience: String,
     #[serde(default)]
     schema_version: String,
-    scopes: BTreeMap<String, ScopeClass>,
+    scopes: BTreeMap<String, risk::RawScope>,
 }
 
 /// `humantime` durations ("5m", "1h 30m") for serde.
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}")))
@@ -595,7 +633,9 @@ impl Config {
             let message = e.into_inner().to_string();
             key_error(if key == "." { "(top level)".to_owned() } else { key }, message)
         })?;
-        raw.validate(base)
+        let mut config = raw.validate(base)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 }
 
@@ -609,7 +649,18 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
         // Variables the CLI and tooling read; not config keys.
         if matches!(
             rest,
-            "CONFIG" | "LOG" | "ENDPOINT" | "CA" | "CERT" | "KEY" | "AS" | "DEV_DIR" | "OUTPUT" | "TOKEN"
+            "CONFIG"
+                | "LOG"
+                | "ENDPOINT"
+                | "CA"
+                | "CERT"
+                | "KEY"
+                | "AS"
+                | "DEV_DIR"
+                | "OUTPUT"
+                | "TOKEN"
+                | "JWT_FILE"
+                | "UNIX_SOCKET"
         ) {
             continue;
         }
@@ -835,6 +886,9 @@ impl RawConfig {
             return Err(key_error("tokens.leeway", "must be at most 5m"));
         }
 
+        let risk = risk::risk_limits(t.class_max_ttl, t.kind_max_ttl, t.max_blast_radius, max)?;
+        let approvals = self.approvals.validate()?;
+
         let max_task = chrono::Duration::from_std(self.tasks.max_duration)
             .map_err(|_| key_error("tasks.max_duration", "too long"))?;
         if max_task <= chrono::Duration::zero() || max_task > chrono::Duration::days(30) {
@@ -852,29 +906,42 @@ impl RawConfig {
             ));
         }
         let anomaly = self.anomaly.validate()?;
+        let oauth = self.oauth.validate()?;
 
+        let trust_domains = crate::attest::config::trust_domains(self.tls.trust_domains, base, td)?;
+        let attestation = self.attestation.validate(base, &t.issuer)?;
+        // Identities may be in any domain we can attest: the [tls] one,
+        // [[tls.trust_domains]], or a JWT issuer's mapping.
+        let known: BTreeSet<&str> = std::iter::once(td.as_str())
+            .chain(trust_domains.iter().map(|d| d.name.as_str()))
+            .chain(attestation.jwt_domains())
+            .collect();
         let mut identities = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, raw) in self.identities.into_iter().enumerate() {
             let key = |field: &str| format!("identities[{i}].{field}");
             let id = SpiffeId::parse(&raw.id).map_err(|e| key_error(key("id"), format!("`{}`: {e}", raw.id)))?;
-            if id.trust_domain() != td {
+            if !known.contains(id.trust_domain()) {
                 return Err(key_error(key("id"), format!("`{id}` is not in trust domain `{td}`")));
             }
+            let rules = crate::attest::config::identity_rules(&key, raw.attestation, raw.unix)?;
             if !seen.insert(id.clone()) {
                 return Err(key_error(key("id"), format!("`{id}` is registered twice")));
             }
             if raw.owner.trim().is_empty() {
                 return Err(key_error(key("owner"), "every identity needs an accountable owner"));
             }
-            identities.push(Identity {
-                id,
-                kind: raw.kind,
-                owner: raw.owner,
-                max_ttl: ttl(&key("max_ttl"), raw.max_ttl)?,
-                roles: raw.roles,
-                disabled: raw.disabled,
-            });
+            identities.push((
+                Identity {
+                    id,
+                    kind: raw.kind,
+                    owner: raw.owner,
+                    max_ttl: ttl(&key("max_ttl"), raw.max_ttl)?,
+                    roles: raw.roles,
+                    disabled: raw.disabled,
+                },
+                rules,
+            ));
         }
 
         let mut apis = Vec::new();
@@ -890,17 +957,23 @@ impl RawConfig {
                 return Err(key_error(key("scopes"), "an API needs at least one scope"));
             }
             let mut scopes = BTreeMap::new();
-            for (name, class) in raw.scopes {
+            let mut high_impact = BTreeSet::new();
+            for (name, spec) in raw.scopes {
                 let scope = Scope::parse(&name).map_err(|e| key_error(key("scopes"), format!("`{name}` {e}")))?;
-                scopes.insert(scope, class);
+                if spec.high_impact {
+                    high_impact.insert(scope.clone());
+                }
+                scopes.insert(scope, spec.class);
             }
             apis.push(Api {
                 audience,
                 schema_version: raw.schema_version,
                 scopes,
+                high_impact,
             });
         }
 
+        let binding = delegation::settings(self.delegation, t.bound_classes)?;
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -920,6 +993,7 @@ impl RawConfig {
                 key: resolve(base, self.tls.key),
                 trust_bundle: resolve(base, self.tls.trust_bundle),
                 trust_domain: self.tls.trust_domain,
+                trust_domains,
             },
             tokens: TokensConfig {
                 issuer: t.issuer,
@@ -928,6 +1002,7 @@ impl RawConfig {
                 ttl: TtlLimits { default, max },
                 leeway_secs: i64::try_from(t.leeway.as_secs()).unwrap_or(0),
                 rotate_every: t.rotate_every,
+                risk,
                 rotate_prepublish,
             },
             tasks: TasksConfig { max_duration: max_task },
@@ -942,13 +1017,21 @@ impl RawConfig {
             },
             anomaly,
             policy: self.policy.validate(base)?,
-            identities: IdentityRegistry::new(identities),
+            binding,
+            oauth,
+            identities: IdentityRegistry::with_rules(identities),
             catalog: ApiCatalog::new(apis),
+            approvals,
+            attestation,
+            source: None,
         })
     }
 }
 
 pub mod policy;
+mod delegation;
+mod risk;
+pub use risk::ApprovalsConfig;
 
 #[cfg(test)]
 mod tests;

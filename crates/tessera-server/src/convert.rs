@@ -20,6 +20,9 @@ use tessera_store::{FeedEvent, FeedPosition, GrantFilter};
 use crate::broker::{GrantQuery, Issued};
 use crate::status::FieldError;
 
+mod approvals;
+pub use approvals::{approval, approval_id, approval_state, pending};
+
 /// Longest free-text reason accepted, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Longest token accepted for introspection or release, in bytes.
@@ -93,6 +96,14 @@ pub fn token(field: &'static str, s: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(field, format!("longer than {MAX_TOKEN_LEN} bytes")));
     }
     Ok(())
+}
+
+/// Parses an optional SPIFFE ID field (empty: none).
+pub fn optional_spiffe_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, FieldError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    spiffe_id(field, s).map(Some)
 }
 
 /// Parses a feed position (empty: from now).
@@ -169,12 +180,16 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
     })
 }
 
-/// RequestTokenRequest → [`TokenRequest`].
+/// Longest proof-of-possession proof accepted, in bytes.
+pub const MAX_PROOF_LEN: usize = tessera_core::pop::MAX_PROOF_LEN;
+
+/// RequestTokenRequest → [`TokenRequest`], unbound: the proof in
+/// `pop_proof` (bounded here) is verified by the broker, which sets `binding`.
 pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldError> {
-    if !req.pop_proof.is_empty() {
+    if req.pop_proof.len() > MAX_PROOF_LEN {
         return Err(FieldError::new(
             "pop_proof",
-            "proof-of-possession is not supported by this broker yet",
+            format!("longer than {MAX_PROOF_LEN} bytes"),
         ));
     }
     let ttl = req
@@ -186,6 +201,42 @@ pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, Fiel
         audience: audience("audience", &req.audience)?,
         scopes: scopes("scopes", &req.scopes)?,
         ttl,
+        binding: None,
+    })
+}
+
+/// DelegateTokenRequest → the parent token (bounded) and a
+/// [`DelegationRequest`]. Empty `scopes`: all of the parent's; empty
+/// `audience` or `task_id`: the parent's.
+pub fn delegation_request(
+    req: &pb::DelegateTokenRequest,
+) -> Result<tessera_core::delegation::DelegationRequest, FieldError> {
+    token("parent_token", &req.parent_token)?;
+    if req.delegate_pop_proof.len() > MAX_PROOF_LEN {
+        return Err(FieldError::new(
+            "delegate_pop_proof",
+            format!("longer than {MAX_PROOF_LEN} bytes"),
+        ));
+    }
+    let ttl = req
+        .ttl_seconds
+        .map(|s| Ttl::from_secs(u64::from(s)).map_err(|e| FieldError::new("ttl_seconds", e.to_string())))
+        .transpose()?;
+    let scopes = if req.scopes.is_empty() {
+        BTreeSet::new()
+    } else {
+        scopes("scopes", &req.scopes)?
+    };
+    Ok(tessera_core::delegation::DelegationRequest {
+        delegate: spiffe_id("delegate", &req.delegate)?,
+        scopes,
+        ttl,
+        audience: (!req.audience.is_empty())
+            .then(|| audience("audience", &req.audience))
+            .transpose()?,
+        task_id: (!req.task_id.is_empty())
+            .then(|| task_id("task_id", &req.task_id))
+            .transpose()?,
     })
 }
 
@@ -218,12 +269,6 @@ fn class_filter(field: &'static str, raw: i32) -> Result<Option<ScopeClass>, Fie
 
 /// ListGrantsRequest → [`GrantQuery`]. Empty fields do not filter.
 pub fn grant_query(req: &pb::ListGrantsRequest) -> Result<GrantQuery, FieldError> {
-    if req.high_impact_only {
-        return Err(FieldError::new(
-            "high_impact_only",
-            "not supported until the catalog has high-impact scopes",
-        ));
-    }
     let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let task_id = optional(&req.task_id).map(|t| task_id("task_id", &t)).transpose()?;
     let subjects = optional(&req.subject)
@@ -261,6 +306,7 @@ pub fn grant_query(req: &pb::ListGrantsRequest) -> Result<GrantQuery, FieldError
             audience,
             class: class_filter("class", req.class)?,
             expiring_before,
+            high_impact_only: req.high_impact_only,
         },
         owner,
         page_token,
@@ -334,6 +380,9 @@ pub fn grant(g: &Grant, now: DateTime<Utc>) -> pb::Grant {
         revoked_at: g.revoked_at.map(timestamp),
         revocation_reason: g.revocation_reason.clone().unwrap_or_default(),
         key_id: g.key_id.clone(),
+        high_impact: g.impact.high_impact,
+        blast_radius: g.impact.blast_radius,
+        approval_id: g.impact.approval_id.clone().unwrap_or_default(),
     }
 }
 
@@ -342,7 +391,7 @@ pub fn issued(i: Issued) -> pb::IssuedToken {
     let g = &i.grant;
     pb::IssuedToken {
         access_token: i.token,
-        token_type: "Bearer".into(),
+        token_type: i.token_type.into(),
         grant_id: g.id.to_string(),
         task_id: g.task_id.to_string(),
         audience: g.audience.to_string(),
@@ -351,6 +400,8 @@ pub fn issued(i: Issued) -> pb::IssuedToken {
         issued_at: Some(timestamp(g.issued_at)),
         expires_at: Some(timestamp(g.expires_at)),
         expires_in: u32::try_from((g.expires_at - g.issued_at).num_seconds()).unwrap_or(0),
+        blast_radius: g.impact.blast_radius,
+        approval_id: g.impact.approval_id.clone().unwrap_or_default(),
     }
 }
 
@@ -461,6 +512,7 @@ pub fn blast_radius(r: &BlastRadius) -> pb::BlastRadiusResponse {
         max_delegation_depth: r.max_delegation_depth,
         delegation_fan_out: r.delegation_fan_out,
         owners: r.owners.iter().cloned().collect(),
+        total_score: r.total_score,
     }
 }
 
@@ -474,7 +526,7 @@ mod tests {
             audience: "crm".into(),
             scopes: vec!["a.read".into()],
             ttl_seconds: Some(60),
-            pop_proof: String::new(),
+            ..Default::default()
         }
     }
 
@@ -545,7 +597,7 @@ mod tests {
         );
         check(
             pb::RequestTokenRequest {
-                pop_proof: "x".into(),
+                pop_proof: "x".repeat(MAX_PROOF_LEN + 1),
                 ..request()
             },
             "pop_proof",

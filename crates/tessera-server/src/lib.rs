@@ -7,6 +7,7 @@
 //! so tests run the real server on `127.0.0.1:0`. Nothing here logs a token
 //! or a private key.
 
+pub mod attest;
 pub mod audit;
 pub mod broker;
 pub mod config;
@@ -25,7 +26,7 @@ use tessera_core::clock::Clock;
 use tessera_core::orchestration::TaskLimits;
 use tessera_core::token::{KeyError, SigningKey};
 use tessera_proto::v1 as pb;
-use tessera_store::{GrantStore, MemoryStore, RedisStore, StoreError};
+use tessera_store::{GrantStore, MemoryStore, RedisStore, ReplayCache, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
@@ -68,6 +69,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Attestation (trust bundles, JWT issuers, the Unix socket) could not be set up.
+    #[error(transparent)]
+    Attestation(#[from] attest::AttestSetupError),
     /// Reflection could not be built from the descriptor set.
     #[error("reflection service: {0}")]
     Reflection(String),
@@ -77,8 +81,11 @@ pub enum ServeError {
 pub struct Prepared {
     config: Config,
     tls: rustls::ServerConfig,
+    /// The HTTPS OAuth facade's TLS (`None` with `oauth.listen = "off"`).
+    oauth_tls: Option<Arc<rustls::ServerConfig>>,
     signer: SigningKey,
     policy: broker::policy::PolicySetup,
+    attest: attest::Prepared,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -101,7 +108,16 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     // INVARIANT: only the ring provider is compiled in (CI checks that
     // aws-lc-rs is absent); installing it makes rustls' choice explicit.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.trust_bundle)?;
+    let attest = attest::prepare(&config)?;
+    let tls = tls::server_config_with(&config.tls.cert, &config.tls.key, attest.trust.verifier())?;
+    let oauth_tls = match config.oauth.listen {
+        Some(_) => Some(Arc::new(tls::facade_server_config(
+            &config.tls.cert,
+            &config.tls.key,
+            &config.tls.trust_bundle,
+        )?)),
+        None => None,
+    };
     let alg = config.tokens.algorithm;
     let signer = match &config.tokens.signing_key {
         Some(path) => {
@@ -120,8 +136,10 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     Ok(Prepared {
         config,
         tls,
+        oauth_tls,
         signer,
         policy,
+        attest,
     })
 }
 
@@ -131,8 +149,10 @@ pub struct Listeners {
     /// The gRPC (mTLS) listener.
     pub grpc: TcpListener,
     /// The plain-HTTP operations listener (`/metrics`, `/healthz`,
-    /// `/readyz`); `None` serves none.
+    /// `/readyz`, JWKS and metadata); `None` serves none.
     pub http: Option<TcpListener>,
+    /// The HTTPS OAuth facade listener (`oauth.listen`); `None` serves none.
+    pub oauth: Option<TcpListener>,
 }
 
 /// Runs the broker until `shutdown` resolves, then stops accepting, reports
@@ -146,14 +166,35 @@ pub async fn serve(
     let Prepared {
         config,
         tls,
+        oauth_tls,
         signer,
         policy,
+        attest: prepared_attest,
     } = prepared;
     let _ = telemetry::handle();
-    let store: Arc<dyn GrantStore> = match &config.store {
-        StoreConfig::Memory => Arc::new(MemoryStore::default()),
-        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
+    // Proof and attestation `jti`s are single-use across replicas: with
+    // Redis, in Redis; with the embedded store, in this process.
+    type Stores = (
+        Arc<dyn GrantStore>,
+        Arc<dyn ReplayCache>,
+        Arc<dyn tessera_store::ApprovalStore>,
+    );
+    let (store, replay, approvals): Stores = match &config.store {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::default());
+            (
+                store.clone(),
+                store,
+                Arc::new(tessera_store::MemoryApprovalStore::default()),
+            )
+        }
+        StoreConfig::Redis(redis) => {
+            let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+            (redis.clone(), redis.clone(), redis)
+        }
     };
+    prepared_attest.trust.set_clock(clock.clone());
+    let attestors = Arc::new(attest::Attestors::new(&prepared_attest, &config, replay.clone())?);
     let settings = BrokerSettings {
         issuer: config.tokens.issuer.clone(),
         instance_id: config.server.instance_id.clone(),
@@ -166,6 +207,12 @@ pub async fn serve(
         leeway_secs: config.tokens.leeway_secs,
         anomaly: config.anomaly.rule(),
         policy,
+        binding: config.binding.clone(),
+        risk: config.tokens.risk.clone(),
+        approvals: broker::ApprovalSettings {
+            ttl: chrono::Duration::from_std(config.approvals.ttl).unwrap_or(chrono::Duration::minutes(15)),
+            poll_interval: config.approvals.poll_interval,
+        },
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -179,7 +226,9 @@ pub async fn serve(
             Arc::new(audit),
         )
         .await
-        .map_err(|e| ServeError::Start(e.to_string()))?,
+        .map(|broker| broker.with_replay_cache(replay))
+        .map_err(|e| ServeError::Start(e.to_string()))?
+        .with_approval_store(approvals),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     let shared = Shared {
@@ -189,7 +238,26 @@ pub async fn serve(
             config.server.per_identity_rps,
             config.server.per_identity_burst,
         )),
+        attestors: attestors.clone(),
     };
+    let facade = {
+        let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
+        let public_url = config
+            .oauth
+            .public_url
+            .clone()
+            .or_else(|| oauth_addr.map(|a| format!("https://{a}")))
+            .unwrap_or_else(|| "https://localhost".to_owned());
+        Arc::new(http::oauth::Facade::new(
+            broker.clone(),
+            shared.limiter.clone(),
+            config.tokens.issuer.clone(),
+            config.tokens.leeway_secs,
+            &public_url,
+            config.oauth.max_body_bytes,
+        ))
+    };
+    let (reloader, unix_server) = attest::start(&config, &broker, &attestors, &shared)?;
 
     let max = config.server.max_message_bytes;
     // Health and reflection get the same request cap as our services, not
@@ -292,10 +360,37 @@ pub async fn serve(
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let request_timeout = config.oauth.request_timeout;
     let ops = listeners.http.map(|listener| {
-        tokio::spawn(http::serve(listener, readiness.clone(), async {
-            let _ = http_stop_rx.await;
-        }))
+        let router = http::ops_router(readiness.clone(), Some(facade.clone()));
+        tokio::spawn(http::serve(
+            listener,
+            router,
+            None,
+            request_timeout,
+            stopped(http_stop.subscribe()),
+        ))
+    });
+    let oauth = match (listeners.oauth, oauth_tls) {
+        (Some(listener), Some(tls)) => {
+            let router = http::oauth_router(readiness.clone(), facade);
+            Some(tokio::spawn(http::serve(
+                listener,
+                router,
+                Some(tls),
+                request_timeout,
+                stopped(http_stop.subscribe()),
+            )))
+        }
+        _ => None,
+    };
+    tokio::spawn(async move {
+        let _ = http_stop_rx.await;
+        let _ = http_stop.send(true);
     });
     let server = Server::builder()
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
@@ -325,8 +420,10 @@ pub async fn serve(
         result = &mut server => {
             watch.abort();
             rotation.abort();
-            if let Some(ops) = &ops {
-                ops.abort();
+            reloader.abort();
+            unix_server.stop();
+            for task in ops.iter().chain(oauth.iter()) {
+                task.abort();
             }
             return flatten(result);
         }
@@ -334,6 +431,8 @@ pub async fn serve(
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
     rotation.abort();
+    reloader.abort();
+    unix_server.stop();
     readiness.set(false);
     for name in services {
         health
@@ -354,8 +453,8 @@ pub async fn serve(
         }
     };
     let _ = http_stop_tx.send(());
-    if let Some(ops) = ops {
-        let _ = ops.await;
+    for task in ops.into_iter().chain(oauth) {
+        let _ = task.await;
     }
     drained
 }

@@ -20,7 +20,7 @@ struct Args {
     /// Configuration file (TOML). `TESSERA_<SECTION>__<KEY>` variables override it.
     #[arg(long, env = "TESSERA_CONFIG", default_value = "tesserad.toml")]
     config: PathBuf,
-    /// Once serving, write `{"grpc":"ADDR","http":"ADDR","pid":N}` here (for scripts and tests).
+    /// Once serving, write `{"grpc":"ADDR","http":"ADDR","oauth":"ADDR","pid":N}` here (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Validate the configuration and key material, then exit.
@@ -79,11 +79,21 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
         .await
         .with_context(|| format!("cannot bind {http_listen} (server.http_listen)"))?;
     let http_addr = http.local_addr()?;
+    let oauth = match prepared.config().oauth.listen {
+        Some(listen) => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen} (oauth.listen)"))?,
+        ),
+        None => None,
+    };
+    let oauth_addr = oauth.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(path) = ready_file {
         let tmp = path.with_extension("tmp");
         let body = serde_json::json!({
             "grpc": addr.to_string(),
             "http": http_addr.to_string(),
+            "oauth": oauth_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         std::fs::write(&tmp, body.to_string()).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -91,7 +101,11 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
     }
     serve(
         prepared,
-        Listeners { grpc, http: Some(http) },
+        Listeners {
+            grpc,
+            http: Some(http),
+            oauth,
+        },
         Arc::new(SystemClock),
         shutdown_signal(),
     )

@@ -17,6 +17,7 @@ pub fn code(kind: ErrorKind) -> Code {
         ErrorKind::OutOfRange => Code::OutOfRange,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         _ => Code::Internal,
     }
 }

@@ -53,14 +53,6 @@ fn material(key: &'static str, path: &Path, what: impl std::fmt::Display) -> Tls
 /// certificates required and verified against `trust_bundle`.
 pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| material("tls.cert", cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| material("tls.cert", cert, e))?;
-    if chain.is_empty() {
-        return Err(material("tls.cert", cert, "no certificate found"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
     let mut roots = RootCertStore::empty();
     let bundle: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(trust_bundle)
         .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
@@ -74,7 +66,27 @@ pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rus
     if roots.is_empty() {
         return Err(material("tls.trust_bundle", trust_bundle, "no CA certificate found"));
     }
-    let verifier = client_verifier(roots, provider.clone())?;
+    let verifier = client_verifier(roots, provider)?;
+    server_config_with(cert, key, verifier)
+}
+
+/// Builds the server's rustls configuration: our certificate, and client
+/// certificates checked by `verifier` (e.g. the per-trust-domain verifier
+/// of `attest::trust`, which also decides whether one is required).
+pub fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| material("tls.cert", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| material("tls.cert", cert, e))?;
+    if chain.is_empty() {
+        return Err(material("tls.cert", cert, "no certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -83,6 +95,43 @@ pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rus
         .map_err(|e| material("tls.key", key, e))?;
     // gRPC needs HTTP/2; without ALPN clients fail with H2NotNegotiated.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The HTTPS OAuth facade's rustls configuration: the broker's certificate,
+/// HTTP/1.1, and a client certificate that is **optional** (the public
+/// documents need none) but, when presented, must chain to `trust_bundle`
+/// like on the gRPC port; handlers decide who must present one.
+pub fn facade_server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The same files, parsed and checked by the gRPC configuration first.
+    let grpc = server_config(cert, key, trust_bundle)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| material("tls.cert", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| material("tls.cert", cert, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(trust_bundle)
+        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
+        .flatten()
+    {
+        roots
+            .add(ca)
+            .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
+    }
+    drop(grpc);
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|e| material("tls.key", key, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -223,6 +272,15 @@ pub enum SvidError {
     /// The SPIFFE ID is from another trust domain.
     #[error("SPIFFE ID `{0}` is not in the trusted domain")]
     TrustDomain(String),
+    /// The SPIFFE ID's trust domain is not trusted now (unknown, or its
+    /// bundle is empty); the message says which.
+    #[error("SPIFFE ID `{id}`: {reason}")]
+    Untrusted {
+        /// The SPIFFE ID.
+        id: String,
+        /// Why its domain is refused.
+        reason: String,
+    },
 }
 
 /// A verified peer's SPIFFE ID, and the evidence digest for audit.
@@ -239,6 +297,22 @@ pub struct PeerSvid {
 /// ExtendedKeyUsage, when present). Refuses a CA leaf and a leaf whose
 /// KeyUsage asserts keyCertSign or cRLSign.
 pub fn peer_svid(leaf: &[u8], trust_domain: &str) -> Result<PeerSvid, SvidError> {
+    peer_svid_in(leaf, |domain| {
+        if domain == trust_domain {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+    .map_err(|e| match e {
+        SvidError::Untrusted { id, .. } => SvidError::TrustDomain(id),
+        other => other,
+    })
+}
+
+/// Like [`peer_svid`], with the trust domain accepted when `trusted`
+/// answers `Ok` (it says why not otherwise).
+pub fn peer_svid_in(leaf: &[u8], trusted: impl Fn(&str) -> Result<(), String>) -> Result<PeerSvid, SvidError> {
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| SvidError::Malformed)?;
     if cert.is_ca() {
         return Err(SvidError::CaLeaf);
@@ -265,8 +339,11 @@ pub fn peer_svid(leaf: &[u8], trust_domain: &str) -> Result<PeerSvid, SvidError>
         return Err(SvidError::UriSanCount(uris.len()));
     };
     let id = SpiffeId::parse(uri).map_err(|e| SvidError::SpiffeId(e.to_string()))?;
-    if id.trust_domain() != trust_domain {
-        return Err(SvidError::TrustDomain(id.to_string()));
+    if let Err(reason) = trusted(id.trust_domain()) {
+        return Err(SvidError::Untrusted {
+            id: id.to_string(),
+            reason,
+        });
     }
     let hash = digest::digest(&digest::SHA256, leaf);
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();

@@ -41,6 +41,9 @@ where
     ending_an_expired_task_changes_nothing(make().await).await;
     listing_filters_and_pages_live_grants(make().await).await;
     revoking_a_subject_revokes_its_grants_and_delegates(make().await).await;
+    a_delegated_grant_needs_a_live_parent(make().await).await;
+    revoking_a_parent_revokes_exactly_its_descendants(make().await).await;
+    ending_a_task_revokes_every_hop(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -90,6 +93,7 @@ pub fn grant_with_id(id: GrantId, task: &str, ttl: i64, parent: Option<&GrantId>
         state: GrantState::Active,
         revoked_at: None,
         revocation_reason: None,
+        impact: tessera_core::grant::GrantImpact::default(),
     }
 }
 
@@ -533,7 +537,16 @@ pub async fn listing_filters_and_pages_live_grants(store: impl GrantStore) {
         g.audience = Audience::parse("mail").unwrap()
     })
     .await;
-    let b2 = recorded(&store, "t2", B, 30, None, |_| {}).await;
+    let b2 = recorded(&store, "t2", B, 30, None, |g| {
+        g.impact = tessera_core::grant::GrantImpact {
+            high_impact: true,
+            blast_radius: 25,
+            approval_id: Some("ap_1".into()),
+        };
+    })
+    .await;
+    // The assessment is recorded with the grant.
+    assert_eq!(store.grant(&b2.id).await.unwrap().unwrap().impact, b2.impact);
     let expired = recorded(&store, "t1", A, 1, None, |_| {}).await;
     let revoked = recorded(&store, "t2", A, 30, None, |_| {}).await;
     let ended = recorded(&store, "t3", A, 30, None, |_| {}).await;
@@ -621,6 +634,14 @@ pub async fn listing_filters_and_pages_live_grants(store: impl GrantStore) {
     );
     assert_eq!(
         by(GrantFilter {
+            high_impact_only: true,
+            ..GrantFilter::default()
+        })
+        .await,
+        sorted(&[&b2])
+    );
+    assert_eq!(
+        by(GrantFilter {
             expiring_before: Some(t0() + secs(15)),
             ..GrantFilter::default()
         })
@@ -660,7 +681,16 @@ pub async fn revoking_a_subject_revokes_its_grants_and_delegates(store: impl Gra
     let a2 = recorded(&store, "t2", A, 30, None, |_| {}).await;
     let delegated = recorded(&store, "t1", B, 20, Some(&a1.id), |_| {}).await;
     let b1 = recorded(&store, "t1", B, 30, None, |_| {}).await;
-    let b2 = recorded(&store, "t2", B, 30, None, |_| {}).await;
+    let b2 = recorded(&store, "t2", B, 30, None, |g| {
+        g.impact = tessera_core::grant::GrantImpact {
+            high_impact: true,
+            blast_radius: 25,
+            approval_id: Some("ap_1".into()),
+        };
+    })
+    .await;
+    // The assessment is recorded with the grant.
+    assert_eq!(store.grant(&b2.id).await.unwrap().unwrap().impact, b2.impact);
     let expired = recorded(&store, "t1", A, 1, None, |_| {}).await;
     let now = t0() + secs(2);
     let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
@@ -773,4 +803,413 @@ pub async fn break_glass_primitives(store: impl GrantStore) {
         .map(|k| k.jwk.kid)
         .collect();
     assert_eq!(kids, vec!["b".to_owned()]);
+}
+
+/// A delegated grant is recorded only under a live parent of its task that
+/// outlives it: never under an unknown, revoked or expired parent.
+pub async fn a_delegated_grant_needs_a_live_parent(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    store.create_task(&task("t2", 60, Some("t1"))).await.unwrap();
+    let parent = grant(&store, "t1", 30, None).await;
+    store.record_grant(&parent, t0()).await.unwrap();
+
+    let unknown = GrantId::parse(&format!("{}x", parent.id)).unwrap();
+    let orphan = grant(&store, "t1", 10, Some(&unknown)).await;
+    assert!(matches!(
+        store.record_grant(&orphan, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    let longer = grant(&store, "t1", 31, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&longer, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    // A grant of a child task cannot hang under a grant of its parent task.
+    let other_task = grant(&store, "t2", 10, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&other_task, t0()).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    let same_expiry = grant(&store, "t1", 30, Some(&parent.id)).await;
+    store.record_grant(&same_expiry, t0()).await.unwrap();
+
+    store.revoke_grant(&parent.id, "stolen", t0() + secs(1)).await.unwrap();
+    let late = grant(&store, "t1", 10, Some(&parent.id)).await;
+    assert!(matches!(
+        store.record_grant(&late, t0() + secs(2)).await,
+        Err(StoreError::ParentNotLive)
+    ));
+    // Expired parent.
+    let short = grant(&store, "t1", 5, None).await;
+    store.record_grant(&short, t0()).await.unwrap();
+    let mut after = grant(&store, "t1", 10, Some(&short.id)).await;
+    after.issued_at = t0() + secs(5);
+    after.expires_at = t0() + secs(5);
+    assert!(matches!(
+        store.record_grant(&after, t0() + secs(5)).await,
+        Err(StoreError::ParentNotLive)
+    ));
+}
+
+/// A chain root → a → b → c with siblings: revoking `a` revokes a, b and c
+/// in one call, one feed event each, and leaves the root, a's sibling and
+/// b's sibling's... nothing else: grants of other parents live on.
+pub async fn revoking_a_parent_revokes_exactly_its_descendants(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let root = grant(&store, "t1", 50, None).await;
+    store.record_grant(&root, t0()).await.unwrap();
+    let a = grant(&store, "t1", 40, Some(&root.id)).await;
+    store.record_grant(&a, t0()).await.unwrap();
+    let sibling = grant(&store, "t1", 40, Some(&root.id)).await;
+    store.record_grant(&sibling, t0()).await.unwrap();
+    let b = grant(&store, "t1", 30, Some(&a.id)).await;
+    store.record_grant(&b, t0()).await.unwrap();
+    let c = grant(&store, "t1", 20, Some(&b.id)).await;
+    store.record_grant(&c, t0()).await.unwrap();
+    let b2 = grant(&store, "t1", 30, Some(&a.id)).await;
+    store.record_grant(&b2, t0()).await.unwrap();
+    let nephew = grant(&store, "t1", 30, Some(&sibling.id)).await;
+    store.record_grant(&nephew, t0()).await.unwrap();
+    // Already revoked before: not counted again, no second event.
+    store.revoke_grant(&b2.id, "released", t0()).await.unwrap();
+
+    let now = t0() + secs(1);
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let outcome = store.revoke_grant(&a.id, "compromised", now).await.unwrap().unwrap();
+    assert!(outcome.revoked);
+    assert_eq!(outcome.descendants_revoked, 2);
+    for g in [&a, &b, &c, &b2] {
+        let stored = store.grant(&g.id).await.unwrap().unwrap();
+        assert_eq!(stored.state_at(now), GrantState::Revoked, "{}", g.id);
+    }
+    for g in [&root, &sibling, &nephew] {
+        assert!(store.grant(&g.id).await.unwrap().unwrap().is_live_at(now), "{}", g.id);
+    }
+    let batch = store.read_revocations(Some(&head), 100, Duration::ZERO).await.unwrap();
+    let mut targets: Vec<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    targets.sort_by_key(|t| format!("{t:?}"));
+    let mut expected = vec![
+        RevocationTarget::Grant(a.id.clone()),
+        RevocationTarget::Grant(b.id.clone()),
+        RevocationTarget::Grant(c.id.clone()),
+    ];
+    expected.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(targets, expected);
+    assert!(batch.events.iter().all(|e| e.revocation.reason == "compromised"));
+    assert_eq!(store.live_grants(&tid("t1"), now).await.unwrap(), 3);
+}
+
+/// Completing a task revokes every hop of every chain in it.
+pub async fn ending_a_task_revokes_every_hop(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    store.create_task(&task("t2", 60, None)).await.unwrap();
+    let root = grant(&store, "t1", 50, None).await;
+    store.record_grant(&root, t0()).await.unwrap();
+    let mut chain = vec![root];
+    for ttl in [40, 30, 20] {
+        let parent = chain.last().unwrap().id.clone();
+        let g = grant(&store, "t1", ttl, Some(&parent)).await;
+        store.record_grant(&g, t0()).await.unwrap();
+        chain.push(g);
+    }
+    let elsewhere = grant(&store, "t2", 50, None).await;
+    store.record_grant(&elsewhere, t0()).await.unwrap();
+    let now = t0() + secs(1);
+    let ended = store
+        .end_task(&tid("t1"), TaskState::Completed, "done", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.grants_revoked, 4);
+    for g in &chain {
+        assert!(!store.grant(&g.id).await.unwrap().unwrap().is_live_at(now), "{}", g.id);
+    }
+    assert!(store.grant(&elsewhere.id).await.unwrap().unwrap().is_live_at(now));
+    // No hop can be added afterwards.
+    let late = grant(&store, "t1", 10, Some(&chain[1].id)).await;
+    assert!(store.record_grant(&late, now).await.is_err());
+}
+
+// ---- approvals ----
+
+use tessera_core::approval::{Approval, ApprovalDecision, ApprovalId, ApprovalRequest, ApprovalState, REDEEM_GRACE};
+
+use crate::{ApprovalStore, Transition};
+
+/// Runs every approval check, each on a fresh store from `make`.
+pub async fn run_approvals<S, F, Fut>(make: F)
+where
+    S: ApprovalStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    approvals_are_created_once_and_read_back(make().await).await;
+    deciding_moves_a_pending_approval_once(make().await).await;
+    nobody_decides_their_own_request_in_the_store(make().await).await;
+    an_approval_is_redeemed_exactly_once(make().await).await;
+    expired_approvals_yield_nothing(make().await).await;
+    listing_pages_pending_approvals(make().await).await;
+    one_requester_cannot_crowd_out_the_others(make().await).await;
+}
+
+const REQUESTER: &str = "spiffe://td/agent/requester";
+const APPROVER: &str = "spiffe://td/operator/alice";
+
+/// A pending approval opened at `t0`, expiring `expires_in` seconds later.
+pub fn approval(expires_in: i64) -> Approval {
+    let request = ApprovalRequest {
+        requester: sid(REQUESTER),
+        task_id: tid("t1"),
+        audience: Audience::parse("pay").unwrap(),
+        scopes: BTreeSet::from([Scope::parse("transfers.create").unwrap()]),
+        ttl: Some(tessera_core::ttl::Ttl::from_secs(120).unwrap()),
+        pop_jkt: String::new(),
+    };
+    Approval::open(
+        ApprovalId::generate().unwrap(),
+        request,
+        ScopeClass::Write,
+        BTreeSet::from([Scope::parse("transfers.create").unwrap()]),
+        25,
+        "high-impact scope `transfers.create`".into(),
+        t0(),
+        t0() + secs(expires_in),
+    )
+}
+
+fn decision(approve: bool, approver: &str, at: DateTime<Utc>) -> ApprovalDecision {
+    ApprovalDecision {
+        approve,
+        approver: sid(approver),
+        reason: if approve { "ok".into() } else { "too risky".into() },
+        at,
+    }
+}
+
+fn applied(t: Option<Transition>) -> Approval {
+    match t {
+        Some(Transition::Applied(a)) => a,
+        other => panic!("expected the transition to apply, got {other:?}"),
+    }
+}
+
+fn refused(t: Option<Transition>) -> Approval {
+    match t {
+        Some(Transition::Refused(a)) => a,
+        other => panic!("expected the transition to be refused, got {other:?}"),
+    }
+}
+
+pub async fn approvals_are_created_once_and_read_back(store: impl ApprovalStore) {
+    let a = approval(300);
+    store.create_approval(&a, t0()).await.unwrap();
+    let back = store.approval(&a.id).await.unwrap().unwrap();
+    assert_eq!(back, a);
+    assert!(back.is_bound());
+    assert_eq!(back.state, ApprovalState::Pending);
+    assert!(matches!(
+        store.create_approval(&a, t0()).await,
+        Err(StoreError::ApprovalExists)
+    ));
+    let unknown = ApprovalId::generate().unwrap();
+    assert_eq!(store.approval(&unknown).await.unwrap(), None);
+    assert_eq!(
+        store
+            .decide_approval(&unknown, &decision(true, APPROVER, t0()), t0())
+            .await
+            .unwrap(),
+        None
+    );
+    let g = GrantId::generate().unwrap();
+    assert_eq!(store.redeem_approval(&unknown, &g, t0()).await.unwrap(), None);
+}
+
+pub async fn deciding_moves_a_pending_approval_once(store: impl ApprovalStore) {
+    let now = t0() + secs(10);
+    // Approve.
+    let a = approval(300);
+    store.create_approval(&a, t0()).await.unwrap();
+    let approved = applied(
+        store
+            .decide_approval(&a.id, &decision(true, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(approved.state, ApprovalState::Approved);
+    assert_eq!(approved.decision, Some(decision(true, APPROVER, now)));
+    assert!(approved.is_bound());
+    // A second decision, either way, changes nothing.
+    let again = refused(
+        store
+            .decide_approval(&a.id, &decision(false, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.state, ApprovalState::Approved);
+    assert_eq!(store.approval(&a.id).await.unwrap().unwrap(), approved);
+    // Deny.
+    let b = approval(300);
+    store.create_approval(&b, t0()).await.unwrap();
+    let denied = applied(
+        store
+            .decide_approval(&b.id, &decision(false, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(denied.state, ApprovalState::Denied);
+    assert_eq!(denied.decision.as_ref().unwrap().reason, "too risky");
+    refused(
+        store
+            .decide_approval(&b.id, &decision(true, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    // A denied approval is never redeemed.
+    let g = GrantId::generate().unwrap();
+    assert_eq!(
+        refused(store.redeem_approval(&b.id, &g, now).await.unwrap()).state,
+        ApprovalState::Denied
+    );
+}
+
+pub async fn nobody_decides_their_own_request_in_the_store(store: impl ApprovalStore) {
+    let a = approval(300);
+    store.create_approval(&a, t0()).await.unwrap();
+    let mine = refused(
+        store
+            .decide_approval(&a.id, &decision(true, REQUESTER, t0()), t0())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(mine.state, ApprovalState::Pending);
+    assert_eq!(mine.decision, None);
+}
+
+pub async fn an_approval_is_redeemed_exactly_once(store: impl ApprovalStore) {
+    let a = approval(300);
+    store.create_approval(&a, t0()).await.unwrap();
+    let now = t0() + secs(5);
+    // Not before it is approved.
+    let g0 = GrantId::generate().unwrap();
+    assert_eq!(
+        refused(store.redeem_approval(&a.id, &g0, now).await.unwrap()).state,
+        ApprovalState::Pending
+    );
+    applied(
+        store
+            .decide_approval(&a.id, &decision(true, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    // Many concurrent redeemers: exactly one wins.
+    let grants: Vec<GrantId> = (0..8).map(|_| GrantId::generate().unwrap()).collect();
+    let outcomes = futures::future::join_all(grants.iter().map(|g| store.redeem_approval(&a.id, g, now))).await;
+    let winners: Vec<Approval> = outcomes
+        .into_iter()
+        .filter_map(|o| match o.unwrap() {
+            Some(Transition::Applied(a)) => Some(a),
+            Some(Transition::Refused(a)) => {
+                assert_eq!(a.state, ApprovalState::Redeemed);
+                None
+            }
+            None => panic!("approval vanished"),
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one redemption");
+    let won = &winners[0];
+    assert_eq!(won.state, ApprovalState::Redeemed);
+    assert!(grants.contains(won.grant_id.as_ref().unwrap()));
+    assert_eq!(store.approval(&a.id).await.unwrap().unwrap().grant_id, won.grant_id);
+    // And never again.
+    refused(store.redeem_approval(&a.id, &g0, now).await.unwrap());
+}
+
+pub async fn expired_approvals_yield_nothing(store: impl ApprovalStore) {
+    // Nobody decided in time.
+    let a = approval(60);
+    store.create_approval(&a, t0()).await.unwrap();
+    let late = t0() + secs(60);
+    let r = refused(
+        store
+            .decide_approval(&a.id, &decision(true, APPROVER, late), late)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.state_at(late), ApprovalState::Expired);
+    let g = GrantId::generate().unwrap();
+    refused(store.redeem_approval(&a.id, &g, late).await.unwrap());
+    // Approved at the last second: redeemable within the grace, not after.
+    let b = approval(60);
+    store.create_approval(&b, t0()).await.unwrap();
+    let last = t0() + secs(59);
+    applied(
+        store
+            .decide_approval(&b.id, &decision(true, APPROVER, last), last)
+            .await
+            .unwrap(),
+    );
+    let too_late = t0() + secs(60) + REDEEM_GRACE;
+    refused(store.redeem_approval(&b.id, &g, too_late).await.unwrap());
+    let within = t0() + secs(61);
+    applied(store.redeem_approval(&b.id, &g, within).await.unwrap());
+}
+
+pub async fn listing_pages_pending_approvals(store: impl ApprovalStore) {
+    let mut pending = Vec::new();
+    for _ in 0..5 {
+        let a = approval(300);
+        store.create_approval(&a, t0()).await.unwrap();
+        pending.push(a.id);
+    }
+    let short = approval(30);
+    store.create_approval(&short, t0()).await.unwrap();
+    let decided = approval(300);
+    store.create_approval(&decided, t0()).await.unwrap();
+    let now = t0() + secs(40);
+    applied(
+        store
+            .decide_approval(&decided.id, &decision(false, APPROVER, now), now)
+            .await
+            .unwrap(),
+    );
+    pending.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let page = store.list_pending_approvals(after.as_deref(), 2, now).await.unwrap();
+        assert!(page.approvals.len() <= 2);
+        assert!(page.approvals.iter().all(|a| a.state_at(now) == ApprovalState::Pending));
+        seen.extend(page.approvals.into_iter().map(|a| a.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, pending,
+        "each pending approval once, in id order; expired and decided ones left out"
+    );
+    let all = store.list_pending_approvals(None, 100, now).await.unwrap();
+    assert_eq!(all.approvals.len(), 5);
+    assert_eq!(all.next, None);
+    assert!(matches!(
+        store.list_pending_approvals(Some("not a cursor!"), 10, now).await,
+        Err(StoreError::BadCursor(_))
+    ));
+}
+
+pub async fn one_requester_cannot_crowd_out_the_others(store: impl ApprovalStore) {
+    for _ in 0..crate::MAX_PENDING_PER_REQUESTER {
+        store.create_approval(&approval(300), t0()).await.unwrap();
+    }
+    assert!(matches!(
+        store.create_approval(&approval(300), t0()).await,
+        Err(StoreError::Full(_))
+    ));
+    // Another requester is unaffected.
+    let mut other = approval(300);
+    other.request.requester = sid("spiffe://td/agent/other");
+    other.binding = other.request.binding();
+    store.create_approval(&other, t0()).await.unwrap();
+    // Once they expire, the requester may ask again.
+    store.create_approval(&approval(600), t0() + secs(300)).await.unwrap();
 }

@@ -19,9 +19,16 @@ pub enum StoreError {
     /// The grant would outlive its task.
     #[error("grant would outlive task `{0}`")]
     OutlivesTask(TaskId),
+    /// A delegated grant's parent is unknown, revoked, expired, of another
+    /// task, or expires before it.
+    #[error("parent grant is not live")]
+    ParentNotLive,
     /// A grant with that id exists (a random id collided: retry).
     #[error("grant id already recorded")]
     GrantExists,
+    /// An approval with that id exists (a random id collided: retry).
+    #[error("approval id already recorded")]
+    ApprovalExists,
     /// The position is not one this store produced.
     #[error("feed position `{0}` is malformed")]
     BadPosition(String),
@@ -56,12 +63,13 @@ impl StoreError {
             Self::TaskExists(_) => ErrorKind::AlreadyExists,
             Self::TaskNotFound(_) => ErrorKind::NotFound,
             Self::TaskOver(..) | Self::OutlivesTask(_) => ErrorKind::FailedPrecondition,
+            Self::ParentNotLive => ErrorKind::PermissionDenied,
             Self::BadPosition(_) | Self::BadCursor(_) => ErrorKind::InvalidArgument,
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Misconfigured(_) | Self::KeyWithdrawn(_) => ErrorKind::FailedPrecondition,
-            Self::GrantExists | Self::Corrupt(_) => ErrorKind::Internal,
+            Self::GrantExists | Self::ApprovalExists | Self::Corrupt(_) => ErrorKind::Internal,
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct MemoryStore {
     /// Random per store instance: positions from another instance (e.g.
     /// before a restart) are refused instead of silently misread.
     epoch: String,
+    /// Single-use ids (`ReplayCache`), separate from the grant state.
+    replay: crate::replay::MemoryReplayCache,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +101,13 @@ impl MemoryStore {
             feed_changed: Notify::new(),
             limits,
             epoch: tessera_core::grant::random_id().unwrap_or_else(|_| "memory".into()),
+            replay: crate::replay::MemoryReplayCache::default(),
         }
+    }
+
+    /// This store's replay cache.
+    pub(crate) fn replay_cache(&self) -> &crate::replay::MemoryReplayCache {
+        &self.replay
     }
 
     fn position(&self, seq: u64) -> FeedPosition {
@@ -303,6 +311,17 @@ impl GrantStore for MemoryStore {
         }
         if state.grants.len() >= self.limits.max_grants {
             return Err(StoreError::Full("grants"));
+        }
+        // INVARIANT: a child is recorded only under a live parent of its task
+        // that outlives it; revocation takes the same lock, so no child
+        // escapes its parent's revocation.
+        if let Some(parent) = &grant.parent
+            && !state
+                .grants
+                .get(parent)
+                .is_some_and(|p| p.is_live_at(now) && p.task_id == grant.task_id && grant.expires_at <= p.expires_at)
+        {
+            return Err(StoreError::ParentNotLive);
         }
         if let Some(parent) = &grant.parent {
             state

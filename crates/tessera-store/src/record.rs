@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
-use tessera_core::grant::{Grant, GrantId, GrantState};
+use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
 use tessera_core::identity::SpiffeId;
 use tessera_core::task::{Audience, Scope, ScopeClass, TaskId};
 
@@ -34,6 +34,19 @@ pub(crate) struct StoredGrant {
     p: Option<GrantId>,
     /// Signing key id.
     k: String,
+    /// High-impact (absent: no).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    h: bool,
+    /// Blast-radius score (absent: 0, as recorded before scores existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    b: u32,
+    /// The approval it was minted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ap: Option<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl StoredGrant {
@@ -48,6 +61,9 @@ impl StoredGrant {
             e: g.expires_at.timestamp(),
             p: g.parent.clone(),
             k: g.key_id.clone(),
+            h: g.impact.high_impact,
+            b: g.impact.blast_radius,
+            ap: g.impact.approval_id.clone(),
         }
     }
 
@@ -68,6 +84,11 @@ impl StoredGrant {
             state: GrantState::Active,
             revoked_at: None,
             revocation_reason: None,
+            impact: GrantImpact {
+                high_impact: self.h,
+                blast_radius: self.b,
+                approval_id: self.ap,
+            },
         })
     }
 }
@@ -81,6 +102,16 @@ mod tests {
         let g = crate::conformance::grant_with_id(GrantId::generate().unwrap(), "t1", 30, None);
         let json = serde_json::to_string(&StoredGrant::from_grant(&g)).unwrap();
         assert!(json.len() < 200, "{json}");
+        let back: StoredGrant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.into_grant(g.id.clone()).unwrap(), g);
+        // With an assessment.
+        let mut g = g;
+        g.impact = GrantImpact {
+            high_impact: true,
+            blast_radius: 50,
+            approval_id: Some("ap_x".into()),
+        };
+        let json = serde_json::to_string(&StoredGrant::from_grant(&g)).unwrap();
         let back: StoredGrant = serde_json::from_str(&json).unwrap();
         assert_eq!(back.into_grant(g.id.clone()).unwrap(), g);
     }

@@ -64,6 +64,8 @@ pub struct GrantFilter {
     pub class: Option<ScopeClass>,
     /// Grants expiring strictly before this time.
     pub expiring_before: Option<DateTime<Utc>>,
+    /// Only grants carrying a high-impact scope.
+    pub high_impact_only: bool,
 }
 
 impl GrantFilter {
@@ -74,6 +76,7 @@ impl GrantFilter {
             && self.audience.as_ref().is_none_or(|a| &grant.audience == a)
             && self.class.is_none_or(|c| grant.class == c)
             && self.expiring_before.is_none_or(|t| grant.expires_at < t)
+            && (!self.high_impact_only || grant.impact.high_impact)
     }
 }
 

@@ -50,6 +50,8 @@ struct BlastView {
     max_delegation_depth: u32,
     delegation_fan_out: u64,
     owners: Vec<String>,
+    /// Sum of the live grants' blast-radius scores.
+    total_score: u64,
 }
 
 impl From<pb::BlastRadiusResponse> for BlastView {
@@ -67,6 +69,7 @@ impl From<pb::BlastRadiusResponse> for BlastView {
             max_delegation_depth: r.max_delegation_depth,
             delegation_fan_out: r.delegation_fan_out,
             owners: r.owners,
+            total_score: r.total_score,
         }
     }
 }
@@ -98,6 +101,7 @@ fn print_text(v: &BlastView) -> anyhow::Result<()> {
     let classes: Vec<String> = v.scopes_by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
     output::field("scopes", or_none(&classes))?;
     output::field("high impact", v.high_impact_grants)?;
+    output::field("total score", v.total_score)?;
     output::field(
         "longest ttl",
         output::seconds(u64::from(v.longest_remaining_ttl_seconds)),

@@ -28,6 +28,19 @@ use crate::output::{self, OutputFormat};
 pub(crate) enum DevCommand {
     /// Create a throwaway CA, broker certificate, demo SVIDs and tesserad.toml.
     Init(InitArgs),
+    /// Print a fresh attestation JWT from the throwaway issuer of `dev init --jwt`.
+    Jwt(JwtArgs),
+}
+
+/// `dev jwt`.
+#[derive(Debug, Args)]
+pub(crate) struct JwtArgs {
+    /// The token's `sub`; it maps to `spiffe://<td>/agent/<subject>`.
+    #[arg(long, default_value = "ci-runner")]
+    subject: String,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
 }
 
 /// `dev init`.
@@ -45,6 +58,13 @@ pub(crate) struct InitArgs {
     /// Replace an existing development PKI and configuration.
     #[arg(long)]
     force: bool,
+    /// Also create a throwaway OIDC issuer (JWT attestation) and `agent/ci-runner`.
+    #[arg(long)]
+    jwt: bool,
+    /// Also serve the Unix-socket attestation listener at PATH, with
+    /// `agent/local` attested by the current uid.
+    #[arg(long, value_name = "PATH")]
+    unix_socket: Option<PathBuf>,
 }
 
 /// CN of the development CA, so nobody mistakes it for a real one.
@@ -164,7 +184,17 @@ pub(crate) struct IdentityFiles {
 
 /// Runs a dev command.
 pub(crate) fn run(global: &Global, cmd: DevCommand) -> anyhow::Result<()> {
-    let DevCommand::Init(init_args) = cmd;
+    let init_args = match cmd {
+        DevCommand::Init(args) => args,
+        DevCommand::Jwt(args) => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(600);
+            let token = attestation::sign(&global.dev_dir, &args.subject, now, ttl)?;
+            output::line(token)?;
+            return Ok(());
+        }
+    };
+    let (jwt, unix_socket) = (init_args.jwt, init_args.unix_socket.clone());
     let dir_given = init_args.dir.is_some();
     let opts = InitOptions {
         dir: init_args.dir.unwrap_or_else(|| global.dev_dir.clone()),
@@ -174,6 +204,22 @@ pub(crate) fn run(global: &Global, cmd: DevCommand) -> anyhow::Result<()> {
         now: OffsetDateTime::now_utc(),
     };
     let summary = init(&opts)?;
+    let mut extra = String::new();
+    if jwt {
+        extra.push_str(&attestation::jwt_material(&opts.dir, &opts.trust_domain)?);
+    }
+    if let Some(socket) = &unix_socket {
+        let socket = std::path::absolute(socket).with_context(|| format!("`{}`", socket.display()))?;
+        extra.push_str(&attestation::unix_config(&opts.dir, &socket, &opts.trust_domain)?);
+    }
+    if !extra.is_empty() {
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&summary.config)
+            .with_context(|| format!("cannot write `{}`", summary.config.display()))?;
+        file.write_all(extra.as_bytes())
+            .with_context(|| format!("cannot write `{}`", summary.config.display()))?;
+    }
     match global.output {
         OutputFormat::Json => output::json(&summary),
         OutputFormat::Text => print_summary(&summary, dir_given),
@@ -373,6 +419,10 @@ const DEMO_APIS: [DemoApi; 2] = [
     },
 ];
 
+/// High-impact scopes of the demo catalog: a request for one waits for a
+/// person's approval (`tessera approvals approve`).
+const DEMO_HIGH_IMPACT: [&str; 1] = ["payments.transfers.create"];
+
 /// `tesserad.toml` for the development PKI. Relative paths resolve against
 /// the configuration file's directory.
 fn render_config(td: &str, listen: SocketAddr) -> String {
@@ -423,7 +473,15 @@ fn render_config(td: &str, listen: SocketAddr) -> String {
         w(format!("schema_version = {}", quote(api.schema_version)));
         w("[apis.scopes]".to_owned());
         for (scope, class) in api.scopes {
-            w(format!("{} = {}", quote(scope), quote(class)));
+            if DEMO_HIGH_IMPACT.contains(scope) {
+                w(format!(
+                    "{} = {{ class = {}, high_impact = true }}",
+                    quote(scope),
+                    quote(class)
+                ));
+            } else {
+                w(format!("{} = {}", quote(scope), quote(class)));
+            }
         }
     }
     toml
@@ -511,6 +569,8 @@ fn print_summary(summary: &Summary, dir_given: bool) -> anyhow::Result<()> {
     ))?;
     Ok(())
 }
+
+mod attestation;
 
 #[cfg(test)]
 mod tests;

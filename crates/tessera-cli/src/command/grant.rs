@@ -70,6 +70,9 @@ pub(crate) struct LsArgs {
     /// Only grants expiring before this RFC 3339 time.
     #[arg(long, value_name = "RFC3339", value_parser = args::parse_deadline)]
     expiring_before: Option<prost_types::Timestamp>,
+    /// Only grants carrying a high-impact scope.
+    #[arg(long)]
+    high_impact: bool,
     /// Grants per page (the broker serves at most 1000; default 100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: Option<u32>,
@@ -95,6 +98,10 @@ struct GrantView {
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_grant_id: Option<String>,
     key_id: String,
+    high_impact: bool,
+    blast_radius: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<String>,
 }
 
 impl From<&pb::Grant> for GrantView {
@@ -110,6 +117,9 @@ impl From<&pb::Grant> for GrantView {
             expires_at: output::timestamp(g.expires_at.as_ref()),
             parent_grant_id: Some(g.parent_grant_id.clone()).filter(|p| !p.is_empty()),
             key_id: g.key_id.clone(),
+            high_impact: g.high_impact,
+            blast_radius: g.blast_radius,
+            approval_id: Some(g.approval_id.clone()).filter(|a| !a.is_empty()),
         }
     }
 }
@@ -170,7 +180,7 @@ fn list_request(ls: &LsArgs, page_token: String) -> pb::ListGrantsRequest {
         owner: ls.owner.clone().unwrap_or_default(),
         audience: ls.audience.clone().unwrap_or_default(),
         class: ls.class.map_or(pb::ScopeClass::Unspecified, pb::ScopeClass::from) as i32,
-        high_impact_only: false,
+        high_impact_only: ls.high_impact,
         expiring_before: ls.expiring_before,
         page_size: ls.limit.unwrap_or(0),
         page_token,

@@ -1,5 +1,5 @@
-//! `tessera token request|inspect`: get a task-scoped token as an agent, or
-//! decode one and optionally verify it against the broker's JWKS.
+//! `tessera token request|delegate|inspect`: get a task-scoped token as an agent (bearer or
+//! bound to a proof-of-possession key), delegate one, or decode one and optionally verify it against the broker's JWKS.
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -16,6 +16,8 @@ use crate::cli::Global;
 use crate::command::channel;
 use crate::output::{self, OutputFormat};
 
+mod bound;
+
 /// Token commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
@@ -25,9 +27,24 @@ pub(crate) enum TokenCommand {
     /// `TOKEN=$(tessera --as researcher token request ...)` works; a summary
     /// goes to stderr.
     Request(RequestArgs),
+    /// Delegate a token you hold: mint an attenuated child for another agent
+    /// of the same task (same audience, a subset of the scopes, no later expiry).
+    ///
+    /// Text output is the child token alone on stdout.
+    Delegate(bound::DelegateArgs),
     /// Decode a token's header and claims; with --verify, check its signature
     /// against the broker's JWKS.
     Inspect(InspectArgs),
+    /// Wait for a pending approval of one of your requests and print the
+    /// token once approved (exit 2 if denied, expired or already collected).
+    Await(AwaitArgs),
+}
+
+/// `token await`.
+#[derive(Debug, Args)]
+pub(crate) struct AwaitArgs {
+    /// The approval id (`ap_…`) that `token request` printed.
+    approval_id: String,
 }
 
 /// `token request`.
@@ -45,7 +62,25 @@ pub(crate) struct RequestArgs {
     /// Requested lifetime, e.g. 5m (default: the broker's); the broker may grant less.
     #[arg(long, value_name = "DURATION", value_parser = args::parse_seconds)]
     ttl: Option<u32>,
+    /// Bind the token to a proof-of-possession key (`cnf.jkt`, token type
+    /// DPoP), kept in --pop-key (default `tessera-pop-key.pem`).
+    #[arg(long)]
+    pop: bool,
+    /// The proof-of-possession key file (PKCS#8 PEM; created, owner-only,
+    /// if missing). Implies --pop.
+    #[arg(long, value_name = "FILE", conflicts_with = "mtls_binding")]
+    pop_key: Option<std::path::PathBuf>,
+    /// Bind the token to this client's mTLS certificate (`cnf.x5t#S256`).
+    #[arg(long, conflicts_with = "pop")]
+    mtls_binding: bool,
+    /// If the request needs a person's approval, wait for the decision and
+    /// print the token once approved (exit 2 if denied or expired).
+    #[arg(long)]
+    wait: bool,
 }
+
+/// Default `--pop-key` file.
+const DEFAULT_POP_KEY: &str = "tessera-pop-key.pem";
 
 /// `token inspect`.
 #[derive(Debug, Args)]
@@ -71,25 +106,51 @@ pub(crate) struct InspectArgs {
 pub(crate) async fn run(global: &Global, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Request(req) => request(global, req).await,
+        TokenCommand::Delegate(delegate_args) => bound::delegate(global, delegate_args).await,
         TokenCommand::Inspect(inspect_args) => inspect(global, inspect_args).await,
+        TokenCommand::Await(a) => {
+            let mut client = AgentClient::new(channel(global).await?);
+            await_approval(global.output, &mut client, a.approval_id).await
+        }
     }
 }
 
 async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
+    let pop_proof = if req.pop || req.pop_key.is_some() {
+        let path = req.pop_key.unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_POP_KEY));
+        bound::load_or_create(&path)?.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None)?
+    } else {
+        String::new()
+    };
     let mut client = AgentClient::new(channel(global).await?);
     let response = client
         .request_token(pb::RequestTokenRequest {
-            task_id: req.task,
-            audience: req.audience,
-            scopes: req.scopes,
+            task_id: req.task.clone(),
+            audience: req.audience.clone(),
+            scopes: req.scopes.clone(),
             ttl_seconds: req.ttl,
-            pop_proof: String::new(),
+            pop_proof,
+            mtls_binding: req.mtls_binding,
         })
         .await?
         .into_inner();
     match response.outcome {
         Some(pb::request_token_response::Outcome::Token(token)) => print_issued(global.output, token),
-        Some(pb::request_token_response::Outcome::Pending(pending)) => print_pending(global.output, &pending),
+        Some(pb::request_token_response::Outcome::Pending(pending)) => {
+            if req.wait && global.output == OutputFormat::Json {
+                // stdout gets one JSON document, the token; the approval id goes to stderr.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"pending_approval": {"approval_id": pending.approval_id, "reason": pending.reason}})
+                );
+            } else {
+                print_pending(global.output, &pending)?;
+            }
+            if req.wait {
+                await_approval(global.output, &mut client, pending.approval_id).await?;
+            }
+            Ok(())
+        }
         None => anyhow::bail!("the broker answered with neither a token nor a pending approval"),
     }
 }
@@ -110,7 +171,7 @@ struct IssuedView {
     expires_in: u32,
 }
 
-fn print_issued(format: OutputFormat, token: pb::IssuedToken) -> anyhow::Result<()> {
+pub(super) fn print_issued(format: OutputFormat, token: pb::IssuedToken) -> anyhow::Result<()> {
     let view = IssuedView {
         class: output::scope_class(token.class),
         issued_at: output::timestamp(token.issued_at.as_ref()),
@@ -186,6 +247,31 @@ fn print_pending(format: OutputFormat, pending: &pb::PendingApproval) -> anyhow:
             Ok(())
         }
     }
+}
+
+/// Follows AwaitApproval until the token arrives (printed like `token
+/// request` prints one) or the broker says no token will come.
+async fn await_approval(format: OutputFormat, client: &mut AgentClient, approval_id: String) -> anyhow::Result<()> {
+    let mut stream = client
+        .await_approval(pb::AwaitApprovalRequest { approval_id })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        match item.event {
+            Some(pb::await_approval_response::Event::Token(token)) => return print_issued(format, token),
+            Some(pb::await_approval_response::Event::StillPending(p)) if format == OutputFormat::Text => {
+                eprintln!(
+                    "still waiting for approval {}{}",
+                    p.approval_id,
+                    output::timestamp(p.expires_at.as_ref())
+                        .map(|at| format!(" (expires at {at})"))
+                        .unwrap_or_default()
+                );
+            }
+            Some(pb::await_approval_response::Event::StillPending(_)) | None => {}
+        }
+    }
+    anyhow::bail!("the broker ended the wait without a token or a reason")
 }
 
 /// A decoded token. Never contains the signature or the token itself.

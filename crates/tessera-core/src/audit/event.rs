@@ -46,6 +46,8 @@ pub enum AuditKind {
     Quarantined,
     /// A quarantined identity was refused.
     QuarantineRefused,
+    /// A verifier reported a token presented by another identity than its holder.
+    TokenMisuse,
 }
 
 impl AuditKind {
@@ -70,6 +72,7 @@ impl AuditKind {
             Self::TokenDelegated => "token_delegated",
             Self::Quarantined => "quarantined",
             Self::QuarantineRefused => "quarantine_refused",
+            Self::TokenMisuse => "token_misuse",
         }
     }
 }
@@ -202,6 +205,13 @@ pub struct AuditEvent {
     /// How many things the event concerned (e.g. grants revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The grant's blast-radius score (token issued, approval pending, or a
+    /// refusal over the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<u32>,
+    /// The approval concerned (pending, decided, or the one a token was minted from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl AuditEvent {
@@ -236,6 +246,8 @@ impl AuditEvent {
             instance: instance.into(),
             request_id: None,
             count: None,
+            blast_radius: None,
+            approval_id: None,
         }
     }
 }

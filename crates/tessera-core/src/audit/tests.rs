@@ -436,11 +436,24 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
         text(),
         proptest::option::of(text()),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(text()),
     );
     (what, why).prop_map(
         |(
             (event, at, who, task_id, grant_id, audience, scopes, class, ttl_secs),
-            (schema_version, decision, reason, policy_ids, approver, instance, request_id, count),
+            (
+                schema_version,
+                decision,
+                reason,
+                policy_ids,
+                approver,
+                instance,
+                request_id,
+                count,
+                blast_radius,
+                approval_id,
+            ),
         )| AuditEvent {
             event,
             at,
@@ -461,6 +474,8 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
             instance,
             request_id,
             count,
+            blast_radius,
+            approval_id,
         },
     )
 }

@@ -42,6 +42,7 @@ fn catalog() -> ApiCatalog {
             (scope("notes.read"), ScopeClass::Read),
             (scope("contacts.write"), ScopeClass::Write),
         ]),
+        high_impact: BTreeSet::new(),
     }])
 }
 
@@ -69,6 +70,7 @@ fn request(scopes: &[&str], ttl: Option<u64>) -> TokenRequest {
         audience: aud(),
         scopes: scopes.iter().map(|s| scope(s)).collect(),
         ttl: ttl.map(|t| Ttl::from_secs(t).unwrap()),
+        binding: None,
     }
 }
 

@@ -48,6 +48,7 @@ fn catalog() -> ApiCatalog {
         audience: aud(),
         schema_version: "1".into(),
         scopes: BTreeMap::from([(scope("read"), ScopeClass::Read), (scope("write"), ScopeClass::Write)]),
+        high_impact: BTreeSet::new(),
     }])
 }
 

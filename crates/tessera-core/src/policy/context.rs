@@ -278,9 +278,7 @@ impl Budget {
 
 /// The Cedar name of an attestation method.
 pub(super) fn attestation_name(method: AttestationMethod) -> &'static str {
-    match method {
-        AttestationMethod::X509 => "x509",
-    }
+    method.as_str()
 }
 
 fn string(s: &str) -> RestrictedExpression {

@@ -57,7 +57,7 @@ impl PolicyEntities {
         let err = |e: &dyn std::fmt::Display| PolicyError::Entities(e.to_string());
         let mut entities = Vec::with_capacity(registry.len() + 1);
         let mut identities = HashMap::with_capacity(registry.len());
-        for identity in registry.iter() {
+        for identity in registry.identities() {
             let uid = EntityUid::from_type_name_and_id(types.identity.clone(), EntityId::new(identity.id.as_str()));
             let attrs = HashMap::from([
                 (

@@ -32,15 +32,124 @@ pub struct AccessClaims {
     pub client_id: String,
     /// The task the token belongs to.
     pub task_id: String,
-    /// Confirmation (RFC 7800), e.g. a certificate thumbprint binding.
+    /// Confirmation (RFC 7800): the key the token is bound to. `None`: a
+    /// bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cnf: Option<serde_json::Value>,
-    /// Actor (RFC 8693 section 4.1), for delegated tokens.
+    pub cnf: Option<Confirmation>,
+    /// Actor (RFC 8693 section 4.1), for delegated tokens: the current
+    /// holder outermost, earlier delegates nested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub act: Option<serde_json::Value>,
+    pub act: Option<Actor>,
+    /// The ancestors of a delegated token, root first (private claim; see
+    /// `docs/ARCHITECTURE.md`, "Token claims: act and cnf"). Empty for a
+    /// token issued by RequestToken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tessera_chain: Vec<ChainHop>,
+}
+
+/// Longest delegation chain a token may describe (a bound on hostile input;
+/// the broker's configured limit is lower).
+pub const MAX_CHAIN_LEN: usize = 16;
+
+/// `cnf` (RFC 7800): exactly one confirmation method. Any other member, or
+/// two members, makes the claims unreadable (the token is refused).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Confirmation {
+    /// RFC 9449: the RFC 7638 thumbprint (SHA-256, base64url) of the public
+    /// key whose DPoP proofs must accompany the token.
+    #[serde(rename = "jkt")]
+    Jkt(String),
+    /// RFC 8705: base64url SHA-256 of the DER of the client certificate the
+    /// token must be presented over (mTLS).
+    #[serde(rename = "x5t#S256")]
+    X5tS256(String),
+}
+
+impl Confirmation {
+    /// The OAuth `token_type` of a token bound this way: `DPoP` for a key
+    /// binding (RFC 9449 section 5), `Bearer` for a certificate binding
+    /// (RFC 8705 defines no other type).
+    pub fn token_type(&self) -> &'static str {
+        match self {
+            Self::Jkt(_) => "DPoP",
+            Self::X5tS256(_) => "Bearer",
+        }
+    }
+}
+
+/// One level of an RFC 8693 `act` claim: an actor and, nested, the actor
+/// before it. Only `sub` is carried (section 4.1: no non-identity claims).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actor {
+    /// The actor's SPIFFE ID.
+    pub sub: String,
+    /// The prior actor, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The nested claim for `actors` given outermost (current) first;
+    /// `None` when there are none.
+    pub fn nest<I>(actors: I) -> Option<Self>
+    where
+        I: IntoIterator<Item = String>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        actors.into_iter().rev().fold(None, |inner, sub| {
+            Some(Self {
+                sub,
+                act: inner.map(Box::new),
+            })
+        })
+    }
+
+    /// The actors, outermost (current) first.
+    pub fn actors(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut level = Some(self);
+        while let Some(actor) = level {
+            out.push(actor.sub.as_str());
+            level = actor.act.as_deref();
+        }
+        out
+    }
+}
+
+/// One ancestor of a delegated token, as carried in `tessera_chain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainHop {
+    /// The ancestor's `jti` (its grant id).
+    pub jti: String,
+    /// Its holder's SPIFFE ID.
+    pub sub: String,
+    /// Its scopes, space-separated.
+    pub scope: String,
+    /// Its expiry, seconds since the epoch.
+    pub exp: i64,
+}
+
+impl ChainHop {
+    /// The scopes, without empty entries.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|scope| !scope.is_empty())
+    }
 }
 
 impl AccessClaims {
+    /// The identity the token was issued to and the only one who may use it:
+    /// `client_id` (for an undelegated token, also its `sub`).
+    pub fn holder(&self) -> &str {
+        &self.client_id
+    }
+
+    /// How many delegations separate the token from its root (0: not delegated).
+    pub fn depth(&self) -> usize {
+        self.tessera_chain.len()
+    }
+
     /// The scopes, in order, without empty entries.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.split(' ').filter(|scope| !scope.is_empty())
@@ -124,6 +233,7 @@ mod tests {
             task_id: "t-1".to_owned(),
             cnf: None,
             act: None,
+            tessera_chain: Vec::new(),
         }
     }
 
@@ -141,8 +251,14 @@ mod tests {
     fn round_trip_both_algorithms() {
         for key in [p256(), ed25519()] {
             let mut original = claims(T0, T0, T0 + 300);
-            original.cnf = Some(serde_json::json!({"x5t#S256": "abc"}));
-            original.act = Some(serde_json::json!({"sub": "spiffe://tessera.test/orchestrator"}));
+            original.cnf = Some(Confirmation::X5tS256("abc".to_owned()));
+            original.act = Actor::nest(["spiffe://tessera.test/agent/b".to_owned()]);
+            original.tessera_chain = vec![ChainHop {
+                jti: "root".to_owned(),
+                sub: "spiffe://tessera.test/agent/a".to_owned(),
+                scope: "read write".to_owned(),
+                exp: T0 + 600,
+            }];
             let token = sign(&key, &original);
             let got = verify_access_token(&token, &jwks(&[&key]), ISSUER, at(T0), 0).unwrap();
             assert_eq!(got, original);
@@ -156,6 +272,55 @@ mod tests {
     fn optional_claims_are_omitted_when_absent() {
         let json = serde_json::to_value(claims(T0, T0, T0 + 1)).unwrap();
         assert!(json.get("cnf").is_none() && json.get("act").is_none(), "{json}");
+        assert!(json.get("tessera_chain").is_none(), "{json}");
+    }
+
+    #[test]
+    fn cnf_and_act_have_their_rfc_shapes() {
+        let mut c = claims(T0, T0, T0 + 1);
+        c.cnf = Some(Confirmation::Jkt(
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".to_owned(),
+        ));
+        c.act = Actor::nest(["spiffe://td/c".to_owned(), "spiffe://td/b".to_owned()]);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["cnf"],
+            serde_json::json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+        );
+        assert_eq!(
+            json["act"],
+            serde_json::json!({"sub": "spiffe://td/c", "act": {"sub": "spiffe://td/b"}})
+        );
+        assert_eq!(c.act.as_ref().unwrap().actors(), ["spiffe://td/c", "spiffe://td/b"]);
+        assert_eq!(Actor::nest(Vec::<String>::new()), None);
+        let x5t: Confirmation = serde_json::from_str(r#"{"x5t#S256":"abc"}"#).unwrap();
+        assert_eq!(x5t, Confirmation::X5tS256("abc".to_owned()));
+        assert_eq!(x5t.token_type(), "Bearer");
+        assert_eq!(c.cnf.as_ref().unwrap().token_type(), "DPoP");
+    }
+
+    #[test]
+    fn unknown_or_ambiguous_cnf_and_act_are_refused() {
+        let key = ed25519();
+        let set = jwks(&[&key]);
+        for (name, value) in [
+            ("cnf", serde_json::json!({"jwk": {"kty": "EC"}})),
+            ("cnf", serde_json::json!({"jkt": "a", "x5t#S256": "b"})),
+            ("cnf", serde_json::json!({})),
+            ("cnf", serde_json::json!("jkt")),
+            ("act", serde_json::json!({"sub": "spiffe://td/b", "exp": 1})),
+            ("act", serde_json::json!({"act": {"sub": "spiffe://td/b"}})),
+            (
+                "tessera_chain",
+                serde_json::json!([{"jti": "a", "sub": "b", "scope": "c"}]),
+            ),
+            ("tessera_chain", serde_json::json!({"jti": "a"})),
+        ] {
+            let mut json = serde_json::to_value(claims(T0, T0, T0 + 1)).unwrap();
+            json[name] = value.clone();
+            let token = key.sign_jws(ACCESS_TOKEN_TYP, &json).unwrap();
+            check(&token, &set, T0, 0, Err(JwsError::Claims));
+        }
     }
 
     /// Signed by OpenSSL, with `typ: application/at+jwt`, the header

@@ -170,7 +170,7 @@ impl SigningKey {
 
     /// A compact JWS over exactly these header and payload bytes. Tests use
     /// it to sign hostile headers.
-    pub(super) fn sign_compact(&self, header: &[u8], payload: &[u8]) -> Result<String, KeyError> {
+    pub(crate) fn sign_compact(&self, header: &[u8], payload: &[u8]) -> Result<String, KeyError> {
         let mut token = URL_SAFE_NO_PAD.encode(header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);

@@ -20,9 +20,9 @@ mod jws;
 mod key;
 
 #[cfg(test)]
-mod test_keys;
+pub(crate) mod test_keys;
 
-pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, verify_access_token};
+pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Actor, ChainHop, Confirmation, MAX_CHAIN_LEN, verify_access_token};
 pub use jwk::{Jwk, Jwks, VerificationKey};
 pub use jws::{Header, JwsError, KeyLookup, MAX_KID_LEN, MAX_TOKEN_LEN, decode_unverified, verify};
 pub use key::{KeyError, SigningKey, generate_pkcs8_pem};

@@ -48,7 +48,9 @@ impl PolicySetup {
 pub(super) struct PolicyState {
     /// The set in force: readers clone the `Arc`, a reload replaces it whole.
     engine: RwLock<Arc<PolicyEngine>>,
-    entities: PolicyEntities,
+    /// The identity and API entities, rebuilt when the registry is
+    /// replaced (identities reload without a restart).
+    entities: RwLock<(tessera_core::identity::RegistryVersion, Arc<PolicyEntities>)>,
     source: Option<PathBuf>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -62,10 +64,24 @@ impl PolicyState {
     ) -> Result<Self, PolicyError> {
         Ok(Self {
             engine: RwLock::new(setup.engine),
-            entities: PolicyEntities::new(registry, catalog)?,
+            entities: RwLock::new((registry.version(), Arc::new(PolicyEntities::new(registry, catalog)?))),
             source: setup.source,
             reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The entities of the registry as it is now.
+    fn entities(&self, registry: &IdentityRegistry, catalog: &ApiCatalog) -> Result<Arc<PolicyEntities>, PolicyError> {
+        {
+            let cached = self.entities.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cached.0.is_current(registry) {
+                return Ok(cached.1.clone());
+            }
+        }
+        let version = registry.version();
+        let fresh = Arc::new(PolicyEntities::new(registry, catalog)?);
+        *self.entities.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (version, fresh.clone());
+        Ok(fresh)
     }
 
     fn engine(&self) -> Arc<PolicyEngine> {
@@ -221,7 +237,11 @@ impl Broker {
     pub fn authorize(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
         let engine = self.policy.engine();
         let action = query.action();
-        match engine.authorize(&self.policy.entities, who, query, self.clock.now()) {
+        let entities = self
+            .policy
+            .entities(&self.registry, &self.catalog)
+            .map_err(PolicyRefusal::from)?;
+        match engine.authorize(&entities, who, query, self.clock.now()) {
             Ok(PolicyDecision::Allow {
                 policy_ids,
                 approval_required,
@@ -324,10 +344,9 @@ impl Broker {
     }
 
     /// Whether any of `scopes` is high-impact (payments, deletions,
-    /// permission changes). The catalog has no such flag yet: until it
-    /// does, no scope is, and only policy's own conditions ask for approval.
-    pub fn high_impact(&self, _audience: &Audience, _scopes: &BTreeSet<Scope>) -> bool {
-        false
+    /// permission changes), by the catalog's `high_impact` flags.
+    pub fn high_impact(&self, audience: &Audience, scopes: &BTreeSet<Scope>) -> bool {
+        !self.catalog.high_impact_scopes(audience, scopes).is_empty()
     }
 
     /// The hash of the policy set in force.

@@ -5,7 +5,7 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, not_yet};
+use super::Shared;
 use crate::{convert, status};
 
 #[tonic::async_trait]
@@ -132,7 +132,7 @@ impl AdminService for Shared {
             .require_operator(&who, "ListApprovals")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("ListApprovals", "approvals arrive with policy-as-code"))
+        super::approvals::list(&self.broker, &who, req.get_ref()).await
     }
 
     async fn decide_approval(
@@ -144,7 +144,7 @@ impl AdminService for Shared {
             .require_operator(&who, "DecideApproval")
             .await
             .map_err(status::from_broker)?;
-        Err(not_yet("DecideApproval", "approvals arrive with policy-as-code"))
+        super::approvals::decide(&self.broker, &who, req.get_ref()).await
     }
 
     async fn blast_radius(

@@ -7,7 +7,8 @@ use tessera_proto::v1::agent_service_server::AgentService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, not_yet};
+use super::Shared;
+use crate::broker::TokenOutcome;
 use crate::{convert, status};
 
 #[tonic::async_trait]
@@ -17,15 +18,24 @@ impl AgentService for Shared {
         req: Request<pb::RequestTokenRequest>,
     ) -> Result<Response<pb::RequestTokenResponse>, Status> {
         let who = self.caller(&req).await?;
-        let request = convert::token_request(req.get_ref())?;
-        let issued = self
+        let mut request = convert::token_request(req.get_ref())?;
+        request.binding = self
+            .broker
+            .request_binding(&who, &req.get_ref().pop_proof, req.get_ref().mtls_binding)
+            .await
+            .map_err(status::from_broker)?;
+        let outcome = match self
             .broker
             .request_token(&who, &request)
             .await
-            .map_err(status::from_broker)?;
-        Ok(Response::new(pb::RequestTokenResponse {
-            outcome: Some(pb::request_token_response::Outcome::Token(convert::issued(issued))),
-        }))
+            .map_err(status::from_broker)?
+        {
+            TokenOutcome::Issued(issued) => pb::request_token_response::Outcome::Token(convert::issued(issued)),
+            TokenOutcome::Pending(approval) => {
+                pb::request_token_response::Outcome::Pending(convert::pending(&approval))
+            }
+        };
+        Ok(Response::new(pb::RequestTokenResponse { outcome: Some(outcome) }))
     }
 
     type AwaitApprovalStream = Pin<Box<dyn Stream<Item = Result<pb::AwaitApprovalResponse, Status>> + Send>>;
@@ -34,16 +44,37 @@ impl AgentService for Shared {
         &self,
         req: Request<pb::AwaitApprovalRequest>,
     ) -> Result<Response<Self::AwaitApprovalStream>, Status> {
-        self.caller(&req).await?;
-        Err(not_yet("AwaitApproval", "approvals arrive with policy-as-code"))
+        let who = self.caller(&req).await?;
+        let id = convert::approval_id("approval_id", &req.get_ref().approval_id)?;
+        // The first look fails the call itself: unknown, not the caller's,
+        // denied, expired or already redeemed.
+        let first = self.broker.await_step(&who, &id).await.map_err(status::from_broker)?;
+        Ok(Response::new(Box::pin(super::approvals::await_stream(
+            self.broker.clone(),
+            who,
+            id,
+            first,
+            self.heartbeat,
+        ))))
     }
 
     async fn delegate_token(
         &self,
         req: Request<pb::DelegateTokenRequest>,
     ) -> Result<Response<pb::IssuedToken>, Status> {
-        self.caller(&req).await?;
-        Err(not_yet("DelegateToken", "delegation arrives with proof-of-possession"))
+        let who = self.caller(&req).await?;
+        let request = convert::delegation_request(req.get_ref())?;
+        let binding = self
+            .broker
+            .delegate_binding(&who, &req.get_ref().delegate_pop_proof)
+            .await
+            .map_err(status::from_broker)?;
+        let issued = self
+            .broker
+            .delegate_token(&who, &req.get_ref().parent_token, &request, binding)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(convert::issued(issued)))
     }
 
     async fn release_token(

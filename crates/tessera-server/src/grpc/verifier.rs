@@ -37,6 +37,25 @@ impl VerifierService for Shared {
         Ok(Response::new(convert::introspection(claims)))
     }
 
+    async fn report_misuse(
+        &self,
+        req: Request<pb::ReportMisuseRequest>,
+    ) -> Result<Response<pb::ReportMisuseResponse>, Status> {
+        let who = self.caller(&req).await?;
+        convert::token("token", &req.get_ref().token)?;
+        let presenter = convert::optional_spiffe_id("presented_by", &req.get_ref().presented_by)?
+            .ok_or_else(|| status::FieldError::new("presented_by", "is empty"))?;
+        let revoked = self
+            .broker
+            .report_misuse(&who, &req.get_ref().token, &presenter)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::ReportMisuseResponse {
+            misuse: revoked.is_some(),
+            grants_revoked: revoked.unwrap_or(0),
+        }))
+    }
+
     type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
 
     async fn watch_revocations(

@@ -7,9 +7,11 @@
 //! (the caller sees an error and retries; ending and revoking are idempotent)
 //! — never the reverse.
 
+mod approvals;
 mod audit_stream;
 mod conn;
 mod keys;
+mod replay;
 mod scripts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -72,8 +74,7 @@ struct Scripts {
     create_task: redis::Script,
     record_grant: redis::Script,
     read_grant: redis::Script,
-    live_grant_tree: redis::Script,
-    revoke_grants: redis::Script,
+    revoke_grant_tree: redis::Script,
     active_task_tree: redis::Script,
     end_tasks: redis::Script,
     live_grants: redis::Script,
@@ -89,8 +90,7 @@ impl Scripts {
             create_task: scripts::create_task(),
             record_grant: scripts::record_grant(),
             read_grant: scripts::read_grant(),
-            live_grant_tree: scripts::live_grant_tree(),
-            revoke_grants: scripts::revoke_grants(),
+            revoke_grant_tree: scripts::revoke_grant_tree(),
             active_task_tree: scripts::active_task_tree(),
             end_tasks: scripts::end_tasks(),
             live_grants: scripts::live_grants(),
@@ -690,6 +690,7 @@ impl GrantStore for RedisStore {
             "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
             "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
             "exists" => Err(StoreError::GrantExists),
+            "parent_not_live" => Err(StoreError::ParentNotLive),
             over if over.starts_with("task_over:") => Err(StoreError::TaskOver(
                 grant.task_id.clone(),
                 parse_state(over.trim_start_matches("task_over:")),
@@ -763,44 +764,63 @@ impl GrantStore for RedisStore {
         };
         let base = self.keys.base(&root);
         let grant_key = self.keys.grant(&root, id.as_str());
-        let mut done: Vec<String> = Vec::new();
+        // INVARIANT: events are published before the tree is revoked, and the
+        // whole tree is revoked by one script: it refuses (changing nothing)
+        // while any live member lacks a published event, so a grant delegated
+        // meanwhile is published in the next round and revoked with the rest.
+        // `record_grant` refuses a child under a revoked parent.
+        let mut published: Vec<String> = Vec::new();
         let mut revoked_total = 0u64;
         let mut root_revoked = false;
-        // Rounds: a grant delegated while we revoke is caught by the next round.
+        let mut finished = false;
         for _ in 0..64 {
             let mut conn = self.conn();
-            let mut invocation = self.scripts.live_grant_tree.key(&grant_key);
-            invocation.arg(&base).arg(id.as_str()).arg(ms(now));
-            for d in &done {
-                invocation.arg(d);
+            let mut invocation = self.scripts.revoke_grant_tree.key(&grant_key);
+            invocation.arg(&base).arg(id.as_str()).arg(ms(now)).arg(reason);
+            for gid in &published {
+                invocation.arg(gid);
             }
-            let live = parse_pairs(self.bounded(invocation.invoke_async(&mut conn)).await?);
-            if live.is_empty() {
-                break;
+            let answer: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            match answer.split_first() {
+                Some((head, rest)) if head == "ok" => {
+                    revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    root_revoked = rest.get(1).is_some_and(|r| r == "1");
+                    finished = true;
+                    break;
+                }
+                Some((head, rest)) if head == "more" => {
+                    let live: Vec<(String, i64)> = rest
+                        .chunks(2)
+                        .filter_map(|pair| match pair {
+                            [gid, exp] => Some((gid.clone(), exp.parse().ok()?)),
+                            _ => None,
+                        })
+                        .collect();
+                    let events: Vec<Revocation> = live
+                        .iter()
+                        .filter_map(|(gid, exp)| {
+                            Some(Revocation {
+                                target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
+                                revoked_at: now,
+                                reason: reason.to_owned(),
+                                not_after: from_ms(*exp)?,
+                            })
+                        })
+                        .collect();
+                    self.publish(&events).await?;
+                    published.extend(live.into_iter().map(|(gid, _)| gid));
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "revoke_grant_tree script answered an unexpected shape".into(),
+                    ));
+                }
             }
-            let events: Vec<Revocation> = live
-                .iter()
-                .filter_map(|(gid, exp)| {
-                    Some(Revocation {
-                        target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
-                        revoked_at: now,
-                        reason: reason.to_owned(),
-                        not_after: from_ms(*exp)?,
-                    })
-                })
-                .collect();
-            self.publish(&events).await?;
-            let mut invocation = self.scripts.revoke_grants.key(&grant_key);
-            invocation.arg(&base).arg(ms(now)).arg(reason);
-            for (gid, exp) in &live {
-                invocation.arg(gid).arg(*exp);
-            }
-            let n: u64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
-            revoked_total += n;
-            if live.iter().any(|(gid, _)| gid == id.as_str()) {
-                root_revoked = true;
-            }
-            done.extend(live.into_iter().map(|(gid, _)| gid));
+        }
+        if !finished {
+            return Err(StoreError::Unavailable(
+                "grant tree kept growing while being revoked; retry".into(),
+            ));
         }
         let Some(grant) = self.grant(id).await? else {
             return Ok(None);

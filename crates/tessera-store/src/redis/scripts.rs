@@ -33,7 +33,9 @@ return 'ok'
 
 /// Records a grant atomically with its task's state. KEYS[1] = task hash.
 /// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"".
-/// Returns "ok", "task_missing", "task_over:<state>", "outlives" or "exists".
+/// Returns "ok", "task_missing", "task_over:<state>", "outlives", "exists"
+/// or "parent_not_live" (a delegated grant whose parent is unknown, revoked,
+/// expired, of another task, or expiring before it).
 pub(crate) fn record_grant() -> Script {
     Script::new(
         r#"
@@ -46,6 +48,15 @@ if now >= deadline then return 'task_over:expired' end
 if exp > deadline then return 'outlives' end
 local gkey = base .. 'grant:' .. gid
 if redis.call('EXISTS', gkey) == 1 then return 'exists' end
+if parent ~= '' then
+  -- INVARIANT: a child is recorded only under a live parent, atomically with
+  -- the parent's revocation (revoke_grant_tree), so no child escapes it.
+  local p = redis.call('GET', base .. 'grant:' .. parent)
+  if not p or cjson.decode(p)['t'] ~= task then return 'parent_not_live' end
+  if redis.call('EXISTS', base .. 'revoked:' .. parent) == 1 then return 'parent_not_live' end
+  local pexp = redis.call('PEXPIRETIME', base .. 'grant:' .. parent)
+  if pexp <= now or exp > pexp then return 'parent_not_live' end
+end
 redis.call('SET', gkey, json, 'PXAT', exp)
 local idx = base .. 'grants:' .. task
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
@@ -78,58 +89,52 @@ return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
     )
 }
 
-/// The live grants of a grant tree (the grant and all delegated from it, at
-/// any depth): live = recorded, not expired, not revoked, task active.
-/// KEYS[1] = root grant key. ARGV: base, root_grant_id, now_ms, skip ids...
-/// Returns a flat list {gid, exp_ms, gid, exp_ms, ...}.
-pub(crate) fn live_grant_tree() -> Script {
+/// Revokes a grant tree (the grant and all delegated from it, at any depth)
+/// in one atomic step. Live = recorded, not expired, not revoked, task active.
+/// KEYS[1] = root grant key. ARGV: base, root_grant_id, now_ms, reason,
+/// then the ids whose revocation events are already published.
+/// If a live grant of the tree is not among them, changes nothing and
+/// returns {"more", gid, exp_ms, ...} (the caller publishes and retries);
+/// else marks every live grant revoked and returns {"ok", count, root_revoked 0|1}.
+pub(crate) fn revoke_grant_tree() -> Script {
     Script::new(
         r#"
-local base, now = ARGV[1], tonumber(ARGV[3])
-local skip = {}
-for i = 4, #ARGV do skip[ARGV[i]] = true end
-local out, seen, stack = {}, {}, {ARGV[2]}
+local base, root, now, reason = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local published = {}
+for i = 5, #ARGV do published[ARGV[i]] = true end
+local live, extra, seen, stack = {}, {}, {}, {root}
 while #stack > 0 do
   local gid = table.remove(stack)
   if not seen[gid] then
     seen[gid] = true
     for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
     local g = redis.call('GET', base .. 'grant:' .. gid)
-    if g and not skip[gid] and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
-      local d = cjson.decode(g)
-      local state = redis.call('HGET', base .. 'task:' .. d['t'], 'state')
+    if g and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
+      local t = cjson.decode(g)['t']
+      local state = redis.call('HGET', base .. 'task:' .. t, 'state')
       local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
       if state == 'active' and exp > now then
-        table.insert(out, gid)
-        table.insert(out, tostring(exp))
+        table.insert(live, {gid, exp, t})
+        if not published[gid] then
+          table.insert(extra, gid)
+          table.insert(extra, tostring(exp))
+        end
       end
     end
   end
 end
-return out
-"#,
-    )
-}
-
-/// Marks grants revoked. KEYS[1] = any key of the tree. ARGV: base, now_ms,
-/// reason, then (gid, exp_ms) pairs. Returns the number newly revoked.
-pub(crate) fn revoke_grants() -> Script {
-    Script::new(
-        r#"
-local base, now, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local n = 0
-for i = 4, #ARGV, 2 do
-  local gid, exp = ARGV[i], tonumber(ARGV[i + 1])
-  local g = redis.call('GET', base .. 'grant:' .. gid)
-  if g and exp > now then
-    local ok = redis.call('SET', base .. 'revoked:' .. gid, cjson.encode({at = now, reason = reason}), 'PXAT', exp, 'NX')
-    if ok then
-      n = n + 1
-      redis.call('ZREM', base .. 'grants:' .. cjson.decode(g)['t'], gid)
-    end
-  end
+if #extra > 0 then
+  table.insert(extra, 1, 'more')
+  return extra
 end
-return n
+local mark = cjson.encode({at = now, reason = reason})
+local root_revoked = 0
+for _, l in ipairs(live) do
+  redis.call('SET', base .. 'revoked:' .. l[1], mark, 'PXAT', l[2])
+  redis.call('ZREM', base .. 'grants:' .. l[3], l[1])
+  if l[1] == root then root_revoked = 1 end
+end
+return {'ok', tostring(#live), tostring(root_revoked)}
 "#,
     )
 }

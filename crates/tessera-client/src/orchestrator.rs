@@ -1,0 +1,57 @@
+//! The orchestrator's side of the SDK: start, complete and read tasks.
+
+use crate::Channel;
+
+use crate::error::ClientError;
+use crate::pb;
+
+/// `OrchestratorService` for an orchestrator: typed calls over one mTLS
+/// channel. The raw generated client is [`crate::OrchestratorClient`].
+#[derive(Debug, Clone)]
+pub struct OrchestratorClient {
+    inner: crate::OrchestratorClient,
+}
+
+impl OrchestratorClient {
+    /// A client over `channel` (see [`crate::connect`]).
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            inner: crate::OrchestratorClient::new(channel),
+        }
+    }
+
+    /// StartTask: opens a task. Build the request with
+    /// [`pb::StartTaskRequest`]; an empty `task_id` lets the broker choose.
+    pub async fn start(&mut self, req: pb::StartTaskRequest) -> Result<pb::Task, ClientError> {
+        Ok(self.inner.start_task(req).await?.into_inner())
+    }
+
+    /// CompleteTask: every grant of the task (every delegation hop, and
+    /// those of its child tasks) is revoked at once. Returns the task and
+    /// how many grants were revoked.
+    pub async fn complete(&mut self, task_id: &str, reason: &str) -> Result<(pb::Task, u64), ClientError> {
+        let response = self
+            .inner
+            .complete_task(pb::CompleteTaskRequest {
+                task_id: task_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let task = response
+            .task
+            .ok_or(ClientError::Unexpected("CompleteTask answered without the task"))?;
+        Ok((task, response.grants_revoked))
+    }
+
+    /// GetTask: the task and its number of live grants.
+    pub async fn get(&mut self, task_id: &str) -> Result<pb::Task, ClientError> {
+        Ok(self
+            .inner
+            .get_task(pb::GetTaskRequest {
+                task_id: task_id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+}

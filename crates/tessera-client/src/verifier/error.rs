@@ -1,0 +1,177 @@
+//! Why a token was refused, and how a resource server answers it over HTTP.
+
+use tessera_core::token::JwsError;
+
+/// How a resource server answers a refusal (RFC 6750 section 3.1, RFC 9449
+/// section 7.1): the HTTP status and the `error` code of `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusalKind {
+    /// 401, `invalid_token`: the token is not acceptable (forged, expired,
+    /// revoked, for someone else, bound to a key the caller did not prove).
+    InvalidToken,
+    /// 401, `invalid_dpop_proof`: the DPoP proof is missing a part, stale,
+    /// replayed or for another request.
+    InvalidProof,
+    /// 403, `insufficient_scope`: a good token without the scope needed.
+    InsufficientScope,
+    /// 503: the verifier cannot decide (its revocation feed is stale or was
+    /// never synchronised); the caller may retry later.
+    Unavailable,
+}
+
+impl RefusalKind {
+    /// The HTTP status code to answer with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidToken | Self::InvalidProof => 401,
+            Self::InsufficientScope => 403,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// The `error` parameter of `WWW-Authenticate`, if the answer carries one.
+    pub fn error_code(self) -> Option<&'static str> {
+        match self {
+            Self::InvalidToken => Some("invalid_token"),
+            Self::InvalidProof => Some("invalid_dpop_proof"),
+            Self::InsufficientScope => Some("insufficient_scope"),
+            Self::Unavailable => None,
+        }
+    }
+}
+
+/// Why the [`super::Verifier`] refused a token. Messages name the failed
+/// check and never contain the token, the proof or any part of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// No token was presented.
+    #[error("no access token")]
+    Missing,
+    /// The `Authorization` header is not `Bearer <token>` or `DPoP <token>`.
+    #[error("authorization header is not `Bearer` or `DPoP` followed by a token")]
+    Scheme,
+    /// The JWS failed a structural, header, type, key or signature check.
+    #[error(transparent)]
+    Token(#[from] JwsError),
+    /// `alg` is valid JOSE but not in this verifier's allow-list.
+    #[error("token algorithm `{0}` is not allowed by this verifier")]
+    AlgorithmNotAllowed(tessera_core::token::Algorithm),
+    /// The claim set is missing a claim or has one of the wrong shape.
+    #[error("token claim `{0}` is missing or malformed")]
+    Claim(&'static str),
+    /// The `act` (delegation) chain is malformed, too deep or widens.
+    #[error("token delegation chain refused: {0}")]
+    Delegation(&'static str),
+    /// The token (its `jti`) or its task was revoked.
+    #[error("token has been revoked")]
+    Revoked,
+    /// The token was issued before the verifier's revocation feed was
+    /// (re)synchronised, so a revocation of it may have been missed.
+    #[error("token was issued before the revocation feed was synchronised; request a new token")]
+    IssuedBeforeSync,
+    /// The token is bound (`cnf`) but presented as a bearer token or without
+    /// a proof of possession.
+    #[error("token is bound to a key: a proof of possession is required")]
+    ProofRequired,
+    /// The verifier requires bound tokens and this one is a bearer token.
+    #[error("bearer tokens are not accepted here: a bound token is required")]
+    BoundTokenRequired,
+    /// `cnf` names a confirmation method this verifier does not support.
+    #[error("token confirmation method is not supported")]
+    UnsupportedConfirmation,
+    /// The DPoP proof failed a check; the message names which.
+    #[error("dpop proof refused: {0}")]
+    Proof(&'static str),
+    /// The DPoP proof's `jti` was seen before.
+    #[error("dpop proof has been used before")]
+    ProofReplayed,
+    /// The caller's TLS certificate is not the one the token is bound to.
+    #[error("client certificate does not match the token's binding")]
+    CertificateMismatch,
+    /// The token is certificate-bound and no client certificate was presented.
+    #[error("token is bound to a client certificate and none was presented")]
+    CertificateRequired,
+    /// The token lacks a scope the operation needs.
+    #[error("token lacks scope `{0}`")]
+    InsufficientScope(String),
+    /// Fail closed: the revocation feed has been silent longer than
+    /// `max_staleness`.
+    #[error("revocation feed is stale: refusing every token until it is back")]
+    FeedStale,
+    /// Fail closed: the revocation feed has not been synchronised yet (at
+    /// start, or after the broker lost this verifier's position).
+    #[error("revocation feed is not synchronised yet: refusing every token")]
+    NotSynced,
+    /// Fail closed: a bounded cache (revocations or DPoP `jti`s) is full of
+    /// entries that have not expired.
+    #[error("verifier capacity exhausted ({0}); refusing until entries expire")]
+    Capacity(&'static str),
+}
+
+impl VerifyError {
+    /// How to answer this refusal over HTTP.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            Self::Proof(_) | Self::ProofReplayed => RefusalKind::InvalidProof,
+            Self::InsufficientScope(_) => RefusalKind::InsufficientScope,
+            Self::FeedStale | Self::NotSynced | Self::Capacity(_) => RefusalKind::Unavailable,
+            // An unusable key in our own cache is our fault, but the token
+            // still cannot be accepted; 401 keeps the answer uniform.
+            Self::Missing
+            | Self::Scheme
+            | Self::Token(_)
+            | Self::AlgorithmNotAllowed(_)
+            | Self::Claim(_)
+            | Self::Delegation(_)
+            | Self::Revoked
+            | Self::IssuedBeforeSync
+            | Self::ProofRequired
+            | Self::BoundTokenRequired
+            | Self::UnsupportedConfirmation
+            | Self::CertificateMismatch
+            | Self::CertificateRequired => RefusalKind::InvalidToken,
+        }
+    }
+
+    /// The value of a `WWW-Authenticate` header for this refusal (RFC 6750
+    /// section 3, RFC 9449 section 7.1), or `None` for 503. Offers both
+    /// schemes; `algs` lists the DPoP proof algorithms accepted.
+    pub fn www_authenticate(&self, realm: &str) -> Option<String> {
+        let realm = realm.replace(['"', '\\'], "");
+        let code = self.kind().error_code()?;
+        // The description is our own fixed text; strip quotes defensively.
+        let description = self.to_string().replace(['"', '\\'], "");
+        let params = format!(r#"realm="{realm}", error="{code}", error_description="{description}""#);
+        Some(match self {
+            Self::Proof(_) | Self::ProofReplayed | Self::ProofRequired => {
+                format!(r#"DPoP {params}, algs="ES256 EdDSA""#)
+            }
+            Self::InsufficientScope(scope) => {
+                let scope = scope.replace(['"', '\\'], "");
+                format!(r#"Bearer {params}, scope="{scope}""#)
+            }
+            _ => format!(r#"Bearer {params}, DPoP realm="{realm}", algs="ES256 EdDSA""#),
+        })
+    }
+}
+
+/// Why a [`super::VerifierConfig`] was refused; names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("verifier config `{field}`: {message}")]
+pub struct VerifierConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl VerifierConfigError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}

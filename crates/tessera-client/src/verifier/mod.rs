@@ -1,0 +1,791 @@
+//! The resource server's token verifier.
+//!
+//! [`Verifier`] checks a Tessera access token offline, in this order:
+//!
+//! 1. **the feed**: fail closed when the revocation feed was never
+//!    synchronised ([`VerifyError::NotSynced`]) or has been silent longer than
+//!    `max_staleness` ([`VerifyError::FeedStale`]); heartbeats keep a quiet
+//!    feed fresh;
+//! 2. **the JWS**: size, shape and header checks of `tessera-core` (no `jku`,
+//!    `jwk`, `x5u`, `x5c` or `crit`), `typ` `at+jwt`, `alg` in the
+//!    configured allow-list and equal to the key's, the key looked up by
+//!    `kid` in the cached JWKS only, then the signature with *ring*;
+//! 3. **the claims**: `iss`, `aud`, `exp` / `nbf` / `iat` with a bounded
+//!    leeway;
+//! 4. **revocation**: `iat` after the sync floor (see [`state`] docs),
+//!    neither the `jti`, nor the `task_id`, nor a grant named in the `act`
+//!    chain revoked;
+//! 5. **delegation**: the `act` chain well formed, within `max_act_depth`,
+//!    and only narrowing;
+//! 6. **proof of possession** when the token is bound (`cnf`): a DPoP proof
+//!    (RFC 9449) for `cnf.jkt`, presented with the `DPoP` scheme, for this
+//!    method and URL, fresh, with `ath` = the token's hash and a `jti` never
+//!    seen; or the caller's TLS certificate for `cnf.x5t#S256` (RFC 8705).
+//!
+//! [`Verifier::connect`] keeps the JWKS and the revocation set current from
+//! the broker's `VerifierService` (see [`feed`]). Nothing here logs or
+//! returns a token or a proof.
+
+mod act;
+mod dpop;
+mod error;
+mod feed;
+mod keys;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tessera_core::clock::{Clock, SystemClock};
+use tessera_core::token::{ACCESS_TOKEN_TYP, Algorithm, Jwk, JwsError, decode_unverified};
+
+pub use act::ChainHop;
+pub use dpop::{DPOP_TYP, DpopKey, DpopKeyError, MAX_PROOF_LEN, access_token_hash, normalize_htu};
+pub use error::{RefusalKind, VerifierConfigError, VerifyError};
+pub use keys::MAX_KEYS;
+
+use crate::Channel;
+use crate::pb;
+
+/// The largest leeway a verifier may be configured with.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// What a [`Verifier`] accepts. Build with [`VerifierConfig::new`] and
+/// adjust the public fields; [`Verifier`] validates them.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// The broker's `iss` (`tokens.issuer`).
+    pub issuer: String,
+    /// This resource server's audience; tokens for any other are refused.
+    pub audience: String,
+    /// Signature algorithms accepted (a subset of ES256, EdDSA).
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; at most [`MAX_LEEWAY`].
+    pub leeway: Duration,
+    /// Fail closed once the revocation feed has been silent this long.
+    /// Keep it above the broker's `server.heartbeat_interval` (5 s).
+    pub max_staleness: Duration,
+    /// Most hops in an `act` chain.
+    pub max_act_depth: usize,
+    /// Oldest DPoP proof `iat` accepted, as an age.
+    pub dpop_max_age: Duration,
+    /// Most DPoP proofs remembered for replay detection.
+    pub replay_cache_capacity: usize,
+    /// Most revocations held (each only until its tokens expired).
+    pub max_revocations: usize,
+    /// Refuse bearer tokens: every token must carry `cnf`.
+    pub require_bound: bool,
+    /// An unknown `kid` triggers a JWKS refresh at most this often.
+    pub jwks_min_refresh: Duration,
+    /// The JWKS is refreshed this often regardless, so withdrawn keys go.
+    pub jwks_refresh: Duration,
+}
+
+impl VerifierConfig {
+    /// Defaults: both algorithms, 5 s leeway, 15 s staleness, 4 hops, 60 s
+    /// proof age, 100 000 proofs, 1 000 000 revocations, 1 s/60 s JWKS.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            algorithms: vec![Algorithm::Es256, Algorithm::EdDsa],
+            leeway: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(15),
+            max_act_depth: 4,
+            dpop_max_age: Duration::from_secs(60),
+            replay_cache_capacity: 100_000,
+            max_revocations: 1_000_000,
+            require_bound: false,
+            jwks_min_refresh: Duration::from_secs(1),
+            jwks_refresh: Duration::from_secs(60),
+        }
+    }
+
+    fn validate(&self) -> Result<(), VerifierConfigError> {
+        let bad = VerifierConfigError::new;
+        if self.issuer.is_empty() {
+            return Err(bad("issuer", "must not be empty"));
+        }
+        if self.audience.is_empty() {
+            return Err(bad("audience", "must not be empty"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(bad("algorithms", "must allow at least one algorithm"));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(bad("leeway", "must be at most 300s"));
+        }
+        if self.max_staleness < Duration::from_millis(100) || self.max_staleness > Duration::from_secs(3600) {
+            return Err(bad("max_staleness", "must be between 100ms and 1h"));
+        }
+        if !(1..=32).contains(&self.max_act_depth) {
+            return Err(bad("max_act_depth", "must be between 1 and 32"));
+        }
+        if self.dpop_max_age < Duration::from_secs(1) || self.dpop_max_age > Duration::from_secs(600) {
+            return Err(bad("dpop_max_age", "must be between 1s and 10m"));
+        }
+        if !(1..=10_000_000).contains(&self.replay_cache_capacity) {
+            return Err(bad("replay_cache_capacity", "must be between 1 and 10000000"));
+        }
+        if !(1..=100_000_000).contains(&self.max_revocations) {
+            return Err(bad("max_revocations", "must be between 1 and 100000000"));
+        }
+        if self.jwks_refresh < self.jwks_min_refresh || self.jwks_refresh.is_zero() {
+            return Err(bad("jwks_refresh", "must be positive and at least jwks_min_refresh"));
+        }
+        Ok(())
+    }
+}
+
+/// How the token was presented (`Authorization` scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer` (RFC 6750); also the scheme of an
+    /// mTLS-bound token (RFC 8705).
+    Bearer,
+    /// `Authorization: DPoP` (RFC 9449 section 7.1).
+    Dpop,
+}
+
+/// A token as it arrived with a request, and what proofs came with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The access token (compact JWS).
+    pub token: &'a str,
+    /// The `Authorization` scheme it came with.
+    pub scheme: Scheme,
+    /// The `DPoP` header, if exactly one came (send `None` for none or
+    /// several: RFC 9449 allows exactly one).
+    pub dpop_proof: Option<&'a str>,
+    /// The request's method, for the proof's `htm`.
+    pub method: &'a str,
+    /// The request's absolute URL as the client addressed it, for `htu`.
+    pub url: &'a str,
+    /// The DER of the caller's verified TLS client certificate, if any.
+    pub client_cert_der: Option<&'a [u8]>,
+}
+
+impl<'a> Presented<'a> {
+    /// A bearer token without proofs (tests and simple services).
+    pub fn bearer(token: &'a str) -> Self {
+        Self {
+            token,
+            scheme: Scheme::Bearer,
+            dpop_proof: None,
+            method: "GET",
+            url: "",
+            client_cert_der: None,
+        }
+    }
+
+    /// Splits an `Authorization` header value into scheme and token. The
+    /// scheme is case-insensitive; the token must be one non-empty word.
+    pub fn parse_authorization(value: &'a str) -> Result<(Scheme, &'a str), VerifyError> {
+        let (scheme, token) = value.trim().split_once(' ').ok_or(VerifyError::Scheme)?;
+        let token = token.trim_start();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err(VerifyError::Scheme);
+        }
+        let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+            Scheme::Bearer
+        } else if scheme.eq_ignore_ascii_case("dpop") {
+            Scheme::Dpop
+        } else {
+            return Err(VerifyError::Scheme);
+        };
+        Ok((scheme, token))
+    }
+}
+
+/// How a verified token was bound to its presenter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Binding {
+    /// A bearer token: anyone holding it could present it.
+    Bearer,
+    /// Bound to a DPoP key whose proof came with the request.
+    Dpop,
+    /// Bound to the caller's TLS client certificate.
+    Certificate,
+}
+
+/// The claims of a Tessera access token (RFC 9068 with `task_id`, `cnf`,
+/// `act` and `tessera_chain`), as the verifier reads them. Unknown claims
+/// are ignored; a duplicate or mistyped one makes the token unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: the agent, or for a delegated token the root holder.
+    pub sub: String,
+    /// The one audience.
+    pub aud: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Token (grant) id.
+    pub jti: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The holder: the identity the token was issued to.
+    pub client_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Confirmation (RFC 7800).
+    #[serde(default)]
+    pub cnf: Option<serde_json::Value>,
+    /// Actor chain (RFC 8693 section 4.1).
+    #[serde(default)]
+    pub act: Option<serde_json::Value>,
+    /// Ancestors of a delegated token, root first.
+    #[serde(default)]
+    pub tessera_chain: Option<Vec<ChainHop>>,
+}
+
+impl TokenClaims {
+    /// The scopes, without empty entries.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|scope| !scope.is_empty())
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    claims: TokenClaims,
+    actors: Vec<String>,
+    binding: Binding,
+}
+
+impl Verified {
+    /// All claims.
+    pub fn claims(&self) -> &TokenClaims {
+        &self.claims
+    }
+
+    /// The holder (`client_id`): the identity the token was issued to, the
+    /// current actor of a delegated token.
+    pub fn holder(&self) -> &str {
+        &self.claims.client_id
+    }
+
+    /// The subject (`sub`): the agent the token (or, delegated, its root) was issued to.
+    pub fn subject(&self) -> &str {
+        &self.claims.sub
+    }
+
+    /// The task the token belongs to.
+    pub fn task_id(&self) -> &str {
+        &self.claims.task_id
+    }
+
+    /// The grant id (`jti`).
+    pub fn grant_id(&self) -> &str {
+        &self.claims.jti
+    }
+
+    /// The scopes granted.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.claims.scopes()
+    }
+
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.claims.scopes().any(|s| s == scope)
+    }
+
+    /// [`VerifyError::InsufficientScope`] (403) unless `scope` was granted.
+    pub fn require_scope(&self, scope: &str) -> Result<(), VerifyError> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(VerifyError::InsufficientScope(scope.chars().take(128).collect()))
+        }
+    }
+
+    /// The delegation chain's actors, current first; empty for a token
+    /// issued directly.
+    pub fn actors(&self) -> &[String] {
+        &self.actors
+    }
+
+    /// How the token was bound.
+    pub fn binding(&self) -> Binding {
+        self.binding
+    }
+
+    /// When the token expires.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(self.claims.exp, 0)
+    }
+}
+
+/// Status of a verifier's inputs, for health endpoints and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifierStatus {
+    /// Whether a fresh subscription to the feed has answered since the last loss.
+    pub synced: bool,
+    /// Whether the feed is synchronised and fresh (tokens can be accepted).
+    pub fresh: bool,
+    /// Keys cached.
+    pub keys: usize,
+    /// Revocations held.
+    pub revocations: usize,
+    /// Tokens need an `iat` after this (seconds, broker clock).
+    pub sync_floor: Option<i64>,
+}
+
+/// Verifies Tessera access tokens for one audience. Cheap to clone; the
+/// background feed (if any) stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.inner.shared.config.issuer)
+            .field("audience", &self.inner.shared.config.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The state the checks read and the feed writes.
+pub(crate) struct Shared {
+    config: VerifierConfig,
+    clock: Arc<dyn Clock>,
+    keys: RwLock<keys::KeyCache>,
+    feed: RwLock<state::FeedState>,
+    replay: Mutex<dpop::ReplayCache>,
+    /// Serialises JWKS refreshes; holds when the last one happened.
+    refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    client: Option<crate::VerifierClient>,
+    leeway_secs: i64,
+    max_staleness: chrono::Duration,
+}
+
+impl Verifier {
+    /// A verifier fed by nothing yet: it refuses every token (not
+    /// synchronised) until [`Verifier::load_jwks`] and
+    /// [`Verifier::ingest`] feed it. For custom transports and tests;
+    /// services use [`Verifier::connect`].
+    pub fn offline(config: VerifierConfig, clock: Arc<dyn Clock>) -> Result<Self, VerifierConfigError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared::new(config, clock, None)?),
+                tasks: Vec::new(),
+            }),
+        })
+    }
+
+    /// A verifier that follows the broker over `channel` (an mTLS channel of
+    /// an identity with the `verifier` role): it loads the JWKS, subscribes
+    /// to `WatchRevocations`, resumes after a disconnect with backoff, and
+    /// refreshes keys. Must be called within a Tokio runtime.
+    pub fn connect(channel: Channel, config: VerifierConfig) -> Result<Self, VerifierConfigError> {
+        let client = crate::VerifierClient::new(channel).max_decoding_message_size(feed::MAX_MESSAGE_BYTES);
+        let shared = Arc::new(Shared::new(config, Arc::new(SystemClock), Some(client.clone()))?);
+        let tasks = vec![
+            tokio::spawn(feed::follow(shared.clone(), client)),
+            tokio::spawn(feed::refresh_keys_periodically(shared.clone())),
+        ];
+        Ok(Self {
+            inner: Arc::new(Inner { shared, tasks }),
+        })
+    }
+
+    /// Verifies a presented token. On an unknown `kid` it refreshes the
+    /// JWKS once (rate-bounded) and tries again.
+    pub async fn verify(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
+        let shared = &self.inner.shared;
+        match shared.check(presented) {
+            Err(VerifyError::Token(JwsError::UnknownKey)) if shared.client.is_some() => {
+                if shared.refresh_keys_on_demand().await {
+                    shared.check(presented)
+                } else {
+                    Err(VerifyError::Token(JwsError::UnknownKey))
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies a presented token with the keys already cached; never waits.
+    pub fn verify_cached(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
+        self.inner.shared.check(presented)
+    }
+
+    /// Replaces the cached keys with the usable keys of `jwks` whose
+    /// algorithm is allowed; returns how many were kept.
+    pub fn load_jwks(&self, jwks: &[Jwk]) -> usize {
+        self.inner.shared.load_keys(jwks)
+    }
+
+    /// Applies one message of a `WatchRevocations` stream. `fresh` is true
+    /// for the messages of a subscription made without a position (the
+    /// first one synchronises the verifier).
+    pub fn ingest(&self, message: &pb::WatchRevocationsResponse, fresh: bool) {
+        self.inner.shared.ingest(message, fresh);
+    }
+
+    /// The feed position was lost (OUT_OF_RANGE): refuse everything until a
+    /// fresh subscription answers.
+    pub fn position_lost(&self) {
+        self.inner.shared.lost();
+    }
+
+    /// Inputs' status.
+    pub fn status(&self) -> VerifierStatus {
+        self.inner.shared.status()
+    }
+
+    /// Waits until the verifier is synchronised, fresh and has keys, or
+    /// `timeout` passes; returns whether it is ready.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if status.fresh && status.keys > 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // INVARIANT: writers never panic while holding these locks (plain map
+    // and field updates), so a poisoned lock still holds consistent state.
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `typ` is `at+jwt`, in any case, with or without `application/`.
+fn is_access_token_typ(typ: &str) -> bool {
+    let short = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => typ.get(12..).unwrap_or_default(),
+        _ => typ,
+    };
+    short.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Shared {
+    fn new(
+        config: VerifierConfig,
+        clock: Arc<dyn Clock>,
+        client: Option<crate::VerifierClient>,
+    ) -> Result<Self, VerifierConfigError> {
+        config.validate()?;
+        let leeway_secs = secs(config.leeway);
+        let max_staleness = chrono::Duration::from_std(config.max_staleness)
+            .map_err(|_| VerifierConfigError::new("max_staleness", "too long"))?;
+        Ok(Self {
+            keys: RwLock::new(keys::KeyCache::default()),
+            feed: RwLock::new(state::FeedState::new(config.max_revocations, leeway_secs)),
+            replay: Mutex::new(dpop::ReplayCache::new(config.replay_cache_capacity)),
+            refresh: tokio::sync::Mutex::new(None),
+            client,
+            leeway_secs,
+            max_staleness,
+            clock,
+            config,
+        })
+    }
+
+    fn check(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
+        let now = self.clock.now();
+        let token = presented.token;
+        if token.is_empty() {
+            return Err(VerifyError::Missing);
+        }
+        lock_read(&self.feed).check_fresh(now, self.max_staleness)?;
+
+        // The JWS: structure and header (tessera-core), then type, algorithm
+        // and key, then the signature. Nothing of the payload is parsed yet.
+        let (header, payload) = decode_unverified(token)?;
+        if !is_access_token_typ(&header.typ) {
+            return Err(JwsError::Type.into());
+        }
+        if !self.config.algorithms.contains(&header.alg) {
+            return Err(VerifyError::AlgorithmNotAllowed(header.alg));
+        }
+        let (signing_input, signature_b64) = token
+            .rsplit_once('.')
+            .ok_or(JwsError::Malformed("expected three dot-separated segments"))?;
+        let mut signature = [0u8; 72];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(signature_b64, &mut signature)
+            .map_err(|_| JwsError::Signature)?;
+        let signature = signature
+            .get(..len)
+            .filter(|s| s.len() == 64)
+            .ok_or(JwsError::Signature)?;
+        {
+            let keys = lock_read(&self.keys);
+            let key = keys.get(&header.kid).ok_or(JwsError::UnknownKey)?;
+            if key.algorithm() != header.alg {
+                return Err(JwsError::AlgorithmMismatch.into());
+            }
+            key.verify(signing_input.as_bytes(), signature)?;
+        }
+
+        // The claims.
+        if payload.trim_ascii_start().first() != Some(&b'{') {
+            return Err(VerifyError::Claim("claim set"));
+        }
+        let claims: TokenClaims = serde_json::from_slice(&payload).map_err(|_| VerifyError::Claim("claim set"))?;
+        if claims.iss != self.config.issuer {
+            return Err(JwsError::Issuer.into());
+        }
+        if claims.aud != self.config.audience {
+            return Err(JwsError::Audience.into());
+        }
+        let now_secs = now.timestamp();
+        if claims.exp <= now_secs.saturating_sub(self.leeway_secs) {
+            return Err(JwsError::Expired.into());
+        }
+        if claims.nbf > now_secs.saturating_add(self.leeway_secs) {
+            return Err(JwsError::NotYetValid.into());
+        }
+        if claims.iat > now_secs.saturating_add(self.leeway_secs) {
+            return Err(JwsError::IssuedInFuture.into());
+        }
+        if claims.jti.is_empty() {
+            return Err(VerifyError::Claim("jti"));
+        }
+        if claims.task_id.is_empty() {
+            return Err(VerifyError::Claim("task_id"));
+        }
+
+        // Delegation, then revocation of the token, its task or an ancestor.
+        let actors = act::check(
+            &act::Delegated {
+                sub: &claims.sub,
+                client_id: &claims.client_id,
+                scope: &claims.scope,
+                exp: claims.exp,
+                act: claims.act.as_ref(),
+                chain: claims.tessera_chain.as_deref(),
+            },
+            self.config.max_act_depth,
+        )?;
+        lock_read(&self.feed).check_token(
+            claims.iat,
+            &claims.jti,
+            &claims.task_id,
+            claims.tessera_chain.iter().flatten().map(|hop| hop.jti.as_str()),
+        )?;
+
+        // Proof of possession.
+        let binding = self.check_binding(&claims, presented, now)?;
+        Ok(Verified {
+            claims,
+            actors,
+            binding,
+        })
+    }
+
+    fn check_binding(
+        &self,
+        claims: &TokenClaims,
+        presented: &Presented<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Binding, VerifyError> {
+        let Some(cnf) = &claims.cnf else {
+            if self.config.require_bound {
+                return Err(VerifyError::BoundTokenRequired);
+            }
+            if presented.scheme == Scheme::Dpop {
+                return Err(VerifyError::Proof("the DPoP scheme needs a DPoP-bound token"));
+            }
+            return Ok(Binding::Bearer);
+        };
+        let serde_json::Value::Object(cnf) = cnf else {
+            return Err(VerifyError::Claim("cnf"));
+        };
+        // Exactly one method (docs/ARCHITECTURE.md, "Token claims").
+        if cnf.len() != 1 || cnf.keys().any(|k| k != "jkt" && k != "x5t#S256") {
+            return Err(VerifyError::UnsupportedConfirmation);
+        }
+        let mut binding = Binding::Bearer;
+        if let Some(x5t) = cnf.get("x5t#S256") {
+            let x5t = x5t.as_str().ok_or(VerifyError::Claim("cnf.x5t#S256"))?;
+            let cert = presented.client_cert_der.ok_or(VerifyError::CertificateRequired)?;
+            let got = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, cert));
+            if got != x5t {
+                return Err(VerifyError::CertificateMismatch);
+            }
+            binding = Binding::Certificate;
+        }
+        if let Some(jkt) = cnf.get("jkt") {
+            let jkt = jkt.as_str().ok_or(VerifyError::Claim("cnf.jkt"))?;
+            // RFC 9449 section 7.1: a DPoP-bound token comes with the DPoP scheme.
+            if presented.scheme != Scheme::Dpop {
+                return Err(VerifyError::ProofRequired);
+            }
+            let proof = presented.dpop_proof.ok_or(VerifyError::ProofRequired)?;
+            let checked = dpop::check(
+                proof,
+                &dpop::Expected {
+                    method: presented.method,
+                    url: presented.url,
+                    access_token: presented.token,
+                    jkt,
+                    now,
+                    max_age_secs: secs(self.config.dpop_max_age),
+                    leeway_secs: self.leeway_secs,
+                },
+            )?;
+            // Last: a proof is spent only by a request that passed every check.
+            self.replay
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(checked, now.timestamp())?;
+            binding = Binding::Dpop;
+        }
+        Ok(binding)
+    }
+
+    fn load_keys(&self, jwks: &[Jwk]) -> usize {
+        let (cache, load) = keys::KeyCache::from_jwks(jwks, &self.config.algorithms);
+        if load.skipped > 0 {
+            tracing::warn!(
+                skipped = load.skipped,
+                kept = load.kept,
+                "jwks: unusable or disallowed keys skipped"
+            );
+        }
+        *lock_write(&self.keys) = cache;
+        load.kept
+    }
+
+    fn ingest(&self, message: &pb::WatchRevocationsResponse, fresh: bool) {
+        use pb::watch_revocations_response::Item;
+        let now = self.clock.now();
+        let mut feed = lock_write(&self.feed);
+        match &message.item {
+            Some(Item::Heartbeat(heartbeat)) => {
+                if fresh && !feed.is_synced() {
+                    let sent_at = heartbeat.sent_at.as_ref().and_then(timestamp).unwrap_or(now);
+                    feed.synced(sent_at, now);
+                }
+                feed.prune(now);
+            }
+            Some(Item::Event(event)) => {
+                let revoked_at = event.revoked_at.as_ref().and_then(timestamp).unwrap_or(now);
+                // Missing `not_after`: keep it as long as any token could live.
+                let not_after = event
+                    .not_after
+                    .as_ref()
+                    .and_then(timestamp)
+                    .unwrap_or(now + chrono::Duration::days(1));
+                let target = match &event.target {
+                    Some(pb::revocation_event::Target::GrantId(jti)) => Some(state::Target::Grant(jti.clone())),
+                    Some(pb::revocation_event::Target::TaskId(task)) => Some(state::Target::Task(task.clone())),
+                    None => None,
+                };
+                match target {
+                    Some(target) => feed.revoke(target, not_after, revoked_at, now),
+                    None => tracing::warn!("revocation event without a target ignored"),
+                }
+                if fresh && !feed.is_synced() {
+                    feed.synced(revoked_at, now);
+                }
+            }
+            None => {}
+        }
+        feed.heard(now);
+    }
+
+    fn lost(&self) {
+        lock_write(&self.feed).lost();
+    }
+
+    fn status(&self) -> VerifierStatus {
+        let now = self.clock.now();
+        let feed = lock_read(&self.feed);
+        VerifierStatus {
+            synced: feed.is_synced(),
+            fresh: feed.check_fresh(now, self.max_staleness).is_ok(),
+            keys: lock_read(&self.keys).len(),
+            revocations: feed.len(),
+            sync_floor: feed.floor(),
+        }
+    }
+
+    /// Refreshes the JWKS for an unknown `kid`, at most once per
+    /// `jwks_min_refresh`; concurrent callers share one refresh. Returns
+    /// whether a refresh happened (by this caller or one it waited for).
+    async fn refresh_keys_on_demand(&self) -> bool {
+        let asked = tokio::time::Instant::now();
+        let mut last = self.refresh.lock().await;
+        if last.is_some_and(|at| at >= asked) {
+            return true; // someone refreshed while we waited
+        }
+        if last.is_some_and(|at| asked.duration_since(at) < self.config.jwks_min_refresh) {
+            return false;
+        }
+        let refreshed = self.fetch_keys().await;
+        *last = Some(tokio::time::Instant::now());
+        refreshed
+    }
+
+    /// One `GetJwks` call; true if the keys were replaced.
+    async fn fetch_keys(&self) -> bool {
+        let Some(client) = &self.client else { return false };
+        let mut client = client.clone();
+        match tokio::time::timeout(feed::CALL_TIMEOUT, client.get_jwks(pb::GetJwksRequest {})).await {
+            Ok(Ok(response)) => {
+                let jwks = keys::from_proto(&response.into_inner().keys);
+                self.load_keys(&jwks);
+                true
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(code = ?status.code(), "jwks refresh failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("jwks refresh timed out");
+                false
+            }
+        }
+    }
+}
+
+fn timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
+}

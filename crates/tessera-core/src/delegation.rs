@@ -1,0 +1,508 @@
+//! Delegation: the pure decision to mint a child token from a parent token
+//! (DelegateToken), and the checks a verifier runs on a delegated token's
+//! chain. The claim formats are specified in `docs/ARCHITECTURE.md`
+//! ("Token claims: act and cnf").
+//!
+//! The invariants, checked here and by property tests: a child's scopes are a
+//! subset of its parent's, its expiry is no later than its parent's, its
+//! class is never higher, its audience and task are its parent's, and its
+//! depth is bounded.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{ApiCatalog, CatalogError};
+use crate::error::ErrorKind;
+use crate::grant::{Grant, GrantId};
+use crate::identity::{Identity, Role, SpiffeId, VerifiedIdentity};
+use crate::task::{Audience, Scope, ScopeClass, Task, TaskError, TaskId, TaskState};
+use crate::token::{AccessClaims, Actor, ChainHop, Confirmation, MAX_CHAIN_LEN};
+use crate::ttl::{self, Lifetime, Ttl, TtlError, TtlLimits};
+
+/// The default `[delegation] max_depth`.
+pub const DEFAULT_MAX_DEPTH: u32 = 3;
+
+/// The broker's delegation bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelegationLimits {
+    /// Most delegations between a root token and any descendant (0: none).
+    pub max_depth: u32,
+    /// The broker's token lifetime bounds.
+    pub ttl: TtlLimits,
+}
+
+/// A parsed DelegateToken request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegationRequest {
+    /// Who receives the child.
+    pub delegate: SpiffeId,
+    /// Scopes wanted; empty: all of the parent's.
+    pub scopes: BTreeSet<Scope>,
+    /// Requested lifetime; `None`: the default, cut at the parent's expiry.
+    pub ttl: Option<Ttl>,
+    /// The audience the caller expects; must be the parent's if set.
+    pub audience: Option<Audience>,
+    /// The task the caller expects; must be the parent's if set.
+    pub task_id: Option<TaskId>,
+}
+
+/// A parent token whose signature the broker verified, together with its
+/// recorded grant; built only by [`ParentToken::bind`], which checks that
+/// the two describe the same token.
+#[derive(Debug, Clone)]
+pub struct ParentToken {
+    claims: AccessClaims,
+    grant: Grant,
+    class: ScopeClass,
+}
+
+impl ParentToken {
+    /// Binds verified `claims` to the grant recorded under their `jti`.
+    /// Fails unless they agree on holder, task, audience, scopes and expiry.
+    pub fn bind(claims: AccessClaims, grant: Grant) -> Result<Self, DelegationError> {
+        let scopes: BTreeSet<&str> = claims.scopes().collect();
+        let recorded: BTreeSet<&str> = grant.scopes.iter().map(Scope::as_str).collect();
+        let agrees = claims.jti == grant.id.as_str()
+            && claims.client_id == grant.subject.as_str()
+            && claims.task_id == grant.task_id.as_str()
+            && claims.aud == grant.audience.as_str()
+            && claims.exp == grant.expires_at.timestamp()
+            && scopes == recorded
+            && claims.depth() <= MAX_CHAIN_LEN;
+        if !agrees {
+            return Err(DelegationError::ParentNotLive);
+        }
+        let class = grant.class;
+        Ok(Self { claims, grant, class })
+    }
+
+    /// The parent's claims.
+    pub fn claims(&self) -> &AccessClaims {
+        &self.claims
+    }
+
+    /// The parent's grant.
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    /// The parent's depth (0 for a token from RequestToken).
+    pub fn depth(&self) -> usize {
+        self.claims.depth()
+    }
+}
+
+/// Everything needed to mint and record a child token, once allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPlan {
+    /// The parent's task.
+    pub task_id: TaskId,
+    /// The parent's audience.
+    pub audience: Audience,
+    /// The child's scopes (a subset of the parent's).
+    pub scopes: BTreeSet<Scope>,
+    /// Their one class (the parent's).
+    pub class: ScopeClass,
+    /// The child's lifetime; `expires_at` ≤ the parent's.
+    pub lifetime: Lifetime,
+    /// The child's depth (parent's + 1).
+    pub depth: usize,
+    /// The child's `sub`: the root holder.
+    pub subject: String,
+    /// The child's `act`: the delegate outermost.
+    pub act: Actor,
+    /// The child's `tessera_chain`: the parent's plus the parent itself.
+    pub chain: Vec<ChainHop>,
+}
+
+/// Why a delegation was refused. Messages name the request field at fault
+/// and never contain a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DelegationError {
+    /// `[delegation] max_depth` is 0.
+    #[error("delegation is turned off on this broker")]
+    Disabled,
+    /// The parent token is forged, expired, revoked, unknown or its task is
+    /// over: all look the same from outside.
+    #[error("parent_token: not a live token issued by this broker")]
+    ParentNotLive,
+    /// The caller does not hold the parent token.
+    #[error("identity `{0}` is not the holder of the parent token")]
+    NotHolder(String),
+    /// The caller may not request tokens at all.
+    #[error("identity `{0}` does not hold the agent role")]
+    NotAnAgent(String),
+    /// A child for its own holder.
+    #[error("delegate: a token cannot be delegated to its own holder")]
+    ToSelf,
+    /// The delegate is not a registered, enabled identity.
+    #[error("delegate: identity `{0}` is not registered or is disabled")]
+    DelegateUnknown(String),
+    /// The delegate may not hold tokens.
+    #[error("delegate: identity `{0}` does not hold the agent role")]
+    DelegateNotAnAgent(String),
+    /// The delegate is not one of the task's agents.
+    #[error("delegate: identity `{delegate}` is not assigned to task `{task}`")]
+    DelegateNotAssigned {
+        /// The delegate.
+        delegate: String,
+        /// The task.
+        task: TaskId,
+    },
+    /// Another audience than the parent's.
+    #[error("audience: a child keeps its parent's audience `{parent}`, not `{requested}`")]
+    OtherAudience {
+        /// Asked for.
+        requested: Audience,
+        /// The parent's.
+        parent: Audience,
+    },
+    /// Another task than the parent's.
+    #[error("task_id: a child stays in its parent's task `{parent}`, not `{requested}`")]
+    OtherTask {
+        /// Asked for.
+        requested: TaskId,
+        /// The parent's.
+        parent: TaskId,
+    },
+    /// A scope class above the parent's.
+    #[error("scopes: class {requested} is higher than the parent token's class {parent}")]
+    HigherClass {
+        /// Asked for.
+        requested: ScopeClass,
+        /// The parent's.
+        parent: ScopeClass,
+    },
+    /// Scopes the parent does not carry.
+    #[error("scopes: {0} not in the parent token; a child's scopes are a subset of its parent's")]
+    WiderScope(String),
+    /// An expiry after the parent's.
+    #[error("ttl_seconds: the child would expire at {requested}, after its parent ({parent})")]
+    LaterExpiry {
+        /// The expiry asked for.
+        requested: DateTime<Utc>,
+        /// The parent's.
+        parent: DateTime<Utc>,
+    },
+    /// One hop too many.
+    #[error("delegation depth {depth} is above the limit of {max}")]
+    TooDeep {
+        /// The child's depth.
+        depth: usize,
+        /// `[delegation] max_depth`.
+        max: u32,
+    },
+    /// Unknown scope for the audience.
+    #[error("scopes: {0}")]
+    Catalog(#[from] CatalogError),
+    /// The task does not accept requests.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The lifetime cannot be granted.
+    #[error("{prefix}{0}", prefix = if matches!(.0, TtlError::NoTimeLeft) { "" } else { "ttl_seconds: " })]
+    Ttl(#[from] TtlError),
+}
+
+impl DelegationError {
+    /// Transport-free classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::ToSelf => ErrorKind::InvalidArgument,
+            Self::Catalog(e) => e.kind(),
+            Self::Task(e) => e.kind(),
+            Self::Ttl(e) => e.kind(),
+            Self::Disabled
+            | Self::ParentNotLive
+            | Self::NotHolder(_)
+            | Self::NotAnAgent(_)
+            | Self::DelegateUnknown(_)
+            | Self::DelegateNotAnAgent(_)
+            | Self::DelegateNotAssigned { .. }
+            | Self::OtherAudience { .. }
+            | Self::OtherTask { .. }
+            | Self::HigherClass { .. }
+            | Self::WiderScope(_)
+            | Self::LaterExpiry { .. }
+            | Self::TooDeep { .. } => ErrorKind::PermissionDenied,
+        }
+    }
+}
+
+/// Decides whether `caller` may delegate `parent` to `delegate` in `task`
+/// (the parent's) at `now`, and what the child is. Checks, in order: the
+/// feature is on; the caller holds the parent and is an agent; the parent is
+/// live; the request keeps the parent's task and audience; depth; the
+/// delegate (not the caller, an agent, assigned to the task); the task is
+/// active; class, scopes; expiry.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a pure decision over every value it depends on"
+)]
+pub fn plan_delegation(
+    caller: &VerifiedIdentity,
+    parent: &ParentToken,
+    delegate: &Identity,
+    task: &Task,
+    catalog: &ApiCatalog,
+    req: &DelegationRequest,
+    limits: DelegationLimits,
+    now: DateTime<Utc>,
+) -> Result<ChildPlan, DelegationError> {
+    if limits.max_depth == 0 {
+        return Err(DelegationError::Disabled);
+    }
+    let me = caller.identity();
+    let grant = parent.grant();
+    if &grant.subject != caller.id() || parent.claims().client_id != caller.id().as_str() {
+        return Err(DelegationError::NotHolder(caller.id().to_string()));
+    }
+    if !me.has_role(Role::Agent) {
+        return Err(DelegationError::NotAnAgent(me.id.to_string()));
+    }
+    if !grant.is_live_at(now) || grant.task_id != task.id {
+        return Err(DelegationError::ParentNotLive);
+    }
+    if let Some(requested) = &req.task_id
+        && requested != &grant.task_id
+    {
+        return Err(DelegationError::OtherTask {
+            requested: requested.clone(),
+            parent: grant.task_id.clone(),
+        });
+    }
+    if let Some(requested) = &req.audience
+        && requested != &grant.audience
+    {
+        return Err(DelegationError::OtherAudience {
+            requested: requested.clone(),
+            parent: grant.audience.clone(),
+        });
+    }
+    let depth = parent.depth().saturating_add(1);
+    if depth > usize::try_from(limits.max_depth).unwrap_or(usize::MAX) || depth > MAX_CHAIN_LEN {
+        return Err(DelegationError::TooDeep {
+            depth,
+            max: limits.max_depth,
+        });
+    }
+    if delegate.id == me.id {
+        return Err(DelegationError::ToSelf);
+    }
+    if !delegate.has_role(Role::Agent) {
+        return Err(DelegationError::DelegateNotAnAgent(delegate.id.to_string()));
+    }
+    if !task.agents.contains(&delegate.id) {
+        return Err(DelegationError::DelegateNotAssigned {
+            delegate: delegate.id.to_string(),
+            task: task.id.clone(),
+        });
+    }
+    let state = task.state_at(now);
+    if state != TaskState::Active {
+        return Err(TaskError::Over(task.id.clone(), state).into());
+    }
+    let scopes = if req.scopes.is_empty() {
+        grant.scopes.clone()
+    } else {
+        req.scopes.clone()
+    };
+    let class = catalog.classify(&grant.audience, &scopes)?;
+    check_scopes(&scopes, class, &grant.scopes, parent.class)?;
+    let lifetime = child_lifetime(req.ttl, delegate.max_ttl, limits.ttl, task, grant.expires_at, now)?;
+    let mut chain = parent.claims().tessera_chain.clone();
+    chain.push(ChainHop {
+        jti: grant.id.to_string(),
+        sub: grant.subject.to_string(),
+        scope: parent.claims().scope.clone(),
+        exp: grant.expires_at.timestamp(),
+    });
+    let mut actors = vec![delegate.id.to_string()];
+    if let Some(act) = &parent.claims().act {
+        actors.extend(act.actors().into_iter().map(str::to_owned));
+    }
+    let act = Actor::nest(actors).ok_or(DelegationError::ParentNotLive)?;
+    Ok(ChildPlan {
+        task_id: grant.task_id.clone(),
+        audience: grant.audience.clone(),
+        scopes,
+        class,
+        lifetime,
+        depth,
+        subject: parent.claims().sub.clone(),
+        act,
+        chain,
+    })
+}
+
+impl ChildPlan {
+    /// The child's claims, for the delegate `holder`, with grant id `jti`
+    /// and the binding `cnf`.
+    pub fn claims(&self, issuer: &str, jti: &GrantId, holder: &SpiffeId, cnf: Option<Confirmation>) -> AccessClaims {
+        AccessClaims {
+            iss: issuer.to_owned(),
+            sub: self.subject.clone(),
+            aud: self.audience.to_string(),
+            exp: self.lifetime.expires_at.timestamp(),
+            nbf: self.lifetime.issued_at.timestamp(),
+            iat: self.lifetime.issued_at.timestamp(),
+            jti: jti.to_string(),
+            scope: self.scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(" "),
+            client_id: holder.to_string(),
+            task_id: self.task_id.to_string(),
+            cnf,
+            act: Some(self.act.clone()),
+            tessera_chain: self.chain.clone(),
+        }
+    }
+}
+
+/// A child's scopes: of a class no higher than the parent's, and a subset of
+/// the parent's scopes.
+pub fn check_scopes(
+    child: &BTreeSet<Scope>,
+    child_class: ScopeClass,
+    parent: &BTreeSet<Scope>,
+    parent_class: ScopeClass,
+) -> Result<(), DelegationError> {
+    if child_class > parent_class {
+        return Err(DelegationError::HigherClass {
+            requested: child_class,
+            parent: parent_class,
+        });
+    }
+    let wider: Vec<String> = child.difference(parent).map(|s| format!("`{s}`")).collect();
+    if !wider.is_empty() {
+        return Err(DelegationError::WiderScope(wider.join(", ")));
+    }
+    Ok(())
+}
+
+/// A child's lifetime: as requested (or the default), cut by the delegate's
+/// and the broker's maximum, the task's deadline and the parent's expiry.
+/// Asking explicitly for more time than the parent has left is refused,
+/// not silently cut.
+pub fn child_lifetime(
+    requested: Option<Ttl>,
+    delegate_max: Ttl,
+    limits: TtlLimits,
+    task: &Task,
+    parent_expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Lifetime, DelegationError> {
+    if let Some(requested) = requested {
+        if requested > limits.max {
+            return Err(TtlError::AboveMax {
+                requested,
+                max: limits.max,
+            }
+            .into());
+        }
+        let wanted = ttl::truncate_to_secs(now) + requested.as_duration();
+        if wanted > parent_expires_at {
+            return Err(DelegationError::LaterExpiry {
+                requested: wanted,
+                parent: parent_expires_at,
+            });
+        }
+    }
+    let deadline = task.deadline.min(parent_expires_at);
+    let lifetime = ttl::lifetime(requested, delegate_max, limits, deadline, now)?;
+    // INVARIANT: a child never outlives its parent (ttl::lifetime cuts at `deadline`).
+    if lifetime.expires_at > parent_expires_at {
+        return Err(DelegationError::LaterExpiry {
+            requested: lifetime.expires_at,
+            parent: parent_expires_at,
+        });
+    }
+    Ok(lifetime)
+}
+
+/// Why a delegated token's chain is refused by [`check_chain`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// `act` and `tessera_chain` are not both present with the same length.
+    #[error("act and tessera_chain do not describe the same delegation chain")]
+    Shape,
+    /// More hops than any token may carry.
+    #[error("delegation chain is longer than {MAX_CHAIN_LEN}")]
+    TooLong,
+    /// `sub` is not the root holder.
+    #[error("sub is not the holder of the chain's root")]
+    Subject,
+    /// The actors are not the chain's holders.
+    #[error("act does not name the chain's holders")]
+    Actors,
+    /// A hop carries a scope its parent lacks (`hop` 0 is the root's child).
+    #[error("hop {hop} widens the scopes of its parent")]
+    WiderScope {
+        /// Index of the offending hop (the token itself is the last).
+        hop: usize,
+    },
+    /// A hop expires after its parent.
+    #[error("hop {hop} expires after its parent")]
+    LaterExpiry {
+        /// Index of the offending hop (the token itself is the last).
+        hop: usize,
+    },
+}
+
+impl ChainError {
+    /// Transport-free classification: the token is refused.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Unauthenticated
+    }
+}
+
+/// Checks a (signature-verified) token's delegation chain: rules 1-5 of
+/// "Token claims: act and cnf" in `docs/ARCHITECTURE.md`. An undelegated
+/// token (no `act`, no `tessera_chain`) passes. Revocation of the chain's
+/// `jti`s is the caller's to check.
+pub fn check_chain(claims: &AccessClaims) -> Result<(), ChainError> {
+    let chain = &claims.tessera_chain;
+    let Some(act) = &claims.act else {
+        return if chain.is_empty() {
+            Ok(())
+        } else {
+            Err(ChainError::Shape)
+        };
+    };
+    if chain.len() > MAX_CHAIN_LEN {
+        return Err(ChainError::TooLong);
+    }
+    let actors = act.actors();
+    if chain.is_empty() || actors.len() != chain.len() {
+        return Err(ChainError::Shape);
+    }
+    if chain.first().map(|root| root.sub.as_str()) != Some(claims.sub.as_str()) {
+        return Err(ChainError::Subject);
+    }
+    // Outermost first: the holder, then the holders of chain[n-1] .. chain[1].
+    let expected = std::iter::once(claims.client_id.as_str()).chain(chain.iter().skip(1).rev().map(|h| h.sub.as_str()));
+    if !actors.iter().copied().eq(expected) {
+        return Err(ChainError::Actors);
+    }
+    let own = ChainHop {
+        jti: claims.jti.clone(),
+        sub: claims.client_id.clone(),
+        scope: claims.scope.clone(),
+        exp: claims.exp,
+    };
+    let hops: Vec<&ChainHop> = chain.iter().chain(std::iter::once(&own)).collect();
+    for (hop, pair) in hops.windows(2).enumerate() {
+        let [parent, child] = pair else { continue };
+        let parent_scopes: BTreeSet<&str> = parent.scopes().collect();
+        if !child.scopes().all(|s| parent_scopes.contains(s)) {
+            return Err(ChainError::WiderScope { hop });
+        }
+        if child.exp > parent.exp {
+            return Err(ChainError::LaterExpiry { hop });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

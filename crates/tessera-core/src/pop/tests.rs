@@ -1,0 +1,276 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test")]
+
+use super::*;
+use crate::token::test_keys::{ed25519, p256};
+
+const HTU: &str = "/tessera.v1.AgentService/RequestToken";
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn check_at(now: DateTime<Utc>) -> ProofCheck<'static> {
+    ProofCheck {
+        htm: "POST",
+        htu: HTU,
+        now,
+        max_age: PROOF_MAX_AGE,
+        leeway: Duration::seconds(5),
+        access_token: None,
+    }
+}
+
+#[track_caller]
+fn refused(proof: &str, check: &ProofCheck<'_>, expected: ProofError) {
+    assert_eq!(verify_proof(proof, check), Err(expected));
+}
+
+/// A proof with exactly these header and claims, signed by `key`.
+fn raw(key: &SigningKey, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    key.sign_compact(
+        &serde_json::to_vec(header).unwrap(),
+        &serde_json::to_vec(claims).unwrap(),
+    )
+    .unwrap()
+}
+
+fn public(key: &SigningKey) -> serde_json::Value {
+    let jwk = key.public_jwk();
+    let mut v = serde_json::json!({"kty": jwk.kty, "crv": jwk.crv, "x": jwk.x});
+    if let Some(y) = &jwk.y {
+        v["y"] = y.clone().into();
+    }
+    v
+}
+
+#[test]
+fn a_fresh_proof_verifies_for_both_algorithms() {
+    for key in [p256(), ed25519()] {
+        let proof = sign_proof(&key, "POST", HTU, "j1", t0(), None).unwrap();
+        let ok = verify_proof(&proof, &check_at(t0())).unwrap();
+        // The thumbprint is the key's RFC 7638 thumbprint (= our kid).
+        assert_eq!(ok.jkt, key.kid());
+        assert_eq!(ok.jti, "j1");
+        assert_eq!(ok.iat, t0());
+        assert_eq!(ok.replay_until(PROOF_MAX_AGE), t0() + Duration::seconds(61));
+        assert_eq!(ok.replay_id(), format!("{}.j1", key.kid()));
+    }
+}
+
+#[test]
+fn rfc_7638_thumbprint_example() {
+    // RFC 7638 section 3.1 is RSA; for EC, the RFC 9449 section 6.1 example
+    // value is checked through the same code path (`Jwk::thumbprint`).
+    let jwk = Jwk {
+        kty: "EC".into(),
+        crv: "P-256".into(),
+        x: "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs".into(),
+        y: Some("9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA".into()),
+        kid: String::new(),
+        alg: Algorithm::Es256,
+        key_use: "sig".into(),
+    };
+    assert_eq!(jwk.thumbprint(), "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+}
+
+#[test]
+fn the_window_is_bounded_both_ways() {
+    let key = p256();
+    let proof = sign_proof(&key, "POST", HTU, "j", t0(), None).unwrap();
+    verify_proof(&proof, &check_at(t0() + Duration::seconds(60))).unwrap();
+    refused(&proof, &check_at(t0() + Duration::seconds(61)), ProofError::Stale(60));
+    verify_proof(&proof, &check_at(t0() - Duration::seconds(5))).unwrap();
+    refused(&proof, &check_at(t0() - Duration::seconds(6)), ProofError::Future);
+}
+
+#[test]
+fn another_method_or_target_is_refused() {
+    let key = ed25519();
+    let get = sign_proof(&key, "GET", HTU, "j", t0(), None).unwrap();
+    refused(&get, &check_at(t0()), ProofError::Method("POST".into()));
+    let post = sign_proof(&key, "post", HTU, "j", t0(), None).unwrap();
+    refused(&post, &check_at(t0()), ProofError::Method("POST".into()));
+    let other = sign_proof(&key, "POST", "/tessera.v1.AgentService/DelegateToken", "j", t0(), None).unwrap();
+    refused(&other, &check_at(t0()), ProofError::Target(HTU.into()));
+}
+
+#[test]
+fn a_proof_signed_by_another_key_than_its_jwk_is_refused() {
+    let (signer, claimed) = (p256(), SigningKey::generate(Algorithm::Es256).unwrap());
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&claimed)});
+    let claims = serde_json::json!({"jti": "j", "htm": "POST", "htu": HTU, "iat": t0().timestamp()});
+    refused(&raw(&signer, &header, &claims), &check_at(t0()), ProofError::Signature);
+    // A tampered payload, too.
+    let good = sign_proof(&signer, "POST", HTU, "j", t0(), None).unwrap();
+    let forged_claims = serde_json::json!({"jti": "j2", "htm": "POST", "htu": HTU, "iat": t0().timestamp()});
+    let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap());
+    let mut parts: Vec<&str> = good.split('.').collect();
+    parts[1] = &forged_payload;
+    refused(&parts.join("."), &check_at(t0()), ProofError::Signature);
+}
+
+#[test]
+fn hostile_headers_are_refused() {
+    let key = p256();
+    let claims = serde_json::json!({"jti": "j", "htm": "POST", "htu": HTU, "iat": t0().timestamp()});
+    let mut private = public(&key);
+    private["d"] = "AAAA".into();
+    let ed_key = ed25519();
+    for (header, expected) in [
+        (
+            serde_json::json!({"typ": "at+jwt", "alg": "ES256", "jwk": public(&key)}),
+            ProofError::Type,
+        ),
+        (
+            serde_json::json!({"alg": "ES256", "jwk": public(&key)}),
+            ProofError::Type,
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": public(&key)}),
+            ProofError::Algorithm,
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "none", "jwk": public(&key)}),
+            ProofError::Algorithm,
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256"}),
+            ProofError::Key("missing"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private}),
+            ProofError::Key("it has a private or unknown member"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&ed_key)}),
+            ProofError::Key("not a public key of `alg`"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {"kty": "oct", "k": "AAAA"}}),
+            ProofError::Key("it has a private or unknown member"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "crit": ["x"]}),
+            ProofError::Malformed("header member `crit` is not accepted"),
+        ),
+    ] {
+        refused(&raw(&key, &header, &claims), &check_at(t0()), expected);
+    }
+    // `application/dpop+jwt` and any case are the same type.
+    let header = serde_json::json!({"typ": "DPoP+JWT", "alg": "ES256", "jwk": public(&key)});
+    verify_proof(&raw(&key, &header, &claims), &check_at(t0())).unwrap();
+}
+
+#[test]
+fn claims_must_be_complete_and_bounded() {
+    let key = ed25519();
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": public(&key)});
+    let iat = t0().timestamp();
+    for (claims, expected) in [
+        (
+            serde_json::json!({"htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
+        (
+            serde_json::json!({"jti": "", "htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
+        (
+            serde_json::json!({"jti": "a b", "htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
+        (
+            serde_json::json!({"jti": "x".repeat(129), "htm": "POST", "htu": HTU, "iat": iat}),
+            ProofError::Jti,
+        ),
+        (
+            serde_json::json!({"jti": "j", "htm": "POST", "htu": HTU}),
+            ProofError::Malformed("`iat` is missing or out of range"),
+        ),
+        (
+            serde_json::json!({"jti": "j", "htm": "POST", "htu": HTU, "iat": "1800000000"}),
+            ProofError::Malformed("claims are not a json object with unique members"),
+        ),
+        (
+            serde_json::json!({"jti": "j", "htu": HTU, "iat": iat}),
+            ProofError::Method("POST".into()),
+        ),
+        (
+            serde_json::json!({"jti": "j", "htm": "POST", "iat": iat}),
+            ProofError::Target(HTU.into()),
+        ),
+    ] {
+        refused(&raw(&key, &header, &claims), &check_at(t0()), expected);
+    }
+    // Duplicate claims are refused, not resolved.
+    let dup = format!(r#"{{"jti":"j","htm":"POST","htu":"{HTU}","iat":{iat},"htu":"/x"}}"#);
+    let proof = key
+        .sign_compact(&serde_json::to_vec(&header).unwrap(), dup.as_bytes())
+        .unwrap();
+    refused(
+        &proof,
+        &check_at(t0()),
+        ProofError::Malformed("claims are not a json object with unique members"),
+    );
+}
+
+#[test]
+fn ath_binds_the_proof_to_the_presented_token() {
+    let key = p256();
+    let proof = sign_proof(&key, "POST", HTU, "j", t0(), Some("token-a")).unwrap();
+    let mut check = check_at(t0());
+    check.access_token = Some("token-a");
+    verify_proof(&proof, &check).unwrap();
+    check.access_token = Some("token-b");
+    refused(&proof, &check, ProofError::AccessTokenHash);
+    let without = sign_proof(&key, "POST", HTU, "j", t0(), None).unwrap();
+    refused(&without, &check, ProofError::AccessTokenHash);
+}
+
+#[test]
+fn malformed_input_is_refused_before_anything_else() {
+    let check = check_at(t0());
+    refused(&"a".repeat(MAX_PROOF_LEN + 1), &check, ProofError::TooLong);
+    for bad in ["", "a.b", "a.b.c.d", "a..c", "a+b.c.d", "!.!.!"] {
+        assert!(
+            matches!(verify_proof(bad, &check), Err(ProofError::Malformed(_))),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        certificate_thumbprint(b"abc"),
+        "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
+    );
+    assert_eq!(access_token_hash("abc"), certificate_thumbprint(b"abc"));
+}
+
+#[test]
+fn a_bound_token_needs_a_proof_by_its_own_key() {
+    let (holder, thief) = (p256(), ed25519());
+    let token = "the-access-token";
+    let mut check = check_at(t0());
+    check.access_token = Some(token);
+    let good = sign_proof(&holder, "POST", HTU, "j", t0(), Some(token)).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &good, &check).unwrap().jkt,
+        holder.kid()
+    );
+    // The thief has the token but not the key: its own proof is refused.
+    let stolen = sign_proof(&thief, "POST", HTU, "j", t0(), Some(token)).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &stolen, &check),
+        Err(ProofError::WrongKey)
+    );
+    // A proof for another token, or no token to hash, is refused.
+    let other = sign_proof(&holder, "POST", HTU, "j", t0(), Some("another")).unwrap();
+    assert_eq!(
+        check_key_binding(holder.kid(), &other, &check),
+        Err(ProofError::AccessTokenHash)
+    );
+    assert_eq!(
+        check_key_binding(holder.kid(), &good, &check_at(t0())),
+        Err(ProofError::AccessTokenHash)
+    );
+    assert!(certificate_matches(&certificate_thumbprint(b"leaf"), b"leaf"));
+    assert!(!certificate_matches(&certificate_thumbprint(b"leaf"), b"other leaf"));
+}

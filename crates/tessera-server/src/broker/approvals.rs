@@ -1,0 +1,450 @@
+//! Risk at mint and human approval: every allowed plan is assessed
+//! (lifetime caps per class and kind, blast-radius score and cap); a request
+//! touching a high-impact scope, or one policy marks, becomes a pending
+//! approval instead of a token. An approver (operator) approves or denies
+//! it; the requester awaits it and receives the one token it yields.
+//!
+//! Exactly one token per approval: the token is minted only after the store
+//! moved the approval `approved → redeemed` atomically (one winner across
+//! replicas), from the stored request, after re-checking its binding, the
+//! task, the ceiling and the lifetime bounds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::approval::{self, Approval, ApprovalDecision, ApprovalError, ApprovalId, ApprovalRequest};
+use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
+use tessera_core::grant::GrantImpact;
+use tessera_core::identity::VerifiedIdentity;
+use tessera_core::issuance::{self, GrantPlan, TokenRequest};
+use tessera_core::policy::{Operation, PolicyQuery, TokenAction, TokenFacts};
+use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
+use tessera_store::{ApprovalPage, ApprovalStore, Transition};
+
+use super::{Broker, BrokerError, Issued};
+
+/// How approvals behave (`[approvals]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// How long a pending approval waits (never past its task's deadline).
+    pub ttl: chrono::Duration,
+    /// How often a waiter re-reads the shared store.
+    pub poll_interval: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            ttl: chrono::Duration::minutes(15),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The approval store and a local wake-up for waiters on this replica
+/// (waiters on other replicas see a decision at their next poll).
+pub(crate) struct Approvals {
+    store: Arc<dyn ApprovalStore>,
+    changed: tokio::sync::Notify,
+}
+
+impl Approvals {
+    pub(crate) fn new(store: Arc<dyn ApprovalStore>) -> Self {
+        Self {
+            store,
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// What RequestToken answers: a token, or a pending approval.
+#[derive(Debug)]
+pub enum TokenOutcome {
+    /// Minted and recorded.
+    Issued(Issued),
+    /// Waits for a person's approval.
+    Pending(Approval),
+}
+
+/// One look at an awaited approval.
+#[derive(Debug)]
+pub enum AwaitStep {
+    /// Still waiting for a decision.
+    Pending(Approval),
+    /// Approved: here is its one token.
+    Issued(Issued),
+}
+
+impl From<ApprovalError> for BrokerError {
+    fn from(e: ApprovalError) -> Self {
+        Self::Approval(e)
+    }
+}
+
+impl From<RiskError> for BrokerError {
+    fn from(e: RiskError) -> Self {
+        Self::Risk(e)
+    }
+}
+
+fn request_of(a: &Approval) -> TokenRequest {
+    TokenRequest {
+        task_id: a.request.task_id.clone(),
+        audience: a.request.audience.clone(),
+        scopes: a.request.scopes.clone(),
+        ttl: a.request.ttl,
+        binding: binding_of_code(&a.request.pop_jkt),
+    }
+}
+
+/// Prefix of an mTLS binding in [`ApprovalRequest::pop_jkt`] (a bare value is a `jkt`).
+const X5T_CODE: &str = "x5t#S256:";
+
+/// The approved request's binding as stored: a DPoP key's `jkt`, or an mTLS
+/// certificate hash behind [`X5T_CODE`]; empty for a bearer token.
+fn binding_code(binding: Option<&tessera_core::token::Confirmation>) -> String {
+    use tessera_core::token::Confirmation;
+    match binding {
+        None => String::new(),
+        Some(Confirmation::Jkt(jkt)) => jkt.clone(),
+        Some(Confirmation::X5tS256(hash)) => format!("{X5T_CODE}{hash}"),
+    }
+}
+
+fn binding_of_code(code: &str) -> Option<tessera_core::token::Confirmation> {
+    use tessera_core::token::Confirmation;
+    if code.is_empty() {
+        None
+    } else if let Some(hash) = code.strip_prefix(X5T_CODE) {
+        Some(Confirmation::X5tS256(hash.to_owned()))
+    } else {
+        Some(Confirmation::Jkt(code.to_owned()))
+    }
+}
+
+impl Broker {
+    /// Uses `store` for approvals (the Redis store when the grants are in
+    /// Redis, so every replica sees the same approvals).
+    #[must_use]
+    pub fn with_approval_store(mut self, store: Arc<dyn ApprovalStore>) -> Self {
+        self.approvals = Approvals::new(store);
+        self
+    }
+
+    /// What policy decided about this request beyond allowing it: the
+    /// permits' `@approval`, `@max_ttl` and `@max_blast_radius` obligations
+    /// (the catalog's high-impact flags ask for approval on their own).
+    pub(super) fn policy_terms(allowed: &super::policy::PolicyAllowed) -> PolicyTerms {
+        PolicyTerms {
+            approval_required: allowed.approval_required(),
+            max_ttl: allowed
+                .max_ttl()
+                .and_then(|secs| tessera_core::ttl::Ttl::from_secs(u64::from(secs)).ok()),
+            max_blast_radius: allowed.max_blast_radius(),
+        }
+    }
+
+    /// Assesses an allowed plan; a refusal (over the blast-radius cap) is
+    /// audited as `token_denied` and counted as a denial.
+    pub(super) async fn assess_plan(
+        &self,
+        who: &VerifiedIdentity,
+        req: &TokenRequest,
+        plan: &GrantPlan,
+        approval_id: Option<&ApprovalId>,
+        terms: &PolicyTerms,
+    ) -> Result<Assessment, BrokerError> {
+        match risk::assess(plan, who.identity().kind, &self.catalog, &self.settings.risk, terms, 0) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                tracing::info!(
+                    event = "token_denied",
+                    subject = %who.id(),
+                    task_id = %req.task_id,
+                    audience = %req.audience,
+                    reason = %e,
+                    "token request denied"
+                );
+                crate::telemetry::decision("request_token", false);
+                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, req);
+                if let RiskError::BlastRadiusExceeded { score, .. } = &e {
+                    event.blast_radius = Some(*score);
+                }
+                event.approval_id = approval_id.map(ToString::to_string);
+                let refused = self.refuse(event, e.into()).await;
+                self.count_denial(who).await;
+                refused
+            }
+        }
+    }
+
+    fn token_event(&self, kind: AuditKind, outcome: Outcome, who: &VerifiedIdentity, req: &TokenRequest) -> AuditEvent {
+        let mut event = self.event(kind, outcome, Some(who));
+        event.task_id = Some(req.task_id.to_string());
+        event.audience = Some(req.audience.to_string());
+        event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+        event.ttl_secs = req.ttl.map(|t| t.as_secs());
+        event.schema_version = self.catalog.api(&req.audience).map(|a| a.schema_version.clone());
+        event
+    }
+
+    /// Opens a pending approval for `req` (already allowed and assessed).
+    pub(super) async fn open_approval(
+        &self,
+        who: &VerifiedIdentity,
+        req: &TokenRequest,
+        plan: &GrantPlan,
+        assessment: &Assessment,
+        why: String,
+        task_deadline: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Approval, BrokerError> {
+        let now = self.clock.now();
+        let expires_at = (now + self.settings.approvals.ttl).min(task_deadline);
+        let request = ApprovalRequest {
+            requester: who.id().clone(),
+            task_id: req.task_id.clone(),
+            audience: req.audience.clone(),
+            scopes: req.scopes.clone(),
+            ttl: req.ttl,
+            // The binding the token will carry is part of what is approved.
+            pop_jkt: binding_code(req.binding.as_ref()),
+        };
+        let approval = Approval::open(
+            ApprovalId::generate()?,
+            request,
+            plan.class,
+            assessment.high_impact.clone(),
+            assessment.blast_radius,
+            why,
+            now,
+            expires_at,
+        );
+        self.approvals.store.create_approval(&approval, now).await?;
+        let mut event = self.token_event(AuditKind::ApprovalPending, Outcome::Allow, who, req);
+        event.class = Some(plan.class.to_string());
+        event.blast_radius = Some(assessment.blast_radius);
+        event.approval_id = Some(approval.id.to_string());
+        event.reason = Some(format!("waits for approval until {expires_at}: {}", approval.reason));
+        // Unaudited, it must not be decidable: nobody learns its id.
+        self.audit(event).await?;
+        tracing::info!(
+            event = "approval_pending",
+            approval_id = %approval.id,
+            subject = %who.id(),
+            task_id = %req.task_id,
+            audience = %req.audience,
+            blast_radius = assessment.blast_radius,
+            expires_at = %expires_at,
+            "token request waits for approval"
+        );
+        crate::telemetry::decision("request_token", true);
+        Ok(approval)
+    }
+
+    /// ListApprovals (approver): approvals pending now, one page.
+    pub async fn list_approvals(
+        &self,
+        who: &VerifiedIdentity,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ApprovalPage, BrokerError> {
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::ListApprovals))?;
+        Ok(self
+            .approvals
+            .store
+            .list_pending_approvals(after, limit, self.clock.now())
+            .await?)
+    }
+
+    /// DecideApproval (approver): approves or denies a pending approval.
+    /// The requester can never decide its own request, whatever its roles.
+    pub async fn decide_approval(
+        &self,
+        who: &VerifiedIdentity,
+        id: &ApprovalId,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, BrokerError> {
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::DecideApproval))?;
+        let now = self.clock.now();
+        let current = self
+            .approvals
+            .store
+            .approval(id)
+            .await?
+            .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
+        let mut event = self.token_event(AuditKind::ApprovalDecided, Outcome::Deny, who, &request_of(&current));
+        event.class = Some(current.class.to_string());
+        event.approval_id = Some(id.to_string());
+        event.blast_radius = Some(current.blast_radius);
+        event.approver = Some(who.id().to_string());
+        if let Err(e) = approval::check_decision(&current, who.id(), now) {
+            let self_decision = matches!(e, ApprovalError::SelfDecision(_));
+            let refused = self.refuse(event, e.into()).await;
+            if self_decision {
+                self.count_denial(who).await;
+            }
+            return refused;
+        }
+        // Policy decides whether `who` may approve this request
+        // (ApproveRequest, with the requester); code has already refused a
+        // self-decision whatever policy says.
+        if let Err(e) = self.authorize_approval(who, &current).await {
+            let refused = self.refuse(event, e).await;
+            self.count_denial(who).await;
+            return refused;
+        }
+        let decision = ApprovalDecision {
+            approve,
+            approver: who.id().clone(),
+            reason: reason.to_owned(),
+            at: now,
+        };
+        let decided = match self.approvals.store.decide_approval(id, &decision, now).await? {
+            Some(Transition::Applied(a)) => a,
+            // Decided (or expired) by someone else in between.
+            Some(Transition::Refused(a)) => {
+                let e = match approval::check_decision(&a, who.id(), now) {
+                    Err(e) => e,
+                    Ok(()) => ApprovalError::NotPending {
+                        id: id.clone(),
+                        state: a.state_at(now),
+                    },
+                };
+                return self.refuse(event, e.into()).await;
+            }
+            None => return Err(ApprovalError::NotFound(id.clone()).into()),
+        };
+        self.approvals.changed.notify_waiters();
+        event.decision = if approve { Outcome::Allow } else { Outcome::Deny };
+        event.reason = Some(format!(
+            "{} by {}: {reason}",
+            if approve { "approved" } else { "denied" },
+            who.id()
+        ));
+        // The decision stands once stored; a lost record fails the call so the
+        // approver knows, and the token (if approved) is audited when minted.
+        self.audit(event).await?;
+        tracing::info!(
+            event = "approval_decided",
+            approval_id = %id,
+            approver = %who.id(),
+            requester = %decided.request.requester,
+            approved = approve,
+            "approval decided"
+        );
+        Ok(decided)
+    }
+
+    /// AwaitApproval, one step: the approval while it is pending, its one
+    /// token once approved, or why no token will come (denied, expired,
+    /// already redeemed, not the requester's).
+    pub async fn await_step(&self, who: &VerifiedIdentity, id: &ApprovalId) -> Result<AwaitStep, BrokerError> {
+        let now = self.clock.now();
+        let current = self
+            .approvals
+            .store
+            .approval(id)
+            .await?
+            .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
+        match approval::await_outcome(&current, who.id(), now) {
+            Ok(None) => Ok(AwaitStep::Pending(current)),
+            Ok(Some(())) => self.redeem(who, current).await.map(AwaitStep::Issued),
+            Err(e @ ApprovalError::NotRequester(_)) => {
+                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &request_of(&current));
+                event.approval_id = Some(id.to_string());
+                let refused = self.refuse(event, e.into()).await;
+                self.count_denial(who).await;
+                refused
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Asks policy whether `who` may decide `current` (ApproveRequest).
+    async fn authorize_approval(&self, who: &VerifiedIdentity, current: &Approval) -> Result<(), BrokerError> {
+        let task = self.load_task(&current.request.task_id).await?;
+        let req = request_of(current);
+        let facts = TokenFacts {
+            audience: &req.audience,
+            scopes: &req.scopes,
+            class: current.class,
+            high_impact: self.high_impact(&req.audience, &req.scopes),
+            requested_ttl: req.ttl.unwrap_or(self.settings.ttl.default),
+            delegation: None,
+            blast_radius: Some(current.blast_radius),
+            requester: Some(&current.request.requester),
+        };
+        self.authorize(
+            who,
+            &PolicyQuery::Token {
+                action: TokenAction::Approve,
+                task: &task,
+                facts,
+            },
+        )
+        .map(drop)
+    }
+
+    /// Waits until an approval may have changed: a decision on this replica,
+    /// or the poll interval (decisions on other replicas).
+    pub async fn approval_changed(&self) {
+        let _ = tokio::time::timeout(self.settings.approvals.poll_interval, self.approvals.changed.notified()).await;
+    }
+
+    /// Mints the one token of an approved approval: re-checks its binding,
+    /// the task, the ceiling and every lifetime and risk bound as of now,
+    /// then moves it `approved → redeemed` (exactly one caller wins), then
+    /// signs and records the grant. If minting fails after the redemption,
+    /// the approval is spent and no token exists: the safe direction.
+    async fn redeem(&self, who: &VerifiedIdentity, approved: Approval) -> Result<Issued, BrokerError> {
+        if !approved.is_bound() {
+            tracing::error!(approval_id = %approved.id, "stored approval does not match its binding; refusing");
+            return Err(ApprovalError::Unbound(approved.id.clone()).into());
+        }
+        let req = request_of(&approved);
+        let now = self.clock.now();
+        let task = self.load_task(&req.task_id).await?;
+        // Policy is asked again: a set reloaded since the approval decides.
+        let decided = self.authorize_token_request(who, &task, &req).and_then(|allowed| {
+            let plan = issuance::plan_grant(who, &task, &self.catalog, &req, self.settings.ttl, now)?;
+            Ok((allowed, plan))
+        });
+        let (allowed, plan) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                crate::telemetry::decision("request_token", false);
+                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &req);
+                event.approval_id = Some(approved.id.to_string());
+                return self.refuse(event, e).await;
+            }
+        };
+        let terms = Self::policy_terms(&allowed);
+        let assessment = self.assess_plan(who, &req, &plan, Some(&approved.id), &terms).await?;
+        let id = self.store.new_grant_id(&plan.task_id).await?;
+        match self.approvals.store.redeem_approval(&approved.id, &id, now).await? {
+            Some(Transition::Applied(_)) => {}
+            Some(Transition::Refused(a)) => {
+                return Err(match approval::await_outcome(&a, who.id(), now) {
+                    Err(e) => e,
+                    Ok(_) => ApprovalError::Redeemed(a.id),
+                }
+                .into());
+            }
+            None => return Err(ApprovalError::NotFound(approved.id.clone()).into()),
+        }
+        self.approvals.changed.notify_waiters();
+        let impact = GrantImpact {
+            high_impact: !assessment.high_impact.is_empty(),
+            blast_radius: assessment.blast_radius,
+            approval_id: Some(approved.id.to_string()),
+        };
+        let plan = GrantPlan {
+            lifetime: assessment.lifetime,
+            ..plan
+        };
+        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now).await
+    }
+}

@@ -1,0 +1,74 @@
+//! Attestation at the broker: binding verified evidence to a registered
+//! identity, and auditing refusals.
+
+use tessera_core::audit::{Actor, AuditKind, Outcome};
+use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
+
+use super::{Broker, BrokerError, REFUSAL_SAMPLES};
+
+impl Broker {
+    /// The identity registry (a handle: reloads replace its contents).
+    pub fn registry(&self) -> &IdentityRegistry {
+        &self.registry
+    }
+
+    /// Binds `id`, proven by `method`, to its registered identity: refused
+    /// if unknown, disabled, or not allowed to attest by `method`.
+    pub fn attest_by(
+        &self,
+        id: &SpiffeId,
+        method: AttestationMethod,
+        evidence: String,
+    ) -> Result<VerifiedIdentity, BrokerError> {
+        Ok(VerifiedIdentity::attested(&self.registry, id, method, evidence)?)
+    }
+
+    /// Records a caller refused at attestation by `method`; returns the
+    /// error to answer with. Refusals are audited at most once a second per
+    /// claimed identity (or evidence), so a caller cannot flood the trail.
+    pub async fn attestation_refused_by(
+        &self,
+        method: AttestationMethod,
+        claimed: Option<&SpiffeId>,
+        evidence: Option<&str>,
+        reason: &str,
+    ) -> BrokerError {
+        let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
+        crate::telemetry::decision("attest", false);
+        let mut actor = Actor::new(claimed.map_or_else(|| "(unattested)".to_owned(), ToString::to_string));
+        actor.attestation = Some(method.to_string());
+        actor.evidence = evidence.map(str::to_owned);
+        event.who = Some(actor);
+        event.reason = Some(reason.to_owned());
+        let refused = BrokerError::Identity(IdentityError::Refused(reason.to_owned()));
+        let key = format!(
+            "{method}|{}",
+            claimed
+                .map(ToString::to_string)
+                .or_else(|| evidence.map(str::to_owned))
+                .unwrap_or_default()
+        );
+        let now = self.clock.now();
+        {
+            let mut seen = self
+                .refusals_audited
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen
+                .get(&key)
+                .is_some_and(|at| now - *at < chrono::Duration::seconds(1))
+            {
+                tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
+                return refused;
+            }
+            if seen.len() >= REFUSAL_SAMPLES {
+                seen.clear();
+            }
+            seen.insert(key, now);
+        }
+        match self.audit(event).await {
+            Ok(()) => refused,
+            Err(e) => e,
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! DelegateToken: the holder of a live token mints an attenuated child for
+//! another agent of the same task. The decision is core's
+//! ([`tessera_core::delegation::plan_delegation`]); this applies it: verify
+//! the parent token with the broker's own keys, load its grant, decide, sign,
+//! record the child under its parent (the store refuses a child under a dead
+//! parent, atomically with the parent's revocation), audit.
+
+use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::delegation::{self, DelegationError, DelegationLimits, DelegationRequest, ParentToken};
+use tessera_core::grant::{Grant, GrantId, GrantState};
+use tessera_core::identity::{SpiffeId, VerifiedIdentity};
+use tessera_core::task::ScopeClass;
+use tessera_core::token::{ACCESS_TOKEN_TYP, Confirmation};
+use tessera_store::StoreError;
+
+use super::{Broker, BrokerError, Issued};
+
+/// `[delegation]` and `[tokens] bound_classes`, as the broker applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingSettings {
+    /// Most delegations from a root token (0: delegation off).
+    pub max_depth: u32,
+    /// Scope classes never issued as bearer tokens.
+    pub bound_classes: std::collections::BTreeSet<ScopeClass>,
+}
+
+impl Default for BindingSettings {
+    fn default() -> Self {
+        Self {
+            max_depth: delegation::DEFAULT_MAX_DEPTH,
+            bound_classes: [ScopeClass::Write, ScopeClass::Admin].into_iter().collect(),
+        }
+    }
+}
+
+impl Broker {
+    /// DelegateToken: `who` (the parent's holder) mints a child of
+    /// `parent_token` for `req.delegate`, bound to `binding` if given.
+    /// No token leaves unless its grant is recorded and audited.
+    pub async fn delegate_token(
+        &self,
+        who: &VerifiedIdentity,
+        parent_token: &str,
+        req: &DelegationRequest,
+        binding: Option<Confirmation>,
+    ) -> Result<Issued, BrokerError> {
+        let now = self.clock.now();
+        let planned = self.plan_child(who, parent_token, req, binding.as_ref()).await;
+        let (parent, plan, allowed) = match planned {
+            Ok(ok) => ok,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::Internal
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::info!(
+                    event = "delegation_denied",
+                    subject = %who.id(),
+                    delegate = %req.delegate,
+                    reason = %e,
+                    "delegation denied"
+                );
+                crate::telemetry::decision("delegate_token", false);
+                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+                event.task_id = req.task_id.as_ref().map(ToString::to_string);
+                event.audience = req.audience.as_ref().map(ToString::to_string);
+                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                event.reason = Some(format!("delegation to {}: {e}", req.delegate));
+                let audited = self.audit(event).await;
+                self.count_denial(who).await;
+                audited?;
+                return Err(e);
+            }
+        };
+        let id = self.store.new_grant_id(&plan.task_id).await?;
+        let claims = plan.claims(&self.settings.issuer, &id, &req.delegate, binding.clone());
+        let signer = self.signer();
+        let token = signer
+            .sign_jws(ACCESS_TOKEN_TYP, &claims)
+            .map_err(BrokerError::Signing)?;
+        let grant = Grant {
+            id,
+            task_id: plan.task_id.clone(),
+            subject: req.delegate.clone(),
+            audience: plan.audience.clone(),
+            scopes: plan.scopes.clone(),
+            class: plan.class,
+            issued_at: plan.lifetime.issued_at,
+            expires_at: plan.lifetime.expires_at,
+            parent: Some(parent.grant().id.clone()),
+            key_id: signer.kid().to_owned(),
+            state: GrantState::Active,
+            revoked_at: None,
+            revocation_reason: None,
+            // A child is never wider than its parent: its parent's impact
+            // (high-impact flag, blast radius, approval) bounds it.
+            impact: parent.grant().impact.clone(),
+        };
+        // INVARIANT: the token is returned only after its grant is recorded,
+        // and the store records a child only under a live parent.
+        match self.store.record_grant(&grant, now).await {
+            Ok(()) => {}
+            Err(StoreError::ParentNotLive) => return Err(DelegationError::ParentNotLive.into()),
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = self.admit(who).await {
+            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
+            return Err(e);
+        }
+        let mut event = self.event(AuditKind::TokenDelegated, Outcome::Allow, Some(who));
+        event.task_id = Some(grant.task_id.to_string());
+        event.grant_id = Some(grant.id.to_string());
+        event.audience = Some(grant.audience.to_string());
+        event.scopes = grant.scopes.iter().map(ToString::to_string).collect();
+        event.class = Some(grant.class.to_string());
+        event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
+        event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        allowed.stamp(&mut event);
+        event.reason = Some(format!(
+            "delegated from grant {} to {} at depth {}{}",
+            parent.grant().id,
+            grant.subject,
+            plan.depth,
+            binding_note(binding.as_ref())
+        ));
+        if let Err(e) = self.audit(event).await {
+            // INVARIANT: no token without its audit record: take the grant back.
+            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
+            return Err(e);
+        }
+        tracing::info!(
+            event = "token_delegated",
+            grant_id = %grant.id,
+            parent_grant_id = %parent.grant().id,
+            holder = %who.id(),
+            delegate = %grant.subject,
+            task_id = %grant.task_id,
+            class = %grant.class,
+            depth = plan.depth,
+            ttl_secs = plan.lifetime.ttl.as_secs(),
+            bound = binding.is_some(),
+            "token delegated"
+        );
+        crate::telemetry::decision("delegate_token", true);
+        crate::telemetry::token_issued(&grant.class);
+        Ok(Issued {
+            token,
+            grant,
+            token_type: binding.as_ref().map_or("Bearer", |b| b.token_type()),
+        })
+    }
+
+    /// Verifies the parent, loads what the decision needs, and decides.
+    async fn plan_child(
+        &self,
+        who: &VerifiedIdentity,
+        parent_token: &str,
+        req: &DelegationRequest,
+        binding: Option<&Confirmation>,
+    ) -> Result<(ParentToken, delegation::ChildPlan, super::policy::PolicyAllowed), BrokerError> {
+        let now = self.clock.now();
+        let jwks = self.jwks().await?;
+        // Forged, expired, unknown or revoked: one answer, as for introspection.
+        let claims = tessera_core::token::verify_access_token(
+            parent_token,
+            &jwks,
+            &self.settings.issuer,
+            now,
+            self.settings.leeway_secs,
+        )
+        .map_err(|e| {
+            tracing::debug!(reason = %e, "parent token rejected");
+            DelegationError::ParentNotLive
+        })?;
+        let id = GrantId::parse(&claims.jti).map_err(|_| DelegationError::ParentNotLive)?;
+        let grant = self.store.grant(&id).await?.ok_or(DelegationError::ParentNotLive)?;
+        let parent = ParentToken::bind(claims, grant)?;
+        let task = self.load_task(&parent.grant().task_id).await?;
+        let delegate = self
+            .registry
+            .lookup(&req.delegate)
+            .map_err(|_| DelegationError::DelegateUnknown(req.delegate.to_string()))?;
+        let limits = DelegationLimits {
+            max_depth: self.settings.binding.max_depth,
+            ttl: self.settings.ttl,
+        };
+        let mut plan = delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?;
+        // Policy decides the hop (DelegateToken); code has already checked
+        // attenuation, depth, the task and the parent's liveness.
+        let mut chain = Vec::with_capacity(plan.chain.len());
+        for hop in &plan.chain {
+            chain.push(SpiffeId::parse(&hop.sub).map_err(|_| DelegationError::ParentNotLive)?);
+        }
+        let facts = tessera_core::policy::TokenFacts {
+            audience: &plan.audience,
+            scopes: &plan.scopes,
+            class: plan.class,
+            high_impact: parent.grant().impact.high_impact || self.high_impact(&plan.audience, &plan.scopes),
+            requested_ttl: plan.lifetime.ttl,
+            delegation: Some(tessera_core::policy::Delegation {
+                depth: u32::try_from(plan.depth).unwrap_or(u32::MAX),
+                chain: &chain,
+                delegate: &req.delegate,
+            }),
+            blast_radius: Some(parent.grant().impact.blast_radius),
+            requester: None,
+        };
+        let allowed = self.authorize(
+            who,
+            &tessera_core::policy::PolicyQuery::Token {
+                action: tessera_core::policy::TokenAction::Delegate,
+                task: &task,
+                facts,
+            },
+        )?;
+        if allowed.approval_required() {
+            // A delegated token never waits for a person: refuse instead.
+            return Err(super::policy::PolicyRefusal::ApprovalRequired {
+                action: allowed.action(),
+                policy_ids: allowed.policy_ids().to_vec(),
+                policy_hash: allowed.policy_hash().into(),
+            }
+            .into());
+        }
+        plan.lifetime = allowed.cap(plan.lifetime);
+        self.require_binding("delegate_pop_proof", plan.class, binding)?;
+        Ok((parent, plan, allowed))
+    }
+
+    /// Refuses a bearer token of a class that `[tokens] bound_classes` says
+    /// must be bound; `field` is the request field that would bind it.
+    pub(crate) fn require_binding(
+        &self,
+        field: &'static str,
+        class: ScopeClass,
+        binding: Option<&Confirmation>,
+    ) -> Result<(), BrokerError> {
+        if binding.is_none() && self.settings.binding.bound_classes.contains(&class) {
+            return Err(BrokerError::Unbound { field, class });
+        }
+        Ok(())
+    }
+}
+
+fn binding_note(binding: Option<&Confirmation>) -> &'static str {
+    match binding {
+        Some(Confirmation::Jkt(_)) => ", bound to a proof-of-possession key",
+        Some(Confirmation::X5tS256(_)) => ", bound to a client certificate",
+        None => "",
+    }
+}

@@ -1,0 +1,174 @@
+//! Proof-of-possession at the broker: which key or certificate a new token
+//! is bound to (`cnf`). A DPoP-style proof is checked by
+//! [`tessera_core::pop::verify_proof`] for `POST` and the gRPC method path,
+//! and its `jti` is burnt in the shared replay cache (so a proof is good
+//! once across every replica; a cache outage is UNAVAILABLE, never a skipped
+//! check). A caller attested by mTLS may instead bind the token to its
+//! client certificate (`x5t#S256`).
+
+use base64::Engine as _;
+use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::identity::{AttestationMethod, VerifiedIdentity};
+use tessera_core::pop::{self, PROOF_MAX_AGE, ProofCheck, ProofError};
+use tessera_core::token::Confirmation;
+
+use super::{Broker, BrokerError};
+
+/// `htu` of proofs sent with RequestToken.
+pub const REQUEST_TOKEN_HTU: &str = "/tessera.v1.AgentService/RequestToken";
+/// `htu` of proofs sent with DelegateToken (made by the delegate's key).
+pub const DELEGATE_TOKEN_HTU: &str = "/tessera.v1.AgentService/DelegateToken";
+/// `htm` of every proof sent to the broker (gRPC calls are HTTP/2 POSTs).
+const PROOF_HTM: &str = "POST";
+/// Replay-cache namespace of proof `jti`s.
+const PROOF_REPLAY_NAMESPACE: &str = "dpop";
+
+impl Broker {
+    /// The binding a RequestToken asks for: `pop_proof` (a proof for
+    /// RequestToken; `cnf.jkt`), `mtls_binding` (the caller's client
+    /// certificate; `cnf.x5t#S256`), or neither (a bearer token, if its
+    /// class allows). Refusals are audited.
+    pub async fn request_binding(
+        &self,
+        who: &VerifiedIdentity,
+        pop_proof: &str,
+        mtls_binding: bool,
+    ) -> Result<Option<Confirmation>, BrokerError> {
+        let binding = match (pop_proof.is_empty(), mtls_binding) {
+            (true, false) => return Ok(None),
+            (false, true) => Err(BrokerError::Binding(
+                "mtls_binding: ask for one binding, pop_proof or mtls_binding, not both",
+            )),
+            (true, true) => certificate_binding(who),
+            (false, false) => self.proof_binding("pop_proof", pop_proof, REQUEST_TOKEN_HTU).await,
+        };
+        match binding {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => self.binding_refused(who, "request_token", e).await,
+        }
+    }
+
+    /// The binding of a delegated child: the delegate's proof for
+    /// DelegateToken (`cnf.jkt`), or none. Refusals are audited.
+    pub async fn delegate_binding(
+        &self,
+        who: &VerifiedIdentity,
+        delegate_pop_proof: &str,
+    ) -> Result<Option<Confirmation>, BrokerError> {
+        if delegate_pop_proof.is_empty() {
+            return Ok(None);
+        }
+        match self
+            .proof_binding("delegate_pop_proof", delegate_pop_proof, DELEGATE_TOKEN_HTU)
+            .await
+        {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => self.binding_refused(who, "delegate_token", e).await,
+        }
+    }
+
+    /// Verifies `proof` for `htu` and burns its `jti`.
+    async fn proof_binding(&self, field: &'static str, proof: &str, htu: &str) -> Result<Confirmation, BrokerError> {
+        let now = self.clock.now();
+        let leeway = chrono::Duration::seconds(self.settings.leeway_secs.max(0));
+        let check = ProofCheck {
+            htm: PROOF_HTM,
+            htu,
+            now,
+            max_age: PROOF_MAX_AGE,
+            leeway,
+            access_token: None,
+        };
+        let verified = pop::verify_proof(proof, &check).map_err(|source| BrokerError::Proof { field, source })?;
+        // Remembered until the proof is too old anyway (plus the future leeway it may have used).
+        let until = verified.replay_until(PROOF_MAX_AGE) + leeway;
+        if !self
+            .replay
+            .first_use(PROOF_REPLAY_NAMESPACE, &verified.replay_id(), until)
+            .await?
+        {
+            return Err(BrokerError::Proof {
+                field,
+                source: ProofError::Replayed,
+            });
+        }
+        Ok(Confirmation::Jkt(verified.jkt))
+    }
+
+    async fn binding_refused<T>(
+        &self,
+        who: &VerifiedIdentity,
+        operation: &'static str,
+        e: BrokerError,
+    ) -> Result<T, BrokerError> {
+        if matches!(
+            e.kind(),
+            tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::Internal
+        ) {
+            return Err(e);
+        }
+        tracing::info!(event = "binding_refused", subject = %who.id(), reason = %e, "proof of possession refused");
+        crate::telemetry::decision(operation, false);
+        let event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+        let refused = self.refuse(event, e).await;
+        self.count_denial(who).await;
+        refused
+    }
+}
+
+/// `cnf.x5t#S256` of a caller attested by its X.509-SVID: the evidence is
+/// `sha256:<hex>` of the leaf certificate's DER (`tls::peer_svid`).
+fn certificate_binding(who: &VerifiedIdentity) -> Result<Confirmation, BrokerError> {
+    const NOT_MTLS: &str = "mtls_binding: the caller was not attested by an mTLS client certificate";
+    if who.method() != AttestationMethod::X509 {
+        return Err(BrokerError::Binding(NOT_MTLS));
+    }
+    let hex = who
+        .evidence()
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64)
+        .ok_or(BrokerError::Binding(NOT_MTLS))?;
+    let digest: Vec<u8> = (0..32)
+        .map(|i| hex.get(2 * i..2 * i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or(BrokerError::Binding(NOT_MTLS))?;
+    Ok(Confirmation::X5tS256(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use tessera_core::identity::{Identity, IdentityKind, IdentityRegistry, Role, SpiffeId};
+    use tessera_core::ttl::Ttl;
+
+    use super::*;
+
+    #[test]
+    fn the_certificate_binding_is_the_rfc_8705_thumbprint_of_the_leaf() {
+        let id = SpiffeId::parse("spiffe://td/agent").unwrap();
+        let registry = IdentityRegistry::new([Identity {
+            id: id.clone(),
+            kind: IdentityKind::Agent,
+            owner: "t".into(),
+            max_ttl: Ttl::from_secs(60).unwrap(),
+            roles: [Role::Agent].into_iter().collect(),
+            disabled: false,
+        }]);
+        let der = b"not really a certificate";
+        let hex: String = ring::digest::digest(&ring::digest::SHA256, der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let who = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, format!("sha256:{hex}")).unwrap();
+        assert_eq!(
+            certificate_binding(&who).unwrap(),
+            Confirmation::X5tS256(pop::certificate_thumbprint(der))
+        );
+        let odd = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, "sha256:zz".into()).unwrap();
+        assert!(certificate_binding(&odd).is_err());
+    }
+}

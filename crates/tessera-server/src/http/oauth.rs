@@ -1,0 +1,525 @@
+//! The OAuth facade, for standard resource servers and MCP clients:
+//!
+//! | route | RFC | who |
+//! |---|---|---|
+//! | `GET /.well-known/jwks.json` | 7517 | anyone |
+//! | `GET /.well-known/oauth-authorization-server` | 8414 | anyone |
+//! | `POST /oauth/introspect` | 7662 | `verifier` or `operator` identities |
+//! | `POST /oauth/revoke` | 7009 | the token's holder, or an operator |
+//! | `POST /oauth/token` | 8693 | agents (token exchange) |
+//!
+//! **Client authentication** is mutual TLS (`tls_client_auth`, RFC 8705
+//! section 2): the caller's X.509-SVID, verified against the trust bundle
+//! during the handshake, names a registered identity, exactly as on the
+//! gRPC port (quarantine and per-identity rate limits included). A POST
+//! without a client certificate, or with one naming no enabled identity, is
+//! answered `401` with `WWW-Authenticate: MutualTLS realm="tessera"` and an
+//! RFC 6749 section 5.2 `invalid_client` body.
+//!
+//! Every POST answer carries `Cache-Control: no-store` and `Pragma:
+//! no-cache`. Parameters may appear once each (RFC 6749 section 3.1); the
+//! body is bounded by `oauth.max_body_bytes`. Tokens are never logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Extension, Form, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tessera_core::grant::GrantId;
+use tessera_core::identity::VerifiedIdentity;
+use tessera_core::token::AccessClaims;
+use tonic::Code;
+
+use super::PeerCertificate;
+use crate::broker::{Broker, BrokerError};
+use crate::grpc::limits::IdentityLimiter;
+
+/// RFC 8693 section 2.1: the token exchange grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 section 3: an OAuth access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 section 3: a JWT.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The routes, relative to the public URL.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// RFC 8414 section 3.
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// RFC 7662.
+pub const INTROSPECT_PATH: &str = "/oauth/introspect";
+/// RFC 7009.
+pub const REVOKE_PATH: &str = "/oauth/revoke";
+/// RFC 6749 / RFC 8693.
+pub const TOKEN_PATH: &str = "/oauth/token";
+/// Most form parameters in one request.
+const MAX_PARAMS: usize = 32;
+/// `Cache-Control` of the JWKS: verifiers also refresh on an unknown `kid`.
+const JWKS_CACHE: &str = "public, max-age=60";
+/// `Cache-Control` of the metadata document.
+const METADATA_CACHE: &str = "public, max-age=300";
+
+/// What the facade's handlers share.
+pub struct Facade {
+    broker: Arc<Broker>,
+    limiter: Arc<IdentityLimiter>,
+    issuer: String,
+    leeway_secs: i64,
+    metadata: String,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Facade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Facade")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Facade {
+    /// A facade for `broker` whose endpoints are reached at `public_url`.
+    pub fn new(
+        broker: Arc<Broker>,
+        limiter: Arc<IdentityLimiter>,
+        issuer: String,
+        leeway_secs: i64,
+        public_url: &str,
+        max_body_bytes: usize,
+    ) -> Self {
+        let metadata = metadata(&issuer, public_url).to_string();
+        Self {
+            broker,
+            limiter,
+            issuer,
+            leeway_secs,
+            metadata,
+            max_body_bytes,
+        }
+    }
+}
+
+/// RFC 8414 section 2: the authorization server metadata.
+pub fn metadata(issuer: &str, public_url: &str) -> Value {
+    json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{public_url}{JWKS_PATH}"),
+        "token_endpoint": format!("{public_url}{TOKEN_PATH}"),
+        "introspection_endpoint": format!("{public_url}{INTROSPECT_PATH}"),
+        "revocation_endpoint": format!("{public_url}{REVOKE_PATH}"),
+        "grant_types_supported": [TOKEN_EXCHANGE],
+        // No authorization endpoint: tokens come from attestation, not redirects.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+        "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
+        "revocation_endpoint_auth_methods_supported": ["tls_client_auth"],
+        "tls_client_certificate_bound_access_tokens": true,
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
+        "token_types_supported": [ACCESS_TOKEN_TYPE],
+        "introspection_encryption_alg_values_supported": [],
+    })
+}
+
+/// The public documents.
+pub(crate) fn public_routes(facade: Arc<Facade>) -> Router {
+    Router::new()
+        .route(JWKS_PATH, get(jwks))
+        .route(METADATA_PATH, get(metadata_document))
+        .with_state(facade)
+}
+
+/// The authenticated POST endpoints.
+pub(crate) fn authenticated_routes(facade: Arc<Facade>) -> Router {
+    let limit = facade.max_body_bytes;
+    Router::new()
+        .route(INTROSPECT_PATH, post(introspect))
+        .route(REVOKE_PATH, post(revoke))
+        .route(TOKEN_PATH, post(token))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(facade)
+}
+
+async fn jwks(State(facade): State<Arc<Facade>>) -> Response {
+    match facade.broker.jwks().await {
+        Ok(jwks) => {
+            let mut response = (StatusCode::OK, jwks.to_json()).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(JWKS_CACHE));
+            response
+        }
+        Err(e) => {
+            drop(crate::status::from_broker(e));
+            no_store(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "temporarily_unavailable"})),
+                )
+                    .into_response(),
+            )
+        }
+    }
+}
+
+async fn metadata_document(State(facade): State<Arc<Facade>>) -> Response {
+    let mut response = (StatusCode::OK, facade.metadata.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(METADATA_CACHE));
+    response
+}
+
+/// An RFC 6749 section 5.2 error answer.
+#[derive(Debug)]
+pub(crate) struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    fn invalid_client(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+    }
+
+    /// A broker refusal, mapped through the gRPC status of `status.rs` (which
+    /// also logs internal errors and counts store errors).
+    fn from_broker(e: BrokerError) -> Self {
+        let status = crate::status::from_broker(e);
+        let (http, code) = match status.code() {
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "access_denied"),
+            Code::InvalidArgument | Code::NotFound | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        };
+        Self::new(http, code, status.message().to_owned())
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let description = self.description.replace(['"', '\\'], "'");
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.code, "error_description": description})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = format!(r#"MutualTLS realm="tessera", error="{}""#, self.code);
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        no_store(response)
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn json_no_store(body: Value) -> Response {
+    no_store((StatusCode::OK, Json(body)).into_response())
+}
+
+impl Facade {
+    /// The caller's attested identity, from its TLS client certificate.
+    async fn authenticate(&self, peer: &PeerCertificate) -> Result<VerifiedIdentity, OAuthError> {
+        let Some(leaf) = &peer.0 else {
+            return Err(OAuthError::invalid_client(
+                "client authentication required: present an X.509-SVID of a registered identity (tls_client_auth)",
+            ));
+        };
+        let svid = match crate::tls::peer_svid(leaf, self.broker.trust_domain()) {
+            Ok(svid) => svid,
+            Err(e) => {
+                tracing::info!(event = "attestation_refused", reason = %e, "https caller refused");
+                let refused = self.broker.attestation_refused(None, None, &e.to_string()).await;
+                return Err(match refused.kind() {
+                    tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
+                    _ => OAuthError::invalid_client(e.to_string()),
+                });
+            }
+        };
+        let who = match self.broker.attest(&svid.id, svid.evidence.clone()) {
+            Ok(who) => who,
+            Err(e) => {
+                tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "https caller refused");
+                let refused = self
+                    .broker
+                    .attestation_refused(Some(&svid.id), Some(&svid.evidence), &e.to_string())
+                    .await;
+                return Err(match refused.kind() {
+                    tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
+                    _ => OAuthError::invalid_client(refused.to_string()),
+                });
+            }
+        };
+        self.broker.admit(&who).await.map_err(OAuthError::from_broker)?;
+        self.limiter.check(who.id()).map_err(|status| {
+            OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", status.message().to_owned())
+        })?;
+        Ok(who)
+    }
+}
+
+/// The form's parameters; each may appear once (RFC 6749 section 3.1).
+fn params(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<HashMap<String, String>, OAuthError> {
+    let Form(pairs) = form.map_err(|rejection| match rejection {
+        FormRejection::InvalidFormContentType(_) => {
+            OAuthError::invalid_request("the body must be application/x-www-form-urlencoded")
+        }
+        FormRejection::BytesRejection(_) => OAuthError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large or unreadable",
+        ),
+        _ => OAuthError::invalid_request("the body is not a valid form"),
+    })?;
+    if pairs.len() > MAX_PARAMS {
+        return Err(OAuthError::invalid_request("too many parameters"));
+    }
+    let mut map = HashMap::new();
+    for (name, value) in pairs {
+        if map.contains_key(&name) {
+            let name: String = name.chars().take(32).collect();
+            return Err(OAuthError::invalid_request(format!(
+                "parameter `{name}` appears more than once"
+            )));
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+fn required<'a>(params: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, OAuthError> {
+    match params.get(name).map(String::as_str) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(OAuthError::invalid_request(format!("parameter `{name}` is required"))),
+    }
+}
+
+/// RFC 7662: `token=<token>` (and an optional `token_type_hint`). A live
+/// token's claims, or exactly `{"active":false}` for any other token.
+async fn introspect(
+    State(facade): State<Arc<Facade>>,
+    Extension(peer): Extension<PeerCertificate>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let who = facade.authenticate(&peer).await?;
+    let params = params(form)?;
+    let token = required(&params, "token")?;
+    match facade.broker.introspect(&who, token).await {
+        Ok(Some(claims)) => Ok(json_no_store(introspection(&claims))),
+        Ok(None) => Ok(json_no_store(json!({"active": false}))),
+        Err(e) => Err(OAuthError::from_broker(e)),
+    }
+}
+
+/// RFC 7662 section 2.2 members of a live token, with RFC 8705 / RFC 9449
+/// `cnf` and RFC 8693 `act` when present.
+fn introspection(claims: &AccessClaims) -> Value {
+    // Every claim of the token, as signed (absent optional claims are
+    // omitted), plus `active` and the RFC 9449 section 6.2 `token_type`.
+    let Ok(Value::Object(mut body)) = serde_json::to_value(claims) else {
+        return json!({"active": false}); // cannot happen; never claim a token is live by accident
+    };
+    let bound_to_key = body.get("cnf").and_then(|cnf| cnf.get("jkt")).is_some();
+    body.insert("active".into(), Value::Bool(true));
+    body.insert(
+        "token_type".into(),
+        Value::from(if bound_to_key { "DPoP" } else { "Bearer" }),
+    );
+    Value::Object(body)
+}
+
+/// RFC 7009: `token=<token>`. The holder releases its token; an operator
+/// revokes anyone's. An invalid, expired or unknown token answers 200 with
+/// nothing done (section 2.2).
+async fn revoke(
+    State(facade): State<Arc<Facade>>,
+    Extension(peer): Extension<PeerCertificate>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let who = facade.authenticate(&peer).await?;
+    let params = params(form)?;
+    let token = required(&params, "token")?;
+    if let Some(hint) = params.get("token_type_hint")
+        && hint != "access_token"
+        && hint != "refresh_token"
+    {
+        // Unknown hints are ignored (section 2.1); only the value is bounded.
+        if hint.len() > 64 {
+            return Err(OAuthError::invalid_request("`token_type_hint` is too long"));
+        }
+    }
+    let jwks = facade.broker.jwks().await.map_err(OAuthError::from_broker)?;
+    let claims = match tessera_core::token::verify_access_token(
+        token,
+        &jwks,
+        &facade.issuer,
+        facade.broker.now(),
+        facade.leeway_secs,
+    ) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::debug!(reason = %e, "revocation of an invalid or expired token: nothing to do");
+            return Ok(no_store(StatusCode::OK.into_response()));
+        }
+    };
+    let Ok(id) = GrantId::parse(&claims.jti) else {
+        return Ok(no_store(StatusCode::OK.into_response()));
+    };
+    let outcome = if claims.sub == who.id().as_str() {
+        facade.broker.release(&who, &id).await
+    } else {
+        facade.broker.revoke_grant(&who, &id, "revoked over RFC 7009").await
+    };
+    match outcome {
+        Ok(_) | Err(BrokerError::GrantNotFound(_)) => Ok(no_store(StatusCode::OK.into_response())),
+        Err(e) if e.kind() == tessera_core::ErrorKind::PermissionDenied => {
+            drop(crate::status::from_broker(e));
+            Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "only the token's holder or an operator may revoke it",
+            ))
+        }
+        Err(e) => Err(OAuthError::from_broker(e)),
+    }
+}
+
+/// RFC 8693 token exchange at the token endpoint: `grant_type` =
+/// [`TOKEN_EXCHANGE`], `subject_token` (a parent Tessera token),
+/// `subject_token_type` ([`ACCESS_TOKEN_TYPE`] or [`JWT_TOKEN_TYPE`]),
+/// optional `resource` / `audience` (must be the parent's audience),
+/// `scope`, `requested_token_type` and `task_id`; the new token is for the
+/// authenticated caller. Requests are fully validated; the delegation
+/// itself needs the broker's DelegateToken use case, and until this broker
+/// has it a valid request is answered `unsupported_grant_type` (RFC 6749
+/// section 5.2).
+async fn token(
+    State(facade): State<Arc<Facade>>,
+    Extension(peer): Extension<PeerCertificate>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let who = facade.authenticate(&peer).await?;
+    let params = params(form)?;
+    let grant_type = required(&params, "grant_type")?;
+    if grant_type != TOKEN_EXCHANGE {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("only `{TOKEN_EXCHANGE}` is supported"),
+        ));
+    }
+    let request = ExchangeRequest::parse(&params)?;
+    tracing::info!(
+        event = "token_exchange_refused",
+        caller = %who.id(),
+        audience = request.audience.unwrap_or_default(),
+        "token exchange requested; delegation is not available on this broker"
+    );
+    Err(OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
+        "token exchange (delegation) is not available on this broker yet",
+    ))
+}
+
+/// A validated RFC 8693 request.
+#[derive(Debug)]
+struct ExchangeRequest<'a> {
+    /// The parent token. A secret: never logged.
+    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
+    subject_token: &'a str,
+    audience: Option<&'a str>,
+    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
+    scopes: Vec<&'a str>,
+    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
+    task_id: Option<&'a str>,
+}
+
+impl<'a> ExchangeRequest<'a> {
+    /// RFC 8693 section 2.1 and 2.2.2 checks.
+    fn parse(params: &'a HashMap<String, String>) -> Result<Self, OAuthError> {
+        let subject_token = required(params, "subject_token")?;
+        let subject_token_type = required(params, "subject_token_type")?;
+        if subject_token_type != ACCESS_TOKEN_TYPE && subject_token_type != JWT_TOKEN_TYPE {
+            return Err(OAuthError::invalid_request(format!(
+                "`subject_token_type` must be `{ACCESS_TOKEN_TYPE}` or `{JWT_TOKEN_TYPE}`"
+            )));
+        }
+        if params.contains_key("actor_token") || params.contains_key("actor_token_type") {
+            return Err(OAuthError::invalid_request(
+                "`actor_token` is not accepted: the actor is the authenticated client",
+            ));
+        }
+        if let Some(requested) = params.get("requested_token_type")
+            && requested != ACCESS_TOKEN_TYPE
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "`requested_token_type` must be `{ACCESS_TOKEN_TYPE}`"
+            )));
+        }
+        let resource = params.get("resource").map(String::as_str).filter(|s| !s.is_empty());
+        let audience = params.get("audience").map(String::as_str).filter(|s| !s.is_empty());
+        let audience = match (resource, audience) {
+            (Some(r), Some(a)) if r != a => {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    "`resource` and `audience` name different APIs; a token has one audience",
+                ));
+            }
+            (r, a) => r.or(a),
+        };
+        let scopes: Vec<&str> = params
+            .get("scope")
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        if scopes.len() > 64 {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "too many scopes",
+            ));
+        }
+        let task_id = params.get("task_id").map(String::as_str).filter(|s| !s.is_empty());
+        Ok(Self {
+            subject_token,
+            audience,
+            scopes,
+            task_id,
+        })
+    }
+}

@@ -1,0 +1,246 @@
+//! X.509-SVID attestation through the real `tesserad`: bad client
+//! certificates (A12), a second trust domain with its own bundle, a bundle
+//! emptied at runtime (A15), and the identity registry reloaded without a
+//! restart (`disabled = true` applies to the next call).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
+};
+use tessera_e2e::attestation::{append_config, wait_refusal_audited};
+use tessera_e2e::{Broker, dev_init};
+use tonic::Code;
+
+/// A leaf signed by the dev CA of `dir` (or by `ca` if given).
+fn svid(dir: &std::path::Path, sans: &[&str], is_ca: bool, valid_days: (i64, i64)) -> (String, String) {
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+    leaf(&issuer, sans, is_ca, valid_days)
+}
+
+fn leaf(issuer: &Issuer<'_, KeyPair>, sans: &[&str], is_ca: bool, (from, to): (i64, i64)) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans.iter().map(|s| SanType::URI((*s).try_into().unwrap())).collect();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from);
+    params.not_after = now + time::Duration::days(to);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+async fn jwks_as(broker: &Broker, (cert, key): &(String, String)) -> Result<(), tonic::Status> {
+    let identity = tessera_client::Identity {
+        ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
+        cert_pem: cert.clone().into_bytes(),
+        key_pem: key.clone().into_bytes(),
+    };
+    let channel = match tessera_client::connect(&broker.endpoint(), &identity).await {
+        Ok(c) => c,
+        Err(e) => return Err(tonic::Status::unavailable(format!("connect: {e}"))),
+    };
+    tessera_client::VerifierClient::new(channel)
+        .introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .map(drop)
+}
+
+#[track_caller]
+fn refused_at_edge(result: Result<(), tonic::Status>, mentions: &str) {
+    let status = result.expect_err("served");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains(mentions),
+        "`{}` lacks `{mentions}`",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a12_bad_client_certificates_are_refused() {
+    let broker = Broker::start();
+    let d = broker.dir.path().to_owned();
+    let gw = "spiffe://tessera.local/service/api-gateway";
+    jwks_as(&broker, &svid(&d, &[gw], false, (-1, 30))).await.unwrap();
+    // Refused at the edge, audited.
+    refused_at_edge(
+        jwks_as(&broker, &svid(&d, &[], false, (-1, 30))).await,
+        "exactly one URI SAN",
+    );
+    refused_at_edge(
+        jwks_as(
+            &broker,
+            &svid(&d, &[gw, "spiffe://tessera.local/agent/x"], false, (-1, 30)),
+        )
+        .await,
+        "exactly one URI SAN",
+    );
+    // A CA certificate as the leaf: webpki refuses it in the handshake.
+    let handshakes = broker.logs().matches("tls handshake refused").count();
+    assert!(jwks_as(&broker, &svid(&d, &[gw], true, (-1, 30))).await.is_err());
+    // The server logs the refusal on its accept task, maybe after the client saw it.
+    let logged = std::time::Instant::now();
+    while broker.logs().matches("tls handshake refused").count() <= handshakes {
+        assert!(
+            logged.elapsed() < std::time::Duration::from_secs(10),
+            "handshake refusal not logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    refused_at_edge(
+        jwks_as(
+            &broker,
+            &svid(&d, &["spiffe://evil.example/service/api-gateway"], false, (-1, 30)),
+        )
+        .await,
+        "trusted domain",
+    );
+    wait_refusal_audited(&broker, "x509", "exactly one URI SAN");
+    wait_refusal_audited(&broker, "x509", "trusted domain");
+    // Expired or not yet valid: refused in the handshake.
+    let before = broker.logs().matches("tls handshake refused").count();
+    assert!(
+        jwks_as(&broker, &svid(&d, &[gw], false, (-30, -1))).await.is_err(),
+        "expired"
+    );
+    assert!(
+        jwks_as(&broker, &svid(&d, &[gw], false, (1, 30))).await.is_err(),
+        "not yet valid"
+    );
+    assert!(
+        broker.logs().matches("tls handshake refused").count() >= before + 2,
+        "{}",
+        broker.logs()
+    );
+}
+
+/// Rewrites the config file in place (the broker polls its mtime).
+fn edit_config(dir: &std::path::Path, edit: impl Fn(String) -> String) {
+    let path = dir.join("tesserad.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tmp = dir.join("tesserad.toml.tmp");
+    std::fs::write(&tmp, edit(text)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// Polls `check` until it is true (bounded).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_domains_have_their_own_bundles_and_reload() {
+    let dir = dev_init("x509-td");
+    // A partner trust domain with its own CA.
+    let partner_key = KeyPair::generate().unwrap();
+    let mut partner_ca = CertificateParams::default();
+    partner_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let partner_cert = partner_ca.self_signed(&partner_key).unwrap();
+    let partner = Issuer::new(partner_ca, partner_key);
+    std::fs::write(dir.path().join("partner-ca.pem"), partner_cert.pem()).unwrap();
+    append_config(
+        dir.path(),
+        r#"
+[attestation]
+reload_interval = "200ms"
+
+[[tls.trust_domains]]
+name = "partner.example"
+bundle = "partner-ca.pem"
+
+[[identities]]
+id = "spiffe://partner.example/agent/p"
+kind = "partner"
+owner = "partner-inc"
+roles = ["verifier"]
+max_ttl = "5m"
+"#,
+    );
+    let broker = Broker::start_in(dir, &[]);
+    let d = broker.dir.path().to_owned();
+    let p = leaf(&partner, &["spiffe://partner.example/agent/p"], false, (-1, 30));
+    jwks_as(&broker, &p).await.unwrap();
+    // The partner CA cannot vouch for our domain, nor ours for theirs.
+    let forged = leaf(
+        &partner,
+        &["spiffe://tessera.local/service/api-gateway"],
+        false,
+        (-1, 30),
+    );
+    assert!(jwks_as(&broker, &forged).await.is_err());
+    let crossed = svid(&d, &["spiffe://partner.example/agent/p"], false, (-1, 30));
+    assert!(jwks_as(&broker, &crossed).await.is_err());
+    // A15: the partner bundle emptied at runtime refuses every partner SVID.
+    std::fs::write(d.join("partner-ca.pem"), "").unwrap();
+    eventually("the emptied bundle to apply", async || {
+        jwks_as(&broker, &p).await.is_err()
+    })
+    .await;
+    assert!(broker.logs().contains("trust bundles reloaded"), "{}", broker.logs());
+    // Our own domain is unaffected.
+    jwks_as(
+        &broker,
+        &svid(&d, &["spiffe://tessera.local/service/api-gateway"], false, (-1, 30)),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_reload_without_a_restart() {
+    let dir = dev_init("x509-reload");
+    append_config(dir.path(), "[attestation]\nreload_interval = \"200ms\"\n");
+    let broker = Broker::start_in(dir, &[]);
+    let d = broker.dir.path().to_owned();
+    let gw = broker.identity("api-gateway");
+    let call = async || {
+        let channel = tessera_client::connect(&broker.endpoint(), &gw).await.unwrap();
+        tessera_client::VerifierClient::new(channel)
+            .introspect(tessera_e2e::attestation::introspect_request())
+            .await
+            .map(drop)
+    };
+    call().await.unwrap();
+    let line = "id = \"spiffe://tessera.local/service/api-gateway\"\n";
+    edit_config(&d, |t| t.replace(line, &format!("{line}disabled = true\n")));
+    eventually("the identity to be disabled", async || {
+        matches!(call().await, Err(s) if s.code() == Code::Unauthenticated && s.message().contains("disabled"))
+    })
+    .await;
+    wait_refusal_audited(&broker, "x509", "disabled");
+    // A broken file is ignored: the last good registry stays.
+    edit_config(&d, |t| format!("{t}\n[[identities]]\nid = 'not a spiffe id'\n"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        broker.logs().contains("configuration not reloaded"),
+        "{}",
+        broker.logs()
+    );
+    assert!(call().await.is_err());
+    // Re-enabled.
+    edit_config(&d, |t| {
+        t.replace(&format!("{line}disabled = true\n"), line)
+            .replace("\n[[identities]]\nid = 'not a spiffe id'\n", "")
+    });
+    eventually("the identity to be enabled again", async || call().await.is_ok()).await;
+}

@@ -1,0 +1,459 @@
+//! The HTTP facade of the real `tesserad`, checked with raw HTTP/1.1
+//! requests (over TLS with or without a client certificate): the JWKS and
+//! RFC 8414 metadata, RFC 7662 introspection, RFC 7009 revocation and the
+//! RFC 8693 token endpoint's error answers. Tokens are also verified by an
+//! independent JOSE implementation (Python's PyJWT with `cryptography`,
+//! installed into a venv under the target directory) from the JWKS fetched
+//! over HTTPS.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test"
+)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tessera_client::Identity;
+use tessera_e2e::{Broker, CRM, bin_dir, start_request, token_request};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const ISSUER: &str = "https://tessera.local";
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    #[track_caller]
+    fn assert_no_store(&self) {
+        assert_eq!(self.header("cache-control"), Some("no-store"), "{self:?}");
+        assert_eq!(self.header("pragma"), Some("no-cache"), "{self:?}");
+    }
+}
+
+fn tls_config(ca_pem: &[u8], client: Option<&Identity>) -> rustls::ClientConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = CertificateDer::pem_slice_iter(&id.cert_pem)
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(&id.key_pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// One raw HTTPS/1.1 request to the facade as `client` (None: no certificate).
+async fn https(broker: &Broker, client: Option<&str>, method: &str, path: &str, form: Option<&str>) -> Answer {
+    let addr = broker
+        .oauth_addr
+        .clone()
+        .expect("the ready file names an oauth address");
+    let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
+    let identity = client.map(|name| broker.identity(name));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, identity.as_ref())));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = form {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn live_token(broker: &Broker, task: &str) -> tessera_e2e::pb::IssuedToken {
+    broker
+        .start_task(start_request(task, &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    broker
+        .issue_as("researcher", token_request(task, &["crm.contacts.read"], None))
+        .await
+}
+
+#[tokio::test]
+async fn public_documents_are_served_with_cache_headers() {
+    let broker = Broker::start();
+    let jwks = https(&broker, None, "GET", "/.well-known/jwks.json", None).await;
+    assert_eq!(jwks.status, 200, "{jwks:?}");
+    assert_eq!(jwks.header("content-type"), Some("application/jwk-set+json"));
+    assert_eq!(jwks.header("cache-control"), Some("public, max-age=60"));
+    let keys = jwks.json()["keys"].as_array().unwrap().clone();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        assert!(key.get("d").is_none(), "a private member in the JWKS");
+    }
+    // The same set on the plain operations port, as gRPC GetJwks gives it.
+    let (status, body) = broker.http_get("/.well-known/jwks.json");
+    assert_eq!(status, 200);
+    let grpc: Value = serde_json::from_str(&broker.jwks().await.jwks_json).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), grpc);
+
+    let meta = https(&broker, None, "GET", "/.well-known/oauth-authorization-server", None).await;
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.header("content-type"), Some("application/json"));
+    let m = meta.json();
+    let base = format!("https://{}", broker.oauth_addr.as_ref().unwrap());
+    assert_eq!(m["issuer"], ISSUER);
+    assert_eq!(m["jwks_uri"], format!("{base}/.well-known/jwks.json"));
+    assert_eq!(m["introspection_endpoint"], format!("{base}/oauth/introspect"));
+    assert_eq!(m["revocation_endpoint"], format!("{base}/oauth/revoke"));
+    assert_eq!(m["token_endpoint"], format!("{base}/oauth/token"));
+    assert!(
+        m["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("urn:ietf:params:oauth:grant-type:token-exchange"))
+    );
+    assert_eq!(
+        m["dpop_signing_alg_values_supported"],
+        serde_json::json!(["ES256", "EdDSA"])
+    );
+    assert_eq!(m["tls_client_certificate_bound_access_tokens"], true);
+
+    // Health on both listeners; metrics only on the operations port.
+    assert_eq!(https(&broker, None, "GET", "/readyz", None).await.status, 200);
+    assert_eq!(https(&broker, None, "GET", "/metrics", None).await.status, 404);
+    assert_eq!(broker.http_get("/metrics").0, 200);
+}
+
+#[tokio::test]
+async fn introspection_needs_an_authenticated_verifier_and_answers_as_rfc_7662_says() {
+    let broker = Broker::start();
+    let token = live_token(&broker, "introspect-1").await;
+    let body = form(&[("token", &token.access_token)]);
+
+    // No client certificate: 401 with a challenge, nothing about the token.
+    let anonymous = https(&broker, None, "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert!(
+        anonymous
+            .header("www-authenticate")
+            .unwrap()
+            .contains("realm=\"tessera\"")
+    );
+    assert_eq!(anonymous.json()["error"], "invalid_client");
+    assert!(anonymous.json().get("active").is_none());
+    anonymous.assert_no_store();
+    // An agent is authenticated but not a verifier.
+    let agent = https(&broker, Some("researcher"), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(agent.status, 403, "{agent:?}");
+    assert!(agent.json().get("active").is_none());
+
+    let live = https(&broker, Some("api-gateway"), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(live.status, 200, "{live:?}");
+    assert_eq!(live.header("content-type"), Some("application/json"));
+    live.assert_no_store();
+    let claims = live.json();
+    assert_eq!(claims["active"], true);
+    assert_eq!(claims["jti"], token.grant_id.as_str());
+    assert_eq!(claims["aud"], CRM);
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["scope"], "crm.contacts.read");
+    assert_eq!(claims["sub"], "spiffe://tessera.local/agent/researcher");
+    assert_eq!(claims["token_type"], "Bearer");
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+
+    // Garbage, forged and unknown tokens: exactly {"active":false}.
+    let mut forged = token.access_token.clone();
+    forged.pop();
+    forged.push(if token.access_token.ends_with('A') { 'B' } else { 'A' });
+    for bad in ["garbage", "a.b.c", forged.as_str(), &"x".repeat(10_000)] {
+        let answer = https(
+            &broker,
+            Some("api-gateway"),
+            "POST",
+            "/oauth/introspect",
+            Some(&form(&[("token", bad)])),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body, r#"{"active":false}"#);
+        answer.assert_no_store();
+    }
+    let huge = https(
+        &broker,
+        Some("api-gateway"),
+        "POST",
+        "/oauth/introspect",
+        Some(&form(&[("token", &"x".repeat(20_000))])),
+    )
+    .await;
+    assert_eq!(huge.status, 413, "{huge:?}");
+
+    // Malformed requests: RFC 6749 section 5.2 errors.
+    for body in ["", "token=", "tok=x", "token=a&token=b"] {
+        let answer = https(&broker, Some("api-gateway"), "POST", "/oauth/introspect", Some(body)).await;
+        assert_eq!(answer.status, 400, "{body}: {answer:?}");
+        assert_eq!(answer.json()["error"], "invalid_request");
+        answer.assert_no_store();
+    }
+    let get = https(&broker, Some("api-gateway"), "GET", "/oauth/introspect", None).await;
+    assert_eq!(get.status, 405);
+
+    // Revoked (released by its holder over RFC 7009): inactive.
+    let released = https(&broker, Some("researcher"), "POST", "/oauth/revoke", Some(&body)).await;
+    assert_eq!(released.status, 200, "{released:?}");
+    released.assert_no_store();
+    let dead = https(&broker, Some("api-gateway"), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(dead.body, r#"{"active":false}"#);
+}
+
+#[tokio::test]
+async fn revocation_is_for_the_holder_or_an_operator() {
+    let broker = Broker::start();
+    let token = live_token(&broker, "revoke-1").await;
+    let body = form(&[("token", &token.access_token), ("token_type_hint", "access_token")]);
+    let introspect = || async {
+        https(
+            &broker,
+            Some("api-gateway"),
+            "POST",
+            "/oauth/introspect",
+            Some(&form(&[("token", &token.access_token)])),
+        )
+        .await
+        .json()["active"]
+            .as_bool()
+            .unwrap()
+    };
+
+    let anonymous = https(&broker, None, "POST", "/oauth/revoke", Some(&body)).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("www-authenticate").is_some());
+    // Another agent may not revoke it.
+    let stranger = https(&broker, Some("writer"), "POST", "/oauth/revoke", Some(&body)).await;
+    assert_eq!(stranger.status, 400, "{stranger:?}");
+    assert_eq!(stranger.json()["error"], "unauthorized_client");
+    assert!(introspect().await);
+    // Unknown and invalid tokens: 200, nothing done (RFC 7009 section 2.2).
+    for junk in ["junk", "a.b.c"] {
+        let answer = https(
+            &broker,
+            Some("writer"),
+            "POST",
+            "/oauth/revoke",
+            Some(&form(&[("token", junk)])),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    // An operator may.
+    let operator = https(&broker, Some("alice"), "POST", "/oauth/revoke", Some(&body)).await;
+    assert_eq!(operator.status, 200, "{operator:?}");
+    assert!(!introspect().await);
+    // Revoking it again is fine.
+    let again = https(&broker, Some("researcher"), "POST", "/oauth/revoke", Some(&body)).await;
+    assert_eq!(again.status, 200, "{again:?}");
+}
+
+#[tokio::test]
+async fn the_token_endpoint_answers_rfc_6749_errors() {
+    let broker = Broker::start();
+    let token = live_token(&broker, "exchange-1").await;
+    let anonymous = https(
+        &broker,
+        None,
+        "POST",
+        "/oauth/token",
+        Some("grant_type=client_credentials"),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.json()["error"], "invalid_client");
+    for (body, error) in [
+        (form(&[("grant_type", "client_credentials")]), "unsupported_grant_type"),
+        (form(&[("scope", "x")]), "invalid_request"),
+        (
+            form(&[("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")]),
+            "invalid_request",
+        ),
+        (
+            form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &token.access_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2"),
+            ]),
+            "invalid_request",
+        ),
+        (
+            form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &token.access_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                ("resource", CRM),
+                ("audience", "https://api.example.com/payments"),
+            ]),
+            "invalid_target",
+        ),
+        (
+            form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &token.access_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                ("actor_token", "x"),
+                ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ]),
+            "invalid_request",
+        ),
+    ] {
+        let answer = https(&broker, Some("writer"), "POST", "/oauth/token", Some(&body)).await;
+        assert_eq!(answer.status, 400, "{answer:?}");
+        assert_eq!(answer.json()["error"], error, "{answer:?}");
+        answer.assert_no_store();
+    }
+}
+
+/// A venv with PyJWT and cryptography under the target directory, made once.
+fn python() -> Option<PathBuf> {
+    let venv = bin_dir().parent().unwrap().join("pyjose-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import jwt, cryptography"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    let installed = made
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "pyjwt", "cryptography"])
+            .status()
+            .is_ok_and(|s| s.success());
+    (installed && ready(&python)).then_some(python)
+}
+
+const PYJWT_CHECK: &str = r#"
+import json, ssl, sys, urllib.request
+import jwt
+url, ca, token, audience, issuer = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+with urllib.request.urlopen(url, context=ctx) as r:
+    jwks = json.load(r)
+kid = jwt.get_unverified_header(token)["kid"]
+keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks).keys}
+key = keys[kid]
+claims = jwt.decode(token, key.key, algorithms=["ES256", "EdDSA"], audience=audience, issuer=issuer,
+                    options={"require": ["exp", "iat", "nbf", "jti", "sub", "iss", "aud"]})
+print(json.dumps({"sub": claims["sub"], "jti": claims["jti"], "alg": jwt.get_unverified_header(token)["alg"]}))
+"#;
+
+#[tokio::test]
+async fn tokens_verify_with_pyjwt_from_the_jwks_served_over_https() {
+    let python = python().expect("python3 with venv and pip (PyPI) is needed for the independent JOSE check");
+    for alg in ["ES256", "EdDSA"] {
+        let broker = Broker::start_with(&[("TESSERA_TOKENS__ALGORITHM", alg)]);
+        let token = live_token(&broker, "pyjwt-1").await;
+        let url = format!("https://{}/.well-known/jwks.json", broker.oauth_addr.as_ref().unwrap());
+        let ca = broker.dir.path().join("ca.pem");
+        let run = |token: &str| {
+            Command::new(&python)
+                .args(["-c", PYJWT_CHECK, &url])
+                .arg(&ca)
+                .args([token, CRM, ISSUER])
+                .output()
+                .unwrap()
+        };
+        let out = run(&token.access_token);
+        assert!(
+            out.status.success(),
+            "PyJWT refused a {alg} token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(verified["jti"], token.grant_id.as_str());
+        assert_eq!(verified["alg"], alg);
+        // And it refuses a tampered one (the check can fail).
+        let (input, _) = token.access_token.rsplit_once('.').unwrap();
+        let other = live_token(&broker, "pyjwt-2").await;
+        let (_, other_signature) = other.access_token.rsplit_once('.').unwrap();
+        let tampered = format!("{input}.{other_signature}");
+        assert!(
+            !run(&tampered).status.success(),
+            "PyJWT accepted a tampered {alg} token"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The SDK `Verifier` against the real `tesserad`: tokens verify offline,
+//! CompleteTask reaches every subscribed verifier (the delay is measured
+//! and printed, never asserted), and a cut feed fails closed once
+//! `max_staleness` has passed, then recovers when the feed returns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_client::Verifier;
+use tessera_client::verifier::{Presented, VerifierConfig, VerifyError};
+use tessera_e2e::{Broker, CRM, issue, pb, start_request, token_request};
+use tokio::net::{TcpListener, TcpStream};
+
+const ISSUER: &str = "https://tessera.local";
+
+fn config() -> VerifierConfig {
+    let mut config = VerifierConfig::new(ISSUER, CRM);
+    config.max_staleness = Duration::from_secs(2);
+    config
+}
+
+/// A verifier (identity `api-gateway`, role verifier) following `endpoint`.
+async fn verifier(broker: &Broker, endpoint: &str, config: VerifierConfig) -> Verifier {
+    let channel = tessera_client::connect_lazy(endpoint, &broker.identity("api-gateway")).unwrap();
+    let verifier = Verifier::connect(channel, config).unwrap();
+    assert!(
+        verifier.ready(Duration::from_secs(20)).await,
+        "verifier not ready: {:?}",
+        verifier.status()
+    );
+    // Tokens must be issued strictly after the sync floor (whole seconds).
+    let floor = verifier.status().sync_floor.unwrap();
+    wait_until(Duration::from_secs(5), || now_secs() > floor).await;
+    verifier
+}
+
+fn now_secs() -> i64 {
+    use tessera_core::clock::Clock as _;
+    tessera_core::clock::SystemClock.now().timestamp()
+}
+
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "condition not reached within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+fn check(v: &Verifier, token: &str) -> Result<(), VerifyError> {
+    v.verify_cached(&Presented::bearer(token)).map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_complete_task_every_subscribed_verifier_refuses_every_token() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
+    let endpoint = broker.endpoint();
+    let verifiers = [
+        verifier(&broker, &endpoint, config()).await,
+        verifier(&broker, &endpoint, config()).await,
+    ];
+    broker
+        .start_task(start_request(
+            "verify-1",
+            &["researcher", "writer"],
+            &["crm.contacts.read", "crm.notes.read"],
+            600,
+        ))
+        .await;
+    broker
+        .start_task(start_request(
+            "verify-other",
+            &["researcher"],
+            &["crm.contacts.read"],
+            600,
+        ))
+        .await;
+    let mut researcher = broker.agent("researcher").await;
+    let mut writer = broker.agent("writer").await;
+    let tokens = [
+        issue(&mut researcher, token_request("verify-1", &["crm.contacts.read"], None)).await,
+        issue(&mut researcher, token_request("verify-1", &["crm.notes.read"], None)).await,
+        issue(
+            &mut writer,
+            token_request("verify-1", &["crm.contacts.read", "crm.notes.read"], None),
+        )
+        .await,
+    ];
+    let bystander = issue(
+        &mut researcher,
+        token_request("verify-other", &["crm.contacts.read"], None),
+    )
+    .await;
+    for v in &verifiers {
+        for t in tokens.iter().chain([&bystander]) {
+            let verified = v.verify(&Presented::bearer(&t.access_token)).await.unwrap();
+            assert_eq!(verified.grant_id(), t.grant_id);
+        }
+    }
+
+    let sent = Instant::now();
+    broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "verify-1".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    let acknowledged = sent.elapsed();
+    let delay = wait_until(Duration::from_secs(10), || {
+        verifiers.iter().all(|v| {
+            tokens
+                .iter()
+                .all(|t| check(v, &t.access_token) == Err(VerifyError::Revoked))
+        })
+    })
+    .await;
+    println!(
+        "CompleteTask acknowledged in {acknowledged:?}; every verifier refused every token of the task {delay:?} after the acknowledgement"
+    );
+    for v in &verifiers {
+        check(v, &bystander.access_token).unwrap();
+        assert_eq!(v.status().revocations, 1, "one event for the whole task");
+    }
+}
+
+/// A TCP proxy the test can cut and re-point: while cut, open connections
+/// are dropped and new ones closed at once.
+struct Proxy {
+    addr: String,
+    cut: Arc<AtomicBool>,
+    target: Arc<std::sync::Mutex<String>>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (flag, gen_tx, to) = (cut.clone(), generation.clone(), target.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cutting = gen_tx.subscribe();
+                let target = to.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client, mut upstream) = (client, upstream);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cutting.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            cut,
+            target,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn point_to(&self, target: &str) {
+        *self.target.lock().unwrap() = target.to_owned();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_feed_fails_closed_after_max_staleness_and_recovers() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
+    let proxy = Proxy::start(broker.addr.clone()).await;
+    let v = verifier(&broker, &format!("https://{}", proxy.addr), config()).await;
+    broker
+        .start_task(start_request("cut-1", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let token = broker
+        .issue_as("researcher", token_request("cut-1", &["crm.contacts.read"], None))
+        .await;
+    check(&v, &token.access_token).unwrap();
+
+    let cut_at = Instant::now();
+    proxy.cut();
+    let refused_after = wait_until(Duration::from_secs(15), || {
+        check(&v, &token.access_token) == Err(VerifyError::FeedStale)
+    })
+    .await;
+    // Fail closed only once max_staleness (2 s) has passed since the last message.
+    assert!(
+        refused_after >= Duration::from_millis(1000),
+        "refused too early: {refused_after:?}"
+    );
+    println!("feed cut: every token refused {refused_after:?} after the cut (max_staleness 2 s)");
+    assert_eq!(VerifyError::FeedStale.kind().http_status(), 503);
+    // Every token, even one the verifier never saw.
+    let another = broker
+        .issue_as("researcher", token_request("cut-1", &["crm.contacts.read"], None))
+        .await;
+    assert_eq!(check(&v, &another.access_token), Err(VerifyError::FeedStale));
+    // Still refused a while later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(check(&v, &token.access_token), Err(VerifyError::FeedStale));
+
+    proxy.restore();
+    let recovered = wait_until(Duration::from_secs(30), || check(&v, &token.access_token).is_ok()).await;
+    println!(
+        "feed restored: tokens accepted again {recovered:?} later ({:?} after the cut)",
+        cut_at.elapsed()
+    );
+    // Resumed from its position: no gap, so the sync floor did not move.
+    check(&v, &another.access_token).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_feed_position_resynchronises_and_refuses_older_tokens() {
+    if tessera_e2e::test_store() == "redis" {
+        // Replicas share Redis and its feed: switching loses no position.
+        return;
+    }
+    let first = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
+    let proxy = Proxy::start(first.addr.clone()).await;
+    let v = verifier(&first, &format!("https://{}", proxy.addr), config()).await;
+    let floor = v.status().sync_floor.unwrap();
+
+    // Another broker life with its own in-memory feed, where our position
+    // means nothing (OUT_OF_RANGE). A token it issued before we switch may
+    // have been revoked before we could have heard of it.
+    let second = first.replica();
+    second
+        .start_task(start_request("lost-1", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let older = second
+        .issue_as("researcher", token_request("lost-1", &["crm.contacts.read"], None))
+        .await;
+    proxy.cut();
+    proxy.point_to(&second.addr);
+    proxy.restore();
+    wait_until(Duration::from_secs(30), || {
+        v.status().sync_floor.is_some_and(|f| f > floor) && v.status().fresh
+    })
+    .await;
+    assert_eq!(check(&v, &older.access_token), Err(VerifyError::IssuedBeforeSync));
+    let new_floor = v.status().sync_floor.unwrap();
+    wait_until(Duration::from_secs(5), || now_secs() > new_floor).await;
+    let newer = second
+        .issue_as("researcher", token_request("lost-1", &["crm.contacts.read"], None))
+        .await;
+    v.verify(&Presented::bearer(&newer.access_token)).await.unwrap();
+}
