@@ -274,7 +274,7 @@ fn add_agent_operator(dir: &TempDir, name: &str) {
     text.insert_str(
         at,
         &format!(
-            "[[identities]]\nid = \"{id}\"\nkind = \"agent\"\nowner = \"team-ops\"\nroles = [\"agent\", \"operator\"]\nmax_ttl = \"10m\"\n\n"
+            "[[identities]]\nid = \"{id}\"\nkind = \"agent\"\nowner = \"team-research\"\nroles = [\"agent\", \"operator\"]\nmax_ttl = \"10m\"\n\n"
         ),
     );
     std::fs::write(config, text).unwrap();

@@ -43,7 +43,7 @@ mode = "0600"
 [[identities]]
 id = "spiffe://tessera.local/agent/local"
 kind = "agent"
-owner = "team-local"
+owner = "team-research"
 roles = ["agent", "verifier"]
 max_ttl = "10m"
 attestation = ["unix"]

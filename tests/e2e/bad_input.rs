@@ -78,7 +78,7 @@ async fn start_task_fields_are_validated() {
     expect(
         code(as_agent.start_task(base()).await),
         Code::PermissionDenied,
-        "orchestrator role",
+        "orchestrator",
     );
     o.start_task(base()).await.unwrap();
     expect(code(o.start_task(base()).await), Code::AlreadyExists, "t-bad");
@@ -424,8 +424,6 @@ async fn oversized_messages_are_refused() {
 async fn unimplemented_rpcs_say_so() {
     let broker = Broker::start();
     let mut admin = broker.admin("alice").await;
-    let status = code(admin.reload_policy(pb::ReloadPolicyRequest::default()).await);
-    expect(status, Code::Unimplemented, "ReloadPolicy");
     // DelegateToken is implemented (tests/e2e/delegation.rs): an empty request names its field.
     let mut agent = broker.agent("researcher").await;
     let status = code(agent.delegate_token(pb::DelegateTokenRequest::default()).await);

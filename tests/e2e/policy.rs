@@ -250,7 +250,13 @@ async fn policy_caps_lifetimes_and_limits_who_orchestrators_assign() {
         .await;
     // Writes live at most 5 minutes for agents, whatever is asked.
     let write = broker
-        .issue_as("researcher", token_request("pol-2", &["crm.contacts.write"], Some(900)))
+        .issue_as(
+            "researcher",
+            pb::RequestTokenRequest {
+                mtls_binding: true,
+                ..token_request("pol-2", &["crm.contacts.write"], Some(900))
+            },
+        )
         .await;
     assert_eq!(write.expires_in, 300);
     let read = broker

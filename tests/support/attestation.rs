@@ -130,7 +130,7 @@ pub const JWT_IDENTITIES: &str = r#"
 [[identities]]
 id = "spiffe://tessera.local/agent/ci"
 kind = "agent"
-owner = "team-ci"
+owner = "team-research"
 roles = ["agent", "verifier"]
 max_ttl = "10m"
 attestation = ["jwt"]
@@ -138,7 +138,7 @@ attestation = ["jwt"]
 [[identities]]
 id = "spiffe://tessera.local/agent/ci-disabled"
 kind = "agent"
-owner = "team-ci"
+owner = "team-research"
 roles = ["agent", "verifier"]
 max_ttl = "10m"
 attestation = ["jwt"]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::command::{
-    approvals, audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all, task,
-    token,
+    approvals, audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all,
+    task, token,
 };
 use crate::output::OutputFormat;
 

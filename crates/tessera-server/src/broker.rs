@@ -7,9 +7,9 @@
 //! (a token whose record cannot be written is revoked again and never handed
 //! out), and a refusal whose record cannot be written becomes UNAVAILABLE.
 
-pub mod policy;
 mod approvals;
 mod attestation;
+pub mod policy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1028,8 +1028,8 @@ impl RawConfig {
     }
 }
 
-pub mod policy;
 mod delegation;
+pub mod policy;
 mod risk;
 pub use risk::ApprovalsConfig;
 

@@ -445,6 +445,7 @@ impl Broker {
             lifetime: assessment.lifetime,
             ..plan
         };
-        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now).await
+        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
+            .await
     }
 }

@@ -32,4 +32,3 @@ impl Shared {
         Ok(who)
     }
 }
-

@@ -78,7 +78,7 @@ pub(super) fn jwt_material(dir: &Path, td: &str) -> anyhow::Result<String> {
         toml,
         "kind = {}\nowner = {}\nroles = [{}]\nmax_ttl = {}",
         q("agent"),
-        q("team-ci"),
+        q("team-research"),
         q("agent"),
         q("10m")
     );
@@ -102,7 +102,7 @@ pub(super) fn unix_config(dir: &Path, socket: &Path, td: &str) -> anyhow::Result
         toml,
         "kind = {}\nowner = {}\nroles = [{}]\nmax_ttl = {}",
         q("agent"),
-        q("team-local"),
+        q("team-research"),
         q("agent"),
         q("10m")
     );
