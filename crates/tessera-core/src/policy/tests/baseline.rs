@@ -137,7 +137,7 @@ fn token_requests_by_kind_class_and_impact() {
 }
 
 #[test]
-fn delegation_stays_within_the_task_and_two_hops() {
+fn delegation_stays_within_the_task_and_three_hops() {
     let t = Table::new();
     let (audience, task) = (aud(), task());
     let chain = [id("agent")];
@@ -158,7 +158,8 @@ fn delegation_stays_within_the_task_and_two_hops() {
     };
     delegate(&id("agent2"), 1, READ, false, Allow(Some(300)));
     delegate(&id("agent2"), 2, WRITE, false, Allow(Some(300)));
-    delegate(&id("agent2"), 3, READ, false, Deny(NO_PERMIT));
+    delegate(&id("agent2"), 3, READ, false, Allow(Some(300)));
+    delegate(&id("agent2"), 4, READ, false, Deny(NO_PERMIT));
     delegate(&id("agent2"), 1, ADMIN, false, Deny(NO_PERMIT));
     delegate(
         &id("agent2"),
