@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug
 DEV_DIR ?= .tessera-dev
 
-.PHONY: help build run demo test fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: help build run demo test test-tools fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,7 +83,22 @@ check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring; see STACK-NOTE
 	@if $(CARGO) tree --locked -i aws-lc-rs >/dev/null 2>&1; then \
 		echo "aws-lc-rs is in the dependency tree: rustls/jsonwebtoken must use ring/rust_crypto only" >&2; exit 1; fi
 
-test: deps redis fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests
+# The bench's own tests draw plots (a TTF font) and the HTTP facade's check a
+# token with an independent JOSE library in a Python venv: install both if missing.
+test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv
+	@set -e; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
+	missing=; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || [ -n "$$TESSERA_BENCH_FONT" ] || missing="$$missing fonts-dejavu-core"; \
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
+		echo "Installing$$missing from Debian's packages"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests
 	$(CARGO) build --locked --workspace --bins
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \

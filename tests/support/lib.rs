@@ -320,6 +320,22 @@ impl Broker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until the log holds more than `before` lines with
+    /// `needle`: the broker logs some refusals on its accept task, which may
+    /// run after the client already saw the refusal.
+    #[track_caller]
+    pub fn wait_log_count(&self, needle: &str, before: usize) {
+        let start = std::time::Instant::now();
+        while self.logs().matches(needle).count() <= before {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no new `{needle}` in the broker log within 10 s: {}",
+                self.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
