@@ -97,6 +97,15 @@ async fn every_tessera_scenario_measures_something() {
 
     let prop = t.propagation(4).await.unwrap();
     assert_eq!(prop.latency.samples, 4, "one sample per task: {prop:?}");
+    assert!(
+        prop.verifier.contains("SDK"),
+        "propagation is measured at the SDK verifier: {prop:?}"
+    );
+
+    let sdk = tessera_bench::sdk::offline_verify_rate(&t, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(sdk.ops >= 50 && sdk.rate > 0.0, "the SDK verified real tokens: {sdk:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ fn signing_input() -> Vec<u8> {
     v
 }
 
-fn per_core(d: Duration, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<PerCore> {
+pub(crate) fn per_core(d: Duration, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<PerCore> {
     // Warm up caches and lazily initialised tables.
     for _ in 0..50 {
         f()?;

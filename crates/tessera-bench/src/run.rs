@@ -349,7 +349,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
     );
     log(s.quiet, "tessera: revocation propagation");
     let propagation = outcome(t.propagation(p.propagation_tasks).await);
-    let sdk_verify = crate::sdk::offline_verify_rate(&t, p.ring).await;
+    let sdk_verify = outcome(crate::sdk::offline_verify_rate(&t, p.ring).await);
     drop(tesserad);
     drop(redis);
 

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tessera_client::{AgentClient, Channel, OrchestratorClient, VerifierClient, pb};
-use tokio_stream::StreamExt as _;
 
 use crate::load::{self, Latency, LoadResult, LoadSpec, Samples};
 use crate::procstat::{CpuMeter, CpuUse};
@@ -21,8 +20,6 @@ pub const CRM: &str = "https://api.example.com/crm";
 pub const SCOPE: &str = "crm.contacts.read";
 /// Token lifetime asked for (the dev agents may hold 10 minutes at most).
 pub const TOKEN_TTL_SECS: u32 = 300;
-/// How long any one event may take to reach the subscriber before the scenario fails.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A run's outcome: measured, not available in this build, or failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,46 +317,64 @@ impl Target {
         Ok(Outcome::Measured(m))
     }
 
-    /// Completes a task holding `grants` grants while `subscribers` verifiers
-    /// follow the revocation feed: the reply time, and the time from the call
-    /// until every subscriber has the task's revocation (from then on it
-    /// refuses every token of the task, whatever their number).
+    /// Completes a task holding `grants` grants while `subscribers` SDK
+    /// verifiers follow the broker: the reply time, and the time from the
+    /// call until every verifier refuses the task's tokens. The clock stops
+    /// when each verifier refuses the last token minted; afterwards (not
+    /// timed) every token is checked to be refused by every verifier.
     pub async fn complete_task(&self, grants: u64, subscribers: usize) -> anyhow::Result<CompleteTask> {
-        let task = self.start_task("complete", 3600).await?;
-        if grants > 0 {
-            self.mint_many(&task, grants).await?;
-        }
-        let mut feeds = Vec::with_capacity(subscribers);
+        anyhow::ensure!(
+            grants > 0,
+            "a task of no grants revokes nothing a verifier could refuse"
+        );
+        let mut verifiers = Vec::with_capacity(subscribers);
         for _ in 0..subscribers.max(1) {
-            feeds.push(Subscriber::start(&self.endpoint, &self.dev_dir).await?);
+            verifiers.push(crate::sdk::connect(self).await?);
+        }
+        let task = self.start_task("complete", 3600).await?;
+        let tokens: Vec<String> = self
+            .mint_many(&task, grants)
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let last = tokens.last().cloned().unwrap_or_default();
+        for v in &verifiers {
+            v.verify_cached(&tessera_client::Presented::bearer(&last))
+                .map_err(|e| anyhow::anyhow!("an SDK verifier refused a live token: {e}"))?;
         }
         let ch = channels(&self.endpoint, &self.dev_dir, "orchestrator", 1).await?;
         let mut orch = OrchestratorClient::new(pick(&ch, 0));
         let meter = CpuMeter::start(&self.pid_refs())?;
         let called = Instant::now();
-        let reply = orch
-            .complete_task(pb::CompleteTaskRequest {
+        let watchers: Vec<_> = verifiers.iter().map(|v| crate::sdk::refused_at(v, &last)).collect();
+        let (reply, refused) = tokio::join!(
+            orch.complete_task(pb::CompleteTaskRequest {
                 task_id: task.clone(),
                 reason: "benchmark".into(),
-            })
-            .await
+            }),
+            futures::future::join_all(watchers)
+        );
+        let replied = called.elapsed();
+        let reply = reply
             .map_err(|s| anyhow::anyhow!("CompleteTask: {}", status_text(&s)))?
             .into_inner();
-        let replied = called.elapsed();
+        let mut all_refused = Duration::ZERO;
+        for at in refused {
+            all_refused = all_refused.max(at?.saturating_duration_since(called));
+        }
+        let cpu = meter.stop()?;
         anyhow::ensure!(
             reply.grants_revoked == grants,
             "CompleteTask revoked {} grants, expected {grants}",
             reply.grants_revoked
         );
-        let mut all_refused = Duration::ZERO;
-        for feed in &mut feeds {
-            let at = feed.wait_for_task(&task).await?;
-            all_refused = all_refused.max(at.saturating_duration_since(called));
+        for v in &verifiers {
+            crate::sdk::all_refused(v, &tokens)?;
         }
-        let cpu = meter.stop()?;
         Ok(CompleteTask {
             grants,
-            subscribers: feeds.len(),
+            subscribers: verifiers.len(),
             reply_us: u64::try_from(replied.as_micros()).unwrap_or(u64::MAX),
             all_refused_us: u64::try_from(all_refused.as_micros()).unwrap_or(u64::MAX),
             cpu_us: cpu.total_us(),
@@ -367,10 +382,10 @@ impl Target {
     }
 
     /// Revocation propagation over `tasks` tasks of one grant each: the time
-    /// from the CompleteTask reply until the subscribed verifier has the
-    /// revocation (zero when it arrived before the reply).
+    /// from the CompleteTask reply until a subscribed SDK verifier refuses
+    /// the task's token (zero when it already did before the reply).
     pub async fn propagation(&self, tasks: u64) -> anyhow::Result<Propagation> {
-        let mut feed = Subscriber::start(&self.endpoint, &self.dev_dir).await?;
+        let verifier = crate::sdk::connect(self).await?;
         let ch = channels(&self.endpoint, &self.dev_dir, "orchestrator", 1).await?;
         let mut orch = OrchestratorClient::new(pick(&ch, 0));
         let mut samples = Samples::default();
@@ -378,15 +393,27 @@ impl Target {
         let bar = load::progress_bar("tessera propagation", Some(tasks), self.quiet);
         for _ in 0..tasks {
             let task = self.start_task("propagation", 600).await?;
-            self.mint_many(&task, 1).await?;
-            orch.complete_task(pb::CompleteTaskRequest {
-                task_id: task.clone(),
-                reason: "benchmark".into(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("CompleteTask: {}", status_text(&s)))?;
-            let replied = Instant::now();
-            let at = feed.wait_for_task(&task).await?;
+            let (token, _) = self
+                .mint_many(&task, 1)
+                .await?
+                .pop()
+                .ok_or_else(|| anyhow::anyhow!("no token minted"))?;
+            verifier
+                .verify_cached(&tessera_client::Presented::bearer(&token))
+                .map_err(|e| anyhow::anyhow!("the SDK verifier refused a live token: {e}"))?;
+            let watcher = crate::sdk::refused_at(&verifier, &token);
+            let complete = async {
+                let r = orch
+                    .complete_task(pb::CompleteTaskRequest {
+                        task_id: task.clone(),
+                        reason: "benchmark".into(),
+                    })
+                    .await;
+                (r, Instant::now())
+            };
+            let ((reply, replied), at) = tokio::join!(complete, watcher);
+            reply.map_err(|s| anyhow::anyhow!("CompleteTask: {}", status_text(&s)))?;
+            let at = at?;
             if at < replied {
                 before_reply += 1;
             }
@@ -398,7 +425,7 @@ impl Target {
             tasks,
             latency: samples.latency(),
             arrived_before_reply: before_reply,
-            verifier: "raw WatchRevocations subscriber (tessera-client channel)".into(),
+            verifier: "tessera_client::Verifier (SDK), polled every 100 µs".into(),
         })
     }
 }
@@ -466,74 +493,4 @@ pub struct Propagation {
     pub arrived_before_reply: u64,
     /// What the verifier was.
     pub verifier: String,
-}
-
-/// A verifier following `WatchRevocations` from the head of the feed; a
-/// background task stamps each task revocation with its arrival time.
-pub struct Subscriber {
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
-    seen: std::collections::HashMap<String, Instant>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    /// Subscribes as `api-gateway` and waits for the first heartbeat, so
-    /// every revocation made afterwards reaches it.
-    pub async fn start(endpoint: &str, dev_dir: &Path) -> anyhow::Result<Self> {
-        let ch = channels(endpoint, dev_dir, "api-gateway", 1).await?;
-        let mut v = VerifierClient::new(pick(&ch, 0));
-        let mut stream = v
-            .watch_revocations(pb::WatchRevocationsRequest { after: String::new() })
-            .await
-            .map_err(|s| anyhow::anyhow!("WatchRevocations: {}", status_text(&s)))?
-            .into_inner();
-        match tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await {
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(s))) => anyhow::bail!("WatchRevocations: {}", status_text(&s)),
-            Ok(None) => anyhow::bail!("WatchRevocations ended at once"),
-            Err(_) => anyhow::bail!("WatchRevocations sent nothing within {EVENT_TIMEOUT:?}"),
-        }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let reader = tokio::spawn(async move {
-            let _keep = v;
-            while let Some(Ok(item)) = stream.next().await {
-                let at = Instant::now();
-                if let Some(pb::watch_revocations_response::Item::Event(e)) = item.item
-                    && let Some(pb::revocation_event::Target::TaskId(t)) = e.target
-                    && tx.send((t, at)).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Ok(Self {
-            rx,
-            seen: Default::default(),
-            reader,
-        })
-    }
-
-    /// When the revocation of `task` arrived (waiting for it, bounded).
-    pub async fn wait_for_task(&mut self, task: &str) -> anyhow::Result<Instant> {
-        if let Some(at) = self.seen.remove(task) {
-            return Ok(at);
-        }
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((t, at))) if t == task => return Ok(at),
-                Ok(Some((t, at))) => {
-                    self.seen.insert(t, at);
-                }
-                Ok(None) => anyhow::bail!("the revocation feed ended"),
-                Err(_) => anyhow::bail!("the revocation of task `{task}` did not arrive within {EVENT_TIMEOUT:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
