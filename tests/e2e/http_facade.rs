@@ -1,7 +1,7 @@
 //! The HTTP facade of the real `tesserad`, checked with raw HTTP/1.1
 //! requests (over TLS with or without a client certificate): the JWKS and
 //! RFC 8414 metadata, RFC 7662 introspection, RFC 7009 revocation and the
-//! RFC 8693 token endpoint's error answers. Tokens are also verified by an
+//! RFC 8693 token exchange (its delegations and its error answers). Tokens are also verified by an
 //! independent JOSE implementation (Python's PyJWT with `cryptography`,
 //! installed into a venv under the target directory) from the JWKS fetched
 //! over HTTPS.
@@ -377,6 +377,185 @@ async fn the_token_endpoint_answers_rfc_6749_errors() {
         assert_eq!(answer.json()["error"], error, "{answer:?}");
         answer.assert_no_store();
     }
+}
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn exchange(subject_token: &str, extra: &[(&str, &str)]) -> String {
+    let mut pairs = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject_token),
+        ("subject_token_type", ACCESS_TOKEN),
+    ];
+    pairs.extend_from_slice(extra);
+    form(&pairs)
+}
+
+#[tokio::test]
+async fn token_exchange_delegates_to_the_authenticated_client_as_rfc_8693_says() {
+    let broker = Broker::start();
+    broker
+        .start_task(start_request(
+            "exchange-2",
+            &["researcher", "writer"],
+            &["crm.contacts.read", "crm.notes.read"],
+            600,
+        ))
+        .await;
+    let parent = broker
+        .issue_as(
+            "researcher",
+            token_request("exchange-2", &["crm.contacts.read", "crm.notes.read"], None),
+        )
+        .await;
+
+    // The writer, handed the researcher's bearer token, exchanges it for a
+    // narrower child of its own.
+    let body = exchange(
+        &parent.access_token,
+        &[
+            ("resource", CRM),
+            ("scope", "crm.contacts.read"),
+            ("task_id", "exchange-2"),
+        ],
+    );
+    let answer = https(&broker, Some("writer"), "POST", "/oauth/token", Some(&body)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.assert_no_store();
+    let issued = answer.json();
+    assert_eq!(issued["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["scope"], "crm.contacts.read");
+    let expires_in = issued["expires_in"].as_i64().unwrap();
+    assert!(expires_in > 0 && expires_in <= 600, "{issued}");
+    let child = issued["access_token"].as_str().unwrap().to_owned();
+    let c = claims(&child);
+    let p = claims(&parent.access_token);
+    assert_eq!(c["sub"], p["sub"], "the subject stays the root holder");
+    assert_eq!(
+        c["act"]["sub"], "spiffe://tessera.local/agent/writer",
+        "the actor is outermost: {c}"
+    );
+    assert_eq!(c["client_id"], "spiffe://tessera.local/agent/writer");
+    assert_eq!(c["aud"], CRM);
+    assert!(c["exp"].as_i64().unwrap() <= p["exp"].as_i64().unwrap());
+    assert!(
+        c["cnf"]["x5t#S256"].is_string(),
+        "bound to the client's certificate (RFC 8705): {c}"
+    );
+
+    // Live, and introspected with its chain.
+    let introspect = |token: String| {
+        let broker = &broker;
+        async move {
+            https(
+                broker,
+                Some("api-gateway"),
+                "POST",
+                "/oauth/introspect",
+                Some(&form(&[("token", &token)])),
+            )
+            .await
+            .json()
+        }
+    };
+    let live = introspect(child.clone()).await;
+    assert_eq!(live["active"], true, "{live}");
+    assert_eq!(live["act"]["sub"], "spiffe://tessera.local/agent/writer");
+
+    // Refusals, each with its RFC 8693 section 2.2.2 code.
+    let bound = broker
+        .issue_as(
+            "researcher",
+            tessera_e2e::pb::RequestTokenRequest {
+                mtls_binding: true,
+                ..token_request("exchange-2", &["crm.contacts.read"], None)
+            },
+        )
+        .await;
+    for (who, body, code, says) in [
+        (
+            "writer",
+            exchange(&parent.access_token, &[("scope", "crm.contacts.write")]),
+            "invalid_scope",
+            "scope",
+        ),
+        (
+            "writer",
+            exchange(
+                &parent.access_token,
+                &[("audience", "https://api.example.com/payments")],
+            ),
+            "invalid_target",
+            "audience",
+        ),
+        (
+            "writer",
+            exchange(&parent.access_token, &[("task_id", "another-task")]),
+            "invalid_request",
+            "task",
+        ),
+        (
+            "researcher",
+            exchange(&parent.access_token, &[]),
+            "invalid_request",
+            "own holder",
+        ),
+        ("writer", exchange(&bound.access_token, &[]), "invalid_request", "bound"),
+        (
+            "writer",
+            exchange("not.a.token", &[]),
+            "invalid_request",
+            "subject_token",
+        ),
+        // The child is bound to the writer's certificate: not exchangeable.
+        ("writer", exchange(&child, &[]), "invalid_request", "bound"),
+    ] {
+        let answer = https(&broker, Some(who), "POST", "/oauth/token", Some(&body)).await;
+        assert_eq!(answer.status, 400, "{who}: {answer:?}");
+        let json = answer.json();
+        assert_eq!(json["error"], code, "{who}: {json}");
+        assert!(
+            json["error_description"].as_str().unwrap().contains(says),
+            "{who}: {json}"
+        );
+        assert!(json.get("access_token").is_none());
+        answer.assert_no_store();
+    }
+
+    // Revoking the parent (RFC 7009, by its holder) revokes the child.
+    let revoked = https(
+        &broker,
+        Some("researcher"),
+        "POST",
+        "/oauth/revoke",
+        Some(&form(&[("token", &parent.access_token)])),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(introspect(child.clone()).await, serde_json::json!({"active": false}));
+    let again = https(
+        &broker,
+        Some("writer"),
+        "POST",
+        "/oauth/token",
+        Some(&exchange(&parent.access_token, &[])),
+    )
+    .await;
+    assert_eq!(again.status, 400, "{again:?}");
+    assert_eq!(again.json()["error"], "invalid_request");
 }
 
 /// A venv with PyJWT and cryptography under the target directory, made once.

@@ -137,6 +137,10 @@ pub enum DelegationError {
     /// A child for its own holder.
     #[error("delegate: a token cannot be delegated to its own holder")]
     ToSelf,
+    /// A token exchange presented a bound (`cnf`) token: only its holder,
+    /// proving the binding, may delegate it (DelegateToken).
+    #[error("subject_token: a token bound to a key or certificate is delegated by its holder only")]
+    BoundParent,
     /// The delegate is not a registered, enabled identity.
     #[error("delegate: identity `{0}` is not registered or is disabled")]
     DelegateUnknown(String),
@@ -216,6 +220,7 @@ impl DelegationError {
             Self::Disabled
             | Self::ParentNotLive
             | Self::NotHolder(_)
+            | Self::BoundParent
             | Self::NotAnAgent(_)
             | Self::DelegateUnknown(_)
             | Self::DelegateNotAnAgent(_)
@@ -231,11 +236,9 @@ impl DelegationError {
 }
 
 /// Decides whether `caller` may delegate `parent` to `delegate` in `task`
-/// (the parent's) at `now`, and what the child is. Checks, in order: the
-/// feature is on; the caller holds the parent and is an agent; the parent is
-/// live; the request keeps the parent's task and audience; depth; the
-/// delegate (not the caller, an agent, assigned to the task); the task is
-/// active; class, scopes; expiry.
+/// (the parent's) at `now`, and what the child is (DelegateToken). Checks,
+/// in order: the feature is on; the caller holds the parent and is an
+/// agent; then [`plan_hop`]'s checks.
 #[expect(
     clippy::too_many_arguments,
     reason = "a pure decision over every value it depends on"
@@ -253,11 +256,65 @@ pub fn plan_delegation(
     if limits.max_depth == 0 {
         return Err(DelegationError::Disabled);
     }
-    let me = caller.identity();
     let grant = parent.grant();
     if &grant.subject != caller.id() || parent.claims().client_id != caller.id().as_str() {
         return Err(DelegationError::NotHolder(caller.id().to_string()));
     }
+    plan_hop(caller.identity(), parent, delegate, task, catalog, req, limits, now)
+}
+
+/// Decides an RFC 8693 token exchange: `actor` presents `parent`, a bearer
+/// token held by `holder` (the registered identity of the parent's `sub`),
+/// and asks for a child for itself. Possession of a bearer token is what the
+/// holder handed over; a bound token proves nothing in another's hands, so it
+/// is refused ([`DelegationError::BoundParent`]). Then [`plan_hop`]'s checks,
+/// with `actor` as the delegate (so it must be an agent of the task).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a pure decision over every value it depends on"
+)]
+pub fn plan_exchange(
+    actor: &VerifiedIdentity,
+    holder: &Identity,
+    parent: &ParentToken,
+    task: &Task,
+    catalog: &ApiCatalog,
+    req: &DelegationRequest,
+    limits: DelegationLimits,
+    now: DateTime<Utc>,
+) -> Result<ChildPlan, DelegationError> {
+    if limits.max_depth == 0 {
+        return Err(DelegationError::Disabled);
+    }
+    if parent.claims().cnf.is_some() {
+        return Err(DelegationError::BoundParent);
+    }
+    let grant = parent.grant();
+    if grant.subject != holder.id || parent.claims().client_id != holder.id.as_str() {
+        return Err(DelegationError::ParentNotLive);
+    }
+    plan_hop(holder, parent, actor.identity(), task, catalog, req, limits, now)
+}
+
+/// The checks every hop passes, `me` being the parent's holder: `me` is an
+/// agent; the parent is live; the request keeps the parent's task and
+/// audience; depth; the delegate (not the holder, an agent, assigned to the
+/// task); the task is active; class, scopes; expiry.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a pure decision over every value it depends on"
+)]
+fn plan_hop(
+    me: &Identity,
+    parent: &ParentToken,
+    delegate: &Identity,
+    task: &Task,
+    catalog: &ApiCatalog,
+    req: &DelegationRequest,
+    limits: DelegationLimits,
+    now: DateTime<Utc>,
+) -> Result<ChildPlan, DelegationError> {
+    let grant = parent.grant();
     if !me.has_role(Role::Agent) {
         return Err(DelegationError::NotAnAgent(me.id.to_string()));
     }

@@ -193,6 +193,79 @@ fn refused(parent: &ParentToken, caller: &str, req: &DelegationRequest, expected
     assert_eq!(got.as_ref().err(), Some(expected), "{got:?}");
 }
 
+fn exchange(parent: &ParentToken, actor: &str, req: &DelegationRequest) -> Result<ChildPlan, DelegationError> {
+    let holder = delegate(parent.claims().sub.trim_start_matches("spiffe://td/agent/"));
+    plan_exchange(&who(actor), &holder, parent, &task(), &catalog(), req, limits(3), t0())
+}
+
+#[test]
+fn an_exchange_makes_the_actor_the_delegate_under_every_hop_rule() {
+    let a = root("a", &["r0", "r1"], 600);
+    let plan = exchange(&a, "b", &request("b", &["r0"], None)).unwrap();
+    assert_eq!(plan.act.actors(), vec![id("b").as_str()], "the actor is outermost");
+    assert_eq!(plan.subject, id("a").to_string(), "the subject stays the holder");
+    assert_eq!(plan.depth, 1);
+
+    // The same attenuation and assignment rules as DelegateToken.
+    assert!(matches!(
+        exchange(&a, "b", &request("b", &["w0"], None)),
+        Err(DelegationError::HigherClass { .. })
+    ));
+    assert!(matches!(
+        exchange(&a, "b", &request("b", &["r5"], None)),
+        Err(DelegationError::WiderScope(_))
+    ));
+    assert!(matches!(
+        exchange(&a, "outsider", &request("outsider", &["r0"], None)),
+        Err(DelegationError::DelegateNotAssigned { .. })
+    ));
+    assert_eq!(
+        exchange(&a, "a", &request("a", &["r0"], None)).err(),
+        Some(DelegationError::ToSelf)
+    );
+
+    // A bound token proves nothing in another's hands.
+    let mut bound = a.claims().clone();
+    bound.cnf = Some(Confirmation::Jkt("thumbprint".into()));
+    let bound = ParentToken::bind(bound.clone(), grant_of(&bound, ScopeClass::Read)).unwrap();
+    assert_eq!(
+        exchange(&bound, "b", &request("b", &["r0"], None)).err(),
+        Some(DelegationError::BoundParent)
+    );
+
+    // The holder the broker looked up must be the parent's.
+    let c = delegate("c");
+    assert_eq!(
+        plan_exchange(
+            &who("b"),
+            &c,
+            &a,
+            &task(),
+            &catalog(),
+            &request("b", &["r0"], None),
+            limits(3),
+            t0()
+        )
+        .err(),
+        Some(DelegationError::ParentNotLive)
+    );
+    assert_eq!(exchange(&a, "b", &request("b", &["r0"], None)).map(|_| ()).err(), None);
+    assert_eq!(
+        plan_exchange(
+            &who("b"),
+            &delegate("a"),
+            &a,
+            &task(),
+            &catalog(),
+            &request("b", &["r0"], None),
+            limits(0),
+            t0()
+        )
+        .err(),
+        Some(DelegationError::Disabled)
+    );
+}
+
 #[test]
 fn a_three_hop_chain_carries_act_and_the_chain() {
     let a = root("a", &["r0", "r1", "r2"], 600);

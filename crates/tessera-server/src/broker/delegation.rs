@@ -33,6 +33,16 @@ impl Default for BindingSettings {
     }
 }
 
+/// How the caller came by the parent token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// DelegateToken: the caller holds the parent and names the delegate.
+    Delegate,
+    /// RFC 8693 token exchange: the caller was handed a bearer parent and
+    /// asks for a child for itself (it is the delegate).
+    Exchange,
+}
+
 impl Broker {
     /// DelegateToken: `who` (the parent's holder) mints a child of
     /// `parent_token` for `req.delegate`, bound to `binding` if given.
@@ -44,8 +54,40 @@ impl Broker {
         req: &DelegationRequest,
         binding: Option<Confirmation>,
     ) -> Result<Issued, BrokerError> {
+        self.mint_child(who, parent_token, req, binding, Hop::Delegate).await
+    }
+
+    /// RFC 8693 token exchange (the HTTP facade's `/oauth/token`): `actor`
+    /// presents `subject_token`, a live bearer token of another agent of the
+    /// same task, and gets a child for itself, `act` naming it outermost.
+    /// `req.delegate` must be `actor`. The same attenuation, depth, task,
+    /// policy (`DelegateToken`, principal = the actor), store and audit
+    /// rules as DelegateToken apply; a bound subject token is refused.
+    pub async fn exchange_token(
+        &self,
+        actor: &VerifiedIdentity,
+        subject_token: &str,
+        req: &DelegationRequest,
+        binding: Option<Confirmation>,
+    ) -> Result<Issued, BrokerError> {
+        if &req.delegate != actor.id() {
+            return Err(BrokerError::Binding(
+                "delegate: a token exchange is for the authenticated caller",
+            ));
+        }
+        self.mint_child(actor, subject_token, req, binding, Hop::Exchange).await
+    }
+
+    async fn mint_child(
+        &self,
+        who: &VerifiedIdentity,
+        parent_token: &str,
+        req: &DelegationRequest,
+        binding: Option<Confirmation>,
+        hop: Hop,
+    ) -> Result<Issued, BrokerError> {
         let now = self.clock.now();
-        let planned = self.plan_child(who, parent_token, req, binding.as_ref()).await;
+        let planned = self.plan_child(who, parent_token, req, binding.as_ref(), hop).await;
         let (parent, plan, allowed) = match planned {
             Ok(ok) => ok,
             Err(e)
@@ -122,7 +164,11 @@ impl Broker {
         event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
         allowed.stamp(&mut event);
         event.reason = Some(format!(
-            "delegated from grant {} to {} at depth {}{}",
+            "{} from grant {} to {} at depth {}{}",
+            match hop {
+                Hop::Delegate => "delegated",
+                Hop::Exchange => "exchanged (RFC 8693)",
+            },
             parent.grant().id,
             grant.subject,
             plan.depth,
@@ -162,6 +208,7 @@ impl Broker {
         parent_token: &str,
         req: &DelegationRequest,
         binding: Option<&Confirmation>,
+        hop: Hop,
     ) -> Result<(ParentToken, delegation::ChildPlan, super::policy::PolicyAllowed), BrokerError> {
         let now = self.clock.now();
         let jwks = self.jwks().await?;
@@ -181,15 +228,27 @@ impl Broker {
         let grant = self.store.grant(&id).await?.ok_or(DelegationError::ParentNotLive)?;
         let parent = ParentToken::bind(claims, grant)?;
         let task = self.load_task(&parent.grant().task_id).await?;
-        let delegate = self
-            .registry
-            .lookup(&req.delegate)
-            .map_err(|_| DelegationError::DelegateUnknown(req.delegate.to_string()))?;
         let limits = DelegationLimits {
             max_depth: self.settings.binding.max_depth,
             ttl: self.settings.ttl,
         };
-        let mut plan = delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?;
+        let mut plan = match hop {
+            Hop::Delegate => {
+                let delegate = self
+                    .registry
+                    .lookup(&req.delegate)
+                    .map_err(|_| DelegationError::DelegateUnknown(req.delegate.to_string()))?;
+                delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?
+            }
+            Hop::Exchange => {
+                // A disabled or removed holder's tokens are not exchanged.
+                let holder = self
+                    .registry
+                    .lookup(&parent.grant().subject)
+                    .map_err(|_| DelegationError::ParentNotLive)?;
+                delegation::plan_exchange(who, &holder, &parent, &task, &self.catalog, req, limits, now)?
+            }
+        };
         // Policy decides the hop (DelegateToken); code has already checked
         // attenuation, depth, the task and the parent's liveness.
         let mut chain = Vec::with_capacity(plan.chain.len());

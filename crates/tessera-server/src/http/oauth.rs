@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use tessera_core::delegation::DelegationRequest;
 use tessera_core::grant::GrantId;
 use tessera_core::identity::VerifiedIdentity;
 use tessera_core::token::AccessClaims;
@@ -419,14 +420,20 @@ async fn revoke(
 }
 
 /// RFC 8693 token exchange at the token endpoint: `grant_type` =
-/// [`TOKEN_EXCHANGE`], `subject_token` (a parent Tessera token),
-/// `subject_token_type` ([`ACCESS_TOKEN_TYPE`] or [`JWT_TOKEN_TYPE`]),
-/// optional `resource` / `audience` (must be the parent's audience),
-/// `scope`, `requested_token_type` and `task_id`; the new token is for the
-/// authenticated caller. Requests are fully validated; the delegation
-/// itself needs the broker's DelegateToken use case, and until this broker
-/// has it a valid request is answered `unsupported_grant_type` (RFC 6749
-/// section 5.2).
+/// [`TOKEN_EXCHANGE`], `subject_token` (a live Tessera token of another
+/// agent of the task), `subject_token_type` ([`ACCESS_TOKEN_TYPE`] or
+/// [`JWT_TOKEN_TYPE`]), optional `resource` / `audience` (must be the
+/// subject token's audience), `scope` (a subset of its scopes) and
+/// `task_id` (its task).
+///
+/// The authenticated client is the actor: it gets a delegated child for
+/// itself, with `act` naming it outermost (RFC 8693 section 4.1), under
+/// every rule of DelegateToken (see [`Broker::exchange_token`]). The child
+/// is bound to the client's certificate (RFC 8705, as the metadata's
+/// `tls_client_certificate_bound_access_tokens` says). Errors follow RFC
+/// 8693 section 2.2.2: an unacceptable subject token is `invalid_request`,
+/// an audience it cannot have `invalid_target`, wider scopes
+/// `invalid_scope`.
 async fn token(
     State(facade): State<Arc<Facade>>,
     Extension(peer): Extension<PeerCertificate>,
@@ -443,29 +450,60 @@ async fn token(
         ));
     }
     let request = ExchangeRequest::parse(&params)?;
-    tracing::info!(
-        event = "token_exchange_refused",
-        caller = %who.id(),
-        audience = request.audience.unwrap_or_default(),
-        "token exchange requested; delegation is not available on this broker"
-    );
-    Err(OAuthError::new(
-        StatusCode::BAD_REQUEST,
-        "unsupported_grant_type",
-        "token exchange (delegation) is not available on this broker yet",
-    ))
+    let delegation = request.delegation(&who)?;
+    // INVARIANT: `authenticate` succeeded, so there is a client certificate.
+    let leaf = peer
+        .0
+        .as_ref()
+        .ok_or_else(|| OAuthError::invalid_client("client authentication required"))?;
+    let binding = tessera_core::token::Confirmation::X5tS256(tessera_core::pop::certificate_thumbprint(leaf));
+    let issued = facade
+        .broker
+        .exchange_token(&who, request.subject_token, &delegation, Some(binding))
+        .await
+        .map_err(exchange_error)?;
+    let expires_in = (issued.grant.expires_at - facade.broker.now()).num_seconds().max(0);
+    let scope = issued
+        .grant
+        .scopes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(json_no_store(json!({
+        "access_token": issued.token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": issued.token_type,
+        "expires_in": expires_in,
+        "scope": scope,
+    })))
+}
+
+/// RFC 8693 section 2.2.2 error codes for a refused exchange.
+fn exchange_error(e: BrokerError) -> OAuthError {
+    use tessera_core::delegation::DelegationError as D;
+    let code = match &e {
+        BrokerError::Delegation(D::ParentNotLive) => {
+            return OAuthError::invalid_request("subject_token: not a live token issued by this broker");
+        }
+        BrokerError::Delegation(D::OtherAudience { .. }) => Some("invalid_target"),
+        BrokerError::Delegation(D::WiderScope(_) | D::HigherClass { .. } | D::Catalog(_)) => Some("invalid_scope"),
+        BrokerError::Delegation(_) | BrokerError::Policy(_) | BrokerError::Unbound { .. } => Some("invalid_request"),
+        _ => None,
+    };
+    match code {
+        Some(code) => OAuthError::new(StatusCode::BAD_REQUEST, code, e.to_string()),
+        None => OAuthError::from_broker(e),
+    }
 }
 
 /// A validated RFC 8693 request.
 #[derive(Debug)]
 struct ExchangeRequest<'a> {
     /// The parent token. A secret: never logged.
-    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
     subject_token: &'a str,
     audience: Option<&'a str>,
-    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
     scopes: Vec<&'a str>,
-    #[expect(dead_code, reason = "read by the delegation once the broker has it")]
     task_id: Option<&'a str>,
 }
 
@@ -520,6 +558,31 @@ impl<'a> ExchangeRequest<'a> {
             audience,
             scopes,
             task_id,
+        })
+    }
+
+    /// The DelegateToken request this exchange stands for: a child for `actor`.
+    fn delegation(&self, actor: &VerifiedIdentity) -> Result<DelegationRequest, OAuthError> {
+        let as_grpc = crate::pb::DelegateTokenRequest {
+            parent_token: self.subject_token.to_owned(),
+            delegate: actor.id().to_string(),
+            scopes: self.scopes.iter().map(|s| (*s).to_owned()).collect(),
+            audience: self.audience.unwrap_or_default().to_owned(),
+            task_id: self.task_id.unwrap_or_default().to_owned(),
+            ..Default::default()
+        };
+        crate::convert::delegation_request(&as_grpc).map_err(|e| {
+            let code = match e.field {
+                "scopes" => "invalid_scope",
+                "audience" => "invalid_target",
+                _ => "invalid_request",
+            };
+            let field = match e.field {
+                "parent_token" => "subject_token",
+                "scopes" => "scope",
+                other => other,
+            };
+            OAuthError::new(StatusCode::BAD_REQUEST, code, format!("{field}: {}", e.message))
         })
     }
 }
