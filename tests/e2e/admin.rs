@@ -205,7 +205,7 @@ async fn operators_list_grants_and_revoke_an_identity() {
         (String::new(), false, Code::InvalidArgument),
         ("not a spiffe id".to_owned(), false, Code::InvalidArgument),
         (agent_id("nobody"), false, Code::NotFound),
-        (agent_id("researcher"), true, Code::FailedPrecondition),
+        (agent_id("nobody"), true, Code::NotFound),
     ] {
         let status = code(
             admin
@@ -305,6 +305,109 @@ async fn operators_list_grants_and_revoke_an_identity() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["grants_revoked"], 3);
     assert!(listed(&mut admin, all).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_identity_is_refused_everywhere_until_enabled() {
+    let broker = Broker::start();
+    broker
+        .start_task(start_request(
+            "disable-1",
+            &["researcher", "writer"],
+            &["crm.contacts.read"],
+            600,
+        ))
+        .await;
+    let read = || token_request("disable-1", &["crm.contacts.read"], None);
+    let researchers = broker.issue_as("researcher", read()).await;
+    let writers = broker.issue_as("writer", read()).await;
+    let mut verifier = broker.verifier("api-gateway").await;
+    let mut researcher = broker.agent("researcher").await;
+
+    // The operator disables the researcher with the CLI.
+    let out = broker.tessera(&[
+        "--as",
+        "alice",
+        "--output",
+        "json",
+        "identity",
+        "disable",
+        &agent_id("researcher"),
+        "--reason",
+        "offboarded",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["grants_revoked"], 1, "{json}");
+    assert_eq!(json["disabled"], true, "{json}");
+
+    // Its token is dead, the writer's lives, and it gets nothing more, on
+    // an open channel and on a new one.
+    assert!(!introspect(&mut verifier, &researchers.access_token).await.unwrap());
+    assert!(introspect(&mut verifier, &writers.access_token).await.unwrap());
+    let refused = code(researcher.request_token(read()).await);
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refused = code(broker.agent("researcher").await.request_token(read()).await);
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    broker.issue_as("writer", read()).await;
+
+    // Another replica on the same store refuses it too, from its start.
+    if broker.redis.is_some() {
+        let other = broker.replica();
+        let refused = code(other.agent("researcher").await.request_token(read()).await);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+
+    // Disabling again revokes nothing and stays disabled; enabling lifts it once.
+    let mut admin = broker.admin("alice").await;
+    let again = admin
+        .revoke_identity(pb::RevokeIdentityRequest {
+            identity: agent_id("researcher"),
+            reason: "again".into(),
+            disable: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.grants_revoked, again.disabled), (0, true));
+    let out = broker.tessera(&["--as", "alice", "identity", "enable", &agent_id("researcher")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("enabled"));
+    broker.issue_as("researcher", read()).await;
+    let twice = admin
+        .enable_identity(pb::EnableIdentityRequest {
+            identity: agent_id("researcher"),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!twice.enabled, "nothing to lift");
+
+    // Only operators disable or enable.
+    let mut writer_admin = broker.admin("writer").await;
+    let denied = code(
+        writer_admin
+            .revoke_identity(pb::RevokeIdentityRequest {
+                identity: agent_id("researcher"),
+                reason: String::new(),
+                disable: true,
+            })
+            .await,
+    );
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let denied = code(
+        writer_admin
+            .enable_identity(pb::EnableIdentityRequest {
+                identity: agent_id("researcher"),
+                reason: String::new(),
+            })
+            .await,
+    );
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    broker.issue_as("researcher", read()).await;
+    let logs = broker.logs();
+    assert!(logs.contains("identity_disabled") && logs.contains("identity_enabled"));
 }
 
 const PAYMENTS: &str = "https://api.example.com/payments";

@@ -347,6 +347,30 @@ async fn an_agent_releases_its_own_token_only() {
         .await
         .unwrap();
     assert!(!active.into_inner().active);
+
+    // By the token itself: only its holder, only a token of this broker.
+    let by_token = |token: &str| pb::ReleaseTokenRequest {
+        target: Some(pb::release_token_request::Target::Token(token.into())),
+    };
+    let t2 = issue(&mut researcher, token_request("rel-1", &["crm.contacts.read"], None)).await;
+    let stolen = code(writer.release_token(by_token(&t2.access_token)).await);
+    assert_eq!(stolen.code(), tonic::Code::PermissionDenied);
+    let forged = code(researcher.release_token(by_token("eyJhbGciOiJub25lIn0.e30.")).await);
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument, "{forged:?}");
+    assert!(forged.message().starts_with("token: "), "{forged:?}");
+    let released = researcher
+        .release_token(by_token(&t2.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.grant_id, t2.grant_id);
+    assert!(released.revoked);
+    let again = researcher
+        .release_token(by_token(&t2.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.revoked, "releasing twice succeeds and revokes nothing");
 }
 
 #[tokio::test]

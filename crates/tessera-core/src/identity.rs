@@ -282,9 +282,15 @@ impl RegistryVersion {
 }
 
 /// A set of registered identities (see [`IdentityRegistry::version`]).
+///
+/// Besides the configured `disabled` flags, an operator can disable an
+/// identity at runtime (RevokeIdentity with `disable`); those are kept in a
+/// set of their own, shared by every clone, which a configuration reload
+/// does not touch ([`IdentityRegistry::set_runtime_disabled`]).
 #[derive(Debug, Clone, Default)]
 pub struct IdentityRegistry {
     entries: Arc<RwLock<Arc<Entries>>>,
+    runtime_disabled: Arc<RwLock<Arc<BTreeSet<SpiffeId>>>>,
 }
 
 impl IdentityRegistry {
@@ -301,6 +307,7 @@ impl IdentityRegistry {
         };
         Self {
             entries: Arc::new(RwLock::new(Arc::new(entries))),
+            runtime_disabled: Arc::default(),
         }
     }
 
@@ -321,11 +328,58 @@ impl IdentityRegistry {
         *self.entries.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
+    fn runtime(&self) -> Arc<BTreeSet<SpiffeId>> {
+        self.runtime_disabled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the identities disabled at runtime (by an operator, read
+    /// from the store) for every clone; ids not registered are kept too, so
+    /// an identity added to the configuration later stays disabled.
+    pub fn set_runtime_disabled(&self, ids: BTreeSet<SpiffeId>) {
+        *self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ids);
+    }
+
+    /// Disables `id` at runtime on this registry at once (the store carries
+    /// it to other replicas); returns whether it was not already.
+    pub fn disable_at_runtime(&self, id: &SpiffeId) -> bool {
+        let mut guard = self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.contains(id) {
+            return false;
+        }
+        let mut next = (**guard).clone();
+        next.insert(id.clone());
+        *guard = Arc::new(next);
+        true
+    }
+
+    /// Lifts a runtime disable of `id` on this registry; returns whether
+    /// there was one. A `disabled = true` in the configuration stays.
+    pub fn enable_at_runtime(&self, id: &SpiffeId) -> bool {
+        let mut guard = self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner);
+        if !guard.contains(id) {
+            return false;
+        }
+        let mut next = (**guard).clone();
+        next.remove(id);
+        *guard = Arc::new(next);
+        true
+    }
+
+    /// Whether `id` is disabled, by configuration or at runtime.
+    pub fn is_disabled(&self, id: &SpiffeId) -> bool {
+        self.runtime().contains(id) || self.current().by_id.get(id).is_some_and(|(i, _)| i.disabled)
+    }
+
     /// The enabled identity registered as `id`.
     pub fn lookup(&self, id: &SpiffeId) -> Result<Identity, IdentityError> {
         match self.current().by_id.get(id) {
             None => Err(IdentityError::Unknown(id.clone())),
-            Some((identity, _)) if identity.disabled => Err(IdentityError::Disabled(id.clone())),
+            Some((identity, _)) if identity.disabled || self.runtime().contains(id) => {
+                Err(IdentityError::Disabled(id.clone()))
+            }
             Some((identity, _)) => Ok(identity.clone()),
         }
     }
@@ -335,7 +389,9 @@ impl IdentityRegistry {
         let entries = self.current();
         match entries.by_id.get(id) {
             None => Err(IdentityError::Unknown(id.clone())),
-            Some((identity, _)) if identity.disabled => Err(IdentityError::Disabled(id.clone())),
+            Some((identity, _)) if identity.disabled || self.runtime().contains(id) => {
+                Err(IdentityError::Disabled(id.clone()))
+            }
             Some((_, rules)) if !rules.methods.contains(&method) => {
                 Err(IdentityError::MethodNotAllowed { id: id.clone(), method })
             }
@@ -381,9 +437,19 @@ impl IdentityRegistry {
             .collect()
     }
 
-    /// Every registered identity (enabled or not), ordered by id.
+    /// Every registered identity (enabled or not; `disabled` counts runtime
+    /// disables too), ordered by id.
     pub fn identities(&self) -> Vec<Identity> {
-        let mut all: Vec<Identity> = self.current().by_id.values().map(|(i, _)| i.clone()).collect();
+        let runtime = self.runtime();
+        let mut all: Vec<Identity> = self
+            .current()
+            .by_id
+            .values()
+            .map(|(i, _)| Identity {
+                disabled: i.disabled || runtime.contains(&i.id),
+                ..i.clone()
+            })
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
@@ -557,6 +623,34 @@ mod tests {
         assert_eq!(registry.lookup(&b), Err(IdentityError::Disabled(b.clone())));
         assert_eq!(registry.lookup(&c), Err(IdentityError::Unknown(c.clone())));
         assert!(VerifiedIdentity::attested(&registry, &c, AttestationMethod::X509, "x".into()).is_err());
+    }
+
+    #[test]
+    fn a_runtime_disable_holds_for_every_clone_and_survives_a_reload() {
+        let registry = IdentityRegistry::new([identity("spiffe://td/a", false), identity("spiffe://td/b", true)]);
+        let reloader = registry.clone();
+        let a = SpiffeId::parse("spiffe://td/a").unwrap();
+        let b = SpiffeId::parse("spiffe://td/b").unwrap();
+        assert!(registry.disable_at_runtime(&a));
+        assert!(!registry.disable_at_runtime(&a), "already disabled");
+        assert_eq!(reloader.lookup(&a), Err(IdentityError::Disabled(a.clone())));
+        assert!(VerifiedIdentity::attested(&reloader, &a, AttestationMethod::X509, "x".into()).is_err());
+        assert!(reloader.identities().iter().all(|i| i.disabled));
+        // A configuration reload replaces the entries, not the runtime set.
+        reloader.replace(&IdentityRegistry::new([identity("spiffe://td/a", false)]));
+        assert!(registry.is_disabled(&a));
+        assert!(registry.lookup(&a).is_err());
+        // Enabling lifts the runtime disable only; a configured one stays.
+        assert!(registry.enable_at_runtime(&a));
+        assert!(
+            !registry.enable_at_runtime(&b),
+            "b was disabled by configuration, not at runtime"
+        );
+        assert!(registry.lookup(&a).is_ok());
+        registry.set_runtime_disabled(BTreeSet::from([a.clone()]));
+        assert!(reloader.lookup(&a).is_err());
+        registry.set_runtime_disabled(BTreeSet::new());
+        assert!(reloader.lookup(&a).is_ok());
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub enum BrokerError {
     /// The binding asked for cannot be made; the message names the field.
     #[error("{0}")]
     Binding(&'static str),
+    /// A token in a request field is not a live token of this broker.
+    #[error("{0}: not a live token issued by this broker")]
+    NotLiveToken(&'static str),
     /// An approval operation was refused (self-approval, not pending,
     /// denied, expired, already redeemed, not the requester's).
     #[error(transparent)]
@@ -157,7 +160,7 @@ impl BrokerError {
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Delegation(e) => e.kind(),
             Self::Proof { source, .. } => source.kind(),
-            Self::Unbound { .. } | Self::Binding(_) => ErrorKind::InvalidArgument,
+            Self::Unbound { .. } | Self::Binding(_) | Self::NotLiveToken(_) => ErrorKind::InvalidArgument,
         }
     }
 }
@@ -219,6 +222,10 @@ pub struct BrokerSettings {
     pub risk: tessera_core::risk::RiskLimits,
     /// How approvals wait.
     pub approvals: ApprovalSettings,
+    /// After an identity is disabled, when to sweep its grants again: once
+    /// every replica has read the disable and every request attested before
+    /// it has ended (`attestation.reload_interval` + `server.request_timeout`).
+    pub disable_settle: std::time::Duration,
 }
 
 /// The broker: state, rules and the signing key, shared by every RPC.
@@ -973,6 +980,30 @@ impl Broker {
         })
     }
 
+    /// ReleaseToken naming the token itself: its signature and expiry are
+    /// checked with this broker's keys, then [`Broker::release`] of its grant.
+    pub async fn release_token(
+        &self,
+        who: &VerifiedIdentity,
+        token: &str,
+    ) -> Result<(GrantId, RevokeOutcome), BrokerError> {
+        let jwks = self.jwks().await?;
+        let claims = tessera_core::token::verify_access_token(
+            token,
+            &jwks,
+            &self.settings.issuer,
+            self.clock.now(),
+            self.settings.leeway_secs,
+        )
+        .map_err(|e| {
+            log_rejected(&e);
+            BrokerError::NotLiveToken("token")
+        })?;
+        let id = GrantId::parse(&claims.jti).map_err(|_| BrokerError::NotLiveToken("token"))?;
+        let outcome = self.release(who, &id).await?;
+        Ok((id, outcome))
+    }
+
     /// ReleaseToken: the holder gives its grant back.
     pub async fn release(&self, who: &VerifiedIdentity, id: &GrantId) -> Result<RevokeOutcome, BrokerError> {
         let grant = self
@@ -1226,19 +1257,43 @@ impl Broker {
         Ok(page)
     }
 
-    /// RevokeIdentity (operator): revokes every live grant of `identity` and
-    /// everything delegated from them. Returns how many grants were revoked.
+    /// RevokeIdentity: every live grant of `identity` and all delegated
+    /// from them die at once. With `disable`, the identity is first marked
+    /// disabled in the store (shared by every replica, kept across
+    /// restarts): this replica refuses it at once, the others within one
+    /// `attestation.reload_interval` ([`Broker::refresh_disabled`]); a
+    /// second sweep after `disable_settle` revokes any grant another replica
+    /// recorded for a request already past its attestation.
     pub async fn revoke_identity(
         &self,
         who: &VerifiedIdentity,
         identity: &SpiffeId,
         reason: &str,
-    ) -> Result<u64, BrokerError> {
+        disable: bool,
+    ) -> Result<IdentityRevoked, BrokerError> {
         // The gRPC edge asked policy and audited a refusal; this asks again for
         // other callers, and for the ids its record carries.
         let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
+        }
+        if disable {
+            // INVARIANT: disabled before the sweep, so nothing it misses is
+            // minted afterwards on this replica.
+            let newly = self.store.disable_subject(identity, reason, self.clock.now()).await?;
+            self.registry.disable_at_runtime(identity);
+            tracing::warn!(
+                event = "identity_disabled",
+                identity = %identity,
+                by = %who.id(),
+                reason,
+                newly,
+                "identity disabled"
+            );
+            let mut event = self.event(AuditKind::IdentityDisabled, Outcome::Allow, Some(who));
+            event.reason = Some(format!("identity {identity}: {reason}"));
+            allowed.stamp(&mut event);
+            self.audit(event).await?;
         }
         let revoked = self.store.revoke_subject(identity, reason, self.clock.now()).await?;
         tracing::info!(
@@ -1255,8 +1310,89 @@ impl Broker {
         event.count = Some(revoked);
         allowed.stamp(&mut event);
         self.audit(event).await?;
-        Ok(revoked)
+        if disable {
+            self.sweep_later(identity, reason);
+        }
+        Ok(IdentityRevoked {
+            grants_revoked: revoked,
+            disabled: disable,
+        })
     }
+
+    /// Revokes `identity`'s grants again once every replica has seen its
+    /// disable and every request attested before it has ended.
+    fn sweep_later(&self, identity: &SpiffeId, reason: &str) {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let after = self.settings.disable_settle;
+        let identity = identity.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            match store.revoke_subject(&identity, &reason, clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        event = "identity_revoked",
+                        identity = %identity,
+                        grants_revoked = n,
+                        "grants recorded while the identity was being disabled revoked"
+                    );
+                    crate::telemetry::revoked("identity", n);
+                }
+                Err(e) => {
+                    tracing::error!(identity = %identity, error = %e, "second sweep of a disabled identity failed");
+                }
+            }
+        });
+    }
+
+    /// EnableIdentity: lifts an operator's disable (authorized as
+    /// RevokeIdentity: the same operator power). A `disabled = true` in the
+    /// configuration stays. Returns whether there was a disable to lift.
+    pub async fn enable_identity(
+        &self,
+        who: &VerifiedIdentity,
+        identity: &SpiffeId,
+        reason: &str,
+    ) -> Result<bool, BrokerError> {
+        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
+        if !self.registry.contains(identity) {
+            return Err(BrokerError::UnknownIdentity(identity.clone()));
+        }
+        let lifted = self.store.enable_subject(identity).await?;
+        self.registry.enable_at_runtime(identity);
+        tracing::warn!(
+            event = "identity_enabled",
+            identity = %identity,
+            by = %who.id(),
+            reason,
+            lifted,
+            "identity enabled"
+        );
+        let mut event = self.event(AuditKind::IdentityEnabled, Outcome::Allow, Some(who));
+        event.reason = Some(format!("identity {identity}: {reason}"));
+        allowed.stamp(&mut event);
+        self.audit(event).await?;
+        Ok(lifted)
+    }
+
+    /// Reads the identities operators disabled from the store into the
+    /// registry (every replica, every `attestation.reload_interval`).
+    pub async fn refresh_disabled(&self) -> Result<(), BrokerError> {
+        let disabled = self.store.disabled_subjects().await?;
+        self.registry.set_runtime_disabled(disabled);
+        Ok(())
+    }
+}
+
+/// What RevokeIdentity did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityRevoked {
+    /// Grants revoked, delegated ones included.
+    pub grants_revoked: u64,
+    /// Whether the identity is now disabled.
+    pub disabled: bool,
 }
 
 /// Anomaly revocation: denials are counted per identity (by this replica)

@@ -213,6 +213,7 @@ pub async fn serve(
             ttl: chrono::Duration::from_std(config.approvals.ttl).unwrap_or(chrono::Duration::minutes(15)),
             poll_interval: config.approvals.poll_interval,
         },
+        disable_settle: config.attestation.reload_interval + config.server.request_timeout + Duration::from_secs(1),
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -231,6 +232,24 @@ pub async fn serve(
         .with_approval_store(approvals),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
+    // Identities operators disabled: read before serving, then followed.
+    if let Err(e) = broker.refresh_disabled().await {
+        return Err(ServeError::Start(format!(
+            "cannot read the disabled identities from the store: {e}"
+        )));
+    }
+    let disabled_refresh = {
+        let broker = broker.clone();
+        let every = config.attestation.reload_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = broker.refresh_disabled().await {
+                    tracing::warn!(error = %e, "could not read the disabled identities; keeping the last ones read");
+                }
+            }
+        })
+    };
     let shared = Shared {
         broker: broker.clone(),
         heartbeat: config.server.heartbeat_interval,
@@ -419,6 +438,7 @@ pub async fn serve(
         () = shutdown => {}
         result = &mut server => {
             watch.abort();
+            disabled_refresh.abort();
             rotation.abort();
             reloader.abort();
             unix_server.stop();
@@ -430,6 +450,7 @@ pub async fn serve(
     }
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
+    disabled_refresh.abort();
     rotation.abort();
     reloader.abort();
     unix_server.stop();

@@ -44,6 +44,7 @@ where
     a_delegated_grant_needs_a_live_parent(make().await).await;
     revoking_a_parent_revokes_exactly_its_descendants(make().await).await;
     ending_a_task_revokes_every_hop(make().await).await;
+    disabled_subjects_are_kept_until_enabled(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -1212,4 +1213,24 @@ pub async fn one_requester_cannot_crowd_out_the_others(store: impl ApprovalStore
     store.create_approval(&other, t0()).await.unwrap();
     // Once they expire, the requester may ask again.
     store.create_approval(&approval(600), t0() + secs(300)).await.unwrap();
+}
+
+/// An operator's disable is recorded once, listed, and lifted once.
+pub async fn disabled_subjects_are_kept_until_enabled(store: impl GrantStore) {
+    let a = SpiffeId::parse("spiffe://td/agent/a").unwrap();
+    let b = SpiffeId::parse("spiffe://td/agent/b").unwrap();
+    assert!(store.disabled_subjects().await.unwrap().is_empty());
+    assert!(store.disable_subject(&a, "offboarded", t0()).await.unwrap());
+    assert!(
+        !store.disable_subject(&a, "again", t0()).await.unwrap(),
+        "already disabled"
+    );
+    assert!(store.disable_subject(&b, "offboarded", t0()).await.unwrap());
+    assert_eq!(
+        store.disabled_subjects().await.unwrap(),
+        BTreeSet::from([a.clone(), b.clone()])
+    );
+    assert!(store.enable_subject(&a).await.unwrap());
+    assert!(!store.enable_subject(&a).await.unwrap(), "not disabled any more");
+    assert_eq!(store.disabled_subjects().await.unwrap(), BTreeSet::from([b]));
 }

@@ -75,6 +75,8 @@ struct State {
     /// Grants by expiry, for the lazy sweep.
     expiries: BTreeMap<(DateTime<Utc>, GrantId), ()>,
     feed: VecDeque<(u64, Revocation)>,
+    /// Subjects an operator disabled: why and when.
+    disabled: HashMap<SpiffeId, (String, DateTime<Utc>)>,
     /// Sequence number of the next event (the first is 1).
     next_seq: u64,
     /// Highest sequence dropped while still relevant (its `not_after` ahead).
@@ -597,6 +599,23 @@ impl GrantStore for MemoryStore {
         let mut state = self.lock();
         state.keys.retain(|_, k| k.not_after.is_none_or(|t| t > now));
         Ok(state.keys.values().cloned().collect())
+    }
+
+    async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        if state.disabled.contains_key(subject) {
+            return Ok(false);
+        }
+        state.disabled.insert(subject.clone(), (reason.to_owned(), now));
+        Ok(true)
+    }
+
+    async fn enable_subject(&self, subject: &SpiffeId) -> Result<bool, StoreError> {
+        Ok(self.lock().disabled.remove(subject).is_some())
+    }
+
+    async fn disabled_subjects(&self) -> Result<std::collections::BTreeSet<SpiffeId>, StoreError> {
+        Ok(self.lock().disabled.keys().cloned().collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

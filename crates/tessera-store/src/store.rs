@@ -194,6 +194,18 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Keys to serve in the JWKS at `now`: those whose `not_after` has not passed.
     async fn published_keys(&self, now: DateTime<Utc>) -> Result<Vec<PublishedKey>, StoreError>;
 
+    /// Marks `subject` disabled by an operator (RevokeIdentity with
+    /// `disable`), with `reason`: shared by every replica and kept across
+    /// restarts until [`GrantStore::enable_subject`]. Returns whether it
+    /// was not disabled already.
+    async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Lifts an operator's disable of `subject`; returns whether there was one.
+    async fn enable_subject(&self, subject: &SpiffeId) -> Result<bool, StoreError>;
+
+    /// The subjects an operator disabled.
+    async fn disabled_subjects(&self) -> Result<std::collections::BTreeSet<SpiffeId>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -48,6 +48,10 @@ pub enum AuditKind {
     QuarantineRefused,
     /// A verifier reported a token presented by another identity than its holder.
     TokenMisuse,
+    /// An operator disabled an identity (RevokeIdentity with `disable`).
+    IdentityDisabled,
+    /// An operator lifted a disable (EnableIdentity).
+    IdentityEnabled,
 }
 
 impl AuditKind {
@@ -73,6 +77,8 @@ impl AuditKind {
             Self::Quarantined => "quarantined",
             Self::QuarantineRefused => "quarantine_refused",
             Self::TokenMisuse => "token_misuse",
+            Self::IdentityDisabled => "identity_disabled",
+            Self::IdentityEnabled => "identity_enabled",
         }
     }
 }

@@ -81,22 +81,35 @@ impl AdminService for Shared {
         let r = req.get_ref();
         let identity = convert::identity("identity", &r.identity)?;
         let reason = convert::reason("reason", &r.reason, "identity revoked by operator")?;
-        if r.disable {
-            // Refused whole, before anything is revoked: no half-done offboarding.
-            return Err(Status::failed_precondition(
-                "disable: disabling identities at runtime is not supported yet; \
-                 remove or disable it in the config and restart",
-            ));
-        }
-        let grants_revoked = self
+        let done = self
             .broker
-            .revoke_identity(&who, &identity, &reason)
+            .revoke_identity(&who, &identity, &reason, r.disable)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(pb::RevokeIdentityResponse {
-            grants_revoked,
-            disabled: false,
+            grants_revoked: done.grants_revoked,
+            disabled: done.disabled,
         }))
+    }
+
+    async fn enable_identity(
+        &self,
+        req: Request<pb::EnableIdentityRequest>,
+    ) -> Result<Response<pb::EnableIdentityResponse>, Status> {
+        let who = self.caller(&req).await?;
+        self.broker
+            .require_operator(&who, "RevokeIdentity")
+            .await
+            .map_err(status::from_broker)?;
+        let r = req.get_ref();
+        let identity = convert::identity("identity", &r.identity)?;
+        let reason = convert::reason("reason", &r.reason, "identity enabled by operator")?;
+        let enabled = self
+            .broker
+            .enable_identity(&who, &identity, &reason)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(pb::EnableIdentityResponse { enabled }))
     }
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {

@@ -82,16 +82,21 @@ impl AgentService for Shared {
         req: Request<pb::ReleaseTokenRequest>,
     ) -> Result<Response<pb::ReleaseTokenResponse>, Status> {
         let who = self.caller(&req).await?;
-        let id = match &req.get_ref().target {
-            Some(pb::release_token_request::Target::GrantId(id)) => convert::grant_id("grant_id", id)?,
-            Some(pb::release_token_request::Target::Token(_)) => {
-                return Err(Status::invalid_argument(
-                    "token: release by grant_id; release by token is not supported yet",
-                ));
+        let (id, outcome) = match &req.get_ref().target {
+            Some(pb::release_token_request::Target::GrantId(id)) => {
+                let id = convert::grant_id("grant_id", id)?;
+                let outcome = self.broker.release(&who, &id).await.map_err(status::from_broker)?;
+                (id, outcome)
             }
-            None => return Err(Status::invalid_argument("target: set grant_id")),
+            Some(pb::release_token_request::Target::Token(token)) => {
+                convert::token("token", token)?;
+                self.broker
+                    .release_token(&who, token)
+                    .await
+                    .map_err(status::from_broker)?
+            }
+            None => return Err(Status::invalid_argument("target: set grant_id or token")),
         };
-        let outcome = self.broker.release(&who, &id).await.map_err(status::from_broker)?;
         Ok(Response::new(pb::ReleaseTokenResponse {
             grant_id: id.to_string(),
             revoked: outcome.revoked,

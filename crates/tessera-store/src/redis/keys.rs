@@ -62,6 +62,11 @@ impl Keys {
     }
 
     /// Every task not past its deadline (ListGrants without a task or subject).
+    /// Hash of subjects an operator disabled: SPIFFE ID → JSON {reason, at}.
+    pub(crate) fn disabled(&self) -> String {
+        format!("{}:disabled", self.prefix)
+    }
+
     pub(crate) fn tasks(&self) -> String {
         format!("{}:tasks", self.prefix)
     }
