@@ -132,6 +132,9 @@ async fn preloading_live_grants_writes_them_in_the_store_format() {
 async fn the_limits_measure_something() {
     let ring = tessera_bench::limits::ring(Duration::from_millis(20)).unwrap();
     assert!(ring.es256_sign.ops > 0 && ring.ed25519_verify.ops > 0);
+    // The Cedar decision the mint path makes (an allow, checked on every call).
+    let policy = tessera_bench::policy::decision_rate(Duration::from_millis(20)).unwrap();
+    assert!(policy.ops >= 50 && policy.us_per_op > 0.0, "{policy:?}");
 
     let redis = RedisServer::builder().appendonly(false).start();
     if which("redis-benchmark") {

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod load;
 pub mod openbao;
 pub mod plot;
+pub mod policy;
 pub mod procs;
 pub mod procstat;
 pub mod profile;

@@ -104,6 +104,8 @@ pub struct Results {
     pub propagation: Outcome<Propagation>,
     /// The SDK's offline verification on one core.
     pub sdk_verify: Outcome<PerCore>,
+    /// One Cedar decision of the mint path (baseline policy set) on one core.
+    pub policy: Outcome<PerCore>,
     /// tesserad's peak RSS after the mint loads (`VmHWM`).
     pub tesserad_peak_rss: Option<u64>,
     /// Live-grant scale.

@@ -245,6 +245,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
     // The limits first, on a quiet machine.
     log(s.quiet, "limits: ring");
     let ring = outcome(crate::limits::ring(p.ring));
+    let policy = outcome(crate::policy::decision_rate(p.ring));
 
     let pki = DevPki::init(&s.bin_dir.join("tessera"), &s.work.join("pki"))?;
     let redis = Redis::start(&s.work.join("redis"), pid_file)?;
@@ -390,6 +391,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
         complete,
         propagation,
         sdk_verify,
+        policy,
         tesserad_peak_rss,
         scale,
         ring,

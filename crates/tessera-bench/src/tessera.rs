@@ -348,14 +348,16 @@ impl Target {
         let meter = CpuMeter::start(&self.pid_refs())?;
         let called = Instant::now();
         let watchers: Vec<_> = verifiers.iter().map(|v| crate::sdk::refused_at(v, &last)).collect();
-        let (reply, refused) = tokio::join!(
-            orch.complete_task(pb::CompleteTaskRequest {
-                task_id: task.clone(),
-                reason: "benchmark".into(),
-            }),
-            futures::future::join_all(watchers)
-        );
-        let replied = called.elapsed();
+        let complete = async {
+            let r = orch
+                .complete_task(pb::CompleteTaskRequest {
+                    task_id: task.clone(),
+                    reason: "benchmark".into(),
+                })
+                .await;
+            (r, called.elapsed())
+        };
+        let ((reply, replied), refused) = tokio::join!(complete, futures::future::join_all(watchers));
         let reply = reply
             .map_err(|s| anyhow::anyhow!("CompleteTask: {}", status_text(&s)))?
             .into_inner();
