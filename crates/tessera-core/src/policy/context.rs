@@ -59,6 +59,8 @@ pub enum Operation {
     RevokeGrant,
     /// RevokeIdentity.
     RevokeIdentity,
+    /// EnableIdentity.
+    EnableIdentity,
     /// RevokeAll.
     RevokeAll,
     /// ListApprovals.
@@ -75,6 +77,8 @@ pub enum Operation {
     Introspect,
     /// WatchRevocations.
     WatchRevocations,
+    /// ReportMisuse.
+    ReportMisuse,
 }
 
 impl Operation {
@@ -84,6 +88,7 @@ impl Operation {
             Action::ListGrants => Self::ListGrants,
             Action::RevokeGrant => Self::RevokeGrant,
             Action::RevokeIdentity => Self::RevokeIdentity,
+            Action::EnableIdentity => Self::EnableIdentity,
             Action::RevokeAll => Self::RevokeAll,
             Action::ListApprovals => Self::ListApprovals,
             Action::DecideApproval => Self::DecideApproval,
@@ -92,6 +97,7 @@ impl Operation {
             Action::ReloadPolicy => Self::ReloadPolicy,
             Action::Introspect => Self::Introspect,
             Action::WatchRevocations => Self::WatchRevocations,
+            Action::ReportMisuse => Self::ReportMisuse,
             _ => return None,
         })
     }
@@ -102,6 +108,7 @@ impl Operation {
             Self::ListGrants => Action::ListGrants,
             Self::RevokeGrant => Action::RevokeGrant,
             Self::RevokeIdentity => Action::RevokeIdentity,
+            Self::EnableIdentity => Action::EnableIdentity,
             Self::RevokeAll => Action::RevokeAll,
             Self::ListApprovals => Action::ListApprovals,
             Self::DecideApproval => Action::DecideApproval,
@@ -110,6 +117,7 @@ impl Operation {
             Self::ReloadPolicy => Action::ReloadPolicy,
             Self::Introspect => Action::Introspect,
             Self::WatchRevocations => Action::WatchRevocations,
+            Self::ReportMisuse => Action::ReportMisuse,
         }
     }
 }

@@ -71,6 +71,8 @@ pub enum Action {
     RevokeGrant,
     /// AdminService.RevokeIdentity.
     RevokeIdentity,
+    /// AdminService.EnableIdentity (lifts a runtime disable).
+    EnableIdentity,
     /// AdminService.RevokeAll (break-glass).
     RevokeAll,
     /// AdminService.ListApprovals.
@@ -87,11 +89,14 @@ pub enum Action {
     Introspect,
     /// VerifierService.WatchRevocations.
     WatchRevocations,
+    /// VerifierService.ReportMisuse: a verifier accuses a presenter, which
+    /// can revoke a task and quarantine an identity.
+    ReportMisuse,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::RequestToken,
         Self::DelegateToken,
         Self::ApproveRequest,
@@ -102,6 +107,7 @@ impl Action {
         Self::ListGrants,
         Self::RevokeGrant,
         Self::RevokeIdentity,
+        Self::EnableIdentity,
         Self::RevokeAll,
         Self::ListApprovals,
         Self::DecideApproval,
@@ -110,6 +116,7 @@ impl Action {
         Self::ReloadPolicy,
         Self::Introspect,
         Self::WatchRevocations,
+        Self::ReportMisuse,
     ];
 
     /// The Cedar action id (`Action::"RequestToken"`), also the RPC name.
@@ -125,6 +132,7 @@ impl Action {
             Self::ListGrants => "ListGrants",
             Self::RevokeGrant => "RevokeGrant",
             Self::RevokeIdentity => "RevokeIdentity",
+            Self::EnableIdentity => "EnableIdentity",
             Self::RevokeAll => "RevokeAll",
             Self::ListApprovals => "ListApprovals",
             Self::DecideApproval => "DecideApproval",
@@ -133,6 +141,7 @@ impl Action {
             Self::ReloadPolicy => "ReloadPolicy",
             Self::Introspect => "Introspect",
             Self::WatchRevocations => "WatchRevocations",
+            Self::ReportMisuse => "ReportMisuse",
         }
     }
 

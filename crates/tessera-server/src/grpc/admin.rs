@@ -98,7 +98,7 @@ impl AdminService for Shared {
     ) -> Result<Response<pb::EnableIdentityResponse>, Status> {
         let who = self.caller(&req).await?;
         self.broker
-            .require_operator(&who, "RevokeIdentity")
+            .require_operator(&who, "EnableIdentity")
             .await
             .map_err(status::from_broker)?;
         let r = req.get_ref();

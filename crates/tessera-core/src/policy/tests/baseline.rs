@@ -284,6 +284,7 @@ fn only_operators_use_the_admin_api_and_verifiers_check_tokens() {
         Operation::ListGrants,
         Operation::RevokeGrant,
         Operation::RevokeIdentity,
+        Operation::EnableIdentity,
         Operation::RevokeAll,
         Operation::ListApprovals,
         Operation::DecideApproval,
@@ -307,6 +308,11 @@ fn only_operators_use_the_admin_api_and_verifiers_check_tokens() {
         for name in ["agent", "orchestrator", "partner"] {
             t.check(name, &query, Deny("does not hold the verifier role"));
         }
+    }
+    let report = PolicyQuery::Operation(Operation::ReportMisuse);
+    t.check("verifier", &report, Allow(None));
+    for name in ["operator", "agent", "orchestrator", "partner"] {
+        t.check(name, &report, Deny("does not hold the verifier role"));
     }
 }
 
