@@ -135,6 +135,76 @@ async fn repeated_denials_revoke_and_quarantine_the_identity() {
     assert!((1..=4).contains(&refusals), "{refusals} quarantine refusals audited");
 }
 
+/// On a shared store a quarantine one replica imposes holds on the others
+/// (within one `attestation.reload_interval`, here 200 ms), and on a replica
+/// started afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_holds_on_every_replica() {
+    let broker = Broker::start_with(&[
+        ("TESSERA_ANOMALY__DENIALS", "2"),
+        ("TESSERA_ANOMALY__WITHIN", "60s"),
+        ("TESSERA_ANOMALY__QUARANTINE", "60s"),
+        ("TESSERA_ATTESTATION__RELOAD_INTERVAL", "200ms"),
+    ]);
+    if broker.redis.is_none() {
+        eprintln!("SKIPPED: replicas share quarantines through Redis (TESSERA_TEST_STORE=redis)");
+        return;
+    }
+    let other = broker.replica();
+    broker
+        .start_task(start_request(
+            "shared-q",
+            &["researcher", "writer"],
+            &["crm.contacts.read"],
+            600,
+        ))
+        .await;
+    let mut researcher = broker.agent("researcher").await;
+    for _ in 0..2 {
+        let status = code(
+            researcher
+                .request_token(token_request("shared-q", &["crm.contacts.write"], Some(60)))
+                .await,
+        );
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let mut elsewhere = other.agent("researcher").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match elsewhere
+            .request_token(token_request("shared-q", &["crm.contacts.read"], Some(60)))
+            .await
+        {
+            Err(status) if status.message().contains("quarantined") => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+                assert!(status.message().contains("2 denials within 60s"), "{status:?}");
+                break;
+            }
+            answer => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the other replica still serves it: {answer:?}\n{}\n---\n{}",
+                    other.logs(),
+                    broker.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let late = broker.replica();
+    let status = code(
+        late.agent("researcher")
+            .await
+            .request_token(token_request("shared-q", &["crm.contacts.read"], Some(60)))
+            .await,
+    );
+    assert!(status.message().contains("quarantined"), "{status:?}");
+    // The writer is served everywhere.
+    other
+        .issue_as("writer", token_request("shared-q", &["crm.contacts.read"], Some(60)))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_rule_off_denials_quarantine_nobody() {
     let broker = Broker::start_with(&[("TESSERA_ANOMALY__DENIALS", "2"), ("TESSERA_ANOMALY__ENABLED", "false")]);

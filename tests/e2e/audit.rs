@@ -217,13 +217,26 @@ async fn a_failing_audit_sink_fails_mints_but_keys_and_health_are_served() {
     );
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("audit"), "{status:?}");
+    // Health still answers, and says NOT_SERVING (so load balancers move
+    // away) within a few health rounds; /readyz agrees.
     let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel("api-gateway").await);
-    assert!(
-        health
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = health
             .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
             .await
-            .is_ok()
-    );
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == not_serving {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(broker.http_get("/readyz").0, 503);
+    assert!(broker.logs().contains("health changed"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

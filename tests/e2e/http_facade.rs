@@ -535,6 +535,25 @@ async fn token_exchange_delegates_to_the_authenticated_client_as_rfc_8693_says()
         answer.assert_no_store();
     }
 
+    // The client revokes the token it got (RFC 7009: it is the holder,
+    // `client_id`, though `sub` names the root).
+    let body = exchange(&parent.access_token, &[("scope", "crm.notes.read")]);
+    let second = https(&broker, Some("writer"), "POST", "/oauth/token", Some(&body)).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    let second = second.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(second.clone()).await["active"], true);
+    let revoked = https(
+        &broker,
+        Some("writer"),
+        "POST",
+        "/oauth/revoke",
+        Some(&form(&[("token", &second)])),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(introspect(second).await, serde_json::json!({"active": false}));
+    assert_eq!(introspect(child.clone()).await["active"], true, "a sibling lives");
+
     // Revoking the parent (RFC 7009, by its holder) revokes the child.
     let revoked = https(
         &broker,

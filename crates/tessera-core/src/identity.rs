@@ -290,7 +290,15 @@ impl RegistryVersion {
 #[derive(Debug, Clone, Default)]
 pub struct IdentityRegistry {
     entries: Arc<RwLock<Arc<Entries>>>,
-    runtime_disabled: Arc<RwLock<Arc<BTreeSet<SpiffeId>>>>,
+    runtime_disabled: Arc<RwLock<RuntimeDisabled>>,
+}
+
+/// Identities disabled at runtime, and a generation bumped by every local
+/// change, so that a refresh read before a change cannot undo it.
+#[derive(Debug, Clone, Default)]
+struct RuntimeDisabled {
+    ids: Arc<BTreeSet<SpiffeId>>,
+    generation: u64,
 }
 
 impl IdentityRegistry {
@@ -332,26 +340,45 @@ impl IdentityRegistry {
         self.runtime_disabled
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .ids
             .clone()
     }
 
+    /// The generation of the runtime-disabled set: read it before reading
+    /// the store, and hand it to [`IdentityRegistry::set_runtime_disabled`].
+    pub fn runtime_generation(&self) -> u64 {
+        self.runtime_disabled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
+    }
+
     /// Replaces the identities disabled at runtime (by an operator, read
-    /// from the store) for every clone; ids not registered are kept too, so
-    /// an identity added to the configuration later stays disabled.
-    pub fn set_runtime_disabled(&self, ids: BTreeSet<SpiffeId>) {
-        *self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ids);
+    /// from the store) for every clone, unless a local disable or enable
+    /// happened since `generation` was read (then the store read may predate
+    /// it, and the next refresh applies). Ids not registered are kept too,
+    /// so an identity added to the configuration later stays disabled.
+    /// Returns whether the set was replaced.
+    pub fn set_runtime_disabled(&self, ids: BTreeSet<SpiffeId>, generation: u64) -> bool {
+        let mut guard = self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.generation != generation {
+            return false;
+        }
+        guard.ids = Arc::new(ids);
+        true
     }
 
     /// Disables `id` at runtime on this registry at once (the store carries
     /// it to other replicas); returns whether it was not already.
     pub fn disable_at_runtime(&self, id: &SpiffeId) -> bool {
         let mut guard = self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner);
-        if guard.contains(id) {
+        guard.generation = guard.generation.wrapping_add(1);
+        if guard.ids.contains(id) {
             return false;
         }
-        let mut next = (**guard).clone();
+        let mut next = (*guard.ids).clone();
         next.insert(id.clone());
-        *guard = Arc::new(next);
+        guard.ids = Arc::new(next);
         true
     }
 
@@ -359,12 +386,13 @@ impl IdentityRegistry {
     /// there was one. A `disabled = true` in the configuration stays.
     pub fn enable_at_runtime(&self, id: &SpiffeId) -> bool {
         let mut guard = self.runtime_disabled.write().unwrap_or_else(PoisonError::into_inner);
-        if !guard.contains(id) {
+        guard.generation = guard.generation.wrapping_add(1);
+        if !guard.ids.contains(id) {
             return false;
         }
-        let mut next = (**guard).clone();
+        let mut next = (*guard.ids).clone();
         next.remove(id);
-        *guard = Arc::new(next);
+        guard.ids = Arc::new(next);
         true
     }
 
@@ -535,6 +563,27 @@ impl VerifiedIdentity {
         })
     }
 
+    /// The holder of a live token this broker minted, standing in as the
+    /// principal of a decision taken on its behalf: another agent exchanging
+    /// the holder's token (RFC 8693), so that policy judges the delegation
+    /// exactly as if the holder had asked. `grant_id` names the token (the
+    /// evidence); the method is the first its entry allows. Refused when the
+    /// identity is unknown or disabled.
+    pub fn token_holder(registry: &IdentityRegistry, id: &SpiffeId, grant_id: &str) -> Result<Self, IdentityError> {
+        let identity = registry.lookup(id)?;
+        let entries = registry.current();
+        let method = entries
+            .by_id
+            .get(id)
+            .and_then(|(_, rules)| rules.methods.iter().next().copied())
+            .unwrap_or(AttestationMethod::X509);
+        Ok(Self {
+            identity,
+            method,
+            evidence: format!("token:{grant_id}"),
+        })
+    }
+
     /// The registered identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
@@ -647,10 +696,16 @@ mod tests {
             "b was disabled by configuration, not at runtime"
         );
         assert!(registry.lookup(&a).is_ok());
-        registry.set_runtime_disabled(BTreeSet::from([a.clone()]));
+        let generation = registry.runtime_generation();
+        assert!(registry.set_runtime_disabled(BTreeSet::from([a.clone()]), generation));
         assert!(reloader.lookup(&a).is_err());
-        registry.set_runtime_disabled(BTreeSet::new());
+        assert!(registry.set_runtime_disabled(BTreeSet::new(), generation));
         assert!(reloader.lookup(&a).is_ok());
+        // A refresh read before a local disable does not undo it.
+        let stale = registry.runtime_generation();
+        registry.disable_at_runtime(&a);
+        assert!(!registry.set_runtime_disabled(BTreeSet::new(), stale));
+        assert!(registry.lookup(&a).is_err());
     }
 
     #[test]

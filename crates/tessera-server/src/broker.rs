@@ -242,15 +242,19 @@ pub struct Broker {
     audit: Arc<dyn AuditSink>,
     /// Single-use proof `jti`s, shared by every replica when the store is.
     replay: Arc<dyn tessera_store::replay::ReplayCache>,
-    /// Anomaly revocation state, `None` when the rule is off. Per replica:
-    /// each replica counts the denials it answers and quarantines on its own
-    /// (the grants it revokes are revoked in the shared store, for every
-    /// replica); a quarantine is not shared, and ends with a restart.
+    /// Anomaly revocation state, `None` when the rule is off. Each replica
+    /// counts the denials it answers; a quarantine it imposes is written to
+    /// the store and read by every replica within one
+    /// `attestation.reload_interval` (and by a restarted one at start), and
+    /// the grants it revokes are revoked in the shared store.
     anomaly: Option<std::sync::Mutex<Anomaly>>,
     /// When a refused attestation was last audited, per claimed identity (or
     /// certificate): refusals are audited at most once a second each, so a
     /// client with a valid certificate cannot flood the audit trail.
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// Whether the last audit record was written: health reports NOT_SERVING
+    /// while it was not (every operation would fail UNAVAILABLE anyway).
+    audit_ok: std::sync::atomic::AtomicBool,
     /// The Cedar policy in force and the entities it reads.
     policy: policy::PolicyState,
     /// Pending approvals (memory unless [`Broker::with_approval_store`]).
@@ -354,6 +358,7 @@ impl Broker {
             settings,
             audit,
             refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
+            audit_ok: std::sync::atomic::AtomicBool::new(true),
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
@@ -386,11 +391,27 @@ impl Broker {
     }
 
     async fn audit(&self, event: AuditEvent) -> Result<(), BrokerError> {
-        self.audit.record(event).await.map_err(|e| {
+        let written = self.audit.record(event).await.map_err(|e| {
             tracing::error!(error = %e, "audit record not written; failing the operation");
             crate::telemetry::audit_failure();
             BrokerError::Audit(e)
-        })
+        });
+        self.audit_ok
+            .store(written.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        written
+    }
+
+    /// Whether the audit trail takes records: true while the last one was
+    /// written; after a failure, a probe record (`audit_recovered`) is
+    /// tried, so health can come back without traffic. Called by the
+    /// health loop.
+    pub async fn audit_healthy(&self) -> bool {
+        if self.audit_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let mut event = self.event(AuditKind::AuditRecovered, Outcome::Allow, None);
+        event.reason = Some("the audit trail takes records again after a failure".into());
+        self.audit(event).await.is_ok()
     }
 
     /// Audits a refusal, then returns it (UNAVAILABLE if it cannot be audited).
@@ -942,6 +963,7 @@ impl Broker {
             let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
             return Err(e);
         }
+        self.confirm_recorded(&grant, now).await?;
         let mut event = self.event(AuditKind::TokenIssued, Outcome::Allow, Some(who));
         event.task_id = Some(grant.task_id.to_string());
         event.grant_id = Some(grant.id.to_string());
@@ -1096,9 +1118,9 @@ impl Broker {
         token: &str,
         presenter: &SpiffeId,
     ) -> Result<Option<u64>, BrokerError> {
-        // No action of its own: reporting misuse is part of checking
-        // tokens, so the verifier policy (Introspect) decides it.
-        self.require_verifier(who, "Introspect").await?;
+        // An action of its own: a report can revoke a task and quarantine
+        // an identity, so policy decides who may make one (verifiers).
+        self.require_verifier(who, "ReportMisuse").await?;
         let now = self.clock.now();
         match self.live(token, now).await? {
             Some((claims, grant)) if claims.client_id != presenter.as_str() => {
@@ -1176,6 +1198,7 @@ impl Broker {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .quarantine(&trigger, now);
         }
+        self.share_quarantine(&trigger, now).await;
         let revoked = self
             .store
             .end_task(&grant.task_id, TaskState::Revoked, &format!("anomaly: {what}"), now)
@@ -1261,7 +1284,7 @@ impl Broker {
     /// from them die at once. With `disable`, the identity is first marked
     /// disabled in the store (shared by every replica, kept across
     /// restarts): this replica refuses it at once, the others within one
-    /// `attestation.reload_interval` ([`Broker::refresh_disabled`]); a
+    /// `attestation.reload_interval` ([`Broker::refresh_shared`]); a
     /// second sweep after `disable_settle` revokes any grant another replica
     /// recorded for a request already past its attestation.
     pub async fn revoke_identity(
@@ -1282,6 +1305,9 @@ impl Broker {
             // minted afterwards on this replica.
             let newly = self.store.disable_subject(identity, reason, self.clock.now()).await?;
             self.registry.disable_at_runtime(identity);
+            // Scheduled before anything else can fail, so that a failed audit
+            // below does not leave grants of a disabled identity alive.
+            self.sweep_later(identity, reason);
             tracing::warn!(
                 event = "identity_disabled",
                 identity = %identity,
@@ -1310,9 +1336,6 @@ impl Broker {
         event.count = Some(revoked);
         allowed.stamp(&mut event);
         self.audit(event).await?;
-        if disable {
-            self.sweep_later(identity, reason);
-        }
         Ok(IdentityRevoked {
             grants_revoked: revoked,
             disabled: disable,
@@ -1320,16 +1343,30 @@ impl Broker {
     }
 
     /// Revokes `identity`'s grants again once every replica has seen its
-    /// disable and every request attested before it has ended.
+    /// disable and every request attested before it has ended, unless it
+    /// was enabled again meanwhile; audits what it revoked. (Grants are also
+    /// checked against the store's disabled set right after they are
+    /// recorded, see [`Broker::confirm_recorded`]: this sweep is the second
+    /// line.)
     fn sweep_later(&self, identity: &SpiffeId, reason: &str) {
         let store = self.store.clone();
         let clock = self.clock.clone();
+        let audit = self.audit.clone();
+        let instance = self.settings.instance_id.clone();
         let after = self.settings.disable_settle;
         let identity = identity.clone();
         let reason = reason.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            match store.revoke_subject(&identity, &reason, clock.now()).await {
+            match store.disabled_subjects().await {
+                Ok(disabled) if !disabled.contains(&identity) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(identity = %identity, error = %e, "second sweep of a disabled identity: cannot read the disabled set; sweeping anyway");
+                }
+            }
+            let now = clock.now();
+            match store.revoke_subject(&identity, &reason, now).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(
@@ -1339,6 +1376,12 @@ impl Broker {
                         "grants recorded while the identity was being disabled revoked"
                     );
                     crate::telemetry::revoked("identity", n);
+                    let mut event = AuditEvent::new(AuditKind::GrantRevoked, now, Outcome::Allow, instance);
+                    event.reason = Some(format!("identity {identity}: {reason} (second sweep after disabling)"));
+                    event.count = Some(n);
+                    if let Err(e) = audit.record(event).await {
+                        tracing::error!(identity = %identity, error = %e, "second sweep: audit record not written");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(identity = %identity, error = %e, "second sweep of a disabled identity failed");
@@ -1347,21 +1390,62 @@ impl Broker {
         });
     }
 
-    /// EnableIdentity: lifts an operator's disable (authorized as
-    /// RevokeIdentity: the same operator power). A `disabled = true` in the
-    /// configuration stays. Returns whether there was a disable to lift.
+    /// After a grant is recorded, before its token leaves: its holder must
+    /// not be disabled, neither here nor in the store (a disable made on
+    /// another replica that this one has not read yet). The store check is
+    /// after the record, so a disable either is seen here or comes after the
+    /// record, and its sweep finds the grant. Otherwise the grant is taken
+    /// back; if the store cannot say, too (fail closed).
+    async fn confirm_recorded(&self, grant: &Grant, now: chrono::DateTime<chrono::Utc>) -> Result<(), BrokerError> {
+        let disabled = if self.registry.is_disabled(&grant.subject) {
+            Ok(true)
+        } else {
+            self.store.subject_disabled(&grant.subject).await
+        };
+        match disabled {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
+                self.registry.disable_at_runtime(&grant.subject);
+                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                    grant.subject.clone(),
+                )))
+            }
+            Err(e) => {
+                let _ = self.store.revoke_grant(&grant.id, "store unavailable", now).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// EnableIdentity: lifts an operator's disable. A `disabled = true` in
+    /// the configuration stays. Returns whether there was a disable to lift.
     pub async fn enable_identity(
         &self,
         who: &VerifiedIdentity,
         identity: &SpiffeId,
         reason: &str,
     ) -> Result<bool, BrokerError> {
-        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
+        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::EnableIdentity))?;
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
         }
         let lifted = self.store.enable_subject(identity).await?;
         self.registry.enable_at_runtime(identity);
+        let restore = || async {
+            // INVARIANT: no enable without its audit record: put the disable back.
+            if lifted {
+                let _ = self
+                    .store
+                    .disable_subject(
+                        identity,
+                        "re-disabled: the enable could not be audited",
+                        self.clock.now(),
+                    )
+                    .await;
+                self.registry.disable_at_runtime(identity);
+            }
+        };
         tracing::warn!(
             event = "identity_enabled",
             identity = %identity,
@@ -1373,16 +1457,51 @@ impl Broker {
         let mut event = self.event(AuditKind::IdentityEnabled, Outcome::Allow, Some(who));
         event.reason = Some(format!("identity {identity}: {reason}"));
         allowed.stamp(&mut event);
-        self.audit(event).await?;
+        if let Err(e) = self.audit(event).await {
+            restore().await;
+            return Err(e);
+        }
         Ok(lifted)
     }
 
-    /// Reads the identities operators disabled from the store into the
-    /// registry (every replica, every `attestation.reload_interval`).
-    pub async fn refresh_disabled(&self) -> Result<(), BrokerError> {
+    /// Reads what other replicas decided about identities from the store:
+    /// the identities operators disabled (into the registry) and, with
+    /// anomaly rules on, the quarantines in force (into this replica's
+    /// list). Every replica, every `attestation.reload_interval`.
+    pub async fn refresh_shared(&self) -> Result<(), BrokerError> {
+        // Read before the store: a local disable or enable made meanwhile
+        // wins over this (older) read.
+        let generation = self.registry.runtime_generation();
         let disabled = self.store.disabled_subjects().await?;
-        self.registry.set_runtime_disabled(disabled);
+        self.registry.set_runtime_disabled(disabled, generation);
+        if let Some(anomaly) = &self.anomaly {
+            let now = self.clock.now();
+            let shared = self.store.quarantined_subjects(now).await?;
+            let mut a = anomaly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for q in shared {
+                let known = a.quarantined.is_quarantined(&q.subject, now);
+                if known.is_none_or(|until| until < q.until) {
+                    a.quarantined.quarantine(&q.subject, q.until);
+                    a.why.insert(q.subject.clone(), q.why);
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+impl Broker {
+    /// Writes a quarantine this replica imposed to the store, for the
+    /// others (they read it within one `attestation.reload_interval`). A
+    /// failure is logged: this replica's quarantine holds regardless.
+    async fn share_quarantine(&self, trigger: &Trigger, now: chrono::DateTime<chrono::Utc>) {
+        if let Err(e) = self
+            .store
+            .quarantine_subject(&trigger.identity, trigger.until, &trigger.describe(), now)
+            .await
+        {
+            tracing::error!(identity = %trigger.identity, error = %e, "anomaly: could not share the quarantine with other replicas");
+        }
     }
 }
 
@@ -1398,6 +1517,24 @@ pub struct IdentityRevoked {
 /// Anomaly revocation: denials are counted per identity (by this replica)
 /// and an identity denied too often loses its grants and is quarantined.
 impl Broker {
+    /// Refuses `id` if it is quarantined (without auditing: for an identity
+    /// that is not the caller, e.g. the holder of a token being exchanged).
+    pub(crate) fn refuse_if_quarantined(&self, id: &SpiffeId) -> Result<(), BrokerError> {
+        let Some(anomaly) = &self.anomaly else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let mut a = anomaly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match a.quarantined.is_quarantined(id, now) {
+            None => Ok(()),
+            Some(until) => Err(BrokerError::Quarantined {
+                identity: id.clone(),
+                until,
+                why: a.why.get(id).cloned().unwrap_or_default(),
+            }),
+        }
+    }
+
     /// Admits an attested caller, or refuses a quarantined one (PERMISSION_DENIED).
     /// Every RPC passes here right after attestation. Refusals are audited
     /// as `quarantine_refused`, at most once per identity per second.
@@ -1463,6 +1600,7 @@ impl Broker {
 
     async fn quarantine(&self, who: &VerifiedIdentity, trigger: &Trigger, now: chrono::DateTime<chrono::Utc>) {
         let what = trigger.describe();
+        self.share_quarantine(trigger, now).await;
         let revoked = match self
             .store
             .revoke_subject(who.id(), &format!("anomaly: {what}"), now)

@@ -213,7 +213,12 @@ pub async fn serve(
             ttl: chrono::Duration::from_std(config.approvals.ttl).unwrap_or(chrono::Duration::minutes(15)),
             poll_interval: config.approvals.poll_interval,
         },
-        disable_settle: config.attestation.reload_interval + config.server.request_timeout + Duration::from_secs(1),
+        // Every replica has read a disable after one reload interval, and a
+        // request attested before it has ended after the longest request
+        // bound (gRPC or the OAuth facade).
+        disable_settle: config.attestation.reload_interval
+            + config.server.request_timeout.max(config.oauth.request_timeout)
+            + Duration::from_secs(1),
     };
     let audit = open_audit(&config).await?;
     let broker = Arc::new(
@@ -232,10 +237,11 @@ pub async fn serve(
         .with_approval_store(approvals),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
-    // Identities operators disabled: read before serving, then followed.
-    if let Err(e) = broker.refresh_disabled().await {
+    // Identities operators disabled and anomaly quarantines of other
+    // replicas: read before serving, then followed.
+    if let Err(e) = broker.refresh_shared().await {
         return Err(ServeError::Start(format!(
-            "cannot read the disabled identities from the store: {e}"
+            "cannot read the disabled and quarantined identities from the store: {e}"
         )));
     }
     let disabled_refresh = {
@@ -244,8 +250,8 @@ pub async fn serve(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = broker.refresh_disabled().await {
-                    tracing::warn!(error = %e, "could not read the disabled identities; keeping the last ones read");
+                if let Err(e) = broker.refresh_shared().await {
+                    tracing::warn!(error = %e, "could not read the disabled and quarantined identities; keeping the last ones read");
                 }
             }
         })
@@ -318,7 +324,8 @@ pub async fn serve(
     }
     let readiness = http::Readiness::default();
     readiness.set(true);
-    // Store liveness drives health: NOT_SERVING while the store does not answer.
+    // Health: NOT_SERVING while the store does not answer, this replica's
+    // key is not published, or the audit trail refuses records.
     let watch = {
         let broker = broker.clone();
         let health = health.clone();
@@ -327,12 +334,21 @@ pub async fn serve(
             let mut serving = true;
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let ok = tokio::time::timeout(Duration::from_secs(2), broker.ping())
+                let store = tokio::time::timeout(Duration::from_secs(2), broker.ping())
                     .await
                     .is_ok_and(|r| r.is_ok());
-                if ok && let Err(e) = broker.ensure_own_key().await {
-                    tracing::warn!(error = %e, "could not check this replica's signing key");
-                }
+                // The signing key must be in the JWKS, or verifiers refuse what we mint.
+                let key = store
+                    && match tokio::time::timeout(Duration::from_secs(2), broker.ensure_own_key()).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "this replica's signing key is not published");
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                let audit = broker.audit_healthy().await;
+                let ok = store && key && audit;
                 if ok != serving {
                     serving = ok;
                     let status = if ok {
@@ -340,7 +356,7 @@ pub async fn serve(
                     } else {
                         tonic_health::ServingStatus::NotServing
                     };
-                    tracing::warn!(serving = ok, "store health changed");
+                    tracing::warn!(serving = ok, store, key, audit, "health changed");
                     readiness.set(ok);
                     for name in services {
                         health.set_service_status(name, status).await;

@@ -45,6 +45,7 @@ where
     revoking_a_parent_revokes_exactly_its_descendants(make().await).await;
     ending_a_task_revokes_every_hop(make().await).await;
     disabled_subjects_are_kept_until_enabled(make().await).await;
+    quarantines_are_shared_until_they_end(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -1230,7 +1231,39 @@ pub async fn disabled_subjects_are_kept_until_enabled(store: impl GrantStore) {
         store.disabled_subjects().await.unwrap(),
         BTreeSet::from([a.clone(), b.clone()])
     );
+    assert!(store.subject_disabled(&a).await.unwrap());
     assert!(store.enable_subject(&a).await.unwrap());
     assert!(!store.enable_subject(&a).await.unwrap(), "not disabled any more");
+    assert!(!store.subject_disabled(&a).await.unwrap());
     assert_eq!(store.disabled_subjects().await.unwrap(), BTreeSet::from([b]));
+}
+
+/// A quarantine is listed until it ends; a longer one extends, a shorter one does not shorten.
+pub async fn quarantines_are_shared_until_they_end(store: impl GrantStore) {
+    let a = SpiffeId::parse("spiffe://td/agent/a").unwrap();
+    let b = SpiffeId::parse("spiffe://td/agent/b").unwrap();
+    let at = |s: i64| t0() + chrono::Duration::seconds(s);
+    assert!(store.quarantined_subjects(t0()).await.unwrap().is_empty());
+    store
+        .quarantine_subject(&a, at(60), "5 denials in 10s", t0())
+        .await
+        .unwrap();
+    store.quarantine_subject(&a, at(30), "shorter", t0()).await.unwrap();
+    store.quarantine_subject(&b, at(10), "misuse", t0()).await.unwrap();
+    let mut now = store.quarantined_subjects(t0()).await.unwrap();
+    now.sort_by(|x, y| x.subject.cmp(&y.subject));
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(
+        (now[0].subject.clone(), now[0].until, now[0].why.as_str()),
+        (a.clone(), at(60), "5 denials in 10s")
+    );
+    assert_eq!(now[1].until, at(10));
+    let later = store.quarantined_subjects(at(20)).await.unwrap();
+    assert_eq!(
+        later.iter().map(|q| q.subject.clone()).collect::<Vec<_>>(),
+        vec![a.clone()]
+    );
+    store.quarantine_subject(&a, at(120), "again", at(20)).await.unwrap();
+    assert_eq!(store.quarantined_subjects(at(90)).await.unwrap()[0].until, at(120));
+    assert!(store.quarantined_subjects(at(120)).await.unwrap().is_empty());
 }

@@ -32,4 +32,6 @@ pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, Redis
 #[cfg(any(test, feature = "conformance"))]
 pub use replay::conformance as replay_conformance;
 pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
-pub use store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
+pub use store::{
+    GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TaskEnded,
+};

@@ -77,6 +77,8 @@ struct State {
     feed: VecDeque<(u64, Revocation)>,
     /// Subjects an operator disabled: why and when.
     disabled: HashMap<SpiffeId, (String, DateTime<Utc>)>,
+    /// Anomaly quarantines (expired ones are dropped on the next write).
+    quarantined: HashMap<SpiffeId, crate::Quarantine>,
     /// Sequence number of the next event (the first is 1).
     next_seq: u64,
     /// Highest sequence dropped while still relevant (its `not_after` ahead).
@@ -616,6 +618,45 @@ impl GrantStore for MemoryStore {
 
     async fn disabled_subjects(&self) -> Result<std::collections::BTreeSet<SpiffeId>, StoreError> {
         Ok(self.lock().disabled.keys().cloned().collect())
+    }
+
+    async fn subject_disabled(&self, subject: &SpiffeId) -> Result<bool, StoreError> {
+        Ok(self.lock().disabled.contains_key(subject))
+    }
+
+    async fn quarantine_subject(
+        &self,
+        subject: &SpiffeId,
+        until: DateTime<Utc>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.quarantined.retain(|_, q| q.until > now);
+        match state.quarantined.get(subject) {
+            Some(q) if q.until >= until => {}
+            _ => {
+                state.quarantined.insert(
+                    subject.clone(),
+                    crate::Quarantine {
+                        subject: subject.clone(),
+                        until,
+                        why: why.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn quarantined_subjects(&self, now: DateTime<Utc>) -> Result<Vec<crate::Quarantine>, StoreError> {
+        Ok(self
+            .lock()
+            .quarantined
+            .values()
+            .filter(|q| q.until > now)
+            .cloned()
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -206,6 +206,34 @@ pub trait GrantStore: Send + Sync + 'static {
     /// The subjects an operator disabled.
     async fn disabled_subjects(&self) -> Result<std::collections::BTreeSet<SpiffeId>, StoreError>;
 
+    /// Whether an operator disabled `subject` (one lookup, for the check
+    /// after every grant is recorded).
+    async fn subject_disabled(&self, subject: &SpiffeId) -> Result<bool, StoreError>;
+
+    /// Quarantines `subject` until `until` (an anomaly rule fired), with
+    /// `why`, for every replica; a later, longer quarantine extends it.
+    async fn quarantine_subject(
+        &self,
+        subject: &SpiffeId,
+        until: DateTime<Utc>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Quarantines still in force at `now`: subject, until, why.
+    async fn quarantined_subjects(&self, now: DateTime<Utc>) -> Result<Vec<Quarantine>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A quarantine an anomaly rule imposed, shared by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantine {
+    /// Who.
+    pub subject: SpiffeId,
+    /// Until when.
+    pub until: DateTime<Utc>,
+    /// The rule that fired, for people.
+    pub why: String,
 }

@@ -52,6 +52,8 @@ pub enum AuditKind {
     IdentityDisabled,
     /// An operator lifted a disable (EnableIdentity).
     IdentityEnabled,
+    /// The audit trail took a record again after failing (health recovers).
+    AuditRecovered,
 }
 
 impl AuditKind {
@@ -79,6 +81,7 @@ impl AuditKind {
             Self::TokenMisuse => "token_misuse",
             Self::IdentityDisabled => "identity_disabled",
             Self::IdentityEnabled => "identity_enabled",
+            Self::AuditRecovered => "audit_recovered",
         }
     }
 }

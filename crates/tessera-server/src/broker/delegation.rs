@@ -61,8 +61,11 @@ impl Broker {
     /// presents `subject_token`, a live bearer token of another agent of the
     /// same task, and gets a child for itself, `act` naming it outermost.
     /// `req.delegate` must be `actor`. The same attenuation, depth, task,
-    /// policy (`DelegateToken`, principal = the actor), store and audit
-    /// rules as DelegateToken apply; a bound subject token is refused.
+    /// policy, store and audit rules as DelegateToken apply, as if the
+    /// holder had delegated to the actor: Cedar's `DelegateToken` is asked
+    /// with the holder as principal and the actor as `delegate`, and a
+    /// quarantined or disabled holder's token is not exchanged. A bound
+    /// subject token is refused.
     pub async fn exchange_token(
         &self,
         actor: &VerifiedIdentity,
@@ -154,6 +157,7 @@ impl Broker {
             let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
             return Err(e);
         }
+        self.confirm_recorded(&grant, now).await?;
         let mut event = self.event(AuditKind::TokenDelegated, Outcome::Allow, Some(who));
         event.task_id = Some(grant.task_id.to_string());
         event.grant_id = Some(grant.id.to_string());
@@ -164,12 +168,13 @@ impl Broker {
         event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
         allowed.stamp(&mut event);
         event.reason = Some(format!(
-            "{} from grant {} to {} at depth {}{}",
+            "{} from grant {} of {} to {} at depth {}{}",
             match hop {
                 Hop::Delegate => "delegated",
                 Hop::Exchange => "exchanged (RFC 8693)",
             },
             parent.grant().id,
+            parent.grant().subject,
             grant.subject,
             plan.depth,
             binding_note(binding.as_ref())
@@ -183,8 +188,9 @@ impl Broker {
             event = "token_delegated",
             grant_id = %grant.id,
             parent_grant_id = %parent.grant().id,
-            holder = %who.id(),
+            holder = %parent.grant().subject,
             delegate = %grant.subject,
+            exchange = hop == Hop::Exchange,
             task_id = %grant.task_id,
             class = %grant.class,
             depth = plan.depth,
@@ -232,21 +238,28 @@ impl Broker {
             max_depth: self.settings.binding.max_depth,
             ttl: self.settings.ttl,
         };
-        let mut plan = match hop {
+        // The principal policy judges the hop for: the holder, who delegates.
+        let holder;
+        let (mut plan, principal) = match hop {
             Hop::Delegate => {
                 let delegate = self
                     .registry
                     .lookup(&req.delegate)
                     .map_err(|_| DelegationError::DelegateUnknown(req.delegate.to_string()))?;
-                delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?
+                let plan =
+                    delegation::plan_delegation(who, &parent, &delegate, &task, &self.catalog, req, limits, now)?;
+                (plan, who)
             }
             Hop::Exchange => {
-                // A disabled or removed holder's tokens are not exchanged.
-                let holder = self
-                    .registry
-                    .lookup(&parent.grant().subject)
-                    .map_err(|_| DelegationError::ParentNotLive)?;
-                delegation::plan_exchange(who, &holder, &parent, &task, &self.catalog, req, limits, now)?
+                // A disabled or removed holder's tokens are not exchanged,
+                // nor a quarantined one's.
+                holder =
+                    VerifiedIdentity::token_holder(&self.registry, &parent.grant().subject, parent.grant().id.as_str())
+                        .map_err(|_| DelegationError::ParentNotLive)?;
+                self.refuse_if_quarantined(holder.id())?;
+                let plan =
+                    delegation::plan_exchange(who, holder.identity(), &parent, &task, &self.catalog, req, limits, now)?;
+                (plan, &holder)
             }
         };
         // Policy decides the hop (DelegateToken); code has already checked
@@ -270,7 +283,7 @@ impl Broker {
             requester: None,
         };
         let allowed = self.authorize(
-            who,
+            principal,
             &tessera_core::policy::PolicyQuery::Token {
                 action: tessera_core::policy::TokenAction::Delegate,
                 task: &task,

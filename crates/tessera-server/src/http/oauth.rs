@@ -400,7 +400,8 @@ async fn revoke(
     let Ok(id) = GrantId::parse(&claims.jti) else {
         return Ok(no_store(StatusCode::OK.into_response()));
     };
-    let outcome = if claims.sub == who.id().as_str() {
+    // The holder is `client_id` (a delegated token's `sub` is its chain's root).
+    let outcome = if claims.client_id == who.id().as_str() {
         facade.broker.release(&who, &id).await
     } else {
         facade.broker.revoke_grant(&who, &id, "revoked over RFC 7009").await
@@ -488,7 +489,12 @@ fn exchange_error(e: BrokerError) -> OAuthError {
         }
         BrokerError::Delegation(D::OtherAudience { .. }) => Some("invalid_target"),
         BrokerError::Delegation(D::WiderScope(_) | D::HigherClass { .. } | D::Catalog(_)) => Some("invalid_scope"),
-        BrokerError::Delegation(_) | BrokerError::Policy(_) | BrokerError::Unbound { .. } => Some("invalid_request"),
+        BrokerError::Delegation(_)
+        | BrokerError::Policy(
+            crate::broker::policy::PolicyRefusal::Denied { .. }
+            | crate::broker::policy::PolicyRefusal::ApprovalRequired { .. },
+        )
+        | BrokerError::Unbound { .. } => Some("invalid_request"),
         _ => None,
     };
     match code {
@@ -497,14 +503,23 @@ fn exchange_error(e: BrokerError) -> OAuthError {
     }
 }
 
-/// A validated RFC 8693 request.
-#[derive(Debug)]
+/// A validated RFC 8693 request. Its `Debug` leaves the token out.
 struct ExchangeRequest<'a> {
     /// The parent token. A secret: never logged.
     subject_token: &'a str,
     audience: Option<&'a str>,
     scopes: Vec<&'a str>,
     task_id: Option<&'a str>,
+}
+
+impl std::fmt::Debug for ExchangeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeRequest")
+            .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .field("task_id", &self.task_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> ExchangeRequest<'a> {

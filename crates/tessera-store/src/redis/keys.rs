@@ -67,6 +67,11 @@ impl Keys {
         format!("{}:disabled", self.prefix)
     }
 
+    /// Hash of anomaly quarantines: SPIFFE ID → JSON `Quarantine`.
+    pub(crate) fn quarantine(&self) -> String {
+        format!("{}:quarantine", self.prefix)
+    }
+
     pub(crate) fn tasks(&self) -> String {
         format!("{}:tasks", self.prefix)
     }

@@ -82,6 +82,7 @@ struct Scripts {
     read_live_grants: redis::Script,
     publish_key: redis::Script,
     withdraw_keys: redis::Script,
+    quarantine: redis::Script,
 }
 
 impl Scripts {
@@ -96,6 +97,7 @@ impl Scripts {
             live_grants: scripts::live_grants(),
             publish_key: scripts::publish_key(),
             withdraw_keys: scripts::withdraw_keys(),
+            quarantine: scripts::quarantine(),
             index_add: scripts::index_add(),
             read_live_grants: scripts::read_live_grants(),
         }
@@ -1146,11 +1148,91 @@ impl GrantStore for RedisStore {
         let ids: Vec<String> = self
             .bounded(redis::cmd("HKEYS").arg(self.keys.disabled()).query_async(&mut conn))
             .await?;
-        // An id that does not parse was not written by us: fail closed on it
-        // would disable nobody, so say the store is corrupt instead.
-        ids.iter()
-            .map(|id| SpiffeId::parse(id).map_err(|_| StoreError::Corrupt(format!("disabled subject `{id}`"))))
-            .collect()
+        // An entry that is not a SPIFFE ID was not written by us and can
+        // match no caller: skip it (logged) rather than stop every replica
+        // from learning the real disables.
+        Ok(ids
+            .iter()
+            .filter_map(|id| match SpiffeId::parse(id) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(key = %self.keys.disabled(), "ignoring a disabled-identity entry that is not a SPIFFE ID");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    async fn subject_disabled(&self, subject: &SpiffeId) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let exists: i64 = self
+            .bounded(
+                redis::cmd("HEXISTS")
+                    .arg(self.keys.disabled())
+                    .arg(subject.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(exists == 1)
+    }
+
+    async fn quarantine_subject(
+        &self,
+        subject: &SpiffeId,
+        until: DateTime<Utc>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::json!({
+            "until_ms": ms(until),
+            "why": why,
+        })
+        .to_string();
+        let mut conn = self.conn();
+        let _: String = self
+            .bounded(
+                self.scripts
+                    .quarantine
+                    .key(self.keys.quarantine())
+                    .arg(subject.as_str())
+                    .arg(ms(until))
+                    .arg(json)
+                    .arg(ms(now))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn quarantined_subjects(&self, now: DateTime<Utc>) -> Result<Vec<crate::Quarantine>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            until_ms: i64,
+            why: String,
+        }
+        let mut conn = self.conn();
+        let all: Vec<(String, String)> = self
+            .bounded(redis::cmd("HGETALL").arg(self.keys.quarantine()).query_async(&mut conn))
+            .await?;
+        let mut out = Vec::new();
+        for (subject, json) in all {
+            // Entries we did not write are skipped (logged), as above.
+            let parsed = serde_json::from_str::<Stored>(&json).ok().and_then(|stored| {
+                Some((
+                    SpiffeId::parse(&subject).ok()?,
+                    DateTime::from_timestamp_millis(stored.until_ms)?,
+                    stored.why,
+                ))
+            });
+            let Some((subject, until, why)) = parsed else {
+                tracing::warn!(key = %self.keys.quarantine(), "ignoring a malformed quarantine entry");
+                continue;
+            };
+            if until > now {
+                out.push(crate::Quarantine { subject, until, why });
+            }
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

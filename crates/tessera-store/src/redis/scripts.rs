@@ -279,3 +279,28 @@ return n
 "#,
     )
 }
+
+/// Quarantines a subject unless a longer quarantine is in force, and drops
+/// expired entries of the hash. KEYS[1] = the quarantine hash. ARGV:
+/// subject, until_ms, json, now_ms. Entries are JSON with `until_ms`.
+pub(crate) fn quarantine() -> Script {
+    Script::new(
+        r#"
+local subject, till, json, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, q = pcall(cjson.decode, all[i + 1])
+  if not ok or type(q) ~= 'table' or tonumber(q.until_ms) == nil or tonumber(q.until_ms) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+local old = redis.call('HGET', KEYS[1], subject)
+if old then
+  local q = cjson.decode(old)
+  if tonumber(q.until_ms) >= till then return 'kept' end
+end
+redis.call('HSET', KEYS[1], subject, json)
+return 'ok'
+"#,
+    )
+}
