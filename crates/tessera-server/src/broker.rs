@@ -224,7 +224,8 @@ pub struct BrokerSettings {
     pub approvals: ApprovalSettings,
     /// After an identity is disabled, when to sweep its grants again: once
     /// every replica has read the disable and every request attested before
-    /// it has ended (`attestation.reload_interval` + `server.request_timeout`).
+    /// it has ended (`attestation.reload_interval` + the longer of
+    /// `server.request_timeout` and `oauth.request_timeout` + 1 s).
     pub disable_settle: std::time::Duration,
 }
 
@@ -1400,13 +1401,17 @@ impl Broker {
         let disabled = if self.registry.is_disabled(&grant.subject) {
             Ok(true)
         } else {
-            self.store.subject_disabled(&grant.subject).await
+            let stored = self.store.subject_disabled(&grant.subject).await;
+            if matches!(stored, Ok(true)) {
+                // Learnt before the next refresh: refuse it here from now on.
+                self.registry.disable_at_runtime(&grant.subject);
+            }
+            stored
         };
         match disabled {
             Ok(false) => Ok(()),
             Ok(true) => {
                 let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
-                self.registry.disable_at_runtime(&grant.subject);
                 Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
                     grant.subject.clone(),
                 )))
