@@ -543,3 +543,87 @@ async fn one_class_per_token_and_the_blast_radius_cap() {
     assert_eq!(denied["blast_radius"], 25);
     assert!(denied["reason"].as_str().unwrap().contains("blast_radius_exceeded"));
 }
+
+/// A loopback HTTP server that records one request: its head and body.
+async fn one_request(listener: tokio::net::TcpListener) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the webhook closed before its body was complete");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                return (head.to_owned(), body.to_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_are_notified_by_a_signed_webhook() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/tessera", listener.local_addr().unwrap());
+    let received = tokio::spawn(one_request(listener));
+    let dir = dev_init("webhook");
+    let secret = "throwaway-test-webhook-secret-0123456789";
+    let secret_file = dir.path().join("webhook-secret.txt");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let broker = Broker::start_in(
+        dir,
+        &[
+            ("TESSERA_APPROVALS__WEBHOOK", url.as_str()),
+            ("TESSERA_APPROVALS__WEBHOOK_SECRET_FILE", secret_file.to_str().unwrap()),
+        ],
+    );
+    broker.start_task(pay_task("pay-hook", &["researcher"])).await;
+    let mut researcher = broker.agent("researcher").await;
+    let waiting = pending(&mut researcher, pay_request("pay-hook", &[TRANSFER], Some(60))).await;
+
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), received)
+        .await
+        .expect("no webhook within 20 s")
+        .unwrap();
+    assert!(head.starts_with("POST /hooks/tessera HTTP/1.1"), "{head}");
+    let notice: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(notice["type"], "tessera.approval.pending");
+    assert_eq!(notice["approval_id"], waiting.approval_id.as_str());
+    assert_eq!(notice["requester"], agent_id("researcher"));
+    assert_eq!(notice["task_id"], "pay-hook");
+    assert_eq!(notice["audience"], PAYMENTS);
+    assert_eq!(notice["scopes"], serde_json::json!([TRANSFER]));
+    assert_eq!(notice["high_impact"], serde_json::json!([TRANSFER]));
+    assert!(find_secret(&body).is_none(), "a secret in the notice: {body}");
+    // The signature is HMAC-SHA256 of the body with the shared secret.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag: String = ring::hmac::sign(&key, body.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let signature = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-tessera-signature:")
+                .map(|v| v.trim().to_owned())
+        })
+        .expect("a signature header");
+    assert_eq!(signature, format!("sha256={tag}"));
+    assert!(broker.logs().contains("approval_webhook_sent"));
+}

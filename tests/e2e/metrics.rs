@@ -132,3 +132,62 @@ async fn readyz_follows_the_store_and_store_errors_are_counted() {
     redis.restart();
     eventually_status(&broker, "/readyz", 200, 20).await;
 }
+
+/// With the standard `OTEL_*` variables, spans go out over OTLP/gRPC. The
+/// collector here is a bare HTTP/2 peer on loopback: it answers the
+/// connection preface with its settings and reads what the exporter sends,
+/// which must name the service and the RPC that was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_the_otel_variables_ask() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let received = tokio::spawn(async move {
+        let (mut stream, _) = collector.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let mut answered = false;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return seen,
+            };
+            seen.extend_from_slice(&buf[..n]);
+            if !answered && seen.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+                // Our SETTINGS (empty), then the ACK of the client's.
+                stream
+                    .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+                    .await
+                    .unwrap();
+                answered = true;
+            }
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("OrchestratorService/StartTask") && text.contains("tesserad") {
+                return seen;
+            }
+        }
+    });
+    let broker = Broker::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    broker
+        .start_task(start_request("otel-1", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let token = broker
+        .issue_as("researcher", token_request("otel-1", &["crm.contacts.read"], None))
+        .await;
+    let seen = received.await.unwrap();
+    assert!(
+        seen.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        "no HTTP/2 (OTLP/gRPC) connection from tesserad"
+    );
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("OrchestratorService/StartTask") && text.contains("tesserad"),
+        "the export names neither the service nor the RPC ({} bytes)",
+        seen.len()
+    );
+    assert!(!text.contains(&token.access_token), "a token was exported");
+}

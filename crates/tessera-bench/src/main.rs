@@ -71,8 +71,12 @@ enum Cmd {
 
 fn write_report(r: &Results, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("benchmarks.json"), serde_json::to_string_pretty(r)?)?;
     let mut r = r.clone();
+    // The report is written even if the JSON cannot be: a run is never lost.
+    match serde_json::to_string_pretty(&r) {
+        Ok(json) => std::fs::write(out.join("benchmarks.json"), json)?,
+        Err(e) => r.notes.push(format!("benchmarks.json not written: {e}")),
+    }
     let plots = match plot::write_all(&r, out) {
         Ok(p) => p,
         Err(e) => {

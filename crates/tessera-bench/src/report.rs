@@ -977,6 +977,14 @@ mod tests {
     }
 
     #[test]
+    fn a_run_round_trips_through_its_json() {
+        let r = synthetic();
+        let json = serde_json::to_string_pretty(&r).unwrap();
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn a_missed_target_is_printed_as_missed_with_the_profile() {
         let md = markdown(&synthetic(), &[("plot.png".into(), "a plot".into())]);
         assert!(

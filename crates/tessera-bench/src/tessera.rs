@@ -23,7 +23,9 @@ pub const TOKEN_TTL_SECS: u32 = 300;
 
 /// A run's outcome: measured, not available in this build, or failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+// Adjacently tagged: an internally tagged enum cannot hold a sequence
+// (`Outcome<Vec<_>>`), which made a whole run's JSON fail to serialize.
+#[serde(tag = "status", content = "value", rename_all = "snake_case")]
 pub enum Outcome<T> {
     /// Measured.
     Measured(T),

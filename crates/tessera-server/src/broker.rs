@@ -14,7 +14,7 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::approvals::{ApprovalSettings, AwaitStep, TokenOutcome};
+pub use self::approvals::{ApprovalNotifier, ApprovalSettings, AwaitStep, TokenOutcome};
 
 use tessera_core::ErrorKind;
 use tessera_core::anomaly::{AnomalyDetector, AnomalyRule, QuarantineList, Trigger};

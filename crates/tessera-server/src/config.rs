@@ -887,7 +887,7 @@ impl RawConfig {
         }
 
         let risk = risk::risk_limits(t.class_max_ttl, t.kind_max_ttl, t.max_blast_radius, max)?;
-        let approvals = self.approvals.validate()?;
+        let approvals = self.approvals.validate(base)?;
 
         let max_task = chrono::Duration::from_std(self.tasks.max_duration)
             .map_err(|_| key_error("tasks.max_duration", "too long"))?;

@@ -221,6 +221,21 @@ pub async fn serve(
             + Duration::from_secs(1),
     };
     let audit = open_audit(&config).await?;
+    let notifier = match &config.approvals.webhook {
+        None => None,
+        Some(url) => {
+            let webhook = http::webhook::Webhook::new(
+                url,
+                config.approvals.webhook_ca.as_deref(),
+                config.approvals.webhook_secret_file.as_deref(),
+                config.approvals.webhook_timeout,
+                config.server.instance_id.clone(),
+            )
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+            tracing::info!(webhook = %url, "approvals: new pending approvals are notified by webhook");
+            Some(Arc::new(webhook) as Arc<dyn broker::ApprovalNotifier>)
+        }
+    };
     let broker = Arc::new(
         Broker::start(
             store,
@@ -234,7 +249,8 @@ pub async fn serve(
         .await
         .map(|broker| broker.with_replay_cache(replay))
         .map_err(|e| ServeError::Start(e.to_string()))?
-        .with_approval_store(approvals),
+        .with_approval_store(approvals)
+        .with_approval_notifier(notifier),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     // Identities operators disabled and anomaly quarantines of other

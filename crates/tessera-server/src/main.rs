@@ -39,7 +39,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tesserad: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter (if any) is made inside the runtime it sends from.
+    let otel = {
+        let _inside = runtime.enter();
+        init_logging(&config.log.level)
+    };
     let prepared = match prepare(config) {
         Ok(p) => p,
         Err(e) => {
@@ -51,21 +62,22 @@ fn main() -> ExitCode {
         println!("tesserad: configuration `{}` is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tesserad: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(prepared, args.ready_file)) {
+    let code = match runtime.block_on(run(prepared, args.ready_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "tesserad failed");
             eprintln!("tesserad: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(provider) = otel {
+        // Flush the spans still batched.
+        let _inside = runtime.enter();
+        if let Err(e) = provider.shutdown() {
+            eprintln!("tesserad: OpenTelemetry export did not flush: {e}");
+        }
     }
+    code
 }
 
 async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -129,15 +141,32 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(level: &str) {
+/// JSON logs on stderr and, when the standard `OTEL_*` variables ask for
+/// it, OpenTelemetry trace export; returns the tracer provider to flush at
+/// exit.
+fn init_logging(level: &str) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(true)
         .with_span_list(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    let (otel, provider) = match tessera_server::telemetry::otel_tracer_provider() {
+        Ok(Some(provider)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tesserad"));
+            (Some(layer), Some(provider))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("tesserad: OpenTelemetry export is off: {e}");
+            (None, None)
+        }
+    };
+    tracing_subscriber::registry().with(filter).with(logs).with(otel).init();
+    provider
 }

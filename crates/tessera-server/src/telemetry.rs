@@ -23,6 +23,8 @@ pub const REVOCATIONS: &str = "tessera_revocations_total";
 pub const STORE_ERRORS: &str = "tessera_store_errors_total";
 /// Audit records that could not be written.
 pub const AUDIT_FAILURES: &str = "tessera_audit_failures_total";
+/// Approval webhook notices given up on.
+pub const WEBHOOK_FAILURES: &str = "tessera_approval_webhook_failures_total";
 /// gRPC call latency (to response headers), by method.
 pub const REQUEST_DURATION: &str = "tessera_request_duration_seconds";
 
@@ -60,6 +62,10 @@ fn describe() {
     metrics::describe_counter!(REVOCATIONS, "Grants revoked, by cause.");
     metrics::describe_counter!(STORE_ERRORS, "Requests that failed because the state store failed.");
     metrics::describe_counter!(AUDIT_FAILURES, "Audit records that could not be written.");
+    metrics::describe_counter!(
+        WEBHOOK_FAILURES,
+        "Approval webhook notices given up on after every attempt failed."
+    );
     metrics::describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
@@ -134,9 +140,50 @@ pub fn store_error() {
     metrics::counter!(STORE_ERRORS).increment(1);
 }
 
+/// The OpenTelemetry tracer provider the standard variables ask for:
+/// `None` unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and neither
+/// `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`). Spans are sent
+/// over OTLP/gRPC in batches (`OTEL_BSP_*`), as service `tesserad` unless
+/// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise. Spans
+/// carry what the logs carry (method, request id, ids of grants and tasks),
+/// never a token. Must be called inside the Tokio runtime.
+pub fn otel_tracer_provider() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return Ok(None);
+    }
+    if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() && var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if var("OTEL_SERVICE_NAME").is_none()
+        && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| v.contains("service.name="))
+    {
+        resource = resource.with_service_name("tesserad");
+    }
+    Ok(Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
 /// An audit record could not be written.
 pub fn audit_failure() {
     metrics::counter!(AUDIT_FAILURES).increment(1);
+}
+
+/// An approval webhook notice was given up on.
+pub fn webhook_failure() {
+    metrics::counter!(WEBHOOK_FAILURES).increment(1);
 }
 
 /// The `method` label of a gRPC path: `Service/Method` for our, health and

@@ -46,12 +46,22 @@ impl Default for ApprovalSettings {
 pub(crate) struct Approvals {
     store: Arc<dyn ApprovalStore>,
     changed: tokio::sync::Notify,
+    /// Tells approvers of new pending approvals (the webhook), if set.
+    notifier: Option<Arc<dyn ApprovalNotifier>>,
+}
+
+/// Tells approvers that an approval is pending. Must not block: a notifier
+/// sends in the background, and its failures never fail the request.
+pub trait ApprovalNotifier: Send + Sync {
+    /// `approval` was just opened (and audited).
+    fn pending(&self, approval: &Approval);
 }
 
 impl Approvals {
     pub(crate) fn new(store: Arc<dyn ApprovalStore>) -> Self {
         Self {
             store,
+            notifier: None,
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -127,7 +137,16 @@ impl Broker {
     /// Redis, so every replica sees the same approvals).
     #[must_use]
     pub fn with_approval_store(mut self, store: Arc<dyn ApprovalStore>) -> Self {
+        let notifier = self.approvals.notifier.take();
         self.approvals = Approvals::new(store);
+        self.approvals.notifier = notifier;
+        self
+    }
+
+    /// Notifies approvers of each new pending approval through `notifier`
+    /// (none: approvers look with ListApprovals).
+    pub fn with_approval_notifier(mut self, notifier: Option<Arc<dyn ApprovalNotifier>>) -> Self {
+        self.approvals.notifier = notifier;
         self
     }
 
@@ -238,6 +257,9 @@ impl Broker {
             "token request waits for approval"
         );
         crate::telemetry::decision("request_token", true);
+        if let Some(notifier) = &self.approvals.notifier {
+            notifier.pending(&approval);
+        }
         Ok(approval)
     }
 

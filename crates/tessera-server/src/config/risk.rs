@@ -114,6 +114,14 @@ pub struct ApprovalsConfig {
     /// How often a waiting `AwaitApproval` re-reads the shared store (a
     /// decision on another replica is seen within this).
     pub poll_interval: Duration,
+    /// Where to POST a notice of each new pending approval (optional).
+    pub webhook: Option<String>,
+    /// PEM roots for an https webhook.
+    pub webhook_ca: Option<std::path::PathBuf>,
+    /// A file holding the HMAC-SHA256 key the notices are signed with.
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+    /// The deadline of each attempt.
+    pub webhook_timeout: Duration,
 }
 
 impl Default for ApprovalsConfig {
@@ -121,6 +129,10 @@ impl Default for ApprovalsConfig {
         Self {
             ttl: Duration::from_secs(15 * 60),
             poll_interval: Duration::from_millis(500),
+            webhook: None,
+            webhook_ca: None,
+            webhook_secret_file: None,
+            webhook_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -132,6 +144,18 @@ pub(super) struct RawApprovals {
     ttl: Duration,
     #[serde(default = "default_poll", with = "super::humantime_serde")]
     poll_interval: Duration,
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default)]
+    webhook_ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    webhook_secret_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_webhook_timeout", with = "super::humantime_serde")]
+    webhook_timeout: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    ApprovalsConfig::default().webhook_timeout
 }
 
 fn default_approval_ttl() -> Duration {
@@ -147,21 +171,44 @@ impl Default for RawApprovals {
         Self {
             ttl: default_approval_ttl(),
             poll_interval: default_poll(),
+            webhook: None,
+            webhook_ca: None,
+            webhook_secret_file: None,
+            webhook_timeout: default_webhook_timeout(),
         }
     }
 }
 
 impl RawApprovals {
-    pub(super) fn validate(self) -> Result<ApprovalsConfig, ConfigError> {
+    pub(super) fn validate(self, base: &std::path::Path) -> Result<ApprovalsConfig, ConfigError> {
         if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(24 * 3600) {
             return Err(key_error("approvals.ttl", "must be between 1s and 24h"));
         }
         if self.poll_interval < Duration::from_millis(50) || self.poll_interval > Duration::from_secs(10) {
             return Err(key_error("approvals.poll_interval", "must be between 50ms and 10s"));
         }
+        if self.webhook_timeout < Duration::from_millis(100) || self.webhook_timeout > Duration::from_secs(60) {
+            return Err(key_error("approvals.webhook_timeout", "must be between 100ms and 60s"));
+        }
+        let resolve = |p: std::path::PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let webhook = self.webhook.filter(|w| !w.is_empty());
+        if let Some(url) = &webhook {
+            crate::http::webhook::check_url(url, self.webhook_ca.is_some())
+                .map_err(|e| key_error("approvals.webhook", e))?;
+        }
+        if webhook.is_none() && (self.webhook_ca.is_some() || self.webhook_secret_file.is_some()) {
+            return Err(key_error(
+                "approvals.webhook",
+                "webhook_ca or webhook_secret_file is set but no webhook URL",
+            ));
+        }
         Ok(ApprovalsConfig {
             ttl: self.ttl,
             poll_interval: self.poll_interval,
+            webhook,
+            webhook_ca: self.webhook_ca.map(resolve),
+            webhook_secret_file: self.webhook_secret_file.map(resolve),
+            webhook_timeout: self.webhook_timeout,
         })
     }
 }
@@ -313,5 +360,28 @@ schema_version = "3"
         check_key("", "[approvals]\nttl = \"2d\"", "approvals.ttl");
         check_key("", "[approvals]\npoll_interval = \"1ms\"", "approvals.poll_interval");
         check_key("", "[approvals]\nwebhook = \"x\"", "approvals.webhook");
+        check_key(
+            "",
+            "[approvals]\nwebhook = \"http://hooks.example.org/x\"",
+            "approvals.webhook",
+        );
+        check_key(
+            "",
+            "[approvals]\nwebhook = \"https://hooks.example.org/x\"",
+            "approvals.webhook",
+        );
+        check_key("", "[approvals]\nwebhook_ca = \"ca.pem\"", "approvals.webhook");
+        let c = load(
+            "",
+            "[approvals]\nwebhook = \"http://127.0.0.1:9/hook\"\nwebhook_timeout = \"2s\"",
+        )
+        .unwrap();
+        assert_eq!(c.approvals.webhook.as_deref(), Some("http://127.0.0.1:9/hook"));
+        assert_eq!(c.approvals.webhook_timeout, Duration::from_secs(2));
+        check_key(
+            "",
+            "[approvals]\nwebhook = \"http://127.0.0.1:9/\"\nwebhook_timeout = \"1ms\"",
+            "approvals.webhook_timeout",
+        );
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod oauth;
+pub mod webhook;
 
 use std::convert::Infallible;
 use std::sync::Arc;
