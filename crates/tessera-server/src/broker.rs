@@ -28,7 +28,7 @@ use tessera_core::orchestration::{self, OrchestrationError, StartTask, TaskLimit
 use tessera_core::policy::{Operation, PolicyQuery, TaskAction};
 use tessera_core::task::{Task, TaskError, TaskId, TaskState};
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims, Jwks, JwsError, KeyError, SigningKey};
-use tessera_core::ttl::TtlLimits;
+use tessera_core::ttl::{Ttl, TtlLimits};
 use tessera_store::{
     FeedBatch, FeedPosition, GrantFilter, GrantPage, GrantStore, PublishedKey, RevokeOutcome, StoreError, TaskEnded,
 };
@@ -958,21 +958,8 @@ impl Broker {
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
         self.store.record_grant(&grant, now).await?;
-        // A quarantine that began while this mint was in flight has already
-        // swept the identity's grants; this one must not slip past it.
-        if let Err(e) = self.admit(who).await {
-            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
-            return Err(e);
-        }
-        self.confirm_recorded(&grant, now).await?;
-        let mut event = self.event(AuditKind::TokenIssued, Outcome::Allow, Some(who));
-        event.task_id = Some(grant.task_id.to_string());
-        event.grant_id = Some(grant.id.to_string());
-        event.audience = Some(grant.audience.to_string());
-        event.scopes = grant.scopes.iter().map(ToString::to_string).collect();
-        event.class = Some(grant.class.to_string());
-        event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
-        event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        self.confirm_recorded(who, &grant, now).await?;
+        let mut event = self.grant_event(AuditKind::TokenIssued, who, &grant, plan.lifetime.ttl);
         allowed.stamp(&mut event);
         event.blast_radius = Some(grant.impact.blast_radius);
         event.approval_id = grant.impact.approval_id.clone();
@@ -1391,13 +1378,38 @@ impl Broker {
         });
     }
 
-    /// After a grant is recorded, before its token leaves: its holder must
-    /// not be disabled, neither here nor in the store (a disable made on
-    /// another replica that this one has not read yet). The store check is
-    /// after the record, so a disable either is seen here or comes after the
-    /// record, and its sweep finds the grant. Otherwise the grant is taken
-    /// back; if the store cannot say, too (fail closed).
-    async fn confirm_recorded(&self, grant: &Grant, now: chrono::DateTime<chrono::Utc>) -> Result<(), BrokerError> {
+    /// The audit record of a grant just issued to (or delegated by) `who`.
+    fn grant_event(&self, kind: AuditKind, who: &VerifiedIdentity, grant: &Grant, ttl: Ttl) -> AuditEvent {
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.task_id = Some(grant.task_id.to_string());
+        event.grant_id = Some(grant.id.to_string());
+        event.audience = Some(grant.audience.to_string());
+        event.scopes = grant.scopes.iter().map(ToString::to_string).collect();
+        event.class = Some(grant.class.to_string());
+        event.ttl_secs = Some(ttl.as_secs());
+        event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        event
+    }
+
+    /// After a grant is recorded, before its token leaves. The caller `who`
+    /// must still be admitted: a quarantine that began while this mint was
+    /// in flight has already swept its grants, and this one must not slip
+    /// past it. And the grant's holder must not be disabled, neither here
+    /// nor in the store (a disable made on another replica that this one has
+    /// not read yet): the store check is after the record, so a disable
+    /// either is seen here or comes after the record, and its sweep finds
+    /// the grant. Otherwise the grant is taken back; if the store cannot
+    /// say, too (fail closed).
+    async fn confirm_recorded(
+        &self,
+        who: &VerifiedIdentity,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        if let Err(e) = self.admit(who).await {
+            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
+            return Err(e);
+        }
         let disabled = if self.registry.is_disabled(&grant.subject) {
             Ok(true)
         } else {

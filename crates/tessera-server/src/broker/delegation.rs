@@ -153,19 +153,8 @@ impl Broker {
             Err(StoreError::ParentNotLive) => return Err(DelegationError::ParentNotLive.into()),
             Err(e) => return Err(e.into()),
         }
-        if let Err(e) = self.admit(who).await {
-            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
-            return Err(e);
-        }
-        self.confirm_recorded(&grant, now).await?;
-        let mut event = self.event(AuditKind::TokenDelegated, Outcome::Allow, Some(who));
-        event.task_id = Some(grant.task_id.to_string());
-        event.grant_id = Some(grant.id.to_string());
-        event.audience = Some(grant.audience.to_string());
-        event.scopes = grant.scopes.iter().map(ToString::to_string).collect();
-        event.class = Some(grant.class.to_string());
-        event.ttl_secs = Some(plan.lifetime.ttl.as_secs());
-        event.schema_version = self.catalog.api(&grant.audience).map(|a| a.schema_version.clone());
+        self.confirm_recorded(who, &grant, now).await?;
+        let mut event = self.grant_event(AuditKind::TokenDelegated, who, &grant, plan.lifetime.ttl);
         allowed.stamp(&mut event);
         event.reason = Some(format!(
             "{} from grant {} of {} to {} at depth {}{}",
