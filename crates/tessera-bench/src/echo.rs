@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tessera_client::pb;
 use tessera_client::pb::agent_service_server::{AgentService, AgentServiceServer};
 use tokio_stream::Stream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -75,8 +76,10 @@ pub async fn serve(dev_dir: &Path, ready_file: &Path) -> anyhow::Result<()> {
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read("broker.pem")?, read("broker.key.pem")?))
         .client_ca_root(Certificate::from_pem(read("ca.pem")?));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    // Nagle off, as in tesserad's accept loop: with it on, a small reply
+    // waits for the client's delayed ACK and the "limit" would measure that.
+    let incoming = TcpIncoming::bind(([127, 0, 0, 1], 0).into())?.with_nodelay(Some(true));
+    let addr = incoming.local_addr()?;
     let echo = Echo {
         reply: pb::IssuedToken {
             access_token: "x".repeat(TOKEN_LEN),
@@ -89,7 +92,6 @@ pub async fn serve(dev_dir: &Path, ready_file: &Path) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = Server::builder()
         .tls_config(tls)?
         .add_service(AgentServiceServer::new(echo))

@@ -49,6 +49,25 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Only the mint scenario, for whoever is changing the mint path: prints
+    /// rate, latency and server CPU per mint; writes no report.
+    Mint {
+        /// Directory with the release `tesserad` and `tessera`.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// The store the broker runs on.
+        #[arg(long, value_enum, default_value = "redis")]
+        store: run::StoreKind,
+        /// Closed-loop levels to run, one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        in_flight: Vec<usize>,
+        /// Seconds per level.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Extra broker settings, `TESSERA_SECTION__KEY=value` (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
     /// Re-render the report from a `benchmarks.json`.
     Report {
         /// The JSON a run wrote.
@@ -67,6 +86,17 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         ready_file: PathBuf,
     },
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("TESSERA_") => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected TESSERA_SECTION__KEY=value, got {s:?}")),
+    }
+}
+
+fn scratch() -> PathBuf {
+    std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()))
 }
 
 fn write_report(r: &Results, out: &Path) -> anyhow::Result<()> {
@@ -98,6 +128,29 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 serde_json::from_str(&text).with_context(|| format!("{} is not a run's JSON", json.display()))?;
             write_report(&r, &out)
         }
+        Cmd::Mint {
+            bin_dir,
+            store,
+            in_flight,
+            seconds,
+            env,
+        } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let work = scratch();
+            std::fs::create_dir_all(&work)?;
+            let setup = run::Setup {
+                bin_dir,
+                bench_bin: std::env::current_exe()?,
+                bao: None,
+                work: work.clone(),
+                pid_file: None,
+                quiet: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                commands: Vec::new(),
+            };
+            let r = run::mint_only(&setup, store, &in_flight, std::time::Duration::from_secs(seconds), &env).await;
+            let _ = std::fs::remove_dir_all(&work);
+            r
+        }
         Cmd::Run {
             quick,
             bin_dir,
@@ -113,7 +166,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             let quiet = quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
             let work = match work {
                 Some(w) => w,
-                None => std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id())),
+                None => scratch(),
             };
             std::fs::create_dir_all(&work)?;
             let bao = openbao::find_binary(bao_venv.as_deref());

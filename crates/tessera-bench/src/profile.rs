@@ -58,6 +58,8 @@ pub async fn perf_during(t: &Target, tesserad: u32, redis: u32, secs: Duration, 
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        // perf pads its columns to the terminal width it guesses.
+        .map(|l| l.trim_end().trim_end_matches(['-', ' ']))
         .take(TOP)
         .collect();
     anyhow::ensure!(!lines.is_empty(), "perf recorded no samples");

@@ -534,3 +534,75 @@ pub async fn bao_run(bin: &Path, storage: Storage, p: &Profile, s: &Setup) -> an
         rss,
     })
 }
+
+/// Which store `tessera-bench mint` runs the broker on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded in-memory store.
+    Memory,
+    /// A local `redis-server` started for the run, as `make bench` does.
+    Redis,
+}
+
+/// `tessera-bench mint`: only the mint scenario, for a developer changing the
+/// mint path. Starts the broker (and Redis) as `run` does, plus any `extra`
+/// `TESSERA_*` settings, runs a closed loop at each of `in_flight`, and prints
+/// one line per level: rate, latency and server CPU per mint by process.
+pub async fn mint_only(
+    s: &Setup,
+    store: StoreKind,
+    in_flight: &[usize],
+    each: Duration,
+    extra: &[(String, String)],
+) -> anyhow::Result<()> {
+    let pid_file = s.pid_file.as_deref();
+    let pki = DevPki::init(&s.bin_dir.join("tessera"), &s.work.join("pki"))?;
+    let redis = match store {
+        StoreKind::Redis => Some(Redis::start(&s.work.join("redis"), pid_file)?),
+        StoreKind::Memory => None,
+    };
+    let mut env = match &redis {
+        Some(r) => broker_env(&r.url()),
+        None => vec![("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into())],
+    };
+    env.extend(extra.iter().cloned());
+    let tesserad = Tesserad::start(&s.bin_dir.join("tesserad"), &pki, &env, "mint", pid_file)?;
+    let mut pids = vec![("tesserad".to_owned(), tesserad.proc.pid())];
+    if let Some(r) = &redis {
+        pids.push(("redis-server".to_owned(), r.proc.pid()));
+    }
+    let t = Target {
+        endpoint: tesserad.endpoint(),
+        dev_dir: pki.dir.clone(),
+        pids,
+        quiet: s.quiet,
+        connections: 4,
+    };
+    for &n in in_flight {
+        let m = checked(
+            t.mint(&LoadSpec::closed(&format!("mint, {n} in flight"), n).for_duration(each))
+                .await,
+        );
+        match m {
+            Outcome::Measured(m) => {
+                let by: Vec<String> = m
+                    .cpu
+                    .by_process
+                    .iter()
+                    .map(|(p, us)| format!("{p} {:.0} µs", *us as f64 / m.load.ok.max(1) as f64))
+                    .collect();
+                println!(
+                    "{n:>3} in flight: {:>7.0}/s  p50 {} µs  p99 {} µs  errors {}  CPU/mint {:.0} µs ({})",
+                    m.load.rate,
+                    m.load.latency.p50_us,
+                    m.load.latency.p99_us,
+                    m.load.errors,
+                    m.cpu_us_per_op.unwrap_or(f64::NAN),
+                    by.join(", ")
+                );
+            }
+            other => println!("{n:>3} in flight: {other:?}"),
+        }
+    }
+    Ok(())
+}
