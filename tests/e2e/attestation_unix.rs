@@ -228,3 +228,151 @@ async fn the_cli_obtains_tokens_by_jwt_and_by_unix_socket() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not attest by `jwt`"));
 }
+
+/// The interpreter a `python3` child runs as (what `/proc/<pid>/exe` names).
+fn python3_exe() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .output()
+        .expect("python3 (make test installs it)");
+    assert!(out.status.success());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A `python3` child that connects to the broker's `socket`, hands the
+/// connected socket to us over `mailbox` (SCM_RIGHTS), then waits for its
+/// standard input to close before exiting: the connection's peer is the
+/// child, whatever process later uses the socket.
+const HAND_OVER: &str = r"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+m = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+m.connect(sys.argv[2])
+socket.send_fds(m, [b'x'], [s.fileno()])
+sys.stdin.read()
+";
+
+/// Starts the child and receives the socket it connected.
+fn connected_by_child(
+    socket: &std::path::Path,
+    mailbox: &std::path::Path,
+) -> (std::process::Child, std::os::fd::OwnedFd) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let _ = std::fs::remove_file(mailbox);
+    let listener = std::os::unix::net::UnixListener::bind(mailbox).unwrap();
+    let child = std::process::Command::new("python3")
+        .args(["-c", HAND_OVER])
+        .arg(socket)
+        .arg(mailbox)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    rustix::net::recvmsg(
+        &conn,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::empty(),
+    )
+    .unwrap();
+    let fd = control
+        .drain()
+        .find_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        })
+        .expect("the child sent its socket");
+    (child, fd)
+}
+
+/// Hands one already connected socket to the channel, once.
+struct HandedOver(std::sync::Arc<std::sync::Mutex<Option<tokio::net::UnixStream>>>);
+
+impl tower_service::Service<tonic::transport::Uri> for HandedOver {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::transport::Uri) -> Self::Future {
+        let taken = self.0.lock().unwrap().take();
+        std::future::ready(
+            taken
+                .map(hyper_util::rt::TokioIo::new)
+                .ok_or_else(|| std::io::Error::other("the handed-over socket was used already")),
+        )
+    }
+}
+
+/// A gRPC channel over an already connected Unix socket.
+async fn channel_over(fd: std::os::fd::OwnedFd) -> tonic::transport::Channel {
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true).unwrap();
+    let stream = tokio::net::UnixStream::from_std(std_stream).unwrap();
+    tonic::transport::Endpoint::from_static("http://tesserad.local")
+        .connect_with_connector(HandedOver(std::sync::Arc::new(std::sync::Mutex::new(Some(stream)))))
+        .await
+        .unwrap()
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// A14: the peer is the process that connected, pinned by the kernel. A
+/// socket connected by a python3 child is attested as the child (its
+/// interpreter is the registered executable) while the child lives; if
+/// the child has exited by the time the broker looks (the broker is
+/// stopped while the child connects, hands the socket over and exits, so
+/// its PID is free for reuse), the connection attests nobody:
+/// UNAUTHENTICATED, audited, even though the process using it is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_peer_exited_is_refused() {
+    let python = python3_exe();
+    let bytes = std::fs::read(&python).unwrap();
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (broker, socket) = unix_broker(own_uid(), &hash);
+    let mailbox = broker.dir.path().join("mailbox.sock");
+
+    // The child alive: attested as agent/local (its exe is python3).
+    let (mut child, fd) = connected_by_child(&socket, &mailbox);
+    let mut v = tessera_client::VerifierClient::new(channel_over(fd).await.into());
+    v.introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .expect("a live peer running the registered executable is attested");
+    drop(child.stdin.take());
+    child.wait().unwrap();
+
+    // The broker stopped: the child connects (the kernel queues it),
+    // hands the socket over, and exits before the broker accepts.
+    signal(broker.pid(), rustix::process::Signal::STOP);
+    let (mut child, fd) = connected_by_child(&socket, &mailbox);
+    drop(child.stdin.take());
+    let exited = child.wait();
+    signal(broker.pid(), rustix::process::Signal::CONT);
+    exited.unwrap();
+    let mut v = tessera_client::VerifierClient::new(channel_over(fd).await.into());
+    let status = v
+        .introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .expect_err("a connection whose peer exited was attested");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("exited") || status.message().contains("gone"),
+        "{status:?}"
+    );
+    let record = wait_refusal_audited(&broker, "unix", "refusing");
+    assert_eq!(record["who"]["identity"], "(unattested)");
+}

@@ -15,18 +15,26 @@ use std::time::{Duration, Instant};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
 };
-use tessera_e2e::attestation::{append_config, wait_refusal_audited};
+use tessera_e2e::attestation::{append_config, wait_refusal_audited, wait_refusal_of};
 use tessera_e2e::{Broker, dev_init};
 use tonic::Code;
 
-/// A leaf signed by the dev CA of `dir` (or by `ca` if given).
-fn svid(dir: &std::path::Path, sans: &[&str], is_ca: bool, valid_days: (i64, i64)) -> (String, String) {
+/// A client certificate, its key, and the evidence digest an audit record
+/// names for it.
+struct Svid {
+    cert: String,
+    key: String,
+    evidence: String,
+}
+
+/// A leaf signed by the dev CA of `dir`.
+fn svid(dir: &std::path::Path, sans: &[&str], is_ca: bool, valid_days: (i64, i64)) -> Svid {
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
     leaf(&issuer, sans, is_ca, valid_days)
 }
 
-fn leaf(issuer: &Issuer<'_, KeyPair>, sans: &[&str], is_ca: bool, (from, to): (i64, i64)) -> (String, String) {
+fn leaf(issuer: &Issuer<'_, KeyPair>, sans: &[&str], is_ca: bool, (from, to): (i64, i64)) -> Svid {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -39,10 +47,14 @@ fn leaf(issuer: &Issuer<'_, KeyPair>, sans: &[&str], is_ca: bool, (from, to): (i
     params.not_before = now + time::Duration::days(from);
     params.not_after = now + time::Duration::days(to);
     let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+    Svid {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        evidence: tessera_core::attestation::sha256_hex(cert.der()),
+    }
 }
 
-async fn jwks_as(broker: &Broker, (cert, key): &(String, String)) -> Result<(), tonic::Status> {
+async fn jwks_as(broker: &Broker, Svid { cert, key, .. }: &Svid) -> Result<(), tonic::Status> {
     let identity = tessera_client::Identity {
         ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
         cert_pem: cert.clone().into_bytes(),
@@ -69,50 +81,62 @@ fn refused_at_edge(result: Result<(), tonic::Status>, mentions: &str) {
     );
 }
 
+/// Presents `svid`, expects UNAUTHENTICATED mentioning `mentions`, and the
+/// audit record of this very certificate with the same reason.
+async fn refused_and_audited(broker: &Broker, svid: &Svid, mentions: &str) {
+    refused_at_edge(jwks_as(broker, svid).await, mentions);
+    wait_refusal_of(broker, "x509", &svid.evidence, mentions);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a12_bad_client_certificates_are_refused() {
     let broker = Broker::start();
     let d = broker.dir.path().to_owned();
     let gw = "spiffe://tessera.local/service/api-gateway";
     jwks_as(&broker, &svid(&d, &[gw], false, (-1, 30))).await.unwrap();
-    // Refused at the edge, audited.
-    refused_at_edge(
-        jwks_as(&broker, &svid(&d, &[], false, (-1, 30))).await,
+    // Each is answered UNAUTHENTICATED with its reason, and audited with
+    // the digest of the certificate presented.
+    refused_and_audited(&broker, &svid(&d, &[], false, (-1, 30)), "exactly one URI SAN").await;
+    refused_and_audited(
+        &broker,
+        &svid(&d, &[gw, "spiffe://tessera.local/agent/x"], false, (-1, 30)),
         "exactly one URI SAN",
-    );
-    refused_at_edge(
-        jwks_as(
-            &broker,
-            &svid(&d, &[gw, "spiffe://tessera.local/agent/x"], false, (-1, 30)),
-        )
-        .await,
-        "exactly one URI SAN",
-    );
-    // A CA certificate as the leaf: webpki refuses it in the handshake.
-    let handshakes = broker.logs().matches("tls handshake refused").count();
-    assert!(jwks_as(&broker, &svid(&d, &[gw], true, (-1, 30))).await.is_err());
-    broker.wait_log_count("tls handshake refused", handshakes);
-    refused_at_edge(
-        jwks_as(
-            &broker,
-            &svid(&d, &["spiffe://evil.example/service/api-gateway"], false, (-1, 30)),
-        )
-        .await,
+    )
+    .await;
+    refused_and_audited(&broker, &svid(&d, &[gw], true, (-1, 30)), "a CA certificate").await;
+    refused_and_audited(
+        &broker,
+        &svid(&d, &["spiffe://evil.example/service/api-gateway"], false, (-1, 30)),
         "trusted domain",
-    );
-    wait_refusal_audited(&broker, "x509", "exactly one URI SAN");
-    wait_refusal_audited(&broker, "x509", "trusted domain");
-    // Expired or not yet valid: refused in the handshake.
-    let before = broker.logs().matches("tls handshake refused").count();
-    assert!(
-        jwks_as(&broker, &svid(&d, &[gw], false, (-30, -1))).await.is_err(),
-        "expired"
-    );
-    assert!(
-        jwks_as(&broker, &svid(&d, &[gw], false, (1, 30))).await.is_err(),
-        "not yet valid"
-    );
-    broker.wait_log_count("tls handshake refused", before + 1);
+    )
+    .await;
+    refused_and_audited(&broker, &svid(&d, &[gw], false, (-30, -1)), "it has expired").await;
+    refused_and_audited(&broker, &svid(&d, &[gw], false, (1, 30)), "not valid yet").await;
+    // A CA outside every trust bundle.
+    let mut stranger = CertificateParams::default();
+    stranger.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let stranger_key = KeyPair::generate().unwrap();
+    stranger.self_signed(&stranger_key).unwrap();
+    let stranger = Issuer::new(stranger, stranger_key);
+    refused_and_audited(
+        &broker,
+        &leaf(&stranger, &[gw], false, (-1, 30)),
+        "trust bundle of its trust domain",
+    )
+    .await;
+    // A13 at the edge: malformed SPIFFE IDs in the one URI SAN, from our CA.
+    let long = format!("spiffe://tessera.local/{}", "a".repeat(2049));
+    for bad in [
+        "spiffe://TESSERA.local/service/api-gateway",
+        "spiffe://tessera.local/service/../api-gateway",
+        "spiffe://tessera.local/service//api-gateway",
+        "spiffe://tessera.local/service/api-gateway?x=1",
+        long.as_str(),
+    ] {
+        refused_and_audited(&broker, &svid(&d, &[bad], false, (-1, 30)), "not a valid SPIFFE ID").await;
+    }
+    // None of them shut the door on a good certificate.
+    jwks_as(&broker, &svid(&d, &[gw], false, (-1, 30))).await.unwrap();
 }
 
 /// Rewrites the config file in place (the broker polls its mtime).
@@ -175,15 +199,33 @@ max_ttl = "5m"
         false,
         (-1, 30),
     );
-    assert!(jwks_as(&broker, &forged).await.is_err());
+    refused_and_audited(&broker, &forged, "trust bundle of its trust domain").await;
     let crossed = svid(&d, &["spiffe://partner.example/agent/p"], false, (-1, 30));
-    assert!(jwks_as(&broker, &crossed).await.is_err());
-    // A15: the partner bundle emptied at runtime refuses every partner SVID.
+    refused_and_audited(&broker, &crossed, "trust bundle of its trust domain").await;
+    // A connection that stays open across the change below.
+    let identity = tessera_client::Identity {
+        ca_pem: std::fs::read(d.join("ca.pem")).unwrap(),
+        cert_pem: p.cert.clone().into_bytes(),
+        key_pem: p.key.clone().into_bytes(),
+    };
+    let mut open =
+        tessera_client::VerifierClient::new(tessera_client::connect(&broker.endpoint(), &identity).await.unwrap());
+    open.introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .unwrap();
+    // A15: the partner bundle emptied at runtime refuses every partner SVID,
+    // on new connections and on the one already open.
     std::fs::write(d.join("partner-ca.pem"), "").unwrap();
     eventually("the emptied bundle to apply", async || {
         jwks_as(&broker, &p).await.is_err()
     })
     .await;
+    let status = open
+        .introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .expect_err("the open connection still attests by a CA that was removed");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    wait_refusal_of(&broker, "x509", &p.evidence, "client certificate refused");
     assert!(broker.logs().contains("trust bundles reloaded"), "{}", broker.logs());
     // Our own domain is unaffected.
     jwks_as(

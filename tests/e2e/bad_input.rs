@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use tessera_e2e::attestation::wait_refusal_audited;
 use tessera_e2e::*;
 use tonic::Code;
 
@@ -315,12 +316,13 @@ fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_
     }
 }
 
-async fn try_jwks(broker: &Broker, identity: &tessera_client::Identity) -> Result<(), String> {
+/// An attested call (Introspect; GetJwks is public and attests nobody).
+async fn try_introspect(broker: &Broker, identity: &tessera_client::Identity) -> Result<(), String> {
     let channel = tessera_client::connect(&broker.endpoint(), identity)
         .await
         .map_err(|e| e.to_string())?;
     let mut v = tessera_client::VerifierClient::new(channel);
-    v.get_jwks(pb::GetJwksRequest {})
+    v.introspect(tessera_e2e::attestation::introspect_request())
         .await
         .map(drop)
         .map_err(|s| format!("{s:?}"))
@@ -330,16 +332,17 @@ async fn try_jwks(broker: &Broker, identity: &tessera_client::Identity) -> Resul
 async fn callers_without_a_trusted_svid_are_refused() {
     let broker = Broker::start();
     // Sanity: a trusted, registered identity works.
-    try_jwks(&broker, &broker.identity("api-gateway")).await.unwrap();
+    try_introspect(&broker, &broker.identity("api-gateway")).await.unwrap();
 
-    // An SVID from a CA outside the trust bundle: the handshake or the call fails.
+    // An SVID from a CA outside the trust bundle: UNAUTHENTICATED, saying why.
     let untrusted = foreign_identity(&broker, "spiffe://tessera.local/service/api-gateway", false);
-    let before = broker.logs().matches("tls handshake refused").count();
-    assert!(try_jwks(&broker, &untrusted).await.is_err());
-    // The broker refused it in the TLS handshake.
-    broker.wait_log_count("tls handshake refused", before);
+    let refused = try_introspect(&broker, &untrusted).await.unwrap_err();
+    assert!(
+        refused.contains("Unauthenticated") && refused.contains("trust bundle"),
+        "{refused}"
+    );
 
-    // No client certificate at all: the connection is refused.
+    // No client certificate at all: UNAUTHENTICATED, audited.
     let d = broker.dir.path();
     let ca = tonic::transport::Certificate::from_pem(std::fs::read(d.join("ca.pem")).unwrap());
     let tls = tonic::transport::ClientTlsConfig::new()
@@ -350,21 +353,17 @@ async fn callers_without_a_trusted_svid_are_refused() {
         .unwrap()
         .tls_config(tls)
         .unwrap()
-        .connect_timeout(Duration::from_secs(5));
-    let refused = match anonymous.connect().await {
-        Err(_) => true,
-        Ok(channel) => tessera_client::VerifierClient::new(channel.into())
-            .get_jwks(pb::GetJwksRequest {})
-            .await
-            .is_err(),
-    };
-    assert!(refused, "a caller without a client certificate was served");
-    let handshakes = broker.logs().matches("tls handshake refused").count();
-    assert!(
-        handshakes >= 2,
-        "both refusals happened in the TLS handshake: {}",
-        broker.logs()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let status = code(
+        tessera_client::AgentClient::new(anonymous.into())
+            .request_token(token_request("t", &["crm.contacts.read"], None))
+            .await,
     );
+    expect(status, Code::Unauthenticated, "no client certificate");
+    wait_refusal_audited(&broker, "x509", "no client certificate");
 
     // Trusted CA, but an identity that is not registered: UNAUTHENTICATED.
     let stranger = foreign_identity(&broker, "spiffe://tessera.local/agent/stranger", true);

@@ -234,18 +234,35 @@ pub fn audit_records(broker: &Broker) -> Vec<Value> {
 /// Waits (bounded) for an `attestation_refused` record by `method` whose
 /// reason contains `reason`.
 pub fn wait_refusal_audited(broker: &Broker, method: &str, reason: &str) -> Value {
+    wait_refusal(broker, method, reason, None)
+}
+
+/// Waits (bounded) for the `attestation_refused` record of one piece of
+/// evidence (`sha256:<hex>` of the certificate or token presented), by
+/// `method`, whose reason contains `reason`: proves that this very refusal
+/// was audited, not just one like it.
+pub fn wait_refusal_of(broker: &Broker, method: &str, evidence: &str, reason: &str) -> Value {
+    wait_refusal(broker, method, reason, Some(evidence))
+}
+
+fn wait_refusal(broker: &Broker, method: &str, reason: &str, evidence: Option<&str>) -> Value {
     let started = std::time::Instant::now();
     loop {
         if let Some(r) = audit_records(broker).into_iter().find(|r| {
             r["event"] == "attestation_refused"
                 && r["who"]["attestation"] == method
                 && r["reason"].as_str().is_some_and(|s| s.contains(reason))
+                && evidence.is_none_or(|e| r["who"]["evidence"] == e)
         }) {
             return r;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "no attestation_refused record ({method}) with reason containing `{reason}`"
+            "no attestation_refused record ({method}, evidence {evidence:?}) with reason containing `{reason}`: {:#?}",
+            audit_records(broker)
+                .into_iter()
+                .filter(|r| r["event"] == "attestation_refused")
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -406,6 +406,7 @@ pub async fn serve(
     let incoming = tls::accept_loop(
         listeners.grpc,
         tls,
+        attestors.trust.clone(),
         config.server.max_connections,
         config.server.handshake_timeout,
     );

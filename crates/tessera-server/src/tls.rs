@@ -22,8 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+use crate::attest::trust::{ClientCert, TrustStore};
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -147,18 +149,31 @@ fn client_verifier(
         .map_err(|e| TlsError::Rustls(e.to_string()))
 }
 
+/// What a request's handler may know of its connection (in the request's
+/// extensions): where it came from and the client certificate it
+/// presented, checked once after the handshake.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    /// The client certificate chain and its verdict; `None` when the client
+    /// presented none.
+    pub client_cert: Option<ClientCert>,
+}
+
 /// One accepted, handshaken connection. Holds its slot of the connection cap
 /// until it closes.
 pub struct Conn {
     stream: TlsStream<TcpStream>,
+    info: PeerInfo,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for Conn {
-    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
@@ -195,11 +210,13 @@ impl AsyncWrite for Conn {
 }
 
 /// Accepts TCP connections on `listener`, completes TLS handshakes within
-/// `handshake_timeout`, and yields at most `max_connections` open
-/// connections at once; connections beyond the cap are closed at accept.
+/// `handshake_timeout`, checks each client certificate chain against
+/// `trust` once, and yields at most `max_connections` open connections at
+/// once; connections beyond the cap are closed at accept.
 pub fn accept_loop(
     listener: TcpListener,
     config: rustls::ServerConfig,
+    trust: Arc<TrustStore>,
     max_connections: usize,
     handshake_timeout: Duration,
 ) -> mpsc::Receiver<Result<Conn, io::Error>> {
@@ -228,12 +245,24 @@ pub fn accept_loop(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let trust = trust.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let client_cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .filter(|chain| !chain.is_empty())
+                            .map(|chain| trust.check_presented(chain.iter().map(|c| c.clone().into_owned()).collect()));
+                        let info = PeerInfo {
+                            remote: Some(peer),
+                            client_cert,
+                        };
                         let _ = tx
                             .send(Ok(Conn {
                                 stream,
+                                info,
                                 _permit: permit,
                             }))
                             .await;
@@ -351,11 +380,6 @@ pub fn peer_svid_in(leaf: &[u8], trusted: impl Fn(&str) -> Result<(), String>) -
         id,
         evidence: format!("sha256:{hex}"),
     })
-}
-
-/// The address a connection came from, for logs.
-pub fn remote_addr(info: Option<&tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>) -> Option<SocketAddr> {
-    info.and_then(|i| i.get_ref().remote_addr())
 }
 
 #[cfg(test)]

@@ -249,8 +249,7 @@ pub struct TrustDomainConfig {
 /// `[attestation]`, validated.
 #[derive(Debug, Clone, Default)]
 pub struct AttestationConfig {
-    /// JWT issuers; empty means JWT attestation is off (and client
-    /// certificates stay mandatory in the TLS handshake).
+    /// JWT issuers; empty means JWT attestation is off.
     pub jwt: Vec<JwtIssuerConfig>,
     /// The Unix-socket listener, if any.
     pub unix: Option<UnixConfig>,

@@ -7,10 +7,9 @@
 //!   ([`trust`]).
 //! - **jwt**: TLS with server authentication only (no client certificate)
 //!   and the attestation JWT in the `authorization: Bearer <jwt>` metadata
-//!   of every call ([`jwt`]). Only offered when `[[attestation.jwt.issuers]]`
-//!   are configured; otherwise the handshake keeps requiring a client
-//!   certificate. A connection presenting a client certificate is attested
-//!   by it, whatever metadata it sends.
+//!   of every call ([`jwt`]), when `[[attestation.jwt.issuers]]` are
+//!   configured. A connection presenting a client certificate is attested
+//!   by it (or refused for it), whatever metadata it sends.
 //! - **unix**: plaintext gRPC over the Unix socket `[attestation.unix]`,
 //!   attested from the kernel's peer credentials at accept ([`unix`]).
 //!
@@ -88,9 +87,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, AttestSetupError> {
     }
     let mut domains = vec![primary];
     domains.extend(config.tls.trust_domains.iter().cloned());
-    // Client certificates stay mandatory unless another method can stand in.
-    let mandatory = config.attestation.jwt.is_empty();
-    let trust = Arc::new(trust::TrustStore::load(domains, mandatory)?);
+    let trust = Arc::new(trust::TrustStore::load(domains)?);
     jwt::check(&config.attestation.jwt)?;
     Ok(Prepared { trust })
 }
@@ -278,15 +275,20 @@ async fn attest<T>(broker: &Broker, attestors: &Attestors, req: &Request<T>) -> 
         return bind(broker, &id, method, evidence).await;
     }
 
-    // mTLS: the verified client certificate.
-    if let Some(leaf) = req.peer_certs().and_then(|certs| certs.first().cloned()) {
+    // mTLS: the client certificate, trusted only through the trust store.
+    if let Some(cert) = req
+        .extensions()
+        .get::<tls::PeerInfo>()
+        .and_then(|info| info.client_cert.as_ref())
+    {
         let method = AttestationMethod::X509;
-        let svid = match tls::peer_svid_in(&leaf, |domain| attestors.trust.check_domain(domain)) {
+        let leaf = match attestors.trust.trusted_leaf(cert) {
+            Ok(leaf) => leaf,
+            Err(reason) => return Err(refuse(broker, method, "chain", None, Some(&cert.evidence()), &reason).await),
+        };
+        let svid = match tls::peer_svid_in(leaf, |domain| attestors.trust.check_domain(domain)) {
             Ok(svid) => svid,
-            Err(e) => {
-                let evidence = sha256_hex(&leaf);
-                return Err(refuse(broker, method, "svid", None, Some(&evidence), &e.to_string()).await);
-            }
+            Err(e) => return Err(refuse(broker, method, "svid", None, Some(&cert.evidence()), &e.to_string()).await),
         };
         return bind(broker, &svid.id, method, svid.evidence).await;
     }

@@ -3,14 +3,24 @@
 //! changes, and a rustls client verifier that pins each SVID to the bundle
 //! of its own trust domain.
 //!
-//! The handshake verifies a leaf naming exactly one SPIFFE ID in a domain
-//! with a non-empty bundle against that domain's bundle only (a CA of
-//! domain A can never vouch for an SVID of domain B). Any other leaf is
-//! verified against every bundle together, so a certificate from no trusted
-//! CA fails the handshake, and one from a trusted CA with a bad SAN or an
-//! untrusted domain reaches the gRPC edge, which refuses it with an audit
-//! record ([`TrustStore::check_domain`]). Validity windows are checked
-//! against the broker's injectable clock.
+//! A leaf naming exactly one SPIFFE ID in a domain with a non-empty bundle
+//! is verified against that domain's bundle only (a CA of domain A can never
+//! vouch for an SVID of domain B). Any other leaf is verified against every
+//! bundle together, so it passes only if some trusted CA signed it, and the
+//! gRPC edge then refuses its bad SAN or untrusted domain
+//! ([`TrustStore::check_domain`]). Validity windows are checked against the
+//! broker's injectable clock.
+//!
+//! The chain is verified once per connection, right after the handshake
+//! ([`TrustStore::check_presented`]), not inside it: the handshake only
+//! demands proof of the certificate's private key. A certificate that does
+//! not verify (unknown CA, expired, not yet valid, a CA as leaf, an emptied
+//! bundle) thus reaches the edge as a [`ClientCert`] that can only refuse:
+//! the caller is told UNAUTHENTICATED with the reason, and the refusal is
+//! audited with the certificate's digest, instead of a bare TLS alert that
+//! gRPC clients report as UNAVAILABLE and that leaves no audit record. The
+//! edge re-checks a connection's certificate when the bundles change or
+//! it expires, so neither outlives a long-lived HTTP/2 connection.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -122,6 +132,9 @@ struct Loaded {
     union: Option<Arc<dyn ClientCertVerifier>>,
     /// (path, mtime, len) of every bundle file, to notice changes.
     stamp: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    /// Counts loads: a connection checked under another generation is
+    /// checked again.
+    generation: u64,
 }
 
 /// The trust domains and their bundles, replaced whole on reload.
@@ -130,14 +143,12 @@ pub struct TrustStore {
     loaded: RwLock<Arc<Loaded>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     clock: RwLock<Arc<dyn Clock>>,
-    mandatory: bool,
 }
 
 impl std::fmt::Debug for TrustStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustStore")
             .field("domains", &self.config.iter().map(|d| &d.name).collect::<Vec<_>>())
-            .field("mandatory", &self.mandatory)
             .finish()
     }
 }
@@ -158,24 +169,22 @@ fn stamp(config: &[TrustDomainConfig]) -> Vec<(PathBuf, Option<SystemTime>, u64)
 }
 
 impl TrustStore {
-    /// Loads every bundle of `config`. `mandatory`: whether the handshake
-    /// requires a client certificate (false when another attestation
-    /// method can authenticate a caller without one).
-    pub fn load(config: Vec<TrustDomainConfig>, mandatory: bool) -> Result<Self, BundleError> {
+    /// Loads every bundle of `config`.
+    pub fn load(config: Vec<TrustDomainConfig>) -> Result<Self, BundleError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let loaded = Self::build(&config, &provider)?;
+        let loaded = Self::build(&config, &provider, 0)?;
         Ok(Self {
             config,
             loaded: RwLock::new(Arc::new(loaded)),
             provider,
             clock: RwLock::new(Arc::new(SystemClock)),
-            mandatory,
         })
     }
 
     fn build(
         config: &[TrustDomainConfig],
         provider: &Arc<rustls::crypto::CryptoProvider>,
+        generation: u64,
     ) -> Result<Loaded, BundleError> {
         let stamp = stamp(config);
         let mut domains = HashMap::new();
@@ -201,7 +210,12 @@ impl TrustStore {
         } else {
             Some(verifier(all, provider.clone()).map_err(|e| file_error(Path::new("(all bundles)"), e))?)
         };
-        Ok(Loaded { domains, union, stamp })
+        Ok(Loaded {
+            domains,
+            union,
+            stamp,
+            generation,
+        })
     }
 
     /// Checks validity windows against `clock` from now on.
@@ -219,8 +233,9 @@ impl TrustStore {
         if stamp(&self.config) == self.current().stamp {
             return Ok(false);
         }
-        let loaded = Self::build(&self.config, &self.provider)?;
-        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        let mut slot = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
+        let loaded = Self::build(&self.config, &self.provider, slot.generation + 1)?;
+        *slot = Arc::new(loaded);
         Ok(true)
     }
 
@@ -239,9 +254,139 @@ impl TrustStore {
         self.config.iter().map(|d| d.name.clone()).collect()
     }
 
-    /// The rustls verifier over this store.
+    /// The rustls verifier over this store (see the module docs: it leaves
+    /// the chain to [`TrustStore::check_presented`]).
     pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
         Arc::new(StoreVerifier(self.clone()))
+    }
+
+    fn unix_now(&self) -> i64 {
+        self.clock
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .now()
+            .timestamp()
+    }
+
+    /// Verifies `chain` (leaf first, as presented) against the bundles now:
+    /// a leaf with one SPIFFE ID of a domain with a non-empty bundle against
+    /// that bundle only, any other against all of them; validity by the
+    /// store's clock; clientAuth when the leaf lists extended key usages.
+    fn verify_chain(&self, loaded: &Loaded, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("no client certificate".to_owned());
+        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(self.unix_now()).unwrap_or(0),
+        ));
+        let pinned = svid_domain(leaf).and_then(|d| loaded.domains.get(&d).cloned().flatten());
+        let Some(verifier) = pinned.or_else(|| loaded.union.clone()) else {
+            return Err("client certificate refused: no trust bundle holds a CA".to_owned());
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map(drop)
+            .map_err(|e| describe(&e))
+    }
+
+    /// Checks the certificate chain a TLS client presented, once, right
+    /// after its handshake; the edge reads the outcome with
+    /// [`TrustStore::trusted_leaf`].
+    pub fn check_presented(&self, chain: Vec<CertificateDer<'static>>) -> ClientCert {
+        let loaded = self.current();
+        let verdict = self.verify_chain(&loaded, &chain);
+        // The earliest notAfter of the chain: past it, the connection's
+        // certificate no longer attests anyone.
+        let not_after = chain
+            .iter()
+            .filter_map(|c| X509Certificate::from_der(c).ok())
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .min();
+        ClientCert {
+            chain: Arc::new(chain),
+            verdict,
+            generation: loaded.generation,
+            not_after,
+        }
+    }
+
+    /// The leaf of `cert` if its chain is trusted now: the verdict of
+    /// [`TrustStore::check_presented`], verified again if the bundles were
+    /// reloaded since, and refused once the chain has expired. `Err` is the
+    /// refusal's reason (no secret: a certificate is public).
+    pub fn trusted_leaf<'a>(&self, cert: &'a ClientCert) -> Result<&'a [u8], String> {
+        let leaf = cert.leaf().ok_or_else(|| "no client certificate".to_owned())?;
+        let loaded = self.current();
+        if loaded.generation == cert.generation {
+            cert.verdict.clone()?;
+        } else {
+            self.verify_chain(&loaded, &cert.chain)?;
+        }
+        match cert.not_after {
+            Some(not_after) if self.unix_now() > not_after => Err(format!(
+                "client certificate refused: expired at {} during this connection",
+                chrono::DateTime::from_timestamp(not_after, 0)
+                    .map_or_else(|| not_after.to_string(), |t| t.to_rfc3339())
+            )),
+            Some(_) => Ok(leaf),
+            None => Err("client certificate is not valid X.509".to_owned()),
+        }
+    }
+}
+
+/// Why a chain was refused, in words first, then rustls' own (which carries
+/// the times of a validity failure).
+fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let what = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => "it has expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet",
+            C::UnknownIssuer => "no CA in the trust bundle of its trust domain signed it",
+            C::BadSignature => "its issuer's signature does not verify",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "its extended key usage does not allow client authentication"
+            }
+            C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => "it is a CA certificate, not an SVID",
+            _ => "it does not verify",
+        },
+        _ => "it does not verify",
+    };
+    format!("client certificate refused: {what} ({e})")
+}
+
+/// The client certificate chain of one TLS connection and what
+/// [`TrustStore::check_presented`] found of it. Only
+/// [`TrustStore::trusted_leaf`] hands out the leaf, and only when the chain
+/// is trusted, so no code can read an identity from an unverified
+/// certificate by mistake.
+#[derive(Clone)]
+pub struct ClientCert {
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    verdict: Result<(), String>,
+    generation: u64,
+    not_after: Option<i64>,
+}
+
+impl ClientCert {
+    fn leaf(&self) -> Option<&[u8]> {
+        self.chain.first().map(AsRef::as_ref)
+    }
+
+    /// `sha256:<hex>` of the leaf's DER, trusted or not: the evidence an
+    /// audit record names.
+    pub fn evidence(&self) -> String {
+        tessera_core::attestation::sha256_hex(self.leaf().unwrap_or_default())
+    }
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("evidence", &self.evidence())
+            .field("verdict", &self.verdict)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,32 +405,27 @@ impl ClientCertVerifier for StoreVerifier {
         true
     }
 
+    /// Optional in the handshake: a caller without one is refused at the
+    /// edge (UNAUTHENTICATED, audited) unless it attests another way.
     fn client_auth_mandatory(&self) -> bool {
-        self.0.mandatory
+        false
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
 
+    /// Accepts any certificate here: the chain is verified right after the
+    /// handshake ([`TrustStore::check_presented`]) so that a refusal
+    /// reaches the caller and the audit trail. The handshake still proves
+    /// possession of the certificate's key (the signature checks below).
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let loaded = self.0.current();
-        let now = self.0.clock.read().unwrap_or_else(PoisonError::into_inner).now();
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            u64::try_from(now.timestamp()).unwrap_or(0),
-        ));
-        let pinned = svid_domain(end_entity).and_then(|d| loaded.domains.get(&d).cloned().flatten());
-        let verifier = pinned
-            .or_else(|| loaded.union.clone())
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -366,18 +506,16 @@ mod tests {
                 }
             })
             .collect();
-        let store = Arc::new(TrustStore::load(config, true).unwrap());
+        let store = Arc::new(TrustStore::load(config).unwrap());
         store.set_clock(Arc::new(FixedClock::at(
             chrono::DateTime::from_timestamp(T0, 0).unwrap(),
         )));
         store
     }
 
-    fn verify(store: &Arc<TrustStore>, leaf: &[u8]) -> Result<(), rustls::Error> {
-        store
-            .verifier()
-            .verify_client_cert(&CertificateDer::from(leaf.to_vec()), &[], UnixTime::now())
-            .map(drop)
+    fn verify(store: &Arc<TrustStore>, leaf: &[u8]) -> Result<(), String> {
+        let presented = store.check_presented(vec![CertificateDer::from(leaf.to_vec())]);
+        store.trusted_leaf(&presented).map(drop)
     }
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -447,6 +585,38 @@ mod tests {
         let spiffe = dir.join("b.json");
         std::fs::write(&spiffe, r#"{"keys": [], "spiffe_sequence": 2}"#).unwrap();
         assert!(load_bundle(&BundleFile::Spiffe(spiffe)).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A connection checked once keeps being checked: its certificate stops
+    /// attesting when it expires or when its CA leaves the bundle, without
+    /// the client reconnecting.
+    #[test]
+    fn an_open_connection_loses_its_certificate_on_expiry_and_on_reload() {
+        let dir = tempdir("open");
+        let a = ca("a");
+        let store = store(&dir, &[("a.test", &a.pem)]);
+        let leaf = CertificateDer::from(svid(&a, "spiffe://a.test/w", 2026, 2028));
+        let presented = store.check_presented(vec![leaf.clone()]);
+        assert_eq!(store.trusted_leaf(&presented).unwrap(), leaf.as_ref());
+        assert!(format!("{presented:?}").contains(&presented.evidence()));
+        // 2028-06: past its notAfter.
+        store.set_clock(Arc::new(FixedClock::at(
+            chrono::DateTime::from_timestamp(1_843_000_000, 0).unwrap(),
+        )));
+        let expired = store.trusted_leaf(&presented).unwrap_err();
+        assert!(expired.contains("expired at 2028-01-01"), "{expired}");
+        store.set_clock(Arc::new(FixedClock::at(
+            chrono::DateTime::from_timestamp(T0, 0).unwrap(),
+        )));
+        store.trusted_leaf(&presented).unwrap();
+        // Its CA replaced in the bundle: refused, though checked before.
+        std::fs::write(dir.join("a.test.pem"), ca("a2").pem).unwrap();
+        assert!(store.reload_if_changed().unwrap());
+        let gone = store.trusted_leaf(&presented).unwrap_err();
+        assert!(gone.contains("trust bundle"), "{gone}");
+        // No certificate at all never yields a leaf.
+        assert!(store.trusted_leaf(&store.check_presented(Vec::new())).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -3,15 +3,14 @@
 //! connection is attested once, at accept, from what the kernel says:
 //!
 //! 1. `SO_PEERCRED` (uid, gid, pid of the process that connected);
-//! 2. a pidfd for that pid, so the process we inspect stays the one we hold
-//!    (`pidfd_open`; refused if the process is already gone);
-//! 3. the process's start time from `/proc/<pid>/stat` must not be later
-//!    than the connection's accept: a process started after it cannot be
-//!    the one that connected, so a recycled PID is refused;
+//! 2. `SO_PEERPIDFD`: a pidfd the kernel took of that very process when it
+//!    connected, so it cannot name a later process that reuses the PID;
+//!    a kernel without it (before Linux 6.5) attests nobody;
+//! 3. the process must still be alive (by the pidfd): a dead peer's PID may
+//!    already belong to someone else, whose `/proc` entry we would read;
 //! 4. `/proc/<pid>/exe`: its path, and the SHA-256 of its contents;
-//! 5. then the pidfd must still be alive and the start time unchanged:
-//!    if the process exited while we read (its PID free for reuse), the
-//!    facts may be someone else's, and the connection is refused.
+//! 5. then the pidfd must still be alive: while the process lives its PID
+//!    cannot be reused, so what we read in step 4 was its own.
 //!
 //! Any failure attests nothing (fail closed); the gRPC edge then refuses
 //! every call of the connection with UNAUTHENTICATED and an audit record.
@@ -125,22 +124,19 @@ pub fn accept_loop(listener: UnixListener, max_connections: usize) -> mpsc::Rece
                     }
                 },
             };
-            // Taken right at accept: the peer process must be older than this.
-            let accepted_at = uptime_ticks();
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(max_connections, "unix connection cap reached; closing new connection");
                 continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let cred = stream.peer_cred();
-                let inspected = match (cred, accepted_at) {
-                    (Ok(cred), Ok(accepted_at)) => {
-                        let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-                        match pid {
+                let inspected = match (stream.peer_cred(), peer_pidfd(&stream)) {
+                    (Ok(cred), Ok(pidfd)) => {
+                        let (uid, gid) = (cred.uid(), cred.gid());
+                        match cred.pid() {
                             Some(pid) => tokio::time::timeout(
                                 INSPECT_TIMEOUT,
-                                tokio::task::spawn_blocking(move || inspect(uid, gid, pid, accepted_at)),
+                                tokio::task::spawn_blocking(move || inspect(uid, gid, pid, &pidfd)),
                             )
                             .await
                             .map_err(|_| "inspecting the peer process timed out".to_owned())
@@ -150,7 +146,7 @@ pub fn accept_loop(listener: UnixListener, max_connections: usize) -> mpsc::Rece
                         }
                     }
                     (Err(e), _) => Err(format!("no peer credentials: {e}")),
-                    (_, Err(e)) => Err(format!("cannot read /proc/uptime: {e}")),
+                    (_, Err(reason)) => Err(reason),
                 };
                 if let Err(reason) = &inspected {
                     tracing::info!(reason = %reason, "unix peer not attested");
@@ -168,38 +164,18 @@ pub fn accept_loop(listener: UnixListener, max_connections: usize) -> mpsc::Rece
     rx
 }
 
-/// Clock ticks since boot (the unit of a process's start time in `/proc/<pid>/stat`).
-fn uptime_ticks() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/uptime")?;
-    let secs: f64 = text
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed /proc/uptime"))?;
-    let ticks = rustix::param::clock_ticks_per_second();
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "uptime in ticks fits easily; rounding up only makes the check stricter by a tick"
-    )]
-    Ok((secs * ticks as f64).ceil() as u64)
-}
-
-/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
-fn start_time(pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may contain anything;
-    // the fields after the last `)` start at field 3.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other("malformed /proc/<pid>/stat"))?;
-    after
-        .split_whitespace()
-        .nth(22 - 3)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed /proc/<pid>/stat"))
+/// The pidfd of the process that connected `stream` (`SO_PEERPIDFD`), or
+/// why there is none.
+fn peer_pidfd(stream: &UnixStream) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::errno::Errno;
+    match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOPROTOOPT | Errno::EINVAL) => {
+            Err("this kernel cannot pin the peer process (SO_PEERPIDFD needs Linux 6.5 or later); refusing".to_owned())
+        }
+        Err(Errno::ESRCH) => Err("the peer process is gone; refusing".to_owned()),
+        Err(e) => Err(format!("no pidfd for the peer process: {e}; refusing")),
+    }
 }
 
 /// Whether the process behind `pidfd` has exited.
@@ -233,20 +209,16 @@ fn exe_digest(pid: i32) -> io::Result<(String, String)> {
     Ok((path.to_string_lossy().into_owned(), format!("sha256:{hex}")))
 }
 
-/// Steps 2 to 5 of the module docs, for a peer the kernel named.
-fn inspect(uid: u32, gid: u32, pid: i32, accepted_at: u64) -> Result<UnixPeer, String> {
-    let raw = rustix::process::Pid::from_raw(pid).ok_or("the kernel gave an invalid peer pid")?;
-    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-        .map_err(|e| format!("peer process {pid} is gone ({e}); refusing"))?;
-    let started = start_time(pid).map_err(|e| format!("peer process {pid}: {e}"))?;
-    if started > accepted_at {
+/// Steps 3 to 5 of the module docs, for the peer the kernel named and
+/// pinned with `pidfd`.
+fn inspect(uid: u32, gid: u32, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<UnixPeer, String> {
+    if exited(pidfd).map_err(|e| format!("peer process {pid}: {e}"))? {
         return Err(format!(
-            "peer pid {pid} belongs to a process started after the connection (pid reused); refusing"
+            "peer process {pid} exited before it was attested (its pid may be someone else's now); refusing"
         ));
     }
     let (exe_path, exe_sha256) = exe_digest(pid).map_err(|e| format!("peer process {pid} executable: {e}"))?;
-    let gone = exited(&pidfd).map_err(|e| format!("peer process {pid}: {e}"))?;
-    if gone || start_time(pid).ok() != Some(started) {
+    if exited(pidfd).map_err(|e| format!("peer process {pid}: {e}"))? {
         return Err(format!("peer process {pid} exited while being attested; refusing"));
     }
     Ok(UnixPeer {
@@ -271,31 +243,34 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn our_own_process_is_inspected() {
+    #[tokio::test]
+    async fn our_own_process_is_inspected_through_its_socket() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let pidfd = peer_pidfd(&ours).unwrap();
         let me = i32::try_from(std::process::id()).unwrap();
-        let peer = inspect(1, 2, me, uptime_ticks().unwrap()).unwrap();
+        let peer = inspect(1, 2, me, &pidfd).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(peer.exe_path, exe.to_string_lossy());
         assert!(peer.exe_sha256.starts_with("sha256:") && peer.exe_sha256.len() == 71);
         assert_eq!((peer.uid, peer.gid, peer.pid), (1, 2, me));
     }
 
-    /// A process that started after the accept cannot be the peer (A14).
+    /// A14: a pidfd whose process has exited attests nothing, whatever the
+    /// PID now names.
     #[test]
-    fn a_process_younger_than_the_connection_is_refused() {
-        let before = uptime_ticks().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+    fn a_dead_peer_is_refused() {
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let err = inspect(0, 0, pid, before.saturating_sub(1)).unwrap_err();
-        assert!(err.contains("pid reused"), "{err}");
+        let raw = rustix::process::Pid::from_raw(pid).unwrap();
+        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).unwrap();
+        assert!(inspect(0, 0, pid, &pidfd).is_ok(), "alive: attested");
         child.kill().unwrap();
         child.wait().unwrap();
-        // Once it is gone, nothing is attested either.
-        let err = inspect(0, 0, pid, uptime_ticks().unwrap()).unwrap_err();
-        assert!(err.contains("gone") || err.contains("refusing"), "{err}");
+        // Even if the pid named a live process again, this pidfd says the
+        // peer is gone: ours (a live process) stands in for a reuse.
+        let me = i32::try_from(std::process::id()).unwrap();
+        let err = inspect(0, 0, me, &pidfd).unwrap_err();
+        assert!(err.contains("exited before it was attested"), "{err}");
     }
 
     #[test]
