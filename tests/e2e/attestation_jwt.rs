@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
+use tessera_core::attestation::sha256_hex;
 use tessera_e2e::attestation::{
     Issuer, JWT_IDENTITIES, agent_with, append_config, attested_call, audit_records, claims, issuer_config, jwt_config,
-    now, verifier_with, wait_refusal_audited,
+    now, verifier_with, wait_refusal_audited, wait_refusal_of,
 };
 use tessera_e2e::redis::RedisServer;
 use tessera_e2e::{Broker, TempDir, dev_init, pb, redis_env, start_request, token_request};
@@ -292,8 +293,40 @@ async fn every_bad_token_is_refused_and_audited() {
             "{what}: `{}` lacks `{mentions}`",
             status.message()
         );
-        wait_refusal_audited(&broker, "jwt", reason);
+        // This very token's refusal is in the trail (by its digest).
+        wait_refusal_of(&broker, "jwt", &sha256_hex(token.as_bytes()), reason);
     }
+    // A megabyte JWS header never reaches the JWT parser: HTTP/2 refuses
+    // metadata over 16 KiB first. The caller is refused (the code is the
+    // transport's) and the broker serves on.
+    let huge = format!("{}.{}.{}", "A".repeat(1024 * 1024), parts[1], parts[2]);
+    let status = attested_call(&broker, &huge).await.expect_err("a megabyte header");
+    assert_ne!(status.code(), Code::Ok);
+    // Refusals are counted by method and reason, never by identity.
+    let (code, metrics) = broker.http_get("/metrics");
+    assert_eq!(code, 200);
+    for reason in [
+        "alg",
+        "kid",
+        "signature",
+        "iss",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "malformed",
+        "header",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("tessera_attestation_rejected_total")
+                    && l.contains("method=\"jwt\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no jwt refusal counted as `{reason}`"
+        );
+    }
+    assert!(!metrics.contains("spiffe://"), "metrics name no identity");
     // Not a bearer token, or no evidence at all.
     let mut basic = verifier_with(&broker, "Basic dXNlcjpwYXNz").await;
     unauthenticated(

@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
 };
@@ -170,6 +172,18 @@ async fn trust_domains_have_their_own_bundles_and_reload() {
     let partner_cert = partner_ca.self_signed(&partner_key).unwrap();
     let partner = Issuer::new(partner_ca, partner_key);
     std::fs::write(dir.path().join("partner-ca.pem"), partner_cert.pem()).unwrap();
+    // A SPIRE-style domain whose bundle is SPIFFE bundle JSON.
+    let spire_key = KeyPair::generate().unwrap();
+    let mut spire_ca = CertificateParams::default();
+    spire_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let spire_cert = spire_ca.self_signed(&spire_key).unwrap();
+    let spire = Issuer::new(spire_ca, spire_key);
+    let x5c = base64::engine::general_purpose::STANDARD.encode(spire_cert.der());
+    std::fs::write(
+        dir.path().join("spire-bundle.json"),
+        format!(r#"{{"spiffe_sequence": 1, "keys": [{{"use": "x509-svid", "kty": "EC", "crv": "P-256", "x5c": ["{x5c}"]}}]}}"#),
+    )
+    .unwrap();
     append_config(
         dir.path(),
         r#"
@@ -179,6 +193,17 @@ reload_interval = "200ms"
 [[tls.trust_domains]]
 name = "partner.example"
 bundle = "partner-ca.pem"
+
+[[tls.trust_domains]]
+name = "spire.example"
+spiffe_bundle = "spire-bundle.json"
+
+[[identities]]
+id = "spiffe://spire.example/agent/s"
+kind = "agent"
+owner = "platform"
+roles = ["verifier"]
+max_ttl = "5m"
 
 [[identities]]
 id = "spiffe://partner.example/agent/p"
@@ -192,6 +217,19 @@ max_ttl = "5m"
     let d = broker.dir.path().to_owned();
     let p = leaf(&partner, &["spiffe://partner.example/agent/p"], false, (-1, 30));
     jwks_as(&broker, &p).await.unwrap();
+    // The SPIFFE bundle's CA vouches for its own domain, and only for it.
+    jwks_as(
+        &broker,
+        &leaf(&spire, &["spiffe://spire.example/agent/s"], false, (-1, 30)),
+    )
+    .await
+    .unwrap();
+    refused_and_audited(
+        &broker,
+        &leaf(&spire, &["spiffe://partner.example/agent/p"], false, (-1, 30)),
+        "client certificate refused",
+    )
+    .await;
     // The partner CA cannot vouch for our domain, nor ours for theirs.
     let forged = leaf(
         &partner,

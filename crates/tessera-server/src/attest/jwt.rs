@@ -7,7 +7,9 @@
 //! - keys are (re)loaded when they are older than `jwks_refresh`, or when a
 //!   token names a `kid` they lack, but never more than once per
 //!   `jwks_min_refresh` (an attacker minting random `kid`s cannot make the
-//!   broker hammer the issuer); one load at a time per issuer;
+//!   broker hammer the issuer); one load at a time per issuer, and only a
+//!   token whose `kid` the current keys lack waits for it (a routine
+//!   refresh never holds up tokens the current keys can check);
 //! - a failed load (redirect, oversized or dripping body, invalid JSON,
 //!   duplicate `kid`, ...) keeps the last good keys, for at most
 //!   `jwks_max_stale` after they were loaded; after that every token of the
@@ -78,11 +80,40 @@ struct KeyState {
 struct KeyCache {
     config: JwtIssuerConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
-    state: tokio::sync::Mutex<KeyState>,
+    state: std::sync::Mutex<KeyState>,
+    /// Held by the one load in flight.
+    loading: tokio::sync::Mutex<()>,
+    /// Loads attempted (for tests).
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// What [`KeyCache::keys_for`] should do, decided under the state lock.
+enum Plan {
+    /// The current keys do.
+    Use,
+    /// Load now (the rate bound allows it).
+    Load,
+    /// The keys lack the `kid` and a load is in flight: wait for it.
+    Wait,
 }
 
 impl KeyCache {
+    fn new(config: JwtIssuerConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        Self {
+            config,
+            tls,
+            state: std::sync::Mutex::new(KeyState::default()),
+            loading: tokio::sync::Mutex::new(()),
+            attempts: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, KeyState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn load(&self) -> Result<IssuerKeys, String> {
+        self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = match &self.config.jwks {
             JwksSource::File(path) => {
                 let meta = tokio::fs::metadata(path)
@@ -116,42 +147,77 @@ impl KeyCache {
         }
     }
 
-    /// The issuer's keys, loading them if they are missing, old, changed
-    /// on disk, or lack `kid`, within the rate bound.
-    async fn keys_for(&self, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
-        let name = &self.config.policy.name;
-        let mut state = self.state.lock().await;
+    /// Decides, and when it says [`Plan::Load`] claims the attempt (so the
+    /// rate bound holds however many tokens arrive at once).
+    fn plan(&self, kid: &str, loader_busy: bool) -> Plan {
+        let mtime = self.file_mtime();
+        let mut state = self.state();
         let now = Instant::now();
         let fresh = state
             .loaded_at
             .is_some_and(|t| now.duration_since(t) < self.config.refresh)
-            && state.file_mtime == self.file_mtime();
+            && state.file_mtime == mtime;
         let has_kid = state.keys.as_ref().is_some_and(|k| k.contains(kid));
         let may_try = state
             .last_attempt
             .is_none_or(|t| now.duration_since(t) >= self.config.min_refresh);
-        if !(fresh && has_kid) && may_try {
+        if fresh && has_kid {
+            Plan::Use
+        } else if loader_busy {
+            if has_kid { Plan::Use } else { Plan::Wait }
+        } else if may_try {
             state.last_attempt = Some(now);
-            let mtime = self.file_mtime();
-            match self.load().await {
-                Ok(keys) => {
-                    tracing::info!(issuer = %name, keys = keys.len(), "issuer keys loaded");
-                    metrics::counter!("tessera_jwks_loads_total", "issuer" => name.clone(), "result" => "ok")
-                        .increment(1);
-                    state.keys = Some(Arc::new(keys));
-                    state.loaded_at = Some(Instant::now());
-                    state.file_mtime = mtime;
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %name, error = %e, "issuer keys could not be loaded; keeping the last good keys within jwks_max_stale");
-                    metrics::counter!("tessera_jwks_loads_total", "issuer" => name.clone(), "result" => "error")
-                        .increment(1);
-                }
-            }
+            Plan::Load
+        } else {
+            Plan::Use
         }
+    }
+
+    /// The issuer's keys, loading them if they are missing, old, changed
+    /// on disk, or lack `kid`, within the rate bound.
+    async fn keys_for(&self, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
+        loop {
+            let guard = self.loading.try_lock();
+            match (self.plan(kid, guard.is_err()), guard) {
+                (Plan::Use, _) => break,
+                (Plan::Load, Ok(_loading)) => {
+                    self.refresh().await;
+                    break;
+                }
+                // A load finished meanwhile: decide again with its keys.
+                (Plan::Wait | Plan::Load, _) => drop(self.loading.lock().await),
+            }
+            if self.state().keys.as_ref().is_some_and(|k| k.contains(kid)) {
+                break;
+            }
+            // Still lacking the kid after someone else's load: one more
+            // round, within the rate bound (it then answers Use).
+        }
+        let state = self.state();
         match (&state.keys, state.loaded_at) {
-            (Some(keys), Some(at)) if now.duration_since(at) <= self.config.max_stale => Ok(keys.clone()),
-            _ => Err(JwtRefusal::Keys(name.clone())),
+            (Some(keys), Some(at)) if Instant::now().duration_since(at) <= self.config.max_stale => Ok(keys.clone()),
+            _ => Err(JwtRefusal::Keys(self.config.policy.name.clone())),
+        }
+    }
+
+    /// One load, with no lock but `loading` held across the I/O.
+    async fn refresh(&self) {
+        let name = &self.config.policy.name;
+        let mtime = self.file_mtime();
+        match self.load().await {
+            Ok(keys) => {
+                tracing::info!(issuer = %name, keys = keys.len(), "issuer keys loaded");
+                metrics::counter!("tessera_jwks_loads_total", "issuer" => name.clone(), "result" => "ok").increment(1);
+                let mut state = self.state();
+                state.keys = Some(Arc::new(keys));
+                state.loaded_at = Some(Instant::now());
+                state.file_mtime = mtime;
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %name, error = %e, "issuer keys could not be loaded; keeping the last good keys within jwks_max_stale");
+                metrics::counter!("tessera_jwks_loads_total", "issuer" => name.clone(), "result" => "error")
+                    .increment(1);
+            }
         }
     }
 }
@@ -202,11 +268,7 @@ impl JwtAttestor {
                 })?),
                 JwksSource::File(_) => None,
             };
-            caches.push(KeyCache {
-                config,
-                tls,
-                state: tokio::sync::Mutex::new(KeyState::default()),
-            });
+            caches.push(KeyCache::new(config, tls));
         }
         Ok(Self {
             policies: caches.iter().map(|c| c.config.policy.clone()).collect(),
@@ -245,5 +307,150 @@ impl JwtAttestor {
             }
         }
         Ok(attested)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    use tessera_core::attestation::jwt::JwtAlgorithm;
+    use tessera_core::attestation::mapping::ClaimMapping;
+
+    use super::*;
+
+    /// A JWK Set of one fresh P-256 key named `kid`.
+    fn jwks(kid: &str) -> String {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let p = key.public_key().as_ref();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{}","y":"{}","kid":"{kid}","use":"sig"}}]}}"#,
+            b64(&p[1..33]),
+            b64(&p[33..65])
+        )
+    }
+
+    fn cache(file: &Path) -> KeyCache {
+        let policy = IssuerPolicy {
+            name: "ci".into(),
+            issuer: "https://ci.example".into(),
+            audience: "tessera".into(),
+            allow_multiple_audiences: false,
+            algorithms: [JwtAlgorithm::Es256].into_iter().collect(),
+            max_age: chrono::Duration::minutes(10),
+            leeway: chrono::Duration::seconds(5),
+            single_use_jti: false,
+            mapping: ClaimMapping::parse("spiffe://ci.example/{sub}").unwrap(),
+            trust_domains: ["ci.example".to_owned()].into_iter().collect(),
+        };
+        KeyCache::new(
+            JwtIssuerConfig {
+                policy,
+                jwks: JwksSource::File(file.to_owned()),
+                refresh: Duration::from_secs(300),
+                min_refresh: Duration::from_secs(30),
+                max_stale: Duration::from_secs(3600),
+                fetch_timeout: Duration::from_secs(5),
+                max_bytes: 64 * 1024,
+            },
+            None,
+        )
+    }
+
+    /// Rewrites the file and gives it a new mtime (a same-second rewrite
+    /// can keep the old one on coarse filesystems).
+    fn rewrite(file: &Path, text: &str, age: u64) {
+        std::fs::write(file, text).unwrap();
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 - age);
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tessera-jwks-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("jwks.json")
+    }
+
+    /// Random unknown `kid`s cost at most one load per `jwks_min_refresh`;
+    /// a rotated key is picked up by the first token naming it once that
+    /// interval has passed.
+    #[tokio::test(start_paused = true)]
+    async fn unknown_kids_refresh_at_a_bounded_rate() {
+        let file = temp("rate");
+        rewrite(&file, &jwks("k1"), 100);
+        let cache = cache(&file);
+        assert!(cache.keys_for("k1").await.unwrap().contains("k1"));
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 1);
+        // The issuer rotates, but keeps the file's mtime (as a URL would
+        // give no hint at all): only an unknown kid can trigger a load.
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::fs::write(&file, jwks("k2")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        for i in 0..200 {
+            let keys = cache.keys_for(&format!("forged-{i}")).await.unwrap();
+            assert!(!keys.contains(&format!("forged-{i}")));
+        }
+        // Within min_refresh of the first load: not one more load, for
+        // forged kids or for the real new one.
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 1);
+        assert!(!cache.keys_for("k2").await.unwrap().contains("k2"));
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 1);
+        // Once it has passed, the first token naming k2 loads it.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(cache.keys_for("k2").await.unwrap().contains("k2"));
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 2);
+        for i in 0..200 {
+            let _ = cache.keys_for(&format!("forged-again-{i}")).await.unwrap();
+        }
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 2);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let _ = cache.keys_for("forged-later").await.unwrap();
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 3, "one load per min_refresh");
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
+
+    /// A refresh that fails keeps the last good keys, for `jwks_max_stale`
+    /// after they were loaded, then refuses every token of the issuer until
+    /// a load succeeds again.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_good_keys_serve_until_max_stale() {
+        let file = temp("stale");
+        rewrite(&file, &jwks("k1"), 100);
+        let cache = cache(&file);
+        cache.keys_for("k1").await.unwrap();
+        rewrite(&file, "{not json", 50);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // Old enough to refresh; the refresh fails; the keys still serve.
+        assert!(cache.keys_for("k1").await.unwrap().contains("k1"));
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 2);
+        tokio::time::advance(Duration::from_secs(3300)).await;
+        assert!(
+            matches!(cache.keys_for("k1").await, Err(JwtRefusal::Keys(_))),
+            "past max_stale"
+        );
+        rewrite(&file, &jwks("k1"), 10);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(cache.keys_for("k1").await.unwrap().contains("k1"), "recovered");
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
     }
 }
