@@ -13,7 +13,7 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 
-use tessera_e2e::attestation::{append_config, audit_records, wait_refusal_audited};
+use tessera_e2e::attestation::{append_config, audit_records, foreign_identity, wait_refusal_audited};
 use tessera_e2e::{Broker, dev_init};
 use tonic::Code;
 
@@ -30,6 +30,11 @@ fn own_uid() -> u32 {
 /// A broker with a Unix listener and one identity `agent/local` whose
 /// selectors are `uid` and `exe_sha256`.
 fn unix_broker(uid: u32, exe_sha256: &str) -> (Broker, PathBuf) {
+    unix_broker_with(uid, exe_sha256, "")
+}
+
+/// [`unix_broker`] with `extra` lines in the identity's entry.
+fn unix_broker_with(uid: u32, exe_sha256: &str, extra: &str) -> (Broker, PathBuf) {
     let dir = dev_init("unix");
     let socket = dir.path().join("run").join("agent.sock");
     append_config(
@@ -48,6 +53,7 @@ roles = ["agent", "verifier"]
 max_ttl = "10m"
 attestation = ["unix"]
 unix = {{ uid = {uid}, exe_sha256 = "sha256:{exe_sha256}" }}
+{extra}
 "#,
             socket = socket.display().to_string()
         ),
@@ -126,11 +132,31 @@ async fn an_executable_with_another_hash_is_refused_and_audited() {
     let status = jwks_over(&socket).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     wait_refusal_audited(&broker, "unix", "no identity matches");
-    // The identity registered for unix cannot use mTLS either: unix-only.
     assert!(
         audit_records(&broker).iter().all(|r| r["event"] != "token_issued"),
         "nothing was issued"
     );
+    // The identity registered for unix cannot use mTLS either, even with an
+    // SVID from the broker's own CA: unix-only.
+    let svid = foreign_identity(&broker, "spiffe://tessera.local/agent/local", true);
+    let channel = tessera_client::connect(&broker.endpoint(), &svid).await.unwrap();
+    let status = tessera_client::VerifierClient::new(channel)
+        .introspect(tessera_e2e::attestation::introspect_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("may not attest by `x509`"), "{status:?}");
+    wait_refusal_audited(&broker, "x509", "may not attest by `x509`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_unix_identity_is_refused_and_audited() {
+    let (broker, socket) = unix_broker_with(own_uid(), &own_exe_sha256(), "disabled = true");
+    let status = jwks_over(&socket).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("disabled"), "{status:?}");
+    let record = wait_refusal_audited(&broker, "unix", "disabled");
+    assert_eq!(record["who"]["identity"], "spiffe://tessera.local/agent/local");
 }
 
 /// The README flow: `tessera dev init --jwt --unix-socket`, then an agent

@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
-use tessera_e2e::attestation::wait_refusal_audited;
+use tessera_e2e::attestation::{foreign_identity, wait_refusal_audited};
 use tessera_e2e::*;
 use tonic::Code;
 
@@ -288,32 +287,6 @@ async fn ended_and_expired_tasks_refuse_tokens() {
         Code::InvalidArgument,
         "reason",
     );
-}
-
-/// A CA of our own, not in the broker's trust bundle, and a leaf it signs.
-fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_client::Identity {
-    let dir = broker.dir.path();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::default();
-    leaf.distinguished_name = DistinguishedName::new();
-    leaf.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = if trusted_ca {
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
-        leaf.signed_by(&leaf_key, &issuer).unwrap()
-    } else {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let issuer = Issuer::new(ca, ca_key);
-        leaf.signed_by(&leaf_key, &issuer).unwrap()
-    };
-    tessera_client::Identity {
-        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: leaf_key.serialize_pem().into_bytes(),
-    }
 }
 
 /// An attested call (Introspect; GetJwks is public and attests nobody).

@@ -161,7 +161,8 @@ async fn the_limits_measure_something() {
         quiet: true,
         connections: 2,
     };
-    let m = tessera_bench::run::echo_load(&t, &LoadSpec::closed("echo", 4).for_count(50))
+    // Enough calls for /proc's 10 ms CPU ticks to see them (the echo is fast).
+    let m = tessera_bench::run::echo_load(&t, &LoadSpec::closed("echo", 4).for_count(3000))
         .await
         .unwrap();
     measured(&m);

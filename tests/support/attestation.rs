@@ -267,3 +267,31 @@ fn wait_refusal(broker: &Broker, method: &str, reason: &str, evidence: Option<&s
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A client identity for `spiffe`: an SVID signed by the broker's dev CA
+/// (`trusted_ca`) or by a fresh CA outside every trust bundle.
+pub fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_client::Identity {
+    use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+    let dir = broker.dir.path();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = if trusted_ca {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+        leaf.signed_by(&leaf_key, &issuer).unwrap()
+    } else {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        leaf.signed_by(&leaf_key, &issuer).unwrap()
+    };
+    tessera_client::Identity {
+        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: leaf_key.serialize_pem().into_bytes(),
+    }
+}

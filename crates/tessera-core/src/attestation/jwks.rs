@@ -1,5 +1,5 @@
-//! An OIDC issuer's public keys (RFC 7517 JWK Set), parsed once into keys
-//! *ring* verifies with. Only public signature keys are accepted: a set that
+//! An OIDC issuer's public keys (RFC 7517 JWK Set), parsed and checked once
+//! (curve, lengths, RSA size), then handed to `jsonwebtoken` per token. Only public signature keys are accepted: a set that
 //! carries private or symmetric key material, or two keys with one `kid`, is
 //! refused whole (it is either misconfigured or an attack, and guessing which
 //! key was meant is how confusion bugs start).
@@ -91,32 +91,13 @@ impl IssuerKey {
         family && self.alg.is_none_or(|pinned| pinned == alg)
     }
 
-    /// Checks `signature` over `message` with *ring*.
-    pub(crate) fn verify(&self, alg: JwtAlgorithm, message: &[u8], signature: &[u8]) -> bool {
-        use ring::signature;
-        match (&self.material, alg) {
-            (KeyMaterial::P256(point), JwtAlgorithm::Es256) => {
-                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                    .verify(message, signature)
-                    .is_ok()
-            }
-            (KeyMaterial::P384(point), JwtAlgorithm::Es384) => {
-                signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
-                    .verify(message, signature)
-                    .is_ok()
-            }
-            (KeyMaterial::Ed25519(key), JwtAlgorithm::EdDsa) => {
-                signature::UnparsedPublicKey::new(&signature::ED25519, key)
-                    .verify(message, signature)
-                    .is_ok()
-            }
-            (KeyMaterial::Rsa { n, e }, JwtAlgorithm::Rs256) => signature::RsaPublicKeyComponents { n, e }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
-                .is_ok(),
-            (KeyMaterial::Rsa { n, e }, JwtAlgorithm::Ps256) => signature::RsaPublicKeyComponents { n, e }
-                .verify(&signature::RSA_PSS_2048_8192_SHA256, message, signature)
-                .is_ok(),
-            _ => false,
+    /// The key as `jsonwebtoken` takes it (the same public material: a
+    /// SEC1 point, the Ed25519 key, or the RSA modulus and exponent).
+    pub(crate) fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
+        match &self.material {
+            KeyMaterial::P256(point) | KeyMaterial::P384(point) => jsonwebtoken::DecodingKey::from_ec_der(point),
+            KeyMaterial::Ed25519(key) => jsonwebtoken::DecodingKey::from_ed_der(key),
+            KeyMaterial::Rsa { n, e } => jsonwebtoken::DecodingKey::from_rsa_raw_components(n, e),
         }
     }
 }
@@ -273,11 +254,12 @@ fn material(jwk: &serde_json::Map<String, serde_json::Value>) -> Result<Option<K
         }
         ("RSA", _) => {
             let (n, e) = (b64(jwk, "n")?, b64(jwk, "e")?);
-            // ring verifies 2048-8192 bit moduli only; refuse smaller keys here
-            // so the set is refused at load, not every token at use.
+            // Below 2048 bits is too weak; jsonwebtoken's RSA backend takes at
+            // most 4096. Refused here so the set fails at load, not every
+            // token at use.
             let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if !(2048..=8192).contains(&bits) {
-                return Err("RSA modulus is not 2048-8192 bits");
+            if !(2048..=4096).contains(&bits) {
+                return Err("RSA modulus is not 2048-4096 bits");
             }
             KeyMaterial::Rsa { n, e }
         }

@@ -16,12 +16,17 @@
 //!    issuer exactly: an unknown issuer is refused before any key is looked
 //!    up or fetched ([`parse`] ends here, with no I/O and nothing trusted);
 //! 5. the issuer's algorithm allow-list, then its key by `kid` (whose type,
-//!    and `alg` if pinned, must fit), then the signature with *ring*;
-//! 6. only then the claims: `aud` contains this broker (several audiences
-//!    are refused unless the issuer allows them), `exp`, `nbf` and `iat`
-//!    with the issuer's bounded leeway, a maximum token age, a `jti` when
-//!    the issuer is single-use, and the mapping rule to a SPIFFE ID in one
-//!    of the issuer's trust domains.
+//!    and `alg` if pinned, must fit), then `jsonwebtoken` (its pure-Rust
+//!    backend only) with a [`jsonwebtoken::Validation`] set explicitly: that
+//!    one algorithm, the signature, `iss`, `aud`, and `exp`, `iat`, `iss`,
+//!    `aud` required;
+//! 6. only then the time claims, against the broker's injectable clock
+//!    (`jsonwebtoken` reads the wall clock, so its own `exp`/`nbf` checks
+//!    are switched off, explicitly): `exp`, `nbf` and `iat` with the
+//!    issuer's bounded leeway and a maximum token age; then several
+//!    audiences are refused unless the issuer allows them, a `jti` is
+//!    required when the issuer is single-use, and the mapping rule must
+//!    yield a SPIFFE ID in one of the issuer's trust domains.
 //!
 //! Single use of `jti` is the caller's (it needs the shared store):
 //! [`JwtAttestation::replay_until`] says how long to remember it.
@@ -218,8 +223,8 @@ pub struct ParsedJwt {
     issuer: usize,
     alg: JwtAlgorithm,
     kid: String,
-    signing_input: String,
-    signature: Vec<u8>,
+    /// The compact token as received (never logged: `Debug` omits it).
+    token: String,
     claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -305,13 +310,12 @@ pub fn parse(token: &str, issuers: &[IssuerPolicy]) -> Result<ParsedJwt, JwtErro
         None => return Err(JwtError::Issuer),
     };
     let issuer = issuers.iter().position(|p| &p.issuer == iss).ok_or(JwtError::Issuer)?;
-    let signature = decode(signature_b64)?;
+    decode(signature_b64)?;
     Ok(ParsedJwt {
         issuer,
         alg,
         kid,
-        signing_input: format!("{header_b64}.{payload_b64}"),
-        signature,
+        token: token.to_owned(),
         claims,
     })
 }
@@ -333,9 +337,13 @@ pub fn verify(
     if !key.permits(parsed.alg) {
         return Err(JwtError::AlgorithmMismatch);
     }
-    if !key.verify(parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature) {
-        return Err(JwtError::Signature);
-    }
+    let leeway = policy.leeway.min(MAX_LEEWAY);
+    jsonwebtoken::decode::<IgnoredAny>(
+        &parsed.token,
+        &key.decoding_key(),
+        &validation(parsed.alg, policy, leeway),
+    )
+    .map_err(|e| refused_by_jose(&e))?;
     let claims = &parsed.claims;
 
     // aud: a string, or an array of strings.
@@ -355,7 +363,6 @@ pub fn verify(
         return Err(JwtError::MultipleAudiences(policy.name.clone()));
     }
 
-    let leeway = policy.leeway.min(MAX_LEEWAY);
     let exp = time_claim(claims, "exp")?.ok_or(JwtError::Expired)?;
     // Valid while now < exp (RFC 7519 4.1.4), stretched by the leeway.
     if now >= exp + leeway {
@@ -397,6 +404,54 @@ pub fn verify(
         single_use_jti,
         replay_until: exp + leeway,
     })
+}
+
+/// What `jsonwebtoken` checks, every field set here rather than left to
+/// the crate's defaults.
+fn validation(alg: JwtAlgorithm, policy: &IssuerPolicy, leeway: Duration) -> jsonwebtoken::Validation {
+    let alg = match alg {
+        JwtAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        JwtAlgorithm::Es384 => jsonwebtoken::Algorithm::ES384,
+        JwtAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        JwtAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+        JwtAlgorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+    v.set_issuer(&[policy.issuer.as_str()]);
+    v.set_audience(&[policy.audience.as_str()]);
+    v.validate_aud = true;
+    v.leeway = u64::try_from(leeway.num_seconds()).unwrap_or(0);
+    v.reject_tokens_expiring_in_less_than = 0;
+    // Step 6 checks exp, nbf and iat against the broker's clock with this
+    // same leeway; jsonwebtoken could only use the wall clock.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v
+}
+
+/// The refusal for what `jsonwebtoken` refused.
+fn refused_by_jose(e: &jsonwebtoken::errors::Error) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => JwtError::Algorithm,
+        K::InvalidIssuer => JwtError::Issuer,
+        K::InvalidAudience => JwtError::Audience,
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" => JwtError::Expired,
+            "iat" => JwtError::IssuedInFuture,
+            "aud" => JwtError::Audience,
+            "iss" => JwtError::Issuer,
+            _ => JwtError::Claim("a required claim"),
+        },
+        K::InvalidClaimFormat(_) | K::InvalidSubject => JwtError::Claim("a registered claim"),
+        K::Json(_) | K::Utf8(_) | K::Base64(_) | K::InvalidToken => JwtError::Malformed("rejected by the JOSE parser"),
+        // InvalidSignature, a key the backend cannot use, anything newer.
+        _ => JwtError::Signature,
+    }
 }
 
 fn decode(segment: &str) -> Result<Vec<u8>, JwtError> {
