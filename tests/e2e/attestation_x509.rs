@@ -312,3 +312,33 @@ async fn identities_reload_without_a_restart() {
     });
     eventually("the identity to be enabled again", async || call().await.is_ok()).await;
 }
+
+/// SIGHUP reloads at once, whatever the polling interval: with polling
+/// slowed to an hour, a disable written to the file applies only after the
+/// signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_identities_at_once() {
+    let dir = dev_init("x509-hup");
+    append_config(dir.path(), "[attestation]\nreload_interval = \"1h\"\n");
+    let broker = Broker::start_in(dir, &[]);
+    let d = broker.dir.path().to_owned();
+    let gw = broker.identity("api-gateway");
+    let call = async || {
+        let channel = tessera_client::connect(&broker.endpoint(), &gw).await.unwrap();
+        tessera_client::VerifierClient::new(channel)
+            .introspect(tessera_e2e::attestation::introspect_request())
+            .await
+            .map(drop)
+    };
+    call().await.unwrap();
+    let line = "id = \"spiffe://tessera.local/service/api-gateway\"\n";
+    edit_config(&d, |t| t.replace(line, &format!("{line}disabled = true\n")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call().await.expect("not reloaded before the signal");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(broker.pid()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    eventually("SIGHUP to disable the identity", async || {
+        matches!(call().await, Err(s) if s.code() == Code::Unauthenticated && s.message().contains("disabled"))
+    })
+    .await;
+}
