@@ -17,7 +17,7 @@ const FEED_BATCH: usize = 256;
 #[tonic::async_trait]
 impl VerifierService for Shared {
     async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
-        // Public keys: any caller with a trusted certificate may read them.
+        // Public keys: any caller may read them (they are on the HTTP port too).
         let jwks = self.broker.jwks().await.map_err(status::from_broker)?;
         drop(req);
         Ok(Response::new(convert::jwks(&jwks)))
