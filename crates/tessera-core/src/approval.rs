@@ -137,7 +137,7 @@ impl ApprovalRequest {
     /// Lowercase hex SHA-256 of [`ApprovalRequest::canonical_bytes`].
     pub fn binding(&self) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, &self.canonical_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(digest.as_ref())
     }
 }
 

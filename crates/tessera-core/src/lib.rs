@@ -15,6 +15,7 @@ pub mod clock;
 pub mod delegation;
 pub mod error;
 pub mod grant;
+pub mod hex;
 pub mod identity;
 pub mod issuance;
 pub mod orchestration;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ring::digest;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -374,11 +373,9 @@ pub fn peer_svid_in(leaf: &[u8], trusted: impl Fn(&str) -> Result<(), String>) -
             reason,
         });
     }
-    let hash = digest::digest(&digest::SHA256, leaf);
-    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Ok(PeerSvid {
         id,
-        evidence: format!("sha256:{hex}"),
+        evidence: tessera_core::hex::sha256(leaf),
     })
 }
 

@@ -78,13 +78,7 @@ impl fmt::Display for Evidence {
 
 /// `sha256:<lowercase hex>` of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in hash.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    crate::hex::sha256(bytes)
 }
 
 /// Whether `s` is usable as a lookup key: 1..=`max` bytes of printable ASCII

@@ -1,7 +1,5 @@
 //! Sealing events into a hash chain, and checking one.
 
-use std::fmt::Write as _;
-
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
@@ -46,16 +44,7 @@ fn digest(seq: u64, prev: &str, event: &AuditEvent) -> String {
     context.update(prev.as_bytes());
     context.update(b"\n");
     context.update(&body);
-    hex(context.finish().as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    crate::hex::lower(context.finish().as_ref())
 }
 
 impl AuditRecord {

@@ -5,8 +5,8 @@ use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{
-    Authorizer, Decision, Effect, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    ActionConstraint, Authorizer, Decision, Effect, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
+    Schema, ValidationMode, Validator,
 };
 use chrono::{DateTime, Utc};
 
@@ -70,9 +70,49 @@ struct Meta {
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
     policies: PolicySet,
+    /// Per action (in [`Action::ALL`] order), the policies whose action
+    /// scope can match it: the set Cedar evaluates for that action.
+    by_action: Arc<Vec<PolicySet>>,
     meta: HashMap<PolicyId, Meta>,
     hash: Arc<str>,
     files: Vec<String>,
+}
+
+/// Splits `all` by action. A static policy whose action scope cannot match
+/// an action (`action == B`, or `action in [..]` naming neither the action
+/// nor a group it belongs to in the schema) is false for every request of
+/// that action before its conditions are evaluated (scope is the first
+/// conjunct), so it can neither decide nor err: leaving it out of that
+/// action's set changes no decision and no diagnostic, and Cedar evaluates
+/// a handful of policies per request instead of the whole set (which is
+/// most of a decision's cost).
+fn slice_by_action(all: &PolicySet, compiled: &Compiled) -> Result<Vec<PolicySet>, PolicyLoadError> {
+    let action_entities = compiled
+        .schema
+        .action_entities()
+        .map_err(|e| PolicyLoadError::Schema(e.to_string()))?;
+    let mut slices = Vec::with_capacity(compiled.actions.len());
+    for action in &compiled.actions {
+        let mut scope: Vec<&EntityUid> = vec![action];
+        if let Some(groups) = action_entities.ancestors(action) {
+            scope.extend(groups);
+        }
+        let mut slice = PolicySet::new();
+        for policy in all.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => &uid == action,
+                ActionConstraint::In(uids) => uids.iter().any(|u| scope.contains(&u)),
+            };
+            if applies {
+                slice
+                    .add(policy.clone())
+                    .map_err(|e| PolicyLoadError::Schema(e.to_string()))?;
+            }
+        }
+        slices.push(slice);
+    }
+    Ok(slices)
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -247,13 +287,24 @@ impl PolicyEngine {
             ));
         }
         let digest = hasher.finish();
-        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hash = crate::hex::lower(digest.as_ref());
+        let by_action = Arc::new(slice_by_action(&all, compiled)?);
         Ok(Self {
             policies: all,
+            by_action,
             meta,
             hash: format!("sha256:{hash}").into(),
             files: files.iter().map(|f| f.name.clone()).collect(),
         })
+    }
+
+    /// The same engine with every action evaluating the whole set (what
+    /// [`slice_by_action`] must be indistinguishable from).
+    #[cfg(test)]
+    pub(crate) fn unsliced(&self) -> Self {
+        let mut copy = self.clone();
+        copy.by_action = Arc::new(vec![self.policies.clone(); self.by_action.len()]);
+        copy
     }
 
     /// The compiled-in baseline (`deploy/policies/baseline.cedar`).
@@ -320,13 +371,21 @@ impl PolicyEngine {
             Ok(r) => r,
             Err(e) => return Ok(self.failed(vec![format!("policy request: {e}")])),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, entities.entities());
+        let policies = Action::ALL
+            .iter()
+            .position(|a| *a == action)
+            .and_then(|i| self.by_action.get(i))
+            .unwrap_or(&self.policies);
+        let response = Authorizer::new().is_authorized(&request, policies, entities.entities());
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
         if !errors.is_empty() {
             return Ok(self.failed(errors));
         }
-        let determining: Vec<&Meta> = diagnostics.reason().filter_map(|id| self.meta.get(id)).collect();
+        let mut determining: Vec<&Meta> = diagnostics.reason().filter_map(|id| self.meta.get(id)).collect();
+        // Cedar reports them as a set; sorted, a decision reads (and audits)
+        // the same every time.
+        determining.sort_by(|a, b| a.id.cmp(&b.id));
         let policy_ids: Vec<Arc<str>> = determining.iter().map(|m| m.id.clone()).collect();
         Ok(match response.decision() {
             Decision::Allow => PolicyDecision::Allow {

@@ -205,7 +205,7 @@ fn exe_digest(pid: i32) -> io::Result<(String, String)> {
         }
         ctx.update(buf.get(..n).unwrap_or_default());
     }
-    let hex: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = tessera_core::hex::lower(ctx.finish().as_ref());
     Ok((path.to_string_lossy().into_owned(), format!("sha256:{hex}")))
 }
 

@@ -158,12 +158,8 @@ mod tests {
             disabled: false,
         }]);
         let der = b"not really a certificate";
-        let hex: String = ring::digest::digest(&ring::digest::SHA256, der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let who = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, format!("sha256:{hex}")).unwrap();
+        let who = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, tessera_core::hex::sha256(der))
+            .unwrap();
         assert_eq!(
             certificate_binding(&who).unwrap(),
             Confirmation::X5tS256(pop::certificate_thumbprint(der))

@@ -106,11 +106,16 @@ fn question() -> impl Strategy<Value = (usize, usize, ScopeClass, bool)> {
     )
 }
 
-fn allowed(
+fn allowed(engine: &PolicyEngine, entities: &PolicyEntities, q: (usize, usize, ScopeClass, bool)) -> bool {
+    decide(engine, entities, q).is_allow()
+}
+
+/// The whole decision (ids of the deciding policies, reasons, limits), as text.
+fn decide(
     engine: &PolicyEngine,
     entities: &PolicyEntities,
     (person, which, class, high_impact): (usize, usize, ScopeClass, bool),
-) -> bool {
+) -> crate::policy::PolicyDecision {
     let (audience, task, scopes) = (aud(), task(), scope_of(class));
     let chain = [id("agent")];
     let delegate = id("agent2");
@@ -153,7 +158,43 @@ fn allowed(
     engine
         .authorize(entities, &who(PEOPLE[person].0), &query, now())
         .unwrap()
-        .is_allow()
+}
+
+/// Every question of the generator's domain.
+fn every_question() -> Vec<(usize, usize, ScopeClass, bool)> {
+    let mut all = Vec::new();
+    for person in 0..PEOPLE.len() {
+        for which in 0..8 {
+            for class in [
+                ScopeClass::Discover,
+                ScopeClass::Read,
+                ScopeClass::Write,
+                ScopeClass::Admin,
+            ] {
+                for high_impact in [false, true] {
+                    all.push((person, which, class, high_impact));
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Evaluating only the policies whose action scope can match decides
+/// exactly as evaluating the whole set: on the shipped baseline, every
+/// question, the same decision, deciding policies and reasons.
+#[test]
+fn the_per_action_slices_decide_as_the_whole_baseline() {
+    let ents = entities();
+    let sliced = PolicyEngine::baseline().unwrap();
+    let whole = sliced.unsliced();
+    for q in every_question() {
+        assert_eq!(
+            format!("{:?}", decide(&sliced, &ents, q)),
+            format!("{:?}", decide(&whole, &ents, q)),
+            "{q:?}"
+        );
+    }
 }
 
 fn with_ids(policies: &[String], extra: &str) -> Vec<String> {
@@ -164,6 +205,23 @@ fn with_ids(policies: &[String], extra: &str) -> Vec<String> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_per_action_slices_decide_as_the_whole_set(
+        base in proptest::collection::vec(policy(), 1..12),
+        questions in proptest::collection::vec(question(), 1..16),
+    ) {
+        let ents = entities();
+        let sliced = engine(&base);
+        let whole = sliced.unsliced();
+        for q in questions {
+            prop_assert_eq!(
+                format!("{:?}", decide(&sliced, &ents, q)),
+                format!("{:?}", decide(&whole, &ents, q)),
+                "{:?}", q
+            );
+        }
+    }
 
     #[test]
     fn adding_a_forbid_never_allows_more(
