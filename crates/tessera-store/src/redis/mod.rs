@@ -116,7 +116,19 @@ pub struct RedisStore {
     own_keys: Mutex<Vec<PublishedKey>>,
     feed_changed: Arc<Notify>,
     tailer: tokio::task::JoinHandle<()>,
+    /// Task tags just read by `task`, for the `new_grant_id` that follows it
+    /// on the mint path (see [`RECENT_ROOT_TTL`]).
+    recent_roots: Mutex<HashMap<TaskId, (String, std::time::Instant)>>,
 }
+
+/// How long a task's tag read by `task` serves `new_grant_id` without
+/// another round trip. A tag changes only when a task id is re-created
+/// after its old tree expired; a stale tag then names a tree without the
+/// task, and `record_grant`'s script refuses the grant (fail closed). Only
+/// the mint path uses it: ending or revoking a task always reads the tag.
+const RECENT_ROOT_TTL: Duration = Duration::from_secs(1);
+/// Most tags remembered; the map is emptied when full.
+const RECENT_ROOTS: usize = 4096;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,6 +201,7 @@ impl RedisStore {
             own_keys: Mutex::new(Vec::new()),
             feed_changed,
             tailer,
+            recent_roots: Mutex::new(HashMap::new()),
         };
         let epoch = store.ensure_epoch().await?;
         tracing::info!(epoch = %epoch, "connected to redis");
@@ -619,6 +632,13 @@ impl GrantStore for RedisStore {
         let Some(root) = self.root_of_task(id).await? else {
             return Ok(None);
         };
+        {
+            let mut recent = self.recent_roots.lock().unwrap_or_else(PoisonError::into_inner);
+            if recent.len() >= RECENT_ROOTS {
+                recent.clear();
+            }
+            recent.insert(id.clone(), (root.clone(), std::time::Instant::now()));
+        }
         let mut conn = self.conn();
         let fields: HashMap<String, String> = self
             .bounded(
@@ -648,10 +668,20 @@ impl GrantStore for RedisStore {
     }
 
     async fn new_grant_id(&self, task: &TaskId) -> Result<GrantId, StoreError> {
-        let tag = self
-            .root_of_task(task)
-            .await?
-            .ok_or_else(|| StoreError::TaskNotFound(task.clone()))?;
+        let recent = self
+            .recent_roots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(task)
+            .filter(|(_, at)| at.elapsed() < RECENT_ROOT_TTL)
+            .map(|(tag, _)| tag.clone());
+        let tag = match recent {
+            Some(tag) => tag,
+            None => self
+                .root_of_task(task)
+                .await?
+                .ok_or_else(|| StoreError::TaskNotFound(task.clone()))?,
+        };
         let random = random_id().map_err(|e| StoreError::Unavailable(e.to_string()))?;
         GrantId::parse(&format!("{tag}{random}")).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
