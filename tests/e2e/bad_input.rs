@@ -463,3 +463,39 @@ async fn refused_attestations_are_audited_but_cannot_flood_the_trail() {
         "{records} records in {elapsed} s: one per second at most"
     );
 }
+
+/// A caller presenting fresh evidence on every attempt (here a different
+/// bearer token each call, on one anonymous connection) escapes the
+/// per-evidence sampling; the per-address cap still bounds the audit
+/// trail, and what it leaves out is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_evidence_for_every_attempt_cannot_flood_the_trail_either() {
+    let broker = Broker::start();
+    let channel = tessera_e2e::attestation::anonymous_channel(&broker).await;
+    let mut verifier = pb::verifier_service_client::VerifierServiceClient::new(channel);
+    let attempts: u64 = 400;
+    let started = std::time::Instant::now();
+    for i in 0..attempts {
+        let mut req = tonic::Request::new(tessera_e2e::attestation::introspect_request());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer flood{i}.x.y").parse().unwrap());
+        let status = verifier.introspect(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let secs = started.elapsed().as_secs();
+    let audited = tessera_e2e::attestation::audit_records(&broker)
+        .iter()
+        .filter(|r| r["event"] == "attestation_refused")
+        .count() as u64;
+    assert!(audited >= 1, "nothing audited");
+    // 50 a second per address, in windows that may straddle two seconds.
+    assert!(audited <= 50 * (secs + 2), "{audited} records in {secs} s");
+    let (_, metrics) = broker.http_get("/metrics");
+    let unaudited: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tessera_attestation_refusals_unaudited_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    assert_eq!(audited + unaudited, attempts, "every refusal is audited or counted");
+}

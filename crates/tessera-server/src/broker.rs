@@ -253,6 +253,11 @@ pub struct Broker {
     /// certificate): refusals are audited at most once a second each, so a
     /// client with a valid certificate cannot flood the audit trail.
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// Refusals audited per source address in the current second: a client
+    /// minting a fresh certificate (or token) per attempt gets at most
+    /// [`REFUSALS_PER_SOURCE`] records a second however many it makes.
+    refusal_sources:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (chrono::DateTime<chrono::Utc>, u32)>>,
     /// Whether the last audit record was written: health reports NOT_SERVING
     /// while it was not (every operation would fail UNAVAILABLE anyway).
     audit_ok: std::sync::atomic::AtomicBool,
@@ -264,6 +269,10 @@ pub struct Broker {
 
 /// Most distinct refused callers remembered for audit sampling.
 const REFUSAL_SAMPLES: usize = 10_000;
+
+/// Most attestation refusals audited per source address per second; the
+/// rest are counted (`tessera_attestation_refusals_unaudited_total`).
+const REFUSALS_PER_SOURCE: u32 = 50;
 
 /// Most quarantine refusals audited per identity: one per this interval.
 const QUARANTINE_AUDIT_EVERY: chrono::Duration = chrono::Duration::seconds(1);
@@ -359,6 +368,7 @@ impl Broker {
             settings,
             audit,
             refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
+            refusal_sources: std::sync::Mutex::new(std::collections::HashMap::new()),
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
         };
@@ -430,8 +440,9 @@ impl Broker {
         claimed: Option<&SpiffeId>,
         evidence: Option<&str>,
         reason: &str,
+        source: Option<std::net::IpAddr>,
     ) -> BrokerError {
-        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason)
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason, source)
             .await
     }
 

@@ -1,6 +1,9 @@
-//! mTLS on the gRPC port: rustls (ring provider) requiring a client
-//! certificate chained to the trust bundle, an accept loop that bounds
-//! connections and handshake time, and the SPIFFE ID of a verified peer.
+//! TLS on the gRPC port: rustls (ring provider) asking for a client
+//! certificate, an accept loop that bounds connections and handshake time
+//! and checks each presented chain once against the trust bundles
+//! (`attest::trust`), and the SPIFFE ID of a verified leaf. The HTTPS
+//! OAuth facade's configuration is here too: it verifies client chains in
+//! its handshake against `tls.trust_bundle` as loaded at start.
 
 use std::io;
 use std::net::SocketAddr;

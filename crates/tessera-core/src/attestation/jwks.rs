@@ -254,12 +254,15 @@ fn material(jwk: &serde_json::Map<String, serde_json::Value>) -> Result<Option<K
         }
         ("RSA", _) => {
             let (n, e) = (b64(jwk, "n")?, b64(jwk, "e")?);
-            // Below 2048 bits is too weak; jsonwebtoken's RSA backend takes at
-            // most 4096. Refused here so the set fails at load, not every
-            // token at use.
+            // Below 2048 bits is too weak: the set is refused. Above 4096,
+            // jsonwebtoken's RSA backend cannot verify: the key is left out
+            // (like a key type we do not use) so the rest of the set serves.
             let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if !(2048..=4096).contains(&bits) {
-                return Err("RSA modulus is not 2048-4096 bits");
+            if bits < 2048 {
+                return Err("RSA modulus is shorter than 2048 bits");
+            }
+            if bits > 4096 {
+                return Ok(None);
             }
             KeyMaterial::Rsa { n, e }
         }

@@ -18,8 +18,8 @@
 //! 5. the issuer's algorithm allow-list, then its key by `kid` (whose type,
 //!    and `alg` if pinned, must fit), then `jsonwebtoken` (its pure-Rust
 //!    backend only) with a [`jsonwebtoken::Validation`] set explicitly: that
-//!    one algorithm, the signature, `iss`, `aud`, and `exp`, `iat`, `iss`,
-//!    `aud` required;
+//!    one algorithm, the signature, `iss`, `aud`, and `exp`, `iss`, `aud`
+//!    required (`iat` is required by step 6: the crate cannot require it);
 //! 6. only then the time claims, against the broker's injectable clock
 //!    (`jsonwebtoken` reads the wall clock, so its own `exp`/`nbf` checks
 //!    are switched off, explicitly): `exp`, `nbf` and `iat` with the
@@ -418,7 +418,8 @@ fn validation(alg: JwtAlgorithm, policy: &IssuerPolicy, leeway: Duration) -> jso
     };
     let mut v = jsonwebtoken::Validation::new(alg);
     v.algorithms = vec![alg];
-    v.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+    // (jsonwebtoken has no way to require `iat`; step 6 does.)
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v.set_issuer(&[policy.issuer.as_str()]);
     v.set_audience(&[policy.audience.as_str()]);
     v.validate_aud = true;
@@ -442,7 +443,6 @@ fn refused_by_jose(e: &jsonwebtoken::errors::Error) -> JwtError {
         K::ImmatureSignature => JwtError::NotYetValid,
         K::MissingRequiredClaim(claim) => match claim.as_str() {
             "exp" => JwtError::Expired,
-            "iat" => JwtError::IssuedInFuture,
             "aud" => JwtError::Audience,
             "iss" => JwtError::Issuer,
             _ => JwtError::Claim("a required claim"),

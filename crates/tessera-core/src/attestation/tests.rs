@@ -696,6 +696,16 @@ fn jwks_sets_are_refused_whole_when_dangerous() {
     let keys = jwks(json!([enc, hs, es.jwk("k1")])).unwrap();
     assert_eq!(keys.len(), 1);
     assert!(keys.contains("k1"));
+    // RSA: under 2048 bits refuses the set; over 4096 (more than the
+    // verifier takes) is skipped, and the rest of the set serves.
+    let rsa = |bits: usize| json!({"kty":"RSA","kid":format!("rsa{bits}"),"n":URL_SAFE_NO_PAD.encode(vec![0xc5u8; bits / 8]),"e":"AQAB"});
+    assert!(matches!(
+        jwks(json!([rsa(1024), es.jwk("k1")])),
+        Err(JwksError::Key { index: 0, .. })
+    ));
+    let keys = jwks(json!([rsa(8192), es.jwk("k1")])).unwrap();
+    assert!(keys.contains("k1") && !keys.contains("rsa8192"));
+    assert!(jwks(json!([rsa(4096)])).unwrap().contains("rsa4096"));
     // A key pinned to ES256 refuses a token claiming ES256 only if the type differs.
     let mut pinned = es.jwk("k1");
     pinned["alg"] = json!("ES256");

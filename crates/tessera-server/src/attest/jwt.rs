@@ -82,7 +82,7 @@ struct KeyCache {
     tls: Option<Arc<rustls::ClientConfig>>,
     state: std::sync::Mutex<KeyState>,
     /// Held by the one load in flight.
-    loading: tokio::sync::Mutex<()>,
+    loading: Arc<tokio::sync::Mutex<()>>,
     /// Loads attempted (for tests).
     attempts: std::sync::atomic::AtomicU64,
 }
@@ -103,7 +103,7 @@ impl KeyCache {
             config,
             tls,
             state: std::sync::Mutex::new(KeyState::default()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
             attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -175,13 +175,21 @@ impl KeyCache {
 
     /// The issuer's keys, loading them if they are missing, old, changed
     /// on disk, or lack `kid`, within the rate bound.
-    async fn keys_for(&self, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
+    async fn keys_for(self: &Arc<Self>, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
         loop {
-            let guard = self.loading.try_lock();
+            let guard = self.loading.clone().try_lock_owned();
             match (self.plan(kid, guard.is_err()), guard) {
                 (Plan::Use, _) => break,
-                (Plan::Load, Ok(_loading)) => {
-                    self.refresh().await;
+                (Plan::Load, Ok(loading)) => {
+                    // In a task of its own: a caller that gives up (its
+                    // deadline, a reset stream) must not cancel a load whose
+                    // attempt already counts against the rate bound.
+                    let cache = Arc::clone(self);
+                    let load = tokio::spawn(async move {
+                        cache.refresh().await;
+                        drop(loading);
+                    });
+                    let _ = load.await;
                     break;
                 }
                 // A load finished meanwhile: decide again with its keys.
@@ -225,7 +233,7 @@ impl KeyCache {
 /// Verifies attestation JWTs from the configured issuers.
 pub struct JwtAttestor {
     policies: Vec<IssuerPolicy>,
-    caches: Vec<KeyCache>,
+    caches: Vec<Arc<KeyCache>>,
     replay: Arc<dyn ReplayCache>,
 }
 
@@ -268,7 +276,7 @@ impl JwtAttestor {
                 })?),
                 JwksSource::File(_) => None,
             };
-            caches.push(KeyCache::new(config, tls));
+            caches.push(Arc::new(KeyCache::new(config, tls)));
         }
         Ok(Self {
             policies: caches.iter().map(|c| c.config.policy.clone()).collect(),
@@ -339,7 +347,7 @@ mod tests {
         )
     }
 
-    fn cache(file: &Path) -> KeyCache {
+    fn cache(file: &Path) -> Arc<KeyCache> {
         let policy = IssuerPolicy {
             name: "ci".into(),
             issuer: "https://ci.example".into(),
@@ -352,7 +360,7 @@ mod tests {
             mapping: ClaimMapping::parse("spiffe://ci.example/{sub}").unwrap(),
             trust_domains: ["ci.example".to_owned()].into_iter().collect(),
         };
-        KeyCache::new(
+        Arc::new(KeyCache::new(
             JwtIssuerConfig {
                 policy,
                 jwks: JwksSource::File(file.to_owned()),
@@ -363,7 +371,7 @@ mod tests {
                 max_bytes: 64 * 1024,
             },
             None,
-        )
+        ))
     }
 
     /// Rewrites the file and gives it a new mtime (a same-second rewrite
@@ -426,6 +434,29 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         let _ = cache.keys_for("forged-later").await.unwrap();
         assert_eq!(cache.attempts.load(Ordering::Relaxed), 3, "one load per min_refresh");
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
+
+    /// A caller that gives up (its deadline, a reset stream) does not
+    /// cancel the load it started: its attempt counts against the rate
+    /// bound, so a cancelled load would leave the keys stale until the
+    /// next allowed one, and a caller resetting every time could keep them
+    /// from ever reloading.
+    #[tokio::test]
+    async fn a_caller_that_gives_up_does_not_cancel_the_load() {
+        let file = temp("cancel");
+        rewrite(&file, &jwks("k1"), 100);
+        let cache = cache(&file);
+        let _ = tokio::time::timeout(Duration::ZERO, cache.keys_for("k1")).await;
+        for _ in 0..200 {
+            if cache.state().keys.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cache.state().keys.is_some(), "the load finished without its caller");
+        assert!(cache.keys_for("k1").await.unwrap().contains("k1"));
+        assert_eq!(cache.attempts.load(Ordering::Relaxed), 1);
         let _ = std::fs::remove_dir_all(file.parent().unwrap());
     }
 

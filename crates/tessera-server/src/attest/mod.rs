@@ -14,7 +14,8 @@
 //!   attested from the kernel's peer credentials at accept ([`unix`]).
 //!
 //! A call with none of these is UNAUTHENTICATED. Every refusal is audited
-//! (sampled per caller, see `Broker::attestation_refused_by`) and counted in
+//! (sampled per caller and capped per source address, see
+//! `Broker::attestation_refused_by`) and counted in
 //! `tessera_attestation_rejected_total{method,reason}`.
 
 pub mod config;
@@ -213,18 +214,31 @@ fn rejected(method: AttestationMethod, reason: &'static str) {
         .increment(1);
 }
 
-/// Refuses a caller: counts, logs, audits; returns the status to answer.
-async fn refuse(
-    broker: &Broker,
-    method: AttestationMethod,
-    label: &'static str,
-    claimed: Option<&SpiffeId>,
-    evidence: Option<&str>,
-    reason: &str,
-) -> Status {
-    rejected(method, label);
-    tracing::info!(event = "attestation_refused", method = %method, identity = ?claimed.map(ToString::to_string), reason = %reason, "caller refused");
-    status::from_broker(broker.attestation_refused_by(method, claimed, evidence, reason).await)
+/// Who is being refused, and where the call came from.
+struct Refusal<'a> {
+    broker: &'a Broker,
+    /// The caller's address (TCP); `None` on the Unix socket.
+    source: Option<std::net::IpAddr>,
+}
+
+impl Refusal<'_> {
+    /// Refuses a caller: counts, logs, audits; returns the status to answer.
+    async fn refuse(
+        &self,
+        method: AttestationMethod,
+        label: &'static str,
+        claimed: Option<&SpiffeId>,
+        evidence: Option<&str>,
+        reason: &str,
+    ) -> Status {
+        rejected(method, label);
+        tracing::info!(event = "attestation_refused", method = %method, identity = ?claimed.map(ToString::to_string), reason = %reason, "caller refused");
+        status::from_broker(
+            self.broker
+                .attestation_refused_by(method, claimed, evidence, reason, self.source)
+                .await,
+        )
+    }
 }
 
 /// The bearer token of `authorization: Bearer <token>`, if the call has one.
@@ -260,37 +274,50 @@ pub(crate) async fn caller<T>(
 }
 
 async fn attest<T>(broker: &Broker, attestors: &Attestors, req: &Request<T>) -> Result<VerifiedIdentity, Status> {
+    let peer = req.extensions().get::<tls::PeerInfo>();
+    let refusal = Refusal {
+        broker,
+        source: peer.and_then(|p| p.remote).map(|a| a.ip()),
+    };
     // Unix listener: attested at accept.
     if let Some(info) = req.extensions().get::<unix::UnixPeerInfo>() {
         let method = AttestationMethod::Unix;
         let peer = match info.0.as_ref() {
             Ok(peer) => peer,
-            Err(reason) => return Err(refuse(broker, method, "peer", None, None, reason).await),
+            Err(reason) => return Err(refusal.refuse(method, "peer", None, None, reason).await),
         };
         let evidence = peer.evidence();
         let id = match broker.registry().match_unix(peer) {
             Ok(id) => id,
-            Err(e) => return Err(refuse(broker, method, "selector", None, Some(&evidence), &e.to_string()).await),
+            Err(e) => {
+                return Err(refusal
+                    .refuse(method, "selector", None, Some(&evidence), &e.to_string())
+                    .await);
+            }
         };
-        return bind(broker, &id, method, evidence).await;
+        return bind(&refusal, &id, method, evidence).await;
     }
 
     // mTLS: the client certificate, trusted only through the trust store.
-    if let Some(cert) = req
-        .extensions()
-        .get::<tls::PeerInfo>()
-        .and_then(|info| info.client_cert.as_ref())
-    {
+    if let Some(cert) = peer.and_then(|info| info.client_cert.as_ref()) {
         let method = AttestationMethod::X509;
         let leaf = match attestors.trust.trusted_leaf(cert) {
             Ok(leaf) => leaf,
-            Err(reason) => return Err(refuse(broker, method, "chain", None, Some(&cert.evidence()), &reason).await),
+            Err(reason) => {
+                return Err(refusal
+                    .refuse(method, "chain", None, Some(&cert.evidence()), &reason)
+                    .await);
+            }
         };
         let svid = match tls::peer_svid_in(leaf, |domain| attestors.trust.check_domain(domain)) {
             Ok(svid) => svid,
-            Err(e) => return Err(refuse(broker, method, "svid", None, Some(&cert.evidence()), &e.to_string()).await),
+            Err(e) => {
+                return Err(refusal
+                    .refuse(method, "svid", None, Some(&cert.evidence()), &e.to_string())
+                    .await);
+            }
         };
-        return bind(broker, &svid.id, method, svid.evidence).await;
+        return bind(&refusal, &svid.id, method, svid.evidence).await;
     }
 
     // TLS without a client certificate: an attestation JWT.
@@ -303,47 +330,59 @@ async fn attest<T>(broker: &Broker, attestors: &Attestors, req: &Request<T>) -> 
             } else {
                 "no client certificate"
             };
-            return Err(refuse(broker, AttestationMethod::X509, "none", None, None, reason).await);
+            return Err(refusal
+                .refuse(AttestationMethod::X509, "none", None, None, reason)
+                .await);
         }
-        Err(reason) => return Err(refuse(broker, method, "malformed", None, None, reason).await),
+        Err(reason) => return Err(refusal.refuse(method, "malformed", None, None, reason).await),
     };
     let evidence = sha256_hex(token.as_bytes());
     let Some(attestor) = &attestors.jwt else {
-        return Err(refuse(
-            broker,
-            method,
-            "disabled",
-            None,
-            Some(&evidence),
-            "attestation by jwt is not configured",
-        )
-        .await);
+        return Err(refusal
+            .refuse(
+                method,
+                "disabled",
+                None,
+                Some(&evidence),
+                "attestation by jwt is not configured",
+            )
+            .await);
     };
     match attestor.attest(&token, broker.now()).await {
-        Ok(attested) => bind(broker, &attested.id, method, evidence).await,
+        Ok(attested) => bind(&refusal, &attested.id, method, evidence).await,
         Err(jwt::JwtRefusal::Store(e)) => {
             // Never accept unchecked: the caller is told to retry.
             rejected(method, "store");
             tracing::warn!(error = %e, "replay cache unavailable; attestation JWT refused");
             let _ = broker
-                .attestation_refused_by(method, None, Some(&evidence), "replay cache unavailable")
+                .attestation_refused_by(
+                    method,
+                    None,
+                    Some(&evidence),
+                    "replay cache unavailable",
+                    refusal.source,
+                )
                 .await;
             Err(status::from_broker(BrokerError::Store(e)))
         }
-        Err(e) => Err(refuse(broker, method, e.reason(), None, Some(&evidence), &e.to_string()).await),
+        Err(e) => Err(refusal
+            .refuse(method, e.reason(), None, Some(&evidence), &e.to_string())
+            .await),
     }
 }
 
 /// Binds verified evidence to its registry entry (registered, enabled,
 /// allowed this method), or refuses.
 async fn bind(
-    broker: &Broker,
+    refusal: &Refusal<'_>,
     id: &SpiffeId,
     method: AttestationMethod,
     evidence: String,
 ) -> Result<VerifiedIdentity, Status> {
-    match broker.attest_by(id, method, evidence.clone()) {
+    match refusal.broker.attest_by(id, method, evidence.clone()) {
         Ok(who) => Ok(who),
-        Err(e) => Err(refuse(broker, method, "identity", Some(id), Some(&evidence), &e.to_string()).await),
+        Err(e) => Err(refusal
+            .refuse(method, "identity", Some(id), Some(&evidence), &e.to_string())
+            .await),
     }
 }

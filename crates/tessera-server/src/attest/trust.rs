@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -233,9 +233,11 @@ impl TrustStore {
         if stamp(&self.config) == self.current().stamp {
             return Ok(false);
         }
-        let mut slot = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
-        let loaded = Self::build(&self.config, &self.provider, slot.generation + 1)?;
-        *slot = Arc::new(loaded);
+        // Built outside the lock: handshakes and calls keep reading the old
+        // bundles meanwhile. One reloader calls this, so generations are
+        // not raced.
+        let loaded = Self::build(&self.config, &self.provider, self.current().generation + 1)?;
+        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         Ok(true)
     }
 
@@ -304,8 +306,7 @@ impl TrustStore {
             .min();
         ClientCert {
             chain: Arc::new(chain),
-            verdict,
-            generation: loaded.generation,
+            checked: Arc::new(Mutex::new((loaded.generation, verdict))),
             not_after,
         }
     }
@@ -317,11 +318,15 @@ impl TrustStore {
     pub fn trusted_leaf<'a>(&self, cert: &'a ClientCert) -> Result<&'a [u8], String> {
         let leaf = cert.leaf().ok_or_else(|| "no client certificate".to_owned())?;
         let loaded = self.current();
-        if loaded.generation == cert.generation {
-            cert.verdict.clone()?;
-        } else {
-            self.verify_chain(&loaded, &cert.chain)?;
-        }
+        let verdict = {
+            let mut checked = cert.checked.lock().unwrap_or_else(PoisonError::into_inner);
+            if checked.0 != loaded.generation {
+                // Once per connection per reload, not once per call.
+                *checked = (loaded.generation, self.verify_chain(&loaded, &cert.chain));
+            }
+            checked.1.clone()
+        };
+        verdict?;
         match cert.not_after {
             Some(not_after) if self.unix_now() > not_after => Err(format!(
                 "client certificate refused: expired at {} during this connection",
@@ -363,8 +368,9 @@ fn describe(e: &rustls::Error) -> String {
 #[derive(Clone)]
 pub struct ClientCert {
     chain: Arc<Vec<CertificateDer<'static>>>,
-    verdict: Result<(), String>,
-    generation: u64,
+    /// The bundles' generation it was last checked under, and the verdict;
+    /// shared by every call of the connection.
+    checked: Arc<Mutex<(u64, Result<(), String>)>>,
     not_after: Option<i64>,
 }
 
@@ -382,10 +388,11 @@ impl ClientCert {
 
 impl std::fmt::Debug for ClientCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner).clone();
         f.debug_struct("ClientCert")
             .field("evidence", &self.evidence())
-            .field("verdict", &self.verdict)
-            .field("generation", &self.generation)
+            .field("generation", &checked.0)
+            .field("verdict", &checked.1)
             .finish_non_exhaustive()
     }
 }

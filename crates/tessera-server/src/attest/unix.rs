@@ -12,6 +12,12 @@
 //! 5. then the pidfd must still be alive: while the process lives its PID
 //!    cannot be reused, so what we read in step 4 was its own.
 //!
+//! What is attested is the connecting process as it is when the broker
+//! looks, right after accept, and for the whole connection: a process that
+//! connects and then hands the socket to another (by fork or SCM_RIGHTS)
+//! lends it its identity, as with any per-connection attestation; selectors
+//! that pin the uid limit that to processes of the same user.
+//!
 //! Any failure attests nothing (fail closed); the gRPC edge then refuses
 //! every call of the connection with UNAUTHENTICATED and an audit record.
 //! The facts are matched against `unix` selectors in the identity registry.
@@ -170,8 +176,12 @@ fn peer_pidfd(stream: &UnixStream) -> Result<std::os::fd::OwnedFd, String> {
     use nix::errno::Errno;
     match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
         Ok(fd) => Ok(fd),
-        Err(Errno::ENOPROTOOPT | Errno::EINVAL) => {
+        Err(Errno::ENOPROTOOPT) => {
             Err("this kernel cannot pin the peer process (SO_PEERPIDFD needs Linux 6.5 or later); refusing".to_owned())
+        }
+        // Linux 6.5-6.15 answer EINVAL for a peer that has exited.
+        Err(Errno::EINVAL) => {
+            Err("no pidfd for the peer process (it has exited, or this kernel lacks SO_PEERPIDFD); refusing".to_owned())
         }
         Err(Errno::ESRCH) => Err("the peer process is gone; refusing".to_owned()),
         Err(e) => Err(format!("no pidfd for the peer process: {e}; refusing")),

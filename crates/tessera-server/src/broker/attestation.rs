@@ -4,7 +4,7 @@
 use tessera_core::audit::{Actor, AuditKind, Outcome};
 use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
 
-use super::{Broker, BrokerError, REFUSAL_SAMPLES};
+use super::{Broker, BrokerError, REFUSAL_SAMPLES, REFUSALS_PER_SOURCE};
 
 impl Broker {
     /// The identity registry (a handle: reloads replace its contents).
@@ -25,13 +25,16 @@ impl Broker {
 
     /// Records a caller refused at attestation by `method`; returns the
     /// error to answer with. Refusals are audited at most once a second per
-    /// claimed identity (or evidence), so a caller cannot flood the trail.
+    /// claimed identity (or evidence), and at most [`REFUSALS_PER_SOURCE`] a
+    /// second per `source` address, so a caller cannot flood the trail, not
+    /// even with fresh evidence for every attempt.
     pub async fn attestation_refused_by(
         &self,
         method: AttestationMethod,
         claimed: Option<&SpiffeId>,
         evidence: Option<&str>,
         reason: &str,
+        source: Option<std::net::IpAddr>,
     ) -> BrokerError {
         let mut event = self.event(AuditKind::AttestationRefused, Outcome::Deny, None);
         crate::telemetry::decision("attest", false);
@@ -60,6 +63,25 @@ impl Broker {
             {
                 tracing::debug!(caller = %key, "attestation refusal not audited again within a second");
                 return refused;
+            }
+            if let Some(ip) = source {
+                let mut sources = self
+                    .refusal_sources
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if sources.len() >= REFUSAL_SAMPLES && !sources.contains_key(&ip) {
+                    sources.clear();
+                }
+                let (since, count) = sources.entry(ip).or_insert((now, 0));
+                if now - *since >= chrono::Duration::seconds(1) {
+                    (*since, *count) = (now, 0);
+                }
+                if *count >= REFUSALS_PER_SOURCE {
+                    metrics::counter!("tessera_attestation_refusals_unaudited_total", "method" => method.as_str())
+                        .increment(1);
+                    return refused;
+                }
+                *count += 1;
             }
             if seen.len() >= REFUSAL_SAMPLES {
                 seen.clear();

@@ -264,7 +264,7 @@ impl Facade {
             Ok(svid) => svid,
             Err(e) => {
                 tracing::info!(event = "attestation_refused", reason = %e, "https caller refused");
-                let refused = self.broker.attestation_refused(None, None, &e.to_string()).await;
+                let refused = self.broker.attestation_refused(None, None, &e.to_string(), None).await;
                 return Err(match refused.kind() {
                     tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
                     _ => OAuthError::invalid_client(e.to_string()),
@@ -277,7 +277,7 @@ impl Facade {
                 tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "https caller refused");
                 let refused = self
                     .broker
-                    .attestation_refused(Some(&svid.id), Some(&svid.evidence), &e.to_string())
+                    .attestation_refused(Some(&svid.id), Some(&svid.evidence), &e.to_string(), None)
                     .await;
                 return Err(match refused.kind() {
                     tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
