@@ -75,13 +75,24 @@ fn tls_config(ca_pem: &[u8], client: Option<&Identity>) -> rustls::ClientConfig 
 
 /// One raw HTTPS/1.1 request to the facade as `client` (None: no certificate).
 async fn https(broker: &Broker, client: Option<&str>, method: &str, path: &str, form: Option<&str>) -> Answer {
+    let identity = client.map(|name| broker.identity(name));
+    https_as(broker, identity.as_ref(), method, path, form).await
+}
+
+/// [`https`] with any client identity.
+async fn https_as(
+    broker: &Broker,
+    identity: Option<&Identity>,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+) -> Answer {
     let addr = broker
         .oauth_addr
         .clone()
         .expect("the ready file names an oauth address");
     let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
-    let identity = client.map(|name| broker.identity(name));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, identity.as_ref())));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, identity)));
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut tls = connector
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -653,5 +664,82 @@ async fn tokens_verify_with_pyjwt_from_the_jwks_served_over_https() {
             !run(&tampered).status.success(),
             "PyJWT accepted a tampered {alg} token"
         );
+    }
+}
+
+/// The facade trusts exactly what the gRPC port trusts: every configured
+/// trust domain, bundles reloaded without a restart, and a certificate
+/// from no trusted CA refused with `invalid_client` and an audit record.
+#[tokio::test]
+async fn the_facade_trusts_what_the_grpc_port_trusts() {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, IsCa, Issuer, KeyPair, SanType};
+    let dir = tessera_e2e::dev_init("facade-td");
+    let partner_key = KeyPair::generate().unwrap();
+    let mut partner_ca = CertificateParams::default();
+    partner_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let mut dn = DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "partner CA");
+    partner_ca.distinguished_name = dn;
+    let partner_cert = partner_ca.self_signed(&partner_key).unwrap();
+    let partner = Issuer::new(partner_ca, partner_key);
+    std::fs::write(dir.path().join("partner-ca.pem"), partner_cert.pem()).unwrap();
+    tessera_e2e::attestation::append_config(
+        dir.path(),
+        r#"
+[attestation]
+reload_interval = "200ms"
+
+[[tls.trust_domains]]
+name = "partner.example"
+bundle = "partner-ca.pem"
+
+[[identities]]
+id = "spiffe://partner.example/service/gateway"
+kind = "partner"
+owner = "partner-inc"
+roles = ["verifier"]
+max_ttl = "5m"
+"#,
+    );
+    let broker = Broker::start_in(dir, &[]);
+    let token = live_token(&broker, "facade-td").await;
+    let body = form(&[("token", &token.access_token)]);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.subject_alt_names = vec![SanType::URI(
+        "spiffe://partner.example/service/gateway".try_into().unwrap(),
+    )];
+    let cert = leaf.signed_by(&key, &partner).unwrap();
+    let gateway = Identity {
+        ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+    };
+    // A verifier of another trust domain introspects over HTTPS.
+    let answer = https_as(&broker, Some(&gateway), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["active"], true);
+    // A certificate from no trusted CA: invalid_client, saying why, audited.
+    let stranger =
+        tessera_e2e::attestation::foreign_identity(&broker, "spiffe://tessera.local/service/api-gateway", false);
+    let answer = https_as(&broker, Some(&stranger), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.json()["error"], "invalid_client");
+    assert!(answer.json().get("active").is_none());
+    tessera_e2e::attestation::wait_refusal_audited(&broker, "x509", "trust bundle of its trust domain");
+    // The partner bundle emptied: refused without a restart.
+    std::fs::write(broker.dir.path().join("partner-ca.pem"), "").unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let answer = https_as(&broker, Some(&gateway), "POST", "/oauth/introspect", Some(&body)).await;
+        if answer.status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "still served: {answer:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

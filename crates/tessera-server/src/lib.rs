@@ -114,7 +114,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         Some(_) => Some(Arc::new(tls::facade_server_config(
             &config.tls.cert,
             &config.tls.key,
-            &config.tls.trust_bundle,
+            attest.trust.verifier(),
         )?)),
         None => None,
     };
@@ -291,6 +291,7 @@ pub async fn serve(
             .unwrap_or_else(|| "https://localhost".to_owned());
         Arc::new(http::oauth::Facade::new(
             broker.clone(),
+            attestors.trust.clone(),
             shared.limiter.clone(),
             config.tokens.issuer.clone(),
             config.tokens.leeway_secs,
@@ -433,7 +434,7 @@ pub async fn serve(
             Some(tokio::spawn(http::serve(
                 listener,
                 router,
-                Some(tls),
+                Some((tls, attestors.trust.clone())),
                 request_timeout,
                 stopped(http_stop.subscribe()),
             )))

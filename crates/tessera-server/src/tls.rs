@@ -2,8 +2,7 @@
 //! certificate, an accept loop that bounds connections and handshake time
 //! and checks each presented chain once against the trust bundles
 //! (`attest::trust`), and the SPIFFE ID of a verified leaf. The HTTPS
-//! OAuth facade's configuration is here too: it verifies client chains in
-//! its handshake against `tls.trust_bundle` as loaded at start.
+//! OAuth facade's configuration is here too, with the same verifier.
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,27 +53,6 @@ fn material(key: &'static str, path: &Path, what: impl std::fmt::Display) -> Tls
 }
 
 /// Builds the server's rustls configuration: our certificate, and client
-/// certificates required and verified against `trust_bundle`.
-pub fn server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    let bundle: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(trust_bundle)
-        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
-    for ca in bundle {
-        roots
-            .add(ca)
-            .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
-    }
-    if roots.is_empty() {
-        return Err(material("tls.trust_bundle", trust_bundle, "no CA certificate found"));
-    }
-    let verifier = client_verifier(roots, provider)?;
-    server_config_with(cert, key, verifier)
-}
-
-/// Builds the server's rustls configuration: our certificate, and client
 /// certificates checked by `verifier` (e.g. the per-trust-domain verifier
 /// of `attest::trust`, which also decides whether one is required).
 pub fn server_config_with(
@@ -103,46 +81,26 @@ pub fn server_config_with(
 }
 
 /// The HTTPS OAuth facade's rustls configuration: the broker's certificate,
-/// HTTP/1.1, and a client certificate that is **optional** (the public
-/// documents need none) but, when presented, must chain to `trust_bundle`
-/// like on the gRPC port; handlers decide who must present one.
-pub fn facade_server_config(cert: &Path, key: &Path, trust_bundle: &Path) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // The same files, parsed and checked by the gRPC configuration first.
-    let grpc = server_config(cert, key, trust_bundle)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| material("tls.cert", cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| material("tls.cert", cert, e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| material("tls.key", key, e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(trust_bundle)
-        .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?
-        .flatten()
-    {
-        roots
-            .add(ca)
-            .map_err(|e| material("tls.trust_bundle", trust_bundle, e))?;
-    }
-    drop(grpc);
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_der)
-        .map_err(|e| material("tls.key", key, e))?;
+/// HTTP/1.1, and the gRPC port's client verifier (`verifier`, from
+/// `attest::trust`): a client certificate is optional (the public
+/// documents need none) and its chain is judged after the handshake, by
+/// the same trust bundles as on the gRPC port; handlers decide who must
+/// present one.
+pub fn facade_server_config(
+    cert: &Path,
+    key: &Path,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = server_config_with(cert, key, verifier)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// The client certificate verifier: a chain to `roots`, and, by webpki, an
-/// ExtendedKeyUsage that includes clientAuth when the leaf has one. Key usage
-/// is not checked here (webpki ignores it); [`peer_svid`] does.
-fn client_verifier(
+/// The client certificate verifier `attest::trust` builds per bundle: a
+/// chain to `roots`, and, by webpki, an ExtendedKeyUsage that includes
+/// clientAuth when the leaf has one. Key usage is not checked here (webpki
+/// ignores it); [`peer_svid`] does.
+pub(crate) fn client_verifier(
     roots: RootCertStore,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {

@@ -29,7 +29,6 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
@@ -201,14 +200,14 @@ impl TrustStore {
             let verifier = if roots.is_empty() {
                 None
             } else {
-                Some(verifier(roots, provider.clone()).map_err(|e| file_error(path, e))?)
+                Some(crate::tls::client_verifier(roots, provider.clone()).map_err(|e| file_error(path, e))?)
             };
             domains.insert(domain.name.clone(), verifier);
         }
         let union = if all.is_empty() {
             None
         } else {
-            Some(verifier(all, provider.clone()).map_err(|e| file_error(Path::new("(all bundles)"), e))?)
+            Some(crate::tls::client_verifier(all, provider.clone()).map_err(|e| file_error(Path::new("(all bundles)"), e))?)
         };
         Ok(Loaded {
             domains,
@@ -397,12 +396,7 @@ impl std::fmt::Debug for ClientCert {
     }
 }
 
-fn verifier(
-    roots: RootCertStore,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()
-}
+
 
 #[derive(Debug)]
 struct StoreVerifier(Arc<TrustStore>);

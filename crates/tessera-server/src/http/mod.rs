@@ -73,10 +73,17 @@ impl Readiness {
     }
 }
 
-/// The DER of the verified TLS client certificate of the connection a
-/// request came on; `None` on plain HTTP or when the client sent none.
+/// The TLS client certificate of the connection a request came on, checked
+/// once after the handshake (`None` on plain HTTP or when the client sent
+/// none; a handler gets its leaf only through `TrustStore::trusted_leaf`),
+/// and the client's address.
 #[derive(Debug, Clone, Default)]
-pub struct PeerCertificate(pub Option<Arc<Vec<u8>>>);
+pub struct PeerCertificate {
+    /// The presented chain and its verdict.
+    pub cert: Option<crate::attest::trust::ClientCert>,
+    /// Where the connection came from.
+    pub remote: Option<std::net::SocketAddr>,
+}
 
 /// The operations router: metrics, health and the public documents.
 pub fn ops_router(ready: Readiness, facade: Option<Arc<oauth::Facade>>) -> Router {
@@ -147,12 +154,12 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<crate::attest::trust::TrustStore>)>,
     request_timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let acceptor = tls.map(TlsAcceptor::from);
+    let acceptor = tls.map(|(config, trust)| (TlsAcceptor::from(config), trust));
     tracing::info!(http = %addr, tls = acceptor.is_some(), "http endpoint serving");
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
@@ -164,10 +171,10 @@ pub async fn serve(
                 _ = conns.join_next() => continue,
             }
         }
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "http endpoint: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,17 +186,23 @@ pub async fn serve(
         let router = router.clone();
         let acceptor = acceptor.clone();
         conns.spawn(async move {
+            let plain = PeerCertificate {
+                cert: None,
+                remote: Some(remote),
+            };
             match acceptor {
-                None => serve_connection(TokioIo::new(stream), router, PeerCertificate(None), request_timeout).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                None => serve_connection(TokioIo::new(stream), router, plain, request_timeout).await,
+                Some((acceptor, trust)) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                {
                     Ok(Ok(tls)) => {
-                        let peer = tls
+                        let cert = tls
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .map(|leaf| Arc::new(leaf.as_ref().to_vec()));
-                        serve_connection(TokioIo::new(tls), router, PeerCertificate(peer), request_timeout).await;
+                            .filter(|chain| !chain.is_empty())
+                            .map(|chain| trust.check_presented(chain.iter().map(|c| c.clone().into_owned()).collect()));
+                        let peer = PeerCertificate { cert, ..plain };
+                        serve_connection(TokioIo::new(tls), router, peer, request_timeout).await;
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "https handshake refused"),
                     Err(_) => tracing::debug!("https handshake timed out"),

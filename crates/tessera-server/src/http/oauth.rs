@@ -66,6 +66,8 @@ const METADATA_CACHE: &str = "public, max-age=300";
 /// What the facade's handlers share.
 pub struct Facade {
     broker: Arc<Broker>,
+    /// The trust bundles of the gRPC port (reloaded with them).
+    trust: Arc<crate::attest::trust::TrustStore>,
     limiter: Arc<IdentityLimiter>,
     issuer: String,
     leeway_secs: i64,
@@ -85,6 +87,7 @@ impl Facade {
     /// A facade for `broker` whose endpoints are reached at `public_url`.
     pub fn new(
         broker: Arc<Broker>,
+        trust: Arc<crate::attest::trust::TrustStore>,
         limiter: Arc<IdentityLimiter>,
         issuer: String,
         leeway_secs: i64,
@@ -94,6 +97,7 @@ impl Facade {
         let metadata = metadata(&issuer, public_url).to_string();
         Self {
             broker,
+            trust,
             limiter,
             issuer,
             leeway_secs,
@@ -253,37 +257,39 @@ fn json_no_store(body: Value) -> Response {
 }
 
 impl Facade {
-    /// The caller's attested identity, from its TLS client certificate.
+    /// The caller's attested identity, from its TLS client certificate,
+    /// verified against the same trust bundles (every trust domain, reloaded
+    /// without a restart) as on the gRPC port.
     async fn authenticate(&self, peer: &PeerCertificate) -> Result<VerifiedIdentity, OAuthError> {
-        let Some(leaf) = &peer.0 else {
+        let Some(cert) = &peer.cert else {
             return Err(OAuthError::invalid_client(
                 "client authentication required: present an X.509-SVID of a registered identity (tls_client_auth)",
             ));
         };
-        let svid = match crate::tls::peer_svid(leaf, self.broker.trust_domain()) {
-            Ok(svid) => svid,
-            Err(e) => {
-                tracing::info!(event = "attestation_refused", reason = %e, "https caller refused");
-                let refused = self.broker.attestation_refused(None, None, &e.to_string(), None).await;
-                return Err(match refused.kind() {
-                    tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
-                    _ => OAuthError::invalid_client(e.to_string()),
-                });
+        let source = peer.remote.map(|a| a.ip());
+        let evidence = cert.evidence();
+        let refuse = async |claimed: Option<&tessera_core::identity::SpiffeId>, reason: String| {
+            tracing::info!(event = "attestation_refused", identity = ?claimed.map(ToString::to_string), reason = %reason, "https caller refused");
+            let refused = self
+                .broker
+                .attestation_refused(claimed, Some(&evidence), &reason, source)
+                .await;
+            match refused.kind() {
+                tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
+                _ => OAuthError::invalid_client(reason),
             }
+        };
+        let leaf = match self.trust.trusted_leaf(cert) {
+            Ok(leaf) => leaf,
+            Err(reason) => return Err(refuse(None, reason).await),
+        };
+        let svid = match crate::tls::peer_svid_in(leaf, |domain| self.trust.check_domain(domain)) {
+            Ok(svid) => svid,
+            Err(e) => return Err(refuse(None, e.to_string()).await),
         };
         let who = match self.broker.attest(&svid.id, svid.evidence.clone()) {
             Ok(who) => who,
-            Err(e) => {
-                tracing::info!(event = "attestation_refused", identity = %svid.id, reason = %e, "https caller refused");
-                let refused = self
-                    .broker
-                    .attestation_refused(Some(&svid.id), Some(&svid.evidence), &e.to_string(), None)
-                    .await;
-                return Err(match refused.kind() {
-                    tessera_core::ErrorKind::Unavailable => OAuthError::from_broker(refused),
-                    _ => OAuthError::invalid_client(refused.to_string()),
-                });
-            }
+            Err(e) => return Err(refuse(Some(&svid.id), e.to_string()).await),
         };
         self.broker.admit(&who).await.map_err(OAuthError::from_broker)?;
         self.limiter.check(who.id()).map_err(|status| {
@@ -454,8 +460,9 @@ async fn token(
     let delegation = request.delegation(&who)?;
     // INVARIANT: `authenticate` succeeded, so there is a client certificate.
     let leaf = peer
-        .0
+        .cert
         .as_ref()
+        .and_then(|cert| facade.trust.trusted_leaf(cert).ok())
         .ok_or_else(|| OAuthError::invalid_client("client authentication required"))?;
     let binding = tessera_core::token::Confirmation::X5tS256(tessera_core::pop::certificate_thumbprint(leaf));
     let issued = facade
