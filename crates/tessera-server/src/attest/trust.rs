@@ -207,7 +207,10 @@ impl TrustStore {
         let union = if all.is_empty() {
             None
         } else {
-            Some(crate::tls::client_verifier(all, provider.clone()).map_err(|e| file_error(Path::new("(all bundles)"), e))?)
+            Some(
+                crate::tls::client_verifier(all, provider.clone())
+                    .map_err(|e| file_error(Path::new("(all bundles)"), e))?,
+            )
         };
         Ok(Loaded {
             domains,
@@ -395,8 +398,6 @@ impl std::fmt::Debug for ClientCert {
             .finish_non_exhaustive()
     }
 }
-
-
 
 #[derive(Debug)]
 struct StoreVerifier(Arc<TrustStore>);
