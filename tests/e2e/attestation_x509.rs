@@ -17,7 +17,7 @@ use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
 };
-use tessera_e2e::attestation::{append_config, wait_refusal_audited, wait_refusal_of};
+use tessera_e2e::attestation::{append_config, own_ca, wait_refusal_audited, wait_refusal_of};
 use tessera_e2e::{Broker, dev_init};
 use tonic::Code;
 
@@ -62,7 +62,12 @@ async fn jwks_as(broker: &Broker, Svid { cert, key, .. }: &Svid) -> Result<(), t
         cert_pem: cert.clone().into_bytes(),
         key_pem: key.clone().into_bytes(),
     };
-    let channel = match tessera_client::connect(&broker.endpoint(), &identity).await {
+    introspect_as(broker, &identity).await
+}
+
+/// One attested call (Introspect) on a new connection as `identity`.
+async fn introspect_as(broker: &Broker, identity: &tessera_client::Identity) -> Result<(), tonic::Status> {
+    let channel = match tessera_client::connect(&broker.endpoint(), identity).await {
         Ok(c) => c,
         Err(e) => return Err(tonic::Status::unavailable(format!("connect: {e}"))),
     };
@@ -115,11 +120,7 @@ async fn a12_bad_client_certificates_are_refused() {
     refused_and_audited(&broker, &svid(&d, &[gw], false, (-30, -1)), "it has expired").await;
     refused_and_audited(&broker, &svid(&d, &[gw], false, (1, 30)), "not valid yet").await;
     // A CA outside every trust bundle.
-    let mut stranger = CertificateParams::default();
-    stranger.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let stranger_key = KeyPair::generate().unwrap();
-    stranger.self_signed(&stranger_key).unwrap();
-    let stranger = Issuer::new(stranger, stranger_key);
+    let (_, stranger) = own_ca("a stranger's CA");
     refused_and_audited(
         &broker,
         &leaf(&stranger, &[gw], false, (-1, 30)),
@@ -166,18 +167,10 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn trust_domains_have_their_own_bundles_and_reload() {
     let dir = dev_init("x509-td");
     // A partner trust domain with its own CA.
-    let partner_key = KeyPair::generate().unwrap();
-    let mut partner_ca = CertificateParams::default();
-    partner_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let partner_cert = partner_ca.self_signed(&partner_key).unwrap();
-    let partner = Issuer::new(partner_ca, partner_key);
+    let (partner_cert, partner) = own_ca("partner CA");
     std::fs::write(dir.path().join("partner-ca.pem"), partner_cert.pem()).unwrap();
     // A SPIRE-style domain whose bundle is SPIFFE bundle JSON.
-    let spire_key = KeyPair::generate().unwrap();
-    let mut spire_ca = CertificateParams::default();
-    spire_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let spire_cert = spire_ca.self_signed(&spire_key).unwrap();
-    let spire = Issuer::new(spire_ca, spire_key);
+    let (spire_cert, spire) = own_ca("spire CA");
     let x5c = base64::engine::general_purpose::STANDARD.encode(spire_cert.der());
     std::fs::write(
         dir.path().join("spire-bundle.json"),
@@ -281,13 +274,7 @@ async fn identities_reload_without_a_restart() {
     let broker = Broker::start_in(dir, &[]);
     let d = broker.dir.path().to_owned();
     let gw = broker.identity("api-gateway");
-    let call = async || {
-        let channel = tessera_client::connect(&broker.endpoint(), &gw).await.unwrap();
-        tessera_client::VerifierClient::new(channel)
-            .introspect(tessera_e2e::attestation::introspect_request())
-            .await
-            .map(drop)
-    };
+    let call = async || introspect_as(&broker, &gw).await;
     call().await.unwrap();
     let line = "id = \"spiffe://tessera.local/service/api-gateway\"\n";
     edit_config(&d, |t| t.replace(line, &format!("{line}disabled = true\n")));
@@ -323,13 +310,7 @@ async fn sighup_reloads_identities_at_once() {
     let broker = Broker::start_in(dir, &[]);
     let d = broker.dir.path().to_owned();
     let gw = broker.identity("api-gateway");
-    let call = async || {
-        let channel = tessera_client::connect(&broker.endpoint(), &gw).await.unwrap();
-        tessera_client::VerifierClient::new(channel)
-            .introspect(tessera_e2e::attestation::introspect_request())
-            .await
-            .map(drop)
-    };
+    let call = async || introspect_as(&broker, &gw).await;
     call().await.unwrap();
     let line = "id = \"spiffe://tessera.local/service/api-gateway\"\n";
     edit_config(&d, |t| t.replace(line, &format!("{line}disabled = true\n")));

@@ -672,16 +672,8 @@ async fn tokens_verify_with_pyjwt_from_the_jwks_served_over_https() {
 /// from no trusted CA refused with `invalid_client` and an audit record.
 #[tokio::test]
 async fn the_facade_trusts_what_the_grpc_port_trusts() {
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, IsCa, Issuer, KeyPair, SanType};
     let dir = tessera_e2e::dev_init("facade-td");
-    let partner_key = KeyPair::generate().unwrap();
-    let mut partner_ca = CertificateParams::default();
-    partner_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let mut dn = DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, "partner CA");
-    partner_ca.distinguished_name = dn;
-    let partner_cert = partner_ca.self_signed(&partner_key).unwrap();
-    let partner = Issuer::new(partner_ca, partner_key);
+    let (partner_cert, partner) = tessera_e2e::attestation::own_ca("partner CA");
     std::fs::write(dir.path().join("partner-ca.pem"), partner_cert.pem()).unwrap();
     tessera_e2e::attestation::append_config(
         dir.path(),
@@ -704,18 +696,8 @@ max_ttl = "5m"
     let broker = Broker::start_in(dir, &[]);
     let token = live_token(&broker, "facade-td").await;
     let body = form(&[("token", &token.access_token)]);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::default();
-    leaf.distinguished_name = DistinguishedName::new();
-    leaf.subject_alt_names = vec![SanType::URI(
-        "spiffe://partner.example/service/gateway".try_into().unwrap(),
-    )];
-    let cert = leaf.signed_by(&key, &partner).unwrap();
-    let gateway = Identity {
-        ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: key.serialize_pem().into_bytes(),
-    };
+    let gateway =
+        tessera_e2e::attestation::identity_signed_by(&broker, &partner, "spiffe://partner.example/service/gateway");
     // A verifier of another trust domain introspects over HTTPS.
     let answer = https_as(&broker, Some(&gateway), "POST", "/oauth/introspect", Some(&body)).await;
     assert_eq!(answer.status, 200, "{answer:?}");

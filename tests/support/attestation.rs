@@ -268,30 +268,52 @@ fn wait_refusal(broker: &Broker, method: &str, reason: &str, evidence: Option<&s
     }
 }
 
-/// A client identity for `spiffe`: an SVID signed by the broker's dev CA
-/// (`trusted_ca`) or by a fresh CA outside every trust bundle.
-pub fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_client::Identity {
-    use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
-    let dir = broker.dir.path();
-    let leaf_key = KeyPair::generate().unwrap();
+/// A CA of its own, named `name` (a distinct name per CA, so chain
+/// building never mistakes one for another), in no trust bundle until a
+/// test adds its certificate: the certificate and an issuer for leaves.
+pub fn own_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let cert = params.self_signed(&key).unwrap();
+    (cert, Issuer::new(params, key))
+}
+
+/// A client identity of `broker` whose SVID for `spiffe` (clientAuth, no
+/// subject) is signed by `issuer`.
+pub fn identity_signed_by(
+    broker: &Broker,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    spiffe: &str,
+) -> tessera_client::Identity {
+    use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, KeyPair, SanType};
+    let key = KeyPair::generate().unwrap();
     let mut leaf = CertificateParams::default();
     leaf.distinguished_name = DistinguishedName::new();
     leaf.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = if trusted_ca {
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
-        leaf.signed_by(&leaf_key, &issuer).unwrap()
-    } else {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let issuer = Issuer::new(ca, ca_key);
-        leaf.signed_by(&leaf_key, &issuer).unwrap()
-    };
+    let cert = leaf.signed_by(&key, issuer).unwrap();
     tessera_client::Identity {
-        ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
+        ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
         cert_pem: cert.pem().into_bytes(),
-        key_pem: leaf_key.serialize_pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+    }
+}
+
+/// A client identity for `spiffe`: an SVID signed by the broker's dev CA
+/// (`trusted_ca`) or by a fresh CA outside every trust bundle.
+pub fn foreign_identity(broker: &Broker, spiffe: &str, trusted_ca: bool) -> tessera_client::Identity {
+    let dir = broker.dir.path();
+    if trusted_ca {
+        let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key.pem")).unwrap()).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+        identity_signed_by(broker, &issuer, spiffe)
+    } else {
+        identity_signed_by(broker, &own_ca("a stranger's CA").1, spiffe)
     }
 }
