@@ -45,9 +45,15 @@ pub enum ServeError {
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The signing key file is missing or invalid.
-    #[error("config key `tokens.signing_key`: {0}")]
-    SigningKeyFile(String),
+    /// The signing key file cannot be read.
+    #[error("config key `tokens.signing_key`: `{}`: {source}", path.display())]
+    SigningKeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// Generating or loading the signing key failed.
     #[error("config key `tokens.signing_key`: {0}")]
     SigningKey(#[source] KeyError),
@@ -58,14 +64,30 @@ pub enum ServeError {
     #[error("policy: {0}")]
     Policy(#[from] tessera_core::policy::PolicyLoadError),
     /// The audit trail could not be opened.
-    #[error("config key `audit.file`: {0}")]
-    Audit(String),
+    #[error("config key `audit.file`: `{}`: {source}", path.display())]
+    Audit {
+        /// The audit file.
+        path: std::path::PathBuf,
+        /// Why it could not be opened.
+        #[source]
+        source: audit::AuditError,
+    },
+    /// Redis could not be reached for the audit stream.
+    #[error("config key `audit.redis_stream`: {0}")]
+    AuditStreamConnect(#[source] StoreError),
     /// The Redis audit stream could not be opened.
     #[error("config key `audit.redis_stream`: {0}")]
-    AuditStream(String),
+    AuditStream(#[source] audit::AuditError),
+    /// The approvals webhook is misconfigured.
+    #[error("broker could not start: {0}")]
+    Webhook(#[source] http::webhook::WebhookError),
     /// The broker could not start (its key could not be published or audited).
     #[error("broker could not start: {0}")]
-    Start(String),
+    Start(#[source] broker::BrokerError),
+    /// The identities disabled and quarantined by other replicas could not
+    /// be read before serving.
+    #[error("broker could not start: cannot read the disabled and quarantined identities from the store: {0}")]
+    SharedState(#[source] broker::BrokerError),
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -74,7 +96,10 @@ pub enum ServeError {
     Attestation(#[from] attest::AttestSetupError),
     /// Reflection could not be built from the descriptor set.
     #[error("reflection service: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The gRPC server's task panicked or was cancelled.
+    #[error("grpc server task failed: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
 }
 
 /// Everything loaded from disk before binding a port.
@@ -121,10 +146,12 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let alg = config.tokens.algorithm;
     let signer = match &config.tokens.signing_key {
         Some(path) => {
-            let pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| ServeError::SigningKeyFile(format!("`{}`: {e}", path.display())))?,
-            );
+            let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                ServeError::SigningKeyFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
             SigningKey::from_pkcs8_pem(alg, &pem).map_err(ServeError::SigningKey)?
         }
         None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
@@ -231,7 +258,7 @@ pub async fn serve(
                 config.approvals.webhook_timeout,
                 config.server.instance_id.clone(),
             )
-            .map_err(|e| ServeError::Start(e.to_string()))?;
+            .map_err(ServeError::Webhook)?;
             tracing::info!(webhook = %url, "approvals: new pending approvals are notified by webhook");
             Some(Arc::new(webhook) as Arc<dyn broker::ApprovalNotifier>)
         }
@@ -248,18 +275,14 @@ pub async fn serve(
         )
         .await
         .map(|broker| broker.with_replay_cache(replay))
-        .map_err(|e| ServeError::Start(e.to_string()))?
+        .map_err(ServeError::Start)?
         .with_approval_store(approvals)
         .with_approval_notifier(notifier),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     // Identities operators disabled and anomaly quarantines of other
     // replicas: read before serving, then followed.
-    if let Err(e) = broker.refresh_shared().await {
-        return Err(ServeError::Start(format!(
-            "cannot read the disabled and quarantined identities from the store: {e}"
-        )));
-    }
+    broker.refresh_shared().await.map_err(ServeError::SharedState)?;
     let disabled_refresh = {
         let broker = broker.clone();
         let every = config.attestation.reload_interval;
@@ -311,7 +334,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .map_err(ServeError::Reflection)?
         .max_decoding_message_size(max);
 
     let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
@@ -517,7 +540,7 @@ pub async fn serve(
 fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServeError> {
     match result {
         Ok(r) => Ok(r?),
-        Err(e) => Err(ServeError::Reflection(format!("server task failed: {e}"))),
+        Err(e) => Err(ServeError::ServerTask(e)),
     }
 }
 
@@ -525,17 +548,20 @@ fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::Join
 async fn open_audit(config: &Config) -> Result<crate::audit::AuditTrail, ServeError> {
     let file = crate::audit::AuditLog::open(config.audit.clone())
         .await
-        .map_err(|e| ServeError::Audit(format!("`{}`: {e}", config.audit.file.display())))?;
+        .map_err(|source| ServeError::Audit {
+            path: config.audit.file.clone(),
+            source,
+        })?;
     let redis = match (&config.store, config.audit.redis_stream) {
         (StoreConfig::Redis(redis), true) => redis,
         _ => return Ok(crate::audit::AuditTrail::file(file)),
     };
     let stream = tessera_store::AuditStream::connect(redis, &config.server.instance_id)
         .await
-        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+        .map_err(ServeError::AuditStreamConnect)?;
     let stream = crate::audit::AuditLog::open_stream(stream, config.audit.timeout)
         .await
-        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+        .map_err(ServeError::AuditStream)?;
     Ok(crate::audit::AuditTrail::with_stream(
         file,
         stream,
