@@ -551,3 +551,25 @@ async fn open_audit(config: &Config) -> Result<crate::audit::AuditTrail, ServeEr
     ))
 }
 
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::{ServeError, flatten};
+
+    #[tokio::test]
+    async fn a_failed_server_task_keeps_its_join_error() {
+        let task = tokio::spawn(std::future::pending::<Result<(), tonic::transport::Error>>());
+        task.abort();
+        let error = flatten(task.await).unwrap_err();
+        assert!(
+            matches!(&error, ServeError::ServerTask(e) if e.is_cancelled()),
+            "{error:?}"
+        );
+        assert!(
+            error.source().is_some_and(|s| s.is::<tokio::task::JoinError>()),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("grpc server task failed: "), "{error}");
+    }
+}
