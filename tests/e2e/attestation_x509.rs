@@ -10,7 +10,7 @@
     reason = "tests"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 
@@ -151,16 +151,9 @@ fn edit_config(dir: &std::path::Path, edit: impl Fn(String) -> String) {
     std::fs::rename(&tmp, &path).unwrap();
 }
 
-/// Polls `check` until it is true (bounded).
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Polls `check` until it is true, for up to 20 s.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    tessera_e2e::eventually(what, Duration::from_secs(20), check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
