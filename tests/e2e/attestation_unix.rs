@@ -198,6 +198,17 @@ async fn the_socket_serves_the_same_services_and_caps_as_the_tcp_port() {
     }
 }
 
+/// SIGTERM stops the socket with the TCP port: the broker exits 0 and the
+/// socket file is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_socket_and_removes_it() {
+    let (mut broker, socket) = unix_broker(own_uid(), &own_exe_sha256());
+    jwks_over(&socket).await.unwrap();
+    let status = broker.terminate();
+    assert!(status.success(), "tesserad exited with {status}");
+    assert!(!socket.exists(), "the socket outlived the broker");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_uid_is_refused_and_audited() {
     let (broker, socket) = unix_broker(own_uid().wrapping_add(4242), &own_exe_sha256());
