@@ -14,7 +14,7 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -352,25 +352,26 @@ async fn every_bad_token_is_refused_and_audited() {
     attested_call(&broker, &good).await.unwrap();
 }
 
-/// A TCP listener that counts connections and never answers.
-async fn counting_listener() -> (String, Arc<AtomicU32>) {
+/// A TCP listener that records who connected, in accept order, and never
+/// answers.
+async fn recording_listener() -> (String, Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let hits = Arc::new(AtomicU32::new(0));
-    let counter = hits.clone();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
     tokio::spawn(async move {
-        while let Ok((_conn, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
+        while let Ok((_conn, peer)) = listener.accept().await {
+            seen.lock().unwrap().push(peer);
         }
     });
-    (addr, hits)
+    (addr, peers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_urls_and_unknown_issuers_are_never_fetched() {
     let issuer = Issuer::default();
     let broker = Broker::start_in(jwt_dir(&issuer), &[]);
-    let (addr, hits) = counting_listener().await;
+    let (addr, peers) = recording_listener().await;
     for member in ["jku", "x5u"] {
         let header = json!({"alg": "ES256", "kid": issuer.kid, member: format!("https://{addr}/keys")});
         unauthenticated(
@@ -390,11 +391,22 @@ async fn header_urls_and_unknown_issuers_are_never_fetched() {
     unauthenticated(attested_call(&broker, &issuer.sign(&c)).await, "issuer");
     wait_refusal_audited(&broker, "jwt", "`jku`");
     wait_refusal_audited(&broker, "jwt", "`x5u`");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A connection of our own, made after every refusal was audited: the
+    // listener accepts in arrival order, so once it has seen ours it has
+    // seen any the broker made while refusing.
+    let marker = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let ours = marker.local_addr().unwrap();
+    tessera_e2e::eventually(
+        "the listener to accept our connection",
+        Duration::from_secs(20),
+        async || peers.lock().unwrap().contains(&ours),
+    )
+    .await;
+    let theirs: Vec<_> = peers.lock().unwrap().iter().filter(|p| **p != ours).copied().collect();
     assert_eq!(
-        hits.load(Ordering::SeqCst),
+        theirs.len(),
         0,
-        "the broker connected to a URL from a token"
+        "the broker connected to a URL from a token: {theirs:?}"
     );
 }
 

@@ -117,6 +117,98 @@ async fn this_process_is_attested_by_uid_and_executable_hash() {
     assert!(evidence.contains(&format!("uid={}", own_uid())), "{evidence}");
 }
 
+/// The socket serves the same service set as the TCP port, behind the same
+/// caps: health and reflection answer on both, and a request over
+/// `server.max_message_bytes` (64 KiB in the dev config) is refused the
+/// same way on both, by our services and by health alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_serves_the_same_services_and_caps_as_the_tcp_port() {
+    use tokio_stream::StreamExt as _;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let (broker, socket) = unix_broker(own_uid(), &own_exe_sha256());
+    let unix = tessera_client::connect_unix(&socket).await.unwrap();
+    let tcp = broker.channel("api-gateway").await;
+    for (listener, channel) in [("unix", unix), ("tcp", tcp)] {
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["", "tessera.v1.AgentService", "tessera.v1.VerifierService"] {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{listener}: health of `{service}`: {s:?}"))
+                .into_inner()
+                .status();
+            assert_eq!(status, ServingStatus::Serving, "{listener}: `{service}`");
+        }
+
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap_or_else(|s| panic!("{listener}: reflection: {s:?}"))
+            .into_inner();
+        let answer = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{listener}: {answer:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in [
+            "tessera.v1.AgentService",
+            "tessera.v1.OrchestratorService",
+            "tessera.v1.AdminService",
+            "tessera.v1.VerifierService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{listener}: {want} missing from {names:?}"
+            );
+        }
+
+        let oversized = "a".repeat(65 * 1024);
+        let refusals = [
+            tessera_client::VerifierClient::new(channel.clone())
+                .introspect(tessera_e2e::pb::IntrospectRequest {
+                    token: oversized.clone(),
+                })
+                .await
+                .map(drop),
+            health
+                .check(tonic_health::pb::HealthCheckRequest { service: oversized })
+                .await
+                .map(drop),
+        ];
+        for refused in refusals {
+            let status = refused.expect_err("a request over the cap was served");
+            assert_eq!(status.code(), Code::OutOfRange, "{listener}: {status:?}");
+            assert!(
+                status.message().contains("65536"),
+                "{listener}: the message names the cap: {status:?}"
+            );
+        }
+    }
+}
+
+/// SIGTERM stops the socket with the TCP port: the broker exits 0 and the
+/// socket file is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_socket_and_removes_it() {
+    let (mut broker, socket) = unix_broker(own_uid(), &own_exe_sha256());
+    jwks_over(&socket).await.unwrap();
+    let status = broker.terminate();
+    assert!(status.success(), "tesserad exited with {status}");
+    assert!(!socket.exists(), "the socket outlived the broker");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_uid_is_refused_and_audited() {
     let (broker, socket) = unix_broker(own_uid().wrapping_add(4242), &own_exe_sha256());

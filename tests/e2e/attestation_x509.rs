@@ -10,7 +10,7 @@
     reason = "tests"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 
@@ -151,16 +151,9 @@ fn edit_config(dir: &std::path::Path, edit: impl Fn(String) -> String) {
     std::fs::rename(&tmp, &path).unwrap();
 }
 
-/// Polls `check` until it is true (bounded).
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Polls `check` until it is true, for up to 20 s.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    tessera_e2e::eventually(what, Duration::from_secs(20), check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,12 +278,9 @@ async fn identities_reload_without_a_restart() {
     wait_refusal_audited(&broker, "x509", "disabled");
     // A broken file is ignored: the last good registry stays.
     edit_config(&d, |t| format!("{t}\n[[identities]]\nid = 'not a spiffe id'\n"));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        broker.logs().contains("configuration not reloaded"),
-        "{}",
-        broker.logs()
-    );
+    // The reloader read the broken file and said so: only then is the check
+    // below about a file it has seen.
+    broker.wait_log_count("configuration not reloaded", 0);
     assert!(call().await.is_err());
     // Re-enabled.
     edit_config(&d, |t| {
@@ -314,12 +304,17 @@ async fn sighup_reloads_identities_at_once() {
     call().await.unwrap();
     let line = "id = \"spiffe://tessera.local/service/api-gateway\"\n";
     edit_config(&d, |t| t.replace(line, &format!("{line}disabled = true\n")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     call().await.expect("not reloaded before the signal");
+    let reloads = || broker.logs().matches("identity registry reloaded").count();
+    assert_eq!(reloads(), 0, "reloaded before the signal: {}", broker.logs());
     let pid = rustix::process::Pid::from_raw(i32::try_from(broker.pid()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     eventually("SIGHUP to disable the identity", async || {
         matches!(call().await, Err(s) if s.code() == Code::Unauthenticated && s.message().contains("disabled"))
     })
     .await;
+    // The signal's reload is the only one: had polling read the edit
+    // first, the signal would have forced a second.
+    broker.wait_log_count("identity registry reloaded", 0);
+    assert_eq!(reloads(), 1, "{}", broker.logs());
 }

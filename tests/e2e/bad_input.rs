@@ -225,7 +225,18 @@ async fn ended_and_expired_tasks_refuse_tokens() {
     o.start_task(start_request("short", &["researcher"], read, 1))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Wait out its one second by watching the task, not the clock.
+    tessera_e2e::eventually("the one-second task to expire", Duration::from_secs(20), async || {
+        let shown = o
+            .get_task(pb::GetTaskRequest {
+                task_id: "short".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        shown.state() == pb::TaskState::Expired
+    })
+    .await;
     expect(
         code(agent.request_token(token_request("short", read, None)).await),
         Code::FailedPrecondition,

@@ -13,7 +13,6 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use tessera_client::PopKey;
 use tessera_e2e::*;
@@ -117,8 +116,9 @@ async fn a_stolen_bound_token_is_refused_and_its_holder_is_served() {
     let broker = Broker::start();
     let server = ResourceServer::start(&broker);
     // A token minted in the second the server's verifier synchronised is
-    // refused by design (its sync floor); mint after it.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // refused by design (its sync floor); mint after it. The server
+    // synchronised before it said it listens, so no later than now.
+    tessera_e2e::wait_past_second(tessera_e2e::now_secs()).await;
     broker
         .start_task(start_request("bound-1", &["writer"], &["crm.contacts.write"], 600))
         .await;

@@ -12,7 +12,7 @@
 )]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tessera_e2e::*;
@@ -37,16 +37,9 @@ fn sighup(broker: &Broker) {
     assert!(status.success());
 }
 
-/// Polls `check` every 50 ms for up to 15 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls `check` until it is true, for up to 15 s.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    tessera_e2e::eventually(what, Duration::from_secs(15), check).await;
 }
 
 fn reload_records(broker: &Broker, decision: &str) -> Vec<Value> {

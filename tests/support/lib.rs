@@ -442,6 +442,47 @@ pub async fn first_position(feed: &mut tonic::Streaming<pb::WatchRevocationsResp
     }
 }
 
+/// Polls `check` every 50 ms until it is true; panics naming `what` after
+/// `limit`. The way to wait for something the broker does on its own time
+/// (a reload, an expiry, a health change): keep `limit` generous, the
+/// machine is shared.
+#[track_caller]
+pub fn eventually<'a>(
+    what: &'a str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> bool + 'a,
+) -> impl std::future::Future<Output = Duration> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let started = Instant::now();
+        while !check().await {
+            assert!(
+                started.elapsed() < limit,
+                "{what} did not happen within {limit:?} (waiting at {caller})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
+}
+
+/// Whole seconds of the system clock, as the broker stamps `iat`.
+pub fn now_secs() -> i64 {
+    use tessera_core::clock::Clock as _;
+    tessera_core::clock::SystemClock.now().timestamp()
+}
+
+/// Waits until the system clock is past second `secs`: a token minted
+/// after this has an `iat` above it (e.g. above a verifier's sync floor).
+pub async fn wait_past_second(secs: i64) {
+    eventually(
+        &format!("the clock to pass second {secs}"),
+        Duration::from_secs(10),
+        async || now_secs() > secs,
+    )
+    .await;
+}
+
 /// The gRPC status of a failed call.
 #[track_caller]
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {

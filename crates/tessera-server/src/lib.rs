@@ -29,7 +29,6 @@ use tessera_proto::v1 as pb;
 use tessera_store::{GrantStore, MemoryStore, RedisStore, ReplayCache, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Server;
 
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Config, StoreConfig};
@@ -45,9 +44,15 @@ pub enum ServeError {
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The signing key file is missing or invalid.
-    #[error("config key `tokens.signing_key`: {0}")]
-    SigningKeyFile(String),
+    /// The signing key file cannot be read.
+    #[error("config key `tokens.signing_key`: `{}`: {source}", path.display())]
+    SigningKeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// Generating or loading the signing key failed.
     #[error("config key `tokens.signing_key`: {0}")]
     SigningKey(#[source] KeyError),
@@ -58,23 +63,42 @@ pub enum ServeError {
     #[error("policy: {0}")]
     Policy(#[from] tessera_core::policy::PolicyLoadError),
     /// The audit trail could not be opened.
-    #[error("config key `audit.file`: {0}")]
-    Audit(String),
+    #[error("config key `audit.file`: `{}`: {source}", path.display())]
+    Audit {
+        /// The audit file.
+        path: std::path::PathBuf,
+        /// Why it could not be opened.
+        #[source]
+        source: audit::AuditError,
+    },
+    /// Redis could not be reached for the audit stream.
+    #[error("config key `audit.redis_stream`: {0}")]
+    AuditStreamConnect(#[source] StoreError),
     /// The Redis audit stream could not be opened.
     #[error("config key `audit.redis_stream`: {0}")]
-    AuditStream(String),
+    AuditStream(#[source] audit::AuditError),
+    /// The approvals webhook is misconfigured.
+    #[error("broker could not start: {0}")]
+    Webhook(#[source] http::webhook::WebhookError),
     /// The broker could not start (its key could not be published or audited).
     #[error("broker could not start: {0}")]
-    Start(String),
+    Start(#[source] broker::BrokerError),
+    /// The identities disabled and quarantined by other replicas could not
+    /// be read before serving.
+    #[error("broker could not start: cannot read the disabled and quarantined identities from the store: {0}")]
+    SharedState(#[source] broker::BrokerError),
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Attestation (trust bundles, JWT issuers, the Unix socket) could not be set up.
     #[error(transparent)]
     Attestation(#[from] attest::AttestSetupError),
-    /// Reflection could not be built from the descriptor set.
-    #[error("reflection service: {0}")]
-    Reflection(String),
+    /// The gRPC service set could not be built.
+    #[error(transparent)]
+    Services(#[from] grpc::ServiceSetError),
+    /// The gRPC server's task panicked or was cancelled.
+    #[error("grpc server task failed: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
 }
 
 /// Everything loaded from disk before binding a port.
@@ -121,10 +145,12 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let alg = config.tokens.algorithm;
     let signer = match &config.tokens.signing_key {
         Some(path) => {
-            let pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| ServeError::SigningKeyFile(format!("`{}`: {e}", path.display())))?,
-            );
+            let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                ServeError::SigningKeyFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
             SigningKey::from_pkcs8_pem(alg, &pem).map_err(ServeError::SigningKey)?
         }
         None => SigningKey::generate(alg).map_err(ServeError::SigningKey)?,
@@ -231,7 +257,7 @@ pub async fn serve(
                 config.approvals.webhook_timeout,
                 config.server.instance_id.clone(),
             )
-            .map_err(|e| ServeError::Start(e.to_string()))?;
+            .map_err(ServeError::Webhook)?;
             tracing::info!(webhook = %url, "approvals: new pending approvals are notified by webhook");
             Some(Arc::new(webhook) as Arc<dyn broker::ApprovalNotifier>)
         }
@@ -248,18 +274,14 @@ pub async fn serve(
         )
         .await
         .map(|broker| broker.with_replay_cache(replay))
-        .map_err(|e| ServeError::Start(e.to_string()))?
+        .map_err(ServeError::Start)?
         .with_approval_store(approvals)
         .with_approval_notifier(notifier),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     // Identities operators disabled and anomaly quarantines of other
     // replicas: read before serving, then followed.
-    if let Err(e) = broker.refresh_shared().await {
-        return Err(ServeError::Start(format!(
-            "cannot read the disabled and quarantined identities from the store: {e}"
-        )));
-    }
+    broker.refresh_shared().await.map_err(ServeError::SharedState)?;
     let disabled_refresh = {
         let broker = broker.clone();
         let every = config.attestation.reload_interval;
@@ -299,42 +321,13 @@ pub async fn serve(
             config.oauth.max_body_bytes,
         ))
     };
-    let (reloader, unix_server) = attest::start(&config, &broker, &attestors, &shared)?;
+    let (reloader, unix) = attest::start(&config, &broker, &attestors)?;
 
-    let max = config.server.max_message_bytes;
-    // Health and reflection get the same request cap as our services, not
-    // tonic's 4 MB default. Their replies stay uncapped: a reflection reply
-    // carries whole descriptor files.
+    // One service set for every gRPC listener; its health reporter is
+    // theirs too, so both report the same status.
     let (health, health_service) = tonic_health::server::health_reporter();
-    let health_service = health_service.max_decoding_message_size(max);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?
-        .max_decoding_message_size(max);
-
-    let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let orchestrator = pb::orchestrator_service_server::OrchestratorServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let admin = pb::admin_service_server::AdminServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let verifier = pb::verifier_service_server::VerifierServiceServer::new(shared)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-
-    let services = [
-        "tessera.v1.AgentService",
-        "tessera.v1.OrchestratorService",
-        "tessera.v1.AdminService",
-        "tessera.v1.VerifierService",
-        "",
-    ];
-    for name in services {
+    let services = grpc::ServiceSet::new(&shared, health_service, &config.server)?;
+    for name in grpc::SERVICE_NAMES {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -375,7 +368,7 @@ pub async fn serve(
                     };
                     tracing::warn!(serving = ok, store, key, audit, "health changed");
                     readiness.set(ok);
-                    for name in services {
+                    for name in grpc::SERVICE_NAMES {
                         health.set_service_status(name, status).await;
                     }
                 }
@@ -411,7 +404,8 @@ pub async fn serve(
         config.server.max_connections,
         config.server.handshake_timeout,
     );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Stops both gRPC listeners: they stop accepting and drain together.
+    let (grpc_stop, _) = tokio::sync::watch::channel(false);
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop, _) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -445,26 +439,21 @@ pub async fn serve(
         let _ = http_stop_rx.await;
         let _ = http_stop.send(true);
     });
-    let server = Server::builder()
-        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
-        // In-flight unary calls per connection; beyond it load_shed answers
-        // RESOURCE_EXHAUSTED at once instead of queueing.
-        .concurrency_limit_per_connection(config.server.max_concurrent_streams as usize)
-        .timeout(config.server.request_timeout)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .http2_max_header_list_size(16 * 1024)
-        .load_shed(true)
-        .layer(telemetry::MetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(agent)
-        .add_service(orchestrator)
-        .add_service(admin)
-        .add_service(verifier)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
-            let _ = stop_rx.await;
+    let server = services
+        .router()
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stopped(grpc_stop.subscribe()));
+    let mut unix = unix.map(|unix| {
+        let serving = services
+            .router()
+            .serve_with_incoming_shutdown(ReceiverStream::new(unix.connections), stopped(grpc_stop.subscribe()));
+        tracing::info!(socket = %unix.path.display(), "unix attestation listener serving");
+        let task = tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "unix listener failed");
+            }
         });
+        (task, unix.path)
+    });
     tracing::info!(grpc = %addr, instance = %config.server.instance_id, "tesserad serving");
     let mut server = tokio::spawn(server);
 
@@ -475,7 +464,10 @@ pub async fn serve(
             disabled_refresh.abort();
             rotation.abort();
             reloader.abort();
-            unix_server.stop();
+            if let Some((task, path)) = &unix {
+                task.abort();
+                attest::unix::cleanup(path);
+            }
             for task in ops.iter().chain(oauth.iter()) {
                 task.abort();
             }
@@ -487,9 +479,8 @@ pub async fn serve(
     disabled_refresh.abort();
     rotation.abort();
     reloader.abort();
-    unix_server.stop();
     readiness.set(false);
-    for name in services {
+    for name in grpc::SERVICE_NAMES {
         health
             .set_service_status(name, tonic_health::ServingStatus::NotServing)
             .await;
@@ -497,16 +488,30 @@ pub async fn serve(
     if let Err(e) = broker.retire_key().await {
         tracing::warn!(error = %e, "could not mark the signing key as retiring");
     }
-    let _ = stop_tx.send(());
-    // /readyz answers 503 while gRPC drains; the operations listener stops after.
-    let drained = match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+    let _ = grpc_stop.send(true);
+    // /readyz answers 503 while gRPC drains (TCP and Unix alike); the
+    // operations listener stops after.
+    let both = async {
+        let tcp = (&mut server).await;
+        if let Some((task, _)) = unix.as_mut() {
+            let _ = task.await;
+        }
+        tcp
+    };
+    let drained = match tokio::time::timeout(DRAIN_TIMEOUT, both).await {
         Ok(result) => flatten(result),
         Err(_) => {
             tracing::warn!("drain timed out; closing remaining connections");
             server.abort();
+            if let Some((task, _)) = &unix {
+                task.abort();
+            }
             Ok(())
         }
     };
+    if let Some((_, path)) = &unix {
+        attest::unix::cleanup(path);
+    }
     let _ = http_stop_tx.send(());
     for task in ops.into_iter().chain(oauth) {
         let _ = task.await;
@@ -517,7 +522,7 @@ pub async fn serve(
 fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServeError> {
     match result {
         Ok(r) => Ok(r?),
-        Err(e) => Err(ServeError::Reflection(format!("server task failed: {e}"))),
+        Err(e) => Err(ServeError::ServerTask(e)),
     }
 }
 
@@ -525,20 +530,46 @@ fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::Join
 async fn open_audit(config: &Config) -> Result<crate::audit::AuditTrail, ServeError> {
     let file = crate::audit::AuditLog::open(config.audit.clone())
         .await
-        .map_err(|e| ServeError::Audit(format!("`{}`: {e}", config.audit.file.display())))?;
+        .map_err(|source| ServeError::Audit {
+            path: config.audit.file.clone(),
+            source,
+        })?;
     let redis = match (&config.store, config.audit.redis_stream) {
         (StoreConfig::Redis(redis), true) => redis,
         _ => return Ok(crate::audit::AuditTrail::file(file)),
     };
     let stream = tessera_store::AuditStream::connect(redis, &config.server.instance_id)
         .await
-        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+        .map_err(ServeError::AuditStreamConnect)?;
     let stream = crate::audit::AuditLog::open_stream(stream, config.audit.timeout)
         .await
-        .map_err(|e| ServeError::AuditStream(e.to_string()))?;
+        .map_err(ServeError::AuditStream)?;
     Ok(crate::audit::AuditTrail::with_stream(
         file,
         stream,
         config.audit.require,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::{ServeError, flatten};
+
+    #[tokio::test]
+    async fn a_failed_server_task_keeps_its_join_error() {
+        let task = tokio::spawn(std::future::pending::<Result<(), tonic::transport::Error>>());
+        task.abort();
+        let error = flatten(task.await).unwrap_err();
+        assert!(
+            matches!(&error, ServeError::ServerTask(e) if e.is_cancelled()),
+            "{error:?}"
+        );
+        assert!(
+            error.source().is_some_and(|s| s.is::<tokio::task::JoinError>()),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("grpc server task failed: "), "{error}");
+    }
 }

@@ -65,8 +65,9 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(prepared, args.ready_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "tesserad failed");
-            eprintln!("tesserad: {e:#}");
+            let error = causes(&e);
+            tracing::error!(error = %error, "tesserad failed");
+            eprintln!("tesserad: {error}");
             ExitCode::FAILURE
         }
     };
@@ -124,6 +125,24 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
     .await?;
     tracing::info!("tesserad stopped");
     Ok(())
+}
+
+/// `e` and its causes, `: `-separated, each once: our error types name
+/// their cause in their message and also keep it as `source()`, which
+/// `{e:#}` would print twice.
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 async fn shutdown_signal() {

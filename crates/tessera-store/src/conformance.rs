@@ -370,19 +370,17 @@ pub async fn feed_readers_wake_on_new_events(store: impl GrantStore) {
         .await
         .unwrap();
     assert!(empty.events.is_empty());
-    let reader = {
-        let store = store.clone();
-        let head = head.clone();
-        tokio::spawn(async move { store.read_revocations(Some(&head), 10, Duration::from_secs(10)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Polled once, the reader has registered for wake-ups and is waiting:
+    // the event appended next must wake it, well before its 10 s wait ends.
+    let mut reader = std::pin::pin!(store.read_revocations(Some(&head), 10, Duration::from_secs(10)));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(reader.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "nothing was appended yet, the reader must wait");
     store
         .end_task(&tid("t1"), TaskState::Completed, "done", t0())
         .await
         .unwrap();
     let batch = tokio::time::timeout(Duration::from_secs(5), reader)
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(batch.events.len(), 1);

@@ -117,35 +117,26 @@ impl Attestors {
     }
 }
 
-/// The Unix-socket gRPC server, if one runs.
-#[derive(Debug, Default)]
-pub struct UnixServer {
-    task: Option<tokio::task::JoinHandle<()>>,
-    path: Option<std::path::PathBuf>,
-}
-
-impl UnixServer {
-    /// Stops serving and removes the socket.
-    pub fn stop(&self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-        if let Some(path) = &self.path {
-            unix::cleanup(path);
-        }
-    }
+/// The bound Unix socket `[attestation.unix]`, each peer attested at
+/// accept. `serve` runs the gRPC service set on it, as on the TCP
+/// listener, and removes the socket when it stops.
+#[derive(Debug)]
+pub struct UnixIncoming {
+    /// Accepted connections with their peer's attestation, at most
+    /// `server.max_connections` open at once.
+    pub connections: tokio::sync::mpsc::Receiver<Result<unix::UnixConn, std::io::Error>>,
+    /// The socket's path.
+    pub path: std::path::PathBuf,
 }
 
 /// Starts what attestation runs beside the TLS listener: the reloader
-/// (identities and trust bundles) and, if configured, the Unix-socket gRPC
-/// listener serving the same services as `shared`.
+/// (identities and trust bundles) and, if configured, binds the Unix
+/// socket whose connections the caller serves.
 pub(crate) fn start(
     config: &Config,
     broker: &Arc<Broker>,
     attestors: &Arc<Attestors>,
-    shared: &crate::grpc::Shared,
-) -> Result<(tokio::task::JoinHandle<()>, UnixServer), AttestSetupError> {
-    use tessera_proto::v1 as pb;
+) -> Result<(tokio::task::JoinHandle<()>, Option<UnixIncoming>), AttestSetupError> {
     let reloader = reload::Reloader {
         config_file: config.source.clone().filter(|p| p.exists()),
         registry: broker.registry().clone(),
@@ -162,50 +153,19 @@ pub(crate) fn start(
         });
     }
     let Some(unix_config) = &config.attestation.unix else {
-        return Ok((reloader, UnixServer::default()));
+        return Ok((reloader, None));
     };
     let listener = unix::bind(unix_config).map_err(|e| AttestSetupError::Unix {
         path: unix_config.socket.clone(),
         message: e.to_string(),
     })?;
-    let incoming = unix::accept_loop(listener, config.server.max_connections);
-    let max = config.server.max_message_bytes;
-    let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let orchestrator = pb::orchestrator_service_server::OrchestratorServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let admin = pb::admin_service_server::AdminServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let verifier = pb::verifier_service_server::VerifierServiceServer::new(shared.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
-        .concurrency_limit_per_connection(config.server.max_concurrent_streams as usize)
-        .timeout(config.server.request_timeout)
-        .http2_max_header_list_size(16 * 1024)
-        .load_shed(true)
-        .layer(crate::telemetry::MetricsLayer)
-        .add_service(agent)
-        .add_service(orchestrator)
-        .add_service(admin)
-        .add_service(verifier)
-        .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(incoming));
-    tracing::info!(socket = %unix_config.socket.display(), "unix attestation listener serving");
-    let task = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "unix listener failed");
-        }
-    });
+    let connections = unix::accept_loop(listener, config.server.max_connections);
     Ok((
         reloader,
-        UnixServer {
-            task: Some(task),
-            path: Some(unix_config.socket.clone()),
-        },
+        Some(UnixIncoming {
+            connections,
+            path: unix_config.socket.clone(),
+        }),
     ))
 }
 

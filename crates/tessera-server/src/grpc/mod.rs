@@ -1,5 +1,7 @@
 //! The gRPC edge: one file per service. Each handler attests the caller,
 //! converts the request, calls the broker, converts the answer.
+//! [`ServiceSet`] puts the four services, health and reflection with their
+//! caps behind one set of server settings, for every listener.
 
 pub mod admin;
 pub mod agent;
@@ -9,11 +11,116 @@ pub mod orchestrator;
 pub mod verifier;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_core::identity::VerifiedIdentity;
+use tessera_proto::v1 as pb;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic::{Request, Status};
 
 use crate::broker::Broker;
+use crate::config::ServerConfig;
+use crate::telemetry::MetricsLayer;
+
+/// The services every listener serves, by the name health reports them
+/// under (`""` is the whole server).
+pub const SERVICE_NAMES: [&str; 5] = [
+    "tessera.v1.AgentService",
+    "tessera.v1.OrchestratorService",
+    "tessera.v1.AdminService",
+    "tessera.v1.VerifierService",
+    "",
+];
+
+/// Headers of one request, at most (names and values together).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// How often an idle connection is pinged, and how long the answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC service set with its caps, and the server settings it runs
+/// under: built once, served on every listener (TCP with mTLS, the Unix
+/// socket), so no listener can miss a service, a cap or a limit.
+#[derive(Debug, Clone)]
+pub struct ServiceSet {
+    routes: Routes,
+    max_concurrent_streams: u32,
+    request_timeout: Duration,
+}
+
+/// Why the service set could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceSetError {
+    /// Reflection could not be built from the descriptor sets.
+    #[error("reflection service: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+impl ServiceSet {
+    /// The four services on `shared`, health (`health`, whose reporter the
+    /// caller keeps) and reflection, each refusing requests over
+    /// `server.max_message_bytes`.
+    pub fn new(
+        shared: &Shared,
+        health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+        server: &ServerConfig,
+    ) -> Result<Self, ServiceSetError> {
+        let max = server.max_message_bytes;
+        // Health and reflection get the same request cap as our services, not
+        // tonic's 4 MB default. Their replies stay uncapped: a reflection reply
+        // carries whole descriptor files.
+        let health = health.max_decoding_message_size(max);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(ServiceSetError::Reflection)?
+            .max_decoding_message_size(max);
+        let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let orchestrator = pb::orchestrator_service_server::OrchestratorServiceServer::new(shared.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let admin = pb::admin_service_server::AdminServiceServer::new(shared.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let verifier = pb::verifier_service_server::VerifierServiceServer::new(shared.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let routes = Routes::new(health)
+            .add_service(reflection)
+            .add_service(agent)
+            .add_service(orchestrator)
+            .add_service(admin)
+            .add_service(verifier);
+        Ok(Self {
+            routes,
+            max_concurrent_streams: server.max_concurrent_streams,
+            request_timeout: server.request_timeout,
+        })
+    }
+
+    /// A server for one listener: every service, behind the same limits.
+    /// The caller serves it on its incoming connections.
+    pub fn router(&self) -> Router<tower_layer::Stack<MetricsLayer, tower_layer::Identity>> {
+        Server::builder()
+            .max_concurrent_streams(Some(self.max_concurrent_streams))
+            // In-flight unary calls per connection; beyond it load_shed answers
+            // RESOURCE_EXHAUSTED at once instead of queueing.
+            .concurrency_limit_per_connection(self.max_concurrent_streams as usize)
+            .timeout(self.request_timeout)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .load_shed(true)
+            .layer(MetricsLayer)
+            .add_routes(self.routes.clone())
+    }
+}
 
 /// State shared by the service handlers.
 #[derive(Debug, Clone)]
