@@ -13,7 +13,9 @@ use crate::output::OutputFormat;
 /// Tessera: short-lived, task-scoped credentials for agents.
 ///
 /// Exit codes: 0 success; 1 local error (bad flags, files, cannot connect);
-/// 2 the broker refused the request (the gRPC status is printed).
+/// 2 the broker refused the request (the gRPC status is printed); 3 no token
+/// yet: the request waits for a person's approval (`token request` without
+/// --wait).
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {

@@ -1,7 +1,10 @@
 //! Exit codes and the one place errors are printed.
 //!
-//! 0 success, 1 local error, 2 the broker answered with a gRPC status. Scripts
-//! rely on these: a refusal (2) is an answer, a local error (1) is not.
+//! 0 success, 1 local error, 2 the broker answered with a gRPC status, 3 no
+//! token yet: the request waits for a person's approval. Scripts rely on
+//! these: a refusal (2) is an answer, a local error (1) is not, and a pending
+//! approval (3) is neither a token nor a refusal, so `TOKEN=$(tessera token
+//! request …)` never carries on with an empty token as if it had one.
 
 use std::io::{ErrorKind, Write as _};
 use std::process::ExitCode;
@@ -17,6 +20,30 @@ const OK: u8 = 0;
 const LOCAL: u8 = 1;
 /// The broker refused (any gRPC status error).
 const REFUSED: u8 = 2;
+/// No token yet: the request waits for a person's approval (`token request`
+/// without `--wait`); stdout holds no token.
+const PENDING: u8 = 3;
+
+/// A token request the broker answered with a pending approval instead of a
+/// token. Returned as an error so the run exits [`PENDING`]; what is pending
+/// was already printed.
+#[derive(Debug)]
+pub(crate) struct PendingApproval {
+    /// The approval's id (`ap_…`), for `tessera token await`.
+    pub(crate) approval_id: String,
+}
+
+impl std::fmt::Display for PendingApproval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no token yet (exit 3): once approved, collect it with `tessera token await {}`",
+            self.approval_id
+        )
+    }
+}
+
+impl std::error::Error for PendingApproval {}
 
 /// How a run ended, as a script sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +51,7 @@ enum Outcome {
     Ok,
     Local,
     Refused,
+    Pending,
 }
 
 impl Outcome {
@@ -32,6 +60,7 @@ impl Outcome {
             Self::Ok => OK,
             Self::Local => LOCAL,
             Self::Refused => REFUSED,
+            Self::Pending => PENDING,
         }
     }
 }
@@ -54,6 +83,9 @@ pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCo
     let outcome = classify(&err);
     match (outcome, broker_status(&err)) {
         (Outcome::Ok, _) => {}
+        // JSON output already holds the pending approval; text gets the next step.
+        (Outcome::Pending, _) if format == OutputFormat::Json => {}
+        (Outcome::Pending, _) => eprintln!("{err}"),
         (_, Some(status)) => {
             let code = code_name(status.code());
             eprintln!("error: {code}: {}", status.message());
@@ -77,6 +109,8 @@ pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCo
 fn classify(err: &anyhow::Error) -> Outcome {
     if broker_status(err).is_some() {
         Outcome::Refused
+    } else if err.chain().any(|cause| cause.is::<PendingApproval>()) {
+        Outcome::Pending
     } else if is_broken_pipe(err) {
         // `tessera revocations watch | head`: the reader left; not a failure.
         Outcome::Ok
@@ -178,6 +212,17 @@ mod tests {
         assert_eq!(Outcome::Ok.code(), 0);
         assert_eq!(Outcome::Local.code(), 1);
         assert_eq!(Outcome::Refused.code(), 2);
+        assert_eq!(Outcome::Pending.code(), 3);
+    }
+
+    #[test]
+    fn a_pending_approval_exits_3() {
+        check(
+            anyhow::Error::new(PendingApproval {
+                approval_id: "ap_1".into(),
+            }),
+            Outcome::Pending,
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tessera_client::{AgentClient, VerifierClient, pb};
 use crate::args::{self, TOKEN_ENV};
 use crate::cli::Global;
 use crate::command::channel;
+use crate::exit::PendingApproval;
 use crate::output::{self, OutputFormat};
 
 mod bound;
@@ -25,7 +26,8 @@ pub(crate) enum TokenCommand {
     ///
     /// Text output is the access token alone on stdout, so
     /// `TOKEN=$(tessera --as researcher token request ...)` works; a summary
-    /// goes to stderr.
+    /// goes to stderr. A request that needs a person's approval exits 3 with
+    /// nothing on stdout (the approval id on stderr) unless --wait.
     Request(RequestArgs),
     /// Delegate a token you hold: mint an attenuated child for another agent
     /// of the same task (same audience, a subset of the scopes, no later expiry).
@@ -74,7 +76,8 @@ pub(crate) struct RequestArgs {
     #[arg(long, conflicts_with = "pop")]
     mtls_binding: bool,
     /// If the request needs a person's approval, wait for the decision and
-    /// print the token once approved (exit 2 if denied or expired).
+    /// print the token once approved (exit 2 if denied or expired). Without
+    /// it, such a request exits 3: no token yet.
     #[arg(long)]
     wait: bool,
 }
@@ -146,10 +149,13 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
             } else {
                 print_pending(global.output, &pending)?;
             }
-            if req.wait {
-                await_approval(global.output, &mut client, pending.approval_id).await?;
+            if !req.wait {
+                return Err(PendingApproval {
+                    approval_id: pending.approval_id,
+                }
+                .into());
             }
-            Ok(())
+            await_approval(global.output, &mut client, pending.approval_id).await
         }
         None => anyhow::bail!("the broker answered with neither a token nor a pending approval"),
     }
