@@ -34,8 +34,12 @@ if [ ! -f "$DEV_DIR/tesserad.toml" ]; then
   echo "No dev setup in $DEV_DIR: start the broker first with 'make run' in another terminal." >&2
   exit 1
 fi
-if ! $TESSERA --as api-gateway jwks >/dev/null 2>&1; then
-  echo "The broker does not answer on 127.0.0.1:7443: start it with 'make run' in another terminal." >&2
+# The CLI reads TESSERA_ENDPOINT; name the endpoint it actually tries.
+ENDPOINT=${TESSERA_ENDPOINT:-https://127.0.0.1:7443}
+if ! err=$($TESSERA --as api-gateway jwks 2>&1 >/dev/null); then
+  echo "The broker does not answer on $ENDPOINT: start it with 'make run' in another terminal" >&2
+  echo "(for another port: TESSERA_SERVER__LISTEN=127.0.0.1:PORT make run, and TESSERA_ENDPOINT=https://127.0.0.1:PORT make demo)." >&2
+  echo "tessera said: $err" >&2
   exit 1
 fi
 
@@ -75,4 +79,4 @@ step "7. Introspection again: the token is dead, minutes before its expiry"
 show_line 'tessera --as api-gateway introspect - <<<"$TOKEN"'
 $TESSERA --as api-gateway introspect - <<<"$TOKEN"
 
-printf '\n%sDone.%s Revocations are also streamed to verifiers: try\n  %s --as api-gateway revocations watch\n' "$bold" "$reset" "$BIN/tessera --dev-dir $DEV_DIR"
+printf '\n%sDone.%s Revocations are also streamed to verifiers: try\n  tessera --as api-gateway revocations watch\n(after make install; or %s)\n' "$bold" "$reset" "$BIN/tessera"
