@@ -101,9 +101,63 @@ pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCo
                 }
             }
         }
-        (_, None) => eprintln!("error: {err:#}"),
+        (_, None) => {
+            eprintln!("error: {}", causes(&err));
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+        }
     }
     ExitCode::from(outcome.code())
+}
+
+/// The error and its causes, `: `-separated, each said once: transport
+/// errors (tonic, hyper, rustls) often print their source inside their own
+/// message and again as the next cause.
+fn causes(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || previous.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+/// What to try next for a connection that failed in a way people often
+/// cause by pointing the CLI at the wrong port or at a stopped broker.
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    let chain: Vec<String> = err.chain().map(|c| c.to_string().to_ascii_lowercase()).collect();
+    let says = |needle: &str| chain.iter().any(|c| c.contains(&needle.to_ascii_lowercase()));
+    if says("InvalidContentType") {
+        Some(
+            "is this the gRPC port? The server answered without TLS, like the broker's plain-HTTP \
+             port (server.http_listen, default 7444); --endpoint or TESSERA_ENDPOINT must name \
+             server.listen (default https://127.0.0.1:7443)",
+        )
+    } else if says("NoApplicationProtocol") {
+        Some(
+            "is this the gRPC port? The server speaks TLS but not gRPC (HTTP/2), like the OAuth \
+             facade (oauth.listen, default 7445); --endpoint or TESSERA_ENDPOINT must name \
+             server.listen (default https://127.0.0.1:7443)",
+        )
+    } else if says("Connection refused") {
+        Some(
+            "nothing listens there: is the broker running (`make run`)? Its address comes from \
+             --endpoint or TESSERA_ENDPOINT (default https://127.0.0.1:7443)",
+        )
+    } else if says("UnknownIssuer") || says("invalid peer certificate") {
+        Some("the broker's certificate is not signed by the trust bundle (--ca, or ca.pem of --dev-dir)")
+    } else {
+        None
+    }
 }
 
 fn classify(err: &anyhow::Error) -> Outcome {
@@ -235,6 +289,38 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(!help.use_stderr());
+    }
+
+    /// An error whose message repeats its source's, as tonic's and rustls' do.
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "transport error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once_with_a_hint() {
+        let io = std::io::Error::other("received corrupt message of type InvalidContentType");
+        let err = anyhow::Error::new(Repeats(io)).context("cannot connect to `https://127.0.0.1:7444`");
+        assert_eq!(
+            causes(&err),
+            "cannot connect to `https://127.0.0.1:7444`: transport error: received corrupt message of type \
+             InvalidContentType"
+        );
+        assert!(hint(&err).unwrap().starts_with("is this the gRPC port?"));
+
+        let refused = anyhow::Error::new(std::io::Error::from(ErrorKind::ConnectionRefused)).context("cannot connect");
+        assert!(hint(&refused).unwrap().contains("is the broker running"));
+        assert_eq!(hint(&anyhow::anyhow!("cannot read `x`")), None);
     }
 
     #[test]
