@@ -3,7 +3,8 @@
 # `make run`. Each step prints the command it runs, then its output.
 set -euo pipefail
 
-BIN=${BIN:-target/debug}
+# Where make builds (the Makefile's CARGO_TARGET_DIR); `make demo` passes BIN.
+BIN=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}/debug}
 DEV_DIR=${DEV_DIR:-.tessera-dev}
 TESSERA="$BIN/tessera --dev-dir $DEV_DIR"
 TD=$(sed -n 's/^trust_domain = "\(.*\)"/\1/p' "$DEV_DIR/tesserad.toml")
