@@ -7,11 +7,13 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tessera/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug
 DEV_DIR ?= .tessera-dev
+# make install puts tessera and tesserad in $(PREFIX)/bin.
+PREFIX ?= $(HOME)/.local
 
-.PHONY: help build run demo test test-tools fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: help build install example-server example-agent run demo test test-tools fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 deps: ## Install what the build needs (Rust toolchain components)
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust from rustup.rs" >&2; exit 1; }
@@ -55,13 +57,27 @@ redis-reap:
 build: ## Build tesserad and tessera
 	$(CARGO) build --locked --bins
 
+install: build ## Install tessera and tesserad into $(PREFIX)/bin (default ~/.local/bin; PREFIX=/usr/local ...)
+	install -d "$(PREFIX)/bin"
+	install -m 0755 $(BIN)/tessera $(BIN)/tesserad "$(PREFIX)/bin/"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; \
+		*) echo "$(PREFIX)/bin is not on your PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\"" ;; esac
+
+# The SDK examples, built into the same target directory as everything else
+# (`cargo run -p tessera-examples` outside make would rebuild it all into ./target).
+example-server: build ## The example CRM API protected by the SDK verifier (EXAMPLE_LISTEN, default 127.0.0.1:8081)
+	$(BIN)/resource-server
+
+example-agent: build ## The example agent calling make example-server (EXAMPLE_SERVER, default 127.0.0.1:8081)
+	$(BIN)/agent
+
 $(DEV_DIR)/tesserad.toml:
 	$(BIN)/tessera dev init --dir $(DEV_DIR)
 
-run: build ## Start the broker on 127.0.0.1:7443 with the embedded store and a dev PKI
+run: build ## Start the broker on 127.0.0.1:7443 (TESSERA_SERVER__LISTEN) with the embedded store and a dev PKI
 	@$(MAKE) --no-print-directory $(DEV_DIR)/tesserad.toml
 	@echo
-	@echo "Tessera is starting on https://127.0.0.1:7443 (embedded store, dev PKI in $(DEV_DIR))."
+	@echo "Tessera is starting on https://$${TESSERA_SERVER__LISTEN:-127.0.0.1:7443} (embedded store, dev PKI in $(DEV_DIR))."
 	@echo "In a second terminal, walk through the demo with:   make demo"
 	@echo "Stop the broker with Ctrl-C."
 	@echo
@@ -79,18 +95,23 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring; see STACK-NOTES)
+# rustls and jsonwebtoken use ring/RustCrypto: aws-lc-rs would give the process a
+# second rustls crypto provider, and tonic then panics at start unable to pick one.
+check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring)
 	@if $(CARGO) tree --locked -i aws-lc-rs >/dev/null 2>&1; then \
 		echo "aws-lc-rs is in the dependency tree: rustls/jsonwebtoken must use ring/rust_crypto only" >&2; exit 1; fi
 
-# The bench's own tests draw plots (a TTF font) and the HTTP facade's check a
-# token with an independent JOSE library in a Python venv: install both if missing.
-test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv
+# The bench's own tests draw plots (a TTF font), the HTTP facade's check a
+# token with an independent JOSE library in a Python venv, and the README test
+# runs the README's curl and jq commands: install them if missing.
+test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl and jq (the README's commands)
 	@set -e; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
 	missing=; \
 	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || [ -n "$$TESSERA_BENCH_FONT" ] || missing="$$missing fonts-dejavu-core"; \
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
 		echo "Installing$$missing from Debian's packages"; \

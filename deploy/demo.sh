@@ -3,7 +3,8 @@
 # `make run`. Each step prints the command it runs, then its output.
 set -euo pipefail
 
-BIN=${BIN:-target/debug}
+# Where make builds (the Makefile's CARGO_TARGET_DIR); `make demo` passes BIN.
+BIN=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}/debug}
 DEV_DIR=${DEV_DIR:-.tessera-dev}
 TESSERA="$BIN/tessera --dev-dir $DEV_DIR"
 TD=$(sed -n 's/^trust_domain = "\(.*\)"/\1/p' "$DEV_DIR/tesserad.toml")
@@ -34,8 +35,12 @@ if [ ! -f "$DEV_DIR/tesserad.toml" ]; then
   echo "No dev setup in $DEV_DIR: start the broker first with 'make run' in another terminal." >&2
   exit 1
 fi
-if ! $TESSERA --as api-gateway jwks >/dev/null 2>&1; then
-  echo "The broker does not answer on 127.0.0.1:7443: start it with 'make run' in another terminal." >&2
+# The CLI reads TESSERA_ENDPOINT; name the endpoint it actually tries.
+ENDPOINT=${TESSERA_ENDPOINT:-https://127.0.0.1:7443}
+if ! err=$($TESSERA --as api-gateway jwks 2>&1 >/dev/null); then
+  echo "The broker does not answer on $ENDPOINT: start it with 'make run' in another terminal" >&2
+  echo "(for another port: TESSERA_SERVER__LISTEN=127.0.0.1:PORT make run, and TESSERA_ENDPOINT=https://127.0.0.1:PORT make demo)." >&2
+  echo "tessera said: $err" >&2
   exit 1
 fi
 
@@ -75,4 +80,4 @@ step "7. Introspection again: the token is dead, minutes before its expiry"
 show_line 'tessera --as api-gateway introspect - <<<"$TOKEN"'
 $TESSERA --as api-gateway introspect - <<<"$TOKEN"
 
-printf '\n%sDone.%s Revocations are also streamed to verifiers: try\n  %s --as api-gateway revocations watch\n' "$bold" "$reset" "$BIN/tessera --dev-dir $DEV_DIR"
+printf '\n%sDone.%s Revocations are also streamed to verifiers: try\n  tessera --as api-gateway revocations watch\n(after make install; or %s)\n' "$bold" "$reset" "$BIN/tessera"

@@ -13,7 +13,9 @@ use crate::output::OutputFormat;
 /// Tessera: short-lived, task-scoped credentials for agents.
 ///
 /// Exit codes: 0 success; 1 local error (bad flags, files, cannot connect);
-/// 2 the broker refused the request (the gRPC status is printed).
+/// 2 the broker refused the request (the gRPC status is printed); 3 no token
+/// yet: the request waits for a person's approval (`token request` without
+/// --wait).
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {
@@ -106,14 +108,15 @@ pub(crate) enum Command {
     /// List, approve or deny token requests waiting for a person (as an approver).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
-    /// Revoke every grant of an identity (offboarding).
+    /// Revoke every grant of an identity (offboarding), or disable and
+    /// enable it.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
     /// Ask the broker whether a token is live (RFC 7662 style).
     Introspect(introspect::IntrospectArgs),
     /// Print the broker's public keys (JWK Set).
     Jwks,
-    /// List the published signing keys, or rotate the signing key.
+    /// List the signing keys published in the JWKS, or rotate the signing key.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Validate a Cedar policy set offline, or make the broker reload its policy.
@@ -145,6 +148,18 @@ mod tests {
     #[test]
     fn grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn identity_help_names_everything_it_does() {
+        let cli = Cli::command();
+        let identity = cli.find_subcommand("identity").unwrap();
+        let about = identity.get_about().unwrap().to_string();
+        for verb in ["Revoke", "disable", "enable"] {
+            assert!(about.contains(verb), "{about}");
+        }
+        let verbs: Vec<&str> = identity.get_subcommands().map(clap::Command::get_name).collect();
+        assert_eq!(verbs, ["revoke", "disable", "enable"]);
     }
 
     #[test]

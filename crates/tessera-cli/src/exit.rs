@@ -1,7 +1,10 @@
 //! Exit codes and the one place errors are printed.
 //!
-//! 0 success, 1 local error, 2 the broker answered with a gRPC status. Scripts
-//! rely on these: a refusal (2) is an answer, a local error (1) is not.
+//! 0 success, 1 local error, 2 the broker answered with a gRPC status, 3 no
+//! token yet: the request waits for a person's approval. Scripts rely on
+//! these: a refusal (2) is an answer, a local error (1) is not, and a pending
+//! approval (3) is neither a token nor a refusal, so `TOKEN=$(tessera token
+//! request …)` never carries on with an empty token as if it had one.
 
 use std::io::{ErrorKind, Write as _};
 use std::process::ExitCode;
@@ -17,6 +20,30 @@ const OK: u8 = 0;
 const LOCAL: u8 = 1;
 /// The broker refused (any gRPC status error).
 const REFUSED: u8 = 2;
+/// No token yet: the request waits for a person's approval (`token request`
+/// without `--wait`); stdout holds no token.
+const PENDING: u8 = 3;
+
+/// A token request the broker answered with a pending approval instead of a
+/// token. Returned as an error so the run exits [`PENDING`]; what is pending
+/// was already printed.
+#[derive(Debug)]
+pub(crate) struct PendingApproval {
+    /// The approval's id (`ap_…`), for `tessera token await`.
+    pub(crate) approval_id: String,
+}
+
+impl std::fmt::Display for PendingApproval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no token yet (exit 3): once approved, collect it with `tessera token await {}`",
+            self.approval_id
+        )
+    }
+}
+
+impl std::error::Error for PendingApproval {}
 
 /// How a run ended, as a script sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +51,7 @@ enum Outcome {
     Ok,
     Local,
     Refused,
+    Pending,
 }
 
 impl Outcome {
@@ -32,6 +60,7 @@ impl Outcome {
             Self::Ok => OK,
             Self::Local => LOCAL,
             Self::Refused => REFUSED,
+            Self::Pending => PENDING,
         }
     }
 }
@@ -54,6 +83,9 @@ pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCo
     let outcome = classify(&err);
     match (outcome, broker_status(&err)) {
         (Outcome::Ok, _) => {}
+        // JSON output already holds the pending approval; text gets the next step.
+        (Outcome::Pending, _) if format == OutputFormat::Json => {}
+        (Outcome::Pending, _) => eprintln!("{err}"),
         (_, Some(status)) => {
             let code = code_name(status.code());
             eprintln!("error: {code}: {}", status.message());
@@ -69,14 +101,70 @@ pub(crate) fn report(result: anyhow::Result<()>, format: OutputFormat) -> ExitCo
                 }
             }
         }
-        (_, None) => eprintln!("error: {err:#}"),
+        (_, None) => {
+            eprintln!("error: {}", causes(&err));
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+        }
     }
     ExitCode::from(outcome.code())
+}
+
+/// The error and its causes, `: `-separated, each said once: transport
+/// errors (tonic, hyper, rustls) often print their source inside their own
+/// message and again as the next cause.
+fn causes(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || previous.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+/// What to try next for a connection that failed in a way people often
+/// cause by pointing the CLI at the wrong port or at a stopped broker.
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    let chain: Vec<String> = err.chain().map(|c| c.to_string().to_ascii_lowercase()).collect();
+    let says = |needle: &str| chain.iter().any(|c| c.contains(&needle.to_ascii_lowercase()));
+    if says("InvalidContentType") {
+        Some(
+            "is this the gRPC port? The server answered without TLS, like the broker's plain-HTTP \
+             port (server.http_listen, default 7444); --endpoint or TESSERA_ENDPOINT must name \
+             server.listen (default https://127.0.0.1:7443)",
+        )
+    } else if says("NoApplicationProtocol") {
+        Some(
+            "is this the gRPC port? The server speaks TLS but not gRPC (HTTP/2), like the OAuth \
+             facade (oauth.listen, default 7445); --endpoint or TESSERA_ENDPOINT must name \
+             server.listen (default https://127.0.0.1:7443)",
+        )
+    } else if says("Connection refused") {
+        Some(
+            "nothing listens there: is the broker running (`make run`)? Its address comes from \
+             --endpoint or TESSERA_ENDPOINT (default https://127.0.0.1:7443)",
+        )
+    } else if says("UnknownIssuer") || says("invalid peer certificate") {
+        Some("the broker's certificate is not signed by the trust bundle (--ca, or ca.pem of --dev-dir)")
+    } else {
+        None
+    }
 }
 
 fn classify(err: &anyhow::Error) -> Outcome {
     if broker_status(err).is_some() {
         Outcome::Refused
+    } else if err.chain().any(|cause| cause.is::<PendingApproval>()) {
+        Outcome::Pending
     } else if is_broken_pipe(err) {
         // `tessera revocations watch | head`: the reader left; not a failure.
         Outcome::Ok
@@ -178,6 +266,17 @@ mod tests {
         assert_eq!(Outcome::Ok.code(), 0);
         assert_eq!(Outcome::Local.code(), 1);
         assert_eq!(Outcome::Refused.code(), 2);
+        assert_eq!(Outcome::Pending.code(), 3);
+    }
+
+    #[test]
+    fn a_pending_approval_exits_3() {
+        check(
+            anyhow::Error::new(PendingApproval {
+                approval_id: "ap_1".into(),
+            }),
+            Outcome::Pending,
+        );
     }
 
     #[test]
@@ -190,6 +289,38 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(!help.use_stderr());
+    }
+
+    /// An error whose message repeats its source's, as tonic's and rustls' do.
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "transport error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once_with_a_hint() {
+        let io = std::io::Error::other("received corrupt message of type InvalidContentType");
+        let err = anyhow::Error::new(Repeats(io)).context("cannot connect to `https://127.0.0.1:7444`");
+        assert_eq!(
+            causes(&err),
+            "cannot connect to `https://127.0.0.1:7444`: transport error: received corrupt message of type \
+             InvalidContentType"
+        );
+        assert!(hint(&err).unwrap().starts_with("is this the gRPC port?"));
+
+        let refused = anyhow::Error::new(std::io::Error::from(ErrorKind::ConnectionRefused)).context("cannot connect");
+        assert!(hint(&refused).unwrap().contains("is the broker running"));
+        assert_eq!(hint(&anyhow::anyhow!("cannot read `x`")), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! It only parses, dispatches to `command::<name>::run` and maps the outcome to
 //! an exit code: 0 success, 1 local error (flags, files, connection), 2 the
-//! broker refused (any gRPC status). It never prints a token except where the
+//! broker refused (any gRPC status), 3 a token request waits for a person's
+//! approval. It never prints a token except where the
 //! command's purpose is to output one (`token request`).
 
 mod args;

@@ -390,7 +390,7 @@ async fn refusals_exit_2_with_the_grpc_code() {
         serde_json::json!({"error": {"code": "FAILED_PRECONDITION", "message": "task `over` is already complete"}})
     );
 
-    // A pending approval is not an error, and stdout holds no token.
+    // A pending approval is neither a token nor a refusal: exit 3, no token on stdout.
     let pending = run(
         &dir.0,
         &endpoint,
@@ -407,9 +407,37 @@ async fn refusals_exit_2_with_the_grpc_code() {
         ],
     )
     .await;
-    assert_eq!(pending.code, 0, "{}", pending.stderr);
+    assert_eq!(pending.code, 3, "{}", pending.stderr);
     assert!(pending.stdout.is_empty());
     assert!(pending.stderr.contains("approval ap-1"), "{}", pending.stderr);
+    assert!(
+        pending.stderr.contains("tessera token await ap-1"),
+        "{}",
+        pending.stderr
+    );
+
+    // In JSON, stdout is the pending approval, and the exit code is 3 too.
+    let json = run(
+        &dir.0,
+        &endpoint,
+        "researcher",
+        &[
+            "--output",
+            "json",
+            "token",
+            "request",
+            "--task",
+            "t1",
+            "--audience",
+            AUD,
+            "--scope",
+            "payments.transfers.create",
+        ],
+    )
+    .await;
+    assert_eq!(json.code, 3, "{}", json.stderr);
+    let body: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(body["pending_approval"]["approval_id"], "ap-1");
 }
 
 #[tokio::test]

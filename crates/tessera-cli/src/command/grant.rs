@@ -55,7 +55,8 @@ pub(crate) struct LsArgs {
     /// Only grants of this task.
     #[arg(long, value_name = "ID")]
     task: Option<String>,
-    /// Only grants issued to this identity.
+    /// Only grants held by this identity (for a delegated grant, the
+    /// delegate it was issued to, not its token's `sub`).
     #[arg(long, value_name = "SPIFFE_ID", value_parser = args::parse_spiffe_id)]
     subject: Option<String>,
     /// Only grants of identities with this owner (as registered).
@@ -227,7 +228,23 @@ async fn list(global: &Global, ls: LsArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(grants: &[GrantView], next: Option<&str>) -> anyhow::Result<()> {
-    let header = ["GRANT", "TASK", "SUBJECT", "AUDIENCE", "CLASS", "EXPIRES", "SCOPES"];
+    for line in table(grants) {
+        output::line(line)?;
+    }
+    if grants.is_empty() {
+        output::line("(no live grants match)")?;
+    }
+    if let Some(token) = next {
+        output::line(format_args!("more: --page-token {token} (or --all)"))?;
+    }
+    Ok(())
+}
+
+/// The header and one line per grant, in aligned columns. The third column
+/// is the identity holding the grant (a delegated grant's delegate), which
+/// for a delegated token is not its `sub` claim: hence HOLDER, not SUBJECT.
+fn table(grants: &[GrantView]) -> Vec<String> {
+    let header = ["GRANT", "TASK", "HOLDER", "AUDIENCE", "CLASS", "EXPIRES", "SCOPES"];
     let rows: Vec<[String; 7]> = grants
         .iter()
         .map(|g| {
@@ -258,15 +275,32 @@ fn print_table(grants: &[GrantView], next: Option<&str>) -> anyhow::Result<()> {
             .trim_end()
             .to_owned()
     };
-    output::line(render(&header.map(str::to_owned)))?;
-    for row in &rows {
-        output::line(render(row))?;
+    std::iter::once(render(&header.map(str::to_owned)))
+        .chain(rows.iter().map(|row| render(row)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing, reason = "test")]
+
+    use super::*;
+
+    #[test]
+    fn the_table_names_the_holder() {
+        let delegated = GrantView::from(&pb::Grant {
+            grant_id: "g2".into(),
+            task_id: "t2".into(),
+            subject: "spiffe://tessera.local/agent/writer".into(),
+            audience: "https://api.example.com/crm".into(),
+            scopes: vec!["crm.contacts.read".into()],
+            parent_grant_id: "g1".into(),
+            ..Default::default()
+        });
+        let lines = table(&[delegated]);
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(header[2], "HOLDER", "{}", lines[0]);
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(row[2], "spiffe://tessera.local/agent/writer");
     }
-    if grants.is_empty() {
-        output::line("(no live grants match)")?;
-    }
-    if let Some(token) = next {
-        output::line(format_args!("more: --page-token {token} (or --all)"))?;
-    }
-    Ok(())
 }

@@ -12,7 +12,8 @@ use crate::output::{self, OutputFormat};
 /// Key commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
-    /// List the keys in the JWKS (current, next and retiring): kid, alg, kty.
+    /// List the keys in the JWKS: kid, alg, kty. Which one signs now and
+    /// which is next or retiring is not in the broker's API (GetJwks).
     Ls,
     /// Rotate the signing key now (as an operator); the old key stays in the
     /// JWKS until the last token it signed has expired.

@@ -14,6 +14,7 @@ use tessera_client::{AgentClient, VerifierClient, pb};
 use crate::args::{self, TOKEN_ENV};
 use crate::cli::Global;
 use crate::command::channel;
+use crate::exit::PendingApproval;
 use crate::output::{self, OutputFormat};
 
 mod bound;
@@ -25,7 +26,8 @@ pub(crate) enum TokenCommand {
     ///
     /// Text output is the access token alone on stdout, so
     /// `TOKEN=$(tessera --as researcher token request ...)` works; a summary
-    /// goes to stderr.
+    /// goes to stderr. A request that needs a person's approval exits 3 with
+    /// nothing on stdout (the approval id on stderr) unless --wait.
     Request(RequestArgs),
     /// Delegate a token you hold: mint an attenuated child for another agent
     /// of the same task (same audience, a subset of the scopes, no later expiry).
@@ -74,7 +76,8 @@ pub(crate) struct RequestArgs {
     #[arg(long, conflicts_with = "pop")]
     mtls_binding: bool,
     /// If the request needs a person's approval, wait for the decision and
-    /// print the token once approved (exit 2 if denied or expired).
+    /// print the token once approved (exit 2 if denied or expired). Without
+    /// it, such a request exits 3: no token yet.
     #[arg(long)]
     wait: bool,
 }
@@ -100,6 +103,10 @@ pub(crate) struct InspectArgs {
     /// With --verify: also require this `aud`.
     #[arg(long, requires = "verify", value_name = "AUDIENCE")]
     audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`: the broker's default
+    /// `[tokens] leeway`, so a token the broker would refuse is not shown valid.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::parse_seconds)]
+    leeway: u32,
 }
 
 /// Runs a token command.
@@ -146,10 +153,13 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
             } else {
                 print_pending(global.output, &pending)?;
             }
-            if req.wait {
-                await_approval(global.output, &mut client, pending.approval_id).await?;
+            if !req.wait {
+                return Err(PendingApproval {
+                    approval_id: pending.approval_id,
+                }
+                .into());
             }
-            Ok(())
+            await_approval(global.output, &mut client, pending.approval_id).await
         }
         None => anyhow::bail!("the broker answered with neither a token nor a pending approval"),
     }
@@ -279,6 +289,8 @@ async fn await_approval(format: OutputFormat, client: &mut AgentClient, approval
 struct DecodedView {
     header: Value,
     claims: Value,
+    /// `exp` is more than the leeway in the past (or missing).
+    expired: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     signature: Option<SignatureView>,
 }
@@ -298,14 +310,19 @@ async fn inspect(global: &Global, inspect_args: InspectArgs) -> anyhow::Result<(
         std::io::stdin().lock(),
     )?;
     let (header, claims) = decode_unverified(&token)?;
+    let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+    let expired = is_expired(&claims, now, inspect_args.leeway);
     let signature = if inspect_args.verify {
         let mut client = VerifierClient::new(channel(global).await?);
         let jwks = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
         Some(verify(
             &token,
             &jwks.jwks_json,
-            inspect_args.issuer.as_deref(),
-            inspect_args.audience.as_deref(),
+            &Expect {
+                issuer: inspect_args.issuer.as_deref(),
+                audience: inspect_args.audience.as_deref(),
+                leeway: inspect_args.leeway,
+            },
         )?)
     } else {
         None
@@ -313,6 +330,7 @@ async fn inspect(global: &Global, inspect_args: InspectArgs) -> anyhow::Result<(
     let view = DecodedView {
         header,
         claims,
+        expired,
         signature,
     };
     match global.output {
@@ -321,7 +339,12 @@ async fn inspect(global: &Global, inspect_args: InspectArgs) -> anyhow::Result<(
             output::json(&serde_json::json!({ "header": view.header, "claims": view.claims }))?;
             for (name, claim) in [("issued", "iat"), ("not before", "nbf"), ("expires", "exp")] {
                 if let Some(at) = view.claims.get(claim).and_then(Value::as_i64) {
-                    output::field(name, output::unix_time(at).unwrap_or_default())?;
+                    let time = output::unix_time(at).unwrap_or_default();
+                    if claim == "exp" && view.expired {
+                        output::field(name, format_args!("{time} (expired)"))?;
+                    } else {
+                        output::field(name, time)?;
+                    }
                 }
             }
             match &view.signature {
@@ -351,10 +374,28 @@ fn decode_unverified(token: &str) -> anyhow::Result<(Value, Value)> {
     Ok((part("header", header)?, part("claims", claims)?))
 }
 
+/// Whether `exp` is missing or more than `leeway` seconds before `now`, as
+/// the broker judges it.
+fn is_expired(claims: &Value, now: i64, leeway: u32) -> bool {
+    claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .is_none_or(|exp| exp.saturating_add(i64::from(leeway)) < now)
+}
+
+/// What `verify` requires besides the signature.
+struct Expect<'a> {
+    issuer: Option<&'a str>,
+    audience: Option<&'a str>,
+    /// Seconds of clock skew on `exp` and `nbf`.
+    leeway: u32,
+}
+
 /// Verifies `token` with the independent `jsonwebtoken` crate against the
 /// JWK Set `jwks_json`: key by `kid`, algorithm from that key (ES256 or EdDSA
-/// only), `typ` `at+jwt`, `exp` and `nbf`, and `iss`/`aud` when given.
-fn verify(token: &str, jwks_json: &str, issuer: Option<&str>, audience: Option<&str>) -> anyhow::Result<SignatureView> {
+/// only), `typ` `at+jwt`, `exp` and `nbf` within the leeway, and `iss`/`aud`
+/// when given.
+fn verify(token: &str, jwks_json: &str, expect: &Expect<'_>) -> anyhow::Result<SignatureView> {
     // jsonwebtoken panics at the first decode without a crypto provider; Err
     // only means one is already installed.
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
@@ -387,14 +428,14 @@ fn verify(token: &str, jwks_json: &str, issuer: Option<&str>, audience: Option<&
     let key = DecodingKey::from_jwk(jwk).with_context(|| format!("key `{kid}` is unusable"))?;
 
     let mut validation = Validation::new(alg);
-    validation.leeway = 30;
+    validation.leeway = u64::from(expect.leeway);
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    match issuer {
+    match expect.issuer {
         Some(iss) => validation.set_issuer(&[iss]),
         None => validation.iss = None,
     }
-    match audience {
+    match expect.audience {
         Some(aud) => validation.set_audience(&[aud]),
         None => validation.validate_aud = false,
     }
@@ -442,6 +483,18 @@ mod tests {
         let (header, claims) = decode_unverified(&token).unwrap();
         assert_eq!(header["kid"], "k1");
         assert_eq!(claims["sub"], "spiffe://td/a");
+    }
+
+    #[test]
+    fn expiry_is_judged_with_the_leeway() {
+        let claims = |exp: i64| serde_json::json!({ "exp": exp });
+        let now = 1_800_000_000;
+        assert!(!is_expired(&claims(now + 60), now, 5));
+        assert!(!is_expired(&claims(now - 5), now, 5));
+        assert!(is_expired(&claims(now - 6), now, 5));
+        assert!(!is_expired(&claims(now - 6), now, 30));
+        // No `exp`: the broker never issues one; treat it as unusable.
+        assert!(is_expired(&serde_json::json!({}), now, 5));
     }
 
     #[test]
@@ -505,27 +558,65 @@ mod tests {
             serde_json::json!({"alg": "ES256", "typ": typ, "kid": kid})
         }
 
+        /// What `tessera token inspect --verify` expects by default.
+        const DEFAULT: Expect<'static> = Expect {
+            issuer: None,
+            audience: None,
+            leeway: 5,
+        };
+
         #[test]
         fn valid_token_verifies() {
             let s = signer("k1");
             let token = s.sign(&header("k1", "at+jwt"), &claims(now() + 300));
-            let sig = verify(&token, &s.jwks, None, None).unwrap();
+            let sig = verify(&token, &s.jwks, &DEFAULT).unwrap();
             assert_eq!((sig.kid.as_str(), sig.alg.as_str()), ("k1", "ES256"));
             verify(
                 &token,
                 &s.jwks,
-                Some("https://tessera.local"),
-                Some("https://api.example.com/crm"),
+                &Expect {
+                    issuer: Some("https://tessera.local"),
+                    audience: Some("https://api.example.com/crm"),
+                    ..DEFAULT
+                },
             )
             .unwrap();
+        }
+
+        #[test]
+        fn the_default_leeway_is_the_brokers() {
+            let s = signer("k1");
+            // Expired 20 s ago: within jsonwebtoken's usual 30 s (and the old
+            // CLI's), beyond the broker's 5 s.
+            let token = s.sign(&header("k1", "at+jwt"), &claims(now() - 20));
+            let err = verify(&token, &s.jwks, &DEFAULT).unwrap_err().to_string();
+            assert!(err.contains("expired"), "{err}");
+            // A wider --leeway accepts it.
+            verify(&token, &s.jwks, &Expect { leeway: 60, ..DEFAULT }).unwrap();
+            // The default is what the CLI parses without --leeway.
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(["tessera", "token", "inspect", "x"]).unwrap();
+            let crate::cli::Command::Token(TokenCommand::Inspect(args)) = cli.command else {
+                panic!("not token inspect");
+            };
+            assert_eq!(args.leeway, DEFAULT.leeway);
         }
 
         #[test]
         fn bad_tokens_are_refused() {
             let s = signer("k1");
             let good = claims(now() + 300);
-            let reason = |token: &str, iss: Option<&str>, aud: Option<&str>| {
-                verify(token, &s.jwks, iss, aud).unwrap_err().to_string()
+            let reason = |token: &str, issuer: Option<&str>, audience: Option<&str>| {
+                verify(
+                    token,
+                    &s.jwks,
+                    &Expect {
+                        issuer,
+                        audience,
+                        ..DEFAULT
+                    },
+                )
+                .unwrap_err()
+                .to_string()
             };
             let expired = s.sign(&header("k1", "at+jwt"), &claims(now() - 3600));
             assert!(reason(&expired, None, None).contains("expired"));

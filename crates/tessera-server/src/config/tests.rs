@@ -195,10 +195,6 @@ fn malformed_env_and_toml_are_reported() {
     assert!(matches!(load("[server", &[]), Err(ConfigError::Syntax { .. })));
 }
 
-#[test]
-fn the_shipped_example_config_is_valid() {
-    let text = include_str!("../../../../deploy/tesserad.example.toml");
-    let c = load(text, &[]).unwrap();
-    assert_eq!(c.identities.len(), 2);
-    assert_eq!(c.server.instance_id, "tesserad-1");
-}
+// The shipped example config: `example.rs` (it loads, is complete, shows real defaults).
+
+mod example;
