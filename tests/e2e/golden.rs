@@ -11,12 +11,7 @@
 //! access token: the cases about a token's `ath` and `cnf.jkt` exist only at
 //! the SDK); the SDK checks the same cases made for a resource request with
 //! a token bound by RequestToken.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use std::time::Duration;
 
