@@ -94,3 +94,138 @@ pub fn check_access_token(
     check_chain_within(&claims, check.max_chain_len)?;
     Ok(claims)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test")]
+
+    use super::*;
+    use crate::token::test_keys::{ed25519, jwks, p256};
+    use crate::token::{Actor, ChainError, ChainHop};
+
+    const ISSUER: &str = "https://tessera.test";
+    const T0: i64 = 1_800_000_000;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(T0, 0).unwrap()
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: ISSUER.into(),
+            sub: "spiffe://td/a".into(),
+            aud: "https://api.test".into(),
+            exp: T0 + 60,
+            nbf: T0,
+            iat: T0,
+            jti: "g1".into(),
+            scope: "read".into(),
+            client_id: "spiffe://td/a".into(),
+            task_id: "t1".into(),
+            cnf: None,
+            act: None,
+            tessera_chain: Vec::new(),
+        }
+    }
+
+    /// `a` delegated to b, c, ... (`hops` delegations): the token of the last.
+    fn delegated(hops: usize) -> AccessClaims {
+        let holders: Vec<String> = (0..=hops).map(|i| format!("spiffe://td/{i}")).collect();
+        AccessClaims {
+            sub: holders[0].clone(),
+            client_id: holders[hops].clone(),
+            act: Actor::nest(holders.iter().skip(1).rev().cloned().collect::<Vec<_>>()),
+            tessera_chain: holders[..hops]
+                .iter()
+                .map(|sub| ChainHop {
+                    jti: format!("{sub}-jti"),
+                    sub: sub.clone(),
+                    scope: "read".into(),
+                    exp: T0 + 60,
+                })
+                .collect(),
+            ..claims()
+        }
+    }
+
+    #[test]
+    fn the_allow_list_and_the_audience_are_the_verifiers() {
+        let (es, ed) = (p256(), ed25519());
+        let set = jwks(&[&es, &ed]);
+        let only_es = AccessCheck {
+            algorithms: &[Algorithm::Es256],
+            audience: Some("https://api.test"),
+            ..AccessCheck::new(ISSUER, now())
+        };
+        check_access_token(&es.sign_jws(ACCESS_TOKEN_TYP, &claims()).unwrap(), &set, &only_es).unwrap();
+        let token = ed.sign_jws(ACCESS_TOKEN_TYP, &claims()).unwrap();
+        assert_eq!(
+            check_access_token(&token, &set, &only_es).unwrap_err(),
+            JwsError::AlgorithmNotAllowed(Algorithm::EdDsa)
+        );
+        let elsewhere = AccessCheck {
+            audience: Some("https://other.test"),
+            ..AccessCheck::new(ISSUER, now())
+        };
+        assert_eq!(
+            check_access_token(&token, &set, &elsewhere).unwrap_err(),
+            JwsError::Audience
+        );
+        // No audience: the broker's check, which compares `aud` with the grant.
+        check_access_token(&token, &set, &AccessCheck::new(ISSUER, now())).unwrap();
+    }
+
+    #[test]
+    fn a_token_that_could_not_be_revoked_is_refused() {
+        let key = p256();
+        let set = jwks(&[&key]);
+        let check = AccessCheck::new(ISSUER, now());
+        for edit in [
+            |c: &mut AccessClaims| c.jti.clear(),
+            |c: &mut AccessClaims| c.task_id.clear(),
+        ] {
+            let mut c = claims();
+            edit(&mut c);
+            let token = key.sign_jws(ACCESS_TOKEN_TYP, &c).unwrap();
+            assert_eq!(check_access_token(&token, &set, &check).unwrap_err(), JwsError::Claims);
+        }
+    }
+
+    #[test]
+    fn the_chain_is_checked_within_the_verifiers_depth() {
+        let key = ed25519();
+        let set = jwks(&[&key]);
+        let within = |max_chain_len| AccessCheck {
+            max_chain_len,
+            ..AccessCheck::new(ISSUER, now())
+        };
+        let token = key.sign_jws(ACCESS_TOKEN_TYP, &delegated(3)).unwrap();
+        check_access_token(&token, &set, &within(3)).unwrap();
+        assert_eq!(
+            check_access_token(&token, &set, &within(2)).unwrap_err(),
+            JwsError::Chain(ChainError::TooLong)
+        );
+        // A configured depth above the bound is the bound.
+        let deepest = key.sign_jws(ACCESS_TOKEN_TYP, &delegated(MAX_CHAIN_LEN)).unwrap();
+        check_access_token(&deepest, &set, &within(usize::MAX)).unwrap();
+        let deeper = key.sign_jws(ACCESS_TOKEN_TYP, &delegated(MAX_CHAIN_LEN + 1)).unwrap();
+        assert_eq!(
+            check_access_token(&deeper, &set, &within(usize::MAX)).unwrap_err(),
+            JwsError::Chain(ChainError::TooLong)
+        );
+        // Entries are bounded: an empty or overlong `sub` or hop `jti`.
+        for edit in [
+            |c: &mut AccessClaims| c.tessera_chain[0].jti.clear(),
+            |c: &mut AccessClaims| c.tessera_chain[1].jti = "j".repeat(crate::token::MAX_HOP_JTI_LEN + 1),
+            |c: &mut AccessClaims| c.tessera_chain[1].sub = "s".repeat(crate::token::MAX_SUB_LEN + 1),
+        ] {
+            let mut c = delegated(2);
+            edit(&mut c);
+            let token = key.sign_jws(ACCESS_TOKEN_TYP, &c).unwrap();
+            assert_eq!(
+                check_access_token(&token, &set, &within(4)).unwrap_err(),
+                JwsError::Chain(ChainError::Entry)
+            );
+        }
+    }
+}
