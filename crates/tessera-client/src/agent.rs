@@ -223,7 +223,7 @@ impl AgentClient {
     /// the child is bound to the delegate's `key` ([`Delegation::bound_by`]).
     /// It is good once, for about a minute.
     pub fn delegation_proof(key: &PopKey) -> Result<String, ClientError> {
-        key.proof("POST", DELEGATE_TOKEN_HTU, None)
+        Ok(key.proof("POST", DELEGATE_TOKEN_HTU, None)?)
     }
 
     /// DelegateToken: a child of `parent` (held by this caller).

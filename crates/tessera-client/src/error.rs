@@ -67,3 +67,10 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
 }
+
+impl From<tessera_core::token::KeyError> for ClientError {
+    /// A proof-of-possession key could not be made, read or sign.
+    fn from(e: tessera_core::token::KeyError) -> Self {
+        Self::PopKey(e.to_string())
+    }
+}

@@ -18,6 +18,9 @@ use crate::grant::{Grant, GrantId};
 use crate::identity::{Identity, Role, SpiffeId, VerifiedIdentity};
 use crate::task::{Audience, Scope, ScopeClass, Task, TaskError, TaskId, TaskState};
 use crate::token::{AccessClaims, Actor, ChainHop, Confirmation, MAX_CHAIN_LEN};
+/// The chain checks moved to [`crate::token`], where every token check lives;
+/// re-exported for existing callers.
+pub use crate::token::{ChainError, check_chain};
 use crate::ttl::{self, Lifetime, Ttl, TtlError, TtlLimits};
 
 /// The default `[delegation] max_depth`.
@@ -474,91 +477,6 @@ pub fn child_lifetime(
         });
     }
     Ok(lifetime)
-}
-
-/// Why a delegated token's chain is refused by [`check_chain`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChainError {
-    /// `act` and `tessera_chain` are not both present with the same length.
-    #[error("act and tessera_chain do not describe the same delegation chain")]
-    Shape,
-    /// More hops than any token may carry.
-    #[error("delegation chain is longer than {MAX_CHAIN_LEN}")]
-    TooLong,
-    /// `sub` is not the root holder.
-    #[error("sub is not the holder of the chain's root")]
-    Subject,
-    /// The actors are not the chain's holders.
-    #[error("act does not name the chain's holders")]
-    Actors,
-    /// A hop carries a scope its parent lacks (`hop` 0 is the root's child).
-    #[error("hop {hop} widens the scopes of its parent")]
-    WiderScope {
-        /// Index of the offending hop (the token itself is the last).
-        hop: usize,
-    },
-    /// A hop expires after its parent.
-    #[error("hop {hop} expires after its parent")]
-    LaterExpiry {
-        /// Index of the offending hop (the token itself is the last).
-        hop: usize,
-    },
-}
-
-impl ChainError {
-    /// Transport-free classification: the token is refused.
-    pub fn kind(&self) -> ErrorKind {
-        ErrorKind::Unauthenticated
-    }
-}
-
-/// Checks a (signature-verified) token's delegation chain: rules 1-5 of
-/// "Token claims: act and cnf" in `docs/ARCHITECTURE.md`. An undelegated
-/// token (no `act`, no `tessera_chain`) passes. Revocation of the chain's
-/// `jti`s is the caller's to check.
-pub fn check_chain(claims: &AccessClaims) -> Result<(), ChainError> {
-    let chain = &claims.tessera_chain;
-    let Some(act) = &claims.act else {
-        return if chain.is_empty() {
-            Ok(())
-        } else {
-            Err(ChainError::Shape)
-        };
-    };
-    if chain.len() > MAX_CHAIN_LEN {
-        return Err(ChainError::TooLong);
-    }
-    let actors = act.actors();
-    if chain.is_empty() || actors.len() != chain.len() {
-        return Err(ChainError::Shape);
-    }
-    if chain.first().map(|root| root.sub.as_str()) != Some(claims.sub.as_str()) {
-        return Err(ChainError::Subject);
-    }
-    // Outermost first: the holder, then the holders of chain[n-1] .. chain[1].
-    let expected = std::iter::once(claims.client_id.as_str()).chain(chain.iter().skip(1).rev().map(|h| h.sub.as_str()));
-    if !actors.iter().copied().eq(expected) {
-        return Err(ChainError::Actors);
-    }
-    let own = ChainHop {
-        jti: claims.jti.clone(),
-        sub: claims.client_id.clone(),
-        scope: claims.scope.clone(),
-        exp: claims.exp,
-    };
-    let hops: Vec<&ChainHop> = chain.iter().chain(std::iter::once(&own)).collect();
-    for (hop, pair) in hops.windows(2).enumerate() {
-        let [parent, child] = pair else { continue };
-        let parent_scopes: BTreeSet<&str> = parent.scopes().collect();
-        if !child.scopes().all(|s| parent_scopes.contains(s)) {
-            return Err(ChainError::WiderScope { hop });
-        }
-        if child.exp > parent.exp {
-            return Err(ChainError::LaterExpiry { hop });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! the compact form and alphabet, requires `typ` `dpop+jwt`, `alg` ES256 or
 //! EdDSA matching a public `jwk` (EC P-256 or OKP Ed25519, no private or
 //! unknown member), verifies the signature with *ring*, and only then reads
-//! the claims: `htm` and `htu` exactly as expected, `iat` within the window,
+//! the claims: `htm` exactly and `htu` as expected (a URL normalised, a
+//! gRPC path exactly), `iat` within the window,
 //! a bounded `jti`, and `ath` when an access token is presented with it.
 //! Single use of `jti` needs shared state and is the caller's (see
 //! [`VerifiedProof::replay_until`]).
@@ -17,7 +18,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
 use crate::error::ErrorKind;
-use crate::token::{Algorithm, Jwk, KeyError, SigningKey};
+use crate::token::{Algorithm, Jwk, KeyError, MAX_LEEWAY_SECS, SigningKey};
+
+mod binding;
+mod key;
+
+pub use binding::{BindingError, Bound, Presentation, check_binding};
+pub use key::ProofKey;
 
 /// The `typ` of a proof (RFC 9449 section 4.2).
 pub const PROOF_TYP: &str = "dpop+jwt";
@@ -25,7 +32,8 @@ pub const PROOF_TYP: &str = "dpop+jwt";
 pub const MAX_PROOF_LEN: usize = 4096;
 /// Longest proof `jti` accepted, in bytes.
 pub const MAX_PROOF_JTI_LEN: usize = 128;
-/// How old a proof the broker accepts (by its `iat`).
+/// How old a proof any verifier accepts (by its `iat`); a longer
+/// configured age is cut to this.
 pub const PROOF_MAX_AGE: Duration = Duration::seconds(60);
 
 /// What a proof must be for.
@@ -37,9 +45,11 @@ pub struct ProofCheck<'a> {
     pub htu: &'a str,
     /// Now.
     pub now: DateTime<Utc>,
-    /// Oldest `iat` accepted: `now - max_age`.
+    /// Oldest `iat` accepted: `now - max_age` (`max_age` cut to
+    /// [`PROOF_MAX_AGE`]).
     pub max_age: Duration,
-    /// Clock skew tolerated for an `iat` in the future.
+    /// Clock skew tolerated for an `iat` in the future (cut to
+    /// [`MAX_LEEWAY_SECS`]).
     pub leeway: Duration,
     /// The access token presented with the proof, whose hash `ath` must be;
     /// `None` when no token is presented (at the broker).
@@ -127,7 +137,9 @@ impl ProofError {
     }
 }
 
-/// The header members we read; serde refuses duplicates of these.
+/// The header members we read; serde refuses duplicates of these. A key
+/// is only ever the proof's own `jwk`: a `kid`, a URL or a certificate
+/// chain naming another one refuses the proof, as does `crit`.
 #[derive(Deserialize)]
 struct RawHeader {
     typ: Option<String>,
@@ -135,6 +147,14 @@ struct RawHeader {
     jwk: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     crit: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    kid: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    jku: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    x5u: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    x5c: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -180,8 +200,16 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
     }
     let header: RawHeader = serde_json::from_slice(&header_json)
         .map_err(|_| ProofError::Malformed("header is not a json object with unique members"))?;
-    if header.crit.is_some() {
-        return Err(ProofError::Malformed("header member `crit` is not accepted"));
+    for (forbidden, message) in [
+        (header.crit.is_some(), "header member `crit` is not accepted"),
+        (header.kid.is_some(), "header member `kid` is not accepted"),
+        (header.jku.is_some(), "header member `jku` is not accepted"),
+        (header.x5u.is_some(), "header member `x5u` is not accepted"),
+        (header.x5c.is_some(), "header member `x5c` is not accepted"),
+    ] {
+        if forbidden {
+            return Err(ProofError::Malformed(message));
+        }
     }
     // RFC 8725 section 3.11: compare the type case-insensitively.
     if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(PROOF_TYP)) {
@@ -213,7 +241,7 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
     if claims.htm.as_deref() != Some(check.htm) {
         return Err(ProofError::Method(check.htm.to_owned()));
     }
-    if claims.htu.as_deref() != Some(check.htu) {
+    if !claims.htu.as_deref().is_some_and(|htu| htu_matches(htu, check.htu)) {
         return Err(ProofError::Target(check.htu.to_owned()));
     }
     let jti = claims.jti.ok_or(ProofError::Jti)?;
@@ -224,10 +252,11 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
         .iat
         .and_then(|secs| DateTime::from_timestamp(secs, 0))
         .ok_or(ProofError::Malformed("`iat` is missing or out of range"))?;
-    if iat < check.now - check.max_age {
-        return Err(ProofError::Stale(check.max_age.num_seconds()));
+    let max_age = check.max_age.clamp(Duration::zero(), PROOF_MAX_AGE);
+    if iat < check.now - max_age {
+        return Err(ProofError::Stale(max_age.num_seconds()));
     }
-    if iat > check.now + check.leeway.max(Duration::zero()) {
+    if iat > check.now + bounded_leeway(check.leeway) {
         return Err(ProofError::Future);
     }
     if let Some(token) = check.access_token {
@@ -243,6 +272,48 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
     })
 }
 
+/// `leeway` within 0 and [`MAX_LEEWAY_SECS`].
+fn bounded_leeway(leeway: Duration) -> Duration {
+    leeway.clamp(Duration::zero(), Duration::seconds(MAX_LEEWAY_SECS))
+}
+
+/// Whether a proof's `htu` is the expected one. An absolute http(s) target
+/// (a resource server's request URL) compares normalised (RFC 9449 section
+/// 4.3 step 9, [`normalize_htu`]), the proof's own `htu` without a query or
+/// fragment (section 4.2); any other target (the broker's gRPC method path)
+/// compares exactly.
+fn htu_matches(htu: &str, expected: &str) -> bool {
+    match normalize_htu(expected) {
+        Some(want) => !htu.contains(['?', '#']) && normalize_htu(htu).is_some_and(|got| got == want),
+        None => htu == expected,
+    }
+}
+
+/// RFC 9449 section 4.3 step 9 with RFC 3986 section 6.2.2 and 6.2.3: the
+/// URL without query and fragment, scheme and host lowercased, the default
+/// port dropped and an empty path made `/`. `None` for anything but an
+/// absolute http(s) URL without user info.
+pub fn normalize_htu(url: &str) -> Option<String> {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || authority.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
 /// A proof signed by `key` for `htm` `htu` at `iat`, with `jti` and, when
 /// presenting `access_token`, its `ath`. The header carries the public JWK
 /// (`kty`, `crv`, `x`, `y`) and nothing private.
@@ -254,6 +325,19 @@ pub fn sign_proof(
     iat: DateTime<Utc>,
     access_token: Option<&str>,
 ) -> Result<String, KeyError> {
+    let header = serde_json::json!({ "typ": PROOF_TYP, "alg": key.algorithm().as_jose(), "jwk": public_members(key) });
+    let mut claims = serde_json::json!({ "jti": jti, "htm": htm, "htu": htu, "iat": iat.timestamp() });
+    if let (Some(token), Some(map)) = (access_token, claims.as_object_mut()) {
+        map.insert("ath".into(), access_token_hash(token).into());
+    }
+    let header = serde_json::to_vec(&header).map_err(KeyError::Claims)?;
+    let claims = serde_json::to_vec(&claims).map_err(KeyError::Claims)?;
+    key.sign_compact(&header, &claims)
+}
+
+/// The public JWK members of `key` a proof header carries: `kty`, `crv`,
+/// `x`, and `y` for P-256.
+fn public_members(key: &SigningKey) -> serde_json::Value {
     let jwk = key.public_jwk();
     let mut public = serde_json::Map::new();
     public.insert("kty".into(), jwk.kty.clone().into());
@@ -262,14 +346,7 @@ pub fn sign_proof(
     if let Some(y) = &jwk.y {
         public.insert("y".into(), y.clone().into());
     }
-    let header = serde_json::json!({ "typ": PROOF_TYP, "alg": key.algorithm().as_jose(), "jwk": public });
-    let mut claims = serde_json::json!({ "jti": jti, "htm": htm, "htu": htu, "iat": iat.timestamp() });
-    if let (Some(token), Some(map)) = (access_token, claims.as_object_mut()) {
-        map.insert("ath".into(), access_token_hash(token).into());
-    }
-    let header = serde_json::to_vec(&header).map_err(KeyError::Claims)?;
-    let claims = serde_json::to_vec(&claims).map_err(KeyError::Claims)?;
-    key.sign_compact(&header, &claims)
+    serde_json::Value::Object(public)
 }
 
 /// A resource server's check of a `cnf.jkt`-bound token presented with

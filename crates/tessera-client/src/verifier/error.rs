@@ -1,6 +1,7 @@
 //! Why a token was refused, and how a resource server answers it over HTTP.
 
-use tessera_core::token::JwsError;
+use tessera_core::pop::{BindingError, ProofError};
+use tessera_core::token::{ChainError, JwsError};
 
 /// How a resource server answers a refusal (RFC 6750 section 3.1, RFC 9449
 /// section 7.1): the HTTP status and the `error` code of `WWW-Authenticate`.
@@ -52,18 +53,16 @@ pub enum VerifyError {
     /// The `Authorization` header is not `Bearer <token>` or `DPoP <token>`.
     #[error("authorization header is not `Bearer` or `DPoP` followed by a token")]
     Scheme,
-    /// The JWS failed a structural, header, type, key or signature check.
+    /// The token failed a structural, header, type, key, signature or
+    /// claim check of core's verification.
     #[error(transparent)]
-    Token(#[from] JwsError),
+    Token(JwsError),
     /// `alg` is valid JOSE but not in this verifier's allow-list.
     #[error("token algorithm `{0}` is not allowed by this verifier")]
     AlgorithmNotAllowed(tessera_core::token::Algorithm),
-    /// The claim set is missing a claim or has one of the wrong shape.
-    #[error("token claim `{0}` is missing or malformed")]
-    Claim(&'static str),
     /// The `act` (delegation) chain is malformed, too deep or widens.
     #[error("token delegation chain refused: {0}")]
-    Delegation(&'static str),
+    Delegation(ChainError),
     /// The token (its `jti`) or its task was revoked.
     #[error("token has been revoked")]
     Revoked,
@@ -78,12 +77,12 @@ pub enum VerifyError {
     /// The verifier requires bound tokens and this one is a bearer token.
     #[error("bearer tokens are not accepted here: a bound token is required")]
     BoundTokenRequired,
-    /// `cnf` names a confirmation method this verifier does not support.
-    #[error("token confirmation method is not supported")]
-    UnsupportedConfirmation,
-    /// The DPoP proof failed a check; the message names which.
+    /// A bearer token came with the `DPoP` scheme.
+    #[error("dpop proof refused: the DPoP scheme needs a DPoP-bound token")]
+    DpopSchemeWithoutKey,
+    /// The DPoP proof failed a check of core's; the message names which.
     #[error("dpop proof refused: {0}")]
-    Proof(&'static str),
+    Proof(ProofError),
     /// The DPoP proof's `jti` was seen before.
     #[error("dpop proof has been used before")]
     ProofReplayed,
@@ -114,7 +113,7 @@ impl VerifyError {
     /// How to answer this refusal over HTTP.
     pub fn kind(&self) -> RefusalKind {
         match self {
-            Self::Proof(_) | Self::ProofReplayed => RefusalKind::InvalidProof,
+            Self::Proof(_) | Self::ProofReplayed | Self::DpopSchemeWithoutKey => RefusalKind::InvalidProof,
             Self::InsufficientScope(_) => RefusalKind::InsufficientScope,
             Self::FeedStale | Self::NotSynced | Self::Capacity(_) => RefusalKind::Unavailable,
             // An unusable key in our own cache is our fault, but the token
@@ -123,13 +122,11 @@ impl VerifyError {
             | Self::Scheme
             | Self::Token(_)
             | Self::AlgorithmNotAllowed(_)
-            | Self::Claim(_)
             | Self::Delegation(_)
             | Self::Revoked
             | Self::IssuedBeforeSync
             | Self::ProofRequired
             | Self::BoundTokenRequired
-            | Self::UnsupportedConfirmation
             | Self::CertificateMismatch
             | Self::CertificateRequired => RefusalKind::InvalidToken,
         }
@@ -145,7 +142,7 @@ impl VerifyError {
         let description = self.to_string().replace(['"', '\\'], "");
         let params = format!(r#"realm="{realm}", error="{code}", error_description="{description}""#);
         Some(match self {
-            Self::Proof(_) | Self::ProofReplayed | Self::ProofRequired => {
+            Self::Proof(_) | Self::ProofReplayed | Self::ProofRequired | Self::DpopSchemeWithoutKey => {
                 format!(r#"DPoP {params}, algs="ES256 EdDSA""#)
             }
             Self::InsufficientScope(scope) => {
@@ -154,6 +151,33 @@ impl VerifyError {
             }
             _ => format!(r#"Bearer {params}, DPoP realm="{realm}", algs="ES256 EdDSA""#),
         })
+    }
+}
+
+impl From<JwsError> for VerifyError {
+    /// Core's token refusals, with the allow-list and the chain kept apart
+    /// as this SDK always reported them.
+    fn from(e: JwsError) -> Self {
+        match e {
+            JwsError::AlgorithmNotAllowed(alg) => Self::AlgorithmNotAllowed(alg),
+            JwsError::Chain(chain) => Self::Delegation(chain),
+            other => Self::Token(other),
+        }
+    }
+}
+
+impl From<BindingError> for VerifyError {
+    fn from(e: BindingError) -> Self {
+        match e {
+            BindingError::DpopSchemeWithoutKey => Self::DpopSchemeWithoutKey,
+            BindingError::Proof(ProofError::Replayed) => Self::ProofReplayed,
+            BindingError::Proof(proof) => Self::Proof(proof),
+            BindingError::CertificateRequired => Self::CertificateRequired,
+            BindingError::CertificateMismatch => Self::CertificateMismatch,
+            // `ProofRequired`, and any binding refusal core adds later:
+            // without a proof of the binding the token is not the caller's.
+            _ => Self::ProofRequired,
+        }
     }
 }
 

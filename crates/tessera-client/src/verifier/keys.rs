@@ -1,10 +1,9 @@
-//! The verifier's key cache: the broker's JWKS, parsed once into *ring*
-//! public keys, so the hot path is a hash lookup and a signature check.
+//! The verifier's key cache: the usable keys of the broker's JWKS by `kid`,
+//! looked up by core's token verification ([`KeyLookup`]) and nowhere else.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use tessera_core::token::{Algorithm, Jwk, VerificationKey};
+use tessera_core::token::{Algorithm, Jwk, KeyLookup};
 
 /// Most keys kept from one JWKS; the rest are ignored. The broker publishes
 /// one key per replica plus retiring ones, far fewer than this.
@@ -12,10 +11,10 @@ pub const MAX_KEYS: usize = 64;
 /// Longest accepted `kid`, as the token verifier allows.
 const MAX_KID_LEN: usize = tessera_core::token::MAX_KID_LEN;
 
-/// Parsed public keys by `kid`.
+/// Usable public keys by `kid`.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct KeyCache {
-    keys: HashMap<String, Arc<VerificationKey>>,
+    keys: HashMap<String, Jwk>,
 }
 
 /// What one JWKS load kept and skipped, for logs.
@@ -37,26 +36,27 @@ impl KeyCache {
                 && !jwk.kid.is_empty()
                 && jwk.kid.len() <= MAX_KID_LEN
                 && allowed.contains(&jwk.alg)
-                && !keys.contains_key(&jwk.kid);
-            match jwk.verification_key() {
-                Ok(key) if usable => {
-                    keys.insert(jwk.kid.clone(), Arc::new(key));
-                    load.kept += 1;
-                }
-                _ => load.skipped += 1,
+                && !keys.contains_key(&jwk.kid)
+                && jwk.verification_key().is_ok();
+            if usable {
+                keys.insert(jwk.kid.clone(), jwk.clone());
+                load.kept += 1;
+            } else {
+                load.skipped += 1;
             }
         }
         (Self { keys }, load)
     }
 
-    /// The key named `kid`.
-    pub(crate) fn get(&self, kid: &str) -> Option<&VerificationKey> {
-        self.keys.get(kid).map(Arc::as_ref)
-    }
-
     /// How many keys are cached.
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
+    }
+}
+
+impl KeyLookup for KeyCache {
+    fn key(&self, kid: &str) -> Option<&Jwk> {
+        self.keys.get(kid)
     }
 }
 

@@ -6,31 +6,32 @@
 //!    synchronised ([`VerifyError::NotSynced`]) or has been silent longer than
 //!    `max_staleness` ([`VerifyError::FeedStale`]); heartbeats keep a quiet
 //!    feed fresh;
-//! 2. **the JWS**: size, shape and header checks of `tessera-core` (no `jku`,
-//!    `jwk`, `x5u`, `x5c` or `crit`), `typ` `at+jwt`, `alg` in the
-//!    configured allow-list and equal to the key's, the key looked up by
-//!    `kid` in the cached JWKS only, then the signature with *ring*;
-//! 3. **the claims**: `iss`, `aud`, `exp` / `nbf` / `iat` with a bounded
-//!    leeway;
-//! 4. **revocation**: `iat` after the sync floor (see [`state`] docs),
+//! 2. **the token**, by `tessera-core`'s one verification
+//!    ([`tessera_core::token::check_access_token`], shared with the broker):
+//!    size, shape and header (no `jku`, `jwk`, `x5u`, `x5c` or `crit`),
+//!    `typ` `at+jwt`, `alg` in the configured allow-list and equal to the
+//!    key's, the key looked up by `kid` in the cached JWKS only, the
+//!    signature; `iss`, `aud`, `exp` / `nbf` / `iat` with a bounded leeway;
+//!    the `act` chain well formed, within `max_act_depth`, and only
+//!    narrowing;
+//! 3. **revocation**: `iat` after the sync floor (see [`state`] docs),
 //!    neither the `jti`, nor the `task_id`, nor a grant named in the `act`
 //!    chain revoked;
-//! 5. **delegation**: the `act` chain well formed, within `max_act_depth`,
-//!    and only narrowing;
-//! 6. **proof of possession** when the token is bound (`cnf`): a DPoP proof
-//!    (RFC 9449) for `cnf.jkt`, presented with the `DPoP` scheme, for this
-//!    method and URL, fresh, with `ath` = the token's hash and a `jti` never
-//!    seen; or the caller's TLS certificate for `cnf.x5t#S256` (RFC 8705).
+//! 4. **proof of possession** when the token is bound (`cnf`), by core's
+//!    [`tessera_core::pop::check_binding`]: a DPoP proof (RFC 9449) for
+//!    `cnf.jkt`, presented with the `DPoP` scheme, for this method and URL,
+//!    fresh, with `ath` = the token's hash; or the caller's TLS certificate
+//!    for `cnf.x5t#S256` (RFC 8705). Last, the proof's `jti` must never
+//!    have been seen (this verifier's replay cache).
 //!
 //! [`Verifier::connect`] keeps the JWKS and the revocation set current from
 //! the broker's `VerifierService` (see [`feed`]). Nothing here logs or
 //! returns a token or a proof.
 
-mod act;
-mod dpop;
 mod error;
 mod feed;
 mod keys;
+mod replay;
 mod state;
 
 #[cfg(test)]
@@ -39,23 +40,33 @@ mod tests;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_core::token::{ACCESS_TOKEN_TYP, Algorithm, Jwk, JwsError, decode_unverified};
+use tessera_core::pop::{Bound, PROOF_MAX_AGE, Presentation, check_binding};
+use tessera_core::token::{AccessCheck, Algorithm, Jwk, JwsError, MAX_CHAIN_LEN, MAX_LEEWAY_SECS, check_access_token};
 
-pub use act::ChainHop;
-pub use dpop::{DPOP_TYP, DpopKey, DpopKeyError, MAX_PROOF_LEN, access_token_hash, normalize_htu};
 pub use error::{RefusalKind, VerifierConfigError, VerifyError};
 pub use keys::MAX_KEYS;
+/// The DPoP proof key and signer are core's, one for the SDK, the CLI and
+/// the broker's tests; `DpopKey` is the SDK's `PopKey`.
+pub use tessera_core::pop::{
+    MAX_PROOF_LEN, PROOF_TYP as DPOP_TYP, ProofKey as DpopKey, access_token_hash, normalize_htu,
+};
+/// The claims of a Tessera access token, as core reads them for the broker
+/// and this verifier alike.
+pub use tessera_core::token::AccessClaims as TokenClaims;
+pub use tessera_core::token::ChainHop;
+/// Why a [`DpopKey`] could not be made or sign.
+pub use tessera_core::token::KeyError as DpopKeyError;
 
 use crate::Channel;
 use crate::pb;
 
-/// The largest leeway a verifier may be configured with.
-pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// The largest leeway a verifier may be configured with: core's bound for
+/// every verifier.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(MAX_LEEWAY_SECS.unsigned_abs());
+/// The largest `dpop_max_age`: core's bound for every proof.
+pub const MAX_DPOP_AGE: Duration = Duration::from_secs(PROOF_MAX_AGE.num_seconds().unsigned_abs());
 
 /// What a [`Verifier`] accepts. Build with [`VerifierConfig::new`] and
 /// adjust the public fields; [`Verifier`] validates them.
@@ -72,9 +83,9 @@ pub struct VerifierConfig {
     /// Fail closed once the revocation feed has been silent this long.
     /// Keep it above the broker's `server.heartbeat_interval` (5 s).
     pub max_staleness: Duration,
-    /// Most hops in an `act` chain.
+    /// Most hops in an `act` chain (at most core's `MAX_CHAIN_LEN`, 16).
     pub max_act_depth: usize,
-    /// Oldest DPoP proof `iat` accepted, as an age.
+    /// Oldest DPoP proof `iat` accepted, as an age (at most [`MAX_DPOP_AGE`]).
     pub dpop_max_age: Duration,
     /// Most DPoP proofs remembered for replay detection.
     pub replay_cache_capacity: usize,
@@ -125,11 +136,11 @@ impl VerifierConfig {
         if self.max_staleness < Duration::from_millis(100) || self.max_staleness > Duration::from_secs(3600) {
             return Err(bad("max_staleness", "must be between 100ms and 1h"));
         }
-        if !(1..=32).contains(&self.max_act_depth) {
-            return Err(bad("max_act_depth", "must be between 1 and 32"));
+        if !(1..=MAX_CHAIN_LEN).contains(&self.max_act_depth) {
+            return Err(bad("max_act_depth", "must be between 1 and 16"));
         }
-        if self.dpop_max_age < Duration::from_secs(1) || self.dpop_max_age > Duration::from_secs(600) {
-            return Err(bad("dpop_max_age", "must be between 1s and 10m"));
+        if self.dpop_max_age < Duration::from_secs(1) || self.dpop_max_age > MAX_DPOP_AGE {
+            return Err(bad("dpop_max_age", "must be between 1s and 60s"));
         }
         if !(1..=10_000_000).contains(&self.replay_cache_capacity) {
             return Err(bad("replay_cache_capacity", "must be between 1 and 10000000"));
@@ -214,49 +225,6 @@ pub enum Binding {
     Dpop,
     /// Bound to the caller's TLS client certificate.
     Certificate,
-}
-
-/// The claims of a Tessera access token (RFC 9068 with `task_id`, `cnf`,
-/// `act` and `tessera_chain`), as the verifier reads them. Unknown claims
-/// are ignored; a duplicate or mistyped one makes the token unreadable.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TokenClaims {
-    /// Issuer.
-    pub iss: String,
-    /// Subject: the agent, or for a delegated token the root holder.
-    pub sub: String,
-    /// The one audience.
-    pub aud: String,
-    /// Expiry, seconds since the epoch.
-    pub exp: i64,
-    /// Not before.
-    pub nbf: i64,
-    /// Issued at.
-    pub iat: i64,
-    /// Token (grant) id.
-    pub jti: String,
-    /// Space-separated scopes.
-    pub scope: String,
-    /// The holder: the identity the token was issued to.
-    pub client_id: String,
-    /// The task.
-    pub task_id: String,
-    /// Confirmation (RFC 7800).
-    #[serde(default)]
-    pub cnf: Option<serde_json::Value>,
-    /// Actor chain (RFC 8693 section 4.1).
-    #[serde(default)]
-    pub act: Option<serde_json::Value>,
-    /// Ancestors of a delegated token, root first.
-    #[serde(default)]
-    pub tessera_chain: Option<Vec<ChainHop>>,
-}
-
-impl TokenClaims {
-    /// The scopes, without empty entries.
-    pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scope.split(' ').filter(|scope| !scope.is_empty())
-    }
 }
 
 /// A token that passed every check.
@@ -380,12 +348,13 @@ pub(crate) struct Shared {
     clock: Arc<dyn Clock>,
     keys: RwLock<keys::KeyCache>,
     feed: RwLock<state::FeedState>,
-    replay: Mutex<dpop::ReplayCache>,
+    replay: Mutex<replay::ReplayCache>,
     /// Serialises JWKS refreshes; holds when the last one happened.
     refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     client: Option<crate::VerifierClient>,
     leeway_secs: i64,
     max_staleness: chrono::Duration,
+    dpop_max_age: chrono::Duration,
 }
 
 impl Verifier {
@@ -490,15 +459,6 @@ fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `typ` is `at+jwt`, in any case, with or without `application/`.
-fn is_access_token_typ(typ: &str) -> bool {
-    let short = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => typ.get(12..).unwrap_or_default(),
-        _ => typ,
-    };
-    short.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
-}
-
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -516,11 +476,12 @@ impl Shared {
         Ok(Self {
             keys: RwLock::new(keys::KeyCache::default()),
             feed: RwLock::new(state::FeedState::new(config.max_revocations, leeway_secs)),
-            replay: Mutex::new(dpop::ReplayCache::new(config.replay_cache_capacity)),
+            replay: Mutex::new(replay::ReplayCache::new(config.replay_cache_capacity)),
             refresh: tokio::sync::Mutex::new(None),
             client,
             leeway_secs,
             max_staleness,
+            dpop_max_age: chrono::Duration::seconds(secs(config.dpop_max_age)),
             clock,
             config,
         })
@@ -534,84 +495,32 @@ impl Shared {
         }
         lock_read(&self.feed).check_fresh(now, self.max_staleness)?;
 
-        // The JWS: structure and header (tessera-core), then type, algorithm
-        // and key, then the signature. Nothing of the payload is parsed yet.
-        let (header, payload) = decode_unverified(token)?;
-        if !is_access_token_typ(&header.typ) {
-            return Err(JwsError::Type.into());
-        }
-        if !self.config.algorithms.contains(&header.alg) {
-            return Err(VerifyError::AlgorithmNotAllowed(header.alg));
-        }
-        let (signing_input, signature_b64) = token
-            .rsplit_once('.')
-            .ok_or(JwsError::Malformed("expected three dot-separated segments"))?;
-        let mut signature = [0u8; 72];
-        let len = URL_SAFE_NO_PAD
-            .decode_slice(signature_b64, &mut signature)
-            .map_err(|_| JwsError::Signature)?;
-        let signature = signature
-            .get(..len)
-            .filter(|s| s.len() == 64)
-            .ok_or(JwsError::Signature)?;
-        {
-            let keys = lock_read(&self.keys);
-            let key = keys.get(&header.kid).ok_or(JwsError::UnknownKey)?;
-            if key.algorithm() != header.alg {
-                return Err(JwsError::AlgorithmMismatch.into());
-            }
-            key.verify(signing_input.as_bytes(), signature)?;
-        }
+        // The token: core's one verification, with this verifier's limits.
+        let check = AccessCheck {
+            issuer: &self.config.issuer,
+            audience: Some(&self.config.audience),
+            algorithms: &self.config.algorithms,
+            now,
+            leeway_secs: self.leeway_secs,
+            max_chain_len: self.config.max_act_depth,
+        };
+        let claims = check_access_token(token, &*lock_read(&self.keys), &check)?;
 
-        // The claims.
-        if payload.trim_ascii_start().first() != Some(&b'{') {
-            return Err(VerifyError::Claim("claim set"));
-        }
-        let claims: TokenClaims = serde_json::from_slice(&payload).map_err(|_| VerifyError::Claim("claim set"))?;
-        if claims.iss != self.config.issuer {
-            return Err(JwsError::Issuer.into());
-        }
-        if claims.aud != self.config.audience {
-            return Err(JwsError::Audience.into());
-        }
-        let now_secs = now.timestamp();
-        if claims.exp <= now_secs.saturating_sub(self.leeway_secs) {
-            return Err(JwsError::Expired.into());
-        }
-        if claims.nbf > now_secs.saturating_add(self.leeway_secs) {
-            return Err(JwsError::NotYetValid.into());
-        }
-        if claims.iat > now_secs.saturating_add(self.leeway_secs) {
-            return Err(JwsError::IssuedInFuture.into());
-        }
-        if claims.jti.is_empty() {
-            return Err(VerifyError::Claim("jti"));
-        }
-        if claims.task_id.is_empty() {
-            return Err(VerifyError::Claim("task_id"));
-        }
-
-        // Delegation, then revocation of the token, its task or an ancestor.
-        let actors = act::check(
-            &act::Delegated {
-                sub: &claims.sub,
-                client_id: &claims.client_id,
-                scope: &claims.scope,
-                exp: claims.exp,
-                act: claims.act.as_ref(),
-                chain: claims.tessera_chain.as_deref(),
-            },
-            self.config.max_act_depth,
-        )?;
+        // Revocation of the token, its task or an ancestor.
         lock_read(&self.feed).check_token(
             claims.iat,
             &claims.jti,
             &claims.task_id,
-            claims.tessera_chain.iter().flatten().map(|hop| hop.jti.as_str()),
+            claims.tessera_chain.iter().map(|hop| hop.jti.as_str()),
         )?;
 
         // Proof of possession.
         let binding = self.check_binding(&claims, presented, now)?;
+        let actors = claims
+            .act
+            .as_ref()
+            .map(|act| act.actors().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default();
         Ok(Verified {
             claims,
             actors,
@@ -625,59 +534,34 @@ impl Shared {
         presented: &Presented<'_>,
         now: DateTime<Utc>,
     ) -> Result<Binding, VerifyError> {
-        let Some(cnf) = &claims.cnf else {
-            if self.config.require_bound {
-                return Err(VerifyError::BoundTokenRequired);
-            }
-            if presented.scheme == Scheme::Dpop {
-                return Err(VerifyError::Proof("the DPoP scheme needs a DPoP-bound token"));
-            }
-            return Ok(Binding::Bearer);
+        if claims.cnf.is_none() && self.config.require_bound {
+            return Err(VerifyError::BoundTokenRequired);
+        }
+        let presentation = Presentation {
+            access_token: presented.token,
+            dpop_scheme: presented.scheme == Scheme::Dpop,
+            proof: presented.dpop_proof,
+            htm: presented.method,
+            htu: presented.url,
+            client_cert_der: presented.client_cert_der,
+            now,
+            max_age: self.dpop_max_age,
+            leeway: chrono::Duration::seconds(self.leeway_secs),
         };
-        let serde_json::Value::Object(cnf) = cnf else {
-            return Err(VerifyError::Claim("cnf"));
-        };
-        // Exactly one method (docs/ARCHITECTURE.md, "Token claims").
-        if cnf.len() != 1 || cnf.keys().any(|k| k != "jkt" && k != "x5t#S256") {
-            return Err(VerifyError::UnsupportedConfirmation);
-        }
-        let mut binding = Binding::Bearer;
-        if let Some(x5t) = cnf.get("x5t#S256") {
-            let x5t = x5t.as_str().ok_or(VerifyError::Claim("cnf.x5t#S256"))?;
-            let cert = presented.client_cert_der.ok_or(VerifyError::CertificateRequired)?;
-            let got = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, cert));
-            if got != x5t {
-                return Err(VerifyError::CertificateMismatch);
+        Ok(match check_binding(claims.cnf.as_ref(), &presentation)? {
+            Bound::Bearer => Binding::Bearer,
+            Bound::Certificate => Binding::Certificate,
+            Bound::Dpop(proof) => {
+                // Last: a proof is spent only by a request that passed every check.
+                let until = proof.replay_until(self.dpop_max_age) + presentation.leeway;
+                self.replay.lock().unwrap_or_else(PoisonError::into_inner).record(
+                    proof.replay_id(),
+                    until.timestamp(),
+                    now.timestamp(),
+                )?;
+                Binding::Dpop
             }
-            binding = Binding::Certificate;
-        }
-        if let Some(jkt) = cnf.get("jkt") {
-            let jkt = jkt.as_str().ok_or(VerifyError::Claim("cnf.jkt"))?;
-            // RFC 9449 section 7.1: a DPoP-bound token comes with the DPoP scheme.
-            if presented.scheme != Scheme::Dpop {
-                return Err(VerifyError::ProofRequired);
-            }
-            let proof = presented.dpop_proof.ok_or(VerifyError::ProofRequired)?;
-            let checked = dpop::check(
-                proof,
-                &dpop::Expected {
-                    method: presented.method,
-                    url: presented.url,
-                    access_token: presented.token,
-                    jkt,
-                    now,
-                    max_age_secs: secs(self.config.dpop_max_age),
-                    leeway_secs: self.leeway_secs,
-                },
-            )?;
-            // Last: a proof is spent only by a request that passed every check.
-            self.replay
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(checked, now.timestamp())?;
-            binding = Binding::Dpop;
-        }
-        Ok(binding)
+        })
     }
 
     fn load_keys(&self, jwks: &[Jwk]) -> usize {

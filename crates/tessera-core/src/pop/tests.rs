@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test")]
 
 use super::*;
+use crate::token::Confirmation;
 use crate::token::test_keys::{ed25519, p256};
 
 const HTU: &str = "/tessera.v1.AgentService/RequestToken";
@@ -153,10 +154,31 @@ fn hostile_headers_are_refused() {
             serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "crit": ["x"]}),
             ProofError::Malformed("header member `crit` is not accepted"),
         ),
+        // No key is looked up anywhere but in the proof's own `jwk`.
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "kid": "k"}),
+            ProofError::Malformed("header member `kid` is not accepted"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "jku": "https://evil.test"}),
+            ProofError::Malformed("header member `jku` is not accepted"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "x5u": "https://evil.test"}),
+            ProofError::Malformed("header member `x5u` is not accepted"),
+        ),
+        (
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&key), "x5c": ["MIIB"]}),
+            ProofError::Malformed("header member `x5c` is not accepted"),
+        ),
+        (
+            serde_json::json!({"typ": "application/dpop+jwt", "alg": "ES256", "jwk": public(&key)}),
+            ProofError::Type,
+        ),
     ] {
         refused(&raw(&key, &header, &claims), &check_at(t0()), expected);
     }
-    // `application/dpop+jwt` and any case are the same type.
+    // Any letter case is the same type.
     let header = serde_json::json!({"typ": "DPoP+JWT", "alg": "ES256", "jwk": public(&key)});
     verify_proof(&raw(&key, &header, &claims), &check_at(t0())).unwrap();
 }
@@ -273,4 +295,129 @@ fn a_bound_token_needs_a_proof_by_its_own_key() {
     );
     assert!(certificate_matches(&certificate_thumbprint(b"leaf"), b"leaf"));
     assert!(!certificate_matches(&certificate_thumbprint(b"leaf"), b"other leaf"));
+}
+
+#[test]
+fn htu_normalization() {
+    for (a, b) in [
+        ("https://Api.Test/x?y#z", "https://api.test/x"),
+        ("https://api.test:443/x", "https://api.test/x"),
+        ("http://api.test:80", "http://api.test/"),
+        ("https://api.test:8443/x", "https://api.test:8443/x"),
+    ] {
+        assert_eq!(normalize_htu(a).as_deref(), Some(b), "{a}");
+    }
+    for bad in ["/x", "ftp://a/b", "https://", "https://user@host/x", "api.test/x"] {
+        assert_eq!(normalize_htu(bad), None, "{bad}");
+    }
+}
+
+/// A URL target compares normalised, the request's query ignored, but the
+/// proof's own `htu` carries none; a gRPC path compares exactly.
+#[test]
+fn htu_of_a_url_compares_normalised_and_of_a_path_exactly() {
+    let key = p256();
+    let url_check = |htu| ProofCheck { htu, ..check_at(t0()) };
+    let proof = |htu: &str| sign_proof(&key, "POST", htu, "j", t0(), None).unwrap();
+    let target = "https://api.test/crm/contacts?page=2";
+    for htu in ["https://api.test/crm/contacts", "HTTPS://API.TEST:443/crm/contacts"] {
+        verify_proof(&proof(htu), &url_check(target)).unwrap();
+    }
+    for htu in [
+        "https://api.test/crm/contacts?page=2",
+        "https://api.test/crm/contacts#x",
+        "https://api.test/crm/notes",
+        "http://api.test/crm/contacts",
+        "/crm/contacts",
+    ] {
+        refused(&proof(htu), &url_check(target), ProofError::Target(target.to_owned()));
+    }
+    for htu in [
+        "/tessera.v1.AgentService/RequestToken/",
+        "/TESSERA.v1.AgentService/RequestToken",
+        "https://broker/tessera.v1.AgentService/RequestToken",
+    ] {
+        refused(&proof(htu), &check_at(t0()), ProofError::Target(HTU.to_owned()));
+    }
+}
+
+/// One set of limits: a longer age or leeway than core's is cut.
+#[test]
+fn max_age_and_leeway_are_bounded() {
+    let key = p256();
+    let lax = ProofCheck {
+        max_age: Duration::hours(1),
+        leeway: Duration::hours(1),
+        ..check_at(t0())
+    };
+    let old = sign_proof(
+        &key,
+        "POST",
+        HTU,
+        "j",
+        t0() - PROOF_MAX_AGE - Duration::seconds(1),
+        None,
+    )
+    .unwrap();
+    refused(&old, &lax, ProofError::Stale(PROOF_MAX_AGE.num_seconds()));
+    let ahead = Duration::seconds(MAX_LEEWAY_SECS + 1);
+    let future = sign_proof(&key, "POST", HTU, "j", t0() + ahead, None).unwrap();
+    refused(&future, &lax, ProofError::Future);
+}
+
+#[test]
+fn check_binding_matches_the_confirmation() {
+    let key = ProofKey::generate().unwrap();
+    let cnf = Confirmation::Jkt(key.thumbprint().to_owned());
+    let url = "https://api.test/crm";
+    let proof = key.sign("GET", url, "b1", t0(), Some("tok")).unwrap();
+    let presented = Presentation {
+        access_token: "tok",
+        dpop_scheme: true,
+        proof: Some(&proof),
+        htm: "GET",
+        htu: url,
+        client_cert_der: None,
+        now: t0(),
+        max_age: PROOF_MAX_AGE,
+        leeway: Duration::seconds(5),
+    };
+    assert!(matches!(check_binding(Some(&cnf), &presented), Ok(Bound::Dpop(p)) if p.jti == "b1"));
+    let bearer_scheme = Presentation {
+        dpop_scheme: false,
+        ..presented
+    };
+    assert_eq!(
+        check_binding(Some(&cnf), &bearer_scheme),
+        Err(BindingError::ProofRequired)
+    );
+    let no_proof = Presentation {
+        proof: None,
+        ..presented
+    };
+    assert_eq!(check_binding(Some(&cnf), &no_proof), Err(BindingError::ProofRequired));
+    let other = Confirmation::Jkt(ProofKey::generate().unwrap().thumbprint().to_owned());
+    assert_eq!(
+        check_binding(Some(&other), &presented),
+        Err(BindingError::Proof(ProofError::WrongKey))
+    );
+    // A bearer token: fine as `Bearer`, refused with the DPoP scheme.
+    assert_eq!(check_binding(None, &bearer_scheme), Ok(Bound::Bearer));
+    assert_eq!(check_binding(None, &presented), Err(BindingError::DpopSchemeWithoutKey));
+    // A certificate binding.
+    let der = b"the agent's certificate";
+    let x5t = Confirmation::X5tS256(certificate_thumbprint(der));
+    let over = |cert: Option<&'static [u8]>| Presentation {
+        client_cert_der: cert,
+        ..bearer_scheme
+    };
+    assert_eq!(check_binding(Some(&x5t), &over(Some(der))), Ok(Bound::Certificate));
+    assert_eq!(
+        check_binding(Some(&x5t), &over(Some(b"another"))),
+        Err(BindingError::CertificateMismatch)
+    );
+    assert_eq!(
+        check_binding(Some(&x5t), &over(None)),
+        Err(BindingError::CertificateRequired)
+    );
 }

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::jws::{self, JwsError, KeyLookup};
+use super::AccessCheck;
+use super::jws::{JwsError, KeyLookup};
 
 /// The `typ` of an access token (RFC 9068 section 2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
@@ -166,11 +167,13 @@ impl AccessClaims {
     }
 }
 
-/// Verifies an access token: the JWS (with `typ` [`ACCESS_TOKEN_TYP`])
-/// against `keys`, then the claims: `iss` equals `issuer`, and with
-/// `leeway_secs` of clock skew (negative counts as 0), `exp > now - leeway`,
-/// `nbf <= now + leeway` and `iat <= now + leeway`. The audience and scopes
-/// are the caller's to check ([`AccessClaims::check_audience`]).
+/// Verifies an access token with [`super::check_access_token`]: the JWS
+/// (with `typ` [`ACCESS_TOKEN_TYP`], either algorithm) against `keys`, then
+/// the claims: `iss` equals `issuer`, and with `leeway_secs` of clock skew
+/// (cut to 0..=[`super::MAX_LEEWAY_SECS`]), `exp > now - leeway`,
+/// `nbf <= now + leeway` and `iat <= now + leeway`, then the delegation
+/// chain. The audience and scopes are the caller's to check
+/// ([`AccessClaims::check_audience`]).
 pub fn verify_access_token(
     token: &str,
     keys: &impl KeyLookup,
@@ -178,26 +181,14 @@ pub fn verify_access_token(
     now: DateTime<Utc>,
     leeway_secs: i64,
 ) -> Result<AccessClaims, JwsError> {
-    let payload = jws::verify_payload(token, keys, ACCESS_TOKEN_TYP)?;
-    // Not echoing serde's message: it may quote claim values.
-    let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| JwsError::Claims)?;
-    if claims.iss != issuer {
-        return Err(JwsError::Issuer);
-    }
-    let leeway = leeway_secs.max(0);
-    // Whole seconds, rounded down: a token with `exp` = t is expired from
-    // t.000 on, and valid at t - 0.001.
-    let now = now.timestamp();
-    if claims.exp <= now.saturating_sub(leeway) {
-        return Err(JwsError::Expired);
-    }
-    if claims.nbf > now.saturating_add(leeway) {
-        return Err(JwsError::NotYetValid);
-    }
-    if claims.iat > now.saturating_add(leeway) {
-        return Err(JwsError::IssuedInFuture);
-    }
-    Ok(claims)
+    super::check_access_token(
+        token,
+        keys,
+        &AccessCheck {
+            leeway_secs,
+            ..AccessCheck::new(issuer, now)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -252,6 +243,8 @@ mod tests {
         for key in [p256(), ed25519()] {
             let mut original = claims(T0, T0, T0 + 300);
             original.cnf = Some(Confirmation::X5tS256("abc".to_owned()));
+            // Delegated by agent/a to agent/b, the holder.
+            original.client_id = "spiffe://tessera.test/agent/b".to_owned();
             original.act = Actor::nest(["spiffe://tessera.test/agent/b".to_owned()]);
             original.tessera_chain = vec![ChainHop {
                 jti: "root".to_owned(),
@@ -365,9 +358,25 @@ mod tests {
         // Extreme values saturate instead of overflowing.
         let token = sign(&key, &claims(i64::MIN, i64::MIN, i64::MAX));
         check(&token, &set, T0, i64::MAX, Ok(()));
+        // A leeway above the bound is cut to it.
         let token = sign(&key, &claims(i64::MAX, i64::MAX, i64::MAX));
-        check(&token, &set, T0, i64::MAX, Ok(()));
+        check(&token, &set, T0, i64::MAX, Err(JwsError::NotYetValid));
         check(&token, &set, T0, 0, Err(JwsError::NotYetValid));
+        let token = sign(&key, &claims(T0, T0, T0 + 300));
+        check(
+            &token,
+            &set,
+            T0 + 300 + crate::token::MAX_LEEWAY_SECS - 1,
+            i64::MAX,
+            Ok(()),
+        );
+        check(
+            &token,
+            &set,
+            T0 + 300 + crate::token::MAX_LEEWAY_SECS,
+            1_000,
+            Err(JwsError::Expired),
+        );
     }
 
     #[test]

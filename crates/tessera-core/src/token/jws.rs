@@ -21,6 +21,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
 use super::Algorithm;
+use super::chain::ChainError;
 use super::jwk::Jwk;
 use crate::error::ErrorKind;
 
@@ -52,6 +53,9 @@ pub enum JwsError {
     /// `alg` is missing or not one of `ES256`, `EdDSA`.
     #[error("token algorithm is not allowed")]
     Algorithm,
+    /// `alg` is one we sign with but not in this verifier's allow-list.
+    #[error("token algorithm `{0}` is not allowed by this verifier")]
+    AlgorithmNotAllowed(Algorithm),
     /// `alg` differs from the algorithm of the key named by `kid`.
     #[error("token algorithm does not match its key")]
     AlgorithmMismatch,
@@ -89,6 +93,9 @@ pub enum JwsError {
     /// `iat` is in the future.
     #[error("token was issued in the future")]
     IssuedInFuture,
+    /// The `act` / `tessera_chain` delegation chain is refused.
+    #[error("token delegation chain refused: {0}")]
+    Chain(#[from] ChainError),
 }
 
 impl JwsError {
@@ -140,9 +147,23 @@ const PAYLOAD_NOT_OBJECT: &str = "payload is not a json object";
 
 /// [`verify`], returning the payload bytes: JSON whose first token is `{`.
 pub(super) fn verify_payload(token: &str, keys: &impl KeyLookup, expected_typ: &str) -> Result<Vec<u8>, JwsError> {
+    verify_payload_allowing(token, keys, expected_typ, &Algorithm::ALL)
+}
+
+/// [`verify_payload`] accepting only the algorithms in `allowed`, checked
+/// before the key is looked up.
+pub(super) fn verify_payload_allowing(
+    token: &str,
+    keys: &impl KeyLookup,
+    expected_typ: &str,
+    allowed: &[Algorithm],
+) -> Result<Vec<u8>, JwsError> {
     let parts = split(token)?;
     if !typ_matches(&parts.header.typ, expected_typ) {
         return Err(JwsError::Type);
+    }
+    if !allowed.contains(&parts.header.alg) {
+        return Err(JwsError::AlgorithmNotAllowed(parts.header.alg));
     }
     // The kid is only ever a lookup key in the caller's set.
     let jwk = keys.key(&parts.header.kid).ok_or(JwsError::UnknownKey)?;
@@ -200,7 +221,7 @@ fn split(token: &str) -> Result<Parts<'_>, JwsError> {
     })
 }
 
-const NOT_BASE64URL: &str = "segment is not unpadded base64url";
+pub(crate) const NOT_BASE64URL: &str = "segment is not unpadded base64url";
 
 fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
@@ -274,7 +295,7 @@ fn parse_header(json: &[u8]) -> Result<Header, JwsError> {
 /// RFC 8725 section 3.11 with RFC 7515 section 4.1.9: media types compare
 /// case-insensitively, and `application/` may be omitted when no other `/`
 /// follows.
-fn typ_matches(actual: &str, expected: &str) -> bool {
+pub(crate) fn typ_matches(actual: &str, expected: &str) -> bool {
     fn short(typ: &str) -> &str {
         const PREFIX: &str = "application/";
         match (typ.get(..PREFIX.len()), typ.get(PREFIX.len()..)) {

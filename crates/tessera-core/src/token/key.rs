@@ -198,7 +198,12 @@ impl fmt::Debug for SigningKey {
 /// A fresh random key of `alg` as PKCS#8 PEM, for tooling and tests.
 pub fn generate_pkcs8_pem(alg: Algorithm) -> Result<Zeroizing<String>, KeyError> {
     let der = generate_pkcs8(alg, &SystemRandom::new())?;
-    let body = Zeroizing::new(STANDARD.encode(der.as_slice()));
+    Ok(der_to_pem(&der))
+}
+
+/// PKCS#8 DER as PEM text (`-----BEGIN PRIVATE KEY-----`).
+pub(crate) fn der_to_pem(der: &[u8]) -> Zeroizing<String> {
+    let body = Zeroizing::new(STANDARD.encode(der));
     // Sized up front so the buffer never reallocates and leaves a copy behind.
     let lines = body.len().div_ceil(64);
     let mut pem = Zeroizing::new(String::with_capacity(
@@ -213,10 +218,10 @@ pub fn generate_pkcs8_pem(alg: Algorithm) -> Result<Zeroizing<String>, KeyError>
     }
     pem.push_str(PEM_END);
     pem.push('\n');
-    Ok(pem)
+    pem
 }
 
-fn generate_pkcs8(alg: Algorithm, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub(crate) fn generate_pkcs8(alg: Algorithm, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let document = match alg {
         Algorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng),
         Algorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(rng),
@@ -257,7 +262,7 @@ fn public_jwk(pair: &Pair) -> Result<Jwk, KeyError> {
 }
 
 /// The DER inside the one `PRIVATE KEY` PEM block of `pem`.
-fn pem_to_der(pem: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub(crate) fn pem_to_der(pem: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let mut body = Zeroizing::new(String::with_capacity(pem.len()));
     let mut inside = false;
     let mut done = false;

@@ -14,18 +14,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 
+mod chain;
+mod check;
 mod claims;
 mod jwk;
 mod jws;
 mod key;
+#[cfg(any(test, feature = "golden-vectors"))]
+pub mod vectors;
 
 #[cfg(test)]
 pub(crate) mod test_keys;
 
+pub use chain::{ChainError, MAX_HOP_JTI_LEN, MAX_SUB_LEN, check_chain, check_chain_within};
+pub use check::{AccessCheck, MAX_LEEWAY_SECS, check_access_token};
 pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Actor, ChainHop, Confirmation, MAX_CHAIN_LEN, verify_access_token};
 pub use jwk::{Jwk, Jwks, VerificationKey};
 pub use jws::{Header, JwsError, KeyLookup, MAX_KID_LEN, MAX_TOKEN_LEN, decode_unverified, verify};
 pub use key::{KeyError, SigningKey, generate_pkcs8_pem};
+
+/// PKCS#8 helpers shared with [`crate::pop::ProofKey`].
+pub(crate) mod key_der {
+    pub(crate) use super::key::{der_to_pem, generate_pkcs8, pem_to_der};
+}
 
 /// A JWS signature algorithm Tessera signs and verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -40,6 +51,9 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm Tessera signs and verifies with.
+    pub const ALL: [Self; 2] = [Self::Es256, Self::EdDsa];
+
     /// The JOSE name: `ES256` or `EdDSA`.
     pub fn as_jose(self) -> &'static str {
         match self {
@@ -49,7 +63,7 @@ impl Algorithm {
     }
 
     /// The algorithm whose JOSE name is exactly `name` (case-sensitive).
-    fn from_jose(name: &str) -> Option<Self> {
+    pub(crate) fn from_jose(name: &str) -> Option<Self> {
         match name {
             "ES256" => Some(Self::Es256),
             "EdDSA" => Some(Self::EdDsa),
