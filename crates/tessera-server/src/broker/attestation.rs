@@ -4,7 +4,7 @@
 use tessera_core::audit::{Actor, AuditKind, Outcome};
 use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
 
-use super::{Broker, BrokerError, REFUSAL_SAMPLES, REFUSALS_PER_SOURCE};
+use super::{Broker, BrokerError};
 
 impl Broker {
     /// The identity registry (a handle: reloads replace its contents).
@@ -92,5 +92,37 @@ impl Broker {
             Ok(()) => refused,
             Err(e) => e,
         }
+    }
+}
+
+/// Most distinct refused callers remembered for audit sampling.
+const REFUSAL_SAMPLES: usize = 10_000;
+
+/// Most attestation refusals audited per source address per second; the
+/// rest are counted (`tessera_attestation_refusals_unaudited_total`).
+const REFUSALS_PER_SOURCE: u32 = 50;
+
+impl Broker {
+    /// Records a caller refused at mTLS attestation; returns the error to
+    /// answer with. See [`Broker::attestation_refused_by`].
+    pub async fn attestation_refused(
+        &self,
+        claimed: Option<&SpiffeId>,
+        evidence: Option<&str>,
+        reason: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> BrokerError {
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason, source)
+            .await
+    }
+
+    /// Binds a verified SVID to its registered identity.
+    pub fn attest(&self, id: &SpiffeId, evidence: String) -> Result<VerifiedIdentity, BrokerError> {
+        Ok(VerifiedIdentity::attested(
+            &self.registry,
+            id,
+            AttestationMethod::X509,
+            evidence,
+        )?)
     }
 }

@@ -1,0 +1,111 @@
+//! Operator views over many grants: ListGrants and BlastRadius.
+
+use tessera_core::identity::{SpiffeId, VerifiedIdentity};
+use tessera_core::policy::{Operation, PolicyQuery};
+use tessera_store::{GrantFilter, GrantPage, StoreError};
+
+use super::{Broker, BrokerError};
+
+/// A ListGrants query, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantQuery {
+    /// Filters the store applies.
+    pub filter: GrantFilter,
+    /// Only grants of identities whose registry owner is this.
+    pub owner: Option<String>,
+    /// Continue after this cursor (a `next_page_token`).
+    pub page_token: Option<String>,
+    /// Most grants to return (1..=1000).
+    pub page_size: usize,
+}
+
+impl Broker {
+    /// ListGrants (operator): live grants matching `query`, one page.
+    pub async fn list_grants(&self, who: &VerifiedIdentity, query: GrantQuery) -> Result<GrantPage, BrokerError> {
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::ListGrants))?;
+        let mut filter = query.filter;
+        if let Some(owner) = &query.owner {
+            let owned = self.registry.owned_by(owner);
+            filter.subjects = Some(match filter.subjects.take() {
+                Some(subjects) => subjects.intersection(&owned).cloned().collect(),
+                None => owned,
+            });
+        }
+        let page = self
+            .store
+            .list_grants(&filter, query.page_token.as_deref(), query.page_size, self.clock.now())
+            .await?;
+        tracing::debug!(
+            event = "grants_listed",
+            by = %who.id(),
+            grants = page.grants.len(),
+            more = page.next.is_some(),
+            "grants listed"
+        );
+        Ok(page)
+    }
+
+    /// BlastRadius (operator): what the live grants of an identity, an
+    /// owner's identities or a task reach now. Read-only, so not audited
+    /// (a refused caller is, by [`Broker::require_operator`]). An identity
+    /// must be registered and a task must exist; a target with more than
+    /// [`tessera_core::blast::MAX_BLAST_GRANTS`] live grants is refused
+    /// (RESOURCE_EXHAUSTED) rather than summarised from a partial view.
+    pub async fn blast_radius(
+        &self,
+        who: &VerifiedIdentity,
+        target: &tessera_core::blast::BlastTarget,
+    ) -> Result<tessera_core::blast::BlastRadius, BrokerError> {
+        use tessera_core::blast::{self, BlastTarget, MAX_BLAST_GRANTS};
+        use tessera_store::MAX_GRANT_PAGE;
+
+        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
+        self.authorize(who, &PolicyQuery::Operation(Operation::BlastRadius))?;
+        let mut filter = GrantFilter::default();
+        match target {
+            BlastTarget::Identity(id) => {
+                if !self.registry.contains(id) {
+                    return Err(BrokerError::UnknownIdentity(id.clone()));
+                }
+                filter.subjects = Some(std::collections::BTreeSet::from([id.clone()]));
+            }
+            BlastTarget::Owner(owner) => filter.subjects = Some(self.registry.owned_by(owner)),
+            BlastTarget::Task(id) => {
+                if self.store.task(id).await?.is_none() {
+                    return Err(StoreError::TaskNotFound(id.clone()).into());
+                }
+                filter.task_id = Some(id.clone());
+            }
+        }
+        let now = self.clock.now();
+        let mut grants = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_grants(&filter, after.as_deref(), MAX_GRANT_PAGE, now)
+                .await?;
+            grants.extend(page.grants);
+            if grants.len() > MAX_BLAST_GRANTS {
+                return Err(
+                    StoreError::Full("blast radius: the target has more than 100000 live grants; narrow it").into(),
+                );
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let owner_of = |id: &SpiffeId| self.registry.lookup(id).ok().map(|i| i.owner.clone());
+        let radius = blast::blast_radius(&grants, owner_of, now);
+        tracing::debug!(
+            event = "blast_radius",
+            by = %who.id(),
+            target = ?target,
+            live_grants = radius.live_grants,
+            "blast radius computed"
+        );
+        Ok(radius)
+    }
+}

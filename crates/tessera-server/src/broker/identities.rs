@@ -1,0 +1,200 @@
+//! Identities: RevokeIdentity (and disable), EnableIdentity, and what other
+//! replicas decided about identities (`refresh_shared`).
+
+use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
+use tessera_core::identity::{SpiffeId, VerifiedIdentity};
+use tessera_core::policy::{Operation, PolicyQuery};
+
+use super::{Broker, BrokerError};
+
+/// What RevokeIdentity did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityRevoked {
+    /// Grants revoked, delegated ones included.
+    pub grants_revoked: u64,
+    /// Whether the identity is now disabled.
+    pub disabled: bool,
+}
+
+impl Broker {
+    /// RevokeIdentity: every live grant of `identity` and all delegated
+    /// from them die at once. With `disable`, the identity is first marked
+    /// disabled in the store (shared by every replica, kept across
+    /// restarts): this replica refuses it at once, the others within one
+    /// `attestation.reload_interval` ([`Broker::refresh_shared`]); a
+    /// second sweep after `disable_settle` revokes any grant another replica
+    /// recorded for a request already past its attestation.
+    pub async fn revoke_identity(
+        &self,
+        who: &VerifiedIdentity,
+        identity: &SpiffeId,
+        reason: &str,
+        disable: bool,
+    ) -> Result<IdentityRevoked, BrokerError> {
+        // The gRPC edge asked policy and audited a refusal; this asks again for
+        // other callers, and for the ids its record carries.
+        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
+        if !self.registry.contains(identity) {
+            return Err(BrokerError::UnknownIdentity(identity.clone()));
+        }
+        if disable {
+            // INVARIANT: disabled before the sweep, so nothing it misses is
+            // minted afterwards on this replica.
+            let newly = self.store.disable_subject(identity, reason, self.clock.now()).await?;
+            self.registry.disable_at_runtime(identity);
+            // Scheduled before anything else can fail, so that a failed audit
+            // below does not leave grants of a disabled identity alive.
+            self.sweep_later(identity, reason);
+            tracing::warn!(
+                event = "identity_disabled",
+                identity = %identity,
+                by = %who.id(),
+                reason,
+                newly,
+                "identity disabled"
+            );
+            let mut event = self.event(AuditKind::IdentityDisabled, Outcome::Allow, Some(who));
+            event.reason = Some(format!("identity {identity}: {reason}"));
+            allowed.stamp(&mut event);
+            self.audit(event).await?;
+        }
+        let revoked = self.store.revoke_subject(identity, reason, self.clock.now()).await?;
+        tracing::info!(
+            event = "identity_revoked",
+            identity = %identity,
+            by = %who.id(),
+            grants_revoked = revoked,
+            reason,
+            "identity's grants revoked"
+        );
+        crate::telemetry::revoked("identity", revoked);
+        let mut event = self.event(AuditKind::GrantRevoked, Outcome::Allow, Some(who));
+        event.reason = Some(format!("identity {identity}: {reason}"));
+        event.count = Some(revoked);
+        allowed.stamp(&mut event);
+        self.audit(event).await?;
+        Ok(IdentityRevoked {
+            grants_revoked: revoked,
+            disabled: disable,
+        })
+    }
+
+    /// Revokes `identity`'s grants again once every replica has seen its
+    /// disable and every request attested before it has ended, unless it
+    /// was enabled again meanwhile; audits what it revoked. (Grants are also
+    /// checked against the store's disabled set right after they are
+    /// recorded, see [`Broker::confirm_recorded`]: this sweep is the second
+    /// line.)
+    fn sweep_later(&self, identity: &SpiffeId, reason: &str) {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let audit = self.audit.clone();
+        let instance = self.settings.instance_id.clone();
+        let after = self.settings.disable_settle;
+        let identity = identity.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            match store.disabled_subjects().await {
+                Ok(disabled) if !disabled.contains(&identity) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(identity = %identity, error = %e, "second sweep of a disabled identity: cannot read the disabled set; sweeping anyway");
+                }
+            }
+            let now = clock.now();
+            match store.revoke_subject(&identity, &reason, now).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        event = "identity_revoked",
+                        identity = %identity,
+                        grants_revoked = n,
+                        "grants recorded while the identity was being disabled revoked"
+                    );
+                    crate::telemetry::revoked("identity", n);
+                    let mut event = AuditEvent::new(AuditKind::GrantRevoked, now, Outcome::Allow, instance);
+                    event.reason = Some(format!("identity {identity}: {reason} (second sweep after disabling)"));
+                    event.count = Some(n);
+                    if let Err(e) = audit.record(event).await {
+                        tracing::error!(identity = %identity, error = %e, "second sweep: audit record not written");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(identity = %identity, error = %e, "second sweep of a disabled identity failed");
+                }
+            }
+        });
+    }
+
+    /// EnableIdentity: lifts an operator's disable. A `disabled = true` in
+    /// the configuration stays. Returns whether there was a disable to lift.
+    pub async fn enable_identity(
+        &self,
+        who: &VerifiedIdentity,
+        identity: &SpiffeId,
+        reason: &str,
+    ) -> Result<bool, BrokerError> {
+        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::EnableIdentity))?;
+        if !self.registry.contains(identity) {
+            return Err(BrokerError::UnknownIdentity(identity.clone()));
+        }
+        let lifted = self.store.enable_subject(identity).await?;
+        self.registry.enable_at_runtime(identity);
+        let restore = || async {
+            // INVARIANT: no enable without its audit record: put the disable back.
+            if lifted {
+                let _ = self
+                    .store
+                    .disable_subject(
+                        identity,
+                        "re-disabled: the enable could not be audited",
+                        self.clock.now(),
+                    )
+                    .await;
+                self.registry.disable_at_runtime(identity);
+            }
+        };
+        tracing::warn!(
+            event = "identity_enabled",
+            identity = %identity,
+            by = %who.id(),
+            reason,
+            lifted,
+            "identity enabled"
+        );
+        let mut event = self.event(AuditKind::IdentityEnabled, Outcome::Allow, Some(who));
+        event.reason = Some(format!("identity {identity}: {reason}"));
+        allowed.stamp(&mut event);
+        if let Err(e) = self.audit(event).await {
+            restore().await;
+            return Err(e);
+        }
+        Ok(lifted)
+    }
+
+    /// Reads what other replicas decided about identities from the store:
+    /// the identities operators disabled (into the registry) and, with
+    /// anomaly rules on, the quarantines in force (into this replica's
+    /// list). Every replica, every `attestation.reload_interval`.
+    pub async fn refresh_shared(&self) -> Result<(), BrokerError> {
+        // Read before the store: a local disable or enable made meanwhile
+        // wins over this (older) read.
+        let generation = self.registry.runtime_generation();
+        let disabled = self.store.disabled_subjects().await?;
+        self.registry.set_runtime_disabled(disabled, generation);
+        if let Some(anomaly) = &self.anomaly {
+            let now = self.clock.now();
+            let shared = self.store.quarantined_subjects(now).await?;
+            let mut a = anomaly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for q in shared {
+                let known = a.quarantined.is_quarantined(&q.subject, now);
+                if known.is_none_or(|until| until < q.until) {
+                    a.quarantined.quarantine(&q.subject, q.until);
+                    a.why.insert(q.subject.clone(), q.why);
+                }
+            }
+        }
+        Ok(())
+    }
+}

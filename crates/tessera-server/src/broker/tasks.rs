@@ -1,0 +1,180 @@
+//! Tasks: StartTask, GetTask, CompleteTask and RevokeTask.
+
+use tessera_core::ErrorKind;
+use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::identity::VerifiedIdentity;
+use tessera_core::orchestration::{self, StartTask};
+use tessera_core::policy::{PolicyQuery, TaskAction};
+use tessera_core::task::{Task, TaskError, TaskId, TaskState};
+use tessera_store::TaskEnded;
+
+use super::{Broker, BrokerError, policy};
+
+impl Broker {
+    /// StartTask.
+    pub async fn start_task(&self, who: &VerifiedIdentity, req: StartTask) -> Result<Task, BrokerError> {
+        let now = self.clock.now();
+        let parent = match &req.parent {
+            Some(id) => self.store.task(id).await?,
+            None => None,
+        };
+        let requested = req.task_id.to_string();
+        // Validated first, so that policy judges a well-formed task.
+        let decided = orchestration::start_task(
+            who,
+            req,
+            &self.registry,
+            &self.catalog,
+            parent.as_ref(),
+            &self.settings.tasks,
+            now,
+        )
+        .map_err(BrokerError::from)
+        .and_then(|task| {
+            let query = PolicyQuery::Task {
+                action: TaskAction::Start,
+                id: &task.id,
+                task: Some(&task),
+            };
+            let allowed = self.authorize(who, &query)?;
+            Ok((task, allowed))
+        });
+        let (task, allowed) = match decided {
+            Ok(decided) => decided,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                crate::telemetry::decision("start_task", false);
+                let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
+                event.task_id = Some(requested);
+                let refused = self.refuse(event, e).await;
+                self.count_denial(who).await;
+                return refused;
+            }
+            Err(e) => return Err(e),
+        };
+        self.store.create_task(&task).await?;
+        let mut event = self.event(AuditKind::TaskStarted, Outcome::Allow, Some(who));
+        event.task_id = Some(task.id.to_string());
+        event.scopes = task
+            .ceiling
+            .0
+            .iter()
+            .flat_map(|(aud, s)| s.iter().map(move |s| format!("{aud} {s}")))
+            .collect();
+        event.count = Some(task.agents.len() as u64);
+        allowed.stamp(&mut event);
+        if let Err(e) = self.audit(event).await {
+            // Unaudited, so it must not stand.
+            let _ = self
+                .store
+                .end_task(&task.id, TaskState::Revoked, "audit trail unavailable", now)
+                .await;
+            return Err(e);
+        }
+        tracing::info!(
+            event = "task_started",
+            task_id = %task.id,
+            orchestrator = %who.id(),
+            agents = task.agents.len(),
+            deadline = %task.deadline,
+            "task started"
+        );
+        crate::telemetry::decision("start_task", true);
+        Ok(task)
+    }
+
+    pub(super) async fn load_task(&self, id: &TaskId) -> Result<Task, BrokerError> {
+        self.store
+            .task(id)
+            .await?
+            .ok_or_else(|| TaskError::NotFound(id.clone()).into())
+    }
+
+    /// GetTask: the task and its number of live grants.
+    pub async fn get_task(&self, who: &VerifiedIdentity, id: &TaskId) -> Result<(Task, u64), BrokerError> {
+        let task = self.load_task(id).await?;
+        self.authorize(
+            who,
+            &PolicyQuery::Task {
+                action: TaskAction::Get,
+                id,
+                task: Some(&task),
+            },
+        )?;
+        let live = self.store.live_grants(id, self.clock.now()).await?;
+        Ok((task, live))
+    }
+
+    /// CompleteTask (orchestrator) or RevokeTask (operator).
+    pub async fn end_task(
+        &self,
+        who: &VerifiedIdentity,
+        id: &TaskId,
+        state: TaskState,
+        reason: &str,
+    ) -> Result<TaskEnded, BrokerError> {
+        // RevokeTask is an admin call: asked before the task is looked up, so
+        // a refused caller learns nothing of it. CompleteTask of an unknown
+        // task is NOT_FOUND.
+        let revoking = state == TaskState::Revoked;
+        let task = if revoking {
+            self.store.task(id).await?
+        } else {
+            Some(self.load_task(id).await?)
+        };
+        let action = if revoking {
+            TaskAction::Revoke
+        } else {
+            TaskAction::Complete
+        };
+        let query = PolicyQuery::Task {
+            action,
+            id,
+            task: task.as_ref(),
+        };
+        let allowed = match self.authorize(who, &query) {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                crate::telemetry::decision(crate::telemetry::end_task_operation(state), false);
+                let (kind, reason) = if revoking {
+                    (AuditKind::AdminDenied, format!("RevokeTask: {e}"))
+                } else {
+                    (AuditKind::TaskDenied, e.to_string())
+                };
+                let mut event = self.event(kind, Outcome::Deny, Some(who));
+                event.task_id = Some(id.to_string());
+                event.reason = Some(reason);
+                policy::stamp_refusal(&mut event, &e);
+                let audited = self.audit(event).await;
+                self.count_denial(who).await;
+                audited?;
+                return Err(e);
+            }
+        };
+        if task.is_none() {
+            return Err(TaskError::NotFound(id.clone()).into());
+        }
+        let ended = self.store.end_task(id, state, reason, self.clock.now()).await?;
+        let kind = if state == TaskState::Revoked {
+            AuditKind::TaskRevoked
+        } else {
+            AuditKind::TaskCompleted
+        };
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.task_id = Some(id.to_string());
+        event.reason = Some(reason.to_owned());
+        event.count = Some(ended.grants_revoked);
+        allowed.stamp(&mut event);
+        self.audit(event).await?;
+        tracing::info!(
+            event = if state == TaskState::Revoked { "task_revoked" } else { "task_completed" },
+            task_id = %id,
+            by = %who.id(),
+            grants_revoked = ended.grants_revoked,
+            children_ended = ended.children_ended.len(),
+            reason,
+            "task ended"
+        );
+        crate::telemetry::task_ended(state, ended.grants_revoked);
+        Ok(ended)
+    }
+}

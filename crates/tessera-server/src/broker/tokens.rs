@@ -1,0 +1,361 @@
+//! Tokens: RequestToken (decide, assess, sign, record, audit), the mint
+//! every token passes, and ReleaseToken / RevokeGrant.
+
+use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
+use tessera_core::identity::VerifiedIdentity;
+use tessera_core::issuance::{self, TokenRequest};
+use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
+use tessera_store::RevokeOutcome;
+
+use super::verifier::log_rejected;
+use super::{Broker, BrokerError, TokenOutcome, policy};
+
+/// A minted token and its record. `token` is a secret: `Debug` redacts it.
+pub struct Issued {
+    /// The compact JWS.
+    pub token: String,
+    /// Its recorded grant.
+    pub grant: Grant,
+    /// Its OAuth `token_type`: `DPoP` for a key-bound token, else `Bearer`.
+    pub token_type: &'static str,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"<redacted>")
+            .field("grant", &self.grant)
+            .finish()
+    }
+}
+
+impl Broker {
+    /// RequestToken: decide, assess, then sign and record — or, for a
+    /// high-impact (or policy-marked) request, open a pending approval. No
+    /// token leaves unless its grant is recorded.
+    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<TokenOutcome, BrokerError> {
+        let now = self.clock.now();
+        let task = self.load_task(&req.task_id).await?;
+        let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
+            let plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
+            Ok((allowed, plan))
+        });
+        let (allowed, plan) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                tracing::info!(
+                    event = "token_denied",
+                    subject = %who.id(),
+                    task_id = %req.task_id,
+                    audience = %req.audience,
+                    reason = %e,
+                    "token request denied"
+                );
+                crate::telemetry::decision("request_token", false);
+                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+                event.task_id = Some(req.task_id.to_string());
+                event.audience = Some(req.audience.to_string());
+                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                let refused = self.refuse(event, e).await;
+                self.count_denial(who).await;
+                return refused;
+            }
+        };
+        if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
+            crate::telemetry::decision("request_token", false);
+            let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
+            event.task_id = Some(req.task_id.to_string());
+            event.audience = Some(req.audience.to_string());
+            event.class = Some(plan.class.to_string());
+            let refused = self.refuse(event, e).await;
+            self.count_denial(who).await;
+            return refused;
+        }
+        // Policy's obligations (approval, max TTL, blast-radius cap) go to
+        // the same assessment as the catalog's and the configuration's.
+        let terms = Self::policy_terms(&allowed);
+        let assessment = self.assess_plan(who, req, &plan, None, &terms).await?;
+        if let Some(why) = assessment.approval.clone() {
+            return self
+                .open_approval(who, req, &plan, &assessment, why, task.deadline)
+                .await
+                .map(TokenOutcome::Pending);
+        }
+        let impact = GrantImpact {
+            high_impact: !assessment.high_impact.is_empty(),
+            blast_radius: assessment.blast_radius,
+            approval_id: None,
+        };
+        let plan = issuance::GrantPlan {
+            lifetime: assessment.lifetime,
+            ..plan
+        };
+        let id = self.store.new_grant_id(&plan.task_id).await?;
+        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
+            .await
+            .map(TokenOutcome::Issued)
+    }
+
+    /// Signs and records a token for an allowed, assessed `plan` under the
+    /// grant id `id` (from [`GrantStore::new_grant_id`]), then audits it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one decided part of the grant; a struct would only rename them"
+    )]
+    pub(super) async fn mint(
+        &self,
+        who: &VerifiedIdentity,
+        plan: issuance::GrantPlan,
+        id: GrantId,
+        impact: GrantImpact,
+        cnf: Option<tessera_core::token::Confirmation>,
+        allowed: &policy::PolicyAllowed,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Issued, BrokerError> {
+        let token_type = cnf
+            .as_ref()
+            .map_or("Bearer", tessera_core::token::Confirmation::token_type);
+        let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: who.id().to_string(),
+            aud: plan.audience.to_string(),
+            exp: plan.lifetime.expires_at.timestamp(),
+            nbf: plan.lifetime.issued_at.timestamp(),
+            iat: plan.lifetime.issued_at.timestamp(),
+            jti: id.to_string(),
+            scope,
+            client_id: who.id().to_string(),
+            task_id: plan.task_id.to_string(),
+            cnf,
+            act: None,
+            tessera_chain: Vec::new(),
+        };
+        let signer = self.signer();
+        let token = signer
+            .sign_jws(ACCESS_TOKEN_TYP, &claims)
+            .map_err(BrokerError::Signing)?;
+        let grant = Grant {
+            id,
+            task_id: plan.task_id,
+            subject: who.id().clone(),
+            audience: plan.audience,
+            scopes: plan.scopes,
+            class: plan.class,
+            issued_at: plan.lifetime.issued_at,
+            expires_at: plan.lifetime.expires_at,
+            parent: None,
+            key_id: signer.kid().to_owned(),
+            state: GrantState::Active,
+            revoked_at: None,
+            revocation_reason: None,
+            impact,
+        };
+        // INVARIANT: the token is returned only after its grant is recorded;
+        // if recording fails the signed token is dropped here, unseen.
+        self.store.record_grant(&grant, now).await?;
+        self.confirm_recorded(who, &grant, now).await?;
+        let mut event = self.grant_event(AuditKind::TokenIssued, who, &grant, plan.lifetime.ttl);
+        allowed.stamp(&mut event);
+        event.blast_radius = Some(grant.impact.blast_radius);
+        event.approval_id = grant.impact.approval_id.clone();
+        if let Err(e) = self.audit(event).await {
+            // INVARIANT: no token without its audit record: take the grant back.
+            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
+            return Err(e);
+        }
+        tracing::info!(
+            event = "token_issued",
+            grant_id = %grant.id,
+            subject = %grant.subject,
+            task_id = %grant.task_id,
+            audience = %grant.audience,
+            class = %grant.class,
+            scopes = grant.scopes.len(),
+            ttl_secs = plan.lifetime.ttl.as_secs(),
+            kid = %grant.key_id,
+            blast_radius = grant.impact.blast_radius,
+            approval_id = grant.impact.approval_id.as_deref().unwrap_or(""),
+            "token issued"
+        );
+        crate::telemetry::issued(&grant.class);
+        Ok(Issued {
+            token,
+            grant,
+            token_type,
+        })
+    }
+
+    /// After a grant is recorded, before its token leaves. The caller `who`
+    /// must still be admitted: a quarantine that began while this mint was
+    /// in flight has already swept its grants, and this one must not slip
+    /// past it. And the grant's holder must not be disabled, neither here
+    /// nor in the store (a disable made on another replica that this one has
+    /// not read yet): the store check is after the record, so a disable
+    /// either is seen here or comes after the record, and its sweep finds
+    /// the grant. Otherwise the grant is taken back; if the store cannot
+    /// say, too (fail closed).
+    pub(super) async fn confirm_recorded(
+        &self,
+        who: &VerifiedIdentity,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        if let Err(e) = self.admit(who).await {
+            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
+            return Err(e);
+        }
+        let disabled = if self.registry.is_disabled(&grant.subject) {
+            Ok(true)
+        } else {
+            let stored = self.store.subject_disabled(&grant.subject).await;
+            if matches!(stored, Ok(true)) {
+                // Learnt before the next refresh: refuse it here from now on.
+                self.registry.disable_at_runtime(&grant.subject);
+            }
+            stored
+        };
+        match disabled {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
+                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                    grant.subject.clone(),
+                )))
+            }
+            Err(e) => {
+                let _ = self.store.revoke_grant(&grant.id, "store unavailable", now).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// ReleaseToken naming the token itself: its signature and expiry are
+    /// checked with this broker's keys, then [`Broker::release`] of its grant.
+    pub async fn release_token(
+        &self,
+        who: &VerifiedIdentity,
+        token: &str,
+    ) -> Result<(GrantId, RevokeOutcome), BrokerError> {
+        let jwks = self.jwks().await?;
+        let claims = tessera_core::token::verify_access_token(
+            token,
+            &jwks,
+            &self.settings.issuer,
+            self.clock.now(),
+            self.settings.leeway_secs,
+        )
+        .map_err(|e| {
+            log_rejected(&e);
+            BrokerError::NotLiveToken("token")
+        })?;
+        let id = GrantId::parse(&claims.jti).map_err(|_| BrokerError::NotLiveToken("token"))?;
+        let outcome = self.release(who, &id).await?;
+        Ok((id, outcome))
+    }
+
+    /// ReleaseToken: the holder gives its grant back.
+    pub async fn release(&self, who: &VerifiedIdentity, id: &GrantId) -> Result<RevokeOutcome, BrokerError> {
+        let grant = self
+            .store
+            .grant(id)
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        if &grant.subject != who.id() {
+            let mut event = self.event(AuditKind::TokenReleased, Outcome::Deny, Some(who));
+            event.grant_id = Some(id.to_string());
+            event.task_id = Some(grant.task_id.to_string());
+            return self.refuse(event, BrokerError::NotHolder(who.id().to_string())).await;
+        }
+        self.revoke(who, id, "released by holder", AuditKind::TokenReleased, None)
+            .await
+    }
+
+    /// RevokeGrant (operator).
+    pub async fn revoke_grant(
+        &self,
+        who: &VerifiedIdentity,
+        id: &GrantId,
+        reason: &str,
+    ) -> Result<RevokeOutcome, BrokerError> {
+        let allowed = self.require_operator(who, "RevokeGrant").await?;
+        self.revoke(who, id, reason, AuditKind::GrantRevoked, Some(&allowed))
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        who: &VerifiedIdentity,
+        id: &GrantId,
+        reason: &str,
+        kind: AuditKind,
+        allowed: Option<&policy::PolicyAllowed>,
+    ) -> Result<RevokeOutcome, BrokerError> {
+        let outcome = self
+            .store
+            .revoke_grant(id, reason, self.clock.now())
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        tracing::info!(
+            event = "grant_revoked",
+            grant_id = %id,
+            by = %who.id(),
+            changed = outcome.revoked,
+            descendants = outcome.descendants_revoked,
+            reason,
+            "grant revoked"
+        );
+        crate::telemetry::grant_revoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.grant_id = Some(id.to_string());
+        event.task_id = Some(outcome.grant.task_id.to_string());
+        event.reason = Some(reason.to_owned());
+        event.count = Some(u64::from(outcome.revoked) + outcome.descendants_revoked);
+        if let Some(allowed) = allowed {
+            allowed.stamp(&mut event);
+        }
+        self.audit(event).await?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tessera_core::identity::SpiffeId;
+    use tessera_core::task::{Audience, Scope, ScopeClass, TaskId};
+
+    use super::*;
+
+    #[test]
+    fn issued_debug_redacts_the_token() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let issued = Issued {
+            token: "eyJhbGciOiJFUzI1NiJ9.secret-claims.secret-signature".into(),
+            grant: Grant {
+                id: GrantId::parse("g1").unwrap(),
+                task_id: TaskId::parse("t1").unwrap(),
+                subject: SpiffeId::parse("spiffe://td/agent").unwrap(),
+                audience: Audience::parse("crm").unwrap(),
+                scopes: BTreeSet::from([Scope::parse("contacts.read").unwrap()]),
+                class: ScopeClass::Read,
+                issued_at: at,
+                expires_at: at + chrono::Duration::seconds(60),
+                parent: None,
+                key_id: "k1".into(),
+                state: GrantState::Active,
+                revoked_at: None,
+                revocation_reason: None,
+                impact: GrantImpact::default(),
+            },
+            token_type: "Bearer",
+        };
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(r#"token: "<redacted>""#), "{shown}");
+        assert!(shown.contains("g1") && shown.contains("spiffe://td/agent"), "{shown}");
+    }
+}
