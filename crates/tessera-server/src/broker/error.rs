@@ -11,6 +11,7 @@ use tessera_core::token::KeyError;
 use tessera_store::StoreError;
 
 use super::policy;
+use crate::audit::AuditError;
 
 /// Why a broker operation failed. [`BrokerError::kind`] decides the status code.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +49,7 @@ pub enum BrokerError {
     UnknownIdentity(SpiffeId),
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
-    Audit(String),
+    Audit(#[source] AuditError),
     /// Policy refused, or could not be asked.
     #[error(transparent)]
     Policy(#[from] policy::PolicyRefusal),

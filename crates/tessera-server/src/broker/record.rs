@@ -8,21 +8,15 @@ use tessera_core::identity::VerifiedIdentity;
 use tessera_core::ttl::Ttl;
 
 use super::{Broker, BrokerError, policy};
+use crate::audit::AuditError;
 
 /// Where audit records go: the chained file log in production.
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync {
-    /// Writes one record, durably per the sink's policy, within its time bound.
-    async fn record(&self, event: AuditEvent) -> Result<(), String>;
-}
-
-#[async_trait::async_trait]
-impl AuditSink for crate::audit::AuditLog {
-    async fn record(&self, event: AuditEvent) -> Result<(), String> {
-        crate::audit::AuditLog::record(self, event)
-            .await
-            .map_err(|e| e.to_string())
-    }
+    /// Writes one record, durably per the sink's policy, within its time
+    /// bound; an error means the record may not exist, so the operation
+    /// it records must not happen.
+    async fn record(&self, event: AuditEvent) -> Result<(), AuditError>;
 }
 
 fn actor(who: &VerifiedIdentity) -> Actor {
