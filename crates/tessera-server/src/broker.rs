@@ -22,6 +22,8 @@ pub mod policy;
 mod pop;
 mod record;
 mod tasks;
+#[cfg(test)]
+mod testing;
 mod tokens;
 mod verifier;
 

@@ -173,3 +173,74 @@ impl Broker {
         let _ = self.audit(event).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use crate::broker::testing::{AGENT, Fixture, ORCHESTRATOR};
+
+    /// Refused: the orchestrator may not request tokens.
+    async fn deny(f: &Fixture) {
+        let refused = f
+            .broker
+            .request_token(&f.who(ORCHESTRATOR), &f.ask("t1", &["contacts.read"]))
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+    }
+
+    #[tokio::test]
+    async fn too_many_denials_quarantine_until_the_quarantine_ends() {
+        let f = Fixture::with_anomaly(2).await;
+        f.task("t1").await;
+        deny(&f).await;
+        assert!(f.broker.admit(&f.who(ORCHESTRATOR)).await.is_ok());
+        deny(&f).await;
+        assert_eq!(f.audit.of(AuditKind::Quarantined).len(), 1);
+        let refused = f.broker.admit(&f.who(ORCHESTRATOR)).await;
+        assert!(matches!(refused, Err(BrokerError::Quarantined { .. })));
+        assert_eq!(f.audit.last().event, AuditKind::QuarantineRefused);
+        // Other identities go on.
+        assert!(f.broker.admit(&f.who(AGENT)).await.is_ok());
+        f.clock.advance(chrono::Duration::hours(1));
+        assert!(
+            f.broker.admit(&f.who(ORCHESTRATOR)).await.is_ok(),
+            "the quarantine ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quarantine_revokes_the_grants_and_refusals_are_audited_once_a_second() {
+        let f = Fixture::with_anomaly(1).await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        // The agent asks for a scope outside the catalog: denied, then quarantined.
+        let refused = f
+            .broker
+            .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.delete"]))
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(f.live("t1").await, 0);
+        assert_eq!(f.audit.of(AuditKind::Quarantined).last().unwrap().count, Some(1));
+        for _ in 0..3 {
+            assert!(f.broker.admit(&f.who(AGENT)).await.is_err());
+        }
+        assert_eq!(f.audit.of(AuditKind::QuarantineRefused).len(), 1);
+        f.clock.advance(chrono::Duration::seconds(1));
+        assert!(f.broker.admit(&f.who(AGENT)).await.is_err());
+        assert_eq!(f.audit.of(AuditKind::QuarantineRefused).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn without_anomaly_rules_nobody_is_quarantined() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        for _ in 0..30 {
+            deny(&f).await;
+        }
+        assert!(f.broker.admit(&f.who(ORCHESTRATOR)).await.is_ok());
+        assert!(f.audit.of(AuditKind::Quarantined).is_empty());
+    }
+}

@@ -471,3 +471,70 @@ impl Broker {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR};
+
+    async fn pending(f: &Fixture) -> Approval {
+        f.task("t1").await;
+        let who = f.who(AGENT);
+        let mut ask = f.ask("t1", &["payments.send"]);
+        // Write tokens are never bearer tokens: bound to the caller's certificate.
+        ask.binding = f.broker.request_binding(&who, "", true).await.unwrap();
+        match f.broker.request_token(&who, &ask).await.unwrap() {
+            TokenOutcome::Pending(approval) => approval,
+            TokenOutcome::Issued(_) => panic!("a high-impact scope must wait for approval"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_high_impact_request_waits_and_an_approval_yields_one_token() {
+        let f = Fixture::new().await;
+        let approval = pending(&f).await;
+        assert_eq!(f.audit.last().event, AuditKind::ApprovalPending);
+        assert_eq!(f.live("t1").await, 0, "no token before the approval");
+        let page = f.broker.list_approvals(&f.who(OPERATOR), None, 10).await.unwrap();
+        assert_eq!(page.approvals.len(), 1);
+        assert!(matches!(
+            f.broker.await_step(&f.who(AGENT), &approval.id).await,
+            Ok(AwaitStep::Pending(_))
+        ));
+        f.broker
+            .decide_approval(&f.who(OPERATOR), &approval.id, true, "ok")
+            .await
+            .unwrap();
+        let Ok(AwaitStep::Issued(issued)) = f.broker.await_step(&f.who(AGENT), &approval.id).await else {
+            panic!("an approved request yields its token");
+        };
+        assert_eq!(issued.grant.impact.approval_id.as_deref(), Some(approval.id.as_str()));
+        assert_eq!(f.live("t1").await, 1);
+        let again = f.broker.await_step(&f.who(AGENT), &approval.id).await;
+        assert!(again.is_err(), "exactly one token per approval");
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_denied_request_yields_no_token_and_only_its_requester_awaits_it() {
+        let f = Fixture::new().await;
+        let approval = pending(&f).await;
+        let other = f.broker.await_step(&f.who(AGENT2), &approval.id).await;
+        assert!(other.is_err(), "not the requester's");
+        let refused = f
+            .broker
+            .decide_approval(&f.who(AGENT), &approval.id, true, "mine")
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        f.broker
+            .decide_approval(&f.who(OPERATOR), &approval.id, false, "no")
+            .await
+            .unwrap();
+        let denied = f.broker.await_step(&f.who(AGENT), &approval.id).await;
+        assert_eq!(denied.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.live("t1").await, 0);
+    }
+}

@@ -315,3 +315,84 @@ fn binding_note(binding: Option<&Confirmation>) -> &'static str {
         None => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, id, scope};
+
+    fn to_agent2(scopes: &[&str]) -> DelegationRequest {
+        DelegationRequest {
+            delegate: id(AGENT2),
+            scopes: scopes.iter().map(|s| scope(s)).collect::<BTreeSet<_>>(),
+            ttl: None,
+            audience: None,
+            task_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holder_delegates_an_attenuated_child() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read", "notes.read"]).await;
+        let child = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .unwrap();
+        assert_eq!(child.grant.parent.as_ref(), Some(&parent.grant.id));
+        assert_eq!(child.grant.subject, id(AGENT2));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDelegated);
+        // The child dies with its parent.
+        f.broker.release(&f.who(AGENT), &parent.grant.id).await.unwrap();
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_child_wider_than_its_parent_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let refused = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.write"]), None)
+            .await;
+        assert!(refused.is_err());
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TokenDenied);
+        assert!(record.reason.unwrap().starts_with("delegation to spiffe://td/agent2: "));
+        assert_eq!(f.live("t1").await, 1);
+        let forged = f
+            .broker
+            .delegate_token(&f.who(AGENT), "e30.e30.e30", &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert!(matches!(
+            forged,
+            Err(BrokerError::Delegation(DelegationError::ParentNotLive))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_token_exchange_is_for_the_caller_only() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let wrong = f
+            .broker
+            .exchange_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert_eq!(wrong.err().map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+        let child = f
+            .broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .unwrap();
+        assert_eq!(child.grant.subject, id(AGENT2));
+    }
+}

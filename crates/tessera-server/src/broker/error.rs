@@ -122,3 +122,46 @@ impl BrokerError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::ErrorKind;
+
+    use super::*;
+    use crate::audit::{AuditError, Sink};
+
+    #[test]
+    fn each_error_has_the_kind_its_status_code_is_made_of() {
+        let cases = [
+            (
+                BrokerError::Audit(AuditError::Stopped {
+                    sink: Sink::Stream("test".into()),
+                }),
+                ErrorKind::Unavailable,
+            ),
+            (
+                BrokerError::GrantNotFound(GrantId::parse("g1").unwrap()),
+                ErrorKind::NotFound,
+            ),
+            (
+                BrokerError::NotHolder("spiffe://td/a".into()),
+                ErrorKind::PermissionDenied,
+            ),
+            (BrokerError::NotLiveToken("token"), ErrorKind::InvalidArgument),
+            (BrokerError::Binding("mtls_binding: no"), ErrorKind::InvalidArgument),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_audit_failure_keeps_its_cause_and_its_message() {
+        let err = BrokerError::Audit(AuditError::Stopped {
+            sink: Sink::Stream("test".into()),
+        });
+        assert!(err.to_string().starts_with("audit trail unavailable: "), "{err}");
+        let source = std::error::Error::source(&err).expect("the sink's error is the source");
+        assert!(source.downcast_ref::<AuditError>().is_some());
+    }
+}

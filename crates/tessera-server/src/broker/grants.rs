@@ -109,3 +109,59 @@ impl Broker {
         Ok(radius)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ErrorKind;
+    use tessera_core::blast::BlastTarget;
+
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR, id};
+
+    fn everything() -> GrantQuery {
+        GrantQuery {
+            page_size: 100,
+            ..GrantQuery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_operator_lists_live_grants_and_an_agent_may_not() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let page = f.broker.list_grants(&f.who(OPERATOR), everything()).await.unwrap();
+        assert_eq!(
+            page.grants.iter().map(|g| g.id.clone()).collect::<Vec<_>>(),
+            vec![issued.grant.id]
+        );
+        let refused = f.broker.list_grants(&f.who(AGENT), everything()).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let mut query = everything();
+        query.owner = Some("someone else".into());
+        assert!(
+            f.broker
+                .list_grants(&f.who(OPERATOR), query)
+                .await
+                .unwrap()
+                .grants
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn blast_radius_counts_live_grants_of_a_registered_identity() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        let radius = f
+            .broker
+            .blast_radius(&f.who(OPERATOR), &BlastTarget::Identity(id(AGENT)))
+            .await
+            .unwrap();
+        assert_eq!(radius.live_grants, 1);
+        let unknown = BlastTarget::Identity(id("spiffe://td/nobody"));
+        let refused = f.broker.blast_radius(&f.who(OPERATOR), &unknown).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    }
+}

@@ -198,3 +198,94 @@ impl Broker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+    use tessera_core::identity::AttestationMethod;
+
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR, id};
+
+    #[tokio::test]
+    async fn revoking_an_identity_revokes_its_grants_and_disabling_refuses_it() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        let done = f
+            .broker
+            .revoke_identity(&f.who(OPERATOR), &id(AGENT), "leaked", true)
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            IdentityRevoked {
+                grants_revoked: 1,
+                disabled: true
+            }
+        );
+        assert_eq!(f.live("t1").await, 0);
+        let kinds: Vec<_> = f.audit.records().iter().map(|r| r.event).collect();
+        assert!(
+            kinds.ends_with(&[AuditKind::IdentityDisabled, AuditKind::GrantRevoked]),
+            "{kinds:?}"
+        );
+        let refused = f
+            .broker
+            .attest_by(&id(AGENT), AttestationMethod::X509, "sha256:00".into());
+        assert!(refused.is_err(), "a disabled identity is refused at attestation");
+
+        assert!(
+            f.broker
+                .enable_identity(&f.who(OPERATOR), &id(AGENT), "fixed")
+                .await
+                .unwrap()
+        );
+        assert_eq!(f.audit.last().event, AuditKind::IdentityEnabled);
+        assert!(
+            f.broker
+                .attest_by(&id(AGENT), AttestationMethod::X509, "sha256:00".into())
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_operators_revoke_or_enable_identities() {
+        let f = Fixture::new().await;
+        let refused = f.broker.revoke_identity(&f.who(AGENT), &id(AGENT), "x", true).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert!(!f.broker.registry().is_disabled(&id(AGENT)));
+        let refused = f.broker.enable_identity(&f.who(AGENT), &id(AGENT), "x").await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let unknown = f
+            .broker
+            .revoke_identity(&f.who(OPERATOR), &id("spiffe://td/nobody"), "x", false)
+            .await;
+        assert_eq!(unknown.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    }
+
+    #[tokio::test]
+    async fn an_enable_that_cannot_be_audited_puts_the_disable_back() {
+        let f = Fixture::new().await;
+        f.broker
+            .revoke_identity(&f.who(OPERATOR), &id(AGENT), "x", true)
+            .await
+            .unwrap();
+        f.audit.fail(true);
+        let failed = f.broker.enable_identity(&f.who(OPERATOR), &id(AGENT), "x").await;
+        assert_eq!(failed.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        assert!(f.broker.registry().is_disabled(&id(AGENT)));
+    }
+
+    #[tokio::test]
+    async fn a_disable_made_by_another_replica_is_read_from_the_store() {
+        let f = Fixture::new().await;
+        tessera_store::GrantStore::disable_subject(&*f.store, &id(AGENT), "elsewhere", f.broker.now())
+            .await
+            .unwrap();
+        assert!(!f.broker.registry().is_disabled(&id(AGENT)));
+        f.broker.refresh_shared().await.unwrap();
+        assert!(f.broker.registry().is_disabled(&id(AGENT)));
+    }
+}

@@ -222,3 +222,68 @@ impl Broker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR};
+
+    async fn kids(f: &Fixture) -> Vec<String> {
+        f.broker.jwks().await.unwrap().keys.into_iter().map(|k| k.kid).collect()
+    }
+
+    #[tokio::test]
+    async fn a_rotation_publishes_the_new_key_first_and_keeps_the_old_one() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let before = f.issue("t1", &["contacts.read"]).await;
+        let (new, old) = f.broker.rotate_key(Some(&f.who(OPERATOR)), "test").await.unwrap();
+        assert_ne!(new, old);
+        assert_eq!(old, before.grant.key_id);
+        let published = kids(&f).await;
+        assert!(published.contains(&new) && published.contains(&old), "{published:?}");
+        let after = f.issue("t1", &["contacts.read"]).await;
+        assert_eq!(after.grant.key_id, new);
+        assert!(
+            f.broker
+                .introspect(&f.who(crate::broker::testing::VERIFIER), &before.token)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let kinds: Vec<_> = f.audit.records().iter().map(|r| r.event).collect();
+        assert!(
+            kinds.ends_with(&[AuditKind::KeyPublished, AuditKind::KeyRetired, AuditKind::TokenIssued]),
+            "{kinds:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retired_key_leaves_the_jwks_after_its_last_token_expired() {
+        let f = Fixture::new().await;
+        let (new, old) = f.broker.rotate_key(None, "test").await.unwrap();
+        // Max TTL (one hour) plus no leeway.
+        f.clock.advance(chrono::Duration::seconds(3599));
+        assert!(kids(&f).await.contains(&old));
+        f.clock.advance(chrono::Duration::seconds(2));
+        assert_eq!(kids(&f).await, vec![new]);
+    }
+
+    #[tokio::test]
+    async fn break_glass_ends_every_task_and_withdraws_every_other_key() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let token = f.issue("t1", &["contacts.read"]).await;
+        let refused = f.broker.revoke_all(&f.who(AGENT), "no").await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.live("t1").await, 1);
+        let (grants, new_kid) = f.broker.revoke_all(&f.who(OPERATOR), "incident").await.unwrap();
+        assert_eq!(grants, 1);
+        assert_eq!(kids(&f).await, vec![new_kid]);
+        assert_eq!(f.live("t1").await, 0);
+        let verifier = f.who(crate::broker::testing::VERIFIER);
+        assert!(f.broker.introspect(&verifier, &token.token).await.unwrap().is_none());
+    }
+}

@@ -450,3 +450,43 @@ pub fn reload_on_sighup(broker: Arc<Broker>) -> ReloadOnSighup {
         }
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR};
+
+    #[tokio::test]
+    async fn a_reload_without_a_policy_directory_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        let before = f.broker.policy_hash();
+        let refused = f.broker.reload_policy(Some(&f.who(OPERATOR))).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+        let record = f.audit.last();
+        assert_eq!(
+            (record.event, record.decision),
+            (AuditKind::PolicyReloaded, Outcome::Deny)
+        );
+        assert_eq!(f.broker.policy_hash(), before);
+        let refused = f.broker.reload_policy(Some(&f.who(AGENT))).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
+    }
+
+    #[tokio::test]
+    async fn policy_allows_by_role_and_stamps_its_decision() {
+        let f = Fixture::new().await;
+        let allowed = f
+            .broker
+            .authorize(&f.who(OPERATOR), &PolicyQuery::Operation(Operation::ListGrants))
+            .unwrap();
+        assert_eq!(allowed.action(), Action::ListGrants);
+        assert!(!allowed.policy_ids().is_empty());
+        let denied = f
+            .broker
+            .authorize(&f.who(AGENT), &PolicyQuery::Operation(Operation::ListGrants));
+        assert!(matches!(denied, Err(BrokerError::Policy(PolicyRefusal::Denied { .. }))));
+    }
+}

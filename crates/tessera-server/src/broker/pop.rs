@@ -167,4 +167,29 @@ mod tests {
         let odd = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, "sha256:zz".into()).unwrap();
         assert!(certificate_binding(&odd).is_err());
     }
+
+    use crate::broker::testing::{AGENT, Fixture};
+
+    #[tokio::test]
+    async fn an_mtls_caller_binds_to_its_certificate_and_one_binding_only() {
+        let f = Fixture::new().await;
+        let who = f.who(AGENT);
+        let bound = f.broker.request_binding(&who, "", true).await.unwrap();
+        assert!(matches!(bound, Some(Confirmation::X5tS256(_))));
+        assert_eq!(f.broker.request_binding(&who, "", false).await.unwrap(), None);
+        let both = f.broker.request_binding(&who, "a.b.c", true).await;
+        assert!(matches!(both, Err(BrokerError::Binding(_))));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_proof_is_refused_naming_its_field() {
+        let f = Fixture::new().await;
+        let refused = f.broker.request_binding(&f.who(AGENT), "not-a-proof", false).await;
+        let err = refused.err().unwrap();
+        assert_eq!(err.kind(), tessera_core::ErrorKind::InvalidArgument);
+        assert!(err.to_string().starts_with("pop_proof: "), "{err}");
+        let refused = f.broker.delegate_binding(&f.who(AGENT), "not-a-proof").await;
+        assert!(refused.err().unwrap().to_string().starts_with("delegate_pop_proof: "));
+    }
 }

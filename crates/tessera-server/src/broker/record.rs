@@ -86,3 +86,40 @@ impl Broker {
         event
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::audit::AuditKind;
+
+    use crate::broker::testing::{AGENT, Fixture, ORCHESTRATOR};
+
+    #[tokio::test]
+    async fn records_name_the_caller_and_the_policy_set_in_force() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let record = f.audit.last();
+        let who = record.who.unwrap();
+        assert_eq!(who.identity, ORCHESTRATOR);
+        assert_eq!(who.attestation.as_deref(), Some("x509"));
+        assert_eq!(record.policy_hash.as_deref(), Some(&*f.broker.policy_hash()));
+        assert_eq!(record.instance, "test-1");
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_audit_trail_and_comes_back_by_itself() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        assert!(f.broker.audit_healthy().await);
+        f.audit.fail(true);
+        assert!(
+            f.broker
+                .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.read"]))
+                .await
+                .is_err()
+        );
+        assert!(!f.broker.audit_healthy().await);
+        f.audit.fail(false);
+        assert!(f.broker.audit_healthy().await, "a probe record brings health back");
+        assert_eq!(f.audit.last().event, AuditKind::AuditRecovered);
+    }
+}

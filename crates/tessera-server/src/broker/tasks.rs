@@ -178,3 +178,87 @@ impl Broker {
         Ok(ended)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::{AuditKind, Outcome};
+    use tessera_core::task::{TaskId, TaskState};
+    use tessera_store::GrantStore as _;
+
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR, ORCHESTRATOR};
+
+    fn t1() -> TaskId {
+        TaskId::parse("t1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_orchestrator_starts_a_task_and_it_is_audited() {
+        let f = Fixture::new().await;
+        let task = f.task("t1").await;
+        assert_eq!(task.state, TaskState::Active);
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TaskStarted);
+        assert_eq!(record.count, Some(2), "two agents");
+        let (got, live) = f.broker.get_task(&f.who(ORCHESTRATOR), &t1()).await.unwrap();
+        assert_eq!((got.id, live), (t1(), 0));
+    }
+
+    #[tokio::test]
+    async fn an_agent_cannot_start_a_task() {
+        let f = Fixture::new().await;
+        let mut start = f.start("t1");
+        start.agents.clear();
+        start.agents.insert(crate::broker::testing::id(AGENT));
+        let refused = f.broker.start_task(&f.who(AGENT), start).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::TaskDenied, Outcome::Deny));
+        assert!(f.store.task(&t1()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unaudited_task_does_not_stand() {
+        let f = Fixture::new().await;
+        f.audit.fail(true);
+        let refused = f.broker.start_task(&f.who(ORCHESTRATOR), f.start("t1")).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        let stored = f.store.task(&t1()).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn completing_a_task_revokes_its_grants() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        let ended = f
+            .broker
+            .end_task(&f.who(ORCHESTRATOR), &t1(), TaskState::Completed, "done")
+            .await
+            .unwrap();
+        assert_eq!(ended.grants_revoked, 1);
+        assert_eq!(f.live("t1").await, 0);
+        let record = f.audit.last();
+        assert_eq!((record.event, record.count), (AuditKind::TaskCompleted, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn revoke_task_refuses_a_non_operator_before_it_looks_the_task_up() {
+        let f = Fixture::new().await;
+        let unknown = TaskId::parse("nope").unwrap();
+        let refused = f
+            .broker
+            .end_task(&f.who(AGENT), &unknown, TaskState::Revoked, "x")
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::AdminDenied);
+        assert!(record.reason.unwrap().starts_with("RevokeTask: "));
+        let missing = f
+            .broker
+            .end_task(&f.who(OPERATOR), &unknown, TaskState::Revoked, "x")
+            .await;
+        assert_eq!(missing.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    }
+}

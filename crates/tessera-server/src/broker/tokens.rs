@@ -358,4 +358,107 @@ mod tests {
         assert!(shown.contains(r#"token: "<redacted>""#), "{shown}");
         assert!(shown.contains("g1") && shown.contains("spiffe://td/agent"), "{shown}");
     }
+
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::{AuditKind, Outcome};
+    use tessera_store::GrantStore as _;
+
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, ORCHESTRATOR};
+
+    #[tokio::test]
+    async fn a_token_leaves_with_its_grant_recorded_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        assert_eq!(issued.token_type, "Bearer");
+        let stored = f.store.grant(&issued.grant.id).await.unwrap().unwrap();
+        assert!(stored.is_live_at(f.broker.now()));
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TokenIssued);
+        assert_eq!(record.decision, Outcome::Allow);
+        assert_eq!(record.grant_id.as_deref(), Some(issued.grant.id.as_str()));
+        assert_eq!(record.scopes, vec!["contacts.read".to_owned()]);
+        assert_eq!(record.ttl_secs, Some(300));
+    }
+
+    #[tokio::test]
+    async fn no_token_without_its_audit_record() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.audit.fail(true);
+        let refused = f
+            .broker
+            .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.read"]))
+            .await;
+        let err = refused.expect_err("no token may leave without its record");
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(matches!(err, BrokerError::Audit(_)), "{err}");
+        assert_eq!(f.live("t1").await, 0, "the recorded grant is taken back");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_is_no_agent_of_the_task_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let refused = f
+            .broker
+            .request_token(&f.who(ORCHESTRATOR), &f.ask("t1", &["contacts.read"]))
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::TokenDenied, Outcome::Deny));
+        assert_eq!(record.task_id.as_deref(), Some("t1"));
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_releases_its_grant() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let other = f.broker.release(&f.who(AGENT2), &issued.grant.id).await;
+        assert!(matches!(other, Err(BrokerError::NotHolder(_))));
+        assert_eq!(f.live("t1").await, 1);
+        let (id, outcome) = f.broker.release_token(&f.who(AGENT), &issued.token).await.unwrap();
+        assert_eq!(id, issued.grant.id);
+        assert!(outcome.revoked);
+        assert_eq!(f.live("t1").await, 0);
+        assert_eq!(f.audit.last().event, AuditKind::TokenReleased);
+        let forged = f.broker.release_token(&f.who(AGENT), "e30.e30.e30").await;
+        assert!(matches!(forged, Err(BrokerError::NotLiveToken("token"))));
+    }
+
+    #[tokio::test]
+    async fn only_an_operator_revokes_a_grant() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let refused = f.broker.revoke_grant(&f.who(AGENT), &issued.grant.id, "no").await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
+        assert_eq!(f.live("t1").await, 1);
+        let outcome = f
+            .broker
+            .revoke_grant(&f.who(OPERATOR), &issued.grant.id, "yes")
+            .await
+            .unwrap();
+        assert!(outcome.revoked);
+        assert_eq!(f.live("t1").await, 0);
+        let record = f.audit.last();
+        assert_eq!(
+            (record.event, record.reason.as_deref()),
+            (AuditKind::GrantRevoked, Some("yes"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_dies_with_its_lifetime_on_the_broker_clock() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        f.clock.advance(chrono::Duration::seconds(299));
+        assert_eq!(f.live("t1").await, 1);
+        f.clock.advance(chrono::Duration::seconds(1));
+        assert_eq!(f.live("t1").await, 0);
+    }
 }

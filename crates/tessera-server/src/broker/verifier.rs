@@ -166,3 +166,88 @@ impl Broker {
 pub(super) fn log_rejected(e: &JwsError) {
     tracing::debug!(reason = %e, "introspected token rejected");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::{AuditKind, Outcome};
+    use tessera_core::task::TaskState;
+
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, VERIFIER, id};
+
+    #[tokio::test]
+    async fn introspection_answers_live_tokens_only() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verifier = f.who(VERIFIER);
+        let claims = f.broker.introspect(&verifier, &issued.token).await.unwrap().unwrap();
+        assert_eq!((claims.client_id.as_str(), claims.task_id.as_str()), (AGENT, "t1"));
+        assert!(f.broker.introspect(&verifier, "e30.e30.e30").await.unwrap().is_none());
+        f.broker
+            .revoke_grant(&f.who(OPERATOR), &issued.grant.id, "x")
+            .await
+            .unwrap();
+        assert!(f.broker.introspect(&verifier, &issued.token).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn only_verifiers_introspect() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let refused = f.broker.introspect(&f.who(AGENT2), &issued.token).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::AdminDenied, Outcome::Deny));
+        assert!(record.reason.unwrap().starts_with("Introspect: "));
+    }
+
+    #[tokio::test]
+    async fn a_token_presented_by_its_holder_is_no_misuse() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verdict = f
+            .broker
+            .report_misuse(&f.who(VERIFIER), &issued.token, &id(AGENT))
+            .await;
+        assert_eq!(verdict.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn misuse_is_audited_and_with_anomaly_rules_ends_the_task() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verdict = f
+            .broker
+            .report_misuse(&f.who(VERIFIER), &issued.token, &id(AGENT2))
+            .await;
+        assert_eq!(verdict.unwrap(), Some(0), "anomaly rules off: nothing revoked");
+        assert_eq!(f.audit.last().event, AuditKind::TokenMisuse);
+        assert_eq!(f.live("t1").await, 1);
+
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verdict = f
+            .broker
+            .report_misuse(&f.who(VERIFIER), &issued.token, &id(AGENT2))
+            .await;
+        assert_eq!(verdict.unwrap(), Some(1));
+        let task = f
+            .broker
+            .get_task(&f.who(OPERATOR), &issued.grant.task_id)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(task.state, TaskState::Revoked);
+        let refused = f.broker.admit(&f.who(AGENT2)).await;
+        assert!(
+            matches!(refused, Err(BrokerError::Quarantined { .. })),
+            "the presenter is quarantined"
+        );
+    }
+}
