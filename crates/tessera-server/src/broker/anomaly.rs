@@ -111,8 +111,9 @@ impl Broker {
         };
         tracing::debug!(event = "quarantine_refused", identity = %who.id(), until = %until, "quarantined caller refused");
         if audit {
-            let event = self.event(AuditKind::QuarantineRefused, Outcome::Deny, Some(who));
-            return self.refuse(event, err).await;
+            return self
+                .deny(self.denial(AuditKind::QuarantineRefused, Some(who)), err)
+                .await;
         }
         Err(err)
     }

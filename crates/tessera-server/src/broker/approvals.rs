@@ -21,6 +21,7 @@ use tessera_core::policy::{Operation, PolicyQuery, TokenAction, TokenFacts};
 use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
 use tessera_store::{ApprovalPage, ApprovalStore, Transition};
 
+use super::record::{Denial, DenialLog};
 use super::{Broker, BrokerError, Issued};
 
 /// How approvals behave (`[approvals]`).
@@ -176,23 +177,18 @@ impl Broker {
         match risk::assess(plan, who.identity().kind, &self.catalog, &self.settings.risk, terms, 0) {
             Ok(a) => Ok(a),
             Err(e) => {
-                tracing::info!(
-                    event = "token_denied",
-                    subject = %who.id(),
-                    task_id = %req.task_id,
-                    audience = %req.audience,
-                    reason = %e,
-                    "token request denied"
-                );
-                crate::telemetry::decision("request_token", false);
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, req);
+                let mut denial = Denial::of(
+                    self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, req),
+                    Some(who),
+                )
+                .logged(DenialLog::Token)
+                .metric("request_token")
+                .counted();
                 if let RiskError::BlastRadiusExceeded { score, .. } = &e {
-                    event.blast_radius = Some(*score);
+                    denial.event.blast_radius = Some(*score);
                 }
-                event.approval_id = approval_id.map(ToString::to_string);
-                let refused = self.refuse(event, e.into()).await;
-                self.count_denial(who).await;
-                refused
+                denial.event.approval_id = approval_id.map(ToString::to_string);
+                self.deny(denial, e.into()).await
             }
         }
     }
@@ -298,25 +294,20 @@ impl Broker {
             .await?
             .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
         let mut event = self.token_event(AuditKind::ApprovalDecided, Outcome::Deny, who, &request_of(&current));
+        let denial = |event: &AuditEvent| Denial::of(event.clone(), Some(who));
         event.class = Some(current.class.to_string());
         event.approval_id = Some(id.to_string());
         event.blast_radius = Some(current.blast_radius);
         event.approver = Some(who.id().to_string());
         if let Err(e) = approval::check_decision(&current, who.id(), now) {
             let self_decision = matches!(e, ApprovalError::SelfDecision(_));
-            let refused = self.refuse(event, e.into()).await;
-            if self_decision {
-                self.count_denial(who).await;
-            }
-            return refused;
+            return self.deny(denial(&event).counted_if(self_decision), e.into()).await;
         }
         // Policy decides whether `who` may approve this request
         // (ApproveRequest, with the requester); code has already refused a
         // self-decision whatever policy says.
         if let Err(e) = self.authorize_approval(who, &current).await {
-            let refused = self.refuse(event, e).await;
-            self.count_denial(who).await;
-            return refused;
+            return self.deny(denial(&event).counted(), e).await;
         }
         let decision = ApprovalDecision {
             approve,
@@ -335,7 +326,7 @@ impl Broker {
                         state: a.state_at(now),
                     },
                 };
-                return self.refuse(event, e.into()).await;
+                return self.deny(denial(&event), e.into()).await;
             }
             None => return Err(ApprovalError::NotFound(id.clone()).into()),
         };
@@ -375,11 +366,10 @@ impl Broker {
             Ok(None) => Ok(AwaitStep::Pending(current)),
             Ok(Some(())) => self.redeem(who, current).await.map(AwaitStep::Issued),
             Err(e @ ApprovalError::NotRequester(_)) => {
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &request_of(&current));
-                event.approval_id = Some(id.to_string());
-                let refused = self.refuse(event, e.into()).await;
-                self.count_denial(who).await;
-                refused
+                let event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &request_of(&current));
+                let mut denial = Denial::of(event, Some(who)).counted();
+                denial.event.approval_id = Some(id.to_string());
+                self.deny(denial, e.into()).await
             }
             Err(e) => Err(e.into()),
         }
@@ -437,10 +427,10 @@ impl Broker {
         let (allowed, plan) = match decided {
             Ok(decided) => decided,
             Err(e) => {
-                crate::telemetry::decision("request_token", false);
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &req);
-                event.approval_id = Some(approved.id.to_string());
-                return self.refuse(event, e).await;
+                let event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &req);
+                let mut denial = Denial::of(event, Some(who)).metric("request_token");
+                denial.event.approval_id = Some(approved.id.to_string());
+                return self.deny(denial, e).await;
             }
         };
         let terms = Self::policy_terms(&allowed);

@@ -5,7 +5,7 @@
 //! record the child under its parent (the store refuses a child under a dead
 //! parent, atomically with the parent's revocation), audit.
 
-use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::audit::AuditKind;
 use tessera_core::delegation::{self, DelegationError, DelegationLimits, DelegationRequest, ParentToken};
 use tessera_core::grant::{Grant, GrantId, GrantState};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
@@ -13,6 +13,7 @@ use tessera_core::task::ScopeClass;
 use tessera_core::token::{ACCESS_TOKEN_TYP, Confirmation};
 use tessera_store::StoreError;
 
+use super::record::DenialLog;
 use super::{Broker, BrokerError, Issued};
 
 /// `[delegation]` and `[tokens] bound_classes`, as the broker applies them.
@@ -102,24 +103,17 @@ impl Broker {
                 return Err(e);
             }
             Err(e) => {
-                tracing::info!(
-                    event = "delegation_denied",
-                    subject = %who.id(),
-                    delegate = %req.delegate,
-                    reason = %e,
-                    "delegation denied"
-                );
-                crate::telemetry::decision("delegate_token", false);
-                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-                event.task_id = req.task_id.as_ref().map(ToString::to_string);
-                event.audience = req.audience.as_ref().map(ToString::to_string);
-                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
-                event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                event.reason = Some(format!("delegation to {}: {e}", req.delegate));
-                let audited = self.audit(event).await;
-                self.count_denial(who).await;
-                audited?;
-                return Err(e);
+                let mut denial = self
+                    .denial(AuditKind::TokenDenied, Some(who))
+                    .logged(DenialLog::Delegation(req.delegate.clone()))
+                    .metric("delegate_token")
+                    .counted()
+                    .reason(format!("delegation to {}: {e}", req.delegate));
+                denial.event.task_id = req.task_id.as_ref().map(ToString::to_string);
+                denial.event.audience = req.audience.as_ref().map(ToString::to_string);
+                denial.event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                denial.event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                return self.deny(denial, e).await;
             }
         };
         let id = self.store.new_grant_id(&plan.task_id).await?;

@@ -298,14 +298,12 @@ impl Broker {
         match decided {
             Ok(allowed) => Ok(allowed),
             Err(e) => {
-                crate::telemetry::decision("operator_rpc", false);
-                let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
-                event.reason = Some(format!("{rpc}: {e}"));
-                stamp_refusal(&mut event, &e);
-                let audited = self.audit(event).await;
-                self.count_denial(who).await;
-                audited?;
-                Err(e)
+                let denial = self
+                    .denial(AuditKind::AdminDenied, Some(who))
+                    .metric("operator_rpc")
+                    .counted()
+                    .reason(format!("{rpc}: {e}"));
+                self.deny(denial, e).await
             }
         }
     }
@@ -412,9 +410,8 @@ impl Broker {
             Err(refusal) => {
                 metrics::counter!(POLICY_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(event = "policy_reload_refused", error = %refusal, policy_hash = %old.hash(), "policy reload refused; the policy in force stays");
-                event.decision = Outcome::Deny;
                 event.policy_hash = Some(old.hash().to_string());
-                self.refuse(event, refusal.into()).await
+                self.deny(super::record::Denial::of(event, who), refusal.into()).await
             }
         }
     }

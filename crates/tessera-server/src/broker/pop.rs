@@ -7,11 +7,12 @@
 //! client certificate (`x5t#S256`).
 
 use base64::Engine as _;
-use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::audit::AuditKind;
 use tessera_core::identity::{AttestationMethod, VerifiedIdentity};
 use tessera_core::pop::{self, PROOF_MAX_AGE, ProofCheck, ProofError};
 use tessera_core::token::Confirmation;
 
+use super::record::DenialLog;
 use super::{Broker, BrokerError};
 
 /// `htu` of proofs sent with RequestToken.
@@ -107,12 +108,12 @@ impl Broker {
         ) {
             return Err(e);
         }
-        tracing::info!(event = "binding_refused", subject = %who.id(), reason = %e, "proof of possession refused");
-        crate::telemetry::decision(operation, false);
-        let event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-        let refused = self.refuse(event, e).await;
-        self.count_denial(who).await;
-        refused
+        let denial = self
+            .denial(AuditKind::TokenDenied, Some(who))
+            .logged(DenialLog::Binding)
+            .metric(operation)
+            .counted();
+        self.deny(denial, e).await
     }
 }
 

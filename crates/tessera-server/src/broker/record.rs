@@ -65,11 +65,39 @@ impl Broker {
         self.audit(event).await.is_ok()
     }
 
-    /// Audits a refusal, then returns it (UNAVAILABLE if it cannot be audited).
-    pub(super) async fn refuse<T>(&self, mut event: AuditEvent, err: BrokerError) -> Result<T, BrokerError> {
-        event.reason = Some(err.to_string());
+    /// A refusal of `who` to record as a `kind` record; see [`Broker::deny`].
+    pub(super) fn denial<'a>(&self, kind: AuditKind, who: Option<&'a VerifiedIdentity>) -> Denial<'a> {
+        Denial::of(self.event(kind, Outcome::Deny, who), who)
+    }
+
+    /// Records a refusal, the one way every use case does: its log line,
+    /// its decision metric, its audit record (reason and refusing policies
+    /// taken from `err` unless the denial names its own reason), then the
+    /// denial count toward the anomaly rule; then answers `err`, or
+    /// UNAVAILABLE when the record could not be written (the refusal still
+    /// counts).
+    pub(super) async fn deny<T>(&self, denial: Denial<'_>, err: BrokerError) -> Result<T, BrokerError> {
+        let Denial {
+            mut event,
+            who,
+            metric,
+            counted,
+            log,
+            reason,
+        } = denial;
+        if let (Some(log), Some(who)) = (log, who) {
+            log.write(who, &event, &err);
+        }
+        if let Some(operation) = metric {
+            crate::telemetry::decision(operation, false);
+        }
+        event.reason = Some(reason.unwrap_or_else(|| err.to_string()));
         policy::stamp_refusal(&mut event, &err);
-        self.audit(event).await?;
+        let audited = self.audit(event).await;
+        if counted && let Some(who) = who {
+            self.count_denial(who).await;
+        }
+        audited?;
         Err(err)
     }
 
@@ -87,10 +115,105 @@ impl Broker {
     }
 }
 
+/// A refusal on its way to the record: built by [`Broker::denial`] (or
+/// [`Denial::of`] a record already filled in), written by [`Broker::deny`].
+#[must_use = "a denial is recorded only by Broker::deny"]
+pub(super) struct Denial<'a> {
+    /// The audit record; use cases fill in what they know of the request.
+    pub(super) event: AuditEvent,
+    who: Option<&'a VerifiedIdentity>,
+    metric: Option<&'static str>,
+    counted: bool,
+    log: Option<DenialLog>,
+    reason: Option<String>,
+}
+
+impl<'a> Denial<'a> {
+    /// A denial recorded as `event` (its decision is set to deny).
+    pub(super) fn of(mut event: AuditEvent, who: Option<&'a VerifiedIdentity>) -> Self {
+        event.decision = Outcome::Deny;
+        Self {
+            event,
+            who,
+            metric: None,
+            counted: false,
+            log: None,
+            reason: None,
+        }
+    }
+
+    /// Counted in `tessera_decisions_total{operation, result="denied"}`.
+    pub(super) fn metric(mut self, operation: &'static str) -> Self {
+        self.metric = Some(operation);
+        self
+    }
+
+    /// Counted toward the anomaly rule (a denial the caller could have avoided).
+    pub(super) fn counted(mut self) -> Self {
+        self.counted = true;
+        self
+    }
+
+    /// Counted toward the anomaly rule when `yes`.
+    pub(super) fn counted_if(mut self, yes: bool) -> Self {
+        self.counted = yes;
+        self
+    }
+
+    /// Logged at info as `log`.
+    pub(super) fn logged(mut self, log: DenialLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Recorded with this reason instead of the error's text.
+    pub(super) fn reason(mut self, reason: String) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// The info log line of a refusal, by what was refused.
+#[derive(Debug)]
+pub(super) enum DenialLog {
+    /// `token_denied`: a token request.
+    Token,
+    /// `delegation_denied`: a delegation to this delegate.
+    Delegation(tessera_core::identity::SpiffeId),
+    /// `binding_refused`: a proof of possession or certificate binding.
+    Binding,
+}
+
+impl DenialLog {
+    fn write(&self, who: &VerifiedIdentity, event: &AuditEvent, err: &BrokerError) {
+        match self {
+            Self::Token => tracing::info!(
+                event = "token_denied",
+                subject = %who.id(),
+                task_id = %event.task_id.as_deref().unwrap_or_default(),
+                audience = %event.audience.as_deref().unwrap_or_default(),
+                reason = %err,
+                "token request denied"
+            ),
+            Self::Delegation(delegate) => tracing::info!(
+                event = "delegation_denied",
+                subject = %who.id(),
+                delegate = %delegate,
+                reason = %err,
+                "delegation denied"
+            ),
+            Self::Binding => {
+                tracing::info!(event = "binding_refused", subject = %who.id(), reason = %err, "proof of possession refused");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tessera_core::audit::AuditKind;
 
+    use super::*;
     use crate::broker::testing::{AGENT, Fixture, ORCHESTRATOR};
 
     #[tokio::test]
@@ -121,5 +244,47 @@ mod tests {
         f.audit.fail(false);
         assert!(f.broker.audit_healthy().await, "a probe record brings health back");
         assert_eq!(f.audit.last().event, AuditKind::AuditRecovered);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_recorded_with_the_error_as_its_reason_unless_it_names_one() {
+        let f = Fixture::new().await;
+        let who = f.who(AGENT);
+        let denial = f.broker.denial(AuditKind::TokenReleased, Some(&who));
+        let answered: Result<(), _> = f.broker.deny(denial, BrokerError::NotLiveToken("token")).await;
+        assert!(matches!(answered, Err(BrokerError::NotLiveToken("token"))));
+        let record = f.audit.last();
+        assert_eq!(record.decision, tessera_core::audit::Outcome::Deny);
+        assert_eq!(
+            record.reason.as_deref(),
+            Some("token: not a live token issued by this broker")
+        );
+        let denial = f
+            .broker
+            .denial(AuditKind::AdminDenied, Some(&who))
+            .reason("Mine: no".into());
+        let _: Result<(), _> = f.broker.deny(denial, BrokerError::NotLiveToken("token")).await;
+        assert_eq!(f.audit.last().reason.as_deref(), Some("Mine: no"));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_cannot_be_recorded_is_unavailable_and_still_counts() {
+        let f = Fixture::with_anomaly(1).await;
+        let who = f.who(AGENT);
+        f.audit.fail(true);
+        let denial = f.broker.denial(AuditKind::TokenDenied, Some(&who)).counted();
+        let answered: Result<(), _> = f.broker.deny(denial, BrokerError::NotLiveToken("token")).await;
+        assert_eq!(
+            answered.err().map(|e| e.kind()),
+            Some(tessera_core::ErrorKind::Unavailable)
+        );
+        f.audit.fail(false);
+        assert!(f.broker.admit(&who).await.is_err(), "the refusal counted: quarantined");
+        // An uncounted refusal does not quarantine.
+        let f = Fixture::with_anomaly(1).await;
+        let who = f.who(AGENT);
+        let denial = f.broker.denial(AuditKind::TokenDenied, Some(&who));
+        let _: Result<(), _> = f.broker.deny(denial, BrokerError::NotLiveToken("token")).await;
+        assert!(f.broker.admit(&who).await.is_ok());
     }
 }

@@ -8,7 +8,7 @@ use tessera_core::policy::{PolicyQuery, TaskAction};
 use tessera_core::task::{Task, TaskError, TaskId, TaskState};
 use tessera_store::TaskEnded;
 
-use super::{Broker, BrokerError, policy};
+use super::{Broker, BrokerError};
 
 impl Broker {
     /// StartTask.
@@ -42,12 +42,12 @@ impl Broker {
         let (task, allowed) = match decided {
             Ok(decided) => decided,
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                crate::telemetry::decision("start_task", false);
-                let mut event = self.event(AuditKind::TaskDenied, Outcome::Deny, Some(who));
-                event.task_id = Some(requested);
-                let refused = self.refuse(event, e).await;
-                self.count_denial(who).await;
-                return refused;
+                let mut denial = self
+                    .denial(AuditKind::TaskDenied, Some(who))
+                    .metric("start_task")
+                    .counted();
+                denial.event.task_id = Some(requested);
+                return self.deny(denial, e).await;
             }
             Err(e) => return Err(e),
         };
@@ -134,20 +134,18 @@ impl Broker {
         let allowed = match self.authorize(who, &query) {
             Ok(allowed) => allowed,
             Err(e) => {
-                crate::telemetry::decision(crate::telemetry::end_task_operation(state), false);
                 let (kind, reason) = if revoking {
                     (AuditKind::AdminDenied, format!("RevokeTask: {e}"))
                 } else {
                     (AuditKind::TaskDenied, e.to_string())
                 };
-                let mut event = self.event(kind, Outcome::Deny, Some(who));
-                event.task_id = Some(id.to_string());
-                event.reason = Some(reason);
-                policy::stamp_refusal(&mut event, &e);
-                let audited = self.audit(event).await;
-                self.count_denial(who).await;
-                audited?;
-                return Err(e);
+                let mut denial = self
+                    .denial(kind, Some(who))
+                    .metric(crate::telemetry::end_task_operation(state))
+                    .counted()
+                    .reason(reason);
+                denial.event.task_id = Some(id.to_string());
+                return self.deny(denial, e).await;
             }
         };
         if task.is_none() {

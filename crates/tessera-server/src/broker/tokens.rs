@@ -8,6 +8,7 @@ use tessera_core::issuance::{self, TokenRequest};
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera_store::RevokeOutcome;
 
+use super::record::DenialLog;
 use super::verifier::log_rejected;
 use super::{Broker, BrokerError, TokenOutcome, policy};
 
@@ -44,34 +45,27 @@ impl Broker {
         let (allowed, plan) = match decided {
             Ok(decided) => decided,
             Err(e) => {
-                tracing::info!(
-                    event = "token_denied",
-                    subject = %who.id(),
-                    task_id = %req.task_id,
-                    audience = %req.audience,
-                    reason = %e,
-                    "token request denied"
-                );
-                crate::telemetry::decision("request_token", false);
-                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-                event.task_id = Some(req.task_id.to_string());
-                event.audience = Some(req.audience.to_string());
-                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
-                event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                let refused = self.refuse(event, e).await;
-                self.count_denial(who).await;
-                return refused;
+                let mut denial = self
+                    .denial(AuditKind::TokenDenied, Some(who))
+                    .logged(DenialLog::Token)
+                    .metric("request_token")
+                    .counted();
+                denial.event.task_id = Some(req.task_id.to_string());
+                denial.event.audience = Some(req.audience.to_string());
+                denial.event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                denial.event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                return self.deny(denial, e).await;
             }
         };
         if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
-            crate::telemetry::decision("request_token", false);
-            let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-            event.task_id = Some(req.task_id.to_string());
-            event.audience = Some(req.audience.to_string());
-            event.class = Some(plan.class.to_string());
-            let refused = self.refuse(event, e).await;
-            self.count_denial(who).await;
-            return refused;
+            let mut denial = self
+                .denial(AuditKind::TokenDenied, Some(who))
+                .metric("request_token")
+                .counted();
+            denial.event.task_id = Some(req.task_id.to_string());
+            denial.event.audience = Some(req.audience.to_string());
+            denial.event.class = Some(plan.class.to_string());
+            return self.deny(denial, e).await;
         }
         // Policy's obligations (approval, max TTL, blast-radius cap) go to
         // the same assessment as the catalog's and the configuration's.
@@ -264,10 +258,10 @@ impl Broker {
             .await?
             .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
         if &grant.subject != who.id() {
-            let mut event = self.event(AuditKind::TokenReleased, Outcome::Deny, Some(who));
-            event.grant_id = Some(id.to_string());
-            event.task_id = Some(grant.task_id.to_string());
-            return self.refuse(event, BrokerError::NotHolder(who.id().to_string())).await;
+            let mut denial = self.denial(AuditKind::TokenReleased, Some(who));
+            denial.event.grant_id = Some(id.to_string());
+            denial.event.task_id = Some(grant.task_id.to_string());
+            return self.deny(denial, BrokerError::NotHolder(who.id().to_string())).await;
         }
         self.revoke(who, id, "released by holder", AuditKind::TokenReleased, None)
             .await
