@@ -42,13 +42,20 @@ use tessera_core::anomaly::AnomalyRule;
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::clock::Clock;
-use tessera_core::identity::{IdentityRegistry, VerifiedIdentity};
+use tessera_core::identity::IdentityRegistry;
 use tessera_core::orchestration::TaskLimits;
 use tessera_core::token::SigningKey;
 use tessera_core::ttl::TtlLimits;
 use tessera_store::{GrantStore, PublishedKey, StoreError};
 
 use self::anomaly::Anomaly;
+
+/// A request field as the edge parsed it, or the field that could not be
+/// parsed. Admin use cases take their input this way so that they authorize
+/// the caller first: a caller without the right is refused (and audited)
+/// whatever it sent, and only an allowed caller hears that a field is
+/// malformed.
+pub type Asked<T> = Result<T, crate::status::FieldError>;
 
 /// Limits and names the broker runs with.
 #[derive(Debug, Clone)]
@@ -186,16 +193,6 @@ impl Broker {
     pub fn with_replay_cache(mut self, replay: Arc<dyn tessera_store::replay::ReplayCache>) -> Self {
         self.replay = replay;
         self
-    }
-
-    /// Fails unless policy lets `who` make the admin call `rpc` (the baseline:
-    /// operators only); a refusal is audited as `admin_denied`.
-    pub async fn require_operator(
-        &self,
-        who: &VerifiedIdentity,
-        rpc: &str,
-    ) -> Result<policy::PolicyAllowed, BrokerError> {
-        self.authorize_call(who, rpc).await
     }
 
     /// The trust domain callers must belong to.

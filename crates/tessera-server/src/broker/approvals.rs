@@ -22,7 +22,7 @@ use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
 use tessera_store::{ApprovalPage, ApprovalStore, Transition};
 
 use super::record::{Denial, DenialLog};
-use super::{Broker, BrokerError, Issued};
+use super::{Asked, Broker, BrokerError, Issued};
 
 /// How approvals behave (`[approvals]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,11 +263,11 @@ impl Broker {
     pub async fn list_approvals(
         &self,
         who: &VerifiedIdentity,
-        after: Option<&str>,
-        limit: usize,
+        page: Asked<(Option<String>, usize)>,
     ) -> Result<ApprovalPage, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::ListApprovals))?;
+        self.authorize(who, Operation::ListApprovals).await?;
+        let (after, limit) = page?;
+        let after = after.as_deref();
         Ok(self
             .approvals
             .store
@@ -280,12 +280,12 @@ impl Broker {
     pub async fn decide_approval(
         &self,
         who: &VerifiedIdentity,
-        id: &ApprovalId,
+        asked: Asked<(ApprovalId, String)>,
         approve: bool,
-        reason: &str,
     ) -> Result<Approval, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::DecideApproval))?;
+        self.authorize(who, Operation::DecideApproval).await?;
+        let (id, reason) = asked?;
+        let (id, reason) = (&id, reason.as_str());
         let now = self.clock.now();
         let current = self
             .approvals
@@ -389,7 +389,7 @@ impl Broker {
             blast_radius: Some(current.blast_radius),
             requester: Some(&current.request.requester),
         };
-        self.authorize(
+        self.ask_policy(
             who,
             &PolicyQuery::Token {
                 action: TokenAction::Approve,
@@ -488,14 +488,14 @@ mod tests {
         let approval = pending(&f).await;
         assert_eq!(f.audit.last().event, AuditKind::ApprovalPending);
         assert_eq!(f.live("t1").await, 0, "no token before the approval");
-        let page = f.broker.list_approvals(&f.who(OPERATOR), None, 10).await.unwrap();
+        let page = f.broker.list_approvals(&f.who(OPERATOR), Ok((None, 10))).await.unwrap();
         assert_eq!(page.approvals.len(), 1);
         assert!(matches!(
             f.broker.await_step(&f.who(AGENT), &approval.id).await,
             Ok(AwaitStep::Pending(_))
         ));
         f.broker
-            .decide_approval(&f.who(OPERATOR), &approval.id, true, "ok")
+            .decide_approval(&f.who(OPERATOR), Ok((approval.id.clone(), "ok".into())), true)
             .await
             .unwrap();
         let Ok(AwaitStep::Issued(issued)) = f.broker.await_step(&f.who(AGENT), &approval.id).await else {
@@ -516,11 +516,11 @@ mod tests {
         assert!(other.is_err(), "not the requester's");
         let refused = f
             .broker
-            .decide_approval(&f.who(AGENT), &approval.id, true, "mine")
+            .decide_approval(&f.who(AGENT), Ok((approval.id.clone(), "mine".into())), true)
             .await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         f.broker
-            .decide_approval(&f.who(OPERATOR), &approval.id, false, "no")
+            .decide_approval(&f.who(OPERATOR), Ok((approval.id.clone(), "no".into())), false)
             .await
             .unwrap();
         let denied = f.broker.await_step(&f.who(AGENT), &approval.id).await;

@@ -265,7 +265,7 @@ impl Broker {
             blast_radius: Some(parent.grant().impact.blast_radius),
             requester: None,
         };
-        let allowed = self.authorize(
+        let allowed = self.ask_policy(
             principal,
             &tessera_core::policy::PolicyQuery::Token {
                 action: tessera_core::policy::TokenAction::Delegate,

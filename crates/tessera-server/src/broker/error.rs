@@ -47,6 +47,9 @@ pub enum BrokerError {
     /// The identity named by an operator is not registered.
     #[error("identity `{0}` is not registered")]
     UnknownIdentity(SpiffeId),
+    /// A request field is malformed (see [`super::Asked`]).
+    #[error(transparent)]
+    Field(#[from] crate::status::FieldError),
     /// No audit record could be written, so the operation does not happen.
     #[error("audit trail unavailable: {0}")]
     Audit(#[source] AuditError),
@@ -118,7 +121,9 @@ impl BrokerError {
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Delegation(e) => e.kind(),
             Self::Proof { source, .. } => source.kind(),
-            Self::Unbound { .. } | Self::Binding(_) | Self::NotLiveToken(_) => ErrorKind::InvalidArgument,
+            Self::Unbound { .. } | Self::Binding(_) | Self::NotLiveToken(_) | Self::Field(_) => {
+                ErrorKind::InvalidArgument
+            }
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Operator views over many grants: ListGrants and BlastRadius.
 
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
-use tessera_core::policy::{Operation, PolicyQuery};
+use tessera_core::policy::Operation;
 use tessera_store::{GrantFilter, GrantPage, StoreError};
 
-use super::{Broker, BrokerError};
+use super::{Asked, Broker, BrokerError};
 
 /// A ListGrants query, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,9 +21,13 @@ pub struct GrantQuery {
 
 impl Broker {
     /// ListGrants (operator): live grants matching `query`, one page.
-    pub async fn list_grants(&self, who: &VerifiedIdentity, query: GrantQuery) -> Result<GrantPage, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::ListGrants))?;
+    pub async fn list_grants(
+        &self,
+        who: &VerifiedIdentity,
+        query: Asked<GrantQuery>,
+    ) -> Result<GrantPage, BrokerError> {
+        self.authorize(who, Operation::ListGrants).await?;
+        let query = query?;
         let mut filter = query.filter;
         if let Some(owner) = &query.owner {
             let owned = self.registry.owned_by(owner);
@@ -48,20 +52,20 @@ impl Broker {
 
     /// BlastRadius (operator): what the live grants of an identity, an
     /// owner's identities or a task reach now. Read-only, so not audited
-    /// (a refused caller is, by [`Broker::require_operator`]). An identity
+    /// (a refused caller is, by [`Broker::authorize`]). An identity
     /// must be registered and a task must exist; a target with more than
     /// [`tessera_core::blast::MAX_BLAST_GRANTS`] live grants is refused
     /// (RESOURCE_EXHAUSTED) rather than summarised from a partial view.
     pub async fn blast_radius(
         &self,
         who: &VerifiedIdentity,
-        target: &tessera_core::blast::BlastTarget,
+        target: Asked<tessera_core::blast::BlastTarget>,
     ) -> Result<tessera_core::blast::BlastRadius, BrokerError> {
         use tessera_core::blast::{self, BlastTarget, MAX_BLAST_GRANTS};
         use tessera_store::MAX_GRANT_PAGE;
 
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::BlastRadius))?;
+        self.authorize(who, Operation::BlastRadius).await?;
+        let target = &target?;
         let mut filter = GrantFilter::default();
         match target {
             BlastTarget::Identity(id) => {
@@ -130,18 +134,18 @@ mod tests {
         let f = Fixture::new().await;
         f.task("t1").await;
         let issued = f.issue("t1", &["contacts.read"]).await;
-        let page = f.broker.list_grants(&f.who(OPERATOR), everything()).await.unwrap();
+        let page = f.broker.list_grants(&f.who(OPERATOR), Ok(everything())).await.unwrap();
         assert_eq!(
             page.grants.iter().map(|g| g.id.clone()).collect::<Vec<_>>(),
             vec![issued.grant.id]
         );
-        let refused = f.broker.list_grants(&f.who(AGENT), everything()).await;
+        let refused = f.broker.list_grants(&f.who(AGENT), Ok(everything())).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         let mut query = everything();
         query.owner = Some("someone else".into());
         assert!(
             f.broker
-                .list_grants(&f.who(OPERATOR), query)
+                .list_grants(&f.who(OPERATOR), Ok(query))
                 .await
                 .unwrap()
                 .grants
@@ -156,12 +160,37 @@ mod tests {
         f.issue("t1", &["contacts.read"]).await;
         let radius = f
             .broker
-            .blast_radius(&f.who(OPERATOR), &BlastTarget::Identity(id(AGENT)))
+            .blast_radius(&f.who(OPERATOR), Ok(BlastTarget::Identity(id(AGENT))))
             .await
             .unwrap();
         assert_eq!(radius.live_grants, 1);
         let unknown = BlastTarget::Identity(id("spiffe://td/nobody"));
-        let refused = f.broker.blast_radius(&f.who(OPERATOR), &unknown).await;
+        let refused = f.broker.blast_radius(&f.who(OPERATOR), Ok(unknown)).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    }
+
+    #[tokio::test]
+    async fn policy_is_asked_once_and_a_refusal_recorded_once() {
+        let f = Fixture::new().await;
+        let before = f.audit.records().len();
+        let refused = f.broker.list_grants(&f.who(AGENT), Ok(everything())).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let records = f.audit.records();
+        assert_eq!(records.len(), before + 1);
+        let record = records.last().unwrap();
+        assert_eq!(record.event, tessera_core::audit::AuditKind::AdminDenied);
+        assert!(record.reason.as_deref().unwrap().starts_with("ListGrants: "));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_field_is_answered_only_to_an_authorized_caller() {
+        let f = Fixture::new().await;
+        let malformed = || Err(crate::status::FieldError::new("page_token", "is not a cursor"));
+        let refused = f.broker.list_grants(&f.who(AGENT), malformed()).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let invalid = f.broker.list_grants(&f.who(OPERATOR), malformed()).await;
+        let err = invalid.expect_err("malformed");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(err.to_string(), "page_token: is not a cursor");
     }
 }

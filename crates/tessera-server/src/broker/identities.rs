@@ -3,9 +3,9 @@
 
 use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
-use tessera_core::policy::{Operation, PolicyQuery};
+use tessera_core::policy::Operation;
 
-use super::{Broker, BrokerError};
+use super::{Asked, Broker, BrokerError};
 
 /// What RevokeIdentity did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +27,12 @@ impl Broker {
     pub async fn revoke_identity(
         &self,
         who: &VerifiedIdentity,
-        identity: &SpiffeId,
-        reason: &str,
+        asked: Asked<(SpiffeId, String)>,
         disable: bool,
     ) -> Result<IdentityRevoked, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this asks again for
-        // other callers, and for the ids its record carries.
-        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::RevokeIdentity))?;
+        let allowed = self.authorize(who, Operation::RevokeIdentity).await?;
+        let (identity, reason) = asked?;
+        let (identity, reason) = (&identity, reason.as_str());
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
         }
@@ -132,10 +131,11 @@ impl Broker {
     pub async fn enable_identity(
         &self,
         who: &VerifiedIdentity,
-        identity: &SpiffeId,
-        reason: &str,
+        asked: Asked<(SpiffeId, String)>,
     ) -> Result<bool, BrokerError> {
-        let allowed = self.authorize(who, &PolicyQuery::Operation(Operation::EnableIdentity))?;
+        let allowed = self.authorize(who, Operation::EnableIdentity).await?;
+        let (identity, reason) = asked?;
+        let (identity, reason) = (&identity, reason.as_str());
         if !self.registry.contains(identity) {
             return Err(BrokerError::UnknownIdentity(identity.clone()));
         }
@@ -215,7 +215,7 @@ mod tests {
         f.issue("t1", &["contacts.read"]).await;
         let done = f
             .broker
-            .revoke_identity(&f.who(OPERATOR), &id(AGENT), "leaked", true)
+            .revoke_identity(&f.who(OPERATOR), Ok((id(AGENT), "leaked".into())), true)
             .await
             .unwrap();
         assert_eq!(
@@ -238,7 +238,7 @@ mod tests {
 
         assert!(
             f.broker
-                .enable_identity(&f.who(OPERATOR), &id(AGENT), "fixed")
+                .enable_identity(&f.who(OPERATOR), Ok((id(AGENT), "fixed".into())))
                 .await
                 .unwrap()
         );
@@ -253,14 +253,20 @@ mod tests {
     #[tokio::test]
     async fn only_operators_revoke_or_enable_identities() {
         let f = Fixture::new().await;
-        let refused = f.broker.revoke_identity(&f.who(AGENT), &id(AGENT), "x", true).await;
+        let refused = f
+            .broker
+            .revoke_identity(&f.who(AGENT), Ok((id(AGENT), "x".into())), true)
+            .await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         assert!(!f.broker.registry().is_disabled(&id(AGENT)));
-        let refused = f.broker.enable_identity(&f.who(AGENT), &id(AGENT), "x").await;
+        let refused = f
+            .broker
+            .enable_identity(&f.who(AGENT), Ok((id(AGENT), "x".into())))
+            .await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         let unknown = f
             .broker
-            .revoke_identity(&f.who(OPERATOR), &id("spiffe://td/nobody"), "x", false)
+            .revoke_identity(&f.who(OPERATOR), Ok((id("spiffe://td/nobody"), "x".into())), false)
             .await;
         assert_eq!(unknown.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
     }
@@ -269,11 +275,14 @@ mod tests {
     async fn an_enable_that_cannot_be_audited_puts_the_disable_back() {
         let f = Fixture::new().await;
         f.broker
-            .revoke_identity(&f.who(OPERATOR), &id(AGENT), "x", true)
+            .revoke_identity(&f.who(OPERATOR), Ok((id(AGENT), "x".into())), true)
             .await
             .unwrap();
         f.audit.fail(true);
-        let failed = f.broker.enable_identity(&f.who(OPERATOR), &id(AGENT), "x").await;
+        let failed = f
+            .broker
+            .enable_identity(&f.who(OPERATOR), Ok((id(AGENT), "x".into())))
+            .await;
         assert_eq!(failed.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
         assert!(f.broker.registry().is_disabled(&id(AGENT)));
     }

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::identity::VerifiedIdentity;
+use tessera_core::policy::Operation;
 use tessera_core::task::TaskState;
 use tessera_core::token::{Jwks, SigningKey};
 use tessera_store::{PublishedKey, StoreError};
 
-use super::{Broker, BrokerError};
+use super::{Asked, Broker, BrokerError};
 
 impl Broker {
     /// Marks this replica's key as retiring: it stays in the JWKS until the
@@ -51,8 +52,14 @@ impl Broker {
     /// Rotates the signing key: the new key is published before it signs
     /// anything, and the old one stays in the JWKS until its last token has
     /// expired. Returns (new kid, retired kid).
-    pub async fn rotate_key(&self, who: Option<&VerifiedIdentity>, why: &str) -> Result<(String, String), BrokerError> {
-        self.replace_key(who, why, true).await
+    pub async fn rotate_key(
+        &self,
+        who: &VerifiedIdentity,
+        why: Asked<String>,
+    ) -> Result<(String, String), BrokerError> {
+        self.authorize(who, Operation::RotateSigningKey).await?;
+        let why = why?;
+        self.replace_key(Some(who), &why, true).await
     }
 
     /// A scheduled rotation: the next key is published `lead` before it
@@ -151,8 +158,13 @@ impl Broker {
     /// the key, and withdraws every other key from the JWKS, so no token
     /// minted before verifies anywhere, even offline. Other replicas notice
     /// their key is gone and move to a fresh one (`ensure_own_key`).
-    pub async fn revoke_all(&self, who: &VerifiedIdentity, reason: &str) -> Result<(u64, String), BrokerError> {
-        let allowed = self.require_operator(who, "RevokeAll").await?;
+    pub async fn revoke_all(
+        &self,
+        who: &VerifiedIdentity,
+        reason: Asked<String>,
+    ) -> Result<(u64, String), BrokerError> {
+        let allowed = self.authorize(who, Operation::RevokeAll).await?;
+        let reason = reason?;
         let why = format!("break-glass: {reason}");
         // Keys first: from here on no earlier token verifies anywhere, even if
         // ending the tasks below is interrupted (the operator can run it again).
@@ -239,7 +251,7 @@ mod tests {
         let f = Fixture::new().await;
         f.task("t1").await;
         let before = f.issue("t1", &["contacts.read"]).await;
-        let (new, old) = f.broker.rotate_key(Some(&f.who(OPERATOR)), "test").await.unwrap();
+        let (new, old) = f.broker.rotate_key(&f.who(OPERATOR), Ok("test".into())).await.unwrap();
         assert_ne!(new, old);
         assert_eq!(old, before.grant.key_id);
         let published = kids(&f).await;
@@ -263,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn a_retired_key_leaves_the_jwks_after_its_last_token_expired() {
         let f = Fixture::new().await;
-        let (new, old) = f.broker.rotate_key(None, "test").await.unwrap();
+        let (new, old) = f.broker.rotate_key(&f.who(OPERATOR), Ok("test".into())).await.unwrap();
         // Max TTL (one hour) plus no leeway.
         f.clock.advance(chrono::Duration::seconds(3599));
         assert!(kids(&f).await.contains(&old));
@@ -276,10 +288,14 @@ mod tests {
         let f = Fixture::new().await;
         f.task("t1").await;
         let token = f.issue("t1", &["contacts.read"]).await;
-        let refused = f.broker.revoke_all(&f.who(AGENT), "no").await;
+        let refused = f.broker.revoke_all(&f.who(AGENT), Ok("no".into())).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         assert_eq!(f.live("t1").await, 1);
-        let (grants, new_kid) = f.broker.revoke_all(&f.who(OPERATOR), "incident").await.unwrap();
+        let (grants, new_kid) = f
+            .broker
+            .revoke_all(&f.who(OPERATOR), Ok("incident".into()))
+            .await
+            .unwrap();
         assert_eq!(grants, 1);
         assert_eq!(kids(&f).await, vec![new_kid]);
         assert_eq!(f.live("t1").await, 0);

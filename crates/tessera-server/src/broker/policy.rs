@@ -233,8 +233,9 @@ pub(super) fn stamp_refusal(event: &mut AuditEvent, err: &BrokerError) {
 
 impl Broker {
     /// Asks policy about `query` for `who`. Neither audits nor counts the
-    /// denial: the caller records it with what it knows of the request.
-    pub fn authorize(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
+    /// denial: the caller records it with what it knows of the request
+    /// (admin and verifier calls use [`Broker::authorize`], which does).
+    pub fn ask_policy(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
         let engine = self.policy.engine();
         let action = query.action();
         let entities = self
@@ -281,28 +282,20 @@ impl Broker {
         }
     }
 
-    /// Asks policy about an admin or verifier call named `rpc`. A refusal is
-    /// audited as `admin_denied` (reason `"<rpc>: ..."`) and counted; an
-    /// unknown name is refused.
-    pub async fn authorize_call(&self, who: &VerifiedIdentity, rpc: &str) -> Result<PolicyAllowed, BrokerError> {
-        let decided = match Action::parse(rpc).and_then(Operation::of) {
-            Some(op) => self.authorize(who, &PolicyQuery::Operation(op)),
-            None => Err(PolicyRefusal::Denied {
-                action: Action::ReloadPolicy,
-                reasons: vec![format!("`{rpc}` is not an admin or verifier operation")],
-                policy_ids: Vec::new(),
-                policy_hash: self.policy_hash(),
-            }
-            .into()),
-        };
-        match decided {
+    /// Asks policy whether `who` may make the admin or verifier call `op`,
+    /// once, inside the use case. A refusal is recorded here: audited as
+    /// `admin_denied` (reason `"<Operation>: ..."`), counted in
+    /// `tessera_decisions_total{operation="operator_rpc"}` and toward the
+    /// anomaly rule.
+    pub async fn authorize(&self, who: &VerifiedIdentity, op: Operation) -> Result<PolicyAllowed, BrokerError> {
+        match self.ask_policy(who, &PolicyQuery::Operation(op)) {
             Ok(allowed) => Ok(allowed),
             Err(e) => {
                 let denial = self
                     .denial(AuditKind::AdminDenied, Some(who))
                     .metric("operator_rpc")
                     .counted()
-                    .reason(format!("{rpc}: {e}"));
+                    .reason(format!("{}: {e}", op.action()));
                 self.deny(denial, e).await
             }
         }
@@ -331,7 +324,7 @@ impl Broker {
             blast_radius: None,
             requester: None,
         };
-        self.authorize(
+        self.ask_policy(
             who,
             &PolicyQuery::Token {
                 action: TokenAction::Request,
@@ -359,7 +352,7 @@ impl Broker {
     /// Returns the new set's hash and number of policies.
     pub async fn reload_policy(&self, who: Option<&VerifiedIdentity>) -> Result<(Arc<str>, usize), BrokerError> {
         let allowed = match who {
-            Some(who) => Some(self.authorize_call(who, "ReloadPolicy").await?),
+            Some(who) => Some(self.authorize(who, Operation::ReloadPolicy).await?),
             None => None,
         };
         let _one_at_a_time = self.policy.reloading.lock().await;
@@ -477,13 +470,13 @@ mod tests {
         let f = Fixture::new().await;
         let allowed = f
             .broker
-            .authorize(&f.who(OPERATOR), &PolicyQuery::Operation(Operation::ListGrants))
+            .ask_policy(&f.who(OPERATOR), &PolicyQuery::Operation(Operation::ListGrants))
             .unwrap();
         assert_eq!(allowed.action(), Action::ListGrants);
         assert!(!allowed.policy_ids().is_empty());
         let denied = f
             .broker
-            .authorize(&f.who(AGENT), &PolicyQuery::Operation(Operation::ListGrants));
+            .ask_policy(&f.who(AGENT), &PolicyQuery::Operation(Operation::ListGrants));
         assert!(matches!(denied, Err(BrokerError::Policy(PolicyRefusal::Denied { .. }))));
     }
 }

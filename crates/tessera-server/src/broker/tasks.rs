@@ -36,7 +36,7 @@ impl Broker {
                 id: &task.id,
                 task: Some(&task),
             };
-            let allowed = self.authorize(who, &query)?;
+            let allowed = self.ask_policy(who, &query)?;
             Ok((task, allowed))
         });
         let (task, allowed) = match decided {
@@ -92,7 +92,7 @@ impl Broker {
     /// GetTask: the task and its number of live grants.
     pub async fn get_task(&self, who: &VerifiedIdentity, id: &TaskId) -> Result<(Task, u64), BrokerError> {
         let task = self.load_task(id).await?;
-        self.authorize(
+        self.ask_policy(
             who,
             &PolicyQuery::Task {
                 action: TaskAction::Get,
@@ -131,7 +131,7 @@ impl Broker {
             id,
             task: task.as_ref(),
         };
-        let allowed = match self.authorize(who, &query) {
+        let allowed = match self.ask_policy(who, &query) {
             Ok(allowed) => allowed,
             Err(e) => {
                 let (kind, reason) = if revoking {

@@ -5,6 +5,7 @@ use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
 use tessera_core::identity::VerifiedIdentity;
 use tessera_core::issuance::{self, TokenRequest};
+use tessera_core::policy::Operation;
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera_store::RevokeOutcome;
 
@@ -274,7 +275,7 @@ impl Broker {
         id: &GrantId,
         reason: &str,
     ) -> Result<RevokeOutcome, BrokerError> {
-        let allowed = self.require_operator(who, "RevokeGrant").await?;
+        let allowed = self.authorize(who, Operation::RevokeGrant).await?;
         self.revoke(who, id, reason, AuditKind::GrantRevoked, Some(&allowed))
             .await
     }

@@ -7,6 +7,7 @@ use tessera_core::anomaly::Trigger;
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::grant::{Grant, GrantId};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
+use tessera_core::policy::Operation;
 use tessera_core::task::TaskState;
 use tessera_core::token::{AccessClaims, JwsError};
 use tessera_store::{FeedBatch, FeedPosition};
@@ -18,7 +19,7 @@ impl Broker {
     /// is not live (malformed, forged, expired, revoked or unknown alike).
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
-        self.require_verifier(who, "Introspect").await?;
+        self.authorize(who, Operation::Introspect).await?;
         Ok(self.live(token, self.clock.now()).await?.map(|(claims, _)| claims))
     }
 
@@ -36,7 +37,7 @@ impl Broker {
     ) -> Result<Option<u64>, BrokerError> {
         // An action of its own: a report can revoke a task and quarantine
         // an identity, so policy decides who may make one (verifiers).
-        self.require_verifier(who, "ReportMisuse").await?;
+        self.authorize(who, Operation::ReportMisuse).await?;
         let now = self.clock.now();
         match self.live(token, now).await? {
             Some((claims, grant)) if claims.client_id != presenter.as_str() => {
@@ -154,12 +155,8 @@ impl Broker {
         max: usize,
         wait: Duration,
     ) -> Result<FeedBatch, BrokerError> {
-        self.require_verifier(who, "WatchRevocations").await?;
+        self.authorize(who, Operation::WatchRevocations).await?;
         Ok(self.store.read_revocations(after, max, wait).await?)
-    }
-
-    async fn require_verifier(&self, who: &VerifiedIdentity, rpc: &str) -> Result<(), BrokerError> {
-        self.authorize_call(who, rpc).await.map(drop)
     }
 }
 
