@@ -34,9 +34,9 @@ pub use self::delegation::BindingSettings;
 pub use self::error::BrokerError;
 pub use self::grants::GrantQuery;
 pub use self::identities::IdentityRevoked;
-pub use self::pop::{DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
+pub use self::pop::{BindingAsk, DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
 pub use self::record::AuditSink;
-pub use self::tokens::Issued;
+pub use self::tokens::{Issued, TokenAsk};
 
 use tessera_core::anomaly::AnomalyRule;
 use tessera_core::audit::{AuditKind, Outcome};

@@ -187,7 +187,7 @@ mod tests {
     async fn deny(f: &Fixture) {
         let refused = f
             .broker
-            .request_token(&f.who(ORCHESTRATOR), &f.ask("t1", &["contacts.read"]))
+            .request_token(&f.who(ORCHESTRATOR), f.ask("t1", &["contacts.read"]))
             .await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
     }
@@ -220,7 +220,7 @@ mod tests {
         // The agent asks for a scope outside the catalog: denied, then quarantined.
         let refused = f
             .broker
-            .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.delete"]))
+            .request_token(&f.who(AGENT), f.ask("t1", &["contacts.delete"]))
             .await;
         assert!(refused.is_err());
         assert_eq!(f.live("t1").await, 0);

@@ -475,8 +475,8 @@ mod tests {
         let who = f.who(AGENT);
         let mut ask = f.ask("t1", &["payments.send"]);
         // Write tokens are never bearer tokens: bound to the caller's certificate.
-        ask.binding = f.broker.request_binding(&who, "", true).await.unwrap();
-        match f.broker.request_token(&who, &ask).await.unwrap() {
+        ask.binding = crate::broker::BindingAsk::ClientCertificate;
+        match f.broker.request_token(&who, ask).await.unwrap() {
             TokenOutcome::Pending(approval) => approval,
             TokenOutcome::Issued(_) => panic!("a high-impact scope must wait for approval"),
         }

@@ -46,15 +46,17 @@ enum Hop {
 
 impl Broker {
     /// DelegateToken: `who` (the parent's holder) mints a child of
-    /// `parent_token` for `req.delegate`, bound to `binding` if given.
+    /// `parent_token` for `req.delegate`, bound to the key of
+    /// `delegate_proof` (the delegate's proof for DelegateToken) if given.
     /// No token leaves unless its grant is recorded and audited.
     pub async fn delegate_token(
         &self,
         who: &VerifiedIdentity,
         parent_token: &str,
         req: &DelegationRequest,
-        binding: Option<Confirmation>,
+        delegate_proof: Option<&str>,
     ) -> Result<Issued, BrokerError> {
+        let binding = self.delegate_binding(who, delegate_proof).await?;
         self.mint_child(who, parent_token, req, binding, Hop::Delegate).await
     }
 

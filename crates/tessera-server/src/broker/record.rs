@@ -236,7 +236,7 @@ mod tests {
         f.audit.fail(true);
         assert!(
             f.broker
-                .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.read"]))
+                .request_token(&f.who(AGENT), f.ask("t1", &["contacts.read"]))
                 .await
                 .is_err()
         );

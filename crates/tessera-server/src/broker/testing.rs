@@ -23,7 +23,7 @@ use tessera_core::token::{Algorithm, SigningKey};
 use tessera_core::ttl::{Ttl, TtlLimits};
 use tessera_store::{GrantStore, MemoryStore};
 
-use super::{AuditSink, Broker, BrokerSettings, Issued, TokenOutcome};
+use super::{AuditSink, BindingAsk, Broker, BrokerSettings, Issued, TokenAsk, TokenOutcome};
 use crate::audit::{AuditError, Sink};
 
 /// The agent every fixture task names.
@@ -231,13 +231,16 @@ impl Fixture {
     }
 
     /// A bearer request for `scopes` of `crm` in `task`.
-    pub(crate) fn ask(&self, task: &str, scopes: &[&str]) -> TokenRequest {
-        TokenRequest {
-            task_id: TaskId::parse(task).unwrap(),
-            audience: Audience::parse(CRM).unwrap(),
-            scopes: scopes.iter().map(|s| scope(s)).collect(),
-            ttl: None,
-            binding: None,
+    pub(crate) fn ask(&self, task: &str, scopes: &[&str]) -> TokenAsk {
+        TokenAsk {
+            request: TokenRequest {
+                task_id: TaskId::parse(task).unwrap(),
+                audience: Audience::parse(CRM).unwrap(),
+                scopes: scopes.iter().map(|s| scope(s)).collect(),
+                ttl: None,
+                binding: None,
+            },
+            binding: BindingAsk::Bearer,
         }
     }
 
@@ -245,7 +248,7 @@ impl Fixture {
     pub(crate) async fn issue(&self, task: &str, scopes: &[&str]) -> Issued {
         match self
             .broker
-            .request_token(&self.who(AGENT), &self.ask(task, scopes))
+            .request_token(&self.who(AGENT), self.ask(task, scopes))
             .await
             .unwrap()
         {

@@ -11,7 +11,7 @@ use tessera_store::RevokeOutcome;
 
 use super::record::DenialLog;
 use super::verifier::log_rejected;
-use super::{Broker, BrokerError, TokenOutcome, policy};
+use super::{BindingAsk, Broker, BrokerError, TokenOutcome, policy};
 
 /// A minted token and its record. `token` is a secret: `Debug` redacts it.
 pub struct Issued {
@@ -32,11 +32,32 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+/// A RequestToken as the edge parsed it: the request (its `binding` not
+/// yet set) and the binding it asks for, which the use case resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAsk {
+    /// Task, audience, scopes and lifetime.
+    pub request: TokenRequest,
+    /// The binding asked for.
+    pub binding: BindingAsk,
+}
+
 impl Broker {
-    /// RequestToken: decide, assess, then sign and record — or, for a
-    /// high-impact (or policy-marked) request, open a pending approval. No
-    /// token leaves unless its grant is recorded.
-    pub async fn request_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<TokenOutcome, BrokerError> {
+    /// RequestToken: resolve the binding asked for, decide, assess, then
+    /// sign and record — or, for a high-impact (or policy-marked) request,
+    /// open a pending approval. No token leaves unless its grant is recorded.
+    pub async fn request_token(&self, who: &VerifiedIdentity, ask: TokenAsk) -> Result<TokenOutcome, BrokerError> {
+        let TokenAsk { mut request, binding } = ask;
+        request.binding = self.request_binding(who, &binding).await?;
+        self.request_bound_token(who, &request).await
+    }
+
+    /// RequestToken once its binding is resolved.
+    async fn request_bound_token(
+        &self,
+        who: &VerifiedIdentity,
+        req: &TokenRequest,
+    ) -> Result<TokenOutcome, BrokerError> {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
         let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
@@ -383,7 +404,7 @@ mod tests {
         f.audit.fail(true);
         let refused = f
             .broker
-            .request_token(&f.who(AGENT), &f.ask("t1", &["contacts.read"]))
+            .request_token(&f.who(AGENT), f.ask("t1", &["contacts.read"]))
             .await;
         let err = refused.expect_err("no token may leave without its record");
         assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -397,7 +418,7 @@ mod tests {
         f.task("t1").await;
         let refused = f
             .broker
-            .request_token(&f.who(ORCHESTRATOR), &f.ask("t1", &["contacts.read"]))
+            .request_token(&f.who(ORCHESTRATOR), f.ask("t1", &["contacts.read"]))
             .await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         let record = f.audit.last();
@@ -455,5 +476,27 @@ mod tests {
         assert_eq!(f.live("t1").await, 1);
         f.clock.advance(chrono::Duration::seconds(1));
         assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_use_case_resolves_the_binding_the_request_asks_for() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let who = f.who(AGENT);
+        let unbound = f.broker.request_token(&who, f.ask("t1", &["contacts.write"])).await;
+        assert!(matches!(unbound, Err(BrokerError::Unbound { field: "pop_proof", .. })));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+        let mut ask = f.ask("t1", &["contacts.write"]);
+        ask.binding = BindingAsk::ClientCertificate;
+        let Ok(TokenOutcome::Issued(issued)) = f.broker.request_token(&who, ask).await else {
+            panic!("a certificate-bound write token is issued");
+        };
+        assert_eq!(f.audit.last().grant_id.as_deref(), Some(issued.grant.id.as_str()));
+        let mut both = f.ask("t1", &["contacts.read"]);
+        both.binding = BindingAsk::ProofAndCertificate;
+        let refused = f.broker.request_token(&who, both).await;
+        assert!(matches!(refused, Err(BrokerError::Binding(_))));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+        assert_eq!(f.live("t1").await, 1);
     }
 }
