@@ -21,7 +21,7 @@ use tessera_core::policy::{Operation, PolicyQuery, TokenAction, TokenFacts};
 use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
 use tessera_store::{ApprovalPage, ApprovalStore, Transition};
 
-use super::record::{Denial, DenialLog};
+use super::record::{Denial, DenialLog, Metric, Success, Told};
 use super::{Asked, Broker, BrokerError, Issued};
 
 /// How approvals behave (`[approvals]`).
@@ -240,19 +240,17 @@ impl Broker {
         event.blast_radius = Some(assessment.blast_radius);
         event.approval_id = Some(approval.id.to_string());
         event.reason = Some(format!("waits for approval until {expires_at}: {}", approval.reason));
+        let told = Told::ApprovalPending {
+            id: &approval.id,
+            subject: who.id(),
+            task_id: &req.task_id,
+            audience: &req.audience,
+            blast_radius: assessment.blast_radius,
+            expires_at,
+        };
         // Unaudited, it must not be decidable: nobody learns its id.
-        self.audit(event).await?;
-        tracing::info!(
-            event = "approval_pending",
-            approval_id = %approval.id,
-            subject = %who.id(),
-            task_id = %req.task_id,
-            audience = %req.audience,
-            blast_radius = assessment.blast_radius,
-            expires_at = %expires_at,
-            "token request waits for approval"
-        );
-        crate::telemetry::decision("request_token", true);
+        self.succeed(Success::new(event, told).metric(Metric::Allowed("request_token")))
+            .await?;
         if let Some(notifier) = &self.approvals.notifier {
             notifier.pending(&approval);
         }
@@ -339,15 +337,13 @@ impl Broker {
         ));
         // The decision stands once stored; a lost record fails the call so the
         // approver knows, and the token (if approved) is audited when minted.
-        self.audit(event).await?;
-        tracing::info!(
-            event = "approval_decided",
-            approval_id = %id,
-            approver = %who.id(),
-            requester = %decided.request.requester,
-            approved = approve,
-            "approval decided"
-        );
+        let told = Told::ApprovalDecided {
+            id,
+            approver: who.id(),
+            requester: &decided.request.requester,
+            approved: approve,
+        };
+        self.succeed(Success::new(event, told)).await?;
         Ok(decided)
     }
 

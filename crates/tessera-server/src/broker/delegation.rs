@@ -13,7 +13,7 @@ use tessera_core::task::ScopeClass;
 use tessera_core::token::{ACCESS_TOKEN_TYP, Confirmation};
 use tessera_store::StoreError;
 
-use super::record::DenialLog;
+use super::record::{DenialLog, Metric, Success, Told};
 use super::{Broker, BrokerError, Issued};
 
 /// `[delegation]` and `[tokens] bound_classes`, as the broker applies them.
@@ -164,27 +164,22 @@ impl Broker {
             plan.depth,
             binding_note(binding.as_ref())
         ));
-        if let Err(e) = self.audit(event).await {
+        let told = Told::TokenDelegated {
+            grant: &grant,
+            parent: parent.grant(),
+            exchange: hop == Hop::Exchange,
+            depth: plan.depth,
+            ttl: plan.lifetime.ttl,
+            bound: binding.is_some(),
+        };
+        if let Err(e) = self
+            .succeed(Success::new(event, told).metric(Metric::Delegated(grant.class)))
+            .await
+        {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
             return Err(e);
         }
-        tracing::info!(
-            event = "token_delegated",
-            grant_id = %grant.id,
-            parent_grant_id = %parent.grant().id,
-            holder = %parent.grant().subject,
-            delegate = %grant.subject,
-            exchange = hop == Hop::Exchange,
-            task_id = %grant.task_id,
-            class = %grant.class,
-            depth = plan.depth,
-            ttl_secs = plan.lifetime.ttl.as_secs(),
-            bound = binding.is_some(),
-            "token delegated"
-        );
-        crate::telemetry::decision("delegate_token", true);
-        crate::telemetry::token_issued(&grant.class);
         Ok(Issued {
             token,
             grant,

@@ -5,6 +5,7 @@ use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
 use tessera_core::policy::Operation;
 
+use super::record::{Metric, Success, Told};
 use super::{Asked, Broker, BrokerError};
 
 /// What RevokeIdentity did.
@@ -44,34 +45,30 @@ impl Broker {
             // Scheduled before anything else can fail, so that a failed audit
             // below does not leave grants of a disabled identity alive.
             self.sweep_later(identity, reason);
-            tracing::warn!(
-                event = "identity_disabled",
-                identity = %identity,
-                by = %who.id(),
-                reason,
-                newly,
-                "identity disabled"
-            );
             let mut event = self.event(AuditKind::IdentityDisabled, Outcome::Allow, Some(who));
             event.reason = Some(format!("identity {identity}: {reason}"));
             allowed.stamp(&mut event);
-            self.audit(event).await?;
+            let told = Told::IdentityDisabled {
+                identity,
+                by: who.id(),
+                reason,
+                newly,
+            };
+            self.succeeded(Success::new(event, told)).await?;
         }
         let revoked = self.store.revoke_subject(identity, reason, self.clock.now()).await?;
-        tracing::info!(
-            event = "identity_revoked",
-            identity = %identity,
-            by = %who.id(),
-            grants_revoked = revoked,
-            reason,
-            "identity's grants revoked"
-        );
-        crate::telemetry::revoked("identity", revoked);
         let mut event = self.event(AuditKind::GrantRevoked, Outcome::Allow, Some(who));
         event.reason = Some(format!("identity {identity}: {reason}"));
         event.count = Some(revoked);
         allowed.stamp(&mut event);
-        self.audit(event).await?;
+        let told = Told::IdentityRevoked {
+            identity,
+            by: who.id(),
+            grants_revoked: revoked,
+            reason,
+        };
+        let metric = Metric::Revoked("identity", revoked);
+        self.succeeded(Success::new(event, told).metric(metric)).await?;
         Ok(IdentityRevoked {
             grants_revoked: revoked,
             disabled: disable,
@@ -155,18 +152,16 @@ impl Broker {
                 self.registry.disable_at_runtime(identity);
             }
         };
-        tracing::warn!(
-            event = "identity_enabled",
-            identity = %identity,
-            by = %who.id(),
-            reason,
-            lifted,
-            "identity enabled"
-        );
         let mut event = self.event(AuditKind::IdentityEnabled, Outcome::Allow, Some(who));
         event.reason = Some(format!("identity {identity}: {reason}"));
         allowed.stamp(&mut event);
-        if let Err(e) = self.audit(event).await {
+        let told = Told::IdentityEnabled {
+            identity,
+            by: who.id(),
+            reason,
+            lifted,
+        };
+        if let Err(e) = self.succeeded(Success::new(event, told)).await {
             restore().await;
             return Err(e);
         }

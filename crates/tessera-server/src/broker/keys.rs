@@ -11,6 +11,7 @@ use tessera_core::task::TaskState;
 use tessera_core::token::{Jwks, SigningKey};
 use tessera_store::{PublishedKey, StoreError};
 
+use super::record::{Metric, Success, Told};
 use super::{Asked, Broker, BrokerError};
 
 impl Broker {
@@ -202,15 +203,24 @@ impl Broker {
         ));
         event.count = Some(grants);
         allowed.stamp(&mut event);
-        self.audit(event).await?;
-        tracing::warn!(event = "revoke_all", grants, withdrawn, new_kid = %new_kid, failed = failed.len(), "break-glass revocation");
+        let told = Told::RevokeAll {
+            grants,
+            withdrawn,
+            new_kid: &new_kid,
+            failed: failed.len(),
+        };
+        let mut success = Success::new(event, told);
+        // Counted once every task ended; a partial run is run again.
+        if failed.is_empty() {
+            success = success.metric(Metric::Revoked("break_glass", grants));
+        }
+        self.succeed(success).await?;
         if let Some(first) = failed.first() {
             return Err(BrokerError::Store(StoreError::Unavailable(format!(
                 "break-glass: keys withdrawn, but {} tasks could not be ended (first: {first}); run it again",
                 failed.len()
             ))));
         }
-        crate::telemetry::revoked("break_glass", grants);
         Ok((grants, new_kid))
     }
 

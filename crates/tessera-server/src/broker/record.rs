@@ -7,6 +7,9 @@ use tessera_core::grant::Grant;
 use tessera_core::identity::VerifiedIdentity;
 use tessera_core::ttl::Ttl;
 
+mod told;
+
+pub(super) use self::told::{DenialLog, Metric, Told};
 use super::{Broker, BrokerError, policy};
 use crate::audit::AuditError;
 
@@ -101,6 +104,32 @@ impl Broker {
         Err(err)
     }
 
+    /// Records a success whose effect waits for its record (a token, a
+    /// task, an approval): the audit record first; only once it is written,
+    /// the log line and the metric. A record that cannot be written is
+    /// UNAVAILABLE, and the caller takes its effect back.
+    pub(super) async fn succeed(&self, success: Success<'_>) -> Result<(), BrokerError> {
+        let Success { event, metric, told } = success;
+        self.audit(event).await?;
+        told.write();
+        if let Some(metric) = metric {
+            metric.count();
+        }
+        Ok(())
+    }
+
+    /// Records a success whose effect stands whatever the record (a
+    /// revocation, a disable): the log line and the metric first, then the
+    /// audit record; a record that cannot be written is UNAVAILABLE.
+    pub(super) async fn succeeded(&self, success: Success<'_>) -> Result<(), BrokerError> {
+        let Success { event, metric, told } = success;
+        told.write();
+        if let Some(metric) = metric {
+            metric.count();
+        }
+        self.audit(event).await
+    }
+
     /// The audit record of a grant just issued to (or delegated by) `who`.
     pub(super) fn grant_event(&self, kind: AuditKind, who: &VerifiedIdentity, grant: &Grant, ttl: Ttl) -> AuditEvent {
         let mut event = self.event(kind, Outcome::Allow, Some(who));
@@ -173,39 +202,30 @@ impl<'a> Denial<'a> {
     }
 }
 
-/// The info log line of a refusal, by what was refused.
-#[derive(Debug)]
-pub(super) enum DenialLog {
-    /// `token_denied`: a token request.
-    Token,
-    /// `delegation_denied`: a delegation to this delegate.
-    Delegation(tessera_core::identity::SpiffeId),
-    /// `binding_refused`: a proof of possession or certificate binding.
-    Binding,
+/// A success on its way to the record: its audit record, what is logged
+/// and what is counted. Written by [`Broker::succeed`] or
+/// [`Broker::succeeded`].
+#[must_use = "a success is recorded only by Broker::succeed or Broker::succeeded"]
+pub(super) struct Success<'a> {
+    event: AuditEvent,
+    metric: Option<Metric>,
+    told: Told<'a>,
 }
 
-impl DenialLog {
-    fn write(&self, who: &VerifiedIdentity, event: &AuditEvent, err: &BrokerError) {
-        match self {
-            Self::Token => tracing::info!(
-                event = "token_denied",
-                subject = %who.id(),
-                task_id = %event.task_id.as_deref().unwrap_or_default(),
-                audience = %event.audience.as_deref().unwrap_or_default(),
-                reason = %err,
-                "token request denied"
-            ),
-            Self::Delegation(delegate) => tracing::info!(
-                event = "delegation_denied",
-                subject = %who.id(),
-                delegate = %delegate,
-                reason = %err,
-                "delegation denied"
-            ),
-            Self::Binding => {
-                tracing::info!(event = "binding_refused", subject = %who.id(), reason = %err, "proof of possession refused");
-            }
+impl<'a> Success<'a> {
+    /// `event`, logged as `told`.
+    pub(super) fn new(event: AuditEvent, told: Told<'a>) -> Self {
+        Self {
+            event,
+            metric: None,
+            told,
         }
+    }
+
+    /// Counted as `metric`.
+    pub(super) fn metric(mut self, metric: Metric) -> Self {
+        self.metric = Some(metric);
+        self
     }
 }
 

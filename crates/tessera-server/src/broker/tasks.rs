@@ -8,6 +8,7 @@ use tessera_core::policy::{PolicyQuery, TaskAction};
 use tessera_core::task::{Task, TaskError, TaskId, TaskState};
 use tessera_store::TaskEnded;
 
+use super::record::{Metric, Success, Told};
 use super::{Broker, BrokerError};
 
 impl Broker {
@@ -62,7 +63,14 @@ impl Broker {
             .collect();
         event.count = Some(task.agents.len() as u64);
         allowed.stamp(&mut event);
-        if let Err(e) = self.audit(event).await {
+        let told = Told::TaskStarted {
+            task: &task,
+            by: who.id(),
+        };
+        if let Err(e) = self
+            .succeed(Success::new(event, told).metric(Metric::Allowed("start_task")))
+            .await
+        {
             // Unaudited, so it must not stand.
             let _ = self
                 .store
@@ -70,15 +78,6 @@ impl Broker {
                 .await;
             return Err(e);
         }
-        tracing::info!(
-            event = "task_started",
-            task_id = %task.id,
-            orchestrator = %who.id(),
-            agents = task.agents.len(),
-            deadline = %task.deadline,
-            "task started"
-        );
-        crate::telemetry::decision("start_task", true);
         Ok(task)
     }
 
@@ -162,17 +161,16 @@ impl Broker {
         event.reason = Some(reason.to_owned());
         event.count = Some(ended.grants_revoked);
         allowed.stamp(&mut event);
-        self.audit(event).await?;
-        tracing::info!(
-            event = if state == TaskState::Revoked { "task_revoked" } else { "task_completed" },
-            task_id = %id,
-            by = %who.id(),
-            grants_revoked = ended.grants_revoked,
-            children_ended = ended.children_ended.len(),
+        let told = Told::TaskEnded {
+            id,
+            state,
+            by: who.id(),
+            grants_revoked: ended.grants_revoked,
+            children_ended: ended.children_ended.len(),
             reason,
-            "task ended"
-        );
-        crate::telemetry::task_ended(state, ended.grants_revoked);
+        };
+        let metric = Metric::TaskEnded(state, ended.grants_revoked);
+        self.succeed(Success::new(event, told).metric(metric)).await?;
         Ok(ended)
     }
 }

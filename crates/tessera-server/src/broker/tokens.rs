@@ -9,7 +9,7 @@ use tessera_core::policy::Operation;
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera_store::RevokeOutcome;
 
-use super::record::DenialLog;
+use super::record::{DenialLog, Metric, Success, Told};
 use super::verifier::log_rejected;
 use super::{BindingAsk, Broker, BrokerError, TokenOutcome, policy};
 
@@ -177,26 +177,18 @@ impl Broker {
         allowed.stamp(&mut event);
         event.blast_radius = Some(grant.impact.blast_radius);
         event.approval_id = grant.impact.approval_id.clone();
-        if let Err(e) = self.audit(event).await {
+        let told = Told::TokenIssued {
+            grant: &grant,
+            ttl: plan.lifetime.ttl,
+        };
+        if let Err(e) = self
+            .succeed(Success::new(event, told).metric(Metric::Issued(grant.class)))
+            .await
+        {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
             return Err(e);
         }
-        tracing::info!(
-            event = "token_issued",
-            grant_id = %grant.id,
-            subject = %grant.subject,
-            task_id = %grant.task_id,
-            audience = %grant.audience,
-            class = %grant.class,
-            scopes = grant.scopes.len(),
-            ttl_secs = plan.lifetime.ttl.as_secs(),
-            kid = %grant.key_id,
-            blast_radius = grant.impact.blast_radius,
-            approval_id = grant.impact.approval_id.as_deref().unwrap_or(""),
-            "token issued"
-        );
-        crate::telemetry::issued(&grant.class);
         Ok(Issued {
             token,
             grant,
@@ -314,16 +306,6 @@ impl Broker {
             .revoke_grant(id, reason, self.clock.now())
             .await?
             .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
-        tracing::info!(
-            event = "grant_revoked",
-            grant_id = %id,
-            by = %who.id(),
-            changed = outcome.revoked,
-            descendants = outcome.descendants_revoked,
-            reason,
-            "grant revoked"
-        );
-        crate::telemetry::grant_revoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
         let mut event = self.event(kind, Outcome::Allow, Some(who));
         event.grant_id = Some(id.to_string());
         event.task_id = Some(outcome.grant.task_id.to_string());
@@ -332,7 +314,15 @@ impl Broker {
         if let Some(allowed) = allowed {
             allowed.stamp(&mut event);
         }
-        self.audit(event).await?;
+        let told = Told::GrantRevoked {
+            id,
+            by: who.id(),
+            changed: outcome.revoked,
+            descendants: outcome.descendants_revoked,
+            reason,
+        };
+        let metric = Metric::GrantRevoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
+        self.succeeded(Success::new(event, told).metric(metric)).await?;
         Ok(outcome)
     }
 }
@@ -498,5 +488,20 @@ mod tests {
         assert!(matches!(refused, Err(BrokerError::Binding(_))));
         assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
         assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_stands_even_when_its_record_cannot_be_written() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        f.audit.fail(true);
+        let answered = f.broker.revoke_grant(&f.who(OPERATOR), &issued.grant.id, "x").await;
+        assert_eq!(answered.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        assert_eq!(
+            f.live("t1").await,
+            0,
+            "revoked: the operator retries, the grant stays dead"
+        );
     }
 }
