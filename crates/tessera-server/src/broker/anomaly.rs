@@ -5,6 +5,7 @@ use tessera_core::anomaly::{AnomalyDetector, AnomalyRule, QuarantineList, Trigge
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
 
+use super::record::{Success, Told};
 use super::{Broker, BrokerError};
 
 /// Most quarantine refusals audited per identity: one per this interval.
@@ -156,22 +157,20 @@ impl Broker {
             }
         };
         let shown = revoked.map_or_else(|| "failed".to_owned(), |n| n.to_string());
-        tracing::warn!(
-            event = "quarantined",
-            identity = %who.id(),
-            cause = %what,
-            grants_revoked = %shown,
-            until = %trigger.until,
-            "anomaly rule fired: identity quarantined"
-        );
         let mut event = self.event(AuditKind::Quarantined, Outcome::Allow, Some(who));
         event.reason = Some(format!(
             "{what}; grants revoked: {shown}; quarantined until {}",
             trigger.until
         ));
         event.count = revoked;
+        let told = Told::Quarantined {
+            identity: who.id(),
+            cause: &what,
+            grants_revoked: &shown,
+            until: trigger.until,
+        };
         // The quarantine and revocation stand even if this record is lost.
-        let _ = self.audit(event).await;
+        let _ = self.succeeded(Success::new(event, told)).await;
     }
 }
 

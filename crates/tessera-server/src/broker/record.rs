@@ -207,7 +207,8 @@ impl<'a> Denial<'a> {
 /// [`Broker::succeeded`].
 #[must_use = "a success is recorded only by Broker::succeed or Broker::succeeded"]
 pub(super) struct Success<'a> {
-    event: AuditEvent,
+    /// The audit record.
+    pub(super) event: AuditEvent,
     metric: Option<Metric>,
     told: Told<'a>,
 }

@@ -12,6 +12,7 @@ use tessera_core::task::TaskState;
 use tessera_core::token::{AccessClaims, JwsError};
 use tessera_store::{FeedBatch, FeedPosition};
 
+use super::record::{Metric, Success, Told};
 use super::{Broker, BrokerError};
 
 impl Broker {
@@ -127,23 +128,23 @@ impl Broker {
                 "failed".to_owned()
             }
         };
-        tracing::warn!(
-            event = "token_misuse",
-            presenter = %presenter,
-            task = %grant.task_id,
-            grants_revoked = %shown,
-            until = %trigger.until,
-            "anomaly rule fired: token presented by another identity; task revoked, presenter quarantined"
-        );
         event.reason = Some(format!(
             "{what}; task revoked (grants: {shown}); `{presenter}` quarantined until {}",
             trigger.until
         ));
+        let told = Told::TokenMisuse {
+            presenter,
+            task: &grant.task_id,
+            grants_revoked: &shown,
+            until: trigger.until,
+        };
+        let mut success = Success::new(event, told);
         if let Ok(ended) = &revoked {
-            event.count = Some(ended.grants_revoked);
-            crate::telemetry::revoked("anomaly", ended.grants_revoked);
+            success.event.count = Some(ended.grants_revoked);
+            success = success.metric(Metric::Revoked("anomaly", ended.grants_revoked));
         }
-        self.audit(event).await?;
+        // The task is revoked and the presenter quarantined whatever the record.
+        self.succeeded(success).await?;
         Ok(revoked?.grants_revoked)
     }
 

@@ -85,6 +85,29 @@ impl Metric {
 /// operators and the e2e tests read.
 #[derive(Debug)]
 pub(in crate::broker) enum Told<'a> {
+    /// `token_misuse`: a verifier caught a token presented by another
+    /// identity; its task is revoked and the presenter quarantined.
+    TokenMisuse {
+        /// Who presented it.
+        presenter: &'a SpiffeId,
+        /// The token's task.
+        task: &'a TaskId,
+        /// Grants revoked with the task, or `failed`.
+        grants_revoked: &'a str,
+        /// The presenter's quarantine ends then.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// `quarantined`: an identity tripped the anomaly rule.
+    Quarantined {
+        /// The identity.
+        identity: &'a SpiffeId,
+        /// The rule that fired, for people.
+        cause: &'a str,
+        /// Its grants revoked, or `failed`.
+        grants_revoked: &'a str,
+        /// The quarantine ends then.
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// `approval_pending`.
     ApprovalPending {
         /// The approval.
@@ -217,6 +240,32 @@ pub(in crate::broker) enum Told<'a> {
 impl Told<'_> {
     pub(super) fn write(&self) {
         match self {
+            Self::TokenMisuse {
+                presenter,
+                task,
+                grants_revoked,
+                until,
+            } => tracing::warn!(
+                event = "token_misuse",
+                presenter = %presenter,
+                task = %task,
+                grants_revoked = %grants_revoked,
+                until = %until,
+                "anomaly rule fired: token presented by another identity; task revoked, presenter quarantined"
+            ),
+            Self::Quarantined {
+                identity,
+                cause,
+                grants_revoked,
+                until,
+            } => tracing::warn!(
+                event = "quarantined",
+                identity = %identity,
+                cause = %cause,
+                grants_revoked = %grants_revoked,
+                until = %until,
+                "anomaly rule fired: identity quarantined"
+            ),
             Self::ApprovalPending {
                 id,
                 subject,
