@@ -17,7 +17,7 @@ use tessera_core::ttl::Ttl;
 use tessera_proto::v1 as pb;
 use tessera_store::{FeedEvent, FeedPosition, GrantFilter};
 
-use crate::broker::{GrantQuery, Issued};
+use crate::broker::{BindingAsk, GrantQuery, Issued, TokenAsk};
 use crate::status::FieldError;
 
 mod approvals;
@@ -183,9 +183,18 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
 /// Longest proof-of-possession proof accepted, in bytes.
 pub const MAX_PROOF_LEN: usize = tessera_core::pop::MAX_PROOF_LEN;
 
-/// RequestTokenRequest → [`TokenRequest`], unbound: the proof in
-/// `pop_proof` (bounded here) is verified by the broker, which sets `binding`.
-pub fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldError> {
+/// RequestTokenRequest → [`TokenAsk`]: the request, unbound, and the
+/// binding it asks for (`pop_proof`, bounded here, or `mtls_binding`),
+/// which the broker resolves.
+pub fn token_ask(req: &pb::RequestTokenRequest) -> Result<TokenAsk, FieldError> {
+    Ok(TokenAsk {
+        request: token_request(req)?,
+        binding: BindingAsk::of_fields(&req.pop_proof, req.mtls_binding),
+    })
+}
+
+/// RequestTokenRequest → [`TokenRequest`], unbound.
+fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldError> {
     if req.pop_proof.len() > MAX_PROOF_LEN {
         return Err(FieldError::new(
             "pop_proof",
@@ -534,6 +543,23 @@ mod tests {
     fn check(req: pb::RequestTokenRequest, field: &str) {
         let err = token_request(&req).unwrap_err();
         assert_eq!(err.field, field, "{err}");
+    }
+
+    #[test]
+    fn the_binding_asked_for_comes_from_pop_proof_and_mtls_binding() {
+        let ask = |pop_proof: &str, mtls_binding| {
+            token_ask(&pb::RequestTokenRequest {
+                pop_proof: pop_proof.into(),
+                mtls_binding,
+                ..request()
+            })
+            .unwrap()
+            .binding
+        };
+        assert_eq!(ask("", false), BindingAsk::Bearer);
+        assert_eq!(ask("p.r.f", false), BindingAsk::Proof("p.r.f".into()));
+        assert_eq!(ask("", true), BindingAsk::ClientCertificate);
+        assert_eq!(ask("p.r.f", true), BindingAsk::ProofAndCertificate);
     }
 
     #[test]

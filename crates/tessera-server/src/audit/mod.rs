@@ -329,6 +329,13 @@ impl AuditLog {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::broker::AuditSink for AuditLog {
+    async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        Self::record(self, event).await
+    }
+}
+
 /// Where our last record ends in a regular file, so that a failed write can
 /// be cut back off. Pipes and devices have no end.
 #[derive(Debug, Clone, Copy)]

@@ -88,8 +88,8 @@ impl AuditTrail {
 
 #[async_trait::async_trait]
 impl crate::broker::AuditSink for AuditTrail {
-    async fn record(&self, event: AuditEvent) -> Result<(), String> {
-        Self::record(self, event).await.map_err(|e| e.to_string())
+    async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        Self::record(self, event).await
     }
 }
 

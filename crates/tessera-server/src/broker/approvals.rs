@@ -21,7 +21,8 @@ use tessera_core::policy::{Operation, PolicyQuery, TokenAction, TokenFacts};
 use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
 use tessera_store::{ApprovalPage, ApprovalStore, Transition};
 
-use super::{Broker, BrokerError, Issued};
+use super::record::{Denial, DenialLog, Metric, Success, Told};
+use super::{Asked, Broker, BrokerError, Issued};
 
 /// How approvals behave (`[approvals]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,23 +177,18 @@ impl Broker {
         match risk::assess(plan, who.identity().kind, &self.catalog, &self.settings.risk, terms, 0) {
             Ok(a) => Ok(a),
             Err(e) => {
-                tracing::info!(
-                    event = "token_denied",
-                    subject = %who.id(),
-                    task_id = %req.task_id,
-                    audience = %req.audience,
-                    reason = %e,
-                    "token request denied"
-                );
-                crate::telemetry::decision("request_token", false);
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, req);
+                let mut denial = Denial::of(
+                    self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, req),
+                    Some(who),
+                )
+                .logged(DenialLog::Token)
+                .metric("request_token")
+                .counted();
                 if let RiskError::BlastRadiusExceeded { score, .. } = &e {
-                    event.blast_radius = Some(*score);
+                    denial.event.blast_radius = Some(*score);
                 }
-                event.approval_id = approval_id.map(ToString::to_string);
-                let refused = self.refuse(event, e.into()).await;
-                self.count_denial(who).await;
-                refused
+                denial.event.approval_id = approval_id.map(ToString::to_string);
+                self.deny(denial, e.into()).await
             }
         }
     }
@@ -244,19 +240,17 @@ impl Broker {
         event.blast_radius = Some(assessment.blast_radius);
         event.approval_id = Some(approval.id.to_string());
         event.reason = Some(format!("waits for approval until {expires_at}: {}", approval.reason));
+        let told = Told::ApprovalPending {
+            id: &approval.id,
+            subject: who.id(),
+            task_id: &req.task_id,
+            audience: &req.audience,
+            blast_radius: assessment.blast_radius,
+            expires_at,
+        };
         // Unaudited, it must not be decidable: nobody learns its id.
-        self.audit(event).await?;
-        tracing::info!(
-            event = "approval_pending",
-            approval_id = %approval.id,
-            subject = %who.id(),
-            task_id = %req.task_id,
-            audience = %req.audience,
-            blast_radius = assessment.blast_radius,
-            expires_at = %expires_at,
-            "token request waits for approval"
-        );
-        crate::telemetry::decision("request_token", true);
+        self.succeed(Success::new(event, told).metric(Metric::Allowed("request_token")))
+            .await?;
         if let Some(notifier) = &self.approvals.notifier {
             notifier.pending(&approval);
         }
@@ -267,11 +261,11 @@ impl Broker {
     pub async fn list_approvals(
         &self,
         who: &VerifiedIdentity,
-        after: Option<&str>,
-        limit: usize,
+        page: Asked<(Option<String>, usize)>,
     ) -> Result<ApprovalPage, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::ListApprovals))?;
+        self.authorize(who, Operation::ListApprovals).await?;
+        let (after, limit) = page?;
+        let after = after.as_deref();
         Ok(self
             .approvals
             .store
@@ -284,12 +278,12 @@ impl Broker {
     pub async fn decide_approval(
         &self,
         who: &VerifiedIdentity,
-        id: &ApprovalId,
+        asked: Asked<(ApprovalId, String)>,
         approve: bool,
-        reason: &str,
     ) -> Result<Approval, BrokerError> {
-        // The gRPC edge asked policy and audited a refusal; this only guards other callers.
-        self.authorize(who, &PolicyQuery::Operation(Operation::DecideApproval))?;
+        self.authorize(who, Operation::DecideApproval).await?;
+        let (id, reason) = asked?;
+        let (id, reason) = (&id, reason.as_str());
         let now = self.clock.now();
         let current = self
             .approvals
@@ -298,25 +292,20 @@ impl Broker {
             .await?
             .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
         let mut event = self.token_event(AuditKind::ApprovalDecided, Outcome::Deny, who, &request_of(&current));
+        let denial = |event: &AuditEvent| Denial::of(event.clone(), Some(who));
         event.class = Some(current.class.to_string());
         event.approval_id = Some(id.to_string());
         event.blast_radius = Some(current.blast_radius);
         event.approver = Some(who.id().to_string());
         if let Err(e) = approval::check_decision(&current, who.id(), now) {
             let self_decision = matches!(e, ApprovalError::SelfDecision(_));
-            let refused = self.refuse(event, e.into()).await;
-            if self_decision {
-                self.count_denial(who).await;
-            }
-            return refused;
+            return self.deny(denial(&event).counted_if(self_decision), e.into()).await;
         }
         // Policy decides whether `who` may approve this request
         // (ApproveRequest, with the requester); code has already refused a
         // self-decision whatever policy says.
         if let Err(e) = self.authorize_approval(who, &current).await {
-            let refused = self.refuse(event, e).await;
-            self.count_denial(who).await;
-            return refused;
+            return self.deny(denial(&event).counted(), e).await;
         }
         let decision = ApprovalDecision {
             approve,
@@ -335,7 +324,7 @@ impl Broker {
                         state: a.state_at(now),
                     },
                 };
-                return self.refuse(event, e.into()).await;
+                return self.deny(denial(&event), e.into()).await;
             }
             None => return Err(ApprovalError::NotFound(id.clone()).into()),
         };
@@ -348,15 +337,13 @@ impl Broker {
         ));
         // The decision stands once stored; a lost record fails the call so the
         // approver knows, and the token (if approved) is audited when minted.
-        self.audit(event).await?;
-        tracing::info!(
-            event = "approval_decided",
-            approval_id = %id,
-            approver = %who.id(),
-            requester = %decided.request.requester,
-            approved = approve,
-            "approval decided"
-        );
+        let told = Told::ApprovalDecided {
+            id,
+            approver: who.id(),
+            requester: &decided.request.requester,
+            approved: approve,
+        };
+        self.succeed(Success::new(event, told)).await?;
         Ok(decided)
     }
 
@@ -375,11 +362,10 @@ impl Broker {
             Ok(None) => Ok(AwaitStep::Pending(current)),
             Ok(Some(())) => self.redeem(who, current).await.map(AwaitStep::Issued),
             Err(e @ ApprovalError::NotRequester(_)) => {
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &request_of(&current));
-                event.approval_id = Some(id.to_string());
-                let refused = self.refuse(event, e.into()).await;
-                self.count_denial(who).await;
-                refused
+                let event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &request_of(&current));
+                let mut denial = Denial::of(event, Some(who)).counted();
+                denial.event.approval_id = Some(id.to_string());
+                self.deny(denial, e.into()).await
             }
             Err(e) => Err(e.into()),
         }
@@ -399,7 +385,7 @@ impl Broker {
             blast_radius: Some(current.blast_radius),
             requester: Some(&current.request.requester),
         };
-        self.authorize(
+        self.ask_policy(
             who,
             &PolicyQuery::Token {
                 action: TokenAction::Approve,
@@ -437,10 +423,10 @@ impl Broker {
         let (allowed, plan) = match decided {
             Ok(decided) => decided,
             Err(e) => {
-                crate::telemetry::decision("request_token", false);
-                let mut event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &req);
-                event.approval_id = Some(approved.id.to_string());
-                return self.refuse(event, e).await;
+                let event = self.token_event(AuditKind::TokenDenied, Outcome::Deny, who, &req);
+                let mut denial = Denial::of(event, Some(who)).metric("request_token");
+                denial.event.approval_id = Some(approved.id.to_string());
+                return self.deny(denial, e).await;
             }
         };
         let terms = Self::policy_terms(&allowed);
@@ -469,5 +455,72 @@ impl Broker {
         };
         self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR};
+
+    async fn pending(f: &Fixture) -> Approval {
+        f.task("t1").await;
+        let who = f.who(AGENT);
+        let mut ask = f.ask("t1", &["payments.send"]);
+        // Write tokens are never bearer tokens: bound to the caller's certificate.
+        ask.binding = crate::broker::BindingAsk::ClientCertificate;
+        match f.broker.request_token(&who, ask).await.unwrap() {
+            TokenOutcome::Pending(approval) => approval,
+            TokenOutcome::Issued(_) => panic!("a high-impact scope must wait for approval"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_high_impact_request_waits_and_an_approval_yields_one_token() {
+        let f = Fixture::new().await;
+        let approval = pending(&f).await;
+        assert_eq!(f.audit.last().event, AuditKind::ApprovalPending);
+        assert_eq!(f.live("t1").await, 0, "no token before the approval");
+        let page = f.broker.list_approvals(&f.who(OPERATOR), Ok((None, 10))).await.unwrap();
+        assert_eq!(page.approvals.len(), 1);
+        assert!(matches!(
+            f.broker.await_step(&f.who(AGENT), &approval.id).await,
+            Ok(AwaitStep::Pending(_))
+        ));
+        f.broker
+            .decide_approval(&f.who(OPERATOR), Ok((approval.id.clone(), "ok".into())), true)
+            .await
+            .unwrap();
+        let Ok(AwaitStep::Issued(issued)) = f.broker.await_step(&f.who(AGENT), &approval.id).await else {
+            panic!("an approved request yields its token");
+        };
+        assert_eq!(issued.grant.impact.approval_id.as_deref(), Some(approval.id.as_str()));
+        assert_eq!(f.live("t1").await, 1);
+        let again = f.broker.await_step(&f.who(AGENT), &approval.id).await;
+        assert!(again.is_err(), "exactly one token per approval");
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_denied_request_yields_no_token_and_only_its_requester_awaits_it() {
+        let f = Fixture::new().await;
+        let approval = pending(&f).await;
+        let other = f.broker.await_step(&f.who(AGENT2), &approval.id).await;
+        assert!(other.is_err(), "not the requester's");
+        let refused = f
+            .broker
+            .decide_approval(&f.who(AGENT), Ok((approval.id.clone(), "mine".into())), true)
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        f.broker
+            .decide_approval(&f.who(OPERATOR), Ok((approval.id.clone(), "no".into())), false)
+            .await
+            .unwrap();
+        let denied = f.broker.await_step(&f.who(AGENT), &approval.id).await;
+        assert_eq!(denied.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.live("t1").await, 0);
     }
 }

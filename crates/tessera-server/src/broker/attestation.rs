@@ -4,7 +4,7 @@
 use tessera_core::audit::{Actor, AuditKind, Outcome};
 use tessera_core::identity::{AttestationMethod, IdentityError, IdentityRegistry, SpiffeId, VerifiedIdentity};
 
-use super::{Broker, BrokerError, REFUSAL_SAMPLES, REFUSALS_PER_SOURCE};
+use super::{Broker, BrokerError};
 
 impl Broker {
     /// The identity registry (a handle: reloads replace its contents).
@@ -92,5 +92,90 @@ impl Broker {
             Ok(()) => refused,
             Err(e) => e,
         }
+    }
+}
+
+/// Most distinct refused callers remembered for audit sampling.
+const REFUSAL_SAMPLES: usize = 10_000;
+
+/// Most attestation refusals audited per source address per second; the
+/// rest are counted (`tessera_attestation_refusals_unaudited_total`).
+const REFUSALS_PER_SOURCE: u32 = 50;
+
+impl Broker {
+    /// Records a caller refused at mTLS attestation; returns the error to
+    /// answer with. See [`Broker::attestation_refused_by`].
+    pub async fn attestation_refused(
+        &self,
+        claimed: Option<&SpiffeId>,
+        evidence: Option<&str>,
+        reason: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> BrokerError {
+        self.attestation_refused_by(AttestationMethod::X509, claimed, evidence, reason, source)
+            .await
+    }
+
+    /// Binds a verified SVID to its registered identity.
+    pub fn attest(&self, id: &SpiffeId, evidence: String) -> Result<VerifiedIdentity, BrokerError> {
+        Ok(VerifiedIdentity::attested(
+            &self.registry,
+            id,
+            AttestationMethod::X509,
+            evidence,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use crate::broker::testing::{AGENT, Fixture, id};
+
+    #[tokio::test]
+    async fn an_unregistered_identity_is_refused() {
+        let f = Fixture::new().await;
+        assert!(f.broker.attest(&id(AGENT), "sha256:00".into()).is_ok());
+        let refused = f.broker.attest(&id("spiffe://td/nobody"), "sha256:00".into());
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_audited_once_a_second_per_caller() {
+        let f = Fixture::new().await;
+        let nobody = id("spiffe://td/nobody");
+        for _ in 0..3 {
+            let err = f.broker.attestation_refused(Some(&nobody), None, "unknown", None).await;
+            assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+        }
+        assert_eq!(f.audit.of(AuditKind::AttestationRefused).len(), 1);
+        f.clock.advance(chrono::Duration::seconds(1));
+        f.broker.attestation_refused(Some(&nobody), None, "unknown", None).await;
+        assert_eq!(f.audit.of(AuditKind::AttestationRefused).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn refusals_per_source_address_are_capped() {
+        let f = Fixture::new().await;
+        let source = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+        for n in 0..(REFUSALS_PER_SOURCE + 10) {
+            let claimed = id(&format!("spiffe://td/fresh-{n}"));
+            f.broker
+                .attestation_refused(Some(&claimed), None, "unknown", source)
+                .await;
+        }
+        let audited = f.audit.of(AuditKind::AttestationRefused).len();
+        assert_eq!(audited, REFUSALS_PER_SOURCE as usize);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_cannot_be_audited_is_unavailable() {
+        let f = Fixture::new().await;
+        f.audit.fail(true);
+        let err = f.broker.attestation_refused(None, Some("sha256:00"), "bad", None).await;
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
     }
 }

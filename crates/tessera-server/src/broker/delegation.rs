@@ -5,7 +5,7 @@
 //! record the child under its parent (the store refuses a child under a dead
 //! parent, atomically with the parent's revocation), audit.
 
-use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::audit::AuditKind;
 use tessera_core::delegation::{self, DelegationError, DelegationLimits, DelegationRequest, ParentToken};
 use tessera_core::grant::{Grant, GrantId, GrantState};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
@@ -13,6 +13,7 @@ use tessera_core::task::ScopeClass;
 use tessera_core::token::{ACCESS_TOKEN_TYP, Confirmation};
 use tessera_store::StoreError;
 
+use super::record::{DenialLog, Metric, Success, Told};
 use super::{Broker, BrokerError, Issued};
 
 /// `[delegation]` and `[tokens] bound_classes`, as the broker applies them.
@@ -45,15 +46,17 @@ enum Hop {
 
 impl Broker {
     /// DelegateToken: `who` (the parent's holder) mints a child of
-    /// `parent_token` for `req.delegate`, bound to `binding` if given.
+    /// `parent_token` for `req.delegate`, bound to the key of
+    /// `delegate_proof` (the delegate's proof for DelegateToken) if given.
     /// No token leaves unless its grant is recorded and audited.
     pub async fn delegate_token(
         &self,
         who: &VerifiedIdentity,
         parent_token: &str,
         req: &DelegationRequest,
-        binding: Option<Confirmation>,
+        delegate_proof: Option<&str>,
     ) -> Result<Issued, BrokerError> {
+        let binding = self.delegate_binding(who, delegate_proof).await?;
         self.mint_child(who, parent_token, req, binding, Hop::Delegate).await
     }
 
@@ -102,24 +105,17 @@ impl Broker {
                 return Err(e);
             }
             Err(e) => {
-                tracing::info!(
-                    event = "delegation_denied",
-                    subject = %who.id(),
-                    delegate = %req.delegate,
-                    reason = %e,
-                    "delegation denied"
-                );
-                crate::telemetry::decision("delegate_token", false);
-                let mut event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-                event.task_id = req.task_id.as_ref().map(ToString::to_string);
-                event.audience = req.audience.as_ref().map(ToString::to_string);
-                event.scopes = req.scopes.iter().map(ToString::to_string).collect();
-                event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                event.reason = Some(format!("delegation to {}: {e}", req.delegate));
-                let audited = self.audit(event).await;
-                self.count_denial(who).await;
-                audited?;
-                return Err(e);
+                let mut denial = self
+                    .denial(AuditKind::TokenDenied, Some(who))
+                    .logged(DenialLog::Delegation(req.delegate.clone()))
+                    .metric("delegate_token")
+                    .counted()
+                    .reason(format!("delegation to {}: {e}", req.delegate));
+                denial.event.task_id = req.task_id.as_ref().map(ToString::to_string);
+                denial.event.audience = req.audience.as_ref().map(ToString::to_string);
+                denial.event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                denial.event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                return self.deny(denial, e).await;
             }
         };
         let id = self.store.new_grant_id(&plan.task_id).await?;
@@ -168,27 +164,22 @@ impl Broker {
             plan.depth,
             binding_note(binding.as_ref())
         ));
-        if let Err(e) = self.audit(event).await {
+        let told = Told::TokenDelegated {
+            grant: &grant,
+            parent: parent.grant(),
+            exchange: hop == Hop::Exchange,
+            depth: plan.depth,
+            ttl: plan.lifetime.ttl,
+            bound: binding.is_some(),
+        };
+        if let Err(e) = self
+            .succeed(Success::new(event, told).metric(Metric::Delegated(grant.class)))
+            .await
+        {
             // INVARIANT: no token without its audit record: take the grant back.
             let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
             return Err(e);
         }
-        tracing::info!(
-            event = "token_delegated",
-            grant_id = %grant.id,
-            parent_grant_id = %parent.grant().id,
-            holder = %parent.grant().subject,
-            delegate = %grant.subject,
-            exchange = hop == Hop::Exchange,
-            task_id = %grant.task_id,
-            class = %grant.class,
-            depth = plan.depth,
-            ttl_secs = plan.lifetime.ttl.as_secs(),
-            bound = binding.is_some(),
-            "token delegated"
-        );
-        crate::telemetry::decision("delegate_token", true);
-        crate::telemetry::token_issued(&grant.class);
         Ok(Issued {
             token,
             grant,
@@ -271,7 +262,7 @@ impl Broker {
             blast_radius: Some(parent.grant().impact.blast_radius),
             requester: None,
         };
-        let allowed = self.authorize(
+        let allowed = self.ask_policy(
             principal,
             &tessera_core::policy::PolicyQuery::Token {
                 action: tessera_core::policy::TokenAction::Delegate,
@@ -313,5 +304,86 @@ fn binding_note(binding: Option<&Confirmation>) -> &'static str {
         Some(Confirmation::Jkt(_)) => ", bound to a proof-of-possession key",
         Some(Confirmation::X5tS256(_)) => ", bound to a client certificate",
         None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, id, scope};
+
+    fn to_agent2(scopes: &[&str]) -> DelegationRequest {
+        DelegationRequest {
+            delegate: id(AGENT2),
+            scopes: scopes.iter().map(|s| scope(s)).collect::<BTreeSet<_>>(),
+            ttl: None,
+            audience: None,
+            task_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holder_delegates_an_attenuated_child() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read", "notes.read"]).await;
+        let child = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .unwrap();
+        assert_eq!(child.grant.parent.as_ref(), Some(&parent.grant.id));
+        assert_eq!(child.grant.subject, id(AGENT2));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDelegated);
+        // The child dies with its parent.
+        f.broker.release(&f.who(AGENT), &parent.grant.id).await.unwrap();
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_child_wider_than_its_parent_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let refused = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.write"]), None)
+            .await;
+        assert!(refused.is_err());
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TokenDenied);
+        assert!(record.reason.unwrap().starts_with("delegation to spiffe://td/agent2: "));
+        assert_eq!(f.live("t1").await, 1);
+        let forged = f
+            .broker
+            .delegate_token(&f.who(AGENT), "e30.e30.e30", &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert!(matches!(
+            forged,
+            Err(BrokerError::Delegation(DelegationError::ParentNotLive))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_token_exchange_is_for_the_caller_only() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let wrong = f
+            .broker
+            .exchange_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert_eq!(wrong.err().map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+        let child = f
+            .broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .unwrap();
+        assert_eq!(child.grant.subject, id(AGENT2));
     }
 }

@@ -233,8 +233,9 @@ pub(super) fn stamp_refusal(event: &mut AuditEvent, err: &BrokerError) {
 
 impl Broker {
     /// Asks policy about `query` for `who`. Neither audits nor counts the
-    /// denial: the caller records it with what it knows of the request.
-    pub fn authorize(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
+    /// denial: the caller records it with what it knows of the request
+    /// (admin and verifier calls use [`Broker::authorize`], which does).
+    pub fn ask_policy(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
         let engine = self.policy.engine();
         let action = query.action();
         let entities = self
@@ -281,31 +282,21 @@ impl Broker {
         }
     }
 
-    /// Asks policy about an admin or verifier call named `rpc`. A refusal is
-    /// audited as `admin_denied` (reason `"<rpc>: ..."`) and counted; an
-    /// unknown name is refused.
-    pub async fn authorize_call(&self, who: &VerifiedIdentity, rpc: &str) -> Result<PolicyAllowed, BrokerError> {
-        let decided = match Action::parse(rpc).and_then(Operation::of) {
-            Some(op) => self.authorize(who, &PolicyQuery::Operation(op)),
-            None => Err(PolicyRefusal::Denied {
-                action: Action::ReloadPolicy,
-                reasons: vec![format!("`{rpc}` is not an admin or verifier operation")],
-                policy_ids: Vec::new(),
-                policy_hash: self.policy_hash(),
-            }
-            .into()),
-        };
-        match decided {
+    /// Asks policy whether `who` may make the admin or verifier call `op`,
+    /// once, inside the use case. A refusal is recorded here: audited as
+    /// `admin_denied` (reason `"<Operation>: ..."`), counted in
+    /// `tessera_decisions_total{operation="operator_rpc"}` and toward the
+    /// anomaly rule.
+    pub async fn authorize(&self, who: &VerifiedIdentity, op: Operation) -> Result<PolicyAllowed, BrokerError> {
+        match self.ask_policy(who, &PolicyQuery::Operation(op)) {
             Ok(allowed) => Ok(allowed),
             Err(e) => {
-                crate::telemetry::decision("operator_rpc", false);
-                let mut event = self.event(AuditKind::AdminDenied, Outcome::Deny, Some(who));
-                event.reason = Some(format!("{rpc}: {e}"));
-                stamp_refusal(&mut event, &e);
-                let audited = self.audit(event).await;
-                self.count_denial(who).await;
-                audited?;
-                Err(e)
+                let denial = self
+                    .denial(AuditKind::AdminDenied, Some(who))
+                    .metric("operator_rpc")
+                    .counted()
+                    .reason(format!("{}: {e}", op.action()));
+                self.deny(denial, e).await
             }
         }
     }
@@ -333,7 +324,7 @@ impl Broker {
             blast_radius: None,
             requester: None,
         };
-        self.authorize(
+        self.ask_policy(
             who,
             &PolicyQuery::Token {
                 action: TokenAction::Request,
@@ -361,7 +352,7 @@ impl Broker {
     /// Returns the new set's hash and number of policies.
     pub async fn reload_policy(&self, who: Option<&VerifiedIdentity>) -> Result<(Arc<str>, usize), BrokerError> {
         let allowed = match who {
-            Some(who) => Some(self.authorize_call(who, "ReloadPolicy").await?),
+            Some(who) => Some(self.authorize(who, Operation::ReloadPolicy).await?),
             None => None,
         };
         let _one_at_a_time = self.policy.reloading.lock().await;
@@ -412,9 +403,8 @@ impl Broker {
             Err(refusal) => {
                 metrics::counter!(POLICY_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(event = "policy_reload_refused", error = %refusal, policy_hash = %old.hash(), "policy reload refused; the policy in force stays");
-                event.decision = Outcome::Deny;
                 event.policy_hash = Some(old.hash().to_string());
-                self.refuse(event, refusal.into()).await
+                self.deny(super::record::Denial::of(event, who), refusal.into()).await
             }
         }
     }
@@ -449,4 +439,44 @@ pub fn reload_on_sighup(broker: Arc<Broker>) -> ReloadOnSighup {
             let _ = broker.reload_policy(None).await;
         }
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::audit::AuditKind;
+
+    use super::*;
+    use crate::broker::testing::{AGENT, Fixture, OPERATOR};
+
+    #[tokio::test]
+    async fn a_reload_without_a_policy_directory_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        let before = f.broker.policy_hash();
+        let refused = f.broker.reload_policy(Some(&f.who(OPERATOR))).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+        let record = f.audit.last();
+        assert_eq!(
+            (record.event, record.decision),
+            (AuditKind::PolicyReloaded, Outcome::Deny)
+        );
+        assert_eq!(f.broker.policy_hash(), before);
+        let refused = f.broker.reload_policy(Some(&f.who(AGENT))).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
+    }
+
+    #[tokio::test]
+    async fn policy_allows_by_role_and_stamps_its_decision() {
+        let f = Fixture::new().await;
+        let allowed = f
+            .broker
+            .ask_policy(&f.who(OPERATOR), &PolicyQuery::Operation(Operation::ListGrants))
+            .unwrap();
+        assert_eq!(allowed.action(), Action::ListGrants);
+        assert!(!allowed.policy_ids().is_empty());
+        let denied = f
+            .broker
+            .ask_policy(&f.who(AGENT), &PolicyQuery::Operation(Operation::ListGrants));
+        assert!(matches!(denied, Err(BrokerError::Policy(PolicyRefusal::Denied { .. }))));
+    }
 }

@@ -7,11 +7,12 @@
 //! client certificate (`x5t#S256`).
 
 use base64::Engine as _;
-use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::audit::AuditKind;
 use tessera_core::identity::{AttestationMethod, VerifiedIdentity};
 use tessera_core::pop::{self, PROOF_MAX_AGE, ProofCheck, ProofError};
 use tessera_core::token::Confirmation;
 
+use super::record::DenialLog;
 use super::{Broker, BrokerError};
 
 /// `htu` of proofs sent with RequestToken.
@@ -23,24 +24,48 @@ const PROOF_HTM: &str = "POST";
 /// Replay-cache namespace of proof `jti`s.
 const PROOF_REPLAY_NAMESPACE: &str = "dpop";
 
+/// The binding a RequestToken asks for, as the request says it; the use
+/// case resolves it ([`Broker::request_token`]): verifies the proof and
+/// burns its `jti`, or reads the caller's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindingAsk {
+    /// Neither `pop_proof` nor `mtls_binding`: a bearer token, if its class allows.
+    Bearer,
+    /// `pop_proof`, a proof for RequestToken: bound to its key (`cnf.jkt`).
+    Proof(String),
+    /// `mtls_binding`: bound to the caller's client certificate (`cnf.x5t#S256`).
+    ClientCertificate,
+    /// Both: refused (and audited), a token has one binding.
+    ProofAndCertificate,
+}
+
+impl BindingAsk {
+    /// What the request fields `pop_proof` and `mtls_binding` ask for.
+    pub fn of_fields(pop_proof: &str, mtls_binding: bool) -> Self {
+        match (pop_proof.is_empty(), mtls_binding) {
+            (true, false) => Self::Bearer,
+            (false, false) => Self::Proof(pop_proof.to_owned()),
+            (true, true) => Self::ClientCertificate,
+            (false, true) => Self::ProofAndCertificate,
+        }
+    }
+}
+
 impl Broker {
-    /// The binding a RequestToken asks for: `pop_proof` (a proof for
-    /// RequestToken; `cnf.jkt`), `mtls_binding` (the caller's client
-    /// certificate; `cnf.x5t#S256`), or neither (a bearer token, if its
-    /// class allows). Refusals are audited.
-    pub async fn request_binding(
+    /// Resolves the binding a RequestToken asks for. Refusals are audited
+    /// and counted.
+    pub(super) async fn request_binding(
         &self,
         who: &VerifiedIdentity,
-        pop_proof: &str,
-        mtls_binding: bool,
+        ask: &BindingAsk,
     ) -> Result<Option<Confirmation>, BrokerError> {
-        let binding = match (pop_proof.is_empty(), mtls_binding) {
-            (true, false) => return Ok(None),
-            (false, true) => Err(BrokerError::Binding(
+        let binding = match ask {
+            BindingAsk::Bearer => return Ok(None),
+            BindingAsk::ProofAndCertificate => Err(BrokerError::Binding(
                 "mtls_binding: ask for one binding, pop_proof or mtls_binding, not both",
             )),
-            (true, true) => certificate_binding(who),
-            (false, false) => self.proof_binding("pop_proof", pop_proof, REQUEST_TOKEN_HTU).await,
+            BindingAsk::ClientCertificate => certificate_binding(who),
+            BindingAsk::Proof(proof) => self.proof_binding("pop_proof", proof, REQUEST_TOKEN_HTU).await,
         };
         match binding {
             Ok(b) => Ok(Some(b)),
@@ -49,15 +74,15 @@ impl Broker {
     }
 
     /// The binding of a delegated child: the delegate's proof for
-    /// DelegateToken (`cnf.jkt`), or none. Refusals are audited.
-    pub async fn delegate_binding(
+    /// DelegateToken (`cnf.jkt`), or none. Refusals are audited and counted.
+    pub(super) async fn delegate_binding(
         &self,
         who: &VerifiedIdentity,
-        delegate_pop_proof: &str,
+        delegate_pop_proof: Option<&str>,
     ) -> Result<Option<Confirmation>, BrokerError> {
-        if delegate_pop_proof.is_empty() {
+        let Some(delegate_pop_proof) = delegate_pop_proof else {
             return Ok(None);
-        }
+        };
         match self
             .proof_binding("delegate_pop_proof", delegate_pop_proof, DELEGATE_TOKEN_HTU)
             .await
@@ -107,12 +132,12 @@ impl Broker {
         ) {
             return Err(e);
         }
-        tracing::info!(event = "binding_refused", subject = %who.id(), reason = %e, "proof of possession refused");
-        crate::telemetry::decision(operation, false);
-        let event = self.event(AuditKind::TokenDenied, Outcome::Deny, Some(who));
-        let refused = self.refuse(event, e).await;
-        self.count_denial(who).await;
-        refused
+        let denial = self
+            .denial(AuditKind::TokenDenied, Some(who))
+            .logged(DenialLog::Binding)
+            .metric(operation)
+            .counted();
+        self.deny(denial, e).await
     }
 }
 
@@ -166,5 +191,46 @@ mod tests {
         );
         let odd = VerifiedIdentity::attested(&registry, &id, AttestationMethod::X509, "sha256:zz".into()).unwrap();
         assert!(certificate_binding(&odd).is_err());
+    }
+
+    use crate::broker::testing::{AGENT, Fixture};
+
+    #[tokio::test]
+    async fn an_mtls_caller_binds_to_its_certificate_and_one_binding_only() {
+        let f = Fixture::new().await;
+        let who = f.who(AGENT);
+        let bound = f
+            .broker
+            .request_binding(&who, &BindingAsk::of_fields("", true))
+            .await
+            .unwrap();
+        assert!(matches!(bound, Some(Confirmation::X5tS256(_))));
+        assert_eq!(
+            f.broker
+                .request_binding(&who, &BindingAsk::of_fields("", false))
+                .await
+                .unwrap(),
+            None
+        );
+        let both = f
+            .broker
+            .request_binding(&who, &BindingAsk::of_fields("a.b.c", true))
+            .await;
+        assert!(matches!(both, Err(BrokerError::Binding(_))));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_proof_is_refused_naming_its_field() {
+        let f = Fixture::new().await;
+        let refused = f
+            .broker
+            .request_binding(&f.who(AGENT), &BindingAsk::of_fields("not-a-proof", false))
+            .await;
+        let err = refused.err().unwrap();
+        assert_eq!(err.kind(), tessera_core::ErrorKind::InvalidArgument);
+        assert!(err.to_string().starts_with("pop_proof: "), "{err}");
+        let refused = f.broker.delegate_binding(&f.who(AGENT), Some("not-a-proof")).await;
+        assert!(refused.err().unwrap().to_string().starts_with("delegate_pop_proof: "));
     }
 }

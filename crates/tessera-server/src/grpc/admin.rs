@@ -1,4 +1,8 @@
-//! `tessera.v1.AdminService`.
+//! `tessera.v1.AdminService`. Each handler converts the request, calls one
+//! use case (which asks policy, by operation, and records a refusal),
+//! and converts the answer. Fields are handed over parsed or with the
+//! parse error ([`crate::broker::Asked`]): the use case answers a malformed
+//! field only to a caller it has authorized.
 
 use tessera_core::task::TaskState;
 use tessera_proto::v1 as pb;
@@ -15,11 +19,7 @@ impl AdminService for Shared {
         req: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "ListGrants")
-            .await
-            .map_err(status::from_broker)?;
-        let query = convert::grant_query(req.get_ref())?;
+        let query = convert::grant_query(req.get_ref());
         let page = self
             .broker
             .list_grants(&who, query)
@@ -74,16 +74,16 @@ impl AdminService for Shared {
         req: Request<pb::RevokeIdentityRequest>,
     ) -> Result<Response<pb::RevokeIdentityResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "RevokeIdentity")
-            .await
-            .map_err(status::from_broker)?;
         let r = req.get_ref();
-        let identity = convert::identity("identity", &r.identity)?;
-        let reason = convert::reason("reason", &r.reason, "identity revoked by operator")?;
+        let asked = convert::identity("identity", &r.identity).and_then(|id| {
+            Ok((
+                id,
+                convert::reason("reason", &r.reason, "identity revoked by operator")?,
+            ))
+        });
         let done = self
             .broker
-            .revoke_identity(&who, &identity, &reason, r.disable)
+            .revoke_identity(&who, asked, r.disable)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(pb::RevokeIdentityResponse {
@@ -97,16 +97,16 @@ impl AdminService for Shared {
         req: Request<pb::EnableIdentityRequest>,
     ) -> Result<Response<pb::EnableIdentityResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "EnableIdentity")
-            .await
-            .map_err(status::from_broker)?;
         let r = req.get_ref();
-        let identity = convert::identity("identity", &r.identity)?;
-        let reason = convert::reason("reason", &r.reason, "identity enabled by operator")?;
+        let asked = convert::identity("identity", &r.identity).and_then(|id| {
+            Ok((
+                id,
+                convert::reason("reason", &r.reason, "identity enabled by operator")?,
+            ))
+        });
         let enabled = self
             .broker
-            .enable_identity(&who, &identity, &reason)
+            .enable_identity(&who, asked)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(pb::EnableIdentityResponse { enabled }))
@@ -114,20 +114,18 @@ impl AdminService for Shared {
 
     async fn revoke_all(&self, req: Request<pb::RevokeAllRequest>) -> Result<Response<pb::RevokeAllResponse>, Status> {
         let who = self.caller(&req).await?;
-        if req.get_ref().confirm != "revoke-all" {
-            // Checked after the caller is known, so a stray call is still attributed.
-            self.broker
-                .require_operator(&who, "RevokeAll")
-                .await
-                .map_err(status::from_broker)?;
-            return Err(Status::invalid_argument(
-                "confirm: must be \"revoke-all\": this revokes every live grant and withdraws every signing key",
-            ));
-        }
-        let reason = convert::reason("reason", &req.get_ref().reason, "break-glass")?;
+        let r = req.get_ref();
+        let reason = if r.confirm == "revoke-all" {
+            convert::reason("reason", &r.reason, "break-glass")
+        } else {
+            Err(status::FieldError::new(
+                "confirm",
+                "must be \"revoke-all\": this revokes every live grant and withdraws every signing key",
+            ))
+        };
         let (grants_revoked, new_key_id) = self
             .broker
-            .revoke_all(&who, &reason)
+            .revoke_all(&who, reason)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(pb::RevokeAllResponse {
@@ -141,10 +139,6 @@ impl AdminService for Shared {
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "ListApprovals")
-            .await
-            .map_err(status::from_broker)?;
         super::approvals::list(&self.broker, &who, req.get_ref()).await
     }
 
@@ -153,10 +147,6 @@ impl AdminService for Shared {
         req: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "DecideApproval")
-            .await
-            .map_err(status::from_broker)?;
         super::approvals::decide(&self.broker, &who, req.get_ref()).await
     }
 
@@ -165,14 +155,10 @@ impl AdminService for Shared {
         req: Request<pb::BlastRadiusRequest>,
     ) -> Result<Response<pb::BlastRadiusResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "BlastRadius")
-            .await
-            .map_err(status::from_broker)?;
-        let target = convert::blast_target(req.get_ref())?;
+        let target = convert::blast_target(req.get_ref());
         let radius = self
             .broker
-            .blast_radius(&who, &target)
+            .blast_radius(&who, target)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(convert::blast_radius(&radius)))
@@ -183,16 +169,8 @@ impl AdminService for Shared {
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         let who = self.caller(&req).await?;
-        self.broker
-            .require_operator(&who, "RotateSigningKey")
-            .await
-            .map_err(status::from_broker)?;
-        let why = convert::reason("reason", &req.get_ref().reason, "rotated by operator")?;
-        let (new_key_id, retired_key_id) = self
-            .broker
-            .rotate_key(Some(&who), &why)
-            .await
-            .map_err(status::from_broker)?;
+        let why = convert::reason("reason", &req.get_ref().reason, "rotated by operator");
+        let (new_key_id, retired_key_id) = self.broker.rotate_key(&who, why).await.map_err(status::from_broker)?;
         Ok(Response::new(pb::RotateSigningKeyResponse {
             new_key_id,
             retired_key_id,

@@ -18,15 +18,10 @@ impl AgentService for Shared {
         req: Request<pb::RequestTokenRequest>,
     ) -> Result<Response<pb::RequestTokenResponse>, Status> {
         let who = self.caller(&req).await?;
-        let mut request = convert::token_request(req.get_ref())?;
-        request.binding = self
-            .broker
-            .request_binding(&who, &req.get_ref().pop_proof, req.get_ref().mtls_binding)
-            .await
-            .map_err(status::from_broker)?;
+        let ask = convert::token_ask(req.get_ref())?;
         let outcome = match self
             .broker
-            .request_token(&who, &request)
+            .request_token(&who, ask)
             .await
             .map_err(status::from_broker)?
         {
@@ -63,15 +58,12 @@ impl AgentService for Shared {
         req: Request<pb::DelegateTokenRequest>,
     ) -> Result<Response<pb::IssuedToken>, Status> {
         let who = self.caller(&req).await?;
-        let request = convert::delegation_request(req.get_ref())?;
-        let binding = self
-            .broker
-            .delegate_binding(&who, &req.get_ref().delegate_pop_proof)
-            .await
-            .map_err(status::from_broker)?;
+        let r = req.get_ref();
+        let request = convert::delegation_request(r)?;
+        let proof = (!r.delegate_pop_proof.is_empty()).then_some(r.delegate_pop_proof.as_str());
         let issued = self
             .broker
-            .delegate_token(&who, &req.get_ref().parent_token, &request, binding)
+            .delegate_token(&who, &r.parent_token, &request, proof)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(convert::issued(issued)))

@@ -74,7 +74,7 @@ pub(super) fn await_stream(
 /// Default and largest ListApprovals page.
 const DEFAULT_PAGE: usize = 50;
 
-/// ListApprovals (the caller's role was checked and audited).
+/// ListApprovals.
 pub(super) async fn list(
     broker: &Broker,
     who: &VerifiedIdentity,
@@ -82,13 +82,13 @@ pub(super) async fn list(
 ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
     let after = (!req.page_token.is_empty())
         .then(|| convert::approval_id("page_token", &req.page_token).map(|id| id.to_string()))
-        .transpose()?;
+        .transpose();
     let limit = match usize::try_from(req.page_size).unwrap_or(usize::MAX) {
         0 => DEFAULT_PAGE,
         n => n.min(tessera_store::MAX_APPROVAL_PAGE),
     };
     let page = broker
-        .list_approvals(who, after.as_deref(), limit)
+        .list_approvals(who, after.map(|after| (after, limit)))
         .await
         .map_err(status::from_broker)?;
     let now = broker.now();
@@ -98,17 +98,17 @@ pub(super) async fn list(
     }))
 }
 
-/// DecideApproval (the caller's role was checked and audited).
+/// DecideApproval.
 pub(super) async fn decide(
     broker: &Broker,
     who: &VerifiedIdentity,
     req: &pb::DecideApprovalRequest,
 ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
-    let id = convert::approval_id("approval_id", &req.approval_id)?;
     let default = if req.approve { "approved" } else { "denied" };
-    let reason = convert::reason("reason", &req.reason, default)?;
+    let asked = convert::approval_id("approval_id", &req.approval_id)
+        .and_then(|id| Ok((id, convert::reason("reason", &req.reason, default)?)));
     let approval = broker
-        .decide_approval(who, &id, req.approve, &reason)
+        .decide_approval(who, asked, req.approve)
         .await
         .map_err(status::from_broker)?;
     Ok(Response::new(pb::DecideApprovalResponse {

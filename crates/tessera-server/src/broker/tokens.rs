@@ -1,0 +1,507 @@
+//! Tokens: RequestToken (decide, assess, sign, record, audit), the mint
+//! every token passes, and ReleaseToken / RevokeGrant.
+
+use tessera_core::audit::{AuditKind, Outcome};
+use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
+use tessera_core::identity::VerifiedIdentity;
+use tessera_core::issuance::{self, TokenRequest};
+use tessera_core::policy::Operation;
+use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
+use tessera_store::RevokeOutcome;
+
+use super::record::{DenialLog, Metric, Success, Told};
+use super::verifier::log_rejected;
+use super::{BindingAsk, Broker, BrokerError, TokenOutcome, policy};
+
+/// A minted token and its record. `token` is a secret: `Debug` redacts it.
+pub struct Issued {
+    /// The compact JWS.
+    pub token: String,
+    /// Its recorded grant.
+    pub grant: Grant,
+    /// Its OAuth `token_type`: `DPoP` for a key-bound token, else `Bearer`.
+    pub token_type: &'static str,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"<redacted>")
+            .field("grant", &self.grant)
+            .finish()
+    }
+}
+
+/// A RequestToken as the edge parsed it: the request (its `binding` not
+/// yet set) and the binding it asks for, which the use case resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAsk {
+    /// Task, audience, scopes and lifetime.
+    pub request: TokenRequest,
+    /// The binding asked for.
+    pub binding: BindingAsk,
+}
+
+impl Broker {
+    /// RequestToken: resolve the binding asked for, decide, assess, then
+    /// sign and record — or, for a high-impact (or policy-marked) request,
+    /// open a pending approval. No token leaves unless its grant is recorded.
+    pub async fn request_token(&self, who: &VerifiedIdentity, ask: TokenAsk) -> Result<TokenOutcome, BrokerError> {
+        let TokenAsk { mut request, binding } = ask;
+        request.binding = self.request_binding(who, &binding).await?;
+        self.request_bound_token(who, &request).await
+    }
+
+    /// RequestToken once its binding is resolved.
+    async fn request_bound_token(
+        &self,
+        who: &VerifiedIdentity,
+        req: &TokenRequest,
+    ) -> Result<TokenOutcome, BrokerError> {
+        let now = self.clock.now();
+        let task = self.load_task(&req.task_id).await?;
+        let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
+            let plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
+            Ok((allowed, plan))
+        });
+        let (allowed, plan) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                let mut denial = self
+                    .denial(AuditKind::TokenDenied, Some(who))
+                    .logged(DenialLog::Token)
+                    .metric("request_token")
+                    .counted();
+                denial.event.task_id = Some(req.task_id.to_string());
+                denial.event.audience = Some(req.audience.to_string());
+                denial.event.scopes = req.scopes.iter().map(ToString::to_string).collect();
+                denial.event.ttl_secs = req.ttl.map(|t| t.as_secs());
+                return self.deny(denial, e).await;
+            }
+        };
+        if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
+            let mut denial = self
+                .denial(AuditKind::TokenDenied, Some(who))
+                .metric("request_token")
+                .counted();
+            denial.event.task_id = Some(req.task_id.to_string());
+            denial.event.audience = Some(req.audience.to_string());
+            denial.event.class = Some(plan.class.to_string());
+            return self.deny(denial, e).await;
+        }
+        // Policy's obligations (approval, max TTL, blast-radius cap) go to
+        // the same assessment as the catalog's and the configuration's.
+        let terms = Self::policy_terms(&allowed);
+        let assessment = self.assess_plan(who, req, &plan, None, &terms).await?;
+        if let Some(why) = assessment.approval.clone() {
+            return self
+                .open_approval(who, req, &plan, &assessment, why, task.deadline)
+                .await
+                .map(TokenOutcome::Pending);
+        }
+        let impact = GrantImpact {
+            high_impact: !assessment.high_impact.is_empty(),
+            blast_radius: assessment.blast_radius,
+            approval_id: None,
+        };
+        let plan = issuance::GrantPlan {
+            lifetime: assessment.lifetime,
+            ..plan
+        };
+        let id = self.store.new_grant_id(&plan.task_id).await?;
+        self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
+            .await
+            .map(TokenOutcome::Issued)
+    }
+
+    /// Signs and records a token for an allowed, assessed `plan` under the
+    /// grant id `id` (from [`GrantStore::new_grant_id`]), then audits it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one decided part of the grant; a struct would only rename them"
+    )]
+    pub(super) async fn mint(
+        &self,
+        who: &VerifiedIdentity,
+        plan: issuance::GrantPlan,
+        id: GrantId,
+        impact: GrantImpact,
+        cnf: Option<tessera_core::token::Confirmation>,
+        allowed: &policy::PolicyAllowed,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Issued, BrokerError> {
+        let token_type = cnf
+            .as_ref()
+            .map_or("Bearer", tessera_core::token::Confirmation::token_type);
+        let scope = plan.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: who.id().to_string(),
+            aud: plan.audience.to_string(),
+            exp: plan.lifetime.expires_at.timestamp(),
+            nbf: plan.lifetime.issued_at.timestamp(),
+            iat: plan.lifetime.issued_at.timestamp(),
+            jti: id.to_string(),
+            scope,
+            client_id: who.id().to_string(),
+            task_id: plan.task_id.to_string(),
+            cnf,
+            act: None,
+            tessera_chain: Vec::new(),
+        };
+        let signer = self.signer();
+        let token = signer
+            .sign_jws(ACCESS_TOKEN_TYP, &claims)
+            .map_err(BrokerError::Signing)?;
+        let grant = Grant {
+            id,
+            task_id: plan.task_id,
+            subject: who.id().clone(),
+            audience: plan.audience,
+            scopes: plan.scopes,
+            class: plan.class,
+            issued_at: plan.lifetime.issued_at,
+            expires_at: plan.lifetime.expires_at,
+            parent: None,
+            key_id: signer.kid().to_owned(),
+            state: GrantState::Active,
+            revoked_at: None,
+            revocation_reason: None,
+            impact,
+        };
+        // INVARIANT: the token is returned only after its grant is recorded;
+        // if recording fails the signed token is dropped here, unseen.
+        self.store.record_grant(&grant, now).await?;
+        self.confirm_recorded(who, &grant, now).await?;
+        let mut event = self.grant_event(AuditKind::TokenIssued, who, &grant, plan.lifetime.ttl);
+        allowed.stamp(&mut event);
+        event.blast_radius = Some(grant.impact.blast_radius);
+        event.approval_id = grant.impact.approval_id.clone();
+        let told = Told::TokenIssued {
+            grant: &grant,
+            ttl: plan.lifetime.ttl,
+        };
+        if let Err(e) = self
+            .succeed(Success::new(event, told).metric(Metric::Issued(grant.class)))
+            .await
+        {
+            // INVARIANT: no token without its audit record: take the grant back.
+            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
+            return Err(e);
+        }
+        Ok(Issued {
+            token,
+            grant,
+            token_type,
+        })
+    }
+
+    /// After a grant is recorded, before its token leaves. The caller `who`
+    /// must still be admitted: a quarantine that began while this mint was
+    /// in flight has already swept its grants, and this one must not slip
+    /// past it. And the grant's holder must not be disabled, neither here
+    /// nor in the store (a disable made on another replica that this one has
+    /// not read yet): the store check is after the record, so a disable
+    /// either is seen here or comes after the record, and its sweep finds
+    /// the grant. Otherwise the grant is taken back; if the store cannot
+    /// say, too (fail closed).
+    pub(super) async fn confirm_recorded(
+        &self,
+        who: &VerifiedIdentity,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        if let Err(e) = self.admit(who).await {
+            let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
+            return Err(e);
+        }
+        let disabled = if self.registry.is_disabled(&grant.subject) {
+            Ok(true)
+        } else {
+            let stored = self.store.subject_disabled(&grant.subject).await;
+            if matches!(stored, Ok(true)) {
+                // Learnt before the next refresh: refuse it here from now on.
+                self.registry.disable_at_runtime(&grant.subject);
+            }
+            stored
+        };
+        match disabled {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
+                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                    grant.subject.clone(),
+                )))
+            }
+            Err(e) => {
+                let _ = self.store.revoke_grant(&grant.id, "store unavailable", now).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// ReleaseToken naming the token itself: its signature and expiry are
+    /// checked with this broker's keys, then [`Broker::release`] of its grant.
+    pub async fn release_token(
+        &self,
+        who: &VerifiedIdentity,
+        token: &str,
+    ) -> Result<(GrantId, RevokeOutcome), BrokerError> {
+        let jwks = self.jwks().await?;
+        let claims = tessera_core::token::verify_access_token(
+            token,
+            &jwks,
+            &self.settings.issuer,
+            self.clock.now(),
+            self.settings.leeway_secs,
+        )
+        .map_err(|e| {
+            log_rejected(&e);
+            BrokerError::NotLiveToken("token")
+        })?;
+        let id = GrantId::parse(&claims.jti).map_err(|_| BrokerError::NotLiveToken("token"))?;
+        let outcome = self.release(who, &id).await?;
+        Ok((id, outcome))
+    }
+
+    /// ReleaseToken: the holder gives its grant back.
+    pub async fn release(&self, who: &VerifiedIdentity, id: &GrantId) -> Result<RevokeOutcome, BrokerError> {
+        let grant = self
+            .store
+            .grant(id)
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        if &grant.subject != who.id() {
+            let mut denial = self.denial(AuditKind::TokenReleased, Some(who));
+            denial.event.grant_id = Some(id.to_string());
+            denial.event.task_id = Some(grant.task_id.to_string());
+            return self.deny(denial, BrokerError::NotHolder(who.id().to_string())).await;
+        }
+        self.revoke(who, id, "released by holder", AuditKind::TokenReleased, None)
+            .await
+    }
+
+    /// RevokeGrant (operator).
+    pub async fn revoke_grant(
+        &self,
+        who: &VerifiedIdentity,
+        id: &GrantId,
+        reason: &str,
+    ) -> Result<RevokeOutcome, BrokerError> {
+        let allowed = self.authorize(who, Operation::RevokeGrant).await?;
+        self.revoke(who, id, reason, AuditKind::GrantRevoked, Some(&allowed))
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        who: &VerifiedIdentity,
+        id: &GrantId,
+        reason: &str,
+        kind: AuditKind,
+        allowed: Option<&policy::PolicyAllowed>,
+    ) -> Result<RevokeOutcome, BrokerError> {
+        let outcome = self
+            .store
+            .revoke_grant(id, reason, self.clock.now())
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        let mut event = self.event(kind, Outcome::Allow, Some(who));
+        event.grant_id = Some(id.to_string());
+        event.task_id = Some(outcome.grant.task_id.to_string());
+        event.reason = Some(reason.to_owned());
+        event.count = Some(u64::from(outcome.revoked) + outcome.descendants_revoked);
+        if let Some(allowed) = allowed {
+            allowed.stamp(&mut event);
+        }
+        let told = Told::GrantRevoked {
+            id,
+            by: who.id(),
+            changed: outcome.revoked,
+            descendants: outcome.descendants_revoked,
+            reason,
+        };
+        let metric = Metric::GrantRevoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
+        self.succeeded(Success::new(event, told).metric(metric)).await?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tessera_core::identity::SpiffeId;
+    use tessera_core::task::{Audience, Scope, ScopeClass, TaskId};
+
+    use super::*;
+
+    #[test]
+    fn issued_debug_redacts_the_token() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let issued = Issued {
+            token: "eyJhbGciOiJFUzI1NiJ9.secret-claims.secret-signature".into(),
+            grant: Grant {
+                id: GrantId::parse("g1").unwrap(),
+                task_id: TaskId::parse("t1").unwrap(),
+                subject: SpiffeId::parse("spiffe://td/agent").unwrap(),
+                audience: Audience::parse("crm").unwrap(),
+                scopes: BTreeSet::from([Scope::parse("contacts.read").unwrap()]),
+                class: ScopeClass::Read,
+                issued_at: at,
+                expires_at: at + chrono::Duration::seconds(60),
+                parent: None,
+                key_id: "k1".into(),
+                state: GrantState::Active,
+                revoked_at: None,
+                revocation_reason: None,
+                impact: GrantImpact::default(),
+            },
+            token_type: "Bearer",
+        };
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(r#"token: "<redacted>""#), "{shown}");
+        assert!(shown.contains("g1") && shown.contains("spiffe://td/agent"), "{shown}");
+    }
+
+    use tessera_core::ErrorKind;
+    use tessera_core::audit::{AuditKind, Outcome};
+    use tessera_store::GrantStore as _;
+
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, ORCHESTRATOR};
+
+    #[tokio::test]
+    async fn a_token_leaves_with_its_grant_recorded_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        assert_eq!(issued.token_type, "Bearer");
+        let stored = f.store.grant(&issued.grant.id).await.unwrap().unwrap();
+        assert!(stored.is_live_at(f.broker.now()));
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TokenIssued);
+        assert_eq!(record.decision, Outcome::Allow);
+        assert_eq!(record.grant_id.as_deref(), Some(issued.grant.id.as_str()));
+        assert_eq!(record.scopes, vec!["contacts.read".to_owned()]);
+        assert_eq!(record.ttl_secs, Some(300));
+    }
+
+    #[tokio::test]
+    async fn no_token_without_its_audit_record() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.audit.fail(true);
+        let refused = f
+            .broker
+            .request_token(&f.who(AGENT), f.ask("t1", &["contacts.read"]))
+            .await;
+        let err = refused.expect_err("no token may leave without its record");
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(matches!(err, BrokerError::Audit(_)), "{err}");
+        assert_eq!(f.live("t1").await, 0, "the recorded grant is taken back");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_is_no_agent_of_the_task_is_refused_and_audited() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let refused = f
+            .broker
+            .request_token(&f.who(ORCHESTRATOR), f.ask("t1", &["contacts.read"]))
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::TokenDenied, Outcome::Deny));
+        assert_eq!(record.task_id.as_deref(), Some("t1"));
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_releases_its_grant() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let other = f.broker.release(&f.who(AGENT2), &issued.grant.id).await;
+        assert!(matches!(other, Err(BrokerError::NotHolder(_))));
+        assert_eq!(f.live("t1").await, 1);
+        let (id, outcome) = f.broker.release_token(&f.who(AGENT), &issued.token).await.unwrap();
+        assert_eq!(id, issued.grant.id);
+        assert!(outcome.revoked);
+        assert_eq!(f.live("t1").await, 0);
+        assert_eq!(f.audit.last().event, AuditKind::TokenReleased);
+        let forged = f.broker.release_token(&f.who(AGENT), "e30.e30.e30").await;
+        assert!(matches!(forged, Err(BrokerError::NotLiveToken("token"))));
+    }
+
+    #[tokio::test]
+    async fn only_an_operator_revokes_a_grant() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let refused = f.broker.revoke_grant(&f.who(AGENT), &issued.grant.id, "no").await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
+        assert_eq!(f.live("t1").await, 1);
+        let outcome = f
+            .broker
+            .revoke_grant(&f.who(OPERATOR), &issued.grant.id, "yes")
+            .await
+            .unwrap();
+        assert!(outcome.revoked);
+        assert_eq!(f.live("t1").await, 0);
+        let record = f.audit.last();
+        assert_eq!(
+            (record.event, record.reason.as_deref()),
+            (AuditKind::GrantRevoked, Some("yes"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_dies_with_its_lifetime_on_the_broker_clock() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        f.clock.advance(chrono::Duration::seconds(299));
+        assert_eq!(f.live("t1").await, 1);
+        f.clock.advance(chrono::Duration::seconds(1));
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_use_case_resolves_the_binding_the_request_asks_for() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let who = f.who(AGENT);
+        let unbound = f.broker.request_token(&who, f.ask("t1", &["contacts.write"])).await;
+        assert!(matches!(unbound, Err(BrokerError::Unbound { field: "pop_proof", .. })));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+        let mut ask = f.ask("t1", &["contacts.write"]);
+        ask.binding = BindingAsk::ClientCertificate;
+        let Ok(TokenOutcome::Issued(issued)) = f.broker.request_token(&who, ask).await else {
+            panic!("a certificate-bound write token is issued");
+        };
+        assert_eq!(f.audit.last().grant_id.as_deref(), Some(issued.grant.id.as_str()));
+        let mut both = f.ask("t1", &["contacts.read"]);
+        both.binding = BindingAsk::ProofAndCertificate;
+        let refused = f.broker.request_token(&who, both).await;
+        assert!(matches!(refused, Err(BrokerError::Binding(_))));
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_stands_even_when_its_record_cannot_be_written() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        f.audit.fail(true);
+        let answered = f.broker.revoke_grant(&f.who(OPERATOR), &issued.grant.id, "x").await;
+        assert_eq!(answered.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        assert_eq!(
+            f.live("t1").await,
+            0,
+            "revoked: the operator retries, the grant stays dead"
+        );
+    }
+}
