@@ -1,5 +1,6 @@
 //! The decision to issue a token: pure, over values. The server fetches the
-//! task, calls [`plan_grant`], signs, and records the grant.
+//! task, classifies the request once ([`ClassifiedRequest`]), asks policy
+//! about that class, calls [`plan_grant`], signs, and records the grant.
 
 use std::collections::BTreeSet;
 
@@ -28,6 +29,34 @@ pub struct TokenRequest {
     /// The key or certificate the token is bound to (`cnf`), already
     /// verified; `None` for a bearer token.
     pub binding: Option<crate::token::Confirmation>,
+}
+
+/// A token request whose scopes the catalog has classified: known for the
+/// audience and all of one class. Built only by [`ClassifiedRequest::new`],
+/// so policy and [`plan_grant`] see the same class, computed once.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifiedRequest<'a> {
+    request: &'a TokenRequest,
+    class: ScopeClass,
+}
+
+impl<'a> ClassifiedRequest<'a> {
+    /// Classifies `request`'s scopes: an unknown audience or scope, no scope,
+    /// or scopes of more than one class is an error (INVALID_ARGUMENT).
+    pub fn new(catalog: &ApiCatalog, request: &'a TokenRequest) -> Result<Self, IssuanceError> {
+        let class = catalog.classify(&request.audience, &request.scopes)?;
+        Ok(Self { request, class })
+    }
+
+    /// The request.
+    pub fn request(&self) -> &'a TokenRequest {
+        self.request
+    }
+
+    /// The one class of its scopes.
+    pub fn class(&self) -> ScopeClass {
+        self.class
+    }
 }
 
 /// Everything needed to mint and record a grant, once allowed.
@@ -110,20 +139,21 @@ impl IssuanceError {
 
 /// Decides whether `who` may have a token for `req` in `task` at `now`, and
 /// for how long, as far as the task and the catalog say; policy
-/// ([`crate::policy`]) decides who may ask at all. Checks, in order: the
-/// request itself (known audience and scopes of one class, lifetime within
-/// the broker's maximum), which depends on no task; assignment; task state;
-/// scope ceiling; lifetime. Only an assigned agent learns anything about the task.
+/// ([`crate::policy`]) decides who may ask at all. The request's scopes were
+/// classified by [`ClassifiedRequest::new`]. Checks, in order: the lifetime
+/// within the broker's maximum, which depends on no task; assignment; task
+/// state; scope ceiling; lifetime. Only an assigned agent learns anything
+/// about the task.
 pub fn plan_grant(
     who: &VerifiedIdentity,
     task: &Task,
-    catalog: &ApiCatalog,
-    req: &TokenRequest,
+    classified: &ClassifiedRequest<'_>,
     limits: TtlLimits,
     now: DateTime<Utc>,
 ) -> Result<GrantPlan, IssuanceError> {
     let identity = who.identity();
-    let class = catalog.classify(&req.audience, &req.scopes)?;
+    let req = classified.request();
+    let class = classified.class();
     if let Some(requested) = req.ttl
         && requested > limits.max
     {

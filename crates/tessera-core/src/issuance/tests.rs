@@ -81,9 +81,22 @@ fn limits() -> TtlLimits {
     }
 }
 
+/// Classifies, then plans: what the broker does for every request.
+fn plan(
+    who: &VerifiedIdentity,
+    task: &Task,
+    catalog: &ApiCatalog,
+    req: &TokenRequest,
+    limits: TtlLimits,
+    now: DateTime<Utc>,
+) -> Result<GrantPlan, IssuanceError> {
+    let classified = ClassifiedRequest::new(catalog, req)?;
+    plan_grant(who, task, &classified, limits, now)
+}
+
 #[track_caller]
 fn check(who: &VerifiedIdentity, task: &Task, req: &TokenRequest, expected: Result<u32, ErrorKind>) {
-    let got = plan_grant(who, task, &catalog(), req, limits(), t0());
+    let got = plan(who, task, &catalog(), req, limits(), t0());
     match (got, expected) {
         (Ok(plan), Ok(ttl)) => assert_eq!(plan.lifetime.ttl.as_secs(), ttl),
         (Err(e), Err(kind)) => assert_eq!(e.kind(), kind, "{e}"),
@@ -97,7 +110,7 @@ fn an_assigned_agent_within_the_ceiling_gets_a_bounded_ttl() {
     // Task has 120 s left; identity max 600; request 900 is within broker max.
     check(&agent, &task(), &request(&["contacts.read"], Some(900)), Ok(120));
     check(&agent, &task(), &request(&["contacts.read"], Some(30)), Ok(30));
-    let plan = plan_grant(
+    let plan = plan(
         &agent,
         &task(),
         &catalog(),
@@ -171,7 +184,7 @@ fn a_stranger_learns_nothing_of_the_task() {
     let mut late = task();
     late.deadline = t0();
     for t in [done, late] {
-        let e = plan_grant(
+        let e = plan(
             &stranger,
             &t,
             &catalog(),
@@ -189,7 +202,7 @@ fn a_stranger_learns_nothing_of_the_task() {
 fn malformed_requests_name_their_field() {
     let agent = who("spiffe://td/agent", &[Role::Agent]);
     let message = |req: &TokenRequest| {
-        plan_grant(&agent, &task(), &catalog(), req, limits(), t0())
+        plan(&agent, &task(), &catalog(), req, limits(), t0())
             .unwrap_err()
             .to_string()
     };
@@ -211,7 +224,7 @@ fn malformed_requests_name_their_field() {
     // No time left is the task's state, not a bad field.
     let mut late = task();
     late.deadline = t0() + Duration::milliseconds(500);
-    let e = plan_grant(
+    let e = plan(
         &agent,
         &late,
         &catalog(),

@@ -16,7 +16,7 @@ use tessera_core::approval::{self, Approval, ApprovalDecision, ApprovalError, Ap
 use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
 use tessera_core::grant::GrantImpact;
 use tessera_core::identity::VerifiedIdentity;
-use tessera_core::issuance::{self, GrantPlan, TokenRequest};
+use tessera_core::issuance::{self, ClassifiedRequest, GrantPlan, TokenRequest};
 use tessera_core::policy::{Operation, PolicyQuery, TokenAction, TokenFacts};
 use tessera_core::risk::{self, Assessment, PolicyTerms, RiskError};
 use tessera_store::{ApprovalPage, ApprovalStore, Transition};
@@ -416,10 +416,14 @@ impl Broker {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
         // Policy is asked again: a set reloaded since the approval decides.
-        let decided = self.authorize_token_request(who, &task, &req).and_then(|allowed| {
-            let plan = issuance::plan_grant(who, &task, &self.catalog, &req, self.settings.ttl, now)?;
-            Ok((allowed, plan))
-        });
+        // Classified once: policy and the plan see the same class.
+        let decided = ClassifiedRequest::new(&self.catalog, &req)
+            .map_err(BrokerError::from)
+            .and_then(|classified| {
+                let allowed = self.authorize_token_request(who, &task, &classified)?;
+                let plan = issuance::plan_grant(who, &task, &classified, self.settings.ttl, now)?;
+                Ok((allowed, plan))
+            });
         let (allowed, plan) = match decided {
             Ok(decided) => decided,
             Err(e) => {

@@ -11,7 +11,7 @@ use tessera_core::ErrorKind;
 use tessera_core::audit::{AuditEvent, AuditKind, Outcome};
 use tessera_core::catalog::ApiCatalog;
 use tessera_core::identity::{IdentityRegistry, VerifiedIdentity};
-use tessera_core::issuance::{IssuanceError, TokenRequest};
+use tessera_core::issuance::ClassifiedRequest;
 use tessera_core::policy::{
     Action, Operation, PolicyDecision, PolicyEngine, PolicyEntities, PolicyError, PolicyLoadError, PolicyQuery,
     TokenAction, TokenFacts, read_policy_files,
@@ -301,23 +301,19 @@ impl Broker {
         }
     }
 
-    /// Asks policy about `req` (RequestToken) in `task`. The scopes are
-    /// classified first: an unknown audience or scope, or mixed classes, is
-    /// the same INVALID_ARGUMENT `plan_grant` gives.
+    /// Asks policy about a classified RequestToken in `task`: the class
+    /// policy sees is the one [`tessera_core::issuance::plan_grant`] plans with.
     pub fn authorize_token_request(
         &self,
         who: &VerifiedIdentity,
         task: &Task,
-        req: &TokenRequest,
+        classified: &ClassifiedRequest<'_>,
     ) -> Result<PolicyAllowed, BrokerError> {
-        let class = self
-            .catalog
-            .classify(&req.audience, &req.scopes)
-            .map_err(IssuanceError::from)?;
+        let req = classified.request();
         let facts = TokenFacts {
             audience: &req.audience,
             scopes: &req.scopes,
-            class,
+            class: classified.class(),
             high_impact: self.high_impact(&req.audience, &req.scopes),
             requested_ttl: req.ttl.unwrap_or(self.settings.ttl.default),
             delegation: None,

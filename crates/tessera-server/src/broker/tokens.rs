@@ -4,7 +4,7 @@
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
 use tessera_core::identity::VerifiedIdentity;
-use tessera_core::issuance::{self, TokenRequest};
+use tessera_core::issuance::{self, ClassifiedRequest, TokenRequest};
 use tessera_core::policy::Operation;
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera_store::RevokeOutcome;
@@ -60,10 +60,14 @@ impl Broker {
     ) -> Result<TokenOutcome, BrokerError> {
         let now = self.clock.now();
         let task = self.load_task(&req.task_id).await?;
-        let decided = self.authorize_token_request(who, &task, req).and_then(|allowed| {
-            let plan = issuance::plan_grant(who, &task, &self.catalog, req, self.settings.ttl, now)?;
-            Ok((allowed, plan))
-        });
+        // Classified once: policy and the plan see the same class.
+        let decided = ClassifiedRequest::new(&self.catalog, req)
+            .map_err(BrokerError::from)
+            .and_then(|classified| {
+                let allowed = self.authorize_token_request(who, &task, &classified)?;
+                let plan = issuance::plan_grant(who, &task, &classified, self.settings.ttl, now)?;
+                Ok((allowed, plan))
+            });
         let (allowed, plan) = match decided {
             Ok(decided) => decided,
             Err(e) => {
