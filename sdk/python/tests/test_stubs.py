@@ -14,7 +14,8 @@ COMMITTED = HERE.parent / "src" / "tessera_sdk" / "_pb"
 
 def _gen_module() -> Any:
     spec = importlib.util.spec_from_file_location("gen_stubs", HERE.parent / "scripts" / "gen_stubs.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["gen_stubs"] = module
     spec.loader.exec_module(module)
