@@ -103,6 +103,13 @@ class Broker:
         """The dev identity ``name`` (orchestrator, researcher, writer, alice, api-gateway)."""
         return SvidSource.from_dir(str(self.dir), name)
 
+    def cli(self, *args: str) -> str:
+        """Runs ``tessera`` against this broker with its dev PKI; fails the test on an error exit."""
+        command = [str(bin_dir() / "tessera"), "--dev-dir", str(self.dir), "--endpoint", f"https://{self.endpoint}"]
+        out = subprocess.run([*command, *args], capture_output=True, check=False)  # noqa: S603
+        assert out.returncode == 0, out.stderr.decode()
+        return out.stdout.decode()
+
     def start(self) -> None:
         n = int(time.monotonic_ns())
         ready = self.dir / f"ready-{n}.json"
