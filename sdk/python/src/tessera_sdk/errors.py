@@ -123,6 +123,11 @@ class VerifyError(TesseraError):
         """The HTTP status to answer with."""
         return http_status(self.kind)
 
+    def headers(self, realm: str) -> dict[str, str]:
+        """The response headers of the refusal: ``WWW-Authenticate`` unless a 503."""
+        challenge = self.www_authenticate(realm)
+        return {} if challenge is None else {"WWW-Authenticate": challenge}
+
     def www_authenticate(self, realm: str) -> str | None:
         """The ``WWW-Authenticate`` header value (RFC 6750 / RFC 9449), or
         ``None`` for a 503, which has no challenge."""

@@ -490,6 +490,13 @@ class Verifier:
                     pass
             raise InvalidToken("token signing key is unknown") from None
 
+    def authenticate(self, authorization: str | None, dpop: list[str], method: str, url: str) -> Verified:
+        """Verifies a request from its ``Authorization`` header, its ``DPoP``
+        header values (all of them: more than one is refused), method and
+        absolute URL. On a :class:`~tessera_sdk.errors.VerifyError` answer
+        ``err.status`` with ``err.headers(realm)``."""
+        return self.verify(Presented.from_headers(authorization, dpop, method, url))
+
     async def verify_async(self, presented: Presented) -> Verified:
         """:meth:`verify` for asyncio code: a JWKS refresh runs off the loop."""
         try:
