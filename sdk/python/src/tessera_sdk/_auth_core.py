@@ -40,6 +40,7 @@ class TokenCache:
         bind: bool,
         ttl_seconds: int | None,
         renew_before: float,
+        urls: Mapping[str, str] | None = None,
     ) -> None:
         if agent is None and async_agent is None:
             raise ConfigError("give an agent or an async_agent")
@@ -48,7 +49,12 @@ class TokenCache:
         if renew_before < 0:
             raise ConfigError("renew_before must not be negative")
         self.task_id = task_id
-        self.audiences = {aud.rstrip("/"): tuple(scopes) for aud, scopes in audiences.items()}
+        self.audiences = {aud: tuple(scopes) for aud, scopes in audiences.items()}
+        # URL prefix -> audience; by default every audience is its own URL prefix.
+        self.urls = {prefix.rstrip("/"): aud for prefix, aud in (urls or {a: a for a in audiences}).items()}
+        unknown = set(self.urls.values()) - set(self.audiences)
+        if unknown:
+            raise ConfigError(f"urls name audiences with no scopes: {sorted(unknown)}")
         self._agent = agent
         self._async_agent = async_agent
         self._bind = bind
@@ -58,16 +64,16 @@ class TokenCache:
         self._lock = threading.Lock()
 
     def audience_for(self, url: str) -> str:
-        """The configured audience a URL belongs to: the longest one that is a
-        prefix of it on a path boundary. A URL under none gets no token."""
+        """The audience of the longest configured URL prefix of ``url`` (on a
+        path boundary). A URL under none gets no token."""
         url = without_query(url)
         best = ""
-        for aud in self.audiences:
-            if (url == aud or url.startswith(aud + "/")) and len(aud) > len(best):
-                best = aud
+        for prefix in self.urls:
+            if (url == prefix or url.startswith(prefix + "/")) and len(prefix) > len(best):
+                best = prefix
         if not best:
             raise ConfigError("the request's URL is under no configured audience: no token is sent")
-        return best
+        return self.urls[best]
 
     def cached(self, audience: str) -> Token | None:
         """The cached token unless it expires within ``renew_before``."""

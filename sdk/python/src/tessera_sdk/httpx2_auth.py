@@ -27,7 +27,9 @@ class TesseraAuth(httpx2.Auth):
     """``httpx2`` auth that requests Tessera tokens as the agent.
 
     ``audiences`` maps each audience (e.g. ``https://api.example.com/crm``)
-    to the scopes to request for it. Give ``agent`` for ``httpx2.Client``,
+    to the scopes to request for it; ``urls`` maps URL prefixes to those
+    audiences when an API is not served under its audience's URL (by
+    default each audience is its own prefix). Give ``agent`` for ``httpx2.Client``,
     ``async_agent`` for ``httpx2.AsyncClient`` (or both). ``bind=True``
     (default) asks for DPoP-bound tokens.
     """
@@ -42,8 +44,9 @@ class TesseraAuth(httpx2.Auth):
         bind: bool = True,
         ttl_seconds: int | None = None,
         renew_before: float = 30.0,
+        urls: Mapping[str, str] | None = None,
     ) -> None:
-        self.tokens = TokenCache(task_id, audiences, agent, async_agent, bind, ttl_seconds, renew_before)
+        self.tokens = TokenCache(task_id, audiences, agent, async_agent, bind, ttl_seconds, renew_before, urls)
 
     def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
         """The flow ``httpx2.Client`` runs."""

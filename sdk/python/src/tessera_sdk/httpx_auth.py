@@ -26,7 +26,9 @@ class TesseraAuth(httpx.Auth):
     """``httpx`` auth that requests Tessera tokens as the agent.
 
     ``audiences`` maps each audience (e.g. ``https://api.example.com/crm``)
-    to the scopes to request for it. Give ``agent`` for ``httpx.Client``,
+    to the scopes to request for it; ``urls`` maps URL prefixes to those
+    audiences when an API is not served under its audience's URL (by
+    default each audience is its own prefix). Give ``agent`` for ``httpx.Client``,
     ``async_agent`` for ``httpx.AsyncClient`` (or both). ``bind=True``
     (default) asks for DPoP-bound tokens.
     """
@@ -41,8 +43,9 @@ class TesseraAuth(httpx.Auth):
         bind: bool = True,
         ttl_seconds: int | None = None,
         renew_before: float = 30.0,
+        urls: Mapping[str, str] | None = None,
     ) -> None:
-        self.tokens = TokenCache(task_id, audiences, agent, async_agent, bind, ttl_seconds, renew_before)
+        self.tokens = TokenCache(task_id, audiences, agent, async_agent, bind, ttl_seconds, renew_before, urls)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """The flow ``httpx.Client`` runs."""
