@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -224,3 +224,9 @@ bench: bench-deps bench-build ## Measure Tessera against the limits and OpenBao 
 
 bench-quick: bench-deps bench-build ## The same table as make bench in under three minutes (smaller counts)
 	@$(call BENCH_RUN,--quick,make bench-quick)
+
+# The Python verifier's numbers (sdk/python/bench): offline verifications per
+# second against cryptography's raw ES256 verify, and CompleteTask -> refusal
+# delay against a release tesserad. Printed, not yet part of docs/benchmarks.md.
+bench-python: python-venv bench-build ## The Python SDK verifier's throughput and revocation delay (release tesserad)
+	cd $(PY_SDK) && PYTHONPATH=src:. TESSERA_BIN=$(BENCH_BIN) $(PY_VENV)/bin/python bench/bench_verifier.py 6 200

@@ -11,7 +11,14 @@ import base64
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+_ES256: Final = ec.ECDSA(hashes.SHA256())
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -82,3 +89,27 @@ def thumbprint(jwk: dict[str, Any]) -> str:
         raise JoseFormatError("unsupported key type")
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def verify_signature(alg: str, key: Any, compact: str) -> bool:
+    """Verifies a compact JWS's signature with ``key`` (a ``cryptography``
+    public key, as PyJWK loads it) directly: the hot path of the verifier,
+    without re-parsing what the strict checks already read."""
+    signing_input, _, signature_b64 = compact.rpartition(".")
+    try:
+        signature = b64url_decode(signature_b64)
+    except JoseFormatError:
+        return False
+    if len(signature) != 64:
+        return False
+    try:
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input.encode("ascii"), _ES256)
+            return True
+        if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, signing_input.encode("ascii"))
+            return True
+    except (InvalidSignature, UnicodeEncodeError):
+        return False
+    return False

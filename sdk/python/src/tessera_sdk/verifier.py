@@ -60,6 +60,7 @@ MAX_LEEWAY: Final = 300.0
 MAX_SUB_LEN: Final = 2048
 MAX_KEYS: Final = 64
 _CALL_TIMEOUT: Final = 5.0
+_HEADER_CACHE: Final = 256
 _VERIFIER_STUB: Final[Callable[[Any], Any]] = verifier_pb2_grpc.VerifierServiceStub
 _MAX_MESSAGE_BYTES: Final = 256 * 1024
 _FORBIDDEN_HEADER: Final = ("jku", "jwk", "x5u", "x5c", "crit")
@@ -365,6 +366,7 @@ class Verifier:
         self._refresh_lock = threading.Lock()
         self._last_refresh: float | None = None
         self._fetch_keys: Callable[[], bool] | None = None
+        self._headers: dict[str, tuple[str, str]] = {}
         self._follower: _Follower | None = None
 
     @classmethod
@@ -531,21 +533,18 @@ class Verifier:
         if len(token) > MAX_TOKEN_LEN:
             raise InvalidToken(f"token is longer than {MAX_TOKEN_LEN} bytes")
         try:
-            header_b64, _, _ = _jose.split(token)
-            header = _jose.json_object(_jose.b64url_decode(header_b64))
+            header_b64, payload_b64, _ = _jose.split(token)
         except _jose.JoseFormatError as err:
             raise InvalidToken(f"token is malformed: {err}") from None
-        if any(member in header for member in _FORBIDDEN_HEADER):
-            raise InvalidToken("token header has a member that is not accepted")
-        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
-        if alg not in ("ES256", "EdDSA"):
-            raise InvalidToken("token algorithm is not ES256 or EdDSA")
-        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LEN:
-            raise InvalidToken("token `kid` is missing or too long")
-        if not isinstance(typ, str) or not _is_access_token_typ(typ):
-            raise InvalidToken("token type is not the expected type")
-        if alg not in cfg.algorithms:
-            raise InvalidToken(f"token algorithm `{alg}` is not allowed by this verifier")
+        # Every token a key signs has the same header: a header that passed
+        # the checks once is remembered (bounded), so the hot path skips them.
+        checked = self._headers.get(header_b64)
+        if checked is None:
+            checked = self._check_header(header_b64)
+            if len(self._headers) >= _HEADER_CACHE:
+                self._headers.clear()
+            self._headers[header_b64] = checked
+        alg, kid = checked
         with self._lock:
             entry = self._keys.get(kid)
         if entry is None:
@@ -553,12 +552,10 @@ class Verifier:
         key_alg, key = entry
         if key_alg != alg:
             raise InvalidToken("token algorithm does not match its key")
+        if not _jose.verify_signature(key_alg, key, token):
+            raise InvalidToken("token signature is invalid")
         try:
-            payload = jwt.api_jws.PyJWS().decode(token, key, algorithms=[key_alg])
-        except (jwt.InvalidTokenError, ValueError, TypeError):
-            raise InvalidToken("token signature is invalid") from None
-        try:
-            claims = _jose.json_object(payload)
+            claims = _jose.json_object(_jose.b64url_decode(payload_b64))
         except _jose.JoseFormatError:
             raise InvalidToken("token claim `claim set` is missing or malformed") from None
         for name in _REQUIRED_STR:
@@ -589,6 +586,25 @@ class Verifier:
             self._feed.check_token(claims["iat"], claims["jti"], claims["task_id"], ancestors)
         binding = self._check_binding(claims, presented, now_s)
         return Verified(claims=claims, actors=tuple(actors), binding=binding)
+
+    def _check_header(self, header_b64: str) -> tuple[str, str]:
+        """Shape, members, ``alg``, ``kid`` and ``typ`` of a token header: (alg, kid)."""
+        try:
+            header = _jose.json_object(_jose.b64url_decode(header_b64))
+        except _jose.JoseFormatError as err:
+            raise InvalidToken(f"token is malformed: {err}") from None
+        if any(member in header for member in _FORBIDDEN_HEADER):
+            raise InvalidToken("token header has a member that is not accepted")
+        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+        if alg not in ("ES256", "EdDSA"):
+            raise InvalidToken("token algorithm is not ES256 or EdDSA")
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LEN:
+            raise InvalidToken("token `kid` is missing or too long")
+        if not isinstance(typ, str) or not _is_access_token_typ(typ):
+            raise InvalidToken("token type is not the expected type")
+        if alg not in self.config.algorithms:
+            raise InvalidToken(f"token algorithm `{alg}` is not allowed by this verifier")
+        return str(alg), kid
 
     def _check_binding(self, claims: Mapping[str, Any], presented: Presented, now: int) -> str:
         cnf = claims.get("cnf")
