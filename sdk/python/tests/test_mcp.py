@@ -160,3 +160,30 @@ def test_the_mcp_token_verifier_accepts_bearer_tokens_of_its_audience_only(broke
     while asyncio.run(token_verifier.verify_token(bearer.access_token)) is not None:
         assert time.monotonic() < deadline, "the completed task's token is refused"
         time.sleep(0.02)
+
+
+def test_the_middleware_refuses_websockets_and_passes_lifespan() -> None:
+    from tessera_sdk.asgi import TesseraMiddleware
+
+    from ._tokens import config
+
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["type"])
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    middleware = TesseraMiddleware(
+        app, Verifier.offline(config()), public_url="http://127.0.0.1", authorization_server="https://tessera.local"
+    )
+    asyncio.run(middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send))
+    asyncio.run(middleware({"type": "lifespan"}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert reached == ["lifespan"]

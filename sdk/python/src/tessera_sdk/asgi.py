@@ -85,8 +85,12 @@ class TesseraMiddleware:
         self.metadata_url = self.public_url + METADATA_PATH
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # Not verified here (no DPoP for a WebSocket upgrade): refused, never let through.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # lifespan
             return
         path = str(scope.get("path", "/"))
         if path == METADATA_PATH or path.startswith(METADATA_PATH + "/"):
@@ -94,7 +98,9 @@ class TesseraMiddleware:
             return
         headers = _headers(scope)
         method = str(scope.get("method", "GET"))
-        url = self.public_url + path
+        # The path as the client sent it (still percent-encoded), as its proof's htu names it.
+        raw_path = scope.get("raw_path")
+        url = self.public_url + (raw_path.decode("latin-1") if isinstance(raw_path, bytes) else path)
         try:
             verified = await self.verifier.verify_async(
                 _presented(headers.get("authorization"), headers.get_all("dpop"), method, url)
