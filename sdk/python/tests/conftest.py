@@ -151,9 +151,9 @@ class Broker:
                 self.proc.wait()
 
 
-def _dev_init(directory: pathlib.Path) -> None:
+def _dev_init(directory: pathlib.Path, *extra: str) -> None:
     out = subprocess.run(  # noqa: S603
-        [str(bin_dir() / "tessera"), "dev", "init", "--dir", str(directory)], capture_output=True, check=False
+        [str(bin_dir() / "tessera"), "dev", "init", "--dir", str(directory), *extra], capture_output=True, check=False
     )
     if out.returncode != 0:
         pytest.fail(f"tessera dev init failed: {out.stderr.decode()}")
@@ -172,8 +172,8 @@ def store_env() -> Iterator[dict[str, str]]:
         redis.stop()
 
 
-def _broker(tmp: pathlib.Path, env: dict[str, str]) -> Broker:
-    _dev_init(tmp)
+def _broker(tmp: pathlib.Path, env: dict[str, str], *init: str) -> Broker:
+    _dev_init(tmp, *init)
     broker = Broker(dir=tmp, env=dict(env))
     broker.start()
     return broker

@@ -35,7 +35,7 @@ from .errors import (
     VerifyError,
     http_status,
 )
-from .identity import SvidSource
+from .identity import Attestation, JwtSource, SvidSource, UnixSocketSource
 from .verifier import Presented, Verified, Verifier, VerifierConfig
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ApprovalDenied",
     "AsyncAgentClient",
     "AsyncOrchestratorClient",
+    "Attestation",
     "BrokerError",
     "BrokerUnavailable",
     "Completed",
@@ -52,6 +53,7 @@ __all__ = [
     "InsufficientScope",
     "InvalidProof",
     "InvalidToken",
+    "JwtSource",
     "OrchestratorClient",
     "PendingApproval",
     "Presented",
@@ -65,6 +67,7 @@ __all__ = [
     "TokenExpired",
     "TokenRevoked",
     "Unavailable",
+    "UnixSocketSource",
     "Verified",
     "Verifier",
     "VerifierConfig",

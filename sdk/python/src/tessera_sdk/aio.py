@@ -17,7 +17,7 @@ from ._core import ApprovalDenied, Completed, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
 from .errors import broker_error
-from .identity import SvidSource
+from .identity import Attestation
 
 __all__ = ["AsyncAgentClient", "AsyncOrchestratorClient"]
 
@@ -27,7 +27,7 @@ _T = TypeVar("_T")
 class _AsyncConnection:
     """One asyncio channel, re-made when the SVID files change."""
 
-    def __init__(self, endpoint: str, identity: SvidSource, make_stub: Callable[[grpc.aio.Channel], Any]) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, make_stub: Callable[[grpc.aio.Channel], Any]) -> None:
         self._endpoint = endpoint
         self._identity = identity
         self._make_stub = make_stub
@@ -37,7 +37,7 @@ class _AsyncConnection:
 
     async def stub(self) -> Any:
         async with self._lock:
-            _, changed = self._identity.credentials()
+            changed = self._identity.refresh()
             if changed or self._channel is None:
                 if self._channel is not None:
                     await self._channel.close(grace=1.0)
@@ -62,7 +62,7 @@ class _AsyncConnection:
 class AsyncAgentClient:
     """The asyncio :class:`~tessera_sdk.AgentClient`."""
 
-    def __init__(self, endpoint: str, identity: SvidSource, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
         self._conn = _AsyncConnection(endpoint, identity, agent_pb2_grpc.AgentServiceStub)
         self._timeout = timeout
 
@@ -137,7 +137,7 @@ class AsyncAgentClient:
 class AsyncOrchestratorClient:
     """The asyncio :class:`~tessera_sdk.OrchestratorClient`."""
 
-    def __init__(self, endpoint: str, identity: SvidSource, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
         self._conn = _AsyncConnection(endpoint, identity, orchestrator_pb2_grpc.OrchestratorServiceStub)
         self._timeout = timeout
 

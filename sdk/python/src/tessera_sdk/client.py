@@ -21,7 +21,7 @@ from ._core import ApprovalDenied, Completed, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
 from .errors import broker_error
-from .identity import SvidSource
+from .identity import Attestation
 
 __all__ = ["AgentClient", "OrchestratorClient"]
 
@@ -31,7 +31,7 @@ _T = TypeVar("_T")
 class _Connection:
     """One channel, re-made when the SVID files change."""
 
-    def __init__(self, endpoint: str, identity: SvidSource, make_stub: Callable[[grpc.Channel], Any]) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, make_stub: Callable[[grpc.Channel], Any]) -> None:
         self._endpoint = endpoint
         self._identity = identity
         self._make_stub = make_stub
@@ -41,7 +41,7 @@ class _Connection:
 
     def stub(self) -> Any:
         with self._lock:
-            _, changed = self._identity.credentials()
+            changed = self._identity.refresh()
             if changed or self._channel is None:
                 if self._channel is not None:
                     self._channel.close()
@@ -69,7 +69,7 @@ class AgentClient:
     ``endpoint`` is the broker's ``host:port`` (or ``https://host:port``).
     """
 
-    def __init__(self, endpoint: str, identity: SvidSource, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
         self._conn = _Connection(endpoint, identity, agent_pb2_grpc.AgentServiceStub)
         self._timeout = timeout
 
@@ -150,7 +150,7 @@ class AgentClient:
 class OrchestratorClient:
     """An orchestrator's client: start, get and complete tasks."""
 
-    def __init__(self, endpoint: str, identity: SvidSource, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, identity: Attestation, *, timeout: float = _core.DEFAULT_TIMEOUT) -> None:
         self._conn = _Connection(endpoint, identity, orchestrator_pb2_grpc.OrchestratorServiceStub)
         self._timeout = timeout
 

@@ -1,15 +1,23 @@
-"""The workload's identity: an X.509-SVID, its key and the trust bundle, read
-from files and re-read when they change (SPIRE's agent or cert-manager rotate
-them in place), like ``py-spiffe``'s X.509 source."""
+"""How a workload attests itself to the broker (:class:`Attestation`):
+
+- :class:`SvidSource`: an X.509-SVID, its key and the trust bundle over mTLS,
+  read from files and re-read when they change (SPIRE's agent or cert-manager
+  rotate them in place), like ``py-spiffe``'s X.509 source;
+- :class:`JwtSource`: a JWT (an OIDC token: Kubernetes projected token, CI
+  token) from a file re-read for every call, or from a callable, sent as
+  ``authorization: Bearer`` over TLS without a client certificate;
+- :class:`UnixSocketSource`: the broker's local Unix socket, where the kernel
+  tells the broker who the caller is.
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -17,9 +25,23 @@ from cryptography import x509
 
 from .errors import IdentityError
 
-__all__ = ["SvidFiles", "SvidSource"]
+__all__ = ["Attestation", "JwtSource", "SvidFiles", "SvidSource", "UnixSocketSource"]
 
 _Options = Sequence[tuple[str, Any]]
+
+
+class Attestation(Protocol):
+    """What the clients need from an attestation method."""
+
+    def refresh(self) -> bool:
+        """Re-reads what changed; true when channels must be re-made. Raises
+        :class:`IdentityError` when the material is missing or unusable."""
+
+    def channel(self, endpoint: str, options: _Options = ()) -> grpc.Channel:
+        """A new synchronous channel to the broker."""
+
+    def aio_channel(self, endpoint: str, options: _Options = ()) -> grpc.aio.Channel:
+        """A new asyncio channel to the broker."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,10 @@ class SvidSource:
                 raise IdentityError(f"SVID `{self.files.cert}` is not valid before {self._not_before.isoformat()}")
             return self._creds, changed
 
+    def refresh(self) -> bool:
+        """See :meth:`Attestation.refresh`."""
+        return self.credentials()[1]
+
     def channel(self, endpoint: str, options: _Options = ()) -> grpc.Channel:
         """A new synchronous mTLS channel to ``endpoint`` (``host:port``)."""
         creds, _ = self.credentials()
@@ -125,6 +151,111 @@ class SvidSource:
 
     def __repr__(self) -> str:
         return f"SvidSource(cert={self.files.cert!r}, spiffe_id={self.spiffe_id!r})"
+
+
+class JwtSource:
+    """A JWT sent as ``authorization: Bearer`` on every call, over TLS that
+    trusts ``bundle``. Give ``token_file`` (re-read for every call, so a
+    rotated projected token is picked up) or ``token`` (a callable)."""
+
+    def __init__(self, bundle: str, *, token_file: str | None = None, token: Callable[[], str] | None = None) -> None:
+        if (token_file is None) == (token is None):
+            raise IdentityError("give exactly one of token_file and token")
+        self.bundle = str(bundle)
+        self.token_file = token_file
+        self._token = token
+        self._stamp: tuple[int, int] | None = None
+        self._creds: grpc.ChannelCredentials | None = None
+
+    def current_token(self) -> str:
+        """The JWT to send now; :class:`IdentityError` if there is none."""
+        if self._token is not None:
+            value = self._token()
+        else:
+            assert self.token_file is not None
+            try:
+                with open(self.token_file, encoding="ascii") as f:
+                    value = f.read()
+            except (OSError, UnicodeDecodeError) as err:
+                raise IdentityError(f"cannot read the attestation JWT `{self.token_file}`: {err}") from None
+        value = value.strip()
+        if value.count(".") != 2 or any(c.isspace() for c in value):
+            raise IdentityError("the attestation JWT is not a compact JWS")
+        return value
+
+    def refresh(self) -> bool:
+        """See :meth:`Attestation.refresh`: the bundle file's change, and a JWT is at hand."""
+        self.current_token()
+        try:
+            stamp = _stamp(self.bundle)
+        except OSError as err:
+            raise IdentityError(f"cannot read trust bundle `{self.bundle}`: {err.strerror}") from None
+        changed = stamp != self._stamp
+        if changed:
+            with open(self.bundle, "rb") as f:
+                bundle = f.read()
+            plugin = grpc.metadata_call_credentials(_BearerPlugin(self))
+            self._creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(bundle), plugin)
+            self._stamp = stamp
+        return changed
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        self.refresh()
+        assert self._creds is not None
+        return self._creds
+
+    def channel(self, endpoint: str, options: _Options = ()) -> grpc.Channel:
+        """A new synchronous TLS channel sending the JWT on every call."""
+        return grpc.secure_channel(_target(endpoint), self._credentials(), options=list(options))
+
+    def aio_channel(self, endpoint: str, options: _Options = ()) -> grpc.aio.Channel:
+        """A new asyncio TLS channel sending the JWT on every call."""
+        return grpc.aio.secure_channel(_target(endpoint), self._credentials(), options=list(options))
+
+    def __repr__(self) -> str:
+        return f"JwtSource(token_file={self.token_file!r})"
+
+
+class _BearerPlugin(grpc.AuthMetadataPlugin):  # type: ignore[misc]
+    def __init__(self, source: JwtSource) -> None:
+        self._source = source
+
+    def __call__(self, context: Any, callback: Any) -> None:
+        try:
+            callback((("authorization", f"Bearer {self._source.current_token()}"),), None)
+        except IdentityError as err:
+            callback((), err)
+
+
+# The authority the Rust SDK sends over the socket: with gRPC's default
+# authority for a `unix:` target the broker resets the stream (RST_STREAM
+# PROTOCOL_ERROR, seen in tests/test_attestation.py).
+_UNIX_OPTIONS: list[tuple[str, Any]] = [("grpc.default_authority", "tesserad.local")]
+
+
+class UnixSocketSource:
+    """The broker's local Unix socket (``[attestation.unix] socket``): the
+    kernel's peer credentials attest the caller. ``endpoint`` is ignored."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def refresh(self) -> bool:
+        """See :meth:`Attestation.refresh`; the socket must exist."""
+        if not os.path.exists(self.path):
+            raise IdentityError(f"the broker's Unix socket `{self.path}` does not exist")
+        return False
+
+    def channel(self, endpoint: str, options: _Options = ()) -> grpc.Channel:
+        """A new synchronous channel over the socket."""
+        return grpc.insecure_channel(f"unix:{self.path}", options=[*_UNIX_OPTIONS, *options])
+
+    def aio_channel(self, endpoint: str, options: _Options = ()) -> grpc.aio.Channel:
+        """A new asyncio channel over the socket."""
+        return grpc.aio.insecure_channel(f"unix:{self.path}", options=[*_UNIX_OPTIONS, *options])
+
+    def __repr__(self) -> str:
+        return f"UnixSocketSource({self.path!r})"
 
 
 def _target(endpoint: str) -> str:

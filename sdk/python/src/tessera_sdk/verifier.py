@@ -42,7 +42,7 @@ from .errors import (
     TokenRevoked,
     Unavailable,
 )
-from .identity import SvidSource
+from .identity import Attestation
 
 __all__ = [
     "MAX_KID_LEN",
@@ -376,7 +376,7 @@ class Verifier:
         return cls(config, clock=clock)
 
     @classmethod
-    def connect(cls, endpoint: str, identity: SvidSource, config: VerifierConfig) -> Verifier:
+    def connect(cls, endpoint: str, identity: Attestation, config: VerifierConfig) -> Verifier:
         """A verifier that follows the broker at ``endpoint`` (``host:port``)
         over mTLS as ``identity`` (a workload with the ``verifier`` role)."""
         verifier = cls(config)
@@ -650,7 +650,7 @@ class _Follower:
 
     verifier: Verifier
     endpoint: str
-    identity: SvidSource
+    identity: Attestation
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _call: Any = None
