@@ -55,6 +55,7 @@ def build_app(verifier: Verifier, public_url: str) -> Any:
 
 
 def main(endpoint: str = "127.0.0.1:7443", dev: str = ".tessera-dev", port: str = "8765") -> int:
+    """Runs the example against the broker at ``endpoint`` with the dev PKI in ``dev``."""
     import uvicorn
 
     verifier = Verifier.connect(

@@ -43,6 +43,7 @@ def crm_api(verifier: Verifier) -> httpx.MockTransport:
 
 
 def main(endpoint: str = "127.0.0.1:7443", dev: str = ".tessera-dev") -> int:
+    """Runs the example against the broker at ``endpoint`` with the dev PKI in ``dev``."""
     orchestrator = OrchestratorClient(endpoint, SvidSource.from_dir(dev, "orchestrator"))
     agent = AgentClient(endpoint, SvidSource.from_dir(dev, "researcher"))
     verifier = Verifier.connect(

@@ -355,3 +355,36 @@ def test_a_verify_error_never_contains_the_token(
             verifier.verify(Presented(token.access_token, "Bearer", None, "GET", URL))
         assert token.access_token not in str(info.value)
         assert token.access_token not in repr(token)
+
+
+def test_the_verifier_resumes_the_feed_after_the_broker_restarts(own_broker: Broker) -> None:
+    verifier = connected_verifier(own_broker, max_staleness=1.0)
+    try:
+        own_broker.stop()
+        eventually(lambda: not verifier.ready, "the verifier notices the silent feed")
+        # The same address again, so the verifier's follower finds it.
+        own_broker.env["TESSERA_SERVER__LISTEN"] = own_broker.endpoint
+        own_broker.start()
+        eventually(lambda: verifier.ready, "the verifier resubscribes (resumed, or fresh after OUT_OF_RANGE)")
+        floor = verifier.sync_floor
+        assert floor is not None
+        eventually(lambda: int(time.time()) > floor, "the clock passes the sync floor")
+        with (
+            OrchestratorClient(own_broker.endpoint, own_broker.identity("orchestrator")) as orch,
+            AgentClient(own_broker.endpoint, own_broker.identity("researcher")) as agent,
+        ):
+            task = orch.start_task([spiffe("researcher")], {CRM: [READ]}, duration_seconds=600)
+            token = agent.token(task.task_id, CRM, [READ])
+            assert verifier.verify(presented(token)).grant_id == token.grant_id
+            agent.release(token)
+
+            def refused() -> bool:
+                try:
+                    verifier.verify(presented(token))
+                except TokenRevoked:
+                    return True
+                return False
+
+            eventually(refused, "a revocation after the restart reaches the verifier")
+    finally:
+        verifier.close()

@@ -85,6 +85,7 @@ class TesseraMiddleware:
         self.metadata_url = self.public_url + METADATA_PATH
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point."""
         if scope["type"] == "websocket":
             # Not verified here (no DPoP for a WebSocket upgrade): refused, never let through.
             await send({"type": "websocket.close", "code": 1008})

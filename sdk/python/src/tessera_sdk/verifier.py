@@ -708,15 +708,19 @@ class _Follower:
             except Exception:  # noqa: BLE001 - retried with backoff
                 channel = None
             if channel is not None:
-                watchdog: threading.Timer | None = None
+                done = threading.Event()
                 try:
                     call = stub.WatchRevocations(verifier_pb2.WatchRevocationsRequest(after=position or ""))
                     self._call = call
-                    # A stream silent past max_staleness is dropped and re-made.
-                    watchdog = threading.Timer(max_staleness, call.cancel)
+                    last = [time.monotonic()]
+                    # One watchdog per subscription: a stream silent past
+                    # max_staleness (a dead peer sends no error) is cancelled and re-made.
+                    watchdog = threading.Thread(
+                        target=_watch, args=(call, last, max_staleness, done), name="tessera-feed-watchdog", daemon=True
+                    )
                     watchdog.start()
                     for message in call:
-                        watchdog.cancel()
+                        last[0] = time.monotonic()
                         backoff = 0.1
                         self.verifier.ingest(message, fresh)
                         item = message.WhichOneof("item")
@@ -725,20 +729,25 @@ class _Follower:
                             position = p
                         if self._stop.is_set():
                             break
-                        watchdog = threading.Timer(max_staleness, call.cancel)
-                        watchdog.start()
                 except grpc.RpcError as err:
                     if err.code() == grpc.StatusCode.OUT_OF_RANGE:
                         self.verifier.position_lost()
                         position = None
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
+                    done.set()
                     self._call = None
                     channel.close()
             if self._stop.wait(backoff * (1 + random.random() / 4)):  # noqa: S311 - jitter only
                 break
             backoff = min(backoff * 2, 5.0)
+
+
+def _watch(call: Any, last: list[float], max_staleness: float, done: threading.Event) -> None:
+    """Cancels ``call`` once nothing arrived for ``max_staleness``; ends with the subscription."""
+    while not done.wait(max_staleness / 4):
+        if time.monotonic() - last[0] > max_staleness:
+            call.cancel()
+            return
 
 
 def _jwk_dict(jwk: verifier_pb2.Jwk) -> dict[str, str]:
