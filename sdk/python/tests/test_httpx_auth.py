@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 
 from tessera_sdk import (
@@ -34,7 +35,7 @@ READ = "crm.contacts.read"
 def lib(request: pytest.FixtureRequest) -> tuple[ModuleType, Any]:
     """(the HTTP library, its TesseraAuth class)."""
     name = str(request.param)
-    module = pytest.importorskip(name) if name == "httpx2" else httpx
+    module = httpx2 if name == "httpx2" else httpx
     auth = importlib.import_module(f"tessera_sdk.{name}_auth")
     return module, auth.TesseraAuth
 

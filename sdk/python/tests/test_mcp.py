@@ -14,21 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-pytest.importorskip("mcp")
-httpx2 = pytest.importorskip("httpx2")
+from tessera_sdk import AsyncAgentClient, OrchestratorClient, Verifier
+from tessera_sdk.httpx2_auth import TesseraAuth
+from tessera_sdk.mcp import TesseraTokenVerifier
 
-import uvicorn  # noqa: E402
-from mcp import Client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
-from tessera_sdk import AsyncAgentClient, OrchestratorClient, Verifier  # noqa: E402
-from tessera_sdk.httpx2_auth import TesseraAuth  # noqa: E402
-from tessera_sdk.mcp import TesseraTokenVerifier  # noqa: E402
-
-from .conftest import CRM, Broker, spiffe  # noqa: E402
-from .test_e2e import connected_verifier, eventually  # noqa: E402
+from .conftest import CRM, Broker, spiffe
+from .test_e2e import connected_verifier, eventually
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 READ, WRITE = "crm.contacts.read", "crm.contacts.write"
