@@ -114,13 +114,16 @@ class TesseraMiddleware:
             if body is None:
                 await _json(send, 413, {"error": "request body too large"}, {})
                 return
-            needed = self._scope_for(body)
-            if needed is not None:
-                try:
-                    verified.require_scope(needed)
-                except InsufficientScope as err:
-                    await self._refuse(send, err)
-                    return
+            needed = self._scopes_for(body)
+            if needed is None:
+                await _json(send, 400, {"error": "invalid_request", "error_description": "body is not JSON"}, {})
+                return
+            try:
+                for one in needed:
+                    verified.require_scope(one)
+            except InsufficientScope as err:
+                await self._refuse(send, err)
+                return
         scope.setdefault("state", {})["tessera"] = verified
         token = _current.set(verified)
         try:
@@ -128,22 +131,25 @@ class TesseraMiddleware:
         finally:
             _current.reset(token)
 
-    def _scope_for(self, body: bytes) -> str | None:
-        """The scope an MCP ``tools/call`` needs; ``None`` for other messages.
-        An unmapped tool needs ``default_scope``, or a scope nobody holds."""
+    def _scopes_for(self, body: bytes) -> list[str] | None:
+        """The scopes the MCP ``tools/call`` messages of a body (one message or
+        a batch) need; ``None`` for a body that is not JSON with unique members
+        (refused: what this parser cannot read must not reach a parser that
+        reads it differently). An unmapped tool needs ``default_scope``, or a
+        scope nobody holds."""
         try:
-            message = json.loads(body)
-        except ValueError:
+            message = json.loads(body, object_pairs_hook=_unique)
+        except (ValueError, RecursionError):
             return None
         calls = message if isinstance(message, list) else [message]
+        needed: list[str] = []
         for call in calls:
             if isinstance(call, dict) and call.get("method") == "tools/call":
                 params = call.get("params")
                 name = params.get("name") if isinstance(params, dict) else None
                 mapped = self.tool_scopes.get(name) if isinstance(name, str) else None
-                needed = mapped or self.default_scope or f"tool:{str(name)[:64]}"
-                return needed
-        return None
+                needed.append(mapped or self.default_scope or f"tool:{str(name)[:64]}")
+        return needed
 
     async def _refuse(self, send: Send, err: VerifyError) -> None:
         extra = dict(err.headers(self.realm))
@@ -163,6 +169,15 @@ class _Headers:
 
     def get_all(self, name: str) -> list[str]:
         return [v for k, v in self._items if k == name]
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError("duplicate json member")
+        out[key] = value
+    return out
 
 
 def _headers(scope: Scope) -> _Headers:
