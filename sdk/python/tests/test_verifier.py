@@ -316,3 +316,24 @@ def test_audience_is_this_servers_only(issuer: Issuer, clock: Clock) -> None:
     assert v.config.audience == AUD
     # An array `aud` is not this verifier's one audience either.
     assert "aud" in refused(v, Presented(issuer.token(aud=[AUD]))).reason
+
+
+def test_revocations_are_forgotten_once_their_tokens_expired_and_capacity_fails_safe(
+    issuer: Issuer, clock: Clock
+) -> None:
+    v = ready(issuer, clock, max_revocations=2, leeway=0)
+    now = int(clock.now)
+    v.ingest(revocation(grant_id="a", at=now, not_after=now + 10), fresh=False)
+    v.ingest(revocation(grant_id="b", at=now, not_after=now + 100), fresh=False)
+    assert isinstance(refused(v, Presented(issuer.token(jti="a"))), TokenRevoked)
+    # Full: a third revocation is dropped and every token issued up to it is refused instead.
+    v.ingest(revocation(grant_id="c", at=now + 1, not_after=now + 100), fresh=False)
+    clock.now += 1
+    assert "before the revocation feed" in refused(v, Presented(issuer.token(jti="c", iat=now + 1))).reason
+    clock.now += 10
+    v.ingest(heartbeat(int(clock.now), "9-0"), fresh=False)
+    # "a" expired everywhere and was forgotten: room for "d".
+    v.ingest(revocation(grant_id="d", at=now + 11, not_after=now + 100), fresh=False)
+    assert isinstance(refused(v, Presented(issuer.token(jti="d", iat=now + 11, exp=now + 99))), TokenRevoked)
+    assert isinstance(refused(v, Presented(issuer.token(jti="b", iat=now + 11, exp=now + 99))), TokenRevoked)
+    assert v.verify(Presented(issuer.token(jti="e", iat=now + 11, exp=now + 99))).grant_id == "e"

@@ -213,6 +213,8 @@ class _FeedState:
         self.tasks: dict[str, int] = {}
         self.capacity = capacity
         self.keep_extra = keep_extra
+        # The earliest forget-after held, so pruning is usually free.
+        self.next_expiry: int | None = None
 
     def check_fresh(self, now: float, max_staleness: float) -> None:
         if not self.synced:
@@ -247,12 +249,17 @@ class _FeedState:
             self.floor = revoked_at if self.floor is None else max(self.floor, revoked_at)
             return
         target[key] = forget_after
+        self.next_expiry = forget_after if self.next_expiry is None else min(self.next_expiry, forget_after)
 
     def prune(self, now: float) -> None:
         secs = int(now)
+        if self.next_expiry is None or secs <= self.next_expiry:
+            return
         for table in (self.grants, self.tasks):
             for key in [k for k, until in table.items() if until < secs]:
                 del table[key]
+        remaining = [*self.grants.values(), *self.tasks.values()]
+        self.next_expiry = min(remaining) if remaining else None
 
 
 class _ReplayCache:
