@@ -255,6 +255,10 @@ def test_dpop_bound_token_needs_a_proof_for_this_request(issuer: Issuer, clock: 
 
     ok = v.verify(present(key.proof("GET", URL + "?q=1", token, iat=now)))
     assert ok.binding == "dpop"
+    assert v.verify(present(key.proof("GET", URL, token, iat=now - 60))).binding == "dpop"
+    assert v.verify(present(key.proof("GET", URL, token, iat=now + 5))).binding == "dpop"
+    with pytest.raises(ConfigError):
+        Verifier.offline(config(dpop_max_age=61))
     # A stolen token replayed without the key: as bearer, or with the thief's proof.
     assert isinstance(refused(v, present(None, scheme="Bearer")), ProofRequired)
     assert isinstance(refused(v, present(None)), ProofRequired)
@@ -269,7 +273,7 @@ def test_dpop_bound_token_needs_a_proof_for_this_request(issuer: Issuer, clock: 
         "htu": key.proof("GET", "https://api.example.com/payments", token, iat=now),
         "ath": key.proof("GET", URL, "another-token", iat=now),
         "no ath": key.proof("GET", URL, None, iat=now),
-        "too old": key.proof("GET", URL, token, iat=now - 66),
+        "too old": key.proof("GET", URL, token, iat=now - 61),
         "future": key.proof("GET", URL, token, iat=now + 6),
         "long": "a" * (MAX_PROOF_LEN + 1),
     }

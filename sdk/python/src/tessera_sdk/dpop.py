@@ -2,7 +2,8 @@
 proof check a resource server runs.
 
 Limits equal ``tessera-core``'s (``crates/tessera-core/src/pop.rs``): a proof
-is at most 4 KiB and its ``jti`` at most 128 printable ASCII characters.
+is at most 4 KiB, its ``jti`` at most 128 printable ASCII characters, its
+``iat`` at most 60 s old (no leeway on that side) and at most ``leeway`` ahead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "DPOP_TYP",
     "MAX_PROOF_JTI_LEN",
     "MAX_PROOF_LEN",
+    "PROOF_MAX_AGE",
     "CheckedProof",
     "DpopKey",
     "access_token_hash",
@@ -33,6 +35,8 @@ __all__ = [
 DPOP_TYP: Final = "dpop+jwt"
 MAX_PROOF_LEN: Final = 4096
 MAX_PROOF_JTI_LEN: Final = 128
+PROOF_MAX_AGE: Final = 60
+"""The oldest proof accepted, in seconds by its ``iat`` (tessera-core's bound)."""
 _ALGS: Final = frozenset({"ES256", "EdDSA"})
 _FORBIDDEN_HEADER: Final = ("kid", "jku", "x5u", "x5c", "crit")
 _PUBLIC_JWK_MEMBERS: Final = frozenset({"kty", "crv", "x", "y", "alg", "use", "kid"})
@@ -174,16 +178,20 @@ def check_proof(
     iat = claims.get("iat")
     if not isinstance(iat, int) or isinstance(iat, bool):
         raise _fail("proof has no `iat`")
+    # As tessera-core's verify_proof: leeway for a clock ahead only; an old
+    # proof gets no leeway and the window is at most PROOF_MAX_AGE.
+    max_age = min(max_age, PROOF_MAX_AGE)
     if iat > now + leeway:
         raise _fail("proof `iat` is in the future")
-    if iat < now - (max_age + leeway):
+    if iat < now - max_age:
         raise _fail("proof `iat` is too old")
     if claims.get("ath") != _jose.access_token_hash(access_token):
         raise _fail("proof `ath` is not the hash of this access token")
     key_thumbprint = _jose.thumbprint(raw_jwk)
     if key_thumbprint != jkt:
         raise _fail("proof key is not the key the token is bound to")
-    return CheckedProof(replay_key=f"{key_thumbprint}.{jti}", remember_until=iat + max_age + leeway + 1)
+    # Past this, the proof is too old to be accepted anyway.
+    return CheckedProof(replay_key=f"{key_thumbprint}.{jti}", remember_until=iat + max_age + 1)
 
 
 def urlsplit_ok(url: str) -> bool:

@@ -85,7 +85,7 @@ class VerifierConfig:
     max_act_depth: int = 4
     """Most hops in an ``act`` chain (1 to 32)."""
     dpop_max_age: float = 60.0
-    """Oldest DPoP proof ``iat`` accepted, as an age (1 s to 10 min)."""
+    """Oldest DPoP proof ``iat`` accepted, as an age (1 s to 60 s, tessera-core's bound)."""
     replay_cache_capacity: int = 100_000
     """Most DPoP proofs remembered for replay detection."""
     max_revocations: int = 1_000_000
@@ -110,7 +110,7 @@ class VerifierConfig:
             (0 <= self.leeway <= MAX_LEEWAY, "leeway", "must be between 0 and 300 s"),
             (0.1 <= self.max_staleness <= 3600, "max_staleness", "must be between 100 ms and 1 h"),
             (1 <= self.max_act_depth <= 32, "max_act_depth", "must be between 1 and 32"),
-            (1 <= self.dpop_max_age <= 600, "dpop_max_age", "must be between 1 s and 10 min"),
+            (1 <= self.dpop_max_age <= 60, "dpop_max_age", "must be between 1 s and 60 s"),
             (1 <= self.replay_cache_capacity <= 10_000_000, "replay_cache_capacity", "out of range"),
             (1 <= self.max_revocations <= 100_000_000, "max_revocations", "out of range"),
             (
