@@ -238,6 +238,8 @@ def test_chain_depth_is_bounded(issuer: Issuer, clock: Clock) -> None:
     v = ready(issuer, clock, max_act_depth=1)
     act: dict[str, Any] = {"sub": "a", "act": {"sub": "b"}}
     assert "deeper" in refused(v, Presented(issuer.token(act=act))).reason
+    with pytest.raises(ConfigError):
+        Verifier.offline(config(max_act_depth=17))
 
 
 def bound(issuer: Issuer, key: DpopKey) -> str:

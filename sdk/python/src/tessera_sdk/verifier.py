@@ -83,7 +83,7 @@ class VerifierConfig:
     max_staleness: float = 15.0
     """Fail closed once the feed has been silent this long (0.1 s to 1 h)."""
     max_act_depth: int = 4
-    """Most hops in an ``act`` chain (1 to 32)."""
+    """Most hops in an ``act`` chain (1 to 16, tessera-core's ``MAX_CHAIN_LEN``)."""
     dpop_max_age: float = 60.0
     """Oldest DPoP proof ``iat`` accepted, as an age (1 s to 60 s, tessera-core's bound)."""
     replay_cache_capacity: int = 100_000
@@ -109,7 +109,7 @@ class VerifierConfig:
             ),
             (0 <= self.leeway <= MAX_LEEWAY, "leeway", "must be between 0 and 300 s"),
             (0.1 <= self.max_staleness <= 3600, "max_staleness", "must be between 100 ms and 1 h"),
-            (1 <= self.max_act_depth <= 32, "max_act_depth", "must be between 1 and 32"),
+            (1 <= self.max_act_depth <= 16, "max_act_depth", "must be between 1 and 16"),
             (1 <= self.dpop_max_age <= 60, "dpop_max_age", "must be between 1 s and 60 s"),
             (1 <= self.replay_cache_capacity <= 10_000_000, "replay_cache_capacity", "out of range"),
             (1 <= self.max_revocations <= 100_000_000, "max_revocations", "out of range"),
