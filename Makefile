@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: help build install example-server example-agent run demo test test-tools fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -119,8 +119,10 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests
+test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests, the Python SDK
 	$(CARGO) build --locked --workspace --bins
+	@: "The Python SDK first: it also makes the venv the http_facade test reuses."
+	@$(MAKE) --no-print-directory python-run
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
@@ -128,6 +130,41 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test golden || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
+
+# ---- Python SDK (sdk/python) ----
+# One venv for every Python the tests run: the SDK's checks and tests, and the
+# independent PyJWT check of tests/e2e/http_facade.rs, which looks for a venv at
+# $(CARGO_TARGET_DIR)/pyjose-venv with `jwt` and `cryptography`: that path is
+# made a symlink to this venv (the SDK depends on both), so nothing else is made.
+PY_VENV ?= $(HOME)/.cache/tessera/venv
+PY_SDK := sdk/python
+# PYTHONPATH: this checkout's sources win over whatever checkout last installed
+# the package into the shared venv.
+PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN)
+
+python-venv: test-tools ## Make (once) the Python venv and install the SDK with its test tools from PyPI
+	@set -e; stamp=$(PY_VENV)/.tessera-sdk-installed; \
+	[ -x $(PY_VENV)/bin/python ] || python3 -m venv $(PY_VENV); \
+	if [ ! -f $$stamp ] || [ $(PY_SDK)/pyproject.toml -nt $$stamp ]; then \
+		echo "Installing the Python SDK and its test tools into $(PY_VENV)"; \
+		$(PY_VENV)/bin/pip install -q --disable-pip-version-check -e '$(PY_SDK)[test]'; \
+		touch $$stamp; \
+	fi; \
+	mkdir -p $(CARGO_TARGET_DIR); link=$(CARGO_TARGET_DIR)/pyjose-venv; \
+	if [ "$$(readlink $$link)" != "$(PY_VENV)" ]; then rm -rf $$link; ln -s $(PY_VENV) $$link; fi
+
+# ruff, mypy --strict and pytest, the end-to-end tests on the memory store and
+# on a real redis-server, against the tesserad and tessera already in $(BIN).
+python-run: python-venv redis
+	@test -x $(BIN)/tesserad -a -x $(BIN)/tessera || { echo "$(BIN)/tesserad missing: run make build" >&2; exit 1; }
+	@echo "== Python SDK: ruff, mypy --strict, pytest (memory, then redis) =="
+	$(PY_ENV) $(PY_VENV)/bin/ruff check --quiet src tests scripts examples
+	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples
+	$(PY_ENV) $(PY_VENV)/bin/mypy
+	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py
+
+test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 
 clean:
 	$(CARGO) clean
@@ -187,3 +224,9 @@ bench: bench-deps bench-build ## Measure Tessera against the limits and OpenBao 
 
 bench-quick: bench-deps bench-build ## The same table as make bench in under three minutes (smaller counts)
 	@$(call BENCH_RUN,--quick,make bench-quick)
+
+# The Python verifier's numbers (sdk/python/bench): offline verifications per
+# second against cryptography's raw ES256 verify, and CompleteTask -> refusal
+# delay against a release tesserad. Printed, not yet part of docs/benchmarks.md.
+bench-python: python-venv bench-build ## The Python SDK verifier's throughput and revocation delay (release tesserad)
+	cd $(PY_SDK) && PYTHONPATH=src:. TESSERA_BIN=$(BENCH_BIN) $(PY_VENV)/bin/python bench/bench_verifier.py 6 200
