@@ -108,15 +108,24 @@ pub fn grant_score(e: &GrantExposure) -> u32 {
         .saturating_mul(e.delegation_allowance.saturating_add(1))
 }
 
+/// The parent of each grant known beyond the target's own: their ancestors,
+/// held by other identities or tasks, as the caller loaded them (id → its
+/// parent, `None` for a root).
+pub type Ancestors = HashMap<GrantId, Option<GrantId>>;
+
 /// The blast radius of `grants`, counting only those live at `now`.
 /// `owner_of` names the registry owner of a subject, if it has one.
+/// A grant's delegation depth is the length of its parent chain: through
+/// `grants` and `ancestors` (live or not: the chain is a fact of how the
+/// grant was minted), a parent found in neither still counting as one hop.
 pub fn blast_radius(
     grants: &[Grant],
+    ancestors: &Ancestors,
     owner_of: impl Fn(&SpiffeId) -> Option<String>,
     now: DateTime<Utc>,
 ) -> BlastRadius {
+    let parents: HashMap<&GrantId, Option<&GrantId>> = grants.iter().map(|g| (&g.id, g.parent.as_ref())).collect();
     let live: Vec<&Grant> = grants.iter().filter(|g| g.is_live_at(now)).collect();
-    let parents: HashMap<&GrantId, Option<&GrantId>> = live.iter().map(|g| (&g.id, g.parent.as_ref())).collect();
     let mut radius = BlastRadius {
         live_grants: u64::try_from(live.len()).unwrap_or(u64::MAX),
         ..BlastRadius::default()
@@ -135,23 +144,31 @@ pub fn blast_radius(
             radius.high_impact_grants += 1;
         }
         radius.total_score = radius.total_score.saturating_add(u64::from(grant.impact.blast_radius));
-        radius.max_delegation_depth = radius.max_delegation_depth.max(depth(&parents, &grant.id));
+        radius.max_delegation_depth = radius.max_delegation_depth.max(depth(&parents, ancestors, &grant.id));
         subjects.insert(&grant.subject);
     }
     radius.owners = subjects.into_iter().filter_map(owner_of).collect();
     radius
 }
 
-/// Parent hops from `id` while the parent is among the grants. Bounded by the
-/// number of grants, so a (corrupt) cycle cannot loop forever.
-fn depth(parents: &HashMap<&GrantId, Option<&GrantId>>, id: &GrantId) -> u32 {
+/// Parent hops from `id`, through `parents` then `ancestors`; a parent in
+/// neither ends the walk after its own hop. Bounded by the number of known
+/// grants, so a (corrupt) cycle cannot loop forever.
+fn depth(parents: &HashMap<&GrantId, Option<&GrantId>>, ancestors: &Ancestors, id: &GrantId) -> u32 {
+    let bound = parents.len().saturating_add(ancestors.len());
     let mut hops = 0u32;
     let mut at = id;
-    while let Some(Some(parent)) = parents.get(at) {
-        if !parents.contains_key(parent) || hops as usize >= parents.len() {
+    loop {
+        let parent = match parents.get(at) {
+            Some(parent) => *parent,
+            None => ancestors.get(at).and_then(Option::as_ref),
+        };
+        let Some(parent) = parent else { break };
+        hops = hops.saturating_add(1);
+        // No chain through n known grants is longer than n hops.
+        if hops as usize >= bound {
             break;
         }
-        hops += 1;
         at = parent;
     }
     hops
@@ -203,7 +220,10 @@ mod tests {
 
     #[test]
     fn nothing_reaches_nothing() {
-        assert_eq!(blast_radius(&[], owners, at(10)), BlastRadius::default());
+        assert_eq!(
+            blast_radius(&[], &Ancestors::new(), owners, at(10)),
+            BlastRadius::default()
+        );
     }
 
     #[test]
@@ -235,7 +255,7 @@ mod tests {
             // Expired at `now`: not live.
             grant("g5", "carol", "hr", &["people.admin"], ScopeClass::Admin, 100),
         ];
-        let radius = blast_radius(&grants, owners, at(100));
+        let radius = blast_radius(&grants, &Ancestors::new(), owners, at(100));
         assert_eq!(radius.live_grants, 4);
         assert_eq!(
             radius.audiences,
@@ -276,15 +296,24 @@ mod tests {
                 grant("side", "bob", "crm", &["contacts.read"], ScopeClass::Read, 400),
                 "root",
             ),
-            // Its parent is not among the grants: delegated, but depth 0 here.
+            // Its parent is not among the grants: one hop, as far as known.
             child(
                 grant("orphan", "bob", "crm", &["contacts.read"], ScopeClass::Read, 400),
                 "elsewhere",
             ),
         ];
-        let radius = blast_radius(&grants, owners, at(0));
+        let radius = blast_radius(&grants, &Ancestors::new(), owners, at(0));
         assert_eq!(radius.live_grants, 5);
         assert_eq!(radius.max_delegation_depth, 2);
+        // Knowing the orphan's ancestors (held by others) makes it the deepest.
+        let ancestors = Ancestors::from([
+            (
+                GrantId::parse("elsewhere").unwrap(),
+                Some(GrantId::parse("far").unwrap()),
+            ),
+            (GrantId::parse("far").unwrap(), Some(GrantId::parse("farther").unwrap())),
+        ]);
+        assert_eq!(blast_radius(&grants, &ancestors, owners, at(0)).max_delegation_depth, 3);
         assert_eq!(radius.delegation_fan_out, 4);
         // carol has no owner.
         assert_eq!(
@@ -294,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_parent_breaks_the_chain() {
+    fn a_dead_parent_still_counts_in_the_depth() {
         let mut root = grant("root", "alice", "crm", &["contacts.read"], ScopeClass::Read, 600);
         root.state = GrantState::Revoked;
         let grants = [
@@ -308,9 +337,10 @@ mod tests {
                 "hop1",
             ),
         ];
-        let radius = blast_radius(&grants, owners, at(0));
+        let radius = blast_radius(&grants, &Ancestors::new(), owners, at(0));
         assert_eq!(radius.live_grants, 2);
-        assert_eq!(radius.max_delegation_depth, 1);
+        // hop2 → hop1 → root: the chain is how hop2 was minted, live or not.
+        assert_eq!(radius.max_delegation_depth, 2);
         assert_eq!(radius.delegation_fan_out, 2);
     }
 
@@ -380,7 +410,7 @@ mod tests {
                 "a",
             ),
         ];
-        let radius = blast_radius(&grants, owners, at(0));
+        let radius = blast_radius(&grants, &Ancestors::new(), owners, at(0));
         assert!(radius.max_delegation_depth <= 2);
         assert_eq!(radius.longest_remaining_ttl_secs, 60);
     }

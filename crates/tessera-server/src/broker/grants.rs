@@ -1,7 +1,11 @@
 //! Operator views over many grants: ListGrants and BlastRadius.
 
+use std::collections::{BTreeSet, HashSet};
+
+use tessera_core::grant::{Grant, GrantId};
 use tessera_core::identity::{SpiffeId, VerifiedIdentity};
 use tessera_core::policy::Operation;
+use tessera_core::token::MAX_CHAIN_LEN;
 use tessera_store::{GrantFilter, GrantPage, StoreError};
 
 use super::{Asked, Broker, BrokerError};
@@ -101,8 +105,9 @@ impl Broker {
                 None => break,
             }
         }
+        let ancestors = self.ancestors(&grants).await?;
         let owner_of = |id: &SpiffeId| self.registry.lookup(id).ok().map(|i| i.owner.clone());
-        let radius = blast::blast_radius(&grants, owner_of, now);
+        let radius = blast::blast_radius(&grants, &ancestors, owner_of, now);
         tracing::debug!(
             event = "blast_radius",
             by = %who.id(),
@@ -112,6 +117,39 @@ impl Broker {
         );
         Ok(radius)
     }
+
+    /// The parents of `grants` held outside them (a delegate's parent is its
+    /// delegator's grant), and theirs, up to the longest chain a token may
+    /// carry: each distinct grant is read once. A parent the store no longer
+    /// holds (expired) ends its chain; the depth still counts its hop.
+    async fn ancestors(&self, grants: &[Grant]) -> Result<tessera_core::blast::Ancestors, BrokerError> {
+        let known: HashSet<&GrantId> = grants.iter().map(|g| &g.id).collect();
+        let mut ancestors = tessera_core::blast::Ancestors::new();
+        let mut frontier: BTreeSet<GrantId> = grants
+            .iter()
+            .filter_map(|g| g.parent.clone())
+            .filter(|p| !known.contains(p))
+            .collect();
+        for _ in 0..MAX_CHAIN_LEN {
+            let mut next = BTreeSet::new();
+            for id in frontier {
+                if let Some(grant) = self.store.grant(&id).await? {
+                    if let Some(parent) = &grant.parent
+                        && !known.contains(parent)
+                        && !ancestors.contains_key(parent)
+                    {
+                        next.insert(parent.clone());
+                    }
+                    ancestors.insert(id, grant.parent);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(ancestors)
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +158,7 @@ mod tests {
     use tessera_core::ErrorKind;
     use tessera_core::blast::BlastTarget;
 
-    use crate::broker::testing::{AGENT, Fixture, OPERATOR, id};
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, id};
 
     fn everything() -> GrantQuery {
         GrantQuery {
@@ -167,6 +205,44 @@ mod tests {
         let unknown = BlastTarget::Identity(id("spiffe://td/nobody"));
         let refused = f.broker.blast_radius(&f.who(OPERATOR), Ok(unknown)).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    }
+
+    #[tokio::test]
+    async fn blast_radius_counts_delegation_depth_through_grants_held_by_others() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let root = f.issue("t1", &["contacts.read"]).await;
+        let delegate = |to: &str| tessera_core::delegation::DelegationRequest {
+            delegate: id(to),
+            scopes: BTreeSet::from([crate::broker::testing::scope("contacts.read")]),
+            ttl: None,
+            audience: None,
+            task_id: None,
+        };
+        let child = f
+            .broker
+            .delegate_token(&f.who(AGENT), &root.token, &delegate(AGENT2), None)
+            .await
+            .unwrap();
+        f.broker
+            .delegate_token(&f.who(AGENT2), &child.token, &delegate(AGENT), None)
+            .await
+            .unwrap();
+        let depth = |who: &str| {
+            let target = Ok(BlastTarget::Identity(id(who)));
+            let f = &f;
+            async move {
+                f.broker
+                    .blast_radius(&f.who(OPERATOR), target)
+                    .await
+                    .unwrap()
+                    .max_delegation_depth
+            }
+        };
+        // AGENT2 holds only the child; its parent is AGENT's grant.
+        assert_eq!(depth(AGENT2).await, 1);
+        // AGENT's grandchild reaches its root through AGENT2's child.
+        assert_eq!(depth(AGENT).await, 2);
     }
 
     #[tokio::test]
