@@ -182,7 +182,8 @@ pub struct Listeners {
 }
 
 /// Runs the broker until `shutdown` resolves, then stops accepting, reports
-/// NOT_SERVING, and drains in-flight calls for up to [`DRAIN_TIMEOUT`].
+/// NOT_SERVING, ends open streams with `UNAVAILABLE: broker shutting down`
+/// and drains in-flight calls for up to [`DRAIN_TIMEOUT`].
 pub async fn serve(
     prepared: Prepared,
     listeners: Listeners,
@@ -302,6 +303,7 @@ pub async fn serve(
             config.server.per_identity_burst,
         )),
         attestors: attestors.clone(),
+        drain: grpc::StreamDrain::default(),
     };
     let facade = {
         let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
@@ -489,6 +491,10 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not mark the signing key as retiring");
     }
     let _ = grpc_stop.send(true);
+    // Streams never end by themselves: end them now, so the drain waits
+    // only for unary calls and watchers get a status they can act on.
+    let streams = shared.drain.start();
+    tracing::info!(streams, "ending open streams: UNAVAILABLE {}", grpc::SHUTTING_DOWN);
     // /readyz answers 503 while gRPC drains (TCP and Unix alike); the
     // operations listener stops after.
     let both = async {
@@ -499,9 +505,15 @@ pub async fn serve(
         tcp
     };
     let drained = match tokio::time::timeout(DRAIN_TIMEOUT, both).await {
-        Ok(result) => flatten(result),
+        Ok(result) => {
+            tracing::info!(streams_left = shared.drain.open(), "drain finished");
+            flatten(result)
+        }
         Err(_) => {
-            tracing::warn!("drain timed out; closing remaining connections");
+            tracing::warn!(
+                streams_left = shared.drain.open(),
+                "drain timed out; closing remaining connections"
+            );
             server.abort();
             if let Some((task, _)) = &unix {
                 task.abort();
