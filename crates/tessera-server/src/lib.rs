@@ -101,6 +101,25 @@ pub enum ServeError {
     ServerTask(#[source] tokio::task::JoinError),
 }
 
+impl ServeError {
+    /// Whether this is the operator's to fix (a path the broker cannot use,
+    /// an audit file another broker holds or whose chain is broken), so a
+    /// restart cannot help: `tesserad` exits 64 on it, which the systemd
+    /// unit does not restart on.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Tls(_)
+                | Self::SigningKeyFile { .. }
+                | Self::SigningKey(_)
+                | Self::Policy(_)
+                | Self::Audit { .. }
+                | Self::Webhook(_)
+                | Self::Attestation(_)
+        )
+    }
+}
+
 /// Everything loaded from disk before binding a port.
 pub struct Prepared {
     config: Config,

@@ -1,7 +1,9 @@
 //! `tesserad`: load and validate the configuration, bind, serve until SIGTERM.
 //!
-//! Exit codes: 0 clean stop; 64 bad configuration or key/TLS material (nothing
-//! was bound); 1 any other failure.
+//! Exit codes: 0 clean stop; 64 bad configuration, key/TLS material, or a
+//! path the broker cannot use (the audit file unwritable, held by another
+//! broker or with a broken chain; the Unix socket's directory): a restart
+//! cannot fix those; 1 any other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tessera_core::clock::SystemClock;
 use tessera_server::config::{Config, ProcessEnv};
-use tessera_server::{Listeners, prepare, serve};
+use tessera_server::{Listeners, ServeError, prepare, serve};
 
 /// The Tessera credential broker.
 #[derive(Debug, Parser)]
@@ -68,7 +70,11 @@ fn main() -> ExitCode {
             let error = causes(&e);
             tracing::error!(error = %error, "tesserad failed");
             eprintln!("tesserad: {error}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<ServeError>().is_some_and(ServeError::is_configuration) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     };
     if let Some(provider) = otel {
