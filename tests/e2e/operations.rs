@@ -70,3 +70,174 @@ fn a_broken_chain_at_the_end_of_the_audit_file_stops_the_start_with_64() {
     assert!(stderr.contains("its last records do not form one chain"), "{stderr}");
     assert!(stderr.contains("tessera audit verify"), "{stderr}");
 }
+
+/// The unit file, as shipped.
+fn unit() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/tesserad.service")).unwrap()
+}
+
+/// The unit's `Key=` values, in order.
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        println!("SKIPPED the systemd-analyze assertion: systemd-analyze is not installed here");
+        return;
+    };
+    // The unit as installed, but running the binary under test.
+    let dir = TempDir::new("unit");
+    let path = dir.path().join("tesserad.service");
+    let tesserad = bin_dir().join("tesserad");
+    std::fs::write(&path, unit().replace("/usr/local/bin/tesserad", tesserad.to_str().unwrap())).unwrap();
+    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "systemd-analyze verify: {said}");
+    assert!(!said.contains("tesserad.service"), "systemd-analyze verify warned: {said}");
+}
+
+/// Runs `script` with `sh` in a private mount namespace where every mount
+/// but the kernel's API file systems is read-only, as `ProtectSystem=strict`
+/// leaves them, except `writable` (the unit's State/RuntimeDirectory).
+fn sandboxed(writable: &[&std::path::Path], script: &str) -> Command {
+    let mut setup = String::from(
+        "set -e\n\
+         for m in $(findmnt -rn -o TARGET); do\n\
+           case \"$m\" in /proc*|/sys*|/dev*|/mnt/*) ;; *) mount -o remount,bind,ro \"$m\" ;; esac\n\
+         done\n",
+    );
+    for dir in writable {
+        let d = dir.display();
+        setup.push_str(&format!("mount --bind '{d}' '{d}'\nmount -o remount,bind,rw '{d}'\n"));
+    }
+    setup.push_str(script);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &setup]);
+    cmd.env_remove("TESSERA_TEST_STORE").env_remove("TESSERA_LOG");
+    cmd
+}
+
+#[test]
+fn the_broker_starts_under_the_units_read_only_file_system() {
+    let unit = unit();
+    for setting in [
+        "ProtectSystem=strict",
+        "StateDirectory=tessera",
+        "RuntimeDirectory=tessera",
+        "RestartPreventExitStatus=64",
+    ] {
+        assert!(unit.lines().any(|l| l == setting), "the unit lacks {setting}");
+    }
+    let dev = dev_init("sandbox");
+    // systemd's %S and %t, each holding the unit's `tessera` directory.
+    let state_root = dev.path().join("var-lib");
+    let runtime_root = dev.path().join("run");
+    let (state, runtime) = (state_root.join("tessera"), runtime_root.join("tessera"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&runtime).unwrap();
+    let env: Vec<(String, String)> = unit_values(&unit, "Environment")
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v = v
+                .replace("%S", state_root.to_str().unwrap())
+                .replace("%t", runtime_root.to_str().unwrap());
+            (k.to_owned(), v)
+        })
+        .collect();
+    assert!(
+        env.iter().any(|(k, v)| k == "TESSERA_AUDIT__FILE" && v.starts_with(state.to_str().unwrap())),
+        "the unit puts the audit file in its StateDirectory: {env:?}"
+    );
+    // The Unix attestation socket in the RuntimeDirectory, as the example
+    // configuration suggests.
+    let socket = runtime.join("agent.sock");
+    let config = dev.path().join("tesserad.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!("\n[attestation.unix]\nsocket = \"{}\"\n", socket.display()));
+    std::fs::write(&config, toml).unwrap();
+    let tesserad = bin_dir().join("tesserad");
+    let ports = "TESSERA_SERVER__LISTEN=127.0.0.1:0 TESSERA_SERVER__HTTP_LISTEN=127.0.0.1:0 TESSERA_OAUTH__LISTEN=127.0.0.1:0";
+
+    // Without the unit's audit path, the default (next to the read-only
+    // configuration) fails the check with 64, as ExecStartPre would.
+    let out = sandboxed(
+        &[&state, &runtime],
+        &format!("exec env {ports} '{}' --config '{}' --check", tesserad.display(), config.display()),
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("audit.file"), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+
+    // With the unit's environment: ExecStartPre's check passes, then ExecStart serves.
+    let ready = runtime.join("ready.json");
+    let assignments: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let mut child = sandboxed(
+        &[&state, &runtime],
+        &format!(
+            "export {assignments}{ports}\n\
+             '{bin}' --config '{config}' --check >&2\n\
+             exec '{bin}' --config '{config}' --ready-file '{ready}'",
+            bin = tesserad.display(),
+            config = config.display(),
+            ready = ready.display(),
+        ),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dev.path().join("sandboxed.log")).unwrap())
+    .spawn()
+    .unwrap();
+    let log = || std::fs::read_to_string(dev.path().join("sandboxed.log")).unwrap_or_default();
+    let http = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            break v["http"].as_str().unwrap().to_owned();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("tesserad exited under the sandbox with {status}: {}", log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (status, body) = http_get(&http, "/readyz");
+    assert_eq!(status, 200, "{body}\n{}", log());
+    assert!(socket.exists(), "the Unix socket is in the RuntimeDirectory: {}", log());
+    // The audit trail is in the StateDirectory, and nothing next to the configuration.
+    assert!(state.join("audit.jsonl").metadata().unwrap().len() > 0, "{}", log());
+    assert!(!dev.path().join("audit.jsonl").exists());
+
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "tesserad exited with {exit}: {}", log());
+}
+
+/// A plain HTTP/1.1 `GET path` on `addr`: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}

@@ -87,6 +87,17 @@ pub enum ServeError {
     /// be read before serving.
     #[error("broker could not start: cannot read the disabled and quarantined identities from the store: {0}")]
     SharedState(#[source] broker::BrokerError),
+    /// A path the broker writes cannot be written.
+    #[error("config key `{key}`: `{}`: cannot write there: {source}", path.display())]
+    Unwritable {
+        /// The configuration key naming it.
+        key: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -116,6 +127,7 @@ impl ServeError {
                 | Self::Audit { .. }
                 | Self::Webhook(_)
                 | Self::Attestation(_)
+                | Self::Unwritable { .. }
         )
     }
 }
@@ -186,6 +198,36 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         policy,
         attest,
     })
+}
+
+/// Opens everything the broker will write, as it will, without serving:
+/// the audit file (created if missing, its chain's tail checked) and the
+/// Unix attestation socket's directory (created if missing, a probe file
+/// written and removed). For `tesserad --check`, so a sandbox that leaves
+/// a path read-only (systemd's `ProtectSystem=strict`) fails the check
+/// instead of the start.
+pub fn check_writable(config: &Config) -> Result<(), ServeError> {
+    audit::check_file(&config.audit.file).map_err(|source| ServeError::Audit {
+        path: config.audit.file.clone(),
+        source,
+    })?;
+    if let Some(unix) = &config.attestation.unix {
+        let dir = unix
+            .socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let unwritable = |source| ServeError::Unwritable {
+            key: "attestation.unix.socket",
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
+        let probe = dir.join(format!(".tesserad-check-{}", std::process::id()));
+        std::fs::File::create(&probe).map_err(unwritable)?;
+        std::fs::remove_file(&probe).map_err(unwritable)?;
+    }
+    Ok(())
 }
 
 /// The listeners `serve` runs on; bound by the caller.

@@ -25,7 +25,8 @@ struct Args {
     /// Once serving, write `{"grpc":"ADDR","http":"ADDR","oauth":"ADDR","pid":N}` here (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Validate the configuration and key material, then exit.
+    /// Validate the configuration and key material, and open every path the
+    /// broker writes (audit file, Unix socket directory), then exit (64 on error).
     #[arg(long)]
     check: bool,
 }
@@ -61,6 +62,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        if let Err(e) = tessera_server::check_writable(prepared.config()) {
+            eprintln!("tesserad: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("tesserad: configuration `{}` is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
@@ -88,6 +93,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything says we are up (the ready file, /readyz): a SIGTERM
+    // from then on drains instead of killing the process outright.
+    let shutdown = shutdown_signal()?;
     let listen = prepared.config().server.listen;
     let grpc = tokio::net::TcpListener::bind(listen)
         .await
@@ -126,7 +134,7 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
             oauth,
         },
         Arc::new(SystemClock),
-        shutdown_signal(),
+        shutdown,
     )
     .await?;
     tracing::info!("tesserad stopped");
@@ -151,19 +159,18 @@ fn causes(e: &anyhow::Error) -> String {
     text
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or SIGINT. The handlers are installed on the call,
+/// not on the first poll, so no signal after it takes the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    })
 }
 
 /// JSON logs on stderr and, when the standard `OTEL_*` variables ask for

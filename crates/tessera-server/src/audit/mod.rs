@@ -371,7 +371,31 @@ struct Opened {
     end: Option<End>,
 }
 
+/// Opens the audit file as the broker will (append, created `0600`) and
+/// checks its chain's tail, without taking the lock or writing to it: for
+/// `tesserad --check`, which may run beside the broker that holds it. A
+/// pipe or device is left alone (opening a pipe nobody reads blocks).
+pub fn check_file(path: &Path) -> Result<(), AuditError> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Ok(());
+    }
+    open_file_as(path, Opening::Check).map(drop)
+}
+
+/// Why the file is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// To write: locked, and a missing last newline is added.
+    Serve,
+    /// To see that it could be: no lock, no write.
+    Check,
+}
+
 fn open_file(path: &Path) -> Result<Opened, AuditError> {
+    open_file_as(path, Opening::Serve)
+}
+
+fn open_file_as(path: &Path, opening: Opening) -> Result<Opened, AuditError> {
     let io = |op| {
         move |source| AuditError::Io {
             sink: Sink::File(path.to_owned()),
@@ -401,7 +425,9 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
             "audit file is open to others than its owner; 0600 is expected"
         );
     }
-    lock(&file, &meta, path)?;
+    if opening == Opening::Serve {
+        lock(&file, &meta, path)?;
+    }
     let mut len = meta.len();
     check_tail(path, len)?;
     let (last, ends_with_newline) = last_line(path, len).map_err(io("read"))?;
@@ -418,7 +444,7 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
             Chain::resume(&record)
         }
     };
-    if !ends_with_newline {
+    if !ends_with_newline && opening == Opening::Serve {
         // The last record is whole but its newline never made it: end the
         // line so the next record starts on its own.
         (&file).write_all(b"\n").map_err(io("append to"))?;
