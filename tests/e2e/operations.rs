@@ -73,7 +73,11 @@ fn a_broken_chain_at_the_end_of_the_audit_file_stops_the_start_with_64() {
 
 /// The unit file, as shipped.
 fn unit() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/tesserad.service")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/tesserad.service"
+    ))
+    .unwrap()
 }
 
 /// The unit's `Key=` values, in order.
@@ -98,7 +102,11 @@ fn the_systemd_unit_verifies() {
     let dir = TempDir::new("unit");
     let path = dir.path().join("tesserad.service");
     let tesserad = bin_dir().join("tesserad");
-    std::fs::write(&path, unit().replace("/usr/local/bin/tesserad", tesserad.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &path,
+        unit().replace("/usr/local/bin/tesserad", tesserad.to_str().unwrap()),
+    )
+    .unwrap();
     let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
     let said = format!(
         "{}{}",
@@ -106,7 +114,10 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "systemd-analyze verify: {said}");
-    assert!(!said.contains("tesserad.service"), "systemd-analyze verify warned: {said}");
+    assert!(
+        !said.contains("tesserad.service"),
+        "systemd-analyze verify warned: {said}"
+    );
 }
 
 /// Runs `script` with `sh` in a private mount namespace where every mount
@@ -159,7 +170,8 @@ fn the_broker_starts_under_the_units_read_only_file_system() {
         })
         .collect();
     assert!(
-        env.iter().any(|(k, v)| k == "TESSERA_AUDIT__FILE" && v.starts_with(state.to_str().unwrap())),
+        env.iter()
+            .any(|(k, v)| k == "TESSERA_AUDIT__FILE" && v.starts_with(state.to_str().unwrap())),
         "the unit puts the audit file in its StateDirectory: {env:?}"
     );
     // The Unix attestation socket in the RuntimeDirectory, as the example
@@ -170,13 +182,18 @@ fn the_broker_starts_under_the_units_read_only_file_system() {
     toml.push_str(&format!("\n[attestation.unix]\nsocket = \"{}\"\n", socket.display()));
     std::fs::write(&config, toml).unwrap();
     let tesserad = bin_dir().join("tesserad");
-    let ports = "TESSERA_SERVER__LISTEN=127.0.0.1:0 TESSERA_SERVER__HTTP_LISTEN=127.0.0.1:0 TESSERA_OAUTH__LISTEN=127.0.0.1:0";
+    let ports =
+        "TESSERA_SERVER__LISTEN=127.0.0.1:0 TESSERA_SERVER__HTTP_LISTEN=127.0.0.1:0 TESSERA_OAUTH__LISTEN=127.0.0.1:0";
 
     // Without the unit's audit path, the default (next to the read-only
     // configuration) fails the check with 64, as ExecStartPre would.
     let out = sandboxed(
         &[&state, &runtime],
-        &format!("exec env {ports} '{}' --config '{}' --check", tesserad.display(), config.display()),
+        &format!(
+            "exec env {ports} '{}' --config '{}' --check",
+            tesserad.display(),
+            config.display()
+        ),
     )
     .output()
     .unwrap();
@@ -234,10 +251,118 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+/// The metric names in OPERATIONS.md's metrics table, with their type.
+fn documented_metrics() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/OPERATIONS.md")).unwrap();
+    let table = doc
+        .split("### Metrics")
+        .nth(1)
+        .expect("OPERATIONS.md has a Metrics section");
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?.to_owned();
+            let kind = cells.next()?.to_owned();
+            Some((name, kind))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_on_metrics_at_start_with_help() {
+    let documented = documented_metrics();
+    assert!(documented.len() >= 15, "{documented:?}");
+    let broker = Broker::start();
+    let (status, text) = broker.http_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    for (name, kind) in &documented {
+        if name == "tessera_request_duration_seconds" {
+            continue; // starts with the first request (documented), checked below
+        }
+        assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}: {text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "no TYPE {kind} for {name}: {text}"
+        );
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .collect();
+        assert!(!samples.is_empty(), "no sample of {name}: {text}");
+        if kind == "counter" {
+            for sample in samples {
+                assert!(sample.ends_with(" 0"), "{name} is not at zero at start: {sample}");
+            }
+        }
+    }
+    // Failure counters at zero, the version, live grants.
+    assert!(text.contains("tessera_store_errors_total 0"), "{text}");
+    assert!(text.contains("tessera_audit_failures_total 0"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "tessera_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("tessera_live_grants 0"), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+
+    // Every metric line has HELP: nothing undocumented slipped in.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP: {text}");
+    }
+
+    // A request counts under its method and code.
+    let mut admin = broker.admin("researcher").await;
+    let denied = code(admin.list_grants(pb::ListGrantsRequest::default()).await);
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let (_, text) = broker.http_get("/metrics");
+    assert!(
+        text.contains(
+            r#"tessera_request_duration_seconds_count{method="tessera.v1.AdminService/ListGrants",grpc_code="PERMISSION_DENIED"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# HELP tessera_request_duration_seconds "), "{text}");
+}
+
+#[test]
+fn the_example_alert_rules_use_only_documented_metrics() {
+    let documented: Vec<String> = documented_metrics().into_iter().map(|(name, _)| name).collect();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/tessera-alerts.yml"
+    ))
+    .unwrap();
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !(word.starts_with("tessera_") || word.starts_with("process_")) {
+            continue;
+        }
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s))
+            .unwrap_or(word);
+        assert!(
+            documented.iter().any(|d| d == word || d == base),
+            "the alert rules use `{word}`, which OPERATIONS.md does not list"
+        );
+        used += 1;
+    }
+    assert!(used >= 10, "{rules}");
 }

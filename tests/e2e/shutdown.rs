@@ -75,7 +75,10 @@ async fn sigterm_ends_open_streams_with_unavailable_and_the_drain_leaves_none() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("error: UNAVAILABLE: broker shutting down"), "{stderr}");
-    assert!(stderr.contains("resume with `tessera revocations watch --after "), "{stderr}");
+    assert!(
+        stderr.contains("resume with `tessera revocations watch --after "),
+        "{stderr}"
+    );
 
     let exit = broker.terminate();
     assert!(exit.success(), "tesserad exited with {exit}");

@@ -259,7 +259,8 @@ pub async fn serve(
         policy,
         attest: prepared_attest,
     } = prepared;
-    let _ = telemetry::handle();
+    let issuers: Vec<&str> = config.attestation.jwt.iter().map(|i| i.policy.name.as_str()).collect();
+    telemetry::register(&issuers);
     // Proof and attestation `jti`s are single-use across replicas: with
     // Redis, in Redis; with the embedded store, in this process.
     type Stores = (
@@ -281,6 +282,8 @@ pub async fn serve(
             (redis.clone(), redis.clone(), redis)
         }
     };
+    // Sampled once serving (below), so a failed start leaves no task behind.
+    let sampled = (store.clone(), clock.clone());
     prepared_attest.trust.set_clock(clock.clone());
     let attestors = Arc::new(attest::Attestors::new(&prepared_attest, &config, replay.clone())?);
     let settings = BrokerSettings {
@@ -439,6 +442,8 @@ pub async fn serve(
         })
     };
 
+    let live_grants = tokio::spawn(telemetry::sample_live_grants(sampled.0, sampled.1));
+
     // Scheduled key rotation; a failed rotation is logged and retried next time.
     let rotation = {
         let broker = broker.clone();
@@ -524,6 +529,7 @@ pub async fn serve(
         () = shutdown => {}
         result = &mut server => {
             watch.abort();
+            live_grants.abort();
             disabled_refresh.abort();
             rotation.abort();
             reloader.abort();
@@ -539,6 +545,7 @@ pub async fn serve(
     }
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
+    live_grants.abort();
     disabled_refresh.abort();
     rotation.abort();
     reloader.abort();

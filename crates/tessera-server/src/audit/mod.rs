@@ -461,16 +461,18 @@ fn open_file_as(path: &Path, opening: Opening) -> Result<Opened, AuditError> {
 /// it is open, so a second broker on the same file stops at start instead
 /// of interleaving its chain with ours. The lock goes with the process.
 fn lock(file: &File, meta: &std::fs::Metadata, path: &Path) -> Result<(), AuditError> {
-    match file.try_lock() {
+    // rustix's flock, not std's File::try_lock: that needs Rust 1.89, above
+    // the workspace's rust-version.
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::InUse {
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(AuditError::InUse {
             sink: Sink::File(path.to_owned()),
             holder: lock_holder(meta),
         }),
-        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::Io {
+        Err(errno) => Err(AuditError::Io {
             sink: Sink::File(path.to_owned()),
             op: "lock",
-            source,
+            source: errno.into(),
         }),
     }
 }
@@ -541,7 +543,10 @@ fn check_tail(path: &Path, len: u64) -> Result<(), AuditError> {
                 seq = record.seq,
                 "audit file's chain is broken near its end; refusing to append to it"
             );
-            return Err(AuditError::Broken { sink: sink(), seq: record.seq });
+            return Err(AuditError::Broken {
+                sink: sink(),
+                seq: record.seq,
+            });
         }
         previous = Some((record.seq, record.hash));
     }

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use tessera_core::identity::VerifiedIdentity;
 use tessera_proto::v1 as pb;
+use tokio_stream::Stream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
-use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use crate::broker::Broker;
@@ -270,10 +270,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_runs_unchanged_until_the_drain() {
         let drain = StreamDrain::default();
-        let items: Vec<_> = drain
-            .wrap(tokio_stream::iter([Ok(1_u8), Ok(2)]))
-            .collect()
-            .await;
+        let items: Vec<_> = drain.wrap(tokio_stream::iter([Ok(1_u8), Ok(2)])).collect().await;
         assert_eq!(items.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(drain.open(), 0);
     }
