@@ -24,15 +24,39 @@ fn run_to_exit(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i
         .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
         .env("TESSERA_OAUTH__LISTEN", "127.0.0.1:0")
         .env_remove("TESSERA_TEST_STORE")
+        .env_remove("TESSERA_BIN_DIR")
         .env_remove("TESSERA_LOG")
         .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let stderr = TempDir::new("stderr");
+    let log = stderr.path().join("tesserad.log");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Bounded so that a broker which starts when it should not fails the
+    // test instead of hanging it.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tesserad kept running instead of exiting: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&log).unwrap_or_default(),
     )
 }
 
@@ -137,7 +161,9 @@ fn sandboxed(writable: &[&std::path::Path], script: &str) -> Command {
     setup.push_str(script);
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", &setup]);
-    cmd.env_remove("TESSERA_TEST_STORE").env_remove("TESSERA_LOG");
+    cmd.env_remove("TESSERA_TEST_STORE")
+        .env_remove("TESSERA_BIN_DIR")
+        .env_remove("TESSERA_LOG");
     cmd
 }
 

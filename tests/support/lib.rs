@@ -185,6 +185,7 @@ impl Broker {
             .env_remove("TESSERA_LOG")
             // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
             .env_remove("TESSERA_TEST_STORE")
+            .env_remove("TESSERA_BIN_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
