@@ -63,12 +63,12 @@ async fn metrics_count_issuance_denials_and_revocations_without_identities() {
     let completed = sample(&text, r#"tessera_revocations_total{cause="task_completed"}"#);
     assert!(completed.is_some_and(|n| n >= 1.0), "{text}");
     assert!(
-        text.contains(r#"tessera_request_duration_seconds_bucket{method="tessera.v1.AgentService/RequestToken",le="#),
+        text.contains(r#"tessera_request_duration_seconds_bucket{method="tessera.v1.AgentService/RequestToken",grpc_code="OK",le="#),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"tessera_request_duration_seconds_count{method="tessera.v1.OrchestratorService/CompleteTask"}"#
+            r#"tessera_request_duration_seconds_count{method="tessera.v1.OrchestratorService/CompleteTask",grpc_code="OK"}"#
         ),
         "{text}"
     );

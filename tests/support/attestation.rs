@@ -227,7 +227,7 @@ pub fn introspect_request() -> pb::IntrospectRequest {
 
 /// Audit records of the broker.
 pub fn audit_records(broker: &Broker) -> Vec<Value> {
-    let text = std::fs::read_to_string(broker.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let text = std::fs::read_to_string(&broker.audit).unwrap_or_default();
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 

@@ -108,6 +108,8 @@ pub fn redis_env(url: &str) -> Vec<(String, String)> {
 pub struct Broker {
     child: Option<Child>,
     pub dir: std::sync::Arc<TempDir>,
+    /// This broker's audit file.
+    pub audit: PathBuf,
     pub addr: String,
     /// The plain-HTTP operations address (`/metrics`, `/healthz`, `/readyz`),
     /// when the ready file names one.
@@ -144,9 +146,22 @@ impl Broker {
         Self::spawn(std::sync::Arc::new(dir), env, redis)
     }
 
-    /// Another `tesserad` on the same dev PKI, configuration and store.
+    /// Another `tesserad` on the same dev PKI, configuration and store, with
+    /// its own audit file (`audit-<n>.jsonl`): a broker holds its audit
+    /// file exclusively, as each real replica has its own.
     pub fn replica(&self) -> Self {
-        Self::spawn(self.dir.clone(), self.env.clone(), self.redis.clone())
+        static N: AtomicU32 = AtomicU32::new(1);
+        let audit = self
+            .dir
+            .path()
+            .join(format!("audit-{}.jsonl", N.fetch_add(1, Ordering::SeqCst)));
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| k != "TESSERA_AUDIT__FILE");
+        env.push(("TESSERA_AUDIT__FILE".into(), audit.to_str().unwrap().to_owned()));
+        let mut replica = Self::spawn(self.dir.clone(), env, self.redis.clone());
+        replica.env = self.env.clone();
+        replica.audit = audit;
+        replica
     }
 
     fn spawn(
@@ -170,6 +185,7 @@ impl Broker {
             .env_remove("TESSERA_LOG")
             // The harness's own switch; tesserad rightly refuses unknown TESSERA_* variables.
             .env_remove("TESSERA_TEST_STORE")
+            .env_remove("TESSERA_BIN_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -199,8 +215,13 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let audit = env
+            .iter()
+            .find(|(k, _)| k == "TESSERA_AUDIT__FILE")
+            .map_or_else(|| dir.path().join("audit.jsonl"), |(_, v)| dir.path().join(v));
         Self {
             child: Some(child),
+            audit,
             dir,
             addr,
             http_addr,

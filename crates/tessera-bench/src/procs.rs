@@ -292,7 +292,10 @@ impl Tesserad {
         }
         cmd.env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
             .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
-            .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-bench-{tag}"));
+            .env("TESSERA_SERVER__INSTANCE_ID", format!("tesserad-bench-{tag}"))
+            // Its own audit file: a broker holds its file exclusively, and
+            // brokers of several tags may run at once.
+            .env("TESSERA_AUDIT__FILE", pki.dir.join(format!("audit-{tag}.jsonl")));
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -87,6 +87,17 @@ pub enum ServeError {
     /// be read before serving.
     #[error("broker could not start: cannot read the disabled and quarantined identities from the store: {0}")]
     SharedState(#[source] broker::BrokerError),
+    /// A path the broker writes cannot be written.
+    #[error("config key `{key}`: `{}`: cannot write there: {source}", path.display())]
+    Unwritable {
+        /// The configuration key naming it.
+        key: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -99,6 +110,26 @@ pub enum ServeError {
     /// The gRPC server's task panicked or was cancelled.
     #[error("grpc server task failed: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
+}
+
+impl ServeError {
+    /// Whether this is the operator's to fix (a path the broker cannot use,
+    /// an audit file another broker holds or whose chain is broken), so a
+    /// restart cannot help: `tesserad` exits 64 on it, which the systemd
+    /// unit does not restart on.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Tls(_)
+                | Self::SigningKeyFile { .. }
+                | Self::SigningKey(_)
+                | Self::Policy(_)
+                | Self::Audit { .. }
+                | Self::Webhook(_)
+                | Self::Attestation(_)
+                | Self::Unwritable { .. }
+        )
+    }
 }
 
 /// Everything loaded from disk before binding a port.
@@ -169,6 +200,36 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     })
 }
 
+/// Opens everything the broker will write, as it will, without serving:
+/// the audit file (created if missing, its chain's tail checked) and the
+/// Unix attestation socket's directory (created if missing, a probe file
+/// written and removed). For `tesserad --check`, so a sandbox that leaves
+/// a path read-only (systemd's `ProtectSystem=strict`) fails the check
+/// instead of the start.
+pub fn check_writable(config: &Config) -> Result<(), ServeError> {
+    audit::check_file(&config.audit.file).map_err(|source| ServeError::Audit {
+        path: config.audit.file.clone(),
+        source,
+    })?;
+    if let Some(unix) = &config.attestation.unix {
+        let dir = unix
+            .socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let unwritable = |source| ServeError::Unwritable {
+            key: "attestation.unix.socket",
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
+        let probe = dir.join(format!(".tesserad-check-{}", std::process::id()));
+        std::fs::File::create(&probe).map_err(unwritable)?;
+        std::fs::remove_file(&probe).map_err(unwritable)?;
+    }
+    Ok(())
+}
+
 /// The listeners `serve` runs on; bound by the caller.
 #[derive(Debug)]
 pub struct Listeners {
@@ -182,7 +243,8 @@ pub struct Listeners {
 }
 
 /// Runs the broker until `shutdown` resolves, then stops accepting, reports
-/// NOT_SERVING, and drains in-flight calls for up to [`DRAIN_TIMEOUT`].
+/// NOT_SERVING, ends open streams with `UNAVAILABLE: broker shutting down`
+/// and drains in-flight calls for up to [`DRAIN_TIMEOUT`].
 pub async fn serve(
     prepared: Prepared,
     listeners: Listeners,
@@ -197,7 +259,8 @@ pub async fn serve(
         policy,
         attest: prepared_attest,
     } = prepared;
-    let _ = telemetry::handle();
+    let issuers: Vec<&str> = config.attestation.jwt.iter().map(|i| i.policy.name.as_str()).collect();
+    telemetry::register(&issuers);
     // Proof and attestation `jti`s are single-use across replicas: with
     // Redis, in Redis; with the embedded store, in this process.
     type Stores = (
@@ -219,6 +282,8 @@ pub async fn serve(
             (redis.clone(), redis.clone(), redis)
         }
     };
+    // Sampled once serving (below), so a failed start leaves no task behind.
+    let sampled = (store.clone(), clock.clone());
     prepared_attest.trust.set_clock(clock.clone());
     let attestors = Arc::new(attest::Attestors::new(&prepared_attest, &config, replay.clone())?);
     let settings = BrokerSettings {
@@ -302,6 +367,7 @@ pub async fn serve(
             config.server.per_identity_burst,
         )),
         attestors: attestors.clone(),
+        drain: grpc::StreamDrain::default(),
     };
     let facade = {
         let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
@@ -375,6 +441,8 @@ pub async fn serve(
             }
         })
     };
+
+    let live_grants = tokio::spawn(telemetry::sample_live_grants(sampled.0, sampled.1));
 
     // Scheduled key rotation; a failed rotation is logged and retried next time.
     let rotation = {
@@ -461,6 +529,7 @@ pub async fn serve(
         () = shutdown => {}
         result = &mut server => {
             watch.abort();
+            live_grants.abort();
             disabled_refresh.abort();
             rotation.abort();
             reloader.abort();
@@ -476,6 +545,7 @@ pub async fn serve(
     }
     tracing::info!("shutting down: reporting NOT_SERVING and draining");
     watch.abort();
+    live_grants.abort();
     disabled_refresh.abort();
     rotation.abort();
     reloader.abort();
@@ -489,6 +559,10 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not mark the signing key as retiring");
     }
     let _ = grpc_stop.send(true);
+    // Streams never end by themselves: end them now, so the drain waits
+    // only for unary calls and watchers get a status they can act on.
+    let streams = shared.drain.start();
+    tracing::info!(streams, "ending open streams: UNAVAILABLE {}", grpc::SHUTTING_DOWN);
     // /readyz answers 503 while gRPC drains (TCP and Unix alike); the
     // operations listener stops after.
     let both = async {
@@ -499,9 +573,15 @@ pub async fn serve(
         tcp
     };
     let drained = match tokio::time::timeout(DRAIN_TIMEOUT, both).await {
-        Ok(result) => flatten(result),
+        Ok(result) => {
+            tracing::info!(streams_left = shared.drain.open(), "drain finished");
+            flatten(result)
+        }
         Err(_) => {
-            tracing::warn!("drain timed out; closing remaining connections");
+            tracing::warn!(
+                streams_left = shared.drain.open(),
+                "drain timed out; closing remaining connections"
+            );
             server.abort();
             if let Some((task, _)) = &unix {
                 task.abort();

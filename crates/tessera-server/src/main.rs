@@ -1,7 +1,9 @@
 //! `tesserad`: load and validate the configuration, bind, serve until SIGTERM.
 //!
-//! Exit codes: 0 clean stop; 64 bad configuration or key/TLS material (nothing
-//! was bound); 1 any other failure.
+//! Exit codes: 0 clean stop; 64 bad configuration, key/TLS material, or a
+//! path the broker cannot use (the audit file unwritable, held by another
+//! broker or with a broken chain; the Unix socket's directory): a restart
+//! cannot fix those; 1 any other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tessera_core::clock::SystemClock;
 use tessera_server::config::{Config, ProcessEnv};
-use tessera_server::{Listeners, prepare, serve};
+use tessera_server::{Listeners, ServeError, prepare, serve};
 
 /// The Tessera credential broker.
 #[derive(Debug, Parser)]
@@ -23,7 +25,8 @@ struct Args {
     /// Once serving, write `{"grpc":"ADDR","http":"ADDR","oauth":"ADDR","pid":N}` here (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Validate the configuration and key material, then exit.
+    /// Validate the configuration and key material, and open every path the
+    /// broker writes (audit file, Unix socket directory), then exit (64 on error).
     #[arg(long)]
     check: bool,
 }
@@ -59,6 +62,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        if let Err(e) = tessera_server::check_writable(prepared.config()) {
+            eprintln!("tesserad: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("tesserad: configuration `{}` is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
@@ -68,7 +75,11 @@ fn main() -> ExitCode {
             let error = causes(&e);
             tracing::error!(error = %error, "tesserad failed");
             eprintln!("tesserad: {error}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<ServeError>().is_some_and(ServeError::is_configuration) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     };
     if let Some(provider) = otel {
@@ -82,6 +93,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything says we are up (the ready file, /readyz): a SIGTERM
+    // from then on drains instead of killing the process outright.
+    let shutdown = shutdown_signal()?;
     let listen = prepared.config().server.listen;
     let grpc = tokio::net::TcpListener::bind(listen)
         .await
@@ -120,7 +134,7 @@ async fn run(prepared: tessera_server::Prepared, ready_file: Option<PathBuf>) ->
             oauth,
         },
         Arc::new(SystemClock),
-        shutdown_signal(),
+        shutdown,
     )
     .await?;
     tracing::info!("tesserad stopped");
@@ -145,19 +159,18 @@ fn causes(e: &anyhow::Error) -> String {
     text
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or SIGINT. The handlers are installed on the call,
+/// not on the first poll, so no signal after it takes the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    })
 }
 
 /// JSON logs on stderr and, when the standard `OTEL_*` variables ask for

@@ -3,7 +3,8 @@
 //!
 //! INVARIANT: no label carries an identity, token, grant or task id. Labels
 //! are drawn from small fixed sets (scope class, operation, cause, gRPC
-//! method of a served RPC), so a caller cannot grow the series count.
+//! method of a served RPC, gRPC code), so a caller cannot grow the series
+//! count.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,8 +26,25 @@ pub const STORE_ERRORS: &str = "tessera_store_errors_total";
 pub const AUDIT_FAILURES: &str = "tessera_audit_failures_total";
 /// Approval webhook notices given up on.
 pub const WEBHOOK_FAILURES: &str = "tessera_approval_webhook_failures_total";
-/// gRPC call latency (to response headers), by method.
+/// gRPC call latency (to response headers), by method and status code; its
+/// `_count` is the request counter.
 pub const REQUEST_DURATION: &str = "tessera_request_duration_seconds";
+/// Grants live in the store (sampled).
+pub const LIVE_GRANTS: &str = "tessera_live_grants";
+/// Always 1, labelled with the version.
+pub const BUILD_INFO: &str = "tessera_build_info";
+/// Policy reloads, by result (counted in `broker::policy`).
+pub const POLICY_RELOADS: &str = "tessera_policy_reloads_total";
+/// Attestation refusals, by method and reason (counted in `attest`).
+pub const ATTESTATION_REJECTED: &str = "tessera_attestation_rejected_total";
+/// Refusals over the per-source audit sample, by method (counted in
+/// `broker::attestation`).
+pub const ATTESTATION_UNAUDITED: &str = "tessera_attestation_refusals_unaudited_total";
+/// JWKS loads of JWT issuers, by issuer and result (counted in `attest::jwt`).
+pub const JWKS_LOADS: &str = "tessera_jwks_loads_total";
+
+/// How often [`LIVE_GRANTS`] is sampled from the store.
+pub const LIVE_GRANTS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Latency buckets, in seconds: 1 ms to 10 s (the default request timeout).
 const BUCKETS: &[f64] = &[
@@ -69,13 +87,236 @@ fn describe() {
     metrics::describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
-        "gRPC request latency to response headers, by method."
+        "gRPC request latency to response headers, by method and grpc_code (the status at response headers: \
+         a stream counts as OK once open)."
     );
+    metrics::describe_gauge!(
+        LIVE_GRANTS,
+        "Grants live (not expired, not revoked) in the store, sampled every 30 s; store-wide, so every replica \
+         reports the same number: aggregate with max, not sum."
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label says which tesserad runs.");
+    metrics::describe_counter!(POLICY_RELOADS, "Policy reloads (SIGHUP), by result.");
+    metrics::describe_counter!(
+        ATTESTATION_REJECTED,
+        "Callers refused at attestation, by method and reason."
+    );
+    metrics::describe_counter!(
+        ATTESTATION_UNAUDITED,
+        "Attestation refusals past the per-source sample, counted but not audited, by method."
+    );
+    metrics::describe_counter!(
+        JWKS_LOADS,
+        "JWKS loads of configured JWT issuers, by issuer and result."
+    );
+    process::describe();
+}
+
+/// Registers every counter at zero, with the label values known at start,
+/// so `/metrics` shows "none yet" as 0 rather than an absent series (which
+/// alerts cannot tell from "not scraped"); sets [`BUILD_INFO`]. Series with
+/// labels known only later (a method, an attestation reason) appear at
+/// their first event.
+pub fn register(jwt_issuers: &[&str]) {
+    let _ = handle();
+    for class in ["discover", "read", "write", "admin"] {
+        metrics::counter!(TOKENS_ISSUED, "class" => class).increment(0);
+    }
+    for operation in [
+        "request_token",
+        "delegate_token",
+        "start_task",
+        "complete_task",
+        "revoke_task",
+    ] {
+        for result in ["allow", "deny"] {
+            metrics::counter!(DECISIONS, "result" => result, "operation" => operation).increment(0);
+        }
+    }
+    for cause in [
+        "task_completed",
+        "task_revoked",
+        "grant_revoked",
+        "released",
+        "identity",
+        "break_glass",
+    ] {
+        metrics::counter!(REVOCATIONS, "cause" => cause).increment(0);
+    }
+    metrics::counter!(STORE_ERRORS).increment(0);
+    metrics::counter!(AUDIT_FAILURES).increment(0);
+    metrics::counter!(WEBHOOK_FAILURES).increment(0);
+    for result in ["ok", "refused"] {
+        metrics::counter!(POLICY_RELOADS, "result" => result).increment(0);
+    }
+    for method in ["x509", "jwt", "unix"] {
+        // "store": the one reason every method shares (the store did not answer).
+        metrics::counter!(ATTESTATION_REJECTED, "method" => method, "reason" => "store").increment(0);
+        metrics::counter!(ATTESTATION_UNAUDITED, "method" => method).increment(0);
+    }
+    for issuer in jwt_issuers {
+        for result in ["ok", "error"] {
+            metrics::counter!(JWKS_LOADS, "issuer" => (*issuer).to_owned(), "result" => result).increment(0);
+        }
+    }
+    metrics::gauge!(LIVE_GRANTS).set(0.0);
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process::sample();
+}
+
+/// Samples [`LIVE_GRANTS`] from `store` now and every [`LIVE_GRANTS_EVERY`]:
+/// the live grants of every active task. One store call per active task,
+/// so it runs rarely; a failed sample keeps the last value.
+pub async fn sample_live_grants(
+    store: std::sync::Arc<dyn tessera_store::GrantStore>,
+    clock: std::sync::Arc<dyn tessera_core::clock::Clock>,
+) {
+    let mut tick = tokio::time::interval(LIVE_GRANTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        let count = async {
+            let mut live = 0_u64;
+            for task in store.active_task_ids(now).await? {
+                live = live.saturating_add(store.live_grants(&task, now).await?);
+            }
+            Ok::<_, tessera_store::StoreError>(live)
+        };
+        match count.await {
+            // Precision: exact up to 2^53 grants.
+            #[expect(clippy::cast_precision_loss, reason = "a grant count is far below 2^53")]
+            Ok(live) => metrics::gauge!(LIVE_GRANTS).set(live as f64),
+            Err(e) => tracing::debug!(error = %e, "could not count live grants; keeping the last sample"),
+        }
+    }
+}
+
+/// `process_*` metrics in the Prometheus client libraries' names, read from
+/// `/proc/self` at each scrape (Linux only; elsewhere they stay absent).
+mod process {
+    /// CPU time (user and system), seconds. A gauge: the metrics facade's
+    /// counters are integers.
+    const CPU: &str = "process_cpu_seconds_total";
+    const RESIDENT: &str = "process_resident_memory_bytes";
+    const VIRTUAL: &str = "process_virtual_memory_bytes";
+    const OPEN_FDS: &str = "process_open_fds";
+    const MAX_FDS: &str = "process_max_fds";
+    const START_TIME: &str = "process_start_time_seconds";
+
+    pub(super) fn describe() {
+        metrics::describe_gauge!(
+            CPU,
+            metrics::Unit::Seconds,
+            "Total user and system CPU time spent in seconds."
+        );
+        metrics::describe_gauge!(RESIDENT, metrics::Unit::Bytes, "Resident memory size in bytes.");
+        metrics::describe_gauge!(VIRTUAL, metrics::Unit::Bytes, "Virtual memory size in bytes.");
+        metrics::describe_gauge!(OPEN_FDS, "Number of open file descriptors.");
+        metrics::describe_gauge!(MAX_FDS, "Maximum number of open file descriptors.");
+        metrics::describe_gauge!(
+            START_TIME,
+            metrics::Unit::Seconds,
+            "Start time of the process since unix epoch in seconds."
+        );
+    }
+
+    /// Reads `/proc/self` into the gauges; a file that cannot be read
+    /// leaves its gauges as they were.
+    #[expect(clippy::cast_precision_loss, reason = "byte and tick counts are far below 2^53")]
+    pub(super) fn sample() {
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        if let Some(stat) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .as_deref()
+            .and_then(stat)
+        {
+            if ticks > 0.0 {
+                metrics::gauge!(CPU).set((stat.utime + stat.stime) as f64 / ticks);
+                if let Some(boot) = boot_time() {
+                    metrics::gauge!(START_TIME).set(boot as f64 + stat.starttime as f64 / ticks);
+                }
+            }
+            metrics::gauge!(VIRTUAL).set(stat.vsize as f64);
+            metrics::gauge!(RESIDENT).set(stat.rss_pages.saturating_mul(rustix::param::page_size() as u64) as f64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            metrics::gauge!(OPEN_FDS).set(fds.count() as f64);
+        }
+        if let Some(max) = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .as_deref()
+            .and_then(max_fds)
+        {
+            metrics::gauge!(MAX_FDS).set(max as f64);
+        }
+    }
+
+    struct Stat {
+        utime: u64,
+        stime: u64,
+        starttime: u64,
+        vsize: u64,
+        rss_pages: u64,
+    }
+
+    /// `/proc/self/stat`: fields after the command name (which may hold
+    /// spaces, so split after its closing parenthesis), from field 3.
+    fn stat(text: &str) -> Option<Stat> {
+        let (_, rest) = text.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // proc(5) numbers fields from 1; `rest` starts at field 3.
+        let field = |n: usize| fields.get(n.checked_sub(3)?)?.parse::<u64>().ok();
+        Some(Stat {
+            utime: field(14)?,
+            stime: field(15)?,
+            starttime: field(22)?,
+            vsize: field(23)?,
+            rss_pages: field(24)?,
+        })
+    }
+
+    /// The boot time, seconds since the epoch (`btime` in `/proc/stat`).
+    fn boot_time() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The soft limit of `Max open files` in `/proc/self/limits`.
+    fn max_fds(text: &str) -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        line.trim_start_matches("Max open files")
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn stat_fields_are_read_past_a_command_with_spaces() {
+            let text = "42 (tes (x) d) S 1 2 3 4 5 6 7 8 9 10 110 220 13 14 15 16 17 18 3300 4400 55 rest";
+            let stat = super::stat(text).unwrap();
+            assert_eq!((stat.utime, stat.stime), (110, 220));
+            assert_eq!((stat.starttime, stat.vsize, stat.rss_pages), (3300, 4400, 55));
+        }
+
+        #[test]
+        fn max_fds_is_the_soft_limit() {
+            let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                        Max open files            1024                 524288               files\n";
+            assert_eq!(super::max_fds(text), Some(1024));
+        }
+    }
 }
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     let handle = handle();
+    process::sample();
     handle.run_upkeep();
     handle.render()
 }
@@ -203,6 +444,30 @@ fn method_label(path: &str) -> String {
     if known { rest.to_owned() } else { "unknown".into() }
 }
 
+/// The canonical name of a `grpc-status` value (`UNKNOWN` for anything
+/// else, so the label set stays bounded).
+fn code_label(status: &[u8]) -> &'static str {
+    match status {
+        b"0" => "OK",
+        b"1" => "CANCELLED",
+        b"3" => "INVALID_ARGUMENT",
+        b"4" => "DEADLINE_EXCEEDED",
+        b"5" => "NOT_FOUND",
+        b"6" => "ALREADY_EXISTS",
+        b"7" => "PERMISSION_DENIED",
+        b"8" => "RESOURCE_EXHAUSTED",
+        b"9" => "FAILED_PRECONDITION",
+        b"10" => "ABORTED",
+        b"11" => "OUT_OF_RANGE",
+        b"12" => "UNIMPLEMENTED",
+        b"13" => "INTERNAL",
+        b"14" => "UNAVAILABLE",
+        b"15" => "DATA_LOSS",
+        b"16" => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
 tokio::task_local! {
     /// The id of the gRPC call being served: in its log lines (the `rpc`
     /// span), in every audit record it writes, and in the `x-request-id`
@@ -269,12 +534,23 @@ where
             {
                 response.headers_mut().insert("x-request-id", value);
             }
-            // grpc-status 12 in the headers: a trailers-only UNIMPLEMENTED answer.
-            let unimplemented = result
-                .as_ref()
-                .is_ok_and(|r| r.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"12"));
-            let method = if unimplemented { "unknown".into() } else { method };
-            metrics::histogram!(REQUEST_DURATION, "method" => method).record(started.elapsed().as_secs_f64());
+            // A status in the headers is a trailers-only answer (an error the
+            // handler returned); none means the call went ahead (OK so far).
+            let code = match result.as_ref() {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .map_or("OK", |v| code_label(v.as_bytes())),
+                Err(_) => "UNKNOWN",
+            };
+            // UNIMPLEMENTED: a made-up method name adds no series.
+            let method = if code == "UNIMPLEMENTED" {
+                "unknown".into()
+            } else {
+                method
+            };
+            metrics::histogram!(REQUEST_DURATION, "method" => method, "grpc_code" => code)
+                .record(started.elapsed().as_secs_f64());
             result
         })
     }
@@ -298,6 +574,8 @@ mod tests {
         assert_eq!(method_label("/tessera.v1.A/b/c"), "unknown");
         assert_eq!(method_label("/tessera.v1.A/spiffe:x"), "unknown");
         assert_eq!(method_label("no-slash"), "unknown");
+        assert_eq!(code_label(b"7"), "PERMISSION_DENIED");
+        assert_eq!(code_label(b"99"), "UNKNOWN");
     }
 
     #[test]

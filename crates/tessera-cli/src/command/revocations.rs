@@ -51,29 +51,51 @@ enum ItemView {
 
 /// Runs a revocation feed command. Ends when --count events were printed,
 /// when the broker closes the feed, or on a status (exit 2; OUT_OF_RANGE
-/// means the position is no longer retained).
+/// means the position is no longer retained; UNAVAILABLE, e.g. `broker
+/// shutting down`, comes with the position to resume from).
 pub(crate) async fn run(global: &Global, cmd: RevocationsCommand) -> anyhow::Result<()> {
     let RevocationsCommand::Watch(watch) = cmd;
     let mut client = VerifierClient::new(channel(global).await?);
     let mut feed = client
         .watch_revocations(pb::WatchRevocationsRequest {
-            after: watch.after.unwrap_or_default(),
+            after: watch.after.clone().unwrap_or_default(),
         })
         .await?
         .into_inner();
     let mut events = 0_u64;
-    while let Some(message) = feed.message().await? {
+    let mut last = watch.after;
+    loop {
+        let message = match feed.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                // A broker shutting down (or a replica lost) ends the feed with
+                // UNAVAILABLE: say where to resume so nothing is missed.
+                if status.code() == tonic::Code::Unavailable
+                    && let Some(position) = &last
+                {
+                    eprintln!("hint: resume with `tessera revocations watch --after {position}`");
+                }
+                return Err(status.into());
+            }
+        };
         let Some(item) = message.item else { continue };
         let view = match item {
             pb::watch_revocations_response::Item::Event(event) => {
                 events = events.saturating_add(1);
+                last = Some(event.position.clone());
                 event_view(event)
             }
-            pb::watch_revocations_response::Item::Heartbeat(beat) if watch.heartbeats => ItemView::Heartbeat {
-                position: beat.position,
-                sent_at: output::timestamp(beat.sent_at.as_ref()),
-            },
-            pb::watch_revocations_response::Item::Heartbeat(_) => continue,
+            pb::watch_revocations_response::Item::Heartbeat(beat) => {
+                last = Some(beat.position.clone());
+                if !watch.heartbeats {
+                    continue;
+                }
+                ItemView::Heartbeat {
+                    position: beat.position,
+                    sent_at: output::timestamp(beat.sent_at.as_ref()),
+                }
+            }
         };
         match global.output {
             OutputFormat::Json => output::json_line(&view)?,

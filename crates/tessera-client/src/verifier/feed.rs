@@ -55,6 +55,13 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut client: crate::VerifierClien
                         Ok(Err(status)) => {
                             if status.code() == Code::OutOfRange {
                                 lost(&shared, &mut position);
+                            } else if status.code() == Code::Unavailable {
+                                // A broker draining (`broker shutting down`): another
+                                // replica, or this one restarted, takes the feed over.
+                                tracing::info!(
+                                    reason = status.message(),
+                                    "revocation feed ended by the broker; resuming"
+                                );
                             } else {
                                 tracing::warn!(code = ?status.code(), "revocation feed failed; resuming");
                             }

@@ -114,6 +114,32 @@ pub enum AuditError {
         #[source]
         source: RecordError,
     },
+    /// Another process (a second broker on a copied configuration) holds
+    /// the file: two writers would interleave two chains.
+    #[error(
+        "{sink} in use by {}: two brokers must not write one audit file \
+         (give each its own `audit.file`)",
+        holder.map_or_else(|| "another process".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    InUse {
+        /// The sink.
+        sink: Sink,
+        /// The process holding the lock, when `/proc/locks` names it.
+        holder: Option<u32>,
+    },
+    /// The file's last records do not form one chain: two writers
+    /// interleaved, or a record was removed or inserted.
+    #[error(
+        "{sink}: its last records do not form one chain: record {seq} does not follow the record \
+         before it (two brokers wrote the file, or it was edited); move it aside and keep it as \
+         evidence (`tessera audit verify` says where it breaks)"
+    )]
+    Broken {
+        /// The sink.
+        sink: Sink,
+        /// The `seq` of the first record that does not follow.
+        seq: u64,
+    },
     /// The file did not answer within the configured timeout.
     #[error("{sink} did not answer within {}", humantime::format_duration(*timeout))]
     Timeout {
@@ -352,7 +378,31 @@ struct Opened {
     end: Option<End>,
 }
 
+/// Opens the audit file as the broker will (append, created `0600`) and
+/// checks its chain's tail, without taking the lock or writing to it: for
+/// `tesserad --check`, which may run beside the broker that holds it. A
+/// pipe or device is left alone (opening a pipe nobody reads blocks).
+pub fn check_file(path: &Path) -> Result<(), AuditError> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Ok(());
+    }
+    open_file_as(path, Opening::Check).map(drop)
+}
+
+/// Why the file is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// To write: locked, and a missing last newline is added.
+    Serve,
+    /// To see that it could be: no lock, no write.
+    Check,
+}
+
 fn open_file(path: &Path) -> Result<Opened, AuditError> {
+    open_file_as(path, Opening::Serve)
+}
+
+fn open_file_as(path: &Path, opening: Opening) -> Result<Opened, AuditError> {
     let io = |op| {
         move |source| AuditError::Io {
             sink: Sink::File(path.to_owned()),
@@ -382,7 +432,11 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
             "audit file is open to others than its owner; 0600 is expected"
         );
     }
+    if opening == Opening::Serve {
+        lock(&file, &meta, path)?;
+    }
     let mut len = meta.len();
+    check_tail(path, len)?;
     let (last, ends_with_newline) = last_line(path, len).map_err(io("read"))?;
     let chain = match last {
         None => Chain::genesis(),
@@ -397,7 +451,7 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
             Chain::resume(&record)
         }
     };
-    if !ends_with_newline {
+    if !ends_with_newline && opening == Opening::Serve {
         // The last record is whole but its newline never made it: end the
         // line so the next record starts on its own.
         (&file).write_all(b"\n").map_err(io("append to"))?;
@@ -408,6 +462,102 @@ fn open_file(path: &Path) -> Result<Opened, AuditError> {
         chain,
         end: Some(End { len, dirty: false }),
     })
+}
+
+/// Takes an exclusive advisory lock (`flock`) on the file for as long as
+/// it is open, so a second broker on the same file stops at start instead
+/// of interleaving its chain with ours. The lock goes with the process.
+fn lock(file: &File, meta: &std::fs::Metadata, path: &Path) -> Result<(), AuditError> {
+    // rustix's flock, not std's File::try_lock: that needs Rust 1.89, above
+    // the workspace's rust-version.
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(AuditError::InUse {
+            sink: Sink::File(path.to_owned()),
+            holder: lock_holder(meta),
+        }),
+        Err(errno) => Err(AuditError::Io {
+            sink: Sink::File(path.to_owned()),
+            op: "lock",
+            source: errno.into(),
+        }),
+    }
+}
+
+/// The pid holding a `flock` on the file, from `/proc/locks` (Linux), whose
+/// lines read `1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF`
+/// with the device numbers in hex.
+fn lock_holder(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = meta.dev();
+    // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, file, ..] if *file == id => pid.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Checks that the records in the file's last [`TAIL_CHUNK`] bytes form one
+/// chain: each is sealed, follows the one before (`seq` and `prev`), and a
+/// file read from its start begins at the genesis. The last line alone can
+/// be whole and sealed after two writers interleaved; the links show it.
+/// The last line itself is checked by the caller (it may lack its newline).
+fn check_tail(path: &Path, len: u64) -> Result<(), AuditError> {
+    let sink = || Sink::File(path.to_owned());
+    let start = len.saturating_sub(TAIL_CHUNK);
+    let size = usize::try_from(len.saturating_sub(start)).map_err(|e| AuditError::Io {
+        sink: sink(),
+        op: "read",
+        source: io::Error::other(e),
+    })?;
+    let mut buf = vec![0; size];
+    File::open(path)
+        .and_then(|file| file.read_exact_at(&mut buf, start))
+        .map_err(|source| AuditError::Io {
+            sink: sink(),
+            op: "read",
+            source,
+        })?;
+    let mut lines = buf.split(|&b| b == b'\n');
+    if start > 0 {
+        // Most likely the end of a line that began before the window.
+        lines.next();
+    }
+    // (seq, hash) of the record before; from the genesis when the window
+    // holds the whole file, unknown (any first record) otherwise.
+    let mut previous: Option<(u64, String)> = (start == 0).then(|| (0, tessera_core::audit::GENESIS.to_owned()));
+    for line in lines.filter(|l| !l.is_empty()) {
+        // The caller reports an unreadable last line with its own error.
+        let Some(record) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| AuditRecord::from_line(l).ok())
+        else {
+            continue;
+        };
+        let follows = previous
+            .as_ref()
+            .is_none_or(|(seq, hash)| record.seq == seq.saturating_add(1) && record.prev == *hash);
+        if !follows {
+            tracing::error!(
+                file = %path.display(),
+                seq = record.seq,
+                "audit file's chain is broken near its end; refusing to append to it"
+            );
+            return Err(AuditError::Broken {
+                sink: sink(),
+                seq: record.seq,
+            });
+        }
+        previous = Some((record.seq, record.hash));
+    }
+    Ok(())
 }
 
 /// The last line of a regular file of `len` bytes (`None` when empty), and
@@ -886,6 +1036,87 @@ mod tests {
             assert!(message.contains(expected), "{message}");
             assert_eq!(err.kind(), ErrorKind::Unavailable);
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_on_one_file_is_refused_naming_the_holder() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let first = open(&path).await;
+        let err = AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, AuditError::InUse { .. }), "{message}");
+        assert!(
+            message.contains(&format!("in use by pid {}", std::process::id())),
+            "{message}"
+        );
+        // The first keeps writing; once it is gone the file opens again.
+        first.record(event(1)).await.unwrap();
+        drop(first);
+        let mut tries = 0;
+        let again = loop {
+            // The writer task drops the file when it sees the queue closed.
+            tries += 1;
+            assert!(tries < 100_000, "the lock outlived its log");
+            match AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5))).await {
+                Ok(log) => break log,
+                Err(AuditError::InUse { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        again.record(event(2)).await.unwrap();
+        assert_eq!(verify_file(&path).records, 2);
+    }
+
+    #[tokio::test]
+    async fn interleaved_chains_are_refused_at_open() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        // Two writers that each continued the same file's chain after record 1.
+        let mut a = Chain::genesis();
+        let shared = a.seal(event(1));
+        let mut b = Chain::resume(&shared);
+        let mut text = String::new();
+        for line in [shared, a.seal(event(2)), b.seal(event(3)), a.seal(event(4))] {
+            text.push_str(&line.to_line());
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        let err = AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, AuditError::Broken { seq: 2, .. }), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("do not form one chain"), "{message}");
+
+        // A file whose first record is not the genesis lost its head.
+        let mut chain = Chain::genesis();
+        let _ = chain.seal(event(1));
+        std::fs::write(&path, format!("{}\n", chain.seal(event(2)).to_line())).unwrap();
+        let err = AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Broken { seq: 2, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_chain_longer_than_the_window_is_checked_from_its_first_whole_line() {
+        let dir = TempDir::new();
+        let path = dir.join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let mut text = String::new();
+        for i in 0..3 {
+            let mut big = event(i);
+            big.reason = Some("x".repeat(30_000));
+            text.push_str(&chain.seal(big).to_line());
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        open(&path).await.record(event(9)).await.unwrap();
+        assert_eq!(verify_file(&path).records, 4);
     }
 
     #[tokio::test]

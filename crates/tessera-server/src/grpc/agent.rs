@@ -44,7 +44,7 @@ impl AgentService for Shared {
         // The first look fails the call itself: unknown, not the caller's,
         // denied, expired or already redeemed.
         let first = self.broker.await_step(&who, &id).await.map_err(status::from_broker)?;
-        Ok(Response::new(Box::pin(super::approvals::await_stream(
+        Ok(Response::new(self.drain.wrap(super::approvals::await_stream(
             self.broker.clone(),
             who,
             id,

@@ -10,11 +10,16 @@ pub mod limits;
 pub mod orchestrator;
 pub mod verifier;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tessera_core::identity::VerifiedIdentity;
 use tessera_proto::v1 as pb;
+use tokio_stream::Stream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -129,6 +134,7 @@ pub struct Shared {
     pub(crate) heartbeat: std::time::Duration,
     pub(crate) limiter: Arc<limits::IdentityLimiter>,
     pub(crate) attestors: Arc<crate::attest::Attestors>,
+    pub(crate) drain: StreamDrain,
 }
 
 impl Shared {
@@ -137,5 +143,135 @@ impl Shared {
         let who = crate::attest::caller(&self.broker, &self.attestors, req).await?;
         self.limiter.check(who.id())?;
         Ok(who)
+    }
+}
+
+/// The message every open stream ends with when the broker starts draining.
+pub const SHUTTING_DOWN: &str = "broker shutting down";
+
+/// Ends the server's long-lived response streams (WatchRevocations,
+/// AwaitApproval) when the broker starts draining. A stream never ends by
+/// itself, so without this the drain waits its whole bound and the client
+/// then sees the connection cut (`h2 protocol error`) instead of a status
+/// it can act on: with it, each stream ends with `UNAVAILABLE: broker
+/// shutting down` and the drain finishes as soon as unary calls do.
+#[derive(Debug, Clone)]
+pub struct StreamDrain {
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Default for StreamDrain {
+    fn default() -> Self {
+        Self {
+            stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl StreamDrain {
+    /// Ends every open stream and every stream opened from now on; returns
+    /// how many were open.
+    pub fn start(&self) -> usize {
+        self.stop.send_replace(true);
+        self.open()
+    }
+
+    /// Streams open now (each counted until the server drops it).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// `stream`, ended by [`StreamDrain::start`] with UNAVAILABLE.
+    pub(crate) fn wrap<S, T>(&self, stream: S) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+    where
+        S: Stream<Item = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut stop = self.stop.subscribe();
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Box::pin(Drained {
+            inner: Box::pin(stream),
+            // `wait_for` looks at the current value first: a stream opened
+            // after the drain started ends at once.
+            stop: Box::pin(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }),
+            ended: false,
+            _open: OpenStream(self.open.clone()),
+        })
+    }
+}
+
+/// Counts one open stream until dropped.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type Inner<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct Drained<T> {
+    inner: Inner<T>,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+    /// Held for its `Drop`, which counts the stream closed.
+    _open: OpenStream,
+}
+
+impl<T> Stream for Drained<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.stop.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            return Poll::Ready(Some(Err(Status::unavailable(SHUTTING_DOWN))));
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+
+    use super::StreamDrain;
+
+    #[tokio::test]
+    async fn a_drain_ends_open_and_later_streams_with_unavailable() {
+        let drain = StreamDrain::default();
+        let mut open = drain.wrap(tokio_stream::pending::<Result<u8, tonic::Status>>());
+        assert_eq!(drain.open(), 1);
+        assert_eq!(drain.start(), 1);
+        let status = open.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "broker shutting down");
+        assert!(open.next().await.is_none());
+        drop(open);
+        assert_eq!(drain.open(), 0);
+
+        let mut late = drain.wrap(tokio_stream::iter([Ok(1_u8)]));
+        assert_eq!(late.next().await.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_stream_runs_unchanged_until_the_drain() {
+        let drain = StreamDrain::default();
+        let items: Vec<_> = drain.wrap(tokio_stream::iter([Ok(1_u8), Ok(2)])).collect().await;
+        assert_eq!(items.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(drain.open(), 0);
     }
 }

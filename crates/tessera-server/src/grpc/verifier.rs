@@ -113,6 +113,6 @@ impl VerifierService for Shared {
                 };
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.drain.wrap(ReceiverStream::new(rx))))
     }
 }
