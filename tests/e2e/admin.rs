@@ -632,6 +632,9 @@ async fn keys_ls_prints_the_published_keys() {
         assert_eq!(printed["kid"], key.kid.as_str());
         assert_eq!(printed["alg"], key.alg.as_str());
         assert_eq!(printed["kty"], key.kty.as_str());
+        // One broker: its key is the current one, and it stays while it signs.
+        assert_eq!(printed["state"], "current", "{json}");
+        assert!(printed["leaves_jwks_at"].is_null(), "{json}");
     }
 
     // A rotation adds the new key; the old one stays until its tokens expire.
@@ -645,6 +648,7 @@ async fn keys_ls_prints_the_published_keys() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let new_kid = rotated["new_key_id"].as_str().unwrap();
-    assert!(text.lines().any(|l| l.starts_with(new_kid)), "{text}");
-    assert!(text.lines().any(|l| l.starts_with(&jwks.keys[0].kid)), "{text}");
+    let line = |kid: &str| text.lines().find(|l| l.starts_with(kid)).unwrap_or_default().to_owned();
+    assert!(line(new_kid).ends_with(" current"), "{text}");
+    assert!(line(&jwks.keys[0].kid).contains(" retiring  leaves the JWKS in "), "{text}");
 }

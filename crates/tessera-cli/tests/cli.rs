@@ -183,6 +183,7 @@ impl VerifierService for Stub {
         Ok(Response::new(pb::GetJwksResponse {
             keys: Vec::new(),
             jwks_json: self.signer.jwks(),
+            status: Vec::new(),
         }))
     }
 

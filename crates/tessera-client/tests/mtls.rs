@@ -62,6 +62,7 @@ impl VerifierService for Echo {
         Ok(Response::new(pb::GetJwksResponse {
             keys: Vec::new(),
             jwks_json: format!("peer certs: {certs}"),
+            status: Vec::new(),
         }))
     }
 

@@ -34,6 +34,7 @@ pub use self::delegation::BindingSettings;
 pub use self::error::BrokerError;
 pub use self::grants::GrantQuery;
 pub use self::identities::IdentityRevoked;
+pub use self::keys::{KeyState, KeyStatus, PublishedKeys};
 pub use self::pop::{BindingAsk, DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
 pub use self::record::AuditSink;
 pub use self::tokens::{Issued, TokenAsk};
@@ -98,6 +99,9 @@ pub struct Broker {
     signer: std::sync::RwLock<Arc<SigningKey>>,
     /// Serializes rotations.
     rotating: tokio::sync::Mutex<()>,
+    /// The kid of a key published ahead of a scheduled rotation, until it
+    /// signs or is superseded (shown as `next` in GetJwks).
+    staged: std::sync::Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     audit: Arc<dyn AuditSink>,
@@ -167,6 +171,7 @@ impl Broker {
             catalog,
             signer: std::sync::RwLock::new(Arc::new(signer)),
             rotating: tokio::sync::Mutex::new(()),
+            staged: std::sync::Mutex::new(None),
             replay: Arc::new(tessera_store::replay::MemoryReplayCache::new(1_000_000, clock.clone())),
             clock,
             anomaly: settings.anomaly.map(|rule| std::sync::Mutex::new(Anomaly::new(rule))),

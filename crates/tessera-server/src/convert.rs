@@ -12,7 +12,7 @@ use tessera_core::issuance::{MAX_SCOPES_PER_REQUEST, TokenRequest};
 use tessera_core::orchestration::{StartTask, TaskLifetime};
 use tessera_core::revocation::{Revocation, RevocationTarget};
 use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId, TaskState};
-use tessera_core::token::{AccessClaims, Jwk, Jwks};
+use tessera_core::token::{AccessClaims, Jwk};
 use tessera_core::ttl::Ttl;
 use tessera_proto::v1 as pb;
 use tessera_store::{FeedEvent, FeedPosition, GrantFilter};
@@ -427,11 +427,28 @@ pub fn jwk(k: &Jwk) -> pb::Jwk {
     }
 }
 
-/// The JWKS for the wire.
-pub fn jwks(set: &Jwks) -> pb::GetJwksResponse {
+/// GetJwks: the keys, as protobuf and as a JWK Set, and where each stands.
+pub fn published_keys(published: &crate::broker::PublishedKeys) -> pb::GetJwksResponse {
+    use crate::broker::KeyState;
     pb::GetJwksResponse {
-        keys: set.keys.iter().map(jwk).collect(),
-        jwks_json: set.to_json(),
+        status: published
+            .status
+            .iter()
+            .map(|k| pb::KeyStatus {
+                kid: k.kid.clone(),
+                state: match k.state {
+                    KeyState::Current => pb::KeyState::Current,
+                    KeyState::Next => pb::KeyState::Next,
+                    KeyState::Active => pb::KeyState::Active,
+                    KeyState::Retiring => pb::KeyState::Retiring,
+                }
+                .into(),
+                published_at: Some(timestamp(k.published_at)),
+                remove_at: k.remove_at.map(timestamp),
+            })
+            .collect(),
+        keys: published.jwks.keys.iter().map(jwk).collect(),
+        jwks_json: published.jwks.to_json(),
     }
 }
 

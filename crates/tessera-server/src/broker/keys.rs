@@ -75,10 +75,12 @@ impl Broker {
             let next = Arc::new(SigningKey::generate(old.algorithm()).map_err(BrokerError::Signing)?);
             let why = format!("next key, signs in {}", humantime::format_duration(lead));
             self.publish_new(&next, None, &why).await?;
+            *self.staged_kid() = Some(next.kid().to_owned());
             (old.kid().to_owned(), next)
         };
         tokio::time::sleep(lead).await;
         let _one_at_a_time = self.rotating.lock().await;
+        self.staged_kid().take();
         let old = self.signer();
         let still_published = self
             .store
@@ -243,6 +245,74 @@ impl Broker {
             keys: keys.into_iter().map(|k| k.jwk).collect(),
         })
     }
+
+    /// GetJwks: the JWKS, and where each key stands as this replica sees it.
+    pub async fn published_keys(&self) -> Result<PublishedKeys, BrokerError> {
+        let keys = self.store.published_keys(self.clock.now()).await?;
+        let current = self.signer().kid().to_owned();
+        let staged = self.staged_kid().clone();
+        let status = keys
+            .iter()
+            .map(|k| KeyStatus {
+                kid: k.jwk.kid.clone(),
+                state: match k.not_after {
+                    Some(_) => KeyState::Retiring,
+                    None if k.jwk.kid == current => KeyState::Current,
+                    None if staged.as_deref() == Some(k.jwk.kid.as_str()) => KeyState::Next,
+                    None => KeyState::Active,
+                },
+                published_at: k.published_at,
+                remove_at: k.not_after,
+            })
+            .collect();
+        Ok(PublishedKeys {
+            jwks: Jwks {
+                keys: keys.into_iter().map(|k| k.jwk).collect(),
+            },
+            status,
+        })
+    }
+
+    fn staged_kid(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // INVARIANT: the guarded value is a plain Option, consistent even
+        // after a panic elsewhere.
+        self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The published keys and where each stands ([`Broker::published_keys`]).
+#[derive(Debug, Clone)]
+pub struct PublishedKeys {
+    /// The JWKS.
+    pub jwks: Jwks,
+    /// One status per key, in the JWKS's order.
+    pub status: Vec<KeyStatus>,
+}
+
+/// Where one published key stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Its kid.
+    pub kid: String,
+    /// Its place in its life.
+    pub state: KeyState,
+    /// When it was published.
+    pub published_at: chrono::DateTime<chrono::Utc>,
+    /// When it leaves the JWKS; `None` while it may sign.
+    pub remove_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A published key's place in its life, as the answering replica sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// This replica signs with it.
+    Current,
+    /// Published ahead of this replica's scheduled rotation.
+    Next,
+    /// May sign: another replica's key.
+    Active,
+    /// Signs no more; kept until its last token expires.
+    Retiring,
 }
 
 #[cfg(test)]
@@ -279,6 +349,50 @@ mod tests {
         assert!(
             kinds.ends_with(&[AuditKind::KeyPublished, AuditKind::KeyRetired, AuditKind::TokenIssued]),
             "{kinds:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn get_jwks_says_which_key_signs_which_is_next_and_which_retires() {
+        use super::{KeyState, KeyStatus};
+        let f = std::sync::Arc::new(Fixture::new().await);
+        let states = |f: std::sync::Arc<Fixture>| async move {
+            let published = f.broker.published_keys().await.unwrap();
+            assert_eq!(
+                published.status.iter().map(|s| &s.kid).collect::<Vec<_>>(),
+                published.jwks.keys.iter().map(|k| &k.kid).collect::<Vec<_>>()
+            );
+            published.status
+        };
+        let first = states(f.clone()).await;
+        assert_eq!(first.iter().map(|s| s.state).collect::<Vec<_>>(), [KeyState::Current]);
+        // A scheduled rotation with a long lead: its key is `next` meanwhile.
+        let staged = tokio::spawn({
+            let f = f.clone();
+            async move { f.broker.rotate_key_staged(std::time::Duration::from_secs(3600)).await }
+        });
+        let mut next = None;
+        for _ in 0..10_000 {
+            next = states(f.clone()).await.into_iter().find(|s| s.state == KeyState::Next);
+            if next.is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        staged.abort();
+        let next = next.expect("the staged key is published as next");
+        assert!(next.remove_at.is_none());
+        // A rotation now: the new key signs, the old one retires until its
+        // last token has expired (max TTL, one hour).
+        let (new, old) = f.broker.rotate_key(&f.who(OPERATOR), Ok("test".into())).await.unwrap();
+        let after = states(f.clone()).await;
+        let of = |kid: &str| after.iter().find(|s| s.kid == kid).cloned();
+        assert_eq!(of(&new).map(|s| s.state), Some(KeyState::Current));
+        let retiring: Option<KeyStatus> = of(&old);
+        assert_eq!(retiring.as_ref().map(|s| s.state), Some(KeyState::Retiring));
+        assert_eq!(
+            retiring.and_then(|s| s.remove_at),
+            Some(tessera_core::clock::Clock::now(&*f.clock) + chrono::Duration::seconds(3600))
         );
     }
 

@@ -18,9 +18,9 @@ const FEED_BATCH: usize = 256;
 impl VerifierService for Shared {
     async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         // Public keys: any caller may read them (they are on the HTTP port too).
-        let jwks = self.broker.jwks().await.map_err(status::from_broker)?;
+        let published = self.broker.published_keys().await.map_err(status::from_broker)?;
         drop(req);
-        Ok(Response::new(convert::jwks(&jwks)))
+        Ok(Response::new(convert::published_keys(&published)))
     }
 
     async fn introspect(

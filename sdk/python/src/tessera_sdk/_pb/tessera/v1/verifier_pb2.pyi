@@ -2,12 +2,26 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class KeyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_STATE_UNSPECIFIED: _ClassVar[KeyState]
+    KEY_STATE_CURRENT: _ClassVar[KeyState]
+    KEY_STATE_NEXT: _ClassVar[KeyState]
+    KEY_STATE_ACTIVE: _ClassVar[KeyState]
+    KEY_STATE_RETIRING: _ClassVar[KeyState]
+KEY_STATE_UNSPECIFIED: KeyState
+KEY_STATE_CURRENT: KeyState
+KEY_STATE_NEXT: KeyState
+KEY_STATE_ACTIVE: KeyState
+KEY_STATE_RETIRING: KeyState
 
 class GetJwksRequest(_message.Message):
     __slots__ = ()
@@ -32,12 +46,26 @@ class Jwk(_message.Message):
     def __init__(self, kty: _Optional[str] = ..., crv: _Optional[str] = ..., x: _Optional[str] = ..., y: _Optional[str] = ..., kid: _Optional[str] = ..., alg: _Optional[str] = ..., use: _Optional[str] = ...) -> None: ...
 
 class GetJwksResponse(_message.Message):
-    __slots__ = ("keys", "jwks_json")
+    __slots__ = ("keys", "jwks_json", "status")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[Jwk]
     jwks_json: str
-    def __init__(self, keys: _Optional[_Iterable[_Union[Jwk, _Mapping]]] = ..., jwks_json: _Optional[str] = ...) -> None: ...
+    status: _containers.RepeatedCompositeFieldContainer[KeyStatus]
+    def __init__(self, keys: _Optional[_Iterable[_Union[Jwk, _Mapping]]] = ..., jwks_json: _Optional[str] = ..., status: _Optional[_Iterable[_Union[KeyStatus, _Mapping]]] = ...) -> None: ...
+
+class KeyStatus(_message.Message):
+    __slots__ = ("kid", "state", "published_at", "remove_at")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_AT_FIELD_NUMBER: _ClassVar[int]
+    kid: str
+    state: KeyState
+    published_at: _timestamp_pb2.Timestamp
+    remove_at: _timestamp_pb2.Timestamp
+    def __init__(self, kid: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., remove_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class IntrospectRequest(_message.Message):
     __slots__ = ("token",)
