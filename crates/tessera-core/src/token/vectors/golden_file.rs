@@ -254,8 +254,14 @@ fn write(file: &File) {
 
 /// Names and verdicts, in order: what must not drift.
 fn summary(file: &File) -> Vec<(String, String, Option<String>)> {
-    let tokens = file.tokens.iter().map(|c| (c.name.clone(), c.expected.clone(), c.reason.clone()));
-    let proofs = file.proofs.iter().map(|c| (c.name.clone(), c.expected.clone(), c.reason.clone()));
+    let tokens = file
+        .tokens
+        .iter()
+        .map(|c| (c.name.clone(), c.expected.clone(), c.reason.clone()));
+    let proofs = file
+        .proofs
+        .iter()
+        .map(|c| (c.name.clone(), c.expected.clone(), c.reason.clone()));
     tokens.chain(proofs).collect()
 }
 
@@ -280,7 +286,10 @@ fn the_committed_golden_file_gives_core_its_verdicts() {
         serde_json::to_value(&fresh.settings).unwrap()
     );
     assert_eq!(file.jwks, fresh.jwks);
-    assert!(file.settings.revoked.is_empty(), "nothing is revoked: the table assumes so");
+    assert!(
+        file.settings.revoked.is_empty(),
+        "nothing is revoked: the table assumes so"
+    );
 
     // Both verdicts occur, every reason is set exactly on a refusal, and the
     // names are unique (the Python test reports by name).
