@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import jwt
 import pytest
 
 from tessera_sdk import (
@@ -23,7 +24,7 @@ from tessera_sdk import (
     VerifyError,
 )
 from tessera_sdk._jose import b64url
-from tessera_sdk.dpop import MAX_PROOF_LEN, normalize_htu
+from tessera_sdk.dpop import MAX_PROOF_LEN, access_token_hash, normalize_htu
 
 from ._tokens import AUD, URL, Issuer, config, heartbeat, raw_jws, revocation
 
@@ -281,6 +282,32 @@ def test_dpop_bound_token_needs_a_proof_for_this_request(issuer: Issuer, clock: 
     }
     for name, proof in cases.items():
         assert isinstance(refused(v, present(proof)), InvalidProof), name
+
+
+def test_proofs_tessera_core_refuses_are_refused(issuer: Issuer, clock: Clock) -> None:
+    """Each was accepted before the golden vectors compared the two verifiers
+    (tessera-core's verify_proof refuses them): a `typ` with the
+    `application/` prefix, and a `jwk` declaring another `alg` or `use`."""
+    v = ready(issuer, clock)
+    key = DpopKey()
+    token = bound(issuer, key)
+    now = int(clock.now)
+    claims = {"htm": "GET", "htu": URL, "iat": now, "ath": access_token_hash(token)}
+    jtis = iter(range(100))
+
+    def proof(typ: str = "dpop+jwt", **jwk: str) -> str:
+        header = {"typ": typ, "jwk": {**key.public_jwk, **jwk}}
+        return jwt.encode({**claims, "jti": f"j-{next(jtis)}"}, key._key, "ES256", header)
+
+    assert v.verify(Presented(token, "DPoP", proof(typ="DPoP+JWT"), "GET", URL)).binding == "dpop"
+    assert v.verify(Presented(token, "DPoP", proof(alg="ES256", use="sig"), "GET", URL)).binding == "dpop"
+    for name, bad in {
+        "typ with application/": proof(typ="application/dpop+jwt"),
+        "jwk alg": proof(alg="EdDSA"),
+        "jwk use": proof(use="enc"),
+    }.items():
+        err = refused(v, Presented(token, "DPoP", bad, "GET", URL))
+        assert isinstance(err, InvalidProof), name
 
 
 def test_a_proof_is_accepted_once(issuer: Issuer, clock: Clock) -> None:

@@ -45,6 +45,85 @@ pub enum Refusal {
     Binding(BindingError),
 }
 
+impl Verdict {
+    /// The stable, language-neutral reason code of a refusal (`None` for
+    /// [`Verdict::Accept`]): what `tests/vectors/golden.json` records, so
+    /// verifiers in other languages can be held to the same reason.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Accept => None,
+            Self::Refuse(refusal) => Some(refusal.code()),
+        }
+    }
+}
+
+impl Refusal {
+    /// One code per core error variant (not per message: a variant's
+    /// payload, such as a hop index, is not part of the code). The match is
+    /// exhaustive so a new variant cannot go without a code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Token(e) => token_code(e),
+            Self::Binding(e) => binding_code(e),
+        }
+    }
+}
+
+fn token_code(e: &JwsError) -> &'static str {
+    match e {
+        JwsError::TooLong => "too_long",
+        JwsError::Malformed(_) => "malformed",
+        JwsError::Algorithm => "alg_not_allowed",
+        JwsError::AlgorithmNotAllowed(_) => "alg_not_in_allow_list",
+        JwsError::AlgorithmMismatch => "alg_key_mismatch",
+        JwsError::ForbiddenHeader(_) => "forbidden_header",
+        JwsError::Type => "wrong_typ",
+        JwsError::UnknownKey => "unknown_kid",
+        JwsError::Signature => "bad_signature",
+        JwsError::InvalidKey(_) => "invalid_key",
+        JwsError::Claims => "bad_claims",
+        JwsError::Issuer => "wrong_issuer",
+        JwsError::Audience => "wrong_audience",
+        JwsError::Expired => "expired",
+        JwsError::NotYetValid => "not_yet_valid",
+        JwsError::IssuedInFuture => "issued_in_future",
+        JwsError::Chain(c) => match c {
+            ChainError::Shape => "chain_shape",
+            ChainError::TooLong => "chain_too_long",
+            ChainError::Entry => "chain_entry",
+            ChainError::Subject => "chain_subject",
+            ChainError::Actors => "chain_actors",
+            ChainError::WiderScope { .. } => "chain_widening",
+            ChainError::LaterExpiry { .. } => "chain_later_expiry",
+        },
+    }
+}
+
+fn binding_code(e: &BindingError) -> &'static str {
+    match e {
+        BindingError::DpopSchemeWithoutKey => "dpop_scheme_without_key",
+        BindingError::ProofRequired => "proof_required",
+        BindingError::CertificateRequired => "certificate_required",
+        BindingError::CertificateMismatch => "certificate_mismatch",
+        BindingError::Proof(p) => match p {
+            ProofError::TooLong => "proof_too_long",
+            ProofError::Malformed(_) => "proof_malformed",
+            ProofError::Type => "proof_wrong_typ",
+            ProofError::Algorithm => "proof_alg_not_allowed",
+            ProofError::Key(_) => "proof_bad_jwk",
+            ProofError::Signature => "proof_bad_signature",
+            ProofError::Method(_) => "proof_wrong_htm",
+            ProofError::Target(_) => "proof_wrong_htu",
+            ProofError::Stale(_) => "proof_stale",
+            ProofError::Future => "proof_future",
+            ProofError::Jti => "proof_bad_jti",
+            ProofError::AccessTokenHash => "proof_wrong_ath",
+            ProofError::Replayed => "proof_replayed",
+            ProofError::WrongKey => "proof_wrong_key",
+        },
+    }
+}
+
 impl From<JwsError> for Verdict {
     fn from(e: JwsError) -> Self {
         Self::Refuse(Refusal::Token(e))
@@ -489,6 +568,11 @@ pub fn proof_vectors(
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// The committed export of this table, `tests/vectors/golden.json`: its
+/// generator and the test holding it to core's verdicts.
+#[cfg(test)]
+mod golden_file;
 
 #[cfg(test)]
 mod tests {

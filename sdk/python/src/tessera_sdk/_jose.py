@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 _ES256: Final = ec.ECDSA(hashes.SHA256())
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_TOKEN_SEGMENTS = re.compile(r"([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
 
 
 class JoseFormatError(ValueError):
@@ -65,12 +66,17 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def split(compact: str) -> tuple[str, str, str]:
-    """The three segments of a compact JWS."""
-    parts = compact.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise JoseFormatError("expected three dot-separated segments")
-    return parts[0], parts[1], parts[2]
+def token_segments(compact: str) -> tuple[str, str, str]:
+    """The three segments of a compact JWS, each only of the base64url
+    alphabet (possibly empty), as ``tessera-core``'s ``jws::split``: a bad
+    segment is refused as malformed before any other check, and an empty
+    signature is left to the signature check, after the header's."""
+    match = _TOKEN_SEGMENTS.fullmatch(compact)
+    if match is None:
+        if compact.count(".") != 2:
+            raise JoseFormatError("expected three dot-separated segments")
+        raise JoseFormatError("segment is not unpadded base64url")
+    return match.group(1), match.group(2), match.group(3)
 
 
 def access_token_hash(access_token: str) -> str:

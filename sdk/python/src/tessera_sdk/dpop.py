@@ -120,6 +120,13 @@ def _fail(reason: str) -> InvalidProof:
     return InvalidProof(f"dpop proof refused: {reason}")
 
 
+def _proof_segments(proof: str) -> tuple[str, str, str]:
+    parts = proof.split(".")
+    if len(parts) != 3:
+        raise _jose.JoseFormatError("expected three dot-separated segments")
+    return parts[0], parts[1], parts[2]
+
+
 def check_proof(
     proof: str,
     *,
@@ -136,14 +143,19 @@ def check_proof(
     if len(proof.encode()) > MAX_PROOF_LEN:
         raise _fail("proof is too long")
     try:
-        header_b64, payload_b64, _sig = _jose.split(proof)
+        # Only the header must be well formed here: as tessera-core's
+        # verify_proof, the payload and signature segments are read after
+        # the header checks (an `alg` `none` proof is refused for its `alg`).
+        header_b64, payload_b64, _sig = _proof_segments(proof)
         header = _jose.json_object(_jose.b64url_decode(header_b64))
     except _jose.JoseFormatError as err:
         raise _fail(f"proof header: {err}") from None
     if any(member in header for member in _FORBIDDEN_HEADER):
         raise _fail("proof header names a key or url other than `jwk`")
     typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in (DPOP_TYP, "application/" + DPOP_TYP):
+    # Exactly `dpop+jwt` (RFC 9449 section 4.2), case-insensitively, as
+    # tessera-core: no `application/` prefix.
+    if not isinstance(typ, str) or typ.lower() != DPOP_TYP:
         raise _fail("proof `typ` is not `dpop+jwt`")
     alg = header.get("alg")
     if alg not in _ALGS:
@@ -153,6 +165,12 @@ def check_proof(
         raise _fail("proof header has no `jwk`")
     if "d" in raw_jwk or not set(raw_jwk) <= _PUBLIC_JWK_MEMBERS:
         raise _fail("proof `jwk` contains a private or unknown member")
+    # As tessera-core's public_jwk: a member it names must be a string, and
+    # an `alg` or `use` it declares must be the header's `alg` and `sig`.
+    if not all(isinstance(value, str) for value in raw_jwk.values()):
+        raise _fail("proof `jwk` has a member that is not a string")
+    if raw_jwk.get("alg", alg) != alg or raw_jwk.get("use", "sig") != "sig":
+        raise _fail("proof `jwk` declares another `alg` or `use`")
     expected_key = ("EC", "P-256") if alg == "ES256" else ("OKP", "Ed25519")
     if (raw_jwk.get("kty"), raw_jwk.get("crv")) != expected_key:
         raise _fail("proof `jwk` is not a key of its `alg`")

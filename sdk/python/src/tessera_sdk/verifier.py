@@ -540,7 +540,7 @@ class Verifier:
         if len(token) > MAX_TOKEN_LEN:
             raise InvalidToken(f"token is longer than {MAX_TOKEN_LEN} bytes")
         try:
-            header_b64, payload_b64, _ = _jose.split(token)
+            header_b64, payload_b64, _ = _jose.token_segments(token)
         except _jose.JoseFormatError as err:
             raise InvalidToken(f"token is malformed: {err}") from None
         # Every token a key signs has the same header: a header that passed
