@@ -650,5 +650,8 @@ async fn keys_ls_prints_the_published_keys() {
     let new_kid = rotated["new_key_id"].as_str().unwrap();
     let line = |kid: &str| text.lines().find(|l| l.starts_with(kid)).unwrap_or_default().to_owned();
     assert!(line(new_kid).ends_with(" current"), "{text}");
-    assert!(line(&jwks.keys[0].kid).contains(" retiring  leaves the JWKS in "), "{text}");
+    assert!(
+        line(&jwks.keys[0].kid).contains(" retiring  leaves the JWKS in "),
+        "{text}"
+    );
 }
