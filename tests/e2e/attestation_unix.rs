@@ -174,6 +174,43 @@ async fn the_socket_serves_the_same_services_and_caps_as_the_tcp_port() {
             );
         }
 
+        // The same list over reflection v1alpha (grpcio-reflection, older grpcurl).
+        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut stream =
+            tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .unwrap_or_else(|s| panic!("{listener}: reflection v1alpha: {s:?}"))
+                .into_inner();
+        let answer = stream.next().await.unwrap().unwrap();
+        let Some(tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+            alpha,
+        )) = answer.message_response
+        else {
+            panic!("{listener}: {answer:?}")
+        };
+        // Each builder lists its own reflection service; the rest is the same.
+        let ours = |names: &[String]| -> Vec<String> {
+            let mut ours: Vec<String> = names
+                .iter()
+                .filter(|n| !n.starts_with("grpc.reflection."))
+                .cloned()
+                .collect();
+            ours.sort();
+            ours
+        };
+        let alpha: Vec<String> = alpha.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            alpha.iter().any(|n| n == "grpc.reflection.v1alpha.ServerReflection"),
+            "{listener}: {alpha:?}"
+        );
+        assert_eq!(ours(&alpha), ours(&names), "{listener}: v1alpha lists what v1 lists");
+
         let oversized = "a".repeat(65 * 1024);
         let refusals = [
             tessera_client::VerifierClient::new(channel.clone())

@@ -78,10 +78,19 @@ impl ServiceSet {
         // tonic's 4 MB default. Their replies stay uncapped: a reflection reply
         // carries whole descriptor files.
         let health = health.max_decoding_message_size(max);
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(ServiceSetError::Reflection)?
+            .max_decoding_message_size(max);
+        // v1alpha too: Python's grpcio-reflection client and grpcurl before
+        // 1.9 speak only it.
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(ServiceSetError::Reflection)?
             .max_decoding_message_size(max);
         let agent = pb::agent_service_server::AgentServiceServer::new(shared.clone())
@@ -97,7 +106,8 @@ impl ServiceSet {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let routes = Routes::new(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(agent)
             .add_service(orchestrator)
             .add_service(admin)
