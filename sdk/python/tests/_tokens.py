@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from typing import Any
 
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 
-from tessera_sdk import VerifierConfig
+from tessera_sdk import VerifierConfig, certificate_thumbprint
 from tessera_sdk._jose import b64url, thumbprint
 from tessera_sdk._pb.tessera.v1 import verifier_pb2
 
@@ -64,6 +68,28 @@ class Issuer:
 
     def token(self, **over: Any) -> str:
         return self.sign(self.claims(**over))
+
+    def cert_bound(self, cert_der: bytes, **over: Any) -> str:
+        """A token bound to a TLS client certificate (``cnf.x5t#S256``, RFC 8705)."""
+        return self.token(cnf={"x5t#S256": certificate_thumbprint(cert_der)}, **over)
+
+
+def certificate(name: str = "agent") -> bytes:
+    """The DER of a fresh self-signed client certificate (a stand-in for an SVID)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def raw_jws(header: str, payload: dict[str, Any] | str, signer: Issuer) -> str:

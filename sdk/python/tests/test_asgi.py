@@ -4,15 +4,16 @@ ASGI transport, with tokens from the test issuer."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
 import httpx
 
 from tessera_sdk import DpopKey, Verifier
-from tessera_sdk.asgi import MAX_BODY, TesseraMiddleware, current
+from tessera_sdk.asgi import MAX_BODY, TesseraMiddleware, current, tls_client_cert
 
-from ._tokens import Issuer, config, heartbeat
+from ._tokens import Issuer, certificate, config, heartbeat
 
 BASE = "https://mcp.example.com"
 TOOLS = {"read": "crm.contacts.read", "write": "crm.contacts.write"}
@@ -42,7 +43,7 @@ def setup() -> tuple[Issuer, TesseraMiddleware, list[str]]:
     return issuer, middleware, seen
 
 
-def post(middleware: TesseraMiddleware, headers: dict[str, str], body: Any, path: str = "/mcp") -> httpx.Response:
+def post(middleware: Any, headers: dict[str, str], body: Any, path: str = "/mcp") -> httpx.Response:
     async def run() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=middleware), base_url=BASE) as client:
             if isinstance(body, bytes):
@@ -114,3 +115,65 @@ def test_no_token_another_audience_and_a_stale_feed() -> None:
     answer = post(middleware, {"Authorization": f"Bearer {issuer.token()}"}, call("read"))
     assert answer.status_code == 503
     assert "www-authenticate" not in answer.headers
+
+
+def with_tls(middleware: TesseraMiddleware, tls: dict[str, Any] | None) -> Any:
+    """The app as a server with the ASGI TLS extension would call it."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if tls is not None:
+            scope["extensions"] = {**scope.get("extensions", {}), "tls": tls}
+        await middleware(scope, receive, send)
+
+    return app
+
+
+def test_certificate_bound_tokens_need_the_tls_client_certificate() -> None:
+    issuer, middleware, seen = setup()
+    cert, other = certificate("agent"), certificate("thief")
+    token = issuer.cert_bound(cert)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def tls(der: bytes, error: str | None = None) -> dict[str, Any]:
+        return {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)], "client_cert_error": error}
+
+    assert post(with_tls(middleware, tls(cert)), headers, call("read")).status_code == 200
+    assert len(seen) == 1
+    # No TLS extension (the server does not expose the certificate): refused, never a bearer token.
+    for app in (middleware, with_tls(middleware, {"client_cert_chain": []}), with_tls(middleware, tls(cert, "bad"))):
+        answer = post(app, headers, call("read"))
+        assert answer.status_code == 401
+        assert answer.json() == {
+            "error": "invalid_token",
+            "error_description": "token is bound to a client certificate and none was presented",
+        }
+        assert answer.headers["www-authenticate"].startswith('Bearer realm="tessera", error="invalid_token"')
+    mismatch = post(with_tls(middleware, tls(other)), headers, call("read"))
+    assert mismatch.status_code == 401
+    assert mismatch.json()["error_description"] == "client certificate does not match the token's binding"
+    assert "resource_metadata=" in mismatch.headers["www-authenticate"]
+    # A server that exposes the certificate elsewhere: a callable of the scope.
+    middleware.client_cert = lambda scope: cert
+    assert post(middleware, headers, call("read")).status_code == 200
+    middleware.client_cert = lambda scope: None
+    assert post(middleware, headers, call("read")).status_code == 401
+    assert len(seen) == 2
+
+
+def test_tls_client_cert_reads_the_asgi_tls_extension() -> None:
+    cert = certificate()
+    pem = ssl.DER_cert_to_PEM_cert(cert)
+    assert tls_client_cert({"extensions": {"tls": {"client_cert_chain": [pem, "ignored"]}}}) == cert
+    assert tls_client_cert({"extensions": {"tls": {"client_cert_chain": (pem,), "client_cert_error": None}}}) == cert
+    scopes: list[dict[str, Any]] = [
+        {},
+        {"extensions": None},
+        {"extensions": {}},
+        {"extensions": {"tls": {}}},
+        {"extensions": {"tls": {"client_cert_chain": []}}},
+        {"extensions": {"tls": {"client_cert_chain": [pem], "client_cert_error": "unknown ca"}}},
+        {"extensions": {"tls": {"client_cert_chain": ["not pem"]}}},
+        {"extensions": {"tls": {"client_cert_chain": [7]}}},
+    ]
+    for scope in scopes:
+        assert tls_client_cert(scope) is None, scope

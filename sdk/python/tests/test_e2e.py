@@ -24,6 +24,8 @@ from tessera_sdk import (
     AsyncAgentClient,
     AsyncOrchestratorClient,
     BrokerUnavailable,
+    CertificateMismatch,
+    CertificateRequired,
     DpopKey,
     IdentityError,
     InvalidProof,
@@ -40,6 +42,7 @@ from tessera_sdk import (
     Verifier,
     VerifierConfig,
     VerifyError,
+    certificate_thumbprint,
 )
 
 from .conftest import CRM, ISSUER, PAYMENTS, Broker, spiffe
@@ -388,3 +391,32 @@ def test_the_verifier_resumes_the_feed_after_the_broker_restarts(own_broker: Bro
             eventually(refused, "a revocation after the restart reaches the verifier")
     finally:
         verifier.close()
+
+
+def first_der(pem_path: str) -> bytes:
+    """The DER of the first certificate of a PEM file (the SVID leaf)."""
+    return x509.load_pem_x509_certificates(pathlib.Path(pem_path).read_bytes())[0].public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def test_an_mtls_bound_token_is_accepted_over_the_agents_svid_only(
+    broker: Broker, orch: OrchestratorClient, agent: AgentClient, verifier: Verifier
+) -> None:
+    """RFC 8705: the broker binds the token to the SVID the agent called it
+    with; the Python verifier accepts it over that certificate only."""
+    svid = first_der(broker.identity("researcher").files.cert)
+    other = first_der(broker.identity("writer").files.cert)
+    with crm_task(orch) as task:
+        token = agent.token(task.task_id, CRM, [READ], mtls_binding=True)
+        assert token.token_type == "Bearer"
+        assert claims_of(token.access_token)["cnf"] == {"x5t#S256": certificate_thumbprint(svid)}
+        authorization = f"Bearer {token.access_token}"
+        ok = verifier.authenticate(authorization, [], "GET", URL, client_cert=svid)
+        assert ok.binding == "certificate"
+        assert ok.holder == spiffe("researcher")
+        with pytest.raises(CertificateMismatch):
+            verifier.authenticate(authorization, [], "GET", URL, client_cert=other)
+        with pytest.raises(CertificateRequired) as info:
+            verifier.authenticate(authorization, [], "GET", URL)
+        assert info.value.status == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -10,6 +11,8 @@ import jwt
 import pytest
 
 from tessera_sdk import (
+    CertificateMismatch,
+    CertificateRequired,
     ConfigError,
     DpopKey,
     InsufficientScope,
@@ -22,11 +25,12 @@ from tessera_sdk import (
     Unavailable,
     Verifier,
     VerifyError,
+    certificate_thumbprint,
 )
 from tessera_sdk._jose import b64url
 from tessera_sdk.dpop import MAX_PROOF_LEN, access_token_hash, normalize_htu
 
-from ._tokens import AUD, URL, Issuer, config, heartbeat, raw_jws, revocation
+from ._tokens import AUD, URL, Issuer, certificate, config, heartbeat, raw_jws, revocation
 
 
 class Clock:
@@ -370,3 +374,56 @@ def test_revocations_are_forgotten_once_their_tokens_expired_and_capacity_fails_
     assert isinstance(refused(v, Presented(issuer.token(jti="d", iat=now + 11, exp=now + 99))), TokenRevoked)
     assert isinstance(refused(v, Presented(issuer.token(jti="b", iat=now + 11, exp=now + 99))), TokenRevoked)
     assert v.verify(Presented(issuer.token(jti="e", iat=now + 11, exp=now + 99))).grant_id == "e"
+
+
+def test_certificate_bound_token_needs_its_client_certificate(issuer: Issuer, clock: Clock) -> None:
+    """RFC 8705: `cnf.x5t#S256` is the SHA-256 of the DER of the TLS client
+    certificate the token must come over, as tessera-core checks it."""
+    v = ready(issuer, clock)
+    cert, other = certificate("agent"), certificate("thief")
+    token = issuer.cert_bound(cert)
+    assert certificate_thumbprint(cert) == b64url(hashlib.sha256(cert).digest())
+    assert "=" not in certificate_thumbprint(cert)
+    ok = v.verify(Presented(token, client_cert=cert))
+    assert ok.binding == "certificate"
+    assert v.authenticate(f"Bearer {token}", [], "GET", URL, client_cert=cert).binding == "certificate"
+    # Without a certificate (the TLS layer gave none), or over another one.
+    missing = refused(v, Presented(token))
+    assert isinstance(missing, CertificateRequired)
+    assert missing.status == 401
+    assert missing.www_authenticate("crm") is not None
+    assert missing.www_authenticate("crm").startswith('Bearer realm="crm", error="invalid_token"')  # type: ignore[union-attr]
+    mismatch = refused(v, Presented(token, client_cert=other))
+    assert isinstance(mismatch, CertificateMismatch)
+    assert mismatch.status == 401
+    assert isinstance(refused(v, Presented(token, client_cert=b"")), CertificateMismatch)
+    assert isinstance(refused(v, Presented(token, client_cert=cert + b"\x00")), CertificateMismatch)
+    # A certificate never turns a DPoP-bound or bearer token into anything else.
+    key = DpopKey()
+    assert isinstance(refused(v, Presented(bound(issuer, key), client_cert=cert)), ProofRequired)
+    assert v.verify(Presented(issuer.token(), client_cert=cert)).binding == "bearer"
+    # A certificate-bound token counts as bound.
+    assert ready(issuer, clock, require_bound=True).verify(Presented(token, client_cert=cert)).binding == "certificate"
+
+
+def test_ambiguous_or_unknown_confirmation_is_refused(issuer: Issuer, clock: Clock) -> None:
+    """As tessera-core's `Confirmation`: exactly one of `jkt` and `x5t#S256`."""
+    v = ready(issuer, clock)
+    cert = certificate()
+    key = DpopKey()
+    x5t = certificate_thumbprint(cert)
+    cases: dict[str, Any] = {
+        "both": {"jkt": key.thumbprint, "x5t#S256": x5t},
+        "unknown": {"x5t": x5t},
+        "unknown too": {"x5t#S256": x5t, "kid": "a"},
+        "empty": {},
+        "not a string": {"x5t#S256": 1},
+        "not an object": "x5t#S256",
+    }
+    for name, cnf in cases.items():
+        token = issuer.token(cnf=cnf)
+        err = refused(v, Presented(token, client_cert=cert))
+        assert type(err) is InvalidToken, name
+        assert "cnf" in err.reason, name
+        proof = key.proof("GET", URL, token)
+        assert type(refused(v, Presented(token, "DPoP", proof, "GET", URL, client_cert=cert))) is InvalidToken, name

@@ -20,6 +20,8 @@ from .dpop import DpopKey
 from .errors import (
     BrokerError,
     BrokerUnavailable,
+    CertificateMismatch,
+    CertificateRequired,
     ConfigError,
     IdentityError,
     InsufficientScope,
@@ -36,7 +38,7 @@ from .errors import (
     http_status,
 )
 from .identity import Attestation, JwtSource, SvidSource, UnixSocketSource
-from .verifier import Presented, Verified, Verifier, VerifierConfig
+from .verifier import Presented, Verified, Verifier, VerifierConfig, certificate_thumbprint
 
 __all__ = [
     "AgentClient",
@@ -46,6 +48,8 @@ __all__ = [
     "Attestation",
     "BrokerError",
     "BrokerUnavailable",
+    "CertificateMismatch",
+    "CertificateRequired",
     "Completed",
     "ConfigError",
     "DpopKey",
@@ -72,6 +76,7 @@ __all__ = [
     "Verifier",
     "VerifierConfig",
     "VerifyError",
+    "certificate_thumbprint",
     "http_status",
 ]
 

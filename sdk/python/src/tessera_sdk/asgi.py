@@ -11,25 +11,37 @@ token in ``scope["state"]["tessera"]`` and through :func:`current`.
 
 It serves ``/.well-known/oauth-protected-resource`` (RFC 9728), naming the
 broker as the authorization server.
+
+A token bound to a TLS client certificate (``cnf.x5t#S256``, RFC 8705) needs
+the certificate the request came over. ASGI has no standard place for it but
+the optional TLS extension (``scope["extensions"]["tls"]``): by default the
+middleware takes the first certificate of its ``client_cert_chain`` (PEM), and
+none when that extension is absent or names a ``client_cert_error``. A server
+that exposes the certificate elsewhere (or a TLS-terminating proxy the app
+trusts) is read with ``client_cert=``: a callable of the scope returning the
+DER, or ``None``. When no certificate is available a certificate-bound token
+is refused (401 ``invalid_token``), never accepted as a bearer token.
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
 from .errors import InsufficientScope, InvalidToken, VerifyError
 from .verifier import Presented, Verified, Verifier
 
-__all__ = ["MAX_BODY", "TesseraMiddleware", "current"]
+__all__ = ["MAX_BODY", "TesseraMiddleware", "current", "tls_client_cert"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+ClientCert = Callable[[Scope], bytes | None]
 
 MAX_BODY: Final = 1024 * 1024
 """Largest request body read to find an MCP tool name (bigger: 413)."""
@@ -53,7 +65,9 @@ class TesseraMiddleware:
     ``public_url`` is the base URL clients use (``https://mcp.example.com``):
     DPoP proofs name it, not the ``Host`` header, which a client controls.
     ``tool_scopes`` maps MCP tool names to the scope each needs; a tool not in
-    it is refused unless ``default_scope`` is set.
+    it is refused unless ``default_scope`` is set. ``client_cert`` returns the
+    DER of the request's verified TLS client certificate (default:
+    :func:`tls_client_cert`, the ASGI TLS extension's).
     """
 
     def __init__(
@@ -67,8 +81,10 @@ class TesseraMiddleware:
         scopes_supported: Iterable[str] = (),
         tool_scopes: Mapping[str, str] | None = None,
         default_scope: str | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         self.app = app
+        self.client_cert: ClientCert = client_cert or tls_client_cert
         self.verifier = verifier
         self.public_url = public_url.rstrip("/")
         self.realm = realm
@@ -103,8 +119,11 @@ class TesseraMiddleware:
         raw_path = scope.get("raw_path")
         url = self.public_url + (raw_path.decode("latin-1") if isinstance(raw_path, bytes) else path)
         try:
+            cert = self.client_cert(scope)
             verified = await self.verifier.verify_async(
-                _presented(headers.get("authorization"), headers.get_all("dpop"), method, url)
+                Presented.from_headers(
+                    headers.get("authorization"), headers.get_all("dpop"), method, url, client_cert=cert
+                )
             )
         except VerifyError as err:
             await self._refuse(send, err)
@@ -184,8 +203,27 @@ def _headers(scope: Scope) -> _Headers:
     return _Headers(scope.get("headers", []))
 
 
-def _presented(authorization: str | None, dpop: list[str], method: str, url: str) -> Presented:
-    return Presented.from_headers(authorization, dpop, method, url)
+def tls_client_cert(scope: Scope) -> bytes | None:
+    """The DER of the client certificate of the ASGI TLS extension
+    (``scope["extensions"]["tls"]["client_cert_chain"][0]``, PEM); ``None``
+    when the server does not provide it, the client sent none, or the server
+    reports a ``client_cert_error``."""
+    extensions = scope.get("extensions")
+    tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+    if not isinstance(tls, Mapping) or tls.get("client_cert_error") is not None:
+        return None
+    chain = tls.get("client_cert_chain")
+    if not isinstance(chain, (list, tuple)) or not chain:
+        return None
+    first = chain[0]
+    if isinstance(first, bytes):
+        first = first.decode("ascii", "replace")
+    if not isinstance(first, str):
+        return None
+    try:
+        return ssl.PEM_cert_to_DER_cert(first)
+    except ValueError:
+        return None
 
 
 async def _buffer(receive: Receive) -> tuple[bytes | None, Receive]:

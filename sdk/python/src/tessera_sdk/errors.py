@@ -18,6 +18,8 @@ import grpc
 __all__ = [
     "BrokerError",
     "BrokerUnavailable",
+    "CertificateMismatch",
+    "CertificateRequired",
     "ConfigError",
     "IdentityError",
     "InsufficientScope",
@@ -159,6 +161,16 @@ class TokenExpired(InvalidToken):
 
 class ProofRequired(InvalidToken):
     """The token is DPoP-bound and came without the ``DPoP`` scheme and a proof (401)."""
+
+
+class CertificateRequired(InvalidToken):
+    """The token is bound to a TLS client certificate (``cnf.x5t#S256``,
+    RFC 8705) and none was presented (401)."""
+
+
+class CertificateMismatch(InvalidToken):
+    """The token is bound to a TLS client certificate other than the one it
+    came over (401)."""
 
 
 class InvalidProof(VerifyError):

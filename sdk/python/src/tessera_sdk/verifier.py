@@ -6,8 +6,10 @@ synchronised or silent longer than ``max_staleness``); the JWS (size, shape,
 header members, ``typ`` ``at+jwt``, ``alg`` in the allow-list and equal to
 the key's, ``kid`` looked up in the cached JWKS only, signature); the claims
 (``iss``, ``aud``, ``exp``/``nbf``/``iat`` with bounded leeway); the ``act``
-chain; revocation (token, task, ancestors, sync floor); and the DPoP proof of
-a bound token (method, URL, ``ath``, ``iat`` window, ``jti`` replay).
+chain; revocation (token, task, ancestors, sync floor); and the binding of a
+bound token: the DPoP proof of ``cnf.jkt`` (method, URL, ``ath``, ``iat``
+window, ``jti`` replay), or the TLS client certificate of ``cnf.x5t#S256``
+(RFC 8705: SHA-256 of its DER, compared in constant time).
 
 :meth:`Verifier.connect` follows the broker's ``VerifierService`` in a
 background thread: JWKS (periodically, and on an unknown ``kid`` at most once
@@ -17,6 +19,8 @@ per ``jwks_min_refresh``) and ``WatchRevocations`` with resume and backoff.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import random
 import threading
@@ -33,6 +37,8 @@ from . import _jose
 from ._pb.tessera.v1 import verifier_pb2, verifier_pb2_grpc
 from .dpop import check_proof
 from .errors import (
+    CertificateMismatch,
+    CertificateRequired,
     ConfigError,
     InsufficientScope,
     InvalidProof,
@@ -52,6 +58,7 @@ __all__ = [
     "Verified",
     "Verifier",
     "VerifierConfig",
+    "certificate_thumbprint",
 ]
 
 MAX_TOKEN_LEN: Final = 16 * 1024
@@ -136,10 +143,22 @@ class Presented:
     method: str = "GET"
     url: str = ""
     """The request's absolute URL as the client addressed it (for ``htu``)."""
+    client_cert: bytes | None = field(default=None, repr=False)
+    """The DER of the caller's TLS client certificate, as the TLS layer
+    verified it (``None``: none, or not known). Needed for a token bound to a
+    certificate (``cnf.x5t#S256``, RFC 8705); such a token without it is refused."""
 
     @staticmethod
-    def from_headers(authorization: str | None, dpop_headers: list[str], method: str, url: str) -> Presented:
-        """Parses an ``Authorization`` header; raises :class:`InvalidToken`."""
+    def from_headers(
+        authorization: str | None,
+        dpop_headers: list[str],
+        method: str,
+        url: str,
+        *,
+        client_cert: bytes | None = None,
+    ) -> Presented:
+        """Parses an ``Authorization`` header; raises :class:`InvalidToken`.
+        ``client_cert`` is the DER of the caller's verified TLS client certificate."""
         if not authorization:
             raise InvalidToken("no access token")
         scheme, _, token = authorization.strip().partition(" ")
@@ -153,7 +172,18 @@ class Presented:
         else:
             raise InvalidToken("authorization header is not `Bearer` or `DPoP` followed by a token")
         proof = dpop_headers[0] if len(dpop_headers) == 1 else None
-        return Presented(token=token, scheme=scheme, dpop_proof=proof, method=method, url=url)
+        return Presented(token=token, scheme=scheme, dpop_proof=proof, method=method, url=url, client_cert=client_cert)
+
+
+def certificate_thumbprint(der: bytes) -> str:
+    """``x5t#S256`` (RFC 8705 section 3.1) of a certificate: base64url
+    (unpadded) SHA-256 of its DER."""
+    return _jose.b64url(hashlib.sha256(der).digest())
+
+
+def _certificate_matches(x5t_s256: str, der: bytes) -> bool:
+    """Whether ``der`` is the certificate of ``x5t_s256``, in constant time."""
+    return hmac.compare_digest(certificate_thumbprint(der).encode(), x5t_s256.encode())
 
 
 @dataclass(frozen=True)
@@ -164,7 +194,7 @@ class Verified:
     actors: tuple[str, ...]
     """The delegation chain's actors, current first; empty when not delegated."""
     binding: str
-    """``bearer`` or ``dpop``."""
+    """``bearer``, ``dpop`` or ``certificate`` (``cnf.x5t#S256``)."""
 
     @property
     def holder(self) -> str:
@@ -499,12 +529,23 @@ class Verifier:
                     pass
             raise InvalidToken("token signing key is unknown") from None
 
-    def authenticate(self, authorization: str | None, dpop: list[str], method: str, url: str) -> Verified:
+    def authenticate(
+        self,
+        authorization: str | None,
+        dpop: list[str],
+        method: str,
+        url: str,
+        *,
+        client_cert: bytes | None = None,
+    ) -> Verified:
         """Verifies a request from its ``Authorization`` header, its ``DPoP``
         header values (all of them: more than one is refused), method and
-        absolute URL. On a :class:`~tessera_sdk.errors.VerifyError` answer
-        ``err.status`` with ``err.headers(realm)``."""
-        return self.verify(Presented.from_headers(authorization, dpop, method, url))
+        absolute URL, and ``client_cert``: the DER of the caller's TLS client
+        certificate as the TLS layer verified it, if any (a token bound to a
+        certificate is refused without it). On a
+        :class:`~tessera_sdk.errors.VerifyError` answer ``err.status`` with
+        ``err.headers(realm)``."""
+        return self.verify(Presented.from_headers(authorization, dpop, method, url, client_cert=client_cert))
 
     async def verify_async(self, presented: Presented) -> Verified:
         """:meth:`verify` for asyncio code: a JWKS refresh runs off the loop."""
@@ -621,12 +662,21 @@ class Verifier:
             if presented.scheme == "DPoP":
                 raise InvalidProof("dpop proof refused: the DPoP scheme needs a DPoP-bound token")
             return "bearer"
-        if not isinstance(cnf, dict):
+        # Exactly one member, as core's `Confirmation` (a token naming both, or
+        # an unknown method, is malformed).
+        if not isinstance(cnf, dict) or len(cnf) != 1:
             raise InvalidToken("token claim `cnf` is missing or malformed")
-        if set(cnf) != {"jkt"}:
-            # Certificate-bound tokens (x5t#S256) need the TLS client
-            # certificate, which a Python web framework rarely exposes.
-            raise InvalidToken("token confirmation method is not supported")
+        if "x5t#S256" in cnf:
+            x5t = cnf["x5t#S256"]
+            if not isinstance(x5t, str):
+                raise InvalidToken("token claim `cnf` is missing or malformed")
+            if presented.client_cert is None:
+                raise CertificateRequired("token is bound to a client certificate and none was presented")
+            if not _certificate_matches(x5t, presented.client_cert):
+                raise CertificateMismatch("client certificate does not match the token's binding")
+            return "certificate"
+        if "jkt" not in cnf:
+            raise InvalidToken("token claim `cnf` is missing or malformed")
         jkt = cnf["jkt"]
         if not isinstance(jkt, str):
             raise InvalidToken("token claim `cnf.jkt` is missing or malformed")
