@@ -172,14 +172,12 @@ impl Broker {
             ttl: plan.lifetime.ttl,
             bound: binding.is_some(),
         };
-        if let Err(e) = self
-            .succeed(Success::new(event, told).metric(Metric::Delegated(grant.class)))
-            .await
-        {
-            // INVARIANT: no token without its audit record: take the grant back.
-            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
-            return Err(e);
-        }
+        self.succeed_with_grant(
+            Success::new(event, told).metric(Metric::Delegated(grant.class)),
+            &grant.id,
+            now,
+        )
+        .await?;
         Ok(Issued {
             token,
             grant,
@@ -343,6 +341,21 @@ mod tests {
         // The child dies with its parent.
         f.broker.release(&f.who(AGENT), &parent.grant.id).await.unwrap();
         assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn no_child_without_its_audit_record() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        f.audit.fail(true);
+        let refused = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        // The child was recorded, then taken back: only the parent is live.
+        assert_eq!(f.live("t1").await, 1);
     }
 
     #[tokio::test]

@@ -104,6 +104,27 @@ impl Broker {
         Err(err)
     }
 
+    /// Records the success of a grant just recorded in the store (a token
+    /// minted or delegated): if its audit record cannot be written, the
+    /// grant is revoked again before the error is answered, so no token
+    /// exists without its record.
+    pub(super) async fn succeed_with_grant(
+        &self,
+        success: Success<'_>,
+        grant: &tessera_core::grant::GrantId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        let recorded = self.succeed(success).await;
+        if recorded.is_err() {
+            // INVARIANT: no token without its audit record: take the grant back.
+            if let Err(e) = self.store.revoke_grant(grant, "audit trail unavailable", now).await {
+                // The token never left the broker; the grant dies at its expiry.
+                tracing::error!(grant_id = %grant, error = %e, "unaudited grant not taken back");
+            }
+        }
+        recorded
+    }
+
     /// Records a success whose effect waits for its record (a token, a
     /// task, an approval): the audit record first; only once it is written,
     /// the log line and the metric. A record that cannot be written is

@@ -185,14 +185,12 @@ impl Broker {
             grant: &grant,
             ttl: plan.lifetime.ttl,
         };
-        if let Err(e) = self
-            .succeed(Success::new(event, told).metric(Metric::Issued(grant.class)))
-            .await
-        {
-            // INVARIANT: no token without its audit record: take the grant back.
-            let _ = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await;
-            return Err(e);
-        }
+        self.succeed_with_grant(
+            Success::new(event, told).metric(Metric::Issued(grant.class)),
+            &grant.id,
+            now,
+        )
+        .await?;
         Ok(Issued {
             token,
             grant,
