@@ -51,13 +51,17 @@ URL = CRM + "/contacts"
 READ = "crm.contacts.read"
 
 
-def eventually(check: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Polls ``check`` until true; fails after ``limit`` seconds (a bound, not a timing assertion)."""
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {limit} s: {what}")
-        time.sleep(0.02)
+def eventually(verifier: Verifier, check: Callable[[], bool], what: str, limit: float = 10.0) -> None:
+    """Waits until ``check`` holds, re-checked on every change of ``verifier``'s
+    feed or keys (:meth:`Verifier.wait_for`); fails after ``limit`` seconds (a
+    bound, not a timing assertion)."""
+    if not verifier.wait_for(check, limit):
+        pytest.fail(f"not within {limit} s: {what}")
+
+
+def past_second(floor: int) -> None:
+    """Waits for the clock to pass second ``floor`` (a wait on the clock itself)."""
+    time.sleep(max(0.0, floor + 1 - time.time()))
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -91,12 +95,12 @@ def connected_verifier(broker: Broker, audience: str = CRM, **cfg: Any) -> Verif
     v = Verifier.connect(
         broker.endpoint, broker.identity("api-gateway"), VerifierConfig(issuer=ISSUER, audience=audience, **cfg)
     )
-    eventually(lambda: v.ready, "the verifier is synchronised and has keys")
+    eventually(v, lambda: v.ready, "the verifier is synchronised and has keys")
     floor = v.sync_floor
     assert floor is not None
     # Tokens issued in the second the feed synchronised are refused (their
     # revocation could predate the subscription): wait past it.
-    eventually(lambda: int(time.time()) > floor, "the clock passes the sync floor")
+    past_second(floor)
     return v
 
 
@@ -201,7 +205,7 @@ def test_the_verifier_accepts_then_refuses_once_the_task_completes(
             return True
         return False
 
-    eventually(refused, "the verifier refuses the completed task's token")
+    eventually(verifier, refused, "the verifier refuses the completed task's token")
 
 
 def test_a_stolen_token_replayed_without_the_dpop_key_is_refused(
@@ -276,7 +280,7 @@ def test_a_feed_cut_longer_than_max_staleness_fails_closed(own_broker: Broker) -
                 return True
             return False
 
-        eventually(unavailable, "the verifier fails closed once the feed is silent past max_staleness")
+        eventually(verifier, unavailable, "the verifier fails closed once the feed is silent past max_staleness")
         with pytest.raises(Unavailable) as info:
             verifier.verify(presented(token))
         assert info.value.status == 503
@@ -364,14 +368,14 @@ def test_the_verifier_resumes_the_feed_after_the_broker_restarts(own_broker: Bro
     verifier = connected_verifier(own_broker, max_staleness=1.0)
     try:
         own_broker.stop()
-        eventually(lambda: not verifier.ready, "the verifier notices the silent feed")
+        eventually(verifier, lambda: not verifier.ready, "the verifier notices the silent feed")
         # The same address again, so the verifier's follower finds it.
         own_broker.env["TESSERA_SERVER__LISTEN"] = own_broker.endpoint
         own_broker.start()
-        eventually(lambda: verifier.ready, "the verifier resubscribes (resumed, or fresh after OUT_OF_RANGE)")
+        eventually(verifier, lambda: verifier.ready, "the verifier resubscribes (resumed, or fresh after OUT_OF_RANGE)")
         floor = verifier.sync_floor
         assert floor is not None
-        eventually(lambda: int(time.time()) > floor, "the clock passes the sync floor")
+        past_second(floor)
         with (
             OrchestratorClient(own_broker.endpoint, own_broker.identity("orchestrator")) as orch,
             AgentClient(own_broker.endpoint, own_broker.identity("researcher")) as agent,
@@ -388,7 +392,7 @@ def test_the_verifier_resumes_the_feed_after_the_broker_restarts(own_broker: Bro
                     return True
                 return False
 
-            eventually(refused, "a revocation after the restart reaches the verifier")
+            eventually(verifier, refused, "a revocation after the restart reaches the verifier")
     finally:
         verifier.close()
 

@@ -94,7 +94,7 @@ def test_sync_client_gets_a_bound_token_retries_once_when_revoked_and_renews(
             assert server.grants[0] == server.grants[1], "the cached token is reused"
             # Revoke it behind the provider's back: one 401 "revoked", one retry with a new token.
             agent.release(server.grants[0])
-            eventually(lambda: _refused(verifier, http, module), "the verifier sees the release")
+            eventually(verifier, lambda: _refused(verifier, http, module), "the verifier sees the release")
             server.statuses.clear()
             again = http.get(CRM + "/contacts")
             assert again.status_code == 200

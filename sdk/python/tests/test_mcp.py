@@ -9,7 +9,6 @@ import importlib.util
 import pathlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,12 +19,12 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tessera_sdk import AsyncAgentClient, OrchestratorClient, Verifier
+from tessera_sdk import AsyncAgentClient, OrchestratorClient, Presented, TokenRevoked, Verifier, VerifyError
 from tessera_sdk.httpx2_auth import TesseraAuth
 from tessera_sdk.mcp import TesseraTokenVerifier
 
 from .conftest import CRM, Broker, spiffe
-from .test_e2e import connected_verifier, eventually
+from .test_e2e import connected_verifier
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 READ, WRITE = "crm.contacts.read", "crm.contacts.write"
@@ -49,24 +48,27 @@ def verifier(broker: Broker) -> Iterator[Verifier]:
 
 @pytest.fixture
 def mcp_url(verifier: Verifier) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    # Listening before the server starts: a request made before uvicorn is up
+    # waits in the socket's backlog, so nothing needs to wait for it.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = int(listener.getsockname()[1])
     base = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(_example().build_app(verifier, base), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(_example().build_app(verifier, base), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    eventually(lambda: server.started, "the MCP server listens")
     yield base + "/mcp"
     server.should_exit = True
     thread.join(timeout=10)
+    listener.close()
 
 
 def _text(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
-def test_an_agent_calls_mcp_tools_with_the_token_provider(broker: Broker, mcp_url: str) -> None:
+def test_an_agent_calls_mcp_tools_with_the_token_provider(broker: Broker, verifier: Verifier, mcp_url: str) -> None:
     orch = OrchestratorClient(broker.endpoint, broker.identity("orchestrator"))
     task = orch.start_task([spiffe("researcher")], {CRM: [READ, WRITE]}, duration_seconds=600)
     base = mcp_url.removesuffix("/mcp")
@@ -109,13 +111,21 @@ def test_an_agent_calls_mcp_tools_with_the_token_provider(broker: Broker, mcp_ur
             orch.complete_task(task.task_id)
             token = reader.tokens.cached(CRM)
             assert token is not None
-            eventually_revoked = time.monotonic() + 10
-            while True:
-                ended = await call(reader, "read_contacts", {})
-                if any(status == 401 and "revoked" in challenge for status, challenge in answers):
-                    break
-                assert time.monotonic() < eventually_revoked, answers
-                await asyncio.sleep(0.05)
+
+            def revoked() -> bool:
+                try:
+                    # Revocation is checked before any proof: the token alone tells.
+                    verifier.verify(Presented(token.access_token, scheme=token.token_type))
+                except TokenRevoked:
+                    return True
+                except VerifyError:
+                    return False
+                return False
+
+            ok = await asyncio.to_thread(verifier.wait_for, revoked, 10)
+            assert ok, "the verifier learns the task's revocation"
+            ended = await call(reader, "read_contacts", {})
+            assert any(status == 401 and "revoked" in challenge for status, challenge in answers), answers
             assert isinstance(ended, BaseException)
             assert "is completed" in repr(ended), ended
 
@@ -153,10 +163,8 @@ def test_the_mcp_token_verifier_accepts_bearer_tokens_of_its_audience_only(broke
         bound = agent.token(task.task_id, CRM, [READ], bind=True)
         assert asyncio.run(token_verifier.verify_token(bound.access_token)) is None
         assert asyncio.run(token_verifier.verify_token(bearer.access_token + "x")) is None
-    deadline = time.monotonic() + 10
-    while asyncio.run(token_verifier.verify_token(bearer.access_token)) is not None:
-        assert time.monotonic() < deadline, "the completed task's token is refused"
-        time.sleep(0.02)
+    refused = verifier.wait_for(lambda: asyncio.run(token_verifier.verify_token(bearer.access_token)) is None, 10)
+    assert refused, "the completed task's token is refused"
 
 
 def test_the_middleware_refuses_websockets_and_passes_lifespan() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from typing import Any
 
@@ -85,6 +86,29 @@ def test_feed_never_synchronised_refuses_with_503(issuer: Issuer, clock: Clock) 
     assert isinstance(err, Unavailable)
     assert err.status == 503
     assert err.www_authenticate("crm") is None
+
+
+def test_wait_for_wakes_on_a_feed_change_not_a_timer(issuer: Issuer, clock: Clock) -> None:
+    # max_staleness of an hour: without the feed's notification, the waiter
+    # would re-check only after 15 minutes.
+    v = Verifier.offline(config(max_staleness=3600), clock=clock)
+    v.load_jwks(issuer.jwks())
+    answer: list[bool] = []
+    checked = threading.Event()
+
+    def ready() -> bool:
+        checked.set()
+        return v.ready
+
+    waiter = threading.Thread(target=lambda: answer.append(v.wait_for(ready, 600)), daemon=True)
+    waiter.start()
+    assert checked.wait(10)
+    v.ingest(heartbeat(int(clock.now) - 10), fresh=True)
+    # A liveness bound, not a timing target: woken, it answers at once; not
+    # woken, it would sleep out its 15-minute re-check.
+    waiter.join(timeout=60)
+    assert answer == [True]
+    assert not v.wait_for(lambda: False, 0)
 
 
 def test_feed_silent_longer_than_max_staleness_fails_closed_and_recovers(issuer: Issuer, clock: Clock) -> None:

@@ -19,6 +19,7 @@ per ``jwks_min_refresh``) and ``WatchRevocations`` with resume and backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import itertools
@@ -397,6 +398,10 @@ class Verifier:
         self.config: Final = config
         self._clock = clock
         self._lock = threading.Lock()
+        # Notified (under `_lock`) whenever the keys or the feed change;
+        # `_generation` counts those changes for `wait_for`.
+        self._changed = threading.Condition(self._lock)
+        self._generation = 0
         self._keys: dict[str, tuple[str, Any]] = {}
         self._feed = _FeedState(config.max_revocations, int(config.leeway))
         self._replay = _ReplayCache(config.replay_cache_capacity)
@@ -453,6 +458,7 @@ class Verifier:
                 continue
         with self._lock:
             self._keys = keys
+            self._changed_locked()
         return len(keys)
 
     def ingest(self, message: verifier_pb2.WatchRevocationsResponse, fresh: bool) -> None:
@@ -481,11 +487,22 @@ class Verifier:
                     feed.mark_synced(revoked_at, now)
             if feed.synced:
                 feed.last_heard = now
+            self._changed_locked()
 
     def position_lost(self) -> None:
         """The broker no longer has our position: refuse all until resynchronised."""
         with self._lock:
             self._feed.synced = False
+            self._changed_locked()
+
+    def _changed_since(self, seen: int) -> bool:
+        """Whether the keys or the feed changed since ``seen``; under ``_lock``."""
+        return self._generation != seen
+
+    def _changed_locked(self) -> None:
+        """Wakes :meth:`wait_for`; the caller holds ``_lock``."""
+        self._generation += 1
+        self._changed.notify_all()
 
     @property
     def ready(self) -> bool:
@@ -506,12 +523,29 @@ class Verifier:
 
     def wait_ready(self, timeout: float) -> bool:
         """Waits until :attr:`ready`, or ``timeout`` seconds pass."""
+        return self.wait_for(lambda: self.ready, timeout)
+
+    def wait_for(self, check: Callable[[], bool], timeout: float) -> bool:
+        """Waits until ``check()`` is true, or ``timeout`` seconds pass; returns
+        its last answer. ``check`` runs again after every change of the keys or
+        the feed (a revocation, a heartbeat, a resubscription), and at least
+        every quarter of ``max_staleness``, since freshness changes with time
+        alone. It runs without the verifier's lock, so it may call
+        :meth:`verify`."""
         deadline = time.monotonic() + timeout
-        while not self.ready:
-            if time.monotonic() >= deadline:
+        while True:
+            with self._lock:
+                seen = self._generation
+            if check():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            time.sleep(0.02)
-        return True
+            with self._changed:
+                self._changed.wait_for(
+                    functools.partial(self._changed_since, seen),
+                    min(remaining, self.config.max_staleness / 4),
+                )
 
     # ---- checking ----
 
