@@ -191,6 +191,9 @@ pub struct AuditLog {
     failures: AtomicU64,
     /// Syncs the writer asked for; shared with it.
     syncs: Arc<AtomicU64>,
+    /// The running writer, which holds the sink (and the file's lock) until
+    /// it sees the queue closed.
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One event for the writer, and where to send its outcome.
@@ -228,8 +231,8 @@ impl AuditLog {
             next_seq = opened.chain.next_seq(),
             "audit trail open"
         );
-        let (log, writer, queue) = Self::start(file, timeout, opened, fsync);
-        tokio::spawn(writer.run(queue));
+        let (mut log, writer, queue) = Self::start(file, timeout, opened, fsync);
+        log.writer = Some(tokio::spawn(writer.run(queue)));
         Ok(log)
     }
 
@@ -261,8 +264,8 @@ impl AuditLog {
         };
         tracing::info!(stream = %stream.key(), next_seq = chain.next_seq(), "audit stream open");
         let target = Box::new(StreamTarget { stream });
-        let (log, writer, queue) = Self::start_with(sink, timeout, chain, target, Arc::new(AtomicU64::new(0)));
-        tokio::spawn(writer.run(queue));
+        let (mut log, writer, queue) = Self::start_with(sink, timeout, chain, target, Arc::new(AtomicU64::new(0)));
+        log.writer = Some(tokio::spawn(writer.run(queue)));
         Ok(log)
     }
 
@@ -302,8 +305,22 @@ impl AuditLog {
             jobs,
             failures: AtomicU64::new(0),
             syncs,
+            writer: None,
         };
         (log, writer, queue)
+    }
+
+    /// Stops taking records and waits for the writer to finish what it
+    /// holds and let go of the sink: once this returns, the file's lock is
+    /// released and another log may open it.
+    pub async fn close(self) {
+        let Self { jobs, writer, .. } = self;
+        drop(jobs);
+        if let Some(writer) = writer {
+            if let Err(e) = writer.await {
+                tracing::warn!(error = %e, "audit writer ended abnormally");
+            }
+        }
     }
 
     /// Seals `event` into the chain and appends it, synced per the policy
@@ -999,6 +1016,7 @@ mod tests {
             for i in 0..2 {
                 log.record(event(run * 10 + i)).await.unwrap();
             }
+            log.close().await;
         }
         let report = verify_file(&path);
         assert_eq!(report.records, 6);
@@ -1054,18 +1072,8 @@ mod tests {
         );
         // The first keeps writing; once it is gone the file opens again.
         first.record(event(1)).await.unwrap();
-        drop(first);
-        let mut tries = 0;
-        let again = loop {
-            // The writer task drops the file when it sees the queue closed.
-            tries += 1;
-            assert!(tries < 100_000, "the lock outlived its log");
-            match AuditLog::open(config(&path, FsyncPolicy::Always, Duration::from_secs(5))).await {
-                Ok(log) => break log,
-                Err(AuditError::InUse { .. }) => tokio::task::yield_now().await,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        first.close().await;
+        let again = open(&path).await;
         again.record(event(2)).await.unwrap();
         assert_eq!(verify_file(&path).records, 2);
     }
