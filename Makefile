@@ -158,8 +158,8 @@ python-venv: test-tools ## Make (once) the Python venv and install the SDK with 
 python-run: python-venv redis
 	@test -x $(BIN)/tesserad -a -x $(BIN)/tessera || { echo "$(BIN)/tesserad missing: run make build" >&2; exit 1; }
 	@echo "== Python SDK: ruff, mypy --strict, pytest (memory, then redis) =="
-	$(PY_ENV) $(PY_VENV)/bin/ruff check --quiet src tests scripts examples
-	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples
+	$(PY_ENV) $(PY_VENV)/bin/ruff check --quiet src tests scripts examples bench
+	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples bench
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py
@@ -212,6 +212,7 @@ BENCH_RUN = set -e; \
 	trap cleanup EXIT INT TERM; \
 	$(BENCH_BIN)/tessera-bench run $(1) --bin-dir $(BENCH_BIN) --out $(BENCH_OUT) \
 		--work "$$work/run" --pid-file "$$work/pids" --bao-venv $(BENCH_VENV) \
+		--py-venv $(PY_VENV) --py-sdk $(PY_SDK) \
 		--command "$(2)" \
 		--command "cargo build --locked --release -p tessera-server -p tessera-cli -p tessera-bench --bins" \
 		--command "tessera-bench run $(1) --bin-dir <release dir> --out $(BENCH_OUT) --bao-venv $(BENCH_VENV)"
@@ -219,14 +220,15 @@ BENCH_RUN = set -e; \
 bench-build:
 	$(CARGO) build --locked --release -p tessera-server -p tessera-cli -p tessera-bench --bins
 
-bench: bench-deps bench-build ## Measure Tessera against the limits and OpenBao (release build, ~15 min); writes docs/benchmarks.md
+bench: bench-deps python-venv bench-build ## Measure Tessera against the limits and OpenBao (release build, ~15 min); writes docs/benchmarks.md
 	@$(call BENCH_RUN,,make bench)
 
-bench-quick: bench-deps bench-build ## The same table as make bench in under three minutes (smaller counts)
+bench-quick: bench-deps python-venv bench-build ## The same table as make bench in under three minutes (smaller counts)
 	@$(call BENCH_RUN,--quick,make bench-quick)
 
-# The Python verifier's numbers (sdk/python/bench): offline verifications per
-# second against cryptography's raw ES256 verify, and CompleteTask -> refusal
-# delay against a release tesserad. Printed, not yet part of docs/benchmarks.md.
+# The Python verifier's numbers alone (sdk/python/bench): offline verifications
+# per second against cryptography's raw ES256 verify, and CompleteTask -> refusal
+# delay against a release tesserad. make bench measures the same and puts it
+# in docs/benchmarks.md.
 bench-python: python-venv bench-build ## The Python SDK verifier's throughput and revocation delay (release tesserad)
-	cd $(PY_SDK) && PYTHONPATH=src:. TESSERA_BIN=$(BENCH_BIN) $(PY_VENV)/bin/python bench/bench_verifier.py 6 200
+	cd $(PY_SDK) && PYTHONPATH=src:. TESSERA_BIN=$(BENCH_BIN) $(PY_VENV)/bin/python bench/bench_verifier.py --seconds 6 --completions 200

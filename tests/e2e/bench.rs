@@ -194,6 +194,21 @@ fn which(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
+/// The Python SDK in the venv `make python-venv` links under the target
+/// directory (`make test` makes it before the Rust tests run).
+fn python_sdk() -> Option<tessera_bench::python::PythonSetup> {
+    let python = bin_dir().parent().unwrap().join("pyjose-venv/bin/python");
+    if !python.is_file() {
+        eprintln!(
+            "SKIPPED (Python verifier): no venv at {} (make python-venv)",
+            python.display()
+        );
+        return None;
+    }
+    let sdk_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
+    Some(tessera_bench::python::PythonSetup { python, sdk_dir })
+}
+
 fn bao_binary() -> Option<PathBuf> {
     let venv = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tessera/bench-venv"));
     openbao::find_binary(venv.as_deref())
@@ -214,6 +229,7 @@ async fn openbao_scenarios_measure_something_in_dev_and_raft_mode() {
         pid_file: None,
         quiet: true,
         commands: Vec::new(),
+        python: None,
     };
     let p = tessera_bench::run::Profile::tiny();
     for storage in [Storage::Dev, Storage::Raft] {
@@ -242,6 +258,7 @@ async fn a_tiny_whole_run_writes_the_report() {
         pid_file: Some(work.path().join("pids")),
         quiet: true,
         commands: vec!["cargo test -p tessera-e2e --test bench".into()],
+        python: python_sdk(),
     };
     std::fs::create_dir_all(&setup.work).unwrap();
     let r = tessera_bench::run::run(&tessera_bench::run::Profile::tiny(), &setup)
@@ -253,6 +270,12 @@ async fn a_tiny_whole_run_writes_the_report() {
     }
     assert!(!r.mint_sweep.is_empty());
     assert!(r.tesserad_peak_rss.unwrap() > 0);
+    if setup.python.is_some() {
+        let py = r.python_sdk.measured().expect("the Python verifier was measured");
+        assert!(py.verify_per_s > 0.0 && py.raw_verify_per_s > 0.0, "{py:?}");
+        assert_eq!(py.tasks, 3, "one refusal per completed task: {py:?}");
+        assert!(py.refusal_p99_ms >= py.refusal_p50_ms, "{py:?}");
+    }
     let rows = tessera_bench::report::rows(&r);
     assert!(rows.len() >= 12, "{rows:?}");
     let md = tessera_bench::report::markdown(&r, &[]);

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod procs;
 pub mod procstat;
 pub mod profile;
+pub mod python;
 pub mod report;
 pub mod results;
 pub mod run;

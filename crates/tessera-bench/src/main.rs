@@ -42,6 +42,12 @@ enum Cmd {
         /// Append every started process's pid here (for a shell trap).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// The Python SDK's venv: measure the Python verifier too.
+        #[arg(long, value_name = "DIR")]
+        py_venv: Option<PathBuf>,
+        /// The Python SDK's folder (its bench script is `bench/bench_verifier.py`).
+        #[arg(long, value_name = "DIR", default_value = "sdk/python")]
+        py_sdk: PathBuf,
         /// The command that started this run, for the report.
         #[arg(long = "command", value_name = "TEXT")]
         commands: Vec<String>,
@@ -146,6 +152,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 pid_file: None,
                 quiet: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 commands: Vec::new(),
+                python: None,
             };
             let r = run::mint_only(&setup, store, &in_flight, std::time::Duration::from_secs(seconds), &env).await;
             let _ = std::fs::remove_dir_all(&work);
@@ -159,6 +166,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             keep_work,
             bao_venv,
             pid_file,
+            py_venv,
+            py_sdk,
             commands,
             quiet,
         } => {
@@ -178,6 +187,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 pid_file,
                 quiet,
                 commands,
+                python: py_venv.map(|venv| tessera_bench::python::PythonSetup {
+                    python: venv.join("bin/python"),
+                    sdk_dir: py_sdk,
+                }),
             };
             let profile = if quick {
                 run::Profile::quick()

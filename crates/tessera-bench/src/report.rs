@@ -407,6 +407,39 @@ pub fn rows(r: &Results) -> Vec<Row> {
         });
     }
 
+    // The Python SDK's verifier (sdk/python), against cryptography's verify.
+    {
+        let py = r.python_sdk.measured();
+        let rr = py.and_then(|p| ratio(p.verify_per_s, p.raw_verify_per_s));
+        rows.push(Row {
+            figure: "Python SDK offline verification, one core (ES256)".into(),
+            tessera: show(&r.python_sdk, |p| format!("{}/s", thousands(p.verify_per_s))),
+            openbao: "–".into(),
+            limit: show(&r.python_sdk, |p| {
+                format!("cryptography verify {}/s", thousands(p.raw_verify_per_s))
+            }),
+            ratio: rr.map_or_else(|| "–".into(), |x| format!("{:.0}% of cryptography", x * 100.0)),
+            target: "≥ 70% of cryptography".into(),
+            verdict: Verdict::of(rr.map(|x| x >= 0.7)),
+        });
+        rows.push(Row {
+            figure: "CompleteTask → the Python verifier refusing (p50 / p99)".into(),
+            tessera: show(&r.python_sdk, |p| {
+                format!(
+                    "{} / {} over {} tasks",
+                    dur_us(p.refusal_p50_ms * 1000.0),
+                    dur_us(p.refusal_p99_ms * 1000.0),
+                    p.tasks
+                )
+            }),
+            openbao: "no revocation feed".into(),
+            limit: "–".into(),
+            ratio: "–".into(),
+            target: "p99 ≤ 10 ms".into(),
+            verdict: Verdict::of(py.map(|p| p.refusal_p99_ms <= 10.0)),
+        });
+    }
+
     // Scale.
     {
         let s = r.scale.measured();
@@ -763,6 +796,7 @@ pub fn failures(r: &Results) -> Vec<(String, String)> {
         ("redis_bench", why(&r.redis_bench)),
         ("bao_dev", why(&r.bao_dev)),
         ("bao_raft", why(&r.bao_raft)),
+        ("python_sdk", why(&r.python_sdk)),
     ];
     list.into_iter()
         .filter_map(|(n, w)| w.map(|w| (n.to_owned(), w)))
@@ -890,6 +924,13 @@ mod tests {
             sdk_verify: Outcome::NotAvailable {
                 reason: "no SDK verifier".into(),
             },
+            python_sdk: Outcome::Measured(crate::python::PythonSdk {
+                raw_verify_per_s: 5000.0,
+                verify_per_s: 3000.0,
+                refusal_p50_ms: 3.0,
+                refusal_p99_ms: 12.0,
+                tasks: 300,
+            }),
             tesserad_peak_rss: Some(40 << 20),
             scale: Outcome::Measured(Scale {
                 small: preload(1000, 700),
@@ -967,6 +1008,10 @@ mod tests {
         let sdk = row(&rows, "SDK offline verification");
         assert_eq!(sdk.tessera, NA);
         assert_eq!(sdk.verdict, Verdict::NotJudged);
+        let py = row(&rows, "Python SDK offline verification");
+        assert_eq!(py.ratio, "60% of cryptography");
+        assert_eq!(py.verdict, Verdict::Missed);
+        assert_eq!(row(&rows, "CompleteTask → the Python").verdict, Verdict::Missed);
         let scale = row(&rows, "mint p99 (16 in flight) at 1,000,000");
         assert_eq!(scale.ratio, "1.10×");
         assert_eq!(scale.verdict, Verdict::Met);
@@ -999,7 +1044,7 @@ mod tests {
         assert!(md.contains("perf says: sha256 12%"));
         assert!(md.contains("![a plot](plot.png)"));
         assert!(md.contains("`delegate_c16`: not available in this build"));
-        assert!(md.contains("10 of 13 targets met, 2 missed, 1 not judged"), "{md}");
+        assert!(md.contains("10 of 15 targets met, 4 missed, 1 not judged"), "{md}");
     }
 
     #[test]

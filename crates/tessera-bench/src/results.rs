@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{PerCore, RedisBench, RingLimits};
 use crate::openbao::RevokeTree;
+use crate::python::PythonSdk;
 use crate::scale::Preload;
 use crate::tessera::{CompleteTask, Measured, Outcome, Propagation};
 
@@ -127,8 +128,18 @@ pub struct Results {
     /// OpenBao with raft storage.
     pub bao_raft: Outcome<BaoResults>,
 
+    /// The Python SDK's verifier (absent from runs made before it was measured).
+    #[serde(default = "not_measured")]
+    pub python_sdk: Outcome<PythonSdk>,
+
     /// Where the broker's time goes (a `perf` profile of the mint load), if taken.
     pub profile_report: Option<String>,
     /// Free-form notes the run made (what was skipped and why).
     pub notes: Vec<String>,
+}
+
+fn not_measured<T>() -> Outcome<T> {
+    Outcome::NotAvailable {
+        reason: "not measured by this run".to_owned(),
+    }
 }

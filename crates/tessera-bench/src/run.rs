@@ -57,6 +57,10 @@ pub struct Profile {
     pub ring: Duration,
     /// perf sampling during a mint load.
     pub perf: Duration,
+    /// The Python verifier's offline rates (its script's `--seconds`).
+    pub py_seconds: Duration,
+    /// Tasks completed for the Python verifier's refusal delay.
+    pub py_completions: u64,
 }
 
 impl Profile {
@@ -83,6 +87,8 @@ impl Profile {
             redis_requests: 100_000,
             ring: Duration::from_secs(2),
             perf: Duration::from_secs(8),
+            py_seconds: Duration::from_secs(6),
+            py_completions: 300,
         }
     }
 
@@ -109,6 +115,8 @@ impl Profile {
             redis_requests: 20_000,
             ring: Duration::from_millis(400),
             perf: Duration::from_secs(3),
+            py_seconds: Duration::from_secs(2),
+            py_completions: 50,
         }
     }
 
@@ -135,6 +143,8 @@ impl Profile {
             redis_requests: 1000,
             ring: Duration::from_millis(20),
             perf: Duration::ZERO,
+            py_seconds: Duration::from_millis(300),
+            py_completions: 3,
         }
     }
 }
@@ -156,6 +166,8 @@ pub struct Setup {
     pub quiet: bool,
     /// Commands to print in the report.
     pub commands: Vec<String>,
+    /// The Python SDK and its venv, if its verifier is to be measured.
+    pub python: Option<crate::python::PythonSetup>,
 }
 
 fn outcome<T>(r: anyhow::Result<T>) -> Outcome<T> {
@@ -377,6 +389,17 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
         }
     };
 
+    // The Python verifier last, on a machine no other scenario is loading.
+    let python_sdk = match &s.python {
+        Some(py) => {
+            log(s.quiet, "python sdk: verifier");
+            outcome(crate::python::measure(py, &s.bin_dir, p.py_seconds, p.py_completions).await)
+        }
+        None => Outcome::NotAvailable {
+            reason: "no Python venv given (make bench passes --py-venv)".to_owned(),
+        },
+    };
+
     Ok(Results {
         profile: p.name.to_owned(),
         machine,
@@ -401,6 +424,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
         redis_bench,
         bao_dev,
         bao_raft,
+        python_sdk,
         profile_report,
         notes,
     })

@@ -7,12 +7,19 @@
    the delay from calling CompleteTask to the Python verifier, following a
    real broker's feed, refusing the task's token (target: p99 <= 10 ms).
 
-    TESSERA_BIN=~/.cache/tessera/target/debug PYTHONPATH=sdk/python/src \
-        ~/.cache/tessera/venv/bin/python sdk/python/bench/bench_verifier.py [seconds] [completions]
+    TESSERA_BIN=~/.cache/tessera/target/debug PYTHONPATH=sdk/python/src:sdk/python \
+        ~/.cache/tessera/venv/bin/python sdk/python/bench/bench_verifier.py \
+        [--seconds S] [--completions N] [--json]
+
+With ``--json`` the figures are printed as one JSON object on the last line
+of standard output (``make bench`` reads it into ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +49,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
     return best
 
 
-def main(seconds: float = 3.0) -> None:
+def offline(seconds: float) -> dict[str, float]:
     issuer = Issuer()
     token = issuer.token()
     verifier = Verifier.offline(VerifierConfig(issuer=ISSUER, audience=AUD))
@@ -65,11 +72,12 @@ def main(seconds: float = 3.0) -> None:
     for _ in range(3):  # alternately, so a noisy neighbour hits both alike
         raw = max(raw, rate(lambda: public.verify(der, data, algorithm), seconds / 3))
         full = max(full, rate(lambda: verifier.verify(presented), seconds / 3))
-    print(f"raw ES256 verify (cryptography): {raw:10.0f}/s")
-    print(f"Verifier.verify (bearer token):  {full:10.0f}/s  = {100 * full / raw:.0f} % of raw")
+    print(f"raw ES256 verify (cryptography): {raw:10.0f}/s", file=sys.stderr)
+    print(f"Verifier.verify (bearer token):  {full:10.0f}/s  = {100 * full / raw:.0f} % of raw", file=sys.stderr)
+    return {"raw_verify_per_s": raw, "verify_per_s": full}
 
 
-def revocation_delay(completions: int) -> None:
+def revocation_delay(completions: int) -> dict[str, float]:
     """CompleteTask -> the connected verifier refuses the task's token, ``completions`` times."""
     import pathlib
     import tempfile
@@ -108,15 +116,28 @@ def revocation_delay(completions: int) -> None:
         delays.sort()
         p50 = delays[len(delays) // 2] * 1000
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
-        print(f"CompleteTask -> Python verifier refuses: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({completions} tasks)")
+        print(
+            f"CompleteTask -> Python verifier refuses: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({completions} tasks)",
+            file=sys.stderr,
+        )
         verifier.close()
+        return {"p50_ms": p50, "p99_ms": p99, "tasks": float(completions)}
     finally:
         broker.stop()
 
 
-if __name__ == "__main__":
-    import os
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The Python verifier's benchmark figures.")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time for the offline rates")
+    parser.add_argument("--completions", type=int, default=100, help="tasks completed (needs TESSERA_BIN)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on the last line")
+    args = parser.parse_args()
+    figures: dict[str, object] = {"offline": offline(args.seconds)}
+    if os.environ.get("TESSERA_BIN") and args.completions > 0:
+        figures["revocation"] = revocation_delay(args.completions)
+    if args.json:
+        print(json.dumps(figures))
 
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 3.0)
-    if os.environ.get("TESSERA_BIN"):
-        revocation_delay(int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+
+if __name__ == "__main__":
+    main()
