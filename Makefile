@@ -138,17 +138,22 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 # made a symlink to this venv (the SDK depends on both), so nothing else is made.
 PY_VENV ?= $(HOME)/.cache/tessera/venv
 PY_SDK := sdk/python
-# PYTHONPATH: this checkout's sources win over whatever checkout last installed
-# the package into the shared venv.
+# The venv's editable install follows the checkout that last ran make
+# python-venv (its stamp names it); PYTHONPATH: this checkout's sources win in
+# make's own runs whichever checkout that was.
 PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN)
 
 python-venv: test-tools ## Make (once) the Python venv and install the SDK with its test tools from PyPI
-	@set -e; stamp=$(PY_VENV)/.tessera-sdk-installed; \
+	@set -e; stamp=$(PY_VENV)/.tessera-sdk-installed; here=$$(cd $(PY_SDK) && pwd -P); \
 	[ -x $(PY_VENV)/bin/python ] || python3 -m venv $(PY_VENV); \
 	if [ ! -f $$stamp ] || [ $(PY_SDK)/pyproject.toml -nt $$stamp ]; then \
 		echo "Installing the Python SDK and its test tools into $(PY_VENV)"; \
 		$(PY_VENV)/bin/pip install -q --disable-pip-version-check -e '$(PY_SDK)[test]'; \
-		touch $$stamp; \
+		echo "$$here" > $$stamp; \
+	elif [ "$$(cat $$stamp)" != "$$here" ]; then \
+		echo "Pointing the venv's tessera_sdk at this checkout ($$here)"; \
+		$(PY_VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e '$(PY_SDK)'; \
+		echo "$$here" > $$stamp; \
 	fi; \
 	mkdir -p $(CARGO_TARGET_DIR); link=$(CARGO_TARGET_DIR)/pyjose-venv; \
 	if [ "$$(readlink $$link)" != "$(PY_VENV)" ]; then rm -rf $$link; ln -s $(PY_VENV) $$link; fi

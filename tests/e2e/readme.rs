@@ -29,8 +29,10 @@
 //!   (never `cargo` inside the test). `HOME` is a fresh directory, so
 //!   `make install` installs into it; `PATH` holds only the system's
 //!   directories until the README extends it.
-//! - The working directory holds a copy of the `Makefile` and `deploy/`, as a
-//!   fresh clone does, and nothing else.
+//! - The working directory holds a copy of the `Makefile` and `deploy/` and a
+//!   link to `sdk/python/`, as a fresh clone does, and nothing else. The
+//!   Python venv `make test` made is linked at `~/.cache/tessera/venv`, where
+//!   `make python-venv` keeps it, so the Python section runs without PyPI.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -295,10 +297,22 @@ fn every_shell_block_of_the_readme_runs_as_written() {
     std::fs::create_dir_all(&work).unwrap();
     std::fs::copy(repo.join("Makefile"), work.join("Makefile")).unwrap();
     copy_tree(&repo.join("deploy"), &work.join("deploy"));
+    // The SDK itself, not a copy: the shared venv's editable install stays
+    // on this checkout (`make python-venv` re-points it when the path differs).
+    std::fs::create_dir_all(work.join("sdk")).unwrap();
+    std::os::unix::fs::symlink(repo.join("sdk/python"), work.join("sdk/python")).unwrap();
     let home = dir.path().join("home");
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&logs).unwrap();
+    // The Python section's `make python-venv`: the venv make test already
+    // made (linked under the target directory), where the README's reader
+    // has it, so nothing is installed from PyPI again.
+    let venv = bin_dir().parent().unwrap().join("pyjose-venv");
+    if let Ok(venv) = venv.canonicalize() {
+        std::fs::create_dir_all(home.join(".cache/tessera")).unwrap();
+        std::os::unix::fs::symlink(venv, home.join(".cache/tessera/venv")).unwrap();
+    }
     let pids = dir.path().join("pids");
 
     let ports = Ports::pick();

@@ -12,6 +12,7 @@ Two tools on the CRM audience: ``read_contacts`` needs ``crm.contacts.read``;
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -54,8 +55,11 @@ def build_app(verifier: Verifier, public_url: str) -> Any:
     )
 
 
-def main(endpoint: str = "127.0.0.1:7443", dev: str = ".tessera-dev", port: str = "8765") -> int:
-    """Runs the example against the broker at ``endpoint`` with the dev PKI in ``dev``."""
+def main(
+    endpoint: str = os.environ.get("TESSERA_ENDPOINT", "127.0.0.1:7443"), dev: str = ".tessera-dev", port: str = "8765"
+) -> int:
+    """Runs the example against the broker at ``endpoint`` (default ``TESSERA_ENDPOINT``, as for the CLI)
+    with the dev PKI in ``dev``."""
     import uvicorn
 
     verifier = Verifier.connect(

@@ -6,13 +6,15 @@ the same call is refused as revoked (401).
     make run                                                   # terminal 1
     ~/.cache/tessera/venv/bin/python sdk/python/examples/quickstart.py   # terminal 2
 
-Arguments (optional): the broker's host:port (127.0.0.1:7443) and the dev
-directory (.tessera-dev). The "API" is an in-process httpx transport, so the
-tour needs nothing but the broker.
+Arguments (optional): the broker's host:port (default `TESSERA_ENDPOINT`, as
+for the CLI, else 127.0.0.1:7443) and the dev directory (.tessera-dev). The
+"API" is an in-process httpx transport, so the tour needs nothing but the
+broker.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -42,7 +44,7 @@ def crm_api(verifier: Verifier) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-def main(endpoint: str = "127.0.0.1:7443", dev: str = ".tessera-dev") -> int:
+def main(endpoint: str = os.environ.get("TESSERA_ENDPOINT", "127.0.0.1:7443"), dev: str = ".tessera-dev") -> int:
     """Runs the example against the broker at ``endpoint`` with the dev PKI in ``dev``."""
     orchestrator = OrchestratorClient(endpoint, SvidSource.from_dir(dev, "orchestrator"))
     agent = AgentClient(endpoint, SvidSource.from_dir(dev, "researcher"))
