@@ -79,6 +79,7 @@ run: build ## Start the broker on 127.0.0.1:7443 (TESSERA_SERVER__LISTEN) with t
 	@echo
 	@echo "Tessera is starting on https://$${TESSERA_SERVER__LISTEN:-127.0.0.1:7443} (embedded store, dev PKI in $(DEV_DIR))."
 	@echo "In a second terminal, walk through the demo with:   make demo"
+	@echo "Operator console: $(BIN)/tessera --dev-dir $(DEV_DIR) --as alice console   (prints a one-time sign-in URL)"
 	@echo "Stop the broker with Ctrl-C."
 	@echo
 	TESSERA_LOG=$${TESSERA_LOG:-info} $(BIN)/tesserad --config $(DEV_DIR)/tesserad.toml

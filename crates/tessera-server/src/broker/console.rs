@@ -484,6 +484,25 @@ mod tests {
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
     }
 
+    #[tokio::test]
+    async fn a_session_ends_when_its_identity_is_disabled() {
+        let f = Fixture::with_console(settings()).await;
+        let code = f.broker.open_console(&f.who(OPERATOR)).await.unwrap();
+        let signed = f.broker.console_sign_in(code_of(&code.url)).await.unwrap();
+        assert!(f.broker.console_caller(&signed.cookie).await.is_ok());
+        let operator = f.who(OPERATOR).id().clone();
+        f.broker.registry().disable_at_runtime(&operator);
+        let refused = f.broker.console_caller(&signed.cookie).await;
+        assert!(refused.err().is_some_and(|e| e.to_string().contains("disabled")));
+        f.broker.registry().enable_at_runtime(&operator);
+        let ended = f.broker.console_caller(&signed.cookie).await;
+        assert_eq!(
+            ended.err().map(|e| e.kind()),
+            Some(ErrorKind::Unauthenticated),
+            "ended for good, not suspended"
+        );
+    }
+
     #[test]
     fn secrets_compare_in_constant_time_and_exactly() {
         assert!(same_secret("abc", "abc"));
