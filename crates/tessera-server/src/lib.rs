@@ -516,6 +516,7 @@ pub async fn serve(
                 tracing::info!(console = %format!("{}/console/", settings.public_url), "operator console on");
                 Arc::new(http::console::Console::new(
                     broker.clone(),
+                    shared.limiter.clone(),
                     &settings.public_url,
                     config.audit.file.clone(),
                 ))

@@ -68,9 +68,17 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 
+/// Most event streams open at once: each holds one of the listener's
+/// connections, which the OAuth facade's clients need too.
+const MAX_EVENT_STREAMS: usize = 64;
+
 /// What the console's handlers share.
 pub struct Console {
     broker: Arc<Broker>,
+    /// The per-identity rate limits of the gRPC port and the facade.
+    limiter: Arc<crate::grpc::limits::IdentityLimiter>,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
     /// `scheme://host[:port]` every POST's `Origin` must equal.
     origin: String,
     /// The audit file the audit page reads (the broker's own).
@@ -86,10 +94,18 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// The console of `broker`, reached at `public_url` (an origin).
-    pub fn new(broker: Arc<Broker>, public_url: &str, audit_file: std::path::PathBuf) -> Self {
+    /// The console of `broker`, reached at `public_url` (an origin), its
+    /// callers charged to `limiter` like every other call.
+    pub fn new(
+        broker: Arc<Broker>,
+        limiter: Arc<crate::grpc::limits::IdentityLimiter>,
+        public_url: &str,
+        audit_file: std::path::PathBuf,
+    ) -> Self {
         Self {
             broker,
+            limiter,
+            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             origin: public_url.trim_end_matches('/').to_owned(),
             audit_file,
         }
@@ -240,7 +256,11 @@ impl Console {
     /// The signed-in caller, re-attested for this request.
     async fn caller(&self, headers: &HeaderMap) -> Result<ConsoleCaller, Refusal> {
         let cookie = session_cookie(headers).ok_or_else(Refusal::not_signed_in)?;
-        self.broker.console_caller(cookie).await.map_err(Refusal::broker)
+        let caller = self.broker.console_caller(cookie).await.map_err(Refusal::broker)?;
+        self.limiter
+            .check(caller.who.id())
+            .map_err(|status| Refusal::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests", status.message()))?;
+        Ok(caller)
     }
 
     /// Refuses a POST that did not come from a page of this console: its
@@ -454,8 +474,16 @@ async fn decide(
 async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> PageResult {
     let caller = console.caller(&headers).await?;
     let cookie = session_cookie(&headers).unwrap_or_default().to_owned();
+    let slot = StreamSlot::take(&console.streams).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            "too many console pages are following approvals; close some",
+        )
+    })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut last: Option<Vec<String>> = None;
         let mut quiet = tokio::time::Instant::now();
         loop {
@@ -515,6 +543,26 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Page
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// One of [`MAX_EVENT_STREAMS`], given back when dropped.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_EVENT_STREAMS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 // ------------------------------------------------------------------ tasks --
@@ -785,6 +833,16 @@ mod tests {
         let long = format!("{COOKIE}={}", "x".repeat(200));
         headers.insert(header::COOKIE, HeaderValue::from_str(&long).unwrap());
         assert_eq!(session_cookie(&headers), None);
+    }
+
+    #[test]
+    fn event_streams_are_bounded_and_their_slots_given_back() {
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slots: Vec<StreamSlot> = (0..MAX_EVENT_STREAMS).filter_map(|_| StreamSlot::take(&open)).collect();
+        assert_eq!(slots.len(), MAX_EVENT_STREAMS);
+        assert!(StreamSlot::take(&open).is_none());
+        drop(slots);
+        assert!(StreamSlot::take(&open).is_some());
     }
 
     #[test]
