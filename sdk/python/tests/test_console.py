@@ -412,3 +412,38 @@ def test_bad_sign_ins_and_ended_sessions_get_a_clear_refusal(
     page.wait_for_selector("#signed-out")
     assert console_request(broker, "GET", "/console/", cookie=cookie)[0] == 401
     first.close()
+
+
+def test_a_grant_and_an_identity_revoked_from_the_page(console_broker: Broker, browser: Browser) -> None:
+    broker = console_broker
+    context, page = signed_in(broker, browser)
+    orch = OrchestratorClient(broker.endpoint, broker.identity("orchestrator"))
+    agent = AgentClient(broker.endpoint, broker.identity("researcher"))
+    task = orch.start_task([spiffe("researcher"), spiffe("writer")], {CRM: [READ]}, duration_seconds=600)
+    first = agent.token(task.task_id, CRM, [READ])
+    child = agent.delegate(first, spiffe("writer"), [READ])
+    second = agent.token(task.task_id, CRM, [READ])
+    # One grant, with what was delegated from it.
+    page.goto(origin(broker) + "/console/tasks")
+    page.click(f'li.grant[data-grant="{first.grant_id}"] > a.revoke')
+    assert "2" in page.inner_text("#count")
+    page.fill("input[name=reason]", "leaked in a log")
+    page.click("#confirm")
+    page.wait_for_selector("#notice", timeout=WAIT_MS)
+    assert not introspect_active(broker, first)
+    assert not introspect_active(broker, child)
+    assert introspect_active(broker, second)
+    # The identity, disabled: its last grant dies and it gets no new one.
+    page.click(f'article[data-task="{task.task_id}"] a.revoke-identity')
+    assert "1" in page.inner_text("#count")
+    page.fill("input[name=reason]", "offboarding")
+    page.check("#disable")
+    page.click("#confirm")
+    page.wait_for_selector("#notice", timeout=WAIT_MS)
+    assert not introspect_active(broker, second)
+    with pytest.raises(TesseraError):
+        agent.token(task.task_id, CRM, [READ])
+    broker.cli("--as", "alice", "identity", "enable", spiffe("researcher"), "--reason", "test over")
+    agent.close()
+    orch.close()
+    context.close()
