@@ -447,3 +447,21 @@ def test_a_grant_and_an_identity_revoked_from_the_page(console_broker: Broker, b
     agent.close()
     orch.close()
     context.close()
+
+
+def test_another_site_cannot_frame_the_console(console_broker: Broker, browser: Browser) -> None:
+    broker = console_broker
+    context, _page = signed_in(broker, browser)
+    framing = f'<iframe id="f" src="{origin(broker)}/console/" width="800" height="600"></iframe>'
+    context.route("https://evil.example/**", lambda route: route.fulfill(content_type="text/html", body=framing))
+    attacker = context.new_page()
+    attacker.goto("https://evil.example/")
+    attacker.wait_for_load_state("load")
+    frames = [f for f in attacker.frames if f != attacker.main_frame]
+    assert len(frames) == 1
+    # Refused by frame-ancestors / X-Frame-Options: the frame holds no
+    # console page at all (not even the not-signed-in one a SameSite=Strict
+    # cookie alone would give).
+    assert frames[0].query_selector("#approvals") is None
+    assert "Tessera console" not in frames[0].content()
+    context.close()
