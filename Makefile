@@ -79,6 +79,7 @@ run: build ## Start the broker on 127.0.0.1:7443 (TESSERA_SERVER__LISTEN) with t
 	@echo
 	@echo "Tessera is starting on https://$${TESSERA_SERVER__LISTEN:-127.0.0.1:7443} (embedded store, dev PKI in $(DEV_DIR))."
 	@echo "In a second terminal, walk through the demo with:   make demo"
+	@echo "Operator console: $(BIN)/tessera --dev-dir $(DEV_DIR) --as alice console   (prints a one-time sign-in URL)"
 	@echo "Stop the broker with Ctrl-C."
 	@echo
 	TESSERA_LOG=$${TESSERA_LOG:-info} $(BIN)/tesserad --config $(DEV_DIR)/tesserad.toml
@@ -102,9 +103,11 @@ check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring)
 		echo "aws-lc-rs is in the dependency tree: rustls/jsonwebtoken must use ring/rust_crypto only" >&2; exit 1; fi
 
 # The bench's own tests draw plots (a TTF font), the HTTP facade's check a
-# token with an independent JOSE library in a Python venv, and the README test
-# runs the README's curl and jq commands: install them if missing.
-test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl and jq (the README's commands)
+# token with an independent JOSE library in a Python venv, the README test
+# runs the README's curl and jq commands, and the console's browser tests
+# drive Debian's chromium (Playwright from the venv; never `playwright
+# install`): install them if missing.
+test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl, jq (the README's commands) and chromium (the console's browser tests)
 	@set -e; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
 	missing=; \
@@ -112,6 +115,7 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
 		echo "Installing$$missing from Debian's packages"; \
@@ -167,7 +171,7 @@ python-run: python-venv redis
 	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples bench
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
-	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py
+	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py tests/test_console.py
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::command::{
-    approvals, audit, blast, completions, dev, grant, identity, introspect, keys, policy, revocations, revoke_all,
-    task, token,
+    approvals, audit, blast, completions, console, dev, grant, identity, introspect, keys, policy, revocations,
+    revoke_all, task, token,
 };
 use crate::output::OutputFormat;
 
@@ -108,6 +108,8 @@ pub(crate) enum Command {
     /// List, approve or deny token requests waiting for a person (as an approver).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// Sign in to the operator console: prints (and opens) a one-time sign-in URL.
+    Console(console::ConsoleArgs),
     /// Revoke every grant of an identity (offboarding), or disable and
     /// enable it.
     #[command(subcommand)]

@@ -5,6 +5,7 @@ pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod blast;
 pub(crate) mod completions;
+pub(crate) mod console;
 pub(crate) mod dev;
 pub(crate) mod grant;
 pub(crate) mod identity;
@@ -33,6 +34,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approvals(cmd) => approvals::run(&global, cmd).await,
         Command::Token(cmd) => token::run(&global, cmd).await,
         Command::Grant(cmd) => grant::run(&global, cmd).await,
+        Command::Console(args) => console::run(&global, args).await,
         Command::Identity(cmd) => identity::run(&global, cmd).await,
         Command::Introspect(args) => introspect::run(&global, args).await,
         Command::Jwks => jwks::run(&global).await,

@@ -13,6 +13,7 @@
 mod anomaly;
 mod approvals;
 mod attestation;
+pub mod console;
 mod delegation;
 mod error;
 mod grants;
@@ -129,6 +130,8 @@ pub struct Broker {
     policy: policy::PolicyState,
     /// Pending approvals (memory unless [`Broker::with_approval_store`]).
     approvals: approvals::Approvals,
+    /// Operator-console sign-in codes and sessions (`None`: the console is off).
+    console: Option<console::Console>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -181,6 +184,7 @@ impl Broker {
             refusal_sources: std::sync::Mutex::new(std::collections::HashMap::new()),
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
+            console: None,
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();

@@ -117,6 +117,8 @@ pub struct Config {
     pub binding: crate::broker::BindingSettings,
     /// The HTTPS OAuth facade.
     pub oauth: crate::http::config::OAuthConfig,
+    /// The operator console (on the facade's listener).
+    pub console: crate::http::console::config::ConsoleConfig,
     /// Registered identities.
     pub identities: IdentityRegistry,
     /// Known APIs.
@@ -256,6 +258,8 @@ struct RawConfig {
     delegation: delegation::RawDelegation,
     #[serde(default)]
     oauth: crate::http::config::RawOAuth,
+    #[serde(default)]
+    console: crate::http::console::config::RawConsole,
     #[serde(default)]
     identities: Vec<RawIdentity>,
     #[serde(default)]
@@ -907,6 +911,7 @@ impl RawConfig {
         }
         let anomaly = self.anomaly.validate()?;
         let oauth = self.oauth.validate()?;
+        let console = self.console.validate(oauth.listen.is_some())?;
 
         let trust_domains = crate::attest::config::trust_domains(self.tls.trust_domains, base, td)?;
         let attestation = self.attestation.validate(base, &t.issuer)?;
@@ -1019,6 +1024,7 @@ impl RawConfig {
             policy: self.policy.validate(base)?,
             binding,
             oauth,
+            console,
             identities: IdentityRegistry::with_rules(identities),
             catalog: ApiCatalog::new(apis),
             approvals,

@@ -327,6 +327,25 @@ pub async fn serve(
             Some(Arc::new(webhook) as Arc<dyn broker::ApprovalNotifier>)
         }
     };
+    // The console's public origin: as configured, else the facade's.
+    let console_url = {
+        let oauth_addr = listeners.oauth.as_ref().and_then(|l| l.local_addr().ok());
+        config
+            .console
+            .public_url
+            .clone()
+            .or_else(|| config.oauth.public_url.clone())
+            .or_else(|| oauth_addr.map(|a| format!("https://{a}")))
+    };
+    let console_settings = match (&console_url, config.console.enabled) {
+        (Some(url), true) => Some(broker::console::ConsoleSettings {
+            public_url: url.clone(),
+            code_ttl: chrono::Duration::from_std(config.console.code_ttl).unwrap_or(chrono::Duration::minutes(2)),
+            session_ttl: chrono::Duration::from_std(config.console.session_ttl)
+                .unwrap_or(chrono::Duration::minutes(30)),
+        }),
+        _ => None,
+    };
     let broker = Arc::new(
         Broker::start(
             store,
@@ -341,7 +360,8 @@ pub async fn serve(
         .map(|broker| broker.with_replay_cache(replay))
         .map_err(ServeError::Start)?
         .with_approval_store(approvals)
-        .with_approval_notifier(notifier),
+        .with_approval_notifier(notifier)
+        .with_console(console_settings.clone()),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     // Identities operators disabled and anomaly quarantines of other
@@ -492,7 +512,16 @@ pub async fn serve(
     });
     let oauth = match (listeners.oauth, oauth_tls) {
         (Some(listener), Some(tls)) => {
-            let router = http::oauth_router(readiness.clone(), facade);
+            let console = console_settings.as_ref().map(|settings| {
+                tracing::info!(console = %format!("{}/console/", settings.public_url), "operator console on");
+                Arc::new(http::console::Console::new(
+                    broker.clone(),
+                    shared.limiter.clone(),
+                    &settings.public_url,
+                    config.audit.file.clone(),
+                ))
+            });
+            let router = http::oauth_router(readiness.clone(), facade, console);
             Some(tokio::spawn(http::serve(
                 listener,
                 router,

@@ -96,6 +96,7 @@ class Broker:
     dir: pathlib.Path
     proc: subprocess.Popen[bytes] | None = None
     endpoint: str = ""
+    oauth: str = ""
     log: pathlib.Path = field(default_factory=pathlib.Path)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -139,7 +140,9 @@ class Broker:
             if time.monotonic() > deadline:
                 pytest.fail("tesserad did not become ready in 30 s")
             time.sleep(0.02)
-        self.endpoint = json.loads(ready.read_text())["grpc"]
+        listening = json.loads(ready.read_text())
+        self.endpoint = listening["grpc"]
+        self.oauth = listening.get("oauth") or ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

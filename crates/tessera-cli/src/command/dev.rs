@@ -456,6 +456,10 @@ fn render_config(td: &str, listen: SocketAddr) -> String {
     w(String::new());
     w("[policy]".to_owned());
     w(format!("dir = {}", quote("policies")));
+    w(String::new());
+    w("# The operator console on the OAuth facade (/console/): sign in with `tessera --as alice console`.".to_owned());
+    w("[console]".to_owned());
+    w("enabled = true".to_owned());
     for demo in &DEMO_IDENTITIES {
         let roles: Vec<String> = demo.roles.iter().map(|r| quote(r)).collect();
         w(String::new());

@@ -54,6 +54,10 @@ pub enum AuditKind {
     IdentityEnabled,
     /// The audit trail took a record again after failing (health recovers).
     AuditRecovered,
+    /// An operator exchanged a one-time code for an operator-console session.
+    ConsoleSignIn,
+    /// An operator-console session ended (sign-out).
+    ConsoleSignOut,
 }
 
 impl AuditKind {
@@ -82,6 +86,8 @@ impl AuditKind {
             Self::IdentityDisabled => "identity_disabled",
             Self::IdentityEnabled => "identity_enabled",
             Self::AuditRecovered => "audit_recovered",
+            Self::ConsoleSignIn => "console_sign_in",
+            Self::ConsoleSignOut => "console_sign_out",
         }
     }
 }
@@ -221,6 +227,10 @@ pub struct AuditEvent {
     /// The approval concerned (pending, decided, or the one a token was minted from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// The operator-console session the caller acted through (`cs_<hex>`, a
+    /// digest prefix of the session, never its cookie), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_session: Option<String>,
 }
 
 impl AuditEvent {
@@ -257,6 +267,7 @@ impl AuditEvent {
             count: None,
             blast_radius: None,
             approval_id: None,
+            console_session: None,
         }
     }
 }

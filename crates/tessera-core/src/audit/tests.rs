@@ -123,6 +123,8 @@ fn kind_and_outcome_names_are_the_serde_names() {
         ApprovalPending,
         ApprovalDecided,
         TokenDelegated,
+        ConsoleSignIn,
+        ConsoleSignOut,
     ] {
         assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str(), "{kind:?}");
     }
@@ -392,6 +394,8 @@ fn kind() -> impl Strategy<Value = AuditKind> {
         ApprovalPending,
         ApprovalDecided,
         TokenDelegated,
+        ConsoleSignIn,
+        ConsoleSignOut,
     ])
 }
 
@@ -438,6 +442,7 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<u32>()),
         proptest::option::of(text()),
+        proptest::option::of(text()),
     );
     (what, why).prop_map(
         |(
@@ -453,6 +458,7 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
                 count,
                 blast_radius,
                 approval_id,
+                console_session,
             ),
         )| AuditEvent {
             event,
@@ -476,6 +482,7 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
             count,
             blast_radius,
             approval_id,
+            console_session,
         },
     )
 }

@@ -91,6 +91,9 @@ pub enum BrokerError {
     /// The grant's risk is above a cap (`blast_radius_exceeded`).
     #[error(transparent)]
     Risk(tessera_core::risk::RiskError),
+    /// An operator-console sign-in or session was refused.
+    #[error(transparent)]
+    Console(#[from] super::console::ConsoleError),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -120,6 +123,7 @@ impl BrokerError {
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Delegation(e) => e.kind(),
+            Self::Console(e) => e.kind(),
             Self::Proof { source, .. } => source.kind(),
             Self::Unbound { .. } | Self::Binding(_) | Self::NotLiveToken(_) | Self::Field(_) => {
                 ErrorKind::InvalidArgument

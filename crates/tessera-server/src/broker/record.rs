@@ -41,6 +41,7 @@ impl Broker {
             event.policy_hash = Some(self.policy_hash().to_string());
         }
         event.request_id = crate::telemetry::current_request_id();
+        event.console_session = super::console::current_session();
         event
     }
 

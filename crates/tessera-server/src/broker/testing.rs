@@ -152,6 +152,13 @@ impl Fixture {
         Self::with(s).await
     }
 
+    /// A fixture whose broker serves the operator console.
+    pub(crate) async fn with_console(console: crate::broker::console::ConsoleSettings) -> Self {
+        let mut f = Self::with(settings()).await;
+        f.broker = f.broker.with_console(Some(console));
+        f
+    }
+
     /// A fixture with `settings`.
     pub(crate) async fn with(settings: BrokerSettings) -> Self {
         let registry = IdentityRegistry::new([

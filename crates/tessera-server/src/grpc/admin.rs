@@ -177,6 +177,18 @@ impl AdminService for Shared {
         }))
     }
 
+    async fn open_console(
+        &self,
+        req: Request<pb::OpenConsoleRequest>,
+    ) -> Result<Response<pb::OpenConsoleResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let code = self.broker.open_console(&who).await.map_err(status::from_broker)?;
+        Ok(Response::new(pb::OpenConsoleResponse {
+            url: code.url,
+            expires_at: Some(convert::timestamp(code.expires_at)),
+        }))
+    }
+
     async fn reload_policy(
         &self,
         req: Request<pb::ReloadPolicyRequest>,

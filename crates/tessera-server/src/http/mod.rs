@@ -13,10 +13,14 @@
 //!   the POST endpoints need an X.509-SVID of a registered identity, the same
 //!   attestation as on the gRPC port.
 //!
+//! - **operator console** (`[console] enabled = true`, on the facade's
+//!   listener; see [`console`]): server-rendered pages under `/console/`.
+//!
 //! Both bound open connections, header read time, request time and body
 //! size; nothing logs a request body (which may hold a token).
 
 pub mod config;
+pub mod console;
 pub mod oauth;
 pub mod webhook;
 
@@ -115,12 +119,16 @@ fn health_routes(ready: Readiness) -> Router {
         )
 }
 
-/// The OAuth facade's router.
-pub fn oauth_router(ready: Readiness, facade: Arc<oauth::Facade>) -> Router {
-    health_routes(ready)
+/// The OAuth facade's router, with the operator console when it is on.
+pub fn oauth_router(ready: Readiness, facade: Arc<oauth::Facade>, console: Option<Arc<console::Console>>) -> Router {
+    let router = health_routes(ready)
         .merge(oauth::public_routes(facade.clone()))
-        .merge(oauth::authenticated_routes(facade))
-        .fallback(not_found)
+        .merge(oauth::authenticated_routes(facade));
+    match console {
+        Some(console) => router.merge(console::routes(console)),
+        None => router,
+    }
+    .fallback(not_found)
 }
 
 async fn metrics() -> Response {

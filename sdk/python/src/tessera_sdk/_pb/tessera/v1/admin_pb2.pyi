@@ -274,3 +274,15 @@ class ReloadPolicyResponse(_message.Message):
     policy_set_hash: str
     policies: int
     def __init__(self, policy_set_hash: _Optional[str] = ..., policies: _Optional[int] = ...) -> None: ...
+
+class OpenConsoleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OpenConsoleResponse(_message.Message):
+    __slots__ = ("url", "expires_at")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

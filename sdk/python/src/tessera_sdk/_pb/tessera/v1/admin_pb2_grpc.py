@@ -90,6 +90,11 @@ class AdminServiceStub:
                 request_serializer=tessera_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.OpenConsole = channel.unary_unary(
+                '/tessera.v1.AdminService/OpenConsole',
+                request_serializer=tessera_dot_v1_dot_admin__pb2.OpenConsoleRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_admin__pb2.OpenConsoleResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -166,6 +171,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenConsole(self, request, context):
+        """Sign-in to the operator console: a one-time code, single use and
+        short-lived, that the console's sign-in page exchanges for a session
+        cookie bound to the caller. Only identities policy lets list approvals
+        (approvers, operators) get one; FAILED_PRECONDITION when the console is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +238,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=tessera_dot_v1_dot_admin__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_admin__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'OpenConsole': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenConsole,
+                    request_deserializer=tessera_dot_v1_dot_admin__pb2.OpenConsoleRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_admin__pb2.OpenConsoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +543,33 @@ class AdminService:
             '/tessera.v1.AdminService/ReloadPolicy',
             tessera_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
             tessera_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenConsole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.AdminService/OpenConsole',
+            tessera_dot_v1_dot_admin__pb2.OpenConsoleRequest.SerializeToString,
+            tessera_dot_v1_dot_admin__pb2.OpenConsoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
