@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -174,6 +174,9 @@ python-run: python-venv redis
 	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py tests/test_console.py
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
+
+screenshots: build python-venv ## Retake the console's screenshots in docs/ (the browser tests, memory store)
+	$(PY_ENV) TESSERA_WRITE_SCREENSHOTS=1 $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_console.py
 
 clean:
 	$(CARGO) clean

@@ -4,8 +4,10 @@ driven by Playwright (never a downloaded browser) against a real ``tesserad``
 
 One broker and one browser for the module; each test opens its own browser
 context (its own cookies). Waits are on page elements and events with a
-bound, never fixed sleeps. On the memory run, the pages are photographed
-into ``docs/`` for the README.
+bound, never fixed sleeps. Every run photographs the pages (a page that
+cannot render fails the test); with ``TESSERA_WRITE_SCREENSHOTS=1`` the
+memory run writes them into ``docs/`` for the README, so ``make test`` leaves
+the tree as it found it.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ TRANSFER = "payments.transfers.create"
 READ = "crm.contacts.read"
 # Bounds for waits on the page, in ms: generous, never slept.
 WAIT_MS = 20_000
-# Only the memory run photographs the pages (the redis run shows the same pages).
-SHOOT = os.environ.get("TESSERA_TEST_STORE", "memory") != "redis"
+# Only the memory run writes the README's pictures, and only when asked.
+WRITE_DOCS = os.environ.get("TESSERA_WRITE_SCREENSHOTS") == "1" and os.environ.get("TESSERA_TEST_STORE") != "redis"
 
 
 def shoot(page: Page, name: str) -> None:
-    if SHOOT:
-        page.screenshot(path=str(DOCS / f"console-{name}.png"), full_page=True)
+    png = page.screenshot(full_page=True)
+    assert png.startswith(b"\x89PNG"), f"the {name} page did not render"
+    if WRITE_DOCS:
+        (DOCS / f"console-{name}.png").write_bytes(png)
 
 
 @pytest.fixture(scope="module")
