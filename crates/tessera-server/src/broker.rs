@@ -30,12 +30,12 @@ mod verifier;
 use std::sync::Arc;
 
 pub use self::approvals::{ApprovalNotifier, ApprovalSettings, AwaitStep, TokenOutcome};
-pub use self::delegation::BindingSettings;
+pub use self::delegation::{BindingSettings, Offer};
 pub use self::error::BrokerError;
 pub use self::grants::GrantQuery;
 pub use self::identities::IdentityRevoked;
 pub use self::keys::{KeyState, KeyStatus, PublishedKeys};
-pub use self::pop::{BindingAsk, DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
+pub use self::pop::{BindingAsk, REDEEM_DELEGATION_HTU, REQUEST_TOKEN_HTU};
 pub use self::record::AuditSink;
 pub use self::tokens::{Issued, TokenAsk};
 
