@@ -34,8 +34,10 @@ pub(crate) const AGENT2: &str = "spiffe://td/agent2";
 pub(crate) const ORCHESTRATOR: &str = "spiffe://td/orchestrator";
 /// Revokes, lists and decides.
 pub(crate) const OPERATOR: &str = "spiffe://td/operator";
-/// Introspects and reports misuse.
+/// Introspects and reports misuse; serves `crm`.
 pub(crate) const VERIFIER: &str = "spiffe://td/verifier";
+/// A verifier that serves no API of the fixture.
+pub(crate) const VERIFIER2: &str = "spiffe://td/verifier2";
 /// The fixture API.
 pub(crate) const CRM: &str = "crm";
 
@@ -160,6 +162,7 @@ impl Fixture {
             identity(ORCHESTRATOR, IdentityKind::Service, Role::Orchestrator),
             identity(OPERATOR, IdentityKind::Human, Role::Operator),
             identity(VERIFIER, IdentityKind::Service, Role::Verifier),
+            identity(VERIFIER2, IdentityKind::Service, Role::Verifier),
         ]);
         let catalog = ApiCatalog::new([Api {
             audience: Audience::parse(CRM).unwrap(),
@@ -171,6 +174,7 @@ impl Fixture {
                 (scope("payments.send"), ScopeClass::Write),
             ]),
             high_impact: BTreeSet::from([scope("payments.send")]),
+            verifiers: BTreeSet::from([id(VERIFIER)]),
         }]);
         let store = Arc::new(MemoryStore::default());
         let clock = Arc::new(FixedClock::at(start_time()));
