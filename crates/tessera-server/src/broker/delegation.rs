@@ -318,6 +318,10 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         self.confirm_recorded(who, &grant, now).await?;
+        // A quarantine imposed (on any replica) while this child was being
+        // minted: neither the delegate nor the holder keeps a token.
+        self.confirm_not_quarantined(&[&grant.subject, &parent.grant().subject], &grant, now)
+            .await?;
         let mut event = self.grant_event(AuditKind::TokenDelegated, who, &grant, plan.lifetime.ttl);
         allowed.stamp(&mut event);
         event.reason = Some(format!(
@@ -426,9 +430,11 @@ impl Broker {
                 (plan, &holder)
             }
         };
-        if matches!(hop, Hop::Redeem | Hop::Exchange) {
-            self.refuse_if_quarantined(principal.id())?;
-        }
+        // No quarantined identity receives a token by delegation: neither the
+        // delegate nor (by a hop it did not make itself) the holder. Checked
+        // against this replica's list and the store's shared one.
+        self.refuse_if_quarantined_anywhere(&[&req.delegate, principal.id()], now)
+            .await?;
         // Policy decides the hop (DelegateToken); code has already checked
         // attenuation, depth, the task and the parent's liveness.
         let mut chain = Vec::with_capacity(plan.chain.len());
@@ -726,5 +732,73 @@ mod tests {
             Err(BrokerError::Delegation(DelegationError::OfferNotLive))
         ));
         assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn no_quarantined_identity_receives_a_token_by_delegation_or_exchange() {
+        use tessera_store::GrantStore as _;
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        // Quarantined by another replica: only the shared list knows.
+        let until = f.broker.now() + chrono::Duration::hours(1);
+        f.store
+            .quarantine_subject(&id(AGENT2), until, "test", f.broker.now())
+            .await
+            .unwrap();
+        let quarantined = |r: &Result<(), BrokerError>| matches!(r, Err(BrokerError::Quarantined { .. }));
+        let delegated = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]))
+            .await
+            .map(|_| ());
+        assert!(quarantined(&delegated), "{:?}", delegated.err());
+        let offered = f
+            .broker
+            .offer_delegation(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]))
+            .await
+            .map(|_| ());
+        assert!(quarantined(&offered), "{:?}", offered.err());
+        let exchanged = f
+            .broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .map(|_| ());
+        assert!(quarantined(&exchanged), "{:?}", exchanged.err());
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn no_token_is_exchanged_or_redeemed_from_a_quarantined_holder() {
+        use tessera_store::GrantStore as _;
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let offer = f
+            .broker
+            .offer_delegation(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]))
+            .await
+            .unwrap();
+        let until = f.broker.now() + chrono::Duration::hours(1);
+        f.store
+            .quarantine_subject(&id(AGENT), until, "test", f.broker.now())
+            .await
+            .unwrap();
+        let redeemed = f.broker.redeem_delegation(&f.who(AGENT2), &offer.offer, None).await;
+        assert!(
+            matches!(redeemed, Err(BrokerError::Quarantined { .. })),
+            "{:?}",
+            redeemed.err()
+        );
+        let exchanged = f
+            .broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert!(
+            matches!(exchanged, Err(BrokerError::Quarantined { .. })),
+            "{:?}",
+            exchanged.err()
+        );
+        assert_eq!(f.live("t1").await, 1);
     }
 }
