@@ -42,11 +42,17 @@ enum Counted {
 
 impl Broker {
     /// Introspect: the claims of a live token, or `None` for any token that
-    /// is not live (malformed, forged, expired, revoked or unknown alike).
+    /// is not live (malformed, forged, expired, revoked or unknown alike),
+    /// and for a token whose audience the caller does not serve (a verifier
+    /// learns only about its own tokens; operators about every token).
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
         self.authorize(who, Operation::Introspect).await?;
-        Ok(self.live(token, self.clock.now()).await?.map(|(claims, _)| claims))
+        Ok(self
+            .live(token, self.clock.now())
+            .await?
+            .filter(|(_, grant)| self.learns_about(who, &grant.audience))
+            .map(|(claims, _)| claims))
     }
 
     /// Whether `who` may learn about tokens of `audience`: an operator, or a
@@ -367,6 +373,34 @@ mod tests {
         assert!(
             matches!(refused, Err(BrokerError::Quarantined { .. })),
             "the presenter is quarantined"
+        );
+    }
+
+    #[tokio::test]
+    async fn introspection_answers_inactive_to_a_verifier_that_does_not_serve_the_audience() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        assert!(
+            f.broker
+                .introspect(&f.who(VERIFIER2), &issued.token)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            f.broker
+                .introspect(&f.who(VERIFIER), &issued.token)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            f.broker
+                .introspect(&f.who(OPERATOR), &issued.token)
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 
