@@ -473,6 +473,7 @@ impl Broker {
             .into());
         }
         plan.lifetime = allowed.cap(plan.lifetime);
+        self.cap_child(&mut plan, &req.delegate, &allowed)?;
         match hop {
             // The binding is the delegate's to make, when it redeems.
             Hop::Offer => {}
@@ -487,6 +488,53 @@ impl Broker {
             Hop::Exchange => self.require_binding("delegate_pop_proof", plan.class, binding)?,
         }
         Ok((parent, plan, allowed))
+    }
+
+    /// The caps every grant obeys, applied to a child as to any grant: its
+    /// lifetime shortened to the class cap and the cap of the delegate's
+    /// identity kind (`[tokens.class_max_ttl]`, `[tokens.kind_max_ttl]`),
+    /// and its blast radius refused above `[tokens] max_blast_radius` or
+    /// what policy allows for this hop.
+    fn cap_child(
+        &self,
+        plan: &mut delegation::ChildPlan,
+        delegate: &SpiffeId,
+        allowed: &super::policy::PolicyAllowed,
+    ) -> Result<(), BrokerError> {
+        let limits = &self.settings.risk;
+        let kind = self
+            .registry
+            .lookup(delegate)
+            .map_err(|_| DelegationError::DelegateUnknown(delegate.to_string()))?
+            .kind;
+        let caps = tessera_core::ttl::TtlCaps {
+            identity: None,
+            policy: None,
+            class: limits.class_max_ttl.get(&plan.class).copied(),
+            kind: limits.kind_max_ttl.get(&kind).copied(),
+        };
+        plan.lifetime = plan.lifetime.capped(caps.smallest());
+        let high_impact = self.catalog.high_impact_scopes(&plan.audience, &plan.scopes);
+        let score = tessera_core::blast::grant_score(&tessera_core::blast::GrantExposure {
+            class: plan.class,
+            scopes: u32::try_from(plan.scopes.len()).unwrap_or(u32::MAX),
+            high_impact_scopes: u32::try_from(high_impact.len()).unwrap_or(u32::MAX),
+            ttl_secs: plan.lifetime.ttl.as_secs(),
+            delegation_allowance: 0,
+        });
+        let cap = [limits.max_blast_radius, allowed.max_blast_radius()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(cap) = cap
+            && score > cap
+        {
+            return Err(BrokerError::Risk(tessera_core::risk::RiskError::BlastRadiusExceeded {
+                score,
+                cap,
+            }));
+        }
+        Ok(())
     }
 
     /// Refuses a bearer token of a class that `[tokens] bound_classes` says
@@ -732,6 +780,50 @@ mod tests {
             Err(BrokerError::Delegation(DelegationError::OfferNotLive))
         ));
         assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_delegated_child_obeys_the_kind_ttl_cap_like_any_grant() {
+        use crate::broker::testing::SERVICE_AGENT;
+        use tessera_core::identity::IdentityKind;
+        let mut settings = crate::broker::testing::settings();
+        // Agents' tokens live at most two minutes; services' an hour.
+        settings.risk.kind_max_ttl = [
+            (IdentityKind::Agent, tessera_core::ttl::Ttl::from_secs(120).unwrap()),
+            (IdentityKind::Service, tessera_core::ttl::Ttl::from_secs(3600).unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        let f = Fixture::with(settings).await;
+        let mut start = f.start("t1");
+        start.agents.insert(id(SERVICE_AGENT));
+        f.broker
+            .start_task(&f.who(crate::broker::testing::ORCHESTRATOR), start)
+            .await
+            .unwrap();
+        // A service (kind cap 1 h) holds a 30-minute read token...
+        let mut ask = f.ask("t1", &["contacts.read"]);
+        ask.request.ttl = Some(tessera_core::ttl::Ttl::from_secs(1800).unwrap());
+        let parent = match f.broker.request_token(&f.who(SERVICE_AGENT), ask).await.unwrap() {
+            crate::broker::TokenOutcome::Issued(i) => i,
+            crate::broker::TokenOutcome::Pending(_) => panic!("pending"),
+        };
+        assert_eq!(
+            parent.grant.expires_at - parent.grant.issued_at,
+            chrono::Duration::seconds(1800)
+        );
+        // ...and delegates 30 minutes to an agent, whose kind is capped at 2.
+        let mut req = to_agent2(&["contacts.read"]);
+        req.ttl = Some(tessera_core::ttl::Ttl::from_secs(1800).unwrap());
+        let child = f
+            .broker
+            .delegate_token(&f.who(SERVICE_AGENT), &parent.token, &req)
+            .await
+            .unwrap();
+        assert_eq!(
+            child.grant.expires_at - child.grant.issued_at,
+            chrono::Duration::seconds(120)
+        );
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@ use tessera_store::{PublishedKey, StoreError};
 use super::record::{Metric, Success, Told};
 use super::{Asked, Broker, BrokerError};
 
+/// Rounds of ending every active task a break-glass runs before it gives up.
+const BREAK_GLASS_ROUNDS: usize = 8;
+
 impl Broker {
     /// Marks this replica's key as retiring: it stays in the JWKS until the
     /// last token it could have signed has expired.
@@ -176,10 +179,12 @@ impl Broker {
         let mut grants = 0;
         let mut failed = Vec::new();
         // Rounds: a task started while we work is caught by the next one.
-        for _ in 0..8 {
+        let mut settled = false;
+        for _ in 0..BREAK_GLASS_ROUNDS {
             let now = self.clock.now();
             let tasks = self.store.active_task_ids(now).await?;
             if tasks.is_empty() {
+                settled = true;
                 break;
             }
             let mut progressed = false;
@@ -195,8 +200,15 @@ impl Broker {
                 }
             }
             if !progressed {
+                settled = true;
                 break;
             }
+        }
+        if !settled {
+            // Tasks kept being started: never report that as done.
+            failed.push(format!(
+                "tasks kept being started; gave up after {BREAK_GLASS_ROUNDS} rounds"
+            ));
         }
         let mut event = self.event(AuditKind::TaskRevoked, Outcome::Allow, Some(who));
         event.reason = Some(format!(

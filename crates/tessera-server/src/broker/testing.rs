@@ -30,6 +30,9 @@ use crate::audit::{AuditError, Sink};
 pub(crate) const AGENT: &str = "spiffe://td/agent";
 /// A second agent of the same tasks.
 pub(crate) const AGENT2: &str = "spiffe://td/agent2";
+/// An agent of kind `service` (longer kind cap than agents); in no task
+/// unless a test adds it.
+pub(crate) const SERVICE_AGENT: &str = "spiffe://td/svc-agent";
 /// Starts tasks.
 pub(crate) const ORCHESTRATOR: &str = "spiffe://td/orchestrator";
 /// Revokes, lists and decides.
@@ -159,6 +162,7 @@ impl Fixture {
         let registry = IdentityRegistry::new([
             identity(AGENT, IdentityKind::Agent, Role::Agent),
             identity(AGENT2, IdentityKind::Agent, Role::Agent),
+            identity(SERVICE_AGENT, IdentityKind::Service, Role::Agent),
             identity(ORCHESTRATOR, IdentityKind::Service, Role::Orchestrator),
             identity(OPERATOR, IdentityKind::Human, Role::Operator),
             identity(VERIFIER, IdentityKind::Service, Role::Verifier),
