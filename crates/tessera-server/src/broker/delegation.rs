@@ -318,6 +318,19 @@ impl Broker {
             Err(e) => return Err(e.into()),
         }
         self.confirm_recorded(who, &grant, now).await?;
+        // A token exchanged by the API it was presented to: the classic way
+        // to launder a stolen bearer token. Allowed if policy allows it, but
+        // flagged: counted toward the actor's anomaly rule and audited.
+        let laundering = hop == Hop::Exchange && self.catalog.serves(&grant.audience, who.id());
+        if laundering {
+            tracing::warn!(
+                actor = %who.id(),
+                audience = %grant.audience,
+                parent_grant = %parent.grant().id,
+                "token exchange by a verifier of the token's own audience: flagged to the anomaly rules"
+            );
+            self.count_denial(who).await;
+        }
         // A quarantine imposed (on any replica) while this child was being
         // minted: neither the delegate nor the holder keeps a token.
         self.confirm_not_quarantined(&[&grant.subject, &parent.grant().subject], &grant, now)
@@ -337,6 +350,11 @@ impl Broker {
             plan.depth,
             binding_note(binding.as_ref())
         ));
+        if laundering {
+            if let Some(reason) = event.reason.as_mut() {
+                reason.push_str("; flagged: the actor serves the token's audience");
+            }
+        }
         let told = Told::TokenDelegated {
             grant: &grant,
             parent: parent.grant(),
@@ -451,6 +469,8 @@ impl Broker {
                 depth: u32::try_from(plan.depth).unwrap_or(u32::MAX),
                 chain: &chain,
                 delegate: &req.delegate,
+                exchange: hop == Hop::Exchange,
+                delegate_serves_audience: self.catalog.serves(&plan.audience, &req.delegate),
             }),
             blast_radius: Some(parent.grant().impact.blast_radius),
             requester: None,
@@ -892,5 +912,101 @@ mod tests {
             exchanged.err()
         );
         assert_eq!(f.live("t1").await, 1);
+    }
+
+    fn consent_policy() -> crate::broker::policy::PolicySetup {
+        use tessera_core::policy::{BASELINE, BASELINE_NAME, PolicyEngine, PolicyFile};
+        let consent = r#"
+@id("exchange-needs-consent")
+@reason("a token is exchanged only by an API its holder sent it to")
+forbid (principal, action == Action::"DelegateToken", resource)
+when {
+  context has exchange && context.exchange &&
+  !(context has delegate_serves_audience && context.delegate_serves_audience)
+};
+"#;
+        let engine = PolicyEngine::load(&[
+            PolicyFile::new(BASELINE_NAME, BASELINE),
+            PolicyFile::new("consent.cedar", consent),
+        ])
+        .unwrap();
+        crate::broker::policy::PolicySetup {
+            engine: std::sync::Arc::new(engine),
+            source: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn policy_can_require_the_holders_consent_for_an_exchange() {
+        use crate::broker::testing::AGENT_SERVING_CRM;
+        let mut settings = crate::broker::testing::settings();
+        settings.policy = consent_policy();
+        let f = Fixture::with(settings).await;
+        let mut start = f.start("t1");
+        start.agents.insert(id(AGENT_SERVING_CRM));
+        f.broker
+            .start_task(&f.who(crate::broker::testing::ORCHESTRATOR), start)
+            .await
+            .unwrap();
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        // A stolen bearer token, exchanged by an agent it was never sent to.
+        let stolen = f
+            .broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await;
+        assert_eq!(stolen.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        // The API the holder sent it to may.
+        let mut req = to_agent2(&["contacts.read"]);
+        req.delegate = id(AGENT_SERVING_CRM);
+        let child = f
+            .broker
+            .exchange_token(&f.who(AGENT_SERVING_CRM), &parent.token, &req, None)
+            .await
+            .unwrap();
+        assert_eq!(child.grant.subject, id(AGENT_SERVING_CRM));
+    }
+
+    #[tokio::test]
+    async fn an_exchange_by_the_tokens_own_audience_is_flagged_to_the_anomaly_rules() {
+        use crate::broker::testing::AGENT_SERVING_CRM;
+        let f = Fixture::with_anomaly(2).await;
+        let mut start = f.start("t1");
+        start.agents.insert(id(AGENT_SERVING_CRM));
+        f.broker
+            .start_task(&f.who(crate::broker::testing::ORCHESTRATOR), start)
+            .await
+            .unwrap();
+        let mut req = to_agent2(&["contacts.read"]);
+        req.delegate = id(AGENT_SERVING_CRM);
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        f.broker
+            .exchange_token(&f.who(AGENT_SERVING_CRM), &parent.token, &req, None)
+            .await
+            .unwrap();
+        let record = f.audit.of(AuditKind::TokenDelegated).pop().unwrap();
+        assert!(record.reason.unwrap().contains("flagged"));
+        assert!(f.broker.admit(&f.who(AGENT_SERVING_CRM)).await.is_ok());
+        // Each flag is a strike: the second trips the two-denial rule, and
+        // the child it was minting is taken back.
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let second = f
+            .broker
+            .exchange_token(&f.who(AGENT_SERVING_CRM), &parent.token, &req, None)
+            .await;
+        assert!(
+            matches!(second, Err(BrokerError::Quarantined { .. })),
+            "{:?}",
+            second.err()
+        );
+        assert!(f.broker.admit(&f.who(AGENT_SERVING_CRM)).await.is_err());
+        // An exchange by an agent that does not serve the audience is no strike.
+        let f = Fixture::with_anomaly(1).await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        f.broker
+            .exchange_token(&f.who(AGENT2), &parent.token, &to_agent2(&["contacts.read"]), None)
+            .await
+            .unwrap();
+        assert!(f.broker.admit(&f.who(AGENT2)).await.is_ok());
     }
 }

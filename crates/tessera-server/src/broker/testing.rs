@@ -33,6 +33,9 @@ pub(crate) const AGENT2: &str = "spiffe://td/agent2";
 /// An agent of kind `service` (longer kind cap than agents); in no task
 /// unless a test adds it.
 pub(crate) const SERVICE_AGENT: &str = "spiffe://td/svc-agent";
+/// An agent that also serves `crm` (listed in its `verifiers`); in no task
+/// unless a test adds it.
+pub(crate) const AGENT_SERVING_CRM: &str = "spiffe://td/agent-crm";
 /// Starts tasks.
 pub(crate) const ORCHESTRATOR: &str = "spiffe://td/orchestrator";
 /// Revokes, lists and decides.
@@ -163,6 +166,7 @@ impl Fixture {
             identity(AGENT, IdentityKind::Agent, Role::Agent),
             identity(AGENT2, IdentityKind::Agent, Role::Agent),
             identity(SERVICE_AGENT, IdentityKind::Service, Role::Agent),
+            identity(AGENT_SERVING_CRM, IdentityKind::Agent, Role::Agent),
             identity(ORCHESTRATOR, IdentityKind::Service, Role::Orchestrator),
             identity(OPERATOR, IdentityKind::Human, Role::Operator),
             identity(VERIFIER, IdentityKind::Service, Role::Verifier),
@@ -178,7 +182,7 @@ impl Fixture {
                 (scope("payments.send"), ScopeClass::Write),
             ]),
             high_impact: BTreeSet::from([scope("payments.send")]),
-            verifiers: BTreeSet::from([id(VERIFIER)]),
+            verifiers: BTreeSet::from([id(VERIFIER), id(AGENT_SERVING_CRM)]),
         }]);
         let store = Arc::new(MemoryStore::default());
         let clock = Arc::new(FixedClock::at(start_time()));
