@@ -511,7 +511,10 @@ pub(crate) fn identity_rules(
                 exe_sha256: raw.exe_sha256.map(|h| h.to_ascii_lowercase()),
             };
             if !selector.is_specific() {
-                return Err(key_error(key("unix"), "needs at least `uid` or `exe_sha256`"));
+                return Err(key_error(
+                    key("unix"),
+                    "needs `uid`: an executable hash alone does not resist code injection by the same user",
+                ));
             }
             Some(selector)
         }
@@ -632,6 +635,11 @@ issuer = "https://tessera.local"
         key_error(&format!("{id}attestation = []\n"), "identities[0].attestation");
         key_error(&format!("{id}attestation = [\"unix\"]\n"), "identities[0].unix");
         key_error(&format!("{id}unix = {{ gid = 5 }}\n"), "identities[0].unix");
+        // Every unix selector needs a uid: a hash alone is refused.
+        key_error(
+            &format!("{id}unix = {{ exe_sha256 = \"{}\" }}\n", "ab".repeat(32)),
+            "identities[0].unix",
+        );
         key_error(
             &format!("{id}unix = {{ uid = 5, exe_sha256 = \"xyz\" }}\n"),
             "identities[0].unix.exe_sha256",
