@@ -13,9 +13,9 @@
 //! audience = "tessera"            # default: tokens.issuer
 //! jwks_file = "k8s-jwks.json"     # or jwks_url = "https://…" (+ jwks_ca)
 //! algorithms = ["RS256", "ES256"]
-//! max_age = "1h"
+//! max_age = "5m"
 //! leeway = "30s"
-//! single_use_jti = false
+//! single_use_jti = true
 //! mapping = "spiffe://prod.example/ns/{kubernetes.io.namespace}/sa/{kubernetes.io.serviceaccount.name}"
 //!
 //! [attestation.unix]
@@ -105,7 +105,7 @@ struct RawIssuer {
     max_age: Duration,
     #[serde(default = "default_leeway", deserialize_with = "duration")]
     leeway: Duration,
-    #[serde(default)]
+    #[serde(default = "default_single_use_jti")]
     single_use_jti: bool,
     mapping: String,
     #[serde(default = "default_refresh", deserialize_with = "duration")]
@@ -123,8 +123,14 @@ struct RawIssuer {
 fn default_algorithms() -> Vec<String> {
     vec!["ES256".into(), "RS256".into()]
 }
+/// Minutes, not an hour: an attestation JWT is no long-lived bearer credential.
 fn default_max_age() -> Duration {
-    Duration::from_secs(3600)
+    Duration::from_secs(300)
+}
+/// Single use by default: a JWT attests one connection (see
+/// `attest::jwt::JwtSessionSlot`); a copy replayed elsewhere is refused.
+fn default_single_use_jti() -> bool {
+    true
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
