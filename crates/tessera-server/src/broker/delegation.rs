@@ -350,10 +350,8 @@ impl Broker {
             plan.depth,
             binding_note(binding.as_ref())
         ));
-        if laundering {
-            if let Some(reason) = event.reason.as_mut() {
-                reason.push_str("; flagged: the actor serves the token's audience");
-            }
+        if laundering && let Some(reason) = event.reason.as_mut() {
+            reason.push_str("; flagged: the actor serves the token's audience");
         }
         let told = Told::TokenDelegated {
             grant: &grant,
