@@ -1007,4 +1007,149 @@ when {
             .unwrap();
         assert!(f.broker.admit(&f.who(AGENT2)).await.is_ok());
     }
+
+    /// The memory store, but recording a delegated grant also quarantines
+    /// `subject` in the shared list: a quarantine another replica imposes
+    /// while the child is being minted.
+    struct QuarantineOnRecord {
+        inner: std::sync::Arc<tessera_store::MemoryStore>,
+        subject: SpiffeId,
+    }
+
+    #[async_trait::async_trait]
+    impl tessera_store::GrantStore for QuarantineOnRecord {
+        async fn create_task(&self, t: &tessera_core::task::Task) -> Result<(), StoreError> {
+            self.inner.create_task(t).await
+        }
+        async fn task(&self, id: &tessera_core::task::TaskId) -> Result<Option<tessera_core::task::Task>, StoreError> {
+            self.inner.task(id).await
+        }
+        async fn live_grants(&self, id: &tessera_core::task::TaskId, now: Now) -> Result<u64, StoreError> {
+            self.inner.live_grants(id, now).await
+        }
+        async fn new_grant_id(&self, task: &tessera_core::task::TaskId) -> Result<GrantId, StoreError> {
+            self.inner.new_grant_id(task).await
+        }
+        async fn record_grant(&self, grant: &Grant, now: Now) -> Result<(), StoreError> {
+            self.inner.record_grant(grant, now).await?;
+            if grant.parent.is_some() {
+                let until = now + chrono::Duration::hours(1);
+                self.inner
+                    .quarantine_subject(&self.subject, until, "elsewhere", now)
+                    .await?;
+            }
+            Ok(())
+        }
+        async fn grant(&self, id: &GrantId) -> Result<Option<Grant>, StoreError> {
+            self.inner.grant(id).await
+        }
+        async fn revoke_grant(
+            &self,
+            id: &GrantId,
+            reason: &str,
+            now: Now,
+        ) -> Result<Option<tessera_store::RevokeOutcome>, StoreError> {
+            self.inner.revoke_grant(id, reason, now).await
+        }
+        async fn end_task(
+            &self,
+            id: &tessera_core::task::TaskId,
+            state: tessera_core::task::TaskState,
+            reason: &str,
+            now: Now,
+        ) -> Result<tessera_store::TaskEnded, StoreError> {
+            self.inner.end_task(id, state, reason, now).await
+        }
+        async fn read_revocations(
+            &self,
+            after: Option<&tessera_store::FeedPosition>,
+            max: usize,
+            wait: std::time::Duration,
+        ) -> Result<tessera_store::FeedBatch, StoreError> {
+            self.inner.read_revocations(after, max, wait).await
+        }
+        async fn list_grants(
+            &self,
+            filter: &tessera_store::GrantFilter,
+            after: Option<&str>,
+            limit: usize,
+            now: Now,
+        ) -> Result<tessera_store::GrantPage, StoreError> {
+            self.inner.list_grants(filter, after, limit, now).await
+        }
+        async fn revoke_subject(&self, subject: &SpiffeId, reason: &str, now: Now) -> Result<u64, StoreError> {
+            self.inner.revoke_subject(subject, reason, now).await
+        }
+        async fn active_task_ids(&self, now: Now) -> Result<Vec<tessera_core::task::TaskId>, StoreError> {
+            self.inner.active_task_ids(now).await
+        }
+        async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
+            self.inner.withdraw_keys_except(keep).await
+        }
+        async fn publish_key(&self, key: &tessera_store::PublishedKey) -> Result<(), StoreError> {
+            self.inner.publish_key(key).await
+        }
+        async fn published_keys(&self, now: Now) -> Result<Vec<tessera_store::PublishedKey>, StoreError> {
+            self.inner.published_keys(now).await
+        }
+        async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: Now) -> Result<bool, StoreError> {
+            self.inner.disable_subject(subject, reason, now).await
+        }
+        async fn enable_subject(&self, subject: &SpiffeId) -> Result<bool, StoreError> {
+            self.inner.enable_subject(subject).await
+        }
+        async fn disabled_subjects(&self) -> Result<BTreeSet<SpiffeId>, StoreError> {
+            self.inner.disabled_subjects().await
+        }
+        async fn subject_disabled(&self, subject: &SpiffeId) -> Result<bool, StoreError> {
+            self.inner.subject_disabled(subject).await
+        }
+        async fn quarantine_subject(
+            &self,
+            subject: &SpiffeId,
+            until: Now,
+            why: &str,
+            now: Now,
+        ) -> Result<(), StoreError> {
+            self.inner.quarantine_subject(subject, until, why, now).await
+        }
+        async fn quarantined_subjects(&self, now: Now) -> Result<Vec<tessera_store::Quarantine>, StoreError> {
+            self.inner.quarantined_subjects(now).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+    }
+
+    type Now = chrono::DateTime<chrono::Utc>;
+
+    #[tokio::test]
+    async fn a_delegate_quarantined_while_its_child_is_recorded_keeps_no_token() {
+        let mut settings = crate::broker::testing::settings();
+        settings.anomaly = Some(tessera_core::anomaly::AnomalyRule {
+            denials: 5,
+            within: chrono::Duration::seconds(60),
+            quarantine: chrono::Duration::hours(1),
+        });
+        let f = Fixture::with_store(settings, |inner| {
+            std::sync::Arc::new(QuarantineOnRecord {
+                inner,
+                subject: id(AGENT2),
+            })
+        })
+        .await;
+        f.task("t1").await;
+        let parent = f.issue("t1", &["contacts.read"]).await;
+        let refused = f
+            .broker
+            .delegate_token(&f.who(AGENT), &parent.token, &to_agent2(&["contacts.read"]))
+            .await;
+        assert!(
+            matches!(refused, Err(BrokerError::Quarantined { .. })),
+            "{:?}",
+            refused.err()
+        );
+        // The child was recorded, then taken back: only the parent is live.
+        assert_eq!(f.live("t1").await, 1);
+    }
 }

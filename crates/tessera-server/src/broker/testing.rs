@@ -162,6 +162,16 @@ impl Fixture {
 
     /// A fixture with `settings`.
     pub(crate) async fn with(settings: BrokerSettings) -> Self {
+        Self::with_store(settings, |store| store).await
+    }
+
+    /// A fixture whose broker sees the memory store through `wrap` (e.g. a
+    /// store that does something else at the same time as a write);
+    /// [`Fixture::store`] is the memory store underneath.
+    pub(crate) async fn with_store(
+        settings: BrokerSettings,
+        wrap: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn GrantStore>,
+    ) -> Self {
         let registry = IdentityRegistry::new([
             identity(AGENT, IdentityKind::Agent, Role::Agent),
             identity(AGENT2, IdentityKind::Agent, Role::Agent),
@@ -188,7 +198,7 @@ impl Fixture {
         let clock = Arc::new(FixedClock::at(start_time()));
         let audit = Arc::new(MemoryAudit::default());
         let broker = Broker::start(
-            store.clone(),
+            wrap(store.clone()),
             registry,
             catalog,
             SigningKey::generate(Algorithm::Es256).unwrap(),
