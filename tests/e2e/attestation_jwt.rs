@@ -81,12 +81,11 @@ async fn a_jwt_attested_agent_gets_a_token() {
     assert_eq!(record["who"]["identity"], "spiffe://tessera.local/agent/ci");
     assert_eq!(record["who"]["attestation"], "jwt");
     assert!(record["who"]["evidence"].as_str().unwrap().starts_with("sha256:"));
-    // The same connection, second call: the jti was used (single use).
-    let again = agent
+    // The same connection, second call: its JWT session stands.
+    agent
         .request_token(token_request("jwt-1", &["crm.contacts.read"], Some(60)))
         .await
-        .map(drop);
-    unauthenticated(again, "already used");
+        .unwrap();
     // x509 callers are unaffected, and still audited as x509.
     broker.jwks().await;
     let mut o = broker.orchestrator().await;
@@ -426,6 +425,43 @@ async fn a_replayed_jti_is_refused_by_a_second_replica() {
     wait_refusal_audited(&b, "jwt", "already used");
     // A fresh token works on either.
     attested_call(&b, &issuer.sign(&claims("ci"))).await.unwrap();
+}
+
+/// A JWT attests one connection: a copy replayed on another connection (to
+/// the same broker) is refused, and issuers are single-use by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_jwt_attests_one_connection_and_is_not_replayable() {
+    let issuer = Issuer::default();
+    // Single use not configured: the default applies.
+    let dir = dev_init("jwt-session");
+    let jwks = dir.path().join("test-issuer-jwks.json");
+    std::fs::write(&jwks, issuer.jwks()).unwrap();
+    append_config(
+        dir.path(),
+        &format!(
+            r#"
+[[attestation.jwt.issuers]]
+name = "test"
+issuer = "{issuer_url}"
+jwks_file = "{}"
+algorithms = ["ES256"]
+mapping = "spiffe://tessera.local/agent/{{sub}}"
+{JWT_IDENTITIES}"#,
+            jwks.display(),
+            issuer_url = tessera_e2e::attestation::ISSUER,
+        ),
+    );
+    let broker = Broker::start_in(dir, &[]);
+    let token = issuer.sign(&claims("ci"));
+    let mut verifier = verifier_with(&broker, &format!("Bearer {token}")).await;
+    for _ in 0..3 {
+        verifier
+            .introspect(tessera_e2e::attestation::introspect_request())
+            .await
+            .unwrap();
+    }
+    unauthenticated(attested_call(&broker, &token).await, "already used");
+    attested_call(&broker, &issuer.sign(&claims("ci"))).await.unwrap();
 }
 
 /// A11: the replay cache down → UNAVAILABLE, never accepted unchecked.

@@ -18,7 +18,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
 };
 use tessera_e2e::attestation::{append_config, own_ca, wait_refusal_audited, wait_refusal_of};
-use tessera_e2e::{Broker, dev_init};
+use tessera_e2e::{Broker, TD, dev_init};
 use tonic::Code;
 
 /// A client certificate, its key, and the evidence digest an audit record
@@ -61,6 +61,7 @@ async fn jwks_as(broker: &Broker, Svid { cert, key, .. }: &Svid) -> Result<(), t
         ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
         cert_pem: cert.clone().into_bytes(),
         key_pem: key.clone().into_bytes(),
+        broker_id: Some(format!("spiffe://{TD}/tesserad")),
     };
     introspect_as(broker, &identity).await
 }
@@ -231,6 +232,7 @@ max_ttl = "5m"
         ca_pem: std::fs::read(d.join("ca.pem")).unwrap(),
         cert_pem: p.cert.clone().into_bytes(),
         key_pem: p.key.clone().into_bytes(),
+        broker_id: Some(format!("spiffe://{TD}/tesserad")),
     };
     let mut open =
         tessera_client::VerifierClient::new(tessera_client::connect(&broker.endpoint(), &identity).await.unwrap());
@@ -317,4 +319,61 @@ async fn sighup_reloads_identities_at_once() {
     // first, the signal would have forced a second.
     broker.wait_log_count("identity registry reloaded", 0);
     assert_eq!(reloads(), 1, "{}", broker.logs());
+}
+
+/// The SDK and the CLI pin the broker's SPIFFE ID: a server holding a valid
+/// certificate from the same CA, for the broker's host names, but another
+/// workload's SPIFFE ID, is refused by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_and_the_cli_refuse_a_server_with_another_spiffe_id() {
+    use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, KeyPair, SanType};
+    let impostor_id = format!("spiffe://{TD}/agent/impostor");
+    let d = dev_init("impostor");
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(d.path().join("ca.key.pem")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(d.path().join("ca.pem")).unwrap(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into().unwrap()),
+        SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        SanType::IpAddress("::1".parse().unwrap()),
+        SanType::URI(impostor_id.as_str().try_into().unwrap()),
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(d.path().join("broker.pem"), cert.pem()).unwrap();
+    std::fs::write(d.path().join("broker.key.pem"), key.serialize_pem()).unwrap();
+    let broker = Broker::start_in(d, &[]);
+
+    let sdk = tessera_client::connect(&broker.endpoint(), &broker.identity("researcher")).await;
+    assert!(
+        matches!(sdk, Err(tessera_client::ClientError::Connect { .. })),
+        "the SDK accepted {impostor_id}"
+    );
+    let cli = broker.tessera(&["--as", "researcher", "task", "show", "nope"]);
+    assert!(!cli.status.success(), "the CLI accepted {impostor_id}");
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    // Told to expect that ID, both reach it (the pin, not the server, refused).
+    let pinned = broker.identity("researcher").with_broker_id(impostor_id.clone());
+    tessera_client::connect(&broker.endpoint(), &pinned).await.unwrap();
+    let cli = broker.tessera(&[
+        "--as",
+        "researcher",
+        "--broker-id",
+        &impostor_id,
+        "task",
+        "show",
+        "nope",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&cli.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
 }

@@ -421,7 +421,7 @@ async fn completing_the_task_revokes_every_hop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_children_are_bound_to_the_delegates_key() {
+async fn a_bound_child_is_minted_only_in_the_delegates_own_call() {
     let broker = Broker::start();
     broker
         .start_task(start_request(
@@ -441,7 +441,7 @@ async fn write_children_are_bound_to_the_delegates_key() {
             },
         )
         .await;
-    // Without the delegate's proof, a write child would be a bearer token.
+    // The holder gets no write child for itself: no bearer one...
     let status = code(
         broker
             .agent("researcher")
@@ -450,43 +450,75 @@ async fn write_children_are_bound_to_the_delegates_key() {
             .await,
     );
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("delegate_pop_proof: write tokens are never issued as bearer tokens"),
-        "{status:?}"
-    );
-
-    // The writer makes a proof with its key and hands it to the researcher.
+    assert!(status.message().contains("OfferDelegation"), "{status:?}");
+    // ...and no bound one made from a proof the delegate handed over.
     let writer_key = PopKey::generate().unwrap();
-    let proof = TypedAgent::delegation_proof(&writer_key).unwrap();
-    let mut typed = TypedAgent::new(broker.channel("researcher").await);
-    let child = typed
-        .delegate(
+    let handed_over = writer_key
+        .proof("POST", "/tessera.v1.AgentService/DelegateToken", None)
+        .unwrap();
+    let status = code(
+        broker
+            .agent("researcher")
+            .await
+            .delegate_token(pb::DelegateTokenRequest {
+                delegate_pop_proof: handed_over,
+                ..delegate_request(&root, "writer", &[], None)
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("delegate_pop_proof: "), "{status:?}");
+
+    // It gets an offer, which it cannot redeem itself.
+    let mut holder = TypedAgent::new(broker.channel("researcher").await);
+    let offer = holder
+        .offer(
             &root.clone().into(),
-            tessera_client::agent::Delegation::to(agent_id("writer")).bound_by(proof.clone()),
+            tessera_client::agent::Delegation::to(agent_id("writer")),
         )
         .await
         .unwrap();
+    assert_eq!(offer.delegate(), agent_id("writer"));
+    match holder
+        .redeem(&offer, Some(&PopKey::generate().unwrap()))
+        .await
+        .unwrap_err()
+    {
+        tessera_client::ClientError::Refused(status) => {
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The writer redeems it in its own call, with its own key.
+    let mut writer = TypedAgent::new(broker.channel("writer").await);
+    let child = writer.redeem(&offer, Some(&writer_key)).await.unwrap();
     assert_eq!(child.token_type(), "DPoP");
     let claims = verify_jose(&broker, child.access_token()).await;
     assert_eq!(claims["cnf"], serde_json::json!({"jkt": writer_key.thumbprint()}));
     assert_eq!(claims["client_id"], agent_id("writer"));
-    // The same proof is good once.
-    let again = typed
-        .delegate(
+    // An offer is good once.
+    match writer.redeem(&offer, Some(&writer_key)).await.unwrap_err() {
+        tessera_client::ClientError::Refused(status) => {
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            assert!(status.message().starts_with("offer: "), "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a proof, a write child would be a bearer token.
+    let second = holder
+        .offer(
             &root.clone().into(),
-            tessera_client::agent::Delegation::to(agent_id("writer")).bound_by(proof),
+            tessera_client::agent::Delegation::to(agent_id("writer")),
         )
         .await
-        .unwrap_err();
-    match again {
+        .unwrap();
+    match writer.redeem(&second, None).await.unwrap_err() {
         tessera_client::ClientError::Refused(status) => {
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
             assert!(
                 status
                     .message()
-                    .contains("delegate_pop_proof: proof `jti` was already used"),
+                    .contains("pop_proof: write tokens are never issued as bearer tokens"),
                 "{status:?}"
             );
         }
@@ -524,6 +556,35 @@ async fn the_cli_delegates_a_token() {
     let claims = verify_jose(&broker, child.trim()).await;
     assert_eq!(claims["scope"], "crm.notes.read");
     assert_eq!(claims["act"], serde_json::json!({"sub": agent_id("writer")}));
+    // --offer prints an offer; the writer redeems it with its own key.
+    let out = broker.tessera_stdin(
+        &[
+            "--as",
+            "researcher",
+            "token",
+            "delegate",
+            "-",
+            "--to",
+            &agent_id("writer"),
+            "--offer",
+        ],
+        &root.access_token,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offer = String::from_utf8(out.stdout).unwrap();
+    let keys = TempDir::new("cli-redeem");
+    let key_file = keys.path().join("writer-pop.pem");
+    let key_arg = key_file.to_str().unwrap();
+    let out = broker.tessera_stdin(
+        &["--as", "writer", "token", "redeem", "-", "--pop-key", key_arg],
+        offer.trim(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let child = String::from_utf8(out.stdout).unwrap();
+    let claims = verify_jose(&broker, child.trim()).await;
+    let key = PopKey::from_pkcs8_pem(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    assert_eq!(claims["cnf"], serde_json::json!({"jkt": key.thumbprint()}));
+    assert_eq!(claims["client_id"], agent_id("writer"));
     // A wider child is refused with the broker's reason and a failing exit code.
     let out = broker.tessera_stdin(
         &[

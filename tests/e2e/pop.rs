@@ -172,7 +172,7 @@ async fn every_bad_proof_is_refused_with_its_reason() {
         Code::InvalidArgument,
         "pop_proof: proof `htm` is not `POST`",
     );
-    let other_rpc = key.proof("POST", tessera_client::DELEGATE_TOKEN_HTU, None).unwrap();
+    let other_rpc = key.proof("POST", tessera_client::REDEEM_DELEGATION_HTU, None).unwrap();
     expect(
         code(agent.request_token(with_proof("bad", other_rpc)).await),
         Code::InvalidArgument,

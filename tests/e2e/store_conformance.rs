@@ -72,3 +72,39 @@ async fn a_redis_that_may_evict_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("allkeys-lru") && msg.contains("noeviction"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_task_read_that_finds_ended_missing_fails_closed() {
+    use tessera_core::task::TaskState;
+    use tessera_store::GrantStore;
+    use tessera_store::conformance::{grant, t0, task};
+
+    let server = RedisServer::builder().appendonly(false).start();
+    let store = redis_store(RedisDeployment::Standalone { url: server.url() }).await;
+    store.create_task(&task("t1", 600, None)).await.unwrap();
+    let g = grant(&store, "t1", 300, None).await;
+    store.record_grant(&g, t0()).await.unwrap();
+    store
+        .end_task(&g.task_id, TaskState::Revoked, "stolen", t0())
+        .await
+        .unwrap();
+    // A task hash that lost its `ended` field (a partial write, a hand edit).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let keys = cli(&["--scan", "--pattern", "*:task:t1"]);
+    let key = keys.lines().next().expect("the task's hash");
+    assert_eq!(cli(&["HDEL", key, "ended"]).trim(), "1");
+    let read = store.grant(&g.id).await.unwrap().unwrap();
+    assert!(!read.is_live_at(t0()), "a grant of an ended task is live: {read:?}");
+    assert!(
+        store.task(&g.task_id).await.is_err(),
+        "an ended task without an end time reads"
+    );
+}

@@ -301,6 +301,7 @@ pub fn identity_signed_by(
         ca_pem: std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
         cert_pem: cert.pem().into_bytes(),
         key_pem: key.serialize_pem().into_bytes(),
+        broker_id: Some(format!("spiffe://{}/tesserad", crate::TD)),
     }
 }
 

@@ -57,6 +57,20 @@ impl AgentService for Echo {
         Err(Status::unimplemented("the echo server only answers RequestToken"))
     }
 
+    async fn offer_delegation(
+        &self,
+        _req: Request<pb::DelegateTokenRequest>,
+    ) -> Result<Response<pb::DelegationOffer>, Status> {
+        Err(Status::unimplemented("the echo server only answers RequestToken"))
+    }
+
+    async fn redeem_delegation(
+        &self,
+        _req: Request<pb::RedeemDelegationRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        Err(Status::unimplemented("the echo server only answers RequestToken"))
+    }
+
     async fn release_token(
         &self,
         _req: Request<pb::ReleaseTokenRequest>,

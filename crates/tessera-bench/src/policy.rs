@@ -61,6 +61,7 @@ pub fn decision_rate(each: Duration) -> anyhow::Result<PerCore> {
             (scope("crm.contacts.write")?, ScopeClass::Write),
         ]),
         high_impact: BTreeSet::new(),
+        verifiers: BTreeSet::new(),
     }]);
     let entities = PolicyEntities::new(&registry, &catalog).map_err(|e| anyhow::anyhow!("entities: {e}"))?;
     let researcher = id("agent/researcher")?;

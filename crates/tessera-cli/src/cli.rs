@@ -58,6 +58,11 @@ pub(crate) struct Global {
     #[arg(long = "as", global = true, env = "TESSERA_AS", value_name = "NAME")]
     pub(crate) as_identity: Option<String>,
 
+    /// The broker's SPIFFE ID: its certificate must carry exactly this URI
+    /// SAN (default: spiffe://<your certificate's trust domain>/tesserad).
+    #[arg(long, global = true, env = "TESSERA_BROKER_ID", value_name = "SPIFFE_ID")]
+    pub(crate) broker_id: Option<String>,
+
     /// Attest with the OIDC/JWT in this file (`authorization: Bearer`) over
     /// TLS without a client certificate; the broker's CA comes from --ca or
     /// --dev-dir. Overrides --as, --cert and --key.

@@ -107,7 +107,10 @@ pub(crate) async fn channel(global: &Global) -> anyhow::Result<Channel> {
         return jwt_channel(global, file).await;
     }
     let paths = identity_paths(global)?;
-    let identity = Identity::from_files(&paths.ca, &paths.cert, &paths.key)?;
+    let mut identity = Identity::from_files(&paths.ca, &paths.cert, &paths.key)?;
+    if let Some(id) = &global.broker_id {
+        identity = identity.with_broker_id(id.clone());
+    }
     let channel = tessera_client::connect(&global.endpoint, &identity).await?;
     Ok(channel)
 }

@@ -169,6 +169,20 @@ impl AgentService for Stub {
         Err(Status::unimplemented("stub"))
     }
 
+    async fn offer_delegation(
+        &self,
+        _: Request<pb::DelegateTokenRequest>,
+    ) -> Result<Response<pb::DelegationOffer>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+
+    async fn redeem_delegation(
+        &self,
+        _: Request<pb::RedeemDelegationRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+
     async fn release_token(
         &self,
         _: Request<pb::ReleaseTokenRequest>,

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::error::ClientError;
 use crate::pb;
-use crate::pop::{DELEGATE_TOKEN_HTU, PopKey, REQUEST_TOKEN_HTU};
+use crate::pop::{PopKey, REDEEM_DELEGATION_HTU, REQUEST_TOKEN_HTU};
 
 /// A token as issued. The access token is a secret: `Debug` redacts it.
 #[derive(Clone)]
@@ -134,13 +134,13 @@ impl TokenRequest {
     }
 }
 
-/// A DelegateToken request: a child of a token the caller holds.
+/// A DelegateToken or OfferDelegation request: a child of a token the
+/// caller holds.
 #[derive(Debug, Clone)]
 pub struct Delegation {
     delegate: String,
     scopes: Vec<String>,
     ttl_seconds: Option<u32>,
-    delegate_pop_proof: String,
 }
 
 impl Delegation {
@@ -150,7 +150,6 @@ impl Delegation {
             delegate: delegate.into(),
             scopes: Vec::new(),
             ttl_seconds: None,
-            delegate_pop_proof: String::new(),
         }
     }
 
@@ -166,11 +165,50 @@ impl Delegation {
         self
     }
 
-    /// Binds the child to the delegate's key, with a proof the delegate made
-    /// by [`AgentClient::delegation_proof`] and handed over.
-    pub fn bound_by(mut self, delegate_proof: impl Into<String>) -> Self {
-        self.delegate_pop_proof = delegate_proof.into();
-        self
+    fn into_proto(self, parent: &IssuedToken) -> pb::DelegateTokenRequest {
+        pb::DelegateTokenRequest {
+            parent_token: parent.access_token().to_owned(),
+            delegate: self.delegate,
+            scopes: self.scopes,
+            ttl_seconds: self.ttl_seconds,
+            ..Default::default()
+        }
+    }
+}
+
+/// An offer of a child token to one delegate ([`AgentClient::offer`]).
+/// Not a credential: only the delegate it names can redeem it
+/// ([`AgentClient::redeem`]), once, before it expires. Hand it to the
+/// delegate like any message; `Debug` redacts it anyway.
+#[derive(Clone)]
+pub struct DelegationOffer(pb::DelegationOffer);
+
+impl DelegationOffer {
+    /// The signed offer, to hand to the delegate.
+    pub fn offer(&self) -> &str {
+        &self.0.offer
+    }
+
+    /// SPIFFE ID of the only identity that can redeem it.
+    pub fn delegate(&self) -> &str {
+        &self.0.delegate
+    }
+
+    /// An offer received as text from its maker.
+    pub fn from_offer(offer: impl Into<String>) -> Self {
+        Self(pb::DelegationOffer {
+            offer: offer.into(),
+            ..Default::default()
+        })
+    }
+}
+
+impl fmt::Debug for DelegationOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DelegationOffer")
+            .field("offer", &"<redacted>")
+            .field("delegate", &self.0.delegate)
+            .finish()
     }
 }
 
@@ -219,24 +257,40 @@ impl AgentClient {
         }
     }
 
-    /// The proof a delegate hands to the holder of a parent token so that
-    /// the child is bound to the delegate's `key` ([`Delegation::bound_by`]).
-    /// It is good once, for about a minute.
-    pub fn delegation_proof(key: &PopKey) -> Result<String, ClientError> {
-        Ok(key.proof("POST", DELEGATE_TOKEN_HTU, None)?)
+    /// DelegateToken: a bearer child of `parent` (held by this caller) for
+    /// another agent, returned to this caller. Its `client_id` names the
+    /// delegate but proves nothing about who holds it; classes the broker
+    /// requires bound (`write`, `admin` by default) are refused: use
+    /// [`AgentClient::offer`].
+    pub async fn delegate(&mut self, parent: &IssuedToken, delegation: Delegation) -> Result<IssuedToken, ClientError> {
+        let msg = delegation.into_proto(parent);
+        Ok(self.inner.delegate_token(msg).await?.into_inner().into())
     }
 
-    /// DelegateToken: a child of `parent` (held by this caller).
-    pub async fn delegate(&mut self, parent: &IssuedToken, delegation: Delegation) -> Result<IssuedToken, ClientError> {
-        let msg = pb::DelegateTokenRequest {
-            parent_token: parent.access_token().to_owned(),
-            delegate: delegation.delegate,
-            scopes: delegation.scopes,
-            ttl_seconds: delegation.ttl_seconds,
-            delegate_pop_proof: delegation.delegate_pop_proof,
-            ..Default::default()
+    /// OfferDelegation: the same checks as [`AgentClient::delegate`], but
+    /// the answer is an offer only the delegate can redeem, binding the
+    /// child to its own key. This caller never receives the child.
+    pub async fn offer(
+        &mut self,
+        parent: &IssuedToken,
+        delegation: Delegation,
+    ) -> Result<DelegationOffer, ClientError> {
+        let msg = delegation.into_proto(parent);
+        Ok(DelegationOffer(self.inner.offer_delegation(msg).await?.into_inner()))
+    }
+
+    /// RedeemDelegation, as the delegate an offer names: the child, bound to
+    /// `key` (`cnf.jkt`, type `DPoP`) when given, else a bearer child (if
+    /// its class allows).
+    pub async fn redeem(&mut self, offer: &DelegationOffer, key: Option<&PopKey>) -> Result<IssuedToken, ClientError> {
+        let msg = pb::RedeemDelegationRequest {
+            offer: offer.offer().to_owned(),
+            pop_proof: match key {
+                Some(key) => key.proof("POST", REDEEM_DELEGATION_HTU, None)?,
+                None => String::new(),
+            },
         };
-        Ok(self.inner.delegate_token(msg).await?.into_inner().into())
+        Ok(self.inner.redeem_delegation(msg).await?.into_inner().into())
     }
 
     /// ReleaseToken: gives the grant back (it and its delegates are revoked

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use rustls::pki_types::ServerName;
+use tonic::transport::Endpoint;
 
 use crate::channel::Channel;
+use crate::pin::{PinnedTls, client_config};
 
 use crate::error::ClientError;
 use crate::identity::Identity;
@@ -22,14 +24,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Opens a channel to the broker at `endpoint`, authenticated with `identity`.
 ///
 /// `endpoint` is `https://host:port` (a bare `host:port` means https). The
-/// broker's certificate must be issued by `identity.ca_pem` for `host`, and
-/// the client presents `identity.cert_pem`. Connects eagerly, so an
+/// broker's certificate must be issued by `identity.ca_pem` for `host` and
+/// carry exactly one URI SAN, the broker's SPIFFE ID
+/// ([`crate::expected_broker_id`]), and the client presents
+/// `identity.cert_pem`. Connects eagerly, so an
 /// unreachable broker fails here within [`CONNECT_TIMEOUT`]. With TLS 1.3 a
 /// client certificate the broker rejects only shows up on the first call.
 pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, ClientError> {
-    let (configured, url) = configure(endpoint, identity)?;
+    let (configured, tls, url) = configure(endpoint, identity)?;
     configured
-        .connect()
+        .connect_with_connector(tls)
         .await
         .map(Channel::from)
         .map_err(|source| ClientError::Connect { endpoint: url, source })
@@ -38,41 +42,41 @@ pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, Cli
 /// Like [`connect`], but the connection is made at the first call (and
 /// re-made after it drops); connection errors then arrive as the call's status.
 pub fn connect_lazy(endpoint: &str, identity: &Identity) -> Result<Channel, ClientError> {
-    let (configured, _) = configure(endpoint, identity)?;
-    Ok(configured.connect_lazy().into())
+    let (configured, tls, _) = configure(endpoint, identity)?;
+    Ok(configured.connect_with_connector_lazy(tls).into())
 }
 
-fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, String), ClientError> {
+fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, PinnedTls, String), ClientError> {
     install_crypto_provider();
     let url = normalize(endpoint)?;
     let invalid = |reason: String| ClientError::Endpoint {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    let builder = Endpoint::from_shared(url.clone()).map_err(|e| invalid(e.to_string()))?;
-    let host = builder.uri().host().ok_or_else(|| invalid("no host".to_owned()))?;
+    let parsed = Endpoint::from_shared(url.clone()).map_err(|e| invalid(e.to_string()))?;
+    let host = parsed.uri().host().ok_or_else(|| invalid("no host".to_owned()))?;
     // `Uri::host` keeps the brackets of an IPv6 literal; the TLS server name has none.
     let domain = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(
-            &identity.cert_pem,
-            &identity.key_pem,
-        ))
-        .domain_name(domain);
+    let server_name = ServerName::try_from(domain).map_err(|e| invalid(e.to_string()))?;
+    // TLS is ours (crate::pin: the broker's SPIFFE ID is pinned), so tonic
+    // speaks HTTP/2 over the stream the connector returns.
+    let plain = format!(
+        "http://{}",
+        url.trim_start_matches("https://").trim_start_matches("HTTPS://")
+    );
+    let builder = Endpoint::from_shared(plain).map_err(|e| invalid(e.to_string()))?;
     let configured = builder
-        .tls_config(tls)
-        .map_err(|source| ClientError::Tls {
-            endpoint: url.clone(),
-            source,
-        })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         // A long-lived revocation watch notices a dead broker.
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok((configured, url))
+    let tls = PinnedTls {
+        config: client_config(identity)?,
+        server_name,
+    };
+    Ok((configured, tls, url))
 }
 
 /// Adds `https://` to a bare `host:port` and refuses any scheme but https.
@@ -120,8 +124,9 @@ mod tests {
             ca_pem: cert.cert.pem().into_bytes(),
             cert_pem: cert.cert.pem().into_bytes(),
             key_pem: cert.signing_key.serialize_pem().into_bytes(),
+            broker_id: Some("spiffe://td/tesserad".into()),
         };
-        let (ep, url) = configure("https://[::1]:7443", &id).unwrap();
+        let (ep, _, url) = configure("https://[::1]:7443", &id).unwrap();
         assert_eq!(url, "https://[::1]:7443");
         assert_eq!(ep.uri().host(), Some("[::1]"));
     }

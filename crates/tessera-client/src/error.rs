@@ -28,6 +28,13 @@ pub enum ClientError {
         /// The file.
         path: PathBuf,
     },
+    /// The identity's PEM data cannot be used for TLS (unparsable bundle,
+    /// certificate or key; no SPIFFE ID to derive the broker's from).
+    #[error("unusable identity: {reason}")]
+    BadIdentity {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The endpoint is not a usable `https://host:port` URL.
     #[error("invalid endpoint `{endpoint}`: {reason}")]
     Endpoint {

@@ -16,6 +16,9 @@ pub struct Identity {
     pub cert_pem: Vec<u8>,
     /// The private key of `cert_pem` (PKCS#8, SEC1 or PKCS#1 PEM). A secret.
     pub key_pem: Vec<u8>,
+    /// The broker's SPIFFE ID: its certificate must carry exactly this one
+    /// URI SAN. `None`: `spiffe://<trust domain of cert_pem>/tesserad`.
+    pub broker_id: Option<String>,
 }
 
 impl Identity {
@@ -31,7 +34,15 @@ impl Identity {
             ca_pem: read_pem("trust bundle", ca.as_ref())?,
             cert_pem: read_pem("certificate", cert.as_ref())?,
             key_pem: read_pem("private key", key.as_ref())?,
+            broker_id: None,
         })
+    }
+
+    /// Pins the broker's SPIFFE ID to `id` (instead of
+    /// `spiffe://<own trust domain>/tesserad`).
+    pub fn with_broker_id(mut self, id: impl Into<String>) -> Self {
+        self.broker_id = Some(id.into());
+        self
     }
 }
 
@@ -41,6 +52,7 @@ impl fmt::Debug for Identity {
             .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
             .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
+            .field("broker_id", &self.broker_id)
             .finish()
     }
 }
@@ -98,6 +110,7 @@ mod tests {
             ca_pem: b"ca".to_vec(),
             cert_pem: b"cert".to_vec(),
             key_pem: b"-----BEGIN PRIVATE KEY----- secret".to_vec(),
+            broker_id: None,
         };
         let shown = format!("{id:?}");
         assert!(!shown.contains("secret"), "{shown}");

@@ -31,6 +31,7 @@ mod connect;
 mod error;
 mod identity;
 pub mod orchestrator;
+mod pin;
 mod pop;
 mod unix;
 pub mod verifier;
@@ -39,7 +40,8 @@ pub use channel::{Channel, connect_with_token};
 pub use connect::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, connect, connect_lazy};
 pub use error::ClientError;
 pub use identity::Identity;
-pub use pop::{DELEGATE_TOKEN_HTU, PopKey, REQUEST_TOKEN_HTU};
+pub use pin::{DEFAULT_BROKER_PATH, expected_broker_id};
+pub use pop::{PopKey, REDEEM_DELEGATION_HTU, REQUEST_TOKEN_HTU};
 pub use unix::connect_unix;
 pub use verifier::{Presented, Verified, Verifier, VerifierConfig, VerifyError};
 

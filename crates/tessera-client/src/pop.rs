@@ -9,5 +9,6 @@ pub use tessera_core::pop::ProofKey as PopKey;
 
 /// `htu` of a proof for RequestToken.
 pub const REQUEST_TOKEN_HTU: &str = "/tessera.v1.AgentService/RequestToken";
-/// `htu` of a proof for DelegateToken (made by the delegate's key).
-pub const DELEGATE_TOKEN_HTU: &str = "/tessera.v1.AgentService/DelegateToken";
+/// `htu` of a proof for RedeemDelegation (made by the delegate's key, in
+/// the delegate's own call).
+pub const REDEEM_DELEGATION_HTU: &str = "/tessera.v1.AgentService/RedeemDelegation";

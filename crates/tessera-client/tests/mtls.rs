@@ -87,13 +87,24 @@ impl VerifierService for Echo {
     }
 }
 
+/// The broker every client identity here expects (derived from its SVID's
+/// trust domain `td`).
+const BROKER: &str = "spiffe://td/tesserad";
+
 async fn serve(pki: &Pki) -> SocketAddr {
+    serve_as(pki, BROKER).await
+}
+
+/// A server with a certificate from `pki` for localhost and 127.0.0.1,
+/// carrying the SPIFFE ID `spiffe_id`.
+async fn serve_as(pki: &Pki, spiffe_id: &str) -> SocketAddr {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (cert, key) = leaf(
         pki,
         vec![
             SanType::DnsName(Ia5String::try_from("localhost").unwrap()),
             SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            SanType::URI(Ia5String::try_from(spiffe_id).unwrap()),
         ],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
@@ -116,6 +127,7 @@ fn identity(ca_pem: &str, (cert, key): (String, String)) -> Identity {
         ca_pem: ca_pem.as_bytes().to_vec(),
         cert_pem: cert.into_bytes(),
         key_pem: key.into_bytes(),
+        broker_id: None,
     }
 }
 
@@ -176,4 +188,23 @@ async fn nothing_listening_is_a_connect_error() {
         .port();
     let err = connect(&format!("127.0.0.1:{port}"), &id).await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_with_another_spiffe_id_from_the_same_ca_is_refused() {
+    let pki = pki();
+    // A valid certificate from the same CA, for the broker's host names, but
+    // another workload's SPIFFE ID.
+    let impostor = serve_as(&pki, "spiffe://td/agent/impostor").await;
+    let id = identity(&pki.ca_pem, svid(&pki, "spiffe://td/agent/a"));
+    for endpoint in [
+        format!("https://{impostor}"),
+        format!("https://localhost:{}", impostor.port()),
+    ] {
+        let err = connect(&endpoint, &id).await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{endpoint}: {err}");
+    }
+    // Pinned to that ID explicitly, the same server is accepted.
+    let pinned = id.clone().with_broker_id("spiffe://td/agent/impostor");
+    connect(&format!("https://{impostor}"), &pinned).await.unwrap();
 }

@@ -40,6 +40,7 @@ fn main() {
         schema_version: "2026-01".into(),
         scopes: BTreeMap::from([(read.clone(), ScopeClass::Read)]),
         high_impact: Default::default(),
+        verifiers: BTreeSet::new(),
     }]);
     let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     let task = Task {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::identity::SpiffeId;
 use crate::task::{Audience, Scope, ScopeCeiling, ScopeClass};
 
 /// One API.
@@ -21,6 +22,11 @@ pub struct Api {
     /// The scopes (among `scopes`) that are high-impact.
     #[serde(default)]
     pub high_impact: BTreeSet<Scope>,
+    /// The identities that serve this audience (its resource servers): of
+    /// the verifiers, only they learn about its tokens by introspection and
+    /// may report their misuse. Empty: none does (operators still may).
+    #[serde(default)]
+    pub verifiers: BTreeSet<SpiffeId>,
 }
 
 /// Every API the broker knows.
@@ -75,6 +81,12 @@ impl ApiCatalog {
     /// Every API, by audience.
     pub fn apis(&self) -> impl Iterator<Item = &Api> {
         self.apis.values()
+    }
+
+    /// Whether `who` is one of the verifiers that serve `audience` (an
+    /// unknown audience is served by nobody).
+    pub fn serves(&self, audience: &Audience, who: &SpiffeId) -> bool {
+        self.apis.get(audience).is_some_and(|a| a.verifiers.contains(who))
     }
 
     /// Whether `scope` of `audience` is high-impact (unknown scopes are not).
@@ -167,6 +179,7 @@ mod tests {
                 (s("contacts.delete"), ScopeClass::Write),
             ]),
             high_impact: BTreeSet::from([s("contacts.delete")]),
+            verifiers: BTreeSet::new(),
         };
         (ApiCatalog::new([api]), aud)
     }

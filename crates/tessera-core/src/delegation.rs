@@ -23,6 +23,9 @@ use crate::token::{AccessClaims, Actor, ChainHop, Confirmation, MAX_CHAIN_LEN};
 pub use crate::token::{ChainError, check_chain};
 use crate::ttl::{self, Lifetime, Ttl, TtlError, TtlLimits};
 
+mod offer;
+pub use offer::{OFFER_TTL_SECS, OFFER_TYP, OfferClaims, OfferError, verify_offer};
+
 /// The default `[delegation] max_depth`.
 pub const DEFAULT_MAX_DEPTH: u32 = 3;
 
@@ -144,6 +147,13 @@ pub enum DelegationError {
     /// proving the binding, may delegate it (DelegateToken).
     #[error("subject_token: a token bound to a key or certificate is delegated by its holder only")]
     BoundParent,
+    /// A delegation offer that is forged, expired, already redeemed or whose
+    /// parent is gone: all look the same to whoever presents it.
+    #[error("offer: not a live delegation offer of this broker")]
+    OfferNotLive,
+    /// An offer redeemed by another identity than the delegate it names.
+    #[error("offer: made to another delegate than `{0}`")]
+    NotTheDelegate(String),
     /// The delegate is not a registered, enabled identity.
     #[error("delegate: identity `{0}` is not registered or is disabled")]
     DelegateUnknown(String),
@@ -223,6 +233,8 @@ impl DelegationError {
             Self::Disabled
             | Self::ParentNotLive
             | Self::NotHolder(_)
+            | Self::OfferNotLive
+            | Self::NotTheDelegate(_)
             | Self::BoundParent
             | Self::NotAnAgent(_)
             | Self::DelegateUnknown(_)

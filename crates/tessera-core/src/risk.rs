@@ -203,6 +203,7 @@ mod tests {
                 (s("notes.write"), ScopeClass::Write),
             ]),
             high_impact: BTreeSet::from([s("transfers.create")]),
+            verifiers: BTreeSet::new(),
         }])
     }
 

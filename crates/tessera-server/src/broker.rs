@@ -31,12 +31,12 @@ mod verifier;
 use std::sync::Arc;
 
 pub use self::approvals::{ApprovalNotifier, ApprovalSettings, AwaitStep, TokenOutcome};
-pub use self::delegation::BindingSettings;
+pub use self::delegation::{BindingSettings, Offer};
 pub use self::error::BrokerError;
 pub use self::grants::GrantQuery;
 pub use self::identities::IdentityRevoked;
 pub use self::keys::{KeyState, KeyStatus, PublishedKeys};
-pub use self::pop::{BindingAsk, DELEGATE_TOKEN_HTU, REQUEST_TOKEN_HTU};
+pub use self::pop::{BindingAsk, REDEEM_DELEGATION_HTU, REQUEST_TOKEN_HTU};
 pub use self::record::AuditSink;
 pub use self::tokens::{Issued, TokenAsk};
 
@@ -123,6 +123,10 @@ pub struct Broker {
     /// [`REFUSALS_PER_SOURCE`] records a second however many it makes.
     refusal_sources:
         std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (chrono::DateTime<chrono::Utc>, u32)>>,
+    /// Misuse reports per reporter in the current window (see
+    /// `verifier.rs`): bounded and de-duplicated.
+    misuse_reports:
+        std::sync::Mutex<std::collections::HashMap<tessera_core::identity::SpiffeId, verifier::ReportWindow>>,
     /// Whether the last audit record was written: health reports NOT_SERVING
     /// while it was not (every operation would fail UNAVAILABLE anyway).
     audit_ok: std::sync::atomic::AtomicBool,
@@ -182,6 +186,7 @@ impl Broker {
             audit,
             refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
             refusal_sources: std::sync::Mutex::new(std::collections::HashMap::new()),
+            misuse_reports: std::sync::Mutex::new(std::collections::HashMap::new()),
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
             console: None,

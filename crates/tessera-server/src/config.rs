@@ -586,6 +586,9 @@ struct RawApi {
     #[serde(default)]
     schema_version: String,
     scopes: BTreeMap<String, risk::RawScope>,
+    /// SPIFFE IDs of the verifiers that serve this audience.
+    #[serde(default)]
+    verifiers: Vec<String>,
 }
 
 /// `humantime` durations ("5m", "1h 30m") for serde.
@@ -970,11 +973,17 @@ impl RawConfig {
                 }
                 scopes.insert(scope, spec.class);
             }
+            let mut verifiers = BTreeSet::new();
+            for v in &raw.verifiers {
+                let id = SpiffeId::parse(v).map_err(|e| key_error(key("verifiers"), format!("`{v}` {e}")))?;
+                verifiers.insert(id);
+            }
             apis.push(Api {
                 audience,
                 schema_version: raw.schema_version,
                 scopes,
                 high_impact,
+                verifiers,
             });
         }
 

@@ -221,10 +221,11 @@ pub fn delegation_request(
     req: &pb::DelegateTokenRequest,
 ) -> Result<tessera_core::delegation::DelegationRequest, FieldError> {
     token("parent_token", &req.parent_token)?;
-    if req.delegate_pop_proof.len() > MAX_PROOF_LEN {
+    if !req.delegate_pop_proof.is_empty() {
+        // The holder must never receive a child bound to the delegate's key.
         return Err(FieldError::new(
             "delegate_pop_proof",
-            format!("longer than {MAX_PROOF_LEN} bytes"),
+            "no longer accepted: a child bound to the delegate's key is redeemed by the delegate (OfferDelegation, then RedeemDelegation)",
         ));
     }
     let ttl = req
@@ -247,6 +248,19 @@ pub fn delegation_request(
             .then(|| task_id("task_id", &req.task_id))
             .transpose()?,
     })
+}
+
+/// RedeemDelegationRequest → the proof, if any (the offer is checked by the
+/// broker; here only bounded).
+pub fn redeem_request(req: &pb::RedeemDelegationRequest) -> Result<Option<&str>, FieldError> {
+    token("offer", &req.offer)?;
+    if req.pop_proof.len() > MAX_PROOF_LEN {
+        return Err(FieldError::new(
+            "pop_proof",
+            format!("longer than {MAX_PROOF_LEN} bytes"),
+        ));
+    }
+    Ok((!req.pop_proof.is_empty()).then_some(req.pop_proof.as_str()))
 }
 
 /// Default and largest ListGrants page.
@@ -411,6 +425,15 @@ pub fn issued(i: Issued) -> pb::IssuedToken {
         expires_in: u32::try_from((g.expires_at - g.issued_at).num_seconds()).unwrap_or(0),
         blast_radius: g.impact.blast_radius,
         approval_id: g.impact.approval_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A delegation offer for the wire.
+pub fn offer(o: crate::broker::Offer) -> pb::DelegationOffer {
+    pb::DelegationOffer {
+        offer: o.offer,
+        delegate: o.delegate.to_string(),
+        expires_at: Some(timestamp(o.expires_at)),
     }
 }
 

@@ -119,6 +119,9 @@ pub struct PeerInfo {
     /// The client certificate chain and its verdict; `None` when the client
     /// presented none.
     pub client_cert: Option<ClientCert>,
+    /// The attestation JWT session of this connection (shared by every
+    /// request on it): a JWT attests once per connection.
+    pub jwt_session: crate::attest::jwt::JwtSessionSlot,
 }
 
 /// One accepted, handshaken connection. Holds its slot of the connection cap
@@ -218,6 +221,7 @@ pub fn accept_loop(
                         let info = PeerInfo {
                             remote: Some(peer),
                             client_cert,
+                            jwt_session: crate::attest::jwt::JwtSessionSlot::default(),
                         };
                         let _ = tx
                             .send(Ok(Conn {

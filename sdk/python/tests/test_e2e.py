@@ -115,7 +115,9 @@ def crm_task(orch: OrchestratorClient, *agents: str, scopes: tuple[str, ...] = (
     return orch.task([spiffe(a) for a in agents or ("researcher",)], {CRM: list(scopes)}, duration_seconds=600)
 
 
-def test_task_lifecycle_with_bearer_bound_and_delegated_tokens(orch: OrchestratorClient, agent: AgentClient) -> None:
+def test_task_lifecycle_with_bearer_bound_and_delegated_tokens(
+    broker: Broker, orch: OrchestratorClient, agent: AgentClient
+) -> None:
     with crm_task(orch, "researcher", "writer", scopes=(READ, "crm.notes.read")) as task:
         assert task.state == "ACTIVE"
         bearer = agent.token(task.task_id, CRM, [READ, "crm.notes.read"])
@@ -125,10 +127,21 @@ def test_task_lifecycle_with_bearer_bound_and_delegated_tokens(orch: Orchestrato
         assert bound.token_type == "DPoP"
         assert bound.dpop_key is not None
         assert claims_of(bound.access_token)["cnf"] == {"jkt": bound.dpop_key.thumbprint}
-        writer_key = DpopKey()
-        child = agent.delegate(bearer, spiffe("writer"), [READ], delegate_key=writer_key)
+        child = agent.delegate(bearer, spiffe("writer"), [READ])
         assert claims_of(child.access_token)["act"] == {"sub": spiffe("writer")}
         assert child.scopes == (READ,)
+        # A child bound to the writer's key is minted in the writer's own call.
+        offer = agent.offer(bearer, spiffe("writer"), [READ])
+        assert offer.delegate == spiffe("writer")
+        with pytest.raises(Refused) as info:
+            agent.redeem(offer, key=DpopKey())
+        assert info.value.code.name == "PERMISSION_DENIED"
+        writer_key = DpopKey()
+        with AgentClient(broker.endpoint, broker.identity("writer")) as writer:
+            redeemed = writer.redeem(offer, key=writer_key)
+        assert redeemed.token_type == "DPoP"
+        assert claims_of(redeemed.access_token)["cnf"] == {"jkt": writer_key.thumbprint}
+        assert claims_of(redeemed.access_token)["client_id"] == spiffe("writer")
         assert agent.release(bearer) is True
         assert agent.release(bearer.grant_id) is False
         assert orch.get_task(task.task_id).live_grants >= 1

@@ -475,6 +475,11 @@ fn render_config(td: &str, listen: SocketAddr) -> String {
         w("[[apis]]".to_owned());
         w(format!("audience = {}", quote(api.audience)));
         w(format!("schema_version = {}", quote(api.schema_version)));
+        // The demo's one resource server serves every demo API.
+        w(format!(
+            "verifiers = [{}]",
+            quote(&format!("spiffe://{td}/service/api-gateway"))
+        ));
         w("[apis.scopes]".to_owned());
         for (scope, class) in api.scopes {
             if DEMO_HIGH_IMPACT.contains(scope) {

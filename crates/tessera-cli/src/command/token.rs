@@ -32,8 +32,14 @@ pub(crate) enum TokenCommand {
     /// Delegate a token you hold: mint an attenuated child for another agent
     /// of the same task (same audience, a subset of the scopes, no later expiry).
     ///
-    /// Text output is the child token alone on stdout.
+    /// Text output is the child token alone on stdout. The child is a bearer
+    /// token returned to you: its `client_id` names the delegate but does not
+    /// prove the delegate holds it. With --offer, the output is an offer only
+    /// the delegate can redeem (`token redeem`), binding the child to its key.
     Delegate(bound::DelegateArgs),
+    /// Redeem a delegation offer made to you (`token delegate --offer`): the
+    /// child, bound to your --pop-key. Text output is the token alone on stdout.
+    Redeem(bound::RedeemArgs),
     /// Decode a token's header and claims; with --verify, check its signature
     /// against the broker's JWKS.
     Inspect(InspectArgs),
@@ -114,6 +120,7 @@ pub(crate) async fn run(global: &Global, cmd: TokenCommand) -> anyhow::Result<()
     match cmd {
         TokenCommand::Request(req) => request(global, req).await,
         TokenCommand::Delegate(delegate_args) => bound::delegate(global, delegate_args).await,
+        TokenCommand::Redeem(redeem_args) => bound::redeem(global, redeem_args).await,
         TokenCommand::Inspect(inspect_args) => inspect(global, inspect_args).await,
         TokenCommand::Await(a) => {
             let mut client = AgentClient::new(channel(global).await?);

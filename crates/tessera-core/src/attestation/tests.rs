@@ -775,6 +775,26 @@ fn unix_selectors_match_every_field_set() {
     assert!(!wrong_path.matches(&peer));
 }
 
+#[test]
+fn an_executable_hash_alone_never_attests_a_unix_peer() {
+    let peer = UnixPeer {
+        uid: 1000,
+        gid: 100,
+        pid: 42,
+        exe_path: "/usr/bin/agent".into(),
+        exe_sha256: format!("sha256:{}", "ab".repeat(32)),
+    };
+    // Any process of any user running (or pretending to run) that binary
+    // would match: without a uid it stands for nobody.
+    let hash_only = UnixSelector {
+        exe_sha256: Some("ab".repeat(32)),
+        exe_path: Some("/usr/bin/agent".into()),
+        ..UnixSelector::default()
+    };
+    assert!(!hash_only.is_specific());
+    assert!(!hash_only.matches(&peer));
+}
+
 fn mutate_header(base: &serde_json::Value, member: &str, value: serde_json::Value) -> String {
     let mut h = base.clone();
     h[member] = value;

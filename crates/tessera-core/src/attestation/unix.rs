@@ -43,8 +43,11 @@ impl UnixPeer {
     }
 }
 
-/// Selectors a Unix peer must all match. At least `uid` or `exe_sha256`
-/// must be set (config validation refuses a selector that matches anyone).
+/// Selectors a Unix peer must all match. `uid` is always required (config
+/// validation refuses a selector without it): an executable hash alone does
+/// not resist code injection by the same user (`LD_PRELOAD`, `ptrace`, a
+/// process that connects and then `exec`s something else), so it may only
+/// narrow a uid, never stand for an identity on its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnixSelector {
     /// Required uid.
@@ -58,9 +61,10 @@ pub struct UnixSelector {
 }
 
 impl UnixSelector {
-    /// Whether the selector pins the peer enough to stand for an identity.
+    /// Whether the selector pins the peer enough to stand for an identity:
+    /// it names a uid (whatever else it names).
     pub fn is_specific(&self) -> bool {
-        self.uid.is_some() || self.exe_sha256.is_some()
+        self.uid.is_some()
     }
 
     /// Whether `peer` matches every selector set.

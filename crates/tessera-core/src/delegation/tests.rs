@@ -43,12 +43,14 @@ fn catalog() -> ApiCatalog {
             schema_version: "1".into(),
             scopes: map,
             high_impact: std::collections::BTreeSet::new(),
+            verifiers: std::collections::BTreeSet::new(),
         },
         Api {
             audience: Audience::parse("billing").unwrap(),
             schema_version: "1".into(),
             scopes: BTreeMap::from([(scope("r0"), ScopeClass::Read)]),
             high_impact: std::collections::BTreeSet::new(),
+            verifiers: std::collections::BTreeSet::new(),
         },
     ])
 }

@@ -43,6 +43,7 @@ fn catalog() -> ApiCatalog {
             (scope("contacts.write"), ScopeClass::Write),
         ]),
         high_impact: BTreeSet::new(),
+        verifiers: BTreeSet::new(),
     }])
 }
 

@@ -49,6 +49,7 @@ fn catalog() -> ApiCatalog {
         schema_version: "1".into(),
         scopes: BTreeMap::from([(scope("read"), ScopeClass::Read), (scope("write"), ScopeClass::Write)]),
         high_impact: BTreeSet::new(),
+        verifiers: BTreeSet::new(),
     }])
 }
 

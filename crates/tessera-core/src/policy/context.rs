@@ -131,6 +131,12 @@ pub struct Delegation<'a> {
     pub chain: &'a [SpiffeId],
     /// Who receives the delegated token.
     pub delegate: &'a SpiffeId,
+    /// An RFC 8693 exchange: the delegate presented the holder's bearer
+    /// token itself (the holder did not ask for this hop).
+    pub exchange: bool,
+    /// The delegate is one of the verifiers that serve the token's audience
+    /// (`[[apis]] verifiers`): the holder sent the token to it.
+    pub delegate_serves_audience: bool,
 }
 
 /// What a token request asks for, once parsed and classified.
@@ -367,6 +373,11 @@ pub(super) fn build(
             }
             if let Some(d) = &facts.delegation {
                 pairs.push(("delegate".into(), uid(entities.identity_uid(d.delegate))));
+                pairs.push(("exchange".into(), RestrictedExpression::new_bool(d.exchange)));
+                pairs.push((
+                    "delegate_serves_audience".into(),
+                    RestrictedExpression::new_bool(d.delegate_serves_audience),
+                ));
             }
             if let Some(requester) = facts.requester {
                 pairs.push(("requester".into(), uid(entities.identity_uid(requester))));

@@ -13,9 +13,9 @@
 //! audience = "tessera"            # default: tokens.issuer
 //! jwks_file = "k8s-jwks.json"     # or jwks_url = "https://…" (+ jwks_ca)
 //! algorithms = ["RS256", "ES256"]
-//! max_age = "1h"
+//! max_age = "5m"
 //! leeway = "30s"
-//! single_use_jti = false
+//! single_use_jti = true
 //! mapping = "spiffe://prod.example/ns/{kubernetes.io.namespace}/sa/{kubernetes.io.serviceaccount.name}"
 //!
 //! [attestation.unix]
@@ -105,7 +105,7 @@ struct RawIssuer {
     max_age: Duration,
     #[serde(default = "default_leeway", deserialize_with = "duration")]
     leeway: Duration,
-    #[serde(default)]
+    #[serde(default = "default_single_use_jti")]
     single_use_jti: bool,
     mapping: String,
     #[serde(default = "default_refresh", deserialize_with = "duration")]
@@ -123,8 +123,14 @@ struct RawIssuer {
 fn default_algorithms() -> Vec<String> {
     vec!["ES256".into(), "RS256".into()]
 }
+/// Minutes, not an hour: an attestation JWT is no long-lived bearer credential.
 fn default_max_age() -> Duration {
-    Duration::from_secs(3600)
+    Duration::from_secs(300)
+}
+/// Single use by default: a JWT attests one connection (see
+/// `attest::jwt::JwtSessionSlot`); a copy replayed elsewhere is refused.
+fn default_single_use_jti() -> bool {
+    true
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
@@ -511,7 +517,10 @@ pub(crate) fn identity_rules(
                 exe_sha256: raw.exe_sha256.map(|h| h.to_ascii_lowercase()),
             };
             if !selector.is_specific() {
-                return Err(key_error(key("unix"), "needs at least `uid` or `exe_sha256`"));
+                return Err(key_error(
+                    key("unix"),
+                    "needs `uid`: an executable hash alone does not resist code injection by the same user",
+                ));
             }
             Some(selector)
         }
@@ -632,6 +641,11 @@ issuer = "https://tessera.local"
         key_error(&format!("{id}attestation = []\n"), "identities[0].attestation");
         key_error(&format!("{id}attestation = [\"unix\"]\n"), "identities[0].unix");
         key_error(&format!("{id}unix = {{ gid = 5 }}\n"), "identities[0].unix");
+        // Every unix selector needs a uid: a hash alone is refused.
+        key_error(
+            &format!("{id}unix = {{ exe_sha256 = \"{}\" }}\n", "ab".repeat(32)),
+            "identities[0].unix",
+        );
         key_error(
             &format!("{id}unix = {{ uid = 5, exe_sha256 = \"xyz\" }}\n"),
             "identities[0].unix.exe_sha256",

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use tessera_core::attestation::jwt::{self, JwtAttestation, JwtError};
 use tessera_core::attestation::{IssuerKeys, IssuerPolicy};
+use tessera_core::identity::SpiffeId;
 use tessera_store::{ReplayCache, StoreError};
 use tokio::time::Instant;
 
@@ -315,6 +316,47 @@ impl JwtAttestor {
             }
         }
         Ok(attested)
+    }
+}
+
+/// Longest a JWT attests one connection for (cut at the token's `exp` plus
+/// leeway): after it the client sends a fresh token.
+pub const JWT_SESSION_MAX: chrono::Duration = chrono::Duration::minutes(5);
+
+/// One connection's attestation JWT session: the token that attested it
+/// (by digest), whom it attested, and until when. Further calls on the same
+/// connection with the same token are attested by the session, so a
+/// single-use `jti` is burnt once per connection, not once per call, and a
+/// copy of the token replayed on another connection is refused.
+#[derive(Debug, Clone, Default)]
+pub struct JwtSessionSlot(Arc<std::sync::Mutex<Option<JwtSession>>>);
+
+#[derive(Debug, Clone)]
+struct JwtSession {
+    evidence: String,
+    id: SpiffeId,
+    until: DateTime<Utc>,
+}
+
+impl JwtSessionSlot {
+    /// Whom the session attests for a token of digest `evidence` at `now`,
+    /// if this connection was attested by that very token and the session
+    /// has not ended.
+    pub fn current(&self, evidence: &str, now: DateTime<Utc>) -> Option<SpiffeId> {
+        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|s| s.evidence == evidence && now < s.until)
+            .map(|s| s.id.clone())
+    }
+
+    /// Starts the session for `attested` (the token of digest `evidence`).
+    pub fn start(&self, evidence: &str, attested: &JwtAttestation, now: DateTime<Utc>) {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(JwtSession {
+            evidence: evidence.to_owned(),
+            id: attested.id.clone(),
+            until: (now + JWT_SESSION_MAX).min(attested.replay_until),
+        });
     }
 }
 

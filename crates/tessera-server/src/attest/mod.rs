@@ -308,8 +308,19 @@ async fn attest<T>(broker: &Broker, attestors: &Attestors, req: &Request<T>) -> 
             )
             .await);
     };
-    match attestor.attest(&token, broker.now()).await {
-        Ok(attested) => bind(&refusal, &attested.id, method, evidence).await,
+    let now = broker.now();
+    // This connection was attested by this very token: its session stands
+    // (the identity is still bound afresh, so a disable applies at once).
+    if let Some(id) = peer.and_then(|p| p.jwt_session.current(&evidence, now)) {
+        return bind(&refusal, &id, method, evidence).await;
+    }
+    match attestor.attest(&token, now).await {
+        Ok(attested) => {
+            if let Some(p) = peer {
+                p.jwt_session.start(&evidence, &attested, now);
+            }
+            bind(&refusal, &attested.id, method, evidence).await
+        }
         Err(jwt::JwtRefusal::Store(e)) => {
             // Never accept unchecked: the caller is told to retry.
             rejected(method, "store");

@@ -78,6 +78,58 @@ impl Broker {
         }
     }
 
+    /// Refuses if any of `ids` is quarantined, on this replica or in the
+    /// store's shared list (a quarantine another replica imposed since this
+    /// one last read it). The store unreadable: UNAVAILABLE, never a skipped
+    /// check.
+    pub(crate) async fn refuse_if_quarantined_anywhere(
+        &self,
+        ids: &[&SpiffeId],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        if self.anomaly.is_none() {
+            return Ok(());
+        }
+        for id in ids {
+            self.refuse_if_quarantined(id)?;
+        }
+        let shared = self.store.quarantined_subjects(now).await?;
+        for q in shared {
+            if q.until > now && ids.contains(&&q.subject) {
+                return Err(BrokerError::Quarantined {
+                    identity: q.subject,
+                    until: q.until,
+                    why: q.why,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// After `grant` was recorded: if any of `ids` is quarantined by now
+    /// (here or shared), the grant is taken back and the call refused.
+    pub(crate) async fn confirm_not_quarantined(
+        &self,
+        ids: &[&SpiffeId],
+        grant: &tessera_core::grant::Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        match self.refuse_if_quarantined_anywhere(ids, now).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let why = if matches!(e, BrokerError::Quarantined { .. }) {
+                    "identity quarantined"
+                } else {
+                    "store unavailable"
+                };
+                if let Err(revoke) = self.store.revoke_grant(&grant.id, why, now).await {
+                    tracing::error!(grant = %grant.id, error = %revoke, "could not take back a grant minted for a quarantined identity");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Admits an attested caller, or refuses a quarantined one (PERMISSION_DENIED).
     /// Every RPC passes here right after attestation. Refusals are audited
     /// as `quarantine_refused`, at most once per identity per second.

@@ -335,16 +335,43 @@ impl Broker {
             if approve { "approved" } else { "denied" },
             who.id()
         ));
-        // The decision stands once stored; a lost record fails the call so the
-        // approver knows, and the token (if approved) is audited when minted.
+        // A denial stands once stored. An approval is in force only with its
+        // record: if the record is lost, the approval is consumed (marked
+        // redeemed by a grant id that is never recorded) so no token is ever
+        // minted from it, and the call fails so the approver knows.
         let told = Told::ApprovalDecided {
             id,
             approver: who.id(),
             requester: &decided.request.requester,
             approved: approve,
         };
-        self.succeed(Success::new(event, told)).await?;
+        if let Err(e) = self.succeed(Success::new(event, told)).await {
+            if approve {
+                self.withdraw_approval(id, now).await;
+            }
+            return Err(e);
+        }
         Ok(decided)
+    }
+
+    /// Consumes an approval whose approval record was lost, so that it is
+    /// not in force: `approved → redeemed` by a grant id that is never
+    /// recorded. A failure is logged: the requester's redeem would then mint
+    /// a token whose own record is still required.
+    async fn withdraw_approval(&self, id: &ApprovalId, now: chrono::DateTime<chrono::Utc>) {
+        let outcome = match tessera_core::grant::GrantId::generate() {
+            Ok(never) => self.approvals.store.redeem_approval(id, &never, now).await,
+            Err(e) => Err(tessera_store::StoreError::Unavailable(e.to_string())),
+        };
+        match outcome {
+            Ok(_) => {
+                tracing::warn!(approval_id = %id, "approval withdrawn: its audit record could not be written");
+                self.approvals.changed.notify_waiters();
+            }
+            Err(e) => {
+                tracing::error!(approval_id = %id, error = %e, "could not withdraw an approval whose audit record was lost");
+            }
+        }
     }
 
     /// AwaitApproval, one step: the approval while it is pending, its one
@@ -525,6 +552,23 @@ mod tests {
             .unwrap();
         let denied = f.broker.await_step(&f.who(AGENT), &approval.id).await;
         assert_eq!(denied.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn an_approval_whose_audit_record_fails_is_not_in_force() {
+        let f = Fixture::new().await;
+        let approval = pending(&f).await;
+        let operator = f.who(OPERATOR);
+        f.audit.fail(true);
+        let lost = f
+            .broker
+            .decide_approval(&operator, Ok((approval.id.clone(), "ok".into())), true)
+            .await;
+        assert_eq!(lost.err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+        f.audit.fail(false);
+        let step = f.broker.await_step(&f.who(AGENT), &approval.id).await;
+        assert!(step.is_err(), "no token from an approval without its record");
         assert_eq!(f.live("t1").await, 0);
     }
 }

@@ -94,6 +94,9 @@ pub enum BrokerError {
     /// An operator-console sign-in or session was refused.
     #[error(transparent)]
     Console(#[from] super::console::ConsoleError),
+    /// A verifier sent more misuse reports than one window allows.
+    #[error("too many misuse reports from `{0}`; try again in a minute")]
+    TooManyReports(SpiffeId),
     /// The identity tripped an anomaly rule and is refused until `until`.
     #[error("identity `{identity}` is quarantined until {until} (anomaly: {why})")]
     Quarantined {
@@ -121,6 +124,7 @@ impl BrokerError {
             Self::GrantNotFound(_) | Self::UnknownIdentity(_) => ErrorKind::NotFound,
             Self::NotHolder(_) | Self::Quarantined { .. } => ErrorKind::PermissionDenied,
             Self::Signing(_) | Self::Random(_) => ErrorKind::Internal,
+            Self::TooManyReports(_) => ErrorKind::ResourceExhausted,
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Delegation(e) => e.kind(),
             Self::Console(e) => e.kind(),

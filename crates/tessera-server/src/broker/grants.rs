@@ -221,11 +221,11 @@ mod tests {
         };
         let child = f
             .broker
-            .delegate_token(&f.who(AGENT), &root.token, &delegate(AGENT2), None)
+            .delegate_token(&f.who(AGENT), &root.token, &delegate(AGENT2))
             .await
             .unwrap();
         f.broker
-            .delegate_token(&f.who(AGENT2), &child.token, &delegate(AGENT), None)
+            .delegate_token(&f.who(AGENT2), &child.token, &delegate(AGENT))
             .await
             .unwrap();
         let depth = |who: &str| {

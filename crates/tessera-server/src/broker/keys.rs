@@ -14,6 +14,9 @@ use tessera_store::{PublishedKey, StoreError};
 use super::record::{Metric, Success, Told};
 use super::{Asked, Broker, BrokerError};
 
+/// Rounds of ending every active task a break-glass runs before it gives up.
+const BREAK_GLASS_ROUNDS: usize = 8;
+
 impl Broker {
     /// Marks this replica's key as retiring: it stays in the JWKS until the
     /// last token it could have signed has expired.
@@ -176,27 +179,46 @@ impl Broker {
         let mut grants = 0;
         let mut failed = Vec::new();
         // Rounds: a task started while we work is caught by the next one.
-        for _ in 0..8 {
+        let mut settled = false;
+        // Ended (or found missing) already: `active_task_ids` may list a
+        // superset, so only tasks not handled yet count as work left.
+        let mut handled = std::collections::HashSet::new();
+        for _ in 0..BREAK_GLASS_ROUNDS {
             let now = self.clock.now();
-            let tasks = self.store.active_task_ids(now).await?;
+            let tasks: Vec<_> = self
+                .store
+                .active_task_ids(now)
+                .await?
+                .into_iter()
+                .filter(|t| !handled.contains(t))
+                .collect();
             if tasks.is_empty() {
+                settled = true;
                 break;
             }
-            let mut progressed = false;
             for task in tasks {
                 match self.store.end_task(&task, TaskState::Revoked, &why, now).await {
                     Ok(ended) => {
                         grants += ended.grants_revoked;
-                        progressed = true;
+                        handled.extend(ended.children_ended);
+                        handled.insert(task);
                     }
                     // Listed but never created (a create that failed half way): nothing to end.
-                    Err(StoreError::TaskNotFound(_)) => {}
-                    Err(e) => failed.push(format!("{task}: {e}")),
+                    Err(StoreError::TaskNotFound(_)) => {
+                        handled.insert(task);
+                    }
+                    Err(e) => {
+                        failed.push(format!("{task}: {e}"));
+                        handled.insert(task);
+                    }
                 }
             }
-            if !progressed {
-                break;
-            }
+        }
+        if !settled {
+            // Tasks kept being started: never report that as done.
+            failed.push(format!(
+                "tasks kept being started; gave up after {BREAK_GLASS_ROUNDS} rounds"
+            ));
         }
         let mut event = self.event(AuditKind::TaskRevoked, Outcome::Allow, Some(who));
         event.reason = Some(format!(

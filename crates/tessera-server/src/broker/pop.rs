@@ -17,8 +17,9 @@ use super::{Broker, BrokerError};
 
 /// `htu` of proofs sent with RequestToken.
 pub const REQUEST_TOKEN_HTU: &str = "/tessera.v1.AgentService/RequestToken";
-/// `htu` of proofs sent with DelegateToken (made by the delegate's key).
-pub const DELEGATE_TOKEN_HTU: &str = "/tessera.v1.AgentService/DelegateToken";
+/// `htu` of proofs sent with RedeemDelegation (made by the delegate's key,
+/// in the delegate's own call).
+pub const REDEEM_DELEGATION_HTU: &str = "/tessera.v1.AgentService/RedeemDelegation";
 /// `htm` of every proof sent to the broker (gRPC calls are HTTP/2 POSTs).
 const PROOF_HTM: &str = "POST";
 /// Replay-cache namespace of proof `jti`s.
@@ -73,22 +74,20 @@ impl Broker {
         }
     }
 
-    /// The binding of a delegated child: the delegate's proof for
-    /// DelegateToken (`cnf.jkt`), or none. Refusals are audited and counted.
-    pub(super) async fn delegate_binding(
+    /// The binding of a redeemed child: the caller's (the delegate's) proof
+    /// for RedeemDelegation (`cnf.jkt`), or none. Refusals are audited and
+    /// counted.
+    pub(super) async fn redeem_binding(
         &self,
         who: &VerifiedIdentity,
-        delegate_pop_proof: Option<&str>,
+        pop_proof: Option<&str>,
     ) -> Result<Option<Confirmation>, BrokerError> {
-        let Some(delegate_pop_proof) = delegate_pop_proof else {
+        let Some(pop_proof) = pop_proof else {
             return Ok(None);
         };
-        match self
-            .proof_binding("delegate_pop_proof", delegate_pop_proof, DELEGATE_TOKEN_HTU)
-            .await
-        {
+        match self.proof_binding("pop_proof", pop_proof, REDEEM_DELEGATION_HTU).await {
             Ok(b) => Ok(Some(b)),
-            Err(e) => self.binding_refused(who, "delegate_token", e).await,
+            Err(e) => self.binding_refused(who, "redeem_delegation", e).await,
         }
     }
 
@@ -230,7 +229,7 @@ mod tests {
         let err = refused.err().unwrap();
         assert_eq!(err.kind(), tessera_core::ErrorKind::InvalidArgument);
         assert!(err.to_string().starts_with("pop_proof: "), "{err}");
-        let refused = f.broker.delegate_binding(&f.who(AGENT), Some("not-a-proof")).await;
-        assert!(refused.err().unwrap().to_string().starts_with("delegate_pop_proof: "));
+        let refused = f.broker.redeem_binding(&f.who(AGENT), Some("not-a-proof")).await;
+        assert!(refused.err().unwrap().to_string().starts_with("pop_proof: "));
     }
 }

@@ -30,12 +30,20 @@ use crate::audit::{AuditError, Sink};
 pub(crate) const AGENT: &str = "spiffe://td/agent";
 /// A second agent of the same tasks.
 pub(crate) const AGENT2: &str = "spiffe://td/agent2";
+/// An agent of kind `service` (longer kind cap than agents); in no task
+/// unless a test adds it.
+pub(crate) const SERVICE_AGENT: &str = "spiffe://td/svc-agent";
+/// An agent that also serves `crm` (listed in its `verifiers`); in no task
+/// unless a test adds it.
+pub(crate) const AGENT_SERVING_CRM: &str = "spiffe://td/agent-crm";
 /// Starts tasks.
 pub(crate) const ORCHESTRATOR: &str = "spiffe://td/orchestrator";
 /// Revokes, lists and decides.
 pub(crate) const OPERATOR: &str = "spiffe://td/operator";
-/// Introspects and reports misuse.
+/// Introspects and reports misuse; serves `crm`.
 pub(crate) const VERIFIER: &str = "spiffe://td/verifier";
+/// A verifier that serves no API of the fixture.
+pub(crate) const VERIFIER2: &str = "spiffe://td/verifier2";
 /// The fixture API.
 pub(crate) const CRM: &str = "crm";
 
@@ -161,12 +169,25 @@ impl Fixture {
 
     /// A fixture with `settings`.
     pub(crate) async fn with(settings: BrokerSettings) -> Self {
+        Self::with_store(settings, |store| store).await
+    }
+
+    /// A fixture whose broker sees the memory store through `wrap` (e.g. a
+    /// store that does something else at the same time as a write);
+    /// [`Fixture::store`] is the memory store underneath.
+    pub(crate) async fn with_store(
+        settings: BrokerSettings,
+        wrap: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn GrantStore>,
+    ) -> Self {
         let registry = IdentityRegistry::new([
             identity(AGENT, IdentityKind::Agent, Role::Agent),
             identity(AGENT2, IdentityKind::Agent, Role::Agent),
+            identity(SERVICE_AGENT, IdentityKind::Service, Role::Agent),
+            identity(AGENT_SERVING_CRM, IdentityKind::Agent, Role::Agent),
             identity(ORCHESTRATOR, IdentityKind::Service, Role::Orchestrator),
             identity(OPERATOR, IdentityKind::Human, Role::Operator),
             identity(VERIFIER, IdentityKind::Service, Role::Verifier),
+            identity(VERIFIER2, IdentityKind::Service, Role::Verifier),
         ]);
         let catalog = ApiCatalog::new([Api {
             audience: Audience::parse(CRM).unwrap(),
@@ -178,12 +199,13 @@ impl Fixture {
                 (scope("payments.send"), ScopeClass::Write),
             ]),
             high_impact: BTreeSet::from([scope("payments.send")]),
+            verifiers: BTreeSet::from([id(VERIFIER), id(AGENT_SERVING_CRM)]),
         }]);
         let store = Arc::new(MemoryStore::default());
         let clock = Arc::new(FixedClock::at(start_time()));
         let audit = Arc::new(MemoryAudit::default());
         let broker = Broker::start(
-            store.clone(),
+            wrap(store.clone()),
             registry,
             catalog,
             SigningKey::generate(Algorithm::Es256).unwrap(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tessera_core::anomaly::Trigger;
 use tessera_core::audit::{AuditKind, Outcome};
 use tessera_core::grant::{Grant, GrantId};
-use tessera_core::identity::{SpiffeId, VerifiedIdentity};
+use tessera_core::identity::{Role, SpiffeId, VerifiedIdentity};
 use tessera_core::policy::Operation;
 use tessera_core::task::TaskState;
 use tessera_core::token::{AccessClaims, JwsError};
@@ -15,21 +15,65 @@ use tessera_store::{FeedBatch, FeedPosition};
 use super::record::{Metric, Success, Told};
 use super::{Broker, BrokerError};
 
+/// Most misuse reports one reporter may make per [`REPORT_WINDOW`]; more are
+/// RESOURCE_EXHAUSTED (a report can revoke a task, so it is never free).
+pub(super) const MAX_REPORTS_PER_WINDOW: usize = 20;
+/// The window misuse reports are counted and de-duplicated in.
+const REPORT_WINDOW: chrono::Duration = chrono::Duration::seconds(60);
+/// Most reporters remembered at once (the map is emptied past it: a reporter
+/// must be a registered verifier, so this bounds memory, not fairness).
+const MAX_REPORTERS: usize = 4096;
+
+/// One reporter's reports in the current window.
+#[derive(Debug)]
+pub(super) struct ReportWindow {
+    since: chrono::DateTime<chrono::Utc>,
+    /// (grant, presenter) already reported in this window.
+    seen: std::collections::HashSet<(GrantId, SpiffeId)>,
+}
+
+/// What a report is, once counted.
+enum Counted {
+    /// A first report of this (grant, presenter): act on it.
+    New,
+    /// Reported already in this window: acted on then.
+    Duplicate,
+}
+
 impl Broker {
     /// Introspect: the claims of a live token, or `None` for any token that
-    /// is not live (malformed, forged, expired, revoked or unknown alike).
+    /// is not live (malformed, forged, expired, revoked or unknown alike),
+    /// and for a token whose audience the caller does not serve (a verifier
+    /// learns only about its own tokens; operators about every token).
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
         self.authorize(who, Operation::Introspect).await?;
-        Ok(self.live(token, self.clock.now()).await?.map(|(claims, _)| claims))
+        Ok(self
+            .live(token, self.clock.now())
+            .await?
+            .filter(|(_, grant)| self.learns_about(who, &grant.audience))
+            .map(|(claims, _)| claims))
+    }
+
+    /// Whether `who` may learn about tokens of `audience`: an operator, or a
+    /// verifier the catalog lists as serving it.
+    fn learns_about(&self, who: &VerifiedIdentity, audience: &tessera_core::task::Audience) -> bool {
+        who.identity().has_role(Role::Operator) || self.catalog.serves(audience, who.id())
     }
 
     /// ReportMisuse: a resource server saw `presenter` present `token`. A
     /// live token whose holder (`client_id`) is someone else is misuse:
     /// audited as `token_misuse`, and with anomaly rules on, the token's
     /// task is revoked (every grant of it: the token leaked, so may its
-    /// siblings) and the presenter quarantined. Returns the grants revoked,
-    /// or `None` when it was no misuse (the holder itself, or a dead token).
+    /// siblings) and the presenter quarantined, unless it holds the operator
+    /// role (then it is alerted and audited only). Returns the grants
+    /// revoked, or `None` when it was no misuse (the holder itself, a dead
+    /// token, a token of an audience the reporter does not serve, or a
+    /// report of the same misuse already acted on in this window).
+    ///
+    /// So a report cannot be turned against anyone: the reporter must serve
+    /// the token's audience, `presenter` must be a registered identity, and
+    /// each reporter gets [`MAX_REPORTS_PER_WINDOW`] reports a minute.
     pub async fn report_misuse(
         &self,
         who: &VerifiedIdentity,
@@ -39,13 +83,81 @@ impl Broker {
         // An action of its own: a report can revoke a task and quarantine
         // an identity, so policy decides who may make one (verifiers).
         self.authorize(who, Operation::ReportMisuse).await?;
+        if self.registry.lookup(presenter).is_err() {
+            return Err(crate::status::FieldError::new(
+                "presented_by",
+                format!("`{presenter}` is not a registered identity"),
+            )
+            .into());
+        }
         let now = self.clock.now();
         match self.live(token, now).await? {
             Some((claims, grant)) if claims.client_id != presenter.as_str() => {
-                self.misused(who, presenter, &grant, now).await.map(Some)
+                if !self.learns_about(who, &grant.audience) {
+                    tracing::warn!(
+                        reporter = %who.id(),
+                        audience = %grant.audience,
+                        "misuse report refused: the reporter does not serve the token's audience"
+                    );
+                    return Ok(None);
+                }
+                match self.count_report(who.id(), &grant.id, presenter, now)? {
+                    Counted::Duplicate => Ok(None),
+                    Counted::New => self.misused(who, presenter, &grant, now).await.map(Some),
+                }
             }
             _ => Ok(None),
         }
+    }
+
+    /// Whether `id` holds the operator role or may decide approvals (an
+    /// approver, as policy says): never quarantined by a report.
+    fn is_protected(&self, id: &SpiffeId) -> bool {
+        let Ok(p) = VerifiedIdentity::token_holder(&self.registry, id, "misuse-report") else {
+            return false;
+        };
+        p.identity().has_role(Role::Operator)
+            || self
+                .ask_policy(
+                    &p,
+                    &tessera_core::policy::PolicyQuery::Operation(Operation::DecideApproval),
+                )
+                .is_ok()
+    }
+
+    /// Counts a report by `reporter` in its window: a duplicate is not acted
+    /// on twice, and past [`MAX_REPORTS_PER_WINDOW`] reports are refused.
+    fn count_report(
+        &self,
+        reporter: &SpiffeId,
+        grant: &GrantId,
+        presenter: &SpiffeId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Counted, BrokerError> {
+        let mut reports = self
+            .misuse_reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reports.len() >= MAX_REPORTERS && !reports.contains_key(reporter) {
+            reports.retain(|_, w| now - w.since < REPORT_WINDOW);
+        }
+        let window = reports.entry(reporter.clone()).or_insert_with(|| ReportWindow {
+            since: now,
+            seen: std::collections::HashSet::new(),
+        });
+        if now - window.since >= REPORT_WINDOW {
+            window.since = now;
+            window.seen.clear();
+        }
+        let key = (grant.clone(), presenter.clone());
+        if window.seen.contains(&key) {
+            return Ok(Counted::Duplicate);
+        }
+        if window.seen.len() >= MAX_REPORTS_PER_WINDOW {
+            return Err(BrokerError::TooManyReports(reporter.clone()));
+        }
+        window.seen.insert(key);
+        Ok(Counted::New)
     }
 
     /// The claims and grant of `token` if it verifies and its grant is live.
@@ -110,6 +222,21 @@ impl Broker {
             grant.task_id.as_str(),
             now,
         );
+        // Never quarantine a person (or service) who can undo or decide:
+        // a false or hostile report must not lock out the operators.
+        let protected = self.is_protected(presenter);
+        if protected {
+            tracing::error!(
+                presenter = %presenter,
+                task = %grant.task_id,
+                reporter = %reporter.id(),
+                "anomaly: misuse reported against an operator; not quarantined, investigate"
+            );
+            event.reason = Some(format!(
+                "{what}; `{presenter}` is an operator or approver: not quarantined, nothing revoked (alert)"
+            ));
+            return self.audit(event).await.map(|()| 0);
+        }
         if let Some(anomaly) = &self.anomaly {
             anomaly
                 .lock()
@@ -172,7 +299,7 @@ mod tests {
     use tessera_core::audit::{AuditKind, Outcome};
     use tessera_core::task::TaskState;
 
-    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, VERIFIER, id};
+    use crate::broker::testing::{AGENT, AGENT2, Fixture, OPERATOR, VERIFIER, VERIFIER2, id};
 
     #[tokio::test]
     async fn introspection_answers_live_tokens_only() {
@@ -247,5 +374,104 @@ mod tests {
             matches!(refused, Err(BrokerError::Quarantined { .. })),
             "the presenter is quarantined"
         );
+    }
+
+    #[tokio::test]
+    async fn introspection_answers_inactive_to_a_verifier_that_does_not_serve_the_audience() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        assert!(
+            f.broker
+                .introspect(&f.who(VERIFIER2), &issued.token)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            f.broker
+                .introspect(&f.who(VERIFIER), &issued.token)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            f.broker
+                .introspect(&f.who(OPERATOR), &issued.token)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_misuse_report_is_ignored_from_a_verifier_that_does_not_serve_the_audience() {
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verdict = f
+            .broker
+            .report_misuse(&f.who(VERIFIER2), &issued.token, &id(AGENT2))
+            .await;
+        assert_eq!(verdict.unwrap(), None);
+        assert!(f.audit.of(AuditKind::TokenMisuse).is_empty());
+        assert_eq!(f.live("t1").await, 1);
+        assert!(f.broker.admit(&f.who(AGENT2)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_misuse_report_must_name_a_registered_presenter() {
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let refused = f
+            .broker
+            .report_misuse(&f.who(VERIFIER), &issued.token, &id("spiffe://td/nobody"))
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_misuse_report_never_quarantines_an_operator() {
+        let f = Fixture::with_anomaly(5).await;
+        f.task("t1").await;
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        let verdict = f
+            .broker
+            .report_misuse(&f.who(VERIFIER), &issued.token, &id(OPERATOR))
+            .await;
+        assert_eq!(verdict.unwrap(), Some(0));
+        let record = f.audit.last();
+        assert_eq!(record.event, AuditKind::TokenMisuse);
+        assert!(record.reason.unwrap().contains("not quarantined"));
+        assert!(f.broker.admit(&f.who(OPERATOR)).await.is_ok());
+        assert_eq!(f.live("t1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn misuse_reports_are_deduplicated_and_bounded_per_reporter() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let first = f.issue("t1", &["contacts.read"]).await;
+        let report = |token: String| {
+            let f = &f;
+            async move { f.broker.report_misuse(&f.who(VERIFIER), &token, &id(AGENT2)).await }
+        };
+        assert_eq!(report(first.token.clone()).await.unwrap(), Some(0));
+        // The same misuse again: not acted on (or audited) twice.
+        let audited = f.audit.of(AuditKind::TokenMisuse).len();
+        assert_eq!(report(first.token.clone()).await.unwrap(), None);
+        assert_eq!(f.audit.of(AuditKind::TokenMisuse).len(), audited);
+        for _ in 1..MAX_REPORTS_PER_WINDOW {
+            let next = f.issue("t1", &["contacts.read"]).await;
+            assert_eq!(report(next.token).await.unwrap(), Some(0));
+        }
+        let over = f.issue("t1", &["contacts.read"]).await;
+        let refused = report(over.token.clone()).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::ResourceExhausted));
+        // Another window, another budget.
+        f.clock.advance(chrono::Duration::seconds(60));
+        assert_eq!(report(over.token).await.unwrap(), Some(0));
     }
 }

@@ -60,10 +60,39 @@ impl AgentService for Shared {
         let who = self.caller(&req).await?;
         let r = req.get_ref();
         let request = convert::delegation_request(r)?;
-        let proof = (!r.delegate_pop_proof.is_empty()).then_some(r.delegate_pop_proof.as_str());
         let issued = self
             .broker
-            .delegate_token(&who, &r.parent_token, &request, proof)
+            .delegate_token(&who, &r.parent_token, &request)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(convert::issued(issued)))
+    }
+
+    async fn offer_delegation(
+        &self,
+        req: Request<pb::DelegateTokenRequest>,
+    ) -> Result<Response<pb::DelegationOffer>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.get_ref();
+        let request = convert::delegation_request(r)?;
+        let offer = self
+            .broker
+            .offer_delegation(&who, &r.parent_token, &request)
+            .await
+            .map_err(status::from_broker)?;
+        Ok(Response::new(convert::offer(offer)))
+    }
+
+    async fn redeem_delegation(
+        &self,
+        req: Request<pb::RedeemDelegationRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.get_ref();
+        let proof = convert::redeem_request(r)?;
+        let issued = self
+            .broker
+            .redeem_delegation(&who, &r.offer, proof)
             .await
             .map_err(status::from_broker)?;
         Ok(Response::new(convert::issued(issued)))

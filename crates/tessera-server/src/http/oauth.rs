@@ -370,8 +370,9 @@ fn introspection(claims: &AccessClaims) -> Value {
 }
 
 /// RFC 7009: `token=<token>`. The holder releases its token; an operator
-/// revokes anyone's. An invalid, expired or unknown token answers 200 with
-/// nothing done (section 2.2).
+/// revokes anyone's. Every other case (an invalid, expired or unknown
+/// token, or one the caller may not revoke) answers the same 200 with
+/// nothing done (section 2.2), so the endpoint is no validity oracle.
 async fn revoke(
     State(facade): State<Arc<Facade>>,
     Extension(peer): Extension<PeerCertificate>,
@@ -414,13 +415,12 @@ async fn revoke(
     };
     match outcome {
         Ok(_) | Err(BrokerError::GrantNotFound(_)) => Ok(no_store(StatusCode::OK.into_response())),
+        // The same answer as for an invalid or unknown token: this endpoint
+        // must not tell a caller which tokens are live. The refusal is
+        // audited by the broker and logged here.
         Err(e) if e.kind() == tessera_core::ErrorKind::PermissionDenied => {
             drop(crate::status::from_broker(e));
-            Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                "only the token's holder or an operator may revoke it",
-            ))
+            Ok(no_store(StatusCode::OK.into_response()))
         }
         Err(e) => Err(OAuthError::from_broker(e)),
     }

@@ -38,6 +38,10 @@ use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::record::StoredGrant;
 use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
 
+/// Most rounds a revocation that races new writes (a tree growing while it
+/// is revoked) runs before it gives up and says so (UNAVAILABLE, retry).
+const MAX_ROUNDS: usize = 64;
+
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -499,6 +503,14 @@ impl RedisStore {
             other => return Err(StoreError::Corrupt(format!("task state {other:?}"))),
         };
         task.ended_at = fields.get("ended").and_then(|v| v.parse().ok()).and_then(from_ms);
+        // An ended task without a readable end time would read as running to
+        // its deadline: fail closed rather than guess.
+        if task.state != TaskState::Active && task.ended_at.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "task `{}` ended with no end time",
+                task.id
+            )));
+        }
         Ok(Some(task))
     }
 }
@@ -775,11 +787,19 @@ impl GrantStore for RedisStore {
                     grant.revoked_at = Some(at);
                     grant.revocation_reason = conn::string_of(task_reason);
                 }
+                // Ended after the grant expired: it expired first.
+                ("completed" | "revoked", Some(_)) => {}
                 ("missing", _) => {
                     grant.state = GrantState::Revoked;
                     grant.revocation_reason = Some("task record missing".into());
                 }
-                _ => {}
+                // An ended task whose end time is missing or unreadable, or
+                // a state this code does not know: fail closed, the grant is
+                // not live.
+                _ => {
+                    grant.state = GrantState::Revoked;
+                    grant.revocation_reason = Some("task record unreadable".into());
+                }
             }
         }
         Ok(Some(grant))
@@ -805,7 +825,7 @@ impl GrantStore for RedisStore {
         let mut revoked_total = 0u64;
         let mut root_revoked = false;
         let mut finished = false;
-        for _ in 0..64 {
+        for _ in 0..MAX_ROUNDS {
             let mut conn = self.conn();
             let mut invocation = self.scripts.revoke_grant_tree.key(&grant_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now)).arg(reason);
@@ -884,7 +904,8 @@ impl GrantStore for RedisStore {
         let mut ended: Vec<String> = Vec::new();
         let mut grants_revoked = 0u64;
         // Rounds: a child task started while we end its parent is caught by the next round.
-        for _ in 0..64 {
+        let mut settled = false;
+        for _ in 0..MAX_ROUNDS {
             let mut conn = self.conn();
             let mut invocation = self.scripts.active_task_tree.key(&task_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now));
@@ -897,6 +918,7 @@ impl GrantStore for RedisStore {
             }
             let active = parse_pairs(value);
             if active.is_empty() {
+                settled = true;
                 break;
             }
             let events: Vec<Revocation> = active
@@ -920,6 +942,15 @@ impl GrantStore for RedisStore {
             let (_count, live): (u64, u64) = self.bounded(invocation.invoke_async(&mut conn)).await?;
             grants_revoked += live;
             ended.extend(active.into_iter().map(|(task, _)| task));
+        }
+        if !settled {
+            // Never a success that left a task of the tree running: the
+            // caller answers UNAVAILABLE (counted as a store error) and the
+            // end is run again (it is idempotent).
+            tracing::error!(task = %id, rounds = MAX_ROUNDS, "ending a task tree gave up: tasks kept being started");
+            return Err(StoreError::Unavailable(format!(
+                "task `{id}`: its tree kept growing while being ended; gave up after {MAX_ROUNDS} rounds, retry"
+            )));
         }
         let task = self
             .task(id)
@@ -1053,7 +1084,8 @@ impl GrantStore for RedisStore {
         let mut handled: HashSet<String> = HashSet::new();
         let mut revoked = 0u64;
         // Rounds: a grant recorded while we revoke is caught by the next round.
-        for _ in 0..64 {
+        let mut settled = false;
+        for _ in 0..MAX_ROUNDS {
             let fresh: Vec<String> = self
                 .index_live(&index, now)
                 .await?
@@ -1061,6 +1093,7 @@ impl GrantStore for RedisStore {
                 .filter(|id| !handled.contains(id))
                 .collect();
             if fresh.is_empty() {
+                settled = true;
                 break;
             }
             let mut live: Vec<Grant> = self
@@ -1077,8 +1110,15 @@ impl GrantStore for RedisStore {
             }
             handled.extend(fresh);
             if live.is_empty() {
+                settled = true;
                 break;
             }
+        }
+        if !settled {
+            tracing::error!(subject = %subject, rounds = MAX_ROUNDS, "revoking a subject gave up: grants kept being recorded");
+            return Err(StoreError::Unavailable(format!(
+                "`{subject}`: grants kept being recorded while being revoked; gave up after {MAX_ROUNDS} rounds, retry"
+            )));
         }
         Ok(revoked)
     }

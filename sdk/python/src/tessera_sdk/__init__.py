@@ -13,7 +13,7 @@ Quick start::
         token = agent.token(task.task_id, "https://api.example.com/crm", ["crm.contacts.read"], bind=True)
 """
 
-from ._core import ApprovalDenied, Completed, PendingApproval, Task, Token
+from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from .aio import AsyncAgentClient, AsyncOrchestratorClient
 from .client import AgentClient, OrchestratorClient
 from .dpop import DpopKey
@@ -52,6 +52,7 @@ __all__ = [
     "CertificateRequired",
     "Completed",
     "ConfigError",
+    "DelegationOffer",
     "DpopKey",
     "IdentityError",
     "InsufficientScope",

@@ -16,7 +16,7 @@ from .errors import ConfigError, TesseraError
 
 AGENT_SERVICE: Final = "/tessera.v1.AgentService/"
 REQUEST_TOKEN_PATH: Final = AGENT_SERVICE + "RequestToken"
-DELEGATE_TOKEN_PATH: Final = AGENT_SERVICE + "DelegateToken"
+REDEEM_DELEGATION_PATH: Final = AGENT_SERVICE + "RedeemDelegation"
 DEFAULT_TIMEOUT: Final = 30.0
 
 
@@ -160,9 +160,8 @@ def delegate_token(
     delegate: str,
     scopes: Iterable[str],
     ttl_seconds: int | None,
-    delegate_key: DpopKey | None,
 ) -> agent_pb2.DelegateTokenRequest:
-    """A ``DelegateToken`` request; ``delegate_key`` is the delegate's key to bind the child to."""
+    """A ``DelegateToken`` or ``OfferDelegation`` request (they share it)."""
     if not delegate.startswith("spiffe://"):
         raise ConfigError("delegate must be a SPIFFE ID")
     _check_ttl(ttl_seconds)
@@ -172,8 +171,33 @@ def delegate_token(
         req.audience, req.task_id = parent.audience, parent.task_id
     if ttl_seconds is not None:
         req.ttl_seconds = ttl_seconds
-    if delegate_key is not None:
-        req.delegate_pop_proof = delegate_key.proof("POST", DELEGATE_TOKEN_PATH)
+    return req
+
+
+@dataclass(frozen=True)
+class DelegationOffer:
+    """An offer of a child token (``OfferDelegation``). Not a credential: only
+    ``delegate`` can redeem it, once, before ``expires_at``; hand ``offer`` to it."""
+
+    offer: str = field(repr=False)
+    delegate: str
+    expires_at: float
+    """Seconds since the epoch."""
+
+
+def offer(resp: agent_pb2.DelegationOffer) -> DelegationOffer:
+    """Parses an ``OfferDelegation`` answer."""
+    return DelegationOffer(offer=resp.offer, delegate=resp.delegate, expires_at=_ts(resp.expires_at))
+
+
+def redeem_delegation(offer: DelegationOffer | str, key: DpopKey | None) -> agent_pb2.RedeemDelegationRequest:
+    """A ``RedeemDelegation`` request; ``key`` (the caller's own) binds the child."""
+    text = offer.offer if isinstance(offer, DelegationOffer) else offer
+    if not text:
+        raise ConfigError("an offer is required")
+    req = agent_pb2.RedeemDelegationRequest(offer=text)
+    if key is not None:
+        req.pop_proof = key.proof("POST", REDEEM_DELEGATION_PATH)
     return req
 
 

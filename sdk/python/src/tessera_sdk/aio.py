@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 
 from . import _core
-from ._core import ApprovalDenied, Completed, PendingApproval, Task, Token
+from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
 from .errors import broker_error
@@ -110,12 +110,30 @@ class AsyncAgentClient:
         scopes: Iterable[str] = (),
         *,
         ttl_seconds: int | None = None,
-        delegate_key: DpopKey | None = None,
     ) -> Token:
         """See :meth:`tessera_sdk.AgentClient.delegate`."""
-        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds, delegate_key)
+        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds)
         resp = await self._conn.call(lambda s: s.DelegateToken(req, timeout=self._timeout))
-        return _core.issued(resp, delegate_key)
+        return _core.issued(resp, None)
+
+    async def offer(
+        self,
+        parent: Token | str,
+        delegate: str,
+        scopes: Iterable[str] = (),
+        *,
+        ttl_seconds: int | None = None,
+    ) -> DelegationOffer:
+        """See :meth:`tessera_sdk.AgentClient.offer`."""
+        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds)
+        resp = await self._conn.call(lambda s: s.OfferDelegation(req, timeout=self._timeout))
+        return _core.offer(resp)
+
+    async def redeem(self, offer: DelegationOffer | str, *, key: DpopKey | None = None) -> Token:
+        """See :meth:`tessera_sdk.AgentClient.redeem`."""
+        req = _core.redeem_delegation(offer, key)
+        resp = await self._conn.call(lambda s: s.RedeemDelegation(req, timeout=self._timeout))
+        return _core.issued(resp, key)
 
     async def release(self, token: Token | str) -> bool:
         """See :meth:`tessera_sdk.AgentClient.release`."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from . import _core
-from ._core import ApprovalDenied, Completed, PendingApproval, Task, Token
+from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
 from .errors import broker_error
@@ -123,13 +123,38 @@ class AgentClient:
         scopes: Iterable[str] = (),
         *,
         ttl_seconds: int | None = None,
-        delegate_key: DpopKey | None = None,
     ) -> Token:
-        """Mints an attenuated child of ``parent`` for the agent ``delegate``
-        (a SPIFFE ID); ``delegate_key`` binds the child to the delegate's key."""
-        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds, delegate_key)
+        """Mints an attenuated bearer child of ``parent`` for the agent
+        ``delegate`` (a SPIFFE ID) and returns it to this caller. Its
+        ``client_id`` names the delegate but does not prove the delegate holds
+        it; classes the broker requires bound (write, admin) are refused: use
+        :meth:`offer`."""
+        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds)
         resp = self._conn.call(lambda s: s.DelegateToken(req, timeout=self._timeout))
-        return _core.issued(resp, delegate_key)
+        return _core.issued(resp, None)
+
+    def offer(
+        self,
+        parent: Token | str,
+        delegate: str,
+        scopes: Iterable[str] = (),
+        *,
+        ttl_seconds: int | None = None,
+    ) -> DelegationOffer:
+        """Offers ``delegate`` a child of ``parent``: the same checks as
+        :meth:`delegate`, but the answer is an offer only the delegate can
+        redeem (:meth:`redeem`), binding the child to its own key. This caller
+        never receives the child."""
+        req = _core.delegate_token(parent, delegate, scopes, ttl_seconds)
+        resp = self._conn.call(lambda s: s.OfferDelegation(req, timeout=self._timeout))
+        return _core.offer(resp)
+
+    def redeem(self, offer: DelegationOffer | str, *, key: DpopKey | None = None) -> Token:
+        """Redeems an offer made to this caller: the child, bound to ``key``
+        (this caller's own, ``DPoP``) when given, else a bearer child."""
+        req = _core.redeem_delegation(offer, key)
+        resp = self._conn.call(lambda s: s.RedeemDelegation(req, timeout=self._timeout))
+        return _core.issued(resp, key)
 
     def release(self, token: Token | str) -> bool:
         """Gives a token back (by :class:`Token` or grant id); true if it was live."""

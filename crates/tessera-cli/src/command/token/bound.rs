@@ -1,5 +1,7 @@
-//! `tessera token request --pop-key FILE` and `tessera token delegate`:
-//! proof-of-possession keys kept in files, and delegation through the SDK.
+//! `tessera token request --pop-key FILE`, `tessera token delegate` and
+//! `tessera token redeem`: proof-of-possession keys kept in files, and
+//! delegation through the SDK (a bearer child, or an offer the delegate
+//! redeems with its own key).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -7,7 +9,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use clap::Args;
 use tessera_client::PopKey;
-use tessera_client::agent::{AgentClient, Delegation};
+use tessera_client::agent::{AgentClient, Delegation, DelegationOffer};
 
 use crate::args::{self, TOKEN_ENV};
 use crate::cli::Global;
@@ -57,10 +59,34 @@ pub(crate) struct DelegateArgs {
     /// Requested lifetime, e.g. 2m; never past the parent's expiry.
     #[arg(long, value_name = "DURATION", value_parser = args::parse_seconds)]
     ttl: Option<u32>,
-    /// The delegate's proof-of-possession key file: the child is bound to
-    /// it (the file is created if missing). Required for write and admin tokens.
+    /// Print an offer for the delegate instead of a bearer child: the
+    /// delegate redeems it (`token redeem`) and binds the child to its own
+    /// key; you never receive that child. Required for write and admin tokens.
+    #[arg(long)]
+    offer: bool,
+}
+
+/// `token redeem`.
+#[derive(Debug, Args)]
+pub(crate) struct RedeemArgs {
+    /// The offer made to you by `token delegate --offer`, or `-` to read it
+    /// from stdin.
+    #[arg(value_name = "OFFER|-")]
+    offer: String,
+    /// Your proof-of-possession key file: the child is bound to it (created,
+    /// owner-only, if missing). Without it the child is a bearer token, which
+    /// the broker refuses for write and admin tokens.
     #[arg(long, value_name = "FILE")]
-    delegate_pop_key: Option<std::path::PathBuf>,
+    pop_key: Option<std::path::PathBuf>,
+}
+
+/// Runs `token redeem`.
+pub(crate) async fn redeem(global: &Global, a: RedeemArgs) -> anyhow::Result<()> {
+    let offer = args::read_token(Some(a.offer.as_str()), None, std::io::stdin().lock())?;
+    let key = a.pop_key.as_deref().map(load_or_create).transpose()?;
+    let mut client = AgentClient::new(channel(global).await?);
+    let child = client.redeem(&DelegationOffer::from_offer(offer), key.as_ref()).await?;
+    super::print_issued(global.output, child.into_proto())
 }
 
 /// Runs `token delegate`.
@@ -74,15 +100,20 @@ pub(crate) async fn delegate(global: &Global, a: DelegateArgs) -> anyhow::Result
     if let Some(ttl) = a.ttl {
         delegation = delegation.ttl_seconds(ttl);
     }
-    if let Some(path) = &a.delegate_pop_key {
-        let key = load_or_create(path)?;
-        delegation = delegation.bound_by(AgentClient::delegation_proof(&key)?);
-    }
     let mut client = AgentClient::new(channel(global).await?);
     let parent = tessera_client::pb::IssuedToken {
         access_token: parent,
         ..Default::default()
     };
+    if a.offer {
+        let offer = client.offer(&parent.into(), delegation).await?;
+        crate::output::line(offer.offer())?;
+        eprintln!(
+            "offer for {}: it alone can redeem it, once, with `tessera token redeem`",
+            offer.delegate()
+        );
+        return Ok(());
+    }
     let child = client.delegate(&parent.into(), delegation).await?;
     super::print_issued(global.output, child.into_proto())
 }

@@ -148,6 +148,8 @@ fn delegation_stays_within_the_task_and_three_hops() {
             depth,
             chain: &chain,
             delegate: to,
+            exchange: false,
+            delegate_serves_audience: false,
         });
         let query = PolicyQuery::Token {
             action: TokenAction::Delegate,

@@ -67,6 +67,7 @@ pub(super) fn catalog() -> ApiCatalog {
             (Scope::parse("admin").unwrap(), ScopeClass::Admin),
         ]),
         high_impact: Default::default(),
+        verifiers: BTreeSet::new(),
     }])
 }
 

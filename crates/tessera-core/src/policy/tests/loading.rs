@@ -279,6 +279,8 @@ fn built_requests_conform_to_the_schema() {
         depth: 1,
         chain: &chain,
         delegate: &chain[0],
+        exchange: false,
+        delegate_serves_audience: false,
     });
     let queries = [
         PolicyQuery::Token {

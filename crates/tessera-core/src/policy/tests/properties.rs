@@ -124,6 +124,8 @@ fn decide(
         depth: 1,
         chain: &chain,
         delegate: &delegate,
+        exchange: false,
+        delegate_serves_audience: false,
     });
     let query = match which {
         0 => PolicyQuery::Token {
@@ -271,7 +273,13 @@ proptest! {
         let chain: Vec<_> = (0..hops).map(|i| id(&format!("hop{i}"))).collect();
         let delegate = id("agent2");
         let mut f = facts(&audience, &scopes, ScopeClass::Read, false);
-        f.delegation = Some(Delegation { depth: 1, chain: &chain, delegate: &delegate });
+        f.delegation = Some(Delegation {
+            depth: 1,
+            chain: &chain,
+            delegate: &delegate,
+            exchange: false,
+            delegate_serves_audience: false,
+        });
         let query = PolicyQuery::Token { action: TokenAction::Delegate, task: &big, facts: f };
         let oversized = big.labels.len() > MAX_SET_ITEMS
             || label_len > crate::policy::MAX_STRING_BYTES

@@ -103,6 +103,24 @@ class DelegateTokenRequest(_message.Message):
     delegate_pop_proof: str
     def __init__(self, parent_token: _Optional[str] = ..., delegate: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., audience: _Optional[str] = ..., task_id: _Optional[str] = ..., delegate_pop_proof: _Optional[str] = ...) -> None: ...
 
+class DelegationOffer(_message.Message):
+    __slots__ = ("offer", "delegate", "expires_at")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    offer: str
+    delegate: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, offer: _Optional[str] = ..., delegate: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RedeemDelegationRequest(_message.Message):
+    __slots__ = ("offer", "pop_proof")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    POP_PROOF_FIELD_NUMBER: _ClassVar[int]
+    offer: str
+    pop_proof: str
+    def __init__(self, offer: _Optional[str] = ..., pop_proof: _Optional[str] = ...) -> None: ...
+
 class ReleaseTokenRequest(_message.Message):
     __slots__ = ("grant_id", "token")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,16 @@ class AgentServiceStub:
                 request_serializer=tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_agent__pb2.IssuedToken.FromString,
                 _registered_method=True)
+        self.OfferDelegation = channel.unary_unary(
+                '/tessera.v1.AgentService/OfferDelegation',
+                request_serializer=tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_agent__pb2.DelegationOffer.FromString,
+                _registered_method=True)
+        self.RedeemDelegation = channel.unary_unary(
+                '/tessera.v1.AgentService/RedeemDelegation',
+                request_serializer=tessera_dot_v1_dot_agent__pb2.RedeemDelegationRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_agent__pb2.IssuedToken.FromString,
+                _registered_method=True)
         self.ReleaseToken = channel.unary_unary(
                 '/tessera.v1.AgentService/ReleaseToken',
                 request_serializer=tessera_dot_v1_dot_agent__pb2.ReleaseTokenRequest.SerializeToString,
@@ -76,7 +86,25 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DelegateToken(self, request, context):
-        """Mint an attenuated child token for another agent of the same task.
+        """Mint an attenuated bearer child token for another agent of the same
+        task, returned to the caller (the parent's holder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OfferDelegation(self, request, context):
+        """The holder offers a child to another agent of the same task: the same
+        request and checks as DelegateToken, but the answer is an offer, not a
+        token. Only the named delegate can redeem it (RedeemDelegation), in its
+        own attested call, binding the child to its own key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemDelegation(self, request, context):
+        """The delegate redeems an offer made to it and receives the child.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +133,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
             'DelegateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.DelegateToken,
                     request_deserializer=tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_agent__pb2.IssuedToken.SerializeToString,
+            ),
+            'OfferDelegation': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferDelegation,
+                    request_deserializer=tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_agent__pb2.DelegationOffer.SerializeToString,
+            ),
+            'RedeemDelegation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemDelegation,
+                    request_deserializer=tessera_dot_v1_dot_agent__pb2.RedeemDelegationRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_agent__pb2.IssuedToken.SerializeToString,
             ),
             'ReleaseToken': grpc.unary_unary_rpc_method_handler(
@@ -194,6 +232,60 @@ class AgentService:
             target,
             '/tessera.v1.AgentService/DelegateToken',
             tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.SerializeToString,
+            tessera_dot_v1_dot_agent__pb2.IssuedToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferDelegation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.AgentService/OfferDelegation',
+            tessera_dot_v1_dot_agent__pb2.DelegateTokenRequest.SerializeToString,
+            tessera_dot_v1_dot_agent__pb2.DelegationOffer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemDelegation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.AgentService/RedeemDelegation',
+            tessera_dot_v1_dot_agent__pb2.RedeemDelegationRequest.SerializeToString,
             tessera_dot_v1_dot_agent__pb2.IssuedToken.FromString,
             options,
             channel_credentials,
