@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html.parser
 import http.client
 import json
 import os
@@ -73,6 +74,10 @@ def console_broker(tmp_path_factory: pytest.TempPathFactory, store_env: dict[str
     # identity holding both roles.
     mixed = alice.replace("human", "service").replace("security-oncall", "team-research")
     text = text.replace(alice, mixed.replace('"]', '", "agent"]'))
+    # A second operator, to disable and enable alice and to reload policy.
+    gateway = 'id = "spiffe://tessera.local/service/api-gateway"\nkind = "service"\nowner = "team-platform"\n'
+    assert gateway + 'roles = ["verifier"]' in text
+    text = text.replace(gateway + 'roles = ["verifier"]', gateway + 'roles = ["verifier", "operator"]')
     config.write_text(text)
     broker = Broker(dir=directory, env=dict(store_env))
     broker.start()
@@ -108,14 +113,25 @@ def origin(broker: Broker) -> str:
 def sign_in_url(broker: Broker, who: str = "alice") -> str:
     out = json.loads(broker.cli("--as", who, "--output", "json", "console", "--no-open"))
     url = str(out["url"])
-    assert url.startswith(origin(broker) + "/console/signin?code=")
+    # The code rides in the fragment, which a browser never sends.
+    assert url.startswith(origin(broker) + "/console/signin#code=")
+    assert "?" not in url
     return url
+
+
+def code_of(url: str) -> str:
+    return url.split("#code=")[1]
+
+
+ALICE = "spiffe://tessera.local/operator/alice"
 
 
 def signed_in(broker: Broker, browser: Browser) -> tuple[BrowserContext, Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(sign_in_url(broker))
+    # The page names whom the code signs in as before anything is spent.
+    assert page.inner_text("#signin-as") == ALICE
     page.click("#signin")
     page.wait_for_url(origin(broker) + "/console/")
     page.wait_for_selector("#live[data-state=live]", timeout=WAIT_MS)
@@ -249,7 +265,7 @@ def test_a_non_operator_cannot_sign_in(console_broker: Broker) -> None:
     command += ["--endpoint", f"https://{console_broker.endpoint}", "--as", "researcher", "console", "--no-open"]
     out = subprocess.run(command, capture_output=True, check=False)  # noqa: S603
     assert out.returncode != 0
-    assert b"signin?code=" not in out.stdout
+    assert b"code=" not in out.stdout
     assert b"operator" in out.stderr or b"denied" in out.stderr.lower(), out.stderr
 
 
@@ -368,13 +384,25 @@ def test_bad_sign_ins_and_ended_sessions_get_a_clear_refusal(
     first = browser.new_context()
     page = first.new_page()
     page.goto(url)
+    # console.js moved the code into the form, out of the address bar and
+    # the history, and continued to the page naming the identity.
+    page.wait_for_selector("#signin-as")
+    assert page.inner_text("#signin-as") == ALICE
     shoot(page, "signin")
+    assert code_of(url) not in page.url
+    visited = [page.url]
+    while page.evaluate("history.length") > 1 and page.go_back() is not None:
+        visited.append(page.url)
+    assert not [u for u in visited if code_of(url) in u], f"the history keeps no code: {visited}"
+    # Naming the identity spent nothing: the code, pasted, still signs in.
+    page.goto(origin(broker) + "/console/signin")
+    page.fill("#code", code_of(url))
+    page.click("#continue")
     page.click("#signin")
     page.wait_for_url(origin(broker) + "/console/")
     second = browser.new_context()
     again = second.new_page()
     again.goto(url)
-    again.click("#signin")
     again.wait_for_selector("#error")
     assert "already used" in again.inner_text("#error")
     second.close()
@@ -396,9 +424,9 @@ def test_bad_sign_ins_and_ended_sessions_get_a_clear_refusal(
     assert "frame-ancestors 'none'" in csp
     assert headers["x-frame-options"] == "DENY"
     assert headers["cache-control"] == "no-store"
-    assert "<script>" not in body
+    assert_no_inline_script(body)
     assert cookie not in body
-    assert url.split("code=")[1] not in body
+    assert code_of(url) not in body
     # Without a cookie: a clear status, not a page.
     assert console_request(broker, "GET", "/console/")[0] == 401
     # A cookie of this broker means nothing to another broker.
@@ -469,3 +497,169 @@ def test_another_site_cannot_frame_the_console(console_broker: Broker, browser: 
     assert frames[0].query_selector("#approvals") is None
     assert "Tessera console" not in frames[0].content()
     context.close()
+
+
+class _Markup(html.parser.HTMLParser):
+    """The elements of a page as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[dict[str, str | None]] = []
+        self.handlers: list[str] = []
+        self.script_text = ""
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handlers += [f"<{tag} {name}>" for name, _ in attrs if name.startswith("on")]
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+            self._in_script = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.script_text += data
+
+
+def assert_no_inline_script(body: str) -> None:
+    """Every script of a console page is loaded from the console, with no
+    inline code or event handler (the CSP forbids both; this checks the
+    markup does not even try). Parsed, so escaped text cannot fool it."""
+    markup = _Markup()
+    markup.feed(body)
+    markup.close()
+    assert markup.scripts, "the page loads its one script"
+    assert all(s.get("src") == "/console/assets/console.js" for s in markup.scripts), markup.scripts
+    assert markup.script_text.strip() == "", "no inline script"
+    assert markup.handlers == [], "no inline event handler"
+
+
+def raw_sign_in(broker: Broker) -> str:
+    """Signs alice in without a browser (so no event stream runs): the
+    code's identity first, then the confirmed POST; returns the cookie."""
+    code = code_of(sign_in_url(broker))
+    named = console_request(broker, "POST", "/console/signin", form={"code": code}, origin_header=origin(broker))
+    assert named[0] == 200
+    assert ALICE in named[2]
+    assert "set-cookie" not in named[1], "naming the identity signs no one in"
+    status, headers, _ = console_request(
+        broker, "POST", "/console/signin", form={"code": code, "confirm": "yes"}, origin_header=origin(broker)
+    )
+    assert status == 303
+    cookie = headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    assert console_request(broker, "GET", "/console/", cookie=cookie)[0] == 200
+    return cookie
+
+
+def test_a_disabled_operator_s_sessions_end_at_once_and_an_enable_revives_none(console_broker: Broker) -> None:
+    broker = console_broker
+    cookie = raw_sign_in(broker)
+    # Disabled and enabled again by another operator, with no console
+    # request in between.
+    broker.cli("--as", "api-gateway", "identity", "disable", ALICE, "--reason", "laptop lost")
+    broker.cli("--as", "api-gateway", "identity", "enable", ALICE, "--reason", "laptop found")
+    status, _, body = console_request(broker, "GET", "/console/", cookie=cookie)
+    assert status == 401, "the session ended at the disable"
+    assert "sign in again" in body
+    # Enabled: a new sign-in works.
+    raw_sign_in(broker)
+
+
+def test_a_sign_in_code_in_the_query_string_is_refused_and_discarded(console_broker: Broker) -> None:
+    broker = console_broker
+    code = code_of(sign_in_url(broker))
+    status, _, body = console_request(broker, "GET", "/console/signin?code=" + code)
+    assert status == 400
+    assert "never accepted in the URL" in body
+    assert code not in body
+    # Discarded: a copy of it in a proxy's log is worthless.
+    later = console_request(
+        broker, "POST", "/console/signin", form={"code": code, "confirm": "yes"}, origin_header=origin(broker)
+    )
+    assert later[0] == 401
+    assert "set-cookie" not in later[1]
+
+
+def test_without_javascript_the_code_is_pasted_and_the_identity_named(console_broker: Broker, browser: Browser) -> None:
+    broker = console_broker
+    url = sign_in_url(broker)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(url)
+    assert page.input_value("#code") == "", "no script: nothing moved the code"
+    page.fill("#code", code_of(url))
+    page.click("#continue")
+    assert page.inner_text("#signin-as") == ALICE
+    assert not any(c["name"] == "__Host-tessera-console" for c in context.cookies()), "not signed in yet"
+    page.click("#signin")
+    page.wait_for_url(origin(broker) + "/console/")
+    assert page.inner_text("#who") == ALICE
+    context.close()
+
+
+def test_markup_from_agents_is_shown_as_text(console_broker: Broker, browser: Browser) -> None:
+    broker = console_broker
+    markup = '<img src=x id=injected onerror="document.title=1"><script>document.title=2</script>'
+    orch = OrchestratorClient(broker.endpoint, broker.identity("orchestrator"))
+    task = orch.start_task([spiffe("researcher")], {CRM: [READ]}, duration_seconds=600)
+    # The orchestrator's completion reason lands in the audit trail.
+    orch.complete_task(task.task_id, reason=markup)
+    orch.close()
+    context, page = signed_in(broker, browser)
+    page.goto(origin(broker) + "/console/audit?q=" + urllib.parse.quote(task.task_id))
+    rows = page.inner_text("#audit tbody")
+    assert markup in rows, "shown as the text it is"
+    assert page.locator("#injected").count() == 0, "never parsed as markup"
+    assert page.locator("#audit script").count() == 0
+    # The filter (a query parameter anyone can put in a link) is escaped too.
+    page.goto(origin(broker) + "/console/audit?q=" + urllib.parse.quote(markup))
+    assert page.input_value("input[name=q]") == markup
+    assert page.locator("#injected").count() == 0
+    status, _, body = console_request(
+        broker, "GET", "/console/audit?q=" + urllib.parse.quote(markup), cookie=session_cookie(context)
+    )
+    assert status == 200
+    assert_no_inline_script(body)
+    assert markup not in body
+    context.close()
+
+
+def test_a_page_policy_refuses_ends_its_stream_with_one_denial(console_broker: Broker, browser: Browser) -> None:
+    broker = console_broker
+    context, page = signed_in(broker, browser)
+    orch = OrchestratorClient(broker.endpoint, broker.identity("orchestrator"))
+    agent = AgentClient(broker.endpoint, broker.identity("researcher"))
+    tasks = [orch.start_task([spiffe("researcher")], {CRM: [READ]}, duration_seconds=600) for _ in range(3)]
+    for t in tasks:
+        agent.token(t.task_id, CRM, [READ])
+    extra = broker.dir / "policies" / "zz-console-test.cedar"
+    extra.write_text(
+        f'@id("test-alice-lists-no-approvals")\n'
+        f'forbid (principal == Identity::"{ALICE}", action == Action::"ListApprovals", resource);\n'
+        f'@id("test-alice-reads-no-tasks")\n'
+        f'forbid (principal == Identity::"{ALICE}", action == Action::"GetTask", resource);\n'
+    )
+    try:
+        broker.cli("--as", "api-gateway", "policy", "reload")
+        # The open page's stream says so once and stops (it used to ask
+        # again every 500 ms, each a counted denial, until quarantine).
+        page.wait_for_selector("#live[data-state=not-allowed]", timeout=WAIT_MS)
+        page.goto(origin(broker) + "/console/tasks")
+        assert "Not allowed" in page.inner_text("#tasks-not-allowed")
+        for t in tasks:
+            assert page.locator(f'article[data-task="{t.task_id}"]').count() == 1, "its grants are still listed"
+        page.goto(origin(broker) + "/console/audit?q=admin_denied")
+        denials = [r for r in page.locator("#audit tbody tr").all_inner_texts() if ALICE in r]
+        assert len(denials) == 1, denials
+        assert "ListApprovals" in denials[0] or "list_approvals" in denials[0].lower(), denials[0]
+    finally:
+        extra.unlink()
+        broker.cli("--as", "api-gateway", "policy", "reload")
+        for t in tasks:
+            orch.complete_task(t.task_id)
+        agent.close()
+        orch.close()
+        context.close()

@@ -2,7 +2,9 @@
 //! the caller (attested as for every command: `--as`, `--cert`/`--key`)
 //! and that policy lets it approve or operate, then issues a one-time code,
 //! single use and short-lived; this prints the sign-in URL holding it (and
-//! opens it in a browser when there is a desktop to open it on).
+//! opens it in a browser when there is a desktop to open it on). The code
+//! is in the URL's fragment (`#code=`), which the browser never sends: no
+//! proxy log or history entry on a server holds it.
 
 use std::io::IsTerminal as _;
 

@@ -140,6 +140,7 @@ pub(crate) fn start(
     let reloader = reload::Reloader {
         config_file: config.source.clone().filter(|p| p.exists()),
         registry: broker.registry().clone(),
+        console: Some(broker.clone()),
         trust: attestors.trust.clone(),
         every: config.attestation.reload_interval,
     };

@@ -8,7 +8,8 @@
 //! - a changed configuration file is parsed and validated again, and its
 //!   `[[identities]]` replace the registry (so `disabled = true`, a new
 //!   identity, or a removed one applies to the next call on every
-//!   connection). Other sections are not re-applied: they need a restart.
+//!   connection), and console sessions of identities removed or changed
+//!   end at once. Other sections are not re-applied: they need a restart.
 //!
 //! A file that fails to load or validate is logged and ignored; the last
 //! good state stays.
@@ -34,6 +35,9 @@ pub struct Reloader {
     pub config_file: Option<PathBuf>,
     /// The registry to update (a clone of the broker's).
     pub registry: IdentityRegistry,
+    /// The broker whose console sessions end when their identity is
+    /// removed or changed by a reload (`None`: no console to tell).
+    pub console: Option<Arc<crate::broker::Broker>>,
     /// The trust bundles.
     pub trust: Arc<TrustStore>,
     /// How often to look.
@@ -68,6 +72,11 @@ impl Reloader {
             match Config::load(path, &ProcessEnv) {
                 Ok(config) => {
                     self.registry.replace(&config.identities);
+                    // A removed identity, or one given other roles, keeps no
+                    // console session (an edit back later revives none).
+                    if let Some(broker) = &self.console {
+                        broker.prune_console_sessions();
+                    }
                     tracing::info!(
                         event = "identities_reloaded",
                         identities = config.identities.len(),

@@ -377,6 +377,12 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
+    /// The earliest notAfter of the presented chain: when this connection's
+    /// certificate stops attesting anyone.
+    pub fn not_after(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.not_after.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+    }
+
     fn leaf(&self) -> Option<&[u8]> {
         self.chain.first().map(AsRef::as_ref)
     }

@@ -196,6 +196,9 @@ impl Broker {
 
     async fn quarantine(&self, who: &VerifiedIdentity, trigger: &Trigger, now: chrono::DateTime<chrono::Utc>) {
         let what = trigger.describe();
+        // Its console sessions end with the quarantine, not at their next
+        // request (the quarantine may be lifted before then).
+        self.prune_console_sessions();
         self.share_quarantine(trigger, now).await;
         let revoked = match self
             .store

@@ -12,9 +12,12 @@
 //! `SystemRandom`; the broker keeps only their SHA-256 (a code or cookie is
 //! never logged, audited or shown back). Sessions live in this replica's
 //! memory: a cookie from another broker or replica is unknown here, and a
-//! restart signs everyone out. A session ends at sign-out, at its expiry,
-//! and as soon as its identity is disabled or quarantined (checked on every
-//! request, exactly as attestation is on the gRPC port).
+//! restart signs everyone out. A session ends at sign-out, at its expiry
+//! (never later than the operator certificate it was opened with), and at
+//! once when its identity is disabled, quarantined, removed from the
+//! registry or given other roles ([`Broker::prune_console_sessions`], called
+//! by each of those): a later re-enable does not bring it back. Every
+//! request also re-attests the session's identity, as the gRPC port does.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,6 +34,9 @@ use super::{Broker, BrokerError};
 
 /// Most sign-in codes outstanding at once (expired ones are dropped first).
 const MAX_CODES: usize = 1024;
+/// Most sign-in codes one identity may have outstanding: one operator
+/// (or a stolen operator certificate) cannot use up the global cap.
+pub const MAX_CODES_PER_IDENTITY: usize = 8;
 /// Most sessions at once (expired ones are dropped first).
 const MAX_SESSIONS: usize = 4096;
 
@@ -64,6 +70,9 @@ pub enum ConsoleError {
     /// Too many codes or sessions outstanding.
     #[error("too many console sign-ins outstanding; try again later")]
     Full,
+    /// Too many codes outstanding for this one identity.
+    #[error("too many console sign-in codes outstanding for this identity; use one or wait until they expire")]
+    FullForIdentity,
 }
 
 impl ConsoleError {
@@ -72,14 +81,16 @@ impl ConsoleError {
         match self {
             Self::Off => ErrorKind::FailedPrecondition,
             Self::CodeRefused | Self::NoSession => ErrorKind::Unauthenticated,
-            Self::Full => ErrorKind::ResourceExhausted,
+            Self::Full | Self::FullForIdentity => ErrorKind::ResourceExhausted,
         }
     }
 }
 
 /// A one-time sign-in code. Its `Debug` leaves the URL (which holds the code) out.
 pub struct ConsoleCode {
-    /// The sign-in URL, the code in its query. A secret until used.
+    /// The sign-in URL, the code in its fragment (`#code=`), which browsers
+    /// never send to a server, so no proxy's access log holds it. A secret
+    /// until used.
     pub url: String,
     /// When the code stops working.
     pub expires_at: DateTime<Utc>,
@@ -136,7 +147,13 @@ struct Bound {
     id: SpiffeId,
     method: AttestationMethod,
     evidence: String,
+    /// The registry entry at OpenConsole: a session ends when the entry is
+    /// removed or changes (other roles), whatever it changes back to.
+    entry: tessera_core::identity::Identity,
     expires_at: DateTime<Utc>,
+    /// The end of the credential OpenConsole was called with (an X.509
+    /// SVID's notAfter): no session outlives it.
+    not_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone)]
@@ -185,6 +202,11 @@ fn secret() -> Result<String, BrokerError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// `at`, or `limit` if that comes first.
+fn capped(at: DateTime<Utc>, limit: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    limit.map_or(at, |limit| at.min(limit))
+}
+
 fn digest(secret: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     let mut out = [0u8; 32];
@@ -228,18 +250,27 @@ impl Broker {
     }
 
     /// OpenConsole: a one-time sign-in code for `who`, if policy lets it
-    /// list approvals (the console's first page).
-    pub async fn open_console(&self, who: &VerifiedIdentity) -> Result<ConsoleCode, BrokerError> {
+    /// list approvals (the console's first page). `not_after` is when the
+    /// credential `who` attested with expires (an X.509 SVID's notAfter):
+    /// neither the code nor the session outlives it.
+    pub async fn open_console(
+        &self,
+        who: &VerifiedIdentity,
+        not_after: Option<DateTime<Utc>>,
+    ) -> Result<ConsoleCode, BrokerError> {
         self.authorize(who, Operation::ListApprovals).await?;
         let console = self.console()?;
         let code = secret()?;
         let now = self.clock.now();
-        let expires_at = now + console.settings.code_ttl;
+        let expires_at = capped(now + console.settings.code_ttl, not_after);
         {
             let mut state = console.state();
             state.codes.retain(|_, b| b.expires_at > now);
             if state.codes.len() >= MAX_CODES {
                 return Err(ConsoleError::Full.into());
+            }
+            if state.codes.values().filter(|b| b.id == *who.id()).count() >= MAX_CODES_PER_IDENTITY {
+                return Err(ConsoleError::FullForIdentity.into());
             }
             state.codes.insert(
                 digest(&code),
@@ -247,15 +278,89 @@ impl Broker {
                     id: who.id().clone(),
                     method: who.method(),
                     evidence: who.evidence().to_owned(),
+                    entry: who.identity().clone(),
                     expires_at,
+                    not_after,
                 },
             );
         }
         tracing::info!(event = "console_code", identity = %who.id(), %expires_at, "console sign-in code issued");
         Ok(ConsoleCode {
-            url: format!("{}/console/signin?code={code}", console.settings.public_url),
+            url: format!("{}/console/signin#code={code}", console.settings.public_url),
             expires_at,
         })
+    }
+
+    /// Whom a sign-in code would sign in, without spending it: the sign-in
+    /// page names the identity before the person confirms, so that a link
+    /// someone else sent cannot sign them in as the sender unnoticed.
+    pub fn console_code_identity(&self, code: &str) -> Result<SpiffeId, BrokerError> {
+        let console = self.console()?;
+        let now = self.clock.now();
+        console
+            .state()
+            .codes
+            .get(&digest(code))
+            .filter(|b| b.expires_at > now)
+            .map(|b| b.id.clone())
+            .ok_or_else(|| ConsoleError::CodeRefused.into())
+    }
+
+    /// Spends a sign-in code without signing anyone in: one that travelled
+    /// where it may have been logged (a URL's query string). Returns whether
+    /// there was such a code.
+    pub fn console_discard_code(&self, code: &str) -> bool {
+        self.console
+            .as_ref()
+            .is_some_and(|c| c.state().codes.remove(&digest(code)).is_some())
+    }
+
+    /// Ends at once every console session (and drops every sign-in code)
+    /// whose identity is now disabled, quarantined, removed from the
+    /// registry, or registered differently (other roles) than when it
+    /// signed in. Called by every change of those (disable, quarantine, a
+    /// registry reload, the shared refresh from other replicas), so that a
+    /// re-enable afterwards does not revive anything. Returns how many
+    /// sessions ended.
+    pub fn prune_console_sessions(&self) -> usize {
+        let Some(console) = &self.console else {
+            return 0;
+        };
+        let ids: std::collections::BTreeSet<SpiffeId> = {
+            let state = console.state();
+            state
+                .sessions
+                .values()
+                .map(|s| &s.bound)
+                .chain(state.codes.values())
+                .map(|b| b.id.clone())
+                .collect()
+        };
+        // Decided outside the console's lock: the registry and the
+        // quarantine list have locks of their own.
+        let gone: std::collections::BTreeMap<SpiffeId, Option<tessera_core::identity::Identity>> = ids
+            .into_iter()
+            .map(|id| {
+                let entry = self
+                    .registry
+                    .lookup(&id)
+                    .ok()
+                    .filter(|_| self.refuse_if_quarantined(&id).is_ok());
+                (id, entry)
+            })
+            .collect();
+        let keep = |b: &Bound| gone.get(&b.id).is_some_and(|e| e.as_ref() == Some(&b.entry));
+        let mut state = console.state();
+        state.codes.retain(|_, b| keep(b));
+        let before = state.sessions.len();
+        state.sessions.retain(|_, s| {
+            let kept = keep(&s.bound);
+            if !kept {
+                tracing::info!(event = "console_session_ended", session = %s.public, identity = %s.bound.id, "console session ended: its identity was disabled, quarantined, removed or changed");
+            }
+            kept
+        });
+        before - state.sessions.len()
     }
 
     /// Exchanges a sign-in code (once: it is spent whatever happens next)
@@ -271,12 +376,16 @@ impl Broker {
             .filter(|b| b.expires_at > now)
             .ok_or(ConsoleError::CodeRefused)?;
         let who = self.attest_by(&bound.id, bound.method, bound.evidence.clone())?;
+        if *who.identity() != bound.entry {
+            // Registered differently since OpenConsole (a reload): ask again.
+            return Err(ConsoleError::CodeRefused.into());
+        }
         self.admit(&who).await?;
         let allowed = self.authorize(&who, Operation::ListApprovals).await?;
         let cookie = secret()?;
         let key = digest(&cookie);
         let public = format!("cs_{}", tessera_core::hex::lower(key.get(..6).unwrap_or_default()));
-        let expires_at = now + console.settings.session_ttl;
+        let expires_at = capped(now + console.settings.session_ttl, bound.not_after);
         let session = Session {
             bound: Bound { expires_at, ..bound },
             csrf: secret()?,
@@ -327,6 +436,9 @@ impl Broker {
             e
         };
         let who = self.attest_by(&b.id, b.method, b.evidence.clone()).map_err(end)?;
+        if *who.identity() != b.entry {
+            return Err(end(ConsoleError::NoSession.into()));
+        }
         self.admit(&who).await.map_err(end)?;
         Ok(ConsoleCaller {
             who,
@@ -421,6 +533,8 @@ impl Broker {
 mod tests {
     use super::*;
     use crate::broker::testing::{AGENT, Fixture, OPERATOR};
+    use tessera_core::clock::Clock as _;
+    use tessera_store::GrantStore as _;
 
     fn settings() -> ConsoleSettings {
         ConsoleSettings {
@@ -437,8 +551,8 @@ mod tests {
     #[tokio::test]
     async fn a_code_signs_an_operator_in_once() {
         let f = Fixture::with_console(settings()).await;
-        let code = f.broker.open_console(&f.who(OPERATOR)).await.unwrap();
-        assert!(code.url.starts_with("https://console.test/console/signin?code="));
+        let code = f.broker.open_console(&f.who(OPERATOR), None).await.unwrap();
+        assert!(code.url.starts_with("https://console.test/console/signin#code="));
         assert!(
             !format!("{code:?}").contains(code_of(&code.url)),
             "Debug hides the code"
@@ -462,11 +576,11 @@ mod tests {
     #[tokio::test]
     async fn an_expired_code_or_session_is_refused() {
         let f = Fixture::with_console(settings()).await;
-        let code = f.broker.open_console(&f.who(OPERATOR)).await.unwrap();
+        let code = f.broker.open_console(&f.who(OPERATOR), None).await.unwrap();
         f.clock.advance(chrono::Duration::seconds(61));
         let late = f.broker.console_sign_in(code_of(&code.url)).await;
         assert_eq!(late.err().map(|e| e.kind()), Some(ErrorKind::Unauthenticated));
-        let code = f.broker.open_console(&f.who(OPERATOR)).await.unwrap();
+        let code = f.broker.open_console(&f.who(OPERATOR), None).await.unwrap();
         let signed = f.broker.console_sign_in(code_of(&code.url)).await.unwrap();
         f.clock.advance(chrono::Duration::minutes(31));
         let gone = f.broker.console_caller(&signed.cookie).await;
@@ -476,18 +590,18 @@ mod tests {
     #[tokio::test]
     async fn a_non_operator_gets_no_code_and_a_switched_off_console_none() {
         let f = Fixture::with_console(settings()).await;
-        let refused = f.broker.open_console(&f.who(AGENT)).await;
+        let refused = f.broker.open_console(&f.who(AGENT), None).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
         let off = Fixture::new().await;
-        let refused = off.broker.open_console(&off.who(OPERATOR)).await;
+        let refused = off.broker.open_console(&off.who(OPERATOR), None).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
     }
 
     #[tokio::test]
     async fn a_session_ends_when_its_identity_is_disabled() {
         let f = Fixture::with_console(settings()).await;
-        let code = f.broker.open_console(&f.who(OPERATOR)).await.unwrap();
+        let code = f.broker.open_console(&f.who(OPERATOR), None).await.unwrap();
         let signed = f.broker.console_sign_in(code_of(&code.url)).await.unwrap();
         assert!(f.broker.console_caller(&signed.cookie).await.is_ok());
         let operator = f.who(OPERATOR).id().clone();
@@ -501,6 +615,137 @@ mod tests {
             Some(ErrorKind::Unauthenticated),
             "ended for good, not suspended"
         );
+    }
+
+    async fn signed_in(f: &Fixture) -> ConsoleSignIn {
+        let code = f.broker.open_console(&f.who(OPERATOR), None).await.unwrap();
+        let signed = f.broker.console_sign_in(code_of(&code.url)).await.unwrap();
+        assert!(f.broker.console_caller(&signed.cookie).await.is_ok());
+        signed
+    }
+
+    fn ended(result: Result<ConsoleCaller, BrokerError>) -> bool {
+        result.err().map(|e| e.kind()) == Some(ErrorKind::Unauthenticated)
+    }
+
+    #[tokio::test]
+    async fn a_disable_ends_the_session_at_once_and_a_re_enable_does_not_revive_it() {
+        let f = Fixture::with_console(settings()).await;
+        let signed = signed_in(&f).await;
+        let other = signed_in(&f).await;
+        let me = f.who(OPERATOR);
+        let operator = me.id().clone();
+        // Disabled and enabled again through the use cases, with no console
+        // request in between.
+        f.broker
+            .revoke_identity(&me, Ok((operator.clone(), "offboarding".into())), true)
+            .await
+            .unwrap();
+        f.broker.registry().enable_at_runtime(&operator);
+        f.store.enable_subject(&operator).await.unwrap();
+        assert!(
+            ended(f.broker.console_caller(&signed.cookie).await),
+            "ended at the disable"
+        );
+        assert!(
+            ended(f.broker.console_caller(&other.cookie).await),
+            "every session of it"
+        );
+        // Signing in again works: the identity is enabled.
+        signed_in(&f).await;
+    }
+
+    #[tokio::test]
+    async fn a_quarantine_ends_the_session_at_once_and_its_end_does_not_revive_it() {
+        let mut s = crate::broker::testing::settings();
+        s.anomaly = Some(tessera_core::anomaly::AnomalyRule {
+            denials: 2,
+            within: chrono::Duration::seconds(60),
+            quarantine: chrono::Duration::minutes(5),
+        });
+        let mut f = Fixture::with(s).await;
+        f.broker = f.broker.with_console(Some(settings()));
+        let signed = signed_in(&f).await;
+        let me = f.who(OPERATOR);
+        f.broker.count_denial(&me).await;
+        f.broker.count_denial(&me).await;
+        assert!(f.broker.admit(&me).await.is_err(), "quarantined");
+        f.clock.advance(chrono::Duration::minutes(6));
+        assert!(f.broker.admit(&me).await.is_ok(), "the quarantine is over");
+        assert!(
+            ended(f.broker.console_caller(&signed.cookie).await),
+            "ended at the quarantine"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_registry_change_ends_the_session_even_when_changed_back() {
+        let f = Fixture::with_console(settings()).await;
+        let signed = signed_in(&f).await;
+        let before = tessera_core::identity::IdentityRegistry::new(f.broker.registry().identities());
+        let changed =
+            tessera_core::identity::IdentityRegistry::new(f.broker.registry().identities().into_iter().map(|mut i| {
+                if i.id == *f.who(OPERATOR).id() {
+                    i.roles.insert(tessera_core::identity::Role::Agent);
+                }
+                i
+            }));
+        // What the reloader does on each reload: replace, then prune.
+        f.broker.registry().replace(&changed);
+        assert_eq!(f.broker.prune_console_sessions(), 1);
+        f.broker.registry().replace(&before);
+        assert_eq!(f.broker.prune_console_sessions(), 0);
+        assert!(ended(f.broker.console_caller(&signed.cookie).await));
+        // And without the prune, the request itself sees the change.
+        let second = signed_in(&f).await;
+        f.broker.registry().replace(&changed);
+        assert!(ended(f.broker.console_caller(&second.cookie).await));
+    }
+
+    #[tokio::test]
+    async fn no_session_outlives_the_operator_certificate() {
+        let f = Fixture::with_console(settings()).await;
+        let not_after = f.clock.now() + chrono::Duration::minutes(10);
+        let code = f.broker.open_console(&f.who(OPERATOR), Some(not_after)).await.unwrap();
+        let signed = f.broker.console_sign_in(code_of(&code.url)).await.unwrap();
+        assert_eq!(signed.expires_at, not_after);
+        f.clock.advance(chrono::Duration::minutes(9));
+        assert!(f.broker.console_caller(&signed.cookie).await.is_ok());
+        f.clock.advance(chrono::Duration::minutes(2));
+        assert!(ended(f.broker.console_caller(&signed.cookie).await));
+        // A code never outlives it either.
+        let soon = f.clock.now() + chrono::Duration::seconds(5);
+        let code = f.broker.open_console(&f.who(OPERATOR), Some(soon)).await.unwrap();
+        assert_eq!(code.expires_at, soon);
+    }
+
+    #[tokio::test]
+    async fn codes_are_capped_per_identity_and_named_before_they_are_spent() {
+        let f = Fixture::with_console(settings()).await;
+        let mut codes = Vec::new();
+        for _ in 0..MAX_CODES_PER_IDENTITY {
+            codes.push(f.broker.open_console(&f.who(OPERATOR), None).await.unwrap());
+        }
+        let full = f.broker.open_console(&f.who(OPERATOR), None).await;
+        assert_eq!(full.err().map(|e| e.kind()), Some(ErrorKind::ResourceExhausted));
+        let first = code_of(&codes[0].url);
+        assert_eq!(&f.broker.console_code_identity(first).unwrap(), f.who(OPERATOR).id());
+        assert_eq!(
+            &f.broker.console_code_identity(first).unwrap(),
+            f.who(OPERATOR).id(),
+            "naming spends nothing"
+        );
+        f.broker.console_sign_in(first).await.unwrap();
+        assert!(
+            f.broker.open_console(&f.who(OPERATOR), None).await.is_ok(),
+            "a spent code frees its place"
+        );
+        assert!(f.broker.console_discard_code(code_of(&codes[1].url)));
+        assert!(
+            f.broker.console_sign_in(code_of(&codes[1].url)).await.is_err(),
+            "discarded"
+        );
+        assert!(f.broker.console_code_identity("unknown").is_err());
     }
 
     #[test]

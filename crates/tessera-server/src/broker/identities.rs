@@ -42,6 +42,9 @@ impl Broker {
             // minted afterwards on this replica.
             let newly = self.store.disable_subject(identity, reason, self.clock.now()).await?;
             self.registry.disable_at_runtime(identity);
+            // Its console sessions end now, not at their next request (a
+            // re-enable before then must not revive them).
+            self.prune_console_sessions();
             // Scheduled before anything else can fail, so that a failed audit
             // below does not leave grants of a disabled identity alive.
             self.sweep_later(identity, reason);
@@ -190,6 +193,9 @@ impl Broker {
                 }
             }
         }
+        // Disables and quarantines decided by other replicas end this
+        // replica's console sessions too.
+        self.prune_console_sessions();
         Ok(())
     }
 }

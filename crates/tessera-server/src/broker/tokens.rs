@@ -224,6 +224,7 @@ impl Broker {
             if matches!(stored, Ok(true)) {
                 // Learnt before the next refresh: refuse it here from now on.
                 self.registry.disable_at_runtime(&grant.subject);
+                self.prune_console_sessions();
             }
             stored
         };

@@ -243,6 +243,7 @@ impl Broker {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .quarantine(&trigger, now);
         }
+        self.prune_console_sessions();
         self.share_quarantine(&trigger, now).await;
         let revoked = self
             .store

@@ -182,7 +182,17 @@ impl AdminService for Shared {
         req: Request<pb::OpenConsoleRequest>,
     ) -> Result<Response<pb::OpenConsoleResponse>, Status> {
         let who = self.caller(&req).await?;
-        let code = self.broker.open_console(&who).await.map_err(status::from_broker)?;
+        // The session must not outlive the operator's certificate.
+        let not_after = req
+            .extensions()
+            .get::<crate::tls::PeerInfo>()
+            .and_then(|p| p.client_cert.as_ref())
+            .and_then(crate::attest::trust::ClientCert::not_after);
+        let code = self
+            .broker
+            .open_console(&who, not_after)
+            .await
+            .map_err(status::from_broker)?;
         Ok(Response::new(pb::OpenConsoleResponse {
             url: code.url,
             expires_at: Some(convert::timestamp(code.expires_at)),

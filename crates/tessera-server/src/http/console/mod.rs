@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /console/signin?code=` , `POST /console/signin` | the sign-in page; the POST spends the code and sets the session cookie |
+//! | `GET /console/signin#code=` , `POST /console/signin` | the sign-in page (the code in the URL's fragment, which no server or proxy sees; a code in the query string is refused and discarded); a POST names the code's identity, a confirmed POST spends it and sets the session cookie |
 //! | `POST /console/signout` | ends the session |
 //! | `GET /console/` , `/console/approvals/list` , `/console/events` | pending approvals, the list alone, and server-sent events when it changes |
 //! | `POST /console/approvals/{id}` | approve or deny (`decision`, `reason`) |
@@ -39,6 +39,7 @@ use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tessera_core::ErrorKind;
 use tessera_core::approval::ApprovalId;
 use tessera_core::blast::BlastTarget;
 use tessera_core::grant::Grant;
@@ -71,6 +72,16 @@ const JS: &str = include_str!("assets/console.js");
 /// Most event streams open at once: each holds one of the listener's
 /// connections, which the OAuth facade's clients need too.
 const MAX_EVENT_STREAMS: usize = 64;
+/// Most event streams one identity may hold open: one operator's tabs (or
+/// a script with a stolen cookie) cannot take every stream.
+const MAX_EVENT_STREAMS_PER_IDENTITY: usize = 8;
+
+/// The event streams open now, in all and per identity.
+#[derive(Debug, Default)]
+struct Streams {
+    total: usize,
+    by_identity: HashMap<tessera_core::identity::SpiffeId, usize>,
+}
 
 /// What the console's handlers share.
 pub struct Console {
@@ -78,7 +89,7 @@ pub struct Console {
     /// The per-identity rate limits of the gRPC port and the facade.
     limiter: Arc<crate::grpc::limits::IdentityLimiter>,
     /// Event streams open now.
-    streams: Arc<std::sync::atomic::AtomicUsize>,
+    streams: Arc<std::sync::Mutex<Streams>>,
     /// `scheme://host[:port]` every POST's `Origin` must equal.
     origin: String,
     /// The audit file the audit page reads (the broker's own).
@@ -105,7 +116,7 @@ impl Console {
         Self {
             broker,
             limiter,
-            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            streams: Arc::new(std::sync::Mutex::new(Streams::default())),
             origin: public_url.trim_end_matches('/').to_owned(),
             audit_file,
         }
@@ -323,15 +334,37 @@ struct CodeQuery {
     code: String,
 }
 
-/// The sign-in page: a button that POSTs the code (a GET spends nothing, so
-/// a link preview or prefetch cannot use the code up).
-async fn signin_page(Query(q): Query<CodeQuery>) -> Response {
-    if q.code.is_empty() || q.code.len() > 128 {
-        return Refusal::not_signed_in().into_response();
+/// The sign-in page: a form for the code. The code travels in the URL's
+/// fragment (`#code=`), which the browser keeps to itself: `console.js`
+/// puts it into the form and removes it from the address bar and history;
+/// without script, the person pastes it. A GET spends nothing, so a link
+/// preview or prefetch cannot use a code up.
+///
+/// A code in the query string (the old URL form) may sit in a proxy's
+/// access log or the browser's history: it is refused, and discarded so
+/// that a copy found there is worthless.
+async fn signin_page(State(console): State<Arc<Console>>, Query(q): Query<CodeQuery>) -> Response {
+    if !q.code.is_empty() {
+        if q.code.len() <= 128 && console.broker.console_discard_code(&q.code) {
+            tracing::warn!(
+                event = "console_code_in_query",
+                "console sign-in code sent in a URL query string: discarded"
+            );
+        }
+        return Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "Sign-in code refused",
+            "Sign-in codes are never accepted in the URL's query string (`?code=`), where proxies log them: \
+             this one has been discarded. Run `tessera console` again and open the URL it prints (its code follows `#`).",
+        )
+        .into_response();
     }
-    html(StatusCode::OK, pages::signin(&q.code))
+    html(StatusCode::OK, pages::signin())
 }
 
+/// POST /console/signin: without `confirm`, names the identity the code
+/// signs in as and asks the person to confirm (a link someone else sent
+/// would sign them in as its sender); with `confirm=yes`, spends the code.
 async fn signin(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
@@ -339,11 +372,15 @@ async fn signin(
 ) -> PageResult {
     console.same_origin(&headers)?;
     let form = form_fields(form)?;
-    let code = field(&form, "code");
+    let code = field(&form, "code").trim();
     if code.is_empty() || code.len() > 128 {
         return Err(Refusal::broker(
             crate::broker::console::ConsoleError::CodeRefused.into(),
         ));
+    }
+    if field(&form, "confirm") != "yes" {
+        let identity = console.broker.console_code_identity(code).map_err(Refusal::broker)?;
+        return Ok(html(StatusCode::OK, pages::signin_confirm(code, identity.as_str())));
     }
     let signed = console.broker.console_sign_in(code).await.map_err(Refusal::broker)?;
     let max_age = (signed.expires_at - console.broker.now()).num_seconds().max(0);
@@ -474,7 +511,7 @@ async fn decide(
 async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> PageResult {
     let caller = console.caller(&headers).await?;
     let cookie = session_cookie(&headers).unwrap_or_default().to_owned();
-    let slot = StreamSlot::take(&console.streams).ok_or_else(|| {
+    let slot = StreamSlot::take(&console.streams, caller.who.id()).ok_or_else(|| {
         Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
@@ -507,21 +544,32 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Page
                     .map(|a| format!("{}:{}", a.id, a.state))
                     .collect::<Vec<_>>()
             });
-            if let Ok(seen) = seen {
-                // The first round always tells: the page was rendered before
-                // this stream began, and anything that arrived in between must
-                // not be missed.
-                if last.as_ref() != Some(&seen) {
-                    if tx
-                        .send(Ok("event: approvals\ndata: changed\n\n".to_owned()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+            match seen {
+                Ok(seen) => {
+                    // The first round always tells: the page was rendered
+                    // before this stream began, and anything that arrived in
+                    // between must not be missed.
+                    if last.as_ref() != Some(&seen) {
+                        if tx
+                            .send(Ok("event: approvals\ndata: changed\n\n".to_owned()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        quiet = tokio::time::Instant::now();
                     }
-                    quiet = tokio::time::Instant::now();
+                    last = Some(seen);
                 }
-                last = Some(seen);
+                // Policy no longer lets this caller list approvals: asking
+                // again every round would pile up counted denials until the
+                // operator is quarantined. Say so once and stop.
+                Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::Unauthenticated) => {
+                    let _ = tx.send(Ok("event: ended\ndata: not-allowed\n\n".to_owned())).await;
+                    return;
+                }
+                // A store hiccup: the next round tries again.
+                Err(_) => {}
             }
             if quiet.elapsed() > Duration::from_secs(15) {
                 if tx.send(Ok(": keep-alive\n\n".to_owned())).await.is_err() {
@@ -545,23 +593,43 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Page
     Ok(response)
 }
 
-/// One of [`MAX_EVENT_STREAMS`], given back when dropped.
-struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+/// One of [`MAX_EVENT_STREAMS`] (and of its identity's
+/// [`MAX_EVENT_STREAMS_PER_IDENTITY`]), given back when dropped.
+struct StreamSlot {
+    open: Arc<std::sync::Mutex<Streams>>,
+    identity: tessera_core::identity::SpiffeId,
+}
+
+fn streams(open: &std::sync::Mutex<Streams>) -> std::sync::MutexGuard<'_, Streams> {
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl StreamSlot {
-    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < MAX_EVENT_STREAMS).then_some(n + 1)
+    fn take(open: &Arc<std::sync::Mutex<Streams>>, identity: &tessera_core::identity::SpiffeId) -> Option<Self> {
+        let mut s = streams(open);
+        let mine = s.by_identity.get(identity).copied().unwrap_or(0);
+        if s.total >= MAX_EVENT_STREAMS || mine >= MAX_EVENT_STREAMS_PER_IDENTITY {
+            return None;
+        }
+        s.total += 1;
+        s.by_identity.insert(identity.clone(), mine + 1);
+        Some(Self {
+            open: open.clone(),
+            identity: identity.clone(),
         })
-        .ok()
-        .map(|_| Self(open.clone()))
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut s = streams(&self.open);
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.by_identity.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.by_identity.remove(&self.identity);
+            }
+        }
     }
 }
 
@@ -591,16 +659,29 @@ async fn tasks_page(State(console): State<Arc<Console>>, headers: HeaderMap, Que
         by_task.entry(g.task_id.clone()).or_default().push(g);
     }
     let mut tasks = Vec::new();
+    // Asked once: when policy refuses the first task's details, the page
+    // says so instead of asking again per task (each refusal counts
+    // towards the caller's quarantine).
+    let mut allowed = true;
     for (id, grants) in by_task {
-        let task = in_session(caller.session.clone(), console.broker.get_task(&caller.who, &id))
-            .await
-            .ok()
-            .map(|(task, _)| task);
+        let task = if allowed {
+            match in_session(caller.session.clone(), console.broker.get_task(&caller.who, &id)).await {
+                Ok((task, _)) => Some(task),
+                Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::Unauthenticated) => {
+                    allowed = false;
+                    None
+                }
+                // Ended or gone since its grants were listed.
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         tasks.push((id, task, grants));
     }
     Ok(html(
         StatusCode::OK,
-        pages::tasks(&caller, &tasks, console.broker.now(), &n.done),
+        pages::tasks(&caller, &tasks, allowed, console.broker.now(), &n.done),
     ))
 }
 
@@ -835,14 +916,34 @@ mod tests {
         assert_eq!(session_cookie(&headers), None);
     }
 
+    fn spiffe(n: usize) -> tessera_core::identity::SpiffeId {
+        tessera_core::identity::SpiffeId::parse(&format!("spiffe://td/operator/{n}")).unwrap()
+    }
+
     #[test]
     fn event_streams_are_bounded_and_their_slots_given_back() {
-        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let slots: Vec<StreamSlot> = (0..MAX_EVENT_STREAMS).filter_map(|_| StreamSlot::take(&open)).collect();
+        let open = Arc::new(std::sync::Mutex::new(Streams::default()));
+        let slots: Vec<StreamSlot> = (0..MAX_EVENT_STREAMS)
+            .filter_map(|n| StreamSlot::take(&open, &spiffe(n)))
+            .collect();
         assert_eq!(slots.len(), MAX_EVENT_STREAMS);
-        assert!(StreamSlot::take(&open).is_none());
+        assert!(StreamSlot::take(&open, &spiffe(MAX_EVENT_STREAMS)).is_none());
         drop(slots);
-        assert!(StreamSlot::take(&open).is_some());
+        assert!(StreamSlot::take(&open, &spiffe(0)).is_some());
+        assert_eq!(streams(&open).total, 0, "given back on drop");
+        assert!(streams(&open).by_identity.is_empty());
+    }
+
+    #[test]
+    fn one_identity_cannot_take_every_event_stream() {
+        let open = Arc::new(std::sync::Mutex::new(Streams::default()));
+        let mine: Vec<StreamSlot> = (0..MAX_EVENT_STREAMS)
+            .filter_map(|_| StreamSlot::take(&open, &spiffe(1)))
+            .collect();
+        assert_eq!(mine.len(), MAX_EVENT_STREAMS_PER_IDENTITY);
+        assert!(StreamSlot::take(&open, &spiffe(2)).is_some(), "others still get one");
+        drop(mine);
+        assert!(StreamSlot::take(&open, &spiffe(1)).is_some());
     }
 
     #[test]

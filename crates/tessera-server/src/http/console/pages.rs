@@ -140,18 +140,41 @@ pub(super) fn refusal(title: &str, message: &str) -> String {
     )
 }
 
-/// The sign-in page: one button that POSTs the code.
-pub(super) fn signin(code: &str) -> String {
+/// The sign-in page: a form for the code. `console.js` fills it from the
+/// URL's fragment (and takes the code out of the address bar); without
+/// script, the person pastes the code. Continuing names the identity first
+/// ([`signin_confirm`]); nothing is spent yet.
+pub(super) fn signin() -> String {
+    document(
+        "Sign in",
+        "<main class=\"narrow\"><h1>Tessera operator console</h1>\
+         <p>Sign in with the one-time code <code>tessera console</code> gave you. \
+         It works once, for a short time.</p>\
+         <form method=\"post\" action=\"/console/signin\" id=\"signin-form\">\
+         <label id=\"code-field\">Sign-in code (the part of the URL after <code>#code=</code>) \
+         <input type=\"text\" name=\"code\" id=\"code\" maxlength=\"128\" autocomplete=\"off\" spellcheck=\"false\" required></label> \
+         <button type=\"submit\" id=\"continue\">Continue</button></form></main>",
+    )
+}
+
+/// The second step of sign-in: whom the code signs in as, and a button
+/// that spends it. A link someone else sent would sign the person in as
+/// its sender, and what they did would be recorded under that name: the
+/// identity is shown before anything happens.
+pub(super) fn signin_confirm(code: &str, identity: &str) -> String {
     document(
         "Sign in",
         &format!(
-            "<main class=\"narrow\"><h1>Tessera operator console</h1>\
-             <p>Sign in with the one-time code <code>tessera console</code> gave you. \
-             It works once, for a short time.</p>\
+            "<main class=\"narrow\"><h1>Sign in as this identity?</h1>\
+             <p>This code signs you in as <strong id=\"signin-as\">{who}</strong>.</p>\
+             <p class=\"error\">Continue only if that is you. A sign-in link someone else sent you \
+             would sign you in as them, and everything you do would be recorded in their name.</p>\
              <form method=\"post\" action=\"/console/signin\">\
              <input type=\"hidden\" name=\"code\" value=\"{}\">\
-             <button type=\"submit\" id=\"signin\">Sign in</button></form></main>",
-            esc(code)
+             <input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+             <button type=\"submit\" id=\"signin\">Sign in as {who}</button></form></main>",
+            esc(code),
+            who = esc(identity),
         ),
     )
 }
@@ -313,10 +336,17 @@ fn grant_tree(
 pub(super) fn tasks(
     caller: &ConsoleCaller,
     tasks: &[(TaskId, Option<Task>, Vec<Grant>)],
+    details_allowed: bool,
     now: DateTime<Utc>,
     done: &str,
 ) -> String {
     let mut main = notice(done);
+    if !details_allowed {
+        main.push_str(
+            "<p class=\"error\" id=\"tasks-not-allowed\">Not allowed: policy does not let you read these tasks' \
+             details (agents, ceiling, deadline); only their grants are shown.</p>",
+        );
+    }
     if tasks.is_empty() {
         main.push_str("<p class=\"empty\" id=\"no-tasks\">No task holds a live grant.</p>");
     }

@@ -38,9 +38,16 @@
     // The session ended (sign-out, expiry, identity disabled): stop, say so,
     // and leave navigation to the person (a reload here would race a
     // sign-out's own page).
-    source.addEventListener("ended", function () {
+    source.addEventListener("ended", function (event) {
       source.close();
-      if (state) { state.textContent = "(session ended: sign in again)"; state.dataset.state = "ended"; }
+      if (!state) return;
+      if (event.data === "not-allowed") {
+        state.textContent = "(not allowed: policy no longer lets you list approvals)";
+        state.dataset.state = "not-allowed";
+      } else {
+        state.textContent = "(session ended: sign in again)";
+        state.dataset.state = "ended";
+      }
     });
   }
 
@@ -60,7 +67,24 @@
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
+  // Sign-in: the code comes in the URL's fragment (never sent to a server,
+  // so never in a proxy's log). Move it into the form, take it out of the
+  // address bar and history, and continue to the page that names the
+  // identity it signs in as (nothing is spent before that page's button).
+  function signin(form) {
+    var match = /^#code=([A-Za-z0-9_-]{1,128})$/.exec(window.location.hash);
+    window.history.replaceState(null, "", window.location.pathname);
+    if (!match) return;
+    var input = document.getElementById("code");
+    var field = document.getElementById("code-field");
+    input.value = match[1];
+    if (field) field.hidden = true;
+    form.requestSubmit();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var form = document.getElementById("signin-form");
+    if (form) signin(form);
     var section = document.getElementById("approvals");
     if (section && section.dataset.events) live(section);
     tick();
