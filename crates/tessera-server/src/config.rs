@@ -412,6 +412,12 @@ struct RawStore {
     key_prefix: String,
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     timeout: Duration,
+    /// Replicas that must confirm (`WAIT`) each revocation-class write.
+    #[serde(default)]
+    min_replicas: u32,
+    /// How long to wait for them.
+    #[serde(default = "default_replica_timeout", with = "humantime_serde")]
+    replica_timeout: Duration,
 }
 
 impl Default for RawStore {
@@ -423,8 +429,14 @@ impl Default for RawStore {
             sentinel_master: None,
             key_prefix: default_prefix(),
             timeout: default_store_timeout(),
+            min_replicas: 0,
+            replica_timeout: default_replica_timeout(),
         }
     }
+}
+
+fn default_replica_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_prefix() -> String {
@@ -702,6 +714,9 @@ impl RawStore {
                 if !self.urls.is_empty() {
                     return Err(key_error("store.urls", "only used with backend = \"redis\""));
                 }
+                if self.min_replicas != 0 {
+                    return Err(key_error("store.min_replicas", "only used with backend = \"redis\""));
+                }
                 Ok(StoreConfig::Memory)
             }
             "redis" => {
@@ -762,9 +777,17 @@ impl RawStore {
                 if self.timeout.is_zero() || self.timeout > Duration::from_secs(30) {
                     return Err(key_error("store.timeout", "must be between 1ms and 30s"));
                 }
+                if self.min_replicas > 16 {
+                    return Err(key_error("store.min_replicas", "must be between 0 and 16"));
+                }
+                if self.replica_timeout.is_zero() || self.replica_timeout > Duration::from_secs(30) {
+                    return Err(key_error("store.replica_timeout", "must be between 1ms and 30s"));
+                }
                 let mut config = RedisConfig::new(deployment);
                 config.key_prefix = self.key_prefix;
                 config.timeout = self.timeout;
+                config.min_replicas = self.min_replicas;
+                config.replica_timeout = self.replica_timeout;
                 // An event matters until every token it concerns has expired,
                 // and verifiers accept a token until exp + leeway.
                 config.feed_retention = max_ttl.as_duration()

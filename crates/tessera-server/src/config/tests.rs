@@ -168,6 +168,35 @@ fn redis_store_settings_load() {
 }
 
 #[test]
+fn replica_confirmation_settings_load_and_are_checked() {
+    let base = [
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:1"]"#),
+    ];
+    let StoreConfig::Redis(r) = load(GOOD, &base).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!(r.min_replicas, 0, "no WAIT unless asked for");
+    let mut with = base.to_vec();
+    with.extend([
+        ("TESSERA_STORE__MIN_REPLICAS", "1"),
+        ("TESSERA_STORE__REPLICA_TIMEOUT", "200ms"),
+    ]);
+    let StoreConfig::Redis(r) = load(GOOD, &with).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!(r.min_replicas, 1);
+    assert_eq!(r.replica_timeout, std::time::Duration::from_millis(200));
+    let mut too_many = base.to_vec();
+    too_many.push(("TESSERA_STORE__MIN_REPLICAS", "17"));
+    check_key_error(GOOD, &too_many, "store.min_replicas");
+    let mut zero = base.to_vec();
+    zero.push(("TESSERA_STORE__REPLICA_TIMEOUT", "0s"));
+    check_key_error(GOOD, &zero, "store.replica_timeout");
+    check_key_error(GOOD, &[("TESSERA_STORE__MIN_REPLICAS", "1")], "store.min_replicas");
+}
+
+#[test]
 fn sentinel_mode_needs_the_primary_name() {
     let base = [
         ("TESSERA_STORE__BACKEND", "redis"),

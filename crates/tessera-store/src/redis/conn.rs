@@ -130,6 +130,16 @@ impl Conn {
         Self::open(deployment, timeout, timeout + Duration::from_secs(2)).await
     }
 
+    /// A connection of its own for writes followed by `WAIT`, which blocks
+    /// the connection it is sent on for up to `wait`.
+    pub(crate) async fn connect_durable(
+        deployment: &RedisDeployment,
+        timeout: Duration,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open(deployment, timeout, timeout + wait).await
+    }
+
     async fn open(deployment: &RedisDeployment, connect: Duration, response: Duration) -> Result<Self, StoreError> {
         match deployment {
             RedisDeployment::Standalone { url } => {

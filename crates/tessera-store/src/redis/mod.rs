@@ -54,6 +54,14 @@ pub struct RedisConfig {
     pub feed_max_len: usize,
     /// How long an ended or expired task stays readable.
     pub task_retention: chrono::Duration,
+    /// Replicas that must confirm (`WAIT`) every revocation, task end,
+    /// quarantine, disable and replay-cache write before it is acknowledged;
+    /// 0 waits for none. With fewer confirmations the write is reported
+    /// [`StoreError::Unavailable`] (it may have been applied: every such
+    /// write is idempotent, so the caller retries).
+    pub min_replicas: u32,
+    /// How long `WAIT` waits for those confirmations.
+    pub replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -66,6 +74,8 @@ impl RedisConfig {
             feed_retention: chrono::Duration::hours(25),
             feed_max_len: 1_000_000,
             task_retention: chrono::Duration::hours(1),
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -107,6 +117,11 @@ impl Scripts {
 /// The Redis-backed [`GrantStore`].
 pub struct RedisStore {
     conn: Conn,
+    /// The connection revocation-class writes and their `WAIT` go over. `WAIT`
+    /// blocks the connection it is sent on and counts the writes made on it,
+    /// so with `min_replicas > 0` these writes get a connection of their own
+    /// (mints and reads never queue behind a `WAIT`); otherwise `conn`.
+    durable: Conn,
     keys: Keys,
     config: RedisConfig,
     scripts: Scripts,
@@ -187,6 +202,11 @@ impl RedisStore {
     /// Connects, refuses a Redis that may evict keys, and establishes the epoch marker.
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
         let conn = Conn::connect(&config.deployment, config.timeout).await?;
+        let durable = if config.min_replicas > 0 {
+            Conn::connect_durable(&config.deployment, config.timeout, config.replica_timeout).await?
+        } else {
+            conn.clone()
+        };
         conn::check_eviction_policy(&config.deployment, config.timeout).await?;
         let keys = Keys::new(&config.key_prefix);
         let feed_changed = Arc::new(Notify::new());
@@ -194,6 +214,7 @@ impl RedisStore {
         let tailer = tokio::spawn(tail_feed(tailer_conn, keys.feed(), feed_changed.clone()));
         let store = Self {
             conn,
+            durable,
             keys,
             config,
             scripts: Scripts::new(),
@@ -221,6 +242,45 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// The connection for writes that [`RedisStore::replicated`] must cover.
+    fn durable(&self) -> Conn {
+        self.durable.clone()
+    }
+
+    /// Waits until `min_replicas` replicas confirm every write made so far on
+    /// the durable connection (`WAIT`); fewer is `Unavailable`. Called after
+    /// each revocation-class write and before it is acknowledged, so a
+    /// failover that promotes a confirming replica keeps it.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let want = self.config.min_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let wait_ms = u64::try_from(self.config.replica_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.durable();
+        let confirmed: i64 = match tokio::time::timeout(
+            self.config.replica_timeout + self.config.timeout,
+            redis::cmd("WAIT").arg(want).arg(wait_ms).query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(store_error)?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis did not answer WAIT within {} ms",
+                    (self.config.replica_timeout + self.config.timeout).as_millis()
+                )));
+            }
+        };
+        if confirmed < i64::from(want) {
+            return Err(StoreError::Unavailable(format!(
+                "{confirmed} of {want} redis replicas confirmed the write within {wait_ms} ms; \
+                 not acknowledged (retry: it is idempotent)"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads the epoch marker, creating it on an empty Redis. If it changed
@@ -283,7 +343,7 @@ impl RedisStore {
                 .arg("r")
                 .arg(json);
         }
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let ids: Vec<String> = self.bounded(pipe.query_async(&mut conn)).await?;
         self.feed_changed.notify_waiters();
         // Stream ids carry Redis's clock: trim by age in that clock, not ours.
@@ -806,7 +866,7 @@ impl GrantStore for RedisStore {
         let mut root_revoked = false;
         let mut finished = false;
         for _ in 0..64 {
-            let mut conn = self.conn();
+            let mut conn = self.durable();
             let mut invocation = self.scripts.revoke_grant_tree.key(&grant_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now)).arg(reason);
             for gid in &published {
@@ -854,6 +914,9 @@ impl GrantStore for RedisStore {
                 "grant tree kept growing while being revoked; retry".into(),
             ));
         }
+        // Also for a grant that was already revoked: a retry after an
+        // unconfirmed first attempt must not be acknowledged unconfirmed.
+        self.replicated().await?;
         let Some(grant) = self.grant(id).await? else {
             return Ok(None);
         };
@@ -885,7 +948,7 @@ impl GrantStore for RedisStore {
         let mut grants_revoked = 0u64;
         // Rounds: a child task started while we end its parent is caught by the next round.
         for _ in 0..64 {
-            let mut conn = self.conn();
+            let mut conn = self.durable();
             let mut invocation = self.scripts.active_task_tree.key(&task_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now));
             for e in &ended {
@@ -921,6 +984,7 @@ impl GrantStore for RedisStore {
             grants_revoked += live;
             ended.extend(active.into_iter().map(|(task, _)| task));
         }
+        self.replicated().await?;
         let task = self
             .task(id)
             .await?
@@ -1089,7 +1153,7 @@ impl GrantStore for RedisStore {
     }
 
     async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let n: u64 = self
             .bounded(
                 self.scripts
@@ -1100,6 +1164,7 @@ impl GrantStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         self.own_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1147,7 +1212,7 @@ impl GrantStore for RedisStore {
 
     async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let mark = serde_json::json!({"reason": reason, "at": now.to_rfc3339()}).to_string();
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let added: i64 = self
             .bounded(
                 redis::cmd("HSETNX")
@@ -1157,6 +1222,7 @@ impl GrantStore for RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         Ok(added == 1)
     }
 
@@ -1218,7 +1284,7 @@ impl GrantStore for RedisStore {
             "why": why,
         })
         .to_string();
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let _: String = self
             .bounded(
                 self.scripts
@@ -1231,6 +1297,7 @@ impl GrantStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         Ok(())
     }
 
