@@ -202,8 +202,8 @@ pub struct TasksConfig {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    /// The embedded in-process store.
-    Memory,
+    /// The embedded in-process store, with its bounds.
+    Memory(tessera_store::MemoryLimits),
     /// Redis, shared by every replica.
     Redis(tessera_store::RedisConfig),
 }
@@ -418,6 +418,12 @@ struct RawStore {
     /// How long to wait for them.
     #[serde(default = "default_replica_timeout", with = "humantime_serde")]
     replica_timeout: Duration,
+    /// Most live grants one identity holds at once.
+    #[serde(default = "default_max_live_grants")]
+    max_live_grants_per_identity: u64,
+    /// Most live grants one task holds at once.
+    #[serde(default = "default_max_live_grants")]
+    max_live_grants_per_task: u64,
 }
 
 impl Default for RawStore {
@@ -431,8 +437,14 @@ impl Default for RawStore {
             timeout: default_store_timeout(),
             min_replicas: 0,
             replica_timeout: default_replica_timeout(),
+            max_live_grants_per_identity: default_max_live_grants(),
+            max_live_grants_per_task: default_max_live_grants(),
         }
     }
+}
+
+fn default_max_live_grants() -> u64 {
+    tessera_store::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY
 }
 
 fn default_replica_timeout() -> Duration {
@@ -709,6 +721,14 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
 impl RawStore {
     fn validate(self, max_ttl: Ttl, leeway: Duration, max_task: chrono::Duration) -> Result<StoreConfig, ConfigError> {
         use tessera_store::{RedisConfig, RedisDeployment};
+        for (key, value) in [
+            ("store.max_live_grants_per_identity", self.max_live_grants_per_identity),
+            ("store.max_live_grants_per_task", self.max_live_grants_per_task),
+        ] {
+            if !(1..=10_000_000).contains(&value) {
+                return Err(key_error(key, "must be between 1 and 10000000"));
+            }
+        }
         match self.backend.as_str() {
             "memory" => {
                 if !self.urls.is_empty() {
@@ -717,7 +737,11 @@ impl RawStore {
                 if self.min_replicas != 0 {
                     return Err(key_error("store.min_replicas", "only used with backend = \"redis\""));
                 }
-                Ok(StoreConfig::Memory)
+                Ok(StoreConfig::Memory(tessera_store::MemoryLimits {
+                    max_live_grants_per_identity: self.max_live_grants_per_identity,
+                    max_live_grants_per_task: self.max_live_grants_per_task,
+                    ..tessera_store::MemoryLimits::default()
+                }))
             }
             "redis" => {
                 if self.urls.is_empty() {
@@ -788,6 +812,8 @@ impl RawStore {
                 config.timeout = self.timeout;
                 config.min_replicas = self.min_replicas;
                 config.replica_timeout = self.replica_timeout;
+                config.max_live_grants_per_identity = self.max_live_grants_per_identity;
+                config.max_live_grants_per_task = self.max_live_grants_per_task;
                 // An event matters until every token it concerns has expired,
                 // and verifiers accept a token until exp + leeway.
                 config.feed_retention = max_ttl.as_duration()

@@ -269,8 +269,8 @@ pub async fn serve(
         Arc<dyn tessera_store::ApprovalStore>,
     );
     let (store, replay, approvals): Stores = match &config.store {
-        StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::default());
+        StoreConfig::Memory(limits) => {
+            let store = Arc::new(MemoryStore::new(*limits));
             (
                 store.clone(),
                 store,

@@ -33,5 +33,6 @@ pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, Redis
 pub use replay::conformance as replay_conformance;
 pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
 pub use store::{
-    GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TaskEnded,
+    DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY, DEFAULT_MAX_LIVE_GRANTS_PER_TASK, GrantFilter, GrantPage, GrantStore,
+    IDENTITY_GRANTS_FULL, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TASK_GRANTS_FULL, TaskEnded,
 };

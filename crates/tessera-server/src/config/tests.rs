@@ -53,7 +53,7 @@ fn a_good_file_loads_with_defaults() {
     assert_eq!(c.tokens.algorithm, Algorithm::Es256);
     assert_eq!(c.tls.cert, Path::new("/etc/tessera/broker.pem"));
     assert_eq!(c.identities.len(), 1);
-    assert!(matches!(c.store, StoreConfig::Memory));
+    assert!(matches!(c.store, StoreConfig::Memory(_)));
 }
 
 #[test]
@@ -194,6 +194,32 @@ fn replica_confirmation_settings_load_and_are_checked() {
     zero.push(("TESSERA_STORE__REPLICA_TIMEOUT", "0s"));
     check_key_error(GOOD, &zero, "store.replica_timeout");
     check_key_error(GOOD, &[("TESSERA_STORE__MIN_REPLICAS", "1")], "store.min_replicas");
+}
+
+#[test]
+fn live_grant_bounds_reach_both_stores() {
+    let bounds = [
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_IDENTITY", "7"),
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_TASK", "9"),
+    ];
+    let StoreConfig::Memory(m) = load(GOOD, &bounds).unwrap().store else {
+        panic!("expected memory")
+    };
+    assert_eq!((m.max_live_grants_per_identity, m.max_live_grants_per_task), (7, 9));
+    let mut redis = bounds.to_vec();
+    redis.extend([
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:1"]"#),
+    ]);
+    let StoreConfig::Redis(r) = load(GOOD, &redis).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!((r.max_live_grants_per_identity, r.max_live_grants_per_task), (7, 9));
+    check_key_error(
+        GOOD,
+        &[("TESSERA_STORE__MAX_LIVE_GRANTS_PER_TASK", "0")],
+        "store.max_live_grants_per_task",
+    );
 }
 
 #[test]

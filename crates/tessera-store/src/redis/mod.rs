@@ -62,6 +62,10 @@ pub struct RedisConfig {
     pub min_replicas: u32,
     /// How long `WAIT` waits for those confirmations.
     pub replica_timeout: Duration,
+    /// Most live grants one identity (grant subject) may hold at once.
+    pub max_live_grants_per_identity: u64,
+    /// Most live grants one task may hold at once.
+    pub max_live_grants_per_task: u64,
 }
 
 impl RedisConfig {
@@ -76,6 +80,8 @@ impl RedisConfig {
             task_retention: chrono::Duration::hours(1),
             min_replicas: 0,
             replica_timeout: Duration::from_millis(500),
+            max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
+            max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
         }
     }
 }
@@ -89,6 +95,9 @@ struct Scripts {
     end_tasks: redis::Script,
     live_grants: redis::Script,
     index_add: redis::Script,
+    index_add_capped: redis::Script,
+    publish_events: redis::Script,
+    disable_subject: redis::Script,
     read_live_grants: redis::Script,
     publish_key: redis::Script,
     withdraw_keys: redis::Script,
@@ -109,6 +118,9 @@ impl Scripts {
             withdraw_keys: scripts::withdraw_keys(),
             quarantine: scripts::quarantine(),
             index_add: scripts::index_add(),
+            index_add_capped: scripts::index_add_capped(),
+            publish_events: scripts::publish_events(),
+            disable_subject: scripts::disable_subject(),
             read_live_grants: scripts::read_live_grants(),
         }
     }
@@ -331,20 +343,15 @@ impl RedisStore {
             return Ok(());
         }
         let feed = self.keys.feed();
-        let mut pipe = redis::pipe();
+        // One script, not XADDs: it may write when Redis is at maxmemory.
+        let mut invocation = self.scripts.publish_events.key(&feed);
+        invocation.arg(self.config.feed_max_len);
         for r in revocations {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            pipe.cmd("XADD")
-                .arg(&feed)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.feed_max_len)
-                .arg("*")
-                .arg("r")
-                .arg(json);
+            invocation.arg(json);
         }
         let mut conn = self.durable();
-        let ids: Vec<String> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let ids: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         self.feed_changed.notify_waiters();
         // Stream ids carry Redis's clock: trim by age in that clock, not ours.
         if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
@@ -455,6 +462,49 @@ impl RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Lists `grant` in its subject's index, refusing when the subject
+    /// already holds `max_live_grants_per_identity` live grants. The index
+    /// keeps revoked grants and grants of ended tasks until they expire, so
+    /// a full index is pruned of grants no longer live, then tried once more.
+    async fn subject_index_add(&self, grant: &Grant, exp: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let index = self.keys.subject(&grant.subject);
+        for attempt in 0..2 {
+            let mut conn = self.conn();
+            let outcome: String = self
+                .bounded(
+                    self.scripts
+                        .index_add_capped
+                        .key(&index)
+                        .arg(grant.id.as_str())
+                        .arg(exp)
+                        .arg(ms(now))
+                        .arg(self.config.max_live_grants_per_identity)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            if outcome == "ok" {
+                return Ok(());
+            }
+            if attempt == 0 {
+                let members = self.index_live(&index, now).await?;
+                let live: HashSet<String> = self
+                    .read_live(&members, now)
+                    .await?
+                    .into_iter()
+                    .map(|g| g.id.to_string())
+                    .collect();
+                let dead: Vec<&String> = members.iter().filter(|m| !live.contains(*m)).collect();
+                if dead.is_empty() {
+                    break;
+                }
+                let _: i64 = self
+                    .bounded(redis::cmd("ZREM").arg(&index).arg(dead).query_async(&mut conn))
+                    .await?;
+            }
+        }
+        Err(StoreError::Full(crate::IDENTITY_GRANTS_FULL))
     }
 
     /// Members of an index zset whose score is still ahead of `now`.
@@ -758,8 +808,7 @@ impl GrantStore for RedisStore {
         // liveness); a recorded grant missing from it would escape
         // RevokeIdentity. The index lives in another slot than the tree, so
         // it cannot join the grant script.
-        self.index_add(&self.keys.subject(&grant.subject), grant.id.as_str(), exp, now)
-            .await?;
+        self.subject_index_add(grant, exp, now).await?;
         let mut conn = self.conn();
         let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
         let outcome: String = self
@@ -774,11 +823,13 @@ impl GrantStore for RedisStore {
                     .arg(exp)
                     .arg(ms(now))
                     .arg(parent)
+                    .arg(self.config.max_live_grants_per_task)
                     .invoke_async(&mut conn),
             )
             .await?;
         match outcome.as_str() {
             "ok" => Ok(()),
+            "task_full" => Err(StoreError::Full(crate::TASK_GRANTS_FULL)),
             "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
             "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
             "exists" => Err(StoreError::GrantExists),
@@ -1215,11 +1266,12 @@ impl GrantStore for RedisStore {
         let mut conn = self.durable();
         let added: i64 = self
             .bounded(
-                redis::cmd("HSETNX")
-                    .arg(self.keys.disabled())
+                self.scripts
+                    .disable_subject
+                    .key(self.keys.disabled())
                     .arg(subject.as_str())
                     .arg(mark)
-                    .query_async(&mut conn),
+                    .invoke_async(&mut conn),
             )
             .await?;
         self.replicated().await?;
