@@ -1283,7 +1283,7 @@ fn subject_grant(id: GrantId, task: &str, subject: &str, ttl: i64) -> Grant {
 pub async fn live_grants_are_bounded_per_task_and_identity(store: impl GrantStore) {
     let now = t0();
     let agent = "spiffe://td/agent";
-    for t in ["bound-a", "bound-b", "bound-c"] {
+    for t in ["bound-a", "bound-b", "bound-c", "bound-d"] {
         store.create_task(&task(t, 600, None)).await.unwrap();
     }
     let record = async |t: &str, subject: &str, ttl: i64, at| {
@@ -1328,7 +1328,8 @@ pub async fn live_grants_are_bounded_per_task_and_identity(store: impl GrantStor
         record("bound-c", "spiffe://td/third", 300, later).await,
         crate::TASK_GRANTS_FULL,
     );
-    full(record("bound-b", agent, 300, later).await, crate::IDENTITY_GRANTS_FULL);
+    // `agent` holds 2 in bound-b and 3 in bound-c.
+    full(record("bound-d", agent, 300, later).await, crate::IDENTITY_GRANTS_FULL);
 }
 
 /// Needs a store that refuses new grants as full after `fill` grants or
