@@ -14,8 +14,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_e2e::redis::{RedisSentinels, RedisServer};
 use tessera_client::{AdminClient, AgentClient};
+use tessera_e2e::redis::{RedisSentinels, RedisServer};
 use tessera_e2e::*;
 use tonic::Code;
 
@@ -80,19 +80,25 @@ async fn a_revocation_no_replica_confirmed_is_unavailable_until_one_does() {
 
     // The caller retries (the operations are idempotent) and is acknowledged
     // once the replica confirms.
-    eventually("the retried revocation to be acknowledged", Duration::from_secs(20), async || {
-        revoke(&mut admin, &second.grant_id).await.is_ok()
-    })
+    eventually(
+        "the retried revocation to be acknowledged",
+        Duration::from_secs(20),
+        async || revoke(&mut admin, &second.grant_id).await.is_ok(),
+    )
     .await;
-    eventually("the retried completion to be acknowledged", Duration::from_secs(20), async || {
-        orchestrator
-            .complete_task(pb::CompleteTaskRequest {
-                task_id: "wait".into(),
-                reason: "done".into(),
-            })
-            .await
-            .is_ok()
-    })
+    eventually(
+        "the retried completion to be acknowledged",
+        Duration::from_secs(20),
+        async || {
+            orchestrator
+                .complete_task(pb::CompleteTaskRequest {
+                    task_id: "wait".into(),
+                    reason: "done".into(),
+                })
+                .await
+                .is_ok()
+        },
+    )
     .await;
     let mut verifier = broker.verifier("api-gateway").await;
     for t in [&first, &second] {
@@ -235,16 +241,20 @@ async fn no_acknowledged_revocation_is_lost_when_sentinel_promotes_the_replica()
         .iter()
         .filter(|(_, at)| *at < killed_at)
         .count();
-    eventually("revocations after the old primary rejoined", Duration::from_secs(60), async || {
-        history
-            .lock()
-            .unwrap()
-            .acknowledged
-            .iter()
-            .filter(|(_, at)| *at > rejoined_at)
-            .count()
-            >= AFTER
-    })
+    eventually(
+        "revocations after the old primary rejoined",
+        Duration::from_secs(60),
+        async || {
+            history
+                .lock()
+                .unwrap()
+                .acknowledged
+                .iter()
+                .filter(|(_, at)| *at > rejoined_at)
+                .count()
+                >= AFTER
+        },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in workers {
@@ -301,7 +311,10 @@ async fn no_acknowledged_revocation_is_lost_when_sentinel_promotes_the_replica()
         assert!(introspect(&mut verifier, &live.access_token).await.unwrap());
     }
     eprintln!("acknowledged revocations lost: {}", lost.len());
-    assert!(lost.is_empty(), "acknowledged revocations lost in the failover: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged revocations lost in the failover: {lost:?}"
+    );
     drop(fresh);
     drop(broker);
     drop(sentinels);

@@ -327,7 +327,10 @@ impl RedisServer {
                 "redis-sentinel",
                 self.options.sentinel_args(primary, self.port, self.dir.path()),
             ),
-            None => ("redis-server", self.options.args(self.port, self.bus_port, self.dir.path())),
+            None => (
+                "redis-server",
+                self.options.args(self.port, self.bus_port, self.dir.path()),
+            ),
         };
         // redis-server chdirs to `dir` itself; starting there too keeps every
         // process in its directory from the first instant, which is what

@@ -1301,7 +1301,10 @@ pub async fn live_grants_are_bounded_per_task_and_identity(store: impl GrantStor
     for _ in 0..BOUND_PER_TASK {
         a.push(record("bound-a", agent, 300, now).await.unwrap());
     }
-    full(record("bound-a", "spiffe://td/other", 300, now).await, crate::TASK_GRANTS_FULL);
+    full(
+        record("bound-a", "spiffe://td/other", 300, now).await,
+        crate::TASK_GRANTS_FULL,
+    );
     // A revoked grant frees its place.
     store.revoke_grant(&a[0].id, "test", now).await.unwrap();
     a.push(record("bound-a", agent, 10, now).await.unwrap());

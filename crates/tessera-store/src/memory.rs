@@ -345,7 +345,11 @@ impl GrantStore for MemoryStore {
         if state.grants.len() >= self.limits.max_grants {
             return Err(StoreError::Full("grants"));
         }
-        if state.live_reach(state.grants_by_task.get(&grant.task_id), self.limits.max_live_grants_per_task, now) {
+        if state.live_reach(
+            state.grants_by_task.get(&grant.task_id),
+            self.limits.max_live_grants_per_task,
+            now,
+        ) {
             return Err(StoreError::Full(crate::TASK_GRANTS_FULL));
         }
         if state.live_reach(

@@ -270,7 +270,9 @@ impl RedisStore {
         if want == 0 {
             return Ok(());
         }
-        let wait_ms = u64::try_from(self.config.replica_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let wait_ms = u64::try_from(self.config.replica_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut conn = self.durable();
         let confirmed: i64 = match tokio::time::timeout(
             self.config.replica_timeout + self.config.timeout,
