@@ -144,8 +144,14 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Most open connections; more are closed at accept.
     pub max_connections: usize,
+    /// Most open connections from one source address; more are closed at accept.
+    pub max_connections_per_address: usize,
     /// A TLS handshake not done by then is dropped.
     pub handshake_timeout: Duration,
+    /// A connection with no attested call by then is closed.
+    pub unattested_timeout: Duration,
+    /// A connection with no call open or started for this long is closed.
+    pub idle_timeout: Duration,
     /// A unary request not answered by then fails.
     pub request_timeout: Duration,
     /// How often a quiet revocation feed sends a heartbeat.
@@ -280,8 +286,14 @@ struct RawServer {
     max_concurrent_streams: u32,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: usize,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     handshake_timeout: Duration,
+    #[serde(default = "default_unattested_timeout", with = "humantime_serde")]
+    unattested_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     request_timeout: Duration,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
@@ -310,6 +322,15 @@ fn default_max_concurrent_streams() -> u32 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_address() -> usize {
+    128
+}
+fn default_unattested_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(5)
@@ -865,7 +886,15 @@ impl RawConfig {
         if !(1..=1_000_000).contains(&s.max_connections) {
             return Err(key_error("server.max_connections", "must be between 1 and 1000000"));
         }
+        if !(1..=1_000_000).contains(&s.max_connections_per_address) {
+            return Err(key_error(
+                "server.max_connections_per_address",
+                "must be between 1 and 1000000",
+            ));
+        }
         for (key, d) in [
+            ("server.unattested_timeout", s.unattested_timeout),
+            ("server.idle_timeout", s.idle_timeout),
             ("server.handshake_timeout", s.handshake_timeout),
             ("server.request_timeout", s.request_timeout),
             ("server.heartbeat_interval", s.heartbeat_interval),
@@ -1031,7 +1060,10 @@ impl RawConfig {
                 max_message_bytes: s.max_message_bytes,
                 max_concurrent_streams: s.max_concurrent_streams,
                 max_connections: s.max_connections,
+                max_connections_per_address: s.max_connections_per_address,
                 handshake_timeout: s.handshake_timeout,
+                unattested_timeout: s.unattested_timeout,
+                idle_timeout: s.idle_timeout,
                 request_timeout: s.request_timeout,
                 heartbeat_interval: s.heartbeat_interval,
                 per_identity_rps: s.per_identity_rps,

@@ -223,6 +223,34 @@ fn live_grant_bounds_reach_both_stores() {
 }
 
 #[test]
+fn connection_bounds_load_and_are_checked() {
+    let c = load(
+        GOOD,
+        &[
+            ("TESSERA_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+            ("TESSERA_SERVER__UNATTESTED_TIMEOUT", "3s"),
+            ("TESSERA_SERVER__IDLE_TIMEOUT", "1m"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.max_connections_per_address, 16);
+    assert_eq!(c.server.unattested_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
+    let d = load(GOOD, &[]).unwrap();
+    assert_eq!(d.server.unattested_timeout, std::time::Duration::from_secs(5));
+    check_key_error(
+        GOOD,
+        &[("TESSERA_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0")],
+        "server.max_connections_per_address",
+    );
+    check_key_error(
+        GOOD,
+        &[("TESSERA_SERVER__UNATTESTED_TIMEOUT", "0s")],
+        "server.unattested_timeout",
+    );
+}
+
+#[test]
 fn sentinel_mode_needs_the_primary_name() {
     let base = [
         ("TESSERA_STORE__BACKEND", "redis"),
