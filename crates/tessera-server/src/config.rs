@@ -445,6 +445,14 @@ struct RawStore {
     /// Most live grants one task holds at once.
     #[serde(default = "default_max_live_grants")]
     max_live_grants_per_task: u64,
+    /// With `rediss://`: the CA bundle for Redis's certificate (default: `tls.trust_bundle`).
+    #[serde(default)]
+    tls_ca: Option<PathBuf>,
+    /// With `rediss://`: the client certificate Redis may ask for, and its key.
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for RawStore {
@@ -460,6 +468,9 @@ impl Default for RawStore {
             replica_timeout: default_replica_timeout(),
             max_live_grants_per_identity: default_max_live_grants(),
             max_live_grants_per_task: default_max_live_grants(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -740,7 +751,14 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
 }
 
 impl RawStore {
-    fn validate(self, max_ttl: Ttl, leeway: Duration, max_task: chrono::Duration) -> Result<StoreConfig, ConfigError> {
+    fn validate(
+        self,
+        max_ttl: Ttl,
+        leeway: Duration,
+        max_task: chrono::Duration,
+        base: &Path,
+        trust_bundle: PathBuf,
+    ) -> Result<StoreConfig, ConfigError> {
         use tessera_store::{RedisConfig, RedisDeployment};
         for (key, value) in [
             ("store.max_live_grants_per_identity", self.max_live_grants_per_identity),
@@ -782,6 +800,7 @@ impl RawStore {
                         format!("`…{shown}` is not a redis:// or rediss:// URL"),
                     ));
                 }
+                let wants_tls = self.urls.iter().any(|u| u.starts_with("rediss://"));
                 let deployment = match self.mode.as_deref().unwrap_or("standalone") {
                     "standalone" => match self.urls.as_slice() {
                         [url] => RedisDeployment::Standalone { url: url.clone() },
@@ -835,6 +854,25 @@ impl RawStore {
                 config.replica_timeout = self.replica_timeout;
                 config.max_live_grants_per_identity = self.max_live_grants_per_identity;
                 config.max_live_grants_per_task = self.max_live_grants_per_task;
+                if self.tls_cert.is_some() != self.tls_key.is_some() {
+                    return Err(key_error("store.tls_key", "tls_cert and tls_key go together"));
+                }
+                if !wants_tls && (self.tls_ca.is_some() || self.tls_cert.is_some()) {
+                    return Err(key_error("store.tls_ca", "only used with rediss:// URLs"));
+                }
+                if wants_tls && matches!(config.deployment, RedisDeployment::Sentinel { .. }) {
+                    return Err(key_error(
+                        "store.urls",
+                        "rediss:// is supported in standalone and cluster mode, not with mode = \"sentinel\"",
+                    ));
+                }
+                config.tls = wants_tls.then(|| tessera_store::RedisTls {
+                    ca: self.tls_ca.map_or(trust_bundle, |p| resolve(base, p)),
+                    client: self
+                        .tls_cert
+                        .zip(self.tls_key)
+                        .map(|(c, k)| (resolve(base, c), resolve(base, k))),
+                });
                 // An event matters until every token it concerns has expired,
                 // and verifiers accept a token until exp + leeway.
                 config.feed_retention = max_ttl.as_duration()
@@ -973,7 +1011,13 @@ impl RawConfig {
             return Err(key_error("tasks.max_duration", "must be between 1s and 30 days"));
         }
 
-        let store = self.store.validate(max, t.leeway, max_task)?;
+        let store = self.store.validate(
+            max,
+            t.leeway,
+            max_task,
+            base,
+            resolve(base, self.tls.trust_bundle.clone()),
+        )?;
         if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
         }

@@ -251,6 +251,33 @@ fn connection_bounds_load_and_are_checked() {
 }
 
 #[test]
+fn redis_tls_settings_default_to_the_trust_bundle() {
+    let base = [
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["rediss://u:p@127.0.0.1:6380/0"]"#),
+    ];
+    let c = load(GOOD, &base).unwrap();
+    let StoreConfig::Redis(r) = c.store else {
+        panic!("expected redis")
+    };
+    let tls = r.tls.expect("tls for rediss://");
+    assert_eq!(tls.ca, c.tls.trust_bundle);
+    assert!(tls.client.is_none());
+    let mut half = base.to_vec();
+    half.push(("TESSERA_STORE__TLS_CERT", "client.pem"));
+    check_key_error(GOOD, &half, "store.tls_key");
+    check_key_error(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:6379"]"#),
+            ("TESSERA_STORE__TLS_CA", "ca.pem"),
+        ],
+        "store.tls_ca",
+    );
+}
+
+#[test]
 fn sentinel_mode_needs_the_primary_name() {
     let base = [
         ("TESSERA_STORE__BACKEND", "redis"),

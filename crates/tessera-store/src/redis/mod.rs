@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 pub use self::audit_stream::{AuditStream, MAX_AUDIT_PAGE, audit_stream_key};
 use self::conn::Conn;
-pub use self::conn::RedisDeployment;
+pub use self::conn::{RedisDeployment, RedisTls};
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
@@ -66,6 +66,8 @@ pub struct RedisConfig {
     pub max_live_grants_per_identity: u64,
     /// Most live grants one task may hold at once.
     pub max_live_grants_per_task: u64,
+    /// TLS for `rediss://` URLs (standalone and Cluster).
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisConfig {
@@ -82,6 +84,7 @@ impl RedisConfig {
             replica_timeout: Duration::from_millis(500),
             max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
             max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
+            tls: None,
         }
     }
 }
@@ -213,16 +216,17 @@ impl StreamId {
 impl RedisStore {
     /// Connects, refuses a Redis that may evict keys, and establishes the epoch marker.
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
-        let conn = Conn::connect(&config.deployment, config.timeout).await?;
+        let tls = config.tls.as_ref();
+        let conn = Conn::connect(&config.deployment, tls, config.timeout).await?;
         let durable = if config.min_replicas > 0 {
-            Conn::connect_durable(&config.deployment, config.timeout, config.replica_timeout).await?
+            Conn::connect_durable(&config.deployment, tls, config.timeout, config.replica_timeout).await?
         } else {
             conn.clone()
         };
-        conn::check_eviction_policy(&config.deployment, config.timeout).await?;
+        conn::check_eviction_policy(&config.deployment, tls, config.timeout).await?;
         let keys = Keys::new(&config.key_prefix);
         let feed_changed = Arc::new(Notify::new());
-        let tailer_conn = Conn::connect_blocking(&config.deployment, config.timeout).await?;
+        let tailer_conn = Conn::connect_blocking(&config.deployment, tls, config.timeout).await?;
         let tailer = tokio::spawn(tail_feed(tailer_conn, keys.feed(), feed_changed.clone()));
         let store = Self {
             conn,
