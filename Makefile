@@ -20,19 +20,20 @@ deps: ## Install what the build needs (Rust toolchain components)
 	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 # Tests start their own redis-server processes on free loopback ports (tests/support/redis.rs);
-# they only need the binaries. Debian's package auto-starts a system service on 6379: stop it.
-redis: ## Install redis-server and redis-cli from Debian's packages if missing
+# they only need the binaries. Debian's packages auto-start system services on 6379 and 26379: stop them.
+redis: ## Install redis-server, redis-sentinel and redis-cli from Debian's packages if missing
 	@set -e; \
-	if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \
+	if command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-sentinel >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null; then SUDO=sudo; \
 	else echo "redis-server/redis-cli missing and not root (no sudo): run 'apt-get install -y redis-server redis-tools' as root" >&2; exit 1; fi; \
 	command -v apt-get >/dev/null || { echo "redis-server/redis-cli missing and no apt-get: install Redis 7 (redis-server and redis-cli) yourself" >&2; exit 1; }; \
-	echo "Installing redis-server and redis-tools from Debian's packages"; \
+	echo "Installing redis-server, redis-sentinel and redis-tools from Debian's packages"; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-sentinel redis-tools; \
 	$$SUDO service redis-server stop >/dev/null 2>&1 || true; \
-	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "redis install failed" >&2; exit 1; }
+	$$SUDO service redis-sentinel stop >/dev/null 2>&1 || true; \
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-sentinel >/dev/null || { echo "redis install failed" >&2; exit 1; }
 
 redis-check: ## Print the redis-server version the tests will use
 	@command -v redis-server >/dev/null || { echo "redis-server is not installed: run 'make redis'" >&2; exit 1; }
@@ -41,7 +42,7 @@ redis-check: ## Print the redis-server version the tests will use
 # Kill redis-servers whose test process is gone (a server held in a `static` is never dropped,
 # a killed test never drops anything). Test servers run in $TMPDIR/tessera-e2e-redis-<test pid>-<n>,
 # which is redis-server's working directory; servers of a still-running test are left alone.
-REDIS_REAP = for p in $$(pgrep -x redis-server || true); do \
+REDIS_REAP = for p in $$(pgrep -x 'redis-server|redis-sentinel' || true); do \
 		d=$$(readlink /proc/$$p/cwd 2>/dev/null) || continue; \
 		case "$$d" in */tessera-e2e-redis-*) ;; *) continue ;; esac; \
 		owner=$${d\#\#*/tessera-e2e-redis-}; owner=$${owner%%-*}; \
@@ -131,7 +132,7 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
 			: "--workspace, not -p: the same feature set as above, so nothing is rebuilt"; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test golden --test shutdown --test operations || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test golden --test shutdown --test operations --test grant_bounds --test connections || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
 

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tessera_e2e::redis::{RedisCluster, RedisServer};
-use tessera_store::conformance::{run_all, run_approvals};
-use tessera_store::{MemoryStore, RedisConfig, RedisDeployment, RedisStore};
+use tessera_store::conformance::{
+    BOUND_PER_IDENTITY, BOUND_PER_TASK, live_grants_are_bounded_per_task_and_identity,
+    revocations_succeed_when_the_store_is_full, run_all, run_approvals,
+};
+use tessera_store::{MemoryLimits, MemoryStore, RedisConfig, RedisDeployment, RedisStore};
 
 /// A fresh key prefix per store, so every check starts from an empty store.
 fn prefix() -> String {
@@ -39,6 +42,61 @@ async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     run_all(|| redis_store(RedisDeployment::Cluster { urls: urls.clone() })).await;
+}
+
+async fn bounded_redis_store(deployment: RedisDeployment) -> RedisStore {
+    let mut config = RedisConfig::new(deployment);
+    config.key_prefix = prefix();
+    config.timeout = Duration::from_secs(5);
+    config.max_live_grants_per_task = BOUND_PER_TASK;
+    config.max_live_grants_per_identity = BOUND_PER_IDENTITY;
+    RedisStore::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn memory_live_grants_are_bounded_per_task_and_identity() {
+    let store = MemoryStore::new(MemoryLimits {
+        max_live_grants_per_task: BOUND_PER_TASK,
+        max_live_grants_per_identity: BOUND_PER_IDENTITY,
+        ..MemoryLimits::default()
+    });
+    live_grants_are_bounded_per_task_and_identity(store).await;
+}
+
+#[tokio::test]
+async fn redis_live_grants_are_bounded_per_task_and_identity() {
+    let server = RedisServer::builder().appendonly(false).start();
+    let store = bounded_redis_store(RedisDeployment::Standalone { url: server.url() }).await;
+    live_grants_are_bounded_per_task_and_identity(store).await;
+    let cluster = RedisCluster::start();
+    let store = bounded_redis_store(RedisDeployment::Cluster { urls: cluster.urls() }).await;
+    live_grants_are_bounded_per_task_and_identity(store).await;
+}
+
+#[tokio::test]
+async fn a_full_memory_store_still_takes_revocations() {
+    let store = MemoryStore::new(MemoryLimits {
+        max_grants: 50,
+        ..MemoryLimits::default()
+    });
+    revocations_succeed_when_the_store_is_full(store, 50).await;
+}
+
+#[tokio::test]
+async fn a_redis_at_maxmemory_still_takes_revocations() {
+    let server = RedisServer::builder().appendonly(false).start();
+    let store = redis_store(RedisDeployment::Standalone { url: server.url() }).await;
+    // Room for a few hundred grants above what Redis uses now.
+    let info = server.cli(&["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("used_memory:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let limit = (used + 256 * 1024).to_string();
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", &limit]), "OK");
+    revocations_succeed_when_the_store_is_full(store, 20_000).await;
 }
 
 #[tokio::test]

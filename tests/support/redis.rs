@@ -39,8 +39,8 @@ const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Sentinel master name of a [`RedisSentinels`] deployment.
 const MASTER_NAME: &str = "tessera";
 
-const INSTALL_HINT: &str = "run `make test` (it installs redis-server and redis-tools from Debian's packages) \
-     or `apt-get install -y redis-server redis-tools`";
+const INSTALL_HINT: &str = "run `make test` (it installs redis-server, redis-sentinel and redis-tools from Debian's packages) \
+     or `apt-get install -y redis-server redis-sentinel redis-tools`";
 
 /// Panics with install instructions unless `program --version` runs.
 fn require(program: &str) {
@@ -281,6 +281,9 @@ impl RedisServer {
     fn spawn(options: RedisServerBuilder) -> Self {
         require("redis-server");
         require("redis-cli");
+        if options.sentinel_of.is_some() {
+            require("redis-sentinel");
+        }
         let ports_needed = if options.cluster { 2 } else { 1 };
         let ports = free_ports(ports_needed);
         let mut server = Self {
@@ -317,21 +320,29 @@ impl RedisServer {
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let out_path = self.dir.path().join("redis.out");
         let out = std::fs::File::create(&out_path).unwrap();
-        let args = match self.options.sentinel_of {
-            Some(primary) => self.options.sentinel_args(primary, self.port, self.dir.path()),
-            None => self.options.args(self.port, self.bus_port, self.dir.path()),
+        // Sentinels run as Debian's `redis-sentinel` (the redis-sentinel
+        // package, which `make redis` installs), data nodes as `redis-server`.
+        let (program, args) = match self.options.sentinel_of {
+            Some(primary) => (
+                "redis-sentinel",
+                self.options.sentinel_args(primary, self.port, self.dir.path()),
+            ),
+            None => (
+                "redis-server",
+                self.options.args(self.port, self.bus_port, self.dir.path()),
+            ),
         };
         // redis-server chdirs to `dir` itself; starting there too keeps every
         // process in its directory from the first instant, which is what
         // `make redis-reap` looks at.
-        let mut child = Command::new("redis-server")
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn redis-server ({e}): {INSTALL_HINT}"));
+            .unwrap_or_else(|e| panic!("cannot spawn {program} ({e}): {INSTALL_HINT}"));
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -453,6 +464,24 @@ impl RedisServer {
     /// SIGSTOP: the process keeps its sockets but answers nothing.
     pub fn pause(&self) {
         signal(self.pid().expect("redis-server is not running"), "STOP");
+    }
+
+    /// A replica of this server (the defaults, AOF off), started and waited
+    /// for (≤ 15 s) until it is in sync.
+    pub fn start_replica(&self) -> RedisServer {
+        let replica = RedisServer::builder()
+            .appendonly(false)
+            .extra_args(&["--replicaof", "127.0.0.1", &self.port.to_string()])
+            .start();
+        poll(SENTINEL_READY_TIMEOUT, "the replica did not sync", || {
+            let info = replica.cli(&["INFO", "replication"]);
+            if info.lines().any(|l| l.trim() == "master_link_status:up") {
+                Ok(())
+            } else {
+                Err(info)
+            }
+        });
+        replica
     }
 
     /// SIGCONT after [`RedisServer::pause`].

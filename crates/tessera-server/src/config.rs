@@ -146,8 +146,14 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Most open connections; more are closed at accept.
     pub max_connections: usize,
+    /// Most open connections from one source address; more are closed at accept.
+    pub max_connections_per_address: usize,
     /// A TLS handshake not done by then is dropped.
     pub handshake_timeout: Duration,
+    /// A connection with no attested call by then is closed.
+    pub unattested_timeout: Duration,
+    /// A connection with no call open or started for this long is closed.
+    pub idle_timeout: Duration,
     /// A unary request not answered by then fails.
     pub request_timeout: Duration,
     /// How often a quiet revocation feed sends a heartbeat.
@@ -204,8 +210,8 @@ pub struct TasksConfig {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    /// The embedded in-process store.
-    Memory,
+    /// The embedded in-process store, with its bounds.
+    Memory(tessera_store::MemoryLimits),
     /// Redis, shared by every replica.
     Redis(tessera_store::RedisConfig),
 }
@@ -284,8 +290,14 @@ struct RawServer {
     max_concurrent_streams: u32,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: usize,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     handshake_timeout: Duration,
+    #[serde(default = "default_unattested_timeout", with = "humantime_serde")]
+    unattested_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     request_timeout: Duration,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
@@ -314,6 +326,15 @@ fn default_max_concurrent_streams() -> u32 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_address() -> usize {
+    128
+}
+fn default_unattested_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(5)
@@ -416,6 +437,26 @@ struct RawStore {
     key_prefix: String,
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     timeout: Duration,
+    /// Replicas that must confirm (`WAIT`) each revocation-class write.
+    #[serde(default)]
+    min_replicas: u32,
+    /// How long to wait for them.
+    #[serde(default = "default_replica_timeout", with = "humantime_serde")]
+    replica_timeout: Duration,
+    /// Most live grants one identity holds at once.
+    #[serde(default = "default_max_live_grants")]
+    max_live_grants_per_identity: u64,
+    /// Most live grants one task holds at once.
+    #[serde(default = "default_max_live_grants")]
+    max_live_grants_per_task: u64,
+    /// With `rediss://`: the CA bundle for Redis's certificate (default: `tls.trust_bundle`).
+    #[serde(default)]
+    tls_ca: Option<PathBuf>,
+    /// With `rediss://`: the client certificate Redis may ask for, and its key.
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for RawStore {
@@ -427,8 +468,23 @@ impl Default for RawStore {
             sentinel_master: None,
             key_prefix: default_prefix(),
             timeout: default_store_timeout(),
+            min_replicas: 0,
+            replica_timeout: default_replica_timeout(),
+            max_live_grants_per_identity: default_max_live_grants(),
+            max_live_grants_per_task: default_max_live_grants(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
+}
+
+fn default_max_live_grants() -> u64 {
+    tessera_store::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY
+}
+
+fn default_replica_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_prefix() -> String {
@@ -702,14 +758,36 @@ fn apply_env(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigE
 }
 
 impl RawStore {
-    fn validate(self, max_ttl: Ttl, leeway: Duration, max_task: chrono::Duration) -> Result<StoreConfig, ConfigError> {
+    fn validate(
+        self,
+        max_ttl: Ttl,
+        leeway: Duration,
+        max_task: chrono::Duration,
+        base: &Path,
+        trust_bundle: PathBuf,
+    ) -> Result<StoreConfig, ConfigError> {
         use tessera_store::{RedisConfig, RedisDeployment};
+        for (key, value) in [
+            ("store.max_live_grants_per_identity", self.max_live_grants_per_identity),
+            ("store.max_live_grants_per_task", self.max_live_grants_per_task),
+        ] {
+            if !(1..=10_000_000).contains(&value) {
+                return Err(key_error(key, "must be between 1 and 10000000"));
+            }
+        }
         match self.backend.as_str() {
             "memory" => {
                 if !self.urls.is_empty() {
                     return Err(key_error("store.urls", "only used with backend = \"redis\""));
                 }
-                Ok(StoreConfig::Memory)
+                if self.min_replicas != 0 {
+                    return Err(key_error("store.min_replicas", "only used with backend = \"redis\""));
+                }
+                Ok(StoreConfig::Memory(tessera_store::MemoryLimits {
+                    max_live_grants_per_identity: self.max_live_grants_per_identity,
+                    max_live_grants_per_task: self.max_live_grants_per_task,
+                    ..tessera_store::MemoryLimits::default()
+                }))
             }
             "redis" => {
                 if self.urls.is_empty() {
@@ -729,6 +807,7 @@ impl RawStore {
                         format!("`…{shown}` is not a redis:// or rediss:// URL"),
                     ));
                 }
+                let wants_tls = self.urls.iter().any(|u| u.starts_with("rediss://"));
                 let deployment = match self.mode.as_deref().unwrap_or("standalone") {
                     "standalone" => match self.urls.as_slice() {
                         [url] => RedisDeployment::Standalone { url: url.clone() },
@@ -769,9 +848,38 @@ impl RawStore {
                 if self.timeout.is_zero() || self.timeout > Duration::from_secs(30) {
                     return Err(key_error("store.timeout", "must be between 1ms and 30s"));
                 }
+                if self.min_replicas > 16 {
+                    return Err(key_error("store.min_replicas", "must be between 0 and 16"));
+                }
+                if self.replica_timeout.is_zero() || self.replica_timeout > Duration::from_secs(30) {
+                    return Err(key_error("store.replica_timeout", "must be between 1ms and 30s"));
+                }
                 let mut config = RedisConfig::new(deployment);
                 config.key_prefix = self.key_prefix;
                 config.timeout = self.timeout;
+                config.min_replicas = self.min_replicas;
+                config.replica_timeout = self.replica_timeout;
+                config.max_live_grants_per_identity = self.max_live_grants_per_identity;
+                config.max_live_grants_per_task = self.max_live_grants_per_task;
+                if self.tls_cert.is_some() != self.tls_key.is_some() {
+                    return Err(key_error("store.tls_key", "tls_cert and tls_key go together"));
+                }
+                if !wants_tls && (self.tls_ca.is_some() || self.tls_cert.is_some()) {
+                    return Err(key_error("store.tls_ca", "only used with rediss:// URLs"));
+                }
+                if wants_tls && matches!(config.deployment, RedisDeployment::Sentinel { .. }) {
+                    return Err(key_error(
+                        "store.urls",
+                        "rediss:// is supported in standalone and cluster mode, not with mode = \"sentinel\"",
+                    ));
+                }
+                config.tls = wants_tls.then(|| tessera_store::RedisTls {
+                    ca: self.tls_ca.map_or(trust_bundle, |p| resolve(base, p)),
+                    client: self
+                        .tls_cert
+                        .zip(self.tls_key)
+                        .map(|(c, k)| (resolve(base, c), resolve(base, k))),
+                });
                 // An event matters until every token it concerns has expired,
                 // and verifiers accept a token until exp + leeway.
                 config.feed_retention = max_ttl.as_duration()
@@ -823,7 +931,15 @@ impl RawConfig {
         if !(1..=1_000_000).contains(&s.max_connections) {
             return Err(key_error("server.max_connections", "must be between 1 and 1000000"));
         }
+        if !(1..=1_000_000).contains(&s.max_connections_per_address) {
+            return Err(key_error(
+                "server.max_connections_per_address",
+                "must be between 1 and 1000000",
+            ));
+        }
         for (key, d) in [
+            ("server.unattested_timeout", s.unattested_timeout),
+            ("server.idle_timeout", s.idle_timeout),
             ("server.handshake_timeout", s.handshake_timeout),
             ("server.request_timeout", s.request_timeout),
             ("server.heartbeat_interval", s.heartbeat_interval),
@@ -902,7 +1018,13 @@ impl RawConfig {
             return Err(key_error("tasks.max_duration", "must be between 1s and 30 days"));
         }
 
-        let store = self.store.validate(max, t.leeway, max_task)?;
+        let store = self.store.validate(
+            max,
+            t.leeway,
+            max_task,
+            base,
+            resolve(base, self.tls.trust_bundle.clone()),
+        )?;
         if self.audit.timeout.is_zero() || self.audit.timeout > Duration::from_secs(60) {
             return Err(key_error("audit.timeout", "must be between 1ms and 60s"));
         }
@@ -996,7 +1118,10 @@ impl RawConfig {
                 max_message_bytes: s.max_message_bytes,
                 max_concurrent_streams: s.max_concurrent_streams,
                 max_connections: s.max_connections,
+                max_connections_per_address: s.max_connections_per_address,
                 handshake_timeout: s.handshake_timeout,
+                unattested_timeout: s.unattested_timeout,
+                idle_timeout: s.idle_timeout,
                 request_timeout: s.request_timeout,
                 heartbeat_interval: s.heartbeat_interval,
                 per_identity_rps: s.per_identity_rps,

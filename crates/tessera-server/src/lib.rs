@@ -164,12 +164,19 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
     // aws-lc-rs is absent); installing it makes rustls' choice explicit.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let attest = attest::prepare(&config)?;
-    let tls = tls::server_config_with(&config.tls.cert, &config.tls.key, attest.trust.verifier())?;
+    // Without a JWT issuer, a client certificate is the only way to attest
+    // on this port: one without is refused in the handshake, holding no slot.
+    let certificate_required = config.attestation.jwt.is_empty();
+    let tls = tls::server_config_with(
+        &config.tls.cert,
+        &config.tls.key,
+        attest.trust.verifier(certificate_required),
+    )?;
     let oauth_tls = match config.oauth.listen {
         Some(_) => Some(Arc::new(tls::facade_server_config(
             &config.tls.cert,
             &config.tls.key,
-            attest.trust.verifier(),
+            attest.trust.verifier(false),
         )?)),
         None => None,
     };
@@ -269,8 +276,8 @@ pub async fn serve(
         Arc<dyn tessera_store::ApprovalStore>,
     );
     let (store, replay, approvals): Stores = match &config.store {
-        StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::default());
+        StoreConfig::Memory(limits) => {
+            let store = Arc::new(MemoryStore::new(*limits));
             (
                 store.clone(),
                 store,
@@ -489,8 +496,16 @@ pub async fn serve(
         listeners.grpc,
         tls,
         attestors.trust.clone(),
-        config.server.max_connections,
-        config.server.handshake_timeout,
+        tls::ConnLimits {
+            max_connections: config.server.max_connections,
+            per_address: config
+                .server
+                .max_connections_per_address
+                .min(config.server.max_connections),
+            handshake: config.server.handshake_timeout,
+            unattested: config.server.unattested_timeout,
+            idle: config.server.idle_timeout,
+        },
     );
     // Stops both gRPC listeners: they stop accepting and drain together.
     let (grpc_stop, _) = tokio::sync::watch::channel(false);

@@ -4,11 +4,14 @@
 //! (`attest::trust`), and the SPIFFE ID of a verified leaf. The HTTPS
 //! OAuth facade's configuration is here too, with the same verifier.
 
+use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -122,6 +125,138 @@ pub struct PeerInfo {
     /// The attestation JWT session of this connection (shared by every
     /// request on it): a JWT attests once per connection.
     pub jwt_session: crate::attest::jwt::JwtSessionSlot,
+    /// What the connection has done so far, for closing it when it holds a
+    /// slot without using it (see [`ConnLimits`]).
+    pub activity: Arc<Activity>,
+}
+
+/// Bounds on what a connection may do with its slot: closed when it made no
+/// attested call within `unattested`, or when no call was open or started
+/// for `idle`; at most `per_address` open at once from one source address.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one source address.
+    pub per_address: usize,
+    /// A TLS handshake not done by then is dropped.
+    pub handshake: Duration,
+    /// A connection with no attested call by then is closed.
+    pub unattested: Duration,
+    /// A connection with no call open or started for this long is closed.
+    pub idle: Duration,
+}
+
+/// A connection's use, shared by the connection and the requests on it
+/// (through [`PeerInfo`]): whether a call on it was attested, how many
+/// calls are open, and when the last one started or ended.
+#[derive(Debug)]
+pub struct Activity {
+    started: tokio::time::Instant,
+    attested: AtomicBool,
+    open: AtomicUsize,
+    /// Milliseconds after `started` of the last call's start or end.
+    last_ms: AtomicU64,
+}
+
+/// Why [`Activity::verdict`] closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Keep(tokio::time::Instant),
+    Unattested,
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            attested: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A call on this connection was attested.
+    pub fn attested(&self) {
+        self.attested.store(true, Ordering::Relaxed);
+    }
+
+    /// A call started; the guard ends it when dropped.
+    pub fn call(self: &Arc<Self>) -> CallGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        CallGuard(self.clone())
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the connection may stay open at `now`, and until when it
+    /// may without another look.
+    fn verdict(&self, now: tokio::time::Instant, limits: &ConnLimits) -> Verdict {
+        let unattested_end = self.started + limits.unattested;
+        if !self.attested.load(Ordering::Relaxed) {
+            if now >= unattested_end {
+                return Verdict::Unattested;
+            }
+            return Verdict::Keep(unattested_end.min(now + limits.idle));
+        }
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Verdict::Keep(now + limits.idle);
+        }
+        let idle_end = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limits.idle;
+        if now >= idle_end {
+            Verdict::Idle
+        } else {
+            Verdict::Keep(idle_end)
+        }
+    }
+}
+
+/// One open call of a connection (see [`Activity::call`]).
+#[derive(Debug)]
+pub struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Open connections per source address; each [`AddressSlot`] gives its
+/// place back when dropped.
+#[derive(Debug, Default)]
+struct PerAddress(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+#[derive(Debug)]
+struct AddressSlot(Arc<PerAddress>, IpAddr);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// One accepted, handshaken connection. Holds its slot of the connection cap
@@ -129,7 +264,38 @@ pub struct PeerInfo {
 pub struct Conn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    limits: ConnLimits,
+    /// When to look at the connection's [`Activity`] next.
+    check: Pin<Box<tokio::time::Sleep>>,
+    /// Set once the connection was closed for not using its slot.
+    closed: bool,
     _permit: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+impl Conn {
+    /// Whether the connection must close now (no attested call in time, or
+    /// idle); re-arms the timer otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.closed {
+            return true;
+        }
+        while self.check.as_mut().poll(cx).is_ready() {
+            match self.info.activity.verdict(tokio::time::Instant::now(), &self.limits) {
+                Verdict::Keep(next) => self.check.as_mut().reset(next),
+                verdict => {
+                    tracing::info!(
+                        peer = ?self.info.remote,
+                        reason = if verdict == Verdict::Idle { "idle" } else { "no attested call" },
+                        "closing connection"
+                    );
+                    self.closed = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 impl Connected for Conn {
@@ -142,6 +308,12 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // The server always has a read pending, so this is where a
+        // connection that does not use its slot is noticed: end of stream
+        // makes the server close it.
+        if self.expired(cx) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -173,19 +345,24 @@ impl AsyncWrite for Conn {
 }
 
 /// Accepts TCP connections on `listener`, completes TLS handshakes within
-/// `handshake_timeout`, checks each client certificate chain against
-/// `trust` once, and yields at most `max_connections` open connections at
-/// once; connections beyond the cap are closed at accept.
+/// `limits.handshake`, checks each client certificate chain against
+/// `trust` once, and yields at most `limits.max_connections` open
+/// connections at once, at most `limits.per_address` from one source
+/// address; connections beyond either cap are closed at accept. A
+/// connection is closed when it makes no attested call within
+/// `limits.unattested`, or has no call for `limits.idle`.
 pub fn accept_loop(
     listener: TcpListener,
     config: rustls::ServerConfig,
     trust: Arc<TrustStore>,
-    max_connections: usize,
-    handshake_timeout: Duration,
+    limits: ConnLimits,
 ) -> mpsc::Receiver<Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let max_connections = limits.max_connections;
+    let handshake_timeout = limits.handshake;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let per_address = Arc::new(PerAddress::default());
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -199,6 +376,11 @@ pub fn accept_loop(
                         continue;
                     }
                 },
+            };
+            let Some(address) = per_address.take(peer.ip(), limits.per_address) else {
+                tracing::warn!(%peer, per_address = limits.per_address, "connection cap of this address reached; closing new connection");
+                drop(tcp);
+                continue;
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, max_connections, "connection cap reached; closing new connection");
@@ -218,16 +400,28 @@ pub fn accept_loop(
                             .peer_certificates()
                             .filter(|chain| !chain.is_empty())
                             .map(|chain| trust.check_presented(chain.iter().map(|c| c.clone().into_owned()).collect()));
+                        let activity = Arc::new(Activity::new());
+                        // A chain the trust bundles accept is not anonymous: such a
+                        // connection keeps its slot until it is idle, calls or not.
+                        if client_cert.as_ref().is_some_and(|c| trust.trusted_leaf(c).is_ok()) {
+                            activity.attested();
+                        }
+                        let first_check = activity.started + limits.unattested;
                         let info = PeerInfo {
                             remote: Some(peer),
                             client_cert,
                             jwt_session: crate::attest::jwt::JwtSessionSlot::default(),
+                            activity,
                         };
                         let _ = tx
                             .send(Ok(Conn {
                                 stream,
                                 info,
+                                limits,
+                                check: Box::pin(tokio::time::sleep_until(first_check)),
+                                closed: false,
                                 _permit: permit,
+                                _address: address,
                             }))
                             .await;
                     }

@@ -1265,3 +1265,117 @@ pub async fn quarantines_are_shared_until_they_end(store: impl GrantStore) {
     assert_eq!(store.quarantined_subjects(at(90)).await.unwrap()[0].until, at(120));
     assert!(store.quarantined_subjects(at(120)).await.unwrap().is_empty());
 }
+
+/// The live-grant bound per task that [`live_grants_are_bounded_per_task_and_identity`] expects.
+pub const BOUND_PER_TASK: u64 = 3;
+/// The live-grant bound per identity that [`live_grants_are_bounded_per_task_and_identity`] expects.
+pub const BOUND_PER_IDENTITY: u64 = 5;
+
+fn subject_grant(id: GrantId, task: &str, subject: &str, ttl: i64) -> Grant {
+    let mut g = grant_with_id(id, task, ttl, None);
+    g.subject = SpiffeId::parse(subject).unwrap();
+    g
+}
+
+/// Needs a store bounded at [`BOUND_PER_TASK`] live grants per task and
+/// [`BOUND_PER_IDENTITY`] per identity. Grants beyond either bound are
+/// refused when recorded; revoked, expired and ended grants do not count.
+pub async fn live_grants_are_bounded_per_task_and_identity(store: impl GrantStore) {
+    let now = t0();
+    let agent = "spiffe://td/agent";
+    for t in ["bound-a", "bound-b", "bound-c", "bound-d"] {
+        store.create_task(&task(t, 600, None)).await.unwrap();
+    }
+    let record = async |t: &str, subject: &str, ttl: i64, at| {
+        let id = store.new_grant_id(&tid(t)).await.unwrap();
+        let g = subject_grant(id, t, subject, ttl);
+        store.record_grant(&g, at).await.map(|()| g)
+    };
+    let full = |r: Result<Grant, StoreError>, what: &str| match r {
+        Err(StoreError::Full(m)) => assert_eq!(m, what),
+        other => panic!("expected Full({what}), got {other:?}"),
+    };
+
+    // Per task: the fourth live grant of bound-a is refused, whoever holds it.
+    let mut a = Vec::new();
+    for _ in 0..BOUND_PER_TASK {
+        a.push(record("bound-a", agent, 300, now).await.unwrap());
+    }
+    full(
+        record("bound-a", "spiffe://td/other", 300, now).await,
+        crate::TASK_GRANTS_FULL,
+    );
+    // A revoked grant frees its place.
+    store.revoke_grant(&a[0].id, "test", now).await.unwrap();
+    a.push(record("bound-a", agent, 10, now).await.unwrap());
+    full(record("bound-a", agent, 300, now).await, crate::TASK_GRANTS_FULL);
+    // So does an expired one (the last one lives 10 s).
+    let later = now + secs(20);
+    record("bound-a", agent, 300, later).await.unwrap();
+
+    // Per identity, across tasks: `agent` now holds 3 live grants in bound-a.
+    record("bound-b", agent, 300, later).await.unwrap();
+    record("bound-b", agent, 300, later).await.unwrap();
+    full(record("bound-b", agent, 300, later).await, crate::IDENTITY_GRANTS_FULL);
+    // Another identity is not affected.
+    record("bound-b", "spiffe://td/other", 300, later).await.unwrap();
+    // Ending a task frees its grants' places for their holders.
+    store
+        .end_task(&tid("bound-a"), TaskState::Completed, "done", later)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        record("bound-c", agent, 300, later).await.unwrap();
+    }
+    full(
+        record("bound-c", "spiffe://td/third", 300, later).await,
+        crate::TASK_GRANTS_FULL,
+    );
+    // `agent` holds 2 in bound-b and 3 in bound-c.
+    full(record("bound-d", agent, 300, later).await, crate::IDENTITY_GRANTS_FULL);
+}
+
+/// Needs a store that refuses new grants as full after `fill` grants or
+/// fewer ([`StoreError::Full`]): revoking, ending a task, quarantining and
+/// disabling still succeed then, so a store filled by mints can still take
+/// revocations.
+pub async fn revocations_succeed_when_the_store_is_full(store: impl GrantStore, fill: usize) {
+    let now = t0();
+    let mut grants = Vec::new();
+    let mut tasks = 0;
+    loop {
+        assert!(grants.len() <= fill, "the store took more than {fill} grants");
+        if grants.len() % 1000 == 0 {
+            tasks += 1;
+            let t = format!("full-{tasks}");
+            match store.create_task(&task(&t, 600, None)).await {
+                Ok(()) => {}
+                Err(StoreError::Full(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let t = format!("full-{tasks}");
+        let id = store.new_grant_id(&tid(&t)).await.unwrap();
+        let g = grant_with_id(id, &t, 300, None);
+        match store.record_grant(&g, now).await {
+            Ok(()) => grants.push(g),
+            Err(StoreError::Full(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(grants.len() > 2, "filled after {} grants", grants.len());
+    let outcome = store.revoke_grant(&grants[0].id, "full", now).await.unwrap().unwrap();
+    assert!(outcome.revoked);
+    let ended = store
+        .end_task(&grants[1].task_id, TaskState::Revoked, "full", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.task.state, TaskState::Revoked);
+    let who = SpiffeId::parse("spiffe://td/agent").unwrap();
+    store
+        .quarantine_subject(&who, now + secs(60), "full", now)
+        .await
+        .unwrap();
+    assert!(store.disable_subject(&who, "full", now).await.unwrap());
+    assert!(!store.grant(&grants[1].id).await.unwrap().unwrap().is_live_at(now));
+}

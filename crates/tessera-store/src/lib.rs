@@ -28,10 +28,11 @@ pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
 pub use memory_approvals::MemoryApprovalStore;
-pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, RedisStore, audit_stream_key};
+pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, RedisStore, RedisTls, audit_stream_key};
 #[cfg(any(test, feature = "conformance"))]
 pub use replay::conformance as replay_conformance;
 pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
 pub use store::{
-    GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TaskEnded,
+    DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY, DEFAULT_MAX_LIVE_GRANTS_PER_TASK, GrantFilter, GrantPage, GrantStore,
+    IDENTITY_GRANTS_FULL, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TASK_GRANTS_FULL, TaskEnded,
 };

@@ -36,6 +36,10 @@ pub struct MemoryLimits {
     /// How long a revocation event is kept after its `not_after`: verifiers
     /// accept tokens until `exp` plus their leeway.
     pub feed_grace: chrono::Duration,
+    /// Most live grants one identity (grant subject) holds at once.
+    pub max_live_grants_per_identity: u64,
+    /// Most live grants one task holds at once.
+    pub max_live_grants_per_task: u64,
 }
 
 impl Default for MemoryLimits {
@@ -46,6 +50,8 @@ impl Default for MemoryLimits {
             max_feed_events: 1_000_000,
             ended_task_retention: chrono::Duration::hours(1),
             feed_grace: chrono::Duration::minutes(5),
+            max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
+            max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
         }
     }
 }
@@ -71,6 +77,8 @@ struct State {
     children: HashMap<TaskId, HashSet<TaskId>>,
     grants: HashMap<GrantId, Grant>,
     grants_by_task: HashMap<TaskId, HashSet<GrantId>>,
+    /// Grants by subject (live or awaiting sweep), for the per-identity bound.
+    grants_by_subject: HashMap<SpiffeId, HashSet<GrantId>>,
     delegated: HashMap<GrantId, HashSet<GrantId>>,
     /// Grants by expiry, for the lazy sweep.
     expiries: BTreeMap<(DateTime<Utc>, GrantId), ()>,
@@ -143,6 +151,21 @@ impl MemoryStore {
 const SWEEP_BATCH: usize = 64;
 
 impl State {
+    /// Whether at least `cap` of `ids` are live at `now`. The sets keep
+    /// revoked and ended grants until they are swept, so only a set that
+    /// large is counted.
+    fn live_reach(&self, ids: Option<&HashSet<GrantId>>, cap: u64, now: DateTime<Utc>) -> bool {
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let Some(ids) = ids else { return cap == 0 };
+        ids.len() >= cap
+            && ids
+                .iter()
+                .filter(|id| self.grants.get(*id).is_some_and(|g| g.is_live_at(now)))
+                .take(cap)
+                .count()
+                >= cap
+    }
+
     fn sweep(&mut self, now: DateTime<Utc>) {
         for _ in 0..SWEEP_BATCH {
             let Some((&(expires_at, ref id), ())) = self.expiries.first_key_value() else {
@@ -156,6 +179,12 @@ impl State {
             if let Some(grant) = self.grants.remove(&id) {
                 if let Some(set) = self.grants_by_task.get_mut(&grant.task_id) {
                     set.remove(&id);
+                }
+                if let Some(set) = self.grants_by_subject.get_mut(&grant.subject) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.grants_by_subject.remove(&grant.subject);
+                    }
                 }
                 if let Some(parent) = &grant.parent
                     && let Some(set) = self.delegated.get_mut(parent)
@@ -316,6 +345,20 @@ impl GrantStore for MemoryStore {
         if state.grants.len() >= self.limits.max_grants {
             return Err(StoreError::Full("grants"));
         }
+        if state.live_reach(
+            state.grants_by_task.get(&grant.task_id),
+            self.limits.max_live_grants_per_task,
+            now,
+        ) {
+            return Err(StoreError::Full(crate::TASK_GRANTS_FULL));
+        }
+        if state.live_reach(
+            state.grants_by_subject.get(&grant.subject),
+            self.limits.max_live_grants_per_identity,
+            now,
+        ) {
+            return Err(StoreError::Full(crate::IDENTITY_GRANTS_FULL));
+        }
         // INVARIANT: a child is recorded only under a live parent of its task
         // that outlives it; revocation takes the same lock, so no child
         // escapes its parent's revocation.
@@ -337,6 +380,11 @@ impl GrantStore for MemoryStore {
         state
             .grants_by_task
             .entry(grant.task_id.clone())
+            .or_default()
+            .insert(grant.id.clone());
+        state
+            .grants_by_subject
+            .entry(grant.subject.clone())
             .or_default()
             .insert(grant.id.clone());
         state.expiries.insert((grant.expires_at, grant.id.clone()), ());

@@ -94,6 +94,16 @@ pub struct GrantPage {
 /// Most grants one [`GrantStore::list_grants`] call returns.
 pub const MAX_GRANT_PAGE: usize = 1000;
 
+/// Default bound on the live grants one identity holds at once: one agent
+/// cannot fill the store and stop minting for everyone.
+pub const DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY: u64 = 100_000;
+/// Default bound on the live grants one task holds at once.
+pub const DEFAULT_MAX_LIVE_GRANTS_PER_TASK: u64 = 100_000;
+/// The [`StoreError::Full`] of a grant over its task's bound.
+pub const TASK_GRANTS_FULL: &str = "live grants of the task";
+/// The [`StoreError::Full`] of a grant over its subject's bound.
+pub const IDENTITY_GRANTS_FULL: &str = "live grants of the identity";
+
 /// Durable (or, for [`crate::MemoryStore`], process-lifetime) state shared by
 /// every broker replica.
 ///
@@ -101,7 +111,8 @@ pub const MAX_GRANT_PAGE: usize = 1000;
 /// - `record_grant` is atomic with the task's state: a grant is recorded only
 ///   while its task is active and not past its deadline, and never with an
 ///   expiry after the deadline; once `end_task` returns, no grant of that task
-///   can be recorded.
+///   can be recorded. It refuses with [`StoreError::Full`] a grant whose task
+///   or subject already holds its bound of live grants.
 /// - A grant is live until its expiry, its revocation, or its task's end,
 ///   whichever comes first; no sweeper is needed for expiry.
 /// - Every revocation is appended to the feed before the call returns, and the

@@ -89,6 +89,10 @@ pub struct VerifierConfig {
     pub dpop_max_age: Duration,
     /// Most DPoP proofs remembered for replay detection.
     pub replay_cache_capacity: usize,
+    /// Most DPoP proofs remembered for one key (thumbprint): one client
+    /// cannot fill the replay cache and stop DPoP for every other (at most
+    /// `replay_cache_capacity`).
+    pub replay_cache_per_key: usize,
     /// Most revocations held (each only until its tokens expired).
     pub max_revocations: usize,
     /// Refuse bearer tokens: every token must carry `cnf`.
@@ -101,7 +105,8 @@ pub struct VerifierConfig {
 
 impl VerifierConfig {
     /// Defaults: both algorithms, 5 s leeway, 15 s staleness, 4 hops, 60 s
-    /// proof age, 100 000 proofs, 1 000 000 revocations, 1 s/60 s JWKS.
+    /// proof age, 100 000 proofs (10 000 per key), 1 000 000 revocations,
+    /// 1 s/60 s JWKS.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -112,6 +117,7 @@ impl VerifierConfig {
             max_act_depth: 4,
             dpop_max_age: Duration::from_secs(60),
             replay_cache_capacity: 100_000,
+            replay_cache_per_key: 10_000,
             max_revocations: 1_000_000,
             require_bound: false,
             jwks_min_refresh: Duration::from_secs(1),
@@ -144,6 +150,9 @@ impl VerifierConfig {
         }
         if !(1..=10_000_000).contains(&self.replay_cache_capacity) {
             return Err(bad("replay_cache_capacity", "must be between 1 and 10000000"));
+        }
+        if self.replay_cache_per_key == 0 {
+            return Err(bad("replay_cache_per_key", "must be at least 1"));
         }
         if !(1..=100_000_000).contains(&self.max_revocations) {
             return Err(bad("max_revocations", "must be between 1 and 100000000"));
@@ -476,7 +485,10 @@ impl Shared {
         Ok(Self {
             keys: RwLock::new(keys::KeyCache::default()),
             feed: RwLock::new(state::FeedState::new(config.max_revocations, leeway_secs)),
-            replay: Mutex::new(replay::ReplayCache::new(config.replay_cache_capacity)),
+            replay: Mutex::new(replay::ReplayCache::new(
+                config.replay_cache_capacity,
+                config.replay_cache_per_key.min(config.replay_cache_capacity),
+            )),
             refresh: tokio::sync::Mutex::new(None),
             client,
             leeway_secs,

@@ -8,20 +8,33 @@ use std::collections::{HashMap, VecDeque};
 use super::error::VerifyError;
 
 /// Remembers proof `jti`s (per key) until their `iat` leaves the window;
-/// holds at most `capacity` and refuses, failing closed, when full.
+/// holds at most `capacity`, at most `per_key` for one key thumbprint, and
+/// refuses, failing closed, when either is full: a client spending proofs
+/// fast fills only its own share.
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
     seen: HashMap<String, i64>,
     order: VecDeque<(i64, String)>,
     capacity: usize,
+    /// Entries per key thumbprint (the part of a replay id before its `.`).
+    by_key: HashMap<String, usize>,
+    per_key: usize,
+}
+
+/// The key thumbprint of a replay id `<jkt>.<jti>` (a thumbprint is
+/// base64url, so it has no `.`).
+fn key_of(replay_id: &str) -> &str {
+    replay_id.split_once('.').map_or(replay_id, |(jkt, _)| jkt)
 }
 
 impl ReplayCache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, per_key: usize) -> Self {
         Self {
             seen: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            by_key: HashMap::new(),
+            per_key,
         }
     }
 
@@ -35,6 +48,11 @@ impl ReplayCache {
         if self.seen.len() >= self.capacity {
             return Err(VerifyError::Capacity("dpop replay cache"));
         }
+        let key = key_of(&replay_id);
+        if self.by_key.get(key).is_some_and(|n| *n >= self.per_key) {
+            return Err(VerifyError::Capacity("dpop replay cache of this key"));
+        }
+        *self.by_key.entry(key.to_owned()).or_insert(0) += 1;
         self.order.push_back((until, replay_id.clone()));
         self.seen.insert(replay_id, until);
         Ok(())
@@ -48,10 +66,17 @@ impl ReplayCache {
             if *until >= now {
                 break;
             }
-            if let Some((until, key)) = self.order.pop_front()
-                && self.seen.get(&key) == Some(&until)
+            if let Some((until, id)) = self.order.pop_front()
+                && self.seen.get(&id) == Some(&until)
             {
-                self.seen.remove(&key);
+                self.seen.remove(&id);
+                let key = key_of(&id);
+                if let Some(n) = self.by_key.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.by_key.remove(key);
+                    }
+                }
             }
         }
     }

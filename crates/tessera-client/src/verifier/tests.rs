@@ -777,7 +777,7 @@ fn the_dpop_scheme_with_a_bearer_token_is_refused() {
 
 #[test]
 fn the_replay_cache_is_bounded_in_size_and_time() {
-    let mut cache = replay::ReplayCache::new(2);
+    let mut cache = replay::ReplayCache::new(2, 2);
     cache.record("a".into(), T0 + 10, T0).unwrap();
     cache.record("b".into(), T0 + 10, T0).unwrap();
     assert_eq!(cache.record("a".into(), T0 + 10, T0), Err(VerifyError::ProofReplayed));
@@ -787,6 +787,27 @@ fn the_replay_cache_is_bounded_in_size_and_time() {
     );
     // Once their window has passed, the entries go and room returns.
     cache.record("c".into(), T0 + 30, T0 + 11).unwrap();
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn one_key_cannot_fill_the_replay_cache_for_everyone() {
+    let mut cache = replay::ReplayCache::new(10, 3);
+    for jti in ["1", "2", "3"] {
+        cache.record(format!("keyA.{jti}"), T0 + 10, T0).unwrap();
+    }
+    assert_eq!(
+        cache.record("keyA.4".into(), T0 + 10, T0),
+        Err(VerifyError::Capacity("dpop replay cache of this key"))
+    );
+    // Another key still has room, and a replay is still a replay.
+    cache.record("keyB.1".into(), T0 + 10, T0).unwrap();
+    assert_eq!(
+        cache.record("keyA.1".into(), T0 + 10, T0),
+        Err(VerifyError::ProofReplayed)
+    );
+    // Once keyA's proofs leave the window, its share comes back.
+    cache.record("keyA.5".into(), T0 + 30, T0 + 11).unwrap();
     assert_eq!(cache.len(), 1);
 }
 

@@ -231,6 +231,11 @@ pub(crate) async fn caller<T>(
 ) -> Result<VerifiedIdentity, Status> {
     let who = attest(broker, attestors, req).await?;
     broker.admit(&who).await.map_err(status::from_broker)?;
+    // The connection has been used by someone we know: it keeps its slot
+    // past `server.unattested_timeout`.
+    if let Some(peer) = req.extensions().get::<tls::PeerInfo>() {
+        peer.activity.attested();
+    }
     Ok(who)
 }
 

@@ -259,9 +259,12 @@ impl TrustStore {
     }
 
     /// The rustls verifier over this store (see the module docs: it leaves
-    /// the chain to [`TrustStore::check_presented`]).
-    pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(StoreVerifier(self.clone()))
+    /// the chain to [`TrustStore::check_presented`]). With `mandatory`, a
+    /// client without a certificate is refused in the handshake: the gRPC
+    /// port when no JWT issuer is configured, since such a client could
+    /// attest no other way and would only hold a connection slot.
+    pub fn verifier(self: &Arc<Self>, mandatory: bool) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(StoreVerifier(self.clone(), mandatory))
     }
 
     fn unix_now(&self) -> i64 {
@@ -406,17 +409,18 @@ impl std::fmt::Debug for ClientCert {
 }
 
 #[derive(Debug)]
-struct StoreVerifier(Arc<TrustStore>);
+struct StoreVerifier(Arc<TrustStore>, bool);
 
 impl ClientCertVerifier for StoreVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
 
-    /// Optional in the handshake: a caller without one is refused at the
-    /// edge (UNAUTHENTICATED, audited) unless it attests another way.
+    /// Optional in the handshake when the caller may attest another way
+    /// (a JWT; the HTTPS facade's public documents): it is then refused at
+    /// the edge (UNAUTHENTICATED, audited) if it does not. Mandatory otherwise.
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.1
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -53,7 +53,7 @@ fn a_good_file_loads_with_defaults() {
     assert_eq!(c.tokens.algorithm, Algorithm::Es256);
     assert_eq!(c.tls.cert, Path::new("/etc/tessera/broker.pem"));
     assert_eq!(c.identities.len(), 1);
-    assert!(matches!(c.store, StoreConfig::Memory));
+    assert!(matches!(c.store, StoreConfig::Memory(_)));
 }
 
 #[test]
@@ -165,6 +165,116 @@ fn redis_store_settings_load() {
     assert_eq!(r.timeout, std::time::Duration::from_millis(250));
     assert!(matches!(r.deployment, tessera_store::RedisDeployment::Cluster { ref urls } if urls.len() == 2));
     assert!(r.feed_retention >= chrono::Duration::hours(1));
+}
+
+#[test]
+fn replica_confirmation_settings_load_and_are_checked() {
+    let base = [
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:1"]"#),
+    ];
+    let StoreConfig::Redis(r) = load(GOOD, &base).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!(r.min_replicas, 0, "no WAIT unless asked for");
+    let mut with = base.to_vec();
+    with.extend([
+        ("TESSERA_STORE__MIN_REPLICAS", "1"),
+        ("TESSERA_STORE__REPLICA_TIMEOUT", "200ms"),
+    ]);
+    let StoreConfig::Redis(r) = load(GOOD, &with).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!(r.min_replicas, 1);
+    assert_eq!(r.replica_timeout, std::time::Duration::from_millis(200));
+    let mut too_many = base.to_vec();
+    too_many.push(("TESSERA_STORE__MIN_REPLICAS", "17"));
+    check_key_error(GOOD, &too_many, "store.min_replicas");
+    let mut zero = base.to_vec();
+    zero.push(("TESSERA_STORE__REPLICA_TIMEOUT", "0s"));
+    check_key_error(GOOD, &zero, "store.replica_timeout");
+    check_key_error(GOOD, &[("TESSERA_STORE__MIN_REPLICAS", "1")], "store.min_replicas");
+}
+
+#[test]
+fn live_grant_bounds_reach_both_stores() {
+    let bounds = [
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_IDENTITY", "7"),
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_TASK", "9"),
+    ];
+    let StoreConfig::Memory(m) = load(GOOD, &bounds).unwrap().store else {
+        panic!("expected memory")
+    };
+    assert_eq!((m.max_live_grants_per_identity, m.max_live_grants_per_task), (7, 9));
+    let mut redis = bounds.to_vec();
+    redis.extend([
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:1"]"#),
+    ]);
+    let StoreConfig::Redis(r) = load(GOOD, &redis).unwrap().store else {
+        panic!("expected redis")
+    };
+    assert_eq!((r.max_live_grants_per_identity, r.max_live_grants_per_task), (7, 9));
+    check_key_error(
+        GOOD,
+        &[("TESSERA_STORE__MAX_LIVE_GRANTS_PER_TASK", "0")],
+        "store.max_live_grants_per_task",
+    );
+}
+
+#[test]
+fn connection_bounds_load_and_are_checked() {
+    let c = load(
+        GOOD,
+        &[
+            ("TESSERA_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+            ("TESSERA_SERVER__UNATTESTED_TIMEOUT", "3s"),
+            ("TESSERA_SERVER__IDLE_TIMEOUT", "1m"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.max_connections_per_address, 16);
+    assert_eq!(c.server.unattested_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
+    let d = load(GOOD, &[]).unwrap();
+    assert_eq!(d.server.unattested_timeout, std::time::Duration::from_secs(5));
+    check_key_error(
+        GOOD,
+        &[("TESSERA_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0")],
+        "server.max_connections_per_address",
+    );
+    check_key_error(
+        GOOD,
+        &[("TESSERA_SERVER__UNATTESTED_TIMEOUT", "0s")],
+        "server.unattested_timeout",
+    );
+}
+
+#[test]
+fn redis_tls_settings_default_to_the_trust_bundle() {
+    let base = [
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", r#"["rediss://u:p@127.0.0.1:6380/0"]"#),
+    ];
+    let c = load(GOOD, &base).unwrap();
+    let StoreConfig::Redis(r) = c.store else {
+        panic!("expected redis")
+    };
+    let tls = r.tls.expect("tls for rediss://");
+    assert_eq!(tls.ca, c.tls.trust_bundle);
+    assert!(tls.client.is_none());
+    let mut half = base.to_vec();
+    half.push(("TESSERA_STORE__TLS_CERT", "client.pem"));
+    check_key_error(GOOD, &half, "store.tls_key");
+    check_key_error(
+        GOOD,
+        &[
+            ("TESSERA_STORE__BACKEND", "redis"),
+            ("TESSERA_STORE__URLS", r#"["redis://127.0.0.1:6379"]"#),
+            ("TESSERA_STORE__TLS_CA", "ca.pem"),
+        ],
+        "store.tls_ca",
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! [`ServiceSet`] puts the four services, health and reflection with their
 //! caps behind one set of server settings, for every listener.
 
+mod activity;
 pub mod admin;
 pub mod agent;
 mod approvals;
@@ -121,7 +122,10 @@ impl ServiceSet {
 
     /// A server for one listener: every service, behind the same limits.
     /// The caller serves it on its incoming connections.
-    pub fn router(&self) -> Router<tower_layer::Stack<MetricsLayer, tower_layer::Identity>> {
+    pub fn router(
+        &self,
+    ) -> Router<tower_layer::Stack<activity::ActivityLayer, tower_layer::Stack<MetricsLayer, tower_layer::Identity>>>
+    {
         Server::builder()
             .max_concurrent_streams(Some(self.max_concurrent_streams))
             // In-flight unary calls per connection; beyond it load_shed answers
@@ -133,6 +137,7 @@ impl ServiceSet {
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .load_shed(true)
             .layer(MetricsLayer)
+            .layer(activity::ActivityLayer)
             .add_routes(self.routes.clone())
     }
 }

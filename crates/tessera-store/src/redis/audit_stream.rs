@@ -51,7 +51,7 @@ pub fn audit_stream_key(prefix: &str, instance: &str) -> String {
 impl AuditStream {
     /// Connects to the deployment `config` names, for `instance`'s stream.
     pub async fn connect(config: &RedisConfig, instance: &str) -> Result<Self, StoreError> {
-        let conn = Conn::connect(&config.deployment, config.timeout).await?;
+        let conn = Conn::connect(&config.deployment, config.tls.as_ref(), config.timeout).await?;
         Ok(Self {
             conn,
             key: audit_stream_key(&config.key_prefix, instance),

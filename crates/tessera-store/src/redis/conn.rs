@@ -38,6 +38,47 @@ pub enum RedisDeployment {
     },
 }
 
+/// TLS for `rediss://` URLs: the CA bundle that signs the Redis servers'
+/// certificates and, for `tls-auth-clients yes`, the broker's client
+/// certificate. Files are read when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificates (PEM) that sign the Redis servers' certificates;
+    /// the system roots are not used.
+    pub ca: std::path::PathBuf,
+    /// The client certificate chain and its key (PEM), if Redis asks for one.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Result<redis::TlsCertificates, StoreError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| StoreError::Misconfigured(format!("redis tls: `{}`: {e}", p.display())))
+        };
+        let client_tls = match &self.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert: Some(read(&self.ca)?),
+        })
+    }
+}
+
+/// A client for `url`: over TLS with `tls` for `rediss://`.
+fn client_for(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, StoreError> {
+    match tls {
+        Some(tls) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, tls.certificates()?).map_err(|e| unavailable("redis url", e))
+        }
+        _ => redis::Client::open(url).map_err(|e| unavailable("redis url", e)),
+    }
+}
+
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
@@ -65,7 +106,7 @@ impl SentinelConn {
         };
         let client = SentinelClient::build(
             urls.iter().map(String::as_str).collect(),
-            master.to_owned(),
+            master,
             Some(node_info),
             SentinelServerType::Master,
         )
@@ -120,20 +161,44 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 impl Conn {
     /// A multiplexed connection for ordinary commands.
-    pub(crate) async fn connect(deployment: &RedisDeployment, timeout: Duration) -> Result<Self, StoreError> {
-        Self::open(deployment, timeout, timeout).await
+    pub(crate) async fn connect(
+        deployment: &RedisDeployment,
+        tls: Option<&RedisTls>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open(deployment, tls, timeout, timeout).await
     }
 
     /// A connection of its own for blocking reads (`XREAD BLOCK`), which
     /// would stall everyone else on a shared one.
-    pub(crate) async fn connect_blocking(deployment: &RedisDeployment, timeout: Duration) -> Result<Self, StoreError> {
-        Self::open(deployment, timeout, timeout + Duration::from_secs(2)).await
+    pub(crate) async fn connect_blocking(
+        deployment: &RedisDeployment,
+        tls: Option<&RedisTls>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open(deployment, tls, timeout, timeout + Duration::from_secs(2)).await
     }
 
-    async fn open(deployment: &RedisDeployment, connect: Duration, response: Duration) -> Result<Self, StoreError> {
+    /// A connection of its own for writes followed by `WAIT`, which blocks
+    /// the connection it is sent on for up to `wait`.
+    pub(crate) async fn connect_durable(
+        deployment: &RedisDeployment,
+        tls: Option<&RedisTls>,
+        timeout: Duration,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open(deployment, tls, timeout, timeout + wait).await
+    }
+
+    async fn open(
+        deployment: &RedisDeployment,
+        tls: Option<&RedisTls>,
+        connect: Duration,
+        response: Duration,
+    ) -> Result<Self, StoreError> {
         match deployment {
             RedisDeployment::Standalone { url } => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?;
+                let client = client_for(url, tls)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(Some(response))
@@ -145,7 +210,11 @@ impl Conn {
                 Ok(Self::Single(manager))
             }
             RedisDeployment::Cluster { urls } => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                let mut builder = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str));
+                if let Some(tls) = tls {
+                    builder = builder.certs(tls.certificates()?);
+                }
+                let client = builder
                     .connection_timeout(connect)
                     .response_timeout(response)
                     .retries(2)
@@ -220,22 +289,16 @@ impl ConnectionLike for Conn {
 
 /// Refuses a Redis whose `maxmemory-policy` could evict keys: an evicted
 /// grant, task or revocation would be a silent security failure.
-pub(crate) async fn check_eviction_policy(deployment: &RedisDeployment, timeout: Duration) -> Result<(), StoreError> {
+pub(crate) async fn check_eviction_policy(
+    deployment: &RedisDeployment,
+    tls: Option<&RedisTls>,
+    timeout: Duration,
+) -> Result<(), StoreError> {
     let clients: Vec<(String, redis::Client)> = match deployment {
-        RedisDeployment::Standalone { url } => {
-            vec![(
-                url.clone(),
-                redis::Client::open(url.as_str()).map_err(|e| unavailable("redis url", e))?,
-            )]
-        }
+        RedisDeployment::Standalone { url } => vec![(url.clone(), client_for(url, tls)?)],
         RedisDeployment::Cluster { urls } => urls
             .iter()
-            .map(|u| {
-                Ok((
-                    u.clone(),
-                    redis::Client::open(u.as_str()).map_err(|e| unavailable("redis url", e))?,
-                ))
-            })
+            .map(|u| Ok((u.clone(), client_for(u, tls)?)))
             .collect::<Result<_, StoreError>>()?,
         RedisDeployment::Sentinel { urls, master } => {
             let client = SentinelConn::new(urls, master, timeout, timeout)?

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 pub use self::audit_stream::{AuditStream, MAX_AUDIT_PAGE, audit_stream_key};
 use self::conn::Conn;
-pub use self::conn::RedisDeployment;
+pub use self::conn::{RedisDeployment, RedisTls};
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
@@ -58,6 +58,20 @@ pub struct RedisConfig {
     pub feed_max_len: usize,
     /// How long an ended or expired task stays readable.
     pub task_retention: chrono::Duration,
+    /// Replicas that must confirm (`WAIT`) every revocation, task end,
+    /// quarantine, disable and replay-cache write before it is acknowledged;
+    /// 0 waits for none. With fewer confirmations the write is reported
+    /// [`StoreError::Unavailable`] (it may have been applied: every such
+    /// write is idempotent, so the caller retries).
+    pub min_replicas: u32,
+    /// How long `WAIT` waits for those confirmations.
+    pub replica_timeout: Duration,
+    /// Most live grants one identity (grant subject) may hold at once.
+    pub max_live_grants_per_identity: u64,
+    /// Most live grants one task may hold at once.
+    pub max_live_grants_per_task: u64,
+    /// TLS for `rediss://` URLs (standalone and Cluster).
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisConfig {
@@ -70,6 +84,11 @@ impl RedisConfig {
             feed_retention: chrono::Duration::hours(25),
             feed_max_len: 1_000_000,
             task_retention: chrono::Duration::hours(1),
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(500),
+            max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
+            max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
+            tls: None,
         }
     }
 }
@@ -83,6 +102,9 @@ struct Scripts {
     end_tasks: redis::Script,
     live_grants: redis::Script,
     index_add: redis::Script,
+    index_add_capped: redis::Script,
+    publish_events: redis::Script,
+    disable_subject: redis::Script,
     read_live_grants: redis::Script,
     publish_key: redis::Script,
     withdraw_keys: redis::Script,
@@ -103,6 +125,9 @@ impl Scripts {
             withdraw_keys: scripts::withdraw_keys(),
             quarantine: scripts::quarantine(),
             index_add: scripts::index_add(),
+            index_add_capped: scripts::index_add_capped(),
+            publish_events: scripts::publish_events(),
+            disable_subject: scripts::disable_subject(),
             read_live_grants: scripts::read_live_grants(),
         }
     }
@@ -111,6 +136,11 @@ impl Scripts {
 /// The Redis-backed [`GrantStore`].
 pub struct RedisStore {
     conn: Conn,
+    /// The connection revocation-class writes and their `WAIT` go over. `WAIT`
+    /// blocks the connection it is sent on and counts the writes made on it,
+    /// so with `min_replicas > 0` these writes get a connection of their own
+    /// (mints and reads never queue behind a `WAIT`); otherwise `conn`.
+    durable: Conn,
     keys: Keys,
     config: RedisConfig,
     scripts: Scripts,
@@ -190,14 +220,21 @@ impl StreamId {
 impl RedisStore {
     /// Connects, refuses a Redis that may evict keys, and establishes the epoch marker.
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
-        let conn = Conn::connect(&config.deployment, config.timeout).await?;
-        conn::check_eviction_policy(&config.deployment, config.timeout).await?;
+        let tls = config.tls.as_ref();
+        let conn = Conn::connect(&config.deployment, tls, config.timeout).await?;
+        let durable = if config.min_replicas > 0 {
+            Conn::connect_durable(&config.deployment, tls, config.timeout, config.replica_timeout).await?
+        } else {
+            conn.clone()
+        };
+        conn::check_eviction_policy(&config.deployment, tls, config.timeout).await?;
         let keys = Keys::new(&config.key_prefix);
         let feed_changed = Arc::new(Notify::new());
-        let tailer_conn = Conn::connect_blocking(&config.deployment, config.timeout).await?;
+        let tailer_conn = Conn::connect_blocking(&config.deployment, tls, config.timeout).await?;
         let tailer = tokio::spawn(tail_feed(tailer_conn, keys.feed(), feed_changed.clone()));
         let store = Self {
             conn,
+            durable,
             keys,
             config,
             scripts: Scripts::new(),
@@ -225,6 +262,47 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// The connection for writes that [`RedisStore::replicated`] must cover.
+    fn durable(&self) -> Conn {
+        self.durable.clone()
+    }
+
+    /// Waits until `min_replicas` replicas confirm every write made so far on
+    /// the durable connection (`WAIT`); fewer is `Unavailable`. Called after
+    /// each revocation-class write and before it is acknowledged, so a
+    /// failover that promotes a confirming replica keeps it.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let want = self.config.min_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let wait_ms = u64::try_from(self.config.replica_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut conn = self.durable();
+        let confirmed: i64 = match tokio::time::timeout(
+            self.config.replica_timeout + self.config.timeout,
+            redis::cmd("WAIT").arg(want).arg(wait_ms).query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(store_error)?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis did not answer WAIT within {} ms",
+                    (self.config.replica_timeout + self.config.timeout).as_millis()
+                )));
+            }
+        };
+        if confirmed < i64::from(want) {
+            return Err(StoreError::Unavailable(format!(
+                "{confirmed} of {want} redis replicas confirmed the write within {wait_ms} ms; \
+                 not acknowledged (retry: it is idempotent)"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads the epoch marker, creating it on an empty Redis. If it changed
@@ -275,20 +353,15 @@ impl RedisStore {
             return Ok(());
         }
         let feed = self.keys.feed();
-        let mut pipe = redis::pipe();
+        // One script, not XADDs: it may write when Redis is at maxmemory.
+        let mut invocation = self.scripts.publish_events.key(&feed);
+        invocation.arg(self.config.feed_max_len);
         for r in revocations {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            pipe.cmd("XADD")
-                .arg(&feed)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.feed_max_len)
-                .arg("*")
-                .arg("r")
-                .arg(json);
+            invocation.arg(json);
         }
-        let mut conn = self.conn();
-        let ids: Vec<String> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut conn = self.durable();
+        let ids: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         self.feed_changed.notify_waiters();
         // Stream ids carry Redis's clock: trim by age in that clock, not ours.
         if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
@@ -399,6 +472,49 @@ impl RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Lists `grant` in its subject's index, refusing when the subject
+    /// already holds `max_live_grants_per_identity` live grants. The index
+    /// keeps revoked grants and grants of ended tasks until they expire, so
+    /// a full index is pruned of grants no longer live, then tried once more.
+    async fn subject_index_add(&self, grant: &Grant, exp: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let index = self.keys.subject(&grant.subject);
+        for attempt in 0..2 {
+            let mut conn = self.conn();
+            let outcome: String = self
+                .bounded(
+                    self.scripts
+                        .index_add_capped
+                        .key(&index)
+                        .arg(grant.id.as_str())
+                        .arg(exp)
+                        .arg(ms(now))
+                        .arg(self.config.max_live_grants_per_identity)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            if outcome == "ok" {
+                return Ok(());
+            }
+            if attempt == 0 {
+                let members = self.index_live(&index, now).await?;
+                let live: HashSet<String> = self
+                    .read_live(&members, now)
+                    .await?
+                    .into_iter()
+                    .map(|g| g.id.to_string())
+                    .collect();
+                let dead: Vec<&String> = members.iter().filter(|m| !live.contains(*m)).collect();
+                if dead.is_empty() {
+                    break;
+                }
+                let _: i64 = self
+                    .bounded(redis::cmd("ZREM").arg(&index).arg(dead).query_async(&mut conn))
+                    .await?;
+            }
+        }
+        Err(StoreError::Full(crate::IDENTITY_GRANTS_FULL))
     }
 
     /// Members of an index zset whose score is still ahead of `now`.
@@ -710,8 +826,7 @@ impl GrantStore for RedisStore {
         // liveness); a recorded grant missing from it would escape
         // RevokeIdentity. The index lives in another slot than the tree, so
         // it cannot join the grant script.
-        self.index_add(&self.keys.subject(&grant.subject), grant.id.as_str(), exp, now)
-            .await?;
+        self.subject_index_add(grant, exp, now).await?;
         let mut conn = self.conn();
         let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
         let outcome: String = self
@@ -726,11 +841,13 @@ impl GrantStore for RedisStore {
                     .arg(exp)
                     .arg(ms(now))
                     .arg(parent)
+                    .arg(self.config.max_live_grants_per_task)
                     .invoke_async(&mut conn),
             )
             .await?;
         match outcome.as_str() {
             "ok" => Ok(()),
+            "task_full" => Err(StoreError::Full(crate::TASK_GRANTS_FULL)),
             "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
             "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
             "exists" => Err(StoreError::GrantExists),
@@ -826,7 +943,7 @@ impl GrantStore for RedisStore {
         let mut root_revoked = false;
         let mut finished = false;
         for _ in 0..MAX_ROUNDS {
-            let mut conn = self.conn();
+            let mut conn = self.durable();
             let mut invocation = self.scripts.revoke_grant_tree.key(&grant_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now)).arg(reason);
             for gid in &published {
@@ -874,6 +991,9 @@ impl GrantStore for RedisStore {
                 "grant tree kept growing while being revoked; retry".into(),
             ));
         }
+        // Also for a grant that was already revoked: a retry after an
+        // unconfirmed first attempt must not be acknowledged unconfirmed.
+        self.replicated().await?;
         let Some(grant) = self.grant(id).await? else {
             return Ok(None);
         };
@@ -906,7 +1026,7 @@ impl GrantStore for RedisStore {
         // Rounds: a child task started while we end its parent is caught by the next round.
         let mut settled = false;
         for _ in 0..MAX_ROUNDS {
-            let mut conn = self.conn();
+            let mut conn = self.durable();
             let mut invocation = self.scripts.active_task_tree.key(&task_key);
             invocation.arg(&base).arg(id.as_str()).arg(ms(now));
             for e in &ended {
@@ -952,6 +1072,7 @@ impl GrantStore for RedisStore {
                 "task `{id}`: its tree kept growing while being ended; gave up after {MAX_ROUNDS} rounds, retry"
             )));
         }
+        self.replicated().await?;
         let task = self
             .task(id)
             .await?
@@ -1129,7 +1250,7 @@ impl GrantStore for RedisStore {
     }
 
     async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let n: u64 = self
             .bounded(
                 self.scripts
@@ -1140,6 +1261,7 @@ impl GrantStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         self.own_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1187,16 +1309,18 @@ impl GrantStore for RedisStore {
 
     async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let mark = serde_json::json!({"reason": reason, "at": now.to_rfc3339()}).to_string();
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let added: i64 = self
             .bounded(
-                redis::cmd("HSETNX")
-                    .arg(self.keys.disabled())
+                self.scripts
+                    .disable_subject
+                    .key(self.keys.disabled())
                     .arg(subject.as_str())
                     .arg(mark)
-                    .query_async(&mut conn),
+                    .invoke_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         Ok(added == 1)
     }
 
@@ -1258,7 +1382,7 @@ impl GrantStore for RedisStore {
             "why": why,
         })
         .to_string();
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let _: String = self
             .bounded(
                 self.scripts
@@ -1271,6 +1395,7 @@ impl GrantStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
+        self.replicated().await?;
         Ok(())
     }
 

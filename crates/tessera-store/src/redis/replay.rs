@@ -26,7 +26,7 @@ impl ReplayCache for RedisStore {
         // The namespace has no `:` (checked above) and the id ends the key,
         // so no two (namespace, id) pairs share one.
         let key = format!("{}:replay:{namespace}:{id}", self.config.key_prefix);
-        let mut conn = self.conn();
+        let mut conn = self.durable();
         let set: Value = self
             .bounded(
                 redis::cmd("SET")
@@ -39,8 +39,10 @@ impl ReplayCache for RedisStore {
             )
             .await?;
         match set {
-            Value::Okay => Ok(true),
-            Value::SimpleString(s) if s == "OK" => Ok(true),
+            // A first use is acknowledged only once replicas have it: a
+            // failover must not let the same id be used again.
+            Value::Okay => self.replicated().await.map(|()| true),
+            Value::SimpleString(s) if s == "OK" => self.replicated().await.map(|()| true),
             Value::Nil => Ok(false),
             other => Err(StoreError::Unavailable(format!(
                 "unexpected redis reply to SET NX: {other:?}"

@@ -32,14 +32,15 @@ return 'ok'
 }
 
 /// Records a grant atomically with its task's state. KEYS[1] = task hash.
-/// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"".
-/// Returns "ok", "task_missing", "task_over:<state>", "outlives", "exists"
-/// or "parent_not_live" (a delegated grant whose parent is unknown, revoked,
+/// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"",
+/// the most live grants the task may hold.
+/// Returns "ok", "task_missing", "task_over:<state>", "outlives", "exists",
+/// "task_full" or "parent_not_live" (a delegated grant whose parent is unknown, revoked,
 /// expired, of another task, or expiring before it).
 pub(crate) fn record_grant() -> Script {
     Script::new(
         r#"
-local base, task, gid, json, exp, now, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local base, task, gid, json, exp, now, parent, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local t = redis.call('HMGET', KEYS[1], 'state', 'deadline')
 if not t[1] then return 'task_missing' end
 if t[1] ~= 'active' then return 'task_over:' .. t[1] end
@@ -57,9 +58,12 @@ if parent ~= '' then
   local pexp = redis.call('PEXPIRETIME', base .. 'grant:' .. parent)
   if pexp <= now or exp > pexp then return 'parent_not_live' end
 end
-redis.call('SET', gkey, json, 'PXAT', exp)
+-- The task's index holds exactly its live grants once expired members are
+-- pruned: revocation removes members, and an ended task records nothing.
 local idx = base .. 'grants:' .. task
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+if redis.call('ZCARD', idx) >= cap then return 'task_full' end
+redis.call('SET', gkey, json, 'PXAT', exp)
 redis.call('ZADD', idx, exp, gid)
 local tttl = redis.call('PEXPIRETIME', KEYS[1])
 if tttl > 0 then redis.call('PEXPIREAT', idx, tttl) end
@@ -98,7 +102,7 @@ return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 /// else marks every live grant revoked and returns {"ok", count, root_revoked 0|1}.
 pub(crate) fn revoke_grant_tree() -> Script {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 local base, root, now, reason = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local published = {}
 for i = 5, #ARGV do published[ARGV[i]] = true end
@@ -175,7 +179,7 @@ return out
 /// reason, task ids... Returns {tasks_ended, live_grants_at_end}.
 pub(crate) fn end_tasks() -> Script {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 local base, now, state, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local ended, live = 0, 0
 for i = 5, #ARGV do
@@ -215,6 +219,50 @@ redis.call('ZADD', KEYS[1], 'GT', score, member)
 local t = redis.call('PEXPIRETIME', KEYS[1])
 if t ~= -2 and t < score then redis.call('PEXPIREAT', KEYS[1], score) end
 return 'ok'
+"#,
+    )
+}
+
+/// `index_add` with a bound: refuses (changing nothing) to add a new
+/// member to an index already holding `cap` members still ahead of `now`.
+/// ARGV: member, score_ms, now_ms, cap. Returns "ok" or "full".
+pub(crate) fn index_add_capped() -> Script {
+    Script::new(
+        r#"
+local member, score, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], member) and redis.call('ZCARD', KEYS[1]) >= cap then return 'full' end
+redis.call('ZADD', KEYS[1], 'GT', score, member)
+local t = redis.call('PEXPIRETIME', KEYS[1])
+if t ~= -2 and t < score then redis.call('PEXPIREAT', KEYS[1], score) end
+return 'ok'
+"#,
+    )
+}
+
+/// Appends revocation events to the feed stream, also when Redis is at its
+/// memory limit (`allow-oom`): a revocation must not fail because mints
+/// filled the store. KEYS[1] = the stream. ARGV: max length, then one JSON
+/// event each. Returns the entries' ids.
+pub(crate) fn publish_events() -> Script {
+    Script::new(
+        r#"#!lua flags=allow-oom
+local ids = {}
+for i = 2, #ARGV do
+  table.insert(ids, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i]))
+end
+return ids
+"#,
+    )
+}
+
+/// Marks a subject disabled unless it already is, also when Redis is at its
+/// memory limit. KEYS[1] = the disabled hash. ARGV: subject, mark json.
+/// Returns 1 if newly disabled.
+pub(crate) fn disable_subject() -> Script {
+    Script::new(
+        r#"#!lua flags=allow-oom
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 "#,
     )
 }
@@ -266,7 +314,7 @@ return 1
 /// ARGV: the kid to keep. Returns how many were withdrawn.
 pub(crate) fn withdraw_keys() -> Script {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 local n = 0
 for _, kid in ipairs(redis.call('HKEYS', KEYS[1])) do
   if kid ~= ARGV[1] then
@@ -285,7 +333,7 @@ return n
 /// subject, until_ms, json, now_ms. Entries are JSON with `until_ms`.
 pub(crate) fn quarantine() -> Script {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 local subject, till, json, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
