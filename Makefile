@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -102,9 +102,10 @@ check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring)
 		echo "aws-lc-rs is in the dependency tree: rustls/jsonwebtoken must use ring/rust_crypto only" >&2; exit 1; fi
 
 # The bench's own tests draw plots (a TTF font), the HTTP facade's check a
-# token with an independent JOSE library in a Python venv, and the README test
-# runs the README's curl and jq commands: install them if missing.
-test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl and jq (the README's commands)
+# token with an independent JOSE library in a Python venv, the README test
+# runs the README's curl and jq commands, and the image test builds the OCI
+# image with buildah (tests/e2e/image.rs): install them if missing.
+test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl, jq, buildah
 	@set -e; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
 	missing=; \
@@ -112,6 +113,8 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	[ -f /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
 		echo "Installing$$missing from Debian's packages"; \
@@ -163,6 +166,20 @@ python-run: python-venv redis
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py
+
+# ---- the OCI image (deploy/image) ----
+IMAGE ?= localhost/tessera:$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+
+image-tools:
+	@set -e; \
+	if command -v buildah >/dev/null && [ -f /etc/ssl/certs/ca-certificates.crt ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else echo "buildah missing: apt-get install buildah ca-certificates" >&2; exit 1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah ca-certificates
+
+image: image-tools ## Build the OCI image of tesserad and tessera from the release binaries (IMAGE, default localhost/tessera:<version>)
+	$(CARGO) build --locked --release -p tessera-server -p tessera-cli --bins
+	deploy/image/build.sh $(CARGO_TARGET_DIR)/release $(IMAGE)
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 
