@@ -126,6 +126,7 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 	$(CARGO) build --locked --workspace --bins
 	@: "The Python SDK first: it also makes the venv the http_facade test reuses."
 	@$(MAKE) --no-print-directory python-run
+	@$(MAKE) --no-print-directory k8s-check
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
@@ -180,6 +181,26 @@ image-tools:
 image: image-tools ## Build the OCI image of tesserad and tessera from the release binaries (IMAGE, default localhost/tessera:<version>)
 	$(CARGO) build --locked --release -p tessera-server -p tessera-cli --bins
 	deploy/image/build.sh $(CARGO_TARGET_DIR)/release $(IMAGE)
+
+# ---- Kubernetes manifests (deploy/kubernetes) ----
+# Rendered by deploy/kubernetes/render.py (no kubectl or kustomize in Debian 12),
+# validated offline against the Kubernetes schemas (kubernetes-validate) and
+# checked for the deployment's invariants; redis/init.sh is run against a real
+# redis-server. Its PyPI packages go into the one venv.
+K8S_DIR := deploy/kubernetes
+
+k8s-check: python-venv redis ## Render every Kubernetes overlay, validate it against the schemas, check its invariants
+	@set -e; stamp=$(PY_VENV)/.tessera-k8s-installed; \
+	if [ ! -f $$stamp ] || [ $(K8S_DIR)/requirements-test.txt -nt $$stamp ]; then \
+		echo "Installing the manifest tests' packages into $(PY_VENV)"; \
+		$(PY_VENV)/bin/pip install -q --disable-pip-version-check -r $(K8S_DIR)/requirements-test.txt; \
+		touch $$stamp; \
+	fi
+	@echo "== Kubernetes manifests: ruff, mypy --strict, render + schema + invariants =="
+	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff check --quiet render.py tests
+	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff format --quiet --check render.py tests
+	cd $(K8S_DIR) && $(PY_VENV)/bin/mypy
+	cd $(K8S_DIR) && $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 
