@@ -189,7 +189,7 @@ image: image-tools ## Build the OCI image of tesserad and tessera from the relea
 # redis-server. Its PyPI packages go into the one venv.
 K8S_DIR := deploy/kubernetes
 
-k8s-check: python-venv redis ## Render every Kubernetes overlay, validate it against the schemas, check its invariants
+k8s-check: python-venv redis ## Render every Kubernetes overlay, validate it against the schemas, check its invariants (after make build)
 	@set -e; stamp=$(PY_VENV)/.tessera-k8s-installed; \
 	if [ ! -f $$stamp ] || [ $(K8S_DIR)/requirements-test.txt -nt $$stamp ]; then \
 		echo "Installing the manifest tests' packages into $(PY_VENV)"; \
@@ -200,7 +200,7 @@ k8s-check: python-venv redis ## Render every Kubernetes overlay, validate it aga
 	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff check --quiet render.py tests
 	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff format --quiet --check render.py tests
 	cd $(K8S_DIR) && $(PY_VENV)/bin/mypy
-	cd $(K8S_DIR) && $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	cd $(K8S_DIR) && TESSERA_BIN=$(abspath $(BIN)) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 

@@ -337,6 +337,83 @@ def test_resource_requests_follow_the_benchmark() -> None:
     assert mints_per_second >= 100, f"{millicores}m serves only {mints_per_second:.0f} mints/s"
 
 
+# ---- tesserad --check on each overlay's ConfigMap ----
+
+# The README's recipe for the broker's certificate (Deploy on Kubernetes).
+OPENSSL_RECIPE = r"""
+set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+  -subj /CN=tessera-ca -keyout ca.key.pem -out ca.pem
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=tesserad \
+  -keyout broker.key.pem -out broker.csr
+openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key.pem -days 90 -out broker.pem -extfile <(printf '%s\n' \
+  'subjectAltName=DNS:tessera.tessera.svc,DNS:tessera-oauth.tessera.svc,URI:spiffe://example.org/tesserad' \
+  'extendedKeyUsage=serverAuth' 'basicConstraints=critical,CA:FALSE')
+"""
+
+
+def test_the_readme_certificate_recipe_is_the_one_tested() -> None:
+    readme = (REPO / "README.md").read_text()
+    for line in OPENSSL_RECIPE.strip().splitlines()[1:]:
+        assert line in readme, line
+
+
+def tesserad() -> Path:
+    bin_dir = os.environ.get("TESSERA_BIN")
+    assert bin_dir, "TESSERA_BIN (the directory of the built tesserad) is not set: make k8s-check sets it"
+    path = Path(bin_dir) / "tesserad"
+    assert path.is_file(), f"{path} missing: make build"
+    return path
+
+
+def test_tesserad_check_accepts_the_config_map_of_every_overlay(overlay: tuple[str, list[Obj]], tmp_path: Path) -> None:
+    """`tesserad --check` (the real loader, the TLS material, the policy
+    set, the writable audit path) on the ConfigMap's tesserad.toml, with the
+    pod's paths moved under a temporary directory and the Deployment's
+    environment."""
+    name, objects = overlay
+    subprocess.run(["bash", "-c", OPENSSL_RECIPE], cwd=tmp_path, check=True, capture_output=True)
+    # What the pod mounts, where the pod mounts it.
+    files = {
+        "etc/tessera/tls/tls.crt": "broker.pem",
+        "etc/tessera/tls/tls.key": "broker.key.pem",
+        "etc/tessera/tls/ca.crt": "ca.pem",
+        "etc/tessera/kube-ca/ca.crt": "ca.pem",
+        "run/spire/certs/bundle.pem": "ca.pem",
+    }
+    root = tmp_path / "pod"
+    for dest, src in files.items():
+        (root / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / src, root / dest)
+    for key, text in find(objects, "ConfigMap", "tessera-policies")["data"].items():
+        (root / "etc/tessera/policies").mkdir(parents=True, exist_ok=True)
+        (root / "etc/tessera/policies" / key).write_text(text)
+    (root / "var/lib/tessera").mkdir(parents=True)
+    text = find(objects, "ConfigMap", "tessera-config")["data"]["tesserad.toml"]
+    for prefix in ("/etc/tessera/", "/var/lib/tessera/", "/run/spire/"):
+        text = text.replace(f'"{prefix}', f'"{root}{prefix}')
+    # Loopback, any port: nothing binds under --check, but stay off 0.0.0.0.
+    text = re.sub(r'"0\.0\.0\.0:\d+"', '"127.0.0.1:0"', text)
+    config = root / "etc/tessera/config/tesserad.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    env = {"PATH": os.environ["PATH"], "TESSERA_SERVER__INSTANCE_ID": "tesserad-5d8f7c9b4-x2x7q"}
+    deployment = find(objects, "Deployment", "tesserad")["spec"]["template"]["spec"]["containers"][0]
+    if any(e["name"] == "TESSERA_STORE__URLS" for e in deployment["env"]):
+        env["TESSERA_STORE__URLS"] = '["redis://tessera:p@127.0.0.1:1/0"]'
+    out = subprocess.run(
+        [str(tesserad()), "--check", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, f"{name}: {out.stderr}"
+    assert "is valid" in out.stdout
+    # And it can fail: a key the broker does not know.
+    config.write_text(text + "\n[server.zz_unknown]\n")
+    bad = subprocess.run(
+        [str(tesserad()), "--check", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 64, bad.stderr
+
+
 # ---- the overlays match the rest of the repository ----
 
 
