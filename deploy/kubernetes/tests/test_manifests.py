@@ -255,6 +255,15 @@ def mounted(container: Obj, path: str) -> bool:
     return any(Path(path).is_relative_to(m["mountPath"]) for m in container.get("volumeMounts", []))
 
 
+def test_config_and_policies_reload_from_their_config_maps(overlay: tuple[str, list[Obj]]) -> None:
+    name, objects = overlay
+    config = broker_config(objects)
+    assert config["policy"]["watch"] is True, name
+    volumes = {v["name"]: v for v in find(objects, "Deployment", "tesserad")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "tessera-config"
+    assert volumes["policies"]["configMap"]["name"] == "tessera-policies"
+
+
 def test_every_path_in_the_broker_config_is_mounted(overlay: tuple[str, list[Obj]]) -> None:
     name, objects = overlay
     config = broker_config(objects)
