@@ -316,10 +316,10 @@ impl AuditLog {
     pub async fn close(self) {
         let Self { jobs, writer, .. } = self;
         drop(jobs);
-        if let Some(writer) = writer {
-            if let Err(e) = writer.await {
-                tracing::warn!(error = %e, "audit writer ended abnormally");
-            }
+        if let Some(writer) = writer
+            && let Err(e) = writer.await
+        {
+            tracing::warn!(error = %e, "audit writer ended abnormally");
         }
     }
 
