@@ -156,7 +156,11 @@ fn http_status(addr: &str, path: &str) -> u16 {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap()
@@ -258,7 +262,10 @@ fn the_image_runs_tesserad_as_non_root_on_redis_and_issues_a_token() {
     let bundle = std::fs::read_to_string(rootfs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
     assert!(bundle.matches("BEGIN CERTIFICATE").count() > 10, "no CA bundle");
     let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
-    assert!(passwd.lines().any(|l| l.starts_with("tessera:x:65532:65532:")), "{passwd}");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("tessera:x:65532:65532:")),
+        "{passwd}"
+    );
 
     // A dev PKI and config, made by the image's CLI as the image's user in
     // its one writable directory.
@@ -304,7 +311,11 @@ fn the_image_runs_tesserad_as_non_root_on_redis_and_issues_a_token() {
     // It runs as the image's user, not as the root that started chroot.
     let status = std::fs::read_to_string(format!("/proc/{}/status", broker.child.id())).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65532"; 4], "{uid}");
+    assert_eq!(
+        uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65532"; 4],
+        "{uid}"
+    );
 
     let agent = format!("spiffe://{TD}/agent/researcher");
     tessera(
