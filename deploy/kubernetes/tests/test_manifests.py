@@ -108,6 +108,19 @@ def test_the_examples_validate_against_the_kubernetes_schema(version: str) -> No
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+def test_the_example_agent_is_restricted_sized_and_pinned() -> None:
+    (job,) = [o for o in example_objects() if o["kind"] == "Job"]
+    (spec,) = render.pod_specs(job)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    for c in render.containers(job):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"])
+        assert not c["image"].endswith(":latest")
+
+
 def test_the_schema_check_refuses_an_unknown_field() -> None:
     # The check above can fail: a misspelt field is caught.
     _, objects = "ha", render.render(HERE / "overlays" / "ha")
