@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build
+.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -105,10 +105,11 @@ check-deps: ## Fail if aws-lc-rs sneaks in (rustls must use ring)
 
 # The bench's own tests draw plots (a TTF font), the HTTP facade's check a
 # token with an independent JOSE library in a Python venv, the README test
-# runs the README's curl and jq commands, and the console's browser tests
-# drive Debian's chromium (Playwright from the venv; never `playwright
-# install`): install them if missing.
-test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl, jq (the README's commands) and chromium (the console's browser tests)
+# runs the README's curl and jq commands, the console's browser tests drive
+# Debian's chromium (Playwright from the venv; never `playwright install`), and
+# the image test builds the OCI image with buildah (tests/e2e/image.rs):
+# install them if missing.
+test-tools: ## Install what the tests need besides redis: a TTF font, python3-venv, curl, jq (the README's commands), chromium (the console's browser tests), buildah (the image test)
 	@set -e; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
 	missing=; \
@@ -117,6 +118,8 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	[ -f /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
 		echo "Installing$$missing from Debian's packages"; \
@@ -128,10 +131,12 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 	$(CARGO) build --locked --workspace --bins
 	@: "The Python SDK first: it also makes the venv the http_facade test reuses."
 	@$(MAKE) --no-print-directory python-run
+	@$(MAKE) --no-print-directory k8s-check
 	@status=0; $(CARGO) test --locked --workspace || status=$$?; \
 		if [ $$status -eq 0 ]; then \
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
 			: "--workspace, not -p: the same feature set as above, so nothing is rebuilt"; \
+			: "not image: tests/e2e/image.rs always runs its broker on a real redis-server"; \
 			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test golden --test shutdown --test operations --test grant_bounds --test connections || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
@@ -173,6 +178,40 @@ python-run: python-venv redis
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py tests/test_console.py
+
+# ---- the OCI image (deploy/image) ----
+IMAGE ?= localhost/tessera:$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+
+image-tools:
+	@set -e; \
+	if command -v buildah >/dev/null && [ -f /etc/ssl/certs/ca-certificates.crt ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else echo "buildah missing: apt-get install buildah ca-certificates" >&2; exit 1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah ca-certificates
+
+image: image-tools ## Build the OCI image of tesserad and tessera from the release binaries (IMAGE, default localhost/tessera:<version>)
+	$(CARGO) build --locked --release -p tessera-server -p tessera-cli --bins
+	deploy/image/build.sh $(CARGO_TARGET_DIR)/release $(IMAGE)
+
+# ---- Kubernetes manifests (deploy/kubernetes) ----
+# Rendered by deploy/kubernetes/render.py (no kubectl or kustomize in Debian 12),
+# validated offline against the Kubernetes schemas (kubernetes-validate) and
+# checked for the deployment's invariants; redis/init.sh is run against a real
+# redis-server. Its PyPI packages go into the one venv.
+K8S_DIR := deploy/kubernetes
+
+k8s-check: python-venv redis ## Render every Kubernetes overlay, validate it against the schemas, check its invariants (after make build)
+	@set -e; stamp=$(PY_VENV)/.tessera-k8s-installed; \
+	if [ ! -f $$stamp ] || [ $(K8S_DIR)/requirements-test.txt -nt $$stamp ]; then \
+		echo "Installing the manifest tests' packages into $(PY_VENV)"; \
+		$(PY_VENV)/bin/pip install -q --disable-pip-version-check -r $(K8S_DIR)/requirements-test.txt; \
+		touch $$stamp; \
+	fi
+	@echo "== Kubernetes manifests: ruff, mypy --strict, render + schema + invariants =="
+	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff check --quiet render.py tests
+	cd $(K8S_DIR) && $(PY_VENV)/bin/ruff format --quiet --check render.py tests
+	cd $(K8S_DIR) && $(PY_VENV)/bin/mypy
+	cd $(K8S_DIR) && TESSERA_BIN=$(abspath $(BIN)) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-python: build python-run ## The Python SDK's checks and tests only (builds tesserad first)
 

@@ -292,10 +292,12 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// The metric names in OPERATIONS.md's metrics table, with their type.
 fn documented_metrics() -> Vec<(String, String)> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/OPERATIONS.md")).unwrap();
-    let table = doc
+    let section = doc
         .split("### Metrics")
         .nth(1)
         .expect("OPERATIONS.md has a Metrics section");
+    // Up to the next heading: later sections have tables of their own.
+    let table = section.split("\n#").next().unwrap_or_default();
     table
         .lines()
         .filter_map(|l| {

@@ -2,7 +2,8 @@
 //! naming file and line; a bad policy on reload (RPC or SIGHUP) is refused,
 //! audited and counted while the old policy keeps deciding; a good one takes
 //! over; decisions carry the deciding policies and the set's hash; admin
-//! calls by non-operators are refused by policy and audited.
+//! calls by non-operators are refused by policy and audited; a watched
+//! directory (`[policy] watch`, a Kubernetes ConfigMap) reloads itself.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -272,6 +273,101 @@ async fn policy_caps_lifetimes_and_limits_who_orchestrators_assign() {
         rec["policy_ids"],
         serde_json::json!(["orchestrators-start-tasks-only-for-their-owners-agents"])
     );
+}
+
+/// Puts `files` in `dir` the way the kubelet updates a ConfigMap volume: a
+/// new `..<version>` directory, the `..data` symlink swapped to it by a
+/// rename, and each file a symlink through `..data`.
+fn configmap_version(dir: &std::path::Path, version: &str, files: &[(String, String)]) {
+    let target = dir.join(version);
+    std::fs::create_dir_all(&target).unwrap();
+    for (name, text) in files {
+        std::fs::write(target.join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if !name.starts_with('.') && !files.iter().any(|(f, _)| *f == name) {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_policy_directory_reloads_itself_when_its_configmap_changes() {
+    let dir = dev_init("policy-watch");
+    let mut baseline: Vec<(String, String)> = std::fs::read_dir(dir.path().join("policies"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    baseline.sort();
+    let configmap = dir.path().join("configmap");
+    configmap_version(&configmap, "..v1", &baseline);
+    let configmap = configmap.to_str().unwrap().to_owned();
+    let broker = Broker::start_in(
+        dir,
+        &[("TESSERA_POLICY__DIR", &configmap), ("TESSERA_POLICY__WATCH", "true")],
+    );
+    broker
+        .start_task(start_request("pol-w", &["researcher"], READ, 900))
+        .await;
+    broker.issue_as("researcher", token_request("pol-w", READ, None)).await;
+    let configmap = std::path::PathBuf::from(configmap);
+    let mut agent = broker.agent("researcher").await;
+
+    // A new version with a forbid: in force without a signal or an RPC. The
+    // waits are on the audit trail's reload records, not on refused
+    // requests (enough of those would quarantine the agent).
+    let mut paused = baseline.clone();
+    paused.push(("zz-local.cedar".into(), PAUSE_READS.into()));
+    configmap_version(&configmap, "..v2", &paused);
+    eventually("the changed ConfigMap to be reloaded", async || {
+        reload_records(&broker, "allow").len() == 1
+    })
+    .await;
+    let denial = code(agent.request_token(token_request("pol-w", READ, None)).await);
+    assert_eq!(denial.code(), Code::PermissionDenied, "{denial:?}");
+    assert!(denial.message().contains("SEC-42"), "{denial:?}");
+    let allowed = reload_records(&broker, "allow");
+    assert!(allowed[0].get("who").is_none_or(Value::is_null), "{allowed:?}");
+
+    // A broken version: refused and audited once; the forbid stays in force.
+    let mut broken = baseline.clone();
+    broken.push(("zz-local.cedar".into(), BROKEN.into()));
+    configmap_version(&configmap, "..v3", &broken);
+    eventually("the broken ConfigMap to be refused", async || {
+        reload_records(&broker, "deny").len() == 1
+    })
+    .await;
+    assert_eq!(
+        code(agent.request_token(token_request("pol-w", READ, None)).await).code(),
+        Code::PermissionDenied
+    );
+
+    // Back to the baseline: reads are allowed again, and the broken version
+    // was refused once, not at every look.
+    configmap_version(&configmap, "..v4", &baseline);
+    eventually("the baseline to be reloaded", async || {
+        reload_records(&broker, "allow").len() == 2
+    })
+    .await;
+    agent.request_token(token_request("pol-w", READ, None)).await.unwrap();
+    assert_eq!(reload_records(&broker, "deny").len(), 1);
 }
 
 #[test]

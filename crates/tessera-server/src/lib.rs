@@ -371,6 +371,10 @@ pub async fn serve(
         .with_console(console_settings.clone()),
     );
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
+    let _policy_watch = config
+        .policy
+        .watch
+        .then(|| broker::policy::reload_on_change(broker.clone(), config.attestation.reload_interval));
     // Identities operators disabled and anomaly quarantines of other
     // replicas: read before serving, then followed.
     broker.refresh_shared().await.map_err(ServeError::SharedState)?;

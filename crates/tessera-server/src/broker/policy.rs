@@ -437,6 +437,71 @@ pub fn reload_on_sighup(broker: Arc<Broker>) -> ReloadOnSighup {
     })))
 }
 
+/// Reloads the policy when its files change, until dropped.
+#[derive(Debug)]
+pub struct ReloadOnChange(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for ReloadOnChange {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts re-reading `broker`'s policy directory every `every` and reloading
+/// the set when a file's name or text differs from the last look (`[policy]
+/// watch`). Texts, not mtimes, are compared: a rewrite within the same
+/// second is seen, and the kubelet's swap of a ConfigMap volume (a new
+/// directory behind a symlink) is seen once, whatever its timestamps. A
+/// change that does not validate is refused, logged and audited once, like a
+/// SIGHUP reload; the set in force stays until the files change again. A
+/// directory that cannot be read is looked at again next time.
+pub fn reload_on_change(broker: Arc<Broker>, every: std::time::Duration) -> ReloadOnChange {
+    let Some(dir) = broker.policy.source.clone() else {
+        return ReloadOnChange(None);
+    };
+    ReloadOnChange(Some(tokio::spawn(async move {
+        // INVARIANT: the set in force was loaded from these files at start;
+        // a change between that load and this first look is missed until the
+        // next change (SIGHUP or `tessera policy reload` pick it up).
+        let mut seen = fingerprint(&dir).await;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = fingerprint(&dir).await;
+            if now.is_some() && now != seen {
+                seen = now;
+                tracing::info!("policy files changed: reloading the policy");
+                // Errors were logged and audited by reload_policy.
+                let _ = broker.reload_policy(None).await;
+            }
+        }
+    })))
+}
+
+/// A digest of the policy files' names and texts; `None` if they cannot be read.
+async fn fingerprint(dir: &std::path::Path) -> Option<[u8; 32]> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let files = read_policy_files(&dir).ok()?;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for file in &files {
+            // Length-prefixed, so no two different sets hash alike.
+            for part in [file.name.as_bytes(), file.text.as_bytes()] {
+                digest.update(&(part.len() as u64).to_be_bytes());
+                digest.update(part);
+            }
+        }
+        digest.finish().as_ref().try_into().ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use tessera_core::audit::AuditKind;

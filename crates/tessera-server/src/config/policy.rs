@@ -3,6 +3,7 @@
 //! ```toml
 //! [policy]
 //! dir = "policies"   # a directory of .cedar files, or one .cedar file
+//! watch = false      # reload when the files change (a mounted ConfigMap)
 //! ```
 //!
 //! Without `dir`, the baseline compiled into tesserad
@@ -20,6 +21,10 @@ use tessera_core::policy::{PolicyEngine, PolicyLoadError, read_policy_files};
 pub struct PolicyConfig {
     /// The policy directory or file; `None`: the compiled-in baseline.
     pub dir: Option<PathBuf>,
+    /// Re-read `dir` every `attestation.reload_interval` and reload the set
+    /// when a file's name or text changed: a ConfigMap the kubelet updates in
+    /// place sends no SIGHUP.
+    pub watch: bool,
 }
 
 /// `[policy]` as written.
@@ -28,6 +33,8 @@ pub struct PolicyConfig {
 pub(super) struct RawPolicy {
     #[serde(default)]
     dir: Option<PathBuf>,
+    #[serde(default)]
+    watch: bool,
 }
 
 impl RawPolicy {
@@ -40,8 +47,16 @@ impl RawPolicy {
             }),
             Some(dir) => Ok(PolicyConfig {
                 dir: Some(if dir.is_absolute() { dir } else { base.join(dir) }),
+                watch: self.watch,
             }),
-            None => Ok(PolicyConfig { dir: None }),
+            None if self.watch => Err(super::ConfigError::Key {
+                key: "policy.watch".into(),
+                message: "needs `policy.dir`: the compiled-in baseline never changes".into(),
+            }),
+            None => Ok(PolicyConfig {
+                dir: None,
+                watch: false,
+            }),
         }
     }
 }

@@ -305,6 +305,27 @@ fn malformed_env_and_toml_are_reported() {
     assert!(matches!(load("[server", &[]), Err(ConfigError::Syntax { .. })));
 }
 
+#[test]
+fn policy_watch_needs_a_directory_to_watch() {
+    check_key_error(GOOD, &[("TESSERA_POLICY__WATCH", "true")], "policy.watch");
+    let c = load(
+        GOOD,
+        &[("TESSERA_POLICY__WATCH", "true"), ("TESSERA_POLICY__DIR", "policies")],
+    )
+    .unwrap();
+    assert_eq!(
+        c.policy,
+        policy::PolicyConfig {
+            dir: Some("/etc/tessera/policies".into()),
+            watch: true
+        }
+    );
+    assert!(!load(GOOD, &[]).unwrap().policy.watch);
+}
+
 // The shipped example config: `example.rs` (it loads, is complete, shows real defaults).
 
 mod example;
+
+// The Kubernetes overlays' configs: `kubernetes.rs` (they load with the pod's environment).
+mod kubernetes;
