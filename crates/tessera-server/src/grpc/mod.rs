@@ -189,8 +189,11 @@ impl StreamDrain {
     /// Ends every open stream and every stream opened from now on; returns
     /// how many were open.
     pub fn start(&self) -> usize {
+        // Counted before the stop is sent: once it is, the streams end (and
+        // uncount themselves) on other threads, racing a count taken after.
+        let open = self.open();
         self.stop.send_replace(true);
-        self.open()
+        open
     }
 
     /// Streams open now (each counted until the server drops it).
