@@ -66,7 +66,7 @@ fn id(s: &str) -> SpiffeId {
 fn the_single_replica_overlay_loads_on_the_embedded_store() {
     let c = load_in_pod(SINGLE, false);
     check_common(&c);
-    assert!(matches!(c.store, StoreConfig::Memory));
+    assert!(matches!(c.store, StoreConfig::Memory(_)));
     assert_eq!(c.tls.trust_bundle, Path::new("/etc/tessera/tls/ca.crt"));
 }
 
