@@ -352,3 +352,15 @@ return 'ok'
 "#,
     )
 }
+
+/// The marker written right before a durable write's `WAIT` (see
+/// `RedisStore::durable_write`), also at the memory limit: it makes the
+/// `WAIT` cover everything the primary holds. KEYS[1] = the marker (on the
+/// write's slot). ARGV: its lifetime in ms.
+pub(crate) fn durable_mark() -> Script {
+    Script::new(
+        r#"#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+"#,
+    )
+}
