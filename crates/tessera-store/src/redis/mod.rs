@@ -36,7 +36,9 @@ use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::record::StoredGrant;
-use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
+use crate::store::{
+    GrantFilter, GrantPage, GrantStore, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded,
+};
 
 /// Most rounds a revocation that races new writes (a tree growing while it
 /// is revoked) runs before it gives up and says so (UNAVAILABLE, retry).
@@ -1373,8 +1375,26 @@ impl GrantStore for RedisStore {
         Ok(ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect())
     }
 
-    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-        let n: u64 = self
+    async fn withdraw_keys_except(&self, keep: &str, withdrawal: &KeyWithdrawal<'_>) -> Result<u64, StoreError> {
+        let event = |kid: &str| Revocation {
+            target: RevocationTarget::Key(kid.to_owned()),
+            revoked_at: withdrawal.now,
+            reason: withdrawal.reason.to_owned(),
+            not_after: withdrawal.not_after,
+        };
+        // Announced before withdrawn (as every revocation here): verifiers
+        // drop the keys on these events, before their next JWKS refresh.
+        let mut conn = self.conn();
+        let before: Vec<String> = self
+            .bounded(redis::cmd("HKEYS").arg(self.keys.keys()).query_async(&mut conn))
+            .await?;
+        let announced: Vec<Revocation> = before
+            .iter()
+            .filter(|kid| kid.as_str() != keep)
+            .map(|k| event(k))
+            .collect();
+        self.publish(&announced).await?;
+        let gone: Vec<String> = self
             .durable_write(
                 ScriptCall::new(&self.scripts.withdraw_keys)
                     .key(self.keys.keys())
@@ -1382,6 +1402,14 @@ impl GrantStore for RedisStore {
                     .arg(keep),
             )
             .await?;
+        // A key published meanwhile was withdrawn too: announce it as well.
+        let late: Vec<Revocation> = gone
+            .iter()
+            .filter(|kid| !before.contains(kid))
+            .map(|k| event(k))
+            .collect();
+        self.publish(&late).await?;
+        let n = gone.len() as u64;
         self.own_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

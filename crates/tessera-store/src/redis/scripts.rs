@@ -311,19 +311,19 @@ return 1
 }
 
 /// Withdraws every key but one, for good. KEYS: jwks hash, withdrawn set.
-/// ARGV: the kid to keep. Returns how many were withdrawn.
+/// ARGV: the kid to keep. Returns the kids withdrawn.
 pub(crate) fn withdraw_keys() -> Script {
     Script::new(
         r#"#!lua flags=allow-oom
-local n = 0
+local gone = {}
 for _, kid in ipairs(redis.call('HKEYS', KEYS[1])) do
   if kid ~= ARGV[1] then
     redis.call('HDEL', KEYS[1], kid)
     redis.call('SADD', KEYS[2], kid)
-    n = n + 1
+    table.insert(gone, kid)
   end
 end
-return n
+return gone
 "#,
     )
 }
