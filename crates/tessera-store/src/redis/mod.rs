@@ -41,7 +41,8 @@ use crate::store::{
 };
 
 /// Most rounds a revocation that races new writes (a tree growing while it
-/// is revoked) runs before it gives up and says so (UNAVAILABLE, retry).
+/// is revoked) runs before it gives up and says so (UNAVAILABLE, retry):
+/// the default of [`RedisConfig::max_rounds`].
 const MAX_ROUNDS: usize = 64;
 
 /// How long a durable-write marker (see [`RedisStore::durable_write`]) lives.
@@ -122,6 +123,11 @@ pub struct RedisConfig {
     pub max_live_grants_per_task: u64,
     /// TLS for `rediss://` URLs (standalone and Cluster).
     pub tls: Option<RedisTls>,
+    /// Most rounds a multi-round revocation (a task tree's end, a grant
+    /// tree's or a subject's revocation) runs while new writes race it,
+    /// before it gives up with [`StoreError::Unavailable`], never a success
+    /// (64; tests lower it to reach the bound).
+    pub max_rounds: usize,
 }
 
 impl RedisConfig {
@@ -139,6 +145,7 @@ impl RedisConfig {
             max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
             max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
             tls: None,
+            max_rounds: MAX_ROUNDS,
         }
     }
 }
@@ -1064,7 +1071,7 @@ impl GrantStore for RedisStore {
         let mut revoked_total = 0u64;
         let mut root_revoked = false;
         let mut finished = false;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..self.config.max_rounds {
             let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
             call.key(&grant_key)
                 .arg(&base)
@@ -1115,6 +1122,7 @@ impl GrantStore for RedisStore {
             }
         }
         if !finished {
+            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
             return Err(StoreError::Unavailable(
                 "grant tree kept growing while being revoked; retry".into(),
             ));
@@ -1150,7 +1158,7 @@ impl GrantStore for RedisStore {
         let mut grants_revoked = 0u64;
         // Rounds: a child task started while we end its parent is caught by the next round.
         let mut settled = false;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..self.config.max_rounds {
             let mut call = ScriptCall::new(&self.scripts.active_task_tree);
             call.key(&task_key).arg(&base).arg(id.as_str()).arg(ms(now));
             for e in &ended {
@@ -1194,9 +1202,10 @@ impl GrantStore for RedisStore {
             // Never a success that left a task of the tree running: the
             // caller answers UNAVAILABLE (counted as a store error) and the
             // end is run again (it is idempotent).
-            tracing::error!(task = %id, rounds = MAX_ROUNDS, "ending a task tree gave up: tasks kept being started");
+            tracing::error!(task = %id, rounds = self.config.max_rounds, "ending a task tree gave up: tasks kept being started");
             return Err(StoreError::Unavailable(format!(
-                "task `{id}`: its tree kept growing while being ended; gave up after {MAX_ROUNDS} rounds, retry"
+                "task `{id}`: its tree kept growing while being ended; gave up after {} rounds, retry",
+                self.config.max_rounds
             )));
         }
         let task = self
@@ -1332,7 +1341,7 @@ impl GrantStore for RedisStore {
         let mut revoked = 0u64;
         // Rounds: a grant recorded while we revoke is caught by the next round.
         let mut settled = false;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..self.config.max_rounds {
             let fresh: Vec<String> = self
                 .index_live(&index, now)
                 .await?
@@ -1362,9 +1371,10 @@ impl GrantStore for RedisStore {
             }
         }
         if !settled {
-            tracing::error!(subject = %subject, rounds = MAX_ROUNDS, "revoking a subject gave up: grants kept being recorded");
+            tracing::error!(subject = %subject, rounds = self.config.max_rounds, "revoking a subject gave up: grants kept being recorded");
             return Err(StoreError::Unavailable(format!(
-                "`{subject}`: grants kept being recorded while being revoked; gave up after {MAX_ROUNDS} rounds, retry"
+                "`{subject}`: grants kept being recorded while being revoked; gave up after {} rounds, retry",
+                self.config.max_rounds
             )));
         }
         Ok(revoked)
