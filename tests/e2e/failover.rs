@@ -470,7 +470,11 @@ async fn a_durable_write_and_its_wait_reach_the_same_primary() {
     replica.pause();
     armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let answer = store
-        .disable_subject(&subject, "failover test", chrono::Utc::now())
+        .disable_subject(
+            &subject,
+            "failover test",
+            tessera_core::clock::Clock::now(&tessera_core::clock::SystemClock),
+        )
         .await;
     replica.resume();
     proxy.abort();
