@@ -319,3 +319,182 @@ async fn no_acknowledged_revocation_is_lost_when_sentinel_promotes_the_replica()
     drop(broker);
     drop(sentinels);
 }
+
+/// One RESP value's length at the start of `buf`, if it is all there.
+fn resp_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let head = std::str::from_utf8(buf.get(1..line_end)?).ok()?;
+    let after = line_end + 2;
+    match buf.first()? {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' => Some(after),
+        b'$' => {
+            let n: i64 = head.parse().ok()?;
+            if n < 0 {
+                return Some(after);
+            }
+            let end = after + usize::try_from(n).ok()? + 2;
+            (buf.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let n: i64 = head.parse().ok()?;
+            let mut at = after;
+            for _ in 0..n.max(0) {
+                at += resp_len(buf.get(at..)?)?;
+            }
+            Some(at)
+        }
+        _ => None,
+    }
+}
+
+/// How many complete RESP values `buf` holds.
+fn resp_count(buf: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while let Some(len) = buf.get(at..).and_then(resp_len) {
+        at += len;
+        n += 1;
+    }
+    n
+}
+
+/// A TCP proxy in front of Redis that stands for a failover the client does
+/// not see as a disconnect: once armed, right after it relayed a successful
+/// answer to an `EVALSHA`, it sends everything that follows on that client
+/// connection to another primary. Requests and answers are relayed in
+/// lockstep (a request, or a pipeline sent in one write, then all its answers).
+async fn failover_proxy(
+    first: u16,
+    second: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", first)).await else {
+                    return;
+                };
+                let mut switched = false;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let mut request = Vec::new();
+                    while request.is_empty() || resp_prefix(&request) != request.len() {
+                        let Ok(n) = client.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                    }
+                    let wanted = resp_count(&request);
+                    if upstream.write_all(&request).await.is_err() {
+                        return;
+                    }
+                    let mut answer = Vec::new();
+                    while resp_count(&answer) < wanted {
+                        let Ok(n) = upstream.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        answer.extend_from_slice(&buf[..n]);
+                    }
+                    if client.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    let wrote = request.windows(7).any(|w| w.eq_ignore_ascii_case(b"EVALSHA"));
+                    if !switched
+                        && wrote
+                        && !answer.starts_with(b"-")
+                        && armed.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        switched = true;
+                        let Ok(next) = tokio::net::TcpStream::connect(("127.0.0.1", second)).await else {
+                            return;
+                        };
+                        upstream = next;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// The length of the complete RESP values at the start of `buf`.
+fn resp_prefix(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(len) = buf.get(at..).and_then(resp_len) {
+        at += len;
+    }
+    at
+}
+
+/// A durable write and its `WAIT` must go to the same primary. Redis counts
+/// a `WAIT` against the writes of the connection it arrives on, so if the
+/// connection is re-established between the two (say to a newly promoted
+/// primary that never got the write) the `WAIT` confirms what no replica of
+/// the primary that took the write holds, and a failover loses an
+/// acknowledged revocation. The proxy below moves the store's connection to
+/// another primary (whose replica is healthy) right after the write: the
+/// write must still be refused as unconfirmed, since its own primary's only
+/// replica is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_write_and_its_wait_reach_the_same_primary() {
+    use tessera_store::GrantStore as _;
+    let primary = RedisServer::builder()
+        .appendonly(false)
+        .extra_args(&["--repl-diskless-sync-delay", "0"])
+        .start();
+    let replica = primary.start_replica();
+    let other = RedisServer::builder()
+        .appendonly(false)
+        .extra_args(&["--repl-diskless-sync-delay", "0"])
+        .start();
+    let _other_replica = other.start_replica();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, proxy) = failover_proxy(primary.port(), other.port(), armed.clone()).await;
+
+    let mut config = tessera_store::RedisConfig::new(tessera_store::RedisDeployment::Standalone {
+        url: format!("redis://127.0.0.1:{port}"),
+    });
+    config.min_replicas = 1;
+    config.replica_timeout = Duration::from_millis(300);
+    config.timeout = Duration::from_secs(5);
+    let store = tessera_store::RedisStore::connect(config).await.unwrap();
+    let subject = tessera_core::identity::SpiffeId::parse("spiffe://example.org/agent/a").unwrap();
+
+    // The primary's only replica stops: nothing written there is confirmed.
+    replica.pause();
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = store
+        .disable_subject(
+            &subject,
+            "failover test",
+            tessera_core::clock::Clock::now(&tessera_core::clock::SystemClock),
+        )
+        .await;
+    replica.resume();
+    proxy.abort();
+    assert!(
+        answer.is_err(),
+        "a disable was acknowledged that only a primary whose replica was stopped took: {answer:?}"
+    );
+    assert!(
+        matches!(answer, Err(tessera_store::StoreError::Unavailable(_))),
+        "{answer:?}"
+    );
+    // It did reach the first primary (and only it).
+    assert!(
+        primary
+            .cli(&["HKEYS", "tessera:disabled"])
+            .contains("spiffe://example.org/agent/a")
+    );
+    assert!(
+        !other
+            .cli(&["HKEYS", "tessera:disabled"])
+            .contains("spiffe://example.org/agent/a")
+    );
+}

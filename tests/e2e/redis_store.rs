@@ -432,3 +432,58 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         );
     }
 }
+
+/// A multi-round revocation that runs out of rounds (new tasks or grants
+/// kept racing it) says so: `Unavailable` (the broker answers UNAVAILABLE and
+/// counts a store error), never a success, for each of the three loops: a
+/// task tree's end, a grant tree's revocation and a subject's revocation.
+/// With one round allowed, every loop needs one more than it has (the
+/// round that finds nothing left, or the round after publishing events);
+/// the same calls succeed with the default bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_loop_that_runs_out_of_rounds_is_unavailable_never_success() {
+    use tessera_store::conformance::{grant, t0, task};
+    use tessera_store::{GrantStore as _, RedisConfig, RedisDeployment, RedisStore, StoreError};
+    let server = RedisServer::start();
+    let config = RedisConfig::new(RedisDeployment::Standalone { url: server.url() });
+    let full = RedisStore::connect(config.clone()).await.unwrap();
+    let one_round = RedisStore::connect(RedisConfig {
+        max_rounds: 1,
+        ..config
+    })
+    .await
+    .unwrap();
+    let id = |s: &str| tessera_core::task::TaskId::parse(s).unwrap();
+    let unavailable = |what: &str, r: Result<(), StoreError>| {
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(ref m)) if m.contains("gave up after 1 rounds") || m.contains("kept growing")),
+            "{what}: {r:?}"
+        );
+    };
+
+    // A task tree: root, child, each with a grant; the child's grant delegated.
+    full.create_task(&task("root", 600, None)).await.unwrap();
+    full.create_task(&task("child", 600, Some("root"))).await.unwrap();
+    let parent = grant(&full, "child", 300, None).await;
+    full.record_grant(&parent, t0()).await.unwrap();
+    let delegated = grant(&full, "child", 200, Some(&parent.id)).await;
+    full.record_grant(&delegated, t0()).await.unwrap();
+
+    let r = one_round.revoke_grant(&parent.id, "test", t0()).await.map(drop);
+    unavailable("grant tree", r);
+    let subject = parent.subject.clone();
+    let r = one_round.revoke_subject(&subject, "test", t0()).await.map(drop);
+    unavailable("subject", r);
+    let r = one_round
+        .end_task(&id("root"), tessera_core::task::TaskState::Revoked, "test", t0())
+        .await
+        .map(drop);
+    unavailable("task tree", r);
+
+    // Retried with room enough, each is acknowledged.
+    full.revoke_grant(&parent.id, "test", t0()).await.unwrap();
+    full.revoke_subject(&subject, "test", t0()).await.unwrap();
+    full.end_task(&id("root"), tessera_core::task::TaskState::Revoked, "test", t0())
+        .await
+        .unwrap();
+}

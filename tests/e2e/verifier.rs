@@ -284,3 +284,71 @@ async fn a_lost_feed_position_resynchronises_and_refuses_older_tokens() {
         .await;
     v.verify(&Presented::bearer(&newer.access_token)).await.unwrap();
 }
+
+/// A key withdrawn by break-glass stops verifying on a connected verifier as
+/// soon as the revocation feed announces it, not at the verifier's next JWKS
+/// refresh (here 10 minutes away). The token checked is one an attacker
+/// holding the withdrawn key would forge: for a task that never existed, so
+/// no task or grant revocation covers it; only the key's withdrawal does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_once() {
+    use base64::Engine as _;
+    use tessera_core::token::{Algorithm, SigningKey};
+    let dir = tessera_e2e::dev_init("withdrawn");
+    let pem = tessera_core::token::generate_pkcs8_pem(Algorithm::Es256).unwrap();
+    let path = dir.path().join("withdrawn-signing.key.pem");
+    std::fs::write(&path, pem.as_bytes()).unwrap();
+    let key = SigningKey::from_pkcs8_pem(Algorithm::Es256, &pem).unwrap();
+    let broker = Broker::start_in(
+        dir,
+        &[
+            ("TESSERA_TOKENS__SIGNING_KEY", path.to_str().unwrap()),
+            ("TESSERA_TOKENS__ALGORITHM", "ES256"),
+            ("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms"),
+        ],
+    );
+    let endpoint = broker.endpoint();
+    let mut slow_refresh = config();
+    slow_refresh.jwks_refresh = Duration::from_secs(600);
+    let v = verifier(&broker, &endpoint, slow_refresh).await;
+    broker
+        .start_task(start_request("withdrawn", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let mut researcher = broker.agent("researcher").await;
+    let real = issue(
+        &mut researcher,
+        token_request("withdrawn", &["crm.contacts.read"], None),
+    )
+    .await;
+
+    // The forgery: the real token's claims for a task that never existed,
+    // signed with the broker's key.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = real.access_token.split('.');
+    let header: serde_json::Value = serde_json::from_slice(&b64.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts.next().unwrap()).unwrap()).unwrap();
+    claims["task_id"] = "never-started".into();
+    claims["jti"] = "forged-grant".into();
+    let forged = key.sign_jws(header["typ"].as_str().unwrap(), &claims).unwrap();
+    check(&v, &forged).expect("the forgery verifies while the key is in force");
+
+    let done = broker
+        .admin("alice")
+        .await
+        .revoke_all(pb::RevokeAllRequest {
+            confirm: "revoke-all".into(),
+            reason: "key compromise".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(done.new_key_id, key.kid());
+    let delay = wait_until(Duration::from_secs(10), || check(&v, &forged).is_err()).await;
+    println!("the withdrawn key's forgery was refused {delay:?} after break-glass was acknowledged");
+    let refused = check(&v, &forged).unwrap_err();
+    assert!(
+        matches!(refused, VerifyError::Revoked | VerifyError::Token(_)),
+        "{refused:?}"
+    );
+    assert!(v.status().revocations >= 1);
+}

@@ -15,6 +15,9 @@ pub enum RevocationTarget {
     /// Every token whose `task_id` claim is this. One event per task, however
     /// many grants it held: verifiers match on the claim.
     Task(TaskId),
+    /// Every token signed by the key with this `kid` (withdrawn by
+    /// break-glass): verifiers drop the key at once.
+    Key(String),
 }
 
 /// One revocation, as published on the feed.

@@ -513,6 +513,7 @@ pub fn revocation_event(e: &FeedEvent) -> pb::RevocationEvent {
         target: Some(match target {
             RevocationTarget::Grant(id) => pb::revocation_event::Target::GrantId(id.to_string()),
             RevocationTarget::Task(id) => pb::revocation_event::Target::TaskId(id.to_string()),
+            RevocationTarget::Key(kid) => pb::revocation_event::Target::Kid(kid.clone()),
         }),
         not_after: Some(timestamp(*not_after)),
     }

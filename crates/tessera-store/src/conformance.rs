@@ -794,7 +794,12 @@ pub async fn break_glass_primitives(store: impl GrantStore) {
             .await
             .unwrap();
     }
-    assert_eq!(store.withdraw_keys_except("b").await.unwrap(), 2);
+    let withdrawal = crate::KeyWithdrawal {
+        reason: "break-glass",
+        now: t0(),
+        not_after: t0() + chrono::Duration::hours(1),
+    };
+    assert_eq!(store.withdraw_keys_except("b", &withdrawal).await.unwrap(), 2);
     let kids: Vec<String> = store
         .published_keys(t0())
         .await

@@ -15,6 +15,7 @@ use tessera_core::revocation::{Revocation, RevocationTarget};
 use tessera_core::task::{Task, TaskId, TaskState};
 use tokio::sync::Notify;
 
+use crate::KeyWithdrawal;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
@@ -626,14 +627,26 @@ impl GrantStore for MemoryStore {
             .collect())
     }
 
-    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-        let mut state = self.lock();
-        let gone: Vec<String> = state.keys.keys().filter(|kid| kid.as_str() != keep).cloned().collect();
-        for kid in &gone {
-            state.keys.remove(kid);
-            state.withdrawn.insert(kid.clone());
-        }
-        Ok(gone.len() as u64)
+    async fn withdraw_keys_except(&self, keep: &str, withdrawal: &KeyWithdrawal<'_>) -> Result<u64, StoreError> {
+        let gone = {
+            let mut state = self.lock();
+            let gone: Vec<String> = state.keys.keys().filter(|kid| kid.as_str() != keep).cloned().collect();
+            for kid in &gone {
+                state.keys.remove(kid);
+                state.withdrawn.insert(kid.clone());
+                // Verifiers drop the key on this event, before their next JWKS refresh.
+                let revocation = Revocation {
+                    target: RevocationTarget::Key(kid.clone()),
+                    revoked_at: withdrawal.now,
+                    reason: withdrawal.reason.to_owned(),
+                    not_after: withdrawal.not_after,
+                };
+                state.append(revocation, withdrawal.now, &self.limits);
+            }
+            gone.len() as u64
+        };
+        self.feed_changed.notify_waiters();
+        Ok(gone)
     }
 
     async fn publish_key(&self, key: &PublishedKey) -> Result<(), StoreError> {

@@ -104,6 +104,19 @@ pub const TASK_GRANTS_FULL: &str = "live grants of the task";
 /// The [`StoreError::Full`] of a grant over its subject's bound.
 pub const IDENTITY_GRANTS_FULL: &str = "live grants of the identity";
 
+/// How a key withdrawal is announced on the revocation feed: one
+/// [`RevocationTarget::Key`](tessera_core::revocation::RevocationTarget::Key)
+/// event per withdrawn key, published before the key leaves the JWKS.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyWithdrawal<'a> {
+    /// Why (free text for people).
+    pub reason: &'a str,
+    /// When.
+    pub now: DateTime<Utc>,
+    /// No token the withdrawn keys signed expires after this.
+    pub not_after: DateTime<Utc>,
+}
+
 /// Durable (or, for [`crate::MemoryStore`], process-lifetime) state shared by
 /// every broker replica.
 ///
@@ -196,7 +209,7 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Withdraws every published key but `keep` (break-glass): tokens signed
     /// by them no longer verify anywhere, offline or not.
-    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError>;
+    async fn withdraw_keys_except(&self, keep: &str, withdrawal: &KeyWithdrawal<'_>) -> Result<u64, StoreError>;
 
     /// Publishes (or updates) a public key; `KeyWithdrawn` for a key that
     /// break-glass withdrew, which never comes back.

@@ -45,7 +45,8 @@ from tessera_sdk import (
     certificate_thumbprint,
 )
 
-from .conftest import CRM, ISSUER, PAYMENTS, Broker, spiffe
+from ._tokens import Issuer
+from .conftest import CRM, ISSUER, PAYMENTS, Broker, _dev_init, spiffe
 
 URL = CRM + "/contacts"
 READ = "crm.contacts.read"
@@ -437,3 +438,58 @@ def test_an_mtls_bound_token_is_accepted_over_the_agents_svid_only(
         with pytest.raises(CertificateRequired) as info:
             verifier.authenticate(authorization, [], "GET", URL)
         assert info.value.status == 401
+
+
+def test_a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_once(
+    tmp_path: pathlib.Path, store_env: dict[str, str]
+) -> None:
+    """Break-glass withdraws the signing key: a connected verifier refuses its
+    tokens as soon as the revocation feed announces it, not at its next JWKS
+    refresh (here 10 minutes away). The token checked is one an attacker
+    holding the key would forge, for a task that never existed: no task or
+    grant revocation covers it, only the key's withdrawal."""
+    issuer = Issuer()
+    key_path = tmp_path / "withdrawn-signing.key.pem"
+    _dev_init(tmp_path)
+    key_path.write_bytes(
+        issuer.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    env = {
+        **store_env,
+        "TESSERA_TOKENS__SIGNING_KEY": str(key_path),
+        "TESSERA_TOKENS__ALGORITHM": "ES256",
+        "TESSERA_SERVER__HEARTBEAT_INTERVAL": "500ms",
+    }
+    broker = Broker(dir=tmp_path, env=env)
+    broker.start()
+    try:
+        verifier = connected_verifier(broker, jwks_refresh=600.0)
+        with (
+            OrchestratorClient(broker.endpoint, broker.identity("orchestrator")) as orch,
+            AgentClient(broker.endpoint, broker.identity("researcher")) as agent,
+            crm_task(orch) as task,
+        ):
+            real = agent.token(task.task_id, CRM, [READ])
+            header = json.loads(base64.urlsafe_b64decode(real.access_token.split(".")[0] + "=="))
+            forged = issuer.sign(
+                {**claims_of(real.access_token), "task_id": "never-started", "jti": "forged-grant"},
+                kid=header["kid"],
+            )
+            forgery = Presented(forged, "Bearer", None, "GET", URL)
+            assert verifier.verify(forgery).task_id == "never-started"
+
+            broker.cli("--as", "alice", "revoke-all", "--confirm", "--reason", "key compromise")
+
+            def refused() -> bool:
+                try:
+                    verifier.check(forgery)
+                except (TokenRevoked, InvalidToken):
+                    return True
+                return False
+
+            eventually(verifier, refused, "the verifier refuses the withdrawn key's forgery")
+        verifier.close()
+    finally:
+        broker.stop()

@@ -40,6 +40,9 @@ enum ItemView {
         grant_id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         task_id: Option<String>,
+        /// A signing key withdrawn by break-glass.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kid: Option<String>,
         reason: String,
         not_after: Option<String>,
     },
@@ -109,16 +112,18 @@ pub(crate) async fn run(global: &Global, cmd: RevocationsCommand) -> anyhow::Res
 }
 
 fn event_view(event: pb::RevocationEvent) -> ItemView {
-    let (grant_id, task_id) = match event.target {
-        Some(pb::revocation_event::Target::GrantId(id)) => (Some(id), None),
-        Some(pb::revocation_event::Target::TaskId(id)) => (None, Some(id)),
-        None => (None, None),
+    let (grant_id, task_id, kid) = match event.target {
+        Some(pb::revocation_event::Target::GrantId(id)) => (Some(id), None, None),
+        Some(pb::revocation_event::Target::TaskId(id)) => (None, Some(id), None),
+        Some(pb::revocation_event::Target::Kid(kid)) => (None, None, Some(kid)),
+        None => (None, None, None),
     };
     ItemView::Revocation {
         position: event.position,
         revoked_at: output::timestamp(event.revoked_at.as_ref()),
         grant_id,
         task_id,
+        kid,
         reason: event.reason,
         not_after: output::timestamp(event.not_after.as_ref()),
     }
@@ -132,13 +137,15 @@ fn text_line(view: &ItemView) -> String {
             revoked_at,
             grant_id,
             task_id,
+            kid,
             reason,
             ..
         } => {
-            let target = match (grant_id, task_id) {
-                (Some(grant), _) => format!("grant {grant}"),
-                (None, Some(task)) => format!("task {task}"),
-                (None, None) => "unknown target".to_owned(),
+            let target = match (grant_id, task_id, kid) {
+                (Some(grant), _, _) => format!("grant {grant}"),
+                (None, Some(task), _) => format!("task {task}"),
+                (None, None, Some(kid)) => format!("key {kid}"),
+                (None, None, None) => "unknown target".to_owned(),
             };
             let why = if reason.is_empty() {
                 String::new()

@@ -48,6 +48,11 @@ impl KeyCache {
         (Self { keys }, load)
     }
 
+    /// Drops the keys `withdrawn` says were withdrawn.
+    pub(crate) fn drop_withdrawn(&mut self, withdrawn: impl Fn(&str) -> bool) {
+        self.keys.retain(|kid, _| !withdrawn(kid));
+    }
+
     /// How many keys are cached.
     pub(crate) fn len(&self) -> usize {
         self.keys.len()

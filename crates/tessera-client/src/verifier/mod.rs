@@ -577,7 +577,12 @@ impl Shared {
     }
 
     fn load_keys(&self, jwks: &[Jwk]) -> usize {
-        let (cache, load) = keys::KeyCache::from_jwks(jwks, &self.config.algorithms);
+        let (mut cache, load) = keys::KeyCache::from_jwks(jwks, &self.config.algorithms);
+        // A JWKS fetched before a withdrawal the feed announced must not
+        // bring the key back: the feed stays locked until the cache is in
+        // place (lock order feed, then keys, as in `ingest`).
+        let feed = lock_read(&self.feed);
+        cache.drop_withdrawn(|kid| feed.key_withdrawn(kid));
         if load.skipped > 0 {
             tracing::warn!(
                 skipped = load.skipped,
@@ -586,6 +591,7 @@ impl Shared {
             );
         }
         *lock_write(&self.keys) = cache;
+        drop(feed);
         load.kept
     }
 
@@ -612,6 +618,14 @@ impl Shared {
                 let target = match &event.target {
                     Some(pb::revocation_event::Target::GrantId(jti)) => Some(state::Target::Grant(jti.clone())),
                     Some(pb::revocation_event::Target::TaskId(task)) => Some(state::Target::Task(task.clone())),
+                    Some(pb::revocation_event::Target::Kid(kid)) => {
+                        // Withdrawn (break-glass): no token it signed verifies
+                        // from now on, without waiting for a JWKS refresh.
+                        // Lock order: feed, then keys (`load_keys` never
+                        // holds the keys while taking the feed).
+                        lock_write(&self.keys).drop_withdrawn(|k| k == kid);
+                        Some(state::Target::Key(kid.clone()))
+                    }
                     None => None,
                 };
                 match target {

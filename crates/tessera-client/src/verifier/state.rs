@@ -24,6 +24,8 @@ pub(crate) enum Target {
     Grant(String),
     /// Every token whose `task_id` is this.
     Task(String),
+    /// Every token signed by the key with this `kid` (withdrawn).
+    Key(String),
 }
 
 /// Feed status and revocation set, behind one lock in the verifier.
@@ -35,6 +37,8 @@ pub(crate) struct FeedState {
     floor: Option<i64>,
     grants: HashMap<String, i64>,
     tasks: HashMap<String, i64>,
+    /// Withdrawn keys: dropped from the key cache and never taken back from a JWKS.
+    keys: HashMap<String, i64>,
     capacity: usize,
     /// Kept past `not_after` by this much: verifiers accept `exp` + leeway.
     keep_extra_secs: i64,
@@ -50,6 +54,7 @@ impl FeedState {
             floor: None,
             grants: HashMap::new(),
             tasks: HashMap::new(),
+            keys: HashMap::new(),
             capacity,
             keep_extra_secs,
             next_expiry: i64::MAX,
@@ -127,10 +132,11 @@ impl FeedState {
             return; // every token it concerns has expired everywhere
         }
         self.prune(now);
-        let full = self.grants.len() + self.tasks.len() >= self.capacity;
+        let full = self.len() >= self.capacity;
         let (map, key) = match target {
             Target::Grant(jti) => (&mut self.grants, jti),
             Target::Task(task) => (&mut self.tasks, task),
+            Target::Key(kid) => (&mut self.keys, kid),
         };
         if let Some(existing) = map.get_mut(&key) {
             *existing = (*existing).max(forget_after);
@@ -155,10 +161,12 @@ impl FeedState {
         }
         self.grants.retain(|_, until| *until >= now);
         self.tasks.retain(|_, until| *until >= now);
+        self.keys.retain(|_, until| *until >= now);
         self.next_expiry = self
             .grants
             .values()
             .chain(self.tasks.values())
+            .chain(self.keys.values())
             .copied()
             .min()
             .unwrap_or(i64::MAX);
@@ -166,7 +174,12 @@ impl FeedState {
 
     /// How many revocations are held.
     pub(crate) fn len(&self) -> usize {
-        self.grants.len() + self.tasks.len()
+        self.grants.len() + self.tasks.len() + self.keys.len()
+    }
+
+    /// Whether the key `kid` was withdrawn (and its tokens may still live).
+    pub(crate) fn key_withdrawn(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
     }
 
     /// The sync floor, for tests and status.

@@ -1083,8 +1083,12 @@ when {
         async fn active_task_ids(&self, now: Now) -> Result<Vec<tessera_core::task::TaskId>, StoreError> {
             self.inner.active_task_ids(now).await
         }
-        async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-            self.inner.withdraw_keys_except(keep).await
+        async fn withdraw_keys_except(
+            &self,
+            keep: &str,
+            withdrawal: &tessera_store::KeyWithdrawal<'_>,
+        ) -> Result<u64, StoreError> {
+            self.inner.withdraw_keys_except(keep, withdrawal).await
         }
         async fn publish_key(&self, key: &tessera_store::PublishedKey) -> Result<(), StoreError> {
             self.inner.publish_key(key).await

@@ -175,7 +175,15 @@ impl Broker {
         // Keys first: from here on no earlier token verifies anywhere, even if
         // ending the tasks below is interrupted (the operator can run it again).
         let (new_kid, _) = self.replace_key(Some(who), &why, false).await?;
-        let withdrawn = self.store.withdraw_keys_except(&new_kid).await?;
+        // Announced on the revocation feed: connected verifiers drop the
+        // keys at once, not at their next JWKS refresh.
+        let now = self.clock.now();
+        let withdrawal = tessera_store::KeyWithdrawal {
+            reason: &why,
+            now,
+            not_after: now + self.settings.ttl.max.as_duration() + chrono::Duration::seconds(self.settings.leeway_secs),
+        };
+        let withdrawn = self.store.withdraw_keys_except(&new_kid, &withdrawal).await?;
         let mut grants = 0;
         let mut failed = Vec::new();
         // Rounds: a task started while we work is caught by the next one.

@@ -18,6 +18,7 @@
 //! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
 //! | `P:{keys}` | hash | kid → published key JSON | retired keys pruned lazily |
 //! | `P:{keys}:withdrawn` | set | kids withdrawn by break-glass; publishing them is refused | never |
+//! | `P:durable:{<tag>}` | string | `1`, written before each durable write's `WAIT`, on that write's slot | 10 s |
 
 use tessera_core::identity::SpiffeId;
 use tessera_core::task::TaskId;
@@ -33,6 +34,23 @@ impl Keys {
         Self {
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The marker a durable write on `key` sets before its `WAIT`: on the
+    /// same Cluster slot as `key` (its hash tag, or all of it when it has none).
+    pub(crate) fn durable_mark(&self, key: &[u8]) -> String {
+        let key = String::from_utf8_lossy(key);
+        // Redis's rule: the tag is what lies between the first `{` and the
+        // first `}` after it, if that is not empty.
+        let tag = key
+            .find('{')
+            .and_then(|open| {
+                let rest = key.get(open + 1..)?;
+                let close = rest.find('}')?;
+                (close > 0).then(|| rest.get(..close)).flatten()
+            })
+            .unwrap_or(&key);
+        format!("{}:durable:{{{tag}}}", self.prefix)
     }
 
     pub(crate) fn epoch(&self) -> String {

@@ -36,11 +36,62 @@ use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::record::StoredGrant;
-use crate::store::{GrantFilter, GrantPage, GrantStore, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded};
+use crate::store::{
+    GrantFilter, GrantPage, GrantStore, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded,
+};
 
 /// Most rounds a revocation that races new writes (a tree growing while it
-/// is revoked) runs before it gives up and says so (UNAVAILABLE, retry).
+/// is revoked) runs before it gives up and says so (UNAVAILABLE, retry):
+/// the default of [`RedisConfig::max_rounds`].
 const MAX_ROUNDS: usize = 64;
+
+/// How long a durable-write marker (see [`RedisStore::durable_write`]) lives.
+const DURABLE_MARK_TTL_MS: u64 = 10_000;
+
+/// A script call that can go inside a pipeline (`EVALSHA`), which the
+/// `redis` crate's own invocation cannot.
+pub(crate) struct ScriptCall<'a> {
+    script: &'a redis::Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl<'a> ScriptCall<'a> {
+    fn new(script: &'a redis::Script) -> Self {
+        Self {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// The first key, which routes the call (Cluster).
+    fn first_key(&self) -> &[u8] {
+        self.keys.first().map_or(&[], Vec::as_slice)
+    }
+
+    fn evalsha(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key.as_slice());
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
+    }
+}
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
@@ -72,6 +123,11 @@ pub struct RedisConfig {
     pub max_live_grants_per_task: u64,
     /// TLS for `rediss://` URLs (standalone and Cluster).
     pub tls: Option<RedisTls>,
+    /// Most rounds a multi-round revocation (a task tree's end, a grant
+    /// tree's or a subject's revocation) runs while new writes race it,
+    /// before it gives up with [`StoreError::Unavailable`], never a success
+    /// (64; tests lower it to reach the bound).
+    pub max_rounds: usize,
 }
 
 impl RedisConfig {
@@ -89,6 +145,7 @@ impl RedisConfig {
             max_live_grants_per_identity: crate::DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY,
             max_live_grants_per_task: crate::DEFAULT_MAX_LIVE_GRANTS_PER_TASK,
             tls: None,
+            max_rounds: MAX_ROUNDS,
         }
     }
 }
@@ -109,6 +166,7 @@ struct Scripts {
     publish_key: redis::Script,
     withdraw_keys: redis::Script,
     quarantine: redis::Script,
+    durable_mark: redis::Script,
 }
 
 impl Scripts {
@@ -124,6 +182,7 @@ impl Scripts {
             publish_key: scripts::publish_key(),
             withdraw_keys: scripts::withdraw_keys(),
             quarantine: scripts::quarantine(),
+            durable_mark: scripts::durable_mark(),
             index_add: scripts::index_add(),
             index_add_capped: scripts::index_add_capped(),
             publish_events: scripts::publish_events(),
@@ -264,45 +323,115 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// The connection for writes that [`RedisStore::replicated`] must cover.
+    /// The connection durable writes go over (see [`RedisStore::durable_write`]).
     fn durable(&self) -> Conn {
         self.durable.clone()
     }
 
-    /// Waits until `min_replicas` replicas confirm every write made so far on
-    /// the durable connection (`WAIT`); fewer is `Unavailable`. Called after
-    /// each revocation-class write and before it is acknowledged, so a
-    /// failover that promotes a confirming replica keeps it.
-    async fn replicated(&self) -> Result<(), StoreError> {
+    /// Runs a revocation-class script and, with `min_replicas > 0`, waits
+    /// until that many replicas have it before answering; fewer is
+    /// `Unavailable` (the write may stand on the primary: every such write is
+    /// idempotent, so the caller retries).
+    ///
+    /// `WAIT` counts the writes made on the connection it is sent on, so the
+    /// script, a marker write and the `WAIT` go in one pipeline on one
+    /// connection: a reconnect (say, to a newly promoted primary) between a
+    /// write and its `WAIT` cannot happen, and the `WAIT` always covers the
+    /// write it follows. The marker makes the `WAIT` cover everything the
+    /// primary held when the script ran, also when the script wrote nothing
+    /// (a retry that finds its revocation already in place, written by an
+    /// earlier attempt on a connection since replaced).
+    async fn durable_write<T: redis::FromRedisValue>(&self, call: &ScriptCall<'_>) -> Result<T, StoreError> {
         let want = self.config.min_replicas;
-        if want == 0 {
-            return Ok(());
+        let mark = (want > 0).then(|| self.keys.durable_mark(call.first_key()));
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.evalsha());
+        if let Some(mark) = &mark {
+            pipe.add_command(
+                ScriptCall::new(&self.scripts.durable_mark)
+                    .key(mark)
+                    .arg(DURABLE_MARK_TTL_MS)
+                    .evalsha(),
+            );
         }
+        let answer = self
+            .durable_pipeline(&pipe, &[call.script, &self.scripts.durable_mark])
+            .await?;
+        let value = answer.into_iter().next().unwrap_or(Value::Nil);
+        T::from_redis_value(value).map_err(|e| StoreError::Corrupt(format!("redis script answer: {e}")))
+    }
+
+    /// Sends `pipe` on the durable connection, followed in the same pipeline
+    /// by `WAIT min_replicas replica_timeout` when `min_replicas > 0`, and
+    /// answers the commands' replies (without the `WAIT`'s) once enough
+    /// replicas confirmed. `scripts` are loaded and the pipeline sent again
+    /// if Redis did not know one (`NOSCRIPT`, e.g. after a restart or a
+    /// failover to a replica that never ran them).
+    async fn durable_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+        scripts: &[&redis::Script],
+    ) -> Result<Vec<Value>, StoreError> {
+        let want = self.config.min_replicas;
         let wait_ms = u64::try_from(self.config.replica_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let mut pipe = pipe.clone();
+        // Every reply as it is: a script error comes back as a value, so a
+        // missing script can be told from any other failure.
+        pipe.ignore_errors();
+        let limit = if want > 0 {
+            pipe.cmd("WAIT").arg(want).arg(wait_ms);
+            self.config.replica_timeout + self.config.timeout
+        } else {
+            self.config.timeout
+        };
         let mut conn = self.durable();
-        let confirmed: i64 = match tokio::time::timeout(
-            self.config.replica_timeout + self.config.timeout,
-            redis::cmd("WAIT").arg(want).arg(wait_ms).query_async(&mut conn),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(store_error)?,
-            Err(_) => {
+        let mut loaded = false;
+        let mut answer = loop {
+            let sent: Result<Vec<Value>, RedisError> =
+                match tokio::time::timeout(limit, pipe.query_async(&mut conn)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "redis did not answer within {} ms",
+                            limit.as_millis()
+                        )));
+                    }
+                };
+            let values = sent.map_err(store_error)?;
+            let missing = values
+                .iter()
+                .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+            if missing && !loaded {
+                for script in scripts {
+                    let _: String = self.bounded(script.load_async(&mut conn)).await?;
+                }
+                loaded = true;
+                continue;
+            }
+            if let Some(Value::ServerError(e)) = values.iter().find(|v| matches!(v, Value::ServerError(_))) {
+                return Err(store_error(RedisError::from(e.clone())));
+            }
+            break values;
+        };
+        if want > 0 {
+            let confirmed = match answer.pop() {
+                Some(Value::Int(n)) => n,
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "unexpected redis reply to WAIT: {other:?}"
+                    )));
+                }
+            };
+            if confirmed < i64::from(want) {
                 return Err(StoreError::Unavailable(format!(
-                    "redis did not answer WAIT within {} ms",
-                    (self.config.replica_timeout + self.config.timeout).as_millis()
+                    "{confirmed} of {want} redis replicas confirmed the write within {wait_ms} ms; \
+                     not acknowledged (retry: it is idempotent)"
                 )));
             }
-        };
-        if confirmed < i64::from(want) {
-            return Err(StoreError::Unavailable(format!(
-                "{confirmed} of {want} redis replicas confirmed the write within {wait_ms} ms; \
-                 not acknowledged (retry: it is idempotent)"
-            )));
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Reads the epoch marker, creating it on an empty Redis. If it changed
@@ -354,14 +483,14 @@ impl RedisStore {
         }
         let feed = self.keys.feed();
         // One script, not XADDs: it may write when Redis is at maxmemory.
-        let mut invocation = self.scripts.publish_events.key(&feed);
-        invocation.arg(self.config.feed_max_len);
+        let mut call = ScriptCall::new(&self.scripts.publish_events);
+        call.key(&feed).arg(self.config.feed_max_len);
         for r in revocations {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            invocation.arg(json);
+            call.arg(json);
         }
-        let mut conn = self.durable();
-        let ids: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let ids: Vec<String> = self.durable_write(&call).await?;
+        let mut conn = self.conn();
         self.feed_changed.notify_waiters();
         // Stream ids carry Redis's clock: trim by age in that clock, not ours.
         if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
@@ -942,14 +1071,20 @@ impl GrantStore for RedisStore {
         let mut revoked_total = 0u64;
         let mut root_revoked = false;
         let mut finished = false;
-        for _ in 0..MAX_ROUNDS {
-            let mut conn = self.durable();
-            let mut invocation = self.scripts.revoke_grant_tree.key(&grant_key);
-            invocation.arg(&base).arg(id.as_str()).arg(ms(now)).arg(reason);
+        for _ in 0..self.config.max_rounds {
+            let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
+            call.key(&grant_key)
+                .arg(&base)
+                .arg(id.as_str())
+                .arg(ms(now))
+                .arg(reason);
             for gid in &published {
-                invocation.arg(gid);
+                call.arg(gid);
             }
-            let answer: Vec<String> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            // Confirmed by replicas also for a grant that was already revoked:
+            // a retry after an unconfirmed first attempt must not be
+            // acknowledged unconfirmed (see `durable_write`).
+            let answer: Vec<String> = self.durable_write(&call).await?;
             match answer.split_first() {
                 Some((head, rest)) if head == "ok" => {
                     revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -987,13 +1122,11 @@ impl GrantStore for RedisStore {
             }
         }
         if !finished {
+            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
             return Err(StoreError::Unavailable(
                 "grant tree kept growing while being revoked; retry".into(),
             ));
         }
-        // Also for a grant that was already revoked: a retry after an
-        // unconfirmed first attempt must not be acknowledged unconfirmed.
-        self.replicated().await?;
         let Some(grant) = self.grant(id).await? else {
             return Ok(None);
         };
@@ -1025,14 +1158,16 @@ impl GrantStore for RedisStore {
         let mut grants_revoked = 0u64;
         // Rounds: a child task started while we end its parent is caught by the next round.
         let mut settled = false;
-        for _ in 0..MAX_ROUNDS {
-            let mut conn = self.durable();
-            let mut invocation = self.scripts.active_task_tree.key(&task_key);
-            invocation.arg(&base).arg(id.as_str()).arg(ms(now));
+        for _ in 0..self.config.max_rounds {
+            let mut call = ScriptCall::new(&self.scripts.active_task_tree);
+            call.key(&task_key).arg(&base).arg(id.as_str()).arg(ms(now));
             for e in &ended {
-                invocation.arg(e);
+                call.arg(e);
             }
-            let value: Value = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            // A durable read: the round that finds nothing left to end
+            // acknowledges the whole end, so replicas must hold what it saw
+            // (a retry finds the ends of an unconfirmed first attempt).
+            let value: Value = self.durable_write(&call).await?;
             if value == Value::Nil {
                 return Err(StoreError::TaskNotFound(id.clone()));
             }
@@ -1054,12 +1189,12 @@ impl GrantStore for RedisStore {
                 })
                 .collect();
             self.publish(&events).await?;
-            let mut invocation = self.scripts.end_tasks.key(&task_key);
-            invocation.arg(&base).arg(ms(now)).arg(state_name).arg(reason);
+            let mut call = ScriptCall::new(&self.scripts.end_tasks);
+            call.key(&task_key).arg(&base).arg(ms(now)).arg(state_name).arg(reason);
             for (task, _) in &active {
-                invocation.arg(task);
+                call.arg(task);
             }
-            let (_count, live): (u64, u64) = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let (_count, live): (u64, u64) = self.durable_write(&call).await?;
             grants_revoked += live;
             ended.extend(active.into_iter().map(|(task, _)| task));
         }
@@ -1067,12 +1202,12 @@ impl GrantStore for RedisStore {
             // Never a success that left a task of the tree running: the
             // caller answers UNAVAILABLE (counted as a store error) and the
             // end is run again (it is idempotent).
-            tracing::error!(task = %id, rounds = MAX_ROUNDS, "ending a task tree gave up: tasks kept being started");
+            tracing::error!(task = %id, rounds = self.config.max_rounds, "ending a task tree gave up: tasks kept being started");
             return Err(StoreError::Unavailable(format!(
-                "task `{id}`: its tree kept growing while being ended; gave up after {MAX_ROUNDS} rounds, retry"
+                "task `{id}`: its tree kept growing while being ended; gave up after {} rounds, retry",
+                self.config.max_rounds
             )));
         }
-        self.replicated().await?;
         let task = self
             .task(id)
             .await?
@@ -1206,7 +1341,7 @@ impl GrantStore for RedisStore {
         let mut revoked = 0u64;
         // Rounds: a grant recorded while we revoke is caught by the next round.
         let mut settled = false;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..self.config.max_rounds {
             let fresh: Vec<String> = self
                 .index_live(&index, now)
                 .await?
@@ -1236,9 +1371,10 @@ impl GrantStore for RedisStore {
             }
         }
         if !settled {
-            tracing::error!(subject = %subject, rounds = MAX_ROUNDS, "revoking a subject gave up: grants kept being recorded");
+            tracing::error!(subject = %subject, rounds = self.config.max_rounds, "revoking a subject gave up: grants kept being recorded");
             return Err(StoreError::Unavailable(format!(
-                "`{subject}`: grants kept being recorded while being revoked; gave up after {MAX_ROUNDS} rounds, retry"
+                "`{subject}`: grants kept being recorded while being revoked; gave up after {} rounds, retry",
+                self.config.max_rounds
             )));
         }
         Ok(revoked)
@@ -1249,19 +1385,41 @@ impl GrantStore for RedisStore {
         Ok(ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect())
     }
 
-    async fn withdraw_keys_except(&self, keep: &str) -> Result<u64, StoreError> {
-        let mut conn = self.durable();
-        let n: u64 = self
-            .bounded(
-                self.scripts
-                    .withdraw_keys
+    async fn withdraw_keys_except(&self, keep: &str, withdrawal: &KeyWithdrawal<'_>) -> Result<u64, StoreError> {
+        let event = |kid: &str| Revocation {
+            target: RevocationTarget::Key(kid.to_owned()),
+            revoked_at: withdrawal.now,
+            reason: withdrawal.reason.to_owned(),
+            not_after: withdrawal.not_after,
+        };
+        // Announced before withdrawn (as every revocation here): verifiers
+        // drop the keys on these events, before their next JWKS refresh.
+        let mut conn = self.conn();
+        let before: Vec<String> = self
+            .bounded(redis::cmd("HKEYS").arg(self.keys.keys()).query_async(&mut conn))
+            .await?;
+        let announced: Vec<Revocation> = before
+            .iter()
+            .filter(|kid| kid.as_str() != keep)
+            .map(|k| event(k))
+            .collect();
+        self.publish(&announced).await?;
+        let gone: Vec<String> = self
+            .durable_write(
+                ScriptCall::new(&self.scripts.withdraw_keys)
                     .key(self.keys.keys())
                     .key(self.keys.withdrawn())
-                    .arg(keep)
-                    .invoke_async(&mut conn),
+                    .arg(keep),
             )
             .await?;
-        self.replicated().await?;
+        // A key published meanwhile was withdrawn too: announce it as well.
+        let late: Vec<Revocation> = gone
+            .iter()
+            .filter(|kid| !before.contains(kid))
+            .map(|k| event(k))
+            .collect();
+        self.publish(&late).await?;
+        let n = gone.len() as u64;
         self.own_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1309,18 +1467,14 @@ impl GrantStore for RedisStore {
 
     async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let mark = serde_json::json!({"reason": reason, "at": now.to_rfc3339()}).to_string();
-        let mut conn = self.durable();
         let added: i64 = self
-            .bounded(
-                self.scripts
-                    .disable_subject
+            .durable_write(
+                ScriptCall::new(&self.scripts.disable_subject)
                     .key(self.keys.disabled())
                     .arg(subject.as_str())
-                    .arg(mark)
-                    .invoke_async(&mut conn),
+                    .arg(mark),
             )
             .await?;
-        self.replicated().await?;
         Ok(added == 1)
     }
 
@@ -1382,20 +1536,16 @@ impl GrantStore for RedisStore {
             "why": why,
         })
         .to_string();
-        let mut conn = self.durable();
         let _: String = self
-            .bounded(
-                self.scripts
-                    .quarantine
+            .durable_write(
+                ScriptCall::new(&self.scripts.quarantine)
                     .key(self.keys.quarantine())
                     .arg(subject.as_str())
                     .arg(ms(until))
                     .arg(json)
-                    .arg(ms(now))
-                    .invoke_async(&mut conn),
+                    .arg(ms(now)),
             )
             .await?;
-        self.replicated().await?;
         Ok(())
     }
 

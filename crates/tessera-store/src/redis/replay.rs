@@ -26,24 +26,17 @@ impl ReplayCache for RedisStore {
         // The namespace has no `:` (checked above) and the id ends the key,
         // so no two (namespace, id) pairs share one.
         let key = format!("{}:replay:{namespace}:{id}", self.config.key_prefix);
-        let mut conn = self.durable();
-        let set: Value = self
-            .bounded(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PXAT")
-                    .arg(at)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        // The SET and its WAIT in one pipeline on one connection, so the
+        // WAIT covers this SET (see `RedisStore::durable_pipeline`).
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(1).arg("NX").arg("PXAT").arg(at);
+        let set = self.durable_pipeline(&pipe, &[]).await?.into_iter().next();
         match set {
             // A first use is acknowledged only once replicas have it: a
             // failover must not let the same id be used again.
-            Value::Okay => self.replicated().await.map(|()| true),
-            Value::SimpleString(s) if s == "OK" => self.replicated().await.map(|()| true),
-            Value::Nil => Ok(false),
+            Some(Value::Okay) => Ok(true),
+            Some(Value::SimpleString(s)) if s == "OK" => Ok(true),
+            Some(Value::Nil) => Ok(false),
             other => Err(StoreError::Unavailable(format!(
                 "unexpected redis reply to SET NX: {other:?}"
             ))),

@@ -311,19 +311,19 @@ return 1
 }
 
 /// Withdraws every key but one, for good. KEYS: jwks hash, withdrawn set.
-/// ARGV: the kid to keep. Returns how many were withdrawn.
+/// ARGV: the kid to keep. Returns the kids withdrawn.
 pub(crate) fn withdraw_keys() -> Script {
     Script::new(
         r#"#!lua flags=allow-oom
-local n = 0
+local gone = {}
 for _, kid in ipairs(redis.call('HKEYS', KEYS[1])) do
   if kid ~= ARGV[1] then
     redis.call('HDEL', KEYS[1], kid)
     redis.call('SADD', KEYS[2], kid)
-    n = n + 1
+    table.insert(gone, kid)
   end
 end
-return n
+return gone
 "#,
     )
 }
@@ -349,6 +349,18 @@ if old then
 end
 redis.call('HSET', KEYS[1], subject, json)
 return 'ok'
+"#,
+    )
+}
+
+/// The marker written right before a durable write's `WAIT` (see
+/// `RedisStore::durable_write`), also at the memory limit: it makes the
+/// `WAIT` cover everything the primary holds. KEYS[1] = the marker (on the
+/// write's slot). ARGV: its lifetime in ms.
+pub(crate) fn durable_mark() -> Script {
+    Script::new(
+        r#"#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 "#,
     )
 }

@@ -242,6 +242,9 @@ class _FeedState:
         self.floor: int | None = None
         self.grants: dict[str, int] = {}
         self.tasks: dict[str, int] = {}
+        # Withdrawn signing keys (break-glass): dropped from the key cache at
+        # once and never taken back from a JWKS while their tokens may live.
+        self.keys: dict[str, int] = {}
         self.capacity = capacity
         self.keep_extra = keep_extra
         # The earliest forget-after held, so pruning is usually free.
@@ -264,18 +267,26 @@ class _FeedState:
         self.synced = True
         self.last_heard = now
 
-    def revoke(self, grant: str | None, task: str | None, not_after: int, revoked_at: int, now: float) -> None:
+    def revoke(
+        self, grant: str | None, task: str | None, not_after: int, revoked_at: int, now: float, kid: str | None = None
+    ) -> None:
         forget_after = not_after + self.keep_extra
         if forget_after < int(now):
             return
         self.prune(now)
-        target, key = (self.grants, grant) if grant is not None else (self.tasks, task)
+        key: str | None
+        if kid is not None:
+            target, key = self.keys, kid
+        elif grant is not None:
+            target, key = self.grants, grant
+        else:
+            target, key = self.tasks, task
         if key is None:
             return
         if key in target:
             target[key] = max(target[key], forget_after)
             return
-        if len(self.grants) + len(self.tasks) >= self.capacity:
+        if len(self.grants) + len(self.tasks) + len(self.keys) >= self.capacity:
             # Full: drop it and refuse every token issued up to it instead.
             self.floor = revoked_at if self.floor is None else max(self.floor, revoked_at)
             return
@@ -286,10 +297,10 @@ class _FeedState:
         secs = int(now)
         if self.next_expiry is None or secs <= self.next_expiry:
             return
-        for table in (self.grants, self.tasks):
+        for table in (self.grants, self.tasks, self.keys):
             for key in [k for k, until in table.items() if until < secs]:
                 del table[key]
-        remaining = [*self.grants.values(), *self.tasks.values()]
+        remaining = [*self.grants.values(), *self.tasks.values(), *self.keys.values()]
         self.next_expiry = min(remaining) if remaining else None
 
 
@@ -457,7 +468,9 @@ class Verifier:
             except (jwt.PyJWKError, ValueError, TypeError, KeyError):
                 continue
         with self._lock:
-            self._keys = keys
+            # A JWKS fetched before a withdrawal the feed announced must not
+            # bring the key back.
+            self._keys = {kid: entry for kid, entry in keys.items() if kid not in self._feed.keys}
             self._changed_locked()
         return len(keys)
 
@@ -483,6 +496,11 @@ class Verifier:
                     feed.revoke(ev.grant_id, None, not_after, revoked_at, now)
                 elif target == "task_id":
                     feed.revoke(None, ev.task_id, not_after, revoked_at, now)
+                elif target == "kid":
+                    # Withdrawn (break-glass): no token it signed verifies from
+                    # now on, without waiting for a JWKS refresh.
+                    self._keys.pop(ev.kid, None)
+                    feed.revoke(None, None, not_after, revoked_at, now, kid=ev.kid)
                 if fresh and not feed.synced:
                     feed.mark_synced(revoked_at, now)
             if feed.synced:
@@ -628,6 +646,8 @@ class Verifier:
             self._headers[header_b64] = checked
         alg, kid = checked
         with self._lock:
+            if kid in self._feed.keys:
+                raise TokenRevoked("token signing key has been withdrawn")
             entry = self._keys.get(kid)
         if entry is None:
             raise _UnknownKey("token signing key is unknown")

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/verifier.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetJwksRequest\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t\"j\n\x0fGetJwksResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Jwk\x12\x11\n\tjwks_json\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x03(\x0b\x32\x15.tessera.v1.KeyStatus\"\x9e\x01\n\tKeyStatus\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.KeyState\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremove_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x11IntrospectRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xf1\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0b\n\x03sub\x18\x02 \x01(\t\x12\x0b\n\x03\x61ud\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12\x0b\n\x03iss\x18\x08 \x01(\t\x12\'\n\x03iat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65xp\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x0b \x01(\t\"(\n\x17WatchRevocationsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\"\xc3\x01\n\x0fRevocationEvent\x12\x10\n\x08position\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\x08grant_id\x18\x04 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x05 \x01(\tH\x00\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06target\"J\n\tHeartbeat\x12\x10\n\x08position\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x18WatchRevocationsResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.tessera.v1.RevocationEventH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.tessera.v1.HeartbeatH\x00\x42\x06\n\x04item\":\n\x13ReportMisuseRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cpresented_by\x18\x02 \x01(\t\">\n\x14ReportMisuseResponse\x12\x0e\n\x06misuse\x18\x01 \x01(\x08\x12\x16\n\x0egrants_revoked\x18\x02 \x01(\x04*~\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATE_CURRENT\x10\x01\x12\x12\n\x0eKEY_STATE_NEXT\x10\x02\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x03\x12\x16\n\x12KEY_STATE_RETIRING\x10\x04\x32\xd6\x02\n\x0fVerifierService\x12\x42\n\x07GetJwks\x12\x1a.tessera.v1.GetJwksRequest\x1a\x1b.tessera.v1.GetJwksResponse\x12K\n\nIntrospect\x12\x1d.tessera.v1.IntrospectRequest\x1a\x1e.tessera.v1.IntrospectResponse\x12_\n\x10WatchRevocations\x12#.tessera.v1.WatchRevocationsRequest\x1a$.tessera.v1.WatchRevocationsResponse0\x01\x12Q\n\x0cReportMisuse\x12\x1f.tessera.v1.ReportMisuseRequest\x1a .tessera.v1.ReportMisuseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/verifier.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetJwksRequest\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t\"j\n\x0fGetJwksResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Jwk\x12\x11\n\tjwks_json\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x03(\x0b\x32\x15.tessera.v1.KeyStatus\"\x9e\x01\n\tKeyStatus\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.KeyState\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremove_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x11IntrospectRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xf1\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0b\n\x03sub\x18\x02 \x01(\t\x12\x0b\n\x03\x61ud\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12\x0b\n\x03iss\x18\x08 \x01(\t\x12\'\n\x03iat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65xp\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x0b \x01(\t\"(\n\x17WatchRevocationsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\"\xd2\x01\n\x0fRevocationEvent\x12\x10\n\x08position\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\x08grant_id\x18\x04 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x05 \x01(\tH\x00\x12\r\n\x03kid\x18\x07 \x01(\tH\x00\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06target\"J\n\tHeartbeat\x12\x10\n\x08position\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x18WatchRevocationsResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.tessera.v1.RevocationEventH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.tessera.v1.HeartbeatH\x00\x42\x06\n\x04item\":\n\x13ReportMisuseRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cpresented_by\x18\x02 \x01(\t\">\n\x14ReportMisuseResponse\x12\x0e\n\x06misuse\x18\x01 \x01(\x08\x12\x16\n\x0egrants_revoked\x18\x02 \x01(\x04*~\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATE_CURRENT\x10\x01\x12\x12\n\x0eKEY_STATE_NEXT\x10\x02\x12\x14\n\x10KEY_STATE_ACTIVE\x10\x03\x12\x16\n\x12KEY_STATE_RETIRING\x10\x04\x32\xd6\x02\n\x0fVerifierService\x12\x42\n\x07GetJwks\x12\x1a.tessera.v1.GetJwksRequest\x1a\x1b.tessera.v1.GetJwksResponse\x12K\n\nIntrospect\x12\x1d.tessera.v1.IntrospectRequest\x1a\x1e.tessera.v1.IntrospectResponse\x12_\n\x10WatchRevocations\x12#.tessera.v1.WatchRevocationsRequest\x1a$.tessera.v1.WatchRevocationsResponse0\x01\x12Q\n\x0cReportMisuse\x12\x1f.tessera.v1.ReportMisuseRequest\x1a .tessera.v1.ReportMisuseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.verifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYSTATE']._serialized_start=1301
-  _globals['_KEYSTATE']._serialized_end=1427
+  _globals['_KEYSTATE']._serialized_start=1316
+  _globals['_KEYSTATE']._serialized_end=1442
   _globals['_GETJWKSREQUEST']._serialized_start=74
   _globals['_GETJWKSREQUEST']._serialized_end=90
   _globals['_JWK']._serialized_start=92
@@ -49,15 +49,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=735
   _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=775
   _globals['_REVOCATIONEVENT']._serialized_start=778
-  _globals['_REVOCATIONEVENT']._serialized_end=973
-  _globals['_HEARTBEAT']._serialized_start=975
-  _globals['_HEARTBEAT']._serialized_end=1049
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=1051
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=1175
-  _globals['_REPORTMISUSEREQUEST']._serialized_start=1177
-  _globals['_REPORTMISUSEREQUEST']._serialized_end=1235
-  _globals['_REPORTMISUSERESPONSE']._serialized_start=1237
-  _globals['_REPORTMISUSERESPONSE']._serialized_end=1299
-  _globals['_VERIFIERSERVICE']._serialized_start=1430
-  _globals['_VERIFIERSERVICE']._serialized_end=1772
+  _globals['_REVOCATIONEVENT']._serialized_end=988
+  _globals['_HEARTBEAT']._serialized_start=990
+  _globals['_HEARTBEAT']._serialized_end=1064
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=1066
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=1190
+  _globals['_REPORTMISUSEREQUEST']._serialized_start=1192
+  _globals['_REPORTMISUSEREQUEST']._serialized_end=1250
+  _globals['_REPORTMISUSERESPONSE']._serialized_start=1252
+  _globals['_REPORTMISUSERESPONSE']._serialized_end=1314
+  _globals['_VERIFIERSERVICE']._serialized_start=1445
+  _globals['_VERIFIERSERVICE']._serialized_end=1787
 # @@protoc_insertion_point(module_scope)

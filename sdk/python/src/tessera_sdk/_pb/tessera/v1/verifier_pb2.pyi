@@ -106,20 +106,22 @@ class WatchRevocationsRequest(_message.Message):
     def __init__(self, after: _Optional[str] = ...) -> None: ...
 
 class RevocationEvent(_message.Message):
-    __slots__ = ("position", "revoked_at", "reason", "grant_id", "task_id", "not_after")
+    __slots__ = ("position", "revoked_at", "reason", "grant_id", "task_id", "kid", "not_after")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KID_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     position: str
     revoked_at: _timestamp_pb2.Timestamp
     reason: str
     grant_id: str
     task_id: str
+    kid: str
     not_after: _timestamp_pb2.Timestamp
-    def __init__(self, position: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, position: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kid: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("position", "sent_at")
