@@ -284,6 +284,8 @@ fn the_image_runs_tesserad_as_non_root_on_redis_and_issues_a_token() {
         .env("TESSERA_SERVER__LISTEN", "127.0.0.1:0")
         .env("TESSERA_SERVER__HTTP_LISTEN", "127.0.0.1:0")
         .env("TESSERA_OAUTH__LISTEN", "off")
+        // The console is served on the facade's listener, which is off here.
+        .env("TESSERA_CONSOLE__ENABLED", "false")
         .env("TESSERA_STORE__BACKEND", "redis")
         .env("TESSERA_STORE__URLS", format!("[\"{}\"]", redis.url()))
         .stdout(Stdio::null())
