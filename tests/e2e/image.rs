@@ -28,10 +28,10 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_e2e::redis::RedisServer;
-use tessera_e2e::{CRM, TD, TempDir, bin_dir, find_secret};
+use tessera_e2e::{CRM, TD, TempDir, bin_dir, find_secret, wait_exit, wait_ready};
 
 const IMAGE: &str = "localhost/tessera:e2e";
 /// The image's user and group (deploy/image/Containerfile).
@@ -184,14 +184,16 @@ fn programs_and_links(root: &Path, dir: &Path, found: &mut Vec<String>) {
 
 /// The running broker: killed on drop, its log scanned for secrets.
 struct ChrootBroker {
-    child: Child,
+    child: Option<Child>,
     log: PathBuf,
 }
 
 impl Drop for ChrootBroker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if std::thread::panicking() {
             eprintln!("--- tesserad (in the image) log ---\n{log}");
@@ -292,26 +294,16 @@ fn the_image_runs_tesserad_as_non_root_on_redis_and_issues_a_token() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut broker = ChrootBroker { child, log };
-    let started = Instant::now();
-    let ready: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            break serde_json::from_str(&text).unwrap();
-        }
-        if let Some(status) = broker.child.try_wait().unwrap() {
-            panic!("tesserad in the image exited with {status}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "tesserad in the image did not become ready in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let mut broker = ChrootBroker {
+        child: Some(child),
+        log,
     };
+    let ready = wait_ready(broker.child.as_mut().unwrap(), &ready, &broker.log);
     let endpoint = format!("https://{}", ready["grpc"].as_str().unwrap());
     let http = ready["http"].as_str().unwrap();
     assert_eq!(http_status(http, "/readyz"), 200);
     // It runs as the image's user, not as the root that started chroot.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.child.as_ref().unwrap().id())).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(
         uid.split_whitespace().skip(1).collect::<Vec<_>>(),
@@ -371,16 +363,9 @@ fn the_image_runs_tesserad_as_non_root_on_redis_and_issues_a_token() {
 
     // A clean stop: SIGTERM drains and exits 0.
     let _ = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
+        .args(["-TERM", &broker.child.as_ref().unwrap().id().to_string()])
         .status();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = broker.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "tesserad did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(broker.child.take().unwrap(), Duration::from_secs(20));
     assert!(status.success(), "tesserad in the image exited with {status}");
     drop(broker);
     b.ok(&["rm", "tessera-e2e"]);

@@ -193,28 +193,12 @@ impl Broker {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let started = Instant::now();
-        let (addr, http_addr, oauth_addr) = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                break (
-                    v["grpc"].as_str().unwrap().to_owned(),
-                    v["http"].as_str().map(str::to_owned),
-                    v["oauth"].as_str().map(str::to_owned),
-                );
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "tesserad exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tesserad did not become ready in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let v = wait_ready(&mut child, &ready, &log);
+        let (addr, http_addr, oauth_addr) = (
+            v["grpc"].as_str().unwrap().to_owned(),
+            v["http"].as_str().map(str::to_owned),
+            v["oauth"].as_str().map(str::to_owned),
+        );
         let audit = env
             .iter()
             .find(|(k, _)| k == "TESSERA_AUDIT__FILE")
@@ -363,18 +347,48 @@ impl Broker {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
+        let child = self.child.take().unwrap();
         signal(child.id(), "TERM");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!("tesserad did not stop within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_exit(child, Duration::from_secs(20))
+    }
+}
+
+/// The ready file `tesserad --ready-file` writes once it listens, parsed;
+/// panics with the log if tesserad exits first or is not ready within 30 s.
+/// Polls the file: tesserad announces readiness by writing it.
+pub fn wait_ready(child: &mut Child, ready: &Path, log: &Path) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            return serde_json::from_str(&text).unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "tesserad exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tesserad did not become ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit (woken by its exit, not by polling); kills it
+/// and panics if it has not exited within `limit`.
+pub fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("process {pid} did not stop within {limit:?}");
         }
     }
 }
