@@ -191,8 +191,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory, store_env: dict[str, str]) 
 
 
 @pytest.fixture
+def own_store_env() -> Iterator[dict[str, str]]:
+    """A store of the test's own: on Redis, a redis-server no other test's broker
+    uses (for what acts on the whole deployment, such as break-glass, which
+    withdraws every replica's signing key)."""
+    if os.environ.get("TESSERA_TEST_STORE", "memory") != "redis":
+        yield {}
+        return
+    redis = Redis.start()
+    try:
+        yield {"TESSERA_STORE__BACKEND": "redis", "TESSERA_STORE__URLS": f'["redis://127.0.0.1:{redis.port}/"]'}
+    finally:
+        redis.stop()
+
+
+@pytest.fixture
 def own_broker(tmp_path: pathlib.Path, store_env: dict[str, str]) -> Iterator[Broker]:
-    """A broker of the test's own, which the test may stop."""
-    b = _broker(tmp_path, store_env)
+    """A broker of the test's own, which the test may stop. Its feed beats
+    every 250 ms, so the tests may set a verifier's max_staleness to 1 s
+    without the quiet feed itself going stale."""
+    b = _broker(tmp_path, {**store_env, "TESSERA_SERVER__HEARTBEAT_INTERVAL": "250ms"})
     yield b
     b.stop()

@@ -441,7 +441,7 @@ def test_an_mtls_bound_token_is_accepted_over_the_agents_svid_only(
 
 
 def test_a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_once(
-    tmp_path: pathlib.Path, store_env: dict[str, str]
+    tmp_path: pathlib.Path, own_store_env: dict[str, str]
 ) -> None:
     """Break-glass withdraws the signing key: a connected verifier refuses its
     tokens as soon as the revocation feed announces it, not at its next JWKS
@@ -457,7 +457,7 @@ def test_a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_on
         )
     )
     env = {
-        **store_env,
+        **own_store_env,
         "TESSERA_TOKENS__SIGNING_KEY": str(key_path),
         "TESSERA_TOKENS__ALGORITHM": "ES256",
         "TESSERA_SERVER__HEARTBEAT_INTERVAL": "500ms",

@@ -48,6 +48,7 @@ class ResourceServer:
         self.verifier = verifier
         self.grants: list[str] = []
         self.statuses: list[int] = []
+        self.refusals: list[str] = []
 
     def __call__(self, request: Any) -> Any:
         url = str(request.url)
@@ -58,6 +59,7 @@ class ResourceServer:
             verified.require_scope(READ)
         except VerifyError as err:
             self.statuses.append(err.status)
+            self.refusals.append(f"{type(err).__name__}: {err}")
             return self.lib.Response(err.status, headers=err.headers("crm"))
         self.grants.append(verified.grant_id)
         self.statuses.append(200)
@@ -88,7 +90,7 @@ def test_sync_client_gets_a_bound_token_retries_once_when_revoked_and_renews(
         auth = auth_class(task_id, {CRM: [READ]}, agent=agent)
         with module.Client(transport=module.MockTransport(server), auth=auth) as http:
             first = http.get(CRM + "/contacts?page=1")
-            assert first.status_code == 200
+            assert first.status_code == 200, server.refusals
             assert first.json()["binding"] == "dpop"
             assert http.get(CRM + "/contacts").status_code == 200
             assert server.grants[0] == server.grants[1], "the cached token is reused"
