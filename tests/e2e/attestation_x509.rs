@@ -359,7 +359,43 @@ async fn the_sdk_and_the_cli_refuse_a_server_with_another_spiffe_id() {
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
+    // A JWT-attested client has no SVID to derive the ID from: it is given
+    // one, and pins it just the same (the JWT never reaches the impostor).
+    let jwt = broker.dir.path().join("any.jwt");
+    std::fs::write(&jwt, "eyJhbGciOiJFUzI1NiJ9.e30.c2ln").unwrap();
+    let jwt = jwt.to_str().unwrap();
+    let expected = format!("spiffe://{TD}/tesserad");
+    let sdk = tessera_client::connect_with_token(
+        &broker.endpoint(),
+        &std::fs::read(broker.dir.path().join("ca.pem")).unwrap(),
+        &expected,
+        "eyJhbGciOiJFUzI1NiJ9.e30.c2ln",
+    )
+    .await;
+    assert!(
+        matches!(sdk, Err(tessera_client::ClientError::Connect { .. })),
+        "the JWT client accepted {impostor_id}"
+    );
+    let cli = broker.tessera(&["--jwt-file", jwt, "--broker-id", &expected, "task", "show", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let ca = broker.dir.path().join("ca.pem");
+    let cli = broker.tessera(&["--jwt-file", jwt, "--ca", ca.to_str().unwrap(), "task", "show", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("needs --broker-id"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     // Told to expect that ID, both reach it (the pin, not the server, refused).
+    let cli = broker.tessera(&["--jwt-file", jwt, "--broker-id", &impostor_id, "task", "show", "nope"]);
+    assert!(
+        !String::from_utf8_lossy(&cli.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let pinned = broker.identity("researcher").with_broker_id(impostor_id.clone());
     tessera_client::connect(&broker.endpoint(), &pinned).await.unwrap();
     let cli = broker.tessera(&[

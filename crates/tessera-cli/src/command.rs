@@ -124,7 +124,29 @@ async fn jwt_channel(global: &Global, file: &std::path::Path) -> anyhow::Result<
         .with_context(|| format!("cannot read the attestation token `{}`", file.display()))?;
     let ca = global.ca.clone().unwrap_or_else(|| global.dev_dir.join("ca.pem"));
     let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read trust bundle `{}`", ca.display()))?;
-    Ok(tessera_client::connect_with_token(&global.endpoint, &ca_pem, jwt.trim()).await?)
+    let broker_id = match (&global.broker_id, &global.ca) {
+        (Some(id), _) => id.clone(),
+        // The development PKI names its broker: trust it as far as its ca.pem.
+        (None, None) => dev_broker_id(&global.dev_dir)?,
+        (None, Some(_)) => anyhow::bail!(
+            "--jwt-file with --ca needs --broker-id (TESSERA_BROKER_ID): the broker's SPIFFE ID, \
+             which its certificate must carry"
+        ),
+    };
+    Ok(tessera_client::connect_with_token(&global.endpoint, &ca_pem, &broker_id, jwt.trim()).await?)
+}
+
+/// The SPIFFE ID `tessera dev init` issued the broker in `dev_dir`.
+fn dev_broker_id(dev_dir: &std::path::Path) -> anyhow::Result<String> {
+    let cert = dev_dir.join("broker.pem");
+    let pem = std::fs::read(&cert).with_context(|| {
+        format!(
+            "cannot read `{}` to learn the broker's SPIFFE ID: give --broker-id",
+            cert.display()
+        )
+    })?;
+    tessera_client::certificate_spiffe_id(&pem)
+        .with_context(|| format!("`{}` names no broker SPIFFE ID: give --broker-id", cert.display()))
 }
 
 #[cfg(test)]

@@ -71,33 +71,21 @@ impl tower_service::Service<http::Request<Body>> for Channel {
 /// Opens a channel to the broker at `endpoint` over TLS **without** a client
 /// certificate, attesting every call with the OIDC/JWT `jwt` (the broker
 /// must have `[[attestation.jwt.issuers]]` configured). `ca_pem` is the
-/// trust bundle that signs the broker's certificate.
-pub async fn connect_with_token(endpoint: &str, ca_pem: &[u8], jwt: &str) -> Result<Channel, crate::ClientError> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let url = crate::connect::normalize(endpoint)?;
+/// trust bundle that signs the broker's certificate, and `broker_id` the
+/// broker's SPIFFE ID, which its certificate must carry as its only URI SAN
+/// (a client without an SVID has no trust domain to derive it from).
+pub async fn connect_with_token(
+    endpoint: &str,
+    ca_pem: &[u8],
+    broker_id: &str,
+    jwt: &str,
+) -> Result<Channel, crate::ClientError> {
     let invalid = |reason: String| crate::ClientError::Endpoint {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    let builder = Endpoint::from_shared(url.clone()).map_err(|e| invalid(e.to_string()))?;
-    let host = builder.uri().host().ok_or_else(|| invalid("no host".to_owned()))?;
-    let domain = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(domain);
-    let channel = builder
-        .tls_config(tls)
-        .map_err(|source| crate::ClientError::Tls {
-            endpoint: url.clone(),
-            source,
-        })?
-        .connect_timeout(crate::CONNECT_TIMEOUT)
-        .timeout(crate::REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|source| crate::ClientError::Connect { endpoint: url, source })?;
-    Channel::from(channel)
+    crate::connect::connect_pinned(endpoint, || crate::pin::anonymous_config(ca_pem, broker_id))
+        .await?
         .with_bearer(jwt)
         .ok_or_else(|| invalid("the attestation token is not a valid header value".to_owned()))
 }

@@ -1,5 +1,6 @@
 //! Opening the mTLS gRPC channel to `tesserad`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -31,7 +32,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// unreachable broker fails here within [`CONNECT_TIMEOUT`]. With TLS 1.3 a
 /// client certificate the broker rejects only shows up on the first call.
 pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, ClientError> {
-    let (configured, tls, url) = configure(endpoint, identity)?;
+    connect_pinned(endpoint, || client_config(identity)).await
+}
+
+/// Connects eagerly to `endpoint` over TCP + the TLS of `config` (which pins
+/// the broker's SPIFFE ID).
+pub(crate) async fn connect_pinned(
+    endpoint: &str,
+    config: impl FnOnce() -> Result<Arc<rustls::ClientConfig>, ClientError>,
+) -> Result<Channel, ClientError> {
+    let (configured, tls, url) = configure(endpoint, config)?;
     configured
         .connect_with_connector(tls)
         .await
@@ -42,11 +52,14 @@ pub async fn connect(endpoint: &str, identity: &Identity) -> Result<Channel, Cli
 /// Like [`connect`], but the connection is made at the first call (and
 /// re-made after it drops); connection errors then arrive as the call's status.
 pub fn connect_lazy(endpoint: &str, identity: &Identity) -> Result<Channel, ClientError> {
-    let (configured, tls, _) = configure(endpoint, identity)?;
+    let (configured, tls, _) = configure(endpoint, || client_config(identity))?;
     Ok(configured.connect_with_connector_lazy(tls).into())
 }
 
-fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, PinnedTls, String), ClientError> {
+fn configure(
+    endpoint: &str,
+    config: impl FnOnce() -> Result<Arc<rustls::ClientConfig>, ClientError>,
+) -> Result<(Endpoint, PinnedTls, String), ClientError> {
     install_crypto_provider();
     let url = normalize(endpoint)?;
     let invalid = |reason: String| ClientError::Endpoint {
@@ -73,7 +86,7 @@ fn configure(endpoint: &str, identity: &Identity) -> Result<(Endpoint, PinnedTls
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let tls = PinnedTls {
-        config: client_config(identity)?,
+        config: config()?,
         server_name,
     };
     Ok((configured, tls, url))
@@ -126,7 +139,7 @@ mod tests {
             key_pem: cert.signing_key.serialize_pem().into_bytes(),
             broker_id: Some("spiffe://td/tesserad".into()),
         };
-        let (ep, _, url) = configure("https://[::1]:7443", &id).unwrap();
+        let (ep, _, url) = configure("https://[::1]:7443", || client_config(&id)).unwrap();
         assert_eq!(url, "https://[::1]:7443");
         assert_eq!(ep.uri().host(), Some("[::1]"));
     }

@@ -40,7 +40,7 @@ pub use channel::{Channel, connect_with_token};
 pub use connect::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, connect, connect_lazy};
 pub use error::ClientError;
 pub use identity::Identity;
-pub use pin::{DEFAULT_BROKER_PATH, expected_broker_id};
+pub use pin::{DEFAULT_BROKER_PATH, certificate_spiffe_id, expected_broker_id};
 pub use pop::{PopKey, REDEEM_DELEGATION_HTU, REQUEST_TOKEN_HTU};
 pub use unix::connect_unix;
 pub use verifier::{Presented, Verified, Verifier, VerifierConfig, VerifyError};

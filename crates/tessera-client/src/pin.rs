@@ -47,6 +47,20 @@ pub fn expected_broker_id(identity: &Identity) -> Result<String, ClientError> {
     Ok(format!("spiffe://{domain}{DEFAULT_BROKER_PATH}"))
 }
 
+/// The SPIFFE ID of the first certificate in `cert_pem`: its one URI SAN.
+pub fn certificate_spiffe_id(cert_pem: &[u8]) -> Result<String, ClientError> {
+    let bad = |reason: String| ClientError::BadIdentity { reason };
+    let leaf = CertificateDer::pem_slice_iter(cert_pem)
+        .next()
+        .ok_or_else(|| bad("no PEM certificate".into()))?
+        .map_err(|e| bad(format!("the certificate: {e}")))?;
+    let id = single_uri_san(&leaf).map_err(|e| bad(format!("the certificate {e}")))?;
+    if !id.starts_with("spiffe://") {
+        return Err(bad(format!("the certificate's URI SAN `{id}` is not a SPIFFE ID")));
+    }
+    Ok(id)
+}
+
 /// The one URI SAN of `cert`, or why there is not exactly one.
 fn single_uri_san(cert: &CertificateDer<'_>) -> Result<String, String> {
     let (_, parsed) =
@@ -124,9 +138,34 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// SVID as client certificate, the broker's SPIFFE ID pinned, ALPN h2.
 pub(crate) fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let bad = |reason: String| ClientError::BadIdentity { reason };
+    let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("the certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
+        .map_err(|_| bad("the private key is not a PEM private key".into()))?;
+    pinned_config(&identity.ca_pem, &expected_broker_id(identity)?, Some((chain, key)))
+}
+
+/// The rustls client configuration of a client without an SVID (attested by
+/// a JWT): `ca_pem` as roots, `broker_id` pinned, ALPN h2.
+pub(crate) fn anonymous_config(ca_pem: &[u8], broker_id: &str) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    pinned_config(ca_pem, broker_id, None)
+}
+
+type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn pinned_config(
+    ca_pem: &[u8],
+    broker_id: &str,
+    client_cert: Option<ClientCert>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let bad = |reason: String| ClientError::BadIdentity { reason };
+    if !broker_id.starts_with("spiffe://") {
+        return Err(bad(format!("the broker ID `{broker_id}` is not a SPIFFE ID")));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&identity.ca_pem) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| bad(format!("the trust bundle: {e}")))?;
         roots.add(cert).map_err(|e| bad(format!("the trust bundle: {e}")))?;
     }
@@ -135,20 +174,19 @@ pub(crate) fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientCon
         .map_err(|e| bad(format!("the trust bundle: {e}")))?;
     let verifier = Arc::new(SpiffeServerVerifier {
         inner,
-        expected: expected_broker_id(identity)?,
+        expected: broker_id.to_owned(),
     });
-    let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("the certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
-        .map_err(|_| bad("the private key is not a PEM private key".into()))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| bad(format!("the certificate and key: {e}")))?;
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_cert {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad(format!("the certificate and key: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -16,8 +16,7 @@ from . import _core
 from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
-from .errors import broker_error
-from .identity import Attestation
+from .identity import Attestation, call_error
 
 __all__ = ["AsyncAgentClient", "AsyncOrchestratorClient"]
 
@@ -50,7 +49,7 @@ class _AsyncConnection:
         try:
             return await fn(stub)
         except grpc.aio.AioRpcError as err:
-            raise broker_error(err.code(), err.details() or "") from None
+            raise call_error(self._identity, self._endpoint, err.code(), err.details() or "") from None
 
     async def close(self) -> None:
         async with self._lock:

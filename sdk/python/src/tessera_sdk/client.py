@@ -20,8 +20,7 @@ from . import _core
 from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from ._pb.tessera.v1 import agent_pb2, agent_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 from .dpop import DpopKey
-from .errors import broker_error
-from .identity import Attestation
+from .identity import Attestation, call_error
 
 __all__ = ["AgentClient", "OrchestratorClient"]
 
@@ -54,7 +53,7 @@ class _Connection:
         try:
             return fn(stub)
         except grpc.RpcError as err:
-            raise broker_error(err.code(), err.details() or "") from None
+            raise call_error(self._identity, self._endpoint, err.code(), err.details() or "") from None
 
     def close(self) -> None:
         with self._lock:
