@@ -352,3 +352,86 @@ async fn a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_on
     );
     assert!(v.status().revocations >= 1);
 }
+
+/// Two replicas of one resource server share a Redis replay store: a DPoP
+/// proof one accepted is refused by the other (an attacker who saw it on
+/// the wire cannot spend it at the next replica), one key cannot fill the
+/// store beyond its share, and a store that does not answer refuses (503),
+/// never accepts. Runs on a redis-server of its own whatever the broker's
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
+    use tessera_client::PopKey;
+    use tessera_client::verifier::{RedisReplayStore, RefusalKind, Scheme};
+    const URL: &str = "https://api.example.com/crm/contacts";
+
+    let mut redis = tessera_e2e::redis::RedisServer::builder().appendonly(false).start();
+    let broker = Broker::start();
+    let shared = RedisReplayStore::connect(&redis.url(), "crm-replay:", 3).await.unwrap();
+    let endpoint = broker.endpoint();
+    let replica = |store: RedisReplayStore| {
+        let mut config = config();
+        config.replay_store = Some(Arc::new(store));
+        verifier(&broker, &endpoint, config)
+    };
+    let (a, b) = (replica(shared.clone()).await, replica(shared).await);
+    broker
+        .start_task(start_request(
+            "shared-replay",
+            &["writer"],
+            &["crm.contacts.write"],
+            600,
+        ))
+        .await;
+    let key = PopKey::generate().unwrap();
+    let token = broker
+        .issue_as(
+            "writer",
+            pb::RequestTokenRequest {
+                pop_proof: key.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None).unwrap(),
+                ..token_request("shared-replay", &["crm.contacts.write"], None)
+            },
+        )
+        .await;
+    let t = token.access_token.as_str();
+    fn dpop<'a>(token: &'a str, proof: &'a str) -> Presented<'a> {
+        Presented {
+            token,
+            scheme: Scheme::Dpop,
+            dpop_proof: Some(proof),
+            method: "GET",
+            url: URL,
+            client_cert_der: None,
+        }
+    }
+
+    let proof = key.proof("GET", URL, Some(t)).unwrap();
+    a.verify(&dpop(t, &proof)).await.unwrap();
+    assert!(matches!(
+        b.verify(&dpop(t, &proof)).await,
+        Err(VerifyError::ProofReplayed)
+    ));
+    assert!(matches!(
+        a.verify(&dpop(t, &proof)).await,
+        Err(VerifyError::ProofReplayed)
+    ));
+    // The sync path never waits on the store: it refuses instead.
+    let fresh = key.proof("GET", URL, Some(t)).unwrap();
+    assert_eq!(
+        a.verify_cached(&dpop(t, &fresh)).unwrap_err().kind(),
+        RefusalKind::Unavailable
+    );
+    // This key's share (3) fills: its next proof is refused, fail closed.
+    b.verify(&dpop(t, &fresh)).await.unwrap();
+    let third = key.proof("GET", URL, Some(t)).unwrap();
+    a.verify(&dpop(t, &third)).await.unwrap();
+    let fourth = key.proof("GET", URL, Some(t)).unwrap();
+    let over = a.verify(&dpop(t, &fourth)).await;
+    assert!(matches!(over, Err(VerifyError::Capacity(_))), "{over:?}");
+    // No store, no acceptance.
+    redis.kill();
+    let fifth = key.proof("GET", URL, Some(t)).unwrap();
+    let gone = b.verify(&dpop(t, &fifth)).await;
+    assert!(matches!(gone, Err(VerifyError::ReplayStoreUnavailable(_))), "{gone:?}");
+    assert_eq!(gone.unwrap_err().kind(), RefusalKind::Unavailable);
+}

@@ -107,6 +107,9 @@ pub enum VerifyError {
     /// entries that have not expired.
     #[error("verifier capacity exhausted ({0}); refusing until entries expire")]
     Capacity(&'static str),
+    /// Fail closed: the shared DPoP replay store could not be asked.
+    #[error("dpop replay store unavailable: {0}")]
+    ReplayStoreUnavailable(String),
 }
 
 impl VerifyError {
@@ -115,7 +118,9 @@ impl VerifyError {
         match self {
             Self::Proof(_) | Self::ProofReplayed | Self::DpopSchemeWithoutKey => RefusalKind::InvalidProof,
             Self::InsufficientScope(_) => RefusalKind::InsufficientScope,
-            Self::FeedStale | Self::NotSynced | Self::Capacity(_) => RefusalKind::Unavailable,
+            Self::FeedStale | Self::NotSynced | Self::Capacity(_) | Self::ReplayStoreUnavailable(_) => {
+                RefusalKind::Unavailable
+            }
             // An unusable key in our own cache is our fault, but the token
             // still cannot be accepted; 401 keeps the answer uniform.
             Self::Missing

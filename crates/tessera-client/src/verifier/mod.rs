@@ -22,7 +22,8 @@
 //!    `cnf.jkt`, presented with the `DPoP` scheme, for this method and URL,
 //!    fresh, with `ath` = the token's hash; or the caller's TLS certificate
 //!    for `cnf.x5t#S256` (RFC 8705). Last, the proof's `jti` must never
-//!    have been seen (this verifier's replay cache).
+//!    have been seen (this verifier's replay cache, or the [`ReplayStore`]
+//!    its replicas share).
 //!
 //! [`Verifier::connect`] keeps the JWKS and the revocation set current from
 //! the broker's `VerifierService` (see [`feed`]). Nothing here logs or
@@ -32,6 +33,8 @@ mod error;
 mod feed;
 mod keys;
 mod replay;
+#[cfg(feature = "redis")]
+mod replay_redis;
 mod state;
 
 #[cfg(test)]
@@ -47,6 +50,9 @@ use tessera_core::token::{AccessCheck, Algorithm, Jwk, JwsError, MAX_CHAIN_LEN, 
 
 pub use error::{RefusalKind, VerifierConfigError, VerifyError};
 pub use keys::MAX_KEYS;
+pub use replay::{ReplayError, ReplayStore, SpendFuture, SpentProof};
+#[cfg(feature = "redis")]
+pub use replay_redis::RedisReplayStore;
 /// The DPoP proof key and signer are core's, one for the SDK, the CLI and
 /// the broker's tests; `DpopKey` is the SDK's `PopKey`.
 pub use tessera_core::pop::{
@@ -93,6 +99,12 @@ pub struct VerifierConfig {
     /// cannot fill the replay cache and stop DPoP for every other (at most
     /// `replay_cache_capacity`).
     pub replay_cache_per_key: usize,
+    /// A replay store the replicas of this resource server share (e.g.
+    /// `RedisReplayStore`), instead of this verifier's own memory; the two
+    /// capacities above then do not apply (the store bounds itself). Such a
+    /// store is asked by [`Verifier::verify`]; [`Verifier::verify_cached`],
+    /// which never waits, refuses DPoP proofs with it.
+    pub replay_store: Option<Arc<dyn ReplayStore>>,
     /// Most revocations held (each only until its tokens expired).
     pub max_revocations: usize,
     /// Refuse bearer tokens: every token must carry `cnf`.
@@ -118,6 +130,7 @@ impl VerifierConfig {
             dpop_max_age: Duration::from_secs(60),
             replay_cache_capacity: 100_000,
             replay_cache_per_key: 10_000,
+            replay_store: None,
             max_revocations: 1_000_000,
             require_bound: false,
             jwks_min_refresh: Duration::from_secs(1),
@@ -351,13 +364,28 @@ impl Drop for Inner {
     }
 }
 
+/// Where spent DPoP proofs are remembered.
+enum Replay {
+    /// This verifier's memory, spent inside the checks.
+    Local(Mutex<replay::ReplayCache>),
+    /// A store the replicas share, spent after the checks.
+    Shared(Arc<dyn ReplayStore>),
+}
+
+/// A token that passed every check, and the DPoP proof still to spend in a
+/// shared store.
+struct Checked {
+    verified: Verified,
+    unspent: Option<SpentProof>,
+}
+
 /// The state the checks read and the feed writes.
 pub(crate) struct Shared {
     config: VerifierConfig,
     clock: Arc<dyn Clock>,
     keys: RwLock<keys::KeyCache>,
     feed: RwLock<state::FeedState>,
-    replay: Mutex<replay::ReplayCache>,
+    replay: Replay,
     /// Serialises JWKS refreshes; holds when the last one happened.
     refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     client: Option<crate::VerifierClient>,
@@ -400,7 +428,7 @@ impl Verifier {
     /// JWKS once (rate-bounded) and tries again.
     pub async fn verify(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
         let shared = &self.inner.shared;
-        match shared.check(presented) {
+        let checked = match shared.check(presented) {
             Err(VerifyError::Token(JwsError::UnknownKey)) if shared.client.is_some() => {
                 if shared.refresh_keys_on_demand().await {
                     shared.check(presented)
@@ -409,12 +437,25 @@ impl Verifier {
                 }
             }
             other => other,
+        }?;
+        // Last: a proof is spent only by a request that passed every check.
+        if let (Some(proof), Replay::Shared(store)) = (&checked.unspent, &shared.replay) {
+            store.spend(proof).await?;
         }
+        Ok(checked.verified)
     }
 
-    /// Verifies a presented token with the keys already cached; never waits.
+    /// Verifies a presented token with the keys already cached; never waits
+    /// (so with a shared [`ReplayStore`] it refuses DPoP proofs: use
+    /// [`Verifier::verify`]).
     pub fn verify_cached(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
-        self.inner.shared.check(presented)
+        let checked = self.inner.shared.check(presented)?;
+        if checked.unspent.is_some() {
+            return Err(VerifyError::ReplayStoreUnavailable(
+                "a shared replay store is asked by Verifier::verify, not verify_cached".into(),
+            ));
+        }
+        Ok(checked.verified)
     }
 
     /// Replaces the cached keys with the usable keys of `jwks` whose
@@ -485,10 +526,13 @@ impl Shared {
         Ok(Self {
             keys: RwLock::new(keys::KeyCache::default()),
             feed: RwLock::new(state::FeedState::new(config.max_revocations, leeway_secs)),
-            replay: Mutex::new(replay::ReplayCache::new(
-                config.replay_cache_capacity,
-                config.replay_cache_per_key.min(config.replay_cache_capacity),
-            )),
+            replay: match &config.replay_store {
+                Some(store) => Replay::Shared(store.clone()),
+                None => Replay::Local(Mutex::new(replay::ReplayCache::new(
+                    config.replay_cache_capacity,
+                    config.replay_cache_per_key.min(config.replay_cache_capacity),
+                ))),
+            },
             refresh: tokio::sync::Mutex::new(None),
             client,
             leeway_secs,
@@ -499,7 +543,9 @@ impl Shared {
         })
     }
 
-    fn check(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
+    /// Every check; a DPoP proof is spent here in the local cache, or
+    /// returned unspent for the shared store.
+    fn check(&self, presented: &Presented<'_>) -> Result<Checked, VerifyError> {
         let now = self.clock.now();
         let token = presented.token;
         if token.is_empty() {
@@ -527,16 +573,19 @@ impl Shared {
         )?;
 
         // Proof of possession.
-        let binding = self.check_binding(&claims, presented, now)?;
+        let (binding, unspent) = self.check_binding(&claims, presented, now)?;
         let actors = claims
             .act
             .as_ref()
             .map(|act| act.actors().into_iter().map(str::to_owned).collect())
             .unwrap_or_default();
-        Ok(Verified {
-            claims,
-            actors,
-            binding,
+        Ok(Checked {
+            verified: Verified {
+                claims,
+                actors,
+                binding,
+            },
+            unspent,
         })
     }
 
@@ -545,7 +594,7 @@ impl Shared {
         claims: &TokenClaims,
         presented: &Presented<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Binding, VerifyError> {
+    ) -> Result<(Binding, Option<SpentProof>), VerifyError> {
         if claims.cnf.is_none() && self.config.require_bound {
             return Err(VerifyError::BoundTokenRequired);
         }
@@ -561,17 +610,30 @@ impl Shared {
             leeway: chrono::Duration::seconds(self.leeway_secs),
         };
         Ok(match check_binding(claims.cnf.as_ref(), &presentation)? {
-            Bound::Bearer => Binding::Bearer,
-            Bound::Certificate => Binding::Certificate,
+            Bound::Bearer => (Binding::Bearer, None),
+            Bound::Certificate => (Binding::Certificate, None),
             Bound::Dpop(proof) => {
                 // Last: a proof is spent only by a request that passed every check.
-                let until = proof.replay_until(self.dpop_max_age) + presentation.leeway;
-                self.replay.lock().unwrap_or_else(PoisonError::into_inner).record(
-                    proof.replay_id(),
-                    until.timestamp(),
-                    now.timestamp(),
-                )?;
-                Binding::Dpop
+                let until = (proof.replay_until(self.dpop_max_age) + presentation.leeway).timestamp();
+                match &self.replay {
+                    Replay::Local(cache) => {
+                        cache.lock().unwrap_or_else(PoisonError::into_inner).record(
+                            proof.replay_id(),
+                            until,
+                            now.timestamp(),
+                        )?;
+                        (Binding::Dpop, None)
+                    }
+                    Replay::Shared(_) => {
+                        let spent = SpentProof {
+                            jkt: proof.jkt,
+                            jti: proof.jti,
+                            until,
+                            now: now.timestamp(),
+                        };
+                        (Binding::Dpop, Some(spent))
+                    }
+                }
             }
         })
     }

@@ -780,10 +780,13 @@ fn the_replay_cache_is_bounded_in_size_and_time() {
     let mut cache = replay::ReplayCache::new(2, 2);
     cache.record("a".into(), T0 + 10, T0).unwrap();
     cache.record("b".into(), T0 + 10, T0).unwrap();
-    assert_eq!(cache.record("a".into(), T0 + 10, T0), Err(VerifyError::ProofReplayed));
+    assert_eq!(
+        cache.record("a".into(), T0 + 10, T0),
+        Err(replay::ReplayError::Replayed)
+    );
     assert_eq!(
         cache.record("c".into(), T0 + 10, T0),
-        Err(VerifyError::Capacity("dpop replay cache"))
+        Err(replay::ReplayError::Full("dpop replay cache"))
     );
     // Once their window has passed, the entries go and room returns.
     cache.record("c".into(), T0 + 30, T0 + 11).unwrap();
@@ -798,13 +801,13 @@ fn one_key_cannot_fill_the_replay_cache_for_everyone() {
     }
     assert_eq!(
         cache.record("keyA.4".into(), T0 + 10, T0),
-        Err(VerifyError::Capacity("dpop replay cache of this key"))
+        Err(replay::ReplayError::Full("dpop replay cache of this key"))
     );
     // Another key still has room, and a replay is still a replay.
     cache.record("keyB.1".into(), T0 + 10, T0).unwrap();
     assert_eq!(
         cache.record("keyA.1".into(), T0 + 10, T0),
-        Err(VerifyError::ProofReplayed)
+        Err(replay::ReplayError::Replayed)
     );
     // Once keyA's proofs leave the window, its share comes back.
     cache.record("keyA.5".into(), T0 + 30, T0 + 11).unwrap();
