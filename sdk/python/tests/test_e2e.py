@@ -44,9 +44,10 @@ from tessera_sdk import (
     VerifyError,
     certificate_thumbprint,
 )
+from tessera_sdk.replay_redis import RedisReplayStore
 
 from ._tokens import Issuer
-from .conftest import CRM, ISSUER, PAYMENTS, Broker, _dev_init, spiffe
+from .conftest import CRM, ISSUER, PAYMENTS, Broker, Redis, _dev_init, spiffe
 
 URL = CRM + "/contacts"
 READ = "crm.contacts.read"
@@ -241,6 +242,44 @@ def test_a_stolen_token_replayed_without_the_dpop_key_is_refused(
         verifier.verify(Presented(token.access_token, "DPoP", proof, "GET", URL))
         with pytest.raises(InvalidProof, match="used before"):
             verifier.verify(Presented(token.access_token, "DPoP", proof, "GET", URL))
+
+
+def test_replicas_sharing_a_redis_replay_store_accept_a_proof_once(
+    broker: Broker, orch: OrchestratorClient, agent: AgentClient
+) -> None:
+    """Two replicas of a resource server share a Redis replay store: a proof
+    one accepted is refused at the other; one key cannot fill the store past
+    its share; a store that does not answer refuses (503), never accepts.
+    On a redis-server of its own, whatever the broker's store."""
+    redis_server = Redis.start()
+    store = RedisReplayStore.from_url(f"redis://127.0.0.1:{redis_server.port}/", per_key=3, timeout=0.5)
+    a = connected_verifier(broker, replay_store=store)
+    b = connected_verifier(broker, replay_store=store)
+    try:
+        with crm_task(orch) as task:
+            token = agent.token(task.task_id, CRM, [READ], bind=True)
+
+            def at(v: Verifier, proof: str) -> Any:
+                return v.verify(Presented(token.access_token, "DPoP", proof, "GET", URL))
+
+            proof = token.dpop_proof("GET", URL)
+            assert proof is not None
+            at(a, proof)
+            with pytest.raises(InvalidProof, match="used before"):
+                at(b, proof)
+            at(b, str(token.dpop_proof("GET", URL)))
+            at(a, str(token.dpop_proof("GET", URL)))
+            with pytest.raises(Unavailable, match="of this key") as full:
+                at(b, str(token.dpop_proof("GET", URL)))
+            assert full.value.status == 503
+            redis_server.stop()
+            with pytest.raises(Unavailable, match="replay store unavailable") as gone:
+                at(a, str(token.dpop_proof("GET", URL)))
+            assert gone.value.status == 503
+    finally:
+        a.close()
+        b.close()
+        redis_server.stop()
 
 
 def test_a_token_for_another_audience_is_refused(broker: Broker, orch: OrchestratorClient, agent: AgentClient) -> None:

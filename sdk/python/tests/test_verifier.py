@@ -19,6 +19,7 @@ from tessera_sdk import (
     InsufficientScope,
     InvalidProof,
     InvalidToken,
+    MemoryReplayStore,
     Presented,
     ProofRequired,
     TokenExpired,
@@ -451,3 +452,22 @@ def test_ambiguous_or_unknown_confirmation_is_refused(issuer: Issuer, clock: Clo
         assert "cnf" in err.reason, name
         proof = key.proof("GET", URL, token)
         assert type(refused(v, Presented(token, "DPoP", proof, "GET", URL, client_cert=cert))) is InvalidToken, name
+
+
+def test_one_key_cannot_fill_the_memory_replay_store_for_everyone() -> None:
+    store = MemoryReplayStore(capacity=10, per_key=2)
+    store.spend("keyA", "1", 110, 100)
+    store.spend("keyA", "2", 110, 100)
+    with pytest.raises(Unavailable, match="of this key"):
+        store.spend("keyA", "3", 110, 100)
+    # Another key still has room, and a replay is still a replay.
+    store.spend("keyB", "1", 110, 100)
+    with pytest.raises(InvalidProof, match="used before"):
+        store.spend("keyA", "1", 110, 100)
+    # Once keyA's proofs leave the window, its share comes back.
+    store.spend("keyA", "3", 130, 111)
+    # The whole store is bounded too.
+    small = MemoryReplayStore(capacity=1)
+    small.spend("keyA", "1", 110, 100)
+    with pytest.raises(Unavailable, match="replay cache\\)"):
+        small.spend("keyB", "1", 110, 100)

@@ -38,7 +38,15 @@ from .errors import (
     http_status,
 )
 from .identity import Attestation, JwtSource, SvidSource, UnixSocketSource
-from .verifier import Presented, Verified, Verifier, VerifierConfig, certificate_thumbprint
+from .verifier import (
+    MemoryReplayStore,
+    Presented,
+    ReplayStore,
+    Verified,
+    Verifier,
+    VerifierConfig,
+    certificate_thumbprint,
+)
 
 __all__ = [
     "AgentClient",
@@ -59,12 +67,14 @@ __all__ = [
     "InvalidProof",
     "InvalidToken",
     "JwtSource",
+    "MemoryReplayStore",
     "OrchestratorClient",
     "PendingApproval",
     "Presented",
     "ProofRequired",
     "RefusalKind",
     "Refused",
+    "ReplayStore",
     "SvidSource",
     "Task",
     "TesseraError",

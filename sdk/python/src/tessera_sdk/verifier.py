@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import grpc
 import jwt
@@ -55,7 +55,9 @@ __all__ = [
     "MAX_KID_LEN",
     "MAX_LEEWAY",
     "MAX_TOKEN_LEN",
+    "MemoryReplayStore",
     "Presented",
+    "ReplayStore",
     "Verified",
     "Verifier",
     "VerifierConfig",
@@ -96,6 +98,12 @@ class VerifierConfig:
     """Oldest DPoP proof ``iat`` accepted, as an age (1 s to 60 s, tessera-core's bound)."""
     replay_cache_capacity: int = 100_000
     """Most DPoP proofs remembered for replay detection."""
+    replay_cache_per_key: int = 10_000
+    """Most DPoP proofs remembered for one key thumbprint (one client cannot
+    fill the cache and stop DPoP for every other)."""
+    replay_store: ReplayStore | None = None
+    """A replay store the replicas of this resource server share, instead of
+    this verifier's memory (the two capacities above then do not apply)."""
     max_revocations: int = 1_000_000
     """Most revocations held."""
     require_bound: bool = False
@@ -120,6 +128,7 @@ class VerifierConfig:
             (1 <= self.max_act_depth <= 16, "max_act_depth", "must be between 1 and 16"),
             (1 <= self.dpop_max_age <= 60, "dpop_max_age", "must be between 1 s and 60 s"),
             (1 <= self.replay_cache_capacity <= 10_000_000, "replay_cache_capacity", "out of range"),
+            (self.replay_cache_per_key >= 1, "replay_cache_per_key", "must be at least 1"),
             (1 <= self.max_revocations <= 100_000_000, "max_revocations", "out of range"),
             (
                 self.jwks_refresh > 0 and self.jwks_min_refresh <= self.jwks_refresh,
@@ -304,23 +313,57 @@ class _FeedState:
         self.next_expiry = min(remaining) if remaining else None
 
 
-class _ReplayCache:
-    def __init__(self, capacity: int) -> None:
-        self.seen: dict[str, int] = {}
-        self.order: deque[tuple[int, str]] = deque()
-        self.capacity = capacity
+class ReplayStore(Protocol):
+    """Where a verifier remembers the DPoP proofs it accepted (RFC 9449
+    section 11.1). The default, :class:`MemoryReplayStore`, is this
+    verifier's own memory; replicas of one resource server behind a load
+    balancer share one (e.g. :class:`tessera_sdk.replay_redis.RedisReplayStore`)
+    so a proof one replica accepted is refused by every other."""
 
-    def record(self, key: str, until: int, now: int) -> None:
-        while self.order and self.order[0][0] < now:
-            old_until, old_key = self.order.popleft()
-            if self.seen.get(old_key) == old_until:
-                del self.seen[old_key]
-        if self.seen.get(key, -1) >= now:
-            raise InvalidProof("dpop proof has been used before")
-        if len(self.seen) >= self.capacity:
-            raise Unavailable("verifier capacity exhausted (dpop replay cache); refusing until entries expire")
-        self.order.append((until, key))
-        self.seen[key] = until
+    def spend(self, jkt: str, jti: str, until: int, now: int) -> None:
+        """Records proof ``jti`` of key ``jkt`` as spent, remembered until
+        ``until`` (Unix seconds), atomically. Raises :class:`InvalidProof`
+        for a proof spent before and :class:`Unavailable` when the store, or
+        this key's share of it, is full or cannot be asked (fail closed)."""
+
+
+class MemoryReplayStore:
+    """Spent proofs in this process's memory: at most ``capacity``, at most
+    ``per_key`` for one key thumbprint (so one client spending proofs fast
+    fills only its own share), each until its window has passed."""
+
+    def __init__(self, capacity: int = 100_000, per_key: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self.seen: dict[str, int] = {}
+        self.order: deque[tuple[int, str, str]] = deque()
+        self.by_key: dict[str, int] = {}
+        self.capacity = capacity
+        self.per_key = max(1, min(per_key, capacity))
+
+    def spend(self, jkt: str, jti: str, until: int, now: int) -> None:
+        """See :meth:`ReplayStore.spend`."""
+        replay_id = f"{jkt}.{jti}"
+        with self._lock:
+            while self.order and self.order[0][0] < now:
+                old_until, old_id, old_jkt = self.order.popleft()
+                if self.seen.get(old_id) == old_until:
+                    del self.seen[old_id]
+                    left = self.by_key.get(old_jkt, 1) - 1
+                    if left > 0:
+                        self.by_key[old_jkt] = left
+                    else:
+                        self.by_key.pop(old_jkt, None)
+            if self.seen.get(replay_id, -1) >= now:
+                raise InvalidProof("dpop proof has been used before")
+            if len(self.seen) >= self.capacity:
+                raise Unavailable("verifier capacity exhausted (dpop replay cache); refusing until entries expire")
+            if self.by_key.get(jkt, 0) >= self.per_key:
+                raise Unavailable(
+                    "verifier capacity exhausted (dpop replay cache of this key); refusing until entries expire"
+                )
+            self.order.append((until, replay_id, jkt))
+            self.seen[replay_id] = until
+            self.by_key[jkt] = self.by_key.get(jkt, 0) + 1
 
 
 def _actors(act: Any, max_depth: int) -> list[str]:
@@ -415,7 +458,9 @@ class Verifier:
         self._generation = 0
         self._keys: dict[str, tuple[str, Any]] = {}
         self._feed = _FeedState(config.max_revocations, int(config.leeway))
-        self._replay = _ReplayCache(config.replay_cache_capacity)
+        self._replay: ReplayStore = config.replay_store or MemoryReplayStore(
+            config.replay_cache_capacity, config.replay_cache_per_key
+        )
         self._refresh_lock = threading.Lock()
         self._last_refresh: float | None = None
         self._fetch_keys: Callable[[], bool] | None = None
@@ -746,8 +791,10 @@ class Verifier:
             max_age=int(self.config.dpop_max_age),
             leeway=int(self.config.leeway),
         )
-        with self._lock:
-            self._replay.record(checked.replay_key, checked.remember_until, now)
+        # Last: a proof is spent only by a request that passed every check.
+        # `<thumbprint>.<jti>`: a thumbprint is base64url, so it has no `.`.
+        jkt_of_proof, _, jti = checked.replay_key.partition(".")
+        self._replay.spend(jkt_of_proof, jti, checked.remember_until, now)
         return "dpop"
 
 
