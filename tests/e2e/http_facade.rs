@@ -352,7 +352,7 @@ async fn the_token_endpoint_answers_rfc_6749_errors() {
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.json()["error"], "invalid_client");
     for (body, error) in [
-        (form(&[("grant_type", "client_credentials")]), "unsupported_grant_type"),
+        (form(&[("grant_type", "password")]), "unsupported_grant_type"),
         (form(&[("scope", "x")]), "invalid_request"),
         (
             form(&[("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")]),

@@ -246,6 +246,9 @@ pub struct AttestationRules {
     pub methods: BTreeSet<AttestationMethod>,
     /// Selectors a Unix-socket peer must match to be this identity.
     pub unix: Option<crate::attestation::UnixSelector>,
+    /// Public keys the identity signs OAuth client assertions with
+    /// (`private_key_jwt`), by `kid`; `None` when it has none.
+    pub client_keys: Option<std::sync::Arc<crate::attestation::IssuerKeys>>,
 }
 
 impl Default for AttestationRules {
@@ -255,6 +258,7 @@ impl Default for AttestationRules {
         Self {
             methods: BTreeSet::from([AttestationMethod::X509]),
             unix: None,
+            client_keys: None,
         }
     }
 }
@@ -412,6 +416,18 @@ impl IdentityRegistry {
         }
     }
 
+    /// The keys `id` signs OAuth client assertions with, if it is
+    /// registered, enabled and has any (`private_key_jwt`).
+    pub fn client_keys(&self, id: &SpiffeId) -> Option<Arc<crate::attestation::IssuerKeys>> {
+        if self.is_disabled(id) {
+            return None;
+        }
+        self.current()
+            .by_id
+            .get(id)
+            .and_then(|(_, rules)| rules.client_keys.clone())
+    }
+
     /// The enabled identity registered as `id`, if it may attest by `method`.
     pub fn lookup_for(&self, id: &SpiffeId, method: AttestationMethod) -> Result<Identity, IdentityError> {
         let entries = self.current();
@@ -513,6 +529,10 @@ pub enum AttestationMethod {
     Jwt,
     /// The kernel's peer credentials on the Unix-socket listener.
     Unix,
+    /// An OAuth client assertion (RFC 7523 section 2.2, `private_key_jwt`)
+    /// signed by a key registered for the identity (`client_jwks_file`).
+    #[serde(rename = "private_key_jwt")]
+    PrivateKeyJwt,
 }
 
 impl AttestationMethod {
@@ -522,6 +542,7 @@ impl AttestationMethod {
             Self::X509 => "x509",
             Self::Jwt => "jwt",
             Self::Unix => "unix",
+            Self::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
@@ -539,7 +560,8 @@ impl FromStr for AttestationMethod {
             "x509" => Ok(Self::X509),
             "jwt" => Ok(Self::Jwt),
             "unix" => Ok(Self::Unix),
-            other => Err(format!("`{other}` is not one of x509, jwt, unix")),
+            "private_key_jwt" => Ok(Self::PrivateKeyJwt),
+            other => Err(format!("`{other}` is not one of x509, jwt, unix, private_key_jwt")),
         }
     }
 }
@@ -713,6 +735,7 @@ mod tests {
         let jwt_only = AttestationRules {
             methods: BTreeSet::from([AttestationMethod::Jwt]),
             unix: None,
+            client_keys: None,
         };
         let registry = IdentityRegistry::with_rules([
             (identity("spiffe://td/default", false), AttestationRules::default()),

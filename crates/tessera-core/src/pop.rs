@@ -22,9 +22,11 @@ use crate::token::{Algorithm, Jwk, KeyError, MAX_LEEWAY_SECS, SigningKey};
 
 mod binding;
 mod key;
+pub mod nonce;
 
 pub use binding::{BindingError, Bound, Presentation, check_binding};
 pub use key::ProofKey;
+pub use nonce::NonceSource;
 
 /// The `typ` of a proof (RFC 9449 section 4.2).
 pub const PROOF_TYP: &str = "dpop+jwt";
@@ -65,6 +67,9 @@ pub struct VerifiedProof {
     pub jti: String,
     /// The proof's `iat`.
     pub iat: DateTime<Utc>,
+    /// The proof's `nonce` (RFC 9449 section 8), for the caller to check
+    /// against its [`NonceSource`]; `None` when the proof has none.
+    pub nonce: Option<String>,
 }
 
 impl VerifiedProof {
@@ -164,6 +169,7 @@ struct RawClaims {
     htu: Option<String>,
     iat: Option<i64>,
     ath: Option<String>,
+    nonce: Option<String>,
 }
 
 /// JWK members a public key may carry; anything else (a private `d`, a
@@ -265,10 +271,16 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
             return Err(ProofError::AccessTokenHash);
         }
     }
+    // A nonce is at most what this crate's sources issue, with some room
+    // for another server's; longer is refused rather than carried.
+    if claims.nonce.as_ref().is_some_and(|n| n.is_empty() || n.len() > 256) {
+        return Err(ProofError::Malformed("`nonce` is empty or longer than 256 bytes"));
+    }
     Ok(VerifiedProof {
         jkt: jwk.thumbprint(),
         jti,
         iat,
+        nonce: claims.nonce,
     })
 }
 
@@ -325,10 +337,26 @@ pub fn sign_proof(
     iat: DateTime<Utc>,
     access_token: Option<&str>,
 ) -> Result<String, KeyError> {
+    sign_proof_with_nonce(key, htm, htu, jti, iat, access_token, None)
+}
+
+/// [`sign_proof`] with the server-provided `nonce` (RFC 9449 section 8).
+pub fn sign_proof_with_nonce(
+    key: &SigningKey,
+    htm: &str,
+    htu: &str,
+    jti: &str,
+    iat: DateTime<Utc>,
+    access_token: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<String, KeyError> {
     let header = serde_json::json!({ "typ": PROOF_TYP, "alg": key.algorithm().as_jose(), "jwk": public_members(key) });
     let mut claims = serde_json::json!({ "jti": jti, "htm": htm, "htu": htu, "iat": iat.timestamp() });
     if let (Some(token), Some(map)) = (access_token, claims.as_object_mut()) {
         map.insert("ath".into(), access_token_hash(token).into());
+    }
+    if let (Some(nonce), Some(map)) = (nonce, claims.as_object_mut()) {
+        map.insert("nonce".into(), nonce.into());
     }
     let header = serde_json::to_vec(&header).map_err(KeyError::Claims)?;
     let claims = serde_json::to_vec(&claims).map_err(KeyError::Claims)?;

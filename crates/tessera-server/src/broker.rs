@@ -19,6 +19,7 @@ mod error;
 mod grants;
 mod identities;
 mod keys;
+pub mod oauth;
 pub mod policy;
 mod pop;
 mod record;

@@ -633,6 +633,10 @@ struct RawIdentity {
     /// Unix-socket selectors.
     #[serde(default)]
     unix: Option<crate::attest::config::RawUnixSelector>,
+    /// A JWK Set of the public keys the identity signs OAuth client
+    /// assertions with (`private_key_jwt` at the HTTPS token endpoint).
+    #[serde(default)]
+    client_jwks_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1035,7 +1039,7 @@ impl RawConfig {
             ));
         }
         let anomaly = self.anomaly.validate()?;
-        let oauth = self.oauth.validate()?;
+        let oauth = self.oauth.validate(base)?;
         let console = self.console.validate(oauth.listen.is_some())?;
 
         let trust_domains = crate::attest::config::trust_domains(self.tls.trust_domains, base, td)?;
@@ -1054,7 +1058,24 @@ impl RawConfig {
             if !known.contains(id.trust_domain()) {
                 return Err(key_error(key("id"), format!("`{id}` is not in trust domain `{td}`")));
             }
-            let rules = crate::attest::config::identity_rules(&key, raw.attestation, raw.unix)?;
+            let client_keys = match raw.client_jwks_file {
+                None => None,
+                Some(path) => {
+                    let path = resolve(base, path);
+                    let bytes = std::fs::read(&path)
+                        .map_err(|e| key_error(key("client_jwks_file"), format!("`{}`: {e}", path.display())))?;
+                    let keys = tessera_core::attestation::IssuerKeys::from_json(&bytes)
+                        .map_err(|e| key_error(key("client_jwks_file"), format!("`{}`: {e}", path.display())))?;
+                    if keys.is_empty() {
+                        return Err(key_error(
+                            key("client_jwks_file"),
+                            format!("`{}` holds no signing key", path.display()),
+                        ));
+                    }
+                    Some(std::sync::Arc::new(keys))
+                }
+            };
+            let rules = crate::attest::config::identity_rules(&key, raw.attestation, raw.unix, client_keys)?;
             if !seen.insert(id.clone()) {
                 return Err(key_error(key("id"), format!("`{id}` is registered twice")));
             }

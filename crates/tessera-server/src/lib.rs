@@ -77,6 +77,9 @@ pub enum ServeError {
     /// The Redis audit stream could not be opened.
     #[error("config key `audit.redis_stream`: {0}")]
     AuditStream(#[source] audit::AuditError),
+    /// The DPoP nonce key cannot be read or used.
+    #[error("config key `oauth.dpop_nonce_key_file`: {0}")]
+    DpopNonce(String),
     /// The approvals webhook is misconfigured.
     #[error("broker could not start: {0}")]
     Webhook(#[source] http::webhook::WebhookError),
@@ -408,14 +411,27 @@ pub async fn serve(
             .clone()
             .or_else(|| oauth_addr.map(|a| format!("https://{a}")))
             .unwrap_or_else(|| "https://localhost".to_owned());
+        let nonces = if config.oauth.dpop_nonce {
+            let window = chrono::Duration::from_std(config.oauth.dpop_nonce_window).unwrap_or(chrono::Duration::MAX);
+            let source = match &config.oauth.dpop_nonce_key_file {
+                Some(path) => std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|key| tessera_core::pop::NonceSource::new(&key, window).map_err(|e| e.to_string())),
+                None => tessera_core::pop::NonceSource::random(window).map_err(|e| e.to_string()),
+            };
+            Some(source.map_err(ServeError::DpopNonce)?)
+        } else {
+            None
+        };
         Arc::new(http::oauth::Facade::new(
             broker.clone(),
-            attestors.trust.clone(),
+            attestors.clone(),
             shared.limiter.clone(),
             config.tokens.issuer.clone(),
             config.tokens.leeway_secs,
             &public_url,
             config.oauth.max_body_bytes,
+            nonces,
         ))
     };
     let (reloader, unix) = attest::start(&config, &broker, &attestors)?;

@@ -328,6 +328,121 @@ pub fn verify(
     keys: &IssuerKeys,
     now: DateTime<Utc>,
 ) -> Result<JwtAttestation, JwtError> {
+    let audiences = [policy.audience.as_str()];
+    let checked = check_signed(parsed, policy, keys, now, &audiences, policy.single_use_jti)?;
+    let id = policy.mapping.map(&parsed.claims)?;
+    if !policy.trust_domains.contains(id.trust_domain()) {
+        return Err(JwtError::Mapping(MappingError::TrustDomain));
+    }
+    Ok(JwtAttestation {
+        id,
+        issuer: policy.name.clone(),
+        single_use_jti: checked.jti,
+        replay_until: checked.replay_until,
+    })
+}
+
+/// The same checks as [`verify`], for a token presented as an OAuth
+/// assertion (RFC 7523: the `jwt-bearer` grant): its `aud` must name one of
+/// `audiences` (the token endpoint URL or the broker's issuer identifier,
+/// never the issuer's gRPC attestation audience) and it must carry a `jti`,
+/// whatever the issuer's `single_use_jti` says (RFC 7523 section 3 item 7:
+/// an assertion is used once). Everything else, the mapping to a SPIFFE ID
+/// included, is the issuer's policy, exactly as on the gRPC port.
+pub fn verify_assertion(
+    parsed: &ParsedJwt,
+    policy: &IssuerPolicy,
+    keys: &IssuerKeys,
+    now: DateTime<Utc>,
+    audiences: &[&str],
+) -> Result<JwtAttestation, JwtError> {
+    let checked = check_signed(parsed, policy, keys, now, audiences, true)?;
+    let id = policy.mapping.map(&parsed.claims)?;
+    if !policy.trust_domains.contains(id.trust_domain()) {
+        return Err(JwtError::Mapping(MappingError::TrustDomain));
+    }
+    Ok(JwtAttestation {
+        id,
+        issuer: policy.name.clone(),
+        single_use_jti: checked.jti,
+        replay_until: checked.replay_until,
+    })
+}
+
+/// Longest age of a `private_key_jwt` client assertion (RFC 7523 section
+/// 2.2): a client signs a fresh one for every request.
+pub const CLIENT_ASSERTION_MAX_AGE: Duration = Duration::minutes(5);
+
+/// A verified `private_key_jwt` client assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAssertion {
+    /// Its `jti`: the caller records it as used until [`Self::replay_until`].
+    pub jti: String,
+    /// `exp` plus leeway.
+    pub replay_until: DateTime<Utc>,
+}
+
+/// RFC 7523 section 3 for client authentication (`private_key_jwt`, RFC
+/// 7523 section 2.2): `iss` and `sub` are both exactly `client` (the
+/// registered identity), the signature is by one of `keys` (the keys
+/// registered for that identity, by `kid`), `aud` names one of `audiences`,
+/// `exp`, `iat` (at most [`CLIENT_ASSERTION_MAX_AGE`] old) and `jti` are
+/// required. The same hardened parse and signature check as attestation
+/// tokens (module docs, steps 1 to 6): no `none`, no HMAC, no header keys.
+pub fn verify_client_assertion(
+    token: &str,
+    client: &SpiffeId,
+    keys: &IssuerKeys,
+    audiences: &[&str],
+    now: DateTime<Utc>,
+    leeway: Duration,
+) -> Result<ClientAssertion, JwtError> {
+    let policy = IssuerPolicy {
+        name: client.to_string(),
+        issuer: client.to_string(),
+        audience: audiences.first().copied().unwrap_or_default().to_owned(),
+        allow_multiple_audiences: false,
+        algorithms: JwtAlgorithm::ALL.into_iter().collect(),
+        max_age: CLIENT_ASSERTION_MAX_AGE,
+        leeway,
+        single_use_jti: true,
+        // The subject is pinned to `client` below; no claim is mapped.
+        mapping: ClaimMapping::pinned(client),
+        trust_domains: BTreeSet::from([client.trust_domain().to_owned()]),
+    };
+    let parsed = parse(token, std::slice::from_ref(&policy))?;
+    let checked = check_signed(&parsed, &policy, keys, now, audiences, true)?;
+    match parsed.claims.get("sub") {
+        Some(serde_json::Value::String(sub)) if sub == client.as_str() => {}
+        _ => return Err(JwtError::Mapping(MappingError::Missing("sub".to_owned()))),
+    }
+    let jti = checked.jti.ok_or_else(|| JwtError::Jti(policy.name.clone()))?;
+    Ok(ClientAssertion {
+        jti,
+        replay_until: checked.replay_until,
+    })
+}
+
+/// What [`check_signed`] found.
+struct Checked {
+    jti: Option<String>,
+    replay_until: DateTime<Utc>,
+}
+
+/// Steps 5 and 6 of the module docs but the mapping: the signature, `iss`,
+/// `aud` (one of `audiences`), the time claims and, when `require_jti`, a
+/// usable `jti`.
+fn check_signed(
+    parsed: &ParsedJwt,
+    policy: &IssuerPolicy,
+    keys: &IssuerKeys,
+    now: DateTime<Utc>,
+    expected_audiences: &[&str],
+    require_jti: bool,
+) -> Result<Checked, JwtError> {
+    if expected_audiences.is_empty() {
+        return Err(JwtError::Audience);
+    }
     if !policy.algorithms.contains(&parsed.alg) {
         return Err(JwtError::Algorithm);
     }
@@ -341,7 +456,7 @@ pub fn verify(
     jsonwebtoken::decode::<IgnoredAny>(
         &parsed.token,
         &key.decoding_key(),
-        &validation(parsed.alg, policy, leeway),
+        &validation(parsed.alg, policy, leeway, expected_audiences),
     )
     .map_err(|e| refused_by_jose(&e))?;
     let claims = &parsed.claims;
@@ -356,7 +471,7 @@ pub fn verify(
         Some(_) => return Err(JwtError::Claim("aud")),
         None => return Err(JwtError::Audience),
     };
-    if !audiences.contains(&policy.audience.as_str()) {
+    if !audiences.iter().any(|a| expected_audiences.contains(a)) {
         return Err(JwtError::Audience);
     }
     if audiences.len() > 1 && !policy.allow_multiple_audiences {
@@ -381,7 +496,7 @@ pub fn verify(
         return Err(JwtError::TooOld(policy.name.clone()));
     }
 
-    let single_use_jti = if policy.single_use_jti {
+    let single_use_jti = if require_jti {
         match claims.get("jti") {
             Some(serde_json::Value::String(jti))
                 if !jti.is_empty() && jti.len() <= MAX_JTI_LEN && jti.bytes().all(|b| b.is_ascii_graphic()) =>
@@ -393,22 +508,20 @@ pub fn verify(
     } else {
         None
     };
-
-    let id = policy.mapping.map(claims)?;
-    if !policy.trust_domains.contains(id.trust_domain()) {
-        return Err(JwtError::Mapping(MappingError::TrustDomain));
-    }
-    Ok(JwtAttestation {
-        id,
-        issuer: policy.name.clone(),
-        single_use_jti,
+    Ok(Checked {
+        jti: single_use_jti,
         replay_until: exp + leeway,
     })
 }
 
 /// What `jsonwebtoken` checks, every field set here rather than left to
 /// the crate's defaults.
-fn validation(alg: JwtAlgorithm, policy: &IssuerPolicy, leeway: Duration) -> jsonwebtoken::Validation {
+fn validation(
+    alg: JwtAlgorithm,
+    policy: &IssuerPolicy,
+    leeway: Duration,
+    audiences: &[&str],
+) -> jsonwebtoken::Validation {
     let alg = match alg {
         JwtAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
         JwtAlgorithm::Es384 => jsonwebtoken::Algorithm::ES384,
@@ -421,7 +534,7 @@ fn validation(alg: JwtAlgorithm, policy: &IssuerPolicy, leeway: Duration) -> jso
     // (jsonwebtoken has no way to require `iat`; step 6 does.)
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v.set_issuer(&[policy.issuer.as_str()]);
-    v.set_audience(&[policy.audience.as_str()]);
+    v.set_audience(audiences);
     v.validate_aud = true;
     v.leeway = u64::try_from(leeway.num_seconds()).unwrap_or(0);
     v.reject_tokens_expiring_in_less_than = 0;

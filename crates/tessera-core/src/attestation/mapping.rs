@@ -135,6 +135,16 @@ impl ClaimMapping {
         })
     }
 
+    /// A rule that maps any claims to `id` itself: for a token whose
+    /// subject is checked against `id` by its caller (an OAuth client
+    /// assertion names its client exactly), never for an issuer's tokens.
+    pub fn pinned(id: &SpiffeId) -> Self {
+        Self {
+            template: id.to_string(),
+            parts: vec![Part::Literal(id.to_string())],
+        }
+    }
+
     /// The trust domain every mapped ID is in.
     pub fn trust_domain(&self) -> &str {
         self.template

@@ -231,6 +231,16 @@ pub struct AuditEvent {
     /// digest prefix of the session, never its cookie), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_session: Option<String>,
+    /// The OAuth grant type of a request to the HTTPS token endpoint
+    /// (`jwt-bearer`, `client_credentials`, `token-exchange`), when it came
+    /// that way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_type: Option<String>,
+    /// How that request's client authenticated (`tls_client_auth`,
+    /// `private_key_jwt`, `client_assertion` by a trusted issuer, or
+    /// `none` for a bare `jwt-bearer` assertion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<String>,
 }
 
 impl AuditEvent {
@@ -268,6 +278,8 @@ impl AuditEvent {
             blast_radius: None,
             approval_id: None,
             console_session: None,
+            grant_type: None,
+            client_auth: None,
         }
     }
 }

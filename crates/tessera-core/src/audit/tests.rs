@@ -482,6 +482,8 @@ fn any_event() -> impl Strategy<Value = AuditEvent> {
             count,
             blast_radius,
             approval_id,
+            grant_type: console_session.clone(),
+            client_auth: console_session.clone(),
             console_session,
         },
     )

@@ -113,6 +113,19 @@ impl ProofKey {
         self.proof_at(htm, htu, SystemClock.now().timestamp(), access_token)
     }
 
+    /// [`ProofKey::proof`] carrying the server-provided `nonce` (RFC 9449
+    /// section 8), as asked for by a `DPoP-Nonce` header.
+    pub fn proof_with_nonce(
+        &self,
+        htm: &str,
+        htu: &str,
+        nonce: &str,
+        access_token: Option<&str>,
+    ) -> Result<String, KeyError> {
+        let iat = SystemClock.now();
+        super::sign_proof_with_nonce(&self.key, htm, htu, &self.random_jti()?, iat, access_token, Some(nonce))
+    }
+
     /// 128 random bits, base64url: a `jti` no other proof has.
     fn random_jti(&self) -> Result<String, KeyError> {
         let mut jti = [0u8; 16];

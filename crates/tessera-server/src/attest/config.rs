@@ -481,8 +481,19 @@ pub(crate) fn identity_rules(
     key: &dyn Fn(&str) -> String,
     methods: Option<BTreeSet<AttestationMethod>>,
     unix: Option<RawUnixSelector>,
+    client_keys: Option<std::sync::Arc<tessera_core::attestation::IssuerKeys>>,
 ) -> Result<AttestationRules, ConfigError> {
-    let methods = methods.unwrap_or_else(|| {
+    if methods
+        .as_ref()
+        .is_some_and(|m| m.contains(&AttestationMethod::PrivateKeyJwt))
+        && client_keys.is_none()
+    {
+        return Err(key_error(
+            key("client_jwks_file"),
+            "attestation by private_key_jwt needs the client's keys",
+        ));
+    }
+    let mut methods = methods.unwrap_or_else(|| {
         // Default x509; an identity with unix selectors may also use unix.
         let mut m = BTreeSet::from([AttestationMethod::X509]);
         if unix.is_some() {
@@ -490,6 +501,10 @@ pub(crate) fn identity_rules(
         }
         m
     });
+    // Registering client keys is the opt-in to `private_key_jwt`.
+    if client_keys.is_some() {
+        methods.insert(AttestationMethod::PrivateKeyJwt);
+    }
     if methods.is_empty() {
         return Err(key_error(key("attestation"), "at least one of x509, jwt, unix"));
     }
@@ -528,7 +543,11 @@ pub(crate) fn identity_rules(
     if methods.contains(&AttestationMethod::Unix) && unix.is_none() {
         return Err(key_error(key("unix"), "attestation by unix needs unix selectors"));
     }
-    Ok(AttestationRules { methods, unix })
+    Ok(AttestationRules {
+        methods,
+        unix,
+        client_keys,
+    })
 }
 
 #[cfg(test)]

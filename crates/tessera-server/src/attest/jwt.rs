@@ -296,13 +296,40 @@ impl JwtAttestor {
 
     /// Verifies `token` at `now` and, for a single-use issuer, records its `jti`.
     pub async fn attest(&self, token: &str, now: DateTime<Utc>) -> Result<JwtAttestation, JwtRefusal> {
+        self.attest_as(token, now, None).await
+    }
+
+    /// The same attestation for a token presented as an OAuth assertion at
+    /// the HTTPS token endpoint (RFC 7523): the same issuers, keys,
+    /// algorithms, time checks and mapping, but its `aud` must be one of
+    /// `audiences` and its `jti` is required and used once, whatever the
+    /// issuer's `single_use_jti` (recorded in the same replay namespace as
+    /// attestation tokens, so one `jti` serves one of the two, once).
+    pub async fn attest_assertion(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        audiences: &[&str],
+    ) -> Result<JwtAttestation, JwtRefusal> {
+        self.attest_as(token, now, Some(audiences)).await
+    }
+
+    async fn attest_as(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        assertion_audiences: Option<&[&str]>,
+    ) -> Result<JwtAttestation, JwtRefusal> {
         let parsed = jwt::parse(token, &self.policies)?;
         let cache = self
             .caches
             .get(parsed.issuer_index())
             .ok_or(JwtRefusal::Token(JwtError::Issuer))?;
         let keys = cache.keys_for(parsed.kid()).await?;
-        let attested = jwt::verify(&parsed, &cache.config.policy, &keys, now)?;
+        let attested = match assertion_audiences {
+            None => jwt::verify(&parsed, &cache.config.policy, &keys, now)?,
+            Some(audiences) => jwt::verify_assertion(&parsed, &cache.config.policy, &keys, now, audiences)?,
+        };
         if let Some(jti) = &attested.single_use_jti {
             let id = format!("{}:{jti}", attested.issuer);
             match self

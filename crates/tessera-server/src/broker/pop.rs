@@ -38,6 +38,14 @@ pub enum BindingAsk {
     ClientCertificate,
     /// Both: refused (and audited), a token has one binding.
     ProofAndCertificate,
+    /// A `DPoP` header at the HTTPS token endpoint (RFC 9449): a proof for
+    /// `POST` `htu` (the endpoint's URL), bound to its key (`cnf.jkt`).
+    Dpop {
+        /// The proof.
+        proof: String,
+        /// The token endpoint's URL.
+        htu: String,
+    },
 }
 
 impl BindingAsk {
@@ -67,6 +75,7 @@ impl Broker {
             )),
             BindingAsk::ClientCertificate => certificate_binding(who),
             BindingAsk::Proof(proof) => self.proof_binding("pop_proof", proof, REQUEST_TOKEN_HTU).await,
+            BindingAsk::Dpop { proof, htu } => self.proof_binding("DPoP", proof, htu).await,
         };
         match binding {
             Ok(b) => Ok(Some(b)),

@@ -42,6 +42,10 @@ impl Broker {
         }
         event.request_id = crate::telemetry::current_request_id();
         event.console_session = super::console::current_session();
+        if let Some(grant) = super::oauth::current_grant() {
+            event.grant_type = Some(grant.grant_type.to_owned());
+            event.client_auth = Some(grant.client_auth.to_owned());
+        }
         event
     }
 

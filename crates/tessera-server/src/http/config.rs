@@ -6,6 +6,9 @@
 //! public_url = "https://127.0.0.1:7445"  # how clients reach it (metadata URLs)
 //! max_body_bytes = 16384
 //! request_timeout = "10s"
+//! dpop_nonce = true                  # DPoP proofs at the token endpoint carry a server nonce
+//! dpop_nonce_window = "2m"           # a nonce lives one to two windows
+//! dpop_nonce_key_file = "nonce.key"  # >= 32 bytes shared by replicas; absent: per replica
 //! ```
 
 use std::net::SocketAddr;
@@ -27,6 +30,14 @@ pub struct OAuthConfig {
     pub max_body_bytes: usize,
     /// A request not answered by then gets 503.
     pub request_timeout: Duration,
+    /// Require a server nonce in DPoP proofs at the token endpoint (RFC
+    /// 9449 section 8).
+    pub dpop_nonce: bool,
+    /// How long one nonce window lasts.
+    pub dpop_nonce_window: Duration,
+    /// The nonce key shared by replicas, if configured (else each replica
+    /// draws its own at start).
+    pub dpop_nonce_key_file: Option<std::path::PathBuf>,
 }
 
 /// `[oauth]` as written in the file.
@@ -41,6 +52,12 @@ pub(crate) struct RawOAuth {
     max_body_bytes: usize,
     #[serde(default = "default_timeout", with = "crate::config::humantime_serde")]
     request_timeout: Duration,
+    #[serde(default = "default_true")]
+    dpop_nonce: bool,
+    #[serde(default = "default_nonce_window", with = "crate::config::humantime_serde")]
+    dpop_nonce_window: Duration,
+    #[serde(default)]
+    dpop_nonce_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawOAuth {
@@ -50,6 +67,9 @@ impl Default for RawOAuth {
             public_url: None,
             max_body_bytes: default_max_body(),
             request_timeout: default_timeout(),
+            dpop_nonce: true,
+            dpop_nonce_window: default_nonce_window(),
+            dpop_nonce_key_file: None,
         }
     }
 }
@@ -63,6 +83,12 @@ fn default_max_body() -> usize {
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_true() -> bool {
+    true
+}
+fn default_nonce_window() -> Duration {
+    Duration::from_secs(120)
+}
 
 fn key(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Key {
@@ -73,7 +99,7 @@ fn key(key: &str, message: impl Into<String>) -> ConfigError {
 
 impl RawOAuth {
     /// Checks every key.
-    pub(crate) fn validate(self) -> Result<OAuthConfig, ConfigError> {
+    pub(crate) fn validate(self, base: &std::path::Path) -> Result<OAuthConfig, ConfigError> {
         let listen = if self.listen == "off" {
             None
         } else {
@@ -103,11 +129,33 @@ impl RawOAuth {
         if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(300) {
             return Err(key("request_timeout", "must be between 1ms and 5m"));
         }
+        if self.dpop_nonce_window < Duration::from_secs(10) || self.dpop_nonce_window > Duration::from_secs(3600) {
+            return Err(key("dpop_nonce_window", "must be between 10s and 1h"));
+        }
+        let dpop_nonce_key_file = self
+            .dpop_nonce_key_file
+            .map(|p| if p.is_absolute() { p } else { base.join(p) });
+        if let Some(path) = &dpop_nonce_key_file {
+            // Read at start by the facade; checked here so `--check` names it.
+            match std::fs::metadata(path) {
+                Ok(m) if m.len() >= 32 && m.len() <= 4096 => {}
+                Ok(_) => {
+                    return Err(key(
+                        "dpop_nonce_key_file",
+                        format!("`{}` must hold 32 to 4096 bytes", path.display()),
+                    ));
+                }
+                Err(e) => return Err(key("dpop_nonce_key_file", format!("`{}`: {e}", path.display()))),
+            }
+        }
         Ok(OAuthConfig {
             listen,
             public_url,
             max_body_bytes: self.max_body_bytes,
             request_timeout: self.request_timeout,
+            dpop_nonce: self.dpop_nonce,
+            dpop_nonce_window: self.dpop_nonce_window,
+            dpop_nonce_key_file,
         })
     }
 }
@@ -120,14 +168,14 @@ mod tests {
 
     #[test]
     fn defaults_and_errors_name_the_key() {
-        let config = RawOAuth::default().validate().unwrap();
+        let config = RawOAuth::default().validate(std::path::Path::new(".")).unwrap();
         assert_eq!(config.listen.map(|a| a.port()), Some(7445));
         assert_eq!(config.max_body_bytes, 16 * 1024);
         let off = RawOAuth {
             listen: "off".into(),
             ..RawOAuth::default()
         };
-        assert_eq!(off.validate().unwrap().listen, None);
+        assert_eq!(off.validate(std::path::Path::new(".")).unwrap().listen, None);
         for (raw, bad_key) in [
             (
                 RawOAuth {
@@ -151,7 +199,7 @@ mod tests {
                 "oauth.max_body_bytes",
             ),
         ] {
-            let err = raw.validate().unwrap_err().to_string();
+            let err = raw.validate(std::path::Path::new(".")).unwrap_err().to_string();
             assert!(err.contains(bad_key), "{err}");
         }
         let url = RawOAuth {
@@ -159,7 +207,7 @@ mod tests {
             ..RawOAuth::default()
         };
         assert_eq!(
-            url.validate().unwrap().public_url.as_deref(),
+            url.validate(std::path::Path::new(".")).unwrap().public_url.as_deref(),
             Some("https://auth.example.com")
         );
     }

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod console;
+pub mod grants;
 pub mod oauth;
 pub mod webhook;
 

@@ -6,7 +6,7 @@
 //! | `GET /.well-known/oauth-authorization-server` | 8414 | anyone |
 //! | `POST /oauth/introspect` | 7662 | `verifier` or `operator` identities |
 //! | `POST /oauth/revoke` | 7009 | the token's holder, or an operator |
-//! | `POST /oauth/token` | 8693 | agents (token exchange) |
+//! | `POST /oauth/token` | 8693, 7523, 6749 | agents: token exchange, `jwt-bearer`, `client_credentials` (see [`super::grants`]) |
 //!
 //! **Client authentication** is mutual TLS (`tls_client_auth`, RFC 8705
 //! section 2): the caller's X.509-SVID, verified against the trust bundle
@@ -14,7 +14,9 @@
 //! gRPC port (quarantine and per-identity rate limits included). A POST
 //! without a client certificate, or with one naming no enabled identity, is
 //! answered `401` with `WWW-Authenticate: MutualTLS realm="tessera"` and an
-//! RFC 6749 section 5.2 `invalid_client` body.
+//! RFC 6749 section 5.2 `invalid_client` body. The token endpoint also
+//! takes `private_key_jwt` client assertions and, for the `jwt-bearer`
+//! grant, no client authentication at all ([`super::grants`]).
 //!
 //! Every POST answer carries `Cache-Control: no-store` and `Pragma:
 //! no-cache`. Parameters may appear once each (RFC 6749 section 3.1); the
@@ -65,14 +67,20 @@ const METADATA_CACHE: &str = "public, max-age=300";
 
 /// What the facade's handlers share.
 pub struct Facade {
-    broker: Arc<Broker>,
+    pub(super) broker: Arc<Broker>,
     /// The trust bundles of the gRPC port (reloaded with them).
-    trust: Arc<crate::attest::trust::TrustStore>,
-    limiter: Arc<IdentityLimiter>,
-    issuer: String,
-    leeway_secs: i64,
+    pub(super) trust: Arc<crate::attest::trust::TrustStore>,
+    pub(super) limiter: Arc<IdentityLimiter>,
+    pub(super) issuer: String,
+    pub(super) leeway_secs: i64,
     metadata: String,
     max_body_bytes: usize,
+    /// The token endpoint's URL: the `aud` of assertions, the `htu` of DPoP proofs.
+    pub(super) token_endpoint: String,
+    /// The gRPC port's attestors (JWT issuers for `jwt-bearer`).
+    pub(super) attestors: Arc<crate::attest::Attestors>,
+    /// DPoP nonces at the token endpoint, when required.
+    pub(super) nonces: Option<tessera_core::pop::NonceSource>,
 }
 
 impl std::fmt::Debug for Facade {
@@ -85,40 +93,64 @@ impl std::fmt::Debug for Facade {
 
 impl Facade {
     /// A facade for `broker` whose endpoints are reached at `public_url`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one setting of the facade; a struct would only rename them"
+    )]
     pub fn new(
         broker: Arc<Broker>,
-        trust: Arc<crate::attest::trust::TrustStore>,
+        attestors: Arc<crate::attest::Attestors>,
         limiter: Arc<IdentityLimiter>,
         issuer: String,
         leeway_secs: i64,
         public_url: &str,
         max_body_bytes: usize,
+        nonces: Option<tessera_core::pop::NonceSource>,
     ) -> Self {
-        let metadata = metadata(&issuer, public_url).to_string();
+        let jwt_bearer = attestors.jwt.is_some();
+        let metadata = metadata(&issuer, public_url, jwt_bearer).to_string();
         Self {
             broker,
-            trust,
+            trust: attestors.trust.clone(),
             limiter,
             issuer,
             leeway_secs,
             metadata,
             max_body_bytes,
+            token_endpoint: format!("{public_url}{TOKEN_PATH}"),
+            attestors,
+            nonces,
         }
     }
 }
 
-/// RFC 8414 section 2: the authorization server metadata.
-pub fn metadata(issuer: &str, public_url: &str) -> Value {
+/// RFC 8414 section 2: the authorization server metadata, listing exactly
+/// what the token endpoint accepts (`jwt-bearer` only when JWT issuers are
+/// configured: without them no assertion could be trusted).
+pub fn metadata(issuer: &str, public_url: &str, jwt_bearer: bool) -> Value {
+    use super::grants::{CLIENT_CREDENTIALS, JWT_BEARER, TESSERA_TASK};
+    let mut grants = vec![TOKEN_EXCHANGE, CLIENT_CREDENTIALS];
+    if jwt_bearer {
+        grants.push(JWT_BEARER);
+    }
+    let algs: Vec<&str> = tessera_core::attestation::JwtAlgorithm::ALL
+        .iter()
+        .map(|a| a.as_jose())
+        .collect();
     json!({
         "issuer": issuer,
         "jwks_uri": format!("{public_url}{JWKS_PATH}"),
         "token_endpoint": format!("{public_url}{TOKEN_PATH}"),
         "introspection_endpoint": format!("{public_url}{INTROSPECT_PATH}"),
         "revocation_endpoint": format!("{public_url}{REVOKE_PATH}"),
-        "grant_types_supported": [TOKEN_EXCHANGE],
+        "grant_types_supported": grants,
         // No authorization endpoint: tokens come from attestation, not redirects.
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+        "token_endpoint_auth_methods_supported": ["tls_client_auth", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "authorization_details_types_supported": [TESSERA_TASK],
+        // RFC 8707: `resource` is required and becomes the token's audience.
+        "resource_indicators_supported": true,
         "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
         "revocation_endpoint_auth_methods_supported": ["tls_client_auth"],
         "tls_client_certificate_bound_access_tokens": true,
@@ -186,28 +218,31 @@ pub(crate) struct OAuthError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    /// A fresh `DPoP-Nonce` to send (with `use_dpop_nonce`, RFC 9449 section 8).
+    pub(super) dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
         Self {
             status,
             code,
             description: description.into(),
+            dpop_nonce: None,
         }
     }
 
-    fn invalid_request(description: impl Into<String>) -> Self {
+    pub(super) fn invalid_request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
-    fn invalid_client(description: impl Into<String>) -> Self {
+    pub(super) fn invalid_client(description: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
     }
 
     /// A broker refusal, mapped through the gRPC status of `status.rs` (which
     /// also logs internal errors and counts store errors).
-    fn from_broker(e: BrokerError) -> Self {
+    pub(super) fn from_broker(e: BrokerError) -> Self {
         let status = crate::status::from_broker(e);
         let (http, code) = match status.code() {
             Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "invalid_client"),
@@ -230,6 +265,11 @@ impl IntoResponse for OAuthError {
             Json(json!({"error": self.code, "error_description": description})),
         )
             .into_response();
+        if let Some(nonce) = &self.dpop_nonce
+            && let Ok(value) = HeaderValue::from_str(nonce)
+        {
+            response.headers_mut().insert("dpop-nonce", value);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             let challenge = format!(r#"MutualTLS realm="tessera", error="{}""#, self.code);
             if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -245,14 +285,14 @@ impl IntoResponse for OAuthError {
     }
 }
 
-fn no_store(mut response: Response) -> Response {
+pub(super) fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
-fn json_no_store(body: Value) -> Response {
+pub(super) fn json_no_store(body: Value) -> Response {
     no_store((StatusCode::OK, Json(body)).into_response())
 }
 
@@ -260,7 +300,7 @@ impl Facade {
     /// The caller's attested identity, from its TLS client certificate,
     /// verified against the same trust bundles (every trust domain, reloaded
     /// without a restart) as on the gRPC port.
-    async fn authenticate(&self, peer: &PeerCertificate) -> Result<VerifiedIdentity, OAuthError> {
+    pub(super) async fn authenticate(&self, peer: &PeerCertificate) -> Result<VerifiedIdentity, OAuthError> {
         let Some(cert) = &peer.cert else {
             return Err(OAuthError::invalid_client(
                 "client authentication required: present an X.509-SVID of a registered identity (tls_client_auth)",
@@ -291,6 +331,12 @@ impl Facade {
             Ok(who) => who,
             Err(e) => return Err(refuse(Some(&svid.id), e.to_string()).await),
         };
+        self.admit(who).await
+    }
+
+    /// An attested caller admitted (not quarantined) and within its
+    /// per-identity rate, as on the gRPC port.
+    pub(super) async fn admit(&self, who: VerifiedIdentity) -> Result<VerifiedIdentity, OAuthError> {
         self.broker.admit(&who).await.map_err(OAuthError::from_broker)?;
         self.limiter.check(who.id()).map_err(|status| {
             OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", status.message().to_owned())
@@ -300,7 +346,9 @@ impl Facade {
 }
 
 /// The form's parameters; each may appear once (RFC 6749 section 3.1).
-fn params(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<HashMap<String, String>, OAuthError> {
+pub(super) fn params(
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<HashMap<String, String>, OAuthError> {
     let Form(pairs) = form.map_err(|rejection| match rejection {
         FormRejection::InvalidFormContentType(_) => {
             OAuthError::invalid_request("the body must be application/x-www-form-urlencoded")
@@ -328,7 +376,7 @@ fn params(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<Ha
     Ok(map)
 }
 
-fn required<'a>(params: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, OAuthError> {
+pub(super) fn required<'a>(params: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, OAuthError> {
     match params.get(name).map(String::as_str) {
         Some(value) if !value.is_empty() => Ok(value),
         _ => Err(OAuthError::invalid_request(format!("parameter `{name}` is required"))),
@@ -444,19 +492,64 @@ async fn revoke(
 async fn token(
     State(facade): State<Arc<Facade>>,
     Extension(peer): Extension<PeerCertificate>,
+    headers: axum::http::HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, OAuthError> {
+    // Without a client certificate nor a client assertion, only a
+    // `jwt-bearer` grant can go on: everything else is refused as before,
+    // before the body is read.
+    let params = match params(form) {
+        Ok(params) => params,
+        Err(e) if peer.cert.is_none() => {
+            drop(e);
+            return Err(OAuthError::invalid_client(
+                "client authentication required: present an X.509-SVID of a registered identity (tls_client_auth) or a client assertion (private_key_jwt)",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let grant_type = match params.get("grant_type").map(String::as_str) {
+        Some(grant) if grant == super::grants::JWT_BEARER || grant == super::grants::CLIENT_CREDENTIALS => {
+            return super::grants::token(&facade, &peer, &headers, &params, grant).await;
+        }
+        other => other,
+    };
+    if params.contains_key("client_assertion") {
+        return Err(OAuthError::invalid_client(
+            "client assertions are accepted with the `jwt-bearer` and `client_credentials` grants",
+        ));
+    }
     let who = facade.authenticate(&peer).await?;
-    let params = params(form)?;
-    let grant_type = required(&params, "grant_type")?;
+    let grant_type = grant_type
+        .filter(|g| !g.is_empty())
+        .ok_or_else(|| OAuthError::invalid_request("parameter `grant_type` is required"))?;
     if grant_type != TOKEN_EXCHANGE {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            format!("only `{TOKEN_EXCHANGE}` is supported"),
+            format!(
+                "supported: `{TOKEN_EXCHANGE}`, `{}`, `{}`",
+                super::grants::JWT_BEARER,
+                super::grants::CLIENT_CREDENTIALS
+            ),
         ));
     }
-    let request = ExchangeRequest::parse(&params)?;
+    let grant = crate::broker::oauth::OAuthGrant {
+        grant_type: "token-exchange",
+        client_auth: "tls_client_auth",
+    };
+    crate::broker::oauth::in_grant(grant, exchange(&facade, &peer, &who, &params)).await
+}
+
+/// The RFC 8693 exchange of an authenticated client.
+async fn exchange(
+    facade: &Facade,
+    peer: &PeerCertificate,
+    who: &VerifiedIdentity,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let who = who.clone();
+    let request = ExchangeRequest::parse(params)?;
     let delegation = request.delegation(&who)?;
     // INVARIANT: `authenticate` succeeded, so there is a client certificate.
     let leaf = peer

@@ -1,0 +1,748 @@
+//! The token endpoint's grants for agents that speak OAuth instead of gRPC
+//! (MCP clients among them). Every token comes from
+//! [`Broker::request_token`](crate::broker::Broker::request_token), the
+//! RequestToken use case: the same decision, record, audit, caps and
+//! revocation at task end as over gRPC; each audit record of the request
+//! names its grant type and client authentication (`grant_type`,
+//! `client_auth`).
+//!
+//! **Grants**
+//! - `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523 section 2.1):
+//!   `assertion` is a workload JWT (a JWT-SVID, a Kubernetes
+//!   service-account token) of an issuer `[[attestation.jwt.issuers]]`
+//!   trusts. It is attested by the gRPC port's JWT attestor, the same code
+//!   (issuers, algorithm allow-list, keys, `exp`/`nbf`/`iat`, mapping to a
+//!   SPIFFE ID, the identity's `attestation` methods), except that its `aud`
+//!   must be this token endpoint's URL or the broker's issuer identifier
+//!   and its `jti` is required and single use across replicas (the shared
+//!   replay cache, until `exp`). The agent it names gets the token. Client
+//!   authentication is optional; when present it must name the same
+//!   identity.
+//! - `client_credentials` (RFC 6749 section 4.4): the authenticated client
+//!   gets the token.
+//!
+//! **Client authentication**
+//! - `tls_client_auth` (RFC 8705): the X.509-SVID of the connection.
+//! - `private_key_jwt` (RFC 7523 section 2.2): `client_assertion_type` =
+//!   [`CLIENT_ASSERTION_TYPE`], `client_assertion` a JWT whose `iss` and
+//!   `sub` are the client's SPIFFE ID, signed by a key registered for it
+//!   (`client_jwks_file` of its `[[identities]]` entry), `aud` as above,
+//!   `exp`, `iat` (at most 5 minutes old) and a single-use `jti`.
+//! - A `client_assertion` from a trusted attestation issuer (Workload
+//!   Identity Federation: a JWT-SVID as the client assertion) is attested
+//!   exactly as a `jwt-bearer` assertion (`client_auth` = `client_assertion`).
+//!
+//! One method per request: a client certificate and an assertion together
+//! are refused.
+//!
+//! **The request**: `resource` (RFC 8707, required, exactly one) becomes the
+//! token's audience and must be in the task's ceiling (`audience`, if sent,
+//! must equal it); `scope` is required; the task is named by `task_id` or by
+//! `authorization_details` (RFC 9396) holding one object of type
+//! [`TESSERA_TASK`]: `{"type":"tessera_task","task_id":"…"}`, with optional
+//! `locations` that must all be the `resource`. A `DPoP` header (RFC 9449)
+//! binds the token to its key (`cnf.jkt`, `token_type` `DPoP`); the proof
+//! must carry a nonce of this broker (`use_dpop_nonce` and a `DPoP-Nonce`
+//! header otherwise) unless `oauth.dpop_nonce = false`. Without DPoP, a
+//! client authenticated by certificate gets a certificate-bound token
+//! (`cnf.x5t#S256`), anyone else a bearer token if the scopes' class allows
+//! one.
+//!
+//! **Errors** (RFC 6749 section 5.2, RFC 7521 section 4.1.1, RFC 8707,
+//! RFC 9396, RFC 9449): a refused assertion is `invalid_grant`, a refused
+//! client `invalid_client` (401), a `resource` not in the ceiling
+//! `invalid_target`, scopes beyond it `invalid_scope`, bad
+//! `authorization_details` `invalid_authorization_details`, a bad proof
+//! `invalid_dpop_proof`, a missing or stale nonce `use_dpop_nonce`. Each is
+//! audited: an unattested caller as `attestation_refused`, an attested one
+//! as `token_denied`.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tessera_core::identity::{AttestationMethod, SpiffeId, VerifiedIdentity};
+use tessera_core::issuance::IssuanceError;
+use tessera_core::pop::{PROOF_MAX_AGE, ProofCheck};
+
+use super::PeerCertificate;
+use super::oauth::{Facade, OAuthError, json_no_store, required};
+use crate::attest::jwt::JwtRefusal;
+use crate::broker::oauth::{OAuthGrant, RefusedAsk, in_grant};
+use crate::broker::{BindingAsk, BrokerError, TokenAsk, TokenOutcome};
+
+/// RFC 7523 section 2.1.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// RFC 6749 section 4.4.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+/// RFC 7523 section 2.2.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The RFC 9396 `authorization_details` type naming a task.
+pub const TESSERA_TASK: &str = "tessera_task";
+/// Replay-cache namespace of `private_key_jwt` client assertion `jti`s.
+const CLIENT_ASSERTION_NAMESPACE: &str = "oauth-client-assertion";
+/// Most `authorization_details` objects in one request.
+const MAX_DETAILS: usize = 8;
+
+/// How the client authenticated, once it did.
+struct Client {
+    who: VerifiedIdentity,
+    /// `tls_client_auth`, `private_key_jwt` or `client_assertion`.
+    method: &'static str,
+}
+
+/// The token endpoint for [`JWT_BEARER`] and [`CLIENT_CREDENTIALS`].
+pub(super) async fn token(
+    facade: &Facade,
+    peer: &PeerCertificate,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    grant_type: &str,
+) -> Result<Response, OAuthError> {
+    let jwt_bearer = grant_type == JWT_BEARER;
+    let label = if jwt_bearer { "jwt-bearer" } else { "client_credentials" };
+    // The audit records of client authentication already name the grant;
+    // its method is known once it is.
+    let pending = OAuthGrant {
+        grant_type: label,
+        client_auth: if params.contains_key("client_assertion") {
+            "client_assertion"
+        } else if peer.cert.is_some() {
+            "tls_client_auth"
+        } else {
+            "none"
+        },
+    };
+    let client = in_grant(pending, authenticate_client(facade, peer, params)).await?;
+    let (who, client_auth) = match (jwt_bearer, client) {
+        (false, None) => {
+            return Err(OAuthError::invalid_client(
+                "client_credentials needs client authentication: an X.509-SVID (tls_client_auth) or a client assertion (private_key_jwt)",
+            ));
+        }
+        (false, Some(client)) => (client.who, client.method),
+        (true, client) => {
+            let grant = OAuthGrant {
+                grant_type: label,
+                client_auth: client.as_ref().map_or("none", |c| c.method),
+            };
+            let subject = in_grant(grant, attest_assertion(facade, peer, params)).await?;
+            if let Some(client) = &client
+                && client.who.id() != subject.id()
+            {
+                let e = in_grant(
+                    grant,
+                    facade.broker.oauth_refused(
+                        &client.who,
+                        &RefusedAsk::default(),
+                        "assertion",
+                        format!("the assertion names `{}`, not the authenticated client", subject.id()),
+                    ),
+                )
+                .await;
+                return Err(refusal(e, "invalid_grant"));
+            }
+            (subject, client.map_or("none", |c| c.method))
+        }
+    };
+    let grant = OAuthGrant {
+        grant_type: label,
+        client_auth,
+    };
+    in_grant(grant, issue(facade, &who, client_auth, headers, params)).await
+}
+
+/// The client's authentication, if it sent any. Refusals are audited as
+/// attestation refusals and answered `invalid_client`.
+async fn authenticate_client(
+    facade: &Facade,
+    peer: &PeerCertificate,
+    params: &HashMap<String, String>,
+) -> Result<Option<Client>, OAuthError> {
+    let assertion = params.get("client_assertion");
+    let assertion_type = params.get("client_assertion_type");
+    let Some(assertion) = assertion else {
+        if assertion_type.is_some() {
+            return Err(OAuthError::invalid_request(
+                "`client_assertion_type` without `client_assertion`",
+            ));
+        }
+        if peer.cert.is_none() {
+            return Ok(None);
+        }
+        let who = facade.authenticate(peer).await?;
+        check_client_id(params, &who)?;
+        return Ok(Some(Client {
+            who,
+            method: "tls_client_auth",
+        }));
+    };
+    if assertion_type.map(String::as_str) != Some(CLIENT_ASSERTION_TYPE) {
+        return Err(OAuthError::invalid_client(format!(
+            "`client_assertion_type` must be `{CLIENT_ASSERTION_TYPE}`"
+        )));
+    }
+    if peer.cert.is_some() {
+        // RFC 6749 section 2.3: one authentication method per request.
+        return Err(OAuthError::invalid_request(
+            "the client authenticated twice (a client certificate and a client assertion); use one",
+        ));
+    }
+    let source = peer.remote.map(|a| a.ip());
+    let evidence = tessera_core::attestation::sha256_hex(assertion.as_bytes());
+    let now = facade.broker.now();
+    let audiences = [facade.token_endpoint.as_str(), facade.issuer.as_str()];
+    // A JWT of a trusted attestation issuer (Workload Identity Federation)
+    // is attested as on the gRPC port; any other must be the client's own
+    // `private_key_jwt`.
+    if let Some(attestor) = &facade.attestors.jwt {
+        match attestor.attest_assertion(assertion, now, &audiences).await {
+            Ok(attested) => {
+                let who = bind(facade, &attested.id, AttestationMethod::Jwt, evidence, source).await?;
+                check_client_id(params, &who)?;
+                return Ok(Some(Client {
+                    who,
+                    method: "client_assertion",
+                }));
+            }
+            Err(JwtRefusal::Token(tessera_core::attestation::JwtError::Issuer)) => {}
+            Err(e) => return Err(refuse_client(facade, None, &evidence, e, source).await),
+        }
+    }
+    // `private_key_jwt`: `iss` and `sub` are the client; its registered keys.
+    let claimed = unverified_issuer(assertion)
+        .and_then(|iss| SpiffeId::parse(&iss).ok())
+        .ok_or_else(|| {
+            OAuthError::invalid_client("client assertion: `iss` is not a trusted issuer nor a registered client")
+        })?;
+    let Some(keys) = facade.broker.registry().client_keys(&claimed) else {
+        let reason = "client assertion: no keys are registered for this client";
+        let refused = facade
+            .broker
+            .attestation_refused_by(
+                AttestationMethod::PrivateKeyJwt,
+                Some(&claimed),
+                Some(&evidence),
+                reason,
+                source,
+            )
+            .await;
+        return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+    };
+    let leeway = chrono::Duration::seconds(facade.leeway_secs.clamp(0, 300));
+    let verified = match tessera_core::attestation::jwt::verify_client_assertion(
+        assertion, &claimed, &keys, &audiences, now, leeway,
+    ) {
+        Ok(verified) => verified,
+        Err(e) => {
+            let reason = format!("client assertion: {e}");
+            let refused = facade
+                .broker
+                .attestation_refused_by(
+                    AttestationMethod::PrivateKeyJwt,
+                    Some(&claimed),
+                    Some(&evidence),
+                    &reason,
+                    source,
+                )
+                .await;
+            return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+        }
+    };
+    let id = format!("{claimed}:{}", verified.jti);
+    match facade
+        .broker
+        .first_use(CLIENT_ASSERTION_NAMESPACE, &id, verified.replay_until)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let reason = "client assertion was already used (`jti`)";
+            let refused = facade
+                .broker
+                .attestation_refused_by(
+                    AttestationMethod::PrivateKeyJwt,
+                    Some(&claimed),
+                    Some(&evidence),
+                    reason,
+                    source,
+                )
+                .await;
+            return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+        }
+        Err(e) => return Err(OAuthError::from_broker(BrokerError::Store(e))),
+    }
+    let who = bind(facade, &claimed, AttestationMethod::PrivateKeyJwt, evidence, source).await?;
+    check_client_id(params, &who)?;
+    Ok(Some(Client {
+        who,
+        method: "private_key_jwt",
+    }))
+}
+
+/// RFC 7521 section 4.2: a `client_id` sent must be the authenticated client.
+fn check_client_id(params: &HashMap<String, String>, who: &VerifiedIdentity) -> Result<(), OAuthError> {
+    match params.get("client_id") {
+        Some(id) if id != who.id().as_str() => Err(OAuthError::invalid_client(
+            "`client_id` is not the authenticated client",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Binds verified evidence to its registry entry (registered, enabled,
+/// allowed `method`), then admits it (quarantine, rate).
+async fn bind(
+    facade: &Facade,
+    id: &SpiffeId,
+    method: AttestationMethod,
+    evidence: String,
+    source: Option<std::net::IpAddr>,
+) -> Result<VerifiedIdentity, OAuthError> {
+    match facade.broker.attest_by(id, method, evidence.clone()) {
+        Ok(who) => facade.admit(who).await,
+        Err(e) => {
+            let reason = e.to_string();
+            let refused = facade
+                .broker
+                .attestation_refused_by(method, Some(id), Some(&evidence), &reason, source)
+                .await;
+            Err(unavailable_or(refused, OAuthError::invalid_client(reason)))
+        }
+    }
+}
+
+/// A refused JWT client assertion from a trusted issuer.
+async fn refuse_client(
+    facade: &Facade,
+    claimed: Option<&SpiffeId>,
+    evidence: &str,
+    e: JwtRefusal,
+    source: Option<std::net::IpAddr>,
+) -> OAuthError {
+    if let JwtRefusal::Store(e) = e {
+        return OAuthError::from_broker(BrokerError::Store(e));
+    }
+    let reason = format!("client assertion: {e}");
+    let refused = facade
+        .broker
+        .attestation_refused_by(AttestationMethod::Jwt, claimed, Some(evidence), &reason, source)
+        .await;
+    unavailable_or(refused, OAuthError::invalid_client(reason))
+}
+
+/// The broker's answer when it could not record (unavailable), else `otherwise`.
+fn unavailable_or(refused: BrokerError, otherwise: OAuthError) -> OAuthError {
+    match refused.kind() {
+        tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::Internal => OAuthError::from_broker(refused),
+        _ => otherwise,
+    }
+}
+
+/// The `iss` of a JWT, read without any check, only to pick the client's
+/// keys: everything is verified after.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    if token.len() > tessera_core::attestation::jwt::MAX_JWT_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// The `jwt-bearer` grant's `assertion`, attested as on the gRPC port.
+/// Refusals are audited and answered `invalid_grant`.
+async fn attest_assertion(
+    facade: &Facade,
+    peer: &PeerCertificate,
+    params: &HashMap<String, String>,
+) -> Result<VerifiedIdentity, OAuthError> {
+    let assertion = required(params, "assertion")?;
+    let source = peer.remote.map(|a| a.ip());
+    let evidence = tessera_core::attestation::sha256_hex(assertion.as_bytes());
+    let invalid_grant = |reason: String| OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", reason);
+    let Some(attestor) = &facade.attestors.jwt else {
+        let reason = "no JWT issuer is trusted: configure [[attestation.jwt.issuers]]";
+        let refused = facade
+            .broker
+            .attestation_refused_by(AttestationMethod::Jwt, None, Some(&evidence), reason, source)
+            .await;
+        return Err(unavailable_or(refused, invalid_grant(reason.to_owned())));
+    };
+    let audiences = [facade.token_endpoint.as_str(), facade.issuer.as_str()];
+    let attested = match attestor
+        .attest_assertion(assertion, facade.broker.now(), &audiences)
+        .await
+    {
+        Ok(attested) => attested,
+        Err(JwtRefusal::Store(e)) => return Err(OAuthError::from_broker(BrokerError::Store(e))),
+        Err(e) => {
+            let reason = format!("assertion: {e}");
+            let refused = facade
+                .broker
+                .attestation_refused_by(AttestationMethod::Jwt, None, Some(&evidence), &reason, source)
+                .await;
+            return Err(unavailable_or(refused, invalid_grant(reason)));
+        }
+    };
+    match facade
+        .broker
+        .attest_by(&attested.id, AttestationMethod::Jwt, evidence.clone())
+    {
+        Ok(who) => facade.admit(who).await,
+        Err(e) => {
+            let reason = format!("assertion: {e}");
+            let refused = facade
+                .broker
+                .attestation_refused_by(
+                    AttestationMethod::Jwt,
+                    Some(&attested.id),
+                    Some(&evidence),
+                    &reason,
+                    source,
+                )
+                .await;
+            Err(unavailable_or(refused, invalid_grant(reason)))
+        }
+    }
+}
+
+/// Maps a refusal the broker recorded to `code`, unless it could not be recorded.
+fn refusal(e: BrokerError, code: &'static str) -> OAuthError {
+    match e.kind() {
+        tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::Internal => OAuthError::from_broker(e),
+        _ => OAuthError::new(StatusCode::BAD_REQUEST, code, e.to_string()),
+    }
+}
+
+/// The request's task, audience and scopes, parsed (see the module docs).
+struct Ask {
+    task_id: String,
+    resource: String,
+    scopes: Vec<String>,
+}
+
+/// A parameter refused while parsing: its RFC error code, field and reason.
+struct Bad {
+    code: &'static str,
+    field: &'static str,
+    message: String,
+}
+
+fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> Bad {
+    Bad {
+        code,
+        field,
+        message: message.into(),
+    }
+}
+
+/// What [`Ask::parse`] could read of a request, for the audit record of its refusal.
+fn partial(params: &HashMap<String, String>) -> RefusedAsk {
+    let bounded = |s: &String| s.chars().take(256).collect::<String>();
+    RefusedAsk {
+        task_id: params.get("task_id").map(bounded),
+        audience: params.get("resource").map(bounded),
+        scopes: params
+            .get("scope")
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .take(16)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+impl Ask {
+    fn parse(params: &HashMap<String, String>) -> Result<Self, Bad> {
+        let resource = params.get("resource").map(String::as_str).unwrap_or_default();
+        if resource.is_empty() {
+            return Err(bad(
+                "invalid_target",
+                "resource",
+                "`resource` is required: the API the token is for (RFC 8707)",
+            ));
+        }
+        if let Some(audience) = params.get("audience")
+            && audience != resource
+        {
+            return Err(bad(
+                "invalid_target",
+                "audience",
+                "`resource` and `audience` name different APIs; a token has one audience",
+            ));
+        }
+        let from_details = match params.get("authorization_details") {
+            None => None,
+            Some(details) => Some(task_from_details(details, resource)?),
+        };
+        let task_id = match (params.get("task_id").filter(|t| !t.is_empty()), from_details) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(bad(
+                    "invalid_authorization_details",
+                    "authorization_details",
+                    "`task_id` and the `tessera_task` authorization details name different tasks",
+                ));
+            }
+            (Some(t), _) => t.clone(),
+            (None, Some(t)) => t,
+            (None, None) => {
+                return Err(bad(
+                    "invalid_request",
+                    "task_id",
+                    "name the task: `task_id`, or `authorization_details` of type `tessera_task`",
+                ));
+            }
+        };
+        let scopes: Vec<String> = params
+            .get("scope")
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        if scopes.is_empty() {
+            return Err(bad("invalid_scope", "scope", "`scope` is required"));
+        }
+        if scopes.len() > 64 {
+            return Err(bad("invalid_scope", "scope", "too many scopes"));
+        }
+        Ok(Self {
+            task_id,
+            resource: resource.to_owned(),
+            scopes,
+        })
+    }
+}
+
+/// The task named by RFC 9396 `authorization_details`: a JSON array of
+/// objects with a string `type`; exactly one of type [`TESSERA_TASK`],
+/// with a string `task_id` and optional `locations` (each must be
+/// `resource`); any other type, member or shape is refused.
+fn task_from_details(details: &str, resource: &str) -> Result<String, Bad> {
+    let malformed = |m: &str| bad("invalid_authorization_details", "authorization_details", m);
+    let Ok(Value::Array(list)) = serde_json::from_str::<Value>(details) else {
+        return Err(malformed("`authorization_details` is not a JSON array"));
+    };
+    if list.is_empty() || list.len() > MAX_DETAILS {
+        return Err(malformed("`authorization_details` must hold 1 to 8 objects"));
+    }
+    let mut task = None;
+    for entry in &list {
+        let Value::Object(members) = entry else {
+            return Err(malformed("every authorization detail is a JSON object"));
+        };
+        match members.get("type") {
+            Some(Value::String(t)) if t == TESSERA_TASK => {}
+            Some(Value::String(_)) => {
+                return Err(malformed(
+                    "unknown authorization details type; supported: `tessera_task`",
+                ));
+            }
+            _ => return Err(malformed("an authorization detail has no string `type`")),
+        }
+        if members
+            .keys()
+            .any(|k| !["type", "task_id", "locations"].contains(&k.as_str()))
+        {
+            return Err(malformed(
+                "a `tessera_task` authorization detail has only `type`, `task_id` and `locations`",
+            ));
+        }
+        let Some(Value::String(id)) = members.get("task_id") else {
+            return Err(malformed(
+                "a `tessera_task` authorization detail needs a string `task_id`",
+            ));
+        };
+        match members.get("locations") {
+            None => {}
+            Some(Value::Array(locations))
+                if !locations.is_empty() && locations.iter().all(|l| l.as_str() == Some(resource)) => {}
+            Some(_) => {
+                return Err(malformed(
+                    "`locations` of a `tessera_task` authorization detail must be the `resource` asked for",
+                ));
+            }
+        }
+        if task.replace(id.clone()).is_some() {
+            return Err(malformed("more than one `tessera_task` authorization detail"));
+        }
+    }
+    task.ok_or_else(|| malformed("no `tessera_task` authorization detail"))
+}
+
+/// The DPoP header's proof, checked for this endpoint and (when required)
+/// for a nonce of ours. `Ok(None)` without a header.
+fn dpop_proof(facade: &Facade, headers: &HeaderMap) -> Result<Option<String>, Bad> {
+    let mut values = headers.get_all("dpop").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(bad("invalid_dpop_proof", "DPoP", "more than one `DPoP` header"));
+    }
+    let proof = value
+        .to_str()
+        .map_err(|_| bad("invalid_dpop_proof", "DPoP", "the `DPoP` header is not ASCII"))?;
+    let now = facade.broker.now();
+    let check = ProofCheck {
+        htm: "POST",
+        htu: &facade.token_endpoint,
+        now,
+        max_age: PROOF_MAX_AGE,
+        leeway: chrono::Duration::seconds(facade.leeway_secs.max(0)),
+        access_token: None,
+    };
+    // Checked here for its nonce; the use case checks it again and burns
+    // its `jti` (a replay is refused there).
+    let verified = tessera_core::pop::verify_proof(proof, &check)
+        .map_err(|e| bad("invalid_dpop_proof", "DPoP", format!("DPoP: {e}")))?;
+    if let Some(nonces) = &facade.nonces
+        && !verified.nonce.as_deref().is_some_and(|n| nonces.check(n, now))
+    {
+        let why = if verified.nonce.is_some() {
+            "DPoP: the proof's `nonce` is not current; use the one in the `DPoP-Nonce` header"
+        } else {
+            "DPoP: the proof needs the `nonce` of the `DPoP-Nonce` header"
+        };
+        return Err(bad("use_dpop_nonce", "DPoP", why));
+    }
+    Ok(Some(proof.to_owned()))
+}
+
+/// Parses the request, asks the RequestToken use case, and answers.
+async fn issue(
+    facade: &Facade,
+    who: &VerifiedIdentity,
+    client_auth: &'static str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let refuse = async |b: Bad| {
+        let e = facade
+            .broker
+            .oauth_refused(who, &partial(params), b.field, b.message)
+            .await;
+        let mut answer = refusal(e, b.code);
+        if b.code == "use_dpop_nonce" {
+            answer.dpop_nonce = facade.nonces.as_ref().map(|n| n.issue(facade.broker.now()));
+        }
+        answer
+    };
+    let ask = match Ask::parse(params) {
+        Ok(ask) => ask,
+        Err(b) => return Err(refuse(b).await),
+    };
+    let proof = match dpop_proof(facade, headers) {
+        Ok(proof) => proof,
+        Err(b) => return Err(refuse(b).await),
+    };
+    let dpop = proof.is_some();
+    let binding = match proof {
+        Some(proof) => BindingAsk::Dpop {
+            proof,
+            htu: facade.token_endpoint.clone(),
+        },
+        None if client_auth == "tls_client_auth" => BindingAsk::ClientCertificate,
+        None => BindingAsk::Bearer,
+    };
+    let as_grpc = crate::pb::RequestTokenRequest {
+        task_id: ask.task_id.clone(),
+        audience: ask.resource.clone(),
+        scopes: ask.scopes.clone(),
+        ..Default::default()
+    };
+    let request = match crate::convert::token_ask(&as_grpc) {
+        Ok(TokenAsk { request, .. }) => request,
+        Err(e) => {
+            let code = match e.field {
+                "audience" => "invalid_target",
+                "scopes" => "invalid_scope",
+                _ => "invalid_request",
+            };
+            let field = match e.field {
+                "audience" => "resource",
+                "scopes" => "scope",
+                _ => "task_id",
+            };
+            return Err(refuse(bad(code, field, format!("{field}: {}", e.message))).await);
+        }
+    };
+    let task_id = request.task_id.clone();
+    let audience = request.audience.clone();
+    let outcome = facade.broker.request_token(who, TokenAsk { request, binding }).await;
+    let issued = match outcome {
+        Ok(TokenOutcome::Issued(issued)) => issued,
+        Ok(TokenOutcome::Pending(approval)) => {
+            let answer = OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "authorization_pending",
+                format!(
+                    "an approval is required; once approved, redeem approval `{}` over gRPC (AwaitApproval)",
+                    approval.id
+                ),
+            );
+            return Err(answer);
+        }
+        Err(e) => return Err(token_error(facade, e, &task_id, &audience).await),
+    };
+    let expires_in = (issued.grant.expires_at - facade.broker.now()).num_seconds().max(0);
+    let scope = issued
+        .grant
+        .scopes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut response = json_no_store(json!({
+        "access_token": issued.token,
+        "token_type": issued.token_type,
+        "expires_in": expires_in,
+        "scope": scope,
+        "authorization_details": [{
+            "type": TESSERA_TASK,
+            "task_id": issued.grant.task_id.to_string(),
+            "locations": [issued.grant.audience.to_string()],
+        }],
+    }));
+    // RFC 9449 section 8.2: a fresh nonce for the client's next proof.
+    if dpop
+        && let Some(nonces) = &facade.nonces
+        && let Ok(value) = HeaderValue::from_str(&nonces.issue(facade.broker.now()))
+    {
+        response.headers_mut().insert("dpop-nonce", value);
+    }
+    Ok(response)
+}
+
+/// The RFC error code of a refusal the use case recorded.
+async fn token_error(
+    facade: &Facade,
+    e: BrokerError,
+    task: &tessera_core::task::TaskId,
+    audience: &tessera_core::task::Audience,
+) -> OAuthError {
+    use tessera_core::catalog::CatalogError;
+    let code = match &e {
+        // RFC 8707: a `resource` the task's ceiling does not name is
+        // `invalid_target`, whatever else is wrong with the scopes.
+        BrokerError::Issuance(IssuanceError::BeyondCeiling { .. } | IssuanceError::Catalog(_))
+            if !facade.broker.task_names_audience(task, audience).await =>
+        {
+            "invalid_target"
+        }
+        BrokerError::Issuance(IssuanceError::Catalog(CatalogError::UnknownAudience(_))) => "invalid_target",
+        BrokerError::Issuance(IssuanceError::BeyondCeiling { .. } | IssuanceError::Catalog(_)) => "invalid_scope",
+        BrokerError::Issuance(IssuanceError::NotAssigned { .. } | IssuanceError::Task(_)) | BrokerError::Task(_) => {
+            "invalid_grant"
+        }
+        BrokerError::Issuance(IssuanceError::Ttl(_)) => "invalid_request",
+        BrokerError::Proof { .. } => "invalid_dpop_proof",
+        BrokerError::Unbound { .. } | BrokerError::Binding(_) => "invalid_request",
+        _ => return OAuthError::from_broker(e),
+    };
+    OAuthError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+}

@@ -1,0 +1,800 @@
+//! The HTTPS token endpoint's grants for agents that speak OAuth (issue
+//! 21), checked with raw HTTP/1.1 over TLS against the real `tesserad`: the
+//! RFC 7523 `jwt-bearer` grant, `client_credentials` with `private_key_jwt`
+//! and with mTLS, `resource` / `task_id` / `authorization_details`, DPoP with
+//! server nonces, every refusal's RFC error code and audit record, the RFC
+//! 8414 metadata, and that the token is the task's grant (revoked when the
+//! orchestrator completes the task). On Redis, single use of an assertion
+//! and of a proof holds across two replicas.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tessera_client::{Identity, PopKey};
+use tessera_e2e::attestation::{self, Issuer};
+use tessera_e2e::{Broker, CRM, TempDir, dev_init, introspect, pb, start_request, test_store};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const BROKER_ISSUER: &str = "https://tessera.local";
+const CI: &str = "spiffe://tessera.local/agent/ci";
+const CLIENT: &str = "spiffe://tessera.local/agent/mcp-client";
+const READ: &str = "crm.contacts.read";
+const PUBLIC_URL: &str = "https://oauth.tessera.test";
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    #[track_caller]
+    fn error(&self) -> String {
+        assert!(
+            self.header("cache-control") == Some("no-store"),
+            "error answers are not cached: {self:?}"
+        );
+        assert!(
+            self.json().get("access_token").is_none(),
+            "a token with an error: {self:?}"
+        );
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[track_caller]
+    fn token(&self) -> Value {
+        assert_eq!(self.status, 200, "{self:?}");
+        assert_eq!(self.header("cache-control"), Some("no-store"), "{self:?}");
+        self.json()
+    }
+}
+
+/// The broker's test setup: the dev PKI, a test JWT issuer (its keys in a
+/// file), `agent/ci` (jwt only), and `agent/mcp-client` whose client keys
+/// are registered (`private_key_jwt`); the DPoP nonce key shared by replicas.
+struct Setup {
+    broker: Broker,
+    issuer: Issuer,
+    client_key: Issuer,
+}
+
+impl Setup {
+    fn start(tag: &str) -> Self {
+        let dir: TempDir = dev_init(tag);
+        let issuer = Issuer::new("issuer-key-1");
+        let client_key = Issuer::new("client-key-1");
+        std::fs::write(dir.path().join("issuer.jwks"), issuer.jwks()).unwrap();
+        std::fs::write(dir.path().join("client.jwks"), client_key.jwks()).unwrap();
+        std::fs::write(dir.path().join("nonce.key"), [42u8; 32]).unwrap();
+        let jwks = dir.path().join("issuer.jwks");
+        attestation::append_config(
+            dir.path(),
+            &format!(
+                r#"{}
+[[identities]]
+id = "{CLIENT}"
+kind = "agent"
+owner = "team-research"
+roles = ["agent"]
+max_ttl = "10m"
+client_jwks_file = "client.jwks"
+"#,
+                attestation::jwt_config(&jwks)
+            ),
+        );
+        // Replicas share the public URL (the `aud` of assertions, the `htu`
+        // of proofs) and the nonce key, as behind one load balancer.
+        let broker = Broker::start_in(
+            dir,
+            &[
+                ("TESSERA_OAUTH__DPOP_NONCE_KEY_FILE", "nonce.key"),
+                ("TESSERA_OAUTH__PUBLIC_URL", PUBLIC_URL),
+            ],
+        );
+        Self {
+            broker,
+            issuer,
+            client_key,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{PUBLIC_URL}/oauth/token")
+    }
+
+    /// An assertion of the test issuer for `sub`, with `aud` the token endpoint.
+    fn assertion(&self, sub: &str) -> String {
+        let mut claims = attestation::claims(sub);
+        claims["aud"] = Value::from(self.endpoint());
+        self.issuer.sign(&claims)
+    }
+
+    /// A fresh `private_key_jwt` client assertion of `agent/mcp-client`.
+    fn client_assertion(&self, key: &Issuer) -> String {
+        let mut claims = attestation::claims("unused");
+        claims["iss"] = Value::from(CLIENT);
+        claims["sub"] = Value::from(CLIENT);
+        claims["aud"] = Value::from(self.endpoint());
+        key.sign(&claims)
+    }
+
+    async fn task(&self, id: &str, agents: &[&str]) {
+        self.broker.start_task(start_request(id, agents, &[READ], 600)).await;
+    }
+
+    async fn post(&self, client: Option<&str>, form: &[(&str, &str)], dpop: Option<&str>) -> Answer {
+        post_to(
+            &self.broker,
+            client.map(|n| self.broker.identity(n)).as_ref(),
+            form,
+            dpop,
+        )
+        .await
+    }
+
+    /// A `jwt-bearer` request of `agent/ci` for task `task`.
+    async fn jwt_bearer(&self, task: &str, extra: &[(&str, &str)], dpop: Option<&str>) -> Answer {
+        let assertion = self.assertion("ci");
+        let mut form = vec![
+            ("grant_type", JWT_BEARER),
+            ("assertion", assertion.as_str()),
+            ("resource", CRM),
+            ("scope", READ),
+            ("task_id", task),
+        ];
+        form.extend_from_slice(extra);
+        self.post(None, &form, dpop).await
+    }
+}
+
+fn tls_config(ca_pem: &[u8], client: Option<&Identity>) -> rustls::ClientConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = CertificateDer::pem_slice_iter(&id.cert_pem)
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(&id.key_pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// One raw HTTPS/1.1 request: GET without `form`, else a form POST to the
+/// token endpoint, with a `DPoP` header when given.
+async fn request(
+    broker: &Broker,
+    identity: Option<&Identity>,
+    path: &str,
+    form: Option<&str>,
+    dpop: Option<&str>,
+) -> Answer {
+    let addr = broker
+        .oauth_addr
+        .clone()
+        .expect("the ready file names an oauth address");
+    let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, identity)));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let method = if form.is_some() { "POST" } else { "GET" };
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(proof) = dpop {
+        head.push_str(&format!("DPoP: {proof}\r\n"));
+    }
+    match form {
+        Some(body) => head.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => head.push_str("\r\n"),
+    }
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn post_to(broker: &Broker, identity: Option<&Identity>, form: &[(&str, &str)], dpop: Option<&str>) -> Answer {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    request(broker, identity, "/oauth/token", Some(&body), dpop).await
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Waits (bounded) for an audit record matching `pred`.
+fn wait_audit(broker: &Broker, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(r) = attestation::audit_records(broker).into_iter().find(&pred) {
+            return r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no audit record: {what}; the last ones: {:#?}",
+            attestation::audit_records(broker)
+                .into_iter()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `token_denied` record of the token endpoint whose reason has `reason`.
+fn wait_denied(broker: &Broker, grant: &str, reason: &str) -> Value {
+    wait_audit(broker, &format!("token_denied ({grant}) with `{reason}`"), |r| {
+        r["event"] == "token_denied"
+            && r["grant_type"] == grant
+            && r["reason"].as_str().is_some_and(|s| s.contains(reason))
+    })
+}
+
+#[tokio::test]
+async fn the_metadata_lists_exactly_what_the_token_endpoint_accepts() {
+    let setup = Setup::start("oauth-meta");
+    let meta = request(
+        &setup.broker,
+        None,
+        "/.well-known/oauth-authorization-server",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(meta.status, 200, "{meta:?}");
+    let m = meta.json();
+    assert_eq!(m["issuer"], BROKER_ISSUER);
+    assert_eq!(m["token_endpoint"], setup.endpoint());
+    assert_eq!(
+        m["grant_types_supported"],
+        json!([
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_credentials",
+            JWT_BEARER
+        ])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        json!(["tls_client_auth", "private_key_jwt"])
+    );
+    let algs = m["token_endpoint_auth_signing_alg_values_supported"]
+        .as_array()
+        .unwrap();
+    assert!(algs.contains(&Value::from("ES256")));
+    assert!(
+        !algs
+            .iter()
+            .any(|a| a == "none" || a.as_str().unwrap().starts_with("HS"))
+    );
+    assert_eq!(m["authorization_details_types_supported"], json!(["tessera_task"]));
+    assert_eq!(m["dpop_signing_alg_values_supported"], json!(["ES256", "EdDSA"]));
+    assert_eq!(m["resource_indicators_supported"], true);
+}
+
+/// `jwt-bearer` with a workload JWT: the task's grant, recorded and
+/// audited with its grant type, revoked when the task completes; every bad
+/// assertion or request refused with its RFC code and an audit record.
+#[tokio::test]
+async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input() {
+    let setup = Setup::start("oauth-jwt-bearer");
+    let broker = &setup.broker;
+    setup.task("jb-1", &["ci"]).await;
+
+    // By `task_id`, with the broker's issuer identifier as `aud` (what MCP
+    // clients send, draft-ietf-oauth-rfc7523bis).
+    let mut claims = attestation::claims("ci");
+    claims["aud"] = Value::from(BROKER_ISSUER);
+    let assertion = setup.issuer.sign(&claims);
+    let form = [
+        ("grant_type", JWT_BEARER),
+        ("assertion", assertion.as_str()),
+        ("resource", CRM),
+        ("scope", READ),
+        ("task_id", "jb-1"),
+    ];
+    let answer = setup.post(None, &form, None).await;
+    let body = answer.token();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], READ);
+    assert_eq!(
+        body["authorization_details"],
+        json!([{"type": "tessera_task", "task_id": "jb-1", "locations": [CRM]}])
+    );
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let c = claims_of(&token);
+    assert_eq!(c["sub"], CI);
+    assert_eq!(c["aud"], CRM);
+    assert_eq!(c["task_id"], "jb-1");
+    let issued = wait_audit(broker, "token_issued by jwt-bearer", |r| {
+        r["event"] == "token_issued" && r["grant_id"] == c["jti"]
+    });
+    assert_eq!(issued["grant_type"], "jwt-bearer");
+    assert_eq!(issued["client_auth"], "none");
+    assert_eq!(issued["who"]["attestation"], "jwt");
+
+    // The same assertion again: its `jti` is burnt.
+    let replayed = setup.post(None, &form, None).await;
+    assert_eq!(
+        (replayed.status, replayed.error().as_str()),
+        (400, "invalid_grant"),
+        "{replayed:?}"
+    );
+    attestation::wait_refusal_audited(broker, "jwt", "already used");
+
+    // By `authorization_details` of type `tessera_task`, `aud` the token endpoint.
+    let details = json!([{"type": "tessera_task", "task_id": "jb-1", "locations": [CRM]}]).to_string();
+    let by_details = setup
+        .post(
+            None,
+            &[
+                ("grant_type", JWT_BEARER),
+                ("assertion", &setup.assertion("ci")),
+                ("resource", CRM),
+                ("scope", READ),
+                ("authorization_details", &details),
+            ],
+            None,
+        )
+        .await;
+    let second = by_details.token()["access_token"].as_str().unwrap().to_owned();
+
+    // Bad assertions: invalid_grant, each audited as an attestation refusal.
+    let t = attestation::now();
+    let mut other_audience = attestation::claims("ci");
+    other_audience["aud"] = Value::from("https://other.example/token");
+    let mut expired = attestation::claims("ci");
+    expired["aud"] = Value::from(setup.endpoint());
+    expired["iat"] = Value::from(t - 600);
+    expired["exp"] = Value::from(t - 60);
+    let mut fresh = attestation::claims("ci");
+    fresh["aud"] = Value::from(setup.endpoint());
+    let stranger = Issuer::new("issuer-key-1");
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&fresh));
+    let none_with_sig = format!("{unsigned}c2ln");
+    let hmac = setup
+        .issuer
+        .sign_raw(&json!({"alg": "HS256", "kid": "issuer-key-1", "typ": "JWT"}), &fresh);
+    let mut unknown_issuer = fresh.clone();
+    unknown_issuer["iss"] = Value::from("https://unknown.example");
+    for (assertion, reason) in [
+        (setup.issuer.sign(&other_audience), "`aud`"),
+        (setup.issuer.sign(&unknown_issuer), "issuer is not configured"),
+        (none_with_sig, "algorithm is not allowed"),
+        (hmac, "algorithm is not allowed"),
+        (setup.issuer.sign(&expired), "expired"),
+        (stranger.sign(&fresh), "signature is invalid"),
+    ] {
+        let evidence = tessera_core::hex::sha256(assertion.as_bytes());
+        let answer = setup
+            .post(
+                None,
+                &[
+                    ("grant_type", JWT_BEARER),
+                    ("assertion", &assertion),
+                    ("resource", CRM),
+                    ("scope", READ),
+                    ("task_id", "jb-1"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.error().as_str()),
+            (400, "invalid_grant"),
+            "{reason}: {answer:?}"
+        );
+        attestation::wait_refusal_of(broker, "jwt", &evidence, reason);
+    }
+    let missing = setup
+        .post(
+            None,
+            &[("grant_type", JWT_BEARER), ("resource", CRM), ("task_id", "jb-1")],
+            None,
+        )
+        .await;
+    assert_eq!((missing.status, missing.error().as_str()), (400, "invalid_request"));
+
+    // Bad requests of an attested agent: token_denied records.
+    let payments = "https://api.example.com/payments";
+    let unknown_type = json!([{"type": "payment_initiation", "task_id": "jb-1"}]).to_string();
+    let other_task = json!([{"type": "tessera_task", "task_id": "jb-2"}]).to_string();
+    let wrong_location = json!([{"type": "tessera_task", "task_id": "jb-1", "locations": [payments]}]).to_string();
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (vec![("resource", payments)], "invalid_target", ""),
+        (vec![("audience", payments)], "invalid_target", "different APIs"),
+        (vec![("scope", "crm.contacts.write")], "invalid_scope", "ceiling"),
+        (
+            vec![("authorization_details", &unknown_type)],
+            "invalid_authorization_details",
+            "unknown authorization details type",
+        ),
+        (
+            vec![("authorization_details", "{not json")],
+            "invalid_authorization_details",
+            "not a JSON array",
+        ),
+        (
+            vec![("authorization_details", &other_task)],
+            "invalid_authorization_details",
+            "different tasks",
+        ),
+        (
+            vec![("authorization_details", &wrong_location)],
+            "invalid_authorization_details",
+            "`locations`",
+        ),
+    ];
+    for (overrides, code, reason) in cases {
+        let assertion = setup.assertion("ci");
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", JWT_BEARER), ("assertion", &assertion)];
+        for (name, default) in [("resource", CRM), ("scope", READ), ("task_id", "jb-1")] {
+            let value = overrides.iter().find(|(k, _)| *k == name).map_or(default, |(_, v)| *v);
+            form.push((name, value));
+        }
+        form.extend(
+            overrides
+                .iter()
+                .filter(|(k, _)| !["resource", "scope", "task_id"].contains(k)),
+        );
+        let answer = setup.post(None, &form, None).await;
+        assert_eq!(
+            (answer.status, answer.error().as_str()),
+            (400, code),
+            "{overrides:?}: {answer:?}"
+        );
+        let denied = if reason.is_empty() {
+            wait_audit(broker, "token_denied for the payments API", |r| {
+                r["event"] == "token_denied" && r["grant_type"] == "jwt-bearer" && r["audience"] == payments
+            })
+        } else {
+            wait_denied(broker, "jwt-bearer", reason)
+        };
+        assert_eq!(denied["who"]["identity"], CI);
+    }
+
+    // The grants are the task's: completing it revokes both.
+    let mut verifier = broker.verifier("api-gateway").await;
+    assert!(introspect(&mut verifier, &token).await.unwrap());
+    assert!(introspect(&mut verifier, &second).await.unwrap());
+    broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "jb-1".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(!introspect(&mut verifier, &token).await.unwrap());
+    assert!(!introspect(&mut verifier, &second).await.unwrap());
+    // And the task, over, grants nothing more.
+    let after = setup.jwt_bearer("jb-1", &[], None).await;
+    assert_eq!(
+        (after.status, after.error().as_str()),
+        (400, "invalid_grant"),
+        "{after:?}"
+    );
+
+    // On Redis, a used assertion is refused by another replica too.
+    if test_store() == "redis" {
+        setup.task("jb-3", &["ci"]).await;
+        let replica = broker.replica();
+        let assertion = setup.assertion("ci");
+        let form = [
+            ("grant_type", JWT_BEARER),
+            ("assertion", assertion.as_str()),
+            ("resource", CRM),
+            ("scope", READ),
+            ("task_id", "jb-3"),
+        ];
+        setup.post(None, &form, None).await.token();
+        let again = post_to(&replica, None, &form, None).await;
+        assert_eq!(
+            (again.status, again.error().as_str()),
+            (400, "invalid_grant"),
+            "{again:?}"
+        );
+    }
+}
+
+/// `client_credentials` with `private_key_jwt` (keys registered for the
+/// identity) and with mTLS; refusals are `invalid_client` and audited.
+#[tokio::test]
+async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
+    let setup = Setup::start("oauth-client-credentials");
+    let broker = &setup.broker;
+    setup.task("cc-1", &["mcp-client", "researcher"]).await;
+    let assertion = setup.client_assertion(&setup.client_key);
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", CLIENT_ASSERTION),
+        ("client_assertion", assertion.as_str()),
+        ("client_id", CLIENT),
+        ("resource", CRM),
+        ("scope", READ),
+        ("task_id", "cc-1"),
+    ];
+    let body = setup.post(None, &form, None).await.token();
+    let c = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!((c["sub"].as_str(), c["task_id"].as_str()), (Some(CLIENT), Some("cc-1")));
+    let issued = wait_audit(broker, "token_issued by private_key_jwt", |r| {
+        r["event"] == "token_issued" && r["grant_id"] == c["jti"]
+    });
+    assert_eq!(issued["grant_type"], "client_credentials");
+    assert_eq!(issued["client_auth"], "private_key_jwt");
+    assert_eq!(issued["who"]["attestation"], "private_key_jwt");
+
+    // The same client assertion again, one signed by a key not registered,
+    // one for another audience, a client_id that is not the client, and no
+    // client authentication at all: invalid_client (401).
+    let replay = setup.post(None, &form, None).await;
+    assert_eq!(
+        (replay.status, replay.error().as_str()),
+        (401, "invalid_client"),
+        "{replay:?}"
+    );
+    attestation::wait_refusal_audited(broker, "private_key_jwt", "already used");
+    // Refusals naming one client are audited at most once a second (so a
+    // caller cannot flood the trail): each case below waits for a new second.
+    tessera_e2e::wait_past_second(tessera_e2e::now_secs() + 1).await;
+    let unregistered = Issuer::new("client-key-1");
+    let mut other_audience = attestation::claims("unused");
+    other_audience["iss"] = Value::from(CLIENT);
+    other_audience["sub"] = Value::from(CLIENT);
+    other_audience["aud"] = Value::from("https://other.example/token");
+    for (assertion, client_id, reason) in [
+        (setup.client_assertion(&unregistered), CLIENT, "signature is invalid"),
+        (setup.client_key.sign(&other_audience), CLIENT, "`aud`"),
+        (setup.client_assertion(&setup.client_key), CI, ""),
+    ] {
+        let answer = setup
+            .post(
+                None,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_assertion_type", CLIENT_ASSERTION),
+                    ("client_assertion", &assertion),
+                    ("client_id", client_id),
+                    ("resource", CRM),
+                    ("scope", READ),
+                    ("task_id", "cc-1"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.error().as_str()),
+            (401, "invalid_client"),
+            "{answer:?}"
+        );
+        assert!(answer.header("www-authenticate").is_some());
+        if !reason.is_empty() {
+            let evidence = tessera_core::hex::sha256(assertion.as_bytes());
+            attestation::wait_refusal_of(broker, "private_key_jwt", &evidence, reason);
+            tessera_e2e::wait_past_second(tessera_e2e::now_secs() + 1).await;
+        }
+    }
+    let anonymous = setup
+        .post(
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "cc-1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!((anonymous.status, anonymous.error().as_str()), (401, "invalid_client"));
+
+    // mTLS: the researcher's X.509-SVID; the token is bound to it.
+    let mtls = setup
+        .post(
+            Some("researcher"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "cc-1"),
+            ],
+            None,
+        )
+        .await
+        .token();
+    let c = claims_of(mtls["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], "spiffe://tessera.local/agent/researcher");
+    assert!(c["cnf"]["x5t#S256"].is_string(), "{c}");
+    let issued = wait_audit(broker, "token_issued by tls_client_auth", |r| {
+        r["event"] == "token_issued" && r["grant_id"] == c["jti"]
+    });
+    assert_eq!(
+        (issued["grant_type"].as_str(), issued["client_auth"].as_str()),
+        (Some("client_credentials"), Some("tls_client_auth"))
+    );
+    // A certificate and an assertion at once: one method per request.
+    let both = setup
+        .post(
+            Some("researcher"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", CLIENT_ASSERTION),
+                ("client_assertion", &setup.client_assertion(&setup.client_key)),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "cc-1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!((both.status, both.error().as_str()), (400, "invalid_request"));
+    // An agent not in the task: invalid_grant, audited.
+    setup.task("cc-2", &["researcher"]).await;
+    let outsider = setup
+        .post(
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", CLIENT_ASSERTION),
+                ("client_assertion", &setup.client_assertion(&setup.client_key)),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "cc-2"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!((outsider.status, outsider.error().as_str()), (400, "invalid_grant"));
+    wait_denied(broker, "client_credentials", "not assigned");
+}
+
+/// DPoP at the token endpoint: a nonce is required (`use_dpop_nonce` with a
+/// `DPoP-Nonce` header), the token is bound to the proof's key, and a proof
+/// with the wrong method, URL, an old `iat` or a used `jti` is refused.
+#[tokio::test]
+async fn dpop_at_the_token_endpoint_needs_a_nonce_and_binds_the_key() {
+    let setup = Setup::start("oauth-dpop");
+    let broker = &setup.broker;
+    setup.task("dp-1", &["ci"]).await;
+    let key = PopKey::generate().unwrap();
+    let url = setup.endpoint();
+
+    let first = setup
+        .jwt_bearer("dp-1", &[], Some(&key.proof("POST", &url, None).unwrap()))
+        .await;
+    assert_eq!(
+        (first.status, first.error().as_str()),
+        (400, "use_dpop_nonce"),
+        "{first:?}"
+    );
+    let nonce = first.header("dpop-nonce").expect("a DPoP-Nonce header").to_owned();
+    wait_denied(broker, "jwt-bearer", "nonce");
+
+    let proof = key.proof_with_nonce("POST", &url, &nonce, None).unwrap();
+    let answer = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
+    let body = answer.token();
+    assert_eq!(body["token_type"], "DPoP");
+    assert!(answer.header("dpop-nonce").is_some());
+    let c = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(c["cnf"]["jkt"], key.thumbprint());
+
+    // The same proof again (a fresh assertion): its `jti` is burnt.
+    let replayed = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
+    assert_eq!(
+        (replayed.status, replayed.error().as_str()),
+        (400, "invalid_dpop_proof"),
+        "{replayed:?}"
+    );
+    let stale = key.proof_at("POST", &url, attestation::now() - 600, None).unwrap();
+    for (proof, code) in [
+        (
+            key.proof_with_nonce("GET", &url, &nonce, None).unwrap(),
+            "invalid_dpop_proof",
+        ),
+        (
+            key.proof_with_nonce("POST", "https://127.0.0.1:1/oauth/token", &nonce, None)
+                .unwrap(),
+            "invalid_dpop_proof",
+        ),
+        (stale, "invalid_dpop_proof"),
+        ("not.a.proof".to_owned(), "invalid_dpop_proof"),
+        (
+            key.proof_with_nonce("POST", &url, "AAAA", None).unwrap(),
+            "use_dpop_nonce",
+        ),
+    ] {
+        let answer = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
+        assert_eq!((answer.status, answer.error().as_str()), (400, code), "{answer:?}");
+    }
+    wait_denied(broker, "jwt-bearer", "DPoP: proof `htm`");
+    wait_denied(broker, "jwt-bearer", "DPoP: proof `htu`");
+    wait_denied(broker, "jwt-bearer", "already used");
+
+    // On Redis, a replica with the same nonce key accepts the nonce, and a
+    // proof used on one replica is refused by the other.
+    if test_store() == "redis" {
+        let replica = broker.replica();
+        let proof = key.proof_with_nonce("POST", &url, &nonce, None).unwrap();
+        let assertion = setup.assertion("ci");
+        let form = [
+            ("grant_type", JWT_BEARER),
+            ("assertion", assertion.as_str()),
+            ("resource", CRM),
+            ("scope", READ),
+            ("task_id", "dp-1"),
+        ];
+        post_to(&replica, None, &form, Some(&proof)).await.token();
+        let again = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
+        assert_eq!(again.error(), "invalid_dpop_proof");
+    }
+}
