@@ -366,7 +366,7 @@ async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
     const URL: &str = "https://api.example.com/crm/contacts";
 
     let mut redis = tessera_e2e::redis::RedisServer::builder().appendonly(false).start();
-    let broker = Broker::start();
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
     let shared = RedisReplayStore::connect(&redis.url(), "crm-replay:", 3).await.unwrap();
     let endpoint = broker.endpoint();
     let replica = |store: RedisReplayStore| {
@@ -434,4 +434,100 @@ async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
     let gone = b.verify(&dpop(t, &fifth)).await;
     assert!(matches!(gone, Err(VerifyError::ReplayStoreUnavailable(_))), "{gone:?}");
     assert_eq!(gone.unwrap_err().kind(), RefusalKind::Unavailable);
+}
+
+/// A resource server that asks for DPoP nonces (RFC 9449 section 9): a
+/// proof without one, or with a nonce of another server's key, is refused
+/// with `use_dpop_nonce`, and the verifier hands out the nonce to send in
+/// `DPoP-Nonce`; a proof carrying it is accepted, once. Replicas sharing
+/// the nonce key accept each other's nonces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_asking_for_dpop_nonces_refuses_proofs_without_its_nonce() {
+    use tessera_client::PopKey;
+    use tessera_client::verifier::{RefusalKind, Scheme};
+    use tessera_core::pop::NonceSource;
+    const URL: &str = "https://api.example.com/crm/contacts";
+    fn dpop<'a>(token: &'a str, proof: &'a str) -> Presented<'a> {
+        Presented {
+            token,
+            scheme: Scheme::Dpop,
+            dpop_proof: Some(proof),
+            method: "GET",
+            url: URL,
+            client_cert_der: None,
+        }
+    }
+
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
+    let endpoint = broker.endpoint();
+    let shared_key = [7u8; 32];
+    let window = chrono::Duration::seconds(60);
+    let replica = |secret: [u8; 32]| {
+        let mut config = config();
+        config.dpop_nonce = Some(Arc::new(NonceSource::new(&secret, window).unwrap()));
+        verifier(&broker, &endpoint, config)
+    };
+    let (a, b, stranger) = (
+        replica(shared_key).await,
+        replica(shared_key).await,
+        replica([9u8; 32]).await,
+    );
+    broker
+        .start_task(start_request("nonce", &["writer"], &["crm.contacts.write"], 600))
+        .await;
+    let key = PopKey::generate().unwrap();
+    let token = broker
+        .issue_as(
+            "writer",
+            pb::RequestTokenRequest {
+                pop_proof: key.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None).unwrap(),
+                ..token_request("nonce", &["crm.contacts.write"], None)
+            },
+        )
+        .await;
+    let t = token.access_token.as_str();
+
+    let without = key.proof("GET", URL, Some(t)).unwrap();
+    let refused = a.verify(&dpop(t, &without)).await.unwrap_err();
+    assert_eq!(refused, VerifyError::UseDpopNonce);
+    assert_eq!(refused.kind(), RefusalKind::UseDpopNonce);
+    assert_eq!(refused.kind().http_status(), 401);
+    let challenge = refused.www_authenticate("crm").unwrap();
+    assert!(
+        challenge.starts_with("DPoP ") && challenge.contains(r#"error="use_dpop_nonce""#),
+        "{challenge}"
+    );
+
+    let nonce = a.dpop_nonce().unwrap();
+    let foreign = stranger.dpop_nonce().unwrap();
+    assert_ne!(nonce, foreign);
+    let with_foreign = key.proof_with_nonce("GET", URL, &foreign, Some(t)).unwrap();
+    assert_eq!(
+        a.verify(&dpop(t, &with_foreign)).await.unwrap_err(),
+        VerifyError::UseDpopNonce
+    );
+    let with_nonce = key.proof_with_nonce("GET", URL, &nonce, Some(t)).unwrap();
+    a.verify(&dpop(t, &with_nonce)).await.unwrap();
+    assert_eq!(
+        a.verify(&dpop(t, &with_nonce)).await.unwrap_err(),
+        VerifyError::ProofReplayed
+    );
+    // Another replica with the same key takes the first one's nonce.
+    let again = key.proof_with_nonce("GET", URL, &nonce, Some(t)).unwrap();
+    b.verify(&dpop(t, &again)).await.unwrap();
+}
+
+/// The same DPoP nonce from tessera-core and the Python SDK
+/// (`sdk/python/tests/test_verifier.py` holds the same vector): Rust and
+/// Python replicas sharing a secret accept each other's nonces.
+#[test]
+fn dpop_nonces_are_the_python_sdks() {
+    use tessera_core::pop::NonceSource;
+    let secret: Vec<u8> = (0u8..32).collect();
+    let source = NonceSource::new(&secret, chrono::Duration::seconds(60)).unwrap();
+    let at = chrono::DateTime::from_timestamp(1_796_640_000, 0).unwrap();
+    assert_eq!(
+        source.issue(at),
+        "AAAAAAHI6MBCD42XlhZKIFPev4AC5LrtlhSs4hr4BpkMD61w_soO1Q"
+    );
 }

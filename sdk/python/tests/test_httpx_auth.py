@@ -17,6 +17,7 @@ from tessera_sdk import (
     AgentClient,
     AsyncAgentClient,
     ConfigError,
+    NonceSource,
     OrchestratorClient,
     Presented,
     TokenRevoked,
@@ -63,7 +64,9 @@ class ResourceServer:
             return self.lib.Response(err.status, headers=err.headers("crm"))
         self.grants.append(verified.grant_id)
         self.statuses.append(200)
-        return self.lib.Response(200, json={"holder": verified.holder, "binding": verified.binding})
+        nonce = self.verifier.dpop_nonce()
+        headers = {} if nonce is None else {"DPoP-Nonce": nonce}
+        return self.lib.Response(200, json={"holder": verified.holder, "binding": verified.binding}, headers=headers)
 
 
 @pytest.fixture
@@ -154,3 +157,25 @@ def test_only_revoked_or_expired_401s_are_retried() -> None:
     assert not says_revoked_or_expired(403, revoked)
     assert not says_revoked_or_expired(401, 'Bearer error="invalid_token", error_description="audience"')
     assert not says_revoked_or_expired(401, 'DPoP error="invalid_dpop_proof", error_description="revoked"')
+
+
+def test_a_server_asking_for_dpop_nonces_gets_them_after_one_retry(
+    broker: Broker, task_id: str, lib: tuple[ModuleType, Any]
+) -> None:
+    """RFC 9449 section 9: the resource server refuses a proof without its
+    nonce (401 use_dpop_nonce, with DPoP-Nonce); the provider retries once
+    with it, then keeps the newest nonce the server sends for later requests."""
+    module, auth_class = lib
+    verifier = connected_verifier(broker, dpop_nonce=NonceSource.random())
+    try:
+        server = ResourceServer(module, verifier)
+        with AgentClient(broker.endpoint, broker.identity("researcher")) as agent:
+            auth = auth_class(task_id, {CRM: [READ]}, agent=agent)
+            with module.Client(transport=module.MockTransport(server), auth=auth) as http:
+                assert http.get(CRM + "/contacts").status_code == 200
+                assert server.statuses == [401, 200], server.refusals
+                assert server.refusals == ["UseDpopNonce: dpop proof must carry the server's current nonce"]
+                assert http.get(CRM + "/contacts").status_code == 200
+                assert server.statuses == [401, 200, 200], "the nonce is kept"
+    finally:
+        verifier.close()

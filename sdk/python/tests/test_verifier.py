@@ -20,11 +20,13 @@ from tessera_sdk import (
     InvalidProof,
     InvalidToken,
     MemoryReplayStore,
+    NonceSource,
     Presented,
     ProofRequired,
     TokenExpired,
     TokenRevoked,
     Unavailable,
+    UseDpopNonce,
     Verifier,
     VerifyError,
     certificate_thumbprint,
@@ -471,3 +473,38 @@ def test_one_key_cannot_fill_the_memory_replay_store_for_everyone() -> None:
     small.spend("keyA", "1", 110, 100)
     with pytest.raises(Unavailable, match="replay cache\\)"):
         small.spend("keyB", "1", 110, 100)
+
+
+def test_a_verifier_asking_for_nonces_refuses_proofs_without_a_current_one(issuer: Issuer, clock: Clock) -> None:
+    nonces = NonceSource(b"k" * 32, window=60)
+    v = ready(issuer, clock, dpop_nonce=nonces)
+    key = DpopKey()
+    token = bound(issuer, key)
+    now = int(clock.now)
+
+    def present(nonce: str | None) -> Presented:
+        return Presented(token, "DPoP", key.proof("GET", URL, token, iat=now, nonce=nonce), "GET", URL)
+
+    err = refused(v, present(None))
+    assert isinstance(err, UseDpopNonce)
+    assert err.status == 401
+    headers = err.headers("crm")
+    assert headers["WWW-Authenticate"].startswith('DPoP realm="crm", error="use_dpop_nonce"')
+    current = headers["DPoP-Nonce"]
+    assert current == v.dpop_nonce()
+    assert nonces.check(current, clock.now)
+    assert v.verify(present(current)).binding == "dpop"
+    # The previous window's nonce is still good; older, another key's, or garbage are not.
+    assert v.verify(present(nonces.issue(clock.now - 60))).binding == "dpop"
+    for stale in (nonces.issue(clock.now - 120), NonceSource(b"x" * 32).issue(clock.now), "x" * 54, current[:-1]):
+        assert isinstance(refused(v, present(stale)), UseDpopNonce)
+    assert isinstance(refused(v, present("n" * 257)), InvalidProof)
+    with pytest.raises(ValueError, match="32 bytes"):
+        NonceSource(b"short")
+
+
+def test_dpop_nonces_are_tessera_cores() -> None:
+    """The vector `dpop_nonces_are_the_python_sdks` in tests/e2e/verifier.rs checks on the Rust side."""
+    source = NonceSource(bytes(range(32)), window=60)
+    assert source.issue(1_796_640_000) == "AAAAAAHI6MBCD42XlhZKIFPev4AC5LrtlhSs4hr4BpkMD61w_soO1Q"
+    assert source.check("AAAAAAHI6MBCD42XlhZKIFPev4AC5LrtlhSs4hr4BpkMD61w_soO1Q", 1_796_640_059)

@@ -14,6 +14,10 @@ pub enum RefusalKind {
     /// 401, `invalid_dpop_proof`: the DPoP proof is missing a part, stale,
     /// replayed or for another request.
     InvalidProof,
+    /// 401, `use_dpop_nonce` (RFC 9449 section 9): the proof must carry the
+    /// nonce the verifier hands out; answer with a `DPoP-Nonce` header
+    /// ([`super::Verifier::dpop_nonce`]) and the client retries with it.
+    UseDpopNonce,
     /// 403, `insufficient_scope`: a good token without the scope needed.
     InsufficientScope,
     /// 503: the verifier cannot decide (its revocation feed is stale or was
@@ -25,7 +29,7 @@ impl RefusalKind {
     /// The HTTP status code to answer with.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::InvalidToken | Self::InvalidProof => 401,
+            Self::InvalidToken | Self::InvalidProof | Self::UseDpopNonce => 401,
             Self::InsufficientScope => 403,
             Self::Unavailable => 503,
         }
@@ -36,6 +40,7 @@ impl RefusalKind {
         match self {
             Self::InvalidToken => Some("invalid_token"),
             Self::InvalidProof => Some("invalid_dpop_proof"),
+            Self::UseDpopNonce => Some("use_dpop_nonce"),
             Self::InsufficientScope => Some("insufficient_scope"),
             Self::Unavailable => None,
         }
@@ -86,6 +91,10 @@ pub enum VerifyError {
     /// The DPoP proof's `jti` was seen before.
     #[error("dpop proof has been used before")]
     ProofReplayed,
+    /// The DPoP proof carries no nonce, or not a current one of this
+    /// verifier's (RFC 9449 section 9).
+    #[error("dpop proof must carry the server's current nonce")]
+    UseDpopNonce,
     /// The caller's TLS certificate is not the one the token is bound to.
     #[error("client certificate does not match the token's binding")]
     CertificateMismatch,
@@ -117,6 +126,7 @@ impl VerifyError {
     pub fn kind(&self) -> RefusalKind {
         match self {
             Self::Proof(_) | Self::ProofReplayed | Self::DpopSchemeWithoutKey => RefusalKind::InvalidProof,
+            Self::UseDpopNonce => RefusalKind::UseDpopNonce,
             Self::InsufficientScope(_) => RefusalKind::InsufficientScope,
             Self::FeedStale | Self::NotSynced | Self::Capacity(_) | Self::ReplayStoreUnavailable(_) => {
                 RefusalKind::Unavailable
@@ -147,7 +157,11 @@ impl VerifyError {
         let description = self.to_string().replace(['"', '\\'], "");
         let params = format!(r#"realm="{realm}", error="{code}", error_description="{description}""#);
         Some(match self {
-            Self::Proof(_) | Self::ProofReplayed | Self::ProofRequired | Self::DpopSchemeWithoutKey => {
+            Self::Proof(_)
+            | Self::ProofReplayed
+            | Self::ProofRequired
+            | Self::DpopSchemeWithoutKey
+            | Self::UseDpopNonce => {
                 format!(r#"DPoP {params}, algs="ES256 EdDSA""#)
             }
             Self::InsufficientScope(scope) => {

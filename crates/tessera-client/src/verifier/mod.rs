@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_core::pop::{Bound, PROOF_MAX_AGE, Presentation, check_binding};
+use tessera_core::pop::{Bound, NonceSource, PROOF_MAX_AGE, Presentation, check_binding};
 use tessera_core::token::{AccessCheck, Algorithm, Jwk, JwsError, MAX_CHAIN_LEN, MAX_LEEWAY_SECS, check_access_token};
 
 pub use error::{RefusalKind, VerifierConfigError, VerifyError};
@@ -105,6 +105,13 @@ pub struct VerifierConfig {
     /// store is asked by [`Verifier::verify`]; [`Verifier::verify_cached`],
     /// which never waits, refuses DPoP proofs with it.
     pub replay_store: Option<Arc<dyn ReplayStore>>,
+    /// Require every DPoP proof to carry a current nonce of this source
+    /// (RFC 9449 section 9); a proof without one is refused with
+    /// `use_dpop_nonce`, and the answer carries [`Verifier::dpop_nonce`] in a
+    /// `DPoP-Nonce` header. Replicas sharing the source's key accept each
+    /// other's nonces. A nonce bounds how long a proof made in advance stays
+    /// usable; the `jti` still makes each proof single use.
+    pub dpop_nonce: Option<Arc<NonceSource>>,
     /// Most revocations held (each only until its tokens expired).
     pub max_revocations: usize,
     /// Refuse bearer tokens: every token must carry `cnf`.
@@ -131,6 +138,7 @@ impl VerifierConfig {
             replay_cache_capacity: 100_000,
             replay_cache_per_key: 10_000,
             replay_store: None,
+            dpop_nonce: None,
             max_revocations: 1_000_000,
             require_bound: false,
             jwks_min_refresh: Duration::from_secs(1),
@@ -458,6 +466,14 @@ impl Verifier {
         Ok(checked.verified)
     }
 
+    /// The DPoP nonce to send now in a `DPoP-Nonce` header, when
+    /// `dpop_nonce` is configured: on every `use_dpop_nonce` refusal, and
+    /// on any other answer to keep the client's nonce fresh.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        let shared = &self.inner.shared;
+        shared.config.dpop_nonce.as_ref().map(|n| n.issue(shared.clock.now()))
+    }
+
     /// Replaces the cached keys with the usable keys of `jwks` whose
     /// algorithm is allowed; returns how many were kept.
     pub fn load_jwks(&self, jwks: &[Jwk]) -> usize {
@@ -613,6 +629,11 @@ impl Shared {
             Bound::Bearer => (Binding::Bearer, None),
             Bound::Certificate => (Binding::Certificate, None),
             Bound::Dpop(proof) => {
+                if let Some(nonces) = &self.config.dpop_nonce
+                    && !proof.nonce.as_deref().is_some_and(|n| nonces.check(n, now))
+                {
+                    return Err(VerifyError::UseDpopNonce);
+                }
                 // Last: a proof is spent only by a request that passed every check.
                 let until = (proof.replay_until(self.dpop_max_age) + presentation.leeway).timestamp();
                 match &self.replay {

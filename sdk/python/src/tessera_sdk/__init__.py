@@ -16,7 +16,7 @@ Quick start::
 from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from .aio import AsyncAgentClient, AsyncOrchestratorClient
 from .client import AgentClient, OrchestratorClient
-from .dpop import DpopKey
+from .dpop import DpopKey, NonceSource
 from .errors import (
     BrokerError,
     BrokerUnavailable,
@@ -34,6 +34,7 @@ from .errors import (
     TokenExpired,
     TokenRevoked,
     Unavailable,
+    UseDpopNonce,
     VerifyError,
     http_status,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidToken",
     "JwtSource",
     "MemoryReplayStore",
+    "NonceSource",
     "OrchestratorClient",
     "PendingApproval",
     "Presented",
@@ -83,6 +85,7 @@ __all__ = [
     "TokenRevoked",
     "Unavailable",
     "UnixSocketSource",
+    "UseDpopNonce",
     "Verified",
     "Verifier",
     "VerifierConfig",

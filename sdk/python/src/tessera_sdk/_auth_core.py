@@ -15,12 +15,18 @@ from .client import AgentClient
 from .errors import ConfigError
 
 _RETRY_MARKERS: Final = ("revoked", "expired")
+_MAX_NONCE: Final = 256
 
 
 def says_revoked_or_expired(status: int, www_authenticate: str) -> bool:
     """A ``401`` whose challenge says the token was revoked or expired: worth one retry."""
     challenge = www_authenticate.lower()
     return status == 401 and 'error="invalid_token"' in challenge and any(m in challenge for m in _RETRY_MARKERS)
+
+
+def asks_for_nonce(status: int, www_authenticate: str) -> bool:
+    """A ``401`` whose challenge says the DPoP proof must carry the server's nonce (RFC 9449 section 9)."""
+    return status == 401 and 'error="use_dpop_nonce"' in www_authenticate.lower()
 
 
 def without_query(url: str) -> str:
@@ -61,6 +67,7 @@ class TokenCache:
         self._ttl = ttl_seconds
         self._renew_before = renew_before
         self._tokens: dict[str, Token] = {}
+        self._nonces: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def audience_for(self, url: str) -> str:
@@ -82,6 +89,17 @@ class TokenCache:
         if token is not None and token.expires_at - time.time() > self._renew_before:
             return token
         return None
+
+    def nonce(self, audience: str) -> str | None:
+        """The last ``DPoP-Nonce`` the audience's server sent, to put in proofs."""
+        with self._lock:
+            return self._nonces.get(audience)
+
+    def remember_nonce(self, audience: str, value: str | None) -> None:
+        """Keeps a ``DPoP-Nonce`` the audience's server sent (a short printable value)."""
+        if value and len(value) <= _MAX_NONCE and all("!" <= c <= "~" for c in value):
+            with self._lock:
+                self._nonces[audience] = value
 
     def drop(self, audience: str) -> None:
         """Forgets the token (it was refused as revoked or expired)."""
@@ -110,10 +128,11 @@ class TokenCache:
         return self._store(audience, token)
 
 
-def sign(headers: MutableMapping[str, str], method: str, url: str, token: Token) -> None:
-    """Sets ``Authorization`` and, for a bound token, a fresh ``DPoP`` proof."""
+def sign(headers: MutableMapping[str, str], method: str, url: str, token: Token, nonce: str | None = None) -> None:
+    """Sets ``Authorization`` and, for a bound token, a fresh ``DPoP`` proof
+    (carrying the server's ``nonce`` when it sent one)."""
     headers["Authorization"] = token.authorization()
-    proof = token.dpop_proof(method, without_query(url))
+    proof = token.dpop_proof(method, without_query(url), nonce)
     if proof is not None:
         headers["DPoP"] = proof
     elif "DPoP" in headers:

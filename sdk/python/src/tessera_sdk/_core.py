@@ -42,11 +42,12 @@ class Token:
         """The ``Authorization`` header value (``Bearer …`` or ``DPoP …``)."""
         return f"{'DPoP' if self.dpop_key is not None else 'Bearer'} {self.access_token}"
 
-    def dpop_proof(self, method: str, url: str) -> str | None:
-        """The ``DPoP`` header value for one request, or ``None`` for a bearer token."""
+    def dpop_proof(self, method: str, url: str, nonce: str | None = None) -> str | None:
+        """The ``DPoP`` header value for one request (with the server's
+        ``nonce`` when it asked for one), or ``None`` for a bearer token."""
         if self.dpop_key is None:
             return None
-        return self.dpop_key.proof(method, url, self.access_token)
+        return self.dpop_key.proof(method, url, self.access_token, nonce=nonce)
 
 
 @dataclass(frozen=True)

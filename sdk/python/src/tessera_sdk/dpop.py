@@ -8,6 +8,8 @@ is at most 4 KiB, its ``jti`` at most 128 printable ASCII characters, its
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -69,9 +71,12 @@ class DpopKey:
         """RFC 7638 thumbprint: the ``cnf.jkt`` of tokens bound to this key."""
         return self._thumbprint
 
-    def proof(self, htm: str, htu: str, access_token: str | None = None, *, iat: int | None = None) -> str:
+    def proof(
+        self, htm: str, htu: str, access_token: str | None = None, *, iat: int | None = None, nonce: str | None = None
+    ) -> str:
         """A fresh proof for ``htm`` ``htu`` (for the broker: ``POST`` and the
-        gRPC method path), with ``ath`` when presenting ``access_token``."""
+        gRPC method path), with ``ath`` when presenting ``access_token`` and
+        the server's ``nonce`` when it asked for one (``DPoP-Nonce``)."""
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(16),
             "htm": htm,
@@ -80,6 +85,8 @@ class DpopKey:
         }
         if access_token is not None:
             claims["ath"] = _jose.access_token_hash(access_token)
+        if nonce is not None:
+            claims["nonce"] = nonce
         return jwt.encode(claims, self._key, algorithm="ES256", headers={"typ": DPOP_TYP, "jwk": self._jwk})
 
     def __repr__(self) -> str:
@@ -114,6 +121,7 @@ class CheckedProof:
 
     replay_key: str
     remember_until: int
+    nonce: str | None = None
 
 
 def _fail(reason: str) -> InvalidProof:
@@ -203,13 +211,73 @@ def check_proof(
         raise _fail("proof `iat` is in the future")
     if iat < now - max_age:
         raise _fail("proof `iat` is too old")
+    nonce = claims.get("nonce")
+    # As tessera-core: a nonce is at most what a source issues, with room for another server's.
+    if nonce is not None and (not isinstance(nonce, str) or not nonce or len(nonce) > MAX_NONCE_LEN):
+        raise _fail("proof `nonce` is empty or longer than 256 bytes")
     if claims.get("ath") != _jose.access_token_hash(access_token):
         raise _fail("proof `ath` is not the hash of this access token")
     key_thumbprint = _jose.thumbprint(raw_jwk)
     if key_thumbprint != jkt:
         raise _fail("proof key is not the key the token is bound to")
     # Past this, the proof is too old to be accepted anyway.
-    return CheckedProof(replay_key=f"{key_thumbprint}.{jti}", remember_until=iat + max_age + 1)
+    return CheckedProof(replay_key=f"{key_thumbprint}.{jti}", remember_until=iat + max_age + 1, nonce=nonce)
+
+
+MAX_NONCE_LEN: Final = 256
+"""The longest proof ``nonce`` accepted (as tessera-core)."""
+
+_NONCE_LABEL: Final = b"tessera dpop-nonce v1\0"
+_NONCE_LEN: Final = 54
+
+
+class NonceSource:
+    """Issues and checks DPoP nonces (RFC 9449 sections 8 and 9) without
+    shared state, in tessera-core's format, so Rust and Python replicas
+    holding the same ``secret`` accept each other's nonces: base64url of the
+    8-byte big-endian time window and the HMAC-SHA256 of a label and that
+    window. A nonce is good in its window and the next (between one and two
+    ``window`` seconds). The secret never leaves the object."""
+
+    def __init__(self, secret: bytes, window: int = 60) -> None:
+        if len(secret) < 32:
+            raise ValueError("dpop nonce key must be at least 32 bytes")
+        if not 10 <= window <= 3600:
+            raise ValueError("dpop nonce window must be between 10 s and 1 h")
+        self._secret = bytes(secret)
+        self.window = window
+
+    @classmethod
+    def random(cls, window: int = 60) -> NonceSource:
+        """A source with a fresh key: its nonces are good in this process only."""
+        return cls(secrets.token_bytes(32), window)
+
+    def _tag(self, window: int) -> bytes:
+        return hmac.new(self._secret, _NONCE_LABEL + window.to_bytes(8, "big", signed=True), hashlib.sha256).digest()
+
+    def issue(self, now: float) -> str:
+        """The nonce to hand out at ``now`` (the same for every client in one window)."""
+        window = int(now) // self.window
+        return _jose.b64url(window.to_bytes(8, "big", signed=True) + self._tag(window))
+
+    def check(self, nonce: str, now: float) -> bool:
+        """Whether ``nonce`` was issued with this key in the window of ``now`` or the one before."""
+        if len(nonce) != _NONCE_LEN:
+            return False
+        try:
+            raw = _jose.b64url_decode(nonce)
+        except ValueError:
+            return False
+        if len(raw) != 40:
+            return False
+        window = int.from_bytes(raw[:8], "big", signed=True)
+        current = int(now) // self.window
+        if window not in (current, current - 1):
+            return False
+        return hmac.compare_digest(raw[8:], self._tag(window))
+
+    def __repr__(self) -> str:
+        return f"NonceSource(window={self.window})"
 
 
 def urlsplit_ok(url: str) -> bool:

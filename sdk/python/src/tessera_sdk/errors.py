@@ -32,6 +32,7 @@ __all__ = [
     "TokenExpired",
     "TokenRevoked",
     "Unavailable",
+    "UseDpopNonce",
     "VerifyError",
     "http_status",
 ]
@@ -87,6 +88,7 @@ class RefusalKind(enum.Enum):
 
     INVALID_TOKEN = "invalid_token"
     INVALID_PROOF = "invalid_dpop_proof"
+    USE_DPOP_NONCE = "use_dpop_nonce"
     INSUFFICIENT_SCOPE = "insufficient_scope"
     UNAVAILABLE = "unavailable"
 
@@ -94,6 +96,7 @@ class RefusalKind(enum.Enum):
 _STATUS: Final = {
     RefusalKind.INVALID_TOKEN: 401,
     RefusalKind.INVALID_PROOF: 401,
+    RefusalKind.USE_DPOP_NONCE: 401,
     RefusalKind.INSUFFICIENT_SCOPE: 403,
     RefusalKind.UNAVAILABLE: 503,
 }
@@ -137,7 +140,7 @@ class VerifyError(TesseraError):
             return None
         realm = _quoted(realm)
         params = f'realm="{realm}", error="{self.kind.value}", error_description="{_quoted(self.reason)}"'
-        if self.kind is RefusalKind.INVALID_PROOF or isinstance(self, ProofRequired):
+        if self.kind in (RefusalKind.INVALID_PROOF, RefusalKind.USE_DPOP_NONCE) or isinstance(self, ProofRequired):
             return f'DPoP {params}, algs="ES256 EdDSA"'
         if isinstance(self, InsufficientScope):
             return f'Bearer {params}, scope="{_quoted(self.scope)}"'
@@ -177,6 +180,22 @@ class InvalidProof(VerifyError):
     """The DPoP proof is malformed, for another request or key, stale, or replayed (401)."""
 
     kind = RefusalKind.INVALID_PROOF
+
+
+class UseDpopNonce(VerifyError):
+    """The DPoP proof carries no nonce, or not a current one of this
+    verifier's (RFC 9449 section 9): answer 401 with the ``DPoP-Nonce`` to
+    use, which :meth:`headers` includes; the client retries with it."""
+
+    kind = RefusalKind.USE_DPOP_NONCE
+
+    def __init__(self, nonce: str) -> None:
+        super().__init__("dpop proof must carry the server's current nonce")
+        self.nonce: Final = nonce
+
+    def headers(self, realm: str) -> dict[str, str]:
+        """``WWW-Authenticate`` and the ``DPoP-Nonce`` to retry with."""
+        return {**super().headers(realm), "DPoP-Nonce": self.nonce}
 
 
 class InsufficientScope(VerifyError):

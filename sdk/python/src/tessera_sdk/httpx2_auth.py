@@ -5,9 +5,10 @@
 audience within the current task: the longest configured audience that is a
 prefix of the request URL (a URL under none is refused, so a token never goes
 anywhere it was not issued for). It adds a fresh DPoP proof when the token is
-bound, renews a token ``renew_before`` seconds before it expires, and on a
-``401`` whose ``WWW-Authenticate`` says the token was revoked or expired gets
-a new token and retries the request once.
+bound (with the server's ``DPoP-Nonce`` once it sent one, retrying once on
+``use_dpop_nonce``), renews a token ``renew_before`` seconds before it
+expires, and on a ``401`` whose ``WWW-Authenticate`` says the token was
+revoked or expired gets a new token and retries the request once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 
 import httpx2
 
-from ._auth_core import TokenCache, says_revoked_or_expired, sign
+from ._auth_core import TokenCache, asks_for_nonce, says_revoked_or_expired, sign
 from .aio import AsyncAgentClient
 from .client import AgentClient
 
@@ -51,23 +52,46 @@ class TesseraAuth(httpx2.Auth):
     def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
         """The flow ``httpx2.Client`` runs."""
         audience = self.tokens.audience_for(str(request.url))
+        url = str(request.url)
         token = self.tokens.cached(audience) or self.tokens.fetch(audience)
-        sign(request.headers, request.method, str(request.url), token)
+        sign(request.headers, request.method, url, token, self.tokens.nonce(audience))
         response = yield request
+        self.tokens.remember_nonce(audience, response.headers.get("dpop-nonce"))
+        if (
+            token.dpop_key is not None
+            and self.tokens.nonce(audience) is not None
+            and asks_for_nonce(response.status_code, response.headers.get("www-authenticate", ""))
+        ):
+            response.read()
+            sign(request.headers, request.method, url, token, self.tokens.nonce(audience))
+            response = yield request
+            self.tokens.remember_nonce(audience, response.headers.get("dpop-nonce"))
         if says_revoked_or_expired(response.status_code, response.headers.get("www-authenticate", "")):
             self.tokens.drop(audience)
             response.read()
-            sign(request.headers, request.method, str(request.url), self.tokens.fetch(audience))
+            sign(request.headers, request.method, url, self.tokens.fetch(audience), self.tokens.nonce(audience))
             yield request
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         """The flow ``httpx2.AsyncClient`` runs."""
         audience = self.tokens.audience_for(str(request.url))
+        url = str(request.url)
         token = self.tokens.cached(audience) or await self.tokens.fetch_async(audience)
-        sign(request.headers, request.method, str(request.url), token)
+        sign(request.headers, request.method, url, token, self.tokens.nonce(audience))
         response = yield request
+        self.tokens.remember_nonce(audience, response.headers.get("dpop-nonce"))
+        if (
+            token.dpop_key is not None
+            and self.tokens.nonce(audience) is not None
+            and asks_for_nonce(response.status_code, response.headers.get("www-authenticate", ""))
+        ):
+            await response.aread()
+            sign(request.headers, request.method, url, token, self.tokens.nonce(audience))
+            response = yield request
+            self.tokens.remember_nonce(audience, response.headers.get("dpop-nonce"))
         if says_revoked_or_expired(response.status_code, response.headers.get("www-authenticate", "")):
             self.tokens.drop(audience)
             await response.aread()
-            sign(request.headers, request.method, str(request.url), await self.tokens.fetch_async(audience))
+            fresh = await self.tokens.fetch_async(audience)
+            sign(request.headers, request.method, url, fresh, self.tokens.nonce(audience))
             yield request

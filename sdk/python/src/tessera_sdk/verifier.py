@@ -36,7 +36,7 @@ import jwt
 
 from . import _jose
 from ._pb.tessera.v1 import verifier_pb2, verifier_pb2_grpc
-from .dpop import check_proof
+from .dpop import NonceSource, check_proof
 from .errors import (
     CertificateMismatch,
     CertificateRequired,
@@ -48,6 +48,7 @@ from .errors import (
     TokenExpired,
     TokenRevoked,
     Unavailable,
+    UseDpopNonce,
 )
 from .identity import Attestation
 
@@ -104,6 +105,12 @@ class VerifierConfig:
     replay_store: ReplayStore | None = None
     """A replay store the replicas of this resource server share, instead of
     this verifier's memory (the two capacities above then do not apply)."""
+    dpop_nonce: NonceSource | None = None
+    """Require every DPoP proof to carry a current nonce of this source (RFC
+    9449 section 9): a proof without one is refused with
+    :class:`~tessera_sdk.errors.UseDpopNonce`, whose headers carry the nonce
+    to retry with. Replicas (Rust or Python) sharing the source's secret
+    accept each other's nonces."""
     max_revocations: int = 1_000_000
     """Most revocations held."""
     require_bound: bool = False
@@ -626,6 +633,12 @@ class Verifier:
                     pass
             raise InvalidToken("token signing key is unknown") from None
 
+    def dpop_nonce(self) -> str | None:
+        """The nonce to send now in a ``DPoP-Nonce`` header when ``dpop_nonce``
+        is configured (any answer may carry it, to keep clients' nonces fresh)."""
+        nonces = self.config.dpop_nonce
+        return None if nonces is None else nonces.issue(self._clock())
+
     def authenticate(
         self,
         authorization: str | None,
@@ -791,6 +804,9 @@ class Verifier:
             max_age=int(self.config.dpop_max_age),
             leeway=int(self.config.leeway),
         )
+        nonces = self.config.dpop_nonce
+        if nonces is not None and (checked.nonce is None or not nonces.check(checked.nonce, now)):
+            raise UseDpopNonce(nonces.issue(now))
         # Last: a proof is spent only by a request that passed every check.
         # `<thumbprint>.<jti>`: a thumbprint is base64url, so it has no `.`.
         jkt_of_proof, _, jti = checked.replay_key.partition(".")
