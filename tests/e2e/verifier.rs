@@ -353,6 +353,38 @@ async fn a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_on
     assert!(v.status().revocations >= 1);
 }
 
+const DPOP_URL: &str = "https://api.example.com/crm/contacts";
+
+/// A DPoP presentation of `token` with `proof` for `GET DPOP_URL`.
+fn dpop<'a>(token: &'a str, proof: &'a str) -> Presented<'a> {
+    Presented {
+        token,
+        scheme: tessera_client::verifier::Scheme::Dpop,
+        dpop_proof: Some(proof),
+        method: "GET",
+        url: DPOP_URL,
+        client_cert_der: None,
+    }
+}
+
+/// Starts task `task` for `writer` and mints it a token bound to a new key.
+async fn bound_token(broker: &Broker, task: &str) -> (tessera_client::PopKey, String) {
+    broker
+        .start_task(start_request(task, &["writer"], &["crm.contacts.write"], 600))
+        .await;
+    let key = tessera_client::PopKey::generate().unwrap();
+    let token = broker
+        .issue_as(
+            "writer",
+            pb::RequestTokenRequest {
+                pop_proof: key.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None).unwrap(),
+                ..token_request(task, &["crm.contacts.write"], None)
+            },
+        )
+        .await;
+    (key, token.access_token)
+}
+
 /// Two replicas of one resource server share a Redis replay store: a DPoP
 /// proof one accepted is refused by the other (an attacker who saw it on
 /// the wire cannot spend it at the next replica), one key cannot fill the
@@ -361,9 +393,8 @@ async fn a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_on
 /// store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
-    use tessera_client::PopKey;
-    use tessera_client::verifier::{RedisReplayStore, RefusalKind, Scheme};
-    const URL: &str = "https://api.example.com/crm/contacts";
+    use tessera_client::verifier::{RedisReplayStore, RefusalKind};
+    const URL: &str = DPOP_URL;
 
     let mut redis = tessera_e2e::redis::RedisServer::builder().appendonly(false).start();
     let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
@@ -375,35 +406,8 @@ async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
         verifier(&broker, &endpoint, config)
     };
     let (a, b) = (replica(shared.clone()).await, replica(shared).await);
-    broker
-        .start_task(start_request(
-            "shared-replay",
-            &["writer"],
-            &["crm.contacts.write"],
-            600,
-        ))
-        .await;
-    let key = PopKey::generate().unwrap();
-    let token = broker
-        .issue_as(
-            "writer",
-            pb::RequestTokenRequest {
-                pop_proof: key.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None).unwrap(),
-                ..token_request("shared-replay", &["crm.contacts.write"], None)
-            },
-        )
-        .await;
-    let t = token.access_token.as_str();
-    fn dpop<'a>(token: &'a str, proof: &'a str) -> Presented<'a> {
-        Presented {
-            token,
-            scheme: Scheme::Dpop,
-            dpop_proof: Some(proof),
-            method: "GET",
-            url: URL,
-            client_cert_der: None,
-        }
-    }
+    let (key, token) = bound_token(&broker, "shared-replay").await;
+    let t = token.as_str();
 
     let proof = key.proof("GET", URL, Some(t)).unwrap();
     a.verify(&dpop(t, &proof)).await.unwrap();
@@ -443,20 +447,9 @@ async fn replicas_sharing_a_redis_replay_store_accept_a_proof_once() {
 /// the nonce key accept each other's nonces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_asking_for_dpop_nonces_refuses_proofs_without_its_nonce() {
-    use tessera_client::PopKey;
-    use tessera_client::verifier::{RefusalKind, Scheme};
+    use tessera_client::verifier::RefusalKind;
     use tessera_core::pop::NonceSource;
-    const URL: &str = "https://api.example.com/crm/contacts";
-    fn dpop<'a>(token: &'a str, proof: &'a str) -> Presented<'a> {
-        Presented {
-            token,
-            scheme: Scheme::Dpop,
-            dpop_proof: Some(proof),
-            method: "GET",
-            url: URL,
-            client_cert_der: None,
-        }
-    }
+    const URL: &str = DPOP_URL;
 
     let broker = Broker::start_with(&[("TESSERA_SERVER__HEARTBEAT_INTERVAL", "500ms")]);
     let endpoint = broker.endpoint();
@@ -472,20 +465,8 @@ async fn a_verifier_asking_for_dpop_nonces_refuses_proofs_without_its_nonce() {
         replica(shared_key).await,
         replica([9u8; 32]).await,
     );
-    broker
-        .start_task(start_request("nonce", &["writer"], &["crm.contacts.write"], 600))
-        .await;
-    let key = PopKey::generate().unwrap();
-    let token = broker
-        .issue_as(
-            "writer",
-            pb::RequestTokenRequest {
-                pop_proof: key.proof("POST", tessera_client::REQUEST_TOKEN_HTU, None).unwrap(),
-                ..token_request("nonce", &["crm.contacts.write"], None)
-            },
-        )
-        .await;
-    let t = token.access_token.as_str();
+    let (key, token) = bound_token(&broker, "nonce").await;
+    let t = token.as_str();
 
     let without = key.proof("GET", URL, Some(t)).unwrap();
     let refused = a.verify(&dpop(t, &without)).await.unwrap_err();
