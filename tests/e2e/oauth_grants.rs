@@ -661,6 +661,11 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
             tessera_e2e::wait_past_second(tessera_e2e::now_secs() + 1).await;
         }
     }
+    wait_denied(
+        broker,
+        "client_credentials",
+        "`client_id` is not the authenticated client",
+    );
     let anonymous = setup
         .post(
             None,
