@@ -9,7 +9,11 @@ setup (``tessera dev jwt``):
 
 - ``client_credentials`` with the JWT-SVID as the client assertion
   (``PrivateKeyJWTOAuthProvider``, Workload Identity Federation), and
-- the RFC 7523 ``jwt-bearer`` grant (``IdentityAssertionOAuthProvider``).
+- the RFC 7523 ``jwt-bearer`` grant (``IdentityAssertionOAuthProvider``);
+
+and for ``agent/mcp-signer``, whose public key is registered
+(``client_jwks_file``), ``client_credentials`` with ``private_key_jwt`` signed
+by the SDK itself (``SignedJWTParameters``).
 
 It calls a tool with each; once the orchestrator completes the task, the
 token is refused as revoked and no new one is granted.
@@ -24,6 +28,7 @@ authentication).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 import socket
@@ -37,8 +42,10 @@ from urllib.parse import parse_qsl
 import httpx2
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from mcp import Client
-from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider
+from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider, SignedJWTParameters
 from mcp.client.auth.extensions.identity_assertion import IdentityAssertionOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
@@ -52,6 +59,7 @@ from .test_e2e import eventually, past_second
 
 TOOLS_READ = "tools.read"
 AGENT = "spiffe://tessera.local/agent/ci-runner"
+SIGNER = "spiffe://tessera.local/agent/mcp-signer"
 
 
 @dataclass
@@ -112,6 +120,7 @@ class Setup:
     mcp_url: str
     verifier: Verifier
     tls: ssl.SSLContext
+    signer_key: str
 
     def svid(self, audience: str) -> str:
         """A fresh JWT-SVID of the dev issuer for ``agent/ci-runner``, for ``audience``."""
@@ -127,9 +136,30 @@ def setup(tmp_path: pathlib.Path, store_env: dict[str, str]) -> Iterator[Setup]:
     base = f"http://127.0.0.1:{int(listener.getsockname()[1])}"
     mcp_url = base + "/mcp"
     _dev_init(tmp_path, "--jwt")
+    # agent/mcp-signer's client key: the private half stays with the test,
+    # the public half is registered as its `client_jwks_file`.
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+
+    def b64(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    jwk = {"kty": "EC", "crv": "P-256", "x": b64(numbers.x), "y": b64(numbers.y), "kid": "signer-1", "use": "sig"}
+    (tmp_path / "mcp-signer.jwks").write_text(json.dumps({"keys": [jwk]}))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     with open(tmp_path / "tesserad.toml", "a", encoding="utf-8") as config:
         config.write(
             f"""
+[[identities]]
+id = "{SIGNER}"
+kind = "agent"
+owner = "team-research"
+roles = ["agent"]
+max_ttl = "10m"
+client_jwks_file = "mcp-signer.jwks"
+
 [[apis]]
 audience = "{mcp_url}"
 scopes = {{ "{TOOLS_READ}" = "read" }}
@@ -175,7 +205,7 @@ verifiers = ["spiffe://tessera.local/service/api-gateway"]
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     tls = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    yield Setup(broker, issuer, mcp_url, verifier, tls)
+    yield Setup(broker, issuer, mcp_url, verifier, tls, pem)
     uv.should_exit = True
     thread.join(timeout=10)
     listener.close()
@@ -185,7 +215,7 @@ verifiers = ["spiffe://tessera.local/service/api-gateway"]
 
 def test_mcp_clients_get_task_bound_tessera_tokens_by_workload_identity(setup: Setup) -> None:
     orch = OrchestratorClient(setup.broker.endpoint, setup.broker.identity("orchestrator"))
-    task = orch.start_task([AGENT], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600)
+    task = orch.start_task([AGENT, SIGNER], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600)
     answers: list[tuple[str, int, str]] = []
 
     async def record(response: httpx2.Response) -> None:
@@ -226,6 +256,18 @@ def test_mcp_clients_get_task_bound_tessera_tokens_by_workload_identity(setup: S
         scope=TOOLS_READ,
     )
 
+    signed = TaskClientCredentials(
+        task.task_id,
+        server_url=setup.mcp_url,
+        storage=Memory(),
+        client_id=SIGNER,
+        assertion_provider=SignedJWTParameters(
+            issuer=SIGNER, subject=SIGNER, signing_key=setup.signer_key, signing_algorithm="ES256"
+        ).create_assertion_provider(),
+        scope=TOOLS_READ,
+        issuer=setup.issuer,
+    )
+
     def text(result: Any) -> str:
         assert not isinstance(result, BaseException), (result, answers)
         return " ".join(getattr(block, "text", "") for block in result.content)
@@ -237,6 +279,8 @@ def test_mcp_clients_get_task_bound_tessera_tokens_by_workload_identity(setup: S
         assert any("/.well-known/oauth-protected-resource" in url for url in urls), urls
         assert f"{setup.issuer}/.well-known/oauth-authorization-server" in urls, urls
         assert (f"{setup.issuer}/oauth/token", 200, "") in answers, answers
+        # private_key_jwt, signed by the mcp SDK with the registered key.
+        assert "ada" in text(await call(signed))
         # jwt-bearer: the JWT-SVID is the grant.
         assert "grace" in text(await call(jwt_bearer))
         assert bearer_storage.tokens is not None
@@ -259,13 +303,18 @@ def test_mcp_clients_get_task_bound_tessera_tokens_by_workload_identity(setup: S
         assert isinstance(ended, BaseException), ended
         assert any(status == 401 and "revoked" in challenge for _, status, challenge in answers), answers
         assert any(url.endswith("/oauth/token") and status == 400 for url, status, _ in answers), answers
-        ended = await call(credentials)
-        assert isinstance(ended, BaseException), ended
+        for provider in (credentials, signed):
+            ended = await call(provider)
+            assert isinstance(ended, BaseException), ended
 
     asyncio.run(scenario())
     orch.close()
     # Every token the facade issued is audited with its grant type and client authentication.
     audit = [json.loads(line) for line in (setup.broker.dir / "audit.jsonl").read_text().splitlines()]
     issued = {(r.get("grant_type"), r.get("client_auth")) for r in audit if r["event"] == "token_issued"}
-    assert issued == {("client_credentials", "client_assertion"), ("jwt-bearer", "none")}, issued
+    assert issued == {
+        ("client_credentials", "client_assertion"),
+        ("client_credentials", "private_key_jwt"),
+        ("jwt-bearer", "none"),
+    }, issued
     assert spiffe("researcher") not in {r.get("who", {}).get("identity") for r in audit if r["event"] == "token_issued"}

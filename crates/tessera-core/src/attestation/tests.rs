@@ -973,4 +973,27 @@ fn a_client_assertion_names_the_client_and_is_signed_by_its_registered_key() {
             JwtError::Algorithm
         );
     }
+    // Without a `kid` (as the mcp SDK signs): the one registered key, and
+    // only when exactly one is registered.
+    let no_kid = signer.token_raw(&json!({"alg": "ES256", "typ": "JWT"}).to_string(), &claims.to_string());
+    assert_eq!(check(&no_kid).unwrap().jti, "c-1");
+    let two = IssuerKeys::from_json(
+        json!({"keys": [signer.jwk("k1"), other.jwk("k2")]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        jwt::verify_client_assertion(&no_kid, &client, &two, &[ENDPOINT], now(), Duration::seconds(5)).unwrap_err(),
+        JwtError::KeyId
+    );
+    // An attestation token still needs its `kid`.
+    let p = policy(&[JwtAlgorithm::Es256]);
+    let header = json!({"alg": "ES256"}).to_string();
+    refused(
+        &signer.token_raw(&header, &k8s_claims().to_string()),
+        &p,
+        &keys,
+        JwtError::KeyId,
+    );
 }

@@ -195,27 +195,32 @@ async fn authenticate_client(
     let audiences = [facade.token_endpoint.as_str(), facade.issuer.as_str()];
     // A JWT of a trusted attestation issuer (Workload Identity Federation)
     // is attested as on the gRPC port; any other must be the client's own
-    // `private_key_jwt`.
-    if let Some(attestor) = &facade.attestors.jwt {
-        match attestor.attest_assertion(assertion, now, &audiences).await {
+    // `private_key_jwt`, its `iss` the client. (The `iss` read here only
+    // picks the check; the check verifies it.)
+    let iss = unverified_issuer(assertion);
+    if let Some(attestor) = &facade.attestors.jwt
+        && iss.as_deref().is_some_and(|i| attestor.trusts_issuer(i))
+    {
+        return match attestor.attest_assertion(assertion, now, &audiences).await {
             Ok(attested) => {
                 let who = bind(facade, &attested.id, AttestationMethod::Jwt, evidence, source).await?;
                 check_client_id(facade, params, &who).await?;
-                return Ok(Some(Client {
+                Ok(Some(Client {
                     who,
                     method: "client_assertion",
-                }));
+                }))
             }
-            Err(JwtRefusal::Token(tessera_core::attestation::JwtError::Issuer)) => {}
-            Err(e) => return Err(refuse_client(facade, None, &evidence, e, source).await),
-        }
+            Err(e) => Err(refuse_client(facade, None, &evidence, e, source).await),
+        };
     }
-    // `private_key_jwt`: `iss` and `sub` are the client; its registered keys.
-    let claimed = unverified_issuer(assertion)
-        .and_then(|iss| SpiffeId::parse(&iss).ok())
-        .ok_or_else(|| {
-            OAuthError::invalid_client("client assertion: `iss` is not a trusted issuer nor a registered client")
-        })?;
+    let Some(claimed) = iss.and_then(|iss| SpiffeId::parse(&iss).ok()) else {
+        let reason = "client assertion: `iss` is neither a trusted issuer nor a registered client";
+        let refused = facade
+            .broker
+            .attestation_refused_by(AttestationMethod::PrivateKeyJwt, None, Some(&evidence), reason, source)
+            .await;
+        return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+    };
     let Some(keys) = facade.broker.registry().client_keys(&claimed) else {
         let reason = "client assertion: no keys are registered for this client";
         let refused = facade
