@@ -177,7 +177,7 @@ python-run: python-venv redis
 	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples bench
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
-	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_attestation.py tests/test_console.py
+	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_mcp_oauth.py tests/test_attestation.py tests/test_console.py
 
 # ---- the OCI image (deploy/image) ----
 IMAGE ?= localhost/tessera:$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)

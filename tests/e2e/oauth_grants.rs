@@ -337,6 +337,23 @@ async fn the_metadata_lists_exactly_what_the_token_endpoint_accepts() {
     assert_eq!(m["authorization_details_types_supported"], json!(["tessera_task"]));
     assert_eq!(m["dpop_signing_alg_values_supported"], json!(["ES256", "EdDSA"]));
     assert_eq!(m["resource_indicators_supported"], true);
+    // An authorization endpoint is listed (MCP clients require one) and
+    // refuses everything: no response type is supported.
+    assert_eq!(m["authorization_endpoint"], format!("{PUBLIC_URL}/oauth/authorize"));
+    assert_eq!(m["response_types_supported"], json!([]));
+    let authorize = request(
+        &setup.broker,
+        None,
+        "/oauth/authorize?response_type=code&client_id=x&redirect_uri=https://evil.example/",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (authorize.status, authorize.error().as_str()),
+        (400, "unsupported_response_type")
+    );
+    assert!(authorize.header("location").is_none(), "never a redirect");
 }
 
 /// `jwt-bearer` with a workload JWT: the task's grant, recorded and
@@ -644,6 +661,11 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
             tessera_e2e::wait_past_second(tessera_e2e::now_secs() + 1).await;
         }
     }
+    wait_denied(
+        broker,
+        "client_credentials",
+        "`client_id` is not the authenticated client",
+    );
     let anonymous = setup
         .post(
             None,

@@ -41,6 +41,11 @@ pub(crate) struct JwtArgs {
     /// Lifetime of the token.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
+    /// The token's `aud` [default: the broker's, for gRPC attestation]; an
+    /// OAuth `jwt-bearer` assertion or client assertion names the
+    /// authorization server (its issuer identifier or token endpoint URL).
+    #[arg(long, value_name = "URL")]
+    audience: Option<String>,
 }
 
 /// `dev init`.
@@ -189,7 +194,7 @@ pub(crate) fn run(global: &Global, cmd: DevCommand) -> anyhow::Result<()> {
         DevCommand::Jwt(args) => {
             let now = OffsetDateTime::now_utc().unix_timestamp();
             let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(600);
-            let token = attestation::sign(&global.dev_dir, &args.subject, now, ttl)?;
+            let token = attestation::sign(&global.dev_dir, &args.subject, args.audience.as_deref(), now, ttl)?;
             output::line(token)?;
             return Ok(());
         }

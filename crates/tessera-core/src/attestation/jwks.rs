@@ -203,6 +203,14 @@ impl IssuerKeys {
         self.by_kid.contains_key(kid)
     }
 
+    /// The `kid` of the set's only key; `None` unless it holds exactly one.
+    pub fn sole_kid(&self) -> Option<&str> {
+        match self.by_kid.len() {
+            1 => self.by_kid.keys().next().map(String::as_str),
+            _ => None,
+        }
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.by_kid.len()

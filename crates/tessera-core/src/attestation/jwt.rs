@@ -272,6 +272,14 @@ pub struct JwtAttestation {
 /// Steps 1 to 4 of the module docs: structure, header, and which configured
 /// issuer (by exact `iss`) the token claims to come from.
 pub fn parse(token: &str, issuers: &[IssuerPolicy]) -> Result<ParsedJwt, JwtError> {
+    parse_with(token, issuers, None)
+}
+
+/// [`parse`], but a token without `kid` names `sole_kid` (for a client
+/// whose registered key set holds one key: RFC 7523 client assertions are
+/// often signed without a `kid`). A `kid` that is present is checked and
+/// used as always.
+fn parse_with(token: &str, issuers: &[IssuerPolicy], sole_kid: Option<&str>) -> Result<ParsedJwt, JwtError> {
     const SEGMENTS: &str = "expected three non-empty dot-separated segments";
     if token.len() > MAX_JWT_LEN {
         return Err(JwtError::TooLong);
@@ -301,7 +309,7 @@ pub fn parse(token: &str, issuers: &[IssuerPolicy]) -> Result<ParsedJwt, JwtErro
         return Err(JwtError::Malformed("payload is too large"));
     }
     let header_json = decode(header_b64)?;
-    let (alg, kid) = parse_header(&header_json)?;
+    let (alg, kid) = parse_header(&header_json, sole_kid)?;
     let payload = decode(payload_b64)?;
     let claims = json_object(&payload, "payload")?;
     let iss = match claims.get("iss") {
@@ -385,7 +393,8 @@ pub struct ClientAssertion {
 /// RFC 7523 section 3 for client authentication (`private_key_jwt`, RFC
 /// 7523 section 2.2): `iss` and `sub` are both exactly `client` (the
 /// registered identity), the signature is by one of `keys` (the keys
-/// registered for that identity, by `kid`), `aud` names one of `audiences`,
+/// registered for that identity, by `kid`, which may be left out when one
+/// key is registered), `aud` names one of `audiences`,
 /// `exp`, `iat` (at most [`CLIENT_ASSERTION_MAX_AGE`] old) and `jti` are
 /// required. The same hardened parse and signature check as attestation
 /// tokens (module docs, steps 1 to 6): no `none`, no HMAC, no header keys.
@@ -410,7 +419,7 @@ pub fn verify_client_assertion(
         mapping: ClaimMapping::pinned(client),
         trust_domains: BTreeSet::from([client.trust_domain().to_owned()]),
     };
-    let parsed = parse(token, std::slice::from_ref(&policy))?;
+    let parsed = parse_with(token, std::slice::from_ref(&policy), keys.sole_kid())?;
     let checked = check_signed(&parsed, &policy, keys, now, audiences, true)?;
     match parsed.claims.get("sub") {
         Some(serde_json::Value::String(sub)) if sub == client.as_str() => {}
@@ -585,7 +594,7 @@ struct RawHeader {
     typ: Option<serde_json::Value>,
 }
 
-fn parse_header(json: &[u8]) -> Result<(JwtAlgorithm, String), JwtError> {
+fn parse_header(json: &[u8], sole_kid: Option<&str>) -> Result<(JwtAlgorithm, String), JwtError> {
     if json.len() > MAX_HEADER_LEN {
         return Err(JwtError::Malformed("header is too large"));
     }
@@ -613,7 +622,7 @@ fn parse_header(json: &[u8]) -> Result<(JwtAlgorithm, String), JwtError> {
         Some(serde_json::Value::String(t)) if t.len() <= 64 => {}
         Some(_) => return Err(JwtError::Malformed("`typ` is not a short string")),
     }
-    let kid = raw.kid.ok_or(JwtError::KeyId)?;
+    let kid = raw.kid.or_else(|| sole_kid.map(str::to_owned)).ok_or(JwtError::KeyId)?;
     if !super::is_safe_key(&kid, MAX_KID_LEN) {
         return Err(JwtError::KeyId);
     }

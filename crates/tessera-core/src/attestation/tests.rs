@@ -875,3 +875,125 @@ proptest! {
         }
     }
 }
+
+/// RFC 7523 `jwt-bearer`: the issuer's whole policy, but `aud` must be one
+/// of the audiences asked for (the token endpoint), never the gRPC
+/// attestation audience alone, and a `jti` is required even for an issuer
+/// that is not single-use.
+#[test]
+fn an_oauth_assertion_is_the_issuers_token_for_the_token_endpoint_with_a_jti() {
+    const ENDPOINT: &str = "https://tessera.example/oauth/token";
+    let signer = Signer::new(JwtAlgorithm::Es256);
+    let keys = keys_of(&signer);
+    let p = IssuerPolicy {
+        single_use_jti: false,
+        ..policy(&[JwtAlgorithm::Es256])
+    };
+    let assert_as = |claims: &serde_json::Value| {
+        let token = signer.token(claims);
+        let parsed = jwt::parse(&token, std::slice::from_ref(&p))?;
+        jwt::verify_assertion(&parsed, &p, &keys, now(), &[ENDPOINT])
+    };
+    let mut claims = k8s_claims();
+    claims["aud"] = json!(ENDPOINT);
+    let got = assert_as(&claims).unwrap();
+    assert_eq!(got.id.as_str(), "spiffe://td/ns/prod/sa/api");
+    assert_eq!(
+        got.single_use_jti.as_deref(),
+        Some("4b5c-1"),
+        "recorded although the issuer is not single-use"
+    );
+    // The gRPC audience is not the token endpoint.
+    assert_eq!(assert_as(&k8s_claims()).unwrap_err(), JwtError::Audience);
+    let mut no_jti = claims.clone();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    assert_eq!(assert_as(&no_jti).unwrap_err(), JwtError::Jti("k8s".into()));
+    let mut expired = claims.clone();
+    expired["exp"] = json!(now().timestamp() - 60);
+    assert_eq!(assert_as(&expired).unwrap_err(), JwtError::Expired);
+    // And the same token is still refused by the gRPC check (its `aud`).
+    let token = signer.token(&claims);
+    let parsed = jwt::parse(&token, std::slice::from_ref(&p)).unwrap();
+    assert_eq!(jwt::verify(&parsed, &p, &keys, now()).unwrap_err(), JwtError::Audience);
+}
+
+/// RFC 7523 section 2.2 `private_key_jwt`: `iss` and `sub` are the client,
+/// signed by one of its registered keys, for the token endpoint, with a
+/// `jti` and a recent `iat`; no `none`, no HMAC.
+#[test]
+fn a_client_assertion_names_the_client_and_is_signed_by_its_registered_key() {
+    const ENDPOINT: &str = "https://tessera.example/oauth/token";
+    let client = SpiffeId::parse("spiffe://td/agent/mcp").unwrap();
+    let signer = Signer::new(JwtAlgorithm::Es256);
+    let keys = keys_of(&signer);
+    let t = now().timestamp();
+    let claims = json!({"iss": client.as_str(), "sub": client.as_str(), "aud": ENDPOINT,
+        "iat": t - 5, "exp": t + 60, "jti": "c-1"});
+    let check =
+        |token: &str| jwt::verify_client_assertion(token, &client, &keys, &[ENDPOINT], now(), Duration::seconds(5));
+    let got = check(&signer.token(&claims)).unwrap();
+    assert_eq!(got.jti, "c-1");
+    assert_eq!(got.replay_until, now() + Duration::seconds(65));
+    let with = |name: &str, value: serde_json::Value| {
+        let mut c = claims.clone();
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(name);
+        } else {
+            c[name] = value;
+        }
+        signer.token(&c)
+    };
+    assert_eq!(
+        check(&with("iss", json!("spiffe://td/agent/other"))).unwrap_err(),
+        JwtError::Issuer
+    );
+    assert!(matches!(
+        check(&with("sub", json!("spiffe://td/agent/other"))).unwrap_err(),
+        JwtError::Mapping(_)
+    ));
+    assert_eq!(
+        check(&with("aud", json!("https://elsewhere"))).unwrap_err(),
+        JwtError::Audience
+    );
+    assert_eq!(
+        check(&with("jti", serde_json::Value::Null)).unwrap_err(),
+        JwtError::Jti(client.to_string())
+    );
+    assert!(matches!(
+        check(&with("iat", json!(t - 600))).unwrap_err(),
+        JwtError::TooOld(_)
+    ));
+    // Another key under the registered kid: the signature does not verify.
+    let other = Signer::new(JwtAlgorithm::Es256);
+    assert_eq!(check(&other.token(&claims)).unwrap_err(), JwtError::Signature);
+    for alg in ["none", "HS256"] {
+        let header = json!({"alg": alg, "kid": "k1"}).to_string();
+        assert_eq!(
+            check(&signer.token_raw(&header, &claims.to_string())).unwrap_err(),
+            JwtError::Algorithm
+        );
+    }
+    // Without a `kid` (as the mcp SDK signs): the one registered key, and
+    // only when exactly one is registered.
+    let no_kid = signer.token_raw(&json!({"alg": "ES256", "typ": "JWT"}).to_string(), &claims.to_string());
+    assert_eq!(check(&no_kid).unwrap().jti, "c-1");
+    let two = IssuerKeys::from_json(
+        json!({"keys": [signer.jwk("k1"), other.jwk("k2")]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        jwt::verify_client_assertion(&no_kid, &client, &two, &[ENDPOINT], now(), Duration::seconds(5)).unwrap_err(),
+        JwtError::KeyId
+    );
+    // An attestation token still needs its `kid`.
+    let p = policy(&[JwtAlgorithm::Es256]);
+    let header = json!({"alg": "ES256"}).to_string();
+    refused(
+        &signer.token_raw(&header, &k8s_claims().to_string()),
+        &p,
+        &keys,
+        JwtError::KeyId,
+    );
+}

@@ -286,6 +286,11 @@ impl JwtAttestor {
         })
     }
 
+    /// Whether `iss` is exactly a configured issuer's.
+    pub fn trusts_issuer(&self, iss: &str) -> bool {
+        self.policies.iter().any(|p| p.issuer == iss)
+    }
+
     /// Loads every issuer's keys once (at start; failures are logged and
     /// retried when a token needs them).
     pub async fn prefetch(&self) {

@@ -172,7 +172,7 @@ async fn authenticate_client(
             return Ok(None);
         }
         let who = facade.authenticate(peer).await?;
-        check_client_id(params, &who)?;
+        check_client_id(facade, params, &who).await?;
         return Ok(Some(Client {
             who,
             method: "tls_client_auth",
@@ -195,27 +195,32 @@ async fn authenticate_client(
     let audiences = [facade.token_endpoint.as_str(), facade.issuer.as_str()];
     // A JWT of a trusted attestation issuer (Workload Identity Federation)
     // is attested as on the gRPC port; any other must be the client's own
-    // `private_key_jwt`.
-    if let Some(attestor) = &facade.attestors.jwt {
-        match attestor.attest_assertion(assertion, now, &audiences).await {
+    // `private_key_jwt`, its `iss` the client. (The `iss` read here only
+    // picks the check; the check verifies it.)
+    let iss = unverified_issuer(assertion);
+    if let Some(attestor) = &facade.attestors.jwt
+        && iss.as_deref().is_some_and(|i| attestor.trusts_issuer(i))
+    {
+        return match attestor.attest_assertion(assertion, now, &audiences).await {
             Ok(attested) => {
                 let who = bind(facade, &attested.id, AttestationMethod::Jwt, evidence, source).await?;
-                check_client_id(params, &who)?;
-                return Ok(Some(Client {
+                check_client_id(facade, params, &who).await?;
+                Ok(Some(Client {
                     who,
                     method: "client_assertion",
-                }));
+                }))
             }
-            Err(JwtRefusal::Token(tessera_core::attestation::JwtError::Issuer)) => {}
-            Err(e) => return Err(refuse_client(facade, None, &evidence, e, source).await),
-        }
+            Err(e) => Err(refuse_client(facade, None, &evidence, e, source).await),
+        };
     }
-    // `private_key_jwt`: `iss` and `sub` are the client; its registered keys.
-    let claimed = unverified_issuer(assertion)
-        .and_then(|iss| SpiffeId::parse(&iss).ok())
-        .ok_or_else(|| {
-            OAuthError::invalid_client("client assertion: `iss` is not a trusted issuer nor a registered client")
-        })?;
+    let Some(claimed) = iss.and_then(|iss| SpiffeId::parse(&iss).ok()) else {
+        let reason = "client assertion: `iss` is neither a trusted issuer nor a registered client";
+        let refused = facade
+            .broker
+            .attestation_refused_by(AttestationMethod::PrivateKeyJwt, None, Some(&evidence), reason, source)
+            .await;
+        return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+    };
     let Some(keys) = facade.broker.registry().client_keys(&claimed) else {
         let reason = "client assertion: no keys are registered for this client";
         let refused = facade
@@ -274,19 +279,29 @@ async fn authenticate_client(
         Err(e) => return Err(OAuthError::from_broker(BrokerError::Store(e))),
     }
     let who = bind(facade, &claimed, AttestationMethod::PrivateKeyJwt, evidence, source).await?;
-    check_client_id(params, &who)?;
+    check_client_id(facade, params, &who).await?;
     Ok(Some(Client {
         who,
         method: "private_key_jwt",
     }))
 }
 
-/// RFC 7521 section 4.2: a `client_id` sent must be the authenticated client.
-fn check_client_id(params: &HashMap<String, String>, who: &VerifiedIdentity) -> Result<(), OAuthError> {
+/// RFC 7521 section 4.2: a `client_id` sent must be the authenticated
+/// client; a mismatch is audited as a refusal of that client.
+async fn check_client_id(
+    facade: &Facade,
+    params: &HashMap<String, String>,
+    who: &VerifiedIdentity,
+) -> Result<(), OAuthError> {
     match params.get("client_id") {
-        Some(id) if id != who.id().as_str() => Err(OAuthError::invalid_client(
-            "`client_id` is not the authenticated client",
-        )),
+        Some(id) if id != who.id().as_str() => {
+            const WHY: &str = "`client_id` is not the authenticated client";
+            let e = facade
+                .broker
+                .oauth_refused(who, &partial(params), "client_id", WHY.to_owned())
+                .await;
+            Err(unavailable_or(e, OAuthError::invalid_client(WHY)))
+        }
         _ => Ok(()),
     }
 }
@@ -426,6 +441,7 @@ struct Ask {
 }
 
 /// A parameter refused while parsing: its RFC error code, field and reason.
+#[derive(Debug)]
 struct Bad {
     code: &'static str,
     field: &'static str,
@@ -745,4 +761,113 @@ async fn token_error(
         _ => return OAuthError::from_broker(e),
     };
     OAuthError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test")]
+
+    use super::*;
+
+    const CRM: &str = "https://api.example.com/crm";
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> (&'static str, &'static str) {
+        match Ask::parse(&form(pairs)) {
+            Ok(_) => panic!("accepted: {pairs:?}"),
+            Err(b) => (b.code, b.field),
+        }
+    }
+
+    #[test]
+    fn the_task_is_named_by_task_id_or_one_tessera_task_detail() {
+        let by_id = Ask::parse(&form(&[("resource", CRM), ("scope", "a b"), ("task_id", "t1")])).unwrap();
+        assert_eq!((by_id.task_id.as_str(), by_id.scopes.len()), ("t1", 2));
+        let details = r#"[{"type":"tessera_task","task_id":"t2","locations":["https://api.example.com/crm"]}]"#;
+        let by_details = Ask::parse(&form(&[
+            ("resource", CRM),
+            ("scope", "a"),
+            ("authorization_details", details),
+        ]))
+        .unwrap();
+        assert_eq!(by_details.task_id, "t2");
+        let both = Ask::parse(&form(&[
+            ("resource", CRM),
+            ("scope", "a"),
+            ("task_id", "t2"),
+            ("authorization_details", details),
+        ]))
+        .unwrap();
+        assert_eq!(both.task_id, "t2");
+    }
+
+    #[test]
+    fn every_bad_request_has_its_rfc_code() {
+        let detail = |d: &str| refused(&[("resource", CRM), ("scope", "a"), ("authorization_details", d)]);
+        let bad = ("invalid_authorization_details", "authorization_details");
+        for d in [
+            "{not json",
+            "{}",
+            "[]",
+            "[1]",
+            r#"[{"task_id":"t"}]"#,
+            r#"[{"type":"payment_initiation"}]"#,
+            r#"[{"type":"tessera_task"}]"#,
+            r#"[{"type":"tessera_task","task_id":7}]"#,
+            r#"[{"type":"tessera_task","task_id":"t","extra":1}]"#,
+            r#"[{"type":"tessera_task","task_id":"t","locations":["https://other"]}]"#,
+            r#"[{"type":"tessera_task","task_id":"t","locations":[]}]"#,
+            r#"[{"type":"tessera_task","task_id":"t"},{"type":"tessera_task","task_id":"u"}]"#,
+        ] {
+            assert_eq!(detail(d), bad, "{d}");
+        }
+        let nine = format!("[{}]", [r#"{"type":"tessera_task","task_id":"t"}"#; 9].join(","));
+        assert_eq!(detail(&nine), bad);
+        assert_eq!(
+            refused(&[
+                ("resource", CRM),
+                ("scope", "a"),
+                ("task_id", "u"),
+                ("authorization_details", r#"[{"type":"tessera_task","task_id":"t"}]"#)
+            ]),
+            bad
+        );
+        assert_eq!(
+            refused(&[("scope", "a"), ("task_id", "t")]),
+            ("invalid_target", "resource")
+        );
+        assert_eq!(
+            refused(&[
+                ("resource", CRM),
+                ("audience", "https://other"),
+                ("scope", "a"),
+                ("task_id", "t")
+            ]),
+            ("invalid_target", "audience")
+        );
+        assert_eq!(
+            refused(&[("resource", CRM), ("task_id", "t")]),
+            ("invalid_scope", "scope")
+        );
+        assert_eq!(
+            refused(&[("resource", CRM), ("scope", "a")]),
+            ("invalid_request", "task_id")
+        );
+    }
+
+    #[test]
+    fn the_unverified_issuer_is_only_read() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"iss":"spiffe://td/a"}"#));
+        assert_eq!(unverified_issuer(&token).as_deref(), Some("spiffe://td/a"));
+        assert_eq!(unverified_issuer("a.b.c"), None);
+        assert_eq!(
+            unverified_issuer(&format!("{}.{}.sig", b64("{}"), b64(r#"{"iss":7}"#))),
+            None
+        );
+    }
 }

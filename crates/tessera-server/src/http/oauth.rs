@@ -56,6 +56,8 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 pub const INTROSPECT_PATH: &str = "/oauth/introspect";
 /// RFC 7009.
 pub const REVOKE_PATH: &str = "/oauth/revoke";
+/// RFC 6749 section 3.1: present only to refuse (see [`authorize`]).
+pub const AUTHORIZE_PATH: &str = "/oauth/authorize";
 /// RFC 6749 / RFC 8693.
 pub const TOKEN_PATH: &str = "/oauth/token";
 /// Most form parameters in one request.
@@ -144,7 +146,11 @@ pub fn metadata(issuer: &str, public_url: &str, jwt_bearer: bool) -> Value {
         "introspection_endpoint": format!("{public_url}{INTROSPECT_PATH}"),
         "revocation_endpoint": format!("{public_url}{REVOKE_PATH}"),
         "grant_types_supported": grants,
-        // No authorization endpoint: tokens come from attestation, not redirects.
+        // Tokens come from attestation, never from redirects: the endpoint
+        // exists because RFC 8414 lists it as required and MCP clients
+        // refuse metadata without it; it refuses every request, and no
+        // response type is supported.
+        "authorization_endpoint": format!("{public_url}{AUTHORIZE_PATH}"),
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
@@ -165,7 +171,24 @@ pub(crate) fn public_routes(facade: Arc<Facade>) -> Router {
     Router::new()
         .route(JWKS_PATH, get(jwks))
         .route(METADATA_PATH, get(metadata_document))
+        .route(AUTHORIZE_PATH, get(authorize).post(authorize))
         .with_state(facade)
+}
+
+/// RFC 6749 section 4.1.2.1: no response type is supported, so every
+/// request is refused here, with no redirect (there is no registered
+/// redirect URI to trust).
+async fn authorize() -> Response {
+    no_store(
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "unsupported_response_type",
+                "error_description": "tessera issues tokens at the token endpoint only (jwt-bearer, client_credentials, token exchange)",
+            })),
+        )
+            .into_response(),
+    )
 }
 
 /// The authenticated POST endpoints.

@@ -112,8 +112,14 @@ pub(super) fn unix_config(dir: &Path, socket: &Path, td: &str) -> anyhow::Result
 }
 
 /// A fresh token for `subject` from the throwaway issuer in `dir`, valid
-/// for `ttl_secs` from `now`.
-pub(super) fn sign(dir: &Path, subject: &str, now: i64, ttl_secs: i64) -> anyhow::Result<String> {
+/// for `ttl_secs` from `now`, for `audience` (default: the broker's).
+pub(super) fn sign(
+    dir: &Path,
+    subject: &str,
+    audience: Option<&str>,
+    now: i64,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
     let meta: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join(META_FILE))
             .with_context(|| format!("no `{META_FILE}` in `{}`: run `tessera dev init --jwt`", dir.display()))?,
@@ -129,7 +135,7 @@ pub(super) fn sign(dir: &Path, subject: &str, now: i64, ttl_secs: i64) -> anyhow
     let field = |name: &str| meta.get(name).cloned().unwrap_or_default();
     let header = serde_json::json!({"alg": "ES256", "kid": field("kid"), "typ": "JWT"});
     let claims = serde_json::json!({
-        "iss": field("issuer"), "aud": field("audience"), "sub": subject,
+        "iss": field("issuer"), "aud": audience.map_or_else(|| field("audience"), serde_json::Value::from), "sub": subject,
         "iat": now, "nbf": now, "exp": now + ttl_secs, "jti": b64(&jti),
     });
     let input = format!(
