@@ -751,19 +751,34 @@ async fn dpop_at_the_token_endpoint_needs_a_nonce_and_binds_the_key() {
     let key = PopKey::generate().unwrap();
     let url = setup.endpoint();
 
-    let first = setup
-        .jwt_bearer("dp-1", &[], Some(&key.proof("POST", &url, None).unwrap()))
-        .await;
-    assert_eq!(
-        (first.status, first.error().as_str()),
-        (400, "use_dpop_nonce"),
-        "{first:?}"
-    );
-    let nonce = first.header("dpop-nonce").expect("a DPoP-Nonce header").to_owned();
+    // RFC 9449 section 8: the client sends the very same request again with
+    // the nonce, so the challenge spends no `jti` of the assertion's; it is
+    // a protocol step, so however many a client meets (a load balancer, many
+    // workers) none counts toward the anomaly rule's quarantine (20).
+    let assertion = setup.assertion("ci");
+    let form = [
+        ("grant_type", JWT_BEARER),
+        ("assertion", assertion.as_str()),
+        ("resource", CRM),
+        ("scope", READ),
+        ("task_id", "dp-1"),
+    ];
+    let mut nonce = String::new();
+    for _ in 0..25 {
+        let first = setup
+            .post(None, &form, Some(&key.proof("POST", &url, None).unwrap()))
+            .await;
+        assert_eq!(
+            (first.status, first.error().as_str()),
+            (400, "use_dpop_nonce"),
+            "{first:?}"
+        );
+        nonce = first.header("dpop-nonce").expect("a DPoP-Nonce header").to_owned();
+    }
     wait_denied(broker, "jwt-bearer", "nonce");
 
     let proof = key.proof_with_nonce("POST", &url, &nonce, None).unwrap();
-    let answer = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
+    let answer = setup.post(None, &form, Some(&proof)).await;
     let body = answer.token();
     assert_eq!(body["token_type"], "DPoP");
     assert!(answer.header("dpop-nonce").is_some());

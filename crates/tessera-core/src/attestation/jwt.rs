@@ -488,8 +488,10 @@ fn check_signed(
     }
 
     let exp = time_claim(claims, "exp")?.ok_or(JwtError::Expired)?;
-    // Valid while now < exp (RFC 7519 4.1.4), stretched by the leeway.
-    if now >= exp + leeway {
+    // Valid while now < exp (RFC 7519 4.1.4), stretched by the leeway; an
+    // `exp` at the end of time saturates rather than overflows.
+    let valid_until = exp.checked_add_signed(leeway).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if now >= valid_until {
         return Err(JwtError::Expired);
     }
     if let Some(nbf) = time_claim(claims, "nbf")?
@@ -501,7 +503,8 @@ fn check_signed(
     if now + leeway < iat {
         return Err(JwtError::IssuedInFuture);
     }
-    if now - iat > policy.max_age.min(MAX_TOKEN_AGE) {
+    let max_age = policy.max_age.min(MAX_TOKEN_AGE);
+    if now - iat > max_age {
         return Err(JwtError::TooOld(policy.name.clone()));
     }
 
@@ -517,9 +520,13 @@ fn check_signed(
     } else {
         None
     };
+    // Remembered while the token could still be accepted, and no longer:
+    // an `exp` years away is the sender's word and must not pin a replay
+    // entry (and the store's room) for years; `iat` + max age bounds it.
+    let accepted_until = iat + max_age + Duration::seconds(1);
     Ok(Checked {
         jti: single_use_jti,
-        replay_until: exp + leeway,
+        replay_until: valid_until.min(accepted_until),
     })
 }
 

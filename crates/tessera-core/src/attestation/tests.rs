@@ -934,6 +934,17 @@ fn a_client_assertion_names_the_client_and_is_signed_by_its_registered_key() {
     let got = check(&signer.token(&claims)).unwrap();
     assert_eq!(got.jti, "c-1");
     assert_eq!(got.replay_until, now() + Duration::seconds(65));
+    // An `exp` at the end of time is the sender's word: its `jti` is kept
+    // only while `iat` + max age could still accept it, and nothing overflows.
+    for far in [253_402_300_799_i64, 8_210_266_876_799] {
+        let mut forever = claims.clone();
+        forever["exp"] = json!(far);
+        let got = check(&signer.token(&forever)).unwrap();
+        assert_eq!(
+            got.replay_until,
+            now() - Duration::seconds(5) + jwt::CLIENT_ASSERTION_MAX_AGE + Duration::seconds(1)
+        );
+    }
     let with = |name: &str, value: serde_json::Value| {
         let mut c = claims.clone();
         if value.is_null() {

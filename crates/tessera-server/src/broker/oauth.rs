@@ -64,11 +64,35 @@ impl Broker {
         field: &'static str,
         message: String,
     ) -> BrokerError {
+        self.oauth_denied(Some(who), ask, field, message, true).await
+    }
+
+    /// Records a token-endpoint request answered with a DPoP nonce
+    /// challenge (RFC 9449 section 8): a protocol step, not a refusal of
+    /// anyone, so it is audited (by whoever authenticated, if anyone yet)
+    /// but never counted toward the anomaly rule.
+    pub async fn oauth_nonce_challenged(
+        &self,
+        who: Option<&VerifiedIdentity>,
+        ask: &RefusedAsk,
+        message: String,
+    ) -> BrokerError {
+        self.oauth_denied(who, ask, "DPoP", message, false).await
+    }
+
+    async fn oauth_denied(
+        &self,
+        who: Option<&VerifiedIdentity>,
+        ask: &RefusedAsk,
+        field: &'static str,
+        message: String,
+        counted: bool,
+    ) -> BrokerError {
         let mut denial = self
-            .denial(AuditKind::TokenDenied, Some(who))
+            .denial(AuditKind::TokenDenied, who)
             .logged(DenialLog::Token)
             .metric("oauth_token")
-            .counted();
+            .counted_if(counted);
         denial.event.task_id.clone_from(&ask.task_id);
         denial.event.audience.clone_from(&ask.audience);
         denial.event.scopes.clone_from(&ask.scopes);

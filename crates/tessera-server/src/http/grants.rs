@@ -82,6 +82,10 @@ pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-
 pub const TESSERA_TASK: &str = "tessera_task";
 /// Replay-cache namespace of `private_key_jwt` client assertion `jti`s.
 const CLIENT_ASSERTION_NAMESPACE: &str = "oauth-client-assertion";
+/// What a client whose `private_key_jwt` failed is told: no more, so the
+/// answer does not say which clients are registered or which keys they
+/// have (the audit record says why).
+const CLIENT_AUTH_FAILED: &str = "client authentication failed";
 /// Most `authorization_details` objects in one request.
 const MAX_DETAILS: usize = 8;
 
@@ -114,6 +118,19 @@ pub(super) async fn token(
             "none"
         },
     };
+    // RFC 9449 section 8: the nonce challenge comes before anything spends
+    // a `jti` (the client assertion's, the assertion's), so the client can
+    // send the very same request again with the nonce.
+    if let Err(b) = dpop_proof(facade, headers)
+        && b.code == "use_dpop_nonce"
+    {
+        let e = in_grant(
+            pending,
+            facade.broker.oauth_nonce_challenged(None, &partial(params), b.message),
+        )
+        .await;
+        return Err(nonce_challenge(facade, e));
+    }
     let client = in_grant(pending, authenticate_client(facade, peer, params)).await?;
     let (who, client_auth) = match (jwt_bearer, client) {
         (false, None) => {
@@ -219,7 +236,7 @@ async fn authenticate_client(
             .broker
             .attestation_refused_by(AttestationMethod::PrivateKeyJwt, None, Some(&evidence), reason, source)
             .await;
-        return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+        return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
     };
     let Some(keys) = facade.broker.registry().client_keys(&claimed) else {
         let reason = "client assertion: no keys are registered for this client";
@@ -233,7 +250,7 @@ async fn authenticate_client(
                 source,
             )
             .await;
-        return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+        return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
     };
     let leeway = chrono::Duration::seconds(facade.leeway_secs.clamp(0, 300));
     let verified = match tessera_core::attestation::jwt::verify_client_assertion(
@@ -252,9 +269,19 @@ async fn authenticate_client(
                     source,
                 )
                 .await;
-            return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+            return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
         }
     };
+    // Registered, enabled, not quarantined, within its rate: only then may
+    // it spend a `jti` (a refused client fills no replay cache).
+    let who = bind(
+        facade,
+        &claimed,
+        AttestationMethod::PrivateKeyJwt,
+        evidence.clone(),
+        source,
+    )
+    .await?;
     let id = format!("{claimed}:{}", verified.jti);
     match facade
         .broker
@@ -274,11 +301,10 @@ async fn authenticate_client(
                     source,
                 )
                 .await;
-            return Err(unavailable_or(refused, OAuthError::invalid_client(reason)));
+            return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
         }
         Err(e) => return Err(OAuthError::from_broker(BrokerError::Store(e))),
     }
-    let who = bind(facade, &claimed, AttestationMethod::PrivateKeyJwt, evidence, source).await?;
     check_client_id(facade, params, &who).await?;
     Ok(Some(Client {
         who,
@@ -423,6 +449,13 @@ async fn attest_assertion(
             Err(unavailable_or(refused, invalid_grant(reason)))
         }
     }
+}
+
+/// The `use_dpop_nonce` answer, with a fresh `DPoP-Nonce`, once recorded.
+fn nonce_challenge(facade: &Facade, recorded: BrokerError) -> OAuthError {
+    let mut answer = refusal(recorded, "use_dpop_nonce");
+    answer.dpop_nonce = facade.nonces.as_ref().map(|n| n.issue(facade.broker.now()));
+    answer
 }
 
 /// Maps a refusal the broker recorded to `code`, unless it could not be recorded.
@@ -638,15 +671,19 @@ async fn issue(
     params: &HashMap<String, String>,
 ) -> Result<Response, OAuthError> {
     let refuse = async |b: Bad| {
+        if b.code == "use_dpop_nonce" {
+            // A window turned since the check before authentication.
+            let e = facade
+                .broker
+                .oauth_nonce_challenged(Some(who), &partial(params), b.message)
+                .await;
+            return nonce_challenge(facade, e);
+        }
         let e = facade
             .broker
             .oauth_refused(who, &partial(params), b.field, b.message)
             .await;
-        let mut answer = refusal(e, b.code);
-        if b.code == "use_dpop_nonce" {
-            answer.dpop_nonce = facade.nonces.as_ref().map(|n| n.issue(facade.broker.now()));
-        }
-        answer
+        refusal(e, b.code)
     };
     let ask = match Ask::parse(params) {
         Ok(ask) => ask,
