@@ -372,8 +372,8 @@ pub fn verify_assertion(
     Ok(JwtAttestation {
         id,
         issuer: policy.name.clone(),
+        replay_until: checked.assertion_replay_until(),
         single_use_jti: checked.jti,
-        replay_until: checked.replay_until,
     })
 }
 
@@ -425,17 +425,26 @@ pub fn verify_client_assertion(
         Some(serde_json::Value::String(sub)) if sub == client.as_str() => {}
         _ => return Err(JwtError::Mapping(MappingError::Missing("sub".to_owned()))),
     }
+    let replay_until = checked.assertion_replay_until();
     let jti = checked.jti.ok_or_else(|| JwtError::Jti(policy.name.clone()))?;
-    Ok(ClientAssertion {
-        jti,
-        replay_until: checked.replay_until,
-    })
+    Ok(ClientAssertion { jti, replay_until })
 }
 
 /// What [`check_signed`] found.
 struct Checked {
     jti: Option<String>,
     replay_until: DateTime<Utc>,
+    /// After this the token is refused as too old, whatever its `exp`.
+    too_old_after: DateTime<Utc>,
+}
+
+impl Checked {
+    /// How long a single-use assertion's `jti` must be remembered: until
+    /// it would be refused anyway, by `exp` or by its age. A far `exp`
+    /// cannot make the replay cache keep it for longer.
+    fn assertion_replay_until(&self) -> DateTime<Utc> {
+        self.replay_until.min(self.too_old_after)
+    }
 }
 
 /// Steps 5 and 6 of the module docs but the mapping: the signature, `iss`,
@@ -520,6 +529,7 @@ fn check_signed(
     Ok(Checked {
         jti: single_use_jti,
         replay_until: exp + leeway,
+        too_old_after: iat + policy.max_age.min(MAX_TOKEN_AGE) + Duration::seconds(1),
     })
 }
 
