@@ -471,6 +471,28 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
         );
         attestation::wait_refusal_of(broker, "jwt", &evidence, reason);
     }
+    // A certificate client with an assertion naming another agent: the
+    // grant is not the client's.
+    let assertion = setup.assertion("ci");
+    let other = setup
+        .post(
+            Some("researcher"),
+            &[
+                ("grant_type", JWT_BEARER),
+                ("assertion", &assertion),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "jb-1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.error().as_str()),
+        (400, "invalid_grant"),
+        "{other:?}"
+    );
+    wait_denied(broker, "jwt-bearer", "not the authenticated client");
     let missing = setup
         .post(
             None,

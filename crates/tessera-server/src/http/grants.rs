@@ -662,7 +662,12 @@ async fn issue(
             proof,
             htu: facade.token_endpoint.clone(),
         },
-        None if client_auth == "tls_client_auth" => BindingAsk::ClientCertificate,
+        // RFC 8705 certificate-bound when the token's holder itself was
+        // attested by the connection's certificate (not a jwt-bearer
+        // subject that a certificate client merely accompanied).
+        None if client_auth == "tls_client_auth" && who.method() == AttestationMethod::X509 => {
+            BindingAsk::ClientCertificate
+        }
         None => BindingAsk::Bearer,
     };
     let as_grpc = crate::pb::RequestTokenRequest {
