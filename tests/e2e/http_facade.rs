@@ -191,6 +191,13 @@ async fn public_documents_are_served_with_cache_headers() {
             .unwrap()
             .contains(&Value::from("urn:ietf:params:oauth:grant-type:token-exchange"))
     );
+    // No JWT issuer is configured: no assertion could be trusted, so the
+    // jwt-bearer grant is not offered (client_credentials is, by mTLS or
+    // private_key_jwt).
+    assert_eq!(
+        m["grant_types_supported"],
+        serde_json::json!(["urn:ietf:params:oauth:grant-type:token-exchange", "client_credentials"])
+    );
     assert_eq!(
         m["dpop_signing_alg_values_supported"],
         serde_json::json!(["ES256", "EdDSA"])
@@ -351,6 +358,18 @@ async fn the_token_endpoint_answers_rfc_6749_errors() {
     .await;
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.json()["error"], "invalid_client");
+    // Without a JWT issuer no assertion is trusted: invalid_grant, audited.
+    let assertion = form(&[
+        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+        ("assertion", "eyJhbGciOiJFUzI1NiJ9.e30.c2ln"),
+        ("resource", CRM),
+        ("scope", "crm.contacts.read"),
+        ("task_id", "exchange-1"),
+    ]);
+    let untrusted = https(&broker, None, "POST", "/oauth/token", Some(&assertion)).await;
+    assert_eq!(untrusted.status, 400, "{untrusted:?}");
+    assert_eq!(untrusted.json()["error"], "invalid_grant");
+    tessera_e2e::attestation::wait_refusal_audited(&broker, "jwt", "no JWT issuer is trusted");
     for (body, error) in [
         (form(&[("grant_type", "password")]), "unsupported_grant_type"),
         (form(&[("scope", "x")]), "invalid_request"),

@@ -86,7 +86,11 @@ struct Setup {
 
 impl Setup {
     fn start(tag: &str) -> Self {
-        let dir: TempDir = dev_init(tag);
+        Self::start_with(dev_init(tag), "")
+    }
+
+    /// [`Setup::start`] on `dir`, with `extra` appended to its configuration.
+    fn start_with(dir: TempDir, extra: &str) -> Self {
         let issuer = Issuer::new("issuer-key-1");
         let client_key = Issuer::new("client-key-1");
         std::fs::write(dir.path().join("issuer.jwks"), issuer.jwks()).unwrap();
@@ -104,7 +108,7 @@ owner = "team-research"
 roles = ["agent"]
 max_ttl = "10m"
 client_jwks_file = "client.jwks"
-"#,
+{extra}"#,
                 attestation::jwt_config(&jwks)
             ),
         );
@@ -471,6 +475,28 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
         );
         attestation::wait_refusal_of(broker, "jwt", &evidence, reason);
     }
+    // A certificate client with an assertion naming another agent: the
+    // grant is not the client's.
+    let assertion = setup.assertion("ci");
+    let other = setup
+        .post(
+            Some("researcher"),
+            &[
+                ("grant_type", JWT_BEARER),
+                ("assertion", &assertion),
+                ("resource", CRM),
+                ("scope", READ),
+                ("task_id", "jb-1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.error().as_str()),
+        (400, "invalid_grant"),
+        "{other:?}"
+    );
+    wait_denied(broker, "jwt-bearer", "not the authenticated client");
     let missing = setup
         .post(
             None,
@@ -834,4 +860,118 @@ async fn dpop_at_the_token_endpoint_needs_a_nonce_and_binds_the_key() {
         let again = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
         assert_eq!(again.error(), "invalid_dpop_proof");
     }
+}
+
+/// A JWK Set served over HTTPS by a CA of its own: the certificate of the
+/// CA (PEM), the address, and how many requests it answered.
+async fn jwks_server(jwks: String) -> (String, String, Arc<std::sync::atomic::AtomicUsize>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer as CaIssuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca_issuer = CaIssuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = leaf.signed_by(&key, &ca_issuer).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, jwks, counted) = (acceptor.clone(), jwks.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                if tls.read(&mut buf).await.is_err() {
+                    return;
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (ca_cert.pem(), addr, hits)
+}
+
+/// `private_key_jwt` with the client's keys at its `jwks_uri`
+/// (`client_jwks_url`): fetched over HTTPS (verified with the configured
+/// CA), cached; a key the set does not hold is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_keys_come_from_the_clients_jwks_uri() {
+    const URI_CLIENT: &str = "spiffe://tessera.local/agent/uri-client";
+    let key = Issuer::new("uri-key-1");
+    let (ca, addr, hits) = jwks_server(key.jwks()).await;
+    let dir = dev_init("oauth-jwks-uri");
+    std::fs::write(dir.path().join("client-jwks-ca.pem"), ca).unwrap();
+    let setup = Setup::start_with(
+        dir,
+        &format!(
+            r#"
+[[identities]]
+id = "{URI_CLIENT}"
+kind = "agent"
+owner = "team-research"
+roles = ["agent"]
+max_ttl = "10m"
+client_jwks_url = "https://{addr}/jwks.json"
+client_jwks_ca = "client-jwks-ca.pem"
+"#
+        ),
+    );
+    setup.task("uri-1", &["uri-client"]).await;
+    let assertion = |signer: &Issuer| {
+        let mut claims = attestation::claims("unused");
+        claims["iss"] = Value::from(URI_CLIENT);
+        claims["sub"] = Value::from(URI_CLIENT);
+        claims["aud"] = Value::from(setup.endpoint());
+        signer.sign(&claims)
+    };
+    let setup = &setup;
+    let request = |assertion: String| async move {
+        setup
+            .post(
+                None,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_assertion_type", CLIENT_ASSERTION),
+                    ("client_assertion", &assertion),
+                    ("resource", CRM),
+                    ("scope", READ),
+                    ("task_id", "uri-1"),
+                ],
+                None,
+            )
+            .await
+    };
+    let body = request(assertion(&key)).await.token();
+    assert_eq!(claims_of(body["access_token"].as_str().unwrap())["sub"], URI_CLIENT);
+    request(assertion(&key)).await.token();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "the keys are cached");
+    let stranger = Issuer::new("not-served");
+    let refused = request(assertion(&stranger)).await;
+    assert_eq!(
+        (refused.status, refused.error().as_str()),
+        (401, "invalid_client"),
+        "{refused:?}"
+    );
+    attestation::wait_refusal_audited(&setup.broker, "private_key_jwt", "key id is not among");
 }

@@ -246,9 +246,24 @@ pub struct AttestationRules {
     pub methods: BTreeSet<AttestationMethod>,
     /// Selectors a Unix-socket peer must match to be this identity.
     pub unix: Option<crate::attestation::UnixSelector>,
-    /// Public keys the identity signs OAuth client assertions with
-    /// (`private_key_jwt`), by `kid`; `None` when it has none.
-    pub client_keys: Option<std::sync::Arc<crate::attestation::IssuerKeys>>,
+    /// Where the public keys the identity signs OAuth client assertions
+    /// with (`private_key_jwt`) come from; `None` when it has none.
+    pub client_keys: Option<ClientKeys>,
+}
+
+/// Where an identity's OAuth client assertion keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKeys {
+    /// A JWK Set read with the configuration (`client_jwks_file`).
+    Keys(Arc<crate::attestation::IssuerKeys>),
+    /// A JWK Set the broker fetches over HTTPS (`client_jwks_url`, the
+    /// client's `jwks_uri`), trusting the CA certificates in `ca` (PEM).
+    Url {
+        /// The `https://` URL.
+        url: String,
+        /// Roots to verify its server with.
+        ca: std::path::PathBuf,
+    },
 }
 
 impl Default for AttestationRules {
@@ -418,7 +433,7 @@ impl IdentityRegistry {
 
     /// The keys `id` signs OAuth client assertions with, if it is
     /// registered, enabled and has any (`private_key_jwt`).
-    pub fn client_keys(&self, id: &SpiffeId) -> Option<Arc<crate::attestation::IssuerKeys>> {
+    pub fn client_keys(&self, id: &SpiffeId) -> Option<ClientKeys> {
         if self.is_disabled(id) {
             return None;
         }

@@ -637,6 +637,12 @@ struct RawIdentity {
     /// assertions with (`private_key_jwt` at the HTTPS token endpoint).
     #[serde(default)]
     client_jwks_file: Option<PathBuf>,
+    /// Or the `https://` URL the broker fetches them from (the client's
+    /// `jwks_uri`), with the CA certificates that verify its server.
+    #[serde(default)]
+    client_jwks_url: Option<String>,
+    #[serde(default)]
+    client_jwks_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1058,9 +1064,36 @@ impl RawConfig {
             if !known.contains(id.trust_domain()) {
                 return Err(key_error(key("id"), format!("`{id}` is not in trust domain `{td}`")));
             }
-            let client_keys = match raw.client_jwks_file {
-                None => None,
-                Some(path) => {
+            let client_keys = match (raw.client_jwks_file, raw.client_jwks_url, raw.client_jwks_ca) {
+                (None, None, None) => None,
+                (None, Some(url), Some(ca)) => {
+                    let valid = url
+                        .strip_prefix("https://")
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['#', ' ', '@']));
+                    if !valid || url.len() > 1024 {
+                        return Err(key_error(
+                            key("client_jwks_url"),
+                            format!("`{url}` is not an https:// URL"),
+                        ));
+                    }
+                    let ca = resolve(base, ca);
+                    crate::attest::fetch::client_config(&ca)
+                        .map_err(|e| key_error(key("client_jwks_ca"), e.to_string()))?;
+                    Some(tessera_core::identity::ClientKeys::Url { url, ca })
+                }
+                (None, Some(_), None) | (None, None, Some(_)) => {
+                    return Err(key_error(
+                        key("client_jwks_url"),
+                        "set client_jwks_url and client_jwks_ca together",
+                    ));
+                }
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                    return Err(key_error(
+                        key("client_jwks_file"),
+                        "set one of client_jwks_file and client_jwks_url",
+                    ));
+                }
+                (Some(path), None, None) => {
                     let path = resolve(base, path);
                     let bytes = std::fs::read(&path)
                         .map_err(|e| key_error(key("client_jwks_file"), format!("`{}`: {e}", path.display())))?;
@@ -1072,7 +1105,7 @@ impl RawConfig {
                             format!("`{}` holds no signing key", path.display()),
                         ));
                     }
-                    Some(std::sync::Arc::new(keys))
+                    Some(tessera_core::identity::ClientKeys::Keys(std::sync::Arc::new(keys)))
                 }
             };
             let rules = crate::attest::config::identity_rules(&key, raw.attestation, raw.unix, client_keys)?;

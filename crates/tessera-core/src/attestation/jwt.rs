@@ -372,8 +372,8 @@ pub fn verify_assertion(
     Ok(JwtAttestation {
         id,
         issuer: policy.name.clone(),
+        replay_until: checked.assertion_replay_until(),
         single_use_jti: checked.jti,
-        replay_until: checked.replay_until,
     })
 }
 
@@ -425,17 +425,26 @@ pub fn verify_client_assertion(
         Some(serde_json::Value::String(sub)) if sub == client.as_str() => {}
         _ => return Err(JwtError::Mapping(MappingError::Missing("sub".to_owned()))),
     }
+    let replay_until = checked.assertion_replay_until();
     let jti = checked.jti.ok_or_else(|| JwtError::Jti(policy.name.clone()))?;
-    Ok(ClientAssertion {
-        jti,
-        replay_until: checked.replay_until,
-    })
+    Ok(ClientAssertion { jti, replay_until })
 }
 
 /// What [`check_signed`] found.
 struct Checked {
     jti: Option<String>,
     replay_until: DateTime<Utc>,
+    /// After this the token is refused as too old, whatever its `exp`.
+    too_old_after: DateTime<Utc>,
+}
+
+impl Checked {
+    /// How long a single-use assertion's `jti` must be remembered: until
+    /// it would be refused anyway, by `exp` or by its age. A far `exp`
+    /// cannot make the replay cache keep it for longer.
+    fn assertion_replay_until(&self) -> DateTime<Utc> {
+        self.replay_until.min(self.too_old_after)
+    }
 }
 
 /// Steps 5 and 6 of the module docs but the mapping: the signature, `iss`,
@@ -520,13 +529,10 @@ fn check_signed(
     } else {
         None
     };
-    // Remembered while the token could still be accepted, and no longer:
-    // an `exp` years away is the sender's word and must not pin a replay
-    // entry (and the store's room) for years; `iat` + max age bounds it.
-    let accepted_until = iat + max_age + Duration::seconds(1);
     Ok(Checked {
         jti: single_use_jti,
-        replay_until: valid_until.min(accepted_until),
+        replay_until: valid_until,
+        too_old_after: iat + max_age + Duration::seconds(1),
     })
 }
 

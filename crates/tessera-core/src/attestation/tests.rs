@@ -945,6 +945,14 @@ fn a_client_assertion_names_the_client_and_is_signed_by_its_registered_key() {
             now() - Duration::seconds(5) + jwt::CLIENT_ASSERTION_MAX_AGE + Duration::seconds(1)
         );
     }
+    // A far `exp` is remembered only until the assertion is too old anyway
+    // (`iat` + 5 min + 1 s).
+    let mut far = claims.clone();
+    far["exp"] = json!(t + 86_400 * 365);
+    assert_eq!(
+        check(&signer.token(&far)).unwrap().replay_until,
+        now() - Duration::seconds(5) + Duration::minutes(5) + Duration::seconds(1)
+    );
     let with = |name: &str, value: serde_json::Value| {
         let mut c = claims.clone();
         if value.is_null() {

@@ -481,7 +481,7 @@ pub(crate) fn identity_rules(
     key: &dyn Fn(&str) -> String,
     methods: Option<BTreeSet<AttestationMethod>>,
     unix: Option<RawUnixSelector>,
-    client_keys: Option<std::sync::Arc<tessera_core::attestation::IssuerKeys>>,
+    client_keys: Option<tessera_core::identity::ClientKeys>,
 ) -> Result<AttestationRules, ConfigError> {
     if methods
         .as_ref()

@@ -78,7 +78,7 @@ struct KeyState {
     file_mtime: Option<SystemTime>,
 }
 
-struct KeyCache {
+pub(crate) struct KeyCache {
     config: JwtIssuerConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     state: std::sync::Mutex<KeyState>,
@@ -99,6 +99,43 @@ enum Plan {
 }
 
 impl KeyCache {
+    /// The key cache of an OAuth client's `jwks_uri` (`client_jwks_url`):
+    /// the same bounded refresh, rate and staleness rules as an issuer's,
+    /// with fixed settings (refresh 5 min, at most one fetch per 30 s,
+    /// last good keys for 1 h, 5 s per fetch, 64 KiB).
+    pub(crate) fn for_client(client: &SpiffeId, url: &str, ca: &std::path::Path) -> Result<Self, String> {
+        let tls = fetch::client_config(ca).map_err(|e| e.to_string())?;
+        let policy = IssuerPolicy {
+            name: client.to_string(),
+            issuer: client.to_string(),
+            audience: String::new(),
+            allow_multiple_audiences: false,
+            algorithms: tessera_core::attestation::JwtAlgorithm::ALL.into_iter().collect(),
+            max_age: jwt::CLIENT_ASSERTION_MAX_AGE,
+            leeway: chrono::Duration::seconds(5),
+            single_use_jti: true,
+            // Only `name` is read by the cache; the assertion's own check
+            // pins its subject to the client.
+            mapping: tessera_core::attestation::ClaimMapping::pinned(client),
+            trust_domains: std::iter::once(client.trust_domain().to_owned()).collect(),
+        };
+        Ok(Self::new(
+            JwtIssuerConfig {
+                policy,
+                jwks: JwksSource::Url {
+                    url: url.to_owned(),
+                    ca: ca.to_owned(),
+                },
+                refresh: std::time::Duration::from_secs(300),
+                min_refresh: std::time::Duration::from_secs(30),
+                max_stale: std::time::Duration::from_secs(3600),
+                fetch_timeout: std::time::Duration::from_secs(5),
+                max_bytes: 64 * 1024,
+            },
+            Some(tls),
+        ))
+    }
+
     fn new(config: JwtIssuerConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         Self {
             config,
@@ -176,7 +213,7 @@ impl KeyCache {
 
     /// The issuer's keys, loading them if they are missing, old, changed
     /// on disk, or lack `kid`, within the rate bound.
-    async fn keys_for(self: &Arc<Self>, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
+    pub(crate) async fn keys_for(self: &Arc<Self>, kid: &str) -> Result<Arc<IssuerKeys>, JwtRefusal> {
         loop {
             let guard = self.loading.clone().try_lock_owned();
             match (self.plan(kid, guard.is_err()), guard) {

@@ -26,7 +26,8 @@
 //! - `private_key_jwt` (RFC 7523 section 2.2): `client_assertion_type` =
 //!   [`CLIENT_ASSERTION_TYPE`], `client_assertion` a JWT whose `iss` and
 //!   `sub` are the client's SPIFFE ID, signed by a key registered for it
-//!   (`client_jwks_file` of its `[[identities]]` entry), `aud` as above,
+//!   (`client_jwks_file` of its `[[identities]]` entry, or fetched from
+//!   its `jwks_uri`, `client_jwks_url`, with [`ClientJwksCaches`]), `aud` as above,
 //!   `exp`, `iat` (at most 5 minutes old) and a single-use `jti`.
 //! - A `client_assertion` from a trusted attestation issuer (Workload
 //!   Identity Federation: a JWT-SVID as the client assertion) is attested
@@ -68,7 +69,9 @@ use tessera_core::pop::{PROOF_MAX_AGE, ProofCheck};
 
 use super::PeerCertificate;
 use super::oauth::{Facade, OAuthError, json_no_store, required};
-use crate::attest::jwt::JwtRefusal;
+use tessera_core::identity::ClientKeys;
+
+use crate::attest::jwt::{JwtRefusal, KeyCache};
 use crate::broker::oauth::{OAuthGrant, RefusedAsk, in_grant};
 use crate::broker::{BindingAsk, BrokerError, TokenAsk, TokenOutcome};
 
@@ -238,19 +241,41 @@ async fn authenticate_client(
             .await;
         return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
     };
-    let Some(keys) = facade.broker.registry().client_keys(&claimed) else {
-        let reason = "client assertion: no keys are registered for this client";
-        let refused = facade
-            .broker
-            .attestation_refused_by(
-                AttestationMethod::PrivateKeyJwt,
-                Some(&claimed),
-                Some(&evidence),
-                reason,
-                source,
-            )
-            .await;
-        return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
+    let keys = match facade.broker.registry().client_keys(&claimed) {
+        Some(ClientKeys::Keys(keys)) => keys,
+        Some(ClientKeys::Url { url, ca }) => {
+            let kid = unverified_kid(assertion).unwrap_or_default();
+            match facade.client_jwks.keys(&claimed, &url, &ca, &kid).await {
+                Ok(keys) => keys,
+                Err(reason) => {
+                    let refused = facade
+                        .broker
+                        .attestation_refused_by(
+                            AttestationMethod::PrivateKeyJwt,
+                            Some(&claimed),
+                            Some(&evidence),
+                            &reason,
+                            source,
+                        )
+                        .await;
+                    return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
+                }
+            }
+        }
+        None => {
+            let reason = "client assertion: no keys are registered for this client";
+            let refused = facade
+                .broker
+                .attestation_refused_by(
+                    AttestationMethod::PrivateKeyJwt,
+                    Some(&claimed),
+                    Some(&evidence),
+                    reason,
+                    source,
+                )
+                .await;
+            return Err(unavailable_or(refused, OAuthError::invalid_client(CLIENT_AUTH_FAILED)));
+        }
     };
     let leeway = chrono::Duration::seconds(facade.leeway_secs.clamp(0, 300));
     let verified = match tessera_core::attestation::jwt::verify_client_assertion(
@@ -379,6 +404,63 @@ fn unavailable_or(refused: BrokerError, otherwise: OAuthError) -> OAuthError {
         tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::Internal => OAuthError::from_broker(refused),
         _ => otherwise,
     }
+}
+
+/// Key caches of clients' `jwks_uri`s (`client_jwks_url`), made on first
+/// use, one per URL and roots: the same bounded fetch, refresh rate and
+/// staleness rules as a JWT issuer's keys.
+#[derive(Default)]
+pub(crate) struct ClientJwksCaches(std::sync::Mutex<HashMap<(String, std::path::PathBuf), std::sync::Arc<KeyCache>>>);
+
+impl std::fmt::Debug for ClientJwksCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientJwksCaches").finish_non_exhaustive()
+    }
+}
+
+impl ClientJwksCaches {
+    /// The keys at `url` for an assertion naming `kid` (empty: none).
+    async fn keys(
+        &self,
+        client: &SpiffeId,
+        url: &str,
+        ca: &std::path::Path,
+        kid: &str,
+    ) -> Result<std::sync::Arc<tessera_core::attestation::IssuerKeys>, String> {
+        let cache = {
+            let mut caches = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (url.to_owned(), ca.to_owned());
+            match caches.get(&key) {
+                Some(cache) => cache.clone(),
+                None => {
+                    let cache = std::sync::Arc::new(KeyCache::for_client(client, url, ca)?);
+                    caches.insert(key, cache.clone());
+                    cache
+                }
+            }
+        };
+        cache
+            .keys_for(kid)
+            .await
+            .map_err(|e| format!("client assertion: the client's jwks_uri: {e}"))
+    }
+}
+
+/// The header's `kid` of a JWT, read without any check, only to pick which
+/// keys to fetch: everything is verified after.
+fn unverified_kid(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    if token.len() > tessera_core::attestation::jwt::MAX_JWT_LEN {
+        return None;
+    }
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    header
+        .get("kid")?
+        .as_str()
+        .filter(|k| k.len() <= 256)
+        .map(str::to_owned)
 }
 
 /// The `iss` of a JWT, read without any check, only to pick the client's
@@ -699,7 +781,12 @@ async fn issue(
             proof,
             htu: facade.token_endpoint.clone(),
         },
-        None if client_auth == "tls_client_auth" => BindingAsk::ClientCertificate,
+        // RFC 8705 certificate-bound when the token's holder itself was
+        // attested by the connection's certificate (not a jwt-bearer
+        // subject that a certificate client merely accompanied).
+        None if client_auth == "tls_client_auth" && who.method() == AttestationMethod::X509 => {
+            BindingAsk::ClientCertificate
+        }
         None => BindingAsk::Bearer,
     };
     let as_grpc = crate::pb::RequestTokenRequest {

@@ -83,6 +83,8 @@ pub struct Facade {
     pub(super) attestors: Arc<crate::attest::Attestors>,
     /// DPoP nonces at the token endpoint, when required.
     pub(super) nonces: Option<tessera_core::pop::NonceSource>,
+    /// Key caches of clients' `jwks_uri`s, by URL and roots, made on first use.
+    pub(super) client_jwks: super::grants::ClientJwksCaches,
 }
 
 impl std::fmt::Debug for Facade {
@@ -122,6 +124,7 @@ impl Facade {
             token_endpoint: format!("{public_url}{TOKEN_PATH}"),
             attestors,
             nonces,
+            client_jwks: super::grants::ClientJwksCaches::default(),
         }
     }
 }
