@@ -513,7 +513,14 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
     let wrong_location = json!([{"type": "tessera_task", "task_id": "jb-1", "locations": [payments]}]).to_string();
     type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case<'_>> = vec![
-        (vec![("resource", payments)], "invalid_target", ""),
+        // A resource the task's ceiling does not name (told only to the task's agent).
+        (
+            vec![("resource", payments), ("scope", "payments.transfers.create")],
+            "invalid_target",
+            "",
+        ),
+        // A scope of another API: the catalog refuses it before any task is read.
+        (vec![("resource", payments)], "invalid_scope", "unknown scope"),
         (vec![("audience", payments)], "invalid_target", "different APIs"),
         (vec![("scope", "crm.contacts.write")], "invalid_scope", "ceiling"),
         (

@@ -868,8 +868,12 @@ async fn token_error(
     use tessera_core::catalog::CatalogError;
     let code = match &e {
         // RFC 8707: a `resource` the task's ceiling does not name is
-        // `invalid_target`, whatever else is wrong with the scopes.
-        BrokerError::Issuance(IssuanceError::BeyondCeiling { .. } | IssuanceError::Catalog(_))
+        // `invalid_target`, whatever else is wrong with the scopes. Only
+        // asked once the caller is known to be the task's agent (a ceiling
+        // refusal comes after the assignment check; a catalog refusal comes
+        // before it, so the task is not read for it: no oracle of other
+        // tasks' ceilings).
+        BrokerError::Issuance(IssuanceError::BeyondCeiling { .. })
             if !facade.broker.task_names_audience(task, audience).await =>
         {
             "invalid_target"
