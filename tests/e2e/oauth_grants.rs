@@ -712,6 +712,7 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
         )
         .await;
     assert_eq!((anonymous.status, anonymous.error().as_str()), (401, "invalid_client"));
+    attestation::wait_refusal_audited(broker, "private_key_jwt", "needs client authentication");
 
     // mTLS: the researcher's X.509-SVID; the token is bound to it.
     let mtls = setup

@@ -137,9 +137,14 @@ pub(super) async fn token(
     let client = in_grant(pending, authenticate_client(facade, peer, params)).await?;
     let (who, client_auth) = match (jwt_bearer, client) {
         (false, None) => {
-            return Err(OAuthError::invalid_client(
+            let answer = OAuthError::invalid_client(
                 "client_credentials needs client authentication: an X.509-SVID (tls_client_auth) or a client assertion (private_key_jwt)",
-            ));
+            );
+            return Err(in_grant(
+                pending,
+                unattested(facade, peer, AttestationMethod::PrivateKeyJwt, answer),
+            )
+            .await);
         }
         (false, Some(client)) => (client.who, client.method),
         (true, client) => {
@@ -184,9 +189,8 @@ async fn authenticate_client(
     let assertion_type = params.get("client_assertion_type");
     let Some(assertion) = assertion else {
         if assertion_type.is_some() {
-            return Err(OAuthError::invalid_request(
-                "`client_assertion_type` without `client_assertion`",
-            ));
+            let answer = OAuthError::invalid_request("`client_assertion_type` without `client_assertion`");
+            return Err(unattested(facade, peer, AttestationMethod::PrivateKeyJwt, answer).await);
         }
         if peer.cert.is_none() {
             return Ok(None);
@@ -199,15 +203,15 @@ async fn authenticate_client(
         }));
     };
     if assertion_type.map(String::as_str) != Some(CLIENT_ASSERTION_TYPE) {
-        return Err(OAuthError::invalid_client(format!(
-            "`client_assertion_type` must be `{CLIENT_ASSERTION_TYPE}`"
-        )));
+        let answer = OAuthError::invalid_client(format!("`client_assertion_type` must be `{CLIENT_ASSERTION_TYPE}`"));
+        return Err(unattested(facade, peer, AttestationMethod::PrivateKeyJwt, answer).await);
     }
     if peer.cert.is_some() {
         // RFC 6749 section 2.3: one authentication method per request.
-        return Err(OAuthError::invalid_request(
+        let answer = OAuthError::invalid_request(
             "the client authenticated twice (a client certificate and a client assertion); use one",
-        ));
+        );
+        return Err(unattested(facade, peer, AttestationMethod::PrivateKeyJwt, answer).await);
     }
     let source = peer.remote.map(|a| a.ip());
     let evidence = tessera_core::attestation::sha256_hex(assertion.as_bytes());
@@ -398,6 +402,22 @@ async fn refuse_client(
     unavailable_or(refused, OAuthError::invalid_client(reason))
 }
 
+/// A request refused before any credential could be checked: audited as an
+/// attestation refusal of no one (the answer's description is the reason),
+/// then answered with `answer` unless it could not be recorded.
+async fn unattested(
+    facade: &Facade,
+    peer: &PeerCertificate,
+    method: AttestationMethod,
+    answer: OAuthError,
+) -> OAuthError {
+    let refused = facade
+        .broker
+        .attestation_refused_by(method, None, None, &answer.description, peer.remote.map(|a| a.ip()))
+        .await;
+    unavailable_or(refused, answer)
+}
+
 /// The broker's answer when it could not record (unavailable), else `otherwise`.
 fn unavailable_or(refused: BrokerError, otherwise: OAuthError) -> OAuthError {
     match refused.kind() {
@@ -483,7 +503,10 @@ async fn attest_assertion(
     peer: &PeerCertificate,
     params: &HashMap<String, String>,
 ) -> Result<VerifiedIdentity, OAuthError> {
-    let assertion = required(params, "assertion")?;
+    let assertion = match required(params, "assertion") {
+        Ok(assertion) => assertion,
+        Err(answer) => return Err(unattested(facade, peer, AttestationMethod::Jwt, answer).await),
+    };
     let source = peer.remote.map(|a| a.ip());
     let evidence = tessera_core::attestation::sha256_hex(assertion.as_bytes());
     let invalid_grant = |reason: String| OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", reason);

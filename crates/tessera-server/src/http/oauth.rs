@@ -243,7 +243,7 @@ async fn metadata_document(State(facade): State<Arc<Facade>>) -> Response {
 pub(crate) struct OAuthError {
     status: StatusCode,
     code: &'static str,
-    description: String,
+    pub(super) description: String,
     /// A fresh `DPoP-Nonce` to send (with `use_dpop_nonce`, RFC 9449 section 8).
     pub(super) dpop_nonce: Option<String>,
 }
