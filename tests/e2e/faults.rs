@@ -496,3 +496,91 @@ async fn a_broker_killed_mid_mint_never_hands_out_an_unrecorded_token() {
         refused.len()
     );
 }
+
+/// The `_count` of the request histogram for `method` (`Service/Method`)
+/// answered with `code`, 0 if none yet.
+fn requests(broker: &Broker, method: &str, code: &str) -> u64 {
+    let (_, body) = broker.http_get("/metrics");
+    let labels = format!("method=\"tessera.v1.{method}\"");
+    let code = format!("grpc_code=\"{code}\"");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("tessera_request_duration_seconds_count{") && l.contains(&labels) && l.contains(&code)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// R3, the caller's side: a revocation refused with UNAVAILABLE while Redis
+/// is unreachable is asked again with backoff by the CLI (`grant revoke`,
+/// which says so on stderr) and by the SDK (`OrchestratorClient::complete`),
+/// and ends acknowledged and in force once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_sdk_retry_a_revocation_refused_while_redis_is_away() {
+    use std::io::BufRead as _;
+
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(addr_of(&redis));
+    let broker = broker_on(&proxy.redis_url());
+    let mut verifier = broker.verifier("api-gateway").await;
+    let mut agent = broker.agent("researcher").await;
+    for task in ["cli", "sdk"] {
+        broker
+            .start_task(start_request(task, &["researcher"], &["crm.contacts.read"], 600))
+            .await;
+    }
+    let by_cli = issue(&mut agent, token_request("cli", &["crm.contacts.read"], None)).await;
+    let by_sdk = issue(&mut agent, token_request("sdk", &["crm.contacts.read"], None)).await;
+
+    // The CLI: refused, retrying (stderr says so), acknowledged once healed.
+    proxy.set(Fault::Reset);
+    let mut cli = std::process::Command::new(bin_dir().join("tessera"))
+        .arg("--dev-dir")
+        .arg(broker.dir.path())
+        .arg("--endpoint")
+        .arg(broker.endpoint())
+        .args([
+            "--as",
+            "alice",
+            "grant",
+            "revoke",
+            &by_cli.grant_id,
+            "--reason",
+            "retry test",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut first = String::new();
+    tokio::task::block_in_place(|| stderr.read_line(&mut first)).unwrap();
+    assert!(
+        first.starts_with("UNAVAILABLE: ") && first.contains("retrying in") && first.contains("(attempt 1 of 6)"),
+        "{first}"
+    );
+    proxy.set(Fault::Pass);
+    let out = tokio::task::block_in_place(|| cli.wait_with_output()).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{first}");
+    assert_eq!(stdout.trim(), format!("grant {} revoked", by_cli.grant_id));
+    assert!(!live(&mut verifier, &by_cli.access_token).await);
+
+    // The SDK: CompleteTask refused at least once, then acknowledged.
+    let refused_before = requests(&broker, "OrchestratorService/CompleteTask", "UNAVAILABLE");
+    proxy.set(Fault::Reset);
+    let mut orchestrator = tessera_client::orchestrator::OrchestratorClient::new(broker.channel("orchestrator").await);
+    let completing = tokio::spawn(async move { orchestrator.complete("sdk", "retry test").await });
+    eventually(
+        "the broker refuses the SDK's completion",
+        Duration::from_secs(20),
+        async || requests(&broker, "OrchestratorService/CompleteTask", "UNAVAILABLE") > refused_before,
+    )
+    .await;
+    proxy.set(Fault::Pass);
+    let (task, revoked) = completing.await.unwrap().unwrap();
+    assert_eq!(task.task_id, "sdk");
+    assert_eq!(revoked, 1);
+    assert!(!live(&mut verifier, &by_sdk.access_token).await);
+}
