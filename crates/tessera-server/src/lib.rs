@@ -285,7 +285,9 @@ pub async fn serve(
             )
         }
         StoreConfig::Redis(redis) => {
+            let min_replicas = redis.min_replicas;
             let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+            telemetry::redis_durability(redis.durability(), min_replicas);
             (redis.clone(), redis.clone(), redis)
         }
     };
