@@ -547,7 +547,10 @@ mod durability_tests {
         let always = node(true, Some("always"));
         assert_eq!(always.clone().weakest(node(true, Some("everysec"))).crash_loss(), "1s");
         assert_eq!(node(true, Some("everysec")).weakest(always.clone()).crash_loss(), "1s");
-        assert_eq!(always.clone().weakest(node(false, Some("always"))).crash_loss(), "snapshot");
+        assert_eq!(
+            always.clone().weakest(node(false, Some("always"))).crash_loss(),
+            "snapshot"
+        );
         let unknown = always.weakest(node(true, None));
         assert_eq!(unknown.crash_loss(), "unknown");
         assert_eq!(unknown.unknown_because.as_deref(), Some("NOPERM"));
