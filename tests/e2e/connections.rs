@@ -1,7 +1,8 @@
 //! Connection slots cannot be exhausted anonymously: a connection with no
 //! attested call is closed after `server.unattested_timeout`, one source
 //! address holds at most `server.max_connections_per_address`, and without a
-//! JWT issuer a client certificate is required in the TLS handshake.
+//! JWT issuer a client certificate is required in the TLS handshake; one
+//! connection carries at most `server.max_concurrent_streams` streams.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -214,4 +215,45 @@ async fn without_a_jwt_issuer_a_client_certificate_is_required_in_the_handshake(
         .unwrap()
         .unwrap();
     assert!(n > 0, "the broker sends its HTTP/2 settings");
+}
+
+/// D3: one connection carries at most `server.max_concurrent_streams`
+/// streams at once. With a cap of 2 and two revocation feeds open, a third
+/// call on that connection gets no stream until a feed closes (it runs into
+/// its own deadline), while a call on another connection is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_its_cap_of_concurrent_streams() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__MAX_CONCURRENT_STREAMS", "2")]);
+    // One channel is one HTTP/2 connection.
+    let channel = broker.channel("api-gateway").await;
+    let mut verifier = tessera_client::VerifierClient::new(channel.clone());
+    let mut feeds = Vec::new();
+    for _ in 0..2 {
+        let mut feed = verifier
+            .watch_revocations(pb::WatchRevocationsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        first_position(&mut feed).await;
+        feeds.push(feed);
+    }
+    let jwks = |v: &mut tessera_client::VerifierClient| {
+        let mut v = v.clone();
+        async move {
+            let mut req = tonic::Request::new(pb::GetJwksRequest {});
+            req.set_timeout(Duration::from_secs(1));
+            v.get_jwks(req).await.map(drop)
+        }
+    };
+    let third = jwks(&mut verifier).await;
+    assert!(third.is_err(), "a third stream on a connection capped at 2 was served");
+    // Another connection is not affected.
+    let mut other = broker.verifier("api-gateway").await;
+    jwks(&mut other).await.unwrap();
+    // A slot freed is a slot served.
+    feeds.pop();
+    eventually("a call once a feed closed", Duration::from_secs(10), async || {
+        jwks(&mut verifier).await.is_ok()
+    })
+    .await;
 }
