@@ -2,7 +2,8 @@
 //! attested call is closed after `server.unattested_timeout`, one source
 //! address holds at most `server.max_connections_per_address`, and without a
 //! JWT issuer a client certificate is required in the TLS handshake; one
-//! connection carries at most `server.max_concurrent_streams` streams.
+//! connection carries at most `server.max_concurrent_streams` streams; a
+//! stalled TLS handshake is closed after `server.handshake_timeout`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -256,4 +257,44 @@ async fn a_connection_holds_at_most_its_cap_of_concurrent_streams() {
         jwks(&mut verifier).await.is_ok()
     })
     .await;
+}
+
+/// D2, the stalled handshake: TCP connections that send nothing, or half a
+/// TLS record, are closed by the broker once `server.handshake_timeout`
+/// has passed, and an attested agent is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_are_closed_after_the_handshake_timeout() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HANDSHAKE_TIMEOUT", "1s")]);
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&broker.addr).await.unwrap();
+        if i % 2 == 1 {
+            // The first bytes of a TLS handshake record, then silence.
+            use tokio::io::AsyncWriteExt as _;
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        }
+        stalled.push(tcp);
+    }
+    broker
+        .start_task(start_request("stalled", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    issue(
+        &mut broker.agent("researcher").await,
+        token_request("stalled", &["crm.contacts.read"], None),
+    )
+    .await;
+    for (i, mut tcp) in stalled.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        // Bounded well above the 1 s timeout: a connection still open after
+        // it is the failure.
+        match tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await {
+            Err(_) => panic!("stalled connection {i} still open after 15 s"),
+            Ok(Ok(0) | Err(_)) => {}
+            // An alert before the close is fine; the close must follow.
+            Ok(Ok(_)) => {
+                let rest = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await;
+                assert!(matches!(rest, Ok(Ok(0) | Err(_))), "connection {i}: {rest:?}");
+            }
+        }
+    }
 }
