@@ -108,6 +108,10 @@ struct Burst {
     refused: Mutex<Vec<(Code, String)>>,
     acks: AtomicUsize,
     refusals: AtomicUsize,
+    /// Callers start no call while `acks` is at this cap, so a healthy
+    /// phase acknowledges a few revocations, not the whole queue, and every
+    /// fault meets calls.
+    ack_cap: AtomicUsize,
 }
 
 /// One caller of the burst: revokes what is queued; a refused revocation
@@ -120,6 +124,9 @@ async fn revoker(
 ) {
     let (mut admin, mut orch) = (broker_admin, orchestrator);
     loop {
+        while burst.acks.load(Ordering::SeqCst) >= burst.ack_cap.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let Some(item) = burst.queue.lock().unwrap().pop_front() else {
             return;
         };
@@ -215,8 +222,12 @@ async fn revocations_in_flight_survive_redis_kills_blackholes_and_resets() {
     let total = items.len();
     let burst = Arc::new(Burst {
         queue: Mutex::new(items.into()),
+        ack_cap: AtomicUsize::new(4),
         ..Burst::default()
     });
+    let cap = |n: usize| burst.ack_cap.store(n, Ordering::SeqCst);
+    const LAG: Duration = Duration::from_millis(40);
+    proxy.set(Fault::Latency(LAG));
     let mut callers = Vec::new();
     for _ in 0..3 {
         callers.push(tokio::spawn(revoker(
@@ -226,23 +237,28 @@ async fn revocations_in_flight_survive_redis_kills_blackholes_and_resets() {
         )));
     }
 
-    // The faults, each started once the burst has made progress.
+    // Each phase raises the cap, so the callers start calls, and then sets
+    // the fault: with 40 ms each way to Redis every call takes longer than
+    // that gap, so the fault meets calls in flight. A healthy phase
+    // acknowledges a few revocations, not the whole queue.
     until_count("acks before the kill", &burst.acks, 4).await;
+    cap(9);
     tokio::task::block_in_place(|| redis.kill());
     until_count("refusals while Redis is dead", &burst.refusals, 3).await;
     tokio::task::block_in_place(|| redis.restart());
-    let acks = burst.acks.load(Ordering::SeqCst);
-    until_count("acks after the restart", &burst.acks, acks + 5).await;
+    until_count("acks after the restart", &burst.acks, 9).await;
     let refusals = burst.refusals.load(Ordering::SeqCst);
+    cap(14);
     proxy.set(Fault::Blackhole);
     until_count("refusals in the black hole", &burst.refusals, refusals + 3).await;
-    proxy.set(Fault::Pass);
-    let acks = burst.acks.load(Ordering::SeqCst);
-    until_count("acks after the black hole", &burst.acks, acks + 5).await;
+    proxy.set(Fault::Latency(LAG));
+    until_count("acks after the black hole", &burst.acks, 14).await;
     let refusals = burst.refusals.load(Ordering::SeqCst);
+    cap(19);
     proxy.set(Fault::Reset);
     until_count("refusals while resetting", &burst.refusals, refusals + 3).await;
     proxy.set(Fault::Pass);
+    cap(usize::MAX);
 
     for caller in callers {
         tokio::time::timeout(Duration::from_secs(60), caller)
