@@ -95,7 +95,8 @@ async fn sigterm_ends_open_streams_with_unavailable_and_the_drain_leaves_none() 
 }
 
 /// D5: SIGTERM during a burst of mints from three agents. Health goes
-/// NOT_SERVING first (a watcher sees it before its stream ends), every call
+/// NOT_SERVING first (a watcher sees it, then its stream ends, so it does
+/// not hold up the drain), every call
 /// either returns a token or fails with a status, the broker exits 0 after
 /// a finished drain, and every token a client received has its issuance in
 /// the audit trail, and (on Redis, which outlives the broker) its grant live
@@ -161,9 +162,11 @@ async fn sigterm_under_a_mint_burst_reports_not_serving_first_and_returns_no_unr
         Ok(Some(change)) => assert_eq!(change.status(), ServingStatus::NotServing),
         other => panic!("the health watch ended without NOT_SERVING: {other:?}"),
     }
-    // The broker does not end health Watch streams itself (only its own
-    // streams): one held open would keep the drain waiting to its timeout.
-    drop(watch);
+    // Then the watch ends: a health watcher does not hold up the drain.
+    match tokio::time::timeout(Duration::from_secs(10), watch.message()).await {
+        Ok(Ok(None) | Err(_)) => {}
+        other => panic!("the health watch went on after NOT_SERVING: {other:?}"),
+    }
     let mut codes = Vec::new();
     for m in minters {
         codes.extend(m.await.unwrap());
