@@ -401,6 +401,14 @@ async fn a_slow_silent_or_resetting_redis_fails_every_rpc_in_time_and_leaks_noth
         .await;
     }
     assert!(live(&mut verifier, &token.access_token).await);
+    // R1: every mint the store failed left a record of its refusal.
+    let refused_mints = std::fs::read_to_string(&broker.audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "token_denied" && r["task_id"] == "slow")
+        .count();
+    assert!(refused_mints >= 12, "{refused_mints} refused mints audited, 12 refused");
 
     // Nothing left behind: the connections the faults stranded are closed,
     // and the broker's descriptors are back where they were.
