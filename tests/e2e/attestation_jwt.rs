@@ -696,4 +696,25 @@ async fn misbehaving_jwks_servers_fail_closed_within_bounds() {
         fake.hits.lock().unwrap().iter().filter(|p| *p == "/flaky").count() >= 2,
         "the broker refreshed the flaky keys"
     );
+    // Every failed load is counted per issuer; the good issuer's loads are ok.
+    let (_, metrics) = broker.http_get("/metrics");
+    let loads = |issuer: &str, result: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("tessera_jwks_loads_total{")
+                    && l.contains(&format!("issuer=\"{issuer}\""))
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for name in ["redirect", "huge", "drip", "invalid", "dup", "flaky"] {
+        assert!(
+            loads(name, "error") >= 1.0,
+            "{name}: no failed load counted:\n{metrics}"
+        );
+    }
+    assert!(loads("good", "ok") >= 1.0, "{metrics}");
+    assert_eq!(loads("good", "error"), 0.0, "{metrics}");
 }

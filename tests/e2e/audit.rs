@@ -217,6 +217,26 @@ async fn a_failing_audit_sink_fails_mints_but_keys_and_health_are_served() {
     );
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("audit"), "{status:?}");
+    // A revocation by an operator fails the same way: it is not done unrecorded.
+    let status = code(
+        broker
+            .admin("alice")
+            .await
+            .revoke_identity(pb::RevokeIdentityRequest {
+                identity: "spiffe://tessera.local/agent/researcher".into(),
+                reason: "audit down".into(),
+                disable: false,
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("audit"), "{status:?}");
+    let (_, metrics) = broker.http_get("/metrics");
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_audit_failures_total ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tessera_audit_failures_total:\n{metrics}"));
+    assert!(failures >= 2.0, "audit failures counted: {failures}");
     // Health still answers, and says NOT_SERVING (so load balancers move
     // away) within a few health rounds; /readyz agrees.
     let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel("api-gateway").await);

@@ -1,7 +1,9 @@
 //! Connection slots cannot be exhausted anonymously: a connection with no
 //! attested call is closed after `server.unattested_timeout`, one source
 //! address holds at most `server.max_connections_per_address`, and without a
-//! JWT issuer a client certificate is required in the TLS handshake.
+//! JWT issuer a client certificate is required in the TLS handshake; one
+//! connection carries at most `server.max_concurrent_streams` streams; a
+//! stalled TLS handshake is closed after `server.handshake_timeout`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -214,4 +216,85 @@ async fn without_a_jwt_issuer_a_client_certificate_is_required_in_the_handshake(
         .unwrap()
         .unwrap();
     assert!(n > 0, "the broker sends its HTTP/2 settings");
+}
+
+/// D3: one connection carries at most `server.max_concurrent_streams`
+/// streams at once. With a cap of 2 and two revocation feeds open, a third
+/// call on that connection gets no stream until a feed closes (it runs into
+/// its own deadline), while a call on another connection is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_its_cap_of_concurrent_streams() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__MAX_CONCURRENT_STREAMS", "2")]);
+    // One channel is one HTTP/2 connection.
+    let channel = broker.channel("api-gateway").await;
+    let mut verifier = tessera_client::VerifierClient::new(channel.clone());
+    let mut feeds = Vec::new();
+    for _ in 0..2 {
+        let mut feed = verifier
+            .watch_revocations(pb::WatchRevocationsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        first_position(&mut feed).await;
+        feeds.push(feed);
+    }
+    let jwks = |v: &mut tessera_client::VerifierClient| {
+        let mut v = v.clone();
+        async move {
+            let mut req = tonic::Request::new(pb::GetJwksRequest {});
+            req.set_timeout(Duration::from_secs(1));
+            v.get_jwks(req).await.map(drop)
+        }
+    };
+    let third = jwks(&mut verifier).await;
+    assert!(third.is_err(), "a third stream on a connection capped at 2 was served");
+    // Another connection is not affected.
+    let mut other = broker.verifier("api-gateway").await;
+    jwks(&mut other).await.unwrap();
+    // A slot freed is a slot served.
+    feeds.pop();
+    eventually("a call once a feed closed", Duration::from_secs(10), async || {
+        jwks(&mut verifier).await.is_ok()
+    })
+    .await;
+}
+
+/// D2, the stalled handshake: TCP connections that send nothing, or half a
+/// TLS record, are closed by the broker once `server.handshake_timeout`
+/// has passed, and an attested agent is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_are_closed_after_the_handshake_timeout() {
+    let broker = Broker::start_with(&[("TESSERA_SERVER__HANDSHAKE_TIMEOUT", "1s")]);
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&broker.addr).await.unwrap();
+        if i % 2 == 1 {
+            // The first bytes of a TLS handshake record, then silence.
+            use tokio::io::AsyncWriteExt as _;
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        }
+        stalled.push(tcp);
+    }
+    broker
+        .start_task(start_request("stalled", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    issue(
+        &mut broker.agent("researcher").await,
+        token_request("stalled", &["crm.contacts.read"], None),
+    )
+    .await;
+    for (i, mut tcp) in stalled.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        // Bounded well above the 1 s timeout: a connection still open after
+        // it is the failure.
+        match tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await {
+            Err(_) => panic!("stalled connection {i} still open after 15 s"),
+            Ok(Ok(0) | Err(_)) => {}
+            // An alert before the close is fine; the close must follow.
+            Ok(Ok(_)) => {
+                let rest = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await;
+                assert!(matches!(rest, Ok(Ok(0) | Err(_))), "connection {i}: {rest:?}");
+            }
+        }
+    }
 }

@@ -752,3 +752,59 @@ max_ttl = "5m"
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// V1: a real token reaches its `exp` with nothing revoked (leeway 0 at the
+/// broker and in the SDK verifier). Broker introspection, the HTTP facade's
+/// RFC 7662 introspection and the SDK verifier all refuse it, the SDK for
+/// expiry (not revocation), and on Redis the grant's key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refused_everywhere_without_any_revocation() {
+    use std::time::Duration;
+
+    use tessera_client::verifier::{Presented, VerifierConfig, VerifyError};
+    use tessera_core::token::JwsError;
+
+    let broker = Broker::start_with(&[("TESSERA_TOKENS__LEEWAY", "0s")]);
+    broker
+        .start_task(start_request("expiry", &["researcher"], &["crm.contacts.read"], 600))
+        .await;
+    let mut config = VerifierConfig::new(ISSUER, CRM);
+    config.leeway = Duration::ZERO;
+    let channel = tessera_client::connect_lazy(&broker.endpoint(), &broker.identity("api-gateway")).unwrap();
+    let verifier = tessera_client::Verifier::connect(channel, config).unwrap();
+    assert!(verifier.ready(Duration::from_secs(20)).await, "{:?}", verifier.status());
+    tessera_e2e::wait_past_second(verifier.status().sync_floor.unwrap()).await;
+
+    let mut agent = broker.agent("researcher").await;
+    let token = tessera_e2e::issue(&mut agent, token_request("expiry", &["crm.contacts.read"], Some(3))).await;
+    let mut introspection = broker.verifier("api-gateway").await;
+    assert!(
+        tessera_e2e::introspect(&mut introspection, &token.access_token)
+            .await
+            .unwrap()
+    );
+    verifier.verify(&Presented::bearer(&token.access_token)).await.unwrap();
+
+    tessera_e2e::eventually("the token expires at the broker", Duration::from_secs(20), async || {
+        !tessera_e2e::introspect(&mut introspection, &token.access_token)
+            .await
+            .unwrap()
+    })
+    .await;
+    let refused = verifier
+        .verify(&Presented::bearer(&token.access_token))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, VerifyError::Token(JwsError::Expired)), "{refused:?}");
+    let body = form(&[("token", &token.access_token)]);
+    let answer = https(&broker, Some("api-gateway"), "POST", "/oauth/introspect", Some(&body)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json(), serde_json::json!({ "active": false }));
+    if let Some(redis) = &broker.redis {
+        let key = format!("tessera:{{{}}}:grant:{}", &token.grant_id[..8], token.grant_id);
+        tessera_e2e::eventually("Redis drops the grant at exp", Duration::from_secs(10), async || {
+            redis.cli(&["EXISTS", &key]) == "0"
+        })
+        .await;
+    }
+}

@@ -394,3 +394,67 @@ fn the_example_alert_rules_use_only_documented_metrics() {
     }
     assert!(used >= 10, "{rules}");
 }
+
+/// The test matrix's row ids (`../shared/TEST-MATRIX.md`, kept outside the
+/// repository): the copy `docs/TEST-MATRIX-COVERAGE.md` is checked against.
+const MATRIX_ROWS: &[&str] = &[
+    "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "A10", "A11", "A12", "A13", "A14", "A15", "P1", "P2", "P3",
+    "M1", "M2", "M3", "M4", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "V1", "V2", "V3", "V4", "U1",
+    "U2", "D1", "D2", "D3", "D4", "D5", "S1", "S2",
+];
+
+/// The row id of a markdown table line `| A1 | ...`, if it is one.
+fn row_id(line: &str) -> Option<&str> {
+    let id = line.strip_prefix('|')?.split('|').next()?.trim();
+    let (letter, number) = id.split_at_checked(1)?;
+    (letter.chars().all(|c| c.is_ascii_uppercase()) && !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()))
+        .then_some(id)
+}
+
+/// Every row of the test matrix is in docs/TEST-MATRIX-COVERAGE.md once,
+/// names at least one test, and every test it names is a function of the
+/// file it names. Where the matrix itself is at hand (the development
+/// machine's `../shared`), its rows must be the ones copied here.
+#[test]
+fn every_test_matrix_row_names_tests_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/TEST-MATRIX-COVERAGE.md")).unwrap();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut named = 0;
+    for line in doc.lines() {
+        let Some(id) = row_id(line) else { continue };
+        assert!(!seen.contains(&id), "row {id} is in the coverage table twice");
+        seen.push(id);
+        let tests_cell = line.split('|').nth(2).unwrap_or_default();
+        let tests: Vec<&str> = tests_cell
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| t.contains(".rs::"))
+            .collect();
+        assert!(!tests.is_empty(), "row {id} names no test: {line}");
+        for test in tests {
+            let (file, function) = test.split_once("::").unwrap();
+            let text = std::fs::read_to_string(root.join(file))
+                .unwrap_or_else(|e| panic!("row {id}: `{file}` cannot be read: {e}"));
+            assert!(
+                text.contains(&format!("fn {function}(")),
+                "row {id}: `{file}` has no test `{function}`"
+            );
+            named += 1;
+        }
+    }
+    let missing: Vec<&&str> = MATRIX_ROWS.iter().filter(|r| !seen.contains(*r)).collect();
+    let extra: Vec<&&str> = seen.iter().filter(|r| !MATRIX_ROWS.contains(*r)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing rows {missing:?}, unknown rows {extra:?}"
+    );
+
+    let matrix = root.join("../shared/TEST-MATRIX.md");
+    if let Ok(text) = std::fs::read_to_string(&matrix) {
+        let ids: Vec<&str> = text.lines().filter_map(row_id).collect();
+        assert_eq!(ids, MATRIX_ROWS, "{} has other rows than MATRIX_ROWS", matrix.display());
+    }
+    eprintln!("{} rows, {named} named tests", seen.len());
+}

@@ -11,6 +11,7 @@
 #![allow(missing_docs, reason = "test harness")]
 
 pub mod attestation;
+pub mod proxy;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
@@ -343,6 +344,28 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL and wait: no drain, no final audit write. A no-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the broker if it runs, then starts it again on the same dev
+    /// directory, configuration, store and audit file (new ports), and
+    /// waits for its ready file.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut fresh = Self::spawn(self.dir.clone(), self.env.clone(), self.redis.clone());
+        // `fresh` is dropped below with no child left to stop.
+        self.child = fresh.child.take();
+        self.addr = std::mem::take(&mut fresh.addr);
+        self.http_addr = fresh.http_addr.take();
+        self.oauth_addr = fresh.oauth_addr.take();
+        std::mem::swap(&mut self.log, &mut fresh.log);
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.

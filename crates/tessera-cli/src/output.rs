@@ -101,6 +101,33 @@ pub(crate) fn seconds(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
+/// Runs a revocation (`grant revoke`, `task complete`, `task revoke`): one
+/// the broker refused with `UNAVAILABLE` (its store away; the revocation
+/// may or may not be in) is asked again with bounded backoff, saying so on
+/// stderr. Revocations are idempotent, so asking again is safe.
+pub(crate) async fn revocation<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let policy = tessera_client::retry::RetryPolicy::default();
+    tessera_client::retry::retry_unavailable(
+        policy,
+        |attempt, status, wait| {
+            // stderr only: stdout stays the result a script parses.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "UNAVAILABLE: {}; retrying in {} ms (attempt {attempt} of {})",
+                status.message(),
+                wait.as_millis(),
+                policy.attempts
+            );
+        },
+        call,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

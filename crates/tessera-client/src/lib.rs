@@ -33,6 +33,7 @@ mod identity;
 pub mod orchestrator;
 mod pin;
 mod pop;
+pub mod retry;
 mod unix;
 pub mod verifier;
 

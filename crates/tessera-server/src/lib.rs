@@ -288,7 +288,9 @@ pub async fn serve(
             )
         }
         StoreConfig::Redis(redis) => {
+            let min_replicas = redis.min_replicas;
             let redis = Arc::new(RedisStore::connect(redis.clone()).await?);
+            telemetry::redis_durability(redis.durability(), min_replicas);
             (redis.clone(), redis.clone(), redis)
         }
     };
@@ -627,6 +629,14 @@ pub async fn serve(
     // only for unary calls and watchers get a status they can act on.
     let streams = shared.drain.start();
     tracing::info!(streams, "ending open streams: UNAVAILABLE {}", grpc::SHUTTING_DOWN);
+    // Health Watch streams too: dropping a service's status ends its
+    // watchers once they have read NOT_SERVING, so a probe that keeps a
+    // Watch open does not hold the drain to its timeout. A Check during the
+    // drain answers NOT_FOUND from here on.
+    let mut closing = health.clone();
+    for name in grpc::SERVICE_NAMES {
+        closing.clear_service_status(name).await;
+    }
     // /readyz answers 503 while gRPC drains (TCP and Unix alike); the
     // operations listener stops after.
     let both = async {

@@ -43,6 +43,12 @@ pub const ATTESTATION_UNAUDITED: &str = "tessera_attestation_refusals_unaudited_
 /// JWKS loads of JWT issuers, by issuer and result (counted in `attest::jwt`).
 pub const JWKS_LOADS: &str = "tessera_jwks_loads_total";
 
+/// Always 1 with a Redis store, labelled with what a Redis crash can lose
+/// (read at start): `appendonly`, `appendfsync` (`unknown` when Redis
+/// refused `CONFIG GET`) and `crash_loss` (`none`, `1s`, `os`, `snapshot`,
+/// `unknown`).
+pub const REDIS_DURABILITY: &str = "tessera_redis_durability";
+
 /// How often [`LIVE_GRANTS`] is sampled from the store.
 pub const LIVE_GRANTS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -94,6 +100,11 @@ fn describe() {
         LIVE_GRANTS,
         "Grants live (not expired, not revoked) in the store, sampled every 30 s; store-wide, so every replica \
          reports the same number: aggregate with max, not sum."
+    );
+    metrics::describe_gauge!(
+        REDIS_DURABILITY,
+        "Always 1 with a Redis store: its appendonly and appendfsync as read at start, and crash_loss, what a \
+         Redis or host crash can lose of acknowledged writes (none, 1s, os, snapshot, unknown)."
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label says which tesserad runs.");
     metrics::describe_counter!(POLICY_RELOADS, "Policy reloads (SIGHUP), by result.");
@@ -162,6 +173,57 @@ pub fn register(jwt_issuers: &[&str]) {
     metrics::gauge!(LIVE_GRANTS).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     process::sample();
+}
+
+/// Exports [`REDIS_DURABILITY`] and says at start what a Redis crash can
+/// lose: a warning when acknowledged revocations could be lost (no
+/// `appendfsync always`, and no `[store] min_replicas` to hold them on a
+/// replica too), or when Redis would not say.
+pub fn redis_durability(d: &tessera_store::RedisDurability, min_replicas: u32) {
+    let appendfsync = d.appendfsync.clone().unwrap_or_else(|| "unknown".into());
+    let appendonly = if d.appendonly { "yes" } else { "no" };
+    let loss = d.crash_loss();
+    metrics::gauge!(
+        REDIS_DURABILITY,
+        "appendonly" => appendonly,
+        "appendfsync" => appendfsync.clone(),
+        "crash_loss" => loss
+    )
+    .set(1.0);
+    let can_lose = d.crash_loss_text();
+    if loss == "none" {
+        tracing::info!(
+            appendonly,
+            appendfsync,
+            crash_loss = loss,
+            "redis durability: a crash loses {can_lose}"
+        );
+    } else if min_replicas > 0 {
+        tracing::info!(
+            appendonly,
+            appendfsync,
+            crash_loss = loss,
+            min_replicas,
+            "redis durability: a crash of one node can lose {can_lose}; revocations are acknowledged only once \
+             min_replicas replicas hold them"
+        );
+    } else if let Some(why) = &d.unknown_because {
+        tracing::warn!(
+            appendonly,
+            reason = %why,
+            crash_loss = loss,
+            "redis durability unknown: acknowledged revocations may be lost on a crash; grant the broker \
+             `CONFIG GET appendfsync` or check it yourself (docs/OPERATIONS.md, Durability)"
+        );
+    } else {
+        tracing::warn!(
+            appendonly,
+            appendfsync,
+            crash_loss = loss,
+            "acknowledged revocations can be lost on a crash: {can_lose}; set `appendfsync always` or \
+             `[store] min_replicas` (docs/OPERATIONS.md, Durability)"
+        );
+    }
 }
 
 /// Samples [`LIVE_GRANTS`] from `store` now and every [`LIVE_GRANTS_EVERY`]:

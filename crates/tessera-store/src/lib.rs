@@ -28,7 +28,9 @@ pub use error::StoreError;
 pub use feed::{FeedBatch, FeedEvent, FeedPosition};
 pub use memory::{MemoryLimits, MemoryStore};
 pub use memory_approvals::MemoryApprovalStore;
-pub use redis::{AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, RedisStore, RedisTls, audit_stream_key};
+pub use redis::{
+    AuditStream, MAX_AUDIT_PAGE, RedisConfig, RedisDeployment, RedisDurability, RedisStore, RedisTls, audit_stream_key,
+};
 #[cfg(any(test, feature = "conformance"))]
 pub use replay::conformance as replay_conformance;
 pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};

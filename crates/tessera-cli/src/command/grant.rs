@@ -147,14 +147,18 @@ pub(crate) async fn run(global: &Global, cmd: GrantCommand) -> anyhow::Result<()
         GrantCommand::Ls(ls) => return list(global, ls).await,
         GrantCommand::Revoke(revoke) => revoke,
     };
-    let mut client = AdminClient::new(channel(global).await?);
-    let done = client
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: revoke.grant_id,
-            reason: revoke.reason.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
+    let client = AdminClient::new(channel(global).await?);
+    let request = pb::RevokeGrantRequest {
+        grant_id: revoke.grant_id,
+        reason: revoke.reason.unwrap_or_default(),
+    };
+    let done = output::revocation(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.revoke_grant(request).await }
+    })
+    .await?
+    .into_inner();
     match global.output {
         OutputFormat::Json => output::json(&RevokedView {
             grant_id: done.grant_id,

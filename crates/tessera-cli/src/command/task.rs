@@ -80,14 +80,18 @@ pub(crate) async fn run(global: &Global, cmd: TaskCommand) -> anyhow::Result<()>
             print_task(global.output, &task)
         }
         TaskCommand::Complete(end) => {
-            let mut client = OrchestratorClient::new(channel(global).await?);
-            let done = client
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: end.id,
-                    reason: end.reason.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let client = OrchestratorClient::new(channel(global).await?);
+            let request = pb::CompleteTaskRequest {
+                task_id: end.id,
+                reason: end.reason.unwrap_or_default(),
+            };
+            let done = output::revocation(|| {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.complete_task(request).await }
+            })
+            .await?
+            .into_inner();
             print_ended(
                 global.output,
                 done.task.as_ref(),
@@ -104,14 +108,18 @@ pub(crate) async fn run(global: &Global, cmd: TaskCommand) -> anyhow::Result<()>
             print_task(global.output, &task)
         }
         TaskCommand::Revoke(end) => {
-            let mut client = AdminClient::new(channel(global).await?);
-            let done = client
-                .revoke_task(pb::RevokeTaskRequest {
-                    task_id: end.id,
-                    reason: end.reason.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let client = AdminClient::new(channel(global).await?);
+            let request = pb::RevokeTaskRequest {
+                task_id: end.id,
+                reason: end.reason.unwrap_or_default(),
+            };
+            let done = output::revocation(|| {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.revoke_task(request).await }
+            })
+            .await?
+            .into_inner();
             print_ended(
                 global.output,
                 done.task.as_ref(),

@@ -49,7 +49,23 @@ impl Broker {
     pub async fn request_token(&self, who: &VerifiedIdentity, ask: TokenAsk) -> Result<TokenOutcome, BrokerError> {
         let TokenAsk { mut request, binding } = ask;
         request.binding = self.request_binding(who, &binding).await?;
-        self.request_bound_token(who, &request).await
+        match self.request_bound_token(who, &request).await {
+            // The store failed (down, or full): no token, and the refusal is
+            // recorded like any other (TEST-MATRIX R1). Not counted toward
+            // quarantine: the caller could not have avoided it.
+            Err(e @ BrokerError::Store(_))
+                if matches!(
+                    e.kind(),
+                    tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::ResourceExhausted
+                ) =>
+            {
+                let mut denial = self.denial(AuditKind::TokenDenied, Some(who));
+                denial.event.task_id = Some(request.task_id.to_string());
+                denial.event.audience = Some(request.audience.to_string());
+                self.deny(denial, e).await
+            }
+            outcome => outcome,
+        }
     }
 
     /// RequestToken once its binding is resolved.

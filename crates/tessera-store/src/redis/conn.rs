@@ -287,13 +287,80 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// What a crash of Redis (or its host) can lose of the writes Redis
+/// acknowledged, revocations among them, as read from every primary at
+/// connect: the weakest node's `appendonly` (from `INFO persistence`, which
+/// any client may read) and `appendfsync` (`CONFIG GET`, which an ACL or a
+/// managed Redis may refuse: then it is unknown, and says why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisDurability {
+    /// `appendonly yes` on every node checked.
+    pub appendonly: bool,
+    /// The weakest `appendfsync` of the nodes checked (`always`, then
+    /// `everysec`, then `no`); `None` when a node refused to say.
+    pub appendfsync: Option<String>,
+    /// Why `appendfsync` is unknown (the refusal), when it is.
+    pub unknown_because: Option<String>,
+}
+
+impl RedisDurability {
+    /// The `crash_loss` label: `none` (AOF, `always`), `1s` (AOF,
+    /// `everysec`: about the last second, up to two while the disk is slow,
+    /// on a host crash), `os` (AOF, `no`: what the OS had not flushed),
+    /// `snapshot` (no AOF: everything since the last RDB snapshot, or all),
+    /// `unknown`.
+    pub fn crash_loss(&self) -> &'static str {
+        if !self.appendonly {
+            return "snapshot";
+        }
+        match self.appendfsync.as_deref() {
+            Some("always") => "none",
+            Some("everysec") => "1s",
+            Some(_) => "os",
+            None => "unknown",
+        }
+    }
+
+    /// The same, in words for a log line.
+    pub fn crash_loss_text(&self) -> &'static str {
+        match self.crash_loss() {
+            "none" => "nothing Redis acknowledged",
+            "1s" => "about the last second of acknowledged writes (up to two while the disk is slow) on a host crash",
+            "os" => "whatever the OS had not flushed to disk (tens of seconds) on a host crash",
+            "snapshot" => "every write since the last RDB snapshot (or all of them) when Redis restarts",
+            _ => "unknown: Redis did not say its appendfsync",
+        }
+    }
+
+    /// Folds in another node's settings: the weaker of the two.
+    fn weakest(self, other: Self) -> Self {
+        let rank = |fsync: &Option<String>| match fsync.as_deref() {
+            Some("always") => 0,
+            Some("everysec") => 1,
+            Some(_) => 2,
+            None => 3,
+        };
+        let fsync = if rank(&other.appendfsync) > rank(&self.appendfsync) {
+            other.appendfsync
+        } else {
+            self.appendfsync
+        };
+        Self {
+            appendonly: self.appendonly && other.appendonly,
+            appendfsync: fsync,
+            unknown_because: self.unknown_because.or(other.unknown_because),
+        }
+    }
+}
+
 /// Refuses a Redis whose `maxmemory-policy` could evict keys: an evicted
-/// grant, task or revocation would be a silent security failure.
+/// grant, task or revocation would be a silent security failure. Returns
+/// what the checked nodes say about their durability.
 pub(crate) async fn check_eviction_policy(
     deployment: &RedisDeployment,
     tls: Option<&RedisTls>,
     timeout: Duration,
-) -> Result<(), StoreError> {
+) -> Result<RedisDurability, StoreError> {
     let clients: Vec<(String, redis::Client)> = match deployment {
         RedisDeployment::Standalone { url } => vec![(url.clone(), client_for(url, tls)?)],
         RedisDeployment::Cluster { urls } => urls
@@ -307,20 +374,40 @@ pub(crate) async fn check_eviction_policy(
             vec![(format!("primary `{master}`"), client)]
         }
     };
+    let mut durability: Option<RedisDurability> = None;
     for (url, client) in clients {
-        let info: String = tokio::time::timeout(timeout * 3, async {
+        let (info, fsync) = tokio::time::timeout(timeout * 3, async {
             let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await
+            // One section per INFO: several in one call need Redis 7.
+            let mut info = redis::cmd("INFO")
+                .arg("memory")
+                .query_async::<String>(&mut conn)
+                .await?;
+            info.push_str(
+                &redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async::<String>(&mut conn)
+                    .await?,
+            );
+            // A refusal (NOPERM, an unknown or renamed CONFIG) is an answer:
+            // durability unknown, not a failed start.
+            let fsync = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendfsync")
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| e.to_string());
+            Ok::<_, RedisError>((info, fsync))
         })
         .await
         .map_err(|_| unavailable("redis eviction check", "timed out"))?
         .map_err(|e| unavailable("redis eviction check", e))?;
-        let policy = info
-            .lines()
-            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_owned();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let policy = field("maxmemory_policy").unwrap_or("unknown").to_owned();
         if policy != "noeviction" {
             return Err(StoreError::Misconfigured(format!(
                 "redis at `{}` has maxmemory-policy `{policy}`: it could evict grants or revocations, \
@@ -328,8 +415,24 @@ pub(crate) async fn check_eviction_policy(
                 redact(&url)
             )));
         }
+        let (appendfsync, unknown_because) = match fsync {
+            Ok(v) => match map_of(v).get("appendfsync").and_then(string_of) {
+                Some(mode) => (Some(mode), None),
+                None => (None, Some("CONFIG GET appendfsync answered nothing".to_owned())),
+            },
+            Err(e) => (None, Some(format!("CONFIG GET appendfsync refused: {e}"))),
+        };
+        let node = RedisDurability {
+            appendonly: field("aof_enabled") == Some("1"),
+            appendfsync,
+            unknown_because,
+        };
+        durability = Some(match durability {
+            Some(d) => d.weakest(node),
+            None => node,
+        });
     }
-    Ok(())
+    durability.ok_or_else(|| unavailable("redis eviction check", "no redis node to check"))
 }
 
 /// A URL without its password, for messages.
@@ -415,5 +518,41 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::RedisDurability;
+
+    fn node(appendonly: bool, fsync: Option<&str>) -> RedisDurability {
+        RedisDurability {
+            appendonly,
+            appendfsync: fsync.map(str::to_owned),
+            unknown_because: fsync.is_none().then(|| "NOPERM".to_owned()),
+        }
+    }
+
+    #[test]
+    fn crash_loss_follows_the_settings() {
+        assert_eq!(node(true, Some("always")).crash_loss(), "none");
+        assert_eq!(node(true, Some("everysec")).crash_loss(), "1s");
+        assert_eq!(node(true, Some("no")).crash_loss(), "os");
+        assert_eq!(node(false, Some("always")).crash_loss(), "snapshot");
+        assert_eq!(node(true, None).crash_loss(), "unknown");
+    }
+
+    #[test]
+    fn a_deployment_is_as_durable_as_its_weakest_node() {
+        let always = node(true, Some("always"));
+        assert_eq!(always.clone().weakest(node(true, Some("everysec"))).crash_loss(), "1s");
+        assert_eq!(node(true, Some("everysec")).weakest(always.clone()).crash_loss(), "1s");
+        assert_eq!(
+            always.clone().weakest(node(false, Some("always"))).crash_loss(),
+            "snapshot"
+        );
+        let unknown = always.weakest(node(true, None));
+        assert_eq!(unknown.crash_loss(), "unknown");
+        assert_eq!(unknown.unknown_because.as_deref(), Some("NOPERM"));
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 pub use self::audit_stream::{AuditStream, MAX_AUDIT_PAGE, audit_stream_key};
 use self::conn::Conn;
-pub use self::conn::{RedisDeployment, RedisTls};
+pub use self::conn::{RedisDeployment, RedisDurability, RedisTls};
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
@@ -212,6 +212,8 @@ pub struct RedisStore {
     /// Task tags just read by `task`, for the `new_grant_id` that follows it
     /// on the mint path (see [`RECENT_ROOT_TTL`]).
     recent_roots: Mutex<HashMap<TaskId, (String, std::time::Instant)>>,
+    /// What a Redis crash can lose, read at connect.
+    durability: RedisDurability,
 }
 
 /// How long a task's tag read by `task` serves `new_grant_id` without
@@ -286,7 +288,7 @@ impl RedisStore {
         } else {
             conn.clone()
         };
-        conn::check_eviction_policy(&config.deployment, tls, config.timeout).await?;
+        let durability = conn::check_eviction_policy(&config.deployment, tls, config.timeout).await?;
         let keys = Keys::new(&config.key_prefix);
         let feed_changed = Arc::new(Notify::new());
         let tailer_conn = Conn::connect_blocking(&config.deployment, tls, config.timeout).await?;
@@ -302,10 +304,16 @@ impl RedisStore {
             feed_changed,
             tailer,
             recent_roots: Mutex::new(HashMap::new()),
+            durability,
         };
         let epoch = store.ensure_epoch().await?;
         tracing::info!(epoch = %epoch, "connected to redis");
         Ok(store)
+    }
+
+    /// What a Redis crash can lose, as the primaries said at connect.
+    pub fn durability(&self) -> &RedisDurability {
+        &self.durability
     }
 
     /// Runs `fut` within the configured timeout.

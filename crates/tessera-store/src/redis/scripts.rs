@@ -10,7 +10,11 @@ use redis::Script;
 /// Returns "ok", "exists", "parent_missing" or "parent_over:<state>".
 pub(crate) fn create_task() -> Script {
     Script::new(
-        r#"
+        r#"#!lua
+-- Declared (no flags): Redis refuses the whole script at a full noeviction
+-- maxmemory. Without the shebang the OOM check comes only at the first
+-- write, and a first write that may not enlarge memory (ZREMRANGEBYSCORE)
+-- exempts every later one: a full Redis took mints without bound.
 local base, id, json, deadline, expire_at, parent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
 if parent ~= '' then
@@ -39,7 +43,11 @@ return 'ok'
 /// expired, of another task, or expiring before it).
 pub(crate) fn record_grant() -> Script {
     Script::new(
-        r#"
+        r#"#!lua
+-- Declared (no flags): Redis refuses the whole script at a full noeviction
+-- maxmemory. Without the shebang the OOM check comes only at the first
+-- write, and a first write that may not enlarge memory (ZREMRANGEBYSCORE)
+-- exempts every later one: a full Redis took mints without bound.
 local base, task, gid, json, exp, now, parent, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local t = redis.call('HMGET', KEYS[1], 'state', 'deadline')
 if not t[1] then return 'task_missing' end
@@ -212,7 +220,11 @@ return redis.call('ZCOUNT', ARGV[1] .. 'grants:' .. ARGV[2], '(' .. ARGV[3], '+i
 /// never lowers a member's score, and keeps the key until its latest score.
 pub(crate) fn index_add() -> Script {
     Script::new(
-        r#"
+        r#"#!lua
+-- Declared (no flags): Redis refuses the whole script at a full noeviction
+-- maxmemory. Without the shebang the OOM check comes only at the first
+-- write, and a first write that may not enlarge memory (ZREMRANGEBYSCORE)
+-- exempts every later one: a full Redis took mints without bound.
 local member, score, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], 'GT', score, member)
@@ -228,7 +240,11 @@ return 'ok'
 /// ARGV: member, score_ms, now_ms, cap. Returns "ok" or "full".
 pub(crate) fn index_add_capped() -> Script {
     Script::new(
-        r#"
+        r#"#!lua
+-- Declared (no flags): Redis refuses the whole script at a full noeviction
+-- maxmemory. Without the shebang the OOM check comes only at the first
+-- write, and a first write that may not enlarge memory (ZREMRANGEBYSCORE)
+-- exempts every later one: a full Redis took mints without bound.
 local member, score, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if not redis.call('ZSCORE', KEYS[1], member) and redis.call('ZCARD', KEYS[1]) >= cap then return 'full' end
