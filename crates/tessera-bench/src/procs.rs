@@ -199,6 +199,20 @@ pub fn redis_cmd(url: &str, args: &[&str]) -> anyhow::Result<String> {
     })
 }
 
+/// `cmdstat_<command>:calls=N,...` of `INFO commandstats`: calls so far by
+/// command (a script counts as `evalsha`, plus the commands it ran).
+pub fn command_calls(url: &str) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let info = redis_cmd(url, &["INFO", "commandstats"])?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
 /// `field:value` of an `INFO` answer.
 pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
