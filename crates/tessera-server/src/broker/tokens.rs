@@ -230,7 +230,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         match self.store.record_grant(grant, now).await {
             Ok(()) => Ok(()),
-            Err(tessera_store::StoreError::SubjectDisabled(subject)) => {
+            Err(StoreError::SubjectDisabled(subject)) => {
                 self.registry.disable_at_runtime(&subject);
                 self.prune_console_sessions();
                 Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
