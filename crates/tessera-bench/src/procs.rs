@@ -328,13 +328,25 @@ impl Tesserad {
     }
 }
 
-/// `TESSERA_*` settings for a broker on Redis at `url`, as deployed, with the
-/// per-identity rate limit off (the bench drives all load from two identities).
+/// `TESSERA_*` settings for a broker on Redis at `url`, as deployed, plus
+/// [`free_ports_env`].
 pub fn broker_env(redis_url: &str) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("TESSERA_STORE__BACKEND".into(), "redis".into()),
         ("TESSERA_STORE__URLS".into(), format!("[\"{redis_url}\"]")),
+    ];
+    env.extend(free_ports_env());
+    env
+}
+
+/// What every broker the bench starts gets: no per-identity rate limit (the
+/// whole load comes from two identities), and the OAuth facade that `tessera
+/// dev init` turns on on a free port, not its fixed one (which another
+/// broker on the machine may hold).
+pub fn free_ports_env() -> Vec<(String, String)> {
+    vec![
         ("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into()),
+        ("TESSERA_OAUTH__LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }
 

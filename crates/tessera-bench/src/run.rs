@@ -600,7 +600,7 @@ pub async fn mint_only(
     };
     let mut env = match &redis {
         Some(r) => broker_env(&r.url()),
-        None => vec![("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into())],
+        None => crate::procs::free_ports_env(),
     };
     env.extend(extra.iter().cloned());
     let tesserad = Tesserad::start(&s.bin_dir.join("tesserad"), &pki, &env, "mint", pid_file)?;
