@@ -55,9 +55,13 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
-    /// Only the mint scenario, for whoever is changing the mint path: prints
-    /// rate, latency and server CPU per mint; writes no report.
+    /// Only the hot paths, for whoever is changing them: prints rate,
+    /// latency, server CPU per operation by process and Redis commands per
+    /// operation; writes no report.
     Mint {
+        /// The paths to run: mint (at each --in-flight), introspect, release.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "mint")]
+        paths: Vec<run::HotPath>,
         /// Directory with the release `tesserad` and `tessera`.
         #[arg(long, value_name = "DIR")]
         bin_dir: PathBuf,
@@ -135,6 +139,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             write_report(&r, &out)
         }
         Cmd::Mint {
+            paths,
             bin_dir,
             store,
             in_flight,
@@ -154,7 +159,15 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 commands: Vec::new(),
                 python: None,
             };
-            let r = run::mint_only(&setup, store, &in_flight, std::time::Duration::from_secs(seconds), &env).await;
+            let r = run::mint_only(
+                &setup,
+                store,
+                &paths,
+                &in_flight,
+                std::time::Duration::from_secs(seconds),
+                &env,
+            )
+            .await;
             let _ = std::fs::remove_dir_all(&work);
             r
         }

@@ -199,6 +199,20 @@ pub fn redis_cmd(url: &str, args: &[&str]) -> anyhow::Result<String> {
     })
 }
 
+/// `cmdstat_<command>:calls=N,...` of `INFO commandstats`: calls so far by
+/// command (a script counts as `evalsha`, plus the commands it ran).
+pub fn command_calls(url: &str) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let info = redis_cmd(url, &["INFO", "commandstats"])?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
 /// `field:value` of an `INFO` answer.
 pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
@@ -314,13 +328,25 @@ impl Tesserad {
     }
 }
 
-/// `TESSERA_*` settings for a broker on Redis at `url`, as deployed, with the
-/// per-identity rate limit off (the bench drives all load from two identities).
+/// `TESSERA_*` settings for a broker on Redis at `url`, as deployed, plus
+/// [`free_ports_env`].
 pub fn broker_env(redis_url: &str) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("TESSERA_STORE__BACKEND".into(), "redis".into()),
         ("TESSERA_STORE__URLS".into(), format!("[\"{redis_url}\"]")),
+    ];
+    env.extend(free_ports_env());
+    env
+}
+
+/// What every broker the bench starts gets: no per-identity rate limit (the
+/// whole load comes from two identities), and the OAuth facade that `tessera
+/// dev init` turns on on a free port, not its fixed one (which another
+/// broker on the machine may hold).
+pub fn free_ports_env() -> Vec<(String, String)> {
+    vec![
         ("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into()),
+        ("TESSERA_OAUTH__LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }
 

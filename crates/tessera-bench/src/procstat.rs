@@ -29,6 +29,27 @@ pub fn cpu_us(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat has no utime/stime"))
 }
 
+/// CPU time (user + system) the threads of `pid` named `name` have used so
+/// far (threads that ended are not counted), in microseconds.
+pub fn thread_cpu_us(pid: u32, name: &str) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ticks = 0;
+    for entry in std::fs::read_dir(&dir).map_err(|e| anyhow::anyhow!("cannot read {dir}: {e}"))? {
+        let path = entry?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(t) = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|stat| parse_cpu_ticks(&stat))
+        {
+            ticks += t;
+        }
+    }
+    Ok(ticks * 1_000_000 / ticks_per_second())
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in ticks.
 /// The command name (field 2) may contain spaces and parentheses, so fields
 /// are counted after its closing parenthesis.
@@ -72,13 +93,26 @@ pub fn rss(pid: u32) -> anyhow::Result<u64> {
 pub struct CpuMeter {
     pids: Vec<(String, u32)>,
     start: Vec<u64>,
+    /// Threads measured apart: (label, pid, thread name).
+    threads: Vec<(String, u32, String)>,
+    threads_start: Vec<u64>,
 }
+
+/// The thread tesserad writes and syncs its audit file on (its
+/// `AUDIT_THREAD`): its CPU is the audit fsync's share.
+pub const AUDIT_THREAD: &str = "tessera-audit";
+/// How the audit thread's CPU is labelled in [`CpuUse::parts`].
+pub const AUDIT_PART: &str = "audit write + fsync";
 
 /// CPU used by each server process during a measurement.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuUse {
     /// `(process name, CPU µs)`.
     pub by_process: Vec<(String, u64)>,
+    /// `(label, CPU µs)` of threads measured apart, already counted in their
+    /// process (the audit thread of tesserad).
+    #[serde(default)]
+    pub parts: Vec<(String, u64)>,
 }
 
 impl CpuUse {
@@ -96,6 +130,11 @@ impl CpuUse {
             .sum()
     }
 
+    /// CPU µs of the part `label` (see [`CpuUse::parts`]), if measured.
+    pub fn part(&self, label: &str) -> Option<u64> {
+        self.parts.iter().find(|(n, _)| n == label).map(|(_, us)| *us)
+    }
+
     /// Total CPU µs per operation (`None` for zero operations).
     pub fn per_op(&self, ops: u64) -> Option<f64> {
         (ops > 0).then(|| self.total_us() as f64 / ops as f64)
@@ -109,9 +148,21 @@ impl CpuMeter {
             .iter()
             .map(|(_, p)| cpu_us(*p))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // tesserad's audit thread, measured apart.
+        let threads: Vec<(String, u32, String)> = pids
+            .iter()
+            .filter(|(n, _)| *n == "tesserad")
+            .map(|(_, p)| (AUDIT_PART.to_owned(), *p, AUDIT_THREAD.to_owned()))
+            .collect();
+        let threads_start = threads
+            .iter()
+            .map(|(_, p, t)| thread_cpu_us(*p, t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             pids: pids.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
             start,
+            threads,
+            threads_start,
         })
     }
 
@@ -121,7 +172,11 @@ impl CpuMeter {
         for ((name, pid), before) in self.pids.iter().zip(&self.start) {
             by_process.push((name.clone(), cpu_us(*pid)?.saturating_sub(*before)));
         }
-        Ok(CpuUse { by_process })
+        let mut parts = Vec::with_capacity(self.threads.len());
+        for ((label, pid, thread), before) in self.threads.iter().zip(&self.threads_start) {
+            parts.push((label.clone(), thread_cpu_us(*pid, thread)?.saturating_sub(*before)));
+        }
+        Ok(CpuUse { by_process, parts })
     }
 }
 
@@ -144,6 +199,29 @@ mod tests {
     }
 
     #[test]
+    fn a_named_thread_is_measured_apart() {
+        let (spun, done) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let thread = std::thread::Builder::new()
+            .name("cpu-meter-test".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < std::time::Duration::from_millis(50) {
+                    x = x.wrapping_add(std::hint::black_box(1));
+                }
+                spun.0.send(x).unwrap();
+                let _ = done.1.recv();
+            })
+            .unwrap();
+        spun.1.recv().unwrap();
+        let pid = std::process::id();
+        assert!(thread_cpu_us(pid, "cpu-meter-test").unwrap() > 0);
+        assert_eq!(thread_cpu_us(pid, "no-such-thread").unwrap(), 0);
+        done.0.send(()).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn status_figures_are_read_in_kib() {
         let status = "Name:\ttesserad\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
@@ -162,6 +240,7 @@ mod tests {
         }
         let used = meter.stop().unwrap();
         assert!(used.of("self") > 0, "{used:?} {x}");
+        assert!(used.parts.is_empty(), "no tesserad measured: no audit part");
         assert!(peak_rss(pid).unwrap() > 0);
         assert!(rss(pid).unwrap() > 0);
     }

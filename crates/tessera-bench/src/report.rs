@@ -109,6 +109,26 @@ fn cpu(m: &Measured) -> String {
         .map_or_else(String::new, |c| format!(" ({} CPU/op)", dur_us(c)))
 }
 
+/// Server CPU per operation by process, with the audit thread's share of
+/// tesserad: "tesserad 120 µs (audit write + fsync 15 µs) + redis-server 30 µs".
+pub fn split(m: &Measured) -> String {
+    let ops = m.load.ok.max(1) as f64;
+    m.cpu
+        .by_process
+        .iter()
+        .map(|(name, us)| {
+            let part = match (name.as_str(), m.cpu.part(crate::procstat::AUDIT_PART)) {
+                ("tesserad", Some(audit)) => {
+                    format!(" ({} {})", crate::procstat::AUDIT_PART, dur_us(audit as f64 / ops))
+                }
+                _ => String::new(),
+            };
+            format!("{name} {}{part}", dur_us(*us as f64 / ops))
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 fn rate(m: &Measured) -> String {
     format!("{}/s{}", thousands(m.load.rate), cpu(m))
 }
@@ -199,8 +219,29 @@ pub fn rows(r: &Results) -> Vec<Row> {
                 },
             ),
             ratio: format!("{} of the parts", times(rr)),
-            target: "≤ 200 µs and ≤ 1.5× the parts".into(),
-            verdict: Verdict::all(&[Verdict::of(t.map(|t| t <= 200.0)), Verdict::of(rr.map(|x| x <= 1.5))]),
+            target: "≤ 200 µs and ≤ 2× the parts".into(),
+            verdict: Verdict::all(&[Verdict::of(t.map(|t| t <= 200.0)), Verdict::of(rr.map(|x| x <= 2.0))]),
+        });
+    }
+
+    // Where each hot path's server CPU goes.
+    for (path, outcome) in [
+        ("mint (16 in flight)", &r.mint_c16),
+        ("introspection (16 in flight)", &r.introspect_c16),
+        ("single revocation (ReleaseToken, 16 in flight)", &r.release_c16),
+    ] {
+        rows.push(Row {
+            figure: format!("server CPU per {path}, by process"),
+            tessera: show(outcome, split),
+            openbao: "–".into(),
+            limit: "–".into(),
+            ratio: "–".into(),
+            target: "reported (issue 19)".into(),
+            verdict: if outcome.measured().is_some() {
+                Verdict::Reported
+            } else {
+                Verdict::NotJudged
+            },
         });
     }
 
@@ -245,10 +286,10 @@ pub fn rows(r: &Results) -> Vec<Row> {
                     )
                 },
             ),
-            target: "p50 ≤ 1 ms, p99 ≤ 3 ms".into(),
+            target: "p50 ≤ 0.6 ms, p99 ≤ 1.5 ms".into(),
             verdict: Verdict::all(&[
-                Verdict::of(m.map(|m| m.load.latency.p50_us <= 1000)),
-                Verdict::of(m.map(|m| m.load.latency.p99_us <= 3000)),
+                Verdict::of(m.map(|m| m.load.latency.p50_us <= 600)),
+                Verdict::of(m.map(|m| m.load.latency.p99_us <= 1500)),
             ]),
         });
     }
@@ -837,6 +878,7 @@ mod tests {
             },
             cpu: CpuUse {
                 by_process: vec![("tesserad".into(), (cpu * 1000.0) as u64)],
+                parts: vec![],
             },
             cpu_us_per_op: Some(cpu),
         }
@@ -888,7 +930,7 @@ mod tests {
             },
             commands: vec!["make bench".into()],
             wall_s: 600.0,
-            mint_c1: Outcome::Measured(m(1500.0, 600, 2500, 160.0)),
+            mint_c1: Outcome::Measured(m(1500.0, 600, 1400, 160.0)),
             mint_c16: Outcome::Measured(m(8000.0, 1800, 9000, 150.0)),
             mint_sweep: vec![],
             introspect_c16: Outcome::Measured(m(12_000.0, 1000, 4000, 60.0)),
@@ -978,7 +1020,7 @@ mod tests {
         );
 
         let cpu = row(&rows, "server CPU per mint");
-        // 33 (echo) + 25 (sign) + 35 (write) = 93 µs; 150 / 93 = 1.61× > 1.5×.
+        // 33 (echo) + 25 (sign) + 35 (write) = 93 µs; 150 / 93 = 1.61× ≤ 2×, 150 ≤ 200 µs.
         assert!(
             cpu.limit
                 .starts_with("93 µs = echo 33 µs + ES256 sign 25 µs + grant write 35 µs"),
@@ -986,7 +1028,14 @@ mod tests {
             cpu.limit
         );
         assert_eq!(cpu.ratio, "1.61× of the parts");
-        assert_eq!(cpu.verdict, Verdict::Missed);
+        assert_eq!(cpu.verdict, Verdict::Met);
+        let by_process = row(&rows, "server CPU per mint (16 in flight), by process");
+        assert_eq!(by_process.verdict, Verdict::Reported);
+        assert!(
+            by_process.tessera.starts_with("tesserad 150 µs"),
+            "{}",
+            by_process.tessera
+        );
 
         assert_eq!(row(&rows, "mint latency, 1 in flight").verdict, Verdict::Met);
         assert_eq!(row(&rows, "mint latency, 16 in flight").verdict, Verdict::Met);
@@ -1030,6 +1079,19 @@ mod tests {
     }
 
     #[test]
+    fn cpu_is_split_by_process_with_the_audit_thread_apart() {
+        let mut m = m(1000.0, 500, 900, 150.0);
+        m.cpu = CpuUse {
+            by_process: vec![("tesserad".into(), 120_000), ("redis-server".into(), 30_000)],
+            parts: vec![(crate::procstat::AUDIT_PART.into(), 15_000)],
+        };
+        assert_eq!(
+            split(&m),
+            "tesserad 120 µs (audit write + fsync 15 µs) + redis-server 30 µs"
+        );
+    }
+
+    #[test]
     fn a_missed_target_is_printed_as_missed_with_the_profile() {
         let md = markdown(&synthetic(), &[("plot.png".into(), "a plot".into())]);
         assert!(
@@ -1044,7 +1106,7 @@ mod tests {
         assert!(md.contains("perf says: sha256 12%"));
         assert!(md.contains("![a plot](plot.png)"));
         assert!(md.contains("`delegate_c16`: not available in this build"));
-        assert!(md.contains("10 of 15 targets met, 4 missed, 1 not judged"), "{md}");
+        assert!(md.contains("11 of 15 targets met, 3 missed, 1 not judged"), "{md}");
     }
 
     #[test]

@@ -568,13 +568,26 @@ pub enum StoreKind {
     Redis,
 }
 
-/// `tessera-bench mint`: only the mint scenario, for a developer changing the
-/// mint path. Starts the broker (and Redis) as `run` does, plus any `extra`
-/// `TESSERA_*` settings, runs a closed loop at each of `in_flight`, and prints
-/// one line per level: rate, latency and server CPU per mint by process.
+/// A hot path `tessera-bench mint` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HotPath {
+    /// RequestToken, at each `--in-flight` level.
+    Mint,
+    /// Introspect over a pool of live tokens, 16 in flight.
+    Introspect,
+    /// ReleaseToken of freshly minted grants, 16 in flight.
+    Release,
+}
+
+/// `tessera-bench mint`: only the hot paths, for a developer changing them.
+/// Starts the broker (and Redis) as `run` does, plus any `extra`
+/// `TESSERA_*` settings, runs each of `paths`, and prints one line per run:
+/// rate, latency, server CPU per operation by process (the audit thread
+/// apart) and Redis commands per operation.
 pub async fn mint_only(
     s: &Setup,
     store: StoreKind,
+    paths: &[HotPath],
     in_flight: &[usize],
     each: Duration,
     extra: &[(String, String)],
@@ -587,7 +600,7 @@ pub async fn mint_only(
     };
     let mut env = match &redis {
         Some(r) => broker_env(&r.url()),
-        None => vec![("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into())],
+        None => crate::procs::free_ports_env(),
     };
     env.extend(extra.iter().cloned());
     let tesserad = Tesserad::start(&s.bin_dir.join("tesserad"), &pki, &env, "mint", pid_file)?;
@@ -602,30 +615,55 @@ pub async fn mint_only(
         quiet: s.quiet,
         connections: 4,
     };
-    for &n in in_flight {
-        let m = checked(
-            t.mint(&LoadSpec::closed(&format!("mint, {n} in flight"), n).for_duration(each))
-                .await,
-        );
-        match m {
-            Outcome::Measured(m) => {
-                let by: Vec<String> = m
-                    .cpu
-                    .by_process
-                    .iter()
-                    .map(|(p, us)| format!("{p} {:.0} µs", *us as f64 / m.load.ok.max(1) as f64))
-                    .collect();
-                println!(
-                    "{n:>3} in flight: {:>7.0}/s  p50 {} µs  p99 {} µs  errors {}  CPU/mint {:.0} µs ({})",
-                    m.load.rate,
-                    m.load.latency.p50_us,
-                    m.load.latency.p99_us,
-                    m.load.errors,
-                    m.cpu_us_per_op.unwrap_or(f64::NAN),
-                    by.join(", ")
-                );
+    let url = redis.as_ref().map(Redis::url);
+    for path in paths {
+        let levels: &[usize] = if *path == HotPath::Mint { in_flight } else { &[16] };
+        for &n in levels {
+            let before = url.as_deref().map(crate::procs::command_calls).transpose()?;
+            let m = match path {
+                HotPath::Mint => {
+                    t.mint(&LoadSpec::closed(&format!("mint, {n} in flight"), n).for_duration(each))
+                        .await
+                }
+                HotPath::Introspect => {
+                    t.introspect(&LoadSpec::closed("introspect", n).for_duration(each), 1000)
+                        .await
+                }
+                HotPath::Release => t.release(10_000, n).await,
+            };
+            let after = url.as_deref().map(crate::procs::command_calls).transpose()?;
+            match checked(m) {
+                Outcome::Measured(m) => {
+                    let ops = m.load.ok.max(1) as f64;
+                    let commands = before.zip(after).map_or_else(String::new, |(b, a)| {
+                        let per_op: Vec<String> = a
+                            .iter()
+                            .filter_map(|(cmd, calls)| {
+                                let d = calls.saturating_sub(b.get(cmd).copied().unwrap_or(0));
+                                (d > 0).then(|| format!("{cmd} {:.2}", d as f64 / ops))
+                            })
+                            .collect();
+                        // Introspect and release mint their tokens first:
+                        // those mints are in these counts too.
+                        let setup = if *path == HotPath::Mint {
+                            ""
+                        } else {
+                            " (with the setup's mints)"
+                        };
+                        format!("; redis commands/op{setup}: {}", per_op.join(", "))
+                    });
+                    println!(
+                        "{path:?}, {n:>2} in flight: {:>7.0}/s  p50 {} µs  p99 {} µs  errors {}  CPU/op {:.0} µs ({}){commands}",
+                        m.load.rate,
+                        m.load.latency.p50_us,
+                        m.load.latency.p99_us,
+                        m.load.errors,
+                        m.cpu_us_per_op.unwrap_or(f64::NAN),
+                        crate::report::split(&m),
+                    );
+                }
+                other => println!("{path:?}, {n:>2} in flight: {other:?}"),
             }
-            other => println!("{n:>3} in flight: {other:?}"),
         }
     }
     Ok(())

@@ -292,6 +292,13 @@ struct Entries {
 #[derive(Debug, Clone)]
 pub struct RegistryVersion(Arc<Entries>);
 
+impl PartialEq for RegistryVersion {
+    /// The same contents, by address (held, so never reused).
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl RegistryVersion {
     /// Whether `registry` still holds these contents (holding them keeps
     /// their address from being reused, so the comparison is exact).
@@ -318,6 +325,8 @@ pub struct IdentityRegistry {
 struct RuntimeDisabled {
     ids: Arc<BTreeSet<SpiffeId>>,
     generation: u64,
+    /// Bumped by every change of `ids`, local or read from the store.
+    changes: u64,
 }
 
 impl IdentityRegistry {
@@ -372,6 +381,15 @@ impl IdentityRegistry {
             .generation
     }
 
+    /// A number that changes whenever the set of identities disabled at
+    /// runtime does (a local disable or enable, or a refresh from the store).
+    pub fn runtime_changes(&self) -> u64 {
+        self.runtime_disabled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .changes
+    }
+
     /// Replaces the identities disabled at runtime (by an operator, read
     /// from the store) for every clone, unless a local disable or enable
     /// happened since `generation` was read (then the store read may predate
@@ -383,7 +401,10 @@ impl IdentityRegistry {
         if guard.generation != generation {
             return false;
         }
-        guard.ids = Arc::new(ids);
+        if *guard.ids != ids {
+            guard.changes = guard.changes.wrapping_add(1);
+            guard.ids = Arc::new(ids);
+        }
         true
     }
 
@@ -398,6 +419,7 @@ impl IdentityRegistry {
         let mut next = (*guard.ids).clone();
         next.insert(id.clone());
         guard.ids = Arc::new(next);
+        guard.changes = guard.changes.wrapping_add(1);
         true
     }
 
@@ -412,6 +434,7 @@ impl IdentityRegistry {
         let mut next = (*guard.ids).clone();
         next.remove(id);
         guard.ids = Arc::new(next);
+        guard.changes = guard.changes.wrapping_add(1);
         true
     }
 

@@ -137,6 +137,8 @@ pub struct Broker {
     approvals: approvals::Approvals,
     /// Operator-console sign-in codes and sessions (`None`: the console is off).
     console: Option<console::Console>,
+    /// Tasks RequestToken read lately.
+    recent_tasks: tasks::RecentTasks,
 }
 
 impl std::fmt::Debug for Broker {
@@ -191,6 +193,7 @@ impl Broker {
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
             console: None,
+            recent_tasks: tasks::RecentTasks::default(),
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();

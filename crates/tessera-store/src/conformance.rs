@@ -19,7 +19,7 @@ use tessera_core::identity::SpiffeId;
 use tessera_core::revocation::RevocationTarget;
 use tessera_core::task::{Audience, Scope, ScopeCeiling, ScopeClass, Task, TaskId, TaskState};
 
-use crate::{FeedPosition, GrantFilter, GrantStore, PublishedKey, StoreError};
+use crate::{FeedPosition, GrantFilter, GrantStore, PublishedKey, Release, StoreError};
 
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all<S, F, Fut>(make: F)
@@ -46,6 +46,9 @@ where
     ending_a_task_revokes_every_hop(make().await).await;
     disabled_subjects_are_kept_until_enabled(make().await).await;
     quarantines_are_shared_until_they_end(make().await).await;
+    a_disabled_subject_gets_no_grant(make().await).await;
+    only_the_holder_releases_a_grant(make().await).await;
+    keys_and_a_grant_read_together_as_apart(make().await).await;
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -201,15 +204,19 @@ pub async fn revoking_a_grant_revokes_its_delegates(store: impl GrantStore) {
             .is_live_at(t0() + secs(1))
     );
     let batch = store.read_revocations(Some(&head), 10, Duration::ZERO).await.unwrap();
-    let targets: BTreeSet<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
-    assert_eq!(
-        targets,
-        BTreeSet::from([
-            RevocationTarget::Grant(parent.id.clone()),
-            RevocationTarget::Grant(child.id.clone()),
-            RevocationTarget::Grant(grandchild.id.clone()),
-        ])
-    );
+    let events: BTreeMap<_, _> = batch
+        .events
+        .iter()
+        .map(|e| (e.revocation.target.clone(), e.revocation.clone()))
+        .collect();
+    // Each event says when its grant expires, and when and why it was revoked.
+    for g in [&parent, &child, &grandchild] {
+        let event = &events[&RevocationTarget::Grant(g.id.clone())];
+        assert_eq!(event.not_after, g.expires_at, "{event:?}");
+        assert_eq!(event.revoked_at, t0() + secs(1));
+        assert_eq!(event.reason, "stolen");
+    }
+    assert_eq!(events.len(), 3);
     // Again: nothing changes, nothing is appended.
     let again = store
         .revoke_grant(&parent.id, "again", t0() + secs(2))
@@ -1239,6 +1246,104 @@ pub async fn disabled_subjects_are_kept_until_enabled(store: impl GrantStore) {
     assert!(!store.enable_subject(&a).await.unwrap(), "not disabled any more");
     assert!(!store.subject_disabled(&a).await.unwrap());
     assert_eq!(store.disabled_subjects().await.unwrap(), BTreeSet::from([b]));
+}
+
+/// A grant whose subject an operator disabled is refused, atomically with
+/// the record: nothing of it is left; once enabled, grants are recorded again.
+pub async fn a_disabled_subject_gets_no_grant(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant(&store, "t1", 30, None).await;
+    assert!(store.disable_subject(&g.subject, "offboarded", t0()).await.unwrap());
+    let refused = store.record_grant(&g, t0()).await;
+    assert!(
+        matches!(&refused, Err(StoreError::SubjectDisabled(s)) if s == &g.subject),
+        "{refused:?}"
+    );
+    assert_eq!(store.live_grants(&tid("t1"), t0()).await.unwrap(), 0);
+    assert!(store.grant(&g.id).await.unwrap().is_none_or(|g| !g.is_live_at(t0())));
+    assert!(store.enable_subject(&g.subject).await.unwrap());
+    let again = grant(&store, "t1", 30, None).await;
+    store.record_grant(&again, t0()).await.unwrap();
+    assert_eq!(store.live_grants(&tid("t1"), t0()).await.unwrap(), 1);
+}
+
+/// ReleaseToken: only the grant's subject releases it (the tree with it),
+/// anyone else changes nothing; releasing again revokes nothing.
+pub async fn only_the_holder_releases_a_grant(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant(&store, "t1", 30, None).await;
+    let child = grant(&store, "t1", 20, Some(&g.id)).await;
+    for x in [&g, &child] {
+        store.record_grant(x, t0()).await.unwrap();
+    }
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let other = SpiffeId::parse("spiffe://td/agent/other").unwrap();
+    let refused = store.release_grant(&g.id, &other, "mine", t0()).await.unwrap();
+    assert!(
+        matches!(&refused, Some(Release::NotHolder(held)) if held.task_id == g.task_id),
+        "{refused:?}"
+    );
+    assert_eq!(store.live_grants(&tid("t1"), t0()).await.unwrap(), 2);
+    let released = store
+        .release_grant(&g.id, &g.subject, "released by holder", t0() + secs(1))
+        .await
+        .unwrap();
+    let Some(Release::Revoked(outcome)) = released else {
+        panic!("the holder releases its grant: {released:?}");
+    };
+    assert!(outcome.revoked);
+    assert_eq!(outcome.descendants_revoked, 1);
+    assert_eq!(outcome.grant.state, GrantState::Revoked);
+    assert_eq!(outcome.grant.revocation_reason.as_deref(), Some("released by holder"));
+    assert_eq!(store.live_grants(&tid("t1"), t0() + secs(1)).await.unwrap(), 0);
+    let batch = store.read_revocations(Some(&head), 10, Duration::ZERO).await.unwrap();
+    let targets: BTreeSet<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+    assert_eq!(
+        targets,
+        BTreeSet::from([
+            RevocationTarget::Grant(g.id.clone()),
+            RevocationTarget::Grant(child.id.clone())
+        ])
+    );
+    let again = store
+        .release_grant(&g.id, &g.subject, "again", t0() + secs(2))
+        .await
+        .unwrap();
+    assert!(matches!(again, Some(Release::Revoked(o)) if !o.revoked && o.descendants_revoked == 0));
+    let unknown = GrantId::generate().unwrap();
+    assert!(
+        store
+            .release_grant(&unknown, &g.subject, "x", t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// `keys_and_grant` answers what `published_keys` and `grant` answer.
+pub async fn keys_and_a_grant_read_together_as_apart(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let key = PublishedKey {
+        jwk: serde_json::from_value(serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "kid": "k1", "alg": "EdDSA", "use": "sig"
+        }))
+        .unwrap(),
+        published_at: t0(),
+        not_after: None,
+    };
+    store.publish_key(&key).await.unwrap();
+    let g = grant(&store, "t1", 30, None).await;
+    store.record_grant(&g, t0()).await.unwrap();
+    let (keys, read) = store.keys_and_grant(&g.id, t0()).await.unwrap();
+    assert_eq!(keys, store.published_keys(t0()).await.unwrap());
+    assert_eq!(read, store.grant(&g.id).await.unwrap());
+    assert!(read.is_some_and(|r| r.is_live_at(t0())));
+    store.revoke_grant(&g.id, "x", t0()).await.unwrap();
+    let (_, read) = store.keys_and_grant(&g.id, t0()).await.unwrap();
+    assert_eq!(read.map(|r| r.state), Some(GrantState::Revoked));
+    let (_, none) = store.keys_and_grant(&GrantId::generate().unwrap(), t0()).await.unwrap();
+    assert!(none.is_none());
 }
 
 /// A quarantine is listed until it ends; a longer one extends, a shorter one does not shorten.

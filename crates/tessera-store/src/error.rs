@@ -1,6 +1,7 @@
 //! Store errors.
 
 use tessera_core::ErrorKind;
+use tessera_core::identity::SpiffeId;
 use tessera_core::task::{TaskId, TaskState};
 
 /// Why a store operation failed.
@@ -23,6 +24,9 @@ pub enum StoreError {
     /// task, or expires before it.
     #[error("parent grant is not live")]
     ParentNotLive,
+    /// An operator disabled the grant's subject: nothing is recorded for it.
+    #[error("identity `{0}` is disabled")]
+    SubjectDisabled(SpiffeId),
     /// A grant with that id exists (a random id collided: retry).
     #[error("grant id already recorded")]
     GrantExists,
@@ -63,7 +67,7 @@ impl StoreError {
             Self::TaskExists(_) => ErrorKind::AlreadyExists,
             Self::TaskNotFound(_) => ErrorKind::NotFound,
             Self::TaskOver(..) | Self::OutlivesTask(_) => ErrorKind::FailedPrecondition,
-            Self::ParentNotLive => ErrorKind::PermissionDenied,
+            Self::ParentNotLive | Self::SubjectDisabled(_) => ErrorKind::PermissionDenied,
             Self::BadPosition(_) | Self::BadCursor(_) => ErrorKind::InvalidArgument,
             Self::PositionExpired(_) => ErrorKind::OutOfRange,
             Self::Full(_) => ErrorKind::ResourceExhausted,

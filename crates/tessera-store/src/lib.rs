@@ -36,6 +36,6 @@ pub use replay::conformance as replay_conformance;
 pub use replay::{MEMORY_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
 pub use store::{
     DEFAULT_MAX_LIVE_GRANTS_PER_IDENTITY, DEFAULT_MAX_LIVE_GRANTS_PER_TASK, GrantFilter, GrantPage, GrantStore,
-    IDENTITY_GRANTS_FULL, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, Quarantine, RevokeOutcome, TASK_GRANTS_FULL,
-    TaskEnded,
+    IDENTITY_GRANTS_FULL, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, Quarantine, Release, RevokeOutcome,
+    TASK_GRANTS_FULL, TaskEnded,
 };

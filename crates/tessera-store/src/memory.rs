@@ -343,6 +343,9 @@ impl GrantStore for MemoryStore {
         if state.grants.contains_key(&grant.id) {
             return Err(StoreError::GrantExists);
         }
+        if state.disabled.contains_key(&grant.subject) {
+            return Err(StoreError::SubjectDisabled(grant.subject.clone()));
+        }
         if state.grants.len() >= self.limits.max_grants {
             return Err(StoreError::Full("grants"));
         }

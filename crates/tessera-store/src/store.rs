@@ -38,6 +38,15 @@ pub struct RevokeOutcome {
     pub descendants_revoked: u64,
 }
 
+/// The outcome of [`GrantStore::release_grant`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// The holder released it.
+    Revoked(RevokeOutcome),
+    /// The caller does not hold it: nothing changed.
+    NotHolder(Grant),
+}
+
 /// The outcome of ending a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskEnded {
@@ -125,7 +134,11 @@ pub struct KeyWithdrawal<'a> {
 ///   while its task is active and not past its deadline, and never with an
 ///   expiry after the deadline; once `end_task` returns, no grant of that task
 ///   can be recorded. It refuses with [`StoreError::Full`] a grant whose task
-///   or subject already holds its bound of live grants.
+///   or subject already holds its bound of live grants, and with
+///   [`StoreError::SubjectDisabled`] a grant whose subject an operator
+///   disabled ([`GrantStore::disable_subject`]) before it answers: a disable
+///   either is seen by the record, or comes after it and its sweep
+///   ([`GrantStore::revoke_subject`]) finds the grant.
 /// - A grant is live until its expiry, its revocation, or its task's end,
 ///   whichever comes first; no sweeper is needed for expiry.
 /// - Every revocation is appended to the feed before the call returns, and the
@@ -163,6 +176,20 @@ pub trait GrantStore: Send + Sync + 'static {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<RevokeOutcome>, StoreError>;
+
+    /// ReleaseToken: revokes `id` as [`GrantStore::revoke_grant`] does, if
+    /// `holder` is its subject; refuses (changing nothing) otherwise.
+    /// `Ok(None)` if unknown. A store that can, checks and revokes in one
+    /// step; this default reads, then revokes.
+    async fn release_grant(
+        &self,
+        id: &GrantId,
+        holder: &SpiffeId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Release>, StoreError> {
+        release_by_reading(self, id, holder, reason, now).await
+    }
 
     /// Ends a task and its descendant tasks with `state` (`Completed` or
     /// `Revoked`), revoking every live grant in them and appending one
@@ -218,6 +245,18 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Keys to serve in the JWKS at `now`: those whose `not_after` has not passed.
     async fn published_keys(&self, now: DateTime<Utc>) -> Result<Vec<PublishedKey>, StoreError>;
 
+    /// [`GrantStore::published_keys`] at `now` and [`GrantStore::grant`]
+    /// `id`, read together: what introspecting one token needs. A store
+    /// that can, reads both in one round trip; this default reads one, then
+    /// the other.
+    async fn keys_and_grant(
+        &self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<PublishedKey>, Option<Grant>), StoreError> {
+        Ok((self.published_keys(now).await?, self.grant(id).await?))
+    }
+
     /// Marks `subject` disabled by an operator (RevokeIdentity with
     /// `disable`), with `reason`: shared by every replica and kept across
     /// restarts until [`GrantStore::enable_subject`]. Returns whether it
@@ -249,6 +288,23 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// [`GrantStore::release_grant`] in two steps: read the grant, then revoke it.
+pub(crate) async fn release_by_reading<S: GrantStore + ?Sized>(
+    store: &S,
+    id: &GrantId,
+    holder: &SpiffeId,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Release>, StoreError> {
+    let Some(grant) = store.grant(id).await? else {
+        return Ok(None);
+    };
+    if &grant.subject != holder {
+        return Ok(Some(Release::NotHolder(grant)));
+    }
+    Ok(store.revoke_grant(id, reason, now).await?.map(Release::Revoked))
 }
 
 /// A quarantine an anomaly rule imposed, shared by every replica.

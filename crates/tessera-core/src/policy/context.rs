@@ -10,9 +10,10 @@ use std::collections::BTreeSet;
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use chrono::{DateTime, Timelike, Utc};
 
+use super::cache::DecisionKey;
 use super::entities::PolicyEntities;
 use super::{Action, PolicyError};
-use crate::identity::{AttestationMethod, SpiffeId};
+use crate::identity::{AttestationMethod, SpiffeId, VerifiedIdentity};
 use crate::task::{Audience, Scope, ScopeClass, Task, TaskId};
 use crate::ttl::Ttl;
 
@@ -394,4 +395,107 @@ pub(super) fn build(
     };
     let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
     Ok((resource, context))
+}
+
+/// Which context values that change with time a policy set reads: a
+/// decision cached for a set that reads neither holds at any time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct TimeReads {
+    /// `context.hour`.
+    pub(super) hour: bool,
+    /// `context.task.remaining_secs`.
+    pub(super) remaining_secs: bool,
+}
+
+impl TimeReads {
+    /// Both, for a set that cannot be inspected (fail safe: every value keyed).
+    pub(super) const ALL: Self = Self {
+        hour: true,
+        remaining_secs: true,
+    };
+}
+
+/// Feeds length-prefixed parts to SHA-256, so no two questions digest alike.
+struct KeyDigest(ring::digest::Context);
+
+impl KeyDigest {
+    fn new() -> Self {
+        Self(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    fn str(&mut self, s: &str) {
+        self.0.update(&(s.len() as u64).to_be_bytes());
+        self.0.update(s.as_bytes());
+    }
+
+    fn num(&mut self, n: i64) {
+        self.0.update(&n.to_be_bytes());
+    }
+
+    fn finish(self) -> DecisionKey {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        DecisionKey(out)
+    }
+}
+
+/// The digest of the whole question [`build`] makes of `query` asked by
+/// `who` at `now`: principal, action, resource and every context value,
+/// `hour` and `task.remaining_secs` only when `reads` says the policy set
+/// reads them. The entities (the registry's identities with their kind,
+/// owner and roles; the catalog's APIs) are not in it: a cached decision is
+/// stamped with the registry's version instead.
+///
+/// `None` for questions not kept: task actions, delegations and approvals
+/// (rare, and with per-request context).
+///
+/// INVARIANT: every value `build` puts in a kept question's context is
+/// digested here; a value added there must be added here.
+pub(super) fn decision_key(
+    who: &VerifiedIdentity,
+    query: &PolicyQuery<'_>,
+    reads: TimeReads,
+    now: DateTime<Utc>,
+) -> Option<DecisionKey> {
+    let mut d = KeyDigest::new();
+    d.str(query.action().as_str());
+    d.str(who.id().as_str());
+    d.str(attestation_name(who.method()));
+    d.num(if reads.hour { i64::from(now.hour()) } else { -1 });
+    match query {
+        PolicyQuery::Operation(_) => d.str("broker"),
+        PolicyQuery::Token {
+            action: TokenAction::Request,
+            task,
+            facts,
+        } if facts.delegation.is_none() && facts.requester.is_none() => {
+            d.str(task.id.as_str());
+            d.str(task.orchestrator.as_str());
+            d.num(task.agents.len() as i64);
+            for agent in &task.agents {
+                d.str(agent.as_str());
+            }
+            d.num(task.labels.len() as i64);
+            for (k, v) in &task.labels {
+                d.str(k);
+                d.str(v);
+            }
+            d.num(if reads.remaining_secs {
+                (task.deadline - now).num_seconds()
+            } else {
+                -1
+            });
+            d.str(facts.audience.as_str());
+            d.num(facts.scopes.len() as i64);
+            for scope in facts.scopes {
+                d.str(scope.as_str());
+            }
+            d.str(&facts.class.to_string());
+            d.num(i64::from(facts.high_impact));
+            d.num(i64::from(facts.requested_ttl.as_secs()));
+            d.num(facts.blast_radius.map_or(-1, i64::from));
+        }
+        PolicyQuery::Token { .. } | PolicyQuery::Task { .. } => return None,
+    }
+    Some(d.finish())
 }

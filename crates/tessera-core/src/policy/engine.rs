@@ -10,7 +10,8 @@ use cedar_policy::{
 };
 use chrono::{DateTime, Utc};
 
-use super::context::{self, PolicyQuery};
+use super::cache::DecisionKey;
+use super::context::{self, PolicyQuery, TimeReads};
 use super::entities::PolicyEntities;
 use super::{Action, BASELINE, BASELINE_NAME, PolicyDecision, PolicyError, PolicyFile, PolicyLoadError, SCHEMA};
 use crate::identity::VerifiedIdentity;
@@ -76,6 +77,8 @@ pub struct PolicyEngine {
     meta: HashMap<PolicyId, Meta>,
     hash: Arc<str>,
     files: Vec<String>,
+    /// The context values that change with time which the set reads.
+    reads: TimeReads,
 }
 
 /// Splits `all` by action. A static policy whose action scope cannot match
@@ -113,6 +116,42 @@ fn slice_by_action(all: &PolicySet, compiled: &Compiled) -> Result<Vec<PolicySet
         slices.push(slice);
     }
     Ok(slices)
+}
+
+/// Which of the context values that change with time (`hour`,
+/// `task.remaining_secs`) the set reads. Cedar names attributes only
+/// literally, so a policy that reads one mentions its name somewhere in its
+/// JSON form (an access, a `has`, a record literal's key); any mention
+/// counts. A policy that cannot be shown as JSON counts as reading both.
+fn time_reads(all: &PolicySet) -> TimeReads {
+    fn note(name: &str, reads: &mut TimeReads) {
+        match name {
+            "hour" => reads.hour = true,
+            "remaining_secs" => reads.remaining_secs = true,
+            _ => {}
+        }
+    }
+    fn mentions(value: &serde_json::Value, reads: &mut TimeReads) {
+        match value {
+            serde_json::Value::String(s) => note(s, reads),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| mentions(v, reads)),
+            serde_json::Value::Object(fields) => {
+                for (key, v) in fields {
+                    note(key, reads);
+                    mentions(v, reads);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut reads = TimeReads::default();
+    for policy in all.policies() {
+        match policy.to_json() {
+            Ok(json) => mentions(&json, &mut reads),
+            Err(_) => return TimeReads::ALL,
+        }
+    }
+    reads
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -289,7 +328,9 @@ impl PolicyEngine {
         let digest = hasher.finish();
         let hash = crate::hex::lower(digest.as_ref());
         let by_action = Arc::new(slice_by_action(&all, compiled)?);
+        let reads = time_reads(&all);
         Ok(Self {
+            reads,
             policies: all,
             by_action,
             meta,
@@ -337,6 +378,17 @@ impl PolicyEngine {
         let mut ids: Vec<_> = self.meta.values().map(|m| m.id.clone()).collect();
         ids.sort();
         ids
+    }
+
+    /// The key a decision of `query` for `who` at `now` is cached under (see
+    /// [`super::DecisionCache`]), or `None` for a question not to cache.
+    pub fn decision_key(
+        &self,
+        who: &VerifiedIdentity,
+        query: &PolicyQuery<'_>,
+        now: DateTime<Utc>,
+    ) -> Option<DecisionKey> {
+        context::decision_key(who, query, self.reads, now)
     }
 
     /// Decides `query` for `who` at `now`. An oversized question is an error

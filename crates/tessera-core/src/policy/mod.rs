@@ -18,6 +18,7 @@
 //! only, so that the broker and `tessera policy validate` agree on which files
 //! make a policy set.
 
+mod cache;
 mod context;
 mod engine;
 mod entities;
@@ -29,6 +30,7 @@ mod tests;
 
 use std::sync::Arc;
 
+pub use cache::{DECISION_CACHE_ENTRIES, DecisionCache, DecisionKey, DecisionStamp};
 pub use context::{
     Delegation, MAX_CONTEXT_BYTES, MAX_DELEGATION_CHAIN, MAX_SET_ITEMS, MAX_STRING_BYTES, Operation, PolicyQuery,
     TaskAction, TokenAction, TokenFacts,

@@ -190,6 +190,9 @@ impl Broker {
             trigger
         };
         if let Some(trigger) = trigger {
+            // A quarantine changes what a caller may do: no decision made
+            // before it is served after it.
+            self.policy.forget_decisions();
             self.quarantine(who, &trigger, now).await;
         }
     }

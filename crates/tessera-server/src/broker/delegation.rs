@@ -312,10 +312,10 @@ impl Broker {
         };
         // INVARIANT: the token is returned only after its grant is recorded,
         // and the store records a child only under a live parent.
-        match self.store.record_grant(&grant, now).await {
+        match self.record_grant(&grant, now).await {
             Ok(()) => {}
-            Err(StoreError::ParentNotLive) => return Err(DelegationError::ParentNotLive.into()),
-            Err(e) => return Err(e.into()),
+            Err(BrokerError::Store(StoreError::ParentNotLive)) => return Err(DelegationError::ParentNotLive.into()),
+            Err(e) => return Err(e),
         }
         self.confirm_recorded(who, &grant, now).await?;
         // A token exchanged by the API it was presented to: the classic way

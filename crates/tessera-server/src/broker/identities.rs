@@ -80,10 +80,9 @@ impl Broker {
 
     /// Revokes `identity`'s grants again once every replica has seen its
     /// disable and every request attested before it has ended, unless it
-    /// was enabled again meanwhile; audits what it revoked. (Grants are also
-    /// checked against the store's disabled set right after they are
-    /// recorded, see [`Broker::confirm_recorded`]: this sweep is the second
-    /// line.)
+    /// was enabled again meanwhile; audits what it revoked. (The store also
+    /// refuses to record a grant of a disabled subject, see
+    /// [`Broker::record_grant`]: this sweep is the second line.)
     fn sweep_later(&self, identity: &SpiffeId, reason: &str) {
         let store = self.store.clone();
         let clock = self.clock.clone();
@@ -190,6 +189,7 @@ impl Broker {
                 if known.is_none_or(|until| until < q.until) {
                     a.quarantined.quarantine(&q.subject, q.until);
                     a.why.insert(q.subject.clone(), q.why);
+                    self.policy.forget_decisions();
                 }
             }
         }

@@ -13,8 +13,8 @@ use tessera_core::catalog::ApiCatalog;
 use tessera_core::identity::{IdentityRegistry, VerifiedIdentity};
 use tessera_core::issuance::ClassifiedRequest;
 use tessera_core::policy::{
-    Action, Operation, PolicyDecision, PolicyEngine, PolicyEntities, PolicyError, PolicyLoadError, PolicyQuery,
-    TokenAction, TokenFacts, read_policy_files,
+    Action, DecisionCache, DecisionStamp, Operation, PolicyDecision, PolicyEngine, PolicyEntities, PolicyError,
+    PolicyLoadError, PolicyQuery, TokenAction, TokenFacts, read_policy_files,
 };
 use tessera_core::task::{Audience, Scope, Task};
 use tessera_core::ttl::{Lifetime, Ttl};
@@ -54,6 +54,9 @@ pub(super) struct PolicyState {
     source: Option<PathBuf>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Decisions of repeated questions, stamped with the policy set and the
+    /// registry version they were made under (see [`DecisionCache`]).
+    decisions: DecisionCache,
 }
 
 impl PolicyState {
@@ -67,6 +70,7 @@ impl PolicyState {
             entities: RwLock::new((registry.version(), Arc::new(PolicyEntities::new(registry, catalog)?))),
             source: setup.source,
             reloading: tokio::sync::Mutex::new(()),
+            decisions: DecisionCache::default(),
         })
     }
 
@@ -82,6 +86,11 @@ impl PolicyState {
         let fresh = Arc::new(PolicyEntities::new(registry, catalog)?);
         *self.entities.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (version, fresh.clone());
         Ok(fresh)
+    }
+
+    /// Forgets every cached decision (a policy reload, a quarantine).
+    pub(super) fn forget_decisions(&self) {
+        self.decisions.clear();
     }
 
     fn engine(&self) -> Arc<PolicyEngine> {
@@ -238,11 +247,27 @@ impl Broker {
     pub fn ask_policy(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> Result<PolicyAllowed, BrokerError> {
         let engine = self.policy.engine();
         let action = query.action();
-        let entities = self
-            .policy
-            .entities(&self.registry, &self.catalog)
-            .map_err(PolicyRefusal::from)?;
-        match engine.authorize(&entities, who, query, self.clock.now()) {
+        let now = self.clock.now();
+        // Stamped before the entities are read: a registry change in between
+        // makes a stamp no later read matches, never a stale hit.
+        let stamp = DecisionStamp::new(engine.hash(), &self.registry);
+        let key = engine.decision_key(who, query, now);
+        let cached = key.as_ref().and_then(|key| self.policy.decisions.get(&stamp, key));
+        let decided = match cached {
+            Some(decision) => Ok(decision),
+            None => {
+                let entities = self
+                    .policy
+                    .entities(&self.registry, &self.catalog)
+                    .map_err(PolicyRefusal::from)?;
+                let decided = engine.authorize(&entities, who, query, now);
+                if let (Some(key), Ok(decision)) = (key, &decided) {
+                    self.policy.decisions.put(stamp, key, decision.clone());
+                }
+                decided
+            }
+        };
+        match decided {
             Ok(PolicyDecision::Allow {
                 policy_ids,
                 approval_required,
@@ -336,6 +361,16 @@ impl Broker {
         !self.catalog.high_impact_scopes(audience, scopes).is_empty()
     }
 
+    /// Whether a decision of `query` for `who` is cached now (tests).
+    #[cfg(test)]
+    pub(crate) fn decision_cached(&self, who: &VerifiedIdentity, query: &PolicyQuery<'_>) -> bool {
+        let engine = self.policy.engine();
+        let stamp = DecisionStamp::new(engine.hash(), &self.registry);
+        engine
+            .decision_key(who, query, self.clock.now())
+            .is_some_and(|key| self.policy.decisions.get(&stamp, &key).is_some())
+    }
+
     /// The hash of the policy set in force.
     pub fn policy_hash(&self) -> Arc<str> {
         self.policy.engine().hash().clone()
@@ -392,6 +427,7 @@ impl Broker {
                     .engine
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = engine;
+                self.policy.forget_decisions();
                 metrics::counter!(POLICY_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(event = "policy_reloaded", policy_hash = %hash, policies = count, old_hash = %old.hash(), "policy reloaded");
                 Ok((hash, count))
@@ -506,6 +542,8 @@ async fn fingerprint(dir: &std::path::Path) -> Option<[u8; 32]> {
 mod tests {
     use tessera_core::audit::AuditKind;
 
+    use tessera_core::identity::SpiffeId;
+
     use super::*;
     use crate::broker::testing::{AGENT, Fixture, OPERATOR};
 
@@ -524,6 +562,89 @@ mod tests {
         let refused = f.broker.reload_policy(Some(&f.who(AGENT))).await;
         assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::PermissionDenied));
         assert_eq!(f.audit.last().event, AuditKind::AdminDenied);
+    }
+
+    #[tokio::test]
+    async fn a_cached_decision_is_gone_after_any_registry_change() {
+        use tessera_core::identity::{Identity, IdentityKind, IdentityRegistry};
+
+        let f = Fixture::new().await;
+        let who = f.who(OPERATOR);
+        let query = PolicyQuery::Operation(Operation::ListGrants);
+        let registry = |kind: IdentityKind, owner: &str| {
+            IdentityRegistry::new(f.broker.registry().identities().into_iter().map(|mut i: Identity| {
+                if i.id.as_str() == AGENT {
+                    i.kind = kind;
+                    i.owner = owner.to_owned();
+                }
+                i
+            }))
+        };
+        let agent = SpiffeId::parse(AGENT).unwrap();
+        let changes: [(&str, &dyn Fn()); 4] = [
+            ("disable", &|| {
+                f.broker.registry().disable_at_runtime(&agent);
+            }),
+            ("enable", &|| {
+                f.broker.registry().enable_at_runtime(&agent);
+            }),
+            ("kind", &|| {
+                f.broker.registry().replace(&registry(IdentityKind::Service, "team"))
+            }),
+            ("owner", &|| {
+                f.broker
+                    .registry()
+                    .replace(&registry(IdentityKind::Service, "elsewhere"))
+            }),
+        ];
+        assert!(!f.broker.decision_cached(&who, &query));
+        for (change, apply) in changes {
+            f.broker.ask_policy(&who, &query).unwrap();
+            assert!(
+                f.broker.decision_cached(&who, &query),
+                "asked again: served from the cache"
+            );
+            apply();
+            assert!(!f.broker.decision_cached(&who, &query), "still cached after a {change}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_decision_is_gone_after_a_policy_reload() {
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-policy-cache-{}-{}",
+            std::process::id(),
+            tessera_core::grant::random_id().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("baseline.cedar"), tessera_core::policy::BASELINE).unwrap();
+        let mut settings = crate::broker::testing::settings();
+        settings.policy = PolicySetup {
+            engine: Arc::new(read_policy_files(&dir).and_then(|f| PolicyEngine::load(&f)).unwrap()),
+            source: Some(dir.clone()),
+        };
+        let f = Fixture::with(settings).await;
+        let who = f.who(OPERATOR);
+        let query = PolicyQuery::Operation(Operation::ListGrants);
+        f.broker.ask_policy(&who, &query).unwrap();
+        assert!(f.broker.decision_cached(&who, &query));
+        // The same files again: still every decision is dropped.
+        f.broker.reload_policy(Some(&who)).await.unwrap();
+        assert!(!f.broker.decision_cached(&who, &query));
+        f.broker.ask_policy(&who, &query).unwrap();
+        // A set that forbids it now: the allow cached before is not served.
+        std::fs::write(
+            dir.join("deny.cedar"),
+            "@id(\"no-listing\") forbid (principal, action == Action::\"ListGrants\", resource);\n",
+        )
+        .unwrap();
+        f.broker.reload_policy(Some(&who)).await.unwrap();
+        let denied = f.broker.ask_policy(&who, &query);
+        assert!(
+            matches!(denied, Err(BrokerError::Policy(PolicyRefusal::Denied { .. }))),
+            "{denied:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

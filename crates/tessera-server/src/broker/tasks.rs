@@ -11,6 +11,53 @@ use tessera_store::TaskEnded;
 use super::record::{Metric, Success, Told};
 use super::{Broker, BrokerError};
 
+/// How long a task read for RequestToken serves the next ones without
+/// another read of the store.
+const REMEMBER_TASK: chrono::Duration = chrono::Duration::seconds(1);
+/// Most tasks remembered; the memory is emptied when full.
+const REMEMBERED_TASKS: usize = 4096;
+
+/// Active tasks RequestToken read lately, so that a burst of mints in one
+/// task reads it once. What policy and the plan read of a task (agents,
+/// ceiling, deadline, labels) never changes once it is created; only its
+/// state does, and the grant script checks that atomically with the
+/// record: a task ended meanwhile (here or on another replica) refuses the
+/// grant, and the request is decided again on the task read afresh.
+#[derive(Debug, Default)]
+pub(super) struct RecentTasks {
+    /// Each task and when it was read.
+    tasks: std::sync::Mutex<std::collections::HashMap<TaskId, ReadTask>>,
+}
+
+/// A task and when it was read.
+type ReadTask = (std::sync::Arc<Task>, chrono::DateTime<chrono::Utc>);
+
+impl RecentTasks {
+    /// `id`, if read less than [`REMEMBER_TASK`] ago and not past its deadline.
+    fn get(&self, id: &TaskId, now: chrono::DateTime<chrono::Utc>) -> Option<std::sync::Arc<Task>> {
+        let tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tasks
+            .get(id)
+            .filter(|(task, read_at)| now - *read_at < REMEMBER_TASK && now >= *read_at && task.is_active_at(now))
+            .map(|(task, _)| task.clone())
+    }
+
+    fn remember(&self, task: std::sync::Arc<Task>, now: chrono::DateTime<chrono::Utc>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tasks.len() >= REMEMBERED_TASKS {
+            tasks.clear();
+        }
+        tasks.insert(task.id.clone(), (task, now));
+    }
+
+    pub(super) fn forget(&self, id: &TaskId) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+}
+
 impl Broker {
     /// StartTask.
     pub async fn start_task(&self, who: &VerifiedIdentity, req: StartTask) -> Result<Task, BrokerError> {
@@ -79,6 +126,20 @@ impl Broker {
             return Err(e);
         }
         Ok(task)
+    }
+
+    /// The task a RequestToken names: as read lately (see [`RecentTasks`]),
+    /// or read now (then `fresh`).
+    pub(super) async fn task_for_token(&self, id: &TaskId) -> Result<(std::sync::Arc<Task>, bool), BrokerError> {
+        let now = self.clock.now();
+        if let Some(task) = self.recent_tasks.get(id, now) {
+            return Ok((task, false));
+        }
+        let task = std::sync::Arc::new(self.load_task(id).await?);
+        if task.is_active_at(now) {
+            self.recent_tasks.remember(task.clone(), now);
+        }
+        Ok((task, true))
     }
 
     pub(super) async fn load_task(&self, id: &TaskId) -> Result<Task, BrokerError> {
@@ -150,6 +211,7 @@ impl Broker {
         if task.is_none() {
             return Err(TaskError::NotFound(id.clone()).into());
         }
+        self.recent_tasks.forget(id);
         let ended = self.store.end_task(id, state, reason, self.clock.now()).await?;
         let kind = if state == TaskState::Revoked {
             AuditKind::TaskRevoked

@@ -6,8 +6,9 @@ use tessera_core::grant::{Grant, GrantId, GrantImpact, GrantState};
 use tessera_core::identity::VerifiedIdentity;
 use tessera_core::issuance::{self, ClassifiedRequest, TokenRequest};
 use tessera_core::policy::Operation;
+use tessera_core::task::Task;
 use tessera_core::token::{ACCESS_TOKEN_TYP, AccessClaims};
-use tessera_store::RevokeOutcome;
+use tessera_store::{Release, RevokeOutcome, StoreError};
 
 use super::record::{DenialLog, Metric, Success, Told};
 use super::verifier::log_rejected;
@@ -68,20 +69,40 @@ impl Broker {
         }
     }
 
-    /// RequestToken once its binding is resolved.
+    /// RequestToken once its binding is resolved, on the task as read
+    /// lately; if the store then finds the task ended (here or on another
+    /// replica), decided again on the task read afresh, which refuses it
+    /// as any request in an ended task is refused (audited).
     async fn request_bound_token(
         &self,
         who: &VerifiedIdentity,
         req: &TokenRequest,
     ) -> Result<TokenOutcome, BrokerError> {
+        let (task, fresh) = self.task_for_token(&req.task_id).await?;
+        match self.request_in_task(who, req, &task).await {
+            Err(BrokerError::Store(StoreError::TaskOver(..) | StoreError::TaskNotFound(_))) if !fresh => {
+                self.recent_tasks.forget(&req.task_id);
+                let (task, _) = self.task_for_token(&req.task_id).await?;
+                self.request_in_task(who, req, &task).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// RequestToken in `task`.
+    async fn request_in_task(
+        &self,
+        who: &VerifiedIdentity,
+        req: &TokenRequest,
+        task: &Task,
+    ) -> Result<TokenOutcome, BrokerError> {
         let now = self.clock.now();
-        let task = self.load_task(&req.task_id).await?;
         // Classified once: policy and the plan see the same class.
         let decided = ClassifiedRequest::new(&self.catalog, req)
             .map_err(BrokerError::from)
             .and_then(|classified| {
-                let allowed = self.authorize_token_request(who, &task, &classified)?;
-                let plan = issuance::plan_grant(who, &task, &classified, self.settings.ttl, now)?;
+                let allowed = self.authorize_token_request(who, task, &classified)?;
+                let plan = issuance::plan_grant(who, task, &classified, self.settings.ttl, now)?;
                 Ok((allowed, plan))
             });
         let (allowed, plan) = match decided {
@@ -191,7 +212,7 @@ impl Broker {
         };
         // INVARIANT: the token is returned only after its grant is recorded;
         // if recording fails the signed token is dropped here, unseen.
-        self.store.record_grant(&grant, now).await?;
+        self.record_grant(&grant, now).await?;
         self.confirm_recorded(who, &grant, now).await?;
         let mut event = self.grant_event(AuditKind::TokenIssued, who, &grant, plan.lifetime.ttl);
         allowed.stamp(&mut event);
@@ -214,15 +235,34 @@ impl Broker {
         })
     }
 
+    /// Records a grant about to leave as a token. The store refuses one
+    /// whose subject an operator disabled, on any replica (atomically with
+    /// the record, see [`tessera_store::GrantStore::record_grant`]); such a
+    /// disable, not read here yet, is learnt at once.
+    pub(super) async fn record_grant(
+        &self,
+        grant: &Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        match self.store.record_grant(grant, now).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::SubjectDisabled(subject)) => {
+                self.registry.disable_at_runtime(&subject);
+                self.prune_console_sessions();
+                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                    subject,
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// After a grant is recorded, before its token leaves. The caller `who`
     /// must still be admitted: a quarantine that began while this mint was
     /// in flight has already swept its grants, and this one must not slip
-    /// past it. And the grant's holder must not be disabled, neither here
-    /// nor in the store (a disable made on another replica that this one has
-    /// not read yet): the store check is after the record, so a disable
-    /// either is seen here or comes after the record, and its sweep finds
-    /// the grant. Otherwise the grant is taken back; if the store cannot
-    /// say, too (fail closed).
+    /// past it. And the grant's holder must not be disabled here (the
+    /// store refused it if disabled there, see [`Broker::record_grant`]).
+    /// Otherwise the grant is taken back.
     pub(super) async fn confirm_recorded(
         &self,
         who: &VerifiedIdentity,
@@ -233,30 +273,13 @@ impl Broker {
             let _ = self.store.revoke_grant(&grant.id, "identity quarantined", now).await;
             return Err(e);
         }
-        let disabled = if self.registry.is_disabled(&grant.subject) {
-            Ok(true)
-        } else {
-            let stored = self.store.subject_disabled(&grant.subject).await;
-            if matches!(stored, Ok(true)) {
-                // Learnt before the next refresh: refuse it here from now on.
-                self.registry.disable_at_runtime(&grant.subject);
-                self.prune_console_sessions();
-            }
-            stored
-        };
-        match disabled {
-            Ok(false) => Ok(()),
-            Ok(true) => {
-                let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
-                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
-                    grant.subject.clone(),
-                )))
-            }
-            Err(e) => {
-                let _ = self.store.revoke_grant(&grant.id, "store unavailable", now).await;
-                Err(e.into())
-            }
+        if self.registry.is_disabled(&grant.subject) {
+            let _ = self.store.revoke_grant(&grant.id, "identity disabled", now).await;
+            return Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                grant.subject.clone(),
+            )));
         }
+        Ok(())
     }
 
     /// ReleaseToken naming the token itself: its signature and expiry are
@@ -283,21 +306,28 @@ impl Broker {
         Ok((id, outcome))
     }
 
-    /// ReleaseToken: the holder gives its grant back.
+    /// ReleaseToken: the holder gives its grant back (checked and revoked
+    /// in one step by the store).
     pub async fn release(&self, who: &VerifiedIdentity, id: &GrantId) -> Result<RevokeOutcome, BrokerError> {
-        let grant = self
+        let reason = "released by holder";
+        let released = self
             .store
-            .grant(id)
+            .release_grant(id, who.id(), reason, self.clock.now())
             .await?
             .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
-        if &grant.subject != who.id() {
-            let mut denial = self.denial(AuditKind::TokenReleased, Some(who));
-            denial.event.grant_id = Some(id.to_string());
-            denial.event.task_id = Some(grant.task_id.to_string());
-            return self.deny(denial, BrokerError::NotHolder(who.id().to_string())).await;
+        match released {
+            Release::Revoked(outcome) => {
+                self.revoked(who, id, reason, AuditKind::TokenReleased, None, &outcome)
+                    .await?;
+                Ok(outcome)
+            }
+            Release::NotHolder(grant) => {
+                let mut denial = self.denial(AuditKind::TokenReleased, Some(who));
+                denial.event.grant_id = Some(id.to_string());
+                denial.event.task_id = Some(grant.task_id.to_string());
+                self.deny(denial, BrokerError::NotHolder(who.id().to_string())).await
+            }
         }
-        self.revoke(who, id, "released by holder", AuditKind::TokenReleased, None)
-            .await
     }
 
     /// RevokeGrant (operator).
@@ -308,23 +338,26 @@ impl Broker {
         reason: &str,
     ) -> Result<RevokeOutcome, BrokerError> {
         let allowed = self.authorize(who, Operation::RevokeGrant).await?;
-        self.revoke(who, id, reason, AuditKind::GrantRevoked, Some(&allowed))
-            .await
+        let outcome = self
+            .store
+            .revoke_grant(id, reason, self.clock.now())
+            .await?
+            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        self.revoked(who, id, reason, AuditKind::GrantRevoked, Some(&allowed), &outcome)
+            .await?;
+        Ok(outcome)
     }
 
-    async fn revoke(
+    /// Records a revocation that stands (see [`Broker::succeeded`]).
+    async fn revoked(
         &self,
         who: &VerifiedIdentity,
         id: &GrantId,
         reason: &str,
         kind: AuditKind,
         allowed: Option<&policy::PolicyAllowed>,
-    ) -> Result<RevokeOutcome, BrokerError> {
-        let outcome = self
-            .store
-            .revoke_grant(id, reason, self.clock.now())
-            .await?
-            .ok_or_else(|| BrokerError::GrantNotFound(id.clone()))?;
+        outcome: &RevokeOutcome,
+    ) -> Result<(), BrokerError> {
         let mut event = self.event(kind, Outcome::Allow, Some(who));
         event.grant_id = Some(id.to_string());
         event.task_id = Some(outcome.grant.task_id.to_string());
@@ -341,8 +374,7 @@ impl Broker {
             reason,
         };
         let metric = Metric::GrantRevoked(kind, u64::from(outcome.revoked) + outcome.descendants_revoked);
-        self.succeeded(Success::new(event, told).metric(metric)).await?;
-        Ok(outcome)
+        self.succeeded(Success::new(event, told).metric(metric)).await
     }
 }
 
@@ -419,6 +451,58 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(matches!(err, BrokerError::Audit(_)), "{err}");
         assert_eq!(f.live("t1").await, 0, "the recorded grant is taken back");
+    }
+
+    #[tokio::test]
+    async fn a_task_ended_elsewhere_is_refused_though_this_replica_read_it_lately() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        f.issue("t1", &["contacts.read"]).await;
+        // Ended by another replica: this one remembers the task as active.
+        f.store
+            .end_task(
+                &TaskId::parse("t1").unwrap(),
+                tessera_core::task::TaskState::Completed,
+                "done",
+                f.broker.now(),
+            )
+            .await
+            .unwrap();
+        let refused = f
+            .broker
+            .request_token(&f.who(AGENT), f.ask("t1", &["contacts.read"]))
+            .await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::TokenDenied, Outcome::Deny));
+        assert_eq!(f.live("t1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_holder_disabled_elsewhere_gets_no_token_and_is_refused_here_from_now_on() {
+        let f = Fixture::new().await;
+        f.task("t1").await;
+        let agent = SpiffeId::parse(AGENT).unwrap();
+        // Disabled by another replica: only the store knows.
+        f.store
+            .disable_subject(&agent, "offboarded", f.broker.now())
+            .await
+            .unwrap();
+        let refused = f
+            .broker
+            .request_token(&f.who(AGENT), f.ask("t1", &["contacts.read"]))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(BrokerError::Identity(tessera_core::identity::IdentityError::Disabled(
+                    _
+                )))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(f.live("t1").await, 0);
+        assert!(f.broker.registry().is_disabled(&agent), "learnt at once");
     }
 
     #[tokio::test]

@@ -166,7 +166,16 @@ impl Broker {
         token: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<(AccessClaims, Grant)>, BrokerError> {
-        let jwks = self.jwks().await?;
+        // The grant id is read before the signature is checked, so that the
+        // keys and the grant come in one read; nothing of the token counts
+        // until it verifies, and the verified `jti` must be the one read.
+        let Some(id) = unverified_grant_id(token) else {
+            return Ok(None);
+        };
+        let (keys, grant) = self.store.keys_and_grant(&id, now).await?;
+        let jwks = tessera_core::token::Jwks {
+            keys: keys.into_iter().map(|k| k.jwk).collect(),
+        };
         let claims = match tessera_core::token::verify_access_token(
             token,
             &jwks,
@@ -180,10 +189,7 @@ impl Broker {
                 return Ok(None);
             }
         };
-        let Ok(id) = GrantId::parse(&claims.jti) else {
-            return Ok(None);
-        };
-        let Some(grant) = self.store.grant(&id).await? else {
+        let Some(grant) = grant.filter(|_| claims.jti == id.as_str()) else {
             return Ok(None);
         };
         // The holder is `client_id` (a delegated token's `sub` is its chain's root).
@@ -242,6 +248,7 @@ impl Broker {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .quarantine(&trigger, now);
+            self.policy.forget_decisions();
         }
         self.prune_console_sessions();
         self.share_quarantine(&trigger, now).await;
@@ -291,6 +298,17 @@ impl Broker {
 
 pub(super) fn log_rejected(e: &JwsError) {
     tracing::debug!(reason = %e, "introspected token rejected");
+}
+
+/// The `jti` of `token`, unverified: only where to look.
+fn unverified_grant_id(token: &str) -> Option<GrantId> {
+    #[derive(serde::Deserialize)]
+    struct Jti {
+        jti: String,
+    }
+    let (_, payload) = tessera_core::token::decode_unverified(token).ok()?;
+    let Jti { jti } = serde_json::from_slice(&payload).ok()?;
+    GrantId::parse(&jti).ok()
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@
 //! | `P:{<root>}:grant:<grant>` | string | grant JSON (immutable) | grant expiry (`PXAT`) |
 //! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...}` for a revoked grant | grant expiry |
 //! | `P:{<root>}:delegated:<grant>` | set | grants delegated from this one | grant expiry |
-//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily | `PEXPIREAT` the latest expiry |
+//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily; written by the grant script itself outside Cluster | `PEXPIREAT` the latest expiry |
 //! | `P:tasks` | zset | task ids scored by deadline (ms), for listing; the tag comes from `P:task-root:<task>`; pruned lazily | `PEXPIREAT` the latest deadline |
+//! | `P:disabled` | hash | SPIFFE ID → `{reason, at}` of subjects an operator disabled; read by the grant script outside Cluster | never |
+//! | `P:quarantine` | hash | SPIFFE ID → JSON quarantine | entries pruned lazily |
 //! | `P:revocations` | stream | one entry per revocation, field `r` = JSON | trimmed by age and length |
 //! | `P:{keys}` | hash | kid → published key JSON | retired keys pruned lazily |
 //! | `P:{keys}:withdrawn` | set | kids withdrawn by break-glass; publishing them is refused | never |
@@ -79,7 +81,6 @@ impl Keys {
         format!("{}:subject:{subject}", self.prefix)
     }
 
-    /// Every task not past its deadline (ListGrants without a task or subject).
     /// Hash of subjects an operator disabled: SPIFFE ID → JSON {reason, at}.
     pub(crate) fn disabled(&self) -> String {
         format!("{}:disabled", self.prefix)
@@ -90,6 +91,7 @@ impl Keys {
         format!("{}:quarantine", self.prefix)
     }
 
+    /// Every task not past its deadline (ListGrants without a task or subject).
     pub(crate) fn tasks(&self) -> String {
         format!("{}:tasks", self.prefix)
     }

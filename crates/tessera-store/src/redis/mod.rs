@@ -37,7 +37,7 @@ use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
 use crate::record::StoredGrant;
 use crate::store::{
-    GrantFilter, GrantPage, GrantStore, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, RevokeOutcome, TaskEnded,
+    GrantFilter, GrantPage, GrantStore, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, Release, RevokeOutcome, TaskEnded,
 };
 
 /// Most rounds a revocation that races new writes (a tree growing while it
@@ -155,6 +155,7 @@ struct Scripts {
     record_grant: redis::Script,
     read_grant: redis::Script,
     revoke_grant_tree: redis::Script,
+    revoke_grant_now: redis::Script,
     active_task_tree: redis::Script,
     end_tasks: redis::Script,
     live_grants: redis::Script,
@@ -176,6 +177,7 @@ impl Scripts {
             record_grant: scripts::record_grant(),
             read_grant: scripts::read_grant(),
             revoke_grant_tree: scripts::revoke_grant_tree(),
+            revoke_grant_now: scripts::revoke_grant_now(),
             active_task_tree: scripts::active_task_tree(),
             end_tasks: scripts::end_tasks(),
             live_grants: scripts::live_grants(),
@@ -221,7 +223,9 @@ pub struct RedisStore {
 /// after its old tree expired; a stale tag then names a tree without the
 /// task, and `record_grant`'s script refuses the grant (fail closed). Only
 /// the mint path uses it: ending or revoking a task always reads the tag.
-const RECENT_ROOT_TTL: Duration = Duration::from_secs(1);
+/// Longer than the broker remembers a task it read (one second), so a
+/// mint on a remembered task does not read the tag again.
+const RECENT_ROOT_TTL: Duration = Duration::from_secs(5);
 /// Most tags remembered; the map is emptied when full.
 const RECENT_ROOTS: usize = 4096;
 
@@ -380,7 +384,19 @@ impl RedisStore {
         pipe: &redis::Pipeline,
         scripts: &[&redis::Script],
     ) -> Result<Vec<Value>, StoreError> {
-        let want = self.config.min_replicas;
+        self.send_pipeline(self.durable(), pipe, scripts, self.config.min_replicas)
+            .await
+    }
+
+    /// Sends `pipe` on `conn` (loading `scripts` on `NOSCRIPT`), followed by
+    /// `WAIT want` when `want > 0`; see [`RedisStore::durable_pipeline`].
+    async fn send_pipeline(
+        &self,
+        mut conn: Conn,
+        pipe: &redis::Pipeline,
+        scripts: &[&redis::Script],
+        want: u32,
+    ) -> Result<Vec<Value>, StoreError> {
         let wait_ms = u64::try_from(self.config.replica_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -394,7 +410,6 @@ impl RedisStore {
         } else {
             self.config.timeout
         };
-        let mut conn = self.durable();
         let mut loaded = false;
         let mut answer = loop {
             let sent: Result<Vec<Value>, RedisError> =
@@ -612,9 +627,10 @@ impl RedisStore {
     }
 
     /// Lists `grant` in its subject's index, refusing when the subject
-    /// already holds `max_live_grants_per_identity` live grants. The index
-    /// keeps revoked grants and grants of ended tasks until they expire, so
-    /// a full index is pruned of grants no longer live, then tried once more.
+    /// already holds `max_live_grants_per_identity` live grants (Cluster
+    /// only: elsewhere the grant script does it). A full index is pruned
+    /// of grants no longer live (see [`RedisStore::prune_subject_index`]),
+    /// then tried once more.
     async fn subject_index_add(&self, grant: &Grant, exp: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
         let index = self.keys.subject(&grant.subject);
         for attempt in 0..2 {
@@ -634,24 +650,202 @@ impl RedisStore {
             if outcome == "ok" {
                 return Ok(());
             }
-            if attempt == 0 {
-                let members = self.index_live(&index, now).await?;
-                let live: HashSet<String> = self
-                    .read_live(&members, now)
-                    .await?
-                    .into_iter()
-                    .map(|g| g.id.to_string())
-                    .collect();
-                let dead: Vec<&String> = members.iter().filter(|m| !live.contains(*m)).collect();
-                if dead.is_empty() {
-                    break;
-                }
-                let _: i64 = self
-                    .bounded(redis::cmd("ZREM").arg(&index).arg(dead).query_async(&mut conn))
-                    .await?;
+            if attempt == 0 && !self.prune_subject_index(&grant.subject, now).await? {
+                break;
             }
         }
         Err(StoreError::Full(crate::IDENTITY_GRANTS_FULL))
+    }
+
+    /// Drops from `subject`'s index the grants no longer live (revoked, or
+    /// of an ended task: the index keeps them until they expire). Returns
+    /// whether it dropped any.
+    async fn prune_subject_index(&self, subject: &SpiffeId, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let index = self.keys.subject(subject);
+        let members = self.index_live(&index, now).await?;
+        let live: HashSet<String> = self
+            .read_live(&members, now)
+            .await?
+            .into_iter()
+            .map(|g| g.id.to_string())
+            .collect();
+        let dead: Vec<&String> = members.iter().filter(|m| !live.contains(*m)).collect();
+        if dead.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.conn();
+        let _: i64 = self
+            .bounded(redis::cmd("ZREM").arg(&index).arg(dead).query_async(&mut conn))
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether a script must keep to the keys of one slot: in a Cluster
+    /// (elsewhere keys of different slots may meet in one script).
+    fn one_slot_only(&self) -> bool {
+        matches!(self.config.deployment, RedisDeployment::Cluster { .. })
+    }
+
+    /// Runs the grant script: with the subject's index and the disabled
+    /// hash outside Cluster (the whole mint in one round trip), with the
+    /// task tree's keys only in Cluster.
+    async fn run_record_grant(
+        &self,
+        grant: &Grant,
+        root: &str,
+        json: &str,
+        now: DateTime<Utc>,
+        whole: bool,
+    ) -> Result<String, StoreError> {
+        let mut conn = self.conn();
+        let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
+        let mut invocation = self
+            .scripts
+            .record_grant
+            .key(self.keys.task(root, grant.task_id.as_str()));
+        if whole {
+            invocation
+                .key(self.keys.subject(&grant.subject))
+                .key(self.keys.disabled());
+        }
+        invocation
+            .arg(self.keys.base(root))
+            .arg(grant.task_id.as_str())
+            .arg(grant.id.as_str())
+            .arg(json)
+            .arg(ms(grant.expires_at))
+            .arg(ms(now))
+            .arg(parent)
+            .arg(self.config.max_live_grants_per_task)
+            .arg(grant.subject.as_str())
+            .arg(self.config.max_live_grants_per_identity);
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Cluster's `record_grant`: the subject's index and the disabled hash
+    /// are in other slots than the task tree, so the index is written
+    /// before the grant script and the disable is read after it.
+    async fn record_grant_across_slots(
+        &self,
+        grant: &Grant,
+        root: &str,
+        json: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        // INVARIANT: the subject index is written before the grant exists. An
+        // index entry for a grant never recorded is harmless (readers check
+        // liveness); a recorded grant missing from it would escape
+        // RevokeIdentity.
+        self.subject_index_add(grant, ms(grant.expires_at), now).await?;
+        let outcome = self.run_record_grant(grant, root, json, now, false).await?;
+        grant_outcome(&outcome, grant)?;
+        // After the record: a disable either is seen here or comes after
+        // the record, and its sweep finds the grant in the index. If the
+        // store cannot say, the grant is taken back too (fail closed).
+        let refused = match self.subject_disabled(&grant.subject).await {
+            Ok(false) => return Ok(()),
+            Ok(true) => StoreError::SubjectDisabled(grant.subject.clone()),
+            Err(e) => e,
+        };
+        let why = match refused {
+            StoreError::SubjectDisabled(_) => "identity disabled",
+            _ => "store unavailable",
+        };
+        if let Err(e) = self.revoke_grant(&grant.id, why, now).await {
+            tracing::error!(grant = %grant.id, error = %e, "could not take back a grant of a disabled identity");
+        }
+        Err(refused)
+    }
+
+    /// Revokes a grant tree in one round trip, outside Cluster (see
+    /// `scripts::revoke_grant_now`); with `holder`, only if it holds the grant.
+    async fn revoke_now(
+        &self,
+        id: &GrantId,
+        holder: Option<&SpiffeId>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Release>, StoreError> {
+        let Some(root) = tag_of(id) else {
+            return Ok(None);
+        };
+        // The events' `revoked_at` as serde writes it, so they read as any other.
+        let revoked_at = serde_json::to_value(now)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or_else(|| StoreError::Corrupt("revocation time".into()))?;
+        let mut call = ScriptCall::new(&self.scripts.revoke_grant_now);
+        call.key(self.keys.grant(&root, id.as_str()))
+            .key(self.keys.feed())
+            .arg(self.keys.base(&root))
+            .arg(id.as_str())
+            .arg(ms(now))
+            .arg(reason)
+            .arg(holder.map_or("", SpiffeId::as_str))
+            .arg(self.config.feed_max_len)
+            .arg(revoked_at)
+            .arg(retention_ms(self.config.feed_retention));
+        // Confirmed by replicas also for a grant that was already revoked
+        // (see `durable_write`).
+        let answer: Value = self.durable_write(&call).await?;
+        let Value::Array(parts) = answer else {
+            return Ok(None);
+        };
+        let head = parts.first().and_then(conn::string_of).unwrap_or_default();
+        match (head.as_str(), parts.get(1..)) {
+            ("not_holder", Some([json])) => {
+                let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
+                let stored: StoredGrant =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+                Ok(Some(Release::NotHolder(stored.into_grant(id.clone())?)))
+            }
+            ("ok", Some([count, root_revoked, grant @ ..])) => {
+                self.feed_changed.notify_waiters();
+                let count: u64 = conn::string_of(count).and_then(|n| n.parse().ok()).unwrap_or(0);
+                let root_revoked = conn::string_of(root_revoked).is_some_and(|r| r == "1");
+                Ok(Some(Release::Revoked(RevokeOutcome {
+                    grant: grant_of_parts(id, grant)?,
+                    revoked: root_revoked,
+                    descendants_revoked: count.saturating_sub(u64::from(root_revoked)),
+                })))
+            }
+            _ => Err(StoreError::Corrupt(
+                "revoke_grant_now script answered an unexpected shape".into(),
+            )),
+        }
+    }
+
+    /// The keys of the JWKS hash `all` still in force at `now`, sorted by
+    /// kid; retired ones are dropped from the hash.
+    async fn keys_in_force(
+        &self,
+        all: HashMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<PublishedKey>, StoreError> {
+        let mut keys = Vec::new();
+        let mut retired = Vec::new();
+        for (kid, json) in all {
+            let key: PublishedKey =
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("published key: {e}")))?;
+            if key.not_after.is_some_and(|t| t <= now) {
+                retired.push(kid);
+            } else {
+                keys.push(key);
+            }
+        }
+        if !retired.is_empty() {
+            let mut conn = self.conn();
+            let _: Value = self
+                .bounded(
+                    redis::cmd("HDEL")
+                        .arg(self.keys.keys())
+                        .arg(&retired)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        keys.sort_by(|a, b| a.jwk.kid.cmp(&b.jwk.kid));
+        Ok(keys)
     }
 
     /// Members of an index zset whose score is still ahead of `now`.
@@ -796,6 +990,74 @@ async fn tail_feed(mut conn: Conn, feed: String, changed: Arc<Notify>) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// A grant and its state from what `read_grant` (and `revoke_grant_now`
+/// after its own answer) returns: grant JSON, revocation mark, task state,
+/// end and reason.
+fn grant_of_parts(id: &GrantId, parts: &[Value]) -> Result<Grant, StoreError> {
+    let [json, revoked, task_state, task_ended, task_reason] = parts else {
+        return Err(StoreError::Corrupt(
+            "read_grant script answered an unexpected shape".into(),
+        ));
+    };
+    let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
+    let stored: StoredGrant = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
+    let mut grant = stored.into_grant(id.clone())?;
+    if let Some(mark) = conn::string_of(revoked) {
+        let mark: RevokedMark =
+            serde_json::from_str(&mark).map_err(|e| StoreError::Corrupt(format!("revoked mark: {e}")))?;
+        grant.state = GrantState::Revoked;
+        grant.revoked_at = from_ms(mark.at);
+        grant.revocation_reason = Some(mark.reason);
+    } else {
+        let state = conn::string_of(task_state).unwrap_or_default();
+        let ended = conn::string_of(task_ended)
+            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(from_ms);
+        // A grant dies with its task (or with the task's record, when Redis lost it).
+        match (state.as_str(), ended) {
+            ("active", _) => {}
+            (_, Some(at)) if at < grant.expires_at => {
+                grant.state = GrantState::Revoked;
+                grant.revoked_at = Some(at);
+                grant.revocation_reason = conn::string_of(task_reason);
+            }
+            // Ended after the grant expired: it expired first.
+            ("completed" | "revoked", Some(_)) => {}
+            ("missing", _) => {
+                grant.state = GrantState::Revoked;
+                grant.revocation_reason = Some("task record missing".into());
+            }
+            // An ended task whose end time is missing or unreadable, or
+            // a state this code does not know: fail closed, the grant is
+            // not live.
+            _ => {
+                grant.state = GrantState::Revoked;
+                grant.revocation_reason = Some("task record unreadable".into());
+            }
+        }
+    }
+    Ok(grant)
+}
+
+/// What the grant script's answer means.
+fn grant_outcome(outcome: &str, grant: &Grant) -> Result<(), StoreError> {
+    match outcome {
+        "ok" => Ok(()),
+        "task_full" => Err(StoreError::Full(crate::TASK_GRANTS_FULL)),
+        "identity_full" => Err(StoreError::Full(crate::IDENTITY_GRANTS_FULL)),
+        "disabled" => Err(StoreError::SubjectDisabled(grant.subject.clone())),
+        "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
+        "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
+        "exists" => Err(StoreError::GrantExists),
+        "parent_not_live" => Err(StoreError::ParentNotLive),
+        over if over.starts_with("task_over:") => Err(StoreError::TaskOver(
+            grant.task_id.clone(),
+            parse_state(over.trim_start_matches("task_over:")),
+        )),
+        other => Err(StoreError::Corrupt(format!("record_grant script answered `{other}`"))),
     }
 }
 
@@ -955,46 +1217,19 @@ impl GrantStore for RedisStore {
         // The id carries its task tree's tag (see `new_grant_id`): a forged
         // or foreign id routes to a slot where its task does not exist.
         let root = tag_of(&grant.id).ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
-        let exp = ms(grant.expires_at);
         let json =
             serde_json::to_string(&StoredGrant::from_grant(grant)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // INVARIANT: the subject index is written before the grant exists. An
-        // index entry for a grant never recorded is harmless (readers check
-        // liveness); a recorded grant missing from it would escape
-        // RevokeIdentity. The index lives in another slot than the tree, so
-        // it cannot join the grant script.
-        self.subject_index_add(grant, exp, now).await?;
-        let mut conn = self.conn();
-        let parent = grant.parent.as_ref().map(ToString::to_string).unwrap_or_default();
-        let outcome: String = self
-            .bounded(
-                self.scripts
-                    .record_grant
-                    .key(self.keys.task(&root, grant.task_id.as_str()))
-                    .arg(self.keys.base(&root))
-                    .arg(grant.task_id.as_str())
-                    .arg(grant.id.as_str())
-                    .arg(json)
-                    .arg(exp)
-                    .arg(ms(now))
-                    .arg(parent)
-                    .arg(self.config.max_live_grants_per_task)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        match outcome.as_str() {
-            "ok" => Ok(()),
-            "task_full" => Err(StoreError::Full(crate::TASK_GRANTS_FULL)),
-            "task_missing" => Err(StoreError::TaskNotFound(grant.task_id.clone())),
-            "outlives" => Err(StoreError::OutlivesTask(grant.task_id.clone())),
-            "exists" => Err(StoreError::GrantExists),
-            "parent_not_live" => Err(StoreError::ParentNotLive),
-            over if over.starts_with("task_over:") => Err(StoreError::TaskOver(
-                grant.task_id.clone(),
-                parse_state(over.trim_start_matches("task_over:")),
-            )),
-            other => Err(StoreError::Corrupt(format!("record_grant script answered `{other}`"))),
+        if self.one_slot_only() {
+            return self.record_grant_across_slots(grant, &root, &json, now).await;
         }
+        // One script, one round trip: task state, caps, disable, grant and
+        // both indexes, atomically.
+        let outcome = self.run_record_grant(grant, &root, &json, now, true).await?;
+        if outcome == "identity_full" && self.prune_subject_index(&grant.subject, now).await? {
+            let outcome = self.run_record_grant(grant, &root, &json, now, true).await?;
+            return grant_outcome(&outcome, grant);
+        }
+        grant_outcome(&outcome, grant)
     }
 
     async fn grant(&self, id: &GrantId) -> Result<Option<Grant>, StoreError> {
@@ -1013,50 +1248,7 @@ impl GrantStore for RedisStore {
             )
             .await?;
         let Value::Array(parts) = value else { return Ok(None) };
-        let [json, revoked, task_state, task_ended, task_reason] = parts.as_slice() else {
-            return Err(StoreError::Corrupt(
-                "read_grant script answered an unexpected shape".into(),
-            ));
-        };
-        let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
-        let stored: StoredGrant =
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
-        let mut grant = stored.into_grant(id.clone())?;
-        if let Some(mark) = conn::string_of(revoked) {
-            let mark: RevokedMark =
-                serde_json::from_str(&mark).map_err(|e| StoreError::Corrupt(format!("revoked mark: {e}")))?;
-            grant.state = GrantState::Revoked;
-            grant.revoked_at = from_ms(mark.at);
-            grant.revocation_reason = Some(mark.reason);
-        } else {
-            let state = conn::string_of(task_state).unwrap_or_default();
-            let ended = conn::string_of(task_ended)
-                .and_then(|v| v.parse::<i64>().ok())
-                .and_then(from_ms);
-            // A grant dies with its task (or with the task's record, when Redis lost it).
-            match (state.as_str(), ended) {
-                ("active", _) => {}
-                (_, Some(at)) if at < grant.expires_at => {
-                    grant.state = GrantState::Revoked;
-                    grant.revoked_at = Some(at);
-                    grant.revocation_reason = conn::string_of(task_reason);
-                }
-                // Ended after the grant expired: it expired first.
-                ("completed" | "revoked", Some(_)) => {}
-                ("missing", _) => {
-                    grant.state = GrantState::Revoked;
-                    grant.revocation_reason = Some("task record missing".into());
-                }
-                // An ended task whose end time is missing or unreadable, or
-                // a state this code does not know: fail closed, the grant is
-                // not live.
-                _ => {
-                    grant.state = GrantState::Revoked;
-                    grant.revocation_reason = Some("task record unreadable".into());
-                }
-            }
-        }
-        Ok(Some(grant))
+        grant_of_parts(id, &parts).map(Some)
     }
 
     async fn revoke_grant(
@@ -1065,6 +1257,15 @@ impl GrantStore for RedisStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<RevokeOutcome>, StoreError> {
+        if !self.one_slot_only() {
+            return match self.revoke_now(id, None, reason, now).await? {
+                Some(Release::Revoked(outcome)) => Ok(Some(outcome)),
+                Some(Release::NotHolder(_)) => Err(StoreError::Corrupt(
+                    "revoke_grant_now refused a revocation that names no holder".into(),
+                )),
+                None => Ok(None),
+            };
+        }
         let Some(root) = Self::root_of_grant(id) else {
             return Ok(None);
         };
@@ -1143,6 +1344,20 @@ impl GrantStore for RedisStore {
             revoked: root_revoked,
             descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
         }))
+    }
+
+    async fn release_grant(
+        &self,
+        id: &GrantId,
+        holder: &SpiffeId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Release>, StoreError> {
+        if !self.one_slot_only() {
+            return self.revoke_now(id, Some(holder), reason, now).await;
+        }
+        // Cluster: the feed is in another slot than the tree; read, then revoke.
+        crate::store::release_by_reading(self, id, holder, reason, now).await
     }
 
     async fn end_task(
@@ -1448,29 +1663,38 @@ impl GrantStore for RedisStore {
         let all: HashMap<String, String> = self
             .bounded(redis::cmd("HGETALL").arg(self.keys.keys()).query_async(&mut conn))
             .await?;
-        let mut keys = Vec::new();
-        let mut retired = Vec::new();
-        for (kid, json) in all {
-            let key: PublishedKey =
-                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("published key: {e}")))?;
-            if key.not_after.is_some_and(|t| t <= now) {
-                retired.push(kid);
-            } else {
-                keys.push(key);
-            }
-        }
-        if !retired.is_empty() {
-            let _: Value = self
-                .bounded(
-                    redis::cmd("HDEL")
-                        .arg(self.keys.keys())
-                        .arg(&retired)
-                        .query_async(&mut conn),
-                )
-                .await?;
-        }
-        keys.sort_by(|a, b| a.jwk.kid.cmp(&b.jwk.kid));
-        Ok(keys)
+        self.keys_in_force(all, now).await
+    }
+
+    async fn keys_and_grant(
+        &self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<PublishedKey>, Option<Grant>), StoreError> {
+        let Some(root) = tag_of(id).filter(|_| !self.one_slot_only()) else {
+            // Cluster (or an id this store did not make): the keys are in
+            // another slot than the tree, two reads.
+            return Ok((self.published_keys(now).await?, self.grant(id).await?));
+        };
+        // One round trip: both reads in one pipeline.
+        let mut read = ScriptCall::new(&self.scripts.read_grant);
+        read.key(self.keys.grant(&root, id.as_str()))
+            .arg(self.keys.base(&root))
+            .arg(id.as_str());
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(self.keys.keys());
+        pipe.add_command(read.evalsha());
+        let mut answer = self
+            .send_pipeline(self.conn(), &pipe, &[&self.scripts.read_grant], 0)
+            .await?
+            .into_iter();
+        let all: HashMap<String, String> = redis::FromRedisValue::from_redis_value(answer.next().unwrap_or(Value::Nil))
+            .map_err(|e| StoreError::Corrupt(format!("published keys: {e}")))?;
+        let grant = match answer.next() {
+            Some(Value::Array(parts)) => Some(grant_of_parts(id, &parts)?),
+            _ => None,
+        };
+        Ok((self.keys_in_force(all, now).await?, grant))
     }
 
     async fn disable_subject(&self, subject: &SpiffeId, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {

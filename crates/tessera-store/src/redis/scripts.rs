@@ -35,12 +35,18 @@ return 'ok'
     )
 }
 
-/// Records a grant atomically with its task's state. KEYS[1] = task hash.
+/// Records a grant atomically with its task's state. KEYS[1] = task hash;
+/// outside Cluster also KEYS[2] = the subject's index and KEYS[3] = the
+/// disabled hash, so the whole mint is this one script (in Cluster those
+/// live in other slots, and the caller does their part around it).
 /// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"",
-/// the most live grants the task may hold.
+/// the most live grants the task may hold, subject, the most live grants
+/// the subject may hold.
 /// Returns "ok", "task_missing", "task_over:<state>", "outlives", "exists",
-/// "task_full" or "parent_not_live" (a delegated grant whose parent is unknown, revoked,
-/// expired, of another task, or expiring before it).
+/// "task_full", "parent_not_live" (a delegated grant whose parent is unknown, revoked,
+/// expired, of another task, or expiring before it), and with KEYS[2..3]
+/// "disabled" or "identity_full" (the subject's index holds its bound of
+/// grants not yet expired; the caller prunes the dead ones and retries).
 pub(crate) fn record_grant() -> Script {
     Script::new(
         r#"#!lua
@@ -49,6 +55,7 @@ pub(crate) fn record_grant() -> Script {
 -- write, and a first write that may not enlarge memory (ZREMRANGEBYSCORE)
 -- exempts every later one: a full Redis took mints without bound.
 local base, task, gid, json, exp, now, parent, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local subject, icap, sidx = ARGV[9], tonumber(ARGV[10]), KEYS[2]
 local t = redis.call('HMGET', KEYS[1], 'state', 'deadline')
 if not t[1] then return 'task_missing' end
 if t[1] ~= 'active' then return 'task_over:' .. t[1] end
@@ -71,10 +78,22 @@ end
 local idx = base .. 'grants:' .. task
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
 if redis.call('ZCARD', idx) >= cap then return 'task_full' end
+if sidx then
+  -- A disable made anywhere before this script is seen here; one made
+  -- after finds the grant in the subject's index (written below, atomically).
+  if redis.call('HEXISTS', KEYS[3], subject) == 1 then return 'disabled' end
+  redis.call('ZREMRANGEBYSCORE', sidx, '-inf', now)
+  if redis.call('ZCARD', sidx) >= icap then return 'identity_full' end
+end
 redis.call('SET', gkey, json, 'PXAT', exp)
 redis.call('ZADD', idx, exp, gid)
 local tttl = redis.call('PEXPIRETIME', KEYS[1])
 if tttl > 0 then redis.call('PEXPIREAT', idx, tttl) end
+if sidx then
+  redis.call('ZADD', sidx, exp, gid)
+  local st = redis.call('PEXPIRETIME', sidx)
+  if st ~= -2 and st < exp then redis.call('PEXPIREAT', sidx, exp) end
+end
 if parent ~= '' then
   local dkey = base .. 'delegated:' .. parent
   redis.call('SADD', dkey, gid)
@@ -147,6 +166,80 @@ for _, l in ipairs(live) do
   if l[1] == root then root_revoked = 1 end
 end
 return {'ok', tostring(#live), tostring(root_revoked)}
+"#,
+    )
+}
+
+/// Revokes a grant tree in one step, outside Cluster: publishes one event
+/// per live grant of the tree on the feed, trims the feed by age, marks
+/// them revoked, and reads the grant back. Publishing and applying are one
+/// atomic script, so no reader sees one without the other.
+/// KEYS[1] = root grant key, KEYS[2] = the feed stream. ARGV: base,
+/// root_grant_id, now_ms, reason, holder|"" (refuse unless the grant's
+/// subject), feed max length, revoked_at (RFC 3339, for the events),
+/// retention_ms. Returns nil for an unknown grant, {"not_holder", grant_json},
+/// or {"ok", count, root_revoked 0|1, then what `read_grant` returns}.
+pub(crate) fn revoke_grant_now() -> Script {
+    Script::new(
+        r#"#!lua flags=allow-oom
+local base, root, now, reason, holder = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local maxlen, revoked_at, retention = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local g = redis.call('GET', KEYS[1])
+if not g then return nil end
+if holder ~= '' and cjson.decode(g)['s'] ~= holder then return {'not_holder', g} end
+-- RFC 3339 of epoch milliseconds (days to civil date: H. Hinnant's algorithm).
+local function rfc3339(ms)
+  local secs = math.floor(ms / 1000)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(rem / 3600),
+    math.floor((rem % 3600) / 60), rem % 60, ms - secs * 1000)
+end
+local live, seen, stack, tasks = {}, {}, {root}, {}
+while #stack > 0 do
+  local gid = table.remove(stack)
+  if not seen[gid] then
+    seen[gid] = true
+    for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
+    local cg = gid == root and g or redis.call('GET', base .. 'grant:' .. gid)
+    if cg and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
+      local t = cjson.decode(cg)['t']
+      if tasks[t] == nil then tasks[t] = redis.call('HGET', base .. 'task:' .. t, 'state') or false end
+      local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
+      if tasks[t] == 'active' and exp > now then table.insert(live, {gid, exp, t}) end
+    end
+  end
+end
+local last
+for _, l in ipairs(live) do
+  local event = cjson.encode({target = {grant = l[1]}, revoked_at = revoked_at, reason = reason, not_after = rfc3339(l[2])})
+  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', event)
+end
+if last then
+  -- Trimmed by age in Redis's clock, which the stream ids carry.
+  local newest = tonumber(string.match(last, '^(%d+)-'))
+  if newest and newest > retention then redis.call('XTRIM', KEYS[2], 'MINID', '~', newest - retention) end
+end
+local mark = cjson.encode({at = now, reason = reason})
+local root_revoked = 0
+for _, l in ipairs(live) do
+  redis.call('SET', base .. 'revoked:' .. l[1], mark, 'PXAT', l[2])
+  redis.call('ZREM', base .. 'grants:' .. l[3], l[1])
+  if l[1] == root then root_revoked = 1 end
+end
+local r = redis.call('GET', base .. 'revoked:' .. root)
+local task = cjson.decode(g)['t']
+local t = redis.call('HMGET', base .. 'task:' .. task, 'state', 'ended', 'reason')
+return {'ok', tostring(#live), tostring(root_revoked), g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 "#,
     )
 }

@@ -38,6 +38,7 @@ const TOKEN_CONDITIONS: &[&str] = &[
     "context.high_impact",
     "context.requested_ttl > 300",
     "context.hour < 12",
+    "context.task.remaining_secs > 1800",
     "context.task.labels.contains(\"env=prod\")",
     "context.task.agents.contains(principal)",
     "context.scopes.contains(\"write\")",
@@ -110,12 +111,20 @@ fn allowed(engine: &PolicyEngine, entities: &PolicyEntities, q: (usize, usize, S
     decide(engine, entities, q).is_allow()
 }
 
-/// The whole decision (ids of the deciding policies, reasons, limits), as text.
+/// The whole decision (ids of the deciding policies, reasons, limits).
 fn decide(
     engine: &PolicyEngine,
     entities: &PolicyEntities,
-    (person, which, class, high_impact): (usize, usize, ScopeClass, bool),
+    q: (usize, usize, ScopeClass, bool),
 ) -> crate::policy::PolicyDecision {
+    ask(q, |who, query| engine.authorize(entities, who, query, now()).unwrap())
+}
+
+/// Calls `f` with the question `q` names.
+fn ask<T>(
+    (person, which, class, high_impact): (usize, usize, ScopeClass, bool),
+    f: impl FnOnce(&crate::identity::VerifiedIdentity, &PolicyQuery<'_>) -> T,
+) -> T {
     let (audience, task, scopes) = (aud(), task(), scope_of(class));
     let chain = [id("agent")];
     let delegate = id("agent2");
@@ -157,10 +166,13 @@ fn decide(
         6 => PolicyQuery::Operation(Operation::RevokeAll),
         _ => PolicyQuery::Operation(Operation::Introspect),
     };
-    engine
-        .authorize(entities, &who(PEOPLE[person].0), &query, now())
-        .unwrap()
+    f(&who(PEOPLE[person].0), &query)
 }
+
+/// Seconds after `now()` a question may be asked at: other hours of the
+/// day, and more or less than half an hour left of the task (its deadline
+/// is an hour after `now()`).
+const MOMENTS: [i64; 5] = [0, 1799, 1801, 7 * 3600, 13 * 3600];
 
 /// Every question of the generator's domain.
 fn every_question() -> Vec<(usize, usize, ScopeClass, bool)> {
@@ -199,6 +211,61 @@ fn the_per_action_slices_decide_as_the_whole_baseline() {
     }
 }
 
+/// A set that reads no clock gets one key at any time; one that reads the
+/// hour or the task's time left gets a key per value of it. Delegations
+/// and task actions are not kept.
+#[test]
+fn a_key_holds_the_hour_and_the_time_left_only_for_a_set_that_reads_them() {
+    let read = (0, 0, ScopeClass::Read, false);
+    let key = |engine: &PolicyEngine, offset: i64| {
+        let at = now() + chrono::Duration::seconds(offset);
+        ask(read, |who, query| engine.decision_key(who, query, at)).unwrap()
+    };
+    let timeless = engine(&["permit (principal, action, resource);\n".into()]);
+    assert_eq!(key(&timeless, 0), key(&timeless, 13 * 3600));
+    let by_hour = engine(&["permit (principal, action, resource) when { context.hour < 12 };\n".into()]);
+    assert_eq!(key(&by_hour, 0), key(&by_hour, 60));
+    assert_ne!(key(&by_hour, 0), key(&by_hour, 13 * 3600));
+    let by_time_left = engine(&[
+        "permit (principal, action == Action::\"RequestToken\", resource) when { context.task.remaining_secs > 60 };\n"
+            .into(),
+    ]);
+    assert_ne!(key(&by_time_left, 0), key(&by_time_left, 1));
+    assert_ne!(
+        key(&timeless, 0),
+        ask((1, 0, ScopeClass::Read, false), |w, q| timeless.decision_key(
+            w,
+            q,
+            now()
+        ))
+        .unwrap()
+    );
+    assert_ne!(
+        key(&timeless, 0),
+        ask((0, 0, ScopeClass::Write, false), |w, q| timeless.decision_key(
+            w,
+            q,
+            now()
+        ))
+        .unwrap()
+    );
+    assert_ne!(
+        key(&timeless, 0),
+        ask((0, 0, ScopeClass::Read, true), |w, q| timeless.decision_key(
+            w,
+            q,
+            now()
+        ))
+        .unwrap()
+    );
+    for which in 1..=4 {
+        let kept = ask((0, which, ScopeClass::Read, false), |w, q| {
+            timeless.decision_key(w, q, now())
+        });
+        assert!(kept.is_none(), "question {which} is not kept");
+    }
+}
+
 fn with_ids(policies: &[String], extra: &str) -> Vec<String> {
     let mut all = policies.to_vec();
     all.push(extra.to_owned());
@@ -222,6 +289,33 @@ proptest! {
                 format!("{:?}", decide(&whole, &ents, q)),
                 "{:?}", q
             );
+        }
+    }
+
+    /// The decision cache's key holds the whole question: two questions
+    /// with one key, asked at any two moments, get one decision, also from
+    /// sets reading `context.hour` and `context.task.remaining_secs`.
+    #[test]
+    fn one_decision_key_names_one_decision(
+        base in proptest::collection::vec(policy(), 1..10),
+        questions in proptest::collection::vec(question(), 1..12),
+    ) {
+        let ents = entities();
+        let engine = engine(&base);
+        let mut seen: std::collections::HashMap<crate::policy::DecisionKey, String> = Default::default();
+        for q in questions {
+            for offset in MOMENTS {
+                let at = now() + chrono::Duration::seconds(offset);
+                let (key, decision) = ask(q, |who, query| {
+                    (engine.decision_key(who, query, at), engine.authorize(&ents, who, query, at).unwrap())
+                });
+                let Some(key) = key else { continue };
+                let decision = format!("{decision:?}");
+                match seen.get(&key) {
+                    Some(first) => prop_assert_eq!(first, &decision, "{:?} at +{}s", q, offset),
+                    None => { seen.insert(key, decision); }
+                }
+            }
         }
     }
 
