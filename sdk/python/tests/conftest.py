@@ -9,6 +9,7 @@ they are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -162,9 +163,10 @@ def _dev_init(directory: pathlib.Path, *extra: str) -> None:
         pytest.fail(f"tessera dev init failed: {out.stderr.decode()}")
 
 
-@pytest.fixture(scope="session")
-def store_env() -> Iterator[dict[str, str]]:
-    """``TESSERA_*`` settings of the store the brokers run on."""
+@contextlib.contextmanager
+def _store() -> Iterator[dict[str, str]]:
+    """``TESSERA_*`` settings of a store: none on memory; on Redis, a
+    redis-server of its own, stopped on exit."""
     if os.environ.get("TESSERA_TEST_STORE", "memory") != "redis":
         yield {}
         return
@@ -173,6 +175,13 @@ def store_env() -> Iterator[dict[str, str]]:
         yield {"TESSERA_STORE__BACKEND": "redis", "TESSERA_STORE__URLS": f'["redis://127.0.0.1:{redis.port}/"]'}
     finally:
         redis.stop()
+
+
+@pytest.fixture(scope="session")
+def store_env() -> Iterator[dict[str, str]]:
+    """``TESSERA_*`` settings of the store the brokers run on."""
+    with _store() as env:
+        yield env
 
 
 def _broker(tmp: pathlib.Path, env: dict[str, str], *init: str) -> Broker:
@@ -195,14 +204,8 @@ def own_store_env() -> Iterator[dict[str, str]]:
     """A store of the test's own: on Redis, a redis-server no other test's broker
     uses (for what acts on the whole deployment, such as break-glass, which
     withdraws every replica's signing key)."""
-    if os.environ.get("TESSERA_TEST_STORE", "memory") != "redis":
-        yield {}
-        return
-    redis = Redis.start()
-    try:
-        yield {"TESSERA_STORE__BACKEND": "redis", "TESSERA_STORE__URLS": f'["redis://127.0.0.1:{redis.port}/"]'}
-    finally:
-        redis.stop()
+    with _store() as env:
+        yield env
 
 
 @pytest.fixture

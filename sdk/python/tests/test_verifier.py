@@ -508,3 +508,19 @@ def test_dpop_nonces_are_tessera_cores() -> None:
     source = NonceSource(bytes(range(32)), window=60)
     assert source.issue(1_796_640_000) == "AAAAAAHI6MBCD42XlhZKIFPev4AC5LrtlhSs4hr4BpkMD61w_soO1Q"
     assert source.check("AAAAAAHI6MBCD42XlhZKIFPev4AC5LrtlhSs4hr4BpkMD61w_soO1Q", 1_796_640_059)
+
+
+def test_the_redis_replay_script_is_the_rust_sdks() -> None:
+    """Rust and Python verifier replicas share one Redis replay store only if
+    they run one script on one key layout: the Rust SDK's copy is read from
+    the repository and must be the same, line for line."""
+    import pathlib
+    import re
+
+    from tessera_sdk import replay_redis
+
+    rust = pathlib.Path(__file__).resolve().parents[3] / "crates/tessera-client/src/verifier/replay_redis.rs"
+    found = re.search(r'const SPEND: &str = r"(.*?)";', rust.read_text(), re.S)
+    assert found is not None, "the Rust script moved: update this test"
+    assert found.group(1).strip().splitlines() == replay_redis._SPEND.strip().splitlines()
+    assert 'format!("{}{{{}}}", self.prefix, proof.jkt)' in rust.read_text(), "the Rust key layout changed"
