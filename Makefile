@@ -42,7 +42,7 @@ redis-check: ## Print the redis-server version the tests will use
 # Kill redis-servers whose test process is gone (a server held in a `static` is never dropped,
 # a killed test never drops anything). Test servers run in $TMPDIR/tessera-e2e-redis-<test pid>-<n>,
 # which is redis-server's working directory; servers of a still-running test are left alone.
-REDIS_REAP = for p in $$(pgrep -x 'redis-server|redis-sentinel' || true); do \
+REDIS_REAP = for p in $$(pgrep -x redis-server; pgrep -x redis-sentinel; true); do \
 		d=$$(readlink /proc/$$p/cwd 2>/dev/null) || continue; \
 		case "$$d" in */tessera-e2e-redis-*) ;; *) continue ;; esac; \
 		owner=$${d\#\#*/tessera-e2e-redis-}; owner=$${owner%%-*}; \
