@@ -339,13 +339,18 @@ pub fn broker_env(redis_url: &str) -> Vec<(String, String)> {
     env
 }
 
-/// What every broker the bench starts gets: no per-identity rate limit (the
-/// whole load comes from two identities), and the OAuth facade that `tessera
-/// dev init` turns on on a free port, not its fixed one (which another
-/// broker on the machine may hold).
+/// What every broker the bench starts gets: no per-identity rate limit and
+/// live-grant caps far above what a run mints (the whole load comes from two
+/// identities in a few tasks: a 30 s run at 16 in flight mints beyond the
+/// default 100,000 live grants of one task, and the refusals past the cap
+/// would count toward the anomaly rule and measure that instead of the
+/// mint), and the OAuth facade that `tessera dev init` turns on on a free
+/// port, not its fixed one (which another broker on the machine may hold).
 pub fn free_ports_env() -> Vec<(String, String)> {
     vec![
         ("TESSERA_SERVER__PER_IDENTITY_RPS".into(), "0".into()),
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_IDENTITY".into(), "10000000".into()),
+        ("TESSERA_STORE__MAX_LIVE_GRANTS_PER_TASK".into(), "10000000".into()),
         ("TESSERA_OAUTH__LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }
