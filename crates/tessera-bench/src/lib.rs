@@ -15,6 +15,7 @@
 pub mod echo;
 pub mod limits;
 pub mod load;
+pub mod oauth;
 pub mod openbao;
 pub mod plot;
 pub mod policy;

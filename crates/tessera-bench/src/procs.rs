@@ -280,6 +280,8 @@ pub struct Tesserad {
     pub proc: Managed,
     /// `127.0.0.1:PORT` of its gRPC listener.
     pub addr: String,
+    /// `127.0.0.1:PORT` of its HTTPS OAuth facade, when it serves one.
+    pub oauth_addr: Option<String>,
 }
 
 impl Tesserad {
@@ -314,12 +316,13 @@ impl Tesserad {
             cmd.env(k, v);
         }
         let mut proc = Managed::spawn("tesserad", cmd, &pki.dir.join(format!("tesserad-{tag}.log")), pid_file)?;
-        let addr = proc.wait_ready(|| {
+        let (addr, oauth_addr) = proc.wait_ready(|| {
             let text = std::fs::read_to_string(&ready).ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            v.get("grpc").and_then(|g| g.as_str()).map(str::to_owned)
+            let grpc = v.get("grpc").and_then(|g| g.as_str()).map(str::to_owned)?;
+            Some((grpc, v.get("oauth").and_then(|g| g.as_str()).map(str::to_owned)))
         })?;
-        Ok(Self { proc, addr })
+        Ok(Self { proc, addr, oauth_addr })
     }
 
     /// `https://127.0.0.1:PORT`.

@@ -184,6 +184,27 @@ pub fn rows(r: &Results) -> Vec<Row> {
         });
     }
 
+    // Tokens over the OAuth facade, beside the gRPC mint of the same run.
+    {
+        let h = r.jwt_bearer_c16.measured();
+        rows.push(Row {
+            figure: "tokens per second by the `jwt-bearer` grant over HTTPS (16 in flight)".into(),
+            tessera: show(&r.jwt_bearer_c16, |m| format!("{}, p50/p99 {}", rate(m), p50_p99(m))),
+            openbao: "–".into(),
+            limit: show(&r.mint_c16, |m| format!("gRPC mint {}", rate(m))),
+            ratio: h.zip(mint16).map_or_else(
+                || "–".into(),
+                |(h, m)| format!("{} of the gRPC mint", times(ratio(h.load.rate, m.load.rate))),
+            ),
+            target: "reported (issue 21)".into(),
+            verdict: if h.is_some() {
+                Verdict::Reported
+            } else {
+                Verdict::NotJudged
+            },
+        });
+    }
+
     // CPU per mint and its unavoidable parts.
     {
         let t = mint16.and_then(|m| m.cpu_us_per_op);
@@ -229,6 +250,7 @@ pub fn rows(r: &Results) -> Vec<Row> {
         ("mint (16 in flight)", &r.mint_c16),
         ("introspection (16 in flight)", &r.introspect_c16),
         ("single revocation (ReleaseToken, 16 in flight)", &r.release_c16),
+        ("`jwt-bearer` token over HTTPS (16 in flight)", &r.jwt_bearer_c16),
     ] {
         rows.push(Row {
             figure: format!("server CPU per {path}, by process"),
@@ -826,6 +848,7 @@ pub fn failures(r: &Results) -> Vec<(String, String)> {
         ("introspect_c16", why(&r.introspect_c16)),
         ("release_c16", why(&r.release_c16)),
         ("delegate_c16", why(&r.delegate_c16)),
+        ("jwt_bearer_c16", why(&r.jwt_bearer_c16)),
         ("complete", why(&r.complete)),
         ("propagation", why(&r.propagation)),
         ("sdk_verify", why(&r.sdk_verify)),
@@ -938,6 +961,7 @@ mod tests {
             delegate_c16: Outcome::NotAvailable {
                 reason: "DelegateToken answers UNIMPLEMENTED".into(),
             },
+            jwt_bearer_c16: Outcome::Measured(m(4000.0, 3000, 9000, 240.0)),
             complete: Outcome::Measured(vec![CompleteTask {
                 grants: 10_000,
                 subscribers: 3,
@@ -1036,6 +1060,11 @@ mod tests {
             "{}",
             by_process.tessera
         );
+
+        let oauth = row(&rows, "tokens per second by the `jwt-bearer` grant");
+        assert_eq!(oauth.ratio, "0.50× of the gRPC mint");
+        assert_eq!(oauth.limit, "gRPC mint 8,000/s (150 µs CPU/op)");
+        assert_eq!(oauth.verdict, Verdict::Reported);
 
         assert_eq!(row(&rows, "mint latency, 1 in flight").verdict, Verdict::Met);
         assert_eq!(row(&rows, "mint latency, 16 in flight").verdict, Verdict::Met);

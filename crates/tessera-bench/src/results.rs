@@ -99,6 +99,9 @@ pub struct Results {
     pub release_c16: Outcome<Measured>,
     /// DelegateToken, 16 in flight.
     pub delegate_c16: Outcome<Measured>,
+    /// Tokens by the RFC 7523 `jwt-bearer` grant over the HTTPS OAuth facade, 16 in flight.
+    #[serde(default = "not_measured")]
+    pub jwt_bearer_c16: Outcome<Measured>,
     /// Completing tasks of growing size.
     pub complete: Outcome<Vec<CompleteTask>>,
     /// Revocation propagation to a subscribed verifier.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use tessera_core::clock::{Clock as _, SystemClock};
 
 use crate::load::LoadSpec;
@@ -293,6 +294,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
 
     // Tessera.
     log(s.quiet, "tessera");
+    let jwt_issuer = crate::oauth::JwtBearer::configure(&pki.dir).map(Arc::new);
     let tesserad = Tesserad::start(
         &s.bin_dir.join("tesserad"),
         &pki,
@@ -348,6 +350,15 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
         Ok(other) => other,
         Err(e) => Outcome::failed(&e),
     };
+    let jwt_bearer_c16 = checked(
+        jwt_bearer(
+            &t,
+            &tesserad,
+            jwt_issuer,
+            &LoadSpec::closed("tessera jwt-bearer over HTTPS", 16).for_duration(p.load),
+        )
+        .await,
+    );
     let tesserad_peak_rss = crate::procstat::peak_rss(tesserad.proc.pid()).ok();
     log(s.quiet, "tessera: completing tasks");
     let complete = outcome(
@@ -411,6 +422,7 @@ pub async fn run(p: &Profile, s: &Setup) -> anyhow::Result<Results> {
         introspect_c16,
         release_c16,
         delegate_c16,
+        jwt_bearer_c16,
         complete,
         propagation,
         sdk_verify,
@@ -559,6 +571,22 @@ pub async fn bao_run(bin: &Path, storage: Storage, p: &Profile, s: &Setup) -> an
     })
 }
 
+/// The `jwt-bearer` load against `tesserad`'s OAuth facade, with the issuer
+/// configured before it started.
+async fn jwt_bearer(
+    t: &Target,
+    tesserad: &Tesserad,
+    issuer: anyhow::Result<Arc<crate::oauth::JwtBearer>>,
+    spec: &LoadSpec,
+) -> anyhow::Result<Measured> {
+    let issuer = issuer?;
+    let addr = tesserad
+        .oauth_addr
+        .as_deref()
+        .context("tesserad serves no OAuth facade (its ready file names no `oauth` address)")?;
+    t.jwt_bearer(spec, addr, issuer).await
+}
+
 /// Which store `tessera-bench mint` runs the broker on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
@@ -577,6 +605,8 @@ pub enum HotPath {
     Introspect,
     /// ReleaseToken of freshly minted grants, 16 in flight.
     Release,
+    /// The RFC 7523 `jwt-bearer` grant over the HTTPS OAuth facade, at each `--in-flight` level.
+    JwtBearer,
 }
 
 /// `tessera-bench mint`: only the hot paths, for a developer changing them.
@@ -603,6 +633,7 @@ pub async fn mint_only(
         None => crate::procs::free_ports_env(),
     };
     env.extend(extra.iter().cloned());
+    let jwt_issuer = crate::oauth::JwtBearer::configure(&pki.dir).map(Arc::new);
     let tesserad = Tesserad::start(&s.bin_dir.join("tesserad"), &pki, &env, "mint", pid_file)?;
     let mut pids = vec![("tesserad".to_owned(), tesserad.proc.pid())];
     if let Some(r) = &redis {
@@ -617,7 +648,11 @@ pub async fn mint_only(
     };
     let url = redis.as_ref().map(Redis::url);
     for path in paths {
-        let levels: &[usize] = if *path == HotPath::Mint { in_flight } else { &[16] };
+        let levels: &[usize] = if matches!(path, HotPath::Mint | HotPath::JwtBearer) {
+            in_flight
+        } else {
+            &[16]
+        };
         for &n in levels {
             let before = url.as_deref().map(crate::procs::command_calls).transpose()?;
             let m = match path {
@@ -630,6 +665,19 @@ pub async fn mint_only(
                         .await
                 }
                 HotPath::Release => t.release(10_000, n).await,
+                HotPath::JwtBearer => {
+                    let issuer = jwt_issuer
+                        .as_ref()
+                        .map(Arc::clone)
+                        .map_err(|e| anyhow::anyhow!("{e:#}"));
+                    jwt_bearer(
+                        &t,
+                        &tesserad,
+                        issuer,
+                        &LoadSpec::closed(&format!("jwt-bearer, {n} in flight"), n).for_duration(each),
+                    )
+                    .await
+                }
             };
             let after = url.as_deref().map(crate::procs::command_calls).transpose()?;
             match checked(m) {
@@ -645,7 +693,7 @@ pub async fn mint_only(
                             .collect();
                         // Introspect and release mint their tokens first:
                         // those mints are in these counts too.
-                        let setup = if *path == HotPath::Mint {
+                        let setup = if matches!(path, HotPath::Mint | HotPath::JwtBearer) {
                             ""
                         } else {
                             " (with the setup's mints)"

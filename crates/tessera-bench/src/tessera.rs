@@ -146,21 +146,27 @@ pub fn task_id(tag: &str) -> String {
 }
 
 impl Target {
-    fn pid_refs(&self) -> Vec<(&str, u32)> {
+    pub(crate) fn pid_refs(&self) -> Vec<(&str, u32)> {
         self.pids.iter().map(|(n, p)| (n.as_str(), *p)).collect()
     }
 
     /// Starts a task for the dev agents `researcher` and `writer` lasting `secs`.
     pub async fn start_task(&self, tag: &str, secs: u32) -> anyhow::Result<String> {
+        let agents: Vec<String> = ["researcher", "writer"]
+            .iter()
+            .map(|a| format!("spiffe://tessera.local/agent/{a}"))
+            .collect();
+        self.start_task_for(tag, &agents, secs).await
+    }
+
+    /// Starts a task for `agents` (SPIFFE IDs) lasting `secs`.
+    pub async fn start_task_for(&self, tag: &str, agents: &[String], secs: u32) -> anyhow::Result<String> {
         let id = task_id(tag);
         let ch = channels(&self.endpoint, &self.dev_dir, "orchestrator", 1).await?;
         let mut orch = OrchestratorClient::new(pick(&ch, 0));
         orch.start_task(pb::StartTaskRequest {
             task_id: id.clone(),
-            agents: ["researcher", "writer"]
-                .iter()
-                .map(|a| format!("spiffe://tessera.local/agent/{a}"))
-                .collect(),
+            agents: agents.to_vec(),
             scope_ceiling: [(
                 CRM.to_owned(),
                 pb::ScopeSet {
