@@ -353,7 +353,8 @@ pub fn verify(
 /// The same checks as [`verify`], for a token presented as an OAuth
 /// assertion (RFC 7523: the `jwt-bearer` grant): its `aud` must name one of
 /// `audiences` (the token endpoint URL or the broker's issuer identifier,
-/// never the issuer's gRPC attestation audience) and it must carry a `jti`,
+/// never the issuer's gRPC attestation audience) and no other audience,
+/// and it must carry a `jti`,
 /// whatever the issuer's `single_use_jti` says (RFC 7523 section 3 item 7:
 /// an assertion is used once). Everything else, the mapping to a SPIFFE ID
 /// included, is the issuer's policy, exactly as on the gRPC port.
@@ -365,6 +366,13 @@ pub fn verify_assertion(
     audiences: &[&str],
 ) -> Result<JwtAttestation, JwtError> {
     let checked = check_signed(parsed, policy, keys, now, audiences, true)?;
+    // Here an assertion names this server alone, whatever the issuer's
+    // `allow_multiple_audiences` (the gRPC port's opt-in): a JWT-SVID for
+    // several audiences is also a credential held by each of the others,
+    // any of which could redeem it here for a token of its subject.
+    if matches!(parsed.claims.get("aud"), Some(serde_json::Value::Array(list)) if list.len() > 1) {
+        return Err(JwtError::MultipleAudiences(policy.name.clone()));
+    }
     let id = policy.mapping.map(&parsed.claims)?;
     if !policy.trust_domains.contains(id.trust_domain()) {
         return Err(JwtError::Mapping(MappingError::TrustDomain));

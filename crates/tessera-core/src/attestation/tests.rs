@@ -905,6 +905,22 @@ fn an_oauth_assertion_is_the_issuers_token_for_the_token_endpoint_with_a_jti() {
     );
     // The gRPC audience is not the token endpoint.
     assert_eq!(assert_as(&k8s_claims()).unwrap_err(), JwtError::Audience);
+    // An assertion for this server and another is refused, even from an
+    // issuer whose tokens may name several audiences on the gRPC port.
+    let mut shared = claims.clone();
+    shared["aud"] = json!([ENDPOINT, "https://other.example"]);
+    let lenient = IssuerPolicy {
+        allow_multiple_audiences: true,
+        ..p.clone()
+    };
+    let token = signer.token(&shared);
+    let parsed = jwt::parse(&token, std::slice::from_ref(&lenient)).unwrap();
+    assert_eq!(
+        jwt::verify_assertion(&parsed, &lenient, &keys, now(), &[ENDPOINT]).unwrap_err(),
+        JwtError::MultipleAudiences("k8s".into())
+    );
+    shared["aud"] = json!([ENDPOINT]);
+    assert!(assert_as(&shared).is_ok(), "a list of one audience is one audience");
     let mut no_jti = claims.clone();
     no_jti.as_object_mut().unwrap().remove("jti");
     assert_eq!(assert_as(&no_jti).unwrap_err(), JwtError::Jti("k8s".into()));
