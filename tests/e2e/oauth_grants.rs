@@ -983,3 +983,102 @@ client_jwks_ca = "client-jwks-ca.pem"
     );
     attestation::wait_refusal_audited(&setup.broker, "private_key_jwt", "key id is not among");
 }
+
+/// A high-impact request over OAuth waits for a person: the answer is
+/// `authorization_pending` naming the approval; the client polls the token
+/// endpoint with `approval_id` (RFC 8628 section 3.5 answers) and receives
+/// the one token once an operator approved, bound as the request was.
+/// Nobody else can collect it, it is delivered once, and a denied
+/// approval answers `access_denied`; each refusal is audited.
+#[tokio::test]
+async fn an_approval_is_polled_for_at_the_token_endpoint() {
+    const PAYMENTS: &str = "https://api.example.com/payments";
+    const TRANSFER: &str = "payments.transfers.create";
+    let setup = Setup::start("oauth-approval");
+    let broker = &setup.broker;
+    let mut task = start_request("ap-1", &["researcher", "writer"], &[], 600);
+    task.scope_ceiling = [(
+        PAYMENTS.to_owned(),
+        pb::ScopeSet {
+            scopes: vec![TRANSFER.into()],
+        },
+    )]
+    .into_iter()
+    .collect();
+    broker.start_task(task).await;
+    let ask = |agent: &'static str, approval: Option<String>| {
+        let setup = &setup;
+        async move {
+            let mut form = vec![
+                ("grant_type", "client_credentials".to_owned()),
+                ("resource", PAYMENTS.to_owned()),
+                ("scope", TRANSFER.to_owned()),
+                ("task_id", "ap-1".to_owned()),
+            ];
+            if let Some(id) = approval {
+                form.push(("approval_id", id));
+            }
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            setup.post(Some(agent), &form, None).await
+        }
+    };
+
+    let first = ask("researcher", None).await;
+    assert_eq!((first.status, first.error().as_str()), (400, "authorization_pending"));
+    let id = first.json()["approval_id"]
+        .as_str()
+        .expect("the approval's id")
+        .to_owned();
+    let waiting = ask("researcher", Some(id.clone())).await;
+    assert_eq!(waiting.error(), "authorization_pending", "{waiting:?}");
+    assert_eq!(waiting.json()["approval_id"], id.as_str());
+
+    let out = broker.tessera(&["--as", "alice", "approvals", "approve", &id, "--reason", "invoice 42"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Another agent of the task cannot collect it (audited, counted).
+    let thief = ask("writer", Some(id.clone())).await;
+    assert_eq!(
+        (thief.status, thief.error().as_str()),
+        (400, "invalid_grant"),
+        "{thief:?}"
+    );
+    wait_denied(broker, "client_credentials", "did not make this request");
+
+    let token = ask("researcher", Some(id.clone())).await.token();
+    let c = claims_of(token["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], "spiffe://tessera.local/agent/researcher");
+    assert_eq!(c["scope"], TRANSFER);
+    assert!(
+        c["cnf"]["x5t#S256"].is_string(),
+        "bound to the certificate, as asked: {c}"
+    );
+    wait_audit(broker, "token_issued from the approval", |r| {
+        r["event"] == "token_issued" && r["grant_id"] == c["jti"] && r["approval_id"] == id.as_str()
+    });
+
+    // Delivered once.
+    let again = ask("researcher", Some(id.clone())).await;
+    assert_eq!(
+        (again.status, again.error().as_str()),
+        (400, "invalid_grant"),
+        "{again:?}"
+    );
+    wait_denied(broker, "client_credentials", "already redeemed");
+    // Not an approval id at all.
+    let bad = ask("researcher", Some("../x".to_owned())).await;
+    assert_eq!((bad.status, bad.error().as_str()), (400, "invalid_request"), "{bad:?}");
+
+    // A denied request answers `access_denied`.
+    let second = ask("researcher", None).await;
+    let denied_id = second.json()["approval_id"].as_str().unwrap().to_owned();
+    let out = broker.tessera(&["--as", "alice", "approvals", "deny", &denied_id, "--reason", "no"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let denied = ask("researcher", Some(denied_id)).await;
+    assert_eq!(
+        (denied.status, denied.error().as_str()),
+        (400, "access_denied"),
+        "{denied:?}"
+    );
+    wait_denied(broker, "client_credentials", "was denied by");
+}

@@ -47,7 +47,9 @@
 //! header otherwise) unless `oauth.dpop_nonce = false`. Without DPoP, a
 //! client authenticated by certificate gets a certificate-bound token
 //! (`cnf.x5t#S256`), anyone else a bearer token if the scopes' class allows
-//! one.
+//! one. A request needing a person's approval is answered
+//! `authorization_pending` with an `approval_id`, which the client polls
+//! for with the same grant (see [`redeem_approval`]).
 //!
 //! **Errors** (RFC 6749 section 5.2, RFC 7521 section 4.1.1, RFC 8707,
 //! RFC 9396, RFC 9449): a refused assertion is `invalid_grant`, a refused
@@ -73,7 +75,7 @@ use tessera_core::identity::ClientKeys;
 
 use crate::attest::jwt::{JwtRefusal, KeyCache};
 use crate::broker::oauth::{OAuthGrant, RefusedAsk, in_grant};
-use crate::broker::{BindingAsk, BrokerError, TokenAsk, TokenOutcome};
+use crate::broker::{AwaitStep, BindingAsk, BrokerError, Issued, TokenAsk, TokenOutcome};
 
 /// RFC 7523 section 2.1.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -790,6 +792,9 @@ async fn issue(
             .await;
         refusal(e, b.code)
     };
+    if let Some(id) = params.get("approval_id") {
+        return redeem_approval(facade, who, id, params).await;
+    }
     let ask = match Ask::parse(params) {
         Ok(ask) => ask,
         Err(b) => return Err(refuse(b).await),
@@ -839,19 +844,72 @@ async fn issue(
     let outcome = facade.broker.request_token(who, TokenAsk { request, binding }).await;
     let issued = match outcome {
         Ok(TokenOutcome::Issued(issued)) => issued,
-        Ok(TokenOutcome::Pending(approval)) => {
-            let answer = OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "authorization_pending",
-                format!(
-                    "an approval is required; once approved, redeem approval `{}` over gRPC (AwaitApproval)",
-                    approval.id
-                ),
-            );
-            return Err(answer);
-        }
+        Ok(TokenOutcome::Pending(approval)) => return Err(pending(&approval)),
         Err(e) => return Err(token_error(facade, e, &task_id, &audience).await),
     };
+    Ok(token_response(facade, &issued, dpop))
+}
+
+/// `authorization_pending` (RFC 8628 section 3.5) naming the approval to poll for.
+fn pending(approval: &tessera_core::approval::Approval) -> OAuthError {
+    let mut answer = OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "authorization_pending",
+        format!(
+            "an approval is required; poll this endpoint with `approval_id` = `{}` (or await it over gRPC)",
+            approval.id
+        ),
+    );
+    answer.approval_id = Some(approval.id.to_string());
+    answer
+}
+
+/// A poll for the token of an approval `who`'s request waits for, with
+/// RFC 8628 section 3.5's answers: `authorization_pending` until an approver
+/// decides; the one token once approved (from the stored request, bound as
+/// that request was: to its DPoP key or certificate, so the poll needs no
+/// proof of its own); `access_denied` if denied; `expired_token` if nobody
+/// decided in time; `invalid_grant` for an approval that is unknown, spent,
+/// or not `who`'s. The client authenticates exactly as for the request.
+async fn redeem_approval(
+    facade: &Facade,
+    who: &VerifiedIdentity,
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    use tessera_core::approval::{ApprovalError, ApprovalId};
+    let refuse = async |code: &'static str, message: String| {
+        let e = facade
+            .broker
+            .oauth_refused(who, &partial(params), "approval_id", message)
+            .await;
+        refusal(e, code)
+    };
+    let Ok(id) = ApprovalId::parse(id) else {
+        return Err(refuse("invalid_request", "`approval_id` is not an approval id".to_owned()).await);
+    };
+    match facade.broker.await_step(who, &id).await {
+        Ok(AwaitStep::Pending(approval)) => Err(pending(&approval)),
+        Ok(AwaitStep::Issued(issued)) => Ok(token_response(facade, &issued, false)),
+        // Recorded and counted by the use case already.
+        Err(BrokerError::Approval(e @ ApprovalError::NotRequester(_))) => {
+            Err(OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string()))
+        }
+        Err(BrokerError::Approval(e)) => {
+            let code = match e {
+                ApprovalError::Denied { .. } => "access_denied",
+                ApprovalError::Expired(_) => "expired_token",
+                _ => "invalid_grant",
+            };
+            Err(refuse(code, e.to_string()).await)
+        }
+        Err(e) => Err(OAuthError::from_broker(e)),
+    }
+}
+
+/// The token answer (RFC 6749 section 5.1) of an issued grant; with a fresh
+/// `DPoP-Nonce` when the request carried a proof (RFC 9449 section 8.2).
+fn token_response(facade: &Facade, issued: &Issued, dpop: bool) -> Response {
     let expires_in = (issued.grant.expires_at - facade.broker.now()).num_seconds().max(0);
     let scope = issued
         .grant
@@ -878,7 +936,7 @@ async fn issue(
     {
         response.headers_mut().insert("dpop-nonce", value);
     }
-    Ok(response)
+    response
 }
 
 /// The RFC error code of a refusal the use case recorded.

@@ -246,6 +246,10 @@ pub(crate) struct OAuthError {
     pub(super) description: String,
     /// A fresh `DPoP-Nonce` to send (with `use_dpop_nonce`, RFC 9449 section 8).
     pub(super) dpop_nonce: Option<String>,
+    /// The approval a request waits for (`authorization_pending`): the
+    /// client polls with it as `approval_id` (an RFC 6749 section 5.2
+    /// extension member).
+    pub(super) approval_id: Option<String>,
 }
 
 impl OAuthError {
@@ -255,6 +259,7 @@ impl OAuthError {
             code,
             description: description.into(),
             dpop_nonce: None,
+            approval_id: None,
         }
     }
 
@@ -286,11 +291,13 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let description = self.description.replace(['"', '\\'], "'");
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.code, "error_description": description})),
-        )
-            .into_response();
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), Value::from(self.code));
+        body.insert("error_description".into(), Value::from(description));
+        if let Some(id) = self.approval_id {
+            body.insert("approval_id".into(), Value::from(id));
+        }
+        let mut response = (self.status, Json(Value::Object(body))).into_response();
         if let Some(nonce) = &self.dpop_nonce
             && let Ok(value) = HeaderValue::from_str(nonce)
         {
