@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
+.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run mcp-ts bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -119,6 +119,8 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	[ -f /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
@@ -151,7 +153,11 @@ PY_SDK := sdk/python
 # The venv's editable install follows the checkout that last ran make
 # python-venv (its stamp names it); PYTHONPATH: this checkout's sources win in
 # make's own runs whichever checkout that was.
-PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN)
+PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN) TESSERA_MCP_TS_DIR=$(MCP_TS_DIR)
+# The TypeScript MCP SDK for tests/test_mcp_typescript.py: npm ci of the
+# pinned lockfile, again only when the lockfile changes.
+MCP_TS_DIR ?= $(HOME)/.cache/tessera/mcp-ts
+MCP_TS_LOCK := $(PY_SDK)/tests/mcp_ts/package-lock.json
 
 python-venv: test-tools ## Make (once) the Python venv and install the SDK with its test tools from PyPI
 	@set -e; stamp=$(PY_VENV)/.tessera-sdk-installed; here=$$(cd $(PY_SDK) && pwd -P); \
@@ -170,14 +176,22 @@ python-venv: test-tools ## Make (once) the Python venv and install the SDK with 
 
 # ruff, mypy --strict and pytest, the end-to-end tests on the memory store and
 # on a real redis-server, against the tesserad and tessera already in $(BIN).
-python-run: python-venv redis
+mcp-ts: test-tools ## Install (once) the TypeScript MCP SDK the Python tests drive with Node, from the pinned lockfile
+	@set -e; mkdir -p $(MCP_TS_DIR); \
+	if ! cmp -s $(MCP_TS_LOCK) $(MCP_TS_DIR)/package-lock.json || [ ! -d $(MCP_TS_DIR)/node_modules/@modelcontextprotocol/sdk ]; then \
+		echo "Installing the TypeScript MCP SDK into $(MCP_TS_DIR)"; \
+		cp $(PY_SDK)/tests/mcp_ts/package.json $(MCP_TS_LOCK) $(MCP_TS_DIR)/; \
+		cd $(MCP_TS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+python-run: python-venv redis mcp-ts
 	@test -x $(BIN)/tesserad -a -x $(BIN)/tessera || { echo "$(BIN)/tesserad missing: run make build" >&2; exit 1; }
 	@echo "== Python SDK: ruff, mypy --strict, pytest (memory, then redis) =="
 	$(PY_ENV) $(PY_VENV)/bin/ruff check --quiet src tests scripts examples bench
 	$(PY_ENV) $(PY_VENV)/bin/ruff format --quiet --check src tests scripts examples bench
 	$(PY_ENV) $(PY_VENV)/bin/mypy
 	$(PY_ENV) $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider
-	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_mcp_oauth.py tests/test_attestation.py tests/test_console.py
+	$(PY_ENV) TESSERA_TEST_STORE=redis $(PY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_httpx_auth.py tests/test_examples.py tests/test_mcp.py tests/test_mcp_oauth.py tests/test_mcp_typescript.py tests/test_attestation.py tests/test_console.py
 
 # ---- the OCI image (deploy/image) ----
 IMAGE ?= localhost/tessera:$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)

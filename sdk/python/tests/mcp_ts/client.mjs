@@ -1,0 +1,96 @@
+// The TypeScript MCP SDK's client against an MCP server whose authorization
+// server is Tessera (issue 21), run by tests/test_mcp_typescript.py.
+//
+// It calls one tool through each of the SDK's headless OAuth providers:
+//   - `svid`: client_credentials with a JWT-SVID of the dev issuer as the
+//     client assertion (StaticPrivateKeyJwtProvider: workload identity
+//     federation);
+//   - `signed`: client_credentials with private_key_jwt signed by the SDK
+//     with the client's registered key (PrivateKeyJwtProvider).
+// Each discovers the authorization server from the MCP server's RFC 9728
+// metadata, reads its RFC 8414 metadata and asks for a token; the only
+// thing added to the SDK's request is the task (RFC 9396
+// `authorization_details` of type `tessera_task`).
+//
+// Input (environment): MCP_SDK_DIR (where `npm ci` installed the SDK),
+// MCP_URL, ISSUER, TASK_ID, TOOL, SVID_CLIENT, SVID (a JWT-SVID for the
+// token endpoint), SIGNER_CLIENT, SIGNER_PEM (PKCS#8). The dev CA comes in
+// through NODE_EXTRA_CA_CERTS. Output: one JSON line per provider,
+// {"provider", "ok", "text"} or {"provider", "ok": false, "error"},
+// and the URLs it requested, so the test can check the discovery. Never a
+// token.
+
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+
+const sdk = async (path) =>
+  import(pathToFileURL(join(env("MCP_SDK_DIR"), "node_modules/@modelcontextprotocol/sdk/dist/esm", path)).href);
+
+const { Client } = await sdk("client/index.js");
+const { StreamableHTTPClientTransport } = await sdk("client/streamableHttp.js");
+const { PrivateKeyJwtProvider, StaticPrivateKeyJwtProvider } = await sdk("client/auth-extensions.js");
+
+const taskDetails = JSON.stringify([{ type: "tessera_task", task_id: env("TASK_ID") }]);
+
+// The SDK's providers send grant_type and scope; Tessera also needs the task.
+const forTask = (Provider) =>
+  class extends Provider {
+    prepareTokenRequest(scope) {
+      const params = super.prepareTokenRequest(scope);
+      params.set("authorization_details", taskDetails);
+      return params;
+    }
+  };
+
+const requested = [];
+const recordingFetch = async (url, init) => {
+  const response = await fetch(url, init);
+  requested.push({ url: String(url), status: response.status });
+  return response;
+};
+
+const providers = {
+  svid: () =>
+    new (forTask(StaticPrivateKeyJwtProvider))({
+      clientId: env("SVID_CLIENT"),
+      jwtBearerAssertion: env("SVID"),
+      scope: env("SCOPE"),
+      expectedIssuer: env("ISSUER"),
+    }),
+  signed: () =>
+    new (forTask(PrivateKeyJwtProvider))({
+      clientId: env("SIGNER_CLIENT"),
+      privateKey: env("SIGNER_PEM"),
+      algorithm: "ES256",
+      scope: env("SCOPE"),
+      expectedIssuer: env("ISSUER"),
+    }),
+};
+
+for (const [name, make] of Object.entries(providers)) {
+  requested.length = 0;
+  const client = new Client({ name: "tessera-ts-test", version: "1.0.0" });
+  const transport = new StreamableHTTPClientTransport(new URL(env("MCP_URL")), {
+    authProvider: make(),
+    fetch: recordingFetch,
+  });
+  let line;
+  try {
+    await client.connect(transport);
+    const result = await client.callTool({ name: env("TOOL"), arguments: {} });
+    const text = (result.content ?? []).map((block) => block.text ?? "").join(" ");
+    line = { provider: name, ok: !result.isError, text };
+  } catch (err) {
+    line = { provider: name, ok: false, error: String(err?.message ?? err) };
+  } finally {
+    await client.close().catch(() => {});
+  }
+  line.requested = requested.map(({ url, status }) => `${status} ${url}`);
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
