@@ -7,7 +7,9 @@ installs by ``npm ci`` from ``tests/mcp_ts/package-lock.json`` into
 ``~/.cache/tessera/mcp-ts`` (``TESSERA_MCP_TS_DIR``). It discovers the broker
 from the server's RFC 9728 metadata, gets task-bound tokens by
 ``client_credentials`` with a JWT-SVID client assertion and with
-``private_key_jwt`` signed by the SDK, calls a tool, and after the
+``private_key_jwt`` signed by the SDK, and by ``jwt-bearer`` with a JWT-SVID
+(a provider of a few lines: the SDK takes any grant through
+``prepareTokenRequest``), calls a tool, and after the
 orchestrator completes the task gets no token and no tool call.
 """
 
@@ -49,6 +51,7 @@ def run_client(setup: Setup, task_id: str) -> dict[str, dict[str, Any]]:
         "SCOPE": TOOLS_READ,
         "SVID_CLIENT": AGENT,
         "SVID": setup.svid(setup.issuer),
+        "SVID_BEARER": setup.svid(setup.issuer),
         "SIGNER_CLIENT": SIGNER,
         "SIGNER_PEM": setup.signer_key,
     }
@@ -71,7 +74,7 @@ def test_the_typescript_mcp_client_gets_task_bound_tessera_tokens(mcp_setup: Set
     task = orch.start_task([AGENT, SIGNER], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600)
 
     answers = run_client(setup, task.task_id)
-    assert set(answers) == {"svid", "signed"}, answers
+    assert set(answers) == {"svid", "signed", "bearer"}, answers
     for name, answer in answers.items():
         assert answer["ok"], (name, answer)
         assert "ada" in answer["text"], (name, answer)
@@ -92,6 +95,7 @@ def test_the_typescript_mcp_client_gets_task_bound_tessera_tokens(mcp_setup: Set
     assert issued == {
         (AGENT, "client_credentials", "client_assertion", task.task_id),
         (SIGNER, "client_credentials", "private_key_jwt", task.task_id),
+        (AGENT, "jwt-bearer", "none", task.task_id),
     }, issued
 
     # The task completes: no token for it any more, so no tool call.

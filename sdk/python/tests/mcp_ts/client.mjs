@@ -6,15 +6,19 @@
 //     client assertion (StaticPrivateKeyJwtProvider: workload identity
 //     federation);
 //   - `signed`: client_credentials with private_key_jwt signed by the SDK
-//     with the client's registered key (PrivateKeyJwtProvider).
+//     with the client's registered key (PrivateKeyJwtProvider);
+//   - `bearer`: the RFC 7523 jwt-bearer grant with a JWT-SVID, no client
+//     authentication (the SDK has no provider for it; its OAuthClientProvider
+//     contract takes any grant through prepareTokenRequest).
 // Each discovers the authorization server from the MCP server's RFC 9728
 // metadata, reads its RFC 8414 metadata and asks for a token; the only
 // thing added to the SDK's request is the task (RFC 9396
 // `authorization_details` of type `tessera_task`).
 //
 // Input (environment): MCP_SDK_DIR (where `npm ci` installed the SDK),
-// MCP_URL, ISSUER, TASK_ID, TOOL, SVID_CLIENT, SVID (a JWT-SVID for the
-// token endpoint), SIGNER_CLIENT, SIGNER_PEM (PKCS#8). The dev CA comes in
+// MCP_URL, ISSUER, TASK_ID, TOOL, SVID_CLIENT, SVID and SVID_BEARER (two
+// JWT-SVIDs for the token endpoint: each is used once), SIGNER_CLIENT,
+// SIGNER_PEM (PKCS#8). The dev CA comes in
 // through NODE_EXTRA_CA_CERTS. Output: one JSON line per provider,
 // {"provider", "ok", "text"} or {"provider", "ok": false, "error"},
 // and the URLs it requested, so the test can check the discovery. Never a
@@ -55,6 +59,25 @@ const recordingFetch = async (url, init) => {
   return response;
 };
 
+// jwt-bearer: the assertion is the grant; the agent sends no client
+// authentication (RFC 7523 section 3.1 allows it).
+class JwtBearerProvider extends StaticPrivateKeyJwtProvider {
+  constructor(options) {
+    super({ ...options, jwtBearerAssertion: options.assertion });
+    this.assertion = options.assertion;
+    this.addClientAuthentication = async () => {};
+  }
+
+  prepareTokenRequest(scope) {
+    const params = new URLSearchParams({
+      grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer",
+      assertion: this.assertion,
+    });
+    if (scope) params.set("scope", scope);
+    return params;
+  }
+}
+
 const providers = {
   svid: () =>
     new (forTask(StaticPrivateKeyJwtProvider))({
@@ -68,6 +91,13 @@ const providers = {
       clientId: env("SIGNER_CLIENT"),
       privateKey: env("SIGNER_PEM"),
       algorithm: "ES256",
+      scope: env("SCOPE"),
+      expectedIssuer: env("ISSUER"),
+    }),
+  bearer: () =>
+    new (forTask(JwtBearerProvider))({
+      clientId: env("SVID_CLIENT"),
+      assertion: env("SVID_BEARER"),
       scope: env("SCOPE"),
       expectedIssuer: env("ISSUER"),
     }),
