@@ -6,6 +6,7 @@
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
 pub mod anomaly;
+pub mod authz;
 pub mod approval;
 pub mod attestation;
 pub mod audit;
