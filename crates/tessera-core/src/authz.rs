@@ -235,8 +235,14 @@ impl ArgConstraint {
     pub fn accepts(&self, value: &Value) -> bool {
         self.eq.as_ref().is_none_or(|e| same(e, value))
             && self.one_of.as_ref().is_none_or(|l| l.iter().any(|e| same(e, value)))
-            && self.max.as_ref().is_none_or(|m| as_number(value).is_some_and(|v| v <= f(m)))
-            && self.min.as_ref().is_none_or(|m| as_number(value).is_some_and(|v| v >= f(m)))
+            && self
+                .max
+                .as_ref()
+                .is_none_or(|m| as_number(value).is_some_and(|v| v <= f(m)))
+            && self
+                .min
+                .as_ref()
+                .is_none_or(|m| as_number(value).is_some_and(|v| v >= f(m)))
             && self
                 .prefix
                 .as_ref()
@@ -296,7 +302,11 @@ impl ToolGrant {
         }
         let server = match members.get("server") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SERVER_BYTES => s.clone(),
-            _ => return Err(malformed(format!("`server` is a string of 1 to {MAX_SERVER_BYTES} bytes"))),
+            _ => {
+                return Err(malformed(format!(
+                    "`server` is a string of 1 to {MAX_SERVER_BYTES} bytes"
+                )));
+            }
         };
         let Some(Value::Array(list)) = members.get("tools") else {
             return Err(malformed("`tools` is an array of tool names"));
@@ -388,9 +398,7 @@ impl ToolGrant {
             let mine = self.constraints.get(tool);
             for (arg, limit) in limits {
                 if !mine.and_then(|m| m.get(arg)).is_some_and(|c| c.implies(limit)) {
-                    return Err(wider(format!(
-                        "argument `{arg}` of tool `{tool}` is less constrained"
-                    )));
+                    return Err(wider(format!("argument `{arg}` of tool `{tool}` is less constrained")));
                 }
             }
         }
@@ -450,7 +458,9 @@ pub fn parse_details(value: &Value) -> Result<Vec<ToolGrant>, ToolGrantError> {
         return Err(malformed("`authorization_details` is a JSON array"));
     };
     if list.is_empty() || list.len() > MAX_DETAILS {
-        return Err(malformed(format!("`authorization_details` holds 1 to {MAX_DETAILS} objects")));
+        return Err(malformed(format!(
+            "`authorization_details` holds 1 to {MAX_DETAILS} objects"
+        )));
     }
     let grants = list.iter().map(ToolGrant::parse).collect::<Result<Vec<_>, _>>()?;
     check_one_per_server(&grants)?;

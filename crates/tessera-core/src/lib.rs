@@ -6,10 +6,10 @@
 //! store and never depends on tonic or redis; time comes from a [`clock::Clock`].
 
 pub mod anomaly;
-pub mod authz;
 pub mod approval;
 pub mod attestation;
 pub mod audit;
+pub mod authz;
 pub mod blast;
 pub mod catalog;
 pub mod clock;

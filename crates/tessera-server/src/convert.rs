@@ -171,6 +171,7 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
         Some(task_id("parent_task_id", &req.parent_task_id)?)
     };
     Ok(StartTask {
+        tools: Default::default(),
         task_id: id,
         agents,
         ceiling: ScopeCeiling(ceiling),
@@ -206,6 +207,7 @@ fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldErr
         .map(|s| Ttl::from_secs(u64::from(s)).map_err(|e| FieldError::new("ttl_seconds", e.to_string())))
         .transpose()?;
     Ok(TokenRequest {
+        tools: None,
         task_id: task_id("task_id", &req.task_id)?,
         audience: audience("audience", &req.audience)?,
         scopes: scopes("scopes", &req.scopes)?,
@@ -238,6 +240,7 @@ pub fn delegation_request(
         scopes("scopes", &req.scopes)?
     };
     Ok(tessera_core::delegation::DelegationRequest {
+        tools: None,
         delegate: spiffe_id("delegate", &req.delegate)?,
         scopes,
         ttl,

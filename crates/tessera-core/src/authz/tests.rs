@@ -35,7 +35,12 @@ fn shared_vectors_within() {
     let v = vectors();
     for case in v["within"].as_array().unwrap() {
         let got = grant(&case["request"]).is_within(&grant(&case["ceiling"]), "the task's ceiling");
-        assert_eq!(got.is_ok(), case["within"].as_bool().unwrap(), "{}: {got:?}", case["name"]);
+        assert_eq!(
+            got.is_ok(),
+            case["within"].as_bool().unwrap(),
+            "{}: {got:?}",
+            case["name"]
+        );
     }
 }
 
@@ -44,7 +49,12 @@ fn shared_vectors_permits() {
     let v = vectors();
     for case in v["permits"].as_array().unwrap() {
         let got = grant(&case["grant"]).permits(case["tool"].as_str().unwrap(), &case["args"]);
-        assert_eq!(got.is_ok(), case["permitted"].as_bool().unwrap(), "{}: {got:?}", case["name"]);
+        assert_eq!(
+            got.is_ok(),
+            case["permitted"].as_bool().unwrap(),
+            "{}: {got:?}",
+            case["name"]
+        );
     }
 }
 
@@ -57,7 +67,13 @@ fn within_is_reflexive_and_sound_on_the_vectors() {
         .as_array()
         .unwrap()
         .iter()
-        .chain(v["within"].as_array().unwrap().iter().flat_map(|c| [&c["request"], &c["ceiling"]]))
+        .chain(
+            v["within"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|c| [&c["request"], &c["ceiling"]]),
+        )
         .chain(v["permits"].as_array().unwrap().iter().map(|c| &c["grant"]))
         .filter_map(|d| {
             let d = d.get("detail").unwrap_or(d);
@@ -80,7 +96,10 @@ fn within_is_reflexive_and_sound_on_the_vectors() {
             }
             for (tool, args) in &calls {
                 if narrow.permits(tool, args).is_ok() {
-                    assert!(wide.permits(tool, args).is_ok(), "{narrow:?} within {wide:?} but {tool} {args}");
+                    assert!(
+                        wide.permits(tool, args).is_ok(),
+                        "{narrow:?} within {wide:?} but {tool} {args}"
+                    );
                 }
             }
         }
@@ -105,13 +124,15 @@ fn bounds_are_enforced() {
     let too_many = json!({"type": "mcp_tool", "server": "s", "tools": tools});
     assert!(matches!(ToolGrant::parse(&too_many), Err(ToolGrantError::Malformed(_))));
     let one_of: Vec<u32> = (0..=MAX_ONE_OF as u32).collect();
-    let long = json!({"type": "mcp_tool", "server": "s", "tools": ["a"], "constraints": {"a": {"n": {"one_of": one_of}}}});
+    let long =
+        json!({"type": "mcp_tool", "server": "s", "tools": ["a"], "constraints": {"a": {"n": {"one_of": one_of}}}});
     assert!(ToolGrant::parse(&long).is_err());
     let s = "x".repeat(MAX_STRING_BYTES + 1);
     let long = json!({"type": "mcp_tool", "server": "s", "tools": ["a"], "constraints": {"a": {"n": {"eq": s}}}});
     assert!(ToolGrant::parse(&long).is_err());
-    let args: serde_json::Map<String, Value> =
-        (0..=MAX_CONSTRAINED_ARGS).map(|i| (format!("a{i}"), json!({"eq": 1}))).collect();
+    let args: serde_json::Map<String, Value> = (0..=MAX_CONSTRAINED_ARGS)
+        .map(|i| (format!("a{i}"), json!({"eq": 1})))
+        .collect();
     let many = json!({"type": "mcp_tool", "server": "s", "tools": ["a"], "constraints": {"a": args}});
     assert!(ToolGrant::parse(&many).is_err());
     let details: Vec<Value> = (0..=MAX_DETAILS)
@@ -128,10 +149,16 @@ fn a_token_carries_the_request_or_else_the_ceiling() {
         &json!({"type": "mcp_tool", "server": "https://mcp", "tools": ["a", "b"], "constraints": {"a": {"n": {"max": 5}}}}),
     )];
     // Nothing asked: the ceiling's limit, never none.
-    assert_eq!(narrow(&ceiling, "https://mcp", None, "c").unwrap(), Some(ceiling[0].clone()));
+    assert_eq!(
+        narrow(&ceiling, "https://mcp", None, "c").unwrap(),
+        Some(ceiling[0].clone())
+    );
     assert_eq!(narrow(&ceiling, "https://other", None, "c").unwrap(), None);
     let ok = grant(&json!({"type": "mcp_tool", "server": "https://mcp", "tools": ["b"]}));
-    assert_eq!(narrow(&ceiling, "https://mcp", Some(&ok), "c").unwrap(), Some(ok.clone()));
+    assert_eq!(
+        narrow(&ceiling, "https://mcp", Some(&ok), "c").unwrap(),
+        Some(ok.clone())
+    );
     let wide = grant(&json!({"type": "mcp_tool", "server": "https://mcp", "tools": ["a"]}));
     assert!(matches!(
         narrow(&ceiling, "https://mcp", Some(&wide), "c"),
@@ -144,5 +171,8 @@ fn a_token_carries_the_request_or_else_the_ceiling() {
     ));
     // No tool-level ceiling for the server: any limit narrows.
     let free = grant(&json!({"type": "mcp_tool", "server": "https://other", "tools": ["x"]}));
-    assert_eq!(narrow(&ceiling, "https://other", Some(&free), "c").unwrap(), Some(free.clone()));
+    assert_eq!(
+        narrow(&ceiling, "https://other", Some(&free), "c").unwrap(),
+        Some(free.clone())
+    );
 }

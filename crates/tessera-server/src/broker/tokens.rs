@@ -189,6 +189,7 @@ impl Broker {
             cnf,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: plan.tools.clone().into_iter().collect(),
         };
         let signer = self.signer();
         let token = signer
