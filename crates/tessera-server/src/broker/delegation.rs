@@ -372,6 +372,7 @@ impl Broker {
             token,
             grant,
             token_type: binding.as_ref().map_or("Bearer", |b| b.token_type()),
+            authorization_details: claims.authorization_details,
         })
     }
 
