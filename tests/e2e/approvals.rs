@@ -31,6 +31,7 @@ fn agent_id(name: &str) -> String {
 /// A task on the payments API for `agents` (dev agent names).
 fn pay_task(task_id: &str, agents: &[&str]) -> pb::StartTaskRequest {
     pb::StartTaskRequest {
+        authorization_details: Default::default(),
         task_id: task_id.into(),
         agents: agents.iter().map(|a| agent_id(a)).collect(),
         scope_ceiling: [(
@@ -49,6 +50,7 @@ fn pay_task(task_id: &str, agents: &[&str]) -> pb::StartTaskRequest {
 
 fn pay_request(task_id: &str, scopes: &[&str], ttl: Option<u32>) -> pb::RequestTokenRequest {
     pb::RequestTokenRequest {
+        authorization_details: Default::default(),
         task_id: task_id.into(),
         audience: PAYMENTS.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),

@@ -338,7 +338,10 @@ async fn the_metadata_lists_exactly_what_the_token_endpoint_accepts() {
             .iter()
             .any(|a| a == "none" || a.as_str().unwrap().starts_with("HS"))
     );
-    assert_eq!(m["authorization_details_types_supported"], json!(["tessera_task"]));
+    assert_eq!(
+        m["authorization_details_types_supported"],
+        json!(["tessera_task", "mcp_tool"])
+    );
     assert_eq!(m["dpop_signing_alg_values_supported"], json!(["ES256", "EdDSA"]));
     assert_eq!(m["resource_indicators_supported"], true);
     // An authorization endpoint is listed (MCP clients require one) and

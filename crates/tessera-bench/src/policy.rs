@@ -69,6 +69,7 @@ pub fn decision_rate(each: Duration) -> anyhow::Result<PerCore> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let now: DateTime<Utc> = DateTime::from_timestamp(1_800_000_000, 0).context("time")?;
     let task = Task {
+        tools: Vec::new(),
         id: TaskId::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?,
         orchestrator: id("service/orchestrator")?,
         agents: BTreeSet::from([researcher, id("agent/writer")?]),

@@ -58,6 +58,7 @@ fn parse<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> anyhow::Result
 fn task(id: &TaskId, now: DateTime<Utc>) -> anyhow::Result<Task> {
     let aud = parse(Audience::parse(crate::tessera::CRM), "audience")?;
     Ok(Task {
+        tools: Vec::new(),
         id: id.clone(),
         orchestrator: parse(SpiffeId::parse("spiffe://tessera.local/orchestrator"), "orchestrator")?,
         agents: BTreeSet::from([parse(

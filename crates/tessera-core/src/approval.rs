@@ -101,6 +101,11 @@ pub struct ApprovalRequest {
     /// while tokens are not bound to a key.
     #[serde(default)]
     pub pop_jkt: String,
+    /// The tool-level limit the token will carry (`mcp_tool` detail), if
+    /// any: approved as part of the request, so an approval for one
+    /// constraint is never redeemed for a wider one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<crate::authz::ToolGrant>,
 }
 
 /// Domain separation for [`ApprovalRequest::binding`]; bump on any change of the encoding.
@@ -110,8 +115,11 @@ impl ApprovalRequest {
     /// The canonical encoding: the domain, then each field as a big-endian
     /// u32 length and its bytes, in this order: task, audience, the number
     /// of scopes (4 bytes) then each scope in sorted order, TTL seconds
-    /// (empty when unset), requester, PoP thumbprint. Length prefixes make
-    /// it unambiguous: no two requests encode alike.
+    /// (empty when unset), requester, PoP thumbprint, and only when the
+    /// request has a tool-level limit, its canonical JSON
+    /// ([`crate::authz::ToolGrant::to_value`]; so the bindings of approvals
+    /// without one are unchanged). Length prefixes make it unambiguous: no
+    /// two requests encode alike.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         fn field(out: &mut Vec<u8>, bytes: &[u8]) {
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -131,6 +139,9 @@ impl ApprovalRequest {
         field(&mut out, ttl.as_bytes());
         field(&mut out, self.requester.as_str().as_bytes());
         field(&mut out, self.pop_jkt.as_bytes());
+        if let Some(tools) = &self.tools {
+            field(&mut out, tools.to_value().to_string().as_bytes());
+        }
         out
     }
 
@@ -393,6 +404,7 @@ mod tests {
 
     fn request() -> ApprovalRequest {
         ApprovalRequest {
+            tools: Default::default(),
             requester: SpiffeId::parse("spiffe://td/agent/a").unwrap(),
             task_id: TaskId::parse("t1").unwrap(),
             audience: Audience::parse("pay").unwrap(),
@@ -424,6 +436,14 @@ mod tests {
         assert!(ApprovalId::parse("").is_err());
         assert!(ApprovalId::parse("a/b").is_err());
         assert!(ApprovalId::parse(&"a".repeat(65)).is_err());
+    }
+
+    fn tool_limit(max: u32) -> crate::authz::ToolGrant {
+        crate::authz::ToolGrant::parse(&serde_json::json!({
+            "type": "mcp_tool", "server": "pay", "tools": ["transfer"],
+            "constraints": {"transfer": {"amount": {"max": max}}}
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -462,6 +482,14 @@ mod tests {
             },
             ApprovalRequest {
                 pop_jkt: "thumb".into(),
+                ..base.clone()
+            },
+            ApprovalRequest {
+                tools: Some(tool_limit(500)),
+                ..base.clone()
+            },
+            ApprovalRequest {
+                tools: Some(tool_limit(501)),
                 ..base.clone()
             },
         ];

@@ -51,6 +51,9 @@ pub struct DelegationRequest {
     pub audience: Option<Audience>,
     /// The task the caller expects; must be the parent's if set.
     pub task_id: Option<TaskId>,
+    /// A narrower tool-level limit (`mcp_tool` detail) than the parent's;
+    /// `None`: the parent's, if any.
+    pub tools: Option<crate::authz::ToolGrant>,
 }
 
 /// A parent token whose signature the broker verified, together with its
@@ -120,6 +123,8 @@ pub struct ChildPlan {
     pub act: Actor,
     /// The child's `tessera_chain`: the parent's plus the parent itself.
     pub chain: Vec<ChainHop>,
+    /// The child's tool-level limits: the parent's, or the narrower one asked.
+    pub tools: Vec<crate::authz::ToolGrant>,
 }
 
 /// Why a delegation was refused. Messages name the request field at fault
@@ -127,6 +132,9 @@ pub struct ChildPlan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DelegationError {
+    /// The tool-level limit asked for is malformed or wider than the parent's.
+    #[error("authorization_details: {0}")]
+    Tools(#[from] crate::authz::ToolGrantError),
     /// `[delegation] max_depth` is 0.
     #[error("delegation is turned off on this broker")]
     Disabled,
@@ -230,6 +238,7 @@ impl DelegationError {
             Self::Catalog(e) => e.kind(),
             Self::Task(e) => e.kind(),
             Self::Ttl(e) => e.kind(),
+            Self::Tools(e) => e.kind(),
             Self::Disabled
             | Self::ParentNotLive
             | Self::NotHolder(_)
@@ -395,6 +404,19 @@ fn plan_hop(
         actors.extend(act.actors().into_iter().map(str::to_owned));
     }
     let act = Actor::nest(actors).ok_or(DelegationError::ParentNotLive)?;
+    // Never wider than the parent: without a request the child inherits
+    // the parent's limits (all of them, as the parent's claim carries).
+    let tools = match &req.tools {
+        None => parent.claims().authorization_details.clone(),
+        Some(_) => crate::authz::narrow(
+            &parent.claims().authorization_details,
+            grant.audience.as_str(),
+            req.tools.as_ref(),
+            "the parent token",
+        )?
+        .into_iter()
+        .collect(),
+    };
     Ok(ChildPlan {
         task_id: grant.task_id.clone(),
         audience: grant.audience.clone(),
@@ -405,6 +427,7 @@ fn plan_hop(
         subject: parent.claims().sub.clone(),
         act,
         chain,
+        tools,
     })
 }
 
@@ -426,6 +449,7 @@ impl ChildPlan {
             cnf,
             act: Some(self.act.clone()),
             tessera_chain: self.chain.clone(),
+            authorization_details: self.tools.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
+use crate::authz::{ToolGrant, ToolGrantError};
 use crate::catalog::{ApiCatalog, CatalogError};
 use crate::error::ErrorKind;
 use crate::identity::VerifiedIdentity;
@@ -29,6 +30,9 @@ pub struct TokenRequest {
     /// The key or certificate the token is bound to (`cnf`), already
     /// verified; `None` for a bearer token.
     pub binding: Option<crate::token::Confirmation>,
+    /// The tool-level limit asked for (an `mcp_tool` detail for the
+    /// audience); `None` for the ceiling's, if any.
+    pub tools: Option<ToolGrant>,
 }
 
 /// A token request whose scopes the catalog has classified: known for the
@@ -72,6 +76,8 @@ pub struct GrantPlan {
     pub class: ScopeClass,
     /// The granted lifetime.
     pub lifetime: Lifetime,
+    /// The token's tool-level limit, within the task's.
+    pub tools: Option<ToolGrant>,
 }
 
 /// Why a token request was refused.
@@ -106,6 +112,10 @@ pub enum IssuanceError {
     /// The lifetime cannot be granted; a malformed one names the request field.
     #[error("{prefix}{0}", prefix = ttl_field(.0))]
     Ttl(#[from] TtlError),
+    /// The tool-level limit asked for is malformed, for another audience,
+    /// or wider than the task's.
+    #[error("authorization_details: {0}")]
+    Tools(#[from] ToolGrantError),
 }
 
 /// The `RequestTokenRequest` field a catalog refusal is about.
@@ -133,6 +143,7 @@ impl IssuanceError {
             Self::Catalog(e) => e.kind(),
             Self::Task(e) => e.kind(),
             Self::Ttl(e) => e.kind(),
+            Self::Tools(e) => e.kind(),
         }
     }
 }
@@ -182,6 +193,12 @@ pub fn plan_grant(
             scopes: excess.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
         });
     }
+    let tools = crate::authz::narrow(
+        &task.tools,
+        req.audience.as_str(),
+        req.tools.as_ref(),
+        "the task's ceiling",
+    )?;
     let lifetime = ttl::lifetime(req.ttl, identity.max_ttl, limits, task.deadline, now)?;
     Ok(GrantPlan {
         task_id: task.id.clone(),
@@ -189,6 +206,7 @@ pub fn plan_grant(
         scopes: req.scopes.clone(),
         class,
         lifetime,
+        tools,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod anomaly;
 pub mod approval;
 pub mod attestation;
 pub mod audit;
+pub mod authz;
 pub mod blast;
 pub mod catalog;
 pub mod clock;

@@ -68,6 +68,9 @@ pub struct StartTask {
     pub labels: BTreeMap<String, String>,
     /// Parent task id.
     pub parent: Option<TaskId>,
+    /// Tool-level limits (`mcp_tool` details), each for an audience of the
+    /// ceiling, at most one per server.
+    pub tools: Vec<crate::authz::ToolGrant>,
 }
 
 /// Why an orchestration request was refused.
@@ -168,6 +171,17 @@ pub fn start_task(
         ));
     }
     catalog.check_ceiling(&req.ceiling)?;
+    crate::authz::check_one_per_server(&req.tools).map_err(|e| invalid("authorization_details", e.to_string()))?;
+    if let Some(g) = req
+        .tools
+        .iter()
+        .find(|g| !req.ceiling.0.keys().any(|a| a.as_str() == g.server))
+    {
+        return Err(invalid(
+            "authorization_details",
+            format!("`mcp_tool` server `{}` is not an audience of the ceiling", g.server),
+        ));
+    }
     check_labels(&req.labels, limits)?;
     let deadline = match req.lifetime {
         TaskLifetime::Deadline(at) => at,
@@ -185,13 +199,17 @@ pub fn start_task(
     match (&req.parent, parent) {
         (None, _) => {}
         (Some(id), None) => return Err(TaskError::NotFound(id.clone()).into()),
-        (Some(_), Some(parent)) => check_child(who, parent, &req.ceiling, deadline, now)?,
+        (Some(_), Some(parent)) => {
+            check_child(who, parent, &req.ceiling, deadline, now)?;
+            check_child_tools(parent, &req.ceiling, &req.tools)?;
+        }
     }
     Ok(Task {
         id: req.task_id,
         orchestrator: who.id().clone(),
         agents: req.agents,
         ceiling: req.ceiling,
+        tools: req.tools,
         deadline,
         labels: req.labels,
         parent: req.parent,
@@ -226,6 +244,28 @@ fn check_labels(labels: &BTreeMap<String, String>, limits: &TaskLimits) -> Resul
                     limits.max_label_value_len
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// A child task's tool-level limits: for every audience of its ceiling the
+/// parent limits at tool level, a limit within the parent's (none would be
+/// wider).
+fn check_child_tools(
+    parent: &Task,
+    ceiling: &ScopeCeiling,
+    tools: &[crate::authz::ToolGrant],
+) -> Result<(), OrchestrationError> {
+    for audience in ceiling.0.keys() {
+        let mine = crate::authz::for_server(tools, audience.as_str());
+        if crate::authz::narrow(&parent.tools, audience.as_str(), mine, "the parent task's limit").is_err()
+            || (mine.is_none() && crate::authz::for_server(&parent.tools, audience.as_str()).is_some())
+        {
+            return Err(OrchestrationError::BeyondParent {
+                parent: parent.id.clone(),
+                reason: format!("the tool-level limit for audience `{audience}` is wider than the parent's"),
+            });
         }
     }
     Ok(())

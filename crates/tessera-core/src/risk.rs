@@ -210,6 +210,7 @@ mod tests {
     fn plan(scopes: &[&str], class: ScopeClass, secs: u64) -> GrantPlan {
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         GrantPlan {
+            tools: None,
             task_id: TaskId::parse("t1").unwrap(),
             audience: Audience::parse("pay").unwrap(),
             scopes: scopes.iter().map(|x| s(x)).collect(),

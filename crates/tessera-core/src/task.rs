@@ -189,6 +189,11 @@ pub struct Task {
     pub agents: BTreeSet<SpiffeId>,
     /// The most its tokens may carry.
     pub ceiling: ScopeCeiling,
+    /// Tool-level limits (RFC 9396 `mcp_tool` details, at most one per
+    /// server): every token for one of these servers carries its limit or
+    /// a narrower one ([`crate::authz::narrow`]). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::authz::ToolGrant>,
     /// When it ends at the latest.
     pub deadline: DateTime<Utc>,
     /// Free-form labels.

@@ -171,6 +171,7 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
         Some(task_id("parent_task_id", &req.parent_task_id)?)
     };
     Ok(StartTask {
+        tools: tool_details("authorization_details", &req.authorization_details)?,
         task_id: id,
         agents,
         ceiling: ScopeCeiling(ceiling),
@@ -178,6 +179,36 @@ pub fn start_task(req: pb::StartTaskRequest, generated_id: impl FnOnce() -> Stri
         labels: req.labels.into_iter().collect(),
         parent,
     })
+}
+
+/// Longest `authorization_details` JSON accepted, in bytes (8 details of
+/// the largest shape stay well under it; the parse bounds each part).
+const MAX_DETAILS_JSON: usize = 64 * 1024;
+
+/// An `authorization_details` JSON array of `mcp_tool` details
+/// ([`tessera_core::authz::parse_details`]); empty: none.
+fn tool_details(field: &'static str, json: &str) -> Result<Vec<tessera_core::authz::ToolGrant>, FieldError> {
+    if json.is_empty() {
+        return Ok(Vec::new());
+    }
+    if json.len() > MAX_DETAILS_JSON {
+        return Err(FieldError::new(field, format!("longer than {MAX_DETAILS_JSON} bytes")));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|_| FieldError::new(field, "not a JSON array"))?;
+    tessera_core::authz::parse_details(&value).map_err(|e| FieldError::new(field, e.to_string()))
+}
+
+/// At most one `mcp_tool` detail (a token has one audience).
+fn one_tool_detail(field: &'static str, json: &str) -> Result<Option<tessera_core::authz::ToolGrant>, FieldError> {
+    let mut details = tool_details(field, json)?;
+    if details.len() > 1 {
+        return Err(FieldError::new(
+            field,
+            "at most one `mcp_tool` detail: a token has one audience",
+        ));
+    }
+    Ok(details.pop())
 }
 
 /// Longest proof-of-possession proof accepted, in bytes.
@@ -206,6 +237,7 @@ fn token_request(req: &pb::RequestTokenRequest) -> Result<TokenRequest, FieldErr
         .map(|s| Ttl::from_secs(u64::from(s)).map_err(|e| FieldError::new("ttl_seconds", e.to_string())))
         .transpose()?;
     Ok(TokenRequest {
+        tools: one_tool_detail("authorization_details", &req.authorization_details)?,
         task_id: task_id("task_id", &req.task_id)?,
         audience: audience("audience", &req.audience)?,
         scopes: scopes("scopes", &req.scopes)?,
@@ -238,6 +270,7 @@ pub fn delegation_request(
         scopes("scopes", &req.scopes)?
     };
     Ok(tessera_core::delegation::DelegationRequest {
+        tools: one_tool_detail("authorization_details", &req.authorization_details)?,
         delegate: spiffe_id("delegate", &req.delegate)?,
         scopes,
         ttl,
@@ -356,6 +389,11 @@ pub fn task(t: &Task, now: DateTime<Utc>, live_grants: u64) -> pb::Task {
         TaskState::Expired => pb::TaskState::Expired,
     };
     pb::Task {
+        authorization_details: if t.tools.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Array(t.tools.iter().map(tessera_core::authz::ToolGrant::to_value).collect()).to_string()
+        },
         task_id: t.id.to_string(),
         orchestrator: t.orchestrator.to_string(),
         agents: t.agents.iter().map(ToString::to_string).collect(),

@@ -63,6 +63,7 @@ fn secs(s: i64) -> chrono::Duration {
 pub fn task(id: &str, deadline_in: i64, parent: Option<&str>) -> Task {
     let aud = Audience::parse("crm").unwrap();
     Task {
+        tools: Vec::new(),
         id: TaskId::parse(id).unwrap(),
         orchestrator: SpiffeId::parse("spiffe://td/orch").unwrap(),
         agents: BTreeSet::from([SpiffeId::parse("spiffe://td/agent").unwrap()]),
@@ -969,6 +970,7 @@ const APPROVER: &str = "spiffe://td/operator/alice";
 /// A pending approval opened at `t0`, expiring `expires_in` seconds later.
 pub fn approval(expires_in: i64) -> Approval {
     let request = ApprovalRequest {
+        tools: Default::default(),
         requester: sid(REQUESTER),
         task_id: tid("t1"),
         audience: Audience::parse("pay").unwrap(),

@@ -82,22 +82,29 @@ class Memory:
         self.client = client_info
 
 
-def _with_task(request: httpx2.Request, task_id: str, drop: tuple[str, ...] = ()) -> httpx2.Request:
-    """The token request with the task named (RFC 9396) and `drop` left out."""
+def _with_task(
+    request: httpx2.Request, task_id: str, drop: tuple[str, ...] = (), tools: dict[str, Any] | None = None
+) -> httpx2.Request:
+    """The token request with the task named (RFC 9396), with the tool-level
+    limit ``tools`` (an ``mcp_tool`` detail) if given, and `drop` left out."""
     form = {k: v for k, v in parse_qsl(request.content.decode()) if k not in drop}
-    form["authorization_details"] = json.dumps([{"type": "tessera_task", "task_id": task_id}])
+    details: list[dict[str, Any]] = [{"type": "tessera_task", "task_id": task_id}]
+    if tools is not None:
+        details.append(tools)
+    form["authorization_details"] = json.dumps(details)
     return httpx2.Request("POST", request.url, data=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
 
 
 class TaskClientCredentials(PrivateKeyJWTOAuthProvider):
     """``client_credentials`` with a client assertion, for one task."""
 
-    def __init__(self, task_id: str, **kwargs: Any) -> None:
+    def __init__(self, task_id: str, tools: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.task_id = task_id
+        self.tools = tools
 
     async def _exchange_token_client_credentials(self) -> httpx2.Request:
-        return _with_task(await super()._exchange_token_client_credentials(), self.task_id)
+        return _with_task(await super()._exchange_token_client_credentials(), self.task_id, tools=self.tools)
 
 
 class TaskJwtBearer(IdentityAssertionOAuthProvider):
@@ -194,12 +201,22 @@ verifiers = ["spiffe://tessera.local/service/api-gateway"]
         """The contacts."""
         return ["ada", "grace"]
 
+    @server.tool()
+    def transfer(amount: float, repo: str) -> str:
+        """A transfer the token's tool-level limits constrain."""
+        return f"sent {amount} to {repo}"
+
+    @server.tool()
+    def delete_repo(repo: str) -> str:
+        """A tool no token of the tool-limited task lists."""
+        return f"deleted {repo}"
+
     app = TesseraMiddleware(
         server.streamable_http_app(json_response=True, stateless_http=True),
         verifier,
         public_url=base,
         authorization_server=issuer,
-        tool_scopes={"read_contacts": TOOLS_READ},
+        tool_scopes={"read_contacts": TOOLS_READ, "transfer": TOOLS_READ, "delete_repo": TOOLS_READ},
     )
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -318,3 +335,115 @@ def test_mcp_clients_get_task_bound_tessera_tokens_by_workload_identity(setup: S
         ("jwt-bearer", "none"),
     }, issued
     assert spiffe("researcher") not in {r.get("who", {}).get("identity") for r in audit if r["event"] == "token_issued"}
+
+
+def test_mcp_clients_are_held_to_the_tool_limits_of_their_token(setup: Setup) -> None:
+    """A task limited at tool level (RFC 9396 ``mcp_tool``): the token carries
+    the limit; the MCP server (``TesseraMiddleware``) lets an allowed tool with
+    allowed arguments through and answers 403 ``insufficient_scope`` to a
+    disallowed argument value and to a tool the token does not list; a client
+    asking for a narrower limit is held to it, one asking for a wider one gets
+    ``invalid_authorization_details`` and no token."""
+    ceiling: dict[str, Any] = {
+        "type": "mcp_tool",
+        "server": setup.mcp_url,
+        "tools": ["read_contacts", "transfer"],
+        "constraints": {"transfer": {"amount": {"max": 500}, "repo": {"eq": "acme/site"}}},
+    }
+    orch = OrchestratorClient(setup.broker.endpoint, setup.broker.identity("orchestrator"))
+    task = orch.start_task(
+        [AGENT], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600, authorization_details=[ceiling]
+    )
+    answers: list[tuple[str, int, str]] = []
+
+    async def record(response: httpx2.Response) -> None:
+        answers.append((str(response.request.url), response.status_code, response.headers.get("www-authenticate", "")))
+
+    async def call(auth: httpx2.Auth, tool: str, args: dict[str, Any]) -> Any:
+        """Calls ``tool`` through the mcp SDK's client; its result, or the error it raised."""
+        answers.clear()
+        try:
+            async with (
+                httpx2.AsyncClient(auth=auth, verify=setup.tls, event_hooks={"response": [record]}) as http,
+                Client(streamable_http_client(setup.mcp_url, http_client=http)) as client,
+            ):
+                return await client.call_tool(tool, args)
+        except Exception as err:  # noqa: BLE001 - the mcp client's error, asserted on below
+            return err
+
+    async def svid(audience: str, *_: str) -> str:
+        return await asyncio.to_thread(setup.svid, audience)
+
+    def provider(storage: Memory, tools: dict[str, Any] | None = None) -> TaskClientCredentials:
+        return TaskClientCredentials(
+            task.task_id,
+            tools,
+            server_url=setup.mcp_url,
+            storage=storage,
+            client_id=AGENT,
+            assertion_provider=svid,
+            scope=TOOLS_READ,
+            issuer=setup.issuer,
+        )
+
+    def text(result: Any) -> str:
+        assert not isinstance(result, BaseException), (result, answers)
+        assert not result.is_error, result
+        return " ".join(getattr(block, "text", "") for block in result.content)
+
+    def refused_by_the_tool_server() -> None:
+        """The call failed on the MCP server's 403 ``insufficient_scope`` (the
+        client's step-up got a token with the same limits, refused again)."""
+        mcp = [(status, challenge) for url, status, challenge in answers if url.startswith(setup.mcp_url)]
+        assert (403, mcp[-1][1]) == mcp[-1], answers
+        assert 'error="insufficient_scope"' in mcp[-1][1], answers
+
+    limited = Memory()
+    narrower = Memory()
+
+    async def scenario() -> None:
+        # No detail asked: the token carries the task's limit.
+        auth = provider(limited)
+        assert "ada" in text(await call(auth, "read_contacts", {}))
+        assert limited.tokens is not None
+        claims = json.loads(base64.urlsafe_b64decode(limited.tokens.access_token.split(".")[1] + "=="))
+        assert claims["authorization_details"] == [ceiling], claims
+        assert "sent 500" in text(await call(auth, "transfer", {"amount": 500, "repo": "acme/site"}))
+        # Disallowed argument values, a tool not listed.
+        refused: list[tuple[str, dict[str, Any]]] = [
+            ("transfer", {"amount": 501, "repo": "acme/site"}),
+            ("transfer", {"amount": 5, "repo": "acme/other"}),
+            ("delete_repo", {"repo": "acme/site"}),
+        ]
+        for tool, args in refused:
+            result = await call(auth, tool, args)
+            assert isinstance(result, BaseException), (tool, args, result)
+            refused_by_the_tool_server()
+
+        # A narrower limit asked for: held to it.
+        narrow = {
+            **ceiling,
+            "tools": ["transfer"],
+            "constraints": {"transfer": {**ceiling["constraints"]["transfer"], "amount": {"max": 100}}},
+        }
+        auth = provider(narrower, narrow)
+        assert "sent 100" in text(await call(auth, "transfer", {"amount": 100, "repo": "acme/site"}))
+        for tool, args in [("transfer", {"amount": 101, "repo": "acme/site"}), ("read_contacts", {})]:
+            result = await call(auth, tool, args)
+            assert isinstance(result, BaseException), (tool, args, result)
+            refused_by_the_tool_server()
+
+        # A wider one: refused at the token endpoint, no token.
+        wider = {**ceiling, "tools": ["read_contacts", "transfer", "delete_repo"]}
+        storage = Memory()
+        result = await call(provider(storage, wider), "read_contacts", {})
+        assert isinstance(result, BaseException), result
+        assert storage.tokens is None
+        assert any(url.endswith("/oauth/token") and status == 400 for url, status, _ in answers), answers
+
+    asyncio.run(scenario())
+    orch.complete_task(task.task_id)
+    orch.close()
+    audit = [json.loads(line) for line in (setup.broker.dir / "audit.jsonl").read_text().splitlines()]
+    denied = [r for r in audit if r["event"] == "token_denied" and "authorization_details" in json.dumps(r)]
+    assert denied, "the wider request is audited"

@@ -138,6 +138,7 @@ fn start_request(start: StartArgs) -> anyhow::Result<pb::StartTaskRequest> {
         _ => anyhow::bail!("give exactly one of --ttl and --deadline"),
     };
     Ok(pb::StartTaskRequest {
+        authorization_details: Default::default(),
         task_id: start.id.unwrap_or_default(),
         agents: start.agents,
         scope_ceiling: args::ceiling(&start.allows),

@@ -139,6 +139,7 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
     let mut client = AgentClient::new(channel(global).await?);
     let response = client
         .request_token(pb::RequestTokenRequest {
+            authorization_details: Default::default(),
             task_id: req.task.clone(),
             audience: req.audience.clone(),
             scopes: req.scopes.clone(),

@@ -104,6 +104,11 @@ pub enum VerifyError {
     /// The token lacks a scope the operation needs.
     #[error("token lacks scope `{0}`")]
     InsufficientScope(String),
+    /// The token's tool-level limits (`authorization_details` of type
+    /// `mcp_tool`) do not allow this tool call; the message says which
+    /// tool or argument, never its value.
+    #[error("{0}")]
+    ToolNotAllowed(String),
     /// Fail closed: the revocation feed has been silent longer than
     /// `max_staleness`.
     #[error("revocation feed is stale: refusing every token until it is back")]
@@ -127,7 +132,7 @@ impl VerifyError {
         match self {
             Self::Proof(_) | Self::ProofReplayed | Self::DpopSchemeWithoutKey => RefusalKind::InvalidProof,
             Self::UseDpopNonce => RefusalKind::UseDpopNonce,
-            Self::InsufficientScope(_) => RefusalKind::InsufficientScope,
+            Self::InsufficientScope(_) | Self::ToolNotAllowed(_) => RefusalKind::InsufficientScope,
             Self::FeedStale | Self::NotSynced | Self::Capacity(_) | Self::ReplayStoreUnavailable(_) => {
                 RefusalKind::Unavailable
             }
@@ -168,6 +173,9 @@ impl VerifyError {
                 let scope = scope.replace(['"', '\\'], "");
                 format!(r#"Bearer {params}, scope="{scope}""#)
             }
+            // No scope would help: the limit is in the token's
+            // `authorization_details`; a new token with a wider one might.
+            Self::ToolNotAllowed(_) => format!("Bearer {params}"),
             _ => format!(r#"Bearer {params}, DPoP realm="{realm}", algs="ES256 EdDSA""#),
         })
     }

@@ -53,6 +53,8 @@ pub use keys::MAX_KEYS;
 pub use replay::{ReplayError, ReplayStore, SpendFuture, SpentProof};
 #[cfg(feature = "redis")]
 pub use replay_redis::RedisReplayStore;
+/// A token's tool-level limit (RFC 9396 `mcp_tool` detail).
+pub use tessera_core::authz::{ToolGrant, ToolGrantError};
 /// The DPoP proof key and signer are core's, one for the SDK, the CLI and
 /// the broker's tests; `DpopKey` is the SDK's `PopKey`.
 pub use tessera_core::pop::{
@@ -309,6 +311,25 @@ impl Verified {
         } else {
             Err(VerifyError::InsufficientScope(scope.chars().take(128).collect()))
         }
+    }
+
+    /// The token's tool-level limits: its RFC 9396 `authorization_details`
+    /// of type `mcp_tool` ([`ToolGrant`]: `server`, `tools`, argument
+    /// `constraints`). Empty: no tool-level limit (scopes still apply).
+    pub fn tool_grants(&self) -> &[ToolGrant] {
+        &self.claims.authorization_details
+    }
+
+    /// Whether the token allows calling MCP tool `tool` with `args` (the
+    /// `tools/call` `arguments`, an object or `null`): always when it
+    /// carries no `authorization_details`; otherwise only a tool its detail
+    /// for this audience lists, with every constrained argument present and
+    /// within its constraint ([`ToolGrant::permits`]). Refused:
+    /// [`VerifyError::ToolNotAllowed`], answered 403 `insufficient_scope`.
+    pub fn check_tool_call(&self, tool: &str, args: &serde_json::Value) -> Result<(), VerifyError> {
+        self.claims
+            .check_tool_call(tool, args)
+            .map_err(|e| VerifyError::ToolNotAllowed(e.to_string()))
     }
 
     /// The delegation chain's actors, current first; empty for a token

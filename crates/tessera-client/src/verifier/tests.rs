@@ -920,3 +920,60 @@ fn config_is_validated_and_names_the_field() {
         assert_eq!(err.field, field);
     }
 }
+
+/// Tool-level limits: the verifier exposes the token's `mcp_tool` details
+/// and answers a call they do not allow with 403 `insufficient_scope`; a
+/// detail it cannot read refuses the whole token.
+#[test]
+fn tool_level_limits_are_exposed_and_enforced() {
+    let f = Fixture::new();
+    let detail = json!([{
+        "type": "mcp_tool", "server": AUD, "tools": ["transfer", "list"],
+        "constraints": {"transfer": {"amount": {"max": 500}, "repo": {"eq": "acme/site"}}}
+    }]);
+    let token = f.token(&with(claims(), "authorization_details", detail));
+    let v = f.verify(&token).unwrap();
+    assert_eq!(v.tool_grants().len(), 1);
+    assert_eq!(v.tool_grants()[0].server, AUD);
+    v.check_tool_call("transfer", &json!({"amount": 500, "repo": "acme/site"}))
+        .unwrap();
+    v.check_tool_call("list", &Value::Null).unwrap();
+    for (tool, args) in [
+        ("transfer", json!({"amount": 501, "repo": "acme/site"})),
+        ("transfer", json!({"amount": 5, "repo": "acme/other"})),
+        ("transfer", json!({"repo": "acme/site"})),
+        ("delete", json!({})),
+    ] {
+        let err = v.check_tool_call(tool, &args).unwrap_err();
+        assert!(matches!(err, VerifyError::ToolNotAllowed(_)), "{tool} {args}");
+        assert_eq!(err.kind().http_status(), 403);
+        let header = err.www_authenticate("mcp").unwrap();
+        assert!(
+            header.starts_with("Bearer ") && header.contains(r#"error="insufficient_scope""#),
+            "{header}"
+        );
+        assert!(!err.to_string().contains("acme/other"), "the refusal names no value");
+    }
+    // No detail: no tool-level limit.
+    let plain = f.verify(&f.token(&claims())).unwrap();
+    assert!(plain.tool_grants().is_empty());
+    plain
+        .check_tool_call("anything", &json!({"amount": 1_000_000}))
+        .unwrap();
+    // Details for another server only: no tool of this audience is allowed.
+    let other = json!([{"type": "mcp_tool", "server": "https://other.test", "tools": ["transfer"]}]);
+    let v = f
+        .verify(&f.token(&with(claims(), "authorization_details", other)))
+        .unwrap();
+    assert!(v.check_tool_call("transfer", &json!({})).is_err());
+    // Unreadable limits refuse the token.
+    for bad in [
+        json!([{"type": "payment_initiation"}]),
+        json!([{"type": "mcp_tool", "server": AUD, "tools": ["a"], "constraints": {"a": {"n": {"regex": "."}}}}]),
+        json!([]),
+        json!({"type": "mcp_tool", "server": AUD, "tools": ["a"]}),
+    ] {
+        let token = f.token(&with(claims(), "authorization_details", bad));
+        refused(f.verify(&token), VerifyError::Token(JwsError::Claims), &token);
+    }
+}

@@ -134,6 +134,7 @@ mod tests {
             cnf: None,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: Vec::new(),
         }
     }
 

@@ -92,6 +92,7 @@ fn task() -> Task {
         .chain([scope("w0"), scope("w1")])
         .collect();
     Task {
+        tools: Vec::new(),
         id: TaskId::parse("t1").unwrap(),
         orchestrator: SpiffeId::parse("spiffe://td/orch").unwrap(),
         agents: ["a", "b", "c", "d", "e", "verifier"].iter().map(|n| id(n)).collect(),
@@ -150,6 +151,7 @@ fn root(holder: &str, list: &[&str], secs: i64) -> ParentToken {
         cnf: None,
         act: None,
         tessera_chain: Vec::new(),
+        authorization_details: Vec::new(),
     };
     let class = catalog().classify(&aud(), &scopes(list)).unwrap();
     let grant = grant_of(&claims, class);
@@ -158,6 +160,7 @@ fn root(holder: &str, list: &[&str], secs: i64) -> ParentToken {
 
 fn request(to: &str, list: &[&str], ttl: Option<u64>) -> DelegationRequest {
     DelegationRequest {
+        tools: None,
         delegate: id(to),
         scopes: scopes(list),
         ttl: ttl.map(|t| Ttl::from_secs(t).unwrap()),
@@ -545,6 +548,7 @@ proptest! {
             cnf: None,
             act: Actor::nest((1..=n).rev().map(holder)),
             tessera_chain: chain,
+            authorization_details: Vec::new(),
         };
         let narrowing = hops.windows(2).all(|w| w[1].0.is_subset(&w[0].0) && w[1].1 <= w[0].1);
         prop_assert_eq!(check_chain(&claims).is_ok(), narrowing);

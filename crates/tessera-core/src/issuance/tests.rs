@@ -49,6 +49,7 @@ fn catalog() -> ApiCatalog {
 
 fn task() -> Task {
     Task {
+        tools: Vec::new(),
         id: TaskId::parse("t1").unwrap(),
         orchestrator: id("spiffe://td/orch"),
         agents: BTreeSet::from([id("spiffe://td/agent")]),
@@ -67,6 +68,7 @@ fn task() -> Task {
 
 fn request(scopes: &[&str], ttl: Option<u64>) -> TokenRequest {
     TokenRequest {
+        tools: None,
         task_id: TaskId::parse("t1").unwrap(),
         audience: aud(),
         scopes: scopes.iter().map(|s| scope(s)).collect(),

@@ -125,6 +125,7 @@ mod tests {
             cnf: None,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: Vec::new(),
         }
     }
 

@@ -46,6 +46,23 @@ pub struct AccessClaims {
     /// token issued by RequestToken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tessera_chain: Vec<ChainHop>,
+    /// RFC 9396 `authorization_details`: the tool-level limits
+    /// ([`crate::authz::ToolGrant`], type `mcp_tool`) for the token's
+    /// audience. Absent: no tool-level limit. Present, it is 1 to
+    /// [`crate::authz::MAX_DETAILS`] `mcp_tool` details, at most one per
+    /// server; any other type or shape makes the claims unreadable (the
+    /// token is refused: a limit a verifier cannot read is never ignored).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "authorization_details"
+    )]
+    pub authorization_details: Vec<crate::authz::ToolGrant>,
+}
+
+fn authorization_details<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<crate::authz::ToolGrant>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    crate::authz::parse_details(&value).map_err(serde::de::Error::custom)
 }
 
 /// Longest delegation chain a token may describe (a bound on hostile input;
@@ -156,6 +173,33 @@ impl AccessClaims {
         self.scope.split(' ').filter(|scope| !scope.is_empty())
     }
 
+    /// The tool-level limit for the token's own audience: `None` when the
+    /// token carries no `authorization_details` (no tool-level limit).
+    /// `Some(Err(_))` when it carries some but none for its audience: the
+    /// token allows no tool there (fail closed).
+    pub fn tool_grant(&self) -> Option<Result<&crate::authz::ToolGrant, crate::authz::ToolGrantError>> {
+        if self.authorization_details.is_empty() {
+            return None;
+        }
+        Some(
+            crate::authz::for_server(&self.authorization_details, &self.aud).ok_or_else(|| {
+                crate::authz::ToolGrantError::NotPermitted(
+                    "the token's `authorization_details` name no tools of its audience".to_owned(),
+                )
+            }),
+        )
+    }
+
+    /// Whether the token allows calling `tool` with `args` (the MCP
+    /// `tools/call` arguments): always, without `authorization_details`;
+    /// otherwise as [`crate::authz::ToolGrant::permits`] says.
+    pub fn check_tool_call(&self, tool: &str, args: &serde_json::Value) -> Result<(), crate::authz::ToolGrantError> {
+        match self.tool_grant() {
+            None => Ok(()),
+            Some(grant) => grant?.permits(tool, args),
+        }
+    }
+
     /// Checks that the token is for `audience` (exact match).
     /// [`verify_access_token`] does not, so a resource server must.
     pub fn check_audience(&self, audience: &str) -> Result<(), JwsError> {
@@ -225,6 +269,7 @@ mod tests {
             cnf: None,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: Vec::new(),
         }
     }
 

@@ -161,6 +161,7 @@ pub fn token_vectors(key: &SigningKey, base: &AccessClaims, now: DateTime<Utc>) 
         cnf: None,
         act: None,
         tessera_chain: Vec::new(),
+        authorization_details: Vec::new(),
         ..base.clone()
     };
     let sign = |claims: &AccessClaims| key.sign_jws(ACCESS_TOKEN_TYP, claims);
@@ -604,6 +605,7 @@ mod tests {
             cnf: None,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: Vec::new(),
         }
     }
 

@@ -100,6 +100,7 @@ impl From<RiskError> for BrokerError {
 
 fn request_of(a: &Approval) -> TokenRequest {
     TokenRequest {
+        tools: a.request.tools.clone(),
         task_id: a.request.task_id.clone(),
         audience: a.request.audience.clone(),
         scopes: a.request.scopes.clone(),
@@ -223,6 +224,8 @@ impl Broker {
             ttl: req.ttl,
             // The binding the token will carry is part of what is approved.
             pop_jkt: binding_code(req.binding.as_ref()),
+            // So is the tool-level limit (the ceiling's when none was asked).
+            tools: plan.tools.clone(),
         };
         let approval = Approval::open(
             ApprovalId::generate()?,

@@ -159,6 +159,7 @@ impl Broker {
         };
         let parsed = (|| {
             Ok::<_, delegation::OfferError>(DelegationRequest {
+                tools: None,
                 delegate: SpiffeId::parse(&claims.delegate).map_err(|_| delegation::OfferError::Claims)?,
                 scopes: claims.scopes()?,
                 ttl: claims.ttl()?,
@@ -371,6 +372,7 @@ impl Broker {
             token,
             grant,
             token_type: binding.as_ref().map_or("Bearer", |b| b.token_type()),
+            authorization_details: claims.authorization_details,
         })
     }
 
@@ -590,6 +592,7 @@ mod tests {
 
     fn to_agent2(scopes: &[&str]) -> DelegationRequest {
         DelegationRequest {
+            tools: None,
             delegate: id(AGENT2),
             scopes: scopes.iter().map(|s| scope(s)).collect::<BTreeSet<_>>(),
             ttl: None,

@@ -213,6 +213,7 @@ mod tests {
         f.task("t1").await;
         let root = f.issue("t1", &["contacts.read"]).await;
         let delegate = |to: &str| tessera_core::delegation::DelegationRequest {
+            tools: None,
             delegate: id(to),
             scopes: BTreeSet::from([crate::broker::testing::scope("contacts.read")]),
             ttl: None,

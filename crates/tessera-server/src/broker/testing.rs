@@ -242,6 +242,7 @@ impl Fixture {
     /// A StartTask for `task`: one hour, both agents, every `crm` scope.
     pub(crate) fn start(&self, task: &str) -> StartTask {
         StartTask {
+            tools: Default::default(),
             task_id: TaskId::parse(task).unwrap(),
             agents: BTreeSet::from([id(AGENT), id(AGENT2)]),
             ceiling: ScopeCeiling(BTreeMap::from([(
@@ -263,6 +264,7 @@ impl Fixture {
     pub(crate) fn ask(&self, task: &str, scopes: &[&str]) -> TokenAsk {
         TokenAsk {
             request: TokenRequest {
+                tools: None,
                 task_id: TaskId::parse(task).unwrap(),
                 audience: Audience::parse(CRM).unwrap(),
                 scopes: scopes.iter().map(|s| scope(s)).collect(),

@@ -22,6 +22,8 @@ pub struct Issued {
     pub grant: Grant,
     /// Its OAuth `token_type`: `DPoP` for a key-bound token, else `Bearer`.
     pub token_type: &'static str,
+    /// Its tool-level limits (the JWT's `authorization_details`).
+    pub authorization_details: Vec<tessera_core::authz::ToolGrant>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -189,6 +191,7 @@ impl Broker {
             cnf,
             act: None,
             tessera_chain: Vec::new(),
+            authorization_details: plan.tools.clone().into_iter().collect(),
         };
         let signer = self.signer();
         let token = signer
@@ -232,6 +235,7 @@ impl Broker {
             token,
             grant,
             token_type,
+            authorization_details: claims.authorization_details,
         })
     }
 
@@ -391,6 +395,7 @@ mod tests {
     fn issued_debug_redacts_the_token() {
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let issued = Issued {
+            authorization_details: Vec::new(),
             token: "eyJhbGciOiJFUzI1NiJ9.secret-claims.secret-signature".into(),
             grant: Grant {
                 id: GrantId::parse("g1").unwrap(),

@@ -65,6 +65,7 @@ use std::collections::HashMap;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
+use tessera_core::authz::{MCP_TOOL, ToolGrant};
 use tessera_core::identity::{AttestationMethod, SpiffeId, VerifiedIdentity};
 use tessera_core::issuance::IssuanceError;
 use tessera_core::pop::{PROOF_MAX_AGE, ProofCheck};
@@ -578,6 +579,8 @@ struct Ask {
     task_id: String,
     resource: String,
     scopes: Vec<String>,
+    /// The tool-level limit asked for (an `mcp_tool` detail).
+    tools: Option<ToolGrant>,
 }
 
 /// A parameter refused while parsing: its RFC error code, field and reason.
@@ -634,9 +637,9 @@ impl Ask {
                 "`resource` and `audience` name different APIs; a token has one audience",
             ));
         }
-        let from_details = match params.get("authorization_details") {
-            None => None,
-            Some(details) => Some(task_from_details(details, resource)?),
+        let (from_details, tools) = match params.get("authorization_details") {
+            None => (None, None),
+            Some(details) => task_from_details(details, resource)?,
         };
         let task_id = match (params.get("task_id").filter(|t| !t.is_empty()), from_details) {
             (Some(a), Some(b)) if *a != b => {
@@ -670,15 +673,18 @@ impl Ask {
             task_id,
             resource: resource.to_owned(),
             scopes,
+            tools,
         })
     }
 }
 
-/// The task named by RFC 9396 `authorization_details`: a JSON array of
-/// objects with a string `type`; exactly one of type [`TESSERA_TASK`],
-/// with a string `task_id` and optional `locations` (each must be
-/// `resource`); any other type, member or shape is refused.
-fn task_from_details(details: &str, resource: &str) -> Result<String, Bad> {
+/// The task and tool-level limit named by RFC 9396 `authorization_details`:
+/// a JSON array of objects with a string `type`; at most one of type
+/// [`TESSERA_TASK`], with a string `task_id` and optional `locations` (each
+/// must be `resource`), and at most one of type [`MCP_TOOL`] (see
+/// [`tessera_core::authz`]) whose `server` is the `resource`; any other
+/// type, member or shape is refused.
+fn task_from_details(details: &str, resource: &str) -> Result<(Option<String>, Option<ToolGrant>), Bad> {
     let malformed = |m: &str| bad("invalid_authorization_details", "authorization_details", m);
     let Ok(Value::Array(list)) = serde_json::from_str::<Value>(details) else {
         return Err(malformed("`authorization_details` is not a JSON array"));
@@ -687,15 +693,29 @@ fn task_from_details(details: &str, resource: &str) -> Result<String, Bad> {
         return Err(malformed("`authorization_details` must hold 1 to 8 objects"));
     }
     let mut task = None;
+    let mut tools = None;
     for entry in &list {
         let Value::Object(members) = entry else {
             return Err(malformed("every authorization detail is a JSON object"));
         };
         match members.get("type") {
             Some(Value::String(t)) if t == TESSERA_TASK => {}
+            Some(Value::String(t)) if t == MCP_TOOL => {
+                let grant = ToolGrant::parse(entry)
+                    .map_err(|e| bad("invalid_authorization_details", "authorization_details", e.to_string()))?;
+                if grant.server != resource {
+                    return Err(malformed(
+                        "the `server` of an `mcp_tool` authorization detail must be the `resource` asked for",
+                    ));
+                }
+                if tools.replace(grant).is_some() {
+                    return Err(malformed("more than one `mcp_tool` authorization detail"));
+                }
+                continue;
+            }
             Some(Value::String(_)) => {
                 return Err(malformed(
-                    "unknown authorization details type; supported: `tessera_task`",
+                    "unknown authorization details type; supported: `tessera_task`, `mcp_tool`",
                 ));
             }
             _ => return Err(malformed("an authorization detail has no string `type`")),
@@ -727,7 +747,7 @@ fn task_from_details(details: &str, resource: &str) -> Result<String, Bad> {
             return Err(malformed("more than one `tessera_task` authorization detail"));
         }
     }
-    task.ok_or_else(|| malformed("no `tessera_task` authorization detail"))
+    Ok((task, tools))
 }
 
 /// The DPoP header's proof, checked for this endpoint and (when required)
@@ -824,7 +844,10 @@ async fn issue(
         ..Default::default()
     };
     let request = match crate::convert::token_ask(&as_grpc) {
-        Ok(TokenAsk { request, .. }) => request,
+        Ok(TokenAsk { request, .. }) => tessera_core::issuance::TokenRequest {
+            tools: ask.tools.clone(),
+            ..request
+        },
         Err(e) => {
             let code = match e.field {
                 "audience" => "invalid_target",
@@ -918,16 +941,20 @@ fn token_response(facade: &Facade, issued: &Issued, dpop: bool) -> Response {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ");
+    // RFC 9396 section 7: the details granted, the tool-level limit the
+    // token carries among them.
+    let mut details = vec![json!({
+        "type": TESSERA_TASK,
+        "task_id": issued.grant.task_id.to_string(),
+        "locations": [issued.grant.audience.to_string()],
+    })];
+    details.extend(issued.authorization_details.iter().map(ToolGrant::to_value));
     let mut response = json_no_store(json!({
         "access_token": issued.token,
         "token_type": issued.token_type,
         "expires_in": expires_in,
         "scope": scope,
-        "authorization_details": [{
-            "type": TESSERA_TASK,
-            "task_id": issued.grant.task_id.to_string(),
-            "locations": [issued.grant.audience.to_string()],
-        }],
+        "authorization_details": details,
     }));
     // RFC 9449 section 8.2: a fresh nonce for the client's next proof.
     if dpop
@@ -965,6 +992,7 @@ async fn token_error(
             "invalid_grant"
         }
         BrokerError::Issuance(IssuanceError::Ttl(_)) => "invalid_request",
+        BrokerError::Issuance(IssuanceError::Tools(_)) => "invalid_authorization_details",
         BrokerError::Proof { .. } => "invalid_dpop_proof",
         BrokerError::Unbound { .. } | BrokerError::Binding(_) => "invalid_request",
         _ => return OAuthError::from_broker(e),
@@ -1011,6 +1039,18 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(both.task_id, "t2");
+        assert_eq!(both.tools, None);
+        let tools = r#"[{"type":"tessera_task","task_id":"t2"},{"type":"mcp_tool","server":"https://api.example.com/crm","tools":["lookup"],"constraints":{"lookup":{"region":{"eq":"eu"}}}}]"#;
+        let with_tools = Ask::parse(&form(&[
+            ("resource", CRM),
+            ("scope", "a"),
+            ("authorization_details", tools),
+        ]))
+        .unwrap();
+        assert_eq!(with_tools.task_id, "t2");
+        let grant = with_tools.tools.unwrap();
+        assert_eq!(grant.tools.iter().collect::<Vec<_>>(), ["lookup"]);
+        grant.permits("lookup", &json!({"region": "eu"})).unwrap();
     }
 
     #[test]
@@ -1030,6 +1070,11 @@ mod tests {
             r#"[{"type":"tessera_task","task_id":"t","locations":["https://other"]}]"#,
             r#"[{"type":"tessera_task","task_id":"t","locations":[]}]"#,
             r#"[{"type":"tessera_task","task_id":"t"},{"type":"tessera_task","task_id":"u"}]"#,
+            // Tool-level limits: for the `resource` only, one, well formed.
+            r#"[{"type":"tessera_task","task_id":"t"},{"type":"mcp_tool","server":"https://other","tools":["a"]}]"#,
+            r#"[{"type":"tessera_task","task_id":"t"},{"type":"mcp_tool","server":"https://api.example.com/crm","tools":[]}]"#,
+            r#"[{"type":"tessera_task","task_id":"t"},{"type":"mcp_tool","server":"https://api.example.com/crm","tools":["a"],"constraints":{"a":{"n":{"regex":"."}}}}]"#,
+            r#"[{"type":"tessera_task","task_id":"t"},{"type":"mcp_tool","server":"https://api.example.com/crm","tools":["a"]},{"type":"mcp_tool","server":"https://api.example.com/crm","tools":["b"]}]"#,
         ] {
             assert_eq!(detail(d), bad, "{d}");
         }

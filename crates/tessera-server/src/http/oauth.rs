@@ -157,7 +157,7 @@ pub fn metadata(issuer: &str, public_url: &str, jwt_bearer: bool) -> Value {
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
-        "authorization_details_types_supported": [TESSERA_TASK],
+        "authorization_details_types_supported": [TESSERA_TASK, tessera_core::authz::MCP_TOOL],
         // RFC 8707: `resource` is required and becomes the token's audience.
         "resource_indicators_supported": true,
         "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],

@@ -15,6 +15,7 @@ Quick start::
 
 from ._core import ApprovalDenied, Completed, DelegationOffer, PendingApproval, Task, Token
 from .aio import AsyncAgentClient, AsyncOrchestratorClient
+from .authz import ToolGrant
 from .client import AgentClient, OrchestratorClient
 from .dpop import DpopKey, NonceSource
 from .errors import (
@@ -33,6 +34,7 @@ from .errors import (
     TesseraError,
     TokenExpired,
     TokenRevoked,
+    ToolNotAllowed,
     Unavailable,
     UseDpopNonce,
     VerifyError,
@@ -83,6 +85,8 @@ __all__ = [
     "Token",
     "TokenExpired",
     "TokenRevoked",
+    "ToolGrant",
+    "ToolNotAllowed",
     "Unavailable",
     "UnixSocketSource",
     "UseDpopNonce",

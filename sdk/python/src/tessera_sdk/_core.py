@@ -4,9 +4,10 @@ and response parsing. The clients only add the transport."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf import timestamp_pb2
 
@@ -218,6 +219,7 @@ def start_task(
     task_id: str,
     labels: Mapping[str, str] | None,
     parent_task_id: str,
+    authorization_details: Sequence[Mapping[str, Any]] = (),
 ) -> orchestrator_pb2.StartTaskRequest:
     """A ``StartTask`` request: exactly one of ``duration_seconds`` and ``deadline``."""
     if (duration_seconds is None) == (deadline is None):
@@ -231,6 +233,7 @@ def start_task(
         scope_ceiling={aud: common_pb2.ScopeSet(scopes=list(s)) for aud, s in scope_ceiling.items()},
         labels=dict(labels or {}),
         parent_task_id=parent_task_id,
+        authorization_details=json.dumps(list(authorization_details)) if authorization_details else "",
     )
     if duration_seconds is not None:
         req.duration_seconds = duration_seconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -168,9 +168,12 @@ class AsyncOrchestratorClient:
         task_id: str = "",
         labels: Mapping[str, str] | None = None,
         parent_task_id: str = "",
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> Task:
         """See :meth:`tessera_sdk.OrchestratorClient.start_task`."""
-        req = _core.start_task(agents, scope_ceiling, duration_seconds, deadline, task_id, labels, parent_task_id)
+        req = _core.start_task(
+            agents, scope_ceiling, duration_seconds, deadline, task_id, labels, parent_task_id, authorization_details
+        )
         return _core.task(await self._conn.call(lambda s: s.StartTask(req, timeout=self._timeout)))
 
     async def get_task(self, task_id: str) -> Task:

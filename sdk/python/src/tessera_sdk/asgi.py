@@ -6,7 +6,11 @@ DPoP proof of a bound token, for the request's method and its URL as the
 client addressed it (``public_url`` + path) — and answers a refusal itself:
 401/403/503 with ``WWW-Authenticate`` (naming the metadata URL). For an MCP
 ``tools/call`` it also requires the scope mapped to the tool (``tool_scopes``)
-and answers ``insufficient_scope`` with that scope. The app sees the verified
+and answers ``insufficient_scope`` with that scope; and when the token carries
+tool-level limits (RFC 9396 ``authorization_details`` of type ``mcp_tool``),
+it allows only the tools and argument values they allow
+(:meth:`~tessera_sdk.Verified.check_tool_call`), answering any other call 403
+``insufficient_scope``. The app sees the verified
 token in ``scope["state"]["tessera"]`` and through :func:`current`.
 
 It serves ``/.well-known/oauth-protected-resource`` (RFC 9728), naming the
@@ -31,7 +35,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
-from .errors import InsufficientScope, InvalidToken, VerifyError
+from .errors import InsufficientScope, InvalidToken, ToolNotAllowed, VerifyError
 from .verifier import Presented, Verified, Verifier
 
 __all__ = ["MAX_BODY", "TesseraMiddleware", "current", "tls_client_cert"]
@@ -128,19 +132,22 @@ class TesseraMiddleware:
         except VerifyError as err:
             await self._refuse(send, err)
             return
-        if method == "POST" and (self.tool_scopes or self.default_scope is not None):
+        if method == "POST" and (self.tool_scopes or self.default_scope is not None or verified.tool_grants):
             body, receive = await _buffer(receive)
             if body is None:
                 await _json(send, 413, {"error": "request body too large"}, {})
                 return
-            needed = self._scopes_for(body)
-            if needed is None:
+            calls = _tool_calls(body)
+            if calls is None:
                 await _json(send, 400, {"error": "invalid_request", "error_description": "body is not JSON"}, {})
                 return
             try:
-                for one in needed:
-                    verified.require_scope(one)
-            except InsufficientScope as err:
+                for name, arguments in calls:
+                    if self.tool_scopes or self.default_scope is not None:
+                        verified.require_scope(self._scope_for(name))
+                    # The token's own tool-level limits (authorization_details).
+                    verified.check_tool_call(name if isinstance(name, str) else "", arguments)
+            except (InsufficientScope, ToolNotAllowed) as err:
                 await self._refuse(send, err)
                 return
         scope.setdefault("state", {})["tessera"] = verified
@@ -150,25 +157,11 @@ class TesseraMiddleware:
         finally:
             _current.reset(token)
 
-    def _scopes_for(self, body: bytes) -> list[str] | None:
-        """The scopes the MCP ``tools/call`` messages of a body (one message or
-        a batch) need; ``None`` for a body that is not JSON with unique members
-        (refused: what this parser cannot read must not reach a parser that
-        reads it differently). An unmapped tool needs ``default_scope``, or a
-        scope nobody holds."""
-        try:
-            message = json.loads(body, object_pairs_hook=_unique)
-        except (ValueError, RecursionError):
-            return None
-        calls = message if isinstance(message, list) else [message]
-        needed: list[str] = []
-        for call in calls:
-            if isinstance(call, dict) and call.get("method") == "tools/call":
-                params = call.get("params")
-                name = params.get("name") if isinstance(params, dict) else None
-                mapped = self.tool_scopes.get(name) if isinstance(name, str) else None
-                needed.append(mapped or self.default_scope or f"tool:{str(name)[:64]}")
-        return needed
+    def _scope_for(self, name: Any) -> str:
+        """The scope a tool needs. An unmapped tool needs ``default_scope``, or
+        a scope nobody holds."""
+        mapped = self.tool_scopes.get(name) if isinstance(name, str) else None
+        return mapped or self.default_scope or f"tool:{str(name)[:64]}"
 
     async def _refuse(self, send: Send, err: VerifyError) -> None:
         extra = dict(err.headers(self.realm))
@@ -176,6 +169,26 @@ class TesseraMiddleware:
             extra["WWW-Authenticate"] += f', resource_metadata="{self.metadata_url}"'
         body = {"error": err.kind.value, "error_description": err.reason}
         await _json(send, err.status, body, extra)
+
+
+def _tool_calls(body: bytes) -> list[tuple[Any, Any]] | None:
+    """The (tool name, arguments) of the MCP ``tools/call`` messages of a body
+    (one message or a batch); ``None`` for a body that is not JSON with unique
+    members (refused: what this parser cannot read must not reach a parser
+    that reads it differently)."""
+    try:
+        message = json.loads(body, object_pairs_hook=_unique)
+    except (ValueError, RecursionError):
+        return None
+    calls = message if isinstance(message, list) else [message]
+    found: list[tuple[Any, Any]] = []
+    for call in calls:
+        if isinstance(call, dict) and call.get("method") == "tools/call":
+            params = call.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            arguments = params.get("arguments") if isinstance(params, dict) else None
+            found.append((name, arguments))
+    return found
 
 
 class _Headers:

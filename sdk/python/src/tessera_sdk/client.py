@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -188,9 +188,14 @@ class OrchestratorClient:
         task_id: str = "",
         labels: Mapping[str, str] | None = None,
         parent_task_id: str = "",
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> Task:
-        """Opens a task: who may act, with which ceiling (audience → scopes), until when."""
-        req = _core.start_task(agents, scope_ceiling, duration_seconds, deadline, task_id, labels, parent_task_id)
+        """Opens a task: who may act, with which ceiling (audience → scopes), until when.
+        ``authorization_details``: tool-level limits, RFC 9396 ``mcp_tool`` details
+        (see :mod:`tessera_sdk.authz`), each for an audience of the ceiling."""
+        req = _core.start_task(
+            agents, scope_ceiling, duration_seconds, deadline, task_id, labels, parent_task_id, authorization_details
+        )
         return _core.task(self._conn.call(lambda s: s.StartTask(req, timeout=self._timeout)))
 
     def get_task(self, task_id: str) -> Task:

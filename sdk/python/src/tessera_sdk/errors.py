@@ -31,6 +31,7 @@ __all__ = [
     "TesseraError",
     "TokenExpired",
     "TokenRevoked",
+    "ToolNotAllowed",
     "Unavailable",
     "UseDpopNonce",
     "VerifyError",
@@ -144,6 +145,9 @@ class VerifyError(TesseraError):
             return f'DPoP {params}, algs="ES256 EdDSA"'
         if isinstance(self, InsufficientScope):
             return f'Bearer {params}, scope="{_quoted(self.scope)}"'
+        if isinstance(self, ToolNotAllowed):
+            # No scope would help: the limit is the token's authorization_details.
+            return f"Bearer {params}"
         return f'Bearer {params}, DPoP realm="{realm}", algs="ES256 EdDSA"'
 
 
@@ -206,6 +210,14 @@ class InsufficientScope(VerifyError):
     def __init__(self, scope: str) -> None:
         super().__init__(f"token lacks scope `{scope[:128]}`")
         self.scope: Final = scope[:128]
+
+
+class ToolNotAllowed(VerifyError):
+    """The token's tool-level limits (``authorization_details`` of type
+    ``mcp_tool``) do not allow this tool call (403 ``insufficient_scope``);
+    the reason names the tool or argument, never its value."""
+
+    kind = RefusalKind.INSUFFICIENT_SCOPE
 
 
 class Unavailable(VerifyError):

@@ -36,6 +36,7 @@ import jwt
 
 from . import _jose
 from ._pb.tessera.v1 import verifier_pb2, verifier_pb2_grpc
+from .authz import ToolGrant, ToolGrantError, parse_details
 from .dpop import NonceSource, check_proof
 from .errors import (
     CertificateMismatch,
@@ -47,6 +48,7 @@ from .errors import (
     ProofRequired,
     TokenExpired,
     TokenRevoked,
+    ToolNotAllowed,
     Unavailable,
     UseDpopNonce,
 )
@@ -212,6 +214,9 @@ class Verified:
     """The delegation chain's actors, current first; empty when not delegated."""
     binding: str
     """``bearer``, ``dpop`` or ``certificate`` (``cnf.x5t#S256``)."""
+    tool_grants: tuple[ToolGrant, ...] = ()
+    """The token's tool-level limits: its RFC 9396 ``authorization_details``
+    of type ``mcp_tool``. Empty: no tool-level limit (scopes still apply)."""
 
     @property
     def holder(self) -> str:
@@ -247,6 +252,22 @@ class Verified:
         """Raises :class:`InsufficientScope` (403) unless ``scope`` was granted."""
         if scope not in self.scopes:
             raise InsufficientScope(scope)
+
+    def check_tool_call(self, tool: str, args: Any) -> None:
+        """Raises :class:`ToolNotAllowed` (403 ``insufficient_scope``) unless the
+        token allows calling MCP tool ``tool`` with ``args`` (the ``tools/call``
+        arguments, a dict or ``None``): always without ``authorization_details``;
+        otherwise only a tool its detail for this audience lists, with every
+        constrained argument present and within its constraint."""
+        if not self.tool_grants:
+            return
+        mine = [g for g in self.tool_grants if g.server == self.claims["aud"]]
+        if not mine:
+            raise ToolNotAllowed("the token's `authorization_details` name no tools of its audience")
+        try:
+            mine[0].permits(tool, args)
+        except ToolGrantError as err:
+            raise ToolNotAllowed(str(err)) from None
 
 
 class _FeedState:
@@ -744,8 +765,15 @@ class Verifier:
         ancestors = [hop["jti"] for hop in claims.get("tessera_chain") or []]
         with self._lock:
             self._feed.check_token(claims["iat"], claims["jti"], claims["task_id"], ancestors)
+        grants: tuple[ToolGrant, ...] = ()
+        if "authorization_details" in claims:
+            # A limit this verifier cannot read refuses the token, never is ignored.
+            try:
+                grants = tuple(parse_details(claims["authorization_details"]))
+            except ToolGrantError:
+                raise InvalidToken("token claim `authorization_details` is missing or malformed") from None
         binding = self._check_binding(claims, presented, now_s)
-        return Verified(claims=claims, actors=tuple(actors), binding=binding)
+        return Verified(claims=claims, actors=tuple(actors), binding=binding, tool_grants=grants)
 
     def _check_header(self, header_b64: str) -> tuple[str, str]:
         """Shape, members, ``alg``, ``kid`` and ``typ`` of a token header: (alg, kid)."""

@@ -82,6 +82,7 @@ pub(super) fn now() -> DateTime<Utc> {
 /// A task of `orchestrator` for the token-holding identities.
 pub(super) fn task() -> Task {
     Task {
+        tools: Vec::new(),
         id: TaskId::parse("t1").unwrap(),
         orchestrator: id("orchestrator"),
         agents: ["agent", "agent2", "service", "partner", "human", "norole"]

@@ -104,6 +104,7 @@ fn base() -> AccessClaims {
         cnf: None,
         act: None,
         tessera_chain: Vec::new(),
+        authorization_details: Vec::new(),
     }
 }
 

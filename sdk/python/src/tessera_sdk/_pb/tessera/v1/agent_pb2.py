@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tessera/v1/agent.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"\x9b\x01\n\x13RequestTokenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tpop_proof\x18\x05 \x01(\t\x12\x14\n\x0cmtls_binding\x18\x06 \x01(\x08\x42\x0e\n\x0c_ttl_seconds\"{\n\x14RequestTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x17.tessera.v1.IssuedTokenH\x00\x12.\n\x07pending\x18\x02 \x01(\x0b\x32\x1b.tessera.v1.PendingApprovalH\x00\x42\t\n\x07outcome\"\xc1\x02\n\x0bIssuedToken\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12%\n\x05\x63lass\x18\x07 \x01(\x0e\x32\x16.tessera.v1.ScopeClass\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nexpires_in\x18\n \x01(\r\x12\x14\n\x0c\x62last_radius\x18\x0b \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\x0c \x01(\t\"f\n\x0fPendingApproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"+\n\x14\x41waitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"\x80\x01\n\x15\x41waitApprovalResponse\x12\x34\n\rstill_pending\x18\x01 \x01(\x0b\x32\x1b.tessera.v1.PendingApprovalH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tessera.v1.IssuedTokenH\x00\x42\x07\n\x05\x65vent\"\xb7\x01\n\x14\x44\x65legateTokenRequest\x12\x14\n\x0cparent_token\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65legate\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65legate_pop_proof\x18\x07 \x01(\tB\x0e\n\x0c_ttl_seconds\"b\n\x0f\x44\x65legationOffer\x12\r\n\x05offer\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65legate\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x17RedeemDelegationRequest\x12\r\n\x05offer\x18\x01 \x01(\t\x12\x11\n\tpop_proof\x18\x02 \x01(\t\"D\n\x13ReleaseTokenRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"9\n\x14ReleaseTokenResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x32\xfc\x03\n\x0c\x41gentService\x12Q\n\x0cRequestToken\x12\x1f.tessera.v1.RequestTokenRequest\x1a .tessera.v1.RequestTokenResponse\x12V\n\rAwaitApproval\x12 .tessera.v1.AwaitApprovalRequest\x1a!.tessera.v1.AwaitApprovalResponse0\x01\x12J\n\rDelegateToken\x12 .tessera.v1.DelegateTokenRequest\x1a\x17.tessera.v1.IssuedToken\x12P\n\x0fOfferDelegation\x12 .tessera.v1.DelegateTokenRequest\x1a\x1b.tessera.v1.DelegationOffer\x12P\n\x10RedeemDelegation\x12#.tessera.v1.RedeemDelegationRequest\x1a\x17.tessera.v1.IssuedToken\x12Q\n\x0cReleaseToken\x12\x1f.tessera.v1.ReleaseTokenRequest\x1a .tessera.v1.ReleaseTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tessera/v1/agent.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"\xba\x01\n\x13RequestTokenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tpop_proof\x18\x05 \x01(\t\x12\x14\n\x0cmtls_binding\x18\x06 \x01(\x08\x12\x1d\n\x15\x61uthorization_details\x18\x07 \x01(\tB\x0e\n\x0c_ttl_seconds\"{\n\x14RequestTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x17.tessera.v1.IssuedTokenH\x00\x12.\n\x07pending\x18\x02 \x01(\x0b\x32\x1b.tessera.v1.PendingApprovalH\x00\x42\t\n\x07outcome\"\xc1\x02\n\x0bIssuedToken\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12%\n\x05\x63lass\x18\x07 \x01(\x0e\x32\x16.tessera.v1.ScopeClass\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nexpires_in\x18\n \x01(\r\x12\x14\n\x0c\x62last_radius\x18\x0b \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\x0c \x01(\t\"f\n\x0fPendingApproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"+\n\x14\x41waitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"\x80\x01\n\x15\x41waitApprovalResponse\x12\x34\n\rstill_pending\x18\x01 \x01(\x0b\x32\x1b.tessera.v1.PendingApprovalH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tessera.v1.IssuedTokenH\x00\x42\x07\n\x05\x65vent\"\xd6\x01\n\x14\x44\x65legateTokenRequest\x12\x14\n\x0cparent_token\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65legate\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65legate_pop_proof\x18\x07 \x01(\t\x12\x1d\n\x15\x61uthorization_details\x18\x08 \x01(\tB\x0e\n\x0c_ttl_seconds\"b\n\x0f\x44\x65legationOffer\x12\r\n\x05offer\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65legate\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x17RedeemDelegationRequest\x12\r\n\x05offer\x18\x01 \x01(\t\x12\x11\n\tpop_proof\x18\x02 \x01(\t\"D\n\x13ReleaseTokenRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"9\n\x14ReleaseTokenResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x32\xfc\x03\n\x0c\x41gentService\x12Q\n\x0cRequestToken\x12\x1f.tessera.v1.RequestTokenRequest\x1a .tessera.v1.RequestTokenResponse\x12V\n\rAwaitApproval\x12 .tessera.v1.AwaitApprovalRequest\x1a!.tessera.v1.AwaitApprovalResponse0\x01\x12J\n\rDelegateToken\x12 .tessera.v1.DelegateTokenRequest\x1a\x17.tessera.v1.IssuedToken\x12P\n\x0fOfferDelegation\x12 .tessera.v1.DelegateTokenRequest\x1a\x1b.tessera.v1.DelegationOffer\x12P\n\x10RedeemDelegation\x12#.tessera.v1.RedeemDelegationRequest\x1a\x17.tessera.v1.IssuedToken\x12Q\n\x0cReleaseToken\x12\x1f.tessera.v1.ReleaseTokenRequest\x1a .tessera.v1.ReleaseTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.agent_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REQUESTTOKENREQUEST']._serialized_start=97
-  _globals['_REQUESTTOKENREQUEST']._serialized_end=252
-  _globals['_REQUESTTOKENRESPONSE']._serialized_start=254
-  _globals['_REQUESTTOKENRESPONSE']._serialized_end=377
-  _globals['_ISSUEDTOKEN']._serialized_start=380
-  _globals['_ISSUEDTOKEN']._serialized_end=701
-  _globals['_PENDINGAPPROVAL']._serialized_start=703
-  _globals['_PENDINGAPPROVAL']._serialized_end=805
-  _globals['_AWAITAPPROVALREQUEST']._serialized_start=807
-  _globals['_AWAITAPPROVALREQUEST']._serialized_end=850
-  _globals['_AWAITAPPROVALRESPONSE']._serialized_start=853
-  _globals['_AWAITAPPROVALRESPONSE']._serialized_end=981
-  _globals['_DELEGATETOKENREQUEST']._serialized_start=984
-  _globals['_DELEGATETOKENREQUEST']._serialized_end=1167
-  _globals['_DELEGATIONOFFER']._serialized_start=1169
-  _globals['_DELEGATIONOFFER']._serialized_end=1267
-  _globals['_REDEEMDELEGATIONREQUEST']._serialized_start=1269
-  _globals['_REDEEMDELEGATIONREQUEST']._serialized_end=1328
-  _globals['_RELEASETOKENREQUEST']._serialized_start=1330
-  _globals['_RELEASETOKENREQUEST']._serialized_end=1398
-  _globals['_RELEASETOKENRESPONSE']._serialized_start=1400
-  _globals['_RELEASETOKENRESPONSE']._serialized_end=1457
-  _globals['_AGENTSERVICE']._serialized_start=1460
-  _globals['_AGENTSERVICE']._serialized_end=1968
+  _globals['_REQUESTTOKENREQUEST']._serialized_end=283
+  _globals['_REQUESTTOKENRESPONSE']._serialized_start=285
+  _globals['_REQUESTTOKENRESPONSE']._serialized_end=408
+  _globals['_ISSUEDTOKEN']._serialized_start=411
+  _globals['_ISSUEDTOKEN']._serialized_end=732
+  _globals['_PENDINGAPPROVAL']._serialized_start=734
+  _globals['_PENDINGAPPROVAL']._serialized_end=836
+  _globals['_AWAITAPPROVALREQUEST']._serialized_start=838
+  _globals['_AWAITAPPROVALREQUEST']._serialized_end=881
+  _globals['_AWAITAPPROVALRESPONSE']._serialized_start=884
+  _globals['_AWAITAPPROVALRESPONSE']._serialized_end=1012
+  _globals['_DELEGATETOKENREQUEST']._serialized_start=1015
+  _globals['_DELEGATETOKENREQUEST']._serialized_end=1229
+  _globals['_DELEGATIONOFFER']._serialized_start=1231
+  _globals['_DELEGATIONOFFER']._serialized_end=1329
+  _globals['_REDEEMDELEGATIONREQUEST']._serialized_start=1331
+  _globals['_REDEEMDELEGATIONREQUEST']._serialized_end=1390
+  _globals['_RELEASETOKENREQUEST']._serialized_start=1392
+  _globals['_RELEASETOKENREQUEST']._serialized_end=1460
+  _globals['_RELEASETOKENRESPONSE']._serialized_start=1462
+  _globals['_RELEASETOKENRESPONSE']._serialized_end=1519
+  _globals['_AGENTSERVICE']._serialized_start=1522
+  _globals['_AGENTSERVICE']._serialized_end=2030
 # @@protoc_insertion_point(module_scope)

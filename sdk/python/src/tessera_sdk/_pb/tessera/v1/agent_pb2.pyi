@@ -11,20 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RequestTokenRequest(_message.Message):
-    __slots__ = ("task_id", "audience", "scopes", "ttl_seconds", "pop_proof", "mtls_binding")
+    __slots__ = ("task_id", "audience", "scopes", "ttl_seconds", "pop_proof", "mtls_binding", "authorization_details")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POP_PROOF_FIELD_NUMBER: _ClassVar[int]
     MTLS_BINDING_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_DETAILS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     audience: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
     pop_proof: str
     mtls_binding: bool
-    def __init__(self, task_id: _Optional[str] = ..., audience: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., pop_proof: _Optional[str] = ..., mtls_binding: _Optional[bool] = ...) -> None: ...
+    authorization_details: str
+    def __init__(self, task_id: _Optional[str] = ..., audience: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., pop_proof: _Optional[str] = ..., mtls_binding: _Optional[bool] = ..., authorization_details: _Optional[str] = ...) -> None: ...
 
 class RequestTokenResponse(_message.Message):
     __slots__ = ("token", "pending")
@@ -86,7 +88,7 @@ class AwaitApprovalResponse(_message.Message):
     def __init__(self, still_pending: _Optional[_Union[PendingApproval, _Mapping]] = ..., token: _Optional[_Union[IssuedToken, _Mapping]] = ...) -> None: ...
 
 class DelegateTokenRequest(_message.Message):
-    __slots__ = ("parent_token", "delegate", "scopes", "ttl_seconds", "audience", "task_id", "delegate_pop_proof")
+    __slots__ = ("parent_token", "delegate", "scopes", "ttl_seconds", "audience", "task_id", "delegate_pop_proof", "authorization_details")
     PARENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,7 @@ class DelegateTokenRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_POP_PROOF_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_DETAILS_FIELD_NUMBER: _ClassVar[int]
     parent_token: str
     delegate: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
@@ -101,7 +104,8 @@ class DelegateTokenRequest(_message.Message):
     audience: str
     task_id: str
     delegate_pop_proof: str
-    def __init__(self, parent_token: _Optional[str] = ..., delegate: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., audience: _Optional[str] = ..., task_id: _Optional[str] = ..., delegate_pop_proof: _Optional[str] = ...) -> None: ...
+    authorization_details: str
+    def __init__(self, parent_token: _Optional[str] = ..., delegate: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., audience: _Optional[str] = ..., task_id: _Optional[str] = ..., delegate_pop_proof: _Optional[str] = ..., authorization_details: _Optional[str] = ...) -> None: ...
 
 class DelegationOffer(_message.Message):
     __slots__ = ("offer", "delegate", "expires_at")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/common.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1a\n\x08ScopeSet\x12\x0e\n\x06scopes\x18\x01 \x03(\t\"\xff\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0corchestrator\x18\x02 \x01(\t\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12\x39\n\rscope_ceiling\x18\x04 \x03(\x0b\x32\".tessera.v1.Task.ScopeCeilingEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.tessera.v1.Task.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x07 \x01(\t\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.tessera.v1.TaskState\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_grants\x18\x0b \x01(\x04\x1aI\n\x11ScopeCeilingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ScopeSet:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x03\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12%\n\x05\x63lass\x18\x06 \x01(\x0e\x32\x16.tessera.v1.ScopeClass\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fparent_grant_id\x18\t \x01(\t\x12%\n\x05state\x18\n \x01(\x0e\x32\x16.tessera.v1.GrantState\x12.\n\nrevoked_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11revocation_reason\x18\x0c \x01(\t\x12\x0e\n\x06key_id\x18\r \x01(\t\x12\x13\n\x0bhigh_impact\x18\x0e \x01(\x08\x12\x14\n\x0c\x62last_radius\x18\x0f \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\x10 \x01(\t*\x87\x01\n\nScopeClass\x12\x1b\n\x17SCOPE_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14SCOPE_CLASS_DISCOVER\x10\x01\x12\x14\n\x10SCOPE_CLASS_READ\x10\x02\x12\x15\n\x11SCOPE_CLASS_WRITE\x10\x03\x12\x15\n\x11SCOPE_CLASS_ADMIN\x10\x04*\x88\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_ACTIVE\x10\x01\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x02\x12\x16\n\x12TASK_STATE_REVOKED\x10\x03\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x04*s\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_STATE_ACTIVE\x10\x01\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/common.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1a\n\x08ScopeSet\x12\x0e\n\x06scopes\x18\x01 \x03(\t\"\x9e\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0corchestrator\x18\x02 \x01(\t\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12\x39\n\rscope_ceiling\x18\x04 \x03(\x0b\x32\".tessera.v1.Task.ScopeCeilingEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.tessera.v1.Task.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x07 \x01(\t\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.tessera.v1.TaskState\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_grants\x18\x0b \x01(\x04\x12\x1d\n\x15\x61uthorization_details\x18\x0c \x01(\t\x1aI\n\x11ScopeCeilingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ScopeSet:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x03\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12%\n\x05\x63lass\x18\x06 \x01(\x0e\x32\x16.tessera.v1.ScopeClass\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fparent_grant_id\x18\t \x01(\t\x12%\n\x05state\x18\n \x01(\x0e\x32\x16.tessera.v1.GrantState\x12.\n\nrevoked_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11revocation_reason\x18\x0c \x01(\t\x12\x0e\n\x06key_id\x18\r \x01(\t\x12\x13\n\x0bhigh_impact\x18\x0e \x01(\x08\x12\x14\n\x0c\x62last_radius\x18\x0f \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\x10 \x01(\t*\x87\x01\n\nScopeClass\x12\x1b\n\x17SCOPE_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14SCOPE_CLASS_DISCOVER\x10\x01\x12\x14\n\x10SCOPE_CLASS_READ\x10\x02\x12\x15\n\x11SCOPE_CLASS_WRITE\x10\x03\x12\x15\n\x11SCOPE_CLASS_ADMIN\x10\x04*\x88\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_ACTIVE\x10\x01\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x02\x12\x16\n\x12TASK_STATE_REVOKED\x10\x03\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x04*s\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_STATE_ACTIVE\x10\x01\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_SCOPECEILINGENTRY']._serialized_options = b'8\001'
   _globals['_TASK_LABELSENTRY']._loaded_options = None
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SCOPECLASS']._serialized_start=1064
-  _globals['_SCOPECLASS']._serialized_end=1199
-  _globals['_TASKSTATE']._serialized_start=1202
-  _globals['_TASKSTATE']._serialized_end=1338
-  _globals['_GRANTSTATE']._serialized_start=1340
-  _globals['_GRANTSTATE']._serialized_end=1455
+  _globals['_SCOPECLASS']._serialized_start=1095
+  _globals['_SCOPECLASS']._serialized_end=1230
+  _globals['_TASKSTATE']._serialized_start=1233
+  _globals['_TASKSTATE']._serialized_end=1369
+  _globals['_GRANTSTATE']._serialized_start=1371
+  _globals['_GRANTSTATE']._serialized_end=1486
   _globals['_SCOPESET']._serialized_start=72
   _globals['_SCOPESET']._serialized_end=98
   _globals['_TASK']._serialized_start=101
-  _globals['_TASK']._serialized_end=612
-  _globals['_TASK_SCOPECEILINGENTRY']._serialized_start=492
-  _globals['_TASK_SCOPECEILINGENTRY']._serialized_end=565
-  _globals['_TASK_LABELSENTRY']._serialized_start=567
-  _globals['_TASK_LABELSENTRY']._serialized_end=612
-  _globals['_GRANT']._serialized_start=615
-  _globals['_GRANT']._serialized_end=1061
+  _globals['_TASK']._serialized_end=643
+  _globals['_TASK_SCOPECEILINGENTRY']._serialized_start=523
+  _globals['_TASK_SCOPECEILINGENTRY']._serialized_end=596
+  _globals['_TASK_LABELSENTRY']._serialized_start=598
+  _globals['_TASK_LABELSENTRY']._serialized_end=643
+  _globals['_GRANT']._serialized_start=646
+  _globals['_GRANT']._serialized_end=1092
 # @@protoc_insertion_point(module_scope)

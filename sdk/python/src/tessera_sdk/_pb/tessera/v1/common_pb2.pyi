@@ -54,7 +54,7 @@ class ScopeSet(_message.Message):
     def __init__(self, scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "orchestrator", "agents", "scope_ceiling", "deadline", "labels", "parent_task_id", "state", "created_at", "ended_at", "live_grants")
+    __slots__ = ("task_id", "orchestrator", "agents", "scope_ceiling", "deadline", "labels", "parent_task_id", "state", "created_at", "ended_at", "live_grants", "authorization_details")
     class ScopeCeilingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Task(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     LIVE_GRANTS_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_DETAILS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     orchestrator: str
     agents: _containers.RepeatedScalarFieldContainer[str]
@@ -91,7 +92,8 @@ class Task(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     live_grants: int
-    def __init__(self, task_id: _Optional[str] = ..., orchestrator: _Optional[str] = ..., agents: _Optional[_Iterable[str]] = ..., scope_ceiling: _Optional[_Mapping[str, ScopeSet]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_grants: _Optional[int] = ...) -> None: ...
+    authorization_details: str
+    def __init__(self, task_id: _Optional[str] = ..., orchestrator: _Optional[str] = ..., agents: _Optional[_Iterable[str]] = ..., scope_ceiling: _Optional[_Mapping[str, ScopeSet]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_grants: _Optional[int] = ..., authorization_details: _Optional[str] = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("grant_id", "task_id", "subject", "audience", "scopes", "issued_at", "expires_at", "parent_grant_id", "state", "revoked_at", "revocation_reason", "key_id", "high_impact", "blast_radius", "approval_id")

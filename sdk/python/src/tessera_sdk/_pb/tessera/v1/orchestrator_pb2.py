@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/v1/orchestrator.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"\x9e\x03\n\x10StartTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x45\n\rscope_ceiling\x18\x03 \x03(\x0b\x32..tessera.v1.StartTaskRequest.ScopeCeilingEntry\x12.\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1a\n\x10\x64uration_seconds\x18\x05 \x01(\rH\x00\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.tessera.v1.StartTaskRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x07 \x01(\t\x1aI\n\x11ScopeCeilingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ScopeSet:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08lifetime\"6\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"i\n\x14\x43ompleteTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.tessera.v1.Task\x12\x16\n\x0egrants_revoked\x18\x02 \x01(\x04\x12\x19\n\x11\x63hild_tasks_ended\x18\x03 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xde\x01\n\x13OrchestratorService\x12;\n\tStartTask\x12\x1c.tessera.v1.StartTaskRequest\x1a\x10.tessera.v1.Task\x12Q\n\x0c\x43ompleteTask\x12\x1f.tessera.v1.CompleteTaskRequest\x1a .tessera.v1.CompleteTaskResponse\x12\x37\n\x07GetTask\x12\x1a.tessera.v1.GetTaskRequest\x1a\x10.tessera.v1.Taskb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/v1/orchestrator.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"\xbd\x03\n\x10StartTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x45\n\rscope_ceiling\x18\x03 \x03(\x0b\x32..tessera.v1.StartTaskRequest.ScopeCeilingEntry\x12.\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1a\n\x10\x64uration_seconds\x18\x05 \x01(\rH\x00\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.tessera.v1.StartTaskRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x07 \x01(\t\x12\x1d\n\x15\x61uthorization_details\x18\x08 \x01(\t\x1aI\n\x11ScopeCeilingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ScopeSet:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08lifetime\"6\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"i\n\x14\x43ompleteTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.tessera.v1.Task\x12\x16\n\x0egrants_revoked\x18\x02 \x01(\x04\x12\x19\n\x11\x63hild_tasks_ended\x18\x03 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xde\x01\n\x13OrchestratorService\x12;\n\tStartTask\x12\x1c.tessera.v1.StartTaskRequest\x1a\x10.tessera.v1.Task\x12Q\n\x0c\x43ompleteTask\x12\x1f.tessera.v1.CompleteTaskRequest\x1a .tessera.v1.CompleteTaskResponse\x12\x37\n\x07GetTask\x12\x1a.tessera.v1.GetTaskRequest\x1a\x10.tessera.v1.Taskb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTTASKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_STARTTASKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_STARTTASKREQUEST']._serialized_start=104
-  _globals['_STARTTASKREQUEST']._serialized_end=518
-  _globals['_STARTTASKREQUEST_SCOPECEILINGENTRY']._serialized_start=386
-  _globals['_STARTTASKREQUEST_SCOPECEILINGENTRY']._serialized_end=459
-  _globals['_STARTTASKREQUEST_LABELSENTRY']._serialized_start=461
-  _globals['_STARTTASKREQUEST_LABELSENTRY']._serialized_end=506
-  _globals['_COMPLETETASKREQUEST']._serialized_start=520
-  _globals['_COMPLETETASKREQUEST']._serialized_end=574
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=576
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=681
-  _globals['_GETTASKREQUEST']._serialized_start=683
-  _globals['_GETTASKREQUEST']._serialized_end=716
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=719
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=941
+  _globals['_STARTTASKREQUEST']._serialized_end=549
+  _globals['_STARTTASKREQUEST_SCOPECEILINGENTRY']._serialized_start=417
+  _globals['_STARTTASKREQUEST_SCOPECEILINGENTRY']._serialized_end=490
+  _globals['_STARTTASKREQUEST_LABELSENTRY']._serialized_start=492
+  _globals['_STARTTASKREQUEST_LABELSENTRY']._serialized_end=537
+  _globals['_COMPLETETASKREQUEST']._serialized_start=551
+  _globals['_COMPLETETASKREQUEST']._serialized_end=605
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=607
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=712
+  _globals['_GETTASKREQUEST']._serialized_start=714
+  _globals['_GETTASKREQUEST']._serialized_end=747
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=750
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartTaskRequest(_message.Message):
-    __slots__ = ("task_id", "agents", "scope_ceiling", "deadline", "duration_seconds", "labels", "parent_task_id")
+    __slots__ = ("task_id", "agents", "scope_ceiling", "deadline", "duration_seconds", "labels", "parent_task_id", "authorization_details")
     class ScopeCeilingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class StartTaskRequest(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_DETAILS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     agents: _containers.RepeatedScalarFieldContainer[str]
     scope_ceiling: _containers.MessageMap[str, _common_pb2.ScopeSet]
@@ -40,7 +41,8 @@ class StartTaskRequest(_message.Message):
     duration_seconds: int
     labels: _containers.ScalarMap[str, str]
     parent_task_id: str
-    def __init__(self, task_id: _Optional[str] = ..., agents: _Optional[_Iterable[str]] = ..., scope_ceiling: _Optional[_Mapping[str, _common_pb2.ScopeSet]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ...) -> None: ...
+    authorization_details: str
+    def __init__(self, task_id: _Optional[str] = ..., agents: _Optional[_Iterable[str]] = ..., scope_ceiling: _Optional[_Mapping[str, _common_pb2.ScopeSet]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ..., authorization_details: _Optional[str] = ...) -> None: ...
 
 class CompleteTaskRequest(_message.Message):
     __slots__ = ("task_id", "reason")
