@@ -38,8 +38,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_client(setup: Setup, task_id: str) -> dict[str, dict[str, Any]]:
-    """Runs the TypeScript client once; its line per provider."""
+READ = [{"tool": "read_contacts", "arguments": {}}]
+
+
+def run_client(
+    setup: Setup, task_id: str, calls: list[dict[str, Any]] = READ, providers: str = "svid,signed,bearer"
+) -> list[dict[str, Any]]:
+    """Runs the TypeScript client once: its line per provider and call."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "NODE_EXTRA_CA_CERTS": str(setup.broker.dir / "ca.pem"),
@@ -47,7 +52,8 @@ def run_client(setup: Setup, task_id: str) -> dict[str, dict[str, Any]]:
         "MCP_URL": setup.mcp_url,
         "ISSUER": setup.issuer,
         "TASK_ID": task_id,
-        "TOOL": "read_contacts",
+        "CALLS": json.dumps(calls),
+        "PROVIDERS": providers,
         "SCOPE": TOOLS_READ,
         "SVID_CLIENT": AGENT,
         "SVID": setup.svid(setup.issuer),
@@ -64,7 +70,10 @@ def run_client(setup: Setup, task_id: str) -> dict[str, dict[str, Any]]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def by_provider(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {line["provider"]: line for line in lines}
 
 
@@ -73,7 +82,7 @@ def test_the_typescript_mcp_client_gets_task_bound_tessera_tokens(mcp_setup: Set
     orch = OrchestratorClient(setup.broker.endpoint, setup.broker.identity("orchestrator"))
     task = orch.start_task([AGENT, SIGNER], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600)
 
-    answers = run_client(setup, task.task_id)
+    answers = by_provider(run_client(setup, task.task_id))
     assert set(answers) == {"svid", "signed", "bearer"}, answers
     for name, answer in answers.items():
         assert answer["ok"], (name, answer)
@@ -101,7 +110,45 @@ def test_the_typescript_mcp_client_gets_task_bound_tessera_tokens(mcp_setup: Set
     # The task completes: no token for it any more, so no tool call.
     orch.complete_task(task.task_id)
     orch.close()
-    after = run_client(setup, task.task_id)
+    after = by_provider(run_client(setup, task.task_id))
+    assert set(after) == {"svid", "signed", "bearer"}, after
     for name, answer in after.items():
         assert not answer["ok"], (name, answer)
         assert any(r.startswith("400 ") and r.endswith("/oauth/token") for r in answer["requested"]), answer
+
+
+def test_the_typescript_mcp_client_is_held_to_the_tool_limits_of_its_token(
+    mcp_setup: Setup,  # noqa: F811 - the fixture
+) -> None:
+    """A task limited at tool level (RFC 9396 ``mcp_tool``): the token the
+    TypeScript client gets carries the limit, an allowed tool with allowed
+    arguments goes through, and the MCP server answers 403
+    ``insufficient_scope`` to a disallowed argument value and to a tool the
+    token does not list."""
+    setup = mcp_setup
+    ceiling = {
+        "type": "mcp_tool",
+        "server": setup.mcp_url,
+        "tools": ["read_contacts", "transfer"],
+        "constraints": {"transfer": {"amount": {"max": 500}, "repo": {"eq": "acme/site"}}},
+    }
+    orch = OrchestratorClient(setup.broker.endpoint, setup.broker.identity("orchestrator"))
+    task = orch.start_task(
+        [SIGNER], {setup.mcp_url: [TOOLS_READ]}, duration_seconds=600, authorization_details=[ceiling]
+    )
+    orch.close()
+    calls = [
+        {"tool": "transfer", "arguments": {"amount": 120, "repo": "acme/site"}},
+        {"tool": "transfer", "arguments": {"amount": 900, "repo": "acme/site"}},
+        {"tool": "transfer", "arguments": {"amount": 120, "repo": "acme/other"}},
+        {"tool": "delete_repo", "arguments": {"repo": "acme/site"}},
+    ]
+    allowed, too_much, other_repo, unlisted = run_client(setup, task.task_id, calls, providers="signed")
+    assert allowed["ok"], allowed
+    assert "sent 120" in allowed["text"], allowed
+    for refused in (too_much, other_repo, unlisted):
+        assert not refused["ok"], refused
+        assert f"403 {setup.mcp_url}" in refused["requested"], refused
+        assert f"200 {setup.issuer}/oauth/token" in refused["requested"], (
+            "a token was issued, then refused by the tool server"
+        )

@@ -16,13 +16,15 @@
 // `authorization_details` of type `tessera_task`).
 //
 // Input (environment): MCP_SDK_DIR (where `npm ci` installed the SDK),
-// MCP_URL, ISSUER, TASK_ID, TOOL, SVID_CLIENT, SVID and SVID_BEARER (two
-// JWT-SVIDs for the token endpoint: each is used once), SIGNER_CLIENT,
-// SIGNER_PEM (PKCS#8). The dev CA comes in
-// through NODE_EXTRA_CA_CERTS. Output: one JSON line per provider,
-// {"provider", "ok", "text"} or {"provider", "ok": false, "error"},
-// and the URLs it requested, so the test can check the discovery. Never a
-// token.
+// MCP_URL, ISSUER, TASK_ID, SCOPE, CALLS (a JSON list of {tool, arguments}),
+// PROVIDERS (the names below to use, comma-separated), SVID_CLIENT, SVID and
+// SVID_BEARER (two JWT-SVIDs for the token endpoint: each is used once),
+// SIGNER_CLIENT, SIGNER_PEM (PKCS#8). The dev CA comes in through
+// NODE_EXTRA_CA_CERTS. Each call runs with a fresh provider (so a fresh
+// token). Output: one JSON line per provider and call, {"provider", "tool",
+// "ok", "text"} or {..., "ok": false, "error"}, with the status and URL of
+// every request it made, so the test can check the discovery and who
+// refused. Never a token.
 
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -103,24 +105,29 @@ const providers = {
     }),
 };
 
-for (const [name, make] of Object.entries(providers)) {
-  requested.length = 0;
-  const client = new Client({ name: "tessera-ts-test", version: "1.0.0" });
-  const transport = new StreamableHTTPClientTransport(new URL(env("MCP_URL")), {
-    authProvider: make(),
-    fetch: recordingFetch,
-  });
-  let line;
-  try {
-    await client.connect(transport);
-    const result = await client.callTool({ name: env("TOOL"), arguments: {} });
-    const text = (result.content ?? []).map((block) => block.text ?? "").join(" ");
-    line = { provider: name, ok: !result.isError, text };
-  } catch (err) {
-    line = { provider: name, ok: false, error: String(err?.message ?? err) };
-  } finally {
-    await client.close().catch(() => {});
+const calls = JSON.parse(env("CALLS"));
+for (const name of env("PROVIDERS").split(",")) {
+  const make = providers[name];
+  if (!make) throw new Error(`no provider ${name}`);
+  for (const { tool, arguments: args } of calls) {
+    requested.length = 0;
+    const client = new Client({ name: "tessera-ts-test", version: "1.0.0" });
+    const transport = new StreamableHTTPClientTransport(new URL(env("MCP_URL")), {
+      authProvider: make(),
+      fetch: recordingFetch,
+    });
+    let line;
+    try {
+      await client.connect(transport);
+      const result = await client.callTool({ name: tool, arguments: args });
+      const text = (result.content ?? []).map((block) => block.text ?? "").join(" ");
+      line = { provider: name, tool, ok: !result.isError, text };
+    } catch (err) {
+      line = { provider: name, tool, ok: false, error: String(err?.message ?? err) };
+    } finally {
+      await client.close().catch(() => {});
+    }
+    line.requested = requested.map(({ url, status }) => `${status} ${url}`);
+    process.stdout.write(`${JSON.stringify(line)}\n`);
   }
-  line.requested = requested.map(({ url, status }) => `${status} ${url}`);
-  process.stdout.write(`${JSON.stringify(line)}\n`);
 }
