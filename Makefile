@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
+.PHONY: screenshots help build install example-server example-agent example-mcp-server run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ example-server: build ## The example CRM API protected by the SDK verifier (EXAM
 
 example-agent: build ## The example agent calling make example-server (EXAMPLE_SERVER, default 127.0.0.1:8081)
 	$(BIN)/agent
+
+example-mcp-server: build ## The example MCP server (rmcp) protected by the SDK's tower layer (MCP_LISTEN, default 127.0.0.1:8090)
+	$(BIN)/mcp-server
 
 $(DEV_DIR)/tesserad.toml:
 	$(BIN)/tessera dev init --dir $(DEV_DIR)
@@ -137,7 +140,7 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
 			: "--workspace, not -p: the same feature set as above, so nothing is rebuilt"; \
 			: "not image: tests/e2e/image.rs always runs its broker on a real redis-server"; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths --test mcp_layer || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
 
