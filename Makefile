@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: screenshots help build install example-server example-agent example-mcp-server run demo test test-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
+.PHONY: screenshots help build install example-server example-agent example-mcp-server run demo test test-tools node-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -130,7 +130,7 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests, the Python SDK
+test: deps redis test-tools node-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests, the Python SDK
 	$(CARGO) build --locked --workspace --bins
 	@: "The Python SDK first: it also makes the venv the http_facade test reuses."
 	@$(MAKE) --no-print-directory python-run
@@ -143,6 +143,30 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths --test mcp_layer || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
+
+# The TypeScript MCP SDK's client test (tests/e2e/mcp_layer.rs runs
+# tests/mcp-js/client.mjs with Debian's node): the SDK at the version
+# tests/mcp-js/package-lock.json pins, installed once into the cache (no
+# build step, no install scripts); reinstalled when the lock file changes.
+MCP_JS_DIR ?= $(HOME)/.cache/tessera/mcp-js
+node-tools: ## Install node and npm (Debian) and the TypeScript MCP SDK the MCP client test uses, into ~/.cache/tessera/mcp-js
+	@set -e; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
+	missing=; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
+		echo "Installing$$missing from Debian's packages"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	if ! cmp -s tests/mcp-js/package-lock.json $(MCP_JS_DIR)/.installed-lock.json; then \
+		mkdir -p $(MCP_JS_DIR); \
+		cp tests/mcp-js/package.json tests/mcp-js/package-lock.json $(MCP_JS_DIR)/; \
+		(cd $(MCP_JS_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error); \
+		cp tests/mcp-js/package-lock.json $(MCP_JS_DIR)/.installed-lock.json; \
+	fi
 
 # ---- Python SDK (sdk/python) ----
 # One venv for every Python the tests run: the SDK's checks and tests, and the

@@ -5,7 +5,11 @@
 //! 403 `insufficient_scope` and the scope to ask for; a DPoP-bound token
 //! needs its proof (for this URL, and binding the body when the server
 //! requires `content_digest`); the task's completion by the orchestrator
-//! revokes the token at the server.
+//! revokes the token at the server. Last, the TypeScript MCP SDK's client
+//! (`tests/mcp-js/client.mjs`, Debian's node, the SDK `make node-tools`
+//! installs) finds the broker from the server's metadata, gets a token with
+//! `client_credentials` and `private_key_jwt`, calls a tool, is refused one
+//! outside its task, and is refused after the task is completed.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,10 +37,11 @@ struct McpServer {
 }
 
 impl McpServer {
-    fn start(broker: &Broker, listen: &str, require_digest: bool) -> Self {
+    fn start(broker: &Broker, listen: &str, require_digest: bool, issuer: &str) -> Self {
         let mut child = Command::new(bin_dir().join("mcp-server"))
             .env("TESSERA_DEV_DIR", broker.dir.path())
             .env("TESSERA_ENDPOINT", broker.endpoint())
+            .env("TESSERA_ISSUER", issuer)
             .env("MCP_LISTEN", listen)
             .env("MCP_REQUIRE_CONTENT_DIGEST", if require_digest { "1" } else { "0" })
             .stdin(Stdio::null())
@@ -137,17 +142,30 @@ impl Answer {
     }
 }
 
-/// A broker whose catalog has the MCP server's URL as an API, and the
-/// server on that (free, loopback) port.
-async fn setup(tag: &str, require_digest: bool) -> (Broker, McpServer, String) {
-    // The server's URL is the API's audience: pick its port first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// A broker whose catalog has the MCP server's URL as an API, and the
+/// server on that (free, loopback) port.
+async fn setup(tag: &str, require_digest: bool) -> (Broker, McpServer, String) {
+    setup_with(dev_init(tag), require_digest, "", &[]).await
+}
+
+/// [`setup`] on `dir`, with `extra` configuration and `env` for the broker.
+async fn setup_with(
+    dir: TempDir,
+    require_digest: bool,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Broker, McpServer, String) {
+    // The server's URL is the API's audience: pick its port first.
+    let port = free_port();
     let audience = format!("http://127.0.0.1:{port}/mcp");
-    let dir = dev_init(tag);
     attestation::append_config(
         dir.path(),
         &format!(
@@ -155,11 +173,16 @@ async fn setup(tag: &str, require_digest: bool) -> (Broker, McpServer, String) {
 audience = "{audience}"
 verifiers = ["spiffe://{TD}/service/api-gateway"]
 scopes = {{ "crm.read" = "read", "payments.refund" = "write" }}
-"#
+{extra}"#
         ),
     );
-    let broker = Broker::start_in(dir, &[]);
-    let server = McpServer::start(&broker, &format!("127.0.0.1:{port}"), require_digest);
+    let issuer = env
+        .iter()
+        .find(|(k, _)| *k == "TESSERA_TOKENS__ISSUER")
+        .map_or(ISSUER, |(_, v)| *v)
+        .to_owned();
+    let broker = Broker::start_in(dir, env);
+    let server = McpServer::start(&broker, &format!("127.0.0.1:{port}"), require_digest, &issuer);
     assert_eq!(server.url(), audience);
     // The server synchronised its feed before it said it listens; a token
     // minted in that second would be below its sync floor.
@@ -405,4 +428,146 @@ async fn a_server_requiring_content_digest_refuses_a_proof_for_another_body() {
         .unwrap();
     let served = send(bound_proof).await;
     assert_eq!(served.status, 200, "{served:?}");
+}
+
+/// Where `make node-tools` installs the TypeScript MCP SDK (tests/mcp-js).
+fn mcp_js_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("TESSERA_MCP_JS_DIR").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/tessera/mcp-js"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk/package.json").exists(),
+        "the TypeScript MCP SDK is not installed in {}: run `make node-tools` (make test does)",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_mcp_client_gets_a_token_by_private_key_jwt_and_is_refused_after_the_task() {
+    let js = mcp_js_dir();
+    // The broker's issuer is its facade's URL: the SDK fetches the RFC 8414
+    // metadata from the issuer the MCP server's RFC 9728 metadata names.
+    let oauth_port = free_port();
+    let issuer = format!("https://127.0.0.1:{oauth_port}");
+    let client_id = format!("spiffe://{TD}/agent/mcp-signer");
+    let key = PopKey::generate().unwrap();
+    let mut jwk = key.public_jwk();
+    jwk["kid"] = "signer-1".into();
+    jwk["use"] = "sig".into();
+    let dir = dev_init("mcp-js");
+    std::fs::write(dir.path().join("mcp-signer.jwks"), json!({"keys": [jwk]}).to_string()).unwrap();
+    let key_file = dir.path().join("mcp-signer.key.pem");
+    std::fs::write(&key_file, key.to_pkcs8_pem().as_bytes()).unwrap();
+    let extra = format!(
+        r#"
+[[identities]]
+id = "{client_id}"
+kind = "agent"
+owner = "team-research"
+roles = ["agent"]
+max_ttl = "10m"
+client_jwks_file = "mcp-signer.jwks"
+"#
+    );
+    let listen = format!("127.0.0.1:{oauth_port}");
+    let (broker, server, audience) = setup_with(
+        dir,
+        false,
+        &extra,
+        &[
+            ("TESSERA_OAUTH__LISTEN", &listen),
+            ("TESSERA_OAUTH__PUBLIC_URL", &issuer),
+            ("TESSERA_TOKENS__ISSUER", &issuer),
+        ],
+    )
+    .await;
+    let mut request = task("mcp-js", &audience, &["crm.read"]);
+    request.agents = vec![client_id.clone()];
+    broker.start_task(request).await;
+
+    let mut child = Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp-js/client.mjs"))
+        .env("MCP_JS_DIR", &js)
+        .env("MCP_URL", server.url())
+        .env("ISSUER", &issuer)
+        .env("CLIENT_ID", &client_id)
+        .env("CLIENT_KEY", &key_file)
+        .env("TASK_ID", "mcp-js")
+        .env("SCOPE", "crm.read")
+        .env("NODE_EXTRA_CA_CERTS", broker.dir.path().join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (make node-tools installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    // Each step has a deadline: a client stuck in its OAuth flow fails the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |want: &str| {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no {want} from the client: {e}"));
+        assert!(line.starts_with(want), "expected {want}, got {line}");
+        line
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(next("TOOLS"), "TOOLS crm.read,payments.refund");
+        assert!(next("CALLED").contains("Ada Lovelace"));
+        // Outside the task's ceiling: refused (the SDK may try to step up,
+        // and the broker refuses the wider scope).
+        next("REFUND_REFUSED");
+    }));
+    if let Err(panic) = outcome {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("--- node stderr ---\n{}", errors.join().unwrap());
+        std::panic::resume_unwind(panic);
+    }
+    broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "mcp-js".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(stdin, "completed").unwrap();
+    // The SDK asked for a new token after the 401, and the broker refused it.
+    let revoked = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next("REVOKED"))) {
+        Ok(line) => line,
+        Err(panic) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("--- node stderr ---\n{}", errors.join().unwrap());
+            std::panic::resume_unwind(panic);
+        }
+    };
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let stderr = errors.join().unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(revoked.contains("completed"), "{revoked}");
+    assert!(find_secret(&revoked).is_none(), "{revoked}");
+    // The token endpoint recorded the grant type and client authentication.
+    let audit = std::fs::read_to_string(&broker.audit).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("client_credentials") && l.contains("private_key_jwt")),
+        "no audit record of the client_credentials grant"
+    );
 }
