@@ -194,6 +194,10 @@ impl ResourceLayer {
     }
 
     /// A request for exactly `path` (and `method`, when given) needs `scope`.
+    /// The path is compared as sent, neither percent-decoded nor normalised:
+    /// give the inner router no other spelling of it (axum routes the raw
+    /// path too), or check the scope in the handler with the [`Verified`]
+    /// grant from the request's extensions.
     pub fn route_scope(self, method: Option<Method>, path: impl Into<String>, scope: impl Into<String>) -> Self {
         self.edit(|s| {
             s.route_scopes.push(RouteScope {
