@@ -10,7 +10,7 @@ DEV_DIR ?= .tessera-dev
 # make install puts tessera and tesserad in $(PREFIX)/bin.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: screenshots help build install example-server example-agent run demo test test-tools test-python python-venv python-run mcp-ts bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
+.PHONY: screenshots help build install example-server example-agent example-mcp-server run demo test test-tools node-tools test-python python-venv python-run bench-python fmt fmt-check clippy unit e2e check-deps deps redis redis-check redis-reap clean bench bench-quick bench-deps bench-build image image-tools k8s-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ example-server: build ## The example CRM API protected by the SDK verifier (EXAM
 example-agent: build ## The example agent calling make example-server (EXAMPLE_SERVER, default 127.0.0.1:8081)
 	$(BIN)/agent
 
+example-mcp-server: build ## The example MCP server (rmcp) protected by the SDK's tower layer (MCP_LISTEN, default 127.0.0.1:8090)
+	$(BIN)/mcp-server
+
 $(DEV_DIR)/tesserad.toml:
 	$(BIN)/tessera dev init --dir $(DEV_DIR)
 
@@ -119,8 +122,6 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v buildah >/dev/null || missing="$$missing buildah"; \
-	command -v node >/dev/null || missing="$$missing nodejs"; \
-	command -v npm >/dev/null || missing="$$missing npm"; \
 	[ -f /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
@@ -129,7 +130,7 @@ test-tools: ## Install what the tests need besides redis: a TTF font, python3-ve
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests, the Python SDK
+test: deps redis test-tools node-tools fmt-check check-deps clippy ## Everything CI checks: fmt, deps, clippy, unit and end-to-end tests, the Python SDK
 	$(CARGO) build --locked --workspace --bins
 	@: "The Python SDK first: it also makes the venv the http_facade test reuses."
 	@$(MAKE) --no-print-directory python-run
@@ -139,9 +140,35 @@ test: deps redis test-tools fmt-check check-deps clippy ## Everything CI checks:
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
 			: "--workspace, not -p: the same feature set as above, so nothing is rebuilt"; \
 			: "not image: tests/e2e/image.rs always runs its broker on a real redis-server"; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths --test mcp_layer || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
+
+# The TypeScript MCP SDK's client tests (tests/e2e/mcp_layer.rs runs
+# tests/mcp-js/client.mjs against the Rust example MCP server, and
+# sdk/python/tests/test_mcp_typescript.py runs its mcp_ts/client.mjs against
+# the Python one, both with Debian's node): the SDK at the version
+# tests/mcp-js/package-lock.json pins, installed once into the cache (no
+# build step, no install scripts); reinstalled when the lock file changes.
+MCP_JS_DIR ?= $(HOME)/.cache/tessera/mcp-js
+node-tools: ## Install node and npm (Debian) and the TypeScript MCP SDK the MCP client test uses, into ~/.cache/tessera/mcp-js
+	@set -e; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=false; fi; \
+	missing=; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "missing:$$missing (install them yourself)" >&2; exit 1; }; \
+		echo "Installing$$missing from Debian's packages"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	if ! cmp -s tests/mcp-js/package-lock.json $(MCP_JS_DIR)/.installed-lock.json; then \
+		mkdir -p $(MCP_JS_DIR); \
+		cp tests/mcp-js/package.json tests/mcp-js/package-lock.json $(MCP_JS_DIR)/; \
+		(cd $(MCP_JS_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error); \
+		cp tests/mcp-js/package-lock.json $(MCP_JS_DIR)/.installed-lock.json; \
+	fi
 
 # ---- Python SDK (sdk/python) ----
 # One venv for every Python the tests run: the SDK's checks and tests, and the
@@ -153,11 +180,7 @@ PY_SDK := sdk/python
 # The venv's editable install follows the checkout that last ran make
 # python-venv (its stamp names it); PYTHONPATH: this checkout's sources win in
 # make's own runs whichever checkout that was.
-PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN) TESSERA_MCP_TS_DIR=$(MCP_TS_DIR)
-# The TypeScript MCP SDK for tests/test_mcp_typescript.py: npm ci of the
-# pinned lockfile, again only when the lockfile changes.
-MCP_TS_DIR ?= $(HOME)/.cache/tessera/mcp-ts
-MCP_TS_LOCK := $(PY_SDK)/tests/mcp_ts/package-lock.json
+PY_ENV = cd $(PY_SDK) && PYTHONPATH=src TESSERA_BIN=$(BIN) TESSERA_MCP_JS_DIR=$(MCP_JS_DIR)
 
 python-venv: test-tools ## Make (once) the Python venv and install the SDK with its test tools from PyPI
 	@set -e; stamp=$(PY_VENV)/.tessera-sdk-installed; here=$$(cd $(PY_SDK) && pwd -P); \
@@ -176,15 +199,7 @@ python-venv: test-tools ## Make (once) the Python venv and install the SDK with 
 
 # ruff, mypy --strict and pytest, the end-to-end tests on the memory store and
 # on a real redis-server, against the tesserad and tessera already in $(BIN).
-mcp-ts: test-tools ## Install (once) the TypeScript MCP SDK the Python tests drive with Node, from the pinned lockfile
-	@set -e; mkdir -p $(MCP_TS_DIR); \
-	if ! cmp -s $(MCP_TS_LOCK) $(MCP_TS_DIR)/package-lock.json || [ ! -d $(MCP_TS_DIR)/node_modules/@modelcontextprotocol/sdk ]; then \
-		echo "Installing the TypeScript MCP SDK into $(MCP_TS_DIR)"; \
-		cp $(PY_SDK)/tests/mcp_ts/package.json $(MCP_TS_LOCK) $(MCP_TS_DIR)/; \
-		cd $(MCP_TS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
-	fi
-
-python-run: python-venv redis mcp-ts
+python-run: python-venv redis node-tools
 	@test -x $(BIN)/tesserad -a -x $(BIN)/tessera || { echo "$(BIN)/tesserad missing: run make build" >&2; exit 1; }
 	@echo "== Python SDK: ruff, mypy --strict, pytest (memory, then redis) =="
 	$(PY_ENV) $(PY_VENV)/bin/ruff check --quiet src tests scripts examples bench

@@ -30,6 +30,8 @@ mod channel;
 mod connect;
 mod error;
 mod identity;
+#[cfg(feature = "tower")]
+pub mod layer;
 pub mod orchestrator;
 mod pin;
 mod pop;

@@ -11,6 +11,16 @@
 //! a bounded `jti`, and `ath` when an access token is presented with it.
 //! Single use of `jti` needs shared state and is the caller's (see
 //! [`VerifiedProof::replay_until`]).
+//!
+//! A resource server that has the request's body may also bind the proof to
+//! it ([`verify_proof_with_content`], [`ContentCheck`]): the optional claim
+//! [`CONTENT_DIGEST_CLAIM`] (`content_digest`) carries the RFC 9530
+//! `Content-Digest` value of the body, `sha-256=:<base64>:`; when the
+//! verifier is given the body, a proof carrying the claim must name that
+//! body's digest, and a verifier configured to require it refuses a proof
+//! without one. (The claim was proposed by early drafts of the MCP DPoP
+//! profile, SEP-1932, and dropped from its current draft; Tessera keeps it
+//! as an opt-in check, see docs/OPERATIONS.md.)
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,7 +34,7 @@ mod binding;
 mod key;
 pub mod nonce;
 
-pub use binding::{BindingError, Bound, Presentation, check_binding};
+pub use binding::{BindingError, Bound, Presentation, check_binding, check_binding_with_content};
 pub use key::ProofKey;
 pub use nonce::NonceSource;
 
@@ -37,6 +47,77 @@ pub const MAX_PROOF_JTI_LEN: usize = 128;
 /// How old a proof any verifier accepts (by its `iat`); a longer
 /// configured age is cut to this.
 pub const PROOF_MAX_AGE: Duration = Duration::seconds(60);
+
+/// The optional proof claim binding the request body (see the module docs).
+pub const CONTENT_DIGEST_CLAIM: &str = "content_digest";
+/// Longest `content_digest` value read, in bytes (one sha-256 member is 53).
+const MAX_CONTENT_DIGEST_LEN: usize = 128;
+
+/// What a proof's `content_digest` claim is checked against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContentCheck<'a> {
+    /// The request's body, when the caller has it: a proof carrying
+    /// `content_digest` must name its SHA-256. `None`: the claim's form is
+    /// checked but not its value (the broker's gRPC calls have no body).
+    pub body: Option<&'a [u8]>,
+    /// Refuse a proof without `content_digest` (and refuse every proof when
+    /// `body` is `None`: what cannot be checked is not accepted).
+    pub required: bool,
+}
+
+impl ContentCheck<'_> {
+    /// No body, nothing required: RFC 9449's proof check alone.
+    pub const NONE: ContentCheck<'static> = ContentCheck {
+        body: None,
+        required: false,
+    };
+}
+
+/// The RFC 9530 `Content-Digest` field value of `body` with SHA-256 alone,
+/// `sha-256=:<base64>:`: the value of a proof's `content_digest` claim.
+pub fn content_digest(body: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    )
+}
+
+/// Checks a proof's `content_digest` claim against `content`.
+fn check_content_digest(claim: Option<&str>, content: &ContentCheck<'_>) -> Result<(), ProofError> {
+    let Some(claim) = claim else {
+        return if content.required {
+            Err(ProofError::ContentDigest("the proof has no `content_digest`"))
+        } else {
+            Ok(())
+        };
+    };
+    // Exactly one sha-256 member with a canonical base64 byte sequence: a
+    // value this check cannot read is refused, never skipped.
+    let digest = (claim.len() <= MAX_CONTENT_DIGEST_LEN)
+        .then(|| claim.strip_prefix("sha-256=:")?.strip_suffix(':'))
+        .flatten()
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .filter(|d| d.len() == 32)
+        .ok_or(ProofError::ContentDigest(
+            "`content_digest` is not `sha-256=:<base64 of 32 bytes>:`",
+        ))?;
+    match content.body {
+        Some(body) => {
+            if ring::digest::digest(&ring::digest::SHA256, body).as_ref() == digest.as_slice() {
+                Ok(())
+            } else {
+                Err(ProofError::ContentDigest(
+                    "`content_digest` is not the digest of the request body",
+                ))
+            }
+        }
+        None if content.required => Err(ProofError::ContentDigest(
+            "no request body to check `content_digest` against",
+        )),
+        None => Ok(()),
+    }
+}
 
 /// What a proof must be for.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +213,10 @@ pub enum ProofError {
     /// The proof is by another key than the one the token is bound to.
     #[error("proof key is not the key the token is bound to")]
     WrongKey,
+    /// `content_digest` is missing where required, malformed, or not the
+    /// digest of the request body.
+    #[error("proof `content_digest` refused: {0}")]
+    ContentDigest(&'static str),
 }
 
 impl ProofError {
@@ -170,6 +255,7 @@ struct RawClaims {
     iat: Option<i64>,
     ath: Option<String>,
     nonce: Option<String>,
+    content_digest: Option<String>,
 }
 
 /// JWK members a public key may carry; anything else (a private `d`, a
@@ -178,6 +264,16 @@ const PUBLIC_MEMBERS: [&str; 7] = ["kty", "crv", "x", "y", "alg", "use", "kid"];
 
 /// Verifies `proof` for `check`. See the module docs for the rules.
 pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof, ProofError> {
+    verify_proof_with_content(proof, check, &ContentCheck::NONE)
+}
+
+/// [`verify_proof`], and the proof's `content_digest` against `content`
+/// (see [`ContentCheck`]): the one proof check, with or without a body.
+pub fn verify_proof_with_content(
+    proof: &str,
+    check: &ProofCheck<'_>,
+    content: &ContentCheck<'_>,
+) -> Result<VerifiedProof, ProofError> {
     const SEGMENTS: &str = "expected three dot-separated base64url segments";
     if proof.len() > MAX_PROOF_LEN {
         return Err(ProofError::TooLong);
@@ -276,6 +372,7 @@ pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof
     if claims.nonce.as_ref().is_some_and(|n| n.is_empty() || n.len() > 256) {
         return Err(ProofError::Malformed("`nonce` is empty or longer than 256 bytes"));
     }
+    check_content_digest(claims.content_digest.as_deref(), content)?;
     Ok(VerifiedProof {
         jkt: jwk.thumbprint(),
         jti,
@@ -350,6 +447,50 @@ pub fn sign_proof_with_nonce(
     access_token: Option<&str>,
     nonce: Option<&str>,
 ) -> Result<String, KeyError> {
+    sign_proof_claims(
+        key,
+        &ProofClaims {
+            htm,
+            htu,
+            jti,
+            iat,
+            access_token,
+            nonce,
+            body: None,
+        },
+    )
+}
+
+/// The claims of a proof to sign with [`sign_proof_claims`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProofClaims<'a> {
+    /// `htm`.
+    pub htm: &'a str,
+    /// `htu`.
+    pub htu: &'a str,
+    /// `jti`.
+    pub jti: &'a str,
+    /// `iat`.
+    pub iat: DateTime<Utc>,
+    /// The access token presented with the proof: its hash is `ath`.
+    pub access_token: Option<&'a str>,
+    /// The server-provided `nonce` (RFC 9449 section 8).
+    pub nonce: Option<&'a str>,
+    /// The request body, whose [`content_digest`] the proof then carries.
+    pub body: Option<&'a [u8]>,
+}
+
+/// A proof of exactly `claims`, signed by `key`.
+pub fn sign_proof_claims(key: &SigningKey, claims: &ProofClaims<'_>) -> Result<String, KeyError> {
+    let ProofClaims {
+        htm,
+        htu,
+        jti,
+        iat,
+        access_token,
+        nonce,
+        body,
+    } = *claims;
     let header = serde_json::json!({ "typ": PROOF_TYP, "alg": key.algorithm().as_jose(), "jwk": public_members(key) });
     let mut claims = serde_json::json!({ "jti": jti, "htm": htm, "htu": htu, "iat": iat.timestamp() });
     if let (Some(token), Some(map)) = (access_token, claims.as_object_mut()) {
@@ -357,6 +498,9 @@ pub fn sign_proof_with_nonce(
     }
     if let (Some(nonce), Some(map)) = (nonce, claims.as_object_mut()) {
         map.insert("nonce".into(), nonce.into());
+    }
+    if let (Some(body), Some(map)) = (body, claims.as_object_mut()) {
+        map.insert(CONTENT_DIGEST_CLAIM.into(), content_digest(body).into());
     }
     let header = serde_json::to_vec(&header).map_err(KeyError::Claims)?;
     let claims = serde_json::to_vec(&claims).map_err(KeyError::Claims)?;
@@ -382,10 +526,21 @@ fn public_members(key: &SigningKey) -> serde_json::Value {
 /// presented token, so `ath` is required) and its key's thumbprint is `jkt`.
 /// The `jti`'s single use is the caller's (see [`VerifiedProof::replay_id`]).
 pub fn check_key_binding(jkt: &str, proof: &str, check: &ProofCheck<'_>) -> Result<VerifiedProof, ProofError> {
+    check_key_binding_with_content(jkt, proof, check, &ContentCheck::NONE)
+}
+
+/// [`check_key_binding`] with the proof's `content_digest` checked against
+/// `content`.
+pub fn check_key_binding_with_content(
+    jkt: &str,
+    proof: &str,
+    check: &ProofCheck<'_>,
+    content: &ContentCheck<'_>,
+) -> Result<VerifiedProof, ProofError> {
     if check.access_token.is_none() {
         return Err(ProofError::AccessTokenHash);
     }
-    let verified = verify_proof(proof, check)?;
+    let verified = verify_proof_with_content(proof, check, content)?;
     // Thumbprints are public; a plain comparison leaks nothing secret.
     if verified.jkt != jkt {
         return Err(ProofError::WrongKey);

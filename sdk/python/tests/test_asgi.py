@@ -4,6 +4,7 @@ ASGI transport, with tokens from the test issuer."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from typing import Any
@@ -19,9 +20,9 @@ BASE = "https://mcp.example.com"
 TOOLS = {"read": "crm.contacts.read", "write": "crm.contacts.write"}
 
 
-def setup() -> tuple[Issuer, TesseraMiddleware, list[str]]:
+def setup(**over: Any) -> tuple[Issuer, TesseraMiddleware, list[str]]:
     issuer = Issuer()
-    verifier = Verifier.offline(config())
+    verifier = Verifier.offline(config(**over))
     verifier.load_jwks(issuer.jwks())
     verifier.ingest(heartbeat(int(time.time()) - 10), fresh=True)
     seen: list[str] = []
@@ -102,6 +103,23 @@ def test_dpop_bound_tokens_need_a_proof_for_the_public_url() -> None:
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith("DPoP ")
     assert refused.json()["error"] == "invalid_dpop_proof"
+
+
+def test_the_proof_binds_the_body_it_came_with() -> None:
+    issuer, middleware, seen = setup(require_content_digest=True)
+    key = DpopKey()
+    token = issuer.token(cnf={"jkt": key.thumbprint})
+    body = json.dumps(call("read")).encode()
+    url = BASE + "/mcp"
+    signed = {"Authorization": f"DPoP {token}", "DPoP": key.proof("POST", url, token, body=body)}
+    assert post(middleware, signed, body).status_code == 200
+    # The same kind of proof over another body, or one without a digest: refused.
+    for proof in (key.proof("POST", url, token, body=b"{}"), key.proof("POST", url, token)):
+        refused = post(middleware, {"Authorization": f"DPoP {token}", "DPoP": proof}, body)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_dpop_proof"
+        assert "content_digest" in refused.json()["error_description"]
+    assert len(seen) == 1
 
 
 def test_no_token_another_audience_and_a_stale_feed() -> None:

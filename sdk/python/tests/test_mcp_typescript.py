@@ -2,9 +2,10 @@
 Node) with Tessera as the authorization server of an MCP server (issue 21).
 
 The same MCP server and broker as ``test_mcp_oauth.py`` (its fixture); the
-client is ``tests/mcp_ts/client.mjs``, with the SDK that ``make test``
-installs by ``npm ci`` from ``tests/mcp_ts/package-lock.json`` into
-``~/.cache/tessera/mcp-ts`` (``TESSERA_MCP_TS_DIR``). It discovers the broker
+client is ``tests/mcp_ts/client.mjs``, with the SDK that ``make node-tools``
+(part of ``make test``) installs by ``npm ci`` from the repository's
+``tests/mcp-js/package-lock.json`` into ``~/.cache/tessera/mcp-js``
+(``TESSERA_MCP_JS_DIR``), the same install ``tests/e2e/mcp_layer.rs`` uses. It discovers the broker
 from the server's RFC 9728 metadata, gets task-bound tokens by
 ``client_credentials`` with a JWT-SVID client assertion and with
 ``private_key_jwt`` signed by the SDK, and by ``jwt-bearer`` with a JWT-SVID
@@ -30,12 +31,13 @@ from .test_mcp_oauth import AGENT, SIGNER, TOOLS_READ, Setup
 from .test_mcp_oauth import setup as mcp_setup  # noqa: F401 - the same fixture, under this name
 
 CLIENT = pathlib.Path(__file__).parent / "mcp_ts" / "client.mjs"
-SDK_DIR = pathlib.Path(os.environ.get("TESSERA_MCP_TS_DIR", pathlib.Path.home() / ".cache/tessera/mcp-ts"))
+SDK_DIR = pathlib.Path(os.environ.get("TESSERA_MCP_JS_DIR", pathlib.Path.home() / ".cache/tessera/mcp-js"))
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (SDK_DIR / "node_modules/@modelcontextprotocol/sdk").is_dir(),
-    reason="the TypeScript MCP SDK is not installed (make test installs Node and the SDK)",
-)
+
+@pytest.fixture(autouse=True)
+def _sdk_installed() -> None:
+    if shutil.which("node") is None or not (SDK_DIR / "node_modules/@modelcontextprotocol/sdk").is_dir():
+        pytest.fail(f"the TypeScript MCP SDK is not installed in {SDK_DIR}: run `make node-tools` (make test does)")
 
 
 READ = [{"tool": "read_contacts", "arguments": {}}]

@@ -154,13 +154,26 @@ impl VerifyError {
 
     /// The value of a `WWW-Authenticate` header for this refusal (RFC 6750
     /// section 3, RFC 9449 section 7.1), or `None` for 503. Offers both
-    /// schemes; `algs` lists the DPoP proof algorithms accepted.
+    /// schemes; `algs` lists the DPoP proof algorithms accepted. An
+    /// `insufficient_scope` refusal names the `scope` needed (RFC 6750
+    /// section 3.1), so a client can step up.
     pub fn www_authenticate(&self, realm: &str) -> Option<String> {
-        let realm = realm.replace(['"', '\\'], "");
+        self.www_authenticate_with(realm, None)
+    }
+
+    /// [`VerifyError::www_authenticate`] with the RFC 9728 section 5.1
+    /// `resource_metadata` parameter (the URL of this resource server's
+    /// protected-resource metadata) in every challenge, so a client can
+    /// discover the authorization server from the refusal.
+    pub fn www_authenticate_with(&self, realm: &str, resource_metadata: Option<&str>) -> Option<String> {
+        let realm = quotable(realm);
         let code = self.kind().error_code()?;
         // The description is our own fixed text; strip quotes defensively.
-        let description = self.to_string().replace(['"', '\\'], "");
-        let params = format!(r#"realm="{realm}", error="{code}", error_description="{description}""#);
+        let description = quotable(&self.to_string());
+        let metadata = resource_metadata
+            .map(|url| format!(r#", resource_metadata="{}""#, quotable(url)))
+            .unwrap_or_default();
+        let params = format!(r#"realm="{realm}", error="{code}", error_description="{description}"{metadata}"#);
         Some(match self {
             Self::Proof(_)
             | Self::ProofReplayed
@@ -170,15 +183,21 @@ impl VerifyError {
                 format!(r#"DPoP {params}, algs="ES256 EdDSA""#)
             }
             Self::InsufficientScope(scope) => {
-                let scope = scope.replace(['"', '\\'], "");
+                let scope = quotable(scope);
                 format!(r#"Bearer {params}, scope="{scope}""#)
             }
             // No scope would help: the limit is in the token's
             // `authorization_details`; a new token with a wider one might.
             Self::ToolNotAllowed(_) => format!("Bearer {params}"),
-            _ => format!(r#"Bearer {params}, DPoP realm="{realm}", algs="ES256 EdDSA""#),
+            _ => format!(r#"Bearer {params}, DPoP realm="{realm}"{metadata}, algs="ES256 EdDSA""#),
         })
     }
+}
+
+/// `value` without the characters that would end or escape a quoted string
+/// (RFC 9110 section 5.6.4) or break the header line.
+fn quotable(value: &str) -> String {
+    value.replace(['"', '\\'], "").replace(|c: char| c.is_control(), "")
 }
 
 impl From<JwsError> for VerifyError {

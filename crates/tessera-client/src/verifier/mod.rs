@@ -23,7 +23,11 @@
 //!    fresh, with `ath` = the token's hash; or the caller's TLS certificate
 //!    for `cnf.x5t#S256` (RFC 8705). Last, the proof's `jti` must never
 //!    have been seen (this verifier's replay cache, or the [`ReplayStore`]
-//!    its replicas share).
+//!    its replicas share). Given the request body
+//!    ([`Verifier::verify_with_body`]), a proof's `content_digest` claim
+//!    must be the body's RFC 9530 digest, and `require_content_digest`
+//!    refuses a DPoP proof without one (core's
+//!    [`tessera_core::pop::ContentCheck`]).
 //!
 //! [`Verifier::connect`] keeps the JWKS and the revocation set current from
 //! the broker's `VerifierService` (see [`feed`]). Nothing here logs or
@@ -45,7 +49,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_core::pop::{Bound, NonceSource, PROOF_MAX_AGE, Presentation, check_binding};
+use tessera_core::pop::{Bound, ContentCheck, NonceSource, PROOF_MAX_AGE, Presentation, check_binding_with_content};
 use tessera_core::token::{AccessCheck, Algorithm, Jwk, JwsError, MAX_CHAIN_LEN, MAX_LEEWAY_SECS, check_access_token};
 
 pub use error::{RefusalKind, VerifierConfigError, VerifyError};
@@ -58,7 +62,8 @@ pub use tessera_core::authz::{ToolGrant, ToolGrantError};
 /// The DPoP proof key and signer are core's, one for the SDK, the CLI and
 /// the broker's tests; `DpopKey` is the SDK's `PopKey`.
 pub use tessera_core::pop::{
-    MAX_PROOF_LEN, PROOF_TYP as DPOP_TYP, ProofKey as DpopKey, access_token_hash, normalize_htu,
+    CONTENT_DIGEST_CLAIM, MAX_PROOF_LEN, PROOF_TYP as DPOP_TYP, ProofKey as DpopKey, access_token_hash, content_digest,
+    normalize_htu,
 };
 /// The claims of a Tessera access token, as core reads them for the broker
 /// and this verifier alike.
@@ -118,6 +123,11 @@ pub struct VerifierConfig {
     pub max_revocations: usize,
     /// Refuse bearer tokens: every token must carry `cnf`.
     pub require_bound: bool,
+    /// Refuse a DPoP proof that does not bind the request body by its
+    /// `content_digest` claim (`sha-256=:<base64>:`, RFC 9530); the body
+    /// must then be given ([`Verifier::verify_with_body`]). Without this, a
+    /// proof carrying the claim is still checked against a given body.
+    pub require_content_digest: bool,
     /// An unknown `kid` triggers a JWKS refresh at most this often.
     pub jwks_min_refresh: Duration,
     /// The JWKS is refreshed this often regardless, so withdrawn keys go.
@@ -143,6 +153,7 @@ impl VerifierConfig {
             dpop_nonce: None,
             max_revocations: 1_000_000,
             require_bound: false,
+            require_content_digest: false,
             jwks_min_refresh: Duration::from_secs(1),
             jwks_refresh: Duration::from_secs(60),
         }
@@ -456,11 +467,22 @@ impl Verifier {
     /// Verifies a presented token. On an unknown `kid` it refreshes the
     /// JWKS once (rate-bounded) and tries again.
     pub async fn verify(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
+        self.verify_inner(presented, None).await
+    }
+
+    /// [`Verifier::verify`] for a request whose `body` the caller has: a
+    /// DPoP proof's `content_digest` must be its digest (and is required
+    /// with `require_content_digest`).
+    pub async fn verify_with_body(&self, presented: &Presented<'_>, body: &[u8]) -> Result<Verified, VerifyError> {
+        self.verify_inner(presented, Some(body)).await
+    }
+
+    async fn verify_inner(&self, presented: &Presented<'_>, body: Option<&[u8]>) -> Result<Verified, VerifyError> {
         let shared = &self.inner.shared;
-        let checked = match shared.check(presented) {
+        let checked = match shared.check(presented, body) {
             Err(VerifyError::Token(JwsError::UnknownKey)) if shared.client.is_some() => {
                 if shared.refresh_keys_on_demand().await {
-                    shared.check(presented)
+                    shared.check(presented, body)
                 } else {
                     Err(VerifyError::Token(JwsError::UnknownKey))
                 }
@@ -478,13 +500,18 @@ impl Verifier {
     /// (so with a shared [`ReplayStore`] it refuses DPoP proofs: use
     /// [`Verifier::verify`]).
     pub fn verify_cached(&self, presented: &Presented<'_>) -> Result<Verified, VerifyError> {
-        let checked = self.inner.shared.check(presented)?;
+        let checked = self.inner.shared.check(presented, None)?;
         if checked.unspent.is_some() {
             return Err(VerifyError::ReplayStoreUnavailable(
                 "a shared replay store is asked by Verifier::verify, not verify_cached".into(),
             ));
         }
         Ok(checked.verified)
+    }
+
+    /// What this verifier accepts (its audience is the resource it protects).
+    pub fn config(&self) -> &VerifierConfig {
+        &self.inner.shared.config
     }
 
     /// The DPoP nonce to send now in a `DPoP-Nonce` header, when
@@ -582,7 +609,7 @@ impl Shared {
 
     /// Every check; a DPoP proof is spent here in the local cache, or
     /// returned unspent for the shared store.
-    fn check(&self, presented: &Presented<'_>) -> Result<Checked, VerifyError> {
+    fn check(&self, presented: &Presented<'_>, body: Option<&[u8]>) -> Result<Checked, VerifyError> {
         let now = self.clock.now();
         let token = presented.token;
         if token.is_empty() {
@@ -610,7 +637,7 @@ impl Shared {
         )?;
 
         // Proof of possession.
-        let (binding, unspent) = self.check_binding(&claims, presented, now)?;
+        let (binding, unspent) = self.check_binding(&claims, presented, body, now)?;
         let actors = claims
             .act
             .as_ref()
@@ -630,6 +657,7 @@ impl Shared {
         &self,
         claims: &TokenClaims,
         presented: &Presented<'_>,
+        body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<(Binding, Option<SpentProof>), VerifyError> {
         if claims.cnf.is_none() && self.config.require_bound {
@@ -646,38 +674,44 @@ impl Shared {
             max_age: self.dpop_max_age,
             leeway: chrono::Duration::seconds(self.leeway_secs),
         };
-        Ok(match check_binding(claims.cnf.as_ref(), &presentation)? {
-            Bound::Bearer => (Binding::Bearer, None),
-            Bound::Certificate => (Binding::Certificate, None),
-            Bound::Dpop(proof) => {
-                if let Some(nonces) = &self.config.dpop_nonce
-                    && !proof.nonce.as_deref().is_some_and(|n| nonces.check(n, now))
-                {
-                    return Err(VerifyError::UseDpopNonce);
-                }
-                // Last: a proof is spent only by a request that passed every check.
-                let until = (proof.replay_until(self.dpop_max_age) + presentation.leeway).timestamp();
-                match &self.replay {
-                    Replay::Local(cache) => {
-                        cache.lock().unwrap_or_else(PoisonError::into_inner).record(
-                            proof.replay_id(),
-                            until,
-                            now.timestamp(),
-                        )?;
-                        (Binding::Dpop, None)
+        let content = ContentCheck {
+            body,
+            required: self.config.require_content_digest,
+        };
+        Ok(
+            match check_binding_with_content(claims.cnf.as_ref(), &presentation, &content)? {
+                Bound::Bearer => (Binding::Bearer, None),
+                Bound::Certificate => (Binding::Certificate, None),
+                Bound::Dpop(proof) => {
+                    if let Some(nonces) = &self.config.dpop_nonce
+                        && !proof.nonce.as_deref().is_some_and(|n| nonces.check(n, now))
+                    {
+                        return Err(VerifyError::UseDpopNonce);
                     }
-                    Replay::Shared(_) => {
-                        let spent = SpentProof {
-                            jkt: proof.jkt,
-                            jti: proof.jti,
-                            until,
-                            now: now.timestamp(),
-                        };
-                        (Binding::Dpop, Some(spent))
+                    // Last: a proof is spent only by a request that passed every check.
+                    let until = (proof.replay_until(self.dpop_max_age) + presentation.leeway).timestamp();
+                    match &self.replay {
+                        Replay::Local(cache) => {
+                            cache.lock().unwrap_or_else(PoisonError::into_inner).record(
+                                proof.replay_id(),
+                                until,
+                                now.timestamp(),
+                            )?;
+                            (Binding::Dpop, None)
+                        }
+                        Replay::Shared(_) => {
+                            let spent = SpentProof {
+                                jkt: proof.jkt,
+                                jti: proof.jti,
+                                until,
+                                now: now.timestamp(),
+                            };
+                            (Binding::Dpop, Some(spent))
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn load_keys(&self, jwks: &[Jwk]) -> usize {

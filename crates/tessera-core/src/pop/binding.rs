@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{ProofCheck, ProofError, VerifiedProof, certificate_matches, check_key_binding};
+use super::{ContentCheck, ProofCheck, ProofError, VerifiedProof, certificate_matches, check_key_binding_with_content};
 use crate::error::ErrorKind;
 use crate::token::Confirmation;
 
@@ -78,6 +78,16 @@ impl BindingError {
 /// Checks that `presented` proves `cnf` (the verified token's); `None` is a
 /// bearer token, which must not come with the `DPoP` scheme.
 pub fn check_binding(cnf: Option<&Confirmation>, presented: &Presentation<'_>) -> Result<Bound, BindingError> {
+    check_binding_with_content(cnf, presented, &ContentCheck::NONE)
+}
+
+/// [`check_binding`], with a DPoP proof's `content_digest` checked against
+/// `content` (a certificate or bearer token has no proof to carry it).
+pub fn check_binding_with_content(
+    cnf: Option<&Confirmation>,
+    presented: &Presentation<'_>,
+    content: &ContentCheck<'_>,
+) -> Result<Bound, BindingError> {
     match cnf {
         None if presented.dpop_scheme => Err(BindingError::DpopSchemeWithoutKey),
         None => Ok(Bound::Bearer),
@@ -103,7 +113,9 @@ pub fn check_binding(cnf: Option<&Confirmation>, presented: &Presentation<'_>) -
                 leeway: presented.leeway,
                 access_token: Some(presented.access_token),
             };
-            Ok(Bound::Dpop(check_key_binding(jkt, proof, &check)?))
+            Ok(Bound::Dpop(check_key_binding_with_content(
+                jkt, proof, &check, content,
+            )?))
         }
     }
 }

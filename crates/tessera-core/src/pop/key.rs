@@ -126,6 +126,29 @@ impl ProofKey {
         super::sign_proof_with_nonce(&self.key, htm, htu, &self.random_jti()?, iat, access_token, Some(nonce))
     }
 
+    /// A proof for `htm` `htu` now, bound to the request `body` by its
+    /// `content_digest` (see [`super::ContentCheck`]), with `ath` when
+    /// presenting `access_token` and the server's `nonce` when it asked.
+    pub fn proof_for_body(
+        &self,
+        htm: &str,
+        htu: &str,
+        body: &[u8],
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, KeyError> {
+        let claims = super::ProofClaims {
+            htm,
+            htu,
+            jti: &self.random_jti()?,
+            iat: SystemClock.now(),
+            access_token,
+            nonce,
+            body: Some(body),
+        };
+        super::sign_proof_claims(&self.key, &claims)
+    }
+
     /// 128 random bits, base64url: a `jti` no other proof has.
     fn random_jti(&self) -> Result<String, KeyError> {
         let mut jti = [0u8; 16];

@@ -421,3 +421,251 @@ fn check_binding_matches_the_confirmation() {
         Err(BindingError::CertificateRequired)
     );
 }
+
+/// `tests/vectors/content_digest.json`: the `content_digest` cases every
+/// verifier (this crate, the Python SDK's `dpop.check_proof`) must decide
+/// alike. Ed25519 signatures are deterministic, so the file is exactly what
+/// this table signs; `TESSERA_WRITE_GOLDEN=1` rewrites it.
+mod content_digest_vectors {
+    use super::*;
+
+    const HTU: &str = "https://mcp.test/mcp";
+    const TOKEN: &str = "an-access-token-for-the-vectors";
+    const BODY: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"payments.refund","arguments":{"amount":40}}}"#;
+    const OTHER: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"payments.refund","arguments":{"amount":4000}}}"#;
+
+    fn path() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/content_digest.json")
+    }
+
+    /// (name, `content_digest` claim or none, body given, required, accepted)
+    type Case = (&'static str, Option<String>, Option<&'static [u8]>, bool, bool);
+
+    fn cases() -> Vec<Case> {
+        let digest = content_digest(BODY);
+        let sha512 = format!(
+            "sha-512=:{}:",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 64])
+        );
+        vec![
+            (
+                "digest of the body, body given",
+                Some(digest.clone()),
+                Some(BODY),
+                false,
+                true,
+            ),
+            (
+                "digest of the body, required",
+                Some(digest.clone()),
+                Some(BODY),
+                true,
+                true,
+            ),
+            (
+                "digest of another body",
+                Some(content_digest(OTHER)),
+                Some(BODY),
+                false,
+                false,
+            ),
+            (
+                "digest of another body, required",
+                Some(content_digest(OTHER)),
+                Some(BODY),
+                true,
+                false,
+            ),
+            (
+                "digest, no body to check, not required",
+                Some(digest.clone()),
+                None,
+                false,
+                true,
+            ),
+            (
+                "digest, no body to check, required",
+                Some(digest.clone()),
+                None,
+                true,
+                false,
+            ),
+            ("no digest, not required", None, Some(BODY), false, true),
+            ("no digest, required", None, Some(BODY), true, false),
+            (
+                "digest of the empty body",
+                Some(content_digest(b"")),
+                Some(b""),
+                true,
+                true,
+            ),
+            (
+                "empty body, digest of another",
+                Some(digest.clone()),
+                Some(b""),
+                false,
+                false,
+            ),
+            ("sha-512 only", Some(sha512.clone()), Some(BODY), false, false),
+            (
+                "two members",
+                Some(format!("{digest}, {sha512}")),
+                Some(BODY),
+                false,
+                false,
+            ),
+            (
+                "malformed even without a body",
+                Some("sha-256=:not base64:".into()),
+                None,
+                false,
+                false,
+            ),
+            ("short digest", Some("sha-256=:AAAA:".into()), Some(BODY), false, false),
+            (
+                "unpadded base64",
+                Some(digest.trim_end_matches(':').trim_end_matches('=').to_owned() + ":"),
+                Some(BODY),
+                false,
+                false,
+            ),
+            (
+                "upper-case algorithm",
+                Some(digest.replacen("sha-256", "SHA-256", 1)),
+                Some(BODY),
+                false,
+                false,
+            ),
+            (
+                "hex instead of base64",
+                Some(format!("sha-256=:{}:", "ab".repeat(32))),
+                Some(BODY),
+                false,
+                false,
+            ),
+        ]
+    }
+
+    fn table() -> serde_json::Value {
+        let key = ed25519();
+        let cases: Vec<serde_json::Value> = cases()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, digest, body, required, accepted))| {
+                let mut claims = serde_json::json!({
+                    "jti": format!("vector-{i}"), "htm": "POST", "htu": HTU,
+                    "iat": t0().timestamp(), "ath": access_token_hash(TOKEN),
+                });
+                if let Some(digest) = digest {
+                    claims[CONTENT_DIGEST_CLAIM] = digest.into();
+                }
+                let header = serde_json::json!({"typ": PROOF_TYP, "alg": "EdDSA", "jwk": public(&key)});
+                serde_json::json!({
+                    "name": name,
+                    "proof": raw(&key, &header, &claims),
+                    "body": body.map(|b| String::from_utf8(b.to_vec()).unwrap()),
+                    "required": required,
+                    "expected": if accepted { "accept" } else { "reject" },
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "about": "Tessera's DPoP `content_digest` vectors (crates/tessera-core/src/pop/tests.rs, TESSERA_WRITE_GOLDEN=1 rewrites it). Check each proof on its own (no replay cache) for `htm` POST, `htu`, the `access_token` (its `ath`), key thumbprint `jkt`, at `now` with `max_age_secs` and `leeway_secs`, against the request `body` (UTF-8; null: the verifier has no body) and `required`; it must get `expected`. The key is a throwaway test key.",
+            "htm": "POST",
+            "htu": HTU,
+            "access_token": TOKEN,
+            "jkt": key.kid(),
+            "now": t0().timestamp(),
+            "max_age_secs": 60,
+            "leeway_secs": 5,
+            "cases": cases,
+        })
+    }
+
+    #[test]
+    fn the_committed_file_is_this_table_and_every_case_gets_its_verdict() {
+        let table = table();
+        let text = serde_json::to_string_pretty(&table).unwrap() + "\n";
+        if std::env::var_os("TESSERA_WRITE_GOLDEN").is_some() {
+            std::fs::write(path(), &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(path()).expect("TESSERA_WRITE_GOLDEN=1 writes it");
+        assert_eq!(committed, text, "tests/vectors/content_digest.json is not the table");
+        let check = ProofCheck {
+            htm: "POST",
+            htu: HTU,
+            now: t0(),
+            max_age: PROOF_MAX_AGE,
+            leeway: Duration::seconds(5),
+            access_token: Some(TOKEN),
+        };
+        let jkt = table["jkt"].as_str().unwrap();
+        let (mut accepted, mut refused) = (0, 0);
+        for case in table["cases"].as_array().unwrap() {
+            let body = case["body"].as_str().map(str::as_bytes);
+            let content = ContentCheck {
+                body,
+                required: case["required"].as_bool().unwrap(),
+            };
+            let verdict = check_key_binding_with_content(jkt, case["proof"].as_str().unwrap(), &check, &content);
+            match case["expected"].as_str().unwrap() {
+                "accept" => {
+                    assert!(verdict.is_ok(), "{}: {verdict:?}", case["name"]);
+                    accepted += 1;
+                }
+                _ => {
+                    assert!(
+                        matches!(verdict, Err(ProofError::ContentDigest(_))),
+                        "{}: {verdict:?}",
+                        case["name"]
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert!(accepted >= 5 && refused >= 10);
+    }
+
+    #[test]
+    fn a_signed_body_proof_verifies_and_the_plain_check_ignores_its_digest() {
+        let key = ProofKey::generate().unwrap();
+        let proof = key.proof_for_body("POST", HTU, BODY, Some(TOKEN), None).unwrap();
+        let check = ProofCheck {
+            htm: "POST",
+            htu: HTU,
+            now: crate::clock::Clock::now(&crate::clock::SystemClock),
+            max_age: PROOF_MAX_AGE,
+            leeway: Duration::seconds(5),
+            access_token: Some(TOKEN),
+        };
+        let with = |body: &'static [u8]| ContentCheck {
+            body: Some(body),
+            required: true,
+        };
+        assert!(verify_proof_with_content(&proof, &check, &with(BODY)).is_ok());
+        assert!(matches!(
+            verify_proof_with_content(&proof, &check, &with(OTHER)),
+            Err(ProofError::ContentDigest(_))
+        ));
+        // The broker (no body) reads the claim's form only.
+        assert!(verify_proof(&proof, &check).is_ok());
+        // Through the binding check, as the SDK verifier calls it.
+        let presented = Presentation {
+            access_token: TOKEN,
+            dpop_scheme: true,
+            proof: Some(&proof),
+            htm: "POST",
+            htu: HTU,
+            client_cert_der: None,
+            now: check.now,
+            max_age: PROOF_MAX_AGE,
+            leeway: Duration::seconds(5),
+        };
+        let cnf = Confirmation::Jkt(key.thumbprint().to_owned());
+        assert!(check_binding_with_content(Some(&cnf), &presented, &with(BODY)).is_ok());
+        assert!(matches!(
+            check_binding_with_content(Some(&cnf), &presented, &with(OTHER)),
+            Err(BindingError::Proof(ProofError::ContentDigest(_)))
+        ));
+    }
+}

@@ -120,6 +120,7 @@ fn binding_code(e: &BindingError) -> &'static str {
             ProofError::AccessTokenHash => "proof_wrong_ath",
             ProofError::Replayed => "proof_replayed",
             ProofError::WrongKey => "proof_wrong_key",
+            ProofError::ContentDigest(_) => "proof_content_digest",
         },
     }
 }

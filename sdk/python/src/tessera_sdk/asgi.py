@@ -2,8 +2,10 @@
 that protects an app with a :class:`~tessera_sdk.Verifier`.
 
 For every request but the RFC 9728 metadata it verifies the token — with the
-DPoP proof of a bound token, for the request's method and its URL as the
-client addressed it (``public_url`` + path) — and answers a refusal itself:
+DPoP proof of a bound token, for the request's method, its URL as the client
+addressed it (``public_url`` + path) and its body (a proof's ``content_digest``,
+see :class:`~tessera_sdk.VerifierConfig` ``require_content_digest``; the body
+is read first, at most :data:`MAX_BODY` bytes) — and answers a refusal itself:
 401/403/503 with ``WWW-Authenticate`` (naming the metadata URL). For an MCP
 ``tools/call`` it also requires the scope mapped to the tool (``tool_scopes``)
 and answers ``insufficient_scope`` with that scope; and when the token carries
@@ -30,6 +32,7 @@ is refused (401 ``invalid_token``), never accepted as a bearer token.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
@@ -124,19 +127,23 @@ class TesseraMiddleware:
         url = self.public_url + (raw_path.decode("latin-1") if isinstance(raw_path, bytes) else path)
         try:
             cert = self.client_cert(scope)
-            verified = await self.verifier.verify_async(
-                Presented.from_headers(
-                    headers.get("authorization"), headers.get_all("dpop"), method, url, client_cert=cert
-                )
+            # The token's form first: an anonymous caller gets no body read.
+            presented = Presented.from_headers(
+                headers.get("authorization"), headers.get_all("dpop"), method, url, client_cert=cert
             )
         except VerifyError as err:
             await self._refuse(send, err)
             return
+        body, receive = await _buffer(receive)
+        if body is None:
+            await _json(send, 413, {"error": "request body too large"}, {})
+            return
+        try:
+            verified = await self.verifier.verify_async(dataclasses.replace(presented, body=body))
+        except VerifyError as err:
+            await self._refuse(send, err)
+            return
         if method == "POST" and (self.tool_scopes or self.default_scope is not None or verified.tool_grants):
-            body, receive = await _buffer(receive)
-            if body is None:
-                await _json(send, 413, {"error": "request body too large"}, {})
-                return
             calls = _tool_calls(body)
             if calls is None:
                 await _json(send, 400, {"error": "invalid_request", "error_description": "body is not JSON"}, {})

@@ -8,6 +8,7 @@ is at most 4 KiB, its ``jti`` at most 128 printable ASCII characters, its
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -23,6 +24,7 @@ from . import _jose
 from .errors import InvalidProof
 
 __all__ = [
+    "CONTENT_DIGEST_CLAIM",
     "DPOP_TYP",
     "MAX_PROOF_JTI_LEN",
     "MAX_PROOF_LEN",
@@ -31,11 +33,16 @@ __all__ = [
     "DpopKey",
     "access_token_hash",
     "check_proof",
+    "content_digest",
     "normalize_htu",
 ]
 
 DPOP_TYP: Final = "dpop+jwt"
 MAX_PROOF_LEN: Final = 4096
+CONTENT_DIGEST_CLAIM: Final = "content_digest"
+"""The optional proof claim binding the request body (as tessera-core's): the
+RFC 9530 ``Content-Digest`` value ``sha-256=:<base64>:`` of the body."""
+_MAX_CONTENT_DIGEST_LEN: Final = 128
 MAX_PROOF_JTI_LEN: Final = 128
 PROOF_MAX_AGE: Final = 60
 """The oldest proof accepted, in seconds by its ``iat`` (tessera-core's bound)."""
@@ -72,11 +79,19 @@ class DpopKey:
         return self._thumbprint
 
     def proof(
-        self, htm: str, htu: str, access_token: str | None = None, *, iat: int | None = None, nonce: str | None = None
+        self,
+        htm: str,
+        htu: str,
+        access_token: str | None = None,
+        *,
+        iat: int | None = None,
+        nonce: str | None = None,
+        body: bytes | None = None,
     ) -> str:
         """A fresh proof for ``htm`` ``htu`` (for the broker: ``POST`` and the
-        gRPC method path), with ``ath`` when presenting ``access_token`` and
-        the server's ``nonce`` when it asked for one (``DPoP-Nonce``)."""
+        gRPC method path), with ``ath`` when presenting ``access_token``, the
+        server's ``nonce`` when it asked for one (``DPoP-Nonce``), and the
+        ``content_digest`` of the request ``body`` when given."""
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(16),
             "htm": htm,
@@ -87,10 +102,49 @@ class DpopKey:
             claims["ath"] = _jose.access_token_hash(access_token)
         if nonce is not None:
             claims["nonce"] = nonce
+        if body is not None:
+            claims[CONTENT_DIGEST_CLAIM] = content_digest(body)
         return jwt.encode(claims, self._key, algorithm="ES256", headers={"typ": DPOP_TYP, "jwk": self._jwk})
 
     def __repr__(self) -> str:
         return f"DpopKey(jkt={self._thumbprint!r})"
+
+
+def content_digest(body: bytes) -> str:
+    """The RFC 9530 ``Content-Digest`` value of ``body`` with SHA-256 alone:
+    ``sha-256=:<base64>:``, a proof's ``content_digest``."""
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii") + ":"
+
+
+def _check_content_digest(claim: object, body: bytes | None, required: bool) -> None:
+    """As tessera-core's ``check_content_digest``: a missing claim is refused
+    only when required; a present one must be exactly one sha-256 member in
+    canonical base64 and, when the body is given, its digest; without a body
+    it is refused when required (what cannot be checked is not accepted)."""
+    if claim is None:
+        if required:
+            raise _fail("proof `content_digest` refused: the proof has no `content_digest`")
+        return
+    digest: bytes | None = None
+    if isinstance(claim, str) and len(claim) <= _MAX_CONTENT_DIGEST_LEN:
+        b64 = claim.removeprefix("sha-256=:")
+        if b64 != claim and b64.endswith(":"):
+            b64 = b64[:-1]
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raw = b""
+            # Canonical only (padding and trailing bits), as Rust's STANDARD engine.
+            if len(raw) == 32 and base64.b64encode(raw).decode("ascii") == b64:
+                digest = raw
+    if digest is None:
+        raise _fail("proof `content_digest` refused: `content_digest` is not `sha-256=:<base64 of 32 bytes>:`")
+    if body is None:
+        if required:
+            raise _fail("proof `content_digest` refused: no request body to check `content_digest` against")
+        return
+    if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+        raise _fail("proof `content_digest` refused: `content_digest` is not the digest of the request body")
 
 
 def normalize_htu(url: str) -> str | None:
@@ -145,9 +199,13 @@ def check_proof(
     now: int,
     max_age: int,
     leeway: int,
+    body: bytes | None = None,
+    require_content_digest: bool = False,
 ) -> CheckedProof:
     """Checks a proof presented with a ``cnf.jkt``-bound token (RFC 9449
-    section 4.3 without a server nonce). Replay is the caller's, last."""
+    section 4.3 without a server nonce), and its ``content_digest`` against
+    the request ``body`` when given (required with ``require_content_digest``).
+    Replay is the caller's, last."""
     if len(proof.encode()) > MAX_PROOF_LEN:
         raise _fail("proof is too long")
     try:
@@ -217,6 +275,7 @@ def check_proof(
         raise _fail("proof `nonce` is empty or longer than 256 bytes")
     if claims.get("ath") != _jose.access_token_hash(access_token):
         raise _fail("proof `ath` is not the hash of this access token")
+    _check_content_digest(claims.get(CONTENT_DIGEST_CLAIM), body, require_content_digest)
     key_thumbprint = _jose.thumbprint(raw_jwk)
     if key_thumbprint != jkt:
         raise _fail("proof key is not the key the token is bound to")

@@ -117,6 +117,11 @@ class VerifierConfig:
     """Most revocations held."""
     require_bound: bool = False
     """Refuse bearer tokens: every token must carry ``cnf``."""
+    require_content_digest: bool = False
+    """Refuse a DPoP proof that does not bind the request body by its
+    ``content_digest`` claim (``sha-256=:<base64>:``, RFC 9530); the body must
+    then be given (:attr:`Presented.body`). Without this, a proof carrying the
+    claim is still checked against a given body."""
     jwks_min_refresh: float = 1.0
     """An unknown ``kid`` refreshes the JWKS at most this often (seconds)."""
     jwks_refresh: float = 60.0
@@ -166,6 +171,10 @@ class Presented:
     """The DER of the caller's TLS client certificate, as the TLS layer
     verified it (``None``: none, or not known). Needed for a token bound to a
     certificate (``cnf.x5t#S256``, RFC 8705); such a token without it is refused."""
+    body: bytes | None = field(default=None, repr=False)
+    """The request body, when the caller has it: a DPoP proof's
+    ``content_digest`` must be its digest (``None``: not checked, refused
+    with ``require_content_digest``)."""
 
     @staticmethod
     def from_headers(
@@ -175,6 +184,7 @@ class Presented:
         url: str,
         *,
         client_cert: bytes | None = None,
+        body: bytes | None = None,
     ) -> Presented:
         """Parses an ``Authorization`` header; raises :class:`InvalidToken`.
         ``client_cert`` is the DER of the caller's verified TLS client certificate."""
@@ -191,7 +201,9 @@ class Presented:
         else:
             raise InvalidToken("authorization header is not `Bearer` or `DPoP` followed by a token")
         proof = dpop_headers[0] if len(dpop_headers) == 1 else None
-        return Presented(token=token, scheme=scheme, dpop_proof=proof, method=method, url=url, client_cert=client_cert)
+        return Presented(
+            token=token, scheme=scheme, dpop_proof=proof, method=method, url=url, client_cert=client_cert, body=body
+        )
 
 
 def certificate_thumbprint(der: bytes) -> str:
@@ -831,6 +843,8 @@ class Verifier:
             now=now,
             max_age=int(self.config.dpop_max_age),
             leeway=int(self.config.leeway),
+            body=presented.body,
+            require_content_digest=self.config.require_content_digest,
         )
         nonces = self.config.dpop_nonce
         if nonces is not None and (checked.nonce is None or not nonces.check(checked.nonce, now)):
