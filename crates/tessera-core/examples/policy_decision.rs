@@ -63,6 +63,7 @@ fn main() {
         action: TokenAction::Request,
         task: &task,
         facts: TokenFacts {
+            tools: None,
             audience: &audience,
             scopes: &scopes,
             class: ScopeClass::Read,

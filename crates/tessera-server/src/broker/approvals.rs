@@ -414,6 +414,7 @@ impl Broker {
             delegation: None,
             blast_radius: Some(current.blast_radius),
             requester: Some(&current.request.requester),
+            tools: current.request.tools.as_ref(),
         };
         self.ask_policy(
             who,

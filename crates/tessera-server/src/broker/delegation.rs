@@ -474,6 +474,7 @@ impl Broker {
             }),
             blast_radius: Some(parent.grant().impact.blast_radius),
             requester: None,
+            tools: tessera_core::authz::for_server(&plan.tools, plan.audience.as_str()),
         };
         let allowed = self.ask_policy(
             principal,
