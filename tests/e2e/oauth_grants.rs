@@ -1126,4 +1126,36 @@ async fn tool_level_limits_are_carried_and_never_widened() {
         claims_of(&child.access_token)["authorization_details"],
         json!([narrower])
     );
+
+    // The typed SDK asks for a limit, and an offer carries a narrower one to
+    // the delegate's redemption.
+    let grant = |v: &Value| tessera_core::authz::ToolGrant::parse(v).unwrap();
+    let mut typed = tessera_client::agent::AgentClient::new(broker.channel("researcher").await);
+    let root = typed
+        .request(tessera_client::agent::TokenRequest::new("tl-1", CRM, [READ]).tool_limit(grant(&narrow)))
+        .await
+        .unwrap()
+        .token()
+        .unwrap();
+    assert_eq!(claims_of(root.access_token())["authorization_details"], json!([narrow]));
+    let offer = typed
+        .offer(
+            &root,
+            tessera_client::agent::Delegation::to("spiffe://tessera.local/agent/writer").tool_limit(grant(&narrower)),
+        )
+        .await
+        .unwrap();
+    let mut writer = tessera_client::agent::AgentClient::new(broker.channel("writer").await);
+    let redeemed = writer.redeem(&offer, Some(&PopKey::generate().unwrap())).await.unwrap();
+    assert_eq!(
+        claims_of(redeemed.access_token())["authorization_details"],
+        json!([narrower])
+    );
+    let wider_offer = typed
+        .offer(
+            &root,
+            tessera_client::agent::Delegation::to("spiffe://tessera.local/agent/writer").tool_limit(grant(&ceiling)),
+        )
+        .await;
+    assert!(wider_offer.is_err(), "no offer wider than its parent");
 }
