@@ -1158,4 +1158,64 @@ async fn tool_level_limits_are_carried_and_never_widened() {
         )
         .await;
     assert!(wider_offer.is_err(), "no offer wider than its parent");
+
+    // The CLI passes limits through: a task started with one, a token within
+    // it, and a wider one refused.
+    let limit = json!([narrow]).to_string();
+    let out = broker.tessera(&[
+        "--as",
+        "orchestrator",
+        "task",
+        "start",
+        "--id",
+        "tl-cli",
+        "--agent",
+        "spiffe://tessera.local/agent/researcher",
+        "--allow",
+        &format!("{CRM} {READ}"),
+        "--ttl",
+        "10m",
+        "--authorization-details",
+        &limit,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = broker.tessera(&[
+        "--as",
+        "researcher",
+        "--output",
+        "json",
+        "token",
+        "request",
+        "--task",
+        "tl-cli",
+        "--audience",
+        CRM,
+        "--scope",
+        READ,
+        "--authorization-details",
+        &json!([narrower]).to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = issued["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(token)["authorization_details"], json!([narrower]));
+    let out = broker.tessera(&[
+        "--as",
+        "researcher",
+        "token",
+        "request",
+        "--task",
+        "tl-cli",
+        "--audience",
+        CRM,
+        "--scope",
+        READ,
+        "--authorization-details",
+        &json!([ceiling]).to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wider than the task's ceiling"),
+        "{out:?}"
+    );
 }
