@@ -404,7 +404,7 @@ mod tests {
 
     fn request() -> ApprovalRequest {
         ApprovalRequest {
-            tools: Default::default(),
+            tools: None,
             requester: SpiffeId::parse("spiffe://td/agent/a").unwrap(),
             task_id: TaskId::parse("t1").unwrap(),
             audience: Audience::parse("pay").unwrap(),

@@ -143,7 +143,7 @@ mod tests {
 
     fn offer() -> OfferClaims {
         OfferClaims {
-            tools: Default::default(),
+            tools: None,
             iss: ISSUER.into(),
             jti: "o1".into(),
             iat: T0,
