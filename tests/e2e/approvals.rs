@@ -31,7 +31,7 @@ fn agent_id(name: &str) -> String {
 /// A task on the payments API for `agents` (dev agent names).
 fn pay_task(task_id: &str, agents: &[&str]) -> pb::StartTaskRequest {
     pb::StartTaskRequest {
-        authorization_details: Default::default(),
+        authorization_details: String::new(),
         task_id: task_id.into(),
         agents: agents.iter().map(|a| agent_id(a)).collect(),
         scope_ceiling: [(
@@ -50,7 +50,7 @@ fn pay_task(task_id: &str, agents: &[&str]) -> pb::StartTaskRequest {
 
 fn pay_request(task_id: &str, scopes: &[&str], ttl: Option<u32>) -> pb::RequestTokenRequest {
     pb::RequestTokenRequest {
-        authorization_details: Default::default(),
+        authorization_details: String::new(),
         task_id: task_id.into(),
         audience: PAYMENTS.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),

@@ -123,8 +123,9 @@ async fn broker_introspection_and_the_sdk_verifier_agree_on_every_token_vector()
             );
             accepted += usize::from(active);
         }
-        // The valid bearer token and the well-formed delegated one.
-        assert_eq!(accepted, 2, "{alg}");
+        // The valid bearer token, the one with tool-level limits, and the
+        // well-formed delegated one.
+        assert_eq!(accepted, 3, "{alg}");
     }
 }
 

@@ -1084,4 +1084,236 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         "{denied:?}"
     );
     wait_denied(broker, "client_credentials", "was denied by");
+
+/// Tool-level limits (RFC 9396 `mcp_tool` details) in the task's ceiling,
+/// asked over HTTP and gRPC and across a delegation hop: the token carries
+/// the task's limit or a narrower one, never a wider one; a wider, unknown or
+/// malformed detail is refused with its code and audited, and no token leaves.
+#[tokio::test]
+async fn tool_level_limits_are_carried_and_never_widened() {
+    let setup = Setup::start("oauth-tool-limits");
+    let broker = &setup.broker;
+    let ceiling = json!({
+        "type": "mcp_tool", "server": CRM, "tools": ["lookup", "transfer"],
+        "constraints": {"transfer": {"amount": {"max": 500}, "repo": {"eq": "acme/site"}}}
+    });
+    let mut orch = broker.orchestrator().await;
+    // A limit for a server outside the ceiling, or malformed: no task.
+    for bad in [
+        json!([{"type": "mcp_tool", "server": "https://other.example", "tools": ["a"]}]).to_string(),
+        json!([{"type": "mcp_tool", "server": CRM, "tools": []}]).to_string(),
+        "{".to_owned(),
+    ] {
+        let mut req = start_request("tl-bad", &["researcher"], &[READ], 600);
+        req.authorization_details = bad;
+        let status = tessera_e2e::code(orch.start_task(req).await);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("authorization_details"), "{status:?}");
+    }
+    let mut req = start_request("tl-1", &["researcher", "writer"], &[READ], 600);
+    req.authorization_details = json!([ceiling]).to_string();
+    let task = broker.start_task(req).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&task.authorization_details).unwrap(),
+        json!([ceiling])
+    );
+
+    let http = async |details: Option<Value>| {
+        let details = details.map(|d| json!([{"type": "tessera_task", "task_id": "tl-1"}, d]).to_string());
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("resource", CRM),
+            ("scope", READ),
+            ("task_id", "tl-1"),
+        ];
+        if let Some(d) = &details {
+            form.push(("authorization_details", d.as_str()));
+        }
+        setup.post(Some("researcher"), &form, None).await
+    };
+    // Nothing asked: the task's limit, in the JWT and the answer.
+    let body = http(None).await.token();
+    let c = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(c["authorization_details"], json!([ceiling]), "{c}");
+    assert_eq!(body["authorization_details"][1], ceiling, "{body}");
+    // Narrower: carried as asked.
+    let narrow = json!({"type": "mcp_tool", "server": CRM, "tools": ["transfer"],
+        "constraints": {"transfer": {"amount": {"max": 100}, "repo": {"eq": "acme/site"}}}});
+    let body = http(Some(narrow.clone())).await.token();
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["authorization_details"],
+        json!([narrow])
+    );
+    // Wider (a tool, a dropped constraint, a looser one), unknown, malformed,
+    // for another server: invalid_authorization_details, audited.
+    for (detail, reason) in [
+        (
+            json!({"type": "mcp_tool", "server": CRM, "tools": ["lookup", "transfer", "delete"]}),
+            "tool `delete` is not allowed",
+        ),
+        (
+            json!({"type": "mcp_tool", "server": CRM, "tools": ["transfer"]}),
+            "argument `amount` of tool `transfer` is less constrained",
+        ),
+        (
+            json!({"type": "mcp_tool", "server": CRM, "tools": ["transfer"],
+                "constraints": {"transfer": {"amount": {"max": 100}, "repo": {"one_of": ["acme/site", "acme/other"]}}}}),
+            "argument `repo` of tool `transfer` is less constrained",
+        ),
+        (
+            json!({"type": "payment_initiation", "instructedAmount": 1}),
+            "unknown authorization details type",
+        ),
+        (
+            json!({"type": "mcp_tool", "server": CRM, "tools": ["transfer"], "constraints": {"transfer": {"amount": {"regex": "."}}}}),
+            "unknown operator",
+        ),
+        (
+            json!({"type": "mcp_tool", "server": "https://other.example", "tools": ["transfer"]}),
+            "must be the `resource`",
+        ),
+    ] {
+        let answer = http(Some(detail.clone())).await;
+        assert_eq!(
+            (answer.status, answer.error().as_str()),
+            (400, "invalid_authorization_details"),
+            "{detail}: {answer:?}"
+        );
+        wait_denied(broker, "client_credentials", reason);
+    }
+
+    // gRPC: the same rules (wider: PERMISSION_DENIED; malformed: INVALID_ARGUMENT).
+    let mut agent = broker.agent("researcher").await;
+    let grpc = |details: Value| pb::RequestTokenRequest {
+        authorization_details: details.to_string(),
+        ..tessera_e2e::token_request("tl-1", &[READ], None)
+    };
+    let wide = json!([{"type": "mcp_tool", "server": CRM, "tools": ["transfer", "delete"]}]);
+    let status = tessera_e2e::code(agent.request_token(grpc(wide)).await);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("wider than the task's ceiling"), "{status:?}");
+    let bad = json!([{"type": "mcp_tool", "server": CRM, "tools": ["transfer"], "constraints": {"transfer": {}}}]);
+    let status = tessera_e2e::code(agent.request_token(grpc(bad)).await);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let parent = tessera_e2e::issue(&mut agent, grpc(json!([narrow]))).await;
+    assert_eq!(
+        claims_of(&parent.access_token)["authorization_details"],
+        json!([narrow])
+    );
+
+    // Delegation: the child inherits the parent's limit, and may narrow it, never widen it.
+    let delegate = |details: &str| pb::DelegateTokenRequest {
+        parent_token: parent.access_token.clone(),
+        delegate: "spiffe://tessera.local/agent/writer".to_owned(),
+        authorization_details: details.to_owned(),
+        ..Default::default()
+    };
+    let child = agent.delegate_token(delegate("")).await.unwrap().into_inner();
+    assert_eq!(claims_of(&child.access_token)["authorization_details"], json!([narrow]));
+    let status = tessera_e2e::code(agent.delegate_token(delegate(&json!([ceiling]).to_string())).await);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("wider than the parent token"), "{status:?}");
+    let narrower = json!({"type": "mcp_tool", "server": CRM, "tools": ["transfer"],
+        "constraints": {"transfer": {"amount": {"max": 10}, "repo": {"eq": "acme/site"}}}});
+    let child = agent
+        .delegate_token(delegate(&json!([narrower]).to_string()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        claims_of(&child.access_token)["authorization_details"],
+        json!([narrower])
+    );
+
+    // The typed SDK asks for a limit, and an offer carries a narrower one to
+    // the delegate's redemption.
+    let grant = |v: &Value| tessera_core::authz::ToolGrant::parse(v).unwrap();
+    let mut typed = tessera_client::agent::AgentClient::new(broker.channel("researcher").await);
+    let root = typed
+        .request(tessera_client::agent::TokenRequest::new("tl-1", CRM, [READ]).tool_limit(grant(&narrow)))
+        .await
+        .unwrap()
+        .token()
+        .unwrap();
+    assert_eq!(claims_of(root.access_token())["authorization_details"], json!([narrow]));
+    let offer = typed
+        .offer(
+            &root,
+            tessera_client::agent::Delegation::to("spiffe://tessera.local/agent/writer").tool_limit(grant(&narrower)),
+        )
+        .await
+        .unwrap();
+    let mut writer = tessera_client::agent::AgentClient::new(broker.channel("writer").await);
+    let redeemed = writer.redeem(&offer, Some(&PopKey::generate().unwrap())).await.unwrap();
+    assert_eq!(
+        claims_of(redeemed.access_token())["authorization_details"],
+        json!([narrower])
+    );
+    let wider_offer = typed
+        .offer(
+            &root,
+            tessera_client::agent::Delegation::to("spiffe://tessera.local/agent/writer").tool_limit(grant(&ceiling)),
+        )
+        .await;
+    assert!(wider_offer.is_err(), "no offer wider than its parent");
+
+    // The CLI passes limits through: a task started with one, a token within
+    // it, and a wider one refused.
+    let limit = json!([narrow]).to_string();
+    let out = broker.tessera(&[
+        "--as",
+        "orchestrator",
+        "task",
+        "start",
+        "--id",
+        "tl-cli",
+        "--agent",
+        "spiffe://tessera.local/agent/researcher",
+        "--allow",
+        &format!("{CRM} {READ}"),
+        "--ttl",
+        "10m",
+        "--authorization-details",
+        &limit,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = broker.tessera(&[
+        "--as",
+        "researcher",
+        "--output",
+        "json",
+        "token",
+        "request",
+        "--task",
+        "tl-cli",
+        "--audience",
+        CRM,
+        "--scope",
+        READ,
+        "--authorization-details",
+        &json!([narrower]).to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = issued["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(token)["authorization_details"], json!([narrower]));
+    let out = broker.tessera(&[
+        "--as",
+        "researcher",
+        "token",
+        "request",
+        "--task",
+        "tl-cli",
+        "--audience",
+        CRM,
+        "--scope",
+        READ,
+        "--authorization-details",
+        &json!([ceiling]).to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wider than the task's ceiling"),
+        "{out:?}"
+    );
 }

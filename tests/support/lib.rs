@@ -553,7 +553,7 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Stat
 /// A StartTask request: `agents` may act on the CRM with `scopes` for `secs`.
 pub fn start_request(task_id: &str, agents: &[&str], scopes: &[&str], secs: u32) -> pb::StartTaskRequest {
     pb::StartTaskRequest {
-        authorization_details: Default::default(),
+        authorization_details: String::new(),
         task_id: task_id.into(),
         agents: agents.iter().map(|a| format!("spiffe://{TD}/agent/{a}")).collect(),
         scope_ceiling: [(

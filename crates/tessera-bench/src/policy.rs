@@ -86,6 +86,7 @@ pub fn decision_rate(each: Duration) -> anyhow::Result<PerCore> {
         action: TokenAction::Request,
         task: &task,
         facts: TokenFacts {
+            tools: None,
             audience: &audience,
             scopes: &scopes,
             class: ScopeClass::Read,

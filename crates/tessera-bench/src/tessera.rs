@@ -165,7 +165,7 @@ impl Target {
         let ch = channels(&self.endpoint, &self.dev_dir, "orchestrator", 1).await?;
         let mut orch = OrchestratorClient::new(pick(&ch, 0));
         orch.start_task(pb::StartTaskRequest {
-            authorization_details: Default::default(),
+            authorization_details: String::new(),
             task_id: id.clone(),
             agents: agents.to_vec(),
             scope_ceiling: [(

@@ -100,6 +100,14 @@ pub struct TokenRequest {
     audience: String,
     scopes: Vec<String>,
     ttl_seconds: Option<u32>,
+    tools: Option<tessera_core::authz::ToolGrant>,
+}
+
+/// `authorization_details` of one `mcp_tool` detail, as the proto carries it.
+fn details_json(tools: Option<&tessera_core::authz::ToolGrant>) -> String {
+    tools.map_or_else(String::new, |g| {
+        serde_json::Value::Array(vec![g.to_value()]).to_string()
+    })
 }
 
 impl TokenRequest {
@@ -114,6 +122,7 @@ impl TokenRequest {
             audience: audience.into(),
             scopes: scopes.into_iter().map(Into::into).collect(),
             ttl_seconds: None,
+            tools: None,
         }
     }
 
@@ -123,8 +132,17 @@ impl TokenRequest {
         self
     }
 
+    /// Asks for this tool-level limit (an `mcp_tool` detail whose `server`
+    /// is the audience), within the task's; without it the token carries
+    /// the task's limit for the audience, if any.
+    pub fn tool_limit(mut self, limit: tessera_core::authz::ToolGrant) -> Self {
+        self.tools = Some(limit);
+        self
+    }
+
     fn into_proto(self) -> pb::RequestTokenRequest {
         pb::RequestTokenRequest {
+            authorization_details: details_json(self.tools.as_ref()),
             task_id: self.task_id,
             audience: self.audience,
             scopes: self.scopes,
@@ -141,6 +159,7 @@ pub struct Delegation {
     delegate: String,
     scopes: Vec<String>,
     ttl_seconds: Option<u32>,
+    tools: Option<tessera_core::authz::ToolGrant>,
 }
 
 impl Delegation {
@@ -150,7 +169,15 @@ impl Delegation {
             delegate: delegate.into(),
             scopes: Vec::new(),
             ttl_seconds: None,
+            tools: None,
         }
+    }
+
+    /// A narrower tool-level limit than the parent's (without it the child
+    /// carries the parent's).
+    pub fn tool_limit(mut self, limit: tessera_core::authz::ToolGrant) -> Self {
+        self.tools = Some(limit);
+        self
     }
 
     /// Only these scopes (a subset of the parent's).
@@ -167,6 +194,7 @@ impl Delegation {
 
     fn into_proto(self, parent: &IssuedToken) -> pb::DelegateTokenRequest {
         pb::DelegateTokenRequest {
+            authorization_details: details_json(self.tools.as_ref()),
             parent_token: parent.access_token().to_owned(),
             delegate: self.delegate,
             scopes: self.scopes,

@@ -44,6 +44,7 @@ fn main() {
     }]);
     let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     let task = Task {
+        tools: Vec::new(),
         id: TaskId::parse("demo").unwrap(),
         orchestrator,
         agents: BTreeSet::from([agent.clone()]),
@@ -63,6 +64,7 @@ fn main() {
         action: TokenAction::Request,
         task: &task,
         facts: TokenFacts {
+            tools: None,
             audience: &audience,
             scopes: &scopes,
             class: ScopeClass::Read,

@@ -404,7 +404,7 @@ mod tests {
 
     fn request() -> ApprovalRequest {
         ApprovalRequest {
-            tools: Default::default(),
+            tools: None,
             requester: SpiffeId::parse("spiffe://td/agent/a").unwrap(),
             task_id: TaskId::parse("t1").unwrap(),
             audience: Audience::parse("pay").unwrap(),
@@ -530,6 +530,15 @@ mod tests {
         assert!(a.is_bound());
         a.request.scopes.insert(Scope::parse("transfers.delete").unwrap());
         assert!(!a.is_bound());
+        // An approval of one tool-level limit is not one of a wider limit.
+        let mut a = approval();
+        a.request.tools = Some(tool_limit(500));
+        a.binding = a.request.binding();
+        assert!(a.is_bound());
+        a.request.tools = Some(tool_limit(5000));
+        assert!(!a.is_bound());
+        a.request.tools = None;
+        assert!(!a.is_bound(), "nor of no limit at all");
     }
 
     #[test]

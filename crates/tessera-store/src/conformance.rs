@@ -970,7 +970,7 @@ const APPROVER: &str = "spiffe://td/operator/alice";
 /// A pending approval opened at `t0`, expiring `expires_in` seconds later.
 pub fn approval(expires_in: i64) -> Approval {
     let request = ApprovalRequest {
-        tools: Default::default(),
+        tools: None,
         requester: sid(REQUESTER),
         task_id: tid("t1"),
         audience: Audience::parse("pay").unwrap(),

@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let task_id = format!("example-{}", std::process::id());
     orchestrator
         .start_task(pb::StartTaskRequest {
-            authorization_details: Default::default(),
+            authorization_details: String::new(),
             task_id: task_id.clone(),
             agents: vec!["spiffe://tessera.local/agent/researcher".into()],
             scope_ceiling: [(

@@ -532,3 +532,25 @@ def test_a_key_withdrawn_by_break_glass_is_dropped_by_a_connected_verifier_at_on
         verifier.close()
     finally:
         broker.stop()
+
+
+def test_tool_level_limits_ride_on_tasks_and_token_requests(broker: Broker, orch: OrchestratorClient) -> None:
+    """A task's ``mcp_tool`` limit is in every token for its server; a
+    narrower one asked for is carried, a wider one refused."""
+    ceiling = {"type": "mcp_tool", "server": CRM, "tools": ["lookup", "update"]}
+    agent = AgentClient(broker.endpoint, broker.identity("researcher"))
+    with orch.task(
+        [spiffe("researcher")], {CRM: [READ]}, duration_seconds=600, authorization_details=[ceiling]
+    ) as task:
+
+        def details(token: Token | PendingApproval) -> Any:
+            assert isinstance(token, Token)
+            payload = token.access_token.split(".")[1]
+            return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["authorization_details"]
+
+        assert details(agent.request_token(task.task_id, CRM, [READ])) == [ceiling]
+        narrow = {**ceiling, "tools": ["lookup"]}
+        assert details(agent.request_token(task.task_id, CRM, [READ], tool_limit=narrow)) == [narrow]
+        with pytest.raises(Refused, match="wider than the task's ceiling"):
+            agent.request_token(task.task_id, CRM, [READ], tool_limit={**ceiling, "tools": ["lookup", "delete"]})
+    agent.close()

@@ -51,6 +51,11 @@ pub(crate) struct StartArgs {
     /// Parent task; the new task may not outlive it.
     #[arg(long, value_name = "ID")]
     parent: Option<String>,
+    /// Tool-level limits: a JSON array of RFC 9396 `mcp_tool` details, e.g.
+    /// '[{"type":"mcp_tool","server":"https://mcp.example/mcp","tools":["transfer"],
+    /// "constraints":{"transfer":{"amount":{"max":500}}}}]' (see docs/OPERATIONS.md).
+    #[arg(long, value_name = "JSON")]
+    authorization_details: Option<String>,
 }
 
 /// `task complete` and `task revoke`.
@@ -138,7 +143,7 @@ fn start_request(start: StartArgs) -> anyhow::Result<pb::StartTaskRequest> {
         _ => anyhow::bail!("give exactly one of --ttl and --deadline"),
     };
     Ok(pb::StartTaskRequest {
-        authorization_details: Default::default(),
+        authorization_details: start.authorization_details.unwrap_or_default(),
         task_id: start.id.unwrap_or_default(),
         agents: start.agents,
         scope_ceiling: args::ceiling(&start.allows),

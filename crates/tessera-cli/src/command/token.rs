@@ -86,6 +86,10 @@ pub(crate) struct RequestArgs {
     /// it, such a request exits 3: no token yet.
     #[arg(long)]
     wait: bool,
+    /// A tool-level limit within the task's: a JSON array of one RFC 9396
+    /// `mcp_tool` detail whose `server` is --audience (default: the task's).
+    #[arg(long, value_name = "JSON")]
+    authorization_details: Option<String>,
 }
 
 /// Default `--pop-key` file.
@@ -139,7 +143,7 @@ async fn request(global: &Global, req: RequestArgs) -> anyhow::Result<()> {
     let mut client = AgentClient::new(channel(global).await?);
     let response = client
         .request_token(pb::RequestTokenRequest {
-            authorization_details: Default::default(),
+            authorization_details: req.authorization_details.clone().unwrap_or_default(),
             task_id: req.task.clone(),
             audience: req.audience.clone(),
             scopes: req.scopes.clone(),

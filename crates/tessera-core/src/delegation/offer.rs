@@ -42,6 +42,9 @@ pub struct OfferClaims {
     /// The requested lifetime in seconds, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// The narrower tool-level limit asked for, if any (none: the parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<crate::authz::ToolGrant>,
 }
 
 impl OfferClaims {
@@ -140,6 +143,7 @@ mod tests {
 
     fn offer() -> OfferClaims {
         OfferClaims {
+            tools: None,
             iss: ISSUER.into(),
             jti: "o1".into(),
             iat: T0,

@@ -55,7 +55,7 @@ fn catalog() -> ApiCatalog {
 
 fn req(task: &str, scopes: &[&str], secs: i64) -> StartTask {
     StartTask {
-        tools: Default::default(),
+        tools: Vec::new(),
         task_id: TaskId::parse(task).unwrap(),
         agents: BTreeSet::from([id("spiffe://td/agent")]),
         ceiling: ScopeCeiling(BTreeMap::from([(aud(), scopes.iter().map(|s| scope(s)).collect())])),

@@ -159,6 +159,21 @@ pub struct TokenFacts<'a> {
     pub blast_radius: Option<u32>,
     /// For ApproveRequest: whose request it is.
     pub requester: Option<&'a SpiffeId>,
+    /// The tool-level limit the token will carry (`mcp_tool` detail), if any.
+    pub tools: Option<&'a crate::authz::ToolGrant>,
+}
+
+/// The tools of a limit, and its constrained arguments as `tool.argument`.
+fn tool_names(tools: Option<&crate::authz::ToolGrant>) -> (Vec<&str>, Vec<String>) {
+    tools.map_or_else(Default::default, |g| {
+        let names = g.tools.iter().map(String::as_str).collect();
+        let args = g
+            .constraints
+            .iter()
+            .flat_map(|(tool, args)| args.keys().map(move |a| format!("{tool}.{a}")))
+            .collect();
+        (names, args)
+    })
 }
 
 /// One question for policy.
@@ -225,6 +240,15 @@ impl PolicyQuery<'_> {
                     budget.string("scopes", s.as_str())?;
                 }
                 budget.string("resource", facts.audience.as_str())?;
+                let (names, args) = tool_names(facts.tools);
+                budget.set("tools", names.len())?;
+                for t in names {
+                    budget.string("tools", t)?;
+                }
+                budget.set("tool_arguments", args.len())?;
+                for a in &args {
+                    budget.string("tool_arguments", a)?;
+                }
                 if let Some(d) = &facts.delegation {
                     if d.chain.len() > MAX_DELEGATION_CHAIN {
                         return Err(too_large("delegation_chain", format!("{MAX_DELEGATION_CHAIN} hops")));
@@ -360,6 +384,21 @@ pub(super) fn build(
             pairs.push(("class".into(), string(&facts.class.to_string())));
             pairs.push(("high_impact".into(), RestrictedExpression::new_bool(facts.high_impact)));
             pairs.push(("requested_ttl".into(), long(i64::from(facts.requested_ttl.as_secs()))));
+            // Tool-level limits (RFC 9396 `mcp_tool`): whether the token has
+            // any, its tools, and its constrained arguments (`tool.argument`).
+            let (names, args) = tool_names(facts.tools);
+            pairs.push((
+                "tool_limited".into(),
+                RestrictedExpression::new_bool(facts.tools.is_some()),
+            ));
+            pairs.push((
+                "tools".into(),
+                RestrictedExpression::new_set(names.into_iter().map(string)),
+            ));
+            pairs.push((
+                "tool_arguments".into(),
+                RestrictedExpression::new_set(args.iter().map(|a| string(a))),
+            ));
             let (depth, chain) = match &facts.delegation {
                 Some(d) => (i64::from(d.depth), d.chain),
                 None => (0, &[][..]),
@@ -494,6 +533,16 @@ pub(super) fn decision_key(
             d.num(i64::from(facts.high_impact));
             d.num(i64::from(facts.requested_ttl.as_secs()));
             d.num(facts.blast_radius.map_or(-1, i64::from));
+            d.num(i64::from(facts.tools.is_some()));
+            let (names, args) = tool_names(facts.tools);
+            d.num(names.len() as i64);
+            for t in names {
+                d.str(t);
+            }
+            d.num(args.len() as i64);
+            for a in &args {
+                d.str(a);
+            }
         }
         PolicyQuery::Token { .. } | PolicyQuery::Task { .. } => return None,
     }

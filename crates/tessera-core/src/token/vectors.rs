@@ -328,6 +328,44 @@ pub fn token_vectors(key: &SigningKey, base: &AccessClaims, now: DateTime<Utc>) 
         JwsError::IssuedInFuture.into(),
     );
 
+    // Tool-level limits (RFC 9396 `mcp_tool`): read strictly; a limit a
+    // verifier cannot read refuses the token, never is ignored.
+    let limit = crate::authz::ToolGrant::parse(&serde_json::json!({
+        "type": "mcp_tool", "server": base.aud, "tools": ["transfer"],
+        "constraints": {"transfer": {"amount": {"max": 500}}}
+    }))
+    .map_err(|e| KeyError::Claims(serde::de::Error::custom(e)))?;
+    push(
+        "tool-level limits for its audience",
+        with(&|c| c.authorization_details = vec![limit.clone()])?,
+        Verdict::Accept,
+    );
+    let raw_details = |details: serde_json::Value| {
+        let mut claims = serde_json::to_value(&base).map_err(KeyError::Claims)?;
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("authorization_details".to_owned(), details);
+        }
+        key.sign_jws(ACCESS_TOKEN_TYP, &claims)
+    };
+    push(
+        "authorization_details of an unknown type",
+        raw_details(serde_json::json!([{"type": "payment_initiation", "instructedAmount": 1}]))?,
+        JwsError::Claims.into(),
+    );
+    push(
+        "authorization_details with an unknown operator",
+        raw_details(serde_json::json!([{
+            "type": "mcp_tool", "server": base.aud, "tools": ["transfer"],
+            "constraints": {"transfer": {"amount": {"regex": ".*"}}}
+        }]))?,
+        JwsError::Claims.into(),
+    );
+    push(
+        "authorization_details not an array",
+        raw_details(serde_json::json!({"type": "mcp_tool", "server": base.aud, "tools": ["transfer"]}))?,
+        JwsError::Claims.into(),
+    );
+
     // The delegation chain. The root is an identity the broker never saw:
     // the chain is the token's own signed claim, checked for consistency.
     let root = format!("{}-root", base.client_id);

@@ -414,6 +414,7 @@ impl Broker {
             delegation: None,
             blast_radius: Some(current.blast_radius),
             requester: Some(&current.request.requester),
+            tools: current.request.tools.as_ref(),
         };
         self.ask_policy(
             who,
@@ -536,6 +537,51 @@ mod tests {
         let again = f.broker.await_step(&f.who(AGENT), &approval.id).await;
         assert!(again.is_err(), "exactly one token per approval");
         assert_eq!(f.live("t1").await, 1);
+    }
+
+    /// The approval binds the tool-level limit the token will carry: the
+    /// token redeemed carries exactly it.
+    #[tokio::test]
+    async fn an_approval_binds_the_tool_level_limit() {
+        let f = Fixture::new().await;
+        let ceiling = tessera_core::authz::ToolGrant::parse(&serde_json::json!({
+            "type": "mcp_tool", "server": crate::broker::testing::CRM, "tools": ["pay", "refund"],
+            "constraints": {"pay": {"amount": {"max": 500}}}
+        }))
+        .unwrap();
+        let mut start = f.start("t1");
+        start.tools = vec![ceiling.clone()];
+        f.broker
+            .start_task(&f.who(crate::broker::testing::ORCHESTRATOR), start)
+            .await
+            .unwrap();
+        let narrow = tessera_core::authz::ToolGrant::parse(&serde_json::json!({
+            "type": "mcp_tool", "server": crate::broker::testing::CRM, "tools": ["pay"],
+            "constraints": {"pay": {"amount": {"max": 100}}}
+        }))
+        .unwrap();
+        let mut ask = f.ask("t1", &["payments.send"]);
+        ask.binding = crate::broker::BindingAsk::ClientCertificate;
+        ask.request.tools = Some(narrow.clone());
+        let TokenOutcome::Pending(approval) = f.broker.request_token(&f.who(AGENT), ask).await.unwrap() else {
+            panic!("a high-impact scope must wait for approval");
+        };
+        assert_eq!(approval.request.tools.as_ref(), Some(&narrow));
+        assert!(approval.is_bound());
+        let mut wider = approval.clone();
+        wider.request.tools = Some(ceiling);
+        assert!(
+            !wider.is_bound(),
+            "the approval of one limit is not one of a wider limit"
+        );
+        f.broker
+            .decide_approval(&f.who(OPERATOR), Ok((approval.id.clone(), "ok".into())), true)
+            .await
+            .unwrap();
+        let Ok(AwaitStep::Issued(issued)) = f.broker.await_step(&f.who(AGENT), &approval.id).await else {
+            panic!("an approved request yields its token");
+        };
+        assert_eq!(issued.authorization_details, vec![narrow]);
     }
 
     #[tokio::test]

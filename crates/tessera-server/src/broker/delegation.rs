@@ -118,6 +118,7 @@ impl Broker {
             parent: parent.claims().clone(),
             scope: req.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
             ttl: req.ttl.map(|t| u64::from(t.as_secs())),
+            tools: req.tools.clone(),
         };
         let offer = self
             .signer()
@@ -159,7 +160,7 @@ impl Broker {
         };
         let parsed = (|| {
             Ok::<_, delegation::OfferError>(DelegationRequest {
-                tools: None,
+                tools: claims.tools.clone(),
                 delegate: SpiffeId::parse(&claims.delegate).map_err(|_| delegation::OfferError::Claims)?,
                 scopes: claims.scopes()?,
                 ttl: claims.ttl()?,
@@ -474,6 +475,7 @@ impl Broker {
             }),
             blast_radius: Some(parent.grant().impact.blast_radius),
             requester: None,
+            tools: tessera_core::authz::for_server(&plan.tools, plan.audience.as_str()),
         };
         let allowed = self.ask_policy(
             principal,

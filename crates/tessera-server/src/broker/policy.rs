@@ -344,6 +344,12 @@ impl Broker {
             delegation: None,
             blast_radius: None,
             requester: None,
+            // What the token will carry: the limit asked, else the task's
+            // for the audience (a wider one is refused by the plan).
+            tools: req
+                .tools
+                .as_ref()
+                .or_else(|| tessera_core::authz::for_server(&task.tools, req.audience.as_str())),
         };
         self.ask_policy(
             who,

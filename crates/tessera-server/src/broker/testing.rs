@@ -242,7 +242,7 @@ impl Fixture {
     /// A StartTask for `task`: one hour, both agents, every `crm` scope.
     pub(crate) fn start(&self, task: &str) -> StartTask {
         StartTask {
-            tools: Default::default(),
+            tools: Vec::new(),
             task_id: TaskId::parse(task).unwrap(),
             agents: BTreeSet::from([id(AGENT), id(AGENT2)]),
             ceiling: ScopeCeiling(BTreeMap::from([(

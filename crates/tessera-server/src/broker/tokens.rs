@@ -443,6 +443,46 @@ mod tests {
         assert_eq!(record.ttl_secs, Some(300));
     }
 
+    /// A task limited at tool level: the token carries its limit (or a
+    /// narrower one asked for); a wider one is refused, audited, no grant.
+    #[tokio::test]
+    async fn a_tool_limited_task_never_issues_a_wider_token() {
+        let f = Fixture::new().await;
+        let grant = |v: serde_json::Value| tessera_core::authz::ToolGrant::parse(&v).unwrap();
+        let ceiling = grant(
+            serde_json::json!({"type": "mcp_tool", "server": crate::broker::testing::CRM,
+            "tools": ["lookup", "update"], "constraints": {"update": {"id": {"prefix": "c-"}}}}),
+        );
+        let mut start = f.start("t1");
+        start.tools = vec![ceiling.clone()];
+        f.broker
+            .start_task(&f.who(crate::broker::testing::ORCHESTRATOR), start)
+            .await
+            .unwrap();
+        let issued = f.issue("t1", &["contacts.read"]).await;
+        assert_eq!(issued.authorization_details, vec![ceiling]);
+        let mut ask = f.ask("t1", &["contacts.read"]);
+        let narrow =
+            grant(serde_json::json!({"type": "mcp_tool", "server": crate::broker::testing::CRM, "tools": ["lookup"]}));
+        ask.request.tools = Some(narrow.clone());
+        let Ok(TokenOutcome::Issued(issued)) = f.broker.request_token(&f.who(AGENT), ask).await else {
+            panic!("a narrower limit is granted");
+        };
+        assert_eq!(issued.authorization_details, vec![narrow]);
+        let live = f.live("t1").await;
+        let mut ask = f.ask("t1", &["contacts.read"]);
+        ask.request.tools = Some(grant(
+            serde_json::json!({"type": "mcp_tool", "server": crate::broker::testing::CRM,
+            "tools": ["update"]}),
+        ));
+        let err = f.broker.request_token(&f.who(AGENT), ask).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("wider than the task's ceiling"), "{err}");
+        let record = f.audit.last();
+        assert_eq!((record.event, record.decision), (AuditKind::TokenDenied, Outcome::Deny));
+        assert_eq!(f.live("t1").await, live, "no grant for a refused request");
+    }
+
     #[tokio::test]
     async fn no_token_without_its_audit_record() {
         let f = Fixture::new().await;

@@ -41,7 +41,11 @@
 //! must equal it); `scope` is required; the task is named by `task_id` or by
 //! `authorization_details` (RFC 9396) holding one object of type
 //! [`TESSERA_TASK`]: `{"type":"tessera_task","task_id":"…"}`, with optional
-//! `locations` that must all be the `resource`. A `DPoP` header (RFC 9449)
+//! `locations` that must all be the `resource`. Beside it, one object of
+//! type [`MCP_TOOL`] (see [`tessera_core::authz`]) whose `server` is the
+//! `resource` asks for a tool-level limit within the task's (without one,
+//! the token carries the task's limit for the `resource`, if any); the
+//! answer's `authorization_details` names the limit granted. A `DPoP` header (RFC 9449)
 //! binds the token to its key (`cnf.jkt`, `token_type` `DPoP`); the proof
 //! must carry a nonce of this broker (`use_dpop_nonce` and a `DPoP-Nonce`
 //! header otherwise) unless `oauth.dpop_nonce = false`. Without DPoP, a
@@ -55,7 +59,8 @@
 //! RFC 9396, RFC 9449): a refused assertion is `invalid_grant`, a refused
 //! client `invalid_client` (401), a `resource` not in the ceiling
 //! `invalid_target`, scopes beyond it `invalid_scope`, bad
-//! `authorization_details` `invalid_authorization_details`, a bad proof
+//! `authorization_details` (also a tool-level limit wider than the task's)
+//! `invalid_authorization_details`, a bad proof
 //! `invalid_dpop_proof`, a missing or stale nonce `use_dpop_nonce`. Each is
 //! audited: an unattested caller as `attestation_refused`, an attested one
 //! as `token_denied`.

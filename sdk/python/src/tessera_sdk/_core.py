@@ -105,6 +105,7 @@ def request_token(
     ttl_seconds: int | None,
     bind: bool | DpopKey,
     mtls_binding: bool,
+    tool_limit: Mapping[str, Any] | None = None,
 ) -> tuple[agent_pb2.RequestTokenRequest, DpopKey | None]:
     """The request and the DPoP key it binds to (``bind=True`` makes a new one)."""
     scopes = list(scopes)
@@ -114,7 +115,13 @@ def request_token(
     key = DpopKey() if bind is True else (bind if isinstance(bind, DpopKey) else None)
     if key is not None and mtls_binding:
         raise ConfigError("a token is bound to a DPoP key or to the certificate, not both")
-    req = agent_pb2.RequestTokenRequest(task_id=task_id, audience=audience, scopes=scopes, mtls_binding=mtls_binding)
+    req = agent_pb2.RequestTokenRequest(
+        task_id=task_id,
+        audience=audience,
+        scopes=scopes,
+        mtls_binding=mtls_binding,
+        authorization_details=json.dumps([dict(tool_limit)]) if tool_limit is not None else "",
+    )
     if ttl_seconds is not None:
         req.ttl_seconds = ttl_seconds
     if key is not None:

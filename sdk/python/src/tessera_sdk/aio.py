@@ -74,9 +74,10 @@ class AsyncAgentClient:
         ttl_seconds: int | None = None,
         bind: bool | DpopKey = False,
         mtls_binding: bool = False,
+        tool_limit: Mapping[str, Any] | None = None,
     ) -> Token | PendingApproval:
         """See :meth:`tessera_sdk.AgentClient.request_token`."""
-        req, key = _core.request_token(task_id, audience, scopes, ttl_seconds, bind, mtls_binding)
+        req, key = _core.request_token(task_id, audience, scopes, ttl_seconds, bind, mtls_binding, tool_limit)
         resp = await self._conn.call(lambda s: s.RequestToken(req, timeout=self._timeout))
         return _core.request_outcome(resp, key)
 

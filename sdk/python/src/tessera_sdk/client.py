@@ -81,14 +81,18 @@ class AgentClient:
         ttl_seconds: int | None = None,
         bind: bool | DpopKey = False,
         mtls_binding: bool = False,
+        tool_limit: Mapping[str, Any] | None = None,
     ) -> Token | PendingApproval:
         """Requests a token for ``audience`` within ``task_id``.
 
         ``bind=True`` binds it to a new DPoP key the client keeps in
         ``Token.dpop_key`` (or pass a :class:`DpopKey`). Returns a
         :class:`PendingApproval` when a person must approve first.
+        ``tool_limit``: a tool-level limit (an ``mcp_tool`` detail for
+        ``audience``) within the task's; without it the token carries the
+        task's limit for the audience, if any.
         """
-        req, key = _core.request_token(task_id, audience, scopes, ttl_seconds, bind, mtls_binding)
+        req, key = _core.request_token(task_id, audience, scopes, ttl_seconds, bind, mtls_binding, tool_limit)
         resp = self._conn.call(lambda s: s.RequestToken(req, timeout=self._timeout))
         return _core.request_outcome(resp, key)
 

@@ -7,6 +7,14 @@ server's audience only, and refuses DPoP-bound ones (a bound token without
 its proof is exactly a stolen token). To accept bound tokens, put
 :class:`tessera_sdk.asgi.TesseraMiddleware` in front of the MCP app: it
 verifies the proof and maps MCP tools to scopes.
+
+The ``mcp`` SDK calls the verifier before it knows which tool is called, so
+a token's tool-level limits (RFC 9396 ``authorization_details`` of type
+``mcp_tool``) are not enforced here: they are in ``AccessToken.claims``
+(``authorization_details``) for the tool to check with
+:meth:`tessera_sdk.Verified.check_tool_call`, or use
+:class:`~tessera_sdk.asgi.TesseraMiddleware`, which enforces them on every
+``tools/call``.
 """
 
 from __future__ import annotations
@@ -47,5 +55,6 @@ class TesseraTokenVerifier:
                 "task_id": verified.task_id,
                 "jti": verified.grant_id,
                 "act": claims.get("act"),
+                "authorization_details": claims.get("authorization_details"),
             },
         )

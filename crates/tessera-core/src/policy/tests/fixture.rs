@@ -117,6 +117,7 @@ pub(super) fn facts<'a>(
     high_impact: bool,
 ) -> TokenFacts<'a> {
     TokenFacts {
+        tools: None,
         audience,
         scopes,
         class,

@@ -352,3 +352,51 @@ fn oversized_contexts_are_refused_before_evaluation() {
     );
     assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
 }
+
+/// Tool-level limits are in the token context: a policy can demand them
+/// for an API, forbid a tool, or demand a constraint on an argument.
+#[test]
+fn policies_see_a_tokens_tool_level_limits() {
+    let engine = load(&[(
+        "tools.cedar",
+        r#"@id("agents") permit (principal, action == Action::"RequestToken", resource);
+@id("tool-limits-required") @reason("tokens for this API carry tool-level limits")
+forbid (principal, action == Action::"RequestToken", resource) unless { context.tool_limited };
+@id("no-deletes") @reason("no token may call delete_repo")
+forbid (principal, action == Action::"RequestToken", resource) when { context.tools.contains("delete_repo") };
+@id("transfers-capped") @reason("transfer needs a constraint on its amount")
+forbid (principal, action == Action::"RequestToken", resource)
+when { context.tools.contains("transfer") && !context.tool_arguments.contains("transfer.amount") };
+"#,
+    )])
+    .unwrap();
+    let (audience, task, ents) = (aud(), task(), entities());
+    let scopes = scope_of(ScopeClass::Read);
+    let grant = |v: serde_json::Value| crate::authz::ToolGrant::parse(&v).unwrap();
+    let ask = |tools: Option<&crate::authz::ToolGrant>| {
+        let query = PolicyQuery::Token {
+            action: TokenAction::Request,
+            task: &task,
+            facts: crate::policy::TokenFacts {
+                tools,
+                ..facts(&audience, &scopes, ScopeClass::Read, false)
+            },
+        };
+        engine.authorize(&ents, &who("agent"), &query, now()).unwrap()
+    };
+    let denied_by = |d: PolicyDecision| match d {
+        PolicyDecision::Deny { policy_ids, .. } => policy_ids.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        PolicyDecision::Allow { .. } => Vec::new(),
+    };
+    let server = audience.as_str();
+    assert_eq!(denied_by(ask(None)), ["tool-limits-required"]);
+    let capped = grant(
+        serde_json::json!({"type": "mcp_tool", "server": server, "tools": ["list", "transfer"],
+        "constraints": {"transfer": {"amount": {"max": 500}}}}),
+    );
+    assert!(ask(Some(&capped)).is_allow());
+    let uncapped = grant(serde_json::json!({"type": "mcp_tool", "server": server, "tools": ["transfer"]}));
+    assert_eq!(denied_by(ask(Some(&uncapped))), ["transfers-capped"]);
+    let deletes = grant(serde_json::json!({"type": "mcp_tool", "server": server, "tools": ["delete_repo"]}));
+    assert_eq!(denied_by(ask(Some(&deletes))), ["no-deletes"]);
+}
