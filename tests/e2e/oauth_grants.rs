@@ -1084,6 +1084,7 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         "{denied:?}"
     );
     wait_denied(broker, "client_credentials", "was denied by");
+}
 
 /// Tool-level limits (RFC 9396 `mcp_tool` details) in the task's ceiling,
 /// asked over HTTP and gRPC and across a delegation hop: the token carries
