@@ -317,15 +317,19 @@ async fn a_redis_that_restarts_empty_is_detected_and_nothing_old_is_live() {
 }
 
 /// Measures Redis memory per live grant (printed; the figure in docs/OPERATIONS.md
-/// comes from `TESSERA_MEASURE_GRANTS=100000`). Asserts a generous bound so a
-/// layout change that bloats grants is caught.
+/// comes from `TESSERA_MEASURE_GRANTS=100000`). Asserts the target of 512
+/// bytes (issue 19), so a layout change that bloats grants is caught; both
+/// indexes are past Redis's compact encodings here, as in production.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_memory_per_live_grant_is_bounded() {
     use tessera_store::GrantStore as _;
     let n: usize = std::env::var("TESSERA_MEASURE_GRANTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        // Redis's hash tables grow by doubling, so the bytes per entry
+        // depend on how full they are: 25,000 entries fill their 32,768
+        // buckets as 100,000 fill theirs (at 20,000: 20 bytes more each).
+        .unwrap_or(25_000);
     let redis = RedisServer::builder().appendonly(false).start();
     let mut config = tessera_store::RedisConfig::new(tessera_store::RedisDeployment::Standalone { url: redis.url() });
     config.timeout = Duration::from_secs(10);
@@ -359,7 +363,7 @@ async fn redis_memory_per_live_grant_is_bounded() {
         .await;
     let per_grant = (used() - before) / n as u64;
     println!("redis memory per live grant: {per_grant} bytes over {n} grants");
-    assert!(per_grant < 1024, "{per_grant} bytes per grant");
+    assert!(per_grant <= 512, "{per_grant} bytes per grant");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
