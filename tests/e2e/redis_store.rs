@@ -177,10 +177,11 @@ async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
 
     // Every token a client received has its grant in Redis, and is live.
     for t in &received {
-        // A grant's key lives under its task tree's tag, the first 8 characters of its id.
-        let key = format!("tessera:{{{}}}:grant:{}", &t.grant_id[..8], t.grant_id);
+        // A grant is a field of its task tree's hash, under the tree's tag:
+        // the first 8 characters of its id.
+        let key = format!("tessera:{{{}}}:G", &t.grant_id[..8]);
         assert_eq!(
-            redis.cli(&["EXISTS", &key]).trim(),
+            redis.cli(&["HEXISTS", &key, &t.grant_id]).trim(),
             "1",
             "grant {} missing from redis",
             t.grant_id
