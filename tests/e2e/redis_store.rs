@@ -501,3 +501,104 @@ async fn a_revocation_loop_that_runs_out_of_rounds_is_unavailable_never_success(
     assert!(revoked.revoked);
     assert_eq!(revoked.descendants_revoked, 1);
 }
+
+/// Rewrites a grant the broker just recorded as a broker before the grant
+/// hash recorded it (layout 1: a JSON key of its own expiring with the
+/// grant, the hash without it), so its token reads as one minted before
+/// an upgrade.
+fn as_layout_1(redis: &RedisServer, grant_id: &str) {
+    let hash = format!("tessera:{{{}}}:G", &grant_id[..8]);
+    let record = redis.cli(&["HGET", &hash, grant_id]);
+    let f: Vec<&str> = record.split('\t').collect();
+    assert!(f.len() >= 8, "a layout-2 record: {record:?}");
+    let exp_ms: i64 = f[0].parse().unwrap();
+    let e = exp_ms.div_euclid(1000);
+    let class = match f[5] {
+        "d" => "discover",
+        "r" => "read",
+        "w" => "write",
+        "a" => "admin",
+        other => panic!("class {other:?}"),
+    };
+    let json = serde_json::json!({
+        "t": f[1], "s": f[2], "a": f[3], "sc": f[4].split(' ').collect::<Vec<_>>(), "c": class,
+        "i": e - f[6].parse::<i64>().unwrap(), "e": e, "k": f[7],
+    })
+    .to_string();
+    let key = format!("tessera:{{{}}}:grant:{grant_id}", &grant_id[..8]);
+    assert_eq!(redis.cli(&["SET", &key, &json, "PXAT", &exp_ms.to_string()]), "OK");
+    assert_eq!(redis.cli(&["HDEL", &hash, grant_id]), "1");
+}
+
+/// A broker upgraded over live grants of the layout before the grant hash
+/// (tokens minted by its predecessor) keeps them live, and revokes them by
+/// grant (operator), by holder (ReleaseToken) and by ending their task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_before_an_upgrade_stay_live_and_revocable() {
+    let redis = RedisServer::builder().appendonly(false).start();
+    let env = redis_env(&redis.url());
+    let mut broker = Broker::start_with(&env_of(&env));
+    for task in ["before", "before-2"] {
+        broker
+            .start_task(start_request(task, &["researcher"], &["crm.contacts.read"], 600))
+            .await;
+    }
+    let by_operator = broker
+        .issue_as("researcher", token_request("before", &["crm.contacts.read"], None))
+        .await;
+    let by_holder = broker
+        .issue_as("researcher", token_request("before", &["crm.contacts.read"], None))
+        .await;
+    let by_task = broker
+        .issue_as("researcher", token_request("before-2", &["crm.contacts.read"], None))
+        .await;
+    for t in [&by_operator, &by_holder, &by_task] {
+        as_layout_1(&redis, &t.grant_id);
+    }
+    // The upgraded broker starts on that Redis.
+    broker.restart();
+    let mut verifier = broker.verifier("api-gateway").await;
+    for t in [&by_operator, &by_holder, &by_task] {
+        assert!(
+            introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "{} live",
+            t.grant_id
+        );
+    }
+
+    let outcome = broker
+        .admin("alice")
+        .await
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: by_operator.grant_id.clone(),
+            reason: "upgrade test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(outcome.revoked);
+    broker
+        .agent("researcher")
+        .await
+        .release_token(pb::ReleaseTokenRequest {
+            target: Some(pb::release_token_request::Target::GrantId(by_holder.grant_id.clone())),
+        })
+        .await
+        .unwrap();
+    broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "before-2".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    for t in [&by_operator, &by_holder, &by_task] {
+        assert!(
+            !introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "{} revoked",
+            t.grant_id
+        );
+    }
+}

@@ -124,8 +124,10 @@ end
 local idx = base .. 'grants:' .. task
 -- Expired grants leave the hash with the index (their records are no use).
 local gone = redis.call('ZRANGEBYSCORE', idx, '-inf', now)
-for i = 1, #gone, 1000 do redis.call('HDEL', hash, unpack(gone, i, math.min(i + 999, #gone))) end
-redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+if #gone > 0 then
+  for i = 1, #gone, 1000 do redis.call('HDEL', hash, unpack(gone, i, math.min(i + 999, #gone))) end
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+end
 if redis.call('ZCARD', idx) >= cap then return 'task_full' end
 if sidx then
   -- A disable made anywhere before this script is seen here; one made
