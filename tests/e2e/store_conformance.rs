@@ -306,3 +306,42 @@ async fn redis_cluster_layout_1_grants_survive_an_upgrade() {
     let cluster = RedisCluster::start();
     layout_1_grants_survive_an_upgrade(redis_store(RedisDeployment::Cluster { urls: cluster.urls() }).await).await;
 }
+
+/// Redis 7.0 has no per-field expiry: an expired grant's record leaves its
+/// tree's hash with the task's index on the task's next grant, and a
+/// revoked one moves into its revocation mark, so the hash holds only
+/// grants that may still be live.
+#[tokio::test]
+async fn redis_expired_and_revoked_records_leave_the_grant_hash() {
+    use tessera_store::GrantStore as _;
+    use tessera_store::conformance::{grant, t0, task};
+    let server = RedisServer::builder().appendonly(false).start();
+    let mut config = RedisConfig::new(RedisDeployment::Standalone { url: server.url() });
+    config.key_prefix = prefix();
+    let key_prefix = config.key_prefix.clone();
+    let store = RedisStore::connect(config).await.unwrap();
+    store.create_task(&task("t1", 600, None)).await.unwrap();
+    let mut short = Vec::new();
+    for _ in 0..3 {
+        let g = grant(&store, "t1", 5, None).await;
+        store.record_grant(&g, t0()).await.unwrap();
+        short.push(g);
+    }
+    let long = grant(&store, "t1", 300, None).await;
+    store.record_grant(&long, t0()).await.unwrap();
+    let hash = format!("{key_prefix}:{{{}}}:G", &long.id.as_str()[..8]);
+    assert_eq!(server.cli(&["HLEN", &hash]), "4");
+    // Revoked: out of the hash, still read back as revoked.
+    store.revoke_grant(&long.id, "gone", t0()).await.unwrap().unwrap();
+    assert_eq!(server.cli(&["HLEN", &hash]), "3");
+    let read = store.grant(&long.id).await.unwrap().unwrap();
+    assert_eq!(read.revocation_reason.as_deref(), Some("gone"));
+    assert_eq!((read.subject, read.expires_at), (long.subject.clone(), long.expires_at));
+    // Expired: pruned by the task's next grant.
+    let later = t0() + chrono::Duration::seconds(6);
+    let next = grant(&store, "t1", 60, None).await;
+    store.record_grant(&next, later).await.unwrap();
+    assert_eq!(server.cli(&["HLEN", &hash]), "1");
+    assert_eq!(server.cli(&["HEXISTS", &hash, next.id.as_str()]), "1");
+    assert!(store.grant(&short[0].id).await.unwrap().is_none());
+}

@@ -123,7 +123,7 @@ end
 -- pruned: revocation removes members, and an ended task records nothing.
 local idx = base .. 'grants:' .. task
 -- Expired grants leave the hash with the index (their records are no use).
-local gone = redis.call('ZRANGEBYSCORE', idx, '-inf', now)
+local gone = redis.call('ZRANGE', idx, '-inf', now, 'BYSCORE')
 if #gone > 0 then
   for i = 1, #gone, 1000 do redis.call('HDEL', hash, unpack(gone, i, math.min(i + 999, #gone))) end
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
