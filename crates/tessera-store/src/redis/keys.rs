@@ -14,7 +14,7 @@
 //! | `P:{<root>}:grant:<grant>` | string | layout 1 only (written before the `G` hash, still read and revoked): grant JSON | grant expiry (`PXAT`) |
 //! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...,"g":record}` for a revoked grant (`g`: its record, moved out of `G`; absent for layout 1) | grant expiry |
 //! | `P:{<root>}:delegated:<grant>` | set | grants delegated from this one | grant expiry |
-//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily; written by the grant script itself outside Cluster | `PEXPIREAT` the latest expiry |
+//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily; written by the grant script itself outside Cluster | `PEXPIREAT` the latest expiry (the grant script: rounded up to the minute) |
 //! | `P:tasks` | zset | task ids scored by deadline (ms), for listing; the tag comes from `P:task-root:<task>`; pruned lazily | `PEXPIREAT` the latest deadline |
 //! | `P:disabled` | hash | SPIFFE ID → `{reason, at}` of subjects an operator disabled; read by the grant script outside Cluster | never |
 //! | `P:quarantine` | hash | SPIFFE ID → JSON quarantine | entries pruned lazily |

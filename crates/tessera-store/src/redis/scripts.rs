@@ -143,11 +143,15 @@ local ht = redis.call('PEXPIRETIME', hash)
 if ht < exp then redis.call('PEXPIREAT', hash, exp) end
 redis.call('ZADD', idx, exp, gid)
 local tttl = redis.call('PEXPIRETIME', KEYS[1])
-if tttl > 0 then redis.call('PEXPIREAT', idx, tttl) end
+-- Expiries are rewritten only when they move: each PEXPIREAT is a write
+-- replicated and appended to the AOF. The subject index's moves in whole
+-- minutes past its latest grant (so once a minute, not on every grant; an
+-- idle index lives up to a minute longer).
+if tttl > 0 and redis.call('PEXPIRETIME', idx) ~= tttl then redis.call('PEXPIREAT', idx, tttl) end
 if sidx then
   redis.call('ZADD', sidx, exp, gid)
   local st = redis.call('PEXPIRETIME', sidx)
-  if st ~= -2 and st < exp then redis.call('PEXPIREAT', sidx, exp) end
+  if st ~= -2 and st < exp then redis.call('PEXPIREAT', sidx, exp + 60000 - exp % 60000) end
 end
 if parent ~= '' then
   local dkey = base .. 'delegated:' .. parent
