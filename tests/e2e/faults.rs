@@ -494,8 +494,13 @@ async fn a_broker_killed_mid_mint_never_hands_out_an_unrecorded_token() {
     let ids: HashSet<&str> = received.iter().map(|t| t.grant_id.as_str()).collect();
     assert_eq!(ids.len(), received.len(), "grant ids are unique");
     for t in &received {
-        let key = format!("tessera:{{{}}}:grant:{}", &t.grant_id[..8], t.grant_id);
-        assert_eq!(redis.cli(&["EXISTS", &key]), "1", "grant {} not in Redis", t.grant_id);
+        let key = format!("tessera:{{{}}}:G", &t.grant_id[..8]);
+        assert_eq!(
+            redis.cli(&["HEXISTS", &key, &t.grant_id]),
+            "1",
+            "grant {} not in Redis",
+            t.grant_id
+        );
         assert!(
             live(&mut verifier, &t.access_token).await,
             "grant {} not live",

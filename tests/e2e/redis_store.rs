@@ -177,10 +177,11 @@ async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
 
     // Every token a client received has its grant in Redis, and is live.
     for t in &received {
-        // A grant's key lives under its task tree's tag, the first 8 characters of its id.
-        let key = format!("tessera:{{{}}}:grant:{}", &t.grant_id[..8], t.grant_id);
+        // A grant is a field of its task tree's hash, under the tree's tag:
+        // the first 8 characters of its id.
+        let key = format!("tessera:{{{}}}:G", &t.grant_id[..8]);
         assert_eq!(
-            redis.cli(&["EXISTS", &key]).trim(),
+            redis.cli(&["HEXISTS", &key, &t.grant_id]).trim(),
             "1",
             "grant {} missing from redis",
             t.grant_id
@@ -317,15 +318,19 @@ async fn a_redis_that_restarts_empty_is_detected_and_nothing_old_is_live() {
 }
 
 /// Measures Redis memory per live grant (printed; the figure in docs/OPERATIONS.md
-/// comes from `TESSERA_MEASURE_GRANTS=100000`). Asserts a generous bound so a
-/// layout change that bloats grants is caught.
+/// comes from `TESSERA_MEASURE_GRANTS=100000`). Asserts the target of 512
+/// bytes (issue 19), so a layout change that bloats grants is caught; both
+/// indexes are past Redis's compact encodings here, as in production.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_memory_per_live_grant_is_bounded() {
     use tessera_store::GrantStore as _;
     let n: usize = std::env::var("TESSERA_MEASURE_GRANTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        // Redis's hash tables grow by doubling, so the bytes per entry
+        // depend on how full they are: 25,000 entries fill their 32,768
+        // buckets as 100,000 fill theirs (at 20,000: 20 bytes more each).
+        .unwrap_or(25_000);
     let redis = RedisServer::builder().appendonly(false).start();
     let mut config = tessera_store::RedisConfig::new(tessera_store::RedisDeployment::Standalone { url: redis.url() });
     config.timeout = Duration::from_secs(10);
@@ -359,7 +364,7 @@ async fn redis_memory_per_live_grant_is_bounded() {
         .await;
     let per_grant = (used() - before) / n as u64;
     println!("redis memory per live grant: {per_grant} bytes over {n} grants");
-    assert!(per_grant < 1024, "{per_grant} bytes per grant");
+    assert!(per_grant <= 512, "{per_grant} bytes per grant");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,4 +500,105 @@ async fn a_revocation_loop_that_runs_out_of_rounds_is_unavailable_never_success(
     let revoked = one_round.revoke_grant(&other.id, "test", t0()).await.unwrap().unwrap();
     assert!(revoked.revoked);
     assert_eq!(revoked.descendants_revoked, 1);
+}
+
+/// Rewrites a grant the broker just recorded as a broker before the grant
+/// hash recorded it (layout 1: a JSON key of its own expiring with the
+/// grant, the hash without it), so its token reads as one minted before
+/// an upgrade.
+fn as_layout_1(redis: &RedisServer, grant_id: &str) {
+    let hash = format!("tessera:{{{}}}:G", &grant_id[..8]);
+    let record = redis.cli(&["HGET", &hash, grant_id]);
+    let f: Vec<&str> = record.split('\t').collect();
+    assert!(f.len() >= 8, "a layout-2 record: {record:?}");
+    let exp_ms: i64 = f[0].parse().unwrap();
+    let e = exp_ms.div_euclid(1000);
+    let class = match f[5] {
+        "d" => "discover",
+        "r" => "read",
+        "w" => "write",
+        "a" => "admin",
+        other => panic!("class {other:?}"),
+    };
+    let json = serde_json::json!({
+        "t": f[1], "s": f[2], "a": f[3], "sc": f[4].split(' ').collect::<Vec<_>>(), "c": class,
+        "i": e - f[6].parse::<i64>().unwrap(), "e": e, "k": f[7],
+    })
+    .to_string();
+    let key = format!("tessera:{{{}}}:grant:{grant_id}", &grant_id[..8]);
+    assert_eq!(redis.cli(&["SET", &key, &json, "PXAT", &exp_ms.to_string()]), "OK");
+    assert_eq!(redis.cli(&["HDEL", &hash, grant_id]), "1");
+}
+
+/// A broker upgraded over live grants of the layout before the grant hash
+/// (tokens minted by its predecessor) keeps them live, and revokes them by
+/// grant (operator), by holder (ReleaseToken) and by ending their task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_before_an_upgrade_stay_live_and_revocable() {
+    let redis = RedisServer::builder().appendonly(false).start();
+    let env = redis_env(&redis.url());
+    let mut broker = Broker::start_with(&env_of(&env));
+    for task in ["before", "before-2"] {
+        broker
+            .start_task(start_request(task, &["researcher"], &["crm.contacts.read"], 600))
+            .await;
+    }
+    let by_operator = broker
+        .issue_as("researcher", token_request("before", &["crm.contacts.read"], None))
+        .await;
+    let by_holder = broker
+        .issue_as("researcher", token_request("before", &["crm.contacts.read"], None))
+        .await;
+    let by_task = broker
+        .issue_as("researcher", token_request("before-2", &["crm.contacts.read"], None))
+        .await;
+    for t in [&by_operator, &by_holder, &by_task] {
+        as_layout_1(&redis, &t.grant_id);
+    }
+    // The upgraded broker starts on that Redis.
+    broker.restart();
+    let mut verifier = broker.verifier("api-gateway").await;
+    for t in [&by_operator, &by_holder, &by_task] {
+        assert!(
+            introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "{} live",
+            t.grant_id
+        );
+    }
+
+    let outcome = broker
+        .admin("alice")
+        .await
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: by_operator.grant_id.clone(),
+            reason: "upgrade test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(outcome.revoked);
+    broker
+        .agent("researcher")
+        .await
+        .release_token(pb::ReleaseTokenRequest {
+            target: Some(pb::release_token_request::Target::GrantId(by_holder.grant_id.clone())),
+        })
+        .await
+        .unwrap();
+    broker
+        .orchestrator()
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: "before-2".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    for t in [&by_operator, &by_holder, &by_task] {
+        assert!(
+            !introspect(&mut verifier, &t.access_token).await.unwrap(),
+            "{} revoked",
+            t.grant_id
+        );
+    }
 }

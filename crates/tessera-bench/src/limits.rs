@@ -117,14 +117,16 @@ pub struct RedisBench {
 }
 
 /// The shape of one grant write, as one server-side transaction: the grant
-/// record with its expiry, its entry in the task's index and in the subject's
-/// index. This is the floor for what the mint path must write.
-pub const GRANT_WRITE_LUA: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', 300000) \
-redis.call('ZADD', KEYS[2], 1800000000000, KEYS[1]) \
-redis.call('ZADD', KEYS[3], 1800000000000, KEYS[1]) return 1";
+/// record as a field of its task tree's hash (which expires with the tree's
+/// latest grant), its entry in the task's index and in the subject's index.
+/// This is the floor for what the mint path must write.
+pub const GRANT_WRITE_LUA: &str = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+redis.call('PEXPIREAT', KEYS[1], 1800000000000) \
+redis.call('ZADD', KEYS[2], 1800000000000, ARGV[1]) \
+redis.call('ZADD', KEYS[3], 1800000000000, ARGV[1]) return 1";
 
-/// A stored grant's size (compact JSON, see tessera-store's `record.rs`).
-const GRANT_JSON_BYTES: usize = 190;
+/// A stored grant's size (layout 2, see tessera-store's `record.rs`).
+const GRANT_JSON_BYTES: usize = 155;
 
 /// Runs `redis-benchmark` against `127.0.0.1:port` (`pid` = the server, for
 /// its CPU): SET, GET, ZADD and the grant-write script, `requests` each
@@ -140,14 +142,15 @@ pub fn redis_benchmark(port: u16, pid: u32, requests: u64) -> anyhow::Result<Vec
         ("GET", vec!["-t".into(), "get".into()]),
         ("ZADD", vec!["-t".into(), "zadd".into()]),
         (
-            "grant write (EVAL: SET PX + 2 ZADD)",
+            "grant write (EVAL: HSET + 2 ZADD)",
             vec![
                 "EVAL".into(),
                 GRANT_WRITE_LUA.into(),
                 "3".into(),
-                "bench:{t}:grant:__rand_int__".into(),
+                "bench:{t}:G".into(),
                 "bench:{t}:grants".into(),
                 "bench:subject".into(),
+                "g__rand_int__".into(),
                 value,
             ],
         ),

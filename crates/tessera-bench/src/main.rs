@@ -59,7 +59,8 @@ enum Cmd {
     /// latency, server CPU per operation by process and Redis commands per
     /// operation; writes no report.
     Mint {
-        /// The paths to run: mint and jwt-bearer (at each --in-flight), introspect, release.
+        /// The paths to run: mint and jwt-bearer (at each --in-flight), introspect, release,
+        /// memory (Redis bytes per live grant).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "mint")]
         paths: Vec<run::HotPath>,
         /// Directory with the release `tesserad` and `tessera`.

@@ -1015,7 +1015,7 @@ mod tests {
             echo_c16: Outcome::Measured(m(25_000.0, 500, 2000, 33.0)),
             echo_sweep: vec![],
             redis_bench: Outcome::Measured(vec![RedisBench {
-                test: "grant write (EVAL: SET PX + 2 ZADD)".into(),
+                test: "grant write (EVAL: HSET + 2 ZADD)".into(),
                 rate: 70_000.0,
                 p50_ms: 0.2,
                 redis_cpu_us_per_op: Some(35.0),

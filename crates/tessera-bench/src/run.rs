@@ -607,7 +607,15 @@ pub enum HotPath {
     Release,
     /// The RFC 7523 `jwt-bearer` grant over the HTTPS OAuth facade, at each `--in-flight` level.
     JwtBearer,
+    /// Redis memory per live grant, indexes included: 100,000 grants
+    /// written through `RedisStore` into a Redis of their own, as the full
+    /// run's scale part writes them (no broker involved).
+    Memory,
 }
+
+/// Grants the `memory` hot path writes: 100 tasks of 1,000, enough that
+/// both indexes are past Redis's compact encodings, as at a million.
+const MEMORY_PATH_GRANTS: u64 = 100_000;
 
 /// `tessera-bench mint`: only the hot paths, for a developer changing them.
 /// Starts the broker (and Redis) as `run` does, plus any `extra`
@@ -648,6 +656,17 @@ pub async fn mint_only(
     };
     let url = redis.as_ref().map(Redis::url);
     for path in paths {
+        if *path == HotPath::Memory {
+            let r = Redis::start(&s.work.join("redis-memory"), pid_file)?;
+            let p = crate::scale::preload(&r.url(), r.proc.pid(), MEMORY_PATH_GRANTS, "memory", s.quiet).await?;
+            println!(
+                "Memory: {:.0} bytes of Redis per live grant, indexes included ({} grants; redis-server CPU {:.1} µs per grant written)",
+                p.bytes_per_grant().unwrap_or(f64::NAN),
+                p.grants,
+                p.redis_cpu_us_per_grant.unwrap_or(f64::NAN),
+            );
+            continue;
+        }
         let levels: &[usize] = if matches!(path, HotPath::Mint | HotPath::JwtBearer) {
             in_flight
         } else {
@@ -678,6 +697,7 @@ pub async fn mint_only(
                     )
                     .await
                 }
+                HotPath::Memory => continue,
             };
             let after = url.as_deref().map(crate::procs::command_calls).transpose()?;
             match checked(m) {

@@ -9,11 +9,12 @@
 //! | `P:task-root:<task>` | string | the task tree's hash tag (routing) | task end + retention |
 //! | `P:{<root>}:task:<task>` | hash | `json` (immutable task), `state`, `deadline`, `ended`, `reason` | task end + retention |
 //! | `P:{<root>}:children:<task>` | set | child task ids | with the task |
-//! | `P:{<root>}:grants:<task>` | zset | live grant ids, scored by expiry (ms); expired members pruned lazily | with the task |
-//! | `P:{<root>}:grant:<grant>` | string | grant JSON (immutable) | grant expiry (`PXAT`) |
-//! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...}` for a revoked grant | grant expiry |
+//! | `P:{<root>}:grants:<task>` | zset | live grant ids, scored by expiry (ms); expired members pruned lazily (by the grant script, which drops their records from `G` with them) | with the task |
+//! | `P:{<root>}:G` | hash | grant id → record (layout 2, `record.rs`) of every grant of the tree not revoked; expired ones pruned lazily | `PEXPIREAT` the latest grant expiry |
+//! | `P:{<root>}:grant:<grant>` | string | layout 1 only (written before the `G` hash, still read and revoked): grant JSON | grant expiry (`PXAT`) |
+//! | `P:{<root>}:revoked:<grant>` | string | `{"at":ms,"reason":...,"g":record}` for a revoked grant (`g`: its record, moved out of `G`; absent for layout 1) | grant expiry |
 //! | `P:{<root>}:delegated:<grant>` | set | grants delegated from this one | grant expiry |
-//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily; written by the grant script itself outside Cluster | `PEXPIREAT` the latest expiry |
+//! | `P:subject:<spiffe id>` | zset | grant ids of that subject, scored by expiry (ms); stale members pruned lazily; written by the grant script itself outside Cluster | `PEXPIREAT` the latest expiry (the grant script: rounded up to the minute) |
 //! | `P:tasks` | zset | task ids scored by deadline (ms), for listing; the tag comes from `P:task-root:<task>`; pruned lazily | `PEXPIREAT` the latest deadline |
 //! | `P:disabled` | hash | SPIFFE ID → `{reason, at}` of subjects an operator disabled; read by the grant script outside Cluster | never |
 //! | `P:quarantine` | hash | SPIFFE ID → JSON quarantine | entries pruned lazily |
@@ -21,6 +22,11 @@
 //! | `P:{keys}` | hash | kid → published key JSON | retired keys pruned lazily |
 //! | `P:{keys}:withdrawn` | set | kids withdrawn by break-glass; publishing them is refused | never |
 //! | `P:durable:{<tag>}` | string | `1`, written before each durable write's `WAIT`, on that write's slot | 10 s |
+
+//!
+//! Memory: one live grant costs its field in `G` (no key, no expiry entry of
+//! its own) and one member in each of two indexes — under 512 bytes with
+//! realistic sizes (`tests/e2e/redis_store.rs`, the bench's scale part).
 
 use tessera_core::identity::SpiffeId;
 use tessera_core::task::TaskId;

@@ -35,7 +35,6 @@ pub use self::conn::{RedisDeployment, RedisDurability, RedisTls};
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::feed::{FeedBatch, FeedEvent, FeedPosition};
-use crate::record::StoredGrant;
 use crate::store::{
     GrantFilter, GrantPage, GrantStore, KeyWithdrawal, MAX_GRANT_PAGE, PublishedKey, Release, RevokeOutcome, TaskEnded,
 };
@@ -488,6 +487,42 @@ impl RedisStore {
         Ok(current)
     }
 
+    /// Writes `grant` as a broker before layout 2 did (see `record.rs`): a
+    /// JSON key of its own expiring with the grant, listed in its task's and
+    /// subject's indexes. Only for the upgrade test (grants a predecessor
+    /// minted must still be read and revoked); no check, no cap.
+    #[doc(hidden)]
+    pub async fn record_grant_layout_1_for_upgrade_test(&self, grant: &Grant) -> Result<(), StoreError> {
+        let root = tag_of(&grant.id).ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
+        let json = serde_json::to_string(&crate::record::StoredGrant::layout_1(grant))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let exp = ms(grant.expires_at);
+        let mut conn = self.conn();
+        let _: Value = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.keys.grant(&root, grant.id.as_str()))
+                    .arg(json)
+                    .arg("PXAT")
+                    .arg(exp)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let task_index = format!("{}grants:{}", self.keys.base(&root), grant.task_id);
+        for index in [task_index, self.keys.subject(&grant.subject)] {
+            let _: Value = self
+                .bounded(
+                    redis::cmd("ZADD")
+                        .arg(index)
+                        .arg(exp)
+                        .arg(grant.id.as_str())
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn root_of_task(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn();
         self.bounded(redis::cmd("GET").arg(self.keys.task_root(id)).query_async(&mut conn))
@@ -793,11 +828,9 @@ impl RedisStore {
         };
         let head = parts.first().and_then(conn::string_of).unwrap_or_default();
         match (head.as_str(), parts.get(1..)) {
-            ("not_holder", Some([json])) => {
-                let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
-                let stored: StoredGrant =
-                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
-                Ok(Some(Release::NotHolder(stored.into_grant(id.clone())?)))
+            ("not_holder", Some([rec])) => {
+                let rec = conn::string_of(rec).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
+                Ok(Some(Release::NotHolder(crate::record::decode(id.clone(), &rec)?)))
             }
             ("ok", Some([count, root_revoked, grant @ ..])) => {
                 self.feed_changed.notify_waiters();
@@ -926,9 +959,7 @@ impl RedisStore {
                             return Err(StoreError::Corrupt("read_live_grants answered an odd list".into()));
                         };
                         let id = GrantId::parse(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        let stored: StoredGrant =
-                            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
-                        stored.into_grant(id)
+                        crate::record::decode(id, &json)
                     })
                     .collect::<Result<Vec<Grant>, StoreError>>()
             })
@@ -1003,8 +1034,7 @@ fn grant_of_parts(id: &GrantId, parts: &[Value]) -> Result<Grant, StoreError> {
         ));
     };
     let json = conn::string_of(json).ok_or_else(|| StoreError::Corrupt("grant record".into()))?;
-    let stored: StoredGrant = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
-    let mut grant = stored.into_grant(id.clone())?;
+    let mut grant = crate::record::decode(id.clone(), &json)?;
     if let Some(mark) = conn::string_of(revoked) {
         let mark: RevokedMark =
             serde_json::from_str(&mark).map_err(|e| StoreError::Corrupt(format!("revoked mark: {e}")))?;
@@ -1217,8 +1247,7 @@ impl GrantStore for RedisStore {
         // The id carries its task tree's tag (see `new_grant_id`): a forged
         // or foreign id routes to a slot where its task does not exist.
         let root = tag_of(&grant.id).ok_or_else(|| StoreError::TaskNotFound(grant.task_id.clone()))?;
-        let json =
-            serde_json::to_string(&StoredGrant::from_grant(grant)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = crate::record::encode(grant)?;
         if self.one_slot_only() {
             return self.record_grant_across_slots(grant, &root, &json, now).await;
         }

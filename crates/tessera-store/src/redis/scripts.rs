@@ -5,6 +5,53 @@
 
 use redis::Script;
 
+/// Lua shared by the scripts that read grants: `load(base, gid)` returns a
+/// grant's record, its revocation mark (or false), task, subject, expiry
+/// (ms) and whether the record is a field of the tree's grant hash. A live
+/// grant's record is a field of `base .. 'G'` (layout 2, see
+/// `record.rs`); revoking one moves its record into its mark (field `g`),
+/// which expires with the grant. A layout-1 grant (written by a broker
+/// before this layout) is a key `grant:<id>` of its own, expiring by itself:
+/// still read, so an upgraded broker revokes the grants its predecessor
+/// minted. Returns nil for an unknown grant.
+const LOAD: &str = r#"
+local function load(base, gid)
+  local mark = redis.call('GET', base .. 'revoked:' .. gid)
+  local rec = redis.call('HGET', base .. 'G', gid)
+  local in_hash = rec and true or false
+  if not rec and mark then
+    local ok, m = pcall(cjson.decode, mark)
+    if ok and type(m) == 'table' and type(m['g']) == 'string' then rec = m['g'] end
+  end
+  if rec then
+    local e, t, s = string.match(rec, '^(%d+)\t([^\t]*)\t([^\t]*)\t')
+    if not e then return rec, mark, '', '', 0, in_hash end
+    return rec, mark, t, s, tonumber(e), in_hash
+  end
+  local key = base .. 'grant:' .. gid
+  rec = redis.call('GET', key)
+  if not rec then return nil end
+  local ok, j = pcall(cjson.decode, rec)
+  if not ok or type(j) ~= 'table' then return rec, mark, '', '', 0, false end
+  return rec, mark, j['t'] or '', j['s'] or '', redis.call('PEXPIRETIME', key), false
+end
+-- The revocation mark of a grant whose record is `rec` (kept when it was
+-- in the hash, which the caller then empties of it).
+local function mark_of(now, reason, rec, in_hash)
+  if in_hash then return cjson.encode({at = now, reason = reason, g = rec}) end
+  return cjson.encode({at = now, reason = reason})
+end
+"#;
+
+/// `body` (a script starting with its `#!lua` line, if any) with [`LOAD`]
+/// after that line.
+fn with_load(body: &str) -> String {
+    match body.split_once('\n') {
+        Some((first, rest)) if first.starts_with("#!") => format!("{first}\n{LOAD}{rest}"),
+        _ => format!("{LOAD}{body}"),
+    }
+}
+
 /// Creates a task. KEYS[1] = task hash.
 /// ARGV: base, task_id, json, deadline_ms, pexpireat_ms, parent_id|"", now_ms.
 /// Returns "ok", "exists", "parent_missing" or "parent_over:<state>".
@@ -39,7 +86,7 @@ return 'ok'
 /// outside Cluster also KEYS[2] = the subject's index and KEYS[3] = the
 /// disabled hash, so the whole mint is this one script (in Cluster those
 /// live in other slots, and the caller does their part around it).
-/// ARGV: base, task_id, grant_id, grant_json, exp_ms, now_ms, parent_grant|"",
+/// ARGV: base, task_id, grant_id, grant record (layout 2), exp_ms, now_ms, parent_grant|"",
 /// the most live grants the task may hold, subject, the most live grants
 /// the subject may hold.
 /// Returns "ok", "task_missing", "task_over:<state>", "outlives", "exists",
@@ -48,7 +95,7 @@ return 'ok'
 /// "disabled" or "identity_full" (the subject's index holds its bound of
 /// grants not yet expired; the caller prunes the dead ones and retries).
 pub(crate) fn record_grant() -> Script {
-    Script::new(
+    Script::new(&with_load(
         r#"#!lua
 -- Declared (no flags): Redis refuses the whole script at a full noeviction
 -- maxmemory. Without the shebang the OOM check comes only at the first
@@ -62,21 +109,25 @@ if t[1] ~= 'active' then return 'task_over:' .. t[1] end
 local deadline = tonumber(t[2])
 if now >= deadline then return 'task_over:expired' end
 if exp > deadline then return 'outlives' end
-local gkey = base .. 'grant:' .. gid
-if redis.call('EXISTS', gkey) == 1 then return 'exists' end
+local hash = base .. 'G'
+if redis.call('HEXISTS', hash, gid) == 1 then return 'exists' end
+if redis.call('EXISTS', base .. 'grant:' .. gid, base .. 'revoked:' .. gid) > 0 then return 'exists' end
 if parent ~= '' then
   -- INVARIANT: a child is recorded only under a live parent, atomically with
   -- the parent's revocation (revoke_grant_tree), so no child escapes it.
-  local p = redis.call('GET', base .. 'grant:' .. parent)
-  if not p or cjson.decode(p)['t'] ~= task then return 'parent_not_live' end
-  if redis.call('EXISTS', base .. 'revoked:' .. parent) == 1 then return 'parent_not_live' end
-  local pexp = redis.call('PEXPIRETIME', base .. 'grant:' .. parent)
+  local p, pmark, pt, _, pexp = load(base, parent)
+  if not p or pt ~= task or pmark then return 'parent_not_live' end
   if pexp <= now or exp > pexp then return 'parent_not_live' end
 end
 -- The task's index holds exactly its live grants once expired members are
 -- pruned: revocation removes members, and an ended task records nothing.
 local idx = base .. 'grants:' .. task
-redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+-- Expired grants leave the hash with the index (their records are no use).
+local gone = redis.call('ZRANGE', idx, '-inf', now, 'BYSCORE')
+if #gone > 0 then
+  for i = 1, #gone, 1000 do redis.call('HDEL', hash, unpack(gone, i, math.min(i + 999, #gone))) end
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+end
 if redis.call('ZCARD', idx) >= cap then return 'task_full' end
 if sidx then
   -- A disable made anywhere before this script is seen here; one made
@@ -85,39 +136,46 @@ if sidx then
   redis.call('ZREMRANGEBYSCORE', sidx, '-inf', now)
   if redis.call('ZCARD', sidx) >= icap then return 'identity_full' end
 end
-redis.call('SET', gkey, json, 'PXAT', exp)
+redis.call('HSET', hash, gid, json)
+-- The hash lives as long as its longest grant: dropped whole once every
+-- grant of the tree has expired.
+local ht = redis.call('PEXPIRETIME', hash)
+if ht < exp then redis.call('PEXPIREAT', hash, exp) end
 redis.call('ZADD', idx, exp, gid)
 local tttl = redis.call('PEXPIRETIME', KEYS[1])
-if tttl > 0 then redis.call('PEXPIREAT', idx, tttl) end
+-- Expiries are rewritten only when they move: each PEXPIREAT is a write
+-- replicated and appended to the AOF. The subject index's moves in whole
+-- minutes past its latest grant (so once a minute, not on every grant; an
+-- idle index lives up to a minute longer).
+if tttl > 0 and redis.call('PEXPIRETIME', idx) ~= tttl then redis.call('PEXPIREAT', idx, tttl) end
 if sidx then
   redis.call('ZADD', sidx, exp, gid)
   local st = redis.call('PEXPIRETIME', sidx)
-  if st ~= -2 and st < exp then redis.call('PEXPIREAT', sidx, exp) end
+  if st ~= -2 and st < exp then redis.call('PEXPIREAT', sidx, exp + 60000 - exp % 60000) end
 end
 if parent ~= '' then
   local dkey = base .. 'delegated:' .. parent
   redis.call('SADD', dkey, gid)
-  local pttl = redis.call('PEXPIRETIME', base .. 'grant:' .. parent)
-  if pttl > 0 then redis.call('PEXPIREAT', dkey, math.max(pttl, exp)) end
+  local _, _, _, _, pexp = load(base, parent)
+  if pexp > 0 then redis.call('PEXPIREAT', dkey, math.max(pexp, exp)) end
 end
 return 'ok'
 "#,
-    )
+    ))
 }
 
-/// Reads a grant with what decides its liveness. KEYS[1] = grant key. ARGV: base, grant_id.
-/// Returns nil, or {grant_json, revoked_json|false, task_state, task_ended_ms|false, task_reason|false}.
+/// Reads a grant with what decides its liveness. KEYS[1] = a key of the
+/// grant's tree (routing). ARGV: base, grant_id.
+/// Returns nil, or {grant_record, revoked_json|false, task_state, task_ended_ms|false, task_reason|false}.
 pub(crate) fn read_grant() -> Script {
-    Script::new(
+    Script::new(&with_load(
         r#"
-local g = redis.call('GET', KEYS[1])
+local g, r, task = load(ARGV[1], ARGV[2])
 if not g then return nil end
-local r = redis.call('GET', ARGV[1] .. 'revoked:' .. ARGV[2])
-local task = cjson.decode(g)['t']
 local t = redis.call('HMGET', ARGV[1] .. 'task:' .. task, 'state', 'ended', 'reason')
 return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 "#,
-    )
+    ))
 }
 
 /// Revokes a grant tree (the grant and all delegated from it, at any depth)
@@ -128,7 +186,7 @@ return {g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 /// returns {"more", gid, exp_ms, ...} (the caller publishes and retries);
 /// else marks every live grant revoked and returns {"ok", count, root_revoked 0|1}.
 pub(crate) fn revoke_grant_tree() -> Script {
-    Script::new(
+    Script::new(&with_load(
         r#"#!lua flags=allow-oom
 local base, root, now, reason = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local published = {}
@@ -139,13 +197,11 @@ while #stack > 0 do
   if not seen[gid] then
     seen[gid] = true
     for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
-    local g = redis.call('GET', base .. 'grant:' .. gid)
-    if g and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
-      local t = cjson.decode(g)['t']
+    local g, mark, t, _, exp, in_hash = load(base, gid)
+    if g and not mark then
       local state = redis.call('HGET', base .. 'task:' .. t, 'state')
-      local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
       if state == 'active' and exp > now then
-        table.insert(live, {gid, exp, t})
+        table.insert(live, {gid, exp, t, g, in_hash})
         if not published[gid] then
           table.insert(extra, gid)
           table.insert(extra, tostring(exp))
@@ -158,16 +214,16 @@ if #extra > 0 then
   table.insert(extra, 1, 'more')
   return extra
 end
-local mark = cjson.encode({at = now, reason = reason})
 local root_revoked = 0
 for _, l in ipairs(live) do
-  redis.call('SET', base .. 'revoked:' .. l[1], mark, 'PXAT', l[2])
+  redis.call('SET', base .. 'revoked:' .. l[1], mark_of(now, reason, l[4], l[5]), 'PXAT', l[2])
+  if l[5] then redis.call('HDEL', base .. 'G', l[1]) end
   redis.call('ZREM', base .. 'grants:' .. l[3], l[1])
   if l[1] == root then root_revoked = 1 end
 end
 return {'ok', tostring(#live), tostring(root_revoked)}
 "#,
-    )
+    ))
 }
 
 /// Revokes a grant tree in one step, outside Cluster: publishes one event
@@ -180,13 +236,13 @@ return {'ok', tostring(#live), tostring(root_revoked)}
 /// retention_ms. Returns nil for an unknown grant, {"not_holder", grant_json},
 /// or {"ok", count, root_revoked 0|1, then what `read_grant` returns}.
 pub(crate) fn revoke_grant_now() -> Script {
-    Script::new(
+    Script::new(&with_load(
         r#"#!lua flags=allow-oom
 local base, root, now, reason, holder = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local maxlen, revoked_at, retention = ARGV[6], ARGV[7], tonumber(ARGV[8])
-local g = redis.call('GET', KEYS[1])
+local g, _, task, gs = load(base, root)
 if not g then return nil end
-if holder ~= '' and cjson.decode(g)['s'] ~= holder then return {'not_holder', g} end
+if holder ~= '' and gs ~= holder then return {'not_holder', g} end
 -- RFC 3339 of epoch milliseconds (days to civil date: H. Hinnant's algorithm).
 local function rfc3339(ms)
   local secs = math.floor(ms / 1000)
@@ -210,12 +266,10 @@ while #stack > 0 do
   if not seen[gid] then
     seen[gid] = true
     for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
-    local cg = gid == root and g or redis.call('GET', base .. 'grant:' .. gid)
-    if cg and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
-      local t = cjson.decode(cg)['t']
+    local cg, mark, t, _, exp, in_hash = load(base, gid)
+    if cg and not mark then
       if tasks[t] == nil then tasks[t] = redis.call('HGET', base .. 'task:' .. t, 'state') or false end
-      local exp = redis.call('PEXPIRETIME', base .. 'grant:' .. gid)
-      if tasks[t] == 'active' and exp > now then table.insert(live, {gid, exp, t}) end
+      if tasks[t] == 'active' and exp > now then table.insert(live, {gid, exp, t, cg, in_hash}) end
     end
   end
 end
@@ -229,19 +283,18 @@ if last then
   local newest = tonumber(string.match(last, '^(%d+)-'))
   if newest and newest > retention then redis.call('XTRIM', KEYS[2], 'MINID', '~', newest - retention) end
 end
-local mark = cjson.encode({at = now, reason = reason})
 local root_revoked = 0
 for _, l in ipairs(live) do
-  redis.call('SET', base .. 'revoked:' .. l[1], mark, 'PXAT', l[2])
+  redis.call('SET', base .. 'revoked:' .. l[1], mark_of(now, reason, l[4], l[5]), 'PXAT', l[2])
+  if l[5] then redis.call('HDEL', base .. 'G', l[1]) end
   redis.call('ZREM', base .. 'grants:' .. l[3], l[1])
   if l[1] == root then root_revoked = 1 end
 end
 local r = redis.call('GET', base .. 'revoked:' .. root)
-local task = cjson.decode(g)['t']
 local t = redis.call('HMGET', base .. 'task:' .. task, 'state', 'ended', 'reason')
 return {'ok', tostring(#live), tostring(root_revoked), g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
 "#,
-    )
+    ))
 }
 
 /// The active tasks of a task tree (the task and its descendants): stored
@@ -380,16 +433,14 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 /// revoked, task active and not past its deadline). KEYS[1] = any key of the
 /// tree. ARGV: base, now_ms, grant ids... Returns {gid, grant_json, ...}.
 pub(crate) fn read_live_grants() -> Script {
-    Script::new(
+    Script::new(&with_load(
         r#"
 local base, now = ARGV[1], tonumber(ARGV[2])
 local out, tasks = {}, {}
 for i = 3, #ARGV do
   local gid = ARGV[i]
-  local gkey = base .. 'grant:' .. gid
-  local g = redis.call('GET', gkey)
-  if g and redis.call('PEXPIRETIME', gkey) > now and redis.call('EXISTS', base .. 'revoked:' .. gid) == 0 then
-    local task = cjson.decode(g)['t']
+  local g, mark, task, _, exp = load(base, gid)
+  if g and not mark and exp > now then
     local ok = tasks[task]
     if ok == nil then
       local t = redis.call('HMGET', base .. 'task:' .. task, 'state', 'deadline')
@@ -404,7 +455,7 @@ for i = 3, #ARGV do
 end
 return out
 "#,
-    )
+    ))
 }
 
 /// Publishes a key unless it was withdrawn. KEYS: jwks hash, withdrawn set.
