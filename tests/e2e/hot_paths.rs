@@ -5,7 +5,7 @@
 //! trail takes records again once its sink does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -18,31 +18,25 @@ use tonic::Code;
 /// Reads a FIFO on a thread until dropped; dropping it closes the read end,
 /// so that the broker's next audit write fails (EPIPE).
 struct Reader {
+    fifo: std::path::PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reader {
     fn open(fifo: &Path) -> Self {
-        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(0o4000)
-            .open(fifo)
-            .unwrap();
+        // Read and write: opening a FIFO so never waits for a writer, and
+        // each read blocks until the broker writes (no end of file while
+        // this end is open), so the thread waits on the broker, not on time.
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(fifo).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 64 * 1024];
-            while !stopping.load(Ordering::SeqCst) {
-                match file.read(&mut buf) {
-                    Ok(n) if n > 0 => {}
-                    // Empty, or no writer yet: wait for the broker to write.
-                    _ => std::thread::sleep(std::time::Duration::from_millis(1)),
-                }
-            }
+            while file.read(&mut buf).is_ok_and(|n| n > 0) && !stopping.load(Ordering::SeqCst) {}
         });
         Self {
+            fifo: fifo.to_owned(),
             stop,
             thread: Some(thread),
         }
@@ -52,6 +46,15 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocked read with one byte (O_NONBLOCK: the FIFO has a
+        // reader, ours, so this open never waits).
+        if let Ok(mut waker) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000)
+            .open(&self.fifo)
+        {
+            let _ = waker.write_all(b"\n");
+        }
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
         }

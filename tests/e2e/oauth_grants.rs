@@ -15,7 +15,7 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -273,29 +273,25 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// Waits (bounded) for an audit record matching `pred`.
-fn wait_audit(broker: &Broker, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        if let Some(r) = attestation::audit_records(broker).into_iter().find(&pred) {
-            return r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
+/// The audit record matching `pred`. No waiting: the broker writes a
+/// request's records before it answers (a failed audit write fails the
+/// request), so the record is in the trail once the client has its answer.
+#[track_caller]
+fn audited(broker: &Broker, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let records = attestation::audit_records(broker);
+    match records.iter().find(|r| pred(r)) {
+        Some(r) => r.clone(),
+        None => panic!(
             "no audit record: {what}; the last ones: {:#?}",
-            attestation::audit_records(broker)
-                .into_iter()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+            records.iter().rev().take(5).collect::<Vec<_>>()
+        ),
     }
 }
 
 /// A `token_denied` record of the token endpoint whose reason has `reason`.
-fn wait_denied(broker: &Broker, grant: &str, reason: &str) -> Value {
-    wait_audit(broker, &format!("token_denied ({grant}) with `{reason}`"), |r| {
+#[track_caller]
+fn audited_denial(broker: &Broker, grant: &str, reason: &str) -> Value {
+    audited(broker, &format!("token_denied ({grant}) with `{reason}`"), |r| {
         r["event"] == "token_denied"
             && r["grant_type"] == grant
             && r["reason"].as_str().is_some_and(|s| s.contains(reason))
@@ -397,7 +393,7 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
     assert_eq!(c["sub"], CI);
     assert_eq!(c["aud"], CRM);
     assert_eq!(c["task_id"], "jb-1");
-    let issued = wait_audit(broker, "token_issued by jwt-bearer", |r| {
+    let issued = audited(broker, "token_issued by jwt-bearer", |r| {
         r["event"] == "token_issued" && r["grant_id"] == c["jti"]
     });
     assert_eq!(issued["grant_type"], "jwt-bearer");
@@ -499,7 +495,7 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
         (400, "invalid_grant"),
         "{other:?}"
     );
-    wait_denied(broker, "jwt-bearer", "not the authenticated client");
+    audited_denial(broker, "jwt-bearer", "not the authenticated client");
     let missing = setup
         .post(
             None,
@@ -566,11 +562,11 @@ async fn the_jwt_bearer_grant_gives_the_task_bound_grant_and_refuses_bad_input()
             "{overrides:?}: {answer:?}"
         );
         let denied = if reason.is_empty() {
-            wait_audit(broker, "token_denied for the payments API", |r| {
+            audited(broker, "token_denied for the payments API", |r| {
                 r["event"] == "token_denied" && r["grant_type"] == "jwt-bearer" && r["audience"] == payments
             })
         } else {
-            wait_denied(broker, "jwt-bearer", reason)
+            audited_denial(broker, "jwt-bearer", reason)
         };
         assert_eq!(denied["who"]["identity"], CI);
     }
@@ -640,7 +636,7 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
     let body = setup.post(None, &form, None).await.token();
     let c = claims_of(body["access_token"].as_str().unwrap());
     assert_eq!((c["sub"].as_str(), c["task_id"].as_str()), (Some(CLIENT), Some("cc-1")));
-    let issued = wait_audit(broker, "token_issued by private_key_jwt", |r| {
+    let issued = audited(broker, "token_issued by private_key_jwt", |r| {
         r["event"] == "token_issued" && r["grant_id"] == c["jti"]
     });
     assert_eq!(issued["grant_type"], "client_credentials");
@@ -697,7 +693,7 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
             tessera_e2e::wait_past_second(tessera_e2e::now_secs() + 1).await;
         }
     }
-    wait_denied(
+    audited_denial(
         broker,
         "client_credentials",
         "`client_id` is not the authenticated client",
@@ -734,7 +730,7 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
     let c = claims_of(mtls["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], "spiffe://tessera.local/agent/researcher");
     assert!(c["cnf"]["x5t#S256"].is_string(), "{c}");
-    let issued = wait_audit(broker, "token_issued by tls_client_auth", |r| {
+    let issued = audited(broker, "token_issued by tls_client_auth", |r| {
         r["event"] == "token_issued" && r["grant_id"] == c["jti"]
     });
     assert_eq!(
@@ -774,7 +770,7 @@ async fn client_credentials_authenticates_by_private_key_jwt_or_mtls() {
         )
         .await;
     assert_eq!((outsider.status, outsider.error().as_str()), (400, "invalid_grant"));
-    wait_denied(broker, "client_credentials", "not assigned");
+    audited_denial(broker, "client_credentials", "not assigned");
 }
 
 /// DPoP at the token endpoint: a nonce is required (`use_dpop_nonce` with a
@@ -812,7 +808,7 @@ async fn dpop_at_the_token_endpoint_needs_a_nonce_and_binds_the_key() {
         );
         nonce = first.header("dpop-nonce").expect("a DPoP-Nonce header").to_owned();
     }
-    wait_denied(broker, "jwt-bearer", "nonce");
+    audited_denial(broker, "jwt-bearer", "nonce");
 
     let proof = key.proof_with_nonce("POST", &url, &nonce, None).unwrap();
     let answer = setup.post(None, &form, Some(&proof)).await;
@@ -850,9 +846,9 @@ async fn dpop_at_the_token_endpoint_needs_a_nonce_and_binds_the_key() {
         let answer = setup.jwt_bearer("dp-1", &[], Some(&proof)).await;
         assert_eq!((answer.status, answer.error().as_str()), (400, code), "{answer:?}");
     }
-    wait_denied(broker, "jwt-bearer", "DPoP: proof `htm`");
-    wait_denied(broker, "jwt-bearer", "DPoP: proof `htu`");
-    wait_denied(broker, "jwt-bearer", "already used");
+    audited_denial(broker, "jwt-bearer", "DPoP: proof `htm`");
+    audited_denial(broker, "jwt-bearer", "DPoP: proof `htu`");
+    audited_denial(broker, "jwt-bearer", "already used");
 
     // On Redis, a replica with the same nonce key accepts the nonce, and a
     // proof used on one replica is refused by the other.
@@ -1046,7 +1042,7 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         (400, "invalid_grant"),
         "{thief:?}"
     );
-    wait_denied(broker, "client_credentials", "did not make this request");
+    audited_denial(broker, "client_credentials", "did not make this request");
 
     let token = ask("researcher", Some(id.clone())).await.token();
     let c = claims_of(token["access_token"].as_str().unwrap());
@@ -1056,7 +1052,7 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         c["cnf"]["x5t#S256"].is_string(),
         "bound to the certificate, as asked: {c}"
     );
-    wait_audit(broker, "token_issued from the approval", |r| {
+    audited(broker, "token_issued from the approval", |r| {
         r["event"] == "token_issued" && r["grant_id"] == c["jti"] && r["approval_id"] == id.as_str()
     });
 
@@ -1067,7 +1063,7 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         (400, "invalid_grant"),
         "{again:?}"
     );
-    wait_denied(broker, "client_credentials", "already redeemed");
+    audited_denial(broker, "client_credentials", "already redeemed");
     // Not an approval id at all.
     let bad = ask("researcher", Some("../x".to_owned())).await;
     assert_eq!((bad.status, bad.error().as_str()), (400, "invalid_request"), "{bad:?}");
@@ -1083,7 +1079,7 @@ async fn an_approval_is_polled_for_at_the_token_endpoint() {
         (400, "access_denied"),
         "{denied:?}"
     );
-    wait_denied(broker, "client_credentials", "was denied by");
+    audited_denial(broker, "client_credentials", "was denied by");
 }
 
 /// Tool-level limits (RFC 9396 `mcp_tool` details) in the task's ceiling,
@@ -1180,7 +1176,7 @@ async fn tool_level_limits_are_carried_and_never_widened() {
             (400, "invalid_authorization_details"),
             "{detail}: {answer:?}"
         );
-        wait_denied(broker, "client_credentials", reason);
+        audited_denial(broker, "client_credentials", reason);
     }
 
     // gRPC: the same rules (wider: PERMISSION_DENIED; malformed: INVALID_ARGUMENT).
