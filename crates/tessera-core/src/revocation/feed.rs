@@ -194,6 +194,11 @@ impl FeedState {
         self.grants.len() + self.tasks.len() + self.keys.len()
     }
 
+    /// Whether no revocation is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether the key `kid` was withdrawn (and its tokens may still live).
     pub fn key_withdrawn(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)
