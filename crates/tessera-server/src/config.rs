@@ -238,7 +238,7 @@ impl AnomalyConfig {
 /// `[introspection]`: Introspect answers from this replica's follower of
 /// the revocation feed when it has read the feed within `max_feed_lag`
 /// (then an answer lags a revocation made on another replica by at most
-/// that), and reads the store otherwise; `0` reads the store every time.
+/// that), and reads the store otherwise; `0s` reads the store every time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntrospectionConfig {
     /// The oldest feed read an answer from memory may rest on.
@@ -597,7 +597,7 @@ impl RawIntrospection {
         if !lag.is_zero() && (lag < Duration::from_millis(100) || lag > Duration::from_secs(60)) {
             return Err(key_error(
                 "introspection.max_feed_lag",
-                "must be 0 (always read the store) or between 100ms and 60s",
+                "must be 0s (always read the store) or between 100ms and 60s",
             ));
         }
         Ok(IntrospectionConfig { max_feed_lag: lag })

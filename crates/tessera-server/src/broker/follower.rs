@@ -127,6 +127,10 @@ impl Follower {
             .map(|v| (v.claims.clone(), v.kid.clone()));
         let claims = match cached {
             Some((claims, kid)) => {
+                if feed.key_withdrawn(&kid) {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    return Answer::NotLive;
+                }
                 if !self.key_usable(&feed, &kid, now) {
                     return Answer::Ask;
                 }
@@ -148,9 +152,18 @@ impl Follower {
                         self.remember(digest, claims.clone(), kid, now);
                         claims
                     }
-                    // A key this replica has not loaded yet (another
-                    // replica's, just rotated): the store knows it.
-                    Err(JwsError::UnknownKey) => return Answer::Ask,
+                    Err(JwsError::UnknownKey) => {
+                        // Withdrawn (break-glass): nothing it signed is live,
+                        // whatever else the token says.
+                        let kid = tessera_core::token::decode_unverified(token).map(|(header, _)| header.kid);
+                        if kid.is_ok_and(|kid| feed.key_withdrawn(&kid)) {
+                            self.answered.fetch_add(1, Ordering::Relaxed);
+                            return Answer::NotLive;
+                        }
+                        // A key this replica has not loaded yet (another
+                        // replica's, just rotated): the store knows it.
+                        return Answer::Ask;
+                    }
                     Err(e) => {
                         super::verifier::log_rejected(&e);
                         self.answered.fetch_add(1, Ordering::Relaxed);

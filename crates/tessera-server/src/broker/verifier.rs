@@ -52,16 +52,21 @@ impl Broker {
         if let Some(follower) = &self.follower {
             match follower.answer(token, &self.settings.issuer, self.settings.leeway_secs, now) {
                 super::follower::Answer::Live(claims) => {
+                    metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "memory").increment(1);
                     // The claims are the grant's (signed from it): `aud` is its audience.
                     let learns = who.identity().has_role(Role::Operator)
                         || tessera_core::task::Audience::parse(&claims.aud)
                             .is_ok_and(|aud| self.catalog.serves(&aud, who.id()));
                     return Ok(learns.then(|| AccessClaims::clone(&claims)));
                 }
-                super::follower::Answer::NotLive => return Ok(None),
+                super::follower::Answer::NotLive => {
+                    metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "memory").increment(1);
+                    return Ok(None);
+                }
                 super::follower::Answer::Ask => {}
             }
         }
+        metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "store").increment(1);
         Ok(self
             .live(token, now)
             .await?
