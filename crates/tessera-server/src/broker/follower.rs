@@ -263,9 +263,7 @@ impl Follower {
             Ok(batch) => batch,
             Err(StoreError::PositionExpired(_) | StoreError::BadPosition(_)) => {
                 tracing::warn!("introspection: revocation feed position lost; reading the store until resynchronised");
-                write(&self.feed).lost();
-                lock(&self.verified).clear();
-                *position = None;
+                self.unsync(position);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -278,6 +276,14 @@ impl Follower {
             self.seen_writes.fetch_max(writes, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Every answer reads the store until the next step resubscribes
+    /// (with a new sync floor).
+    fn unsync(&self, position: &mut Option<FeedPosition>) {
+        write(&self.feed).lost();
+        lock(&self.verified).clear();
+        *position = None;
     }
 
     fn apply(&self, batch: &FeedBatch, now: DateTime<Utc>) {
@@ -298,8 +304,9 @@ impl Follower {
         feed.prune(now);
     }
 
-    /// Follows the feed until the broker is dropped: retried with backoff
-    /// on store errors (answers read the store meanwhile, as they lag).
+    /// Follows the feed until the task is aborted: on a store error or a
+    /// read that hangs it resubscribes, with backoff (answers read the
+    /// store meanwhile).
     pub(crate) async fn run(self: Arc<Self>, store: Arc<dyn GrantStore>, clock: Arc<dyn Clock>) {
         let wait = self.wait();
         // A read that hangs (a black-holed store) is abandoned and retried.
@@ -312,9 +319,16 @@ impl Follower {
                     backoff = FIRST_BACKOFF;
                     continue;
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "introspection: reading the revocation feed failed; retrying"),
-                Err(_) => tracing::warn!("introspection: reading the revocation feed timed out; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "introspection: reading the revocation feed failed; resubscribing");
+                }
+                Err(_) => tracing::warn!("introspection: reading the revocation feed timed out; resubscribing"),
             }
+            // A failed read may hide a failover that lost writes the feed
+            // does not show (a grant record the old primary acknowledged):
+            // start again from a new floor, so every token issued before
+            // is read from the store, where such a grant is unknown.
+            self.unsync(&mut position);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
