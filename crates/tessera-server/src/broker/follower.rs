@@ -66,6 +66,12 @@ pub(crate) enum Answer {
 struct Verified {
     claims: Arc<AccessClaims>,
     kid: String,
+    /// The sync generation in which a store read (started after that
+    /// sync's head read) found the token live: a token from before the
+    /// sync floor is then answered from memory too (a revocation before
+    /// the head read would have shown in that read; later ones are in
+    /// the feed).
+    certified: Option<u64>,
 }
 
 /// The follower's memory, shared by the feed task and every introspection.
@@ -84,6 +90,9 @@ pub(crate) struct Follower {
     seen_writes: AtomicU64,
     /// Answers given from memory (live or not), for tests and metrics.
     answered: AtomicU64,
+    /// Bumped at every sync, unsync and raise of the floor: certifications
+    /// of an older generation count for nothing.
+    generation: AtomicU64,
 }
 
 impl Follower {
@@ -97,6 +106,7 @@ impl Follower {
             local_writes: AtomicU64::new(0),
             seen_writes: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -124,9 +134,11 @@ impl Follower {
         let digest = digest(token);
         let cached = lock(&self.verified)
             .get(&digest)
-            .map(|v| (v.claims.clone(), v.kid.clone()));
+            .map(|v| (v.claims.clone(), v.kid.clone(), v.certified));
+        let mut certified = false;
         let claims = match cached {
-            Some((claims, kid)) => {
+            Some((claims, kid, generation)) => {
+                certified = generation.is_some_and(|g| g == self.generation.load(Ordering::SeqCst));
                 if feed.key_withdrawn(&kid) {
                     self.answered.fetch_add(1, Ordering::Relaxed);
                     return Answer::NotLive;
@@ -149,7 +161,7 @@ impl Follower {
                             .map(|(header, _)| header.kid)
                             .unwrap_or_default();
                         let claims = Arc::new(claims);
-                        self.remember(digest, claims.clone(), kid, now);
+                        self.remember(digest, claims.clone(), kid, None, now);
                         claims
                     }
                     Err(JwsError::UnknownKey) => {
@@ -176,7 +188,9 @@ impl Follower {
             Answer::NotLive
         } else {
             let ancestors = claims.tessera_chain.iter().map(|hop| hop.jti.as_str());
-            match feed.check_token(claims.iat, &claims.jti, &claims.task_id, ancestors) {
+            // Certified live by a store read of this generation: the floor is passed.
+            let iat = if certified { i64::MAX } else { claims.iat };
+            match feed.check_token(iat, &claims.jti, &claims.task_id, ancestors) {
                 Ok(()) => Answer::Live(claims),
                 Err(FeedRefusal::IssuedBeforeSync) => return Answer::Ask,
                 // Revoked (and any refusal core adds later): not live.
@@ -196,7 +210,14 @@ impl Follower {
 
     /// Remembers a verified token; a full cache first drops expired
     /// tokens, and is emptied if that was not enough.
-    fn remember(&self, digest: [u8; 32], claims: Arc<AccessClaims>, kid: String, now: DateTime<Utc>) {
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        claims: Arc<AccessClaims>,
+        kid: String,
+        certified: Option<u64>,
+        now: DateTime<Utc>,
+    ) {
         let mut verified = lock(&self.verified);
         if verified.len() >= MAX_VERIFIED {
             let now = now.timestamp();
@@ -205,7 +226,32 @@ impl Follower {
                 verified.clear();
             }
         }
-        verified.insert(digest, Verified { claims, kid });
+        verified.insert(digest, Verified { claims, kid, certified });
+    }
+
+    /// The sync generation now: read it before a store read whose "live"
+    /// answer is then given to [`Follower::certify`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A store read that started in sync generation `generation` found
+    /// `token` (with `claims`) live: from memory on, it is answered
+    /// whatever its `iat` (see [`Verified::certified`]).
+    pub(crate) fn certify(&self, token: &str, claims: &AccessClaims, generation: u64, now: DateTime<Utc>) {
+        if generation != self.generation() || !read(&self.feed).is_synced() {
+            return;
+        }
+        let Ok((header, _)) = tessera_core::token::decode_unverified(token) else {
+            return;
+        };
+        self.remember(
+            digest(token),
+            Arc::new(claims.clone()),
+            header.kid,
+            Some(generation),
+            now,
+        );
     }
 
     /// The keys the store answered with (an introspection that read it):
@@ -254,6 +300,9 @@ impl Follower {
             *write(&self.keys) = keys.into_iter().map(|k| (k.jwk.kid.clone(), k)).collect();
             lock(&self.verified).clear();
             write(&self.feed).synced(floor, started);
+            // After the head read: a store read certified with this
+            // generation started after it.
+            self.generation.fetch_add(1, Ordering::SeqCst);
             self.seen_writes.fetch_max(writes, Ordering::SeqCst);
             tracing::info!(position = %head, "introspection: following the revocation feed");
             *position = Some(head);
@@ -282,12 +331,14 @@ impl Follower {
     /// (with a new sync floor).
     fn unsync(&self, position: &mut Option<FeedPosition>) {
         write(&self.feed).lost();
+        self.generation.fetch_add(1, Ordering::SeqCst);
         lock(&self.verified).clear();
         *position = None;
     }
 
     fn apply(&self, batch: &FeedBatch, now: DateTime<Utc>) {
         let mut feed = write(&self.feed);
+        let floor = feed.floor();
         for event in &batch.events {
             let r = &event.revocation;
             let target = match &r.target {
@@ -300,6 +351,10 @@ impl Follower {
                 }
             };
             feed.revoke(target, r.not_after, r.revoked_at, now);
+        }
+        if feed.floor() != floor {
+            // Full: a dropped revocation may concern a certified token.
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         feed.prune(now);
     }
@@ -641,21 +696,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_issued_before_the_sync_floor_is_read_from_the_store() {
+    async fn a_token_issued_before_the_sync_floor_is_read_from_the_store_once() {
         let f = Fixture::with_follower().await;
         f.task("t1").await;
         let issued = f.issue("t1", &["contacts.read"]).await;
+        let kept = f.issue("t1", &["contacts.read"]).await;
+        let revoked = f.issue("t1", &["contacts.read"]).await;
+        // Revoked before the follower starts: only the store knows.
+        f.store
+            .revoke_grant(&revoked.grant.id, "x", f.broker.now())
+            .await
+            .unwrap();
         let mut position = None;
         f.follow(&mut position).await;
         f.clock.advance(chrono::Duration::seconds(1));
         f.follow(&mut position).await;
         assert!(active(&f, &issued.token).await);
+        assert!(active(&f, &kept.token).await);
+        assert!(!active(&f, &revoked.token).await);
+        assert_eq!(f.broker.answered_from_memory(), 0, "all from the store");
+        // The store found them live after the sync: from memory from now
+        // on, and a later revocation reaches them through the feed.
+        assert!(active(&f, &issued.token).await);
+        assert!(!active(&f, &revoked.token).await, "never certified: the store again");
+        assert_eq!(f.broker.answered_from_memory(), 1);
         f.store
             .revoke_grant(&issued.grant.id, "x", f.broker.now())
             .await
             .unwrap();
-        assert!(!active(&f, &issued.token).await, "no feed read needed");
-        assert_eq!(f.broker.answered_from_memory(), 0);
+        f.follow(&mut position).await;
+        assert!(!active(&f, &issued.token).await);
+        assert_eq!(f.broker.answered_from_memory(), 2);
+        // A resubscription voids the certification: the store again, once.
+        let mut lost = Some(tessera_store::FeedPosition::new("0:999999"));
+        f.follow(&mut lost).await;
+        assert!(lost.is_none(), "a position from no life of the store is lost");
+        f.follow(&mut lost).await;
+        assert!(active(&f, &kept.token).await);
+        assert_eq!(
+            f.broker.answered_from_memory(),
+            2,
+            "read from the store after the resubscription"
+        );
+        assert!(active(&f, &kept.token).await);
+        assert_eq!(f.broker.answered_from_memory(), 3);
     }
 
     #[tokio::test]

@@ -67,9 +67,12 @@ impl Broker {
             }
         }
         metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "store").increment(1);
-        Ok(self
-            .live(token, now)
-            .await?
+        let generation = self.follower.as_ref().map(|f| f.generation());
+        let live = self.live(token, now).await?;
+        if let (Some(follower), Some(generation), Some((claims, _))) = (&self.follower, generation, &live) {
+            follower.certify(token, claims, generation, now);
+        }
+        Ok(live
             .filter(|(_, grant)| self.learns_about(who, &grant.audience))
             .map(|(claims, _)| claims))
     }
