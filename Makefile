@@ -140,7 +140,7 @@ test: deps redis test-tools node-tools fmt-check check-deps clippy ## Everything
 			echo "== end-to-end tests again, every broker on a real redis-server =="; \
 			: "--workspace, not -p: the same feature set as above, so nothing is rebuilt"; \
 			: "not image: tests/e2e/image.rs always runs its broker on a real redis-server"; \
-			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths --test mcp_layer || status=$$?; \
+			TESSERA_TEST_STORE=redis $(CARGO) test --locked --workspace --test lifecycle --test admin --test examples --test bad_input --test startup --test redis_store --test introspection_follower --test anomaly --test delegation --test pop --test approvals --test verifier --test http_facade --test oauth_grants --test golden --test shutdown --test operations --test grant_bounds --test connections --test hot_paths --test mcp_layer || status=$$?; \
 		fi; \
 		$(REDIS_REAP); exit $$status
 

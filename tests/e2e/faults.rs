@@ -318,12 +318,21 @@ fn metric(broker: &Broker, name: &str) -> f64 {
 /// the broker serves from Redis is answered UNAVAILABLE or DEADLINE_EXCEEDED
 /// within its deadline; health goes NOT_SERVING and back to SERVING; once
 /// healed, the broker holds no more connections to Redis and no more file
-/// descriptors than before the faults.
+/// descriptors than before the faults. Introspect reads the store on every
+/// call here (`max_feed_lag = "0s"`): within its bound the feed follower may
+/// rightly answer a live token active from memory during a fault
+/// (`introspection_follower.rs` tests that it never does past the bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_silent_or_resetting_redis_fails_every_rpc_in_time_and_leaks_nothing() {
     let redis = RedisServer::builder().appendonly(false).start();
     let proxy = FaultProxy::start(addr_of(&redis));
-    let broker = broker_on(&proxy.redis_url());
+    let urls = format!("[\"{}\"]", proxy.redis_url());
+    let broker = Broker::start_with(&[
+        ("TESSERA_STORE__BACKEND", "redis"),
+        ("TESSERA_STORE__URLS", &urls),
+        ("TESSERA_STORE__TIMEOUT", STORE_TIMEOUT),
+        ("TESSERA_INTROSPECTION__MAX_FEED_LAG", "0s"),
+    ]);
     let health_channel = broker.channel("api-gateway").await;
     let mut verifier = broker.verifier("api-gateway").await;
     let mut agent = broker.agent("researcher").await;

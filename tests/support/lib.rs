@@ -165,6 +165,23 @@ impl Broker {
         replica
     }
 
+    /// [`Broker::replica`] with `overrides` replacing its settings (e.g. the
+    /// store's URL through a fault proxy); a restart keeps them.
+    pub fn replica_with(&self, overrides: &[(&str, &str)]) -> Self {
+        static N: AtomicU32 = AtomicU32::new(1);
+        let audit = self
+            .dir
+            .path()
+            .join(format!("audit-with-{}.jsonl", N.fetch_add(1, Ordering::SeqCst)));
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| k != "TESSERA_AUDIT__FILE" && !overrides.iter().any(|(o, _)| o == k));
+        env.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env.push(("TESSERA_AUDIT__FILE".into(), audit.to_str().unwrap().to_owned()));
+        let mut replica = Self::spawn(self.dir.clone(), env, self.redis.clone());
+        replica.audit = audit;
+        replica
+    }
+
     fn spawn(
         dir: std::sync::Arc<TempDir>,
         env: Vec<(String, String)>,

@@ -1,5 +1,7 @@
 //! Revocations: what a verifier must stop accepting, and until when it matters.
 
+pub mod feed;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

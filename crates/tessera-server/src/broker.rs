@@ -16,6 +16,7 @@ mod attestation;
 pub mod console;
 mod delegation;
 mod error;
+mod follower;
 mod grants;
 mod identities;
 mod keys;
@@ -139,6 +140,9 @@ pub struct Broker {
     console: Option<console::Console>,
     /// Tasks RequestToken read lately.
     recent_tasks: tasks::RecentTasks,
+    /// The revocation-feed follower Introspect answers from (`None`:
+    /// `[introspection] max_feed_lag = 0`, every answer reads the store).
+    follower: Option<Arc<follower::Follower>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -194,6 +198,7 @@ impl Broker {
             approvals: approvals::Approvals::new(Arc::new(tessera_store::MemoryApprovalStore::default())),
             console: None,
             recent_tasks: tasks::RecentTasks::default(),
+            follower: None,
         };
         let mut event = broker.event(AuditKind::KeyPublished, Outcome::Allow, None);
         let signer = broker.signer();
@@ -211,6 +216,50 @@ impl Broker {
     pub fn with_replay_cache(mut self, replay: Arc<dyn tessera_store::replay::ReplayCache>) -> Self {
         self.replay = replay;
         self
+    }
+
+    /// Answers Introspect from a follower of the revocation feed whenever
+    /// it has read the feed within `max_lag` (see `broker/follower.rs`);
+    /// zero keeps every answer on the store. Revocations this broker makes
+    /// are counted from here on, so call it before the broker is shared.
+    /// The follower runs once [`Broker::follow_revocations`] is spawned.
+    #[must_use]
+    pub fn with_introspection_follower(mut self, max_lag: std::time::Duration) -> Self {
+        if max_lag.is_zero() {
+            return self;
+        }
+        let follower = Arc::new(follower::Follower::new(max_lag));
+        self.store = Arc::new(follower::Marking::new(self.store, follower.clone()));
+        self.follower = Some(follower);
+        self
+    }
+
+    /// The task that follows the revocation feed for Introspect, if the
+    /// follower is on: spawn it; it runs until dropped.
+    pub fn follow_revocations(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let follower = self.follower.clone()?;
+        Some(follower.run(self.store.clone(), self.clock.clone()))
+    }
+
+    /// One step of the follower, waiting for nothing (unit tests step it
+    /// by hand instead of spawning [`Broker::follow_revocations`]).
+    #[cfg(test)]
+    pub(crate) async fn follow_once(
+        &self,
+        position: &mut Option<tessera_store::FeedPosition>,
+    ) -> Result<(), StoreError> {
+        let Some(follower) = &self.follower else {
+            return Ok(());
+        };
+        follower
+            .step(&*self.store, &*self.clock, position, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// Answers Introspect gave from the follower's memory.
+    #[cfg(test)]
+    pub(crate) fn answered_from_memory(&self) -> u64 {
+        self.follower.as_ref().map_or(0, |f| f.answered())
     }
 
     /// The trust domain callers must belong to.

@@ -111,6 +111,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Anomaly revocation.
     pub anomaly: AnomalyConfig,
+    /// How Introspect answers.
+    pub introspection: IntrospectionConfig,
     /// The Cedar policy set.
     pub policy: policy::PolicyConfig,
     /// `[delegation] max_depth` and `[tokens] bound_classes`.
@@ -233,6 +235,16 @@ impl AnomalyConfig {
     }
 }
 
+/// `[introspection]`: Introspect answers from this replica's follower of
+/// the revocation feed when it has read the feed within `max_feed_lag`
+/// (then an answer lags a revocation made on another replica by at most
+/// that), and reads the store otherwise; `0s` reads the store every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntrospectionConfig {
+    /// The oldest feed read an answer from memory may rest on.
+    pub max_feed_lag: Duration,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -258,6 +270,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     anomaly: RawAnomaly,
+    #[serde(default)]
+    introspection: RawIntrospection,
     #[serde(default)]
     policy: policy::RawPolicy,
     #[serde(default)]
@@ -552,6 +566,42 @@ fn default_audit_file() -> PathBuf {
 
 fn default_audit_timeout() -> Duration {
     Duration::from_secs(2)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    #[serde(default = "default_max_feed_lag", with = "humantime_serde")]
+    max_feed_lag: Duration,
+}
+
+impl Default for RawIntrospection {
+    fn default() -> Self {
+        Self {
+            max_feed_lag: default_max_feed_lag(),
+        }
+    }
+}
+
+/// One second: far below any token's lifetime and below how long a
+/// revocation takes to reach SDK verifiers (their `max_staleness` is 15 s
+/// by default), while the follower's idle reads (every 250 ms) cost a few
+/// Redis commands a second.
+fn default_max_feed_lag() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl RawIntrospection {
+    fn validate(self) -> Result<IntrospectionConfig, ConfigError> {
+        let lag = self.max_feed_lag;
+        if !lag.is_zero() && (lag < Duration::from_millis(100) || lag > Duration::from_secs(60)) {
+            return Err(key_error(
+                "introspection.max_feed_lag",
+                "must be 0s (always read the store) or between 100ms and 60s",
+            ));
+        }
+        Ok(IntrospectionConfig { max_feed_lag: lag })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1045,6 +1095,7 @@ impl RawConfig {
             ));
         }
         let anomaly = self.anomaly.validate()?;
+        let introspection = self.introspection.validate()?;
         let oauth = self.oauth.validate(base)?;
         let console = self.console.validate(oauth.listen.is_some())?;
 
@@ -1209,6 +1260,7 @@ impl RawConfig {
                 require: self.audit.require,
             },
             anomaly,
+            introspection,
             policy: self.policy.validate(base)?,
             binding,
             oauth,

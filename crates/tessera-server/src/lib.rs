@@ -373,8 +373,12 @@ pub async fn serve(
         .map_err(ServeError::Start)?
         .with_approval_store(approvals)
         .with_approval_notifier(notifier)
-        .with_console(console_settings.clone()),
+        .with_console(console_settings.clone())
+        .with_introspection_follower(config.introspection.max_feed_lag),
     );
+    // Stopped with the other background tasks below; answers read the
+    // store from then on (the follower stops being fresh).
+    let follower = broker.follow_revocations().map(tokio::spawn);
     let _sighup = broker::policy::reload_on_sighup(broker.clone());
     let _policy_watch = config
         .policy
@@ -597,6 +601,9 @@ pub async fn serve(
             watch.abort();
             live_grants.abort();
             disabled_refresh.abort();
+            if let Some(follower) = &follower {
+                follower.abort();
+            }
             rotation.abort();
             reloader.abort();
             if let Some((task, path)) = &unix {
@@ -613,6 +620,9 @@ pub async fn serve(
     watch.abort();
     live_grants.abort();
     disabled_refresh.abort();
+    if let Some(follower) = &follower {
+        follower.abort();
+    }
     rotation.abort();
     reloader.abort();
     readiness.set(false);

@@ -29,6 +29,9 @@ pub const WEBHOOK_FAILURES: &str = "tessera_approval_webhook_failures_total";
 /// gRPC call latency (to response headers), by method and status code; its
 /// `_count` is the request counter.
 pub const REQUEST_DURATION: &str = "tessera_request_duration_seconds";
+/// Introspect answers, by where they came from (`memory`: the feed
+/// follower; `store`: a store read).
+pub const INTROSPECTIONS: &str = "tessera_introspections_total";
 /// Grants live in the store (sampled).
 pub const LIVE_GRANTS: &str = "tessera_live_grants";
 /// Always 1, labelled with the version.
@@ -107,6 +110,10 @@ fn describe() {
          Redis or host crash can lose of acknowledged writes (none, 1s, os, snapshot, unknown)."
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label says which tesserad runs.");
+    metrics::describe_counter!(
+        INTROSPECTIONS,
+        "Introspect answers, by where they came from (the feed follower's memory or the store)."
+    );
     metrics::describe_counter!(POLICY_RELOADS, "Policy reloads (SIGHUP), by result.");
     metrics::describe_counter!(
         ATTESTATION_REJECTED,
@@ -155,6 +162,9 @@ pub fn register(jwt_issuers: &[&str]) {
         metrics::counter!(REVOCATIONS, "cause" => cause).increment(0);
     }
     metrics::counter!(STORE_ERRORS).increment(0);
+    for from in ["memory", "store"] {
+        metrics::counter!(INTROSPECTIONS, "from" => from).increment(0);
+    }
     metrics::counter!(AUDIT_FAILURES).increment(0);
     metrics::counter!(WEBHOOK_FAILURES).increment(0);
     for result in ["ok", "refused"] {

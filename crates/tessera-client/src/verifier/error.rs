@@ -245,3 +245,16 @@ impl VerifierConfigError {
         }
     }
 }
+
+impl From<tessera_core::revocation::feed::FeedRefusal> for VerifyError {
+    fn from(refusal: tessera_core::revocation::feed::FeedRefusal) -> Self {
+        use tessera_core::revocation::feed::FeedRefusal;
+        match refusal {
+            FeedRefusal::NotSynced => Self::NotSynced,
+            FeedRefusal::FeedStale => Self::FeedStale,
+            FeedRefusal::IssuedBeforeSync => Self::IssuedBeforeSync,
+            // `FeedRefusal` is non-exhaustive: anything else is a revocation.
+            _ => Self::Revoked,
+        }
+    }
+}

@@ -39,7 +39,6 @@ mod keys;
 mod replay;
 #[cfg(feature = "redis")]
 mod replay_redis;
-mod state;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +49,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::pop::{Bound, ContentCheck, NonceSource, PROOF_MAX_AGE, Presentation, check_binding_with_content};
+use tessera_core::revocation::feed::{FeedState, Target};
 use tessera_core::token::{AccessCheck, Algorithm, Jwk, JwsError, MAX_CHAIN_LEN, MAX_LEEWAY_SECS, check_access_token};
 
 pub use error::{RefusalKind, VerifierConfigError, VerifyError};
@@ -424,7 +424,7 @@ pub(crate) struct Shared {
     config: VerifierConfig,
     clock: Arc<dyn Clock>,
     keys: RwLock<keys::KeyCache>,
-    feed: RwLock<state::FeedState>,
+    feed: RwLock<FeedState>,
     replay: Replay,
     /// Serialises JWKS refreshes; holds when the last one happened.
     refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -589,7 +589,7 @@ impl Shared {
             .map_err(|_| VerifierConfigError::new("max_staleness", "too long"))?;
         Ok(Self {
             keys: RwLock::new(keys::KeyCache::default()),
-            feed: RwLock::new(state::FeedState::new(config.max_revocations, leeway_secs)),
+            feed: RwLock::new(FeedState::new(config.max_revocations, leeway_secs)),
             replay: match &config.replay_store {
                 Some(store) => Replay::Shared(store.clone()),
                 None => Replay::Local(Mutex::new(replay::ReplayCache::new(
@@ -754,15 +754,15 @@ impl Shared {
                     .and_then(timestamp)
                     .unwrap_or(now + chrono::Duration::days(1));
                 let target = match &event.target {
-                    Some(pb::revocation_event::Target::GrantId(jti)) => Some(state::Target::Grant(jti.clone())),
-                    Some(pb::revocation_event::Target::TaskId(task)) => Some(state::Target::Task(task.clone())),
+                    Some(pb::revocation_event::Target::GrantId(jti)) => Some(Target::Grant(jti.clone())),
+                    Some(pb::revocation_event::Target::TaskId(task)) => Some(Target::Task(task.clone())),
                     Some(pb::revocation_event::Target::Kid(kid)) => {
                         // Withdrawn (break-glass): no token it signed verifies
                         // from now on, without waiting for a JWKS refresh.
                         // Lock order: feed, then keys (`load_keys` never
                         // holds the keys while taking the feed).
                         lock_write(&self.keys).drop_withdrawn(|k| k == kid);
-                        Some(state::Target::Key(kid.clone()))
+                        Some(Target::Key(kid.clone()))
                     }
                     None => None,
                 };

@@ -167,6 +167,19 @@ impl Fixture {
         f
     }
 
+    /// A fixture whose broker answers Introspect from its revocation-feed
+    /// follower (bound one second), stepped by hand: [`Fixture::follow`].
+    pub(crate) async fn with_follower() -> Self {
+        let mut f = Self::with(settings()).await;
+        f.broker = f.broker.with_introspection_follower(std::time::Duration::from_secs(1));
+        f
+    }
+
+    /// One step of the broker's feed follower (no waiting).
+    pub(crate) async fn follow(&self, position: &mut Option<tessera_store::FeedPosition>) {
+        self.broker.follow_once(position).await.unwrap();
+    }
+
     /// A fixture with `settings`.
     pub(crate) async fn with(settings: BrokerSettings) -> Self {
         Self::with_store(settings, |store| store).await

@@ -48,9 +48,31 @@ impl Broker {
     /// Store failures are errors, never "inactive" and never "active".
     pub async fn introspect(&self, who: &VerifiedIdentity, token: &str) -> Result<Option<AccessClaims>, BrokerError> {
         self.authorize(who, Operation::Introspect).await?;
-        Ok(self
-            .live(token, self.clock.now())
-            .await?
+        let now = self.clock.now();
+        if let Some(follower) = &self.follower {
+            match follower.answer(token, &self.settings.issuer, self.settings.leeway_secs, now) {
+                super::follower::Answer::Live(claims) => {
+                    metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "memory").increment(1);
+                    // The claims are the grant's (signed from it): `aud` is its audience.
+                    let learns = who.identity().has_role(Role::Operator)
+                        || tessera_core::task::Audience::parse(&claims.aud)
+                            .is_ok_and(|aud| self.catalog.serves(&aud, who.id()));
+                    return Ok(learns.then(|| AccessClaims::clone(&claims)));
+                }
+                super::follower::Answer::NotLive => {
+                    metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "memory").increment(1);
+                    return Ok(None);
+                }
+                super::follower::Answer::Ask => {}
+            }
+        }
+        metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "store").increment(1);
+        let generation = self.follower.as_ref().map(|f| f.generation());
+        let live = self.live(token, now).await?;
+        if let (Some(follower), Some(generation), Some((claims, _))) = (&self.follower, generation, &live) {
+            follower.certify(token, claims, generation, now);
+        }
+        Ok(live
             .filter(|(_, grant)| self.learns_about(who, &grant.audience))
             .map(|(claims, _)| claims))
     }
@@ -173,6 +195,9 @@ impl Broker {
             return Ok(None);
         };
         let (keys, grant) = self.store.keys_and_grant(&id, now).await?;
+        if let Some(follower) = &self.follower {
+            follower.learn_keys(&keys);
+        }
         let jwks = tessera_core::token::Jwks {
             keys: keys.into_iter().map(|k| k.jwk).collect(),
         };

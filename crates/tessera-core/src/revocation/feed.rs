@@ -1,5 +1,6 @@
-//! What the verifier knows from the revocation feed: the revoked grants and
-//! tasks (each kept only until the last token it concerns has expired),
+//! What a follower of the revocation feed knows: the revoked grants, tasks
+//! and withdrawn keys (each kept only until the last token it concerns has
+//! expired),
 //! whether the feed is synchronised, when it was last heard from, and the
 //! *sync floor*: tokens issued at or before it are refused, because a
 //! revocation of them may have been missed.
@@ -9,17 +10,37 @@
 //! broker answered OUT_OF_RANGE because our position was lost), and raised
 //! when an event must be dropped because the set is full: the dropped
 //! revocation concerns tokens issued before it, so refusing every token
-//! issued up to it keeps the verifier safe with bounded memory.
+//! issued up to it keeps the follower safe with bounded memory.
+//!
+//! One implementation for both followers: the SDK's `Verifier` (fed by
+//! `WatchRevocations`) and `tesserad`'s own (fed by the store, so that
+//! Introspect answers without a store read).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::error::VerifyError;
+/// Why the feed refuses a token (or every token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedRefusal {
+    /// No subscription has answered yet (or the position was lost).
+    #[error("revocation feed not synchronised")]
+    NotSynced,
+    /// Nothing heard for longer than the allowed staleness.
+    #[error("revocation feed stale")]
+    FeedStale,
+    /// Issued at or before the sync floor: a revocation may have been missed.
+    #[error("token issued before the revocation feed was synchronised")]
+    IssuedBeforeSync,
+    /// The token, its task, or an ancestor was revoked.
+    #[error("token revoked")]
+    Revoked,
+}
 
 /// What a revocation kills.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
+pub enum Target {
     /// The token whose `jti` is this.
     Grant(String),
     /// Every token whose `task_id` is this.
@@ -28,9 +49,9 @@ pub(crate) enum Target {
     Key(String),
 }
 
-/// Feed status and revocation set, behind one lock in the verifier.
+/// Feed status and revocation set, behind one lock in its follower.
 #[derive(Debug)]
-pub(crate) struct FeedState {
+pub struct FeedState {
     synced: bool,
     last_heard: Option<DateTime<Utc>>,
     /// Tokens need `iat > floor` (seconds, broker clock).
@@ -47,7 +68,9 @@ pub(crate) struct FeedState {
 }
 
 impl FeedState {
-    pub(crate) fn new(capacity: usize, keep_extra_secs: i64) -> Self {
+    /// An unsynchronised state holding at most `capacity` revocations, each
+    /// kept `keep_extra_secs` past its `not_after`.
+    pub fn new(capacity: usize, keep_extra_secs: i64) -> Self {
         Self {
             synced: false,
             last_heard: None,
@@ -62,47 +85,47 @@ impl FeedState {
     }
 
     /// Fails closed unless synchronised and heard from within `max_staleness`.
-    pub(crate) fn check_fresh(&self, now: DateTime<Utc>, max_staleness: chrono::Duration) -> Result<(), VerifyError> {
+    pub fn check_fresh(&self, now: DateTime<Utc>, max_staleness: chrono::Duration) -> Result<(), FeedRefusal> {
         if !self.synced {
-            return Err(VerifyError::NotSynced);
+            return Err(FeedRefusal::NotSynced);
         }
         match self.last_heard {
             Some(heard) if now - heard <= max_staleness => Ok(()),
-            _ => Err(VerifyError::FeedStale),
+            _ => Err(FeedRefusal::FeedStale),
         }
     }
 
     /// Refuses a token issued at or before the floor, or revoked.
-    pub(crate) fn check_token<'a>(
+    pub fn check_token<'a>(
         &self,
         iat: i64,
         jti: &str,
         task_id: &str,
         ancestors: impl Iterator<Item = &'a str>,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<(), FeedRefusal> {
         if self.floor.is_some_and(|floor| iat <= floor) {
-            return Err(VerifyError::IssuedBeforeSync);
+            return Err(FeedRefusal::IssuedBeforeSync);
         }
         if self.grants.contains_key(jti) || self.tasks.contains_key(task_id) {
-            return Err(VerifyError::Revoked);
+            return Err(FeedRefusal::Revoked);
         }
         for ancestor in ancestors {
             if self.grants.contains_key(ancestor) {
-                return Err(VerifyError::Revoked);
+                return Err(FeedRefusal::Revoked);
             }
         }
         Ok(())
     }
 
     /// A fresh subscription answered: synchronised from `broker_now` on.
-    pub(crate) fn synced(&mut self, broker_now: DateTime<Utc>, now: DateTime<Utc>) {
+    pub fn synced(&mut self, broker_now: DateTime<Utc>, now: DateTime<Utc>) {
         self.floor = Some(self.floor.unwrap_or(i64::MIN).max(broker_now.timestamp()));
         self.synced = true;
         self.last_heard = Some(now);
     }
 
     /// Any message on a synchronised feed.
-    pub(crate) fn heard(&mut self, now: DateTime<Utc>) {
+    pub fn heard(&mut self, now: DateTime<Utc>) {
         if self.synced {
             self.last_heard = Some(now);
         }
@@ -110,23 +133,17 @@ impl FeedState {
 
     /// The broker no longer has our position: refuse everything until a
     /// fresh subscription answers.
-    pub(crate) fn lost(&mut self) {
+    pub fn lost(&mut self) {
         self.synced = false;
     }
 
     /// Whether a fresh subscription has answered since the last loss.
-    pub(crate) fn is_synced(&self) -> bool {
+    pub fn is_synced(&self) -> bool {
         self.synced
     }
 
     /// Records a revocation; `revoked_at` is the broker's clock.
-    pub(crate) fn revoke(
-        &mut self,
-        target: Target,
-        not_after: DateTime<Utc>,
-        revoked_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) {
+    pub fn revoke(&mut self, target: Target, not_after: DateTime<Utc>, revoked_at: DateTime<Utc>, now: DateTime<Utc>) {
         let forget_after = not_after.timestamp().saturating_add(self.keep_extra_secs);
         if forget_after < now.timestamp() {
             return; // every token it concerns has expired everywhere
@@ -154,7 +171,7 @@ impl FeedState {
     }
 
     /// Forgets revocations whose tokens have all expired.
-    pub(crate) fn prune(&mut self, now: DateTime<Utc>) {
+    pub fn prune(&mut self, now: DateTime<Utc>) {
         let now = now.timestamp();
         if now <= self.next_expiry {
             return;
@@ -173,17 +190,22 @@ impl FeedState {
     }
 
     /// How many revocations are held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.grants.len() + self.tasks.len() + self.keys.len()
     }
 
+    /// Whether no revocation is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether the key `kid` was withdrawn (and its tokens may still live).
-    pub(crate) fn key_withdrawn(&self, kid: &str) -> bool {
+    pub fn key_withdrawn(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)
     }
 
     /// The sync floor, for tests and status.
-    pub(crate) fn floor(&self) -> Option<i64> {
+    pub fn floor(&self) -> Option<i64> {
         self.floor
     }
 }
