@@ -443,6 +443,51 @@ pub async fn feed_overflow_is_reported(store: impl GrantStore) {
     ));
 }
 
+/// A feed bounded to a few events (the store's bound set that low by the
+/// caller): every position a reader could hold is either refused with
+/// `PositionExpired` (events after it were trimmed while still relevant)
+/// or answered with exactly the events after it, in order: never a silent
+/// gap. Revocations alternate between `revoke_grant` and `release_grant`
+/// (on Redis outside Cluster the one-script path, inside the publish
+/// script), so both trims are held to it.
+pub async fn a_trimmed_feed_refuses_only_the_readers_it_lost(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let mut positions = vec![store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head];
+    let mut revoked = Vec::new();
+    for i in 0..40 {
+        let g = grant(&store, "t1", 30, None).await;
+        store.record_grant(&g, t0()).await.unwrap();
+        if i % 2 == 0 {
+            store.revoke_grant(&g.id, "r", t0()).await.unwrap().unwrap();
+        } else {
+            store
+                .release_grant(&g.id, &g.subject, "r", t0())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        revoked.push(RevocationTarget::Grant(g.id));
+        positions.push(store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head);
+    }
+    let mut refused = 0;
+    for (i, pos) in positions.iter().enumerate() {
+        match store.read_revocations(Some(pos), 100, Duration::ZERO).await {
+            Err(StoreError::PositionExpired(_)) => refused += 1,
+            Ok(batch) => {
+                let got: Vec<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+                assert_eq!(got, revoked[i..].to_vec(), "reading after revocation {i}");
+            }
+            Err(e) => panic!("reading after revocation {i}: {e}"),
+        }
+    }
+    // The bound trimmed something: the oldest positions were lost.
+    assert!(refused > 0, "nothing was trimmed; the test proves nothing");
+    assert!(matches!(
+        store.read_revocations(positions.first(), 100, Duration::ZERO).await,
+        Err(StoreError::PositionExpired(_))
+    ));
+}
+
 /// A position from another store (or the same store before it lost its
 /// state) is refused: its reader may have missed events.
 pub async fn positions_do_not_cross_stores(a: impl GrantStore, b: impl GrantStore) {

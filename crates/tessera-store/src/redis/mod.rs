@@ -590,8 +590,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `last-generated-id` and `max-deleted-entry-id` of the feed; `None` if it does not exist.
-    async fn feed_info(&self) -> Result<Option<(StreamId, StreamId)>, StoreError> {
+    /// What `XINFO STREAM` says of the feed; `None` if it does not exist.
+    async fn feed_info(&self) -> Result<Option<FeedInfo>, StoreError> {
         let mut conn = self.conn();
         let info: Result<Value, StoreError> = self
             .bounded(
@@ -614,7 +614,23 @@ impl RedisStore {
                 .and_then(|s| StreamId::parse(&s))
                 .unwrap_or(StreamId(0, 0))
         };
-        Ok(Some((id("last-generated-id"), id("max-deleted-entry-id"))))
+        let count = |name: &str| {
+            fields
+                .get(name)
+                .and_then(conn::string_of)
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let (Some(length), Some(added)) = (count("length"), count("entries-added")) else {
+            return Err(StoreError::Corrupt(
+                "XINFO STREAM of the feed has no length or entries-added".into(),
+            ));
+        };
+        Ok(Some(FeedInfo {
+            last: id("last-generated-id"),
+            max_deleted: id("max-deleted-entry-id"),
+            first: id("recorded-first-entry-id"),
+            trimmed: added > length,
+        }))
     }
 
     async fn xrange_after(&self, epoch: &str, after: StreamId, max: usize) -> Result<Vec<FeedEvent>, StoreError> {
@@ -1022,6 +1038,21 @@ async fn tail_feed(mut conn: Conn, feed: String, changed: Arc<Notify>) {
             }
         }
     }
+}
+
+/// The feed's state, from `XINFO STREAM`.
+#[derive(Debug, Clone, Copy)]
+struct FeedInfo {
+    /// `last-generated-id`: the newest entry ever added.
+    last: StreamId,
+    /// `max-deleted-entry-id`: the newest entry removed by XDEL (trimming
+    /// does not move it in Redis 7.0).
+    max_deleted: StreamId,
+    /// `recorded-first-entry-id`: the oldest entry still held (0-0 when
+    /// none is).
+    first: StreamId,
+    /// Entries were removed (`entries-added` > `length`).
+    trimmed: bool,
 }
 
 /// A grant and its state from what `read_grant` (and `revoke_grant_now`
@@ -1487,7 +1518,7 @@ impl GrantStore for RedisStore {
         let epoch = self.ensure_epoch().await?;
         let info = self.feed_info().await?;
         let Some(after_pos) = after else {
-            let head = info.map(|(last, _)| last).unwrap_or(StreamId(0, 0));
+            let head = info.map(|i| i.last).unwrap_or(StreamId(0, 0));
             return Ok(FeedBatch {
                 events: Vec::new(),
                 head: position(&epoch, head),
@@ -1506,17 +1537,32 @@ impl GrantStore for RedisStore {
             // No stream: only the very beginning is a position of this Redis's life.
             None if after != StreamId(0, 0) => return Err(expired()),
             None => {}
-            Some((last, _)) if after > last => return Err(expired()),
-            Some((last, deleted)) if deleted > after => {
-                // Entries after `after` were trimmed. Harmless if they were older
-                // than the retention window (their tokens have expired); the
-                // window is measured in the stream's own (Redis) clock.
-                let relevant_since = last.0.saturating_sub(retention_ms(self.config.feed_retention));
-                if deleted.0 >= relevant_since {
+            Some(info) if after > info.last => return Err(expired()),
+            Some(info) => {
+                // Entries after `after` that are gone: removed by XDEL
+                // (`max-deleted-entry-id`), or trimmed (XADD MAXLEN, XTRIM
+                // MINID), which removes the oldest entries and in Redis 7.0
+                // moves no `max-deleted-entry-id`: some were trimmed after
+                // `after` if it is older than the first entry still held.
+                // The newest trimmed one is older than that first entry
+                // (the last one when none is left).
+                let trimmed_newest = (info.trimmed && after < info.first).then_some(if info.first == StreamId(0, 0) {
+                    info.last
+                } else {
+                    info.first
+                });
+                let deleted_newest = (info.max_deleted > after).then_some(info.max_deleted);
+                // Harmless if every lost entry was older than the retention
+                // window (their tokens have expired); the window is measured
+                // in the stream's own (Redis) clock.
+                let relevant_since = info.last.0.saturating_sub(retention_ms(self.config.feed_retention));
+                if trimmed_newest
+                    .max(deleted_newest)
+                    .is_some_and(|newest| newest.0 >= relevant_since)
+                {
                     return Err(expired());
                 }
             }
-            Some(_) => {}
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
