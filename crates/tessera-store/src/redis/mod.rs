@@ -820,11 +820,7 @@ impl RedisStore {
         let Some(root) = tag_of(id) else {
             return Ok(None);
         };
-        // The events' `revoked_at` as serde writes it, so they read as any other.
-        let revoked_at = serde_json::to_value(now)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .ok_or_else(|| StoreError::Corrupt("revocation time".into()))?;
+        let tail = event_tail(now, reason)?;
         let mut call = ScriptCall::new(&self.scripts.revoke_grant_now);
         call.key(self.keys.grant(&root, id.as_str()))
             .key(self.keys.feed())
@@ -834,7 +830,7 @@ impl RedisStore {
             .arg(reason)
             .arg(holder.map_or("", SpiffeId::as_str))
             .arg(self.config.feed_max_len)
-            .arg(revoked_at)
+            .arg(tail)
             .arg(retention_ms(self.config.feed_retention));
         // Confirmed by replicas also for a grant that was already revoked
         // (see `durable_write`).
@@ -1053,6 +1049,16 @@ struct FeedInfo {
     first: StreamId,
     /// Entries were removed (`entries-added` > `length`).
     trimmed: bool,
+}
+
+/// The members every event of one revocation shares, as serde writes them
+/// (`"revoked_at":"…","reason":"…"`), for `revoke_grant_now` to complete
+/// with each grant's target and `not_after`: the reason is escaped here,
+/// by the same encoder as every other event, never in Lua.
+fn event_tail(now: DateTime<Utc>, reason: &str) -> Result<String, StoreError> {
+    let at = serde_json::to_string(&now).map_err(|e| StoreError::Corrupt(format!("revocation time: {e}")))?;
+    let why = serde_json::to_string(reason).map_err(|e| StoreError::Corrupt(format!("revocation reason: {e}")))?;
+    Ok(format!("\"revoked_at\":{at},\"reason\":{why}"))
 }
 
 /// A grant and its state from what `read_grant` (and `revoke_grant_now`
