@@ -534,7 +534,8 @@ impl RedisStore {
         tag_of(id)
     }
 
-    /// Appends revocations to the feed (publish before apply).
+    /// Appends revocations to the feed (publish before apply), trimming it
+    /// by age in the same script.
     async fn publish(&self, revocations: &[Revocation]) -> Result<(), StoreError> {
         if revocations.is_empty() {
             return Ok(());
@@ -542,31 +543,15 @@ impl RedisStore {
         let feed = self.keys.feed();
         // One script, not XADDs: it may write when Redis is at maxmemory.
         let mut call = ScriptCall::new(&self.scripts.publish_events);
-        call.key(&feed).arg(self.config.feed_max_len);
+        call.key(&feed)
+            .arg(self.config.feed_max_len)
+            .arg(retention_ms(self.config.feed_retention));
         for r in revocations {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             call.arg(json);
         }
-        let ids: Vec<String> = self.durable_write(&call).await?;
-        let mut conn = self.conn();
+        let _: Vec<String> = self.durable_write(&call).await?;
         self.feed_changed.notify_waiters();
-        // Stream ids carry Redis's clock: trim by age in that clock, not ours.
-        if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
-            let cutoff = newest.0.saturating_sub(retention_ms(self.config.feed_retention));
-            let trimmed: Result<Value, StoreError> = self
-                .bounded(
-                    redis::cmd("XTRIM")
-                        .arg(&feed)
-                        .arg("MINID")
-                        .arg("~")
-                        .arg(cutoff)
-                        .query_async(&mut conn),
-                )
-                .await;
-            if let Err(e) = trimmed {
-                tracing::warn!(error = %e, "revocation feed trim failed; retried on the next revocation");
-            }
-        }
         Ok(())
     }
 
@@ -858,6 +843,95 @@ impl RedisStore {
                 "revoke_grant_now script answered an unexpected shape".into(),
             )),
         }
+    }
+
+    /// Revokes a grant tree in a Cluster, in rounds: the tree script
+    /// refuses (changing nothing) while a live member's event is not among
+    /// `published`; those are published and the script runs again.
+    async fn revoke_tree(
+        &self,
+        id: &GrantId,
+        reason: &str,
+        now: DateTime<Utc>,
+        mut published: Vec<String>,
+    ) -> Result<Option<RevokeOutcome>, StoreError> {
+        let Some(root) = Self::root_of_grant(id) else {
+            return Ok(None);
+        };
+        let base = self.keys.base(&root);
+        let grant_key = self.keys.grant(&root, id.as_str());
+        // INVARIANT: events are published before the tree is revoked, and the
+        // whole tree is revoked by one script: it refuses (changing nothing)
+        // while any live member lacks a published event, so a grant delegated
+        // meanwhile is published in the next round and revoked with the rest.
+        // `record_grant` refuses a child under a revoked parent.
+        let mut revoked_total = 0u64;
+        let mut root_revoked = false;
+        let mut finished = false;
+        for _ in 0..self.config.max_rounds {
+            let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
+            call.key(&grant_key)
+                .arg(&base)
+                .arg(id.as_str())
+                .arg(ms(now))
+                .arg(reason);
+            for gid in &published {
+                call.arg(gid);
+            }
+            // Confirmed by replicas also for a grant that was already revoked:
+            // a retry after an unconfirmed first attempt must not be
+            // acknowledged unconfirmed (see `durable_write`).
+            let answer: Vec<String> = self.durable_write(&call).await?;
+            match answer.split_first() {
+                Some((head, rest)) if head == "ok" => {
+                    revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    root_revoked = rest.get(1).is_some_and(|r| r == "1");
+                    finished = true;
+                    break;
+                }
+                Some((head, rest)) if head == "more" => {
+                    let live: Vec<(String, i64)> = rest
+                        .chunks(2)
+                        .filter_map(|pair| match pair {
+                            [gid, exp] => Some((gid.clone(), exp.parse().ok()?)),
+                            _ => None,
+                        })
+                        .collect();
+                    let events: Vec<Revocation> = live
+                        .iter()
+                        .filter_map(|(gid, exp)| {
+                            Some(Revocation {
+                                target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
+                                revoked_at: now,
+                                reason: reason.to_owned(),
+                                not_after: from_ms(*exp)?,
+                            })
+                        })
+                        .collect();
+                    self.publish(&events).await?;
+                    published.extend(live.into_iter().map(|(gid, _)| gid));
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "revoke_grant_tree script answered an unexpected shape".into(),
+                    ));
+                }
+            }
+        }
+        if !finished {
+            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
+            return Err(StoreError::Unavailable(
+                "grant tree kept growing while being revoked; retry".into(),
+            ));
+        }
+        let Some(grant) = self.grant(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(RevokeOutcome {
+            grant,
+            revoked: root_revoked,
+            descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
+        }))
     }
 
     /// The keys of the JWKS hash `all` still in force at `now`, sorted by
@@ -1332,84 +1406,7 @@ impl GrantStore for RedisStore {
                 None => Ok(None),
             };
         }
-        let Some(root) = Self::root_of_grant(id) else {
-            return Ok(None);
-        };
-        let base = self.keys.base(&root);
-        let grant_key = self.keys.grant(&root, id.as_str());
-        // INVARIANT: events are published before the tree is revoked, and the
-        // whole tree is revoked by one script: it refuses (changing nothing)
-        // while any live member lacks a published event, so a grant delegated
-        // meanwhile is published in the next round and revoked with the rest.
-        // `record_grant` refuses a child under a revoked parent.
-        let mut published: Vec<String> = Vec::new();
-        let mut revoked_total = 0u64;
-        let mut root_revoked = false;
-        let mut finished = false;
-        for _ in 0..self.config.max_rounds {
-            let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
-            call.key(&grant_key)
-                .arg(&base)
-                .arg(id.as_str())
-                .arg(ms(now))
-                .arg(reason);
-            for gid in &published {
-                call.arg(gid);
-            }
-            // Confirmed by replicas also for a grant that was already revoked:
-            // a retry after an unconfirmed first attempt must not be
-            // acknowledged unconfirmed (see `durable_write`).
-            let answer: Vec<String> = self.durable_write(&call).await?;
-            match answer.split_first() {
-                Some((head, rest)) if head == "ok" => {
-                    revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    root_revoked = rest.get(1).is_some_and(|r| r == "1");
-                    finished = true;
-                    break;
-                }
-                Some((head, rest)) if head == "more" => {
-                    let live: Vec<(String, i64)> = rest
-                        .chunks(2)
-                        .filter_map(|pair| match pair {
-                            [gid, exp] => Some((gid.clone(), exp.parse().ok()?)),
-                            _ => None,
-                        })
-                        .collect();
-                    let events: Vec<Revocation> = live
-                        .iter()
-                        .filter_map(|(gid, exp)| {
-                            Some(Revocation {
-                                target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
-                                revoked_at: now,
-                                reason: reason.to_owned(),
-                                not_after: from_ms(*exp)?,
-                            })
-                        })
-                        .collect();
-                    self.publish(&events).await?;
-                    published.extend(live.into_iter().map(|(gid, _)| gid));
-                }
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        "revoke_grant_tree script answered an unexpected shape".into(),
-                    ));
-                }
-            }
-        }
-        if !finished {
-            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
-            return Err(StoreError::Unavailable(
-                "grant tree kept growing while being revoked; retry".into(),
-            ));
-        }
-        let Some(grant) = self.grant(id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(RevokeOutcome {
-            grant,
-            revoked: root_revoked,
-            descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
-        }))
+        self.revoke_tree(id, reason, now, Vec::new()).await
     }
 
     async fn release_grant(
@@ -1422,8 +1419,33 @@ impl GrantStore for RedisStore {
         if !self.one_slot_only() {
             return self.revoke_now(id, Some(holder), reason, now).await;
         }
-        // Cluster: the feed is in another slot than the tree; read, then revoke.
-        crate::store::release_by_reading(self, id, holder, reason, now).await
+        // Cluster: the feed is in another slot than the tree. Read (and
+        // check the holder), publish the grant's own event if it is live,
+        // then revoke: the tree script finds it published and finishes in
+        // its first round unless grants were delegated from it. An event
+        // for a grant revoked meanwhile by someone else is a duplicate,
+        // which readers ignore.
+        let Some(grant) = self.grant(id).await? else {
+            return Ok(None);
+        };
+        if &grant.subject != holder {
+            return Ok(Some(Release::NotHolder(grant)));
+        }
+        let mut published = Vec::new();
+        if grant.is_live_at(now) {
+            self.publish(&[Revocation {
+                target: RevocationTarget::Grant(id.clone()),
+                revoked_at: now,
+                reason: reason.to_owned(),
+                not_after: grant.expires_at,
+            }])
+            .await?;
+            published.push(id.to_string());
+        }
+        Ok(self
+            .revoke_tree(id, reason, now, published)
+            .await?
+            .map(Release::Revoked))
     }
 
     async fn end_task(

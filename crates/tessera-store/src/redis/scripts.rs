@@ -430,14 +430,20 @@ return 'ok'
 
 /// Appends revocation events to the feed stream, also when Redis is at its
 /// memory limit (`allow-oom`): a revocation must not fail because mints
-/// filled the store. KEYS[1] = the stream. ARGV: max length, then one JSON
+/// filled the store; then trims the feed by age, in the same round trip.
+/// KEYS[1] = the stream. ARGV: max length, retention_ms, then one JSON
 /// event each. Returns the entries' ids.
 pub(crate) fn publish_events() -> Script {
     Script::new(
         r#"#!lua flags=allow-oom
 local ids = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   table.insert(ids, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i]))
+end
+if #ids > 0 then
+  -- Trimmed by age in Redis's clock, which the stream ids carry.
+  local newest, retention = tonumber(string.match(ids[#ids], '^(%d+)-')), tonumber(ARGV[2])
+  if newest and newest > retention then redis.call('XTRIM', KEYS[1], 'MINID', '~', newest - retention) end
 end
 return ids
 "#,
