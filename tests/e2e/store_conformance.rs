@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tessera_e2e::redis::{RedisCluster, RedisServer};
 use tessera_store::conformance::{
-    BOUND_PER_IDENTITY, BOUND_PER_TASK, live_grants_are_bounded_per_task_and_identity,
-    revocations_succeed_when_the_store_is_full, run_all, run_approvals,
+    BOUND_PER_IDENTITY, BOUND_PER_TASK, a_trimmed_feed_refuses_only_the_readers_it_lost,
+    live_grants_are_bounded_per_task_and_identity, revocations_succeed_when_the_store_is_full, run_all, run_approvals,
 };
 use tessera_store::{MemoryLimits, MemoryStore, RedisConfig, RedisDeployment, RedisStore};
 
@@ -42,6 +42,36 @@ async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     run_all(|| redis_store(RedisDeployment::Cluster { urls: urls.clone() })).await;
+}
+
+/// A store whose feed is bounded to 4 events, on Redis nodes whose stream
+/// nodes hold 2 entries: approximate trimming (`~`) drops whole nodes, so
+/// only this makes a few revocations trim anything.
+async fn short_feed_store(deployment: RedisDeployment) -> RedisStore {
+    let mut config = RedisConfig::new(deployment);
+    config.key_prefix = prefix();
+    config.timeout = Duration::from_secs(5);
+    config.feed_max_len = 4;
+    RedisStore::connect(config).await.unwrap()
+}
+
+const SMALL_STREAM_NODES: &[&str] = &["--stream-node-max-entries", "2"];
+
+#[tokio::test]
+async fn redis_standalone_feed_trimmed_while_relevant_is_refused_never_a_gap() {
+    let server = RedisServer::builder()
+        .appendonly(false)
+        .extra_args(SMALL_STREAM_NODES)
+        .start();
+    let store = short_feed_store(RedisDeployment::Standalone { url: server.url() }).await;
+    a_trimmed_feed_refuses_only_the_readers_it_lost(store).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_feed_trimmed_while_relevant_is_refused_never_a_gap() {
+    let cluster = RedisCluster::start_with(RedisServer::builder().extra_args(SMALL_STREAM_NODES));
+    let store = short_feed_store(RedisDeployment::Cluster { urls: cluster.urls() }).await;
+    a_trimmed_feed_refuses_only_the_readers_it_lost(store).await;
 }
 
 async fn bounded_redis_store(deployment: RedisDeployment) -> RedisStore {

@@ -213,6 +213,99 @@ pub fn command_calls(url: &str) -> anyhow::Result<std::collections::BTreeMap<Str
         .collect())
 }
 
+/// What Redis's persistence was doing, from `INFO persistence` and
+/// `INFO stats`: a fork (AOF rewrite) copies page tables and its child
+/// competes for the same cores, so a window it overlaps measures it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Persistence {
+    /// `total_forks`.
+    pub forks: u64,
+    /// `aof_rewrite_in_progress` or `aof_rewrite_scheduled` is set.
+    pub rewriting: bool,
+    /// `latest_fork_usec`.
+    pub latest_fork_us: u64,
+    /// The machine's page cache not yet on disk (`Dirty` + `Writeback` of
+    /// `/proc/meminfo`), KiB: what a write burst (a preload's AOF) leaves
+    /// for the disk to absorb while later fsyncs (the audit trail's, the
+    /// AOF's) wait behind it.
+    #[serde(default)]
+    pub dirty_kib: u64,
+}
+
+impl Persistence {
+    /// A snapshot of the Redis at `url`.
+    pub fn at(url: &str) -> anyhow::Result<Self> {
+        let info = redis_cmd(url, &["INFO", "all"])?;
+        let num = |f: &str| {
+            info_field(&info, f)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            forks: num("total_forks"),
+            rewriting: num("aof_rewrite_in_progress") == 1 || num("aof_rewrite_scheduled") == 1,
+            latest_fork_us: num("latest_fork_usec"),
+            dirty_kib: dirty_kib(),
+        })
+    }
+}
+
+/// Leaves the Redis at `url` as a store that reached its size at its own
+/// pace would be between two AOF rewrites: waits (at most `bound`) for a
+/// rewrite in progress, rewrites the AOF once more (`BGREWRITEAOF`, waited
+/// for), then writes the machine's dirty page cache out (`sync`). What a
+/// write burst such as a preload leaves behind (a rewrite its growth
+/// triggered or is about to trigger, hundreds of MiB of AOF not yet on
+/// disk) is then not inside the next measured window: Redis rewrites again
+/// only once the AOF doubled. Answers how long it took.
+pub fn settle(url: &str, bound: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let wait_rewrites = || -> anyhow::Result<()> {
+        while Persistence::at(url)?.rewriting {
+            anyhow::ensure!(start.elapsed() < bound, "redis still rewriting its AOF after {bound:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    wait_rewrites()?;
+    start_rewrite(url, bound)?;
+    wait_rewrites()?;
+    let status = Command::new("sync").status().context("running sync")?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
+    Ok(start.elapsed())
+}
+
+/// Starts an AOF rewrite on the Redis at `url` and waits (at most `bound`)
+/// until it runs or already ran (a small dataset's is over at once): until
+/// Redis forked for it or says it is rewriting.
+pub fn start_rewrite(url: &str, bound: Duration) -> anyhow::Result<()> {
+    let forks = Persistence::at(url)?.forks;
+    redis_cmd(url, &["BGREWRITEAOF"])?;
+    let start = Instant::now();
+    loop {
+        let now = Persistence::at(url)?;
+        if now.rewriting || now.forks > forks {
+            return Ok(());
+        }
+        anyhow::ensure!(start.elapsed() < bound, "redis did not start rewriting its AOF");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `Dirty` + `Writeback` of `/proc/meminfo`, KiB (0 where unreadable).
+pub fn dirty_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    ["Dirty:", "Writeback:"]
+        .iter()
+        .filter_map(|f| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// `field:value` of an `INFO` answer.
 pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()

@@ -741,6 +741,39 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
             ),
         );
     }
+    if let Some(s) = r.scale.measured() {
+        more(
+            &format!(
+                "mint at {} live grants: p50 / p99, by process",
+                thousands(s.large_total as f64)
+            ),
+            format!(
+                "{} ({}), against {} ({}) at {}; each window starts right after an AOF rewrite and a sync ({:.1} s after the preload); AOF rewrites inside the windows: {} and {}",
+                p50_p99(&s.mint_large),
+                split(&s.mint_large),
+                p50_p99(&s.mint_small),
+                split(&s.mint_small),
+                thousands(s.small.grants as f64),
+                s.redis.settled_s,
+                s.redis.small[1].forks.saturating_sub(s.redis.small[0].forks),
+                s.redis.large[1].forks.saturating_sub(s.redis.large[0].forks),
+            ),
+        );
+        if let Some(m) = &s.mint_large_rewriting {
+            more(
+                &format!(
+                    "mint at {} live grants during an AOF rewrite (BGREWRITEAOF), 16 in flight",
+                    thousands(s.large_total as f64)
+                ),
+                format!(
+                    "{}/s, p50 / p99 {}; the fork took {}",
+                    thousands(m.load.rate),
+                    p50_p99(m),
+                    dur_us(s.redis.rewriting[1].latest_fork_us as f64)
+                ),
+            );
+        }
+    }
     if let Some(v) = r.complete.measured() {
         for c in v {
             more(
@@ -1004,6 +1037,8 @@ mod tests {
                 large: preload(999_000, 640),
                 large_total: 1_000_000,
                 mint_large: m(7900.0, 1800, 9900, 150.0),
+                redis: Default::default(),
+                mint_large_rewriting: None,
             }),
             ring: Outcome::Measured(RingLimits {
                 es256_sign: core(40_000.0),

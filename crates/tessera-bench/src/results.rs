@@ -73,6 +73,31 @@ pub struct Scale {
     pub large_total: u64,
     /// Mint with the large population, 16 in flight.
     pub mint_large: Measured,
+    /// Redis's persistence around each mint window (absent in older runs).
+    #[serde(default)]
+    pub redis: ScaleRedis,
+    /// Mint with the large population while Redis rewrites its AOF
+    /// (`BGREWRITEAOF` started right before): what a rewrite of a dataset
+    /// this size costs the mint (absent in older runs).
+    #[serde(default)]
+    pub mint_large_rewriting: Option<Measured>,
+}
+
+/// Redis's persistence before and after each scale window: a fork (AOF
+/// rewrite) inside a window is part of what that window measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRedis {
+    /// Around the small window.
+    pub small: [crate::procs::Persistence; 2],
+    /// Around the large window.
+    pub large: [crate::procs::Persistence; 2],
+    /// Around the large window during an AOF rewrite.
+    #[serde(default)]
+    pub rewriting: [crate::procs::Persistence; 2],
+    /// Seconds waited before the large window for the preload's AOF
+    /// rewrite and page cache to settle.
+    #[serde(default)]
+    pub settled_s: f64,
 }
 
 /// Everything a run measured.

@@ -48,6 +48,8 @@ where
     quarantines_are_shared_until_they_end(make().await).await;
     a_disabled_subject_gets_no_grant(make().await).await;
     only_the_holder_releases_a_grant(make().await).await;
+    revocation_events_carry_any_reason_verbatim(make().await).await;
+    releasing_a_grant_of_an_ended_task_revokes_nothing(make().await).await;
     keys_and_a_grant_read_together_as_apart(make().await).await;
 }
 
@@ -439,6 +441,51 @@ pub async fn feed_overflow_is_reported(store: impl GrantStore) {
     }
     assert!(matches!(
         store.read_revocations(Some(&head), 10, Duration::ZERO).await,
+        Err(StoreError::PositionExpired(_))
+    ));
+}
+
+/// A feed bounded to a few events (the store's bound set that low by the
+/// caller): every position a reader could hold is either refused with
+/// `PositionExpired` (events after it were trimmed while still relevant)
+/// or answered with exactly the events after it, in order: never a silent
+/// gap. Revocations alternate between `revoke_grant` and `release_grant`
+/// (on Redis outside Cluster the one-script path, inside the publish
+/// script), so both trims are held to it.
+pub async fn a_trimmed_feed_refuses_only_the_readers_it_lost(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let mut positions = vec![store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head];
+    let mut revoked = Vec::new();
+    for i in 0..40 {
+        let g = grant(&store, "t1", 30, None).await;
+        store.record_grant(&g, t0()).await.unwrap();
+        if i % 2 == 0 {
+            store.revoke_grant(&g.id, "r", t0()).await.unwrap().unwrap();
+        } else {
+            store
+                .release_grant(&g.id, &g.subject, "r", t0())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        revoked.push(RevocationTarget::Grant(g.id));
+        positions.push(store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head);
+    }
+    let mut refused = 0;
+    for (i, pos) in positions.iter().enumerate() {
+        match store.read_revocations(Some(pos), 100, Duration::ZERO).await {
+            Err(StoreError::PositionExpired(_)) => refused += 1,
+            Ok(batch) => {
+                let got: Vec<_> = batch.events.iter().map(|e| e.revocation.target.clone()).collect();
+                assert_eq!(got, revoked[i..].to_vec(), "reading after revocation {i}");
+            }
+            Err(e) => panic!("reading after revocation {i}: {e}"),
+        }
+    }
+    // The bound trimmed something: the oldest positions were lost.
+    assert!(refused > 0, "nothing was trimmed; the test proves nothing");
+    assert!(matches!(
+        store.read_revocations(positions.first(), 100, Duration::ZERO).await,
         Err(StoreError::PositionExpired(_))
     ));
 }
@@ -1320,6 +1367,72 @@ pub async fn only_the_holder_releases_a_grant(store: impl GrantStore) {
             .unwrap()
             .is_none()
     );
+}
+
+/// A revocation's reason reaches the feed and the grant exactly as given,
+/// whatever it holds: JSON's special characters cannot change an event's
+/// target or add members (the Redis store builds events from JSON the
+/// broker encoded).
+pub async fn revocation_events_carry_any_reason_verbatim(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant(&store, "t1", 30, None).await;
+    let child = grant(&store, "t1", 20, Some(&g.id)).await;
+    for x in [&g, &child] {
+        store.record_grant(x, t0()).await.unwrap();
+    }
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let reason = "he said \"stop\"\\\n\t\u{7f}\u{1} ünï 🔑 \"},\"target\":{\"grant\":\"x\"},\"reason\":\"";
+    let released = store
+        .release_grant(&g.id, &g.subject, reason, t0() + secs(1))
+        .await
+        .unwrap();
+    let Some(Release::Revoked(outcome)) = released else {
+        panic!("the holder releases its grant: {released:?}");
+    };
+    assert_eq!(outcome.grant.revocation_reason.as_deref(), Some(reason));
+    assert_eq!(outcome.grant.revoked_at, Some(t0() + secs(1)));
+    let batch = store.read_revocations(Some(&head), 10, Duration::ZERO).await.unwrap();
+    let events: BTreeMap<_, _> = batch
+        .events
+        .iter()
+        .map(|e| (e.revocation.target.clone(), e.revocation.clone()))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for x in [&g, &child] {
+        let event = &events[&RevocationTarget::Grant(x.id.clone())];
+        assert_eq!(event.reason, reason);
+        assert_eq!(event.revoked_at, t0() + secs(1));
+        assert_eq!(event.not_after, x.expires_at);
+    }
+    let read = store.grant(&child.id).await.unwrap().unwrap();
+    assert_eq!(read.revocation_reason.as_deref(), Some(reason));
+}
+
+/// Releasing a grant that its task's end already revoked changes nothing
+/// and publishes nothing; the answer says how the grant ended.
+pub async fn releasing_a_grant_of_an_ended_task_revokes_nothing(store: impl GrantStore) {
+    store.create_task(&task("t1", 60, None)).await.unwrap();
+    let g = grant(&store, "t1", 30, None).await;
+    store.record_grant(&g, t0()).await.unwrap();
+    store
+        .end_task(&tid("t1"), TaskState::Completed, "done", t0() + secs(1))
+        .await
+        .unwrap();
+    let head = store.read_revocations(None, 10, Duration::ZERO).await.unwrap().head;
+    let released = store
+        .release_grant(&g.id, &g.subject, "released by holder", t0() + secs(2))
+        .await
+        .unwrap();
+    let Some(Release::Revoked(outcome)) = released else {
+        panic!("the holder's release answers: {released:?}");
+    };
+    assert!(!outcome.revoked);
+    assert_eq!(outcome.descendants_revoked, 0);
+    assert_eq!(outcome.grant.state, GrantState::Revoked);
+    assert_eq!(outcome.grant.revoked_at, Some(t0() + secs(1)));
+    assert_eq!(outcome.grant.revocation_reason.as_deref(), Some("done"));
+    let batch = store.read_revocations(Some(&head), 10, Duration::ZERO).await.unwrap();
+    assert!(batch.events.is_empty(), "{:?}", batch.events);
 }
 
 /// `keys_and_grant` answers what `published_keys` and `grant` answer.

@@ -750,4 +750,13 @@ mod tests {
         };
         crate::conformance::feed_overflow_is_reported(MemoryStore::new(limits)).await;
     }
+
+    #[tokio::test]
+    async fn a_trimmed_feed_refuses_only_the_readers_it_lost() {
+        let limits = MemoryLimits {
+            max_feed_events: 4,
+            ..MemoryLimits::default()
+        };
+        crate::conformance::a_trimmed_feed_refuses_only_the_readers_it_lost(MemoryStore::new(limits)).await;
+    }
 }

@@ -534,7 +534,8 @@ impl RedisStore {
         tag_of(id)
     }
 
-    /// Appends revocations to the feed (publish before apply).
+    /// Appends revocations to the feed (publish before apply), trimming it
+    /// by age in the same script.
     async fn publish(&self, revocations: &[Revocation]) -> Result<(), StoreError> {
         if revocations.is_empty() {
             return Ok(());
@@ -542,31 +543,15 @@ impl RedisStore {
         let feed = self.keys.feed();
         // One script, not XADDs: it may write when Redis is at maxmemory.
         let mut call = ScriptCall::new(&self.scripts.publish_events);
-        call.key(&feed).arg(self.config.feed_max_len);
+        call.key(&feed)
+            .arg(self.config.feed_max_len)
+            .arg(retention_ms(self.config.feed_retention));
         for r in revocations {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             call.arg(json);
         }
-        let ids: Vec<String> = self.durable_write(&call).await?;
-        let mut conn = self.conn();
+        let _: Vec<String> = self.durable_write(&call).await?;
         self.feed_changed.notify_waiters();
-        // Stream ids carry Redis's clock: trim by age in that clock, not ours.
-        if let Some(newest) = ids.last().and_then(|id| StreamId::parse(id)) {
-            let cutoff = newest.0.saturating_sub(retention_ms(self.config.feed_retention));
-            let trimmed: Result<Value, StoreError> = self
-                .bounded(
-                    redis::cmd("XTRIM")
-                        .arg(&feed)
-                        .arg("MINID")
-                        .arg("~")
-                        .arg(cutoff)
-                        .query_async(&mut conn),
-                )
-                .await;
-            if let Err(e) = trimmed {
-                tracing::warn!(error = %e, "revocation feed trim failed; retried on the next revocation");
-            }
-        }
         Ok(())
     }
 
@@ -590,8 +575,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `last-generated-id` and `max-deleted-entry-id` of the feed; `None` if it does not exist.
-    async fn feed_info(&self) -> Result<Option<(StreamId, StreamId)>, StoreError> {
+    /// What `XINFO STREAM` says of the feed; `None` if it does not exist.
+    async fn feed_info(&self) -> Result<Option<FeedInfo>, StoreError> {
         let mut conn = self.conn();
         let info: Result<Value, StoreError> = self
             .bounded(
@@ -614,7 +599,23 @@ impl RedisStore {
                 .and_then(|s| StreamId::parse(&s))
                 .unwrap_or(StreamId(0, 0))
         };
-        Ok(Some((id("last-generated-id"), id("max-deleted-entry-id"))))
+        let count = |name: &str| {
+            fields
+                .get(name)
+                .and_then(conn::string_of)
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let (Some(length), Some(added)) = (count("length"), count("entries-added")) else {
+            return Err(StoreError::Corrupt(
+                "XINFO STREAM of the feed has no length or entries-added".into(),
+            ));
+        };
+        Ok(Some(FeedInfo {
+            last: id("last-generated-id"),
+            max_deleted: id("max-deleted-entry-id"),
+            first: id("recorded-first-entry-id"),
+            trimmed: added > length,
+        }))
     }
 
     async fn xrange_after(&self, epoch: &str, after: StreamId, max: usize) -> Result<Vec<FeedEvent>, StoreError> {
@@ -804,11 +805,7 @@ impl RedisStore {
         let Some(root) = tag_of(id) else {
             return Ok(None);
         };
-        // The events' `revoked_at` as serde writes it, so they read as any other.
-        let revoked_at = serde_json::to_value(now)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .ok_or_else(|| StoreError::Corrupt("revocation time".into()))?;
+        let tail = event_tail(now, reason)?;
         let mut call = ScriptCall::new(&self.scripts.revoke_grant_now);
         call.key(self.keys.grant(&root, id.as_str()))
             .key(self.keys.feed())
@@ -818,7 +815,7 @@ impl RedisStore {
             .arg(reason)
             .arg(holder.map_or("", SpiffeId::as_str))
             .arg(self.config.feed_max_len)
-            .arg(revoked_at)
+            .arg(tail)
             .arg(retention_ms(self.config.feed_retention));
         // Confirmed by replicas also for a grant that was already revoked
         // (see `durable_write`).
@@ -846,6 +843,95 @@ impl RedisStore {
                 "revoke_grant_now script answered an unexpected shape".into(),
             )),
         }
+    }
+
+    /// Revokes a grant tree in a Cluster, in rounds: the tree script
+    /// refuses (changing nothing) while a live member's event is not among
+    /// `published`; those are published and the script runs again.
+    async fn revoke_tree(
+        &self,
+        id: &GrantId,
+        reason: &str,
+        now: DateTime<Utc>,
+        mut published: Vec<String>,
+    ) -> Result<Option<RevokeOutcome>, StoreError> {
+        let Some(root) = Self::root_of_grant(id) else {
+            return Ok(None);
+        };
+        let base = self.keys.base(&root);
+        let grant_key = self.keys.grant(&root, id.as_str());
+        // INVARIANT: events are published before the tree is revoked, and the
+        // whole tree is revoked by one script: it refuses (changing nothing)
+        // while any live member lacks a published event, so a grant delegated
+        // meanwhile is published in the next round and revoked with the rest.
+        // `record_grant` refuses a child under a revoked parent.
+        let mut revoked_total = 0u64;
+        let mut root_revoked = false;
+        let mut finished = false;
+        for _ in 0..self.config.max_rounds {
+            let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
+            call.key(&grant_key)
+                .arg(&base)
+                .arg(id.as_str())
+                .arg(ms(now))
+                .arg(reason);
+            for gid in &published {
+                call.arg(gid);
+            }
+            // Confirmed by replicas also for a grant that was already revoked:
+            // a retry after an unconfirmed first attempt must not be
+            // acknowledged unconfirmed (see `durable_write`).
+            let answer: Vec<String> = self.durable_write(&call).await?;
+            match answer.split_first() {
+                Some((head, rest)) if head == "ok" => {
+                    revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    root_revoked = rest.get(1).is_some_and(|r| r == "1");
+                    finished = true;
+                    break;
+                }
+                Some((head, rest)) if head == "more" => {
+                    let live: Vec<(String, i64)> = rest
+                        .chunks(2)
+                        .filter_map(|pair| match pair {
+                            [gid, exp] => Some((gid.clone(), exp.parse().ok()?)),
+                            _ => None,
+                        })
+                        .collect();
+                    let events: Vec<Revocation> = live
+                        .iter()
+                        .filter_map(|(gid, exp)| {
+                            Some(Revocation {
+                                target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
+                                revoked_at: now,
+                                reason: reason.to_owned(),
+                                not_after: from_ms(*exp)?,
+                            })
+                        })
+                        .collect();
+                    self.publish(&events).await?;
+                    published.extend(live.into_iter().map(|(gid, _)| gid));
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "revoke_grant_tree script answered an unexpected shape".into(),
+                    ));
+                }
+            }
+        }
+        if !finished {
+            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
+            return Err(StoreError::Unavailable(
+                "grant tree kept growing while being revoked; retry".into(),
+            ));
+        }
+        let Some(grant) = self.grant(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(RevokeOutcome {
+            grant,
+            revoked: root_revoked,
+            descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
+        }))
     }
 
     /// The keys of the JWKS hash `all` still in force at `now`, sorted by
@@ -1022,6 +1108,31 @@ async fn tail_feed(mut conn: Conn, feed: String, changed: Arc<Notify>) {
             }
         }
     }
+}
+
+/// The feed's state, from `XINFO STREAM`.
+#[derive(Debug, Clone, Copy)]
+struct FeedInfo {
+    /// `last-generated-id`: the newest entry ever added.
+    last: StreamId,
+    /// `max-deleted-entry-id`: the newest entry removed by XDEL (trimming
+    /// does not move it in Redis 7.0).
+    max_deleted: StreamId,
+    /// `recorded-first-entry-id`: the oldest entry still held (0-0 when
+    /// none is).
+    first: StreamId,
+    /// Entries were removed (`entries-added` > `length`).
+    trimmed: bool,
+}
+
+/// The members every event of one revocation shares, as serde writes them
+/// (`"revoked_at":"…","reason":"…"`), for `revoke_grant_now` to complete
+/// with each grant's target and `not_after`: the reason is escaped here,
+/// by the same encoder as every other event, never in Lua.
+fn event_tail(now: DateTime<Utc>, reason: &str) -> Result<String, StoreError> {
+    let at = serde_json::to_string(&now).map_err(|e| StoreError::Corrupt(format!("revocation time: {e}")))?;
+    let why = serde_json::to_string(reason).map_err(|e| StoreError::Corrupt(format!("revocation reason: {e}")))?;
+    Ok(format!("\"revoked_at\":{at},\"reason\":{why}"))
 }
 
 /// A grant and its state from what `read_grant` (and `revoke_grant_now`
@@ -1295,84 +1406,7 @@ impl GrantStore for RedisStore {
                 None => Ok(None),
             };
         }
-        let Some(root) = Self::root_of_grant(id) else {
-            return Ok(None);
-        };
-        let base = self.keys.base(&root);
-        let grant_key = self.keys.grant(&root, id.as_str());
-        // INVARIANT: events are published before the tree is revoked, and the
-        // whole tree is revoked by one script: it refuses (changing nothing)
-        // while any live member lacks a published event, so a grant delegated
-        // meanwhile is published in the next round and revoked with the rest.
-        // `record_grant` refuses a child under a revoked parent.
-        let mut published: Vec<String> = Vec::new();
-        let mut revoked_total = 0u64;
-        let mut root_revoked = false;
-        let mut finished = false;
-        for _ in 0..self.config.max_rounds {
-            let mut call = ScriptCall::new(&self.scripts.revoke_grant_tree);
-            call.key(&grant_key)
-                .arg(&base)
-                .arg(id.as_str())
-                .arg(ms(now))
-                .arg(reason);
-            for gid in &published {
-                call.arg(gid);
-            }
-            // Confirmed by replicas also for a grant that was already revoked:
-            // a retry after an unconfirmed first attempt must not be
-            // acknowledged unconfirmed (see `durable_write`).
-            let answer: Vec<String> = self.durable_write(&call).await?;
-            match answer.split_first() {
-                Some((head, rest)) if head == "ok" => {
-                    revoked_total = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    root_revoked = rest.get(1).is_some_and(|r| r == "1");
-                    finished = true;
-                    break;
-                }
-                Some((head, rest)) if head == "more" => {
-                    let live: Vec<(String, i64)> = rest
-                        .chunks(2)
-                        .filter_map(|pair| match pair {
-                            [gid, exp] => Some((gid.clone(), exp.parse().ok()?)),
-                            _ => None,
-                        })
-                        .collect();
-                    let events: Vec<Revocation> = live
-                        .iter()
-                        .filter_map(|(gid, exp)| {
-                            Some(Revocation {
-                                target: RevocationTarget::Grant(GrantId::parse(gid).ok()?),
-                                revoked_at: now,
-                                reason: reason.to_owned(),
-                                not_after: from_ms(*exp)?,
-                            })
-                        })
-                        .collect();
-                    self.publish(&events).await?;
-                    published.extend(live.into_iter().map(|(gid, _)| gid));
-                }
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        "revoke_grant_tree script answered an unexpected shape".into(),
-                    ));
-                }
-            }
-        }
-        if !finished {
-            tracing::error!(grant = %id, rounds = self.config.max_rounds, "revoking a grant tree gave up: grants kept being delegated");
-            return Err(StoreError::Unavailable(
-                "grant tree kept growing while being revoked; retry".into(),
-            ));
-        }
-        let Some(grant) = self.grant(id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(RevokeOutcome {
-            grant,
-            revoked: root_revoked,
-            descendants_revoked: revoked_total.saturating_sub(u64::from(root_revoked)),
-        }))
+        self.revoke_tree(id, reason, now, Vec::new()).await
     }
 
     async fn release_grant(
@@ -1385,8 +1419,33 @@ impl GrantStore for RedisStore {
         if !self.one_slot_only() {
             return self.revoke_now(id, Some(holder), reason, now).await;
         }
-        // Cluster: the feed is in another slot than the tree; read, then revoke.
-        crate::store::release_by_reading(self, id, holder, reason, now).await
+        // Cluster: the feed is in another slot than the tree. Read (and
+        // check the holder), publish the grant's own event if it is live,
+        // then revoke: the tree script finds it published and finishes in
+        // its first round unless grants were delegated from it. An event
+        // for a grant revoked meanwhile by someone else is a duplicate,
+        // which readers ignore.
+        let Some(grant) = self.grant(id).await? else {
+            return Ok(None);
+        };
+        if &grant.subject != holder {
+            return Ok(Some(Release::NotHolder(grant)));
+        }
+        let mut published = Vec::new();
+        if grant.is_live_at(now) {
+            self.publish(&[Revocation {
+                target: RevocationTarget::Grant(id.clone()),
+                revoked_at: now,
+                reason: reason.to_owned(),
+                not_after: grant.expires_at,
+            }])
+            .await?;
+            published.push(id.to_string());
+        }
+        Ok(self
+            .revoke_tree(id, reason, now, published)
+            .await?
+            .map(Release::Revoked))
     }
 
     async fn end_task(
@@ -1487,7 +1546,7 @@ impl GrantStore for RedisStore {
         let epoch = self.ensure_epoch().await?;
         let info = self.feed_info().await?;
         let Some(after_pos) = after else {
-            let head = info.map(|(last, _)| last).unwrap_or(StreamId(0, 0));
+            let head = info.map(|i| i.last).unwrap_or(StreamId(0, 0));
             return Ok(FeedBatch {
                 events: Vec::new(),
                 head: position(&epoch, head),
@@ -1506,17 +1565,32 @@ impl GrantStore for RedisStore {
             // No stream: only the very beginning is a position of this Redis's life.
             None if after != StreamId(0, 0) => return Err(expired()),
             None => {}
-            Some((last, _)) if after > last => return Err(expired()),
-            Some((last, deleted)) if deleted > after => {
-                // Entries after `after` were trimmed. Harmless if they were older
-                // than the retention window (their tokens have expired); the
-                // window is measured in the stream's own (Redis) clock.
-                let relevant_since = last.0.saturating_sub(retention_ms(self.config.feed_retention));
-                if deleted.0 >= relevant_since {
+            Some(info) if after > info.last => return Err(expired()),
+            Some(info) => {
+                // Entries after `after` that are gone: removed by XDEL
+                // (`max-deleted-entry-id`), or trimmed (XADD MAXLEN, XTRIM
+                // MINID), which removes the oldest entries and in Redis 7.0
+                // moves no `max-deleted-entry-id`: some were trimmed after
+                // `after` if it is older than the first entry still held.
+                // The newest trimmed one is older than that first entry
+                // (the last one when none is left).
+                let trimmed_newest = (info.trimmed && after < info.first).then_some(if info.first == StreamId(0, 0) {
+                    info.last
+                } else {
+                    info.first
+                });
+                let deleted_newest = (info.max_deleted > after).then_some(info.max_deleted);
+                // Harmless if every lost entry was older than the retention
+                // window (their tokens have expired); the window is measured
+                // in the stream's own (Redis) clock.
+                let relevant_since = info.last.0.saturating_sub(retention_ms(self.config.feed_retention));
+                if trimmed_newest
+                    .max(deleted_newest)
+                    .is_some_and(|newest| newest.0 >= relevant_since)
+                {
                     return Err(expired());
                 }
             }
-            Some(_) => {}
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {

@@ -228,20 +228,35 @@ return {'ok', tostring(#live), tostring(root_revoked)}
 
 /// Revokes a grant tree in one step, outside Cluster: publishes one event
 /// per live grant of the tree on the feed, trims the feed by age, marks
-/// them revoked, and reads the grant back. Publishing and applying are one
-/// atomic script, so no reader sees one without the other.
+/// them revoked, and answers the grant as `read_grant` would. Publishing
+/// and applying are one atomic script, so no reader sees one without the
+/// other. A live grant without delegations costs one hash read, one set
+/// read (its delegations), its task's state, the append, the trim and the
+/// three writes: nothing is read twice or read back.
 /// KEYS[1] = root grant key, KEYS[2] = the feed stream. ARGV: base,
 /// root_grant_id, now_ms, reason, holder|"" (refuse unless the grant's
-/// subject), feed max length, revoked_at (RFC 3339, for the events),
-/// retention_ms. Returns nil for an unknown grant, {"not_holder", grant_json},
+/// subject), feed max length, the events' shared members as JSON
+/// (`"revoked_at":…,"reason":…`, see `event_tail`), retention_ms.
+/// Returns nil for an unknown grant, {"not_holder", grant_json},
 /// or {"ok", count, root_revoked 0|1, then what `read_grant` returns}.
 pub(crate) fn revoke_grant_now() -> Script {
     Script::new(&with_load(
         r#"#!lua flags=allow-oom
 local base, root, now, reason, holder = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local maxlen, revoked_at, retention = ARGV[6], ARGV[7], tonumber(ARGV[8])
-local g, _, task, gs = load(base, root)
-if not g then return nil end
+local maxlen, tail, retention = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local hash = base .. 'G'
+-- A record still in the tree's hash carries no revocation mark: revoking
+-- moves it out atomically (and record_grant refuses an id with a mark),
+-- so a hit there is the whole read of a live-layout grant.
+local g = redis.call('HGET', hash, root)
+local mark, task, gs, gexp, in_hash = false, '', '', 0, true
+if g then
+  local e, t, s = string.match(g, '^(%d+)\t([^\t]*)\t([^\t]*)\t')
+  if e then task, gs, gexp = t, s, tonumber(e) end
+else
+  g, mark, task, gs, gexp, in_hash = load(base, root)
+  if not g then return nil end
+end
 if holder ~= '' and gs ~= holder then return {'not_holder', g} end
 -- RFC 3339 of epoch milliseconds (days to civil date: H. Hinnant's algorithm).
 local function rfc3339(ms)
@@ -260,39 +275,50 @@ local function rfc3339(ms)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(rem / 3600),
     math.floor((rem % 3600) / 60), rem % 60, ms - secs * 1000)
 end
-local live, seen, stack, tasks = {}, {}, {root}, {}
+-- The tree: the root from the read above, then what was delegated from it.
+local live, seen, stack, tasks = {}, {[root] = true}, {}, {}
+local function visit(gid, cg, cmark, t, exp, ih)
+  for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
+  if cg and not cmark then
+    if tasks[t] == nil then tasks[t] = redis.call('HGET', base .. 'task:' .. t, 'state') or false end
+    if tasks[t] == 'active' and exp > now then table.insert(live, {gid, exp, t, cg, ih}) end
+  end
+end
+visit(root, g, mark, task, gexp, in_hash)
 while #stack > 0 do
   local gid = table.remove(stack)
   if not seen[gid] then
     seen[gid] = true
-    for _, c in ipairs(redis.call('SMEMBERS', base .. 'delegated:' .. gid)) do table.insert(stack, c) end
-    local cg, mark, t, _, exp, in_hash = load(base, gid)
-    if cg and not mark then
-      if tasks[t] == nil then tasks[t] = redis.call('HGET', base .. 'task:' .. t, 'state') or false end
-      if tasks[t] == 'active' and exp > now then table.insert(live, {gid, exp, t, cg, in_hash}) end
-    end
+    local cg, cmark, t, _, exp, ih = load(base, gid)
+    visit(gid, cg, cmark, t, exp, ih)
   end
 end
+-- Events are built from the JSON the broker encoded (`tail`: revoked_at
+-- and reason) and ids the store made (alphanumeric, `-`, `_`): no escaping.
 local last
 for _, l in ipairs(live) do
-  local event = cjson.encode({target = {grant = l[1]}, revoked_at = revoked_at, reason = reason, not_after = rfc3339(l[2])})
-  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', event)
+  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r',
+    '{"target":{"grant":"' .. l[1] .. '"},' .. tail .. ',"not_after":"' .. rfc3339(l[2]) .. '"}')
 end
 if last then
   -- Trimmed by age in Redis's clock, which the stream ids carry.
   local newest = tonumber(string.match(last, '^(%d+)-'))
   if newest and newest > retention then redis.call('XTRIM', KEYS[2], 'MINID', '~', newest - retention) end
 end
-local root_revoked = 0
+local root_mark = mark
 for _, l in ipairs(live) do
-  redis.call('SET', base .. 'revoked:' .. l[1], mark_of(now, reason, l[4], l[5]), 'PXAT', l[2])
-  if l[5] then redis.call('HDEL', base .. 'G', l[1]) end
+  local m = mark_of(now, reason, l[4], l[5])
+  redis.call('SET', base .. 'revoked:' .. l[1], m, 'PXAT', l[2])
+  if l[5] then redis.call('HDEL', hash, l[1]) end
   redis.call('ZREM', base .. 'grants:' .. l[3], l[1])
-  if l[1] == root then root_revoked = 1 end
+  if l[1] == root then root_mark = m end
 end
-local r = redis.call('GET', base .. 'revoked:' .. root)
+-- The answer is what `read_grant` would say now, from what this script
+-- already holds: a grant revoked here has the mark just written and an
+-- active task (checked above).
+if root_mark ~= mark then return {'ok', tostring(#live), '1', g, root_mark, 'active', false, false} end
 local t = redis.call('HMGET', base .. 'task:' .. task, 'state', 'ended', 'reason')
-return {'ok', tostring(#live), tostring(root_revoked), g, r or false, t[1] or 'missing', t[2] or false, t[3] or false}
+return {'ok', tostring(#live), '0', g, mark or false, t[1] or 'missing', t[2] or false, t[3] or false}
 "#,
     ))
 }
@@ -404,14 +430,20 @@ return 'ok'
 
 /// Appends revocation events to the feed stream, also when Redis is at its
 /// memory limit (`allow-oom`): a revocation must not fail because mints
-/// filled the store. KEYS[1] = the stream. ARGV: max length, then one JSON
+/// filled the store; then trims the feed by age, in the same round trip.
+/// KEYS[1] = the stream. ARGV: max length, retention_ms, then one JSON
 /// event each. Returns the entries' ids.
 pub(crate) fn publish_events() -> Script {
     Script::new(
         r#"#!lua flags=allow-oom
 local ids = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   table.insert(ids, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i]))
+end
+if #ids > 0 then
+  -- Trimmed by age in Redis's clock, which the stream ids carry.
+  local newest, retention = tonumber(string.match(ids[#ids], '^(%d+)-')), tonumber(ARGV[2])
+  if newest and newest > retention then redis.call('XTRIM', KEYS[1], 'MINID', '~', newest - retention) end
 end
 return ids
 "#,
