@@ -809,3 +809,145 @@ async fn an_expired_token_is_refused_everywhere_without_any_revocation() {
         .await;
     }
 }
+
+/// A TLS connection to the facade as `identity` (None: no certificate).
+async fn tls_connect(
+    broker: &Broker,
+    identity: Option<&Identity>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let addr = broker
+        .oauth_addr
+        .clone()
+        .expect("the ready file names an oauth address");
+    let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, identity)));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends one keep-alive request on `tls` and reads its one answer (by its
+/// Content-Length), leaving the connection open.
+async fn keep_alive_request(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+) -> Answer {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: tessera\r\n");
+    match form {
+        Some(body) => request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => request.push_str("\r\n"),
+    }
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if raw.len() >= end + 4 + length {
+                return parse(&raw);
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "the facade closed the connection before answering: {raw:?}");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until the facade closes `tls`; panics if it is still open after `limit`.
+async fn closed_within(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, limit: std::time::Duration) {
+    let mut sink = Vec::new();
+    match tokio::time::timeout(limit, tls.read_to_end(&mut sink)).await {
+        Ok(_) => assert!(sink.is_empty(), "unexpected bytes on an idle connection: {sink:?}"),
+        Err(_) => panic!("the facade kept an idle connection open past {limit:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_request_on_the_same_tls_connection_is_served() {
+    let broker = Broker::start();
+    let token = live_token(&broker, "keep-alive-1").await;
+    let verifier = broker.identity("api-gateway");
+    let mut tls = tls_connect(&broker, Some(&verifier)).await;
+    let jwks = keep_alive_request(&mut tls, "GET", "/.well-known/jwks.json", None).await;
+    assert_eq!(jwks.status, 200, "{jwks:?}");
+    assert_ne!(jwks.header("connection"), Some("close"), "{jwks:?}");
+    // The client certificate of the handshake still authenticates the next
+    // request on the same connection.
+    let body = form(&[("token", &token.access_token)]);
+    for _ in 0..2 {
+        let live = keep_alive_request(&mut tls, "POST", "/oauth/introspect", Some(&body)).await;
+        assert_eq!(live.status, 200, "{live:?}");
+        assert_eq!(live.json()["active"], true, "{live:?}");
+    }
+}
+
+#[tokio::test]
+async fn idle_kept_alive_connections_are_closed_and_give_their_slots_back() {
+    // As many connections as the facade has slots (MAX_CONNECTIONS in
+    // tessera-server's http module), each served once and then left idle.
+    const SLOTS: usize = 256;
+    let broker = Broker::start();
+    let mut idle = Vec::with_capacity(SLOTS);
+    for _ in 0..SLOTS {
+        let mut tls = tls_connect(&broker, None).await;
+        let answer = keep_alive_request(&mut tls, "GET", "/healthz", None).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_ne!(answer.header("connection"), Some("close"), "{answer:?}");
+        idle.push(tls);
+    }
+    // One more client: its handshake waits in the backlog until an idle
+    // connection gives its slot back.
+    let late = tokio::spawn({
+        let addr = broker.oauth_addr.clone().unwrap();
+        let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
+        async move {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&ca, None)));
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut tls = connector
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .unwrap();
+            keep_alive_request(&mut tls, "GET", "/healthz", None).await.status
+        }
+    });
+    // Every idle connection is closed by the facade (idle timeout 5 s; the
+    // limit only bounds a broken run).
+    for tls in &mut idle {
+        closed_within(tls, std::time::Duration::from_secs(60)).await;
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), late)
+        .await
+        .expect("the late client is served once the slots are free")
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_connection_closes_after_its_thousandth_request() {
+    // MAX_REQUESTS_PER_CONNECTION in tessera-server's http module: a busy
+    // client cannot keep its slot for good.
+    const CAP: usize = 1000;
+    let broker = Broker::start();
+    let mut tls = tls_connect(&broker, None).await;
+    for n in 1..=CAP {
+        let answer = keep_alive_request(&mut tls, "GET", "/healthz", None).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let closing = answer.header("connection") == Some("close");
+        assert_eq!(closing, n == CAP, "request {n}: {answer:?}");
+    }
+    closed_within(&mut tls, std::time::Duration::from_secs(10)).await;
+}

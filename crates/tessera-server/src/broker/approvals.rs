@@ -490,6 +490,7 @@ impl Broker {
         };
         self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
             .await
+            .map_err(BrokerError::from)
     }
 }
 

@@ -254,6 +254,32 @@ impl<'a> Success<'a> {
         self.metric = Some(metric);
         self
     }
+
+    /// Its audit record, and what is logged and counted once the effect
+    /// stands: for a use case that writes the record alongside its effect
+    /// (see `Broker::mint`) and announces only once both succeeded.
+    pub(super) fn split(self) -> (AuditEvent, Announcement<'a>) {
+        let Self { event, metric, told } = self;
+        (event, Announcement { metric, told })
+    }
+}
+
+/// The log line and the metric of a success whose record is written
+/// (see [`Success::split`]).
+#[must_use = "a success is logged and counted only by Announcement::write"]
+pub(super) struct Announcement<'a> {
+    metric: Option<Metric>,
+    told: Told<'a>,
+}
+
+impl Announcement<'_> {
+    /// Logs and counts the success.
+    pub(super) fn write(self) {
+        self.told.write();
+        if let Some(metric) = self.metric {
+            metric.count();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,29 @@ pub struct TokenAsk {
     pub binding: BindingAsk,
 }
 
+/// A RequestToken (or a redeemed approval's mint) that issued nothing:
+/// why, and whether the trail already says so (see `Broker::withdraw`).
+#[derive(Debug)]
+pub(super) struct Unminted {
+    /// What the caller is answered.
+    pub(super) error: BrokerError,
+    /// A `token_denied` record naming the grant is written: the caller
+    /// records no second refusal.
+    pub(super) recorded: bool,
+}
+
+impl From<BrokerError> for Unminted {
+    fn from(error: BrokerError) -> Self {
+        Self { error, recorded: false }
+    }
+}
+
+impl From<Unminted> for BrokerError {
+    fn from(unminted: Unminted) -> Self {
+        unminted.error
+    }
+}
+
 impl Broker {
     /// RequestToken: resolve the binding asked for, decide, assess, then
     /// sign and record — or, for a high-impact (or policy-marked) request,
@@ -53,21 +76,25 @@ impl Broker {
         let TokenAsk { mut request, binding } = ask;
         request.binding = self.request_binding(who, &binding).await?;
         match self.request_bound_token(who, &request).await {
+            Ok(outcome) => Ok(outcome),
             // The store failed (down, or full): no token, and the refusal is
-            // recorded like any other (TEST-MATRIX R1). Not counted toward
-            // quarantine: the caller could not have avoided it.
-            Err(e @ BrokerError::Store(_))
-                if matches!(
-                    e.kind(),
-                    tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::ResourceExhausted
-                ) =>
+            // recorded like any other (TEST-MATRIX R1), unless the mint
+            // already recorded it. Not counted toward quarantine: the caller
+            // could not have avoided it.
+            Err(Unminted {
+                error: e @ BrokerError::Store(_),
+                recorded: false,
+            }) if matches!(
+                e.kind(),
+                tessera_core::ErrorKind::Unavailable | tessera_core::ErrorKind::ResourceExhausted
+            ) =>
             {
                 let mut denial = self.denial(AuditKind::TokenDenied, Some(who));
                 denial.event.task_id = Some(request.task_id.to_string());
                 denial.event.audience = Some(request.audience.to_string());
                 self.deny(denial, e).await
             }
-            outcome => outcome,
+            Err(unminted) => Err(unminted.error),
         }
     }
 
@@ -75,14 +102,13 @@ impl Broker {
     /// lately; if the store then finds the task ended (here or on another
     /// replica), decided again on the task read afresh, which refuses it
     /// as any request in an ended task is refused (audited).
-    async fn request_bound_token(
-        &self,
-        who: &VerifiedIdentity,
-        req: &TokenRequest,
-    ) -> Result<TokenOutcome, BrokerError> {
+    async fn request_bound_token(&self, who: &VerifiedIdentity, req: &TokenRequest) -> Result<TokenOutcome, Unminted> {
         let (task, fresh) = self.task_for_token(&req.task_id).await?;
         match self.request_in_task(who, req, &task).await {
-            Err(BrokerError::Store(StoreError::TaskOver(..) | StoreError::TaskNotFound(_))) if !fresh => {
+            Err(Unminted {
+                error: BrokerError::Store(StoreError::TaskOver(..) | StoreError::TaskNotFound(_)),
+                ..
+            }) if !fresh => {
                 self.recent_tasks.forget(&req.task_id);
                 let (task, _) = self.task_for_token(&req.task_id).await?;
                 self.request_in_task(who, req, &task).await
@@ -97,7 +123,7 @@ impl Broker {
         who: &VerifiedIdentity,
         req: &TokenRequest,
         task: &Task,
-    ) -> Result<TokenOutcome, BrokerError> {
+    ) -> Result<TokenOutcome, Unminted> {
         let now = self.clock.now();
         // Classified once: policy and the plan see the same class.
         let decided = ClassifiedRequest::new(&self.catalog, req)
@@ -119,7 +145,7 @@ impl Broker {
                 denial.event.audience = Some(req.audience.to_string());
                 denial.event.scopes = req.scopes.iter().map(ToString::to_string).collect();
                 denial.event.ttl_secs = req.ttl.map(|t| t.as_secs());
-                return self.deny(denial, e).await;
+                return Ok(self.deny(denial, e).await?);
             }
         };
         if let Err(e) = self.require_binding("pop_proof", plan.class, req.binding.as_ref()) {
@@ -130,7 +156,7 @@ impl Broker {
             denial.event.task_id = Some(req.task_id.to_string());
             denial.event.audience = Some(req.audience.to_string());
             denial.event.class = Some(plan.class.to_string());
-            return self.deny(denial, e).await;
+            return Ok(self.deny(denial, e).await?);
         }
         // Policy's obligations (approval, max TTL, blast-radius cap) go to
         // the same assessment as the catalog's and the configuration's.
@@ -140,7 +166,8 @@ impl Broker {
             return self
                 .open_approval(who, req, &plan, &assessment, why, task.deadline)
                 .await
-                .map(TokenOutcome::Pending);
+                .map(TokenOutcome::Pending)
+                .map_err(Unminted::from);
         }
         let impact = GrantImpact {
             high_impact: !assessment.high_impact.is_empty(),
@@ -151,7 +178,11 @@ impl Broker {
             lifetime: assessment.lifetime,
             ..plan
         };
-        let id = self.store.new_grant_id(&plan.task_id).await?;
+        let id = self
+            .store
+            .new_grant_id(&plan.task_id)
+            .await
+            .map_err(BrokerError::from)?;
         self.mint(who, plan, id, impact, req.binding.clone(), &allowed, now)
             .await
             .map(TokenOutcome::Issued)
@@ -172,7 +203,7 @@ impl Broker {
         cnf: Option<tessera_core::token::Confirmation>,
         allowed: &policy::PolicyAllowed,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Issued, BrokerError> {
+    ) -> Result<Issued, Unminted> {
         let token_type = cnf
             .as_ref()
             .map_or("Bearer", tessera_core::token::Confirmation::token_type);
@@ -213,10 +244,6 @@ impl Broker {
             revocation_reason: None,
             impact,
         };
-        // INVARIANT: the token is returned only after its grant is recorded;
-        // if recording fails the signed token is dropped here, unseen.
-        self.record_grant(&grant, now).await?;
-        self.confirm_recorded(who, &grant, now).await?;
         let mut event = self.grant_event(AuditKind::TokenIssued, who, &grant, plan.lifetime.ttl);
         allowed.stamp(&mut event);
         event.blast_radius = Some(grant.impact.blast_radius);
@@ -225,18 +252,58 @@ impl Broker {
             grant: &grant,
             ttl: plan.lifetime.ttl,
         };
-        self.succeed_with_grant(
-            Success::new(event, told).metric(Metric::Issued(grant.class)),
-            &grant.id,
-            now,
-        )
-        .await?;
+        let (event, announcement) = Success::new(event, told).metric(Metric::Issued(grant.class)).split();
+        // INVARIANT: the token is returned only once BOTH its grant is
+        // recorded and its `token_issued` record is durable. The two are
+        // written at once (the store's round trip and the trail's fsync
+        // overlap instead of adding up); if either fails the signed token is
+        // dropped here, unseen: a grant whose record failed is taken back,
+        // and a record whose grant failed (or was taken back below) is
+        // followed by a `token_denied` record naming the same grant.
+        let (recorded, audited) = tokio::join!(self.record_grant(&grant, now), self.audit(event));
+        let confirmed = match (recorded, audited) {
+            (Ok(()), Ok(())) => self.confirm_recorded(who, &grant, now).await,
+            (Ok(()), Err(e)) => {
+                if let Err(revoke) = self.store.revoke_grant(&grant.id, "audit trail unavailable", now).await {
+                    // The token never left the broker; the grant dies at its expiry.
+                    tracing::error!(grant_id = %grant.id, error = %revoke, "unaudited grant not taken back");
+                }
+                return Err(e.into());
+            }
+            (Err(e), Ok(())) => Err(e),
+            // Neither exists (or the record's fate is unknown): the refusal
+            // is recorded like any store failure, by the caller.
+            (Err(e), Err(_)) => return Err(e.into()),
+        };
+        if let Err(e) = confirmed {
+            return Err(self.withdraw(who, &grant, e).await);
+        }
+        announcement.write();
         Ok(Issued {
             token,
             grant,
             token_type,
             authorization_details: claims.authorization_details,
         })
+    }
+
+    /// A mint that failed after its `token_issued` record was durable (its
+    /// grant was not recorded, or was taken back): a `token_denied` record
+    /// naming the same grant follows, so the trail says the token never
+    /// left. Answers `err`, or UNAVAILABLE if that record cannot be written.
+    async fn withdraw(&self, who: &VerifiedIdentity, grant: &Grant, err: BrokerError) -> Unminted {
+        let reason = format!("token withdrawn before it left: {err}");
+        let mut denial = self
+            .denial(AuditKind::TokenDenied, Some(who))
+            .logged(DenialLog::Token)
+            .reason(reason);
+        denial.event.task_id = Some(grant.task_id.to_string());
+        denial.event.grant_id = Some(grant.id.to_string());
+        denial.event.audience = Some(grant.audience.to_string());
+        denial.event.class = Some(grant.class.to_string());
+        denial.event.approval_id = grant.impact.approval_id.clone();
+        let Err(error) = self.deny::<std::convert::Infallible>(denial, err).await;
+        Unminted { error, recorded: true }
     }
 
     /// Records a grant about to leave as a token. The store refuses one
@@ -521,6 +588,32 @@ mod tests {
         let record = f.audit.last();
         assert_eq!((record.event, record.decision), (AuditKind::TokenDenied, Outcome::Deny));
         assert_eq!(f.live("t1").await, 0);
+        assert_withdrawn(&f.audit.records());
+    }
+
+    /// The last `token_issued` record (written alongside its grant, which
+    /// the store refused) is followed by a `token_denied` one naming its grant.
+    fn assert_withdrawn(records: &[tessera_core::audit::AuditEvent]) {
+        let at = records
+            .iter()
+            .rposition(|r| r.event == AuditKind::TokenIssued)
+            .expect("a token_issued record");
+        let grant = records[at].grant_id.clone();
+        let withdrawn = records[at + 1..]
+            .iter()
+            .find(|r| r.grant_id == grant)
+            .expect("a record follows naming the grant");
+        assert_eq!(
+            (withdrawn.event, withdrawn.decision),
+            (AuditKind::TokenDenied, Outcome::Deny)
+        );
+        assert!(
+            withdrawn
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("token withdrawn before it left")),
+            "{withdrawn:?}"
+        );
     }
 
     #[tokio::test]
@@ -548,6 +641,8 @@ mod tests {
         );
         assert_eq!(f.live("t1").await, 0);
         assert!(f.broker.registry().is_disabled(&agent), "learnt at once");
+        assert_withdrawn(&f.audit.records());
+        assert_eq!(f.audit.last().event, AuditKind::TokenDenied);
     }
 
     #[tokio::test]

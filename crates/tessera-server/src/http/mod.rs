@@ -16,7 +16,8 @@
 //! - **operator console** (`[console] enabled = true`, on the facade's
 //!   listener; see [`console`]): server-rendered pages under `/console/`.
 //!
-//! Both bound open connections, header read time, request time and body
+//! Both serve HTTP/1.1 keep-alive and bound open connections, header read
+//! and idle time, requests and age per connection, request time and body
 //! size; nothing logs a request body (which may hold a token).
 
 pub mod config;
@@ -44,8 +45,18 @@ use tower_service::Service as _;
 
 /// Most connections served at once per listener; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 256;
-/// A request whose headers have not arrived by then is dropped.
+/// A request whose headers have not arrived by then is dropped. On a
+/// kept-alive connection the clock starts when the previous answer is
+/// written, so this is also the idle timeout: an idle connection gives its
+/// slot back after at most this long.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served on one connection; the last answer carries
+/// `Connection: close`. With [`MAX_CONNECTION_AGE`] it keeps a busy client
+/// from holding a slot for good.
+const MAX_REQUESTS_PER_CONNECTION: u64 = 1000;
+/// After this long a connection takes no new request: the one in progress
+/// (bounded by the request timeout) is answered, then it is closed.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// A TLS handshake not done by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -222,30 +233,51 @@ pub async fn serve(
     conns.abort_all();
 }
 
+/// Serves HTTP/1.1 keep-alive on one connection, so an OAuth client pays
+/// one TLS handshake per connection rather than per request; bounded so a
+/// connection cannot keep its slot: idle or a slow header for at most
+/// [`HEADER_TIMEOUT`], each request within `request_timeout`, at most
+/// [`MAX_REQUESTS_PER_CONNECTION`] requests and no new request after
+/// [`MAX_CONNECTION_AGE`].
 async fn serve_connection<I>(io: TokioIo<I>, router: Router, peer: PeerCertificate, request_timeout: Duration)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         let mut router = router.clone();
+        let last = served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
         async move {
-            let response = match tokio::time::timeout(request_timeout, router.call(req.map(Body::new))).await {
+            let mut response = match tokio::time::timeout(request_timeout, router.call(req.map(Body::new))).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n"),
             };
+            if last {
+                // hyper closes the connection after an answer that says so.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response)
         }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
-        // One request per connection: an idle keep-alive never holds a slot.
-        .keep_alive(false)
-        .serve_connection(io, service)
-        .await;
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            // No new request; the one in progress is answered first.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, "http connection ended with an error");
     }
