@@ -23,6 +23,9 @@ pub(crate) enum GrantCommand {
 #[derive(Debug, Args)]
 pub(crate) struct RevokeArgs {
     /// The grant id (the token's `jti`).
+    // A grant id is base64url and may start with `-`: taken as the id, not
+    // as an option.
+    #[arg(allow_hyphen_values = true)]
     grant_id: String,
     /// Why, for the audit trail.
     #[arg(long, value_name = "TEXT")]
@@ -286,9 +289,24 @@ fn table(grants: &[GrantView]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing, reason = "test")]
+    #![allow(clippy::indexing_slicing, clippy::panic, reason = "test")]
 
     use super::*;
+
+    #[test]
+    fn a_grant_id_starting_with_a_dash_is_an_id() {
+        use clap::Parser as _;
+
+        use crate::cli::{Cli, Command};
+        let argv = ["tessera", "grant", "revoke", "-MTT9bgSiSz5d-aT8p6mk7KBA3rgsw", "--reason", "r"];
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Grant(GrantCommand::Revoke(args))) => {
+                assert_eq!(args.grant_id, "-MTT9bgSiSz5d-aT8p6mk7KBA3rgsw");
+                assert_eq!(args.reason.as_deref(), Some("r"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 
     #[test]
     fn the_table_names_the_holder() {

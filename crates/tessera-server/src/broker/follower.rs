@@ -45,6 +45,9 @@ const MAX_BATCH: usize = 512;
 /// Revocations are kept this long past `not_after`: expiry is judged on
 /// whole seconds, so one second covers a `not_after` with a fraction.
 const KEEP_EXTRA_SECS: i64 = 1;
+/// Bounds of [`Follower::pace`].
+const MIN_PACE: Duration = Duration::from_millis(1);
+const MAX_PACE: Duration = Duration::from_millis(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -115,6 +118,21 @@ impl Follower {
     /// trips fit).
     fn wait(&self) -> Duration {
         (self.max_lag / 4).to_std().unwrap_or(Duration::ZERO)
+    }
+
+    /// The least time between the starts of two feed reads: a hundredth of
+    /// the bound, between 1 and 10 ms. Every read is a few store commands
+    /// (epoch, stream info, range); under a stream of revocations (every
+    /// ReleaseToken publishes one) reading on each wake would cost the
+    /// store as much as the revocations themselves, while a paced read
+    /// still takes in everything published meanwhile in one batch, far
+    /// inside the bound. This replica's own revocations are unaffected:
+    /// until a read passes them, its introspections read the store.
+    fn pace(&self) -> Duration {
+        (self.max_lag / 100)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .clamp(MIN_PACE, MAX_PACE)
     }
 
     /// Answers for `token` at `now` from memory, or [`Answer::Ask`]. Memory
@@ -364,14 +382,17 @@ impl Follower {
     /// store meanwhile).
     pub(crate) async fn run(self: Arc<Self>, store: Arc<dyn GrantStore>, clock: Arc<dyn Clock>) {
         let wait = self.wait();
+        let pace = self.pace();
         // A read that hangs (a black-holed store) is abandoned and retried.
         let bound = wait + Duration::from_secs(2);
         let mut position = None;
         let mut backoff = FIRST_BACKOFF;
         loop {
+            let started = tokio::time::Instant::now();
             match tokio::time::timeout(bound, self.step(&*store, &*clock, &mut position, wait)).await {
                 Ok(Ok(())) => {
                     backoff = FIRST_BACKOFF;
+                    tokio::time::sleep_until(started + pace).await;
                     continue;
                 }
                 Ok(Err(e)) => {
