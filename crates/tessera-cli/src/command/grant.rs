@@ -298,7 +298,14 @@ mod tests {
         use clap::Parser as _;
 
         use crate::cli::{Cli, Command};
-        let argv = ["tessera", "grant", "revoke", "-MTT9bgSiSz5d-aT8p6mk7KBA3rgsw", "--reason", "r"];
+        let argv = [
+            "tessera",
+            "grant",
+            "revoke",
+            "-MTT9bgSiSz5d-aT8p6mk7KBA3rgsw",
+            "--reason",
+            "r",
+        ];
         match Cli::try_parse_from(argv).map(|cli| cli.command) {
             Ok(Command::Grant(GrantCommand::Revoke(args))) => {
                 assert_eq!(args.grant_id, "-MTT9bgSiSz5d-aT8p6mk7KBA3rgsw");
