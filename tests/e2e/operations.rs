@@ -63,6 +63,10 @@ fn run_to_exit(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i
 #[test]
 fn a_second_broker_on_the_same_audit_file_exits_64_naming_the_first() {
     let broker = Broker::start();
+    // The ready file says the ports are bound; the audit file is opened (and
+    // locked) after that. An answer on the operations port comes once the
+    // broker serves, with its audit file held: only then start the second.
+    assert_eq!(broker.http_get("/healthz").0, 200);
     let (code, stderr) = run_to_exit(broker.dir.path(), &[], &[]);
     assert_eq!(code, 64, "{stderr}");
     let audit = broker.dir.path().join("audit.jsonl");
