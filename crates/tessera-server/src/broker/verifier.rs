@@ -54,9 +54,8 @@ impl Broker {
                 super::follower::Answer::Live(claims) => {
                     metrics::counter!(crate::telemetry::INTROSPECTIONS, "from" => "memory").increment(1);
                     // The claims are the grant's (signed from it): `aud` is its audience.
-                    let learns = who.identity().has_role(Role::Operator)
-                        || tessera_core::task::Audience::parse(&claims.aud)
-                            .is_ok_and(|aud| self.catalog.serves(&aud, who.id()));
+                    let learns =
+                        tessera_core::task::Audience::parse(&claims.aud).is_ok_and(|aud| self.learns_about(who, &aud));
                     return Ok(learns.then(|| AccessClaims::clone(&claims)));
                 }
                 super::follower::Answer::NotLive => {
